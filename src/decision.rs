@@ -1,0 +1,93 @@
+//! The one answer every backend gives.
+
+use std::time::{Duration, SystemTime};
+
+/// A backend's answer for one request against one token bucket. The response headers and
+/// the 429 body are rendered from it, whichever backend decided.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tollgate::Decision;
+///
+/// let now = SystemTime::now();
+/// let denied = Decision::denied(10, now + Duration::from_secs(10), Duration::from_millis(1500));
+/// assert!(!denied.allowed);
+/// assert_eq!(denied.remaining, 0);
+/// assert_eq!(denied.retry_after_secs(), 2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// The bucket's capacity.
+    pub limit: u32,
+    /// Whole tokens left after this request.
+    pub remaining: u32,
+    /// When the bucket will be full again if no more requests come.
+    pub reset: SystemTime,
+    /// How long until a request would be allowed; zero when this one was.
+    pub retry_after: Duration,
+}
+
+impl Decision {
+    /// The request may go on; `remaining` tokens are left.
+    pub fn allowed(limit: u32, remaining: u32, reset: SystemTime) -> Self {
+        Self {
+            allowed: true,
+            limit,
+            remaining,
+            reset,
+            retry_after: Duration::ZERO,
+        }
+    }
+
+    /// The request is refused; a token will be back after `retry_after`.
+    pub fn denied(limit: u32, reset: SystemTime, retry_after: Duration) -> Self {
+        Self {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset,
+            retry_after,
+        }
+    }
+
+    /// `reset` as Unix time in whole seconds, rounded up.
+    pub fn reset_unix_secs(&self) -> u64 {
+        let since_epoch = self
+            .reset
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        ceil_secs(since_epoch)
+    }
+
+    /// `retry_after` in whole seconds, rounded up and at least 1 (for `Retry-After`).
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after).max(1)
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding() {
+        let at = |s: f64| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s);
+        assert_eq!(Decision::allowed(1, 0, at(100.0)).reset_unix_secs(), 100);
+        assert_eq!(Decision::allowed(1, 0, at(100.001)).reset_unix_secs(), 101);
+        let retry = |ms| Decision::denied(1, at(0.0), Duration::from_millis(ms)).retry_after_secs();
+        assert_eq!(retry(0), 1);
+        assert_eq!(retry(1), 1);
+        assert_eq!(retry(1000), 1);
+        assert_eq!(retry(1001), 2);
+        assert_eq!(Decision::allowed(1, 0, at(0.0)).retry_after, Duration::ZERO);
+    }
+}

@@ -1,0 +1,166 @@
+//! Errors a user of the crate can see: a bad rules file, or a layer that could not be built.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A rules file (or rules text) that cannot be used.
+///
+/// The message names the source (file path or `<inline>`), the JSON location of the problem
+/// (for example `routes[2].refill_rate`) and what was expected there. Nothing starts with a
+/// bad rules file.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{Rules, RulesError};
+///
+/// let err = Rules::from_json(r#"{"default": {"capacity": 0, "refill_rate": 1}}"#).unwrap_err();
+/// assert!(matches!(err, RulesError::Invalid { .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "<inline>: at default.capacity: capacity must be an integer from 1 to 4294967295, got 0"
+/// );
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RulesError {
+    /// The file could not be read.
+    #[error("cannot read rules file {}: {source}", path.display())]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text was read but is not a valid rules document.
+    #[error("{source_name}: at {location}: {problem}")]
+    Invalid {
+        /// The file path, or `<inline>` for rules given as a string.
+        source_name: String,
+        /// Where in the document: a JSON path such as `routes[1].limit`, plus line and column
+        /// when the JSON itself is malformed.
+        location: Location,
+        /// What is wrong and what was expected.
+        problem: InvalidRule,
+    },
+}
+
+/// Where in a rules document a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// JSON path, `.` for the document root, otherwise like `routes[2].capacity`.
+    pub json_path: String,
+    /// 1-based line and column, known for syntax errors.
+    pub line_column: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json_path)?;
+        if let Some((line, column)) = self.line_column {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with one part of a rules document.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRule {
+    /// Malformed JSON, a missing or unknown field, or a value of the wrong type.
+    #[error("{0}")]
+    Json(String),
+    /// `capacity` is not an integer in range.
+    #[error("capacity must be an integer from 1 to {max}, got {got}", max = u32::MAX)]
+    Capacity {
+        /// The value as written.
+        got: String,
+    },
+    /// `refill_rate` is not a positive, finite number of tokens per second in range.
+    #[error(
+        "refill_rate must be a number of tokens per second from {min} to {max}, got {got}",
+        min = crate::rules::MIN_REFILL_PER_SEC,
+        max = crate::rules::MAX_REFILL_PER_SEC
+    )]
+    RefillRate {
+        /// The value as written.
+        got: String,
+    },
+    /// `limit` is not of the form `N/unit`.
+    #[error(
+        "limit must look like \"N/unit\" with N an integer from 1 to {max} and unit one of second, minute, hour, day; got {got:?}",
+        max = u32::MAX
+    )]
+    LimitShorthand {
+        /// The value as written.
+        got: String,
+    },
+    /// The rule does not say how much to allow, or says it twice.
+    #[error(
+        "a rule needs exactly one of: `capacity` with `refill_rate`, `limit: \"N/unit\"`, or `unlimited: true`; {found}"
+    )]
+    LimitForm {
+        /// What the rule had instead.
+        found: String,
+    },
+    /// A `methods` list that is empty or names something that is not an HTTP method.
+    #[error("methods must be a non-empty list of HTTP methods such as \"GET\"; {found}")]
+    Methods {
+        /// What was wrong.
+        found: String,
+    },
+    /// A path that does not start with `/` or is not a valid pattern.
+    #[error(
+        "path {path:?} is not a valid pattern: {reason} (patterns start with '/' and use {{param}} for one segment and {{*rest}} for the remainder)"
+    )]
+    Pattern {
+        /// The pattern as written.
+        path: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Two routes cover the same path and method.
+    #[error("route {path:?} duplicates {other}: each path and method may have only one rule")]
+    DuplicateRoute {
+        /// The pattern as written.
+        path: String,
+        /// The JSON path of the earlier rule, like `routes[0]`.
+        other: String,
+    },
+}
+
+/// A [`RateLimitLayer`](crate::RateLimitLayer) that could not be built.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{BuildError, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let err = RateLimitLayer::builder().rules_file("no/such/file.json").build().await.unwrap_err();
+/// assert!(matches!(err, BuildError::Rules(_)));
+/// assert!(err.to_string().contains("no/such/file.json"));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Neither `rules_file` nor `rules` was given.
+    #[error("no rules: call `rules_file(path)` or `rules(Rules)` on the builder")]
+    NoRules,
+    /// The rules could not be loaded.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    /// The Redis URL is invalid or Redis could not be reached in time.
+    #[cfg(feature = "redis")]
+    #[error("cannot connect to Redis at {url}: {reason}")]
+    Redis {
+        /// The URL with any password hidden.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}

@@ -1,0 +1,162 @@
+//! [`ResponseFuture`]: answer now, wait for a remote decision, or forward to the inner service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::backend::PendingDecision;
+use crate::{Decision, headers};
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit).
+    ///
+    /// Resolves to the layer's own response (429 or 400) or to the inner service's response
+    /// with `X-RateLimit-*` headers added.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
+    /// use tower::{Service, ServiceExt};
+    /// use tollgate::{RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#)?;
+    /// let layer = RateLimitLayer::builder().rules(rules).build().await?;
+    /// let mut service = tower::Layer::layer(&layer, Router::new().route("/", get(|| async { "ok" })));
+    /// let future = service.ready().await?.call(Request::get("/").body(Body::empty())?);
+    /// assert_eq!(future.await?.status(), StatusCode::OK);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        // The layer answers by itself.
+        Respond { response: Option<S::Response> },
+        // A remote backend is deciding; the ready inner service and the request wait.
+        Wait { pending: PendingDecision, inner: Option<S>, request: Option<Request<ReqBody>> },
+        // The inner service is answering; headers are added to its response.
+        Forward { #[pin] future: S::Future, decision: Option<Decision> },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn respond(response: S::Response) -> Self {
+        Self {
+            state: State::Respond {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn forward(future: S::Future, decision: Option<Decision>) -> Self {
+        Self {
+            state: State::Forward { future, decision },
+        }
+    }
+
+    pub(crate) fn wait(pending: PendingDecision, inner: S, request: Request<ReqBody>) -> Self {
+        Self {
+            state: State::Wait {
+                pending,
+                inner: Some(inner),
+                request: Some(request),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Respond { .. } => "respond",
+            State::Wait { .. } => "wait",
+            State::Forward { .. } => "forward",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Respond { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Wait {
+                    pending,
+                    inner,
+                    request,
+                } => {
+                    let result = ready!(pending.as_mut().poll(cx));
+                    let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let next = match result {
+                        Ok(decision) if !decision.allowed => State::Respond {
+                            response: Some(headers::too_many_requests(&decision)),
+                        },
+                        Ok(decision) => State::Forward {
+                            future: inner.call(request),
+                            decision: Some(decision),
+                        },
+                        Err(error) => {
+                            tracing::warn!(%error, "rate limit backend failed; letting the request through");
+                            State::Forward {
+                                future: inner.call(request),
+                                decision: None,
+                            }
+                        }
+                    };
+                    state.set(next);
+                }
+                StateProj::Forward { future, decision } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(decision) = decision.take() {
+                        headers::set_rate_limit_headers(response.headers_mut(), &decision);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}

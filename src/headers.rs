@@ -1,0 +1,95 @@
+//! Everything the layer writes into responses, rendered from a [`Decision`] in one place.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::Decision;
+use crate::key::InvalidClientId;
+
+/// `X-RateLimit-Limit`: the bucket's capacity.
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`: whole tokens left after this request.
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`: Unix time in seconds when the bucket is full again.
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset`, replacing any the inner service set.
+pub(crate) fn set_rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert(X_RATELIMIT_LIMIT.clone(), decision.limit.into());
+    headers.insert(X_RATELIMIT_REMAINING.clone(), decision.remaining.into());
+    headers.insert(X_RATELIMIT_RESET.clone(), decision.reset_unix_secs().into());
+}
+
+/// `429 Too Many Requests` with the rate limit headers, `Retry-After` and a JSON body
+/// `{"error":"rate_limited","message":…,"retry_after":N,"limit":L,"remaining":0,"reset":T}`.
+pub(crate) fn too_many_requests<B: From<Bytes>>(decision: &Decision) -> Response<B> {
+    let retry_after = decision.retry_after_secs();
+    let body = format!(
+        r#"{{"error":"rate_limited","message":"Too many requests; retry after {retry_after} s.","retry_after":{retry_after},"limit":{},"remaining":{},"reset":{}}}"#,
+        decision.limit,
+        decision.remaining,
+        decision.reset_unix_secs(),
+    );
+    let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, body);
+    let headers = response.headers_mut();
+    set_rate_limit_headers(headers, decision);
+    headers.insert(RETRY_AFTER, retry_after.into());
+    response
+}
+
+/// `400 Bad Request` for an `X-Client-ID` that cannot be used:
+/// `{"error":"invalid_client_id","message":…}`. The header's value is never echoed.
+pub(crate) fn bad_client_id<B: From<Bytes>>(problem: &InvalidClientId) -> Response<B> {
+    let body = serde_json::json!({
+        "error": "invalid_client_id",
+        "message": problem.to_string(),
+    });
+    json_response(StatusCode::BAD_REQUEST, body.to_string())
+}
+
+fn json_response<B: From<Bytes>>(status: StatusCode, body: String) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn denied_response() {
+        let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let decision = Decision::denied(10, reset, Duration::from_millis(2500));
+        let response: Response<Bytes> = too_many_requests(&decision);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = response.headers();
+        assert_eq!(h[RETRY_AFTER], "3");
+        assert_eq!(h[CONTENT_TYPE], "application/json");
+        assert_eq!(h[&X_RATELIMIT_LIMIT], "10");
+        assert_eq!(h[&X_RATELIMIT_REMAINING], "0");
+        assert_eq!(h[&X_RATELIMIT_RESET], "1700000000");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error"], "rate_limited");
+        assert_eq!(body["retry_after"], 3);
+        assert_eq!(body["limit"], 10);
+        assert_eq!(body["remaining"], 0);
+        assert_eq!(body["reset"], 1_700_000_000u64);
+    }
+
+    #[test]
+    fn bad_client_id_response_is_json_and_does_not_echo() {
+        let response: Response<Bytes> = bad_client_id(&InvalidClientId::TooLong { len: 500 });
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error"], "invalid_client_id");
+        assert!(body["message"].as_str().unwrap().contains("500 bytes long"));
+    }
+}

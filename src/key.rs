@@ -1,0 +1,388 @@
+//! Who a request counts against: the client key.
+//!
+//! In order: `X-Client-ID`; else the `X-Forwarded-For` entry that the trusted proxy in
+//! front of the app saw; else the connection's peer address; else one shared `unknown` key.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, HeaderName, Request};
+
+/// Longest accepted `X-Client-ID`, in bytes (all of them visible ASCII).
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+
+static X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The identity a request is counted against. Keys are namespaced by where they came from,
+/// so `X-Client-ID: 10.0.0.1` and the address 10.0.0.1 are different clients.
+///
+/// # Example
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use tollgate::ClientKey;
+///
+/// let by_id = ClientKey::Id("10.0.0.1".into());
+/// let by_ip = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+/// assert_ne!(by_id, by_ip);
+/// assert_eq!(by_id.to_string(), "id:10.0.0.1");
+/// assert_eq!(by_ip.to_string(), "ip:10.0.0.1");
+/// assert_eq!(ClientKey::Unknown.to_string(), "unknown");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// From `X-Client-ID`, as sent.
+    Id(Box<str>),
+    /// From `X-Forwarded-For` or the peer address; IPv4-mapped IPv6 addresses are IPv4.
+    Ip(IpAddr),
+    /// Nothing identified the client; all such requests share one bucket.
+    Unknown,
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientKey::Id(id) => write!(f, "id:{id}"),
+            ClientKey::Ip(ip) => write!(f, "ip:{ip}"),
+            ClientKey::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// Why an `X-Client-ID` header was refused (the request gets a 400).
+///
+/// # Example
+///
+/// ```
+/// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
+/// use tower::ServiceExt;
+/// use tollgate::{RateLimitLayer, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#).unwrap();
+/// let layer = RateLimitLayer::builder().rules(rules).build().await.unwrap();
+/// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+///
+/// let request = Request::get("/").header("x-client-id", "has space").body(Body::empty()).unwrap();
+/// let response = app.oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidClientId {
+    /// The header is present but empty.
+    #[error("X-Client-ID is empty; it must be 1 to 128 visible ASCII characters")]
+    Empty,
+    /// Longer than [`MAX_CLIENT_ID_LEN`].
+    #[error("X-Client-ID is {len} bytes long; it must be 1 to 128 visible ASCII characters")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A space, control character or non-ASCII byte.
+    #[error(
+        "X-Client-ID has a byte that is not visible ASCII (space, control or non-ASCII) at position {position}; it must be 1 to 128 visible ASCII characters"
+    )]
+    NotVisibleAscii {
+        /// 0-based byte offset of the first bad byte.
+        position: usize,
+    },
+    /// The header appears more than once, so which one counts would be ambiguous.
+    #[error("X-Client-ID was sent more than once; send it once")]
+    Repeated,
+}
+
+/// How client keys are taken from requests.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySource {
+    /// How many proxies in front of the app append to `X-Forwarded-For`; 0 ignores it.
+    pub(crate) trusted_proxy_hops: usize,
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        Self {
+            trusted_proxy_hops: 1,
+        }
+    }
+}
+
+impl KeySource {
+    pub(crate) fn client_key<B>(&self, request: &Request<B>) -> Result<ClientKey, InvalidClientId> {
+        let headers = request.headers();
+        if let Some(id) = client_id(headers)? {
+            return Ok(ClientKey::Id(id.into()));
+        }
+        if let Some(ip) = forwarded_for(headers, self.trusted_proxy_hops) {
+            return Ok(ClientKey::Ip(ip));
+        }
+        Ok(peer_ip(request).map_or(ClientKey::Unknown, ClientKey::Ip))
+    }
+}
+
+fn client_id(headers: &HeaderMap) -> Result<Option<&str>, InvalidClientId> {
+    let mut values = headers.get_all(&X_CLIENT_ID).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(InvalidClientId::Repeated);
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err(InvalidClientId::Empty);
+    }
+    if bytes.len() > MAX_CLIENT_ID_LEN {
+        return Err(InvalidClientId::TooLong { len: bytes.len() });
+    }
+    if let Some(position) = bytes.iter().position(|b| !b.is_ascii_graphic()) {
+        return Err(InvalidClientId::NotVisibleAscii { position });
+    }
+    // Visible ASCII is valid UTF-8, so this never fails.
+    Ok(std::str::from_utf8(bytes).ok())
+}
+
+/// The `hops`-th valid address from the right of all `X-Forwarded-For` values taken
+/// together. Entries that are not addresses are skipped. With fewer valid entries than
+/// trusted hops, the header cannot be trusted and `None` is returned.
+fn forwarded_for(headers: &HeaderMap, hops: usize) -> Option<IpAddr> {
+    if hops == 0 {
+        return None;
+    }
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|value| value.as_bytes().rsplit(|b| *b == b','))
+        .filter_map(parse_ip)
+        .nth(hops - 1)
+}
+
+/// An IP address as proxies write it: bare, with a port, or bracketed IPv6 with or without
+/// a port.
+fn parse_ip(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    if text.len() > 64 {
+        return None;
+    }
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            text.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<IpAddr>()
+                .ok()
+        })?;
+    Some(ip.to_canonical())
+}
+
+fn peer_ip<B>(request: &Request<B>) -> Option<IpAddr> {
+    let extensions = request.extensions();
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(addr.ip().to_canonical());
+    }
+    extensions
+        .get::<SocketAddr>()
+        .map(|addr| addr.ip().to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn key(hops: usize, headers: &[(&str, &[u8])], peer: Option<&str>) -> Result<String, String> {
+        let mut request = Request::new(());
+        for (name, value) in headers {
+            let value = HeaderValue::from_bytes(value).expect("test header value");
+            request
+                .headers_mut()
+                .append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+        }
+        if let Some(peer) = peer {
+            request
+                .extensions_mut()
+                .insert(peer.parse::<SocketAddr>().unwrap());
+        }
+        KeySource {
+            trusted_proxy_hops: hops,
+        }
+        .client_key(&request)
+        .map(|k| k.to_string())
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn client_id_comes_first_and_is_namespaced() {
+        let k = key(
+            1,
+            &[("x-client-id", b"alice"), ("x-forwarded-for", b"1.2.3.4")],
+            None,
+        );
+        assert_eq!(k.as_deref(), Ok("id:alice"));
+        let k = key(1, &[("x-client-id", b"10.0.0.1")], None);
+        assert_eq!(k.as_deref(), Ok("id:10.0.0.1"));
+        let k = key(1, &[("x-forwarded-for", b"10.0.0.1")], None);
+        assert_eq!(k.as_deref(), Ok("ip:10.0.0.1"));
+    }
+
+    #[test]
+    fn client_id_limits() {
+        let max = "a".repeat(MAX_CLIENT_ID_LEN);
+        assert_eq!(
+            key(1, &[("x-client-id", max.as_bytes())], None),
+            Ok(format!("id:{max}"))
+        );
+        let printable: String = (0x21u8..=0x7e).map(char::from).collect();
+        assert_eq!(
+            key(1, &[("x-client-id", printable.as_bytes())], None),
+            Ok(format!("id:{printable}"))
+        );
+
+        let too_long = "a".repeat(MAX_CLIENT_ID_LEN + 1);
+        let err = key(1, &[("x-client-id", too_long.as_bytes())], None).unwrap_err();
+        assert!(err.contains("129 bytes long"), "{err}");
+        let huge = "a".repeat(16 * 1024);
+        let err = key(1, &[("x-client-id", huge.as_bytes())], None).unwrap_err();
+        assert!(err.contains("16384 bytes long"), "{err}");
+
+        let err = key(1, &[("x-client-id", b"")], None).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let err = key(1, &[("x-client-id", b"a b")], None).unwrap_err();
+        assert!(err.contains("at position 1"), "{err}");
+        let err = key(1, &[("x-client-id", b"a\tb")], None).unwrap_err();
+        assert!(err.contains("at position 1"), "{err}");
+        let err = key(1, &[("x-client-id", "caf\u{e9}".as_bytes())], None).unwrap_err();
+        assert!(err.contains("at position 3"), "{err}");
+        let err = key(1, &[("x-client-id", b"a"), ("x-client-id", b"b")], None).unwrap_err();
+        assert!(err.contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn forwarded_for_uses_the_entry_the_trusted_proxy_saw() {
+        let xff: &[u8] = b"203.0.113.7, 198.51.100.2, 10.0.0.5";
+        assert_eq!(
+            key(1, &[("x-forwarded-for", xff)], None).as_deref(),
+            Ok("ip:10.0.0.5")
+        );
+        assert_eq!(
+            key(2, &[("x-forwarded-for", xff)], None).as_deref(),
+            Ok("ip:198.51.100.2")
+        );
+        assert_eq!(
+            key(3, &[("x-forwarded-for", xff)], None).as_deref(),
+            Ok("ip:203.0.113.7")
+        );
+        // More hops than entries: the header cannot be trusted; the peer is used.
+        assert_eq!(
+            key(4, &[("x-forwarded-for", xff)], Some("192.0.2.1:5000")).as_deref(),
+            Ok("ip:192.0.2.1")
+        );
+        // Zero hops: the header is ignored entirely.
+        assert_eq!(
+            key(0, &[("x-forwarded-for", xff)], Some("192.0.2.1:5000")).as_deref(),
+            Ok("ip:192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn several_forwarded_for_headers_read_as_one_list() {
+        let headers: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"203.0.113.7"),
+            ("x-forwarded-for", b"198.51.100.2, 10.0.0.5"),
+        ];
+        assert_eq!(key(1, headers, None).as_deref(), Ok("ip:10.0.0.5"));
+        assert_eq!(key(3, headers, None).as_deref(), Ok("ip:203.0.113.7"));
+    }
+
+    #[test]
+    fn spoofed_entries_on_the_left_do_not_move_the_key() {
+        // The proxy appends the address it saw; whatever the client prepends stays left of it.
+        for spoof in [
+            &b"1.1.1.1"[..],
+            b"1.1.1.1, 2.2.2.2, 3.3.3.3",
+            b"unknown, garbage, ::1",
+            b",,,,,,",
+            b"10.0.0.5, 10.0.0.5",
+        ] {
+            let mut xff = spoof.to_vec();
+            xff.extend_from_slice(b", 198.51.100.9");
+            assert_eq!(
+                key(1, &[("x-forwarded-for", &xff)], None).as_deref(),
+                Ok("ip:198.51.100.9"),
+                "{}",
+                String::from_utf8_lossy(spoof)
+            );
+        }
+    }
+
+    #[test]
+    fn address_forms_and_garbage() {
+        for (xff, expected) in [
+            (&b"198.51.100.9:4711"[..], "ip:198.51.100.9"),
+            (b"[2001:db8::1]:443", "ip:2001:db8::1"),
+            (b"[2001:db8::1]", "ip:2001:db8::1"),
+            (b"2001:db8::1", "ip:2001:db8::1"),
+            (b"::ffff:198.51.100.9", "ip:198.51.100.9"),
+            (b"  198.51.100.9  ", "ip:198.51.100.9"),
+            (b"198.51.100.9, not-an-ip", "ip:198.51.100.9"),
+            (b"198.51.100.9, \xff\xfe", "ip:198.51.100.9"),
+        ] {
+            assert_eq!(
+                key(1, &[("x-forwarded-for", xff)], None).as_deref(),
+                Ok(expected),
+                "{}",
+                String::from_utf8_lossy(xff)
+            );
+        }
+        for garbage in [
+            &b""[..],
+            b",",
+            b"unknown",
+            b"\xff",
+            b"999.1.1.1",
+            b"1.2.3.4.5",
+        ] {
+            assert_eq!(
+                key(1, &[("x-forwarded-for", garbage)], None).as_deref(),
+                Ok("unknown"),
+                "{}",
+                String::from_utf8_lossy(garbage)
+            );
+        }
+        let commas = ",".repeat(16 * 1024);
+        assert_eq!(
+            key(1, &[("x-forwarded-for", commas.as_bytes())], None).as_deref(),
+            Ok("unknown")
+        );
+    }
+
+    #[test]
+    fn peer_address_then_unknown() {
+        assert_eq!(
+            key(1, &[], Some("[::ffff:192.0.2.1]:80")).as_deref(),
+            Ok("ip:192.0.2.1")
+        );
+        assert_eq!(key(1, &[], None).as_deref(), Ok("unknown"));
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn peer_address_from_axum_connect_info() {
+        let mut request = Request::new(());
+        let addr: SocketAddr = "192.0.2.8:1234".parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        let k = KeySource::default().client_key(&request).unwrap();
+        assert_eq!(k.to_string(), "ip:192.0.2.8");
+    }
+}

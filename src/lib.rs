@@ -1,0 +1,53 @@
+//! # tollgate
+//!
+//! Rate limiting for [tower] and [axum] services in one `.layer(...)`: per-client token
+//! buckets, per-path rules from a JSON file operators edit, shared across app instances
+//! through one atomic Redis Lua script, or kept in process with [`governor`] when there is
+//! no Redis.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use tollgate::RateLimitLayer;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limits = RateLimitLayer::builder().rules_file("rate_limits.json").build().await?;
+//! let app = Router::new().route("/api/data", get(|| async { "data" })).layer(limits);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Add `.redis_url("redis://127.0.0.1:6379")` to the builder to share the buckets between
+//! instances.
+//!
+//! Per request, data flows one way: **client key** ([`ClientKey`]: `X-Client-ID`, else
+//! `X-Forwarded-For` as the trusted proxy saw it, else the peer address, else `unknown`)
+//! → **rule** ([`Rules::lookup`] by method and path) → **decision** ([`Decision`], from the
+//! backend) → the inner service's response with `X-RateLimit-Limit`, `-Remaining` and
+//! `-Reset`, or `429 Too Many Requests` with `Retry-After` and a JSON body.
+//!
+//! [tower]: https://docs.rs/tower
+//! [axum]: https://docs.rs/axum
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod backend;
+mod decision;
+mod error;
+mod future;
+mod headers;
+mod key;
+mod layer;
+mod rules;
+mod service;
+
+pub use decision::Decision;
+pub use error::{BuildError, InvalidRule, Location, RulesError};
+pub use future::ResponseFuture;
+pub use headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+pub use key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN};
+pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
+pub use rules::{Bucket, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, Rules};
+pub use service::RateLimit;

@@ -1,0 +1,902 @@
+//! The rules file: which token bucket applies to which method and path.
+//!
+//! ```json
+//! {
+//!   "default": { "capacity": 20, "refill_rate": 5 },
+//!   "routes": [
+//!     { "path": "/api/data", "capacity": 10, "refill_rate": 1 },
+//!     { "path": "/api/submit", "methods": ["POST"], "limit": "30/minute" },
+//!     { "path": "/api/users/{id}", "capacity": 5, "refill_rate": 0.5 },
+//!     { "path": "/static/{*rest}", "unlimited": true }
+//!   ]
+//! }
+//! ```
+//!
+//! Everything is validated once, at load; a request only does one router lookup.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::Number;
+
+use crate::error::{InvalidRule, Location, RulesError};
+
+/// Slowest refill accepted: one token every 11.6 days.
+pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
+/// Fastest refill accepted: one token per nanosecond.
+pub const MAX_REFILL_PER_SEC: f64 = 1e9;
+
+/// A token bucket: it holds at most `capacity` tokens and gains `refill_per_sec` tokens per
+/// second, continuously. A request takes one token; with none left it is refused until one
+/// has refilled. A new client starts with a full bucket.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::Bucket;
+///
+/// let bucket = Bucket::new(30, 0.5).unwrap();
+/// assert_eq!(bucket.capacity(), 30);
+/// assert_eq!(bucket.refill_period(), Duration::from_secs(2));
+/// assert_eq!(bucket.time_to_fill(30), Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    capacity: NonZeroU32,
+    refill_per_sec: f64,
+}
+
+impl Bucket {
+    /// A bucket of `capacity` tokens refilled at `refill_per_sec`, or `None` when capacity is
+    /// zero or the rate is outside [`MIN_REFILL_PER_SEC`]..=[`MAX_REFILL_PER_SEC`].
+    pub fn new(capacity: u32, refill_per_sec: f64) -> Option<Self> {
+        let capacity = NonZeroU32::new(capacity)?;
+        (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC)
+            .contains(&refill_per_sec)
+            .then_some(Self {
+                capacity,
+                refill_per_sec,
+            })
+    }
+
+    /// The most tokens the bucket holds (the burst size).
+    pub fn capacity(&self) -> u32 {
+        self.capacity.get()
+    }
+
+    pub(crate) fn capacity_nonzero(&self) -> NonZeroU32 {
+        self.capacity
+    }
+
+    /// Tokens added per second.
+    pub fn refill_per_sec(&self) -> f64 {
+        self.refill_per_sec
+    }
+
+    /// The time one token takes to refill.
+    pub fn refill_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.refill_per_sec)
+    }
+
+    /// The time `tokens` tokens take to refill.
+    pub fn time_to_fill(&self, tokens: u32) -> Duration {
+        Duration::from_secs_f64(f64::from(tokens) / self.refill_per_sec)
+    }
+}
+
+impl fmt::Display for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "capacity {} refilled at {}/s",
+            self.capacity, self.refill_per_sec
+        )
+    }
+}
+
+/// One rule from the rules file: the default, or one entry of `routes`.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": { "capacity": 20, "refill_rate": 5 },
+///     "routes": [{ "path": "/api/submit", "methods": ["POST"], "limit": "30/minute" }]
+/// }"#).unwrap();
+/// let rule = rules.lookup(&Method::POST, "/api/submit");
+/// assert_eq!(rule.id(), "/api/submit@POST");
+/// assert_eq!(rule.bucket().unwrap().capacity(), 30);
+/// assert_eq!(rules.lookup(&Method::GET, "/api/submit").id(), "default");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    id: Box<str>,
+    index: usize,
+    bucket: Option<Bucket>,
+}
+
+impl Rule {
+    /// The rule's stable identity, used in Redis keys: `default`, or the path with `{}` turned
+    /// into `<>` (so it never forms a Redis Cluster hash tag), followed by `@METHODS` when the
+    /// rule names methods, e.g. `/api/users/<id>@GET,PUT`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The token bucket, or `None` for an unlimited rule.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_ref()
+    }
+
+    /// Position in [`Rules::iter`]; backends keep per-rule state in this order.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// Validated rules, ready to answer "which rule applies to this request?".
+///
+/// Load them with [`Rules::from_file`] or [`Rules::from_json`]. Path patterns use
+/// `{param}` for one segment and `{*rest}` for everything after; the most specific pattern
+/// wins (static segments over parameters over catch-alls), and a rule that names `methods`
+/// only applies to those methods. Requests no route covers use `default`.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": { "capacity": 20, "refill_rate": 5 },
+///     "routes": [
+///         { "path": "/api/users/{id}", "capacity": 5, "refill_rate": 0.5 },
+///         { "path": "/api/users/me", "capacity": 50, "refill_rate": 10 },
+///         { "path": "/static/{*rest}", "unlimited": true }
+///     ]
+/// }"#).unwrap();
+/// assert_eq!(rules.lookup(&Method::GET, "/api/users/42").id(), "/api/users/<id>");
+/// assert_eq!(rules.lookup(&Method::GET, "/api/users/me").id(), "/api/users/me");
+/// assert!(rules.lookup(&Method::GET, "/static/app.js").bucket().is_none());
+/// assert_eq!(rules.lookup(&Method::GET, "/elsewhere").id(), "default");
+/// ```
+pub struct Rules {
+    /// Index 0 is the default rule; the rest follow the file's `routes` order.
+    rules: Vec<Rule>,
+    /// One router per method some rule names, holding that method's rules and the
+    /// method-less ones.
+    by_method: Vec<(Method, matchit::Router<usize>)>,
+    /// The method-less rules, for methods no rule names.
+    any_method: matchit::Router<usize>,
+}
+
+impl fmt::Debug for Rules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rules").field("rules", &self.rules).finish()
+    }
+}
+
+impl Rules {
+    /// Reads and validates a rules file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, RulesError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&text, &path.display().to_string())
+    }
+
+    /// Validates rules given as JSON text (errors name the source `<inline>`).
+    pub fn from_json(json: &str) -> Result<Self, RulesError> {
+        parse(json, "<inline>")
+    }
+
+    /// The rule for a request.
+    pub fn lookup(&self, method: &Method, path: &str) -> &Rule {
+        let router = self
+            .by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(&self.any_method, |(_, router)| router);
+        let index = router.at(path).map_or(0, |matched| *matched.value);
+        &self.rules[index]
+    }
+
+    /// The rule for requests no route covers.
+    pub fn default_rule(&self) -> &Rule {
+        &self.rules[0]
+    }
+
+    /// Every rule: the default first, then the routes in file order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Rule> {
+        self.rules.iter()
+    }
+}
+
+/// One rule as written. `default` and `routes[i]` share the shape; `path` and `methods` are
+/// only allowed in routes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    capacity: Option<Number>,
+    refill_rate: Option<Number>,
+    limit: Option<String>,
+    unlimited: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    default: RawRule,
+    #[serde(default)]
+    routes: Vec<RawRule>,
+}
+
+/// A problem found after deserializing, with its JSON path.
+struct Problem {
+    json_path: String,
+    problem: InvalidRule,
+}
+
+fn problem(json_path: impl Into<String>, problem: InvalidRule) -> Problem {
+    Problem {
+        json_path: json_path.into(),
+        problem,
+    }
+}
+
+fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
+    let invalid = |location: Location, problem: InvalidRule| RulesError::Invalid {
+        source_name: source_name.to_owned(),
+        location,
+        problem,
+    };
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let raw: RawRules = serde_path_to_error::deserialize(de).map_err(|err| {
+        let json_path = err.path().to_string();
+        let inner = err.into_inner();
+        let line_column = (inner.line() > 0).then(|| (inner.line(), inner.column()));
+        invalid(
+            Location {
+                json_path,
+                line_column,
+            },
+            InvalidRule::Json(strip_position(&inner)),
+        )
+    })?;
+    build(raw).map_err(|p| {
+        invalid(
+            Location {
+                json_path: p.json_path,
+                line_column: None,
+            },
+            p.problem,
+        )
+    })
+}
+
+/// serde_json appends " at line L column C"; the location is reported separately.
+fn strip_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+fn build(raw: RawRules) -> Result<Rules, Problem> {
+    for (field, present) in [
+        ("path", raw.default.path.is_some()),
+        ("methods", raw.default.methods.is_some()),
+    ] {
+        if present {
+            return Err(problem(
+                format!("default.{field}"),
+                InvalidRule::Json(format!("`{field}` is only allowed in routes")),
+            ));
+        }
+    }
+    let mut rules = vec![Rule {
+        id: "default".into(),
+        index: 0,
+        bucket: bucket_of(&raw.default, "default")?,
+    }];
+
+    struct Route {
+        json_path: String,
+        pattern: String,
+        methods: Option<Vec<Method>>,
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+    for (i, raw_route) in raw.routes.iter().enumerate() {
+        let json_path = format!("routes[{i}]");
+        let bucket = bucket_of(raw_route, &json_path)?;
+        let pattern = raw_route
+            .path
+            .clone()
+            .ok_or_else(|| problem(&json_path, InvalidRule::Json("missing field `path`".into())))?;
+        if !pattern.starts_with('/') {
+            return Err(problem(
+                format!("{json_path}.path"),
+                InvalidRule::Pattern {
+                    path: pattern,
+                    reason: "it does not start with '/'".into(),
+                },
+            ));
+        }
+        let methods = raw_route
+            .methods
+            .as_deref()
+            .map(|m| methods_of(m, &json_path))
+            .transpose()?;
+        if let Some(earlier) = routes
+            .iter()
+            .find(|r| r.pattern == pattern && methods_overlap(&r.methods, &methods))
+        {
+            return Err(problem(
+                format!("{json_path}.path"),
+                InvalidRule::DuplicateRoute {
+                    path: pattern,
+                    other: earlier.json_path.clone(),
+                },
+            ));
+        }
+        let id = rule_id(&pattern, methods.as_deref());
+        if let Some(same_id) = rules.iter().position(|r| *r.id == *id) {
+            return Err(problem(
+                format!("{json_path}.path"),
+                InvalidRule::DuplicateRoute {
+                    path: pattern,
+                    other: format!("routes[{}] (same rule identity {id:?})", same_id - 1),
+                },
+            ));
+        }
+        rules.push(Rule {
+            id: id.into(),
+            index: i + 1,
+            bucket,
+        });
+        routes.push(Route {
+            json_path,
+            pattern,
+            methods,
+        });
+    }
+
+    let insert_all = |filter: &dyn Fn(&Route) -> bool| -> Result<matchit::Router<usize>, Problem> {
+        let mut router = matchit::Router::new();
+        for (i, route) in routes.iter().enumerate().filter(|(_, r)| filter(r)) {
+            router
+                .insert(route.pattern.as_str(), i + 1)
+                .map_err(|err| {
+                    let reason = match err {
+                        matchit::InsertError::Conflict { with } => {
+                            let other = routes
+                                .iter()
+                                .find(|r| r.pattern == with)
+                                .map_or(with.clone(), |r| format!("{} ({with:?})", r.json_path));
+                            format!("it conflicts with {other}")
+                        }
+                        other => other.to_string(),
+                    };
+                    problem(
+                        format!("{}.path", route.json_path),
+                        InvalidRule::Pattern {
+                            path: route.pattern.clone(),
+                            reason,
+                        },
+                    )
+                })?;
+        }
+        Ok(router)
+    };
+
+    let mut named_methods: Vec<Method> = routes
+        .iter()
+        .flat_map(|r| r.methods.iter().flatten().cloned())
+        .collect();
+    named_methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    named_methods.dedup();
+
+    let any_method = insert_all(&|r| r.methods.is_none())?;
+    let by_method = named_methods
+        .into_iter()
+        .map(|method| {
+            let router = insert_all(&|r| {
+                r.methods
+                    .as_ref()
+                    .is_none_or(|methods| methods.contains(&method))
+            })?;
+            Ok((method, router))
+        })
+        .collect::<Result<_, Problem>>()?;
+
+    Ok(Rules {
+        rules,
+        by_method,
+        any_method,
+    })
+}
+
+fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => true,
+    }
+}
+
+fn rule_id(pattern: &str, methods: Option<&[Method]>) -> String {
+    let mut id: String = pattern
+        .chars()
+        .map(|c| match c {
+            '{' => '<',
+            '}' => '>',
+            c => c,
+        })
+        .collect();
+    if let Some(methods) = methods {
+        id.push('@');
+        let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        id.push_str(&names.join(","));
+    }
+    id
+}
+
+/// Upper-cased, sorted, de-duplicated methods.
+fn methods_of(raw: &[String], json_path: &str) -> Result<Vec<Method>, Problem> {
+    if raw.is_empty() {
+        return Err(problem(
+            format!("{json_path}.methods"),
+            InvalidRule::Methods {
+                found: "the list is empty".into(),
+            },
+        ));
+    }
+    let mut methods = Vec::with_capacity(raw.len());
+    for (i, name) in raw.iter().enumerate() {
+        let upper = name.to_ascii_uppercase();
+        let method = Method::from_bytes(upper.as_bytes())
+            .ok()
+            .filter(|_| !upper.is_empty())
+            .ok_or_else(|| {
+                problem(
+                    format!("{json_path}.methods[{i}]"),
+                    InvalidRule::Methods {
+                        found: format!("{name:?} is not a method name"),
+                    },
+                )
+            })?;
+        methods.push(method);
+    }
+    methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    methods.dedup();
+    Ok(methods)
+}
+
+fn bucket_of(raw: &RawRule, json_path: &str) -> Result<Option<Bucket>, Problem> {
+    let at = |field: &str| format!("{json_path}.{field}");
+    let unlimited = raw.unlimited == Some(true);
+    let explicit = raw.capacity.is_some() || raw.refill_rate.is_some();
+    match (unlimited, explicit, &raw.limit) {
+        (true, false, None) => Ok(None),
+        (false, true, None) => {
+            let (Some(capacity), Some(rate)) = (&raw.capacity, &raw.refill_rate) else {
+                let missing = if raw.capacity.is_none() {
+                    "capacity"
+                } else {
+                    "refill_rate"
+                };
+                return Err(problem(
+                    json_path,
+                    InvalidRule::LimitForm {
+                        found: format!("`{missing}` is missing"),
+                    },
+                ));
+            };
+            let capacity = capacity
+                .as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .filter(|c| *c >= 1)
+                .ok_or_else(|| {
+                    problem(
+                        at("capacity"),
+                        InvalidRule::Capacity {
+                            got: capacity.to_string(),
+                        },
+                    )
+                })?;
+            let refill = rate
+                .as_f64()
+                .filter(|r| (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(r))
+                .ok_or_else(|| {
+                    problem(
+                        at("refill_rate"),
+                        InvalidRule::RefillRate {
+                            got: rate.to_string(),
+                        },
+                    )
+                })?;
+            Ok(Bucket::new(capacity, refill))
+        }
+        (false, false, Some(limit)) => parse_limit(limit).map(Some).ok_or_else(|| {
+            problem(
+                at("limit"),
+                InvalidRule::LimitShorthand { got: limit.clone() },
+            )
+        }),
+        _ => {
+            let given: Vec<&str> = [
+                ("capacity", raw.capacity.is_some()),
+                ("refill_rate", raw.refill_rate.is_some()),
+                ("limit", raw.limit.is_some()),
+                ("unlimited", raw.unlimited.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, present)| present.then_some(name))
+            .collect();
+            let found = if given.is_empty() {
+                "it has none".to_owned()
+            } else if raw.unlimited == Some(false) && given.len() == 1 {
+                "it has `unlimited: false` alone".to_owned()
+            } else {
+                format!("it has {}", given.join(", "))
+            };
+            Err(problem(json_path, InvalidRule::LimitForm { found }))
+        }
+    }
+}
+
+/// `"N/unit"`: capacity N, refilled over one unit.
+fn parse_limit(text: &str) -> Option<Bucket> {
+    let (count, unit) = text.split_once('/')?;
+    let count: u32 = count.trim().parse().ok()?;
+    let unit_secs = match unit.trim() {
+        "second" => 1.0,
+        "minute" => 60.0,
+        "hour" => 3600.0,
+        "day" => 86400.0,
+        _ => return None,
+    };
+    Bucket::new(count, f64::from(count) / unit_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(json: &str) -> Rules {
+        match Rules::from_json(json) {
+            Ok(rules) => rules,
+            Err(err) => panic!("expected valid rules, got: {err}"),
+        }
+    }
+
+    /// The error message for rules that must be rejected.
+    fn err(json: &str) -> String {
+        match Rules::from_json(json) {
+            Ok(rules) => panic!("expected an error, got {rules:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    const DEFAULT: &str = r#""default": {"capacity": 20, "refill_rate": 5}"#;
+
+    fn with_routes(routes: &str) -> String {
+        format!(r#"{{{DEFAULT}, "routes": [{routes}]}}"#)
+    }
+
+    #[test]
+    fn shipped_rules_file_is_valid() {
+        let rules = Rules::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(rules.iter().len() > 1);
+    }
+
+    #[test]
+    fn the_three_forms() {
+        let rules = ok(&with_routes(
+            r#"{"path": "/a", "capacity": 10, "refill_rate": 0.25},
+               {"path": "/b", "limit": "30/minute"},
+               {"path": "/c", "limit": "2/second"},
+               {"path": "/d", "limit": "24 / hour"},
+               {"path": "/e", "limit": "1/day"},
+               {"path": "/f", "unlimited": true},
+               {"path": "/g", "unlimited": false, "capacity": 1, "refill_rate": 1}"#,
+        ));
+        let bucket = |p: &str| rules.lookup(&Method::GET, p).bucket().copied();
+        assert_eq!(bucket("/a"), Bucket::new(10, 0.25));
+        assert_eq!(bucket("/b"), Bucket::new(30, 0.5));
+        assert_eq!(bucket("/c"), Bucket::new(2, 2.0));
+        assert_eq!(bucket("/d"), Bucket::new(24, 24.0 / 3600.0));
+        assert_eq!(bucket("/e"), Bucket::new(1, 1.0 / 86400.0));
+        assert_eq!(bucket("/f"), None);
+        assert_eq!(bucket("/g"), Bucket::new(1, 1.0));
+        assert_eq!(bucket("/nothing"), Bucket::new(20, 5.0));
+    }
+
+    #[test]
+    fn routes_are_optional_and_default_may_be_unlimited() {
+        let rules = ok(r#"{"default": {"unlimited": true}}"#);
+        assert_eq!(rules.iter().len(), 1);
+        assert!(rules.lookup(&Method::GET, "/x").bucket().is_none());
+    }
+
+    #[test]
+    fn most_specific_pattern_wins() {
+        let rules = ok(&with_routes(
+            r#"{"path": "/api/{*rest}", "capacity": 1, "refill_rate": 1},
+               {"path": "/api/users/{id}", "capacity": 2, "refill_rate": 1},
+               {"path": "/api/users/admin", "capacity": 3, "refill_rate": 1},
+               {"path": "/api/users/{id}/posts", "capacity": 4, "refill_rate": 1}"#,
+        ));
+        let id = |p: &str| rules.lookup(&Method::GET, p).id().to_owned();
+        assert_eq!(id("/api/users/admin"), "/api/users/admin");
+        assert_eq!(id("/api/users/7"), "/api/users/<id>");
+        assert_eq!(id("/api/users/7/posts"), "/api/users/<id>/posts");
+        assert_eq!(id("/api/other/deep/path"), "/api/<*rest>");
+        assert_eq!(id("/api"), "default");
+        assert_eq!(id("/"), "default");
+        assert_eq!(id(""), "default");
+    }
+
+    #[test]
+    fn methods_select_rules_and_fall_through_to_less_specific_patterns() {
+        let rules = ok(&with_routes(
+            r#"{"path": "/api/{*rest}", "capacity": 1, "refill_rate": 1},
+               {"path": "/api/submit", "methods": ["post", "PUT", "POST"], "capacity": 2, "refill_rate": 1},
+               {"path": "/api/submit", "methods": ["DELETE"], "capacity": 3, "refill_rate": 1}"#,
+        ));
+        let id = |m: Method, p: &str| rules.lookup(&m, p).id().to_owned();
+        assert_eq!(id(Method::POST, "/api/submit"), "/api/submit@POST,PUT");
+        assert_eq!(id(Method::PUT, "/api/submit"), "/api/submit@POST,PUT");
+        assert_eq!(id(Method::DELETE, "/api/submit"), "/api/submit@DELETE");
+        // GET is named by no rule for this path, so the catch-all applies.
+        assert_eq!(id(Method::GET, "/api/submit"), "/api/<*rest>");
+        assert_eq!(id(Method::PATCH, "/api/submit"), "/api/<*rest>");
+        assert_eq!(id(Method::POST, "/other"), "default");
+    }
+
+    #[test]
+    fn rule_ids_are_stable_and_free_of_hash_tag_braces() {
+        let rules = ok(&with_routes(
+            r#"{"path": "/u/{id}/f/{*rest}", "methods": ["GET"], "unlimited": true}"#,
+        ));
+        let ids: Vec<&str> = rules.iter().map(Rule::id).collect();
+        assert_eq!(ids, ["default", "/u/<id>/f/<*rest>@GET"]);
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let msg = err("{\n  \"default\": {\"capacity\": 20,,}\n}");
+        assert!(msg.starts_with("<inline>: at default"), "{msg}");
+        assert!(msg.contains("(line 2, column"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "capacity": 1, "refill_rate": 1},
+               {"path": "/b", "capcity": 1, "refill_rate": 1}"#,
+        ));
+        assert!(
+            msg.starts_with("<inline>: at routes[1].capcity"),
+            "got: {msg}"
+        );
+        assert!(msg.contains("unknown field `capcity`"), "{msg}");
+        let msg = err(&format!(r#"{{{DEFAULT}, "rotues": []}}"#));
+        assert!(msg.contains("unknown field `rotues`"), "{msg}");
+    }
+
+    #[test]
+    fn missing_default_is_an_error() {
+        let msg = err(r#"{"routes": []}"#);
+        assert!(msg.contains("missing field `default`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_capacities() {
+        for (value, shown) in [
+            ("0", "got 0"),
+            ("-1", "got -1"),
+            ("2.5", "got 2.5"),
+            ("4294967296", "got 4294967296"),
+        ] {
+            let msg = err(&format!(
+                r#"{{"default": {{"capacity": {value}, "refill_rate": 1}}}}"#
+            ));
+            assert_eq!(
+                msg,
+                format!(
+                    "<inline>: at default.capacity: capacity must be an integer from 1 to 4294967295, {shown}"
+                )
+            );
+        }
+        let msg = err(r#"{"default": {"capacity": "10", "refill_rate": 1}}"#);
+        assert!(msg.starts_with("<inline>: at default.capacity"), "{msg}");
+    }
+
+    #[test]
+    fn bad_refill_rates() {
+        for value in ["0", "-1", "-0.5", "1e-9", "1e10"] {
+            let msg = err(&with_routes(&format!(
+                r#"{{"path": "/a", "capacity": 1, "refill_rate": {value}}}"#
+            )));
+            assert!(
+                msg.starts_with("<inline>: at routes[0].refill_rate: refill_rate must be"),
+                "{value}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_limit_shorthands() {
+        for value in [
+            "10",
+            "10/week",
+            "0/second",
+            "-1/second",
+            "x/minute",
+            "10/",
+            "/minute",
+            "10/minutes",
+        ] {
+            let msg = err(&with_routes(&format!(
+                r#"{{"path": "/a", "limit": "{value}"}}"#
+            )));
+            assert!(
+                msg.starts_with("<inline>: at routes[0].limit: limit must look like \"N/unit\""),
+                "{value}: {msg}"
+            );
+            assert!(msg.contains(&format!("{value:?}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn exactly_one_limit_form() {
+        for (rule, found) in [
+            (r#"{"path": "/a"}"#, "it has none"),
+            (
+                r#"{"path": "/a", "capacity": 1}"#,
+                "`refill_rate` is missing",
+            ),
+            (
+                r#"{"path": "/a", "refill_rate": 1}"#,
+                "`capacity` is missing",
+            ),
+            (
+                r#"{"path": "/a", "limit": "1/second", "capacity": 1, "refill_rate": 1}"#,
+                "it has capacity, refill_rate, limit",
+            ),
+            (
+                r#"{"path": "/a", "unlimited": true, "limit": "1/second"}"#,
+                "it has limit, unlimited",
+            ),
+            (
+                r#"{"path": "/a", "unlimited": false}"#,
+                "it has `unlimited: false` alone",
+            ),
+        ] {
+            let msg = err(&with_routes(rule));
+            assert!(
+                msg.starts_with("<inline>: at routes[0]: a rule needs exactly one of"),
+                "{rule}: {msg}"
+            );
+            assert!(msg.ends_with(found), "{rule}: {msg}");
+        }
+    }
+
+    #[test]
+    fn bad_methods() {
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "methods": [], "unlimited": true}"#,
+        ));
+        assert!(msg.contains("at routes[0].methods: methods must be a non-empty list"));
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "methods": ["GET", "GE T"], "unlimited": true}"#,
+        ));
+        assert!(msg.contains("at routes[0].methods[1]"), "{msg}");
+        assert!(msg.contains("\"GE T\" is not a method name"), "{msg}");
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "methods": [""], "unlimited": true}"#,
+        ));
+        assert!(msg.contains("at routes[0].methods[0]"), "{msg}");
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "methods": "GET", "unlimited": true}"#,
+        ));
+        assert!(msg.contains("at routes[0].methods"), "{msg}");
+    }
+
+    #[test]
+    fn path_and_methods_are_not_allowed_in_default() {
+        let msg = err(r#"{"default": {"path": "/", "unlimited": true}}"#);
+        assert!(
+            msg.contains("at default.path: `path` is only allowed in routes"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn duplicate_routes() {
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "unlimited": true}, {"path": "/a", "limit": "1/second"}"#,
+        ));
+        assert!(
+            msg.contains("at routes[1].path: route \"/a\" duplicates routes[0]"),
+            "{msg}"
+        );
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "methods": ["GET", "POST"], "unlimited": true},
+               {"path": "/a", "methods": ["post"], "unlimited": true}"#,
+        ));
+        assert!(msg.contains("duplicates routes[0]"), "{msg}");
+        let msg = err(&with_routes(
+            r#"{"path": "/a", "unlimited": true},
+               {"path": "/a", "methods": ["GET"], "unlimited": true}"#,
+        ));
+        assert!(msg.contains("duplicates routes[0]"), "{msg}");
+        // Same rule identity through the brace mapping.
+        let msg = err(&with_routes(
+            r#"{"path": "/u/{id}", "unlimited": true}, {"path": "/u/<id>", "unlimited": true}"#,
+        ));
+        assert!(msg.contains("same rule identity"), "{msg}");
+    }
+
+    #[test]
+    fn bad_patterns() {
+        for (path, reason) in [
+            ("api", "does not start with '/'"),
+            ("", "does not start with '/'"),
+            ("/a/{*rest}/b", "catch-all"),
+            ("/a/{", "parameter"),
+            ("/a/{x}-{y}", "parameter"),
+        ] {
+            let msg = err(&with_routes(&format!(
+                r#"{{"path": "{path}", "unlimited": true}}"#
+            )));
+            assert!(
+                msg.starts_with(&format!(
+                    "<inline>: at routes[0].path: path {path:?} is not a valid pattern"
+                )),
+                "{path}: {msg}"
+            );
+            assert!(msg.to_lowercase().contains(reason), "{path}: {msg}");
+        }
+        let msg = err(&with_routes(
+            r#"{"path": "/u/{id}", "unlimited": true}, {"path": "/u/{name}", "unlimited": true}"#,
+        ));
+        assert!(msg.contains("at routes[1].path"), "{msg}");
+        assert!(msg.contains("conflicts with routes[0]"), "{msg}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_file() {
+        let err = Rules::from_file("/definitely/not/here.json").unwrap_err();
+        assert!(matches!(err, RulesError::Read { .. }));
+        assert!(err.to_string().contains("/definitely/not/here.json"));
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("tollgate-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.json");
+        std::fs::write(&file, r#"{"default": {"capacity": 1, "refill_rate": -2}}"#).unwrap();
+        let msg = Rules::from_file(&file).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            msg.starts_with(&format!("{}: at default.refill_rate", file.display())),
+            "{msg}"
+        );
+    }
+}
