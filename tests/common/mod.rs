@@ -1,0 +1,253 @@
+//! Test harness shared by the integration tests: a private `redis-server` per test, and
+//! small helpers for sending requests through the layer.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::routing::{get, post};
+use tollgate::{RateLimitLayer, Rules};
+use tower::ServiceExt;
+
+const INSTALL_HINT: &str = "redis-server is needed by this test but was not found on PATH. \
+Install it (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`) \
+or set REDIS_URL to a running server that tests may write to.";
+
+/// A Redis for one test: a `redis-server` process of its own on a free loopback port, in a
+/// temporary directory, persisting nothing; stopped when dropped. With `REDIS_URL` set, that
+/// server is used instead and only the key prefix keeps tests apart.
+pub struct TestRedis {
+    url: String,
+    port: u16,
+    process: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            if !url.is_empty() {
+                return Self {
+                    url,
+                    port: 0,
+                    process: None,
+                    dir: None,
+                };
+            }
+        }
+        Self::spawn()
+    }
+
+    /// Always a private process, even when `REDIS_URL` is set (for tests that stop it).
+    pub fn spawn() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut redis = Self {
+                url: format!("redis://127.0.0.1:{port}"),
+                port,
+                process: None,
+                dir: None,
+            };
+            redis.process = Some(launch(port, dir.path()));
+            match wait_for_ping(
+                port,
+                redis.process.as_mut().unwrap(),
+                Duration::from_secs(10),
+            ) {
+                Ok(()) => {
+                    redis.dir = Some(dir);
+                    return redis;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A synchronous connection for inspecting what the layer stored.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn launch(port: u16, dir: &std::path::Path) -> Child {
+    let spawned = Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--protected-mode", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+        Err(e) => panic!("cannot run redis-server: {e}. {INSTALL_HINT}"),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn wait_for_ping(port: u16, child: &mut Child, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server exited with {status} (port {port} taken?)"
+            ));
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut reply = [0u8; 7];
+            if stream.write_all(b"PING\r\n").is_ok()
+                && stream.read_exact(&mut reply).is_ok()
+                && &reply == b"+PONG\r\n"
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    Err(format!("no PONG on port {port} within {limit:?}"))
+}
+
+/// A key prefix no other test uses, so tests never share Redis state.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}-{}-{test}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn rules(json: &str) -> Rules {
+    Rules::from_json(json).unwrap_or_else(|e| panic!("test rules: {e}"))
+}
+
+pub fn repo_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// Which backend a test runs against.
+pub enum Store<'a> {
+    Memory,
+    Redis(&'a TestRedis, String),
+}
+
+pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
+    let builder = RateLimitLayer::builder().rules(rules);
+    let builder = match store {
+        Store::Memory => builder,
+        Store::Redis(redis, prefix) => builder
+            .redis_url(redis.url())
+            .redis_prefix(prefix.clone())
+            // Generous: these tests check decisions, not the failure path.
+            .redis_timeout(Duration::from_secs(5)),
+    };
+    builder
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("build layer: {e}"))
+}
+
+/// The demo's routes behind `layer`.
+pub fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/", get(|| async { "root" }))
+        .route("/api/data", get(|| async { "data" }))
+        .route(
+            "/api/submit",
+            post(|body: String| async move { body }).get(|| async { "form" }),
+        )
+        .route("/api/users/{id}", get(|| async { "user" }))
+        .route("/health", get(|| async { "ok" }))
+        .route("/static/{*rest}", get(|| async { "file" }))
+        .layer(layer)
+}
+
+pub fn request(method: &str, path: &str, client: Option<&str>) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(client) = client {
+        builder = builder.header("x-client-id", client);
+    }
+    builder.body(Body::empty()).expect("test request")
+}
+
+/// Sends one request through the app (oneshot).
+pub async fn send(app: &Router, request: Request<Body>) -> Response<Body> {
+    app.clone().oneshot(request).await.expect("infallible")
+}
+
+pub fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header"))
+}
+
+pub fn remaining(response: &Response<Body>) -> Option<u32> {
+    header(response, "x-ratelimit-remaining").map(|v| v.parse().expect("integer"))
+}
+
+pub async fn body_json(response: Response<Body>) -> serde_json::Value {
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&bytes).expect("JSON body")
+}
+
+/// Status codes of `n` requests sent one after another.
+pub async fn statuses(app: &Router, n: usize, make: impl Fn() -> Request<Body>) -> Vec<StatusCode> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(send(app, make()).await.status());
+    }
+    out
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
