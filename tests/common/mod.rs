@@ -77,6 +77,21 @@ impl TestRedis {
         &self.url
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `KILL`) to this test's own redis-server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .process
+            .as_ref()
+            .expect("only a private redis-server can be signalled; use TestRedis::spawn")
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// A synchronous connection for inspecting what the layer stored.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())

@@ -1,0 +1,326 @@
+//! The Redis backend against a real redis-server: what it stores, atomicity across
+//! instances, agreement with the memory backend, script reloads and a slow Redis.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use tollgate::{BuildError, RateLimitLayer};
+
+#[tokio::test]
+async fn buckets_are_hashes_under_the_documented_key_and_expire_when_full() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("keys");
+    let store = Store::Redis(&redis, prefix.clone());
+    let app = app(layer(&store, rules(r#"{
+        "default": {"capacity": 20, "refill_rate": 5},
+        "routes": [{"path": "/api/users/{id}", "methods": ["GET"], "capacity": 5, "refill_rate": 0.5}]
+        }"#)).await);
+    assert_eq!(
+        send(&app, request("GET", "/api/users/7", Some("alice")))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mut by_ip = request("GET", "/", None);
+    by_ip
+        .headers_mut()
+        .insert("x-forwarded-for", "192.0.2.1, 10.1.2.3".parse().unwrap());
+    assert_eq!(send(&app, by_ip).await.status(), StatusCode::OK);
+
+    let mut c = redis.client();
+    let user_key = format!("{prefix}:{{/api/users/<id>@GET:id:alice}}");
+    let fields: HashMap<String, String> =
+        redis::cmd("HGETALL").arg(&user_key).query(&mut c).unwrap();
+    assert_eq!(
+        fields.get("tokens").map(String::as_str),
+        Some("4"),
+        "{fields:?}"
+    );
+    let ts_micros: u64 = fields["ts"].parse().unwrap();
+    let now_micros = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    assert!(
+        now_micros.abs_diff(ts_micros) < 10_000_000,
+        "ts {ts_micros} is Redis TIME in µs"
+    );
+    // One token short of full at 0.5 tokens/s: full again (and gone) in 2 s.
+    let pttl: i64 = redis::cmd("PTTL").arg(&user_key).query(&mut c).unwrap();
+    assert!((1000..=2000).contains(&pttl), "pttl {pttl}");
+
+    let ip_key = format!("{prefix}:{{default:ip:10.1.2.3}}");
+    let exists: bool = redis::cmd("EXISTS").arg(&ip_key).query(&mut c).unwrap();
+    assert!(exists, "{ip_key} missing");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_two_instances_admit_exactly_the_capacity() {
+    let redis = TestRedis::start();
+    let store = Store::Redis(&redis, unique_prefix("atomic"));
+    let limits = r#"{"default": {"capacity": 50, "refill_rate": 0.00001}}"#;
+    // Two layers, two connection managers: two app instances sharing one Redis.
+    let instances = [
+        app(layer(&store, rules(limits)).await),
+        app(layer(&store, rules(limits)).await),
+    ];
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let app = instances[i % 2].clone();
+            tokio::spawn(async move {
+                send(&app, request("GET", "/api/data", Some("crowd")))
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((admitted, refused), (50, 150));
+}
+
+/// Status, limit and remaining for each request of a fixed sequence.
+async fn run_sequence(
+    store: &Store<'_>,
+    limits: &str,
+    plan: &[(&str, &str, &str)],
+) -> Vec<(u16, Option<String>, Option<u32>)> {
+    let app = app(layer(store, rules(limits)).await);
+    let mut seen = Vec::with_capacity(plan.len());
+    for (method, path, client) in plan {
+        let response = send(&app, request(method, path, Some(client))).await;
+        seen.push((
+            response.status().as_u16(),
+            header(&response, "x-ratelimit-limit").map(str::to_owned),
+            remaining(&response),
+        ));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn memory_and_redis_decide_the_same_sequence_identically() {
+    let limits = r#"{
+        "default": {"capacity": 3, "refill_rate": 0.001},
+        "routes": [
+            {"path": "/api/users/{id}", "capacity": 2, "refill_rate": 0.001},
+            {"path": "/api/submit", "methods": ["POST"], "limit": "4/day"},
+            {"path": "/health", "unlimited": true}
+        ]}"#;
+    let paths = [
+        ("GET", "/"),
+        ("GET", "/api/data"),
+        ("GET", "/api/users/1"),
+        ("GET", "/api/users/2"),
+        ("POST", "/api/submit"),
+        ("GET", "/api/submit"),
+        ("GET", "/health"),
+    ];
+    let clients = ["a", "b", "c", "d"];
+    // A fixed pseudo-random walk over clients and routes.
+    let mut state = 0x2545_f491_u32;
+    let plan: Vec<(&str, &str, &str)> = (0..150)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let (method, path) = paths[(state % paths.len() as u32) as usize];
+            let client = clients[((state >> 8) % clients.len() as u32) as usize];
+            (method, path, client)
+        })
+        .collect();
+
+    let redis = TestRedis::start();
+    let from_memory = run_sequence(&Store::Memory, limits, &plan).await;
+    let from_redis =
+        run_sequence(&Store::Redis(&redis, unique_prefix("same")), limits, &plan).await;
+    let denied = from_memory.iter().filter(|(s, _, _)| *s == 429).count();
+    assert!(
+        denied > 30 && denied < 120,
+        "the plan exercises both answers: {denied} denied"
+    );
+    for (i, (m, r)) in from_memory.iter().zip(&from_redis).enumerate() {
+        assert_eq!(m, r, "request {i} {:?}: memory {m:?}, redis {r:?}", plan[i]);
+    }
+}
+
+#[tokio::test]
+async fn memory_and_redis_refill_alike() {
+    // 4 tokens/s: a burst of 5 leaves 2 refused; 600 ms later 2 tokens are back.
+    let limits = r#"{"default": {"capacity": 3, "refill_rate": 4}}"#;
+    let redis = TestRedis::start();
+    let mut results = Vec::new();
+    for store in [Store::Memory, Store::Redis(&redis, unique_prefix("refill"))] {
+        let app = app(layer(&store, rules(limits)).await);
+        let mut seen = statuses(&app, 5, || request("GET", "/", Some("r"))).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        seen.extend(statuses(&app, 3, || request("GET", "/", Some("r"))).await);
+        results.push(seen);
+    }
+    let (ok, no) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(results[0], [ok, ok, ok, no, no, ok, ok, no], "memory");
+    assert_eq!(results[1], results[0], "redis");
+}
+
+#[tokio::test]
+async fn script_is_reloaded_after_script_flush() {
+    let redis = TestRedis::start();
+    let app = app(layer(
+        &Store::Redis(&redis, unique_prefix("flush")),
+        rules(r#"{"default": {"capacity": 5, "refill_rate": 0.001}}"#),
+    )
+    .await);
+    assert_eq!(
+        remaining(&send(&app, request("GET", "/", Some("f"))).await),
+        Some(4)
+    );
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.client())
+        .unwrap();
+    // Still decided by Redis (headers present, state kept), not waved through.
+    let response = send(&app, request("GET", "/", Some("f"))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(remaining(&response), Some(3));
+}
+
+#[tokio::test]
+async fn a_stalled_redis_does_not_hold_requests_past_the_timeout() {
+    let redis = TestRedis::spawn();
+    let timeout = Duration::from_millis(100);
+    let layer = RateLimitLayer::builder()
+        .rules(rules(
+            r#"{"default": {"capacity": 5, "refill_rate": 0.001}}"#,
+        ))
+        .redis_url(redis.url())
+        .redis_prefix(unique_prefix("stall"))
+        .redis_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let app = app(layer);
+    assert_eq!(
+        remaining(&send(&app, request("GET", "/", Some("s"))).await),
+        Some(4)
+    );
+
+    redis.signal("STOP");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = send(&app, request("GET", "/", Some("s"))).await;
+        let took = started.elapsed();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "let through while Redis is stalled"
+        );
+        assert_eq!(
+            header(&response, "x-ratelimit-limit"),
+            None,
+            "no made-up headers"
+        );
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(400),
+            "took {took:?}"
+        );
+    }
+    redis.signal("CONT");
+
+    // Decisions come from Redis again once it answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = send(&app, request("GET", "/", Some("s"))).await;
+        if remaining(&response).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis decisions did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_redis_does_not_hold_requests_past_the_timeout() {
+    let redis = TestRedis::spawn();
+    let timeout = Duration::from_millis(100);
+    let layer = RateLimitLayer::builder()
+        .rules(rules(
+            r#"{"default": {"capacity": 5, "refill_rate": 0.001}}"#,
+        ))
+        .redis_url(redis.url())
+        .redis_prefix(unique_prefix("dead"))
+        .redis_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let app = app(layer);
+    redis.signal("KILL");
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = send(&app, request("GET", "/", Some("d"))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < timeout + Duration::from_millis(400),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn unusable_redis_urls_fail_the_build_with_the_reason() {
+    let build = |url: String| async move {
+        RateLimitLayer::builder()
+            .rules(rules(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#))
+            .redis_url(url)
+            .build()
+            .await
+    };
+    let err = build("not a url".into()).await.unwrap_err();
+    assert!(matches!(err, BuildError::Redis { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to Redis at not a url: "),
+        "{err}"
+    );
+
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = build(format!("redis://:hunter2@127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("redis://:***@127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
