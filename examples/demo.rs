@@ -1,1 +1,151 @@
-fn main() {}
+//! The tollgate demo: a small axum API with the rate limit layer on every route.
+//!
+//! ```text
+//! cargo run --release --example demo
+//! ```
+//!
+//! Environment:
+//! - `RATE_LIMIT_RULES_PATH`: rules file (default `rate_limits.json`)
+//! - `REDIS_URL`: share buckets through this Redis (unset: in-memory buckets)
+//! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
+//!   0 when clients connect directly)
+//! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
+//! - `RUST_LOG`: log filter (default `info`)
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::extract::Path;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tollgate::RateLimitLayer;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let rules_path = env_or("RATE_LIMIT_RULES_PATH", "rate_limits.json");
+    let host = env_or("HOST", "127.0.0.1");
+    let port: u16 = parse_env("PORT", 8000)?;
+    let hops: usize = parse_env("TRUSTED_PROXY_HOPS", 1)?;
+    let redis_url = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
+
+    let mut builder = RateLimitLayer::builder()
+        .rules_file(&rules_path)
+        .trusted_proxy_hops(hops);
+    if let Some(url) = &redis_url {
+        builder = builder.redis_url(url);
+    }
+    let layer = builder.build().await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        backend = layer.backend_name(),
+        rules = %rules_path,
+        trusted_proxy_hops = hops,
+        "rate limits loaded"
+    );
+    for rule in layer.rules().iter() {
+        match rule.bucket() {
+            Some(bucket) => tracing::info!(rule = rule.id(), "{bucket}"),
+            None => tracing::info!(rule = rule.id(), "unlimited"),
+        }
+    }
+
+    let app = Router::new()
+        .route("/", get(root))
+        .route("/api/data", get(data))
+        .route("/api/submit", post(submit))
+        .route("/api/users/{id}", get(user))
+        .route("/health", get(health))
+        .layer(layer);
+
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("listening on http://{address}");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn root() -> Json<Value> {
+    Json(
+        json!({"service": "tollgate demo", "try": ["/api/data", "/api/users/1", "POST /api/submit", "/health"]}),
+    )
+}
+
+async fn data() -> Json<Value> {
+    Json(json!({"data": [1, 2, 3]}))
+}
+
+async fn submit(Json(body): Json<Value>) -> Json<Value> {
+    Json(json!({"received": body}))
+}
+
+async fn user(Path(id): Path<String>) -> Json<Value> {
+    Json(json!({"id": id}))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(text) => text
+            .parse()
+            .map_err(|_| format!("{name}={text:?} is not a valid number")),
+    }
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish requests in flight, exit.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

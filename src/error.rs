@@ -52,7 +52,7 @@ pub struct Location {
     /// JSON path, `.` for the document root, otherwise like `routes[2].capacity`.
     pub json_path: String,
     /// 1-based line and column, known for syntax errors.
-    pub line_column: Option<(usize, usize)>,
+    pub line_column: Option<(u32, u32)>,
 }
 
 impl fmt::Display for Location {

@@ -24,14 +24,16 @@ pin_project! {
     /// ```
     /// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
     /// use tower::{Service, ServiceExt};
-    /// use tollgate::{RateLimitLayer, Rules};
+    /// use tollgate::{RateLimitLayer, ResponseFuture, Rules};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#)?;
     /// let layer = RateLimitLayer::builder().rules(rules).build().await?;
     /// let mut service = tower::Layer::layer(&layer, Router::new().route("/", get(|| async { "ok" })));
-    /// let future = service.ready().await?.call(Request::get("/").body(Body::empty())?);
+    /// let request: Request<Body> = Request::get("/").body(Body::empty())?;
+    /// let ready = ServiceExt::<Request<Body>>::ready(&mut service).await?;
+    /// let future: ResponseFuture<Router, Body> = ready.call(request);
     /// assert_eq!(future.await?.status(), StatusCode::OK);
     /// # Ok(())
     /// # }

@@ -240,32 +240,31 @@ impl RateLimitLayerBuilder {
                 }),
             });
         }
-        let backend = Backend::Memory(MemoryBackend::new(&rules));
-        let shared = Arc::new(Shared {
-            rules,
-            keys: self.keys,
-            backend,
-        });
-        spawn_memory_cleanup(Arc::downgrade(&shared), self.memory_cleanup_interval);
-        Ok(RateLimitLayer { shared })
+        let memory = Arc::new(MemoryBackend::new(&rules));
+        spawn_memory_cleanup(Arc::downgrade(&memory), self.memory_cleanup_interval);
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                rules,
+                keys: self.keys,
+                backend: Backend::Memory(memory),
+            }),
+        })
     }
 }
 
 /// Forgets full buckets every `interval` until the layer is dropped.
-fn spawn_memory_cleanup(shared: Weak<Shared>, interval: Duration) {
+fn spawn_memory_cleanup(memory: Weak<MemoryBackend>, interval: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            let Some(shared) = shared.upgrade() else {
+            let Some(memory) = memory.upgrade() else {
                 break;
             };
-            if let Backend::Memory(memory) = &shared.backend {
-                let kept = memory.retain_recent();
-                tracing::trace!(kept, "in-memory rate limit cleanup");
-            }
+            let kept = memory.retain_recent();
+            tracing::trace!(kept, "in-memory rate limit cleanup");
         }
     });
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::Decision;
 use crate::key::ClientKey;
@@ -17,6 +18,7 @@ pub(crate) type PendingDecision =
     Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send + 'static>>;
 
 /// A backend's answer: at once, or later.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Verdict {
     Now(Decision),
     Later(PendingDecision),
@@ -24,6 +26,7 @@ pub(crate) enum Verdict {
 
 /// Why a remote backend could not decide.
 #[derive(Debug, thiserror::Error)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum BackendError {
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -33,7 +36,7 @@ pub(crate) enum BackendError {
 }
 
 pub(crate) enum Backend {
-    Memory(memory::MemoryBackend),
+    Memory(Arc<memory::MemoryBackend>),
     #[cfg(feature = "redis")]
     Redis(redis::RedisBackend),
 }

@@ -32,15 +32,15 @@ pub struct TestRedis {
 
 impl TestRedis {
     pub fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            if !url.is_empty() {
-                return Self {
-                    url,
-                    port: 0,
-                    process: None,
-                    dir: None,
-                };
-            }
+        if let Ok(url) = std::env::var("REDIS_URL")
+            && !url.is_empty()
+        {
+            return Self {
+                url,
+                port: 0,
+                process: None,
+                dir: None,
+            };
         }
         Self::spawn()
     }

@@ -1,0 +1,374 @@
+//! End to end over TCP: a real axum server with the layer, real HTTP clients, and the demo
+//! binary itself.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use tollgate::RateLimitLayer;
+
+/// Serves `layer` on a free loopback port with the peer address available to the layer.
+async fn serve(layer: RateLimitLayer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = app(layer).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+const RULES: &str = r#"{
+    "default": {"capacity": 20, "refill_rate": 5},
+    "routes": [
+        {"path": "/api/data", "capacity": 3, "refill_rate": 10},
+        {"path": "/api/submit", "methods": ["POST"], "limit": "2/minute"},
+        {"path": "/health", "unlimited": true}
+    ]}"#;
+
+async fn limits_hold_over_http(store: &Store<'_>) {
+    let base = format!("http://{}", serve(layer(store, rules(RULES)).await).await);
+    let http = client();
+    let get = |path: &str, who: &str| {
+        http.get(format!("{base}{path}"))
+            .header("x-client-id", who)
+            .send()
+    };
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let response = get("/api/data", "alice").await.unwrap();
+        seen.push((
+            response.status(),
+            header(&response, "x-ratelimit-remaining"),
+        ));
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(header(&response, "retry-after").as_deref(), Some("1"));
+            assert_eq!(header(&response, "x-ratelimit-limit").as_deref(), Some("3"));
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(
+                (body["error"].as_str(), body["retry_after"].as_u64()),
+                (Some("rate_limited"), Some(1))
+            );
+        } else {
+            assert_eq!(response.text().await.unwrap(), "data");
+        }
+    }
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        seen,
+        [
+            (StatusCode::OK, some("2")),
+            (StatusCode::OK, some("1")),
+            (StatusCode::OK, some("0")),
+            (StatusCode::TOO_MANY_REQUESTS, some("0"))
+        ]
+    );
+    // Another client is unaffected; unlimited routes never answer 429 and carry no headers.
+    assert_eq!(
+        get("/api/data", "bob").await.unwrap().status(),
+        StatusCode::OK
+    );
+    for _ in 0..30 {
+        let health = get("/health", "alice").await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        assert_eq!(header(&health, "x-ratelimit-limit"), None);
+    }
+    // POST has its own rule; the body reaches the handler.
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let response = http
+            .post(format!("{base}/api/submit"))
+            .header("x-client-id", "alice")
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+        if expected == StatusCode::OK {
+            assert_eq!(response.text().await.unwrap(), "payload");
+        }
+    }
+    // 10 tokens/s: after 250 ms the data bucket has tokens again.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        get("/api/data", "alice").await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn limits_hold_over_http_on_memory() {
+    limits_hold_over_http(&Store::Memory).await;
+}
+
+#[tokio::test]
+async fn limits_hold_over_http_on_redis() {
+    let redis = TestRedis::start();
+    limits_hold_over_http(&Store::Redis(&redis, unique_prefix("http"))).await;
+}
+
+#[tokio::test]
+async fn without_ids_clients_are_keyed_by_the_trusted_address() {
+    let one_bucket = r#"{"default": {"capacity": 2, "refill_rate": 0.001}}"#;
+    let http = client();
+
+    // Reached directly (no trusted proxy): X-Forwarded-For is ignored, the peer address
+    // counts, so rotating forged values buys nothing.
+    let direct = RateLimitLayer::builder()
+        .rules(rules(one_bucket))
+        .trusted_proxy_hops(0)
+        .build()
+        .await
+        .unwrap();
+    let base = format!("http://{}", serve(direct).await);
+    let mut statuses = Vec::new();
+    for forged in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        statuses.push(
+            http.get(&base)
+                .header("x-forwarded-for", forged)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+
+    // Behind one proxy: the entry that proxy appended is the client; prepended values are not.
+    let proxied = RateLimitLayer::builder()
+        .rules(rules(one_bucket))
+        .trusted_proxy_hops(1)
+        .build()
+        .await
+        .unwrap();
+    let base = format!("http://{}", serve(proxied).await);
+    let mut statuses = Vec::new();
+    for forged in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        let xff = format!("{forged}, 203.0.113.9");
+        statuses.push(
+            http.get(&base)
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let other = http
+        .get(&base)
+        .header("x-forwarded-for", "203.0.113.10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    // No header at all: the peer (127.0.0.1) has its own bucket.
+    assert_eq!(
+        http.get(&base).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+/// The demo example, built by `cargo test` next to this test binary.
+fn demo_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let demo = profile_dir
+        .join("examples")
+        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        demo.exists(),
+        "{} not found: run the whole suite with `cargo test --all-features`, which builds the examples",
+        demo.display()
+    );
+    demo
+}
+
+struct Demo {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the demo on a free port and waits for its "listening on" line.
+fn start_demo(envs: &[(&str, &str)]) -> Demo {
+    let mut child = Command::new(demo_binary())
+        .env_clear()
+        .env("PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("RATE_LIMIT_RULES_PATH", repo_file("rate_limits.json"))
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run the demo");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let address = rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .to_owned();
+            return Demo { child, address };
+        }
+        log.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("demo did not start:\n{}", log.join("\n"));
+}
+
+async fn demo_enforces_the_shipped_rules(demo: &Demo) {
+    let base = format!("http://{}", demo.address);
+    let http = client();
+    // rate_limits.json: /api/data has capacity 10.
+    let mut codes = Vec::new();
+    for _ in 0..11 {
+        codes.push(
+            http.get(format!("{base}/api/data"))
+                .header("x-client-id", "demo-user")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(
+        codes.iter().filter(|c| **c == StatusCode::OK).count(),
+        10,
+        "{codes:?}"
+    );
+    assert_eq!(codes[10], StatusCode::TOO_MANY_REQUESTS);
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(header(&health, "x-ratelimit-limit"), None);
+    let echoed: serde_json::Value = http
+        .post(format!("{base}/api/submit"))
+        .json(&serde_json::json!({"n": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed, serde_json::json!({"received": {"n": 1}}));
+    let user = http
+        .get(format!("{base}/api/users/42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&user, "x-ratelimit-limit").as_deref(), Some("5"));
+}
+
+#[tokio::test]
+async fn demo_runs_on_memory_and_stops_on_sigterm() {
+    let mut demo = start_demo(&[]);
+    demo_enforces_the_shipped_rules(&demo).await;
+    let pid = demo.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            assert!(status.success(), "graceful exit, got {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn demo_runs_on_redis() {
+    let redis = TestRedis::start();
+    let demo = start_demo(&[("REDIS_URL", redis.url())]);
+    demo_enforces_the_shipped_rules(&demo).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:*")
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(
+        keys.contains(&"tollgate:{/api/data:id:demo-user}".to_owned()),
+        "{keys:?}"
+    );
+}
+
+#[test]
+fn demo_refuses_a_bad_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.json");
+    std::fs::write(&file, r#"{"default": {"capacity": 5, "refill_rate": 1}, "routes": [{"path": "/x", "limit": "5/fortnight"}]}"#).unwrap();
+    let output = Command::new(demo_binary())
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("PORT", "0")
+        .env("RATE_LIMIT_RULES_PATH", &file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: {}: at routes[0].limit: limit must look like",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
