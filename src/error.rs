@@ -47,6 +47,18 @@ pub enum RulesError {
 }
 
 /// Where in a rules document a problem is.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{Rules, RulesError};
+///
+/// let err = Rules::from_json("{\n  \"default\": {\"capacity\": 5,}\n}").unwrap_err();
+/// let RulesError::Invalid { location, .. } = err else { panic!("expected Invalid") };
+/// assert_eq!(location.json_path, "default");
+/// assert_eq!(location.line_column, Some((2, 29)));
+/// assert_eq!(location.to_string(), "default (line 2, column 29)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     /// JSON path, `.` for the document root, otherwise like `routes[2].capacity`.
@@ -66,6 +78,18 @@ impl fmt::Display for Location {
 }
 
 /// What is wrong with one part of a rules document.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{InvalidRule, Rules, RulesError};
+///
+/// let json = r#"{"default": {"limit": "10/week"}}"#;
+/// let RulesError::Invalid { problem, .. } = Rules::from_json(json).unwrap_err() else {
+///     panic!("expected Invalid")
+/// };
+/// assert_eq!(problem, InvalidRule::LimitShorthand { got: "10/week".into() });
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidRule {
