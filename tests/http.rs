@@ -129,80 +129,55 @@ async fn limits_hold_over_http_on_redis() {
     limits_hold_over_http(&Store::Redis(&redis, unique_prefix("http"))).await;
 }
 
+/// Statuses of requests sent with each `X-Forwarded-For` value in turn.
+async fn statuses_for(base: &str, forwarded_for: &[&str]) -> Vec<StatusCode> {
+    let http = client();
+    let mut statuses = Vec::new();
+    for xff in forwarded_for {
+        let response = http
+            .get(base)
+            .header("x-forwarded-for", *xff)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    statuses
+}
+
+async fn serve_one_bucket(trusted_proxy_hops: usize) -> String {
+    let layer = RateLimitLayer::builder()
+        .rules(rules(
+            r#"{"default": {"capacity": 2, "refill_rate": 0.001}}"#,
+        ))
+        .trusted_proxy_hops(trusted_proxy_hops)
+        .build()
+        .await
+        .unwrap();
+    format!("http://{}", serve(layer).await)
+}
+
 #[tokio::test]
 async fn without_ids_clients_are_keyed_by_the_trusted_address() {
-    let one_bucket = r#"{"default": {"capacity": 2, "refill_rate": 0.001}}"#;
-    let http = client();
+    let (ok, limited) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
 
     // Reached directly (no trusted proxy): X-Forwarded-For is ignored, the peer address
     // counts, so rotating forged values buys nothing.
-    let direct = RateLimitLayer::builder()
-        .rules(rules(one_bucket))
-        .trusted_proxy_hops(0)
-        .build()
-        .await
-        .unwrap();
-    let base = format!("http://{}", serve(direct).await);
-    let mut statuses = Vec::new();
-    for forged in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
-        statuses.push(
-            http.get(&base)
-                .header("x-forwarded-for", forged)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-        );
-    }
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::TOO_MANY_REQUESTS
-        ]
-    );
+    let direct = serve_one_bucket(0).await;
+    let forged = ["1.1.1.1", "2.2.2.2", "3.3.3.3"];
+    assert_eq!(statuses_for(&direct, &forged).await, [ok, ok, limited]);
 
     // Behind one proxy: the entry that proxy appended is the client; prepended values are not.
-    let proxied = RateLimitLayer::builder()
-        .rules(rules(one_bucket))
-        .trusted_proxy_hops(1)
-        .build()
-        .await
-        .unwrap();
-    let base = format!("http://{}", serve(proxied).await);
-    let mut statuses = Vec::new();
-    for forged in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
-        let xff = format!("{forged}, 203.0.113.9");
-        statuses.push(
-            http.get(&base)
-                .header("x-forwarded-for", xff)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-        );
-    }
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::TOO_MANY_REQUESTS
-        ]
-    );
-    let other = http
-        .get(&base)
-        .header("x-forwarded-for", "203.0.113.10")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other.status(), StatusCode::OK);
+    let proxied = serve_one_bucket(1).await;
+    let forged = [
+        "1.1.1.1, 203.0.113.9",
+        "2.2.2.2, 203.0.113.9",
+        "3.3.3.3,203.0.113.9",
+    ];
+    assert_eq!(statuses_for(&proxied, &forged).await, [ok, ok, limited]);
+    assert_eq!(statuses_for(&proxied, &["203.0.113.10"]).await, [ok]);
     // No header at all: the peer (127.0.0.1) has its own bucket.
-    assert_eq!(
-        http.get(&base).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(client().get(&proxied).send().await.unwrap().status(), ok);
 }
 
 /// The demo example, built by `cargo test` next to this test binary.

@@ -203,21 +203,26 @@ async fn script_is_reloaded_after_script_flush() {
     assert_eq!(remaining(&response), Some(3));
 }
 
-#[tokio::test]
-async fn a_stalled_redis_does_not_hold_requests_past_the_timeout() {
-    let redis = TestRedis::spawn();
-    let timeout = Duration::from_millis(100);
+/// Capacity 5 on a private Redis with a short decision deadline.
+async fn app_with_timeout(redis: &TestRedis, test: &str, timeout: Duration) -> axum::Router {
     let layer = RateLimitLayer::builder()
         .rules(rules(
             r#"{"default": {"capacity": 5, "refill_rate": 0.001}}"#,
         ))
         .redis_url(redis.url())
-        .redis_prefix(unique_prefix("stall"))
+        .redis_prefix(unique_prefix(test))
         .redis_timeout(timeout)
         .build()
         .await
         .unwrap();
-    let app = app(layer);
+    app(layer)
+}
+
+#[tokio::test]
+async fn a_stalled_redis_does_not_hold_requests_past_the_timeout() {
+    let redis = TestRedis::spawn();
+    let timeout = Duration::from_millis(100);
+    let app = app_with_timeout(&redis, "stall", timeout).await;
     assert_eq!(
         remaining(&send(&app, request("GET", "/", Some("s"))).await),
         Some(4)
@@ -261,17 +266,7 @@ async fn a_stalled_redis_does_not_hold_requests_past_the_timeout() {
 async fn a_dead_redis_does_not_hold_requests_past_the_timeout() {
     let redis = TestRedis::spawn();
     let timeout = Duration::from_millis(100);
-    let layer = RateLimitLayer::builder()
-        .rules(rules(
-            r#"{"default": {"capacity": 5, "refill_rate": 0.001}}"#,
-        ))
-        .redis_url(redis.url())
-        .redis_prefix(unique_prefix("dead"))
-        .redis_timeout(timeout)
-        .build()
-        .await
-        .unwrap();
-    let app = app(layer);
+    let app = app_with_timeout(&redis, "dead", timeout).await;
     redis.signal("KILL");
     for _ in 0..5 {
         let started = Instant::now();
