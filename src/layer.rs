@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::backend::Backend;
-use crate::backend::memory::MemoryBackend;
+use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
 use crate::error::BuildError;
 use crate::key::KeySource;
 use crate::rules::Rules;
@@ -240,7 +240,7 @@ impl RateLimitLayerBuilder {
                 }),
             });
         }
-        let memory = Arc::new(MemoryBackend::new(&rules));
+        let memory = Arc::new(MemoryBackend::new(&rules, DEFAULT_MAX_KEYS, 1));
         spawn_memory_cleanup(Arc::downgrade(&memory), self.memory_cleanup_interval);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -263,7 +263,7 @@ fn spawn_memory_cleanup(memory: Weak<MemoryBackend>, interval: Duration) {
             let Some(memory) = memory.upgrade() else {
                 break;
             };
-            let kept = memory.retain_recent();
+            let kept = memory.drop_full();
             tracing::trace!(kept, "in-memory rate limit cleanup");
         }
     });

@@ -83,6 +83,17 @@ impl Bucket {
         Duration::from_secs_f64(1.0 / self.refill_per_sec)
     }
 
+    /// This bucket split `share` ways: capacity and rate divided by `share` (capacity at
+    /// least 1, rate at least [`MIN_REFILL_PER_SEC`]), so that `share` instances deciding
+    /// alone admit about what this bucket admits.
+    pub(crate) fn divided_by(&self, share: u32) -> Self {
+        let share = share.max(1);
+        Self {
+            capacity: NonZeroU32::new(self.capacity.get() / share).unwrap_or(NonZeroU32::MIN),
+            refill_per_sec: (self.refill_per_sec / f64::from(share)).max(MIN_REFILL_PER_SEC),
+        }
+    }
+
     /// The time `tokens` tokens take to refill.
     pub fn time_to_fill(&self, tokens: u32) -> Duration {
         Duration::from_secs_f64(f64::from(tokens) / self.refill_per_sec)

@@ -1,56 +1,74 @@
-//! Token buckets in this process: one `governor` keyed limiter per rule.
+//! Token buckets in this process: one `governor` keyed limiter per rule, all keeping their
+//! state in one bounded [`BucketTable`].
 //!
 //! governor implements GCRA, which admits exactly what a token bucket admits: with
 //! burst = `capacity` and one cell replenished every `1 / refill_per_sec`, a key may take
-//! `capacity` requests at once and then one per refill period. Keys whose bucket has
-//! refilled completely are indistinguishable from new ones and are dropped by
-//! [`MemoryBackend::retain_recent`], which the layer calls periodically.
+//! `capacity` requests at once and then one per refill period. Buckets that have refilled
+//! completely are indistinguishable from new ones and are dropped by
+//! [`MemoryBackend::drop_full`], which the layer calls periodically.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use super::table::{BucketTable, RuleStore};
 use crate::Decision;
 use crate::key::ClientKey;
 use crate::rules::{Bucket, Rule, Rules};
 
-type KeyedLimiter<C> =
-    RateLimiter<ClientKey, DefaultKeyedStateStore<ClientKey>, C, StateInformationMiddleware>;
+type KeyedLimiter<C> = RateLimiter<ClientKey, RuleStore<C>, C, StateInformationMiddleware>;
+
+/// Default bound on the buckets kept in memory, across all rules.
+pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
 
 pub(crate) struct MemoryBackend<C: Clock = DefaultClock> {
     /// Indexed like the rules; `None` for unlimited rules.
-    limiters: Vec<Option<KeyedLimiter<C>>>,
+    limiters: Vec<Option<(KeyedLimiter<C>, Bucket)>>,
+    table: Arc<BucketTable<C>>,
     clock: C,
 }
 
 impl MemoryBackend<DefaultClock> {
-    pub(crate) fn new(rules: &Rules) -> Self {
-        Self::with_clock(rules, DefaultClock::default())
+    /// Buckets for `rules`, each divided by `share` (1 for the real limits; N for a fallback
+    /// that N instances run side by side).
+    pub(crate) fn new(rules: &Rules, max_keys: usize, share: u32) -> Self {
+        Self::with_clock(rules, max_keys, share, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> MemoryBackend<C> {
-    pub(crate) fn with_clock(rules: &Rules, clock: C) -> Self {
+    pub(crate) fn with_clock(rules: &Rules, max_keys: usize, share: u32, clock: C) -> Self {
+        let table = Arc::new(BucketTable::new(max_keys, clock.clone()));
         let limiters = rules
             .iter()
             .map(|rule| {
                 rule.bucket().map(|bucket| {
-                    KeyedLimiter::new(quota(bucket), Default::default(), clock.clone())
+                    let bucket = bucket.divided_by(share);
+                    let store = RuleStore::new(Arc::clone(&table), rule.index() as u32);
+                    (
+                        KeyedLimiter::new(quota(&bucket), store, clock.clone()),
+                        bucket,
+                    )
                 })
             })
             .collect();
-        Self { limiters, clock }
+        Self {
+            limiters,
+            table,
+            clock,
+        }
     }
 
-    pub(crate) fn decide(&self, rule: &Rule, bucket: &Bucket, key: &ClientKey) -> Decision {
-        let capacity = bucket.capacity();
-        let Some(Some(limiter)) = self.limiters.get(rule.index()) else {
-            // Rules and limiters are built together, so every limited rule has a limiter.
-            return Decision::allowed(capacity, capacity, SystemTime::now());
+    /// Decides for a limited rule of the rules this backend was built from.
+    pub(crate) fn decide(&self, rule: &Rule, key: &ClientKey) -> Decision {
+        let Some(Some((limiter, bucket))) = self.limiters.get(rule.index()) else {
+            // Rules and limiters are built together: this is an unlimited rule.
+            return Decision::allowed(u32::MAX, u32::MAX, SystemTime::now());
         };
+        let capacity = bucket.capacity();
         match limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -68,17 +86,19 @@ impl<C: Clock + Clone> MemoryBackend<C> {
         }
     }
 
-    /// Forgets keys whose buckets are full again; returns how many keys remain.
-    pub(crate) fn retain_recent(&self) -> usize {
-        self.limiters
-            .iter()
-            .flatten()
-            .map(|limiter| {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-                limiter.len()
-            })
-            .sum()
+    /// Forgets buckets that are full again; returns how many remain.
+    pub(crate) fn drop_full(&self) -> usize {
+        self.table.drop_full()
+    }
+
+    /// Buckets held now.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Live buckets forgotten to stay within the bound.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.table.evicted()
     }
 }
 
@@ -97,15 +117,21 @@ mod tests {
     use http::Method;
 
     fn setup(json: &str) -> (Rules, MemoryBackend<FakeRelativeClock>, FakeRelativeClock) {
+        setup_shared(json, 1)
+    }
+
+    fn setup_shared(
+        json: &str,
+        share: u32,
+    ) -> (Rules, MemoryBackend<FakeRelativeClock>, FakeRelativeClock) {
         let rules = Rules::from_json(json).unwrap();
         let clock = FakeRelativeClock::default();
-        let backend = MemoryBackend::with_clock(&rules, clock.clone());
+        let backend = MemoryBackend::with_clock(&rules, DEFAULT_MAX_KEYS, share, clock.clone());
         (rules, backend, clock)
     }
 
     fn decide(rules: &Rules, backend: &MemoryBackend<FakeRelativeClock>, key: &str) -> Decision {
-        let rule = rules.lookup(&Method::GET, "/");
-        backend.decide(rule, rule.bucket().unwrap(), &ClientKey::Id(key.into()))
+        backend.decide(rules.lookup(&Method::GET, "/"), &ClientKey::Id(key.into()))
     }
 
     #[test]
@@ -160,8 +186,24 @@ mod tests {
         for key in ["a", "b", "c"] {
             decide(&rules, &backend, key);
         }
-        assert_eq!(backend.retain_recent(), 3);
+        assert_eq!(backend.drop_full(), 3);
         clock.advance(Duration::from_secs(2));
-        assert_eq!(backend.retain_recent(), 0);
+        assert_eq!(backend.drop_full(), 0);
+    }
+
+    #[test]
+    fn a_share_divides_capacity_and_rate() {
+        let (rules, backend, clock) =
+            setup_shared(r#"{"default": {"capacity": 10, "refill_rate": 2}}"#, 4);
+        let burst: Vec<bool> = (0..4)
+            .map(|_| decide(&rules, &backend, "a").allowed)
+            .collect();
+        assert_eq!(burst, [true, true, false, false]);
+        assert_eq!(decide(&rules, &backend, "a").limit, 2);
+        // 2/4 = 0.5 tokens per second.
+        clock.advance(Duration::from_millis(1999));
+        assert!(!decide(&rules, &backend, "a").allowed);
+        clock.advance(Duration::from_millis(1));
+        assert!(decide(&rules, &backend, "a").allowed);
     }
 }

@@ -12,6 +12,7 @@ use crate::rules::{Bucket, Rule};
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod table;
 
 /// A decision still on its way from a remote store.
 pub(crate) type PendingDecision =
@@ -44,7 +45,7 @@ pub(crate) enum Backend {
 impl Backend {
     pub(crate) fn decide(&self, rule: &Rule, bucket: &Bucket, key: &ClientKey) -> Verdict {
         match self {
-            Backend::Memory(memory) => Verdict::Now(memory.decide(rule, bucket, key)),
+            Backend::Memory(memory) => Verdict::Now(memory.decide(rule, key)),
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => Verdict::Later(redis.decide(rule, bucket, key)),
         }
