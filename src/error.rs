@@ -178,7 +178,16 @@ pub enum BuildError {
     /// The rules could not be loaded.
     #[error(transparent)]
     Rules(#[from] RulesError),
-    /// The Redis URL is invalid or Redis could not be reached in time.
+    /// An entry of `trusted_proxies` is neither a CIDR nor an IP address.
+    #[error("trusted proxy {value:?} is not a CIDR like \"10.0.0.0/8\" or an IP address")]
+    TrustedProxy {
+        /// The entry as given.
+        value: String,
+    },
+    /// `ipv6_prefix_len` is outside 1 to 128.
+    #[error("ipv6_prefix_len must be from 1 to 128, got {0}")]
+    Ipv6PrefixLen(u8),
+    /// The Redis URL cannot be used.
     #[cfg(feature = "redis")]
     #[error("cannot connect to Redis at {url}: {reason}")]
     Redis {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -10,7 +11,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::backend::PendingDecision;
+use crate::backend::PendingOutcome;
+use crate::layer::Shared;
+use crate::service::{Step, step};
 use crate::{Decision, headers};
 
 pin_project! {
@@ -56,7 +59,12 @@ pin_project! {
         // The layer answers by itself.
         Respond { response: Option<S::Response> },
         // A remote backend is deciding; the ready inner service and the request wait.
-        Wait { pending: PendingDecision, inner: Option<S>, request: Option<Request<ReqBody>> },
+        Wait {
+            pending: PendingOutcome,
+            inner: Option<S>,
+            request: Option<Request<ReqBody>>,
+            shared: Arc<Shared>,
+        },
         // The inner service is answering; headers are added to its response.
         Forward { #[pin] future: S::Future, decision: Option<Decision> },
     }
@@ -80,12 +88,18 @@ where
         }
     }
 
-    pub(crate) fn wait(pending: PendingDecision, inner: S, request: Request<ReqBody>) -> Self {
+    pub(crate) fn wait(
+        pending: PendingOutcome,
+        inner: S,
+        request: Request<ReqBody>,
+        shared: Arc<Shared>,
+    ) -> Self {
         Self {
             state: State::Wait {
                 pending,
                 inner: Some(inner),
                 request: Some(request),
+                shared,
             },
         }
     }
@@ -128,26 +142,20 @@ where
                     pending,
                     inner,
                     request,
+                    shared,
                 } => {
-                    let result = ready!(pending.as_mut().poll(cx));
+                    let outcome = ready!(pending.as_mut().poll(cx));
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let next = match result {
-                        Ok(decision) if !decision.allowed => State::Respond {
-                            response: Some(headers::too_many_requests(&decision)),
+                    let next = match step(outcome, &shared.counters) {
+                        Step::Respond(response) => State::Respond {
+                            response: Some(response),
                         },
-                        Ok(decision) => State::Forward {
+                        Step::Forward(decision) => State::Forward {
                             future: inner.call(request),
-                            decision: Some(decision),
+                            decision,
                         },
-                        Err(error) => {
-                            tracing::warn!(%error, "rate limit backend failed; letting the request through");
-                            State::Forward {
-                                future: inner.call(request),
-                                decision: None,
-                            }
-                        }
                     };
                     state.set(next);
                 }

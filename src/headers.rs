@@ -4,7 +4,10 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
+use std::time::Duration;
+
 use crate::Decision;
+use crate::decision::ceil_secs;
 use crate::key::InvalidClientId;
 
 /// `X-RateLimit-Limit`: the bucket's capacity.
@@ -37,6 +40,20 @@ pub(crate) fn too_many_requests<B: From<Bytes>>(decision: &Decision) -> Response
     let headers = response.headers_mut();
     set_rate_limit_headers(headers, decision);
     headers.insert(RETRY_AFTER, retry_after.into());
+    response
+}
+
+/// `503 Service Unavailable` when Redis cannot decide and the policy is `deny`:
+/// `{"error":"rate_limiter_unavailable","message":…,"retry_after":N}` with `Retry-After`.
+pub(crate) fn unavailable<B: From<Bytes>>(retry_after: Duration) -> Response<B> {
+    let retry_after = ceil_secs(retry_after).max(1);
+    let body = format!(
+        r#"{{"error":"rate_limiter_unavailable","message":"The rate limiter cannot decide right now; retry after {retry_after} s.","retry_after":{retry_after}}}"#
+    );
+    let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, body);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, retry_after.into());
     response
 }
 
@@ -82,6 +99,17 @@ mod tests {
         assert_eq!(body["limit"], 10);
         assert_eq!(body["remaining"], 0);
         assert_eq!(body["reset"], 1_700_000_000u64);
+    }
+
+    #[test]
+    fn unavailable_response() {
+        let response: Response<Bytes> = unavailable(Duration::from_millis(500));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        assert!(response.headers().get(&X_RATELIMIT_LIMIT).is_none());
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error"], "rate_limiter_unavailable");
+        assert_eq!(body["retry_after"], 1);
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Who a request counts against: the client key.
 //!
-//! In order: `X-Client-ID`; else the `X-Forwarded-For` entry that the trusted proxy in
-//! front of the app saw; else the connection's peer address; else one shared `unknown` key.
+//! In order: `X-Client-ID`; else the address the trusted proxies saw (from
+//! `X-Forwarded-For`); else the connection's peer address; else one shared `unknown` key.
+//! IPv6 addresses count by their network (/64 by default).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, Request};
+use ipnet::IpNet;
+
+use crate::error::BuildError;
 
 /// Longest accepted `X-Client-ID`, in bytes (all of them visible ASCII).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
@@ -29,13 +33,24 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// assert_eq!(by_id.to_string(), "id:10.0.0.1");
 /// assert_eq!(by_ip.to_string(), "ip:10.0.0.1");
 /// assert_eq!(ClientKey::Unknown.to_string(), "unknown");
+/// let subnet = ClientKey::Ipv6Network { network: "2001:db8:1:2::".parse().unwrap(), prefix_len: 64 };
+/// assert_eq!(subnet.to_string(), "ip:2001:db8:1:2::/64");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     /// From `X-Client-ID`, as sent.
     Id(Box<str>),
-    /// From `X-Forwarded-For` or the peer address; IPv4-mapped IPv6 addresses are IPv4.
+    /// An IPv4 address (IPv4-mapped IPv6 addresses included), or an IPv6 address when
+    /// IPv6 clients are keyed by whole address.
     Ip(IpAddr),
+    /// The network an IPv6 address belongs to (see
+    /// [`ipv6_prefix_len`](crate::RateLimitLayerBuilder::ipv6_prefix_len)).
+    Ipv6Network {
+        /// The address with the bits past `prefix_len` cleared.
+        network: Ipv6Addr,
+        /// How many leading bits count.
+        prefix_len: u8,
+    },
     /// Nothing identified the client; all such requests share one bucket.
     Unknown,
 }
@@ -45,6 +60,10 @@ impl fmt::Display for ClientKey {
         match self {
             ClientKey::Id(id) => write!(f, "id:{id}"),
             ClientKey::Ip(ip) => write!(f, "ip:{ip}"),
+            ClientKey::Ipv6Network {
+                network,
+                prefix_len,
+            } => write!(f, "ip:{network}/{prefix_len}"),
             ClientKey::Unknown => f.write_str("unknown"),
         }
     }
@@ -99,27 +118,99 @@ pub enum InvalidClientId {
 #[derive(Debug, Clone)]
 pub(crate) struct KeySource {
     /// How many proxies in front of the app append to `X-Forwarded-For`; 0 ignores it.
-    pub(crate) trusted_proxy_hops: usize,
+    /// Used when `trusted_proxies` is empty.
+    trusted_proxy_hops: usize,
+    /// The proxies' addresses; when set, they replace the hop count.
+    trusted_proxies: Vec<IpNet>,
+    ipv6_prefix_len: u8,
 }
 
 impl Default for KeySource {
     fn default() -> Self {
         Self {
             trusted_proxy_hops: 1,
+            trusted_proxies: Vec::new(),
+            ipv6_prefix_len: 64,
         }
     }
 }
 
 impl KeySource {
+    pub(crate) fn new(
+        trusted_proxy_hops: usize,
+        trusted_proxies: &[String],
+        ipv6_prefix_len: u8,
+    ) -> Result<Self, BuildError> {
+        if !(1..=128).contains(&ipv6_prefix_len) {
+            return Err(BuildError::Ipv6PrefixLen(ipv6_prefix_len));
+        }
+        let trusted_proxies = trusted_proxies
+            .iter()
+            .map(|value| {
+                let text = value.trim();
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| BuildError::TrustedProxy {
+                        value: value.clone(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            trusted_proxy_hops,
+            trusted_proxies,
+            ipv6_prefix_len,
+        })
+    }
+
     pub(crate) fn client_key<B>(&self, request: &Request<B>) -> Result<ClientKey, InvalidClientId> {
         let headers = request.headers();
         if let Some(id) = client_id(headers)? {
             return Ok(ClientKey::Id(id.into()));
         }
-        if let Some(ip) = forwarded_for(headers, self.trusted_proxy_hops) {
-            return Ok(ClientKey::Ip(ip));
+        let peer = peer_ip(request);
+        let ip = if self.trusted_proxies.is_empty() {
+            forwarded_for(headers, self.trusted_proxy_hops).or(peer)
+        } else {
+            self.behind_trusted_proxies(headers, peer)
+        };
+        Ok(ip.map_or(ClientKey::Unknown, |ip| self.key_for(ip)))
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// A peer that is not a trusted proxy is the client, whatever it wrote in
+    /// `X-Forwarded-For`. Otherwise the first untrusted address from the right is; if all
+    /// are trusted, the farthest one.
+    fn behind_trusted_proxies(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        if let Some(peer) = peer
+            && !self.is_trusted(peer)
+        {
+            return Some(peer);
         }
-        Ok(peer_ip(request).map_or(ClientKey::Unknown, ClientKey::Ip))
+        let mut farthest = peer;
+        for ip in forwarded_from_right(headers) {
+            if !self.is_trusted(ip) {
+                return Some(ip);
+            }
+            farthest = Some(ip);
+        }
+        farthest
+    }
+
+    fn key_for(&self, ip: IpAddr) -> ClientKey {
+        match ip {
+            IpAddr::V6(v6) if self.ipv6_prefix_len < 128 => {
+                let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix_len));
+                ClientKey::Ipv6Network {
+                    network: Ipv6Addr::from(u128::from(v6) & mask),
+                    prefix_len: self.ipv6_prefix_len,
+                }
+            }
+            ip => ClientKey::Ip(ip),
+        }
     }
 }
 
@@ -145,20 +236,24 @@ fn client_id(headers: &HeaderMap) -> Result<Option<&str>, InvalidClientId> {
     Ok(std::str::from_utf8(bytes).ok())
 }
 
-/// The `hops`-th valid address from the right of all `X-Forwarded-For` values taken
-/// together. Entries that are not addresses are skipped. With fewer valid entries than
-/// trusted hops, the header cannot be trusted and `None` is returned.
+/// The `hops`-th valid address from the right. With fewer valid entries than trusted hops,
+/// the header cannot be trusted and `None` is returned.
 fn forwarded_for(headers: &HeaderMap, hops: usize) -> Option<IpAddr> {
     if hops == 0 {
         return None;
     }
+    forwarded_from_right(headers).nth(hops - 1)
+}
+
+/// The addresses of all `X-Forwarded-For` values taken together, rightmost (nearest) first.
+/// Entries that are not addresses are skipped.
+fn forwarded_from_right(headers: &HeaderMap) -> impl Iterator<Item = IpAddr> + '_ {
     headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .rev()
         .flat_map(|value| value.as_bytes().rsplit(|b| *b == b','))
         .filter_map(parse_ip)
-        .nth(hops - 1)
 }
 
 /// An IP address as proxies write it: bare, with a port, or bracketed IPv6 with or without
@@ -200,6 +295,14 @@ mod tests {
     use http::HeaderValue;
 
     fn key(hops: usize, headers: &[(&str, &[u8])], peer: Option<&str>) -> Result<String, String> {
+        key_with(&KeySource::new(hops, &[], 128).unwrap(), headers, peer)
+    }
+
+    fn key_with(
+        source: &KeySource,
+        headers: &[(&str, &[u8])],
+        peer: Option<&str>,
+    ) -> Result<String, String> {
         let mut request = Request::new(());
         for (name, value) in headers {
             let value = HeaderValue::from_bytes(value).expect("test header value");
@@ -212,12 +315,10 @@ mod tests {
                 .extensions_mut()
                 .insert(peer.parse::<SocketAddr>().unwrap());
         }
-        KeySource {
-            trusted_proxy_hops: hops,
-        }
-        .client_key(&request)
-        .map(|k| k.to_string())
-        .map_err(|e| e.to_string())
+        source
+            .client_key(&request)
+            .map(|k| k.to_string())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -372,6 +473,177 @@ mod tests {
             Ok("ip:192.0.2.1")
         );
         assert_eq!(key(1, &[], None).as_deref(), Ok("unknown"));
+    }
+
+    fn cidr_source() -> KeySource {
+        let proxies = ["10.0.0.0/8".to_owned(), "2001:db8:ffff::1".to_owned()];
+        KeySource::new(1, &proxies, 64).unwrap()
+    }
+
+    #[test]
+    fn trusted_proxy_cidrs() {
+        let source = cidr_source();
+        let k = |xff: &[u8], peer| key_with(&source, &[("x-forwarded-for", xff)], Some(peer));
+        // Through two of our proxies: the first untrusted address from the right.
+        assert_eq!(
+            k(b"203.0.113.7, 10.1.1.1", "10.2.2.2:80").as_deref(),
+            Ok("ip:203.0.113.7")
+        );
+        assert_eq!(
+            k(b"203.0.113.7, [2001:db8:ffff::1]:9", "10.2.2.2:80").as_deref(),
+            Ok("ip:203.0.113.7")
+        );
+        // Not through our proxies: the peer is the client, whatever it wrote.
+        assert_eq!(
+            k(b"203.0.113.7", "198.51.100.4:80").as_deref(),
+            Ok("ip:198.51.100.4")
+        );
+        // Only trusted addresses: the farthest one.
+        assert_eq!(
+            k(b"10.9.9.9, 10.1.1.1", "10.2.2.2:80").as_deref(),
+            Ok("ip:10.9.9.9")
+        );
+        assert_eq!(k(b"", "10.2.2.2:80").as_deref(), Ok("ip:10.2.2.2"));
+        // No peer known (not served with ConnectInfo): the header alone.
+        assert_eq!(
+            key_with(
+                &source,
+                &[("x-forwarded-for", b"203.0.113.7, 10.1.1.1")],
+                None
+            )
+            .as_deref(),
+            Ok("ip:203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn bad_key_options_fail_the_build() {
+        let err = KeySource::new(1, &["10.0.0.0/33".to_owned()], 64).unwrap_err();
+        assert!(err.to_string().contains("\"10.0.0.0/33\""), "{err}");
+        assert!(KeySource::new(1, &["proxy.local".to_owned()], 64).is_err());
+        assert!(matches!(
+            KeySource::new(1, &[], 0),
+            Err(BuildError::Ipv6PrefixLen(0))
+        ));
+        assert!(matches!(
+            KeySource::new(1, &[], 129),
+            Err(BuildError::Ipv6PrefixLen(129))
+        ));
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_network() {
+        let k = |prefix: u8, addr: &[u8]| {
+            key_with(
+                &KeySource::new(1, &[], prefix).unwrap(),
+                &[("x-forwarded-for", addr)],
+                None,
+            )
+        };
+        for host in [
+            &b"2001:db8:1:2::1"[..],
+            b"2001:db8:1:2:ffff:ffff:ffff:ffff",
+            b"[2001:db8:1:2:abcd::9]:443",
+        ] {
+            assert_eq!(k(64, host).as_deref(), Ok("ip:2001:db8:1:2::/64"));
+        }
+        assert_eq!(
+            k(64, b"2001:db8:1:3::1").as_deref(),
+            Ok("ip:2001:db8:1:3::/64")
+        );
+        assert_eq!(
+            k(48, b"2001:db8:1:3::1").as_deref(),
+            Ok("ip:2001:db8:1::/48")
+        );
+        assert_eq!(
+            k(128, b"2001:db8:1:3::1").as_deref(),
+            Ok("ip:2001:db8:1:3::1")
+        );
+        // IPv4 (and IPv4-mapped IPv6) are not affected.
+        assert_eq!(
+            k(64, b"::ffff:198.51.100.9").as_deref(),
+            Ok("ip:198.51.100.9")
+        );
+    }
+
+    /// What a client may send, around its victim's address.
+    const SPOOFS: [&str; 6] = [
+        "{victim}",
+        "{victim}, {victim}, {victim}",
+        "garbage, {victim}",
+        "{victim}, unknown",
+        "{victim},{victim} , ,",
+        "[{victim}]:1",
+    ];
+
+    /// In every mode, what the proxies append decides the key; what the client wrote does not.
+    #[test]
+    fn clients_cannot_pick_another_clients_bucket() {
+        let victim = "198.51.100.200";
+        let real = "203.0.113.50";
+        let modes: Vec<(&str, KeySource, &str, Vec<&str>)> = vec![
+            // One proxy appends the client's address.
+            (
+                "1 hop",
+                KeySource::new(1, &[], 64).unwrap(),
+                "10.0.0.1:80",
+                vec![real],
+            ),
+            // Two proxies: the outer appends the client, the inner appends the outer.
+            (
+                "2 hops",
+                KeySource::new(2, &[], 64).unwrap(),
+                "10.0.0.2:80",
+                vec![real, "10.0.0.1"],
+            ),
+            (
+                "cidrs",
+                cidr_source(),
+                "10.0.0.2:80",
+                vec![real, "10.0.0.1"],
+            ),
+        ];
+        for (mode, source, proxy, appended) in &modes {
+            for spoof in SPOOFS {
+                let sent = spoof.replace("{victim}", victim);
+                // As one header, and as the client's own header line plus the proxies' line.
+                let joined = format!("{sent}, {}", appended.join(", "));
+                let one = key_with(
+                    source,
+                    &[("x-forwarded-for", joined.as_bytes())],
+                    Some(proxy),
+                );
+                let proxies_line = appended.join(", ");
+                let two = key_with(
+                    source,
+                    &[
+                        ("x-forwarded-for", sent.as_bytes()),
+                        ("x-forwarded-for", proxies_line.as_bytes()),
+                    ],
+                    Some(proxy),
+                );
+                assert_eq!(
+                    one.as_deref(),
+                    Ok(format!("ip:{real}").as_str()),
+                    "{mode}: {sent}"
+                );
+                assert_eq!(two, one, "{mode}: {sent}");
+            }
+        }
+        // Reaching the app directly: with CIDRs the forged header is ignored.
+        for spoof in SPOOFS {
+            let sent = spoof.replace("{victim}", victim);
+            let direct = key_with(
+                &cidr_source(),
+                &[("x-forwarded-for", sent.as_bytes())],
+                Some(&format!("{real}:5")),
+            );
+            assert_eq!(
+                direct.as_deref(),
+                Ok(format!("ip:{real}").as_str()),
+                "direct: {sent}"
+            );
+        }
     }
 
     #[cfg(feature = "axum")]

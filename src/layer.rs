@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,14 +12,17 @@ use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
 use crate::error::BuildError;
 use crate::key::KeySource;
+use crate::policy::OnRedisError;
 use crate::rules::Rules;
 use crate::service::RateLimit;
+use crate::stats::{Counters, Stats};
 
 /// State shared by every clone of the layer and of its services.
 pub(crate) struct Shared {
     pub(crate) rules: Rules,
     pub(crate) keys: KeySource,
     pub(crate) backend: Backend,
+    pub(crate) counters: Counters,
 }
 
 /// A tower [`Layer`] that rate limits requests by client and route.
@@ -72,6 +76,26 @@ impl RateLimitLayer {
     pub fn backend_name(&self) -> &'static str {
         self.shared.backend.name()
     }
+
+    /// Counters and the circuit breaker's state, for metrics and health checks.
+    pub fn stats(&self) -> Stats {
+        let Shared {
+            backend, counters, ..
+        } = &*self.shared;
+        let (fallback, errors) = backend.redis_counts();
+        let memory = backend.memory();
+        Stats {
+            backend: backend.name(),
+            breaker: backend.breaker(),
+            allowed: counters.allowed.load(Ordering::Relaxed),
+            denied: counters.denied.load(Ordering::Relaxed),
+            fallback,
+            errors,
+            invalid_client_ids: counters.invalid_client_ids.load(Ordering::Relaxed),
+            tracked_buckets: memory.map_or(0, |m| m.len()),
+            evicted_buckets: memory.map_or(0, |m| m.evicted()),
+        }
+    }
 }
 
 impl fmt::Debug for RateLimitLayer {
@@ -111,7 +135,8 @@ enum RulesSource {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let layer = RateLimitLayer::builder()
 ///     .rules_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
-///     .trusted_proxy_hops(1)
+///     .trusted_proxies(["10.0.0.0/8", "fd00::/8"])
+///     .max_tracked_buckets(50_000)
 ///     .build()
 ///     .await?;
 /// assert_eq!(layer.backend_name(), "memory");
@@ -124,28 +149,42 @@ enum RulesSource {
 /// ```
 pub struct RateLimitLayerBuilder {
     rules: Option<RulesSource>,
-    keys: KeySource,
+    trusted_proxy_hops: usize,
+    trusted_proxies: Vec<String>,
+    ipv6_prefix_len: u8,
     memory_cleanup_interval: Duration,
+    max_tracked_buckets: usize,
+    on_redis_error: OnRedisError,
+    local_fallback_instances: u32,
     #[cfg(feature = "redis")]
     redis: Option<crate::backend::redis::RedisConfig>,
     #[cfg(feature = "redis")]
     redis_prefix: Option<String>,
     #[cfg(feature = "redis")]
     redis_timeout: Option<Duration>,
+    #[cfg(feature = "redis")]
+    circuit_breaker: Option<(u32, Duration)>,
 }
 
 impl Default for RateLimitLayerBuilder {
     fn default() -> Self {
         Self {
             rules: None,
-            keys: KeySource::default(),
+            trusted_proxy_hops: 1,
+            trusted_proxies: Vec::new(),
+            ipv6_prefix_len: 64,
             memory_cleanup_interval: Duration::from_secs(10),
+            max_tracked_buckets: DEFAULT_MAX_KEYS,
+            on_redis_error: OnRedisError::default(),
+            local_fallback_instances: 1,
             #[cfg(feature = "redis")]
             redis: None,
             #[cfg(feature = "redis")]
             redis_prefix: None,
             #[cfg(feature = "redis")]
             redis_timeout: None,
+            #[cfg(feature = "redis")]
+            circuit_breaker: None,
         }
     }
 }
@@ -153,7 +192,9 @@ impl Default for RateLimitLayerBuilder {
 impl fmt::Debug for RateLimitLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayerBuilder")
-            .field("keys", &self.keys)
+            .field("trusted_proxy_hops", &self.trusted_proxy_hops)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("on_redis_error", &self.on_redis_error)
             .finish_non_exhaustive()
     }
 }
@@ -173,16 +214,60 @@ impl RateLimitLayerBuilder {
 
     /// How many proxies in front of the app append to `X-Forwarded-For` (default 1: the
     /// rightmost entry is the client). 0 ignores `X-Forwarded-For`, for apps that clients
-    /// reach directly.
+    /// reach directly. Not used when [`trusted_proxies`](Self::trusted_proxies) is set.
     pub fn trusted_proxy_hops(mut self, hops: usize) -> Self {
-        self.keys.trusted_proxy_hops = hops;
+        self.trusted_proxy_hops = hops;
         self
     }
 
-    /// How often the in-memory backend forgets clients whose buckets are full again
-    /// (default 10 s).
+    /// The addresses of your proxies, as CIDRs (`"10.0.0.0/8"`) or single addresses. When
+    /// set, `X-Forwarded-For` counts only if the peer is one of them, and is read from the
+    /// right, skipping these addresses: the first other address is the client. Replaces
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). An entry that does not parse fails
+    /// [`build`](Self::build).
+    pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.trusted_proxies = proxies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// IPv6 clients are keyed by their network of this many leading bits (default 64, the
+    /// usual size of one site's subnet, so one host cannot rotate through its addresses);
+    /// 128 keys each address alone. Must be 1 to 128.
+    pub fn ipv6_prefix_len(mut self, bits: u8) -> Self {
+        self.ipv6_prefix_len = bits;
+        self
+    }
+
+    /// How often in-process buckets that are full again are dropped (default 10 s).
     pub fn memory_cleanup_interval(mut self, interval: Duration) -> Self {
         self.memory_cleanup_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most buckets kept in this process, across all rules (default 100,000): for the
+    /// memory backend, and for Redis's local fallback. Past it, full buckets are dropped
+    /// first, then those closest to full.
+    pub fn max_tracked_buckets(mut self, buckets: usize) -> Self {
+        self.max_tracked_buckets = buckets.max(1);
+        self
+    }
+
+    /// What to do when Redis cannot decide (default [`OnRedisError::Local`]). The rules
+    /// file's `on_redis_error`, when present, wins.
+    pub fn on_redis_error(mut self, policy: OnRedisError) -> Self {
+        self.on_redis_error = policy;
+        self
+    }
+
+    /// How many app instances share the Redis limits (default 1). The `local` fallback
+    /// divides every bucket by this, so the instances together stay near the shared limit.
+    /// The rules file's `local_fallback_instances`, when present, wins.
+    pub fn local_fallback_instances(mut self, instances: u32) -> Self {
+        self.local_fallback_instances = instances.max(1);
         self
     }
 
@@ -201,23 +286,39 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Deadline for each Redis decision (default 50 ms). A request whose decision misses it
-    /// is let through and a warning is logged.
+    /// Deadline for each Redis decision (default 50 ms). A decision that misses it is made
+    /// by the failure policy instead.
     #[cfg(feature = "redis")]
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
         self.redis_timeout = Some(timeout);
         self
     }
 
-    /// Loads the rules, connects to Redis if asked, and returns the layer.
+    /// The circuit breaker in front of Redis: it opens after `failures` failed or late
+    /// decisions in a row (default 5) and probes Redis again after `cooldown` (default
+    /// 500 ms).
+    #[cfg(feature = "redis")]
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.circuit_breaker = Some((failures.max(1), cooldown));
+        self
+    }
+
+    /// Loads the rules, sets up Redis if asked, and returns the layer.
     ///
-    /// Must run inside a Tokio runtime: the in-memory backend's cleanup is a Tokio task.
+    /// Must run inside a Tokio runtime (for the cleanup task and Redis). An unreachable Redis
+    /// does not fail the build: the layer starts on its failure policy and switches to Redis
+    /// when it answers.
     pub async fn build(self) -> Result<RateLimitLayer, BuildError> {
         let rules = match self.rules {
             None => return Err(BuildError::NoRules),
             Some(RulesSource::Given(rules)) => rules,
             Some(RulesSource::File(path)) => Rules::from_file(path)?,
         };
+        let keys = KeySource::new(
+            self.trusted_proxy_hops,
+            &self.trusted_proxies,
+            self.ipv6_prefix_len,
+        )?;
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
             if let Some(prefix) = self.redis_prefix {
@@ -226,33 +327,55 @@ impl RateLimitLayerBuilder {
             if let Some(timeout) = self.redis_timeout {
                 config.timeout = timeout;
             }
-            let backend = crate::backend::redis::RedisBackend::connect(&config)
+            if let Some((failures, cooldown)) = self.circuit_breaker {
+                config.breaker_failures = failures;
+                config.breaker_cooldown = cooldown;
+            }
+            config.on_error = rules.on_redis_error().unwrap_or(self.on_redis_error);
+            config.local_fallback_instances = rules
+                .local_fallback_instances()
+                .unwrap_or(self.local_fallback_instances);
+            config.max_tracked_buckets = self.max_tracked_buckets;
+            let backend = crate::backend::redis::RedisBackend::connect(&config, &rules)
                 .await
                 .map_err(|reason| BuildError::Redis {
                     url: crate::backend::redis::redact(&config.url),
                     reason,
                 })?;
-            return Ok(RateLimitLayer {
-                shared: Arc::new(Shared {
-                    rules,
-                    keys: self.keys,
-                    backend: Backend::Redis(backend),
-                }),
-            });
-        }
-        let memory = Arc::new(MemoryBackend::new(&rules, DEFAULT_MAX_KEYS, 1));
-        spawn_memory_cleanup(Arc::downgrade(&memory), self.memory_cleanup_interval);
-        Ok(RateLimitLayer {
-            shared: Arc::new(Shared {
+            return Ok(RateLimitLayer::new(
                 rules,
-                keys: self.keys,
-                backend: Backend::Memory(memory),
-            }),
-        })
+                keys,
+                Backend::Redis(Arc::new(backend)),
+                self.memory_cleanup_interval,
+            ));
+        }
+        let memory = MemoryBackend::new(&rules, self.max_tracked_buckets, 1);
+        Ok(RateLimitLayer::new(
+            rules,
+            keys,
+            Backend::Memory(Arc::new(memory)),
+            self.memory_cleanup_interval,
+        ))
     }
 }
 
-/// Forgets full buckets every `interval` until the layer is dropped.
+impl RateLimitLayer {
+    fn new(rules: Rules, keys: KeySource, backend: Backend, cleanup_every: Duration) -> Self {
+        if let Some(memory) = backend.memory() {
+            spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
+        }
+        Self {
+            shared: Arc::new(Shared {
+                rules,
+                keys,
+                backend,
+                counters: Counters::default(),
+            }),
+        }
+    }
+}
+
+/// Drops full buckets every `interval` until the layer is dropped.
 fn spawn_memory_cleanup(memory: Weak<MemoryBackend>, interval: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);

@@ -34,20 +34,26 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod breaker;
 mod decision;
 mod error;
 mod future;
 mod headers;
 mod key;
 mod layer;
+mod policy;
 mod rules;
 mod service;
+mod stats;
 
+pub use breaker::BreakerState;
 pub use decision::Decision;
 pub use error::{BuildError, InvalidRule, Location, RulesError};
 pub use future::ResponseFuture;
 pub use headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
 pub use key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN};
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
+pub use policy::OnRedisError;
 pub use rules::{Bucket, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, Rules};
 pub use service::RateLimit;
+pub use stats::Stats;

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::Number;
 
 use crate::error::{InvalidRule, Location, RulesError};
+use crate::policy::OnRedisError;
 
 /// Slowest refill accepted: one token every 11.6 days.
 pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
@@ -182,6 +183,8 @@ impl Rule {
 pub struct Rules {
     /// Index 0 is the default rule; the rest follow the file's `routes` order.
     rules: Vec<Rule>,
+    on_redis_error: Option<OnRedisError>,
+    local_fallback_instances: Option<NonZeroU32>,
     /// One router per method some rule names, holding that method's rules and the
     /// method-less ones.
     by_method: Vec<(Method, matchit::Router<usize>)>,
@@ -227,6 +230,16 @@ impl Rules {
         &self.rules[0]
     }
 
+    /// The file's `on_redis_error`, if it has one.
+    pub fn on_redis_error(&self) -> Option<OnRedisError> {
+        self.on_redis_error
+    }
+
+    /// The file's `local_fallback_instances`, if it has one.
+    pub fn local_fallback_instances(&self) -> Option<u32> {
+        self.local_fallback_instances.map(NonZeroU32::get)
+    }
+
     /// Every rule: the default first, then the routes in file order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Rule> {
         self.rules.iter()
@@ -252,6 +265,8 @@ struct RawRules {
     default: RawRule,
     #[serde(default)]
     routes: Vec<RawRule>,
+    on_redis_error: Option<OnRedisError>,
+    local_fallback_instances: Option<NonZeroU32>,
 }
 
 /// A problem found after deserializing, with its JSON path.
@@ -443,6 +458,8 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
 
     Ok(Rules {
         rules,
+        on_redis_error: raw.on_redis_error,
+        local_fallback_instances: raw.local_fallback_instances,
         by_method,
         any_method,
     })
@@ -717,6 +734,30 @@ mod tests {
         assert!(msg.contains("unknown field `capcity`"), "{msg}");
         let msg = err(&format!(r#"{{{DEFAULT}, "rotues": []}}"#));
         assert!(msg.contains("unknown field `rotues`"), "{msg}");
+    }
+
+    #[test]
+    fn failure_policy_fields() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT}, "on_redis_error": "deny", "local_fallback_instances": 3}}"#
+        ));
+        assert_eq!(rules.on_redis_error(), Some(OnRedisError::Deny));
+        assert_eq!(rules.local_fallback_instances(), Some(3));
+        let rules = ok(&format!("{{{DEFAULT}}}"));
+        assert_eq!(rules.on_redis_error(), None);
+        assert_eq!(rules.local_fallback_instances(), None);
+
+        let msg = err(&format!(r#"{{{DEFAULT}, "on_redis_error": "ignore"}}"#));
+        assert!(msg.starts_with("<inline>: at on_redis_error"), "{msg}");
+        assert!(
+            msg.contains("expected one of `allow`, `deny`, `local`"),
+            "{msg}"
+        );
+        let msg = err(&format!(r#"{{{DEFAULT}, "local_fallback_instances": 0}}"#));
+        assert!(
+            msg.starts_with("<inline>: at local_fallback_instances"),
+            "{msg}"
+        );
     }
 
     #[test]

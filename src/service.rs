@@ -8,10 +8,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::backend::Verdict;
+use crate::backend::{Outcome, Verdict};
 use crate::future::ResponseFuture;
-use crate::headers;
 use crate::layer::Shared;
+use crate::stats::Counters;
+use crate::{Decision, headers};
 
 /// Rate limits requests to `S`. Made by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
@@ -80,26 +81,57 @@ where
         let shared = &*self.shared;
         let key = match shared.keys.client_key(&request) {
             Ok(key) => key,
-            Err(problem) => return ResponseFuture::respond(headers::bad_client_id(&problem)),
+            Err(problem) => {
+                Counters::bump(&shared.counters.invalid_client_ids);
+                return ResponseFuture::respond(headers::bad_client_id(&problem));
+            }
         };
         let rule = shared.rules.lookup(request.method(), request.uri().path());
         let Some(bucket) = rule.bucket() else {
             return ResponseFuture::forward(self.inner.call(request), None);
         };
         match shared.backend.decide(rule, bucket, &key) {
-            Verdict::Now(decision) if decision.allowed => {
-                ResponseFuture::forward(self.inner.call(request), Some(decision))
-            }
-            Verdict::Now(decision) => {
-                ResponseFuture::respond(headers::too_many_requests(&decision))
-            }
+            Verdict::Now(outcome) => match step(outcome, &shared.counters) {
+                Step::Respond(response) => ResponseFuture::respond(response),
+                Step::Forward(decision) => {
+                    ResponseFuture::forward(self.inner.call(request), decision)
+                }
+            },
             Verdict::Later(pending) => {
                 // The instance that was polled ready goes into the future; a fresh clone
                 // stays here for the next call.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::wait(pending, inner, request)
+                ResponseFuture::wait(pending, inner, request, Arc::clone(&self.shared))
             }
+        }
+    }
+}
+
+/// What the layer does with an outcome: answer itself, or forward (with headers to add).
+pub(crate) enum Step<B> {
+    Respond(Response<B>),
+    Forward(Option<Decision>),
+}
+
+/// Turns an outcome into the layer's next step, counting it.
+pub(crate) fn step<B: From<Bytes>>(outcome: Outcome, counters: &Counters) -> Step<B> {
+    match outcome {
+        Outcome::Decided(decision) if decision.allowed => {
+            Counters::bump(&counters.allowed);
+            Step::Forward(Some(decision))
+        }
+        Outcome::Decided(decision) => {
+            Counters::bump(&counters.denied);
+            Step::Respond(headers::too_many_requests(&decision))
+        }
+        Outcome::PassThrough => {
+            Counters::bump(&counters.allowed);
+            Step::Forward(None)
+        }
+        Outcome::Unavailable { retry_after } => {
+            Counters::bump(&counters.denied);
+            Step::Respond(headers::unavailable(retry_after))
         }
     }
 }

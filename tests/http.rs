@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,15 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::StatusCode;
 use tollgate::RateLimitLayer;
-
-/// Serves `layer` on a free loopback port with the peer address available to the layer.
-async fn serve(layer: RateLimitLayer) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = app(layer).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    address
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -45,7 +35,7 @@ const RULES: &str = r#"{
     ]}"#;
 
 async fn limits_hold_over_http(store: &Store<'_>) {
-    let base = format!("http://{}", serve(layer(store, rules(RULES)).await).await);
+    let base = serve(layer(store, rules(RULES)).await).await;
     let http = client();
     let get = |path: &str, who: &str| {
         http.get(format!("{base}{path}"))
@@ -154,7 +144,7 @@ async fn serve_one_bucket(trusted_proxy_hops: usize) -> String {
         .build()
         .await
         .unwrap();
-    format!("http://{}", serve(layer).await)
+    serve(layer).await
 }
 
 #[tokio::test]

@@ -17,7 +17,9 @@ use governor::{Quota, RateLimiter};
 use super::table::{BucketTable, RuleStore};
 use crate::Decision;
 use crate::key::ClientKey;
-use crate::rules::{Bucket, Rule, Rules};
+#[cfg(doc)]
+use crate::rules::Rule;
+use crate::rules::{Bucket, Rules};
 
 type KeyedLimiter<C> = RateLimiter<ClientKey, RuleStore<C>, C, StateInformationMiddleware>;
 
@@ -62,9 +64,10 @@ impl<C: Clock + Clone> MemoryBackend<C> {
         }
     }
 
-    /// Decides for a limited rule of the rules this backend was built from.
-    pub(crate) fn decide(&self, rule: &Rule, key: &ClientKey) -> Decision {
-        let Some(Some((limiter, bucket))) = self.limiters.get(rule.index()) else {
+    /// Decides for the rule at `rule` (its [`Rule::index`]) of the rules this backend was
+    /// built from.
+    pub(crate) fn decide(&self, rule: usize, key: &ClientKey) -> Decision {
+        let Some(Some((limiter, bucket))) = self.limiters.get(rule) else {
             // Rules and limiters are built together: this is an unlimited rule.
             return Decision::allowed(u32::MAX, u32::MAX, SystemTime::now());
         };
@@ -131,7 +134,8 @@ mod tests {
     }
 
     fn decide(rules: &Rules, backend: &MemoryBackend<FakeRelativeClock>, key: &str) -> Decision {
-        backend.decide(rules.lookup(&Method::GET, "/"), &ClientKey::Id(key.into()))
+        let rule = rules.lookup(&Method::GET, "/").index();
+        backend.decide(rule, &ClientKey::Id(key.into()))
     }
 
     #[test]

@@ -4,8 +4,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::Decision;
+use crate::breaker::BreakerState;
 use crate::key::ClientKey;
 use crate::rules::{Bucket, Rule};
 
@@ -14,40 +16,41 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 pub(crate) mod table;
 
-/// A decision still on its way from a remote store.
-pub(crate) type PendingDecision =
-    Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send + 'static>>;
+/// What becomes of one request on a limited route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A token bucket decided (Redis, memory, or the local fallback).
+    Decided(Decision),
+    /// Redis could not decide and the policy is `allow`: pass, with no rate limit headers.
+    PassThrough,
+    /// Redis could not decide and the policy is `deny`: 503.
+    Unavailable { retry_after: Duration },
+}
+
+/// An outcome still on its way from Redis.
+pub(crate) type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
 /// A backend's answer: at once, or later.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Verdict {
-    Now(Decision),
-    Later(PendingDecision),
-}
-
-/// Why a remote backend could not decide.
-#[derive(Debug, thiserror::Error)]
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum BackendError {
-    #[error("no answer within {0:?}")]
-    Timeout(std::time::Duration),
-    #[cfg(feature = "redis")]
-    #[error("{0}")]
-    Redis(#[from] ::redis::RedisError),
+    Now(Outcome),
+    Later(PendingOutcome),
 }
 
 pub(crate) enum Backend {
     Memory(Arc<memory::MemoryBackend>),
     #[cfg(feature = "redis")]
-    Redis(redis::RedisBackend),
+    Redis(Arc<redis::RedisBackend>),
 }
 
 impl Backend {
     pub(crate) fn decide(&self, rule: &Rule, bucket: &Bucket, key: &ClientKey) -> Verdict {
         match self {
-            Backend::Memory(memory) => Verdict::Now(memory.decide(rule, key)),
+            Backend::Memory(memory) => {
+                Verdict::Now(Outcome::Decided(memory.decide(rule.index(), key)))
+            }
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => Verdict::Later(redis.decide(rule, bucket, key)),
+            Backend::Redis(redis) => redis.decide(rule.index(), rule.id(), bucket, key),
         }
     }
 
@@ -56,6 +59,32 @@ impl Backend {
             Backend::Memory(_) => "memory",
             #[cfg(feature = "redis")]
             Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// The in-process buckets: the memory backend, or Redis's local fallback.
+    pub(crate) fn memory(&self) -> Option<&Arc<memory::MemoryBackend>> {
+        match self {
+            Backend::Memory(memory) => Some(memory),
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.local(),
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> Option<BreakerState> {
+        match self {
+            Backend::Memory(_) => None,
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => Some(redis.breaker_state()),
+        }
+    }
+
+    /// Redis (fallback decisions, errors); zeros without Redis.
+    pub(crate) fn redis_counts(&self) -> (u64, u64) {
+        match self {
+            Backend::Memory(_) => (0, 0),
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.counts(),
         }
     }
 }

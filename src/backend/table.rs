@@ -11,7 +11,7 @@
 //! Keys are hashed with SipHash under a random key (std's `RandomState`), so clients cannot
 //! choose IDs that collide on purpose.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -58,9 +58,7 @@ impl<C: Clock> BucketTable<C> {
     }
 
     fn shard(&self, key: &BucketRef<'_>) -> MutexGuard<'_, Shard> {
-        let mut hasher = self.shard_of.build_hasher();
-        key.hash(&mut hasher);
-        let index = (hasher.finish() % self.shards.len() as u64) as usize;
+        let index = (self.shard_of.hash_one(key) % self.shards.len() as u64) as usize;
         self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

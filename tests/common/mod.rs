@@ -47,30 +47,51 @@ impl TestRedis {
 
     /// Always a private process, even when `REDIS_URL` is set (for tests that stop it).
     pub fn spawn() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory for redis-server");
         let mut last_error = String::new();
         for _ in 0..5 {
-            let port = free_port();
-            let mut redis = Self {
-                url: format!("redis://127.0.0.1:{port}"),
-                port,
-                process: None,
-                dir: None,
-            };
-            redis.process = Some(launch(port, dir.path()));
-            match wait_for_ping(
-                port,
-                redis.process.as_mut().unwrap(),
-                Duration::from_secs(10),
-            ) {
-                Ok(()) => {
-                    redis.dir = Some(dir);
-                    return redis;
-                }
+            match Self::try_spawn_on(free_port()) {
+                Ok(redis) => return redis,
                 Err(e) => last_error = e,
             }
         }
         panic!("redis-server did not start: {last_error}");
+    }
+
+    /// A private process on this port.
+    pub fn spawn_on(port: u16) -> Self {
+        Self::try_spawn_on(port).unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
+    }
+
+    fn try_spawn_on(port: u16) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        let mut process = launch(port, dir.path());
+        wait_for_ping(port, &mut process, Duration::from_secs(10))?;
+        Ok(Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            process: Some(process),
+            dir: Some(dir),
+        })
+    }
+
+    /// Kills this private server (if still running) and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("only a private redis-server can restart");
+        let mut process = launch(self.port, dir.path());
+        wait_for_ping(self.port, &mut process, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
+        self.process = Some(process);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> &str {
@@ -129,7 +150,7 @@ fn launch(port: u16, dir: &std::path::Path) -> Child {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -256,13 +277,19 @@ pub async fn statuses(app: &Router, n: usize, make: impl Fn() -> Request<Body>) 
     out
 }
 
+/// Serves `layer` in front of [`app`] on a free loopback port, with the peer address
+/// available to the layer; returns the base URL.
+pub async fn serve(layer: RateLimitLayer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = app(layer).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
-}
-
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }

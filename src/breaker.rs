@@ -1,0 +1,251 @@
+//! The circuit breaker in front of Redis.
+//!
+//! Closed: every decision goes to Redis. After `threshold` failures in a row (errors or
+//! missed deadlines) it opens: decisions skip Redis entirely, so an outage costs no
+//! per-request timeout. After `cooldown` one request probes Redis (half-open) while the rest
+//! still skip it; the probe's success closes the breaker, its failure (or cancellation)
+//! opens it for another cooldown. Only transitions are logged.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the circuit breaker in front of Redis stands.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{BreakerState, RateLimitLayer, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(); // nothing there
+/// let layer = RateLimitLayer::builder()
+///     .rules(Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#)?)
+///     .redis_url(format!("redis://127.0.0.1:{port}"))
+///     .build()
+///     .await?;
+/// // Redis could not be reached at startup: requests use the failure policy until it can.
+/// assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Redis decides.
+    Closed,
+    /// Redis is skipped; the failure policy decides.
+    Open,
+    /// One probe is on its way to Redis; the rest use the failure policy.
+    HalfOpen,
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// What the breaker lets one request do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Ask Redis.
+    Call,
+    /// Ask Redis as the half-open probe; report back in any case.
+    Probe,
+    /// Do not ask Redis.
+    Skip,
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    state: AtomicU8,
+    failures_in_a_row: AtomicU32,
+    /// When it last opened, in nanoseconds since `epoch`.
+    opened_at: AtomicU64,
+    epoch: Instant,
+    threshold: u32,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            state: AtomicU8::new(CLOSED),
+            failures_in_a_row: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    pub(crate) fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn permit(&self) -> Permit {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Permit::Call,
+            OPEN => {
+                let open_for = self
+                    .now()
+                    .saturating_sub(self.opened_at.load(Ordering::Acquire));
+                if open_for >= self.cooldown.as_nanos() as u64
+                    && self
+                        .state
+                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    tracing::info!("rate limit circuit half-open: probing Redis");
+                    Permit::Probe
+                } else {
+                    Permit::Skip
+                }
+            }
+            _ => Permit::Skip,
+        }
+    }
+
+    pub(crate) fn succeeded(&self, permit: Permit) {
+        match permit {
+            Permit::Probe => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                self.state.store(CLOSED, Ordering::Release);
+                tracing::info!("Redis answers again: rate limit circuit closed");
+            }
+            Permit::Call => {
+                // Read first: a store on every success would contend across cores.
+                if self.failures_in_a_row.load(Ordering::Relaxed) != 0 {
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
+                }
+            }
+            Permit::Skip => {}
+        }
+    }
+
+    pub(crate) fn failed(&self, permit: Permit, error: &dyn std::fmt::Display) {
+        match permit {
+            Permit::Probe => {
+                self.opened_at.store(self.now(), Ordering::Release);
+                self.state.store(OPEN, Ordering::Release);
+                tracing::warn!(%error, "Redis probe failed: rate limit circuit stays open");
+            }
+            Permit::Call => {
+                let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= self.threshold {
+                    self.open(&format!("{failures} failures in a row, last: {error}"));
+                }
+            }
+            Permit::Skip => {}
+        }
+    }
+
+    /// Opens a closed breaker (at startup, or after repeated failures).
+    pub(crate) fn open(&self, why: &str) {
+        self.opened_at.store(self.now(), Ordering::Release);
+        if self
+            .state
+            .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::warn!(
+                cooldown = ?self.cooldown,
+                "rate limit circuit opened ({why}): deciding without Redis"
+            );
+        }
+    }
+}
+
+/// Reports a permit's result to the breaker; a probe dropped before it finished (its request
+/// was cancelled) counts as failed, so the breaker never stays half-open.
+pub(crate) struct PermitGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Permit,
+}
+
+impl<'a> PermitGuard<'a> {
+    pub(crate) fn new(breaker: &'a Breaker, permit: Permit) -> Self {
+        Self { breaker, permit }
+    }
+
+    pub(crate) fn succeeded(mut self) {
+        self.breaker.succeeded(self.permit);
+        self.permit = Permit::Skip;
+    }
+
+    pub(crate) fn failed(mut self, error: &dyn std::fmt::Display) {
+        self.breaker.failed(self.permit, error);
+        self.permit = Permit::Skip;
+    }
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if self.permit == Permit::Probe {
+            self.breaker.failed(Permit::Probe, &"probe cancelled");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_a_run_of_failures_and_a_success_resets_the_run() {
+        let breaker = Breaker::new(3, Duration::from_secs(3600));
+        for _ in 0..2 {
+            breaker.failed(breaker.permit(), &"boom");
+        }
+        breaker.succeeded(breaker.permit());
+        for _ in 0..2 {
+            breaker.failed(breaker.permit(), &"boom");
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.failed(breaker.permit(), &"boom");
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.permit(), Permit::Skip);
+    }
+
+    #[test]
+    fn one_probe_after_the_cooldown() {
+        let breaker = Breaker::new(1, Duration::ZERO);
+        breaker.failed(Permit::Call, &"boom");
+        assert_eq!(breaker.permit(), Permit::Probe);
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert_eq!(breaker.permit(), Permit::Skip, "only one probe at a time");
+        breaker.failed(Permit::Probe, &"still down");
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.permit(), Permit::Probe);
+        breaker.succeeded(Permit::Probe);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(breaker.permit(), Permit::Call);
+    }
+
+    #[test]
+    fn no_probe_before_the_cooldown() {
+        let breaker = Breaker::new(1, Duration::from_secs(3600));
+        breaker.open("test");
+        assert_eq!(breaker.permit(), Permit::Skip);
+    }
+
+    #[test]
+    fn a_cancelled_probe_reopens() {
+        let breaker = Breaker::new(1, Duration::ZERO);
+        breaker.open("test");
+        let guard = PermitGuard::new(&breaker, breaker.permit());
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        drop(guard);
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+}

@@ -1,0 +1,68 @@
+//! Counters a metrics endpoint can read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::breaker::BreakerState;
+
+/// A snapshot of what the layer has done since it was built. Read it with
+/// [`RateLimitLayer::stats`](crate::RateLimitLayer::stats).
+///
+/// # Example
+///
+/// ```
+/// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
+/// use tower::ServiceExt;
+/// use tollgate::{RateLimitLayer, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.01}}"#)?;
+/// let layer = RateLimitLayer::builder().rules(rules).build().await?;
+/// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer.clone());
+/// for expected in [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+///     let response = app.clone().oneshot(Request::get("/").body(Body::empty())?).await?;
+///     assert_eq!(response.status(), expected);
+/// }
+/// let stats = layer.stats();
+/// assert_eq!((stats.allowed, stats.denied, stats.tracked_buckets), (1, 1, 1));
+/// assert_eq!(stats.breaker, None); // no Redis, no breaker
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `"memory"` or `"redis"`.
+    pub backend: &'static str,
+    /// The Redis circuit breaker; `None` without Redis.
+    pub breaker: Option<BreakerState>,
+    /// Requests let through to the inner service on a rate-limited route.
+    pub allowed: u64,
+    /// Requests refused: 429, or 503 under the `deny` failure policy.
+    pub denied: u64,
+    /// Requests decided by the failure policy because Redis could not decide (also counted
+    /// in `allowed` or `denied`).
+    pub fallback: u64,
+    /// Redis calls that failed or missed their deadline.
+    pub errors: u64,
+    /// Requests answered 400 for an unusable `X-Client-ID`.
+    pub invalid_client_ids: u64,
+    /// Buckets held in this process (the memory backend, or the local fallback).
+    pub tracked_buckets: usize,
+    /// Live buckets forgotten to stay within `max_tracked_buckets`.
+    pub evicted_buckets: u64,
+}
+
+/// The layer's own counters, bumped on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) allowed: AtomicU64,
+    pub(crate) denied: AtomicU64,
+    pub(crate) invalid_client_ids: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

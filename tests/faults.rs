@@ -1,0 +1,366 @@
+//! Redis failures under load: real redis-server processes that the tests kill, stop,
+//! restart and flush while concurrent clients send real HTTP requests through the layer.
+//!
+//! Run with `--nocapture` to see the measured worst latency and recovery time of each run
+//! (they are recorded in docs/PERFORMANCE.md).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use tollgate::{BreakerState, OnRedisError, RateLimitLayer};
+
+/// Runs serialized: each measures latency, which parallel runs on two cores would distort.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DEADLINE: Duration = Duration::from_millis(50);
+/// What a request may take beyond the deadline on a shared, noisy two-core machine.
+const MARGIN: Duration = Duration::from_millis(150);
+/// Redis's limit; the local fallback's is a quarter of it (four instances).
+const REDIS_LIMIT: u32 = 1000;
+const LOCAL_LIMIT: u32 = 250;
+const RULES: &str = r#"{"default": {"capacity": 1000, "refill_rate": 1000}}"#;
+
+#[derive(Debug, Clone)]
+struct Sample {
+    /// When the request was sent, since the run began.
+    sent: Duration,
+    latency: Duration,
+    status: Option<StatusCode>,
+    limit: Option<u32>,
+    retry_after: Option<u64>,
+}
+
+impl Sample {
+    fn decided_by_redis(&self) -> bool {
+        self.limit == Some(REDIS_LIMIT)
+    }
+}
+
+async fn fault_layer(redis_url: &str, policy: OnRedisError) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .rules(rules(RULES))
+        .redis_url(redis_url)
+        .redis_prefix(unique_prefix("faults"))
+        .redis_timeout(DEADLINE)
+        .on_redis_error(policy)
+        .local_fallback_instances(4)
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn probe(http: &reqwest::Client, base: &str, client: &str, began: Instant) -> Sample {
+    let sent = began.elapsed();
+    let started = Instant::now();
+    let response = http
+        .get(format!("{base}/api/data"))
+        .header("x-client-id", client)
+        .send()
+        .await;
+    let latency = started.elapsed();
+    match response {
+        Ok(response) => {
+            let number = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            Sample {
+                sent,
+                latency,
+                status: Some(response.status()),
+                limit: number("x-ratelimit-limit").map(|l| l as u32),
+                retry_after: number("retry-after"),
+            }
+        }
+        Err(_) => Sample {
+            sent,
+            latency,
+            status: None,
+            limit: None,
+            retry_after: None,
+        },
+    }
+}
+
+/// Concurrent clients sending requests back to back until stopped (or for 20 s at most).
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    fn start(base: &str, clients: usize, began: Instant) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cap = Instant::now() + Duration::from_secs(20);
+        let tasks = (0..clients)
+            .map(|i| {
+                let (base, stop) = (base.to_owned(), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap();
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < cap {
+                        samples.push(probe(&http, &base, &format!("load-{i}"), began).await);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in self.tasks {
+            all.extend(task.await.expect("load task"));
+        }
+        all
+    }
+}
+
+/// Whether a response is what `policy` answers when Redis cannot decide.
+fn is_policy_answer(policy: OnRedisError, sample: &Sample) -> bool {
+    match policy {
+        OnRedisError::Allow => sample.status == Some(StatusCode::OK) && sample.limit.is_none(),
+        OnRedisError::Deny => {
+            sample.status == Some(StatusCode::SERVICE_UNAVAILABLE) && sample.retry_after >= Some(1)
+        }
+        _ => {
+            matches!(
+                sample.status,
+                Some(StatusCode::OK | StatusCode::TOO_MANY_REQUESTS)
+            ) && sample.limit == Some(LOCAL_LIMIT)
+        }
+    }
+}
+
+/// Whether Redis decided this request.
+fn from_redis(policy: OnRedisError, sample: &Sample) -> bool {
+    match policy {
+        OnRedisError::Local => sample.decided_by_redis(),
+        _ => sample.status == Some(StatusCode::OK) && sample.limit == Some(REDIS_LIMIT),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Kill,
+    Stop,
+}
+
+/// Healthy for 300 ms, then Redis killed (or stopped) for one second under load from four
+/// clients, then restarted (or continued) until Redis decides again.
+async fn outage(policy: OnRedisError, fault: Fault) {
+    let _serial = SERIAL.lock().await;
+    let mut redis = TestRedis::spawn();
+    let layer = fault_layer(redis.url(), policy).await;
+    let base = serve(layer.clone()).await;
+    let began = Instant::now();
+    let load = Load::start(&base, 4, began);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fault_at = began.elapsed();
+    match fault {
+        Fault::Kill => redis.signal("KILL"),
+        Fault::Stop => redis.signal("STOP"),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let repair_at = began.elapsed();
+    match fault {
+        Fault::Kill => redis.restart(),
+        Fault::Stop => redis.signal("CONT"),
+    }
+    // Recovery: the first request sent after the repair that Redis decided.
+    let http = reqwest::Client::new();
+    let recovered_at = loop {
+        let sample = probe(&http, &base, "recovery-probe", began).await;
+        if from_redis(policy, &sample) {
+            break sample.sent;
+        }
+        assert!(
+            began.elapsed() < repair_at + Duration::from_secs(5),
+            "Redis decisions never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let samples = load.finish().await;
+
+    // Nothing failed at the transport level: no panic, no dropped connection.
+    assert!(
+        samples.iter().all(|s| s.status.is_some()),
+        "a request failed outright"
+    );
+    // Answered before the fault.
+    let before: Vec<_> = samples
+        .iter()
+        .filter(|s| s.sent + s.latency < fault_at)
+        .collect();
+    // Sent after the fault took hold and answered before the repair.
+    let during: Vec<_> = samples
+        .iter()
+        .filter(|s| s.sent > fault_at + Duration::from_millis(20) && s.sent + s.latency < repair_at)
+        .collect();
+    let after: Vec<_> = samples.iter().filter(|s| s.sent > recovered_at).collect();
+    assert!(
+        before.len() > 10 && during.len() > 10 && !after.is_empty(),
+        "{} {} {}",
+        before.len(),
+        during.len(),
+        after.len()
+    );
+    assert!(
+        before.iter().all(|s| from_redis(policy, s)),
+        "healthy: Redis decides"
+    );
+    let wrong: Vec<_> = during
+        .iter()
+        .filter(|s| !is_policy_answer(policy, s))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{policy:?}/{fault:?}: not the policy's answer: {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+    let worst = samples.iter().map(|s| s.latency).max().unwrap_or_default();
+    let worst_during = during.iter().map(|s| s.latency).max().unwrap_or_default();
+    let recovery = recovered_at.saturating_sub(repair_at);
+    let stats = layer.stats();
+    eprintln!(
+        "outage {policy:?}/{fault:?}: {} requests ({} during the outage); worst latency {:.1} ms \
+         (during the outage {:.1} ms); recovery {:.0} ms; stats {stats:?}",
+        samples.len(),
+        during.len(),
+        worst.as_secs_f64() * 1e3,
+        worst_during.as_secs_f64() * 1e3,
+        recovery.as_secs_f64() * 1e3,
+    );
+    assert!(worst <= DEADLINE + MARGIN, "worst latency {worst:?}");
+    assert!(
+        recovery <= Duration::from_secs(2),
+        "recovery took {recovery:?}"
+    );
+    assert!(
+        stats.errors >= 1 && stats.fallback as usize >= during.len(),
+        "{stats:?}"
+    );
+    assert_eq!(stats.breaker, Some(BreakerState::Closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_under_local_policy() {
+    outage(OnRedisError::Local, Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_under_allow_policy() {
+    outage(OnRedisError::Allow, Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_under_deny_policy() {
+    outage(OnRedisError::Deny, Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_redis_under_local_policy() {
+    outage(OnRedisError::Local, Fault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_redis_under_allow_policy() {
+    outage(OnRedisError::Allow, Fault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_redis_under_deny_policy() {
+    outage(OnRedisError::Deny, Fault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_while_serving_fails_nothing() {
+    let _serial = SERIAL.lock().await;
+    let redis = TestRedis::spawn();
+    let layer = fault_layer(redis.url(), OnRedisError::Local).await;
+    let base = serve(layer.clone()).await;
+    let began = Instant::now();
+    let load = Load::start(&base, 4, began);
+    let mut control = redis.client();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut control)
+            .unwrap();
+    }
+    let samples = load.finish().await;
+    assert!(samples.len() > 50, "{}", samples.len());
+    let not_redis: Vec<_> = samples.iter().filter(|s| !s.decided_by_redis()).collect();
+    assert!(
+        not_redis.is_empty(),
+        "{:?}",
+        &not_redis[..not_redis.len().min(5)]
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.errors, stats.fallback), (0, 0), "{stats:?}");
+    let worst = samples.iter().map(|s| s.latency).max().unwrap_or_default();
+    eprintln!(
+        "script flush x20: {} requests, all decided by Redis; worst latency {:.1} ms",
+        samples.len(),
+        worst.as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_without_redis_then_redis_appears() {
+    let _serial = SERIAL.lock().await;
+    let port = free_port();
+    let started = Instant::now();
+    let layer = fault_layer(&format!("redis://127.0.0.1:{port}"), OnRedisError::Local).await;
+    let build_time = started.elapsed();
+    assert!(
+        build_time < Duration::from_secs(3),
+        "build waited {build_time:?}"
+    );
+    assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+    let base = serve(layer.clone()).await;
+    let http = reqwest::Client::new();
+    let began = Instant::now();
+    let sample = probe(&http, &base, "early", began).await;
+    assert!(is_policy_answer(OnRedisError::Local, &sample), "{sample:?}");
+    assert!(
+        sample.latency < DEADLINE + MARGIN,
+        "breaker open: no Redis wait, took {:?}",
+        sample.latency
+    );
+
+    let appeared = began.elapsed();
+    let _redis = TestRedis::spawn_on(port);
+    let recovered = loop {
+        let sample = probe(&http, &base, "late", began).await;
+        if sample.decided_by_redis() {
+            break sample.sent;
+        }
+        assert!(
+            began.elapsed() < appeared + Duration::from_secs(5),
+            "Redis never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let recovery = recovered.saturating_sub(appeared);
+    eprintln!(
+        "start without Redis: build {build_time:?}; Redis decides {recovery:?} after it starts"
+    );
+    assert!(recovery <= Duration::from_secs(2), "{recovery:?}");
+}
