@@ -1,0 +1,375 @@
+//! Hostile input through the layer: floods of fresh client IDs, and random header values
+//! and rules files (property tests).
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode};
+use common::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Map, Value, json};
+use tollgate::{RateLimitLayer, Rules, RulesError};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// The flood measures this process's memory: nothing else runs beside it.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Resident memory of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("rss pages");
+    pages * 4
+}
+
+#[test]
+fn a_million_fresh_client_ids_do_not_grow_memory_or_free_real_clients() {
+    let _serial = serial();
+    runtime().block_on(flood());
+}
+
+async fn flood() {
+    const BOUND: usize = 20_000;
+    let layer = RateLimitLayer::builder()
+        .rules(rules(
+            r#"{"default": {"capacity": 5, "refill_rate": 0.01}}"#,
+        ))
+        .max_tracked_buckets(BOUND)
+        .build()
+        .await
+        .unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
+    let mut send = async |client: &str| -> StatusCode {
+        let request = Request::get("/")
+            .header("x-client-id", client)
+            .body(Body::empty())
+            .unwrap();
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap()
+            .status()
+    };
+    // Real clients use up their burst.
+    for client in ["alice", "bob", "carol"] {
+        for _ in 0..5 {
+            assert_eq!(send(client).await, StatusCode::OK);
+        }
+        assert_eq!(send(client).await, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let started = Instant::now();
+    let mut rss_at = Vec::new();
+    let mut id = String::with_capacity(32);
+    for n in 0..1_000_000u32 {
+        id.clear();
+        std::fmt::Write::write_fmt(&mut id, format_args!("flood-{n}")).unwrap();
+        assert_eq!(send(&id).await, StatusCode::OK);
+        if n % 200_000 == 199_999 {
+            let stats = layer.stats();
+            assert!(stats.tracked_buckets <= BOUND, "{stats:?}");
+            rss_at.push(rss_kib());
+        }
+    }
+    let took = started.elapsed();
+    // The real clients still have no tokens left.
+    for client in ["alice", "bob", "carol"] {
+        assert_eq!(
+            send(client).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{client} got a fresh bucket"
+        );
+    }
+    let stats = layer.stats();
+    eprintln!("flood of 1,000,000 IDs in {took:?}: {stats:?}; RSS KiB every 200k: {rss_at:?}");
+    assert!(stats.tracked_buckets <= BOUND);
+    assert!(stats.evicted_buckets >= 1_000_000 - BOUND as u64);
+    // Bounded: after the table fills, the last 800,000 IDs add no memory to speak of.
+    let growth = rss_at.last().unwrap() - rss_at.first().unwrap();
+    assert!(
+        growth < 16 * 1024,
+        "RSS grew {growth} KiB during the flood: {rss_at:?}"
+    );
+}
+
+/// Bytes an HTTP header value may hold, with commas and spaces common.
+fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        4 => 0x21u8..=0x7e,
+        1 => 0x80u8..=0xff,
+        1 => Just(b','),
+        1 => Just(b' '),
+        1 => Just(b'\t'),
+        1 => prop::sample::select(b"0123456789.:[]abcdef".to_vec()),
+    ];
+    prop_oneof![
+        8 => prop::collection::vec(byte.clone(), 0..160),
+        1 => prop::collection::vec(byte, 16_000..16_500),
+        1 => (1usize..3000).prop_map(|n| b",".repeat(n)),
+    ]
+}
+
+fn visible_ascii_id(bytes: &[u8]) -> bool {
+    (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+#[test]
+fn random_header_values_never_panic_and_every_rejection_says_why() {
+    let _serial = serial();
+    let rt = runtime();
+    let layer = rt
+        .block_on(
+            RateLimitLayer::builder()
+                .rules_file(repo_file("rate_limits.json"))
+                .build(),
+        )
+        .unwrap();
+    let app = app(layer);
+    let paths = prop::sample::select(vec![
+        "/",
+        "/api/data",
+        "/api/users/7",
+        "/health",
+        "/static/x",
+        "/nope",
+    ]);
+    let strategy = (
+        proptest::option::of(header_bytes()),
+        prop::collection::vec(header_bytes(), 0..3),
+        paths,
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(client_id, forwarded, path)| {
+            let mut request = request("GET", path, None);
+            if let Some(id) = &client_id {
+                let value = HeaderValue::from_bytes(id).expect("strategy makes valid header bytes");
+                request.headers_mut().insert("x-client-id", value);
+            }
+            for xff in &forwarded {
+                let value =
+                    HeaderValue::from_bytes(xff).expect("strategy makes valid header bytes");
+                request.headers_mut().append("x-forwarded-for", value);
+            }
+            let response = rt.block_on(send(&app, request));
+            let status = response.status();
+            match &client_id {
+                Some(id) if !visible_ascii_id(id) => {
+                    prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                    let body = rt.block_on(body_json(response));
+                    prop_assert_eq!(&body["error"], "invalid_client_id");
+                    let message = body["message"].as_str().unwrap_or_default();
+                    prop_assert!(message.starts_with("X-Client-ID "), "{}", message);
+                }
+                // 404 is the app's answer for an unrouted path the layer let through.
+                _ => prop_assert!(
+                    matches!(
+                        status,
+                        StatusCode::OK | StatusCode::TOO_MANY_REQUESTS | StatusCode::NOT_FOUND
+                    ),
+                    "{}",
+                    status
+                ),
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (0u64..50).prop_map(|n| json!(n)),
+        any::<i64>().prop_map(|n| json!(n)),
+        (-1e12f64..1e12).prop_map(|x| json!(x)),
+        prop::sample::select(vec![
+            json!(0),
+            json!(-1),
+            json!(0.5),
+            json!(1e-9),
+            json!(4294967296u64),
+            json!("10")
+        ]),
+    ]
+}
+
+fn junk() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        ".{0,12}".prop_map(Value::String),
+        Just(json!([])),
+        Just(json!({"x": 1})),
+    ]
+}
+
+fn rule() -> impl Strategy<Value = Value> {
+    let positive = || prop_oneof![4 => (1u64..100).prop_map(|n| json!(n)), 1 => number()];
+    // Mostly one well-formed limit, sometimes a mess.
+    let form = prop_oneof![
+        3 => (positive(), prop_oneof![3 => (1u32..50).prop_map(|n| json!(f64::from(n) / 4.0)), 1 => number()])
+            .prop_map(|(c, r)| json!({"capacity": c, "refill_rate": r})),
+        3 => prop_oneof![
+            3 => "[1-9][0-9]{0,3}/(second|minute|hour|day)".prop_map(Value::String),
+            1 => "[0-9]{0,5}/(second|minute|week|)".prop_map(Value::String),
+            1 => junk(),
+        ]
+        .prop_map(|l| json!({"limit": l})),
+        2 => prop_oneof![4 => Just(json!(true)), 1 => junk()].prop_map(|u| json!({"unlimited": u})),
+        1 => (
+            proptest::option::of(number()),
+            proptest::option::of(number()),
+            proptest::option::of(junk()),
+            proptest::option::of(junk()),
+        )
+            .prop_map(|(c, r, l, u)| {
+                let mut rule = Map::new();
+                for (name, value) in [("capacity", c), ("refill_rate", r), ("limit", l), ("unlimited", u)] {
+                    if let Some(value) = value {
+                        rule.insert(name.to_owned(), value);
+                    }
+                }
+                Value::Object(rule)
+            }),
+    ];
+    let path = prop_oneof![
+        6 => "/[a-z]{1,6}(/([a-z]{1,4}|\\{[a-z]{1,3}\\})){0,2}".prop_map(Value::String),
+        1 => "/[a-z]{0,3}/\\{\\*[a-z]{1,3}\\}".prop_map(Value::String),
+        1 => "[a-z{}*/]{0,10}".prop_map(Value::String),
+        1 => junk(),
+    ];
+    let methods = prop_oneof![
+        prop::collection::vec(
+            prop::sample::select(vec!["GET", "post", "PUT", "", "G T", "PATCH"]),
+            0..4
+        )
+        .prop_map(|m| json!(m)),
+        junk(),
+    ];
+    (
+        form,
+        proptest::option::weighted(0.95, path),
+        proptest::option::weighted(0.3, methods),
+        proptest::option::weighted(0.03, junk()),
+    )
+        .prop_map(|(mut rule, path, methods, extra)| {
+            let fields = rule.as_object_mut().expect("forms are objects");
+            for (name, value) in [("path", path), ("methods", methods), ("extra", extra)] {
+                if let Some(value) = value {
+                    fields.insert(name.to_owned(), value);
+                }
+            }
+            rule
+        })
+}
+
+fn rules_document() -> impl Strategy<Value = String> {
+    let policy = prop_oneof![
+        prop::sample::select(vec!["allow", "deny", "local", "ignore"]).prop_map(|p| json!(p)),
+        junk(),
+    ];
+    let default = rule().prop_map(|mut rule| {
+        // `path` and `methods` are errors in the default; keep them rare there.
+        if let Some(fields) = rule.as_object_mut() {
+            fields.remove("methods");
+            if fields.contains_key("path") && fields.len() > 1 {
+                fields.remove("path");
+            }
+        }
+        rule
+    });
+    let structured = (
+        proptest::option::weighted(0.95, default),
+        proptest::option::weighted(0.8, prop::collection::vec(rule(), 0..5)),
+        proptest::option::weighted(0.2, policy),
+        proptest::option::weighted(0.2, number()),
+        proptest::option::weighted(0.05, junk()),
+    )
+        .prop_map(|(default, routes, policy, instances, extra)| {
+            let mut doc = Map::new();
+            for (name, value) in [
+                ("default", default),
+                ("routes", routes.map(Value::Array)),
+                ("on_redis_error", policy),
+                ("local_fallback_instances", instances),
+                ("rotues", extra),
+            ] {
+                if let Some(value) = value {
+                    doc.insert(name.to_owned(), value);
+                }
+            }
+            Value::Object(doc).to_string()
+        });
+    prop_oneof![
+        8 => structured,
+        1 => ".{0,80}",
+        1 => "[\\[\\]{}:,\"0-9a-z ]{0,80}",
+    ]
+}
+
+#[test]
+fn random_rules_files_never_panic_and_every_error_says_where_and_why() {
+    let _serial = serial();
+    let mut runner = TestRunner::new(Config {
+        cases: 2000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let accepted = std::cell::Cell::new(0u32);
+    runner
+        .run(&rules_document(), |text| {
+            match Rules::from_json(&text) {
+                Ok(rules) => {
+                    accepted.set(accepted.get() + 1);
+                    prop_assert_eq!(rules.default_rule().id(), "default");
+                    for path in ["/", "/a", "/a/b/c", "", "//", "/{x}"] {
+                        let _ = rules.lookup(&axum::http::Method::GET, path);
+                    }
+                }
+                Err(RulesError::Invalid {
+                    source_name,
+                    location,
+                    problem,
+                }) => {
+                    prop_assert_eq!(source_name, "<inline>");
+                    prop_assert!(!location.json_path.is_empty());
+                    prop_assert!(!problem.to_string().trim().is_empty());
+                }
+                Err(other) => prop_assert!(false, "unexpected error kind: {}", other),
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The generator reaches valid documents too, so both paths are exercised.
+    let accepted = accepted.get();
+    eprintln!("{accepted} of 2000 random rules documents were valid");
+    assert!(accepted > 200, "only {accepted} documents were valid");
+}
