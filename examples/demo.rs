@@ -9,6 +9,7 @@
 //! - `REDIS_URL`: share buckets through this Redis (unset: in-memory buckets)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 when clients connect directly)
+//! - `TRUSTED_PROXIES`: comma-separated CIDRs of those proxies, instead of a hop count
 //! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
 //! - `RUST_LOG`: log filter (default `info`)
 
@@ -47,18 +48,30 @@ async fn run() -> Result<(), String> {
     let redis_url = std::env::var("REDIS_URL")
         .ok()
         .filter(|url| !url.is_empty());
+    let proxies: Vec<String> = std::env::var("TRUSTED_PROXIES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|cidr| !cidr.is_empty())
+        .map(str::to_owned)
+        .collect();
 
     let mut builder = RateLimitLayer::builder()
         .rules_file(&rules_path)
-        .trusted_proxy_hops(hops);
+        .trusted_proxy_hops(hops)
+        .trusted_proxies(proxies.clone());
     if let Some(url) = &redis_url {
         builder = builder.redis_url(url);
     }
     let layer = builder.build().await.map_err(|e| e.to_string())?;
+    let stats = layer.stats();
     tracing::info!(
-        backend = layer.backend_name(),
+        backend = stats.backend,
         rules = %rules_path,
         trusted_proxy_hops = hops,
+        trusted_proxies = ?proxies,
+        on_redis_error = layer.rules().on_redis_error().unwrap_or_default().as_str(),
+        redis_circuit = ?stats.breaker,
         "rate limits loaded"
     );
     for rule in layer.rules().iter() {

@@ -4,7 +4,8 @@
 //! missed deadlines) it opens: decisions skip Redis entirely, so an outage costs no
 //! per-request timeout. After `cooldown` one request probes Redis (half-open) while the rest
 //! still skip it; the probe's success closes the breaker, its failure (or cancellation)
-//! opens it for another cooldown. Only transitions are logged.
+//! opens it for another cooldown. Opening (warn) and closing (info) are logged once each;
+//! probes only at debug level, so an outage of any length logs two lines.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ impl Breaker {
                         .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
-                    tracing::info!("rate limit circuit half-open: probing Redis");
+                    tracing::debug!("rate limit circuit half-open: probing Redis");
                     Permit::Probe
                 } else {
                     Permit::Skip
@@ -138,7 +139,7 @@ impl Breaker {
             Permit::Probe => {
                 self.opened_at.store(self.now(), Ordering::Release);
                 self.state.store(OPEN, Ordering::Release);
-                tracing::warn!(%error, "Redis probe failed: rate limit circuit stays open");
+                tracing::debug!(%error, "Redis probe failed: rate limit circuit stays open");
             }
             Permit::Call => {
                 let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;

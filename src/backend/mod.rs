@@ -18,6 +18,7 @@ pub(crate) mod table;
 
 /// What becomes of one request on a limited route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Outcome {
     /// A token bucket decided (Redis, memory, or the local fallback).
     Decided(Decision),
@@ -44,6 +45,7 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(crate) fn decide(&self, rule: &Rule, bucket: &Bucket, key: &ClientKey) -> Verdict {
         match self {
             Backend::Memory(memory) => {
