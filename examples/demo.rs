@@ -75,8 +75,8 @@ async fn run() -> Result<(), String> {
         "rate limits loaded"
     );
     for rule in layer.rules().iter() {
-        match rule.bucket() {
-            Some(bucket) => tracing::info!(rule = rule.id(), "{bucket}"),
+        match rule.limit() {
+            Some(limit) => tracing::info!(rule = rule.id(), "{limit}"),
             None => tracing::info!(rule = rule.id(), "unlimited"),
         }
     }

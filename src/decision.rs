@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime};
 pub struct Decision {
     /// Whether the request may go on.
     pub allowed: bool,
-    /// The bucket's capacity.
+    /// The capacity of the band reported (the one closest to running out).
     pub limit: u32,
-    /// Whole tokens left after this request.
+    /// Whole tokens (or requests) left after this request, in the band reported.
     pub remaining: u32,
     /// When the bucket will be full again if no more requests come.
     pub reset: SystemTime,
@@ -33,6 +33,22 @@ pub struct Decision {
 }
 
 impl Decision {
+    pub(crate) fn new(
+        allowed: bool,
+        limit: u32,
+        remaining: u32,
+        reset: SystemTime,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            allowed,
+            limit,
+            remaining,
+            reset,
+            retry_after,
+        }
+    }
+
     /// The request may go on; `remaining` tokens are left.
     pub fn allowed(limit: u32, remaining: u32, reset: SystemTime) -> Self {
         Self {

@@ -145,6 +145,50 @@ pub enum InvalidRule {
         /// Why it was rejected.
         reason: String,
     },
+    /// `limits` is empty or has more than [`MAX_BANDS`](crate::MAX_BANDS) bands.
+    #[error("limits must list 1 to 8 bands, got {count}")]
+    Bands {
+        /// How many were given.
+        count: usize,
+    },
+    /// `cost` is not an integer from 1 to the smallest band's capacity.
+    #[error(
+        "cost must be an integer from 1 to {max} (the smallest capacity of the rule), got {got}"
+    )]
+    Cost {
+        /// The value as written.
+        got: String,
+        /// The smallest capacity among the rule's bands.
+        max: u32,
+    },
+    /// A field that only makes sense with a limit, on an unlimited rule.
+    #[error("`{field}` has no meaning on an unlimited rule")]
+    NotWithUnlimited {
+        /// The field.
+        field: &'static str,
+    },
+    /// A tier name with characters other than letters, digits, `_` and `-`.
+    #[error("tier name {name:?} must be 1 to 64 letters, digits, '_' or '-'")]
+    TierName {
+        /// The name as written.
+        name: String,
+    },
+    /// `default_tier` names a tier that `tiers` does not define.
+    #[error("tier {name:?} is not defined in `tiers` (defined: {known:?})")]
+    UnknownTier {
+        /// The name as written.
+        name: String,
+        /// The tiers that are defined.
+        known: Vec<String>,
+    },
+    /// A key of `clients` that is not a client key.
+    #[error(
+        "{got:?} is not a client key: use \"id:<X-Client-ID>\", \"ip:<address>\", \"ip:<IPv6 network>/<prefix>\" or \"unknown\""
+    )]
+    ClientKey {
+        /// The key as written.
+        got: String,
+    },
     /// Two routes cover the same path and method.
     #[error("route {path:?} duplicates {other}: each path and method may have only one rule")]
     DuplicateRoute {
@@ -183,6 +227,14 @@ pub enum BuildError {
     TrustedProxy {
         /// The entry as given.
         value: String,
+    },
+    /// The rules file cannot be watched for changes.
+    #[error("cannot watch the rules file {}: {reason}", path.display())]
+    Watch {
+        /// The rules file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
     /// `ipv6_prefix_len` is outside 1 to 128.
     #[error("ipv6_prefix_len must be from 1 to 128, got {0}")]

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::backend::PendingOutcome;
 use crate::layer::Shared;
-use crate::service::{Step, step};
+use crate::service::{Shadow, Step, step};
 use crate::{Decision, headers};
 
 pin_project! {
@@ -64,6 +64,7 @@ pin_project! {
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
             shared: Arc<Shared>,
+            shadow: Option<Shadow>,
         },
         // The inner service is answering; headers are added to its response.
         Forward { #[pin] future: S::Future, decision: Option<Decision> },
@@ -93,6 +94,7 @@ where
         inner: S,
         request: Request<ReqBody>,
         shared: Arc<Shared>,
+        shadow: Option<Shadow>,
     ) -> Self {
         Self {
             state: State::Wait {
@@ -100,6 +102,7 @@ where
                 inner: Some(inner),
                 request: Some(request),
                 shared,
+                shadow,
             },
         }
     }
@@ -143,12 +146,13 @@ where
                     inner,
                     request,
                     shared,
+                    shadow,
                 } => {
                     let outcome = ready!(pending.as_mut().poll(cx));
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let next = match step(outcome, &shared.counters) {
+                    let next = match step(outcome, &shared.counters, shadow.as_ref()) {
                         Step::Respond(response) => State::Respond {
                             response: Some(response),
                         },

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::Decision;
 use crate::decision::ceil_secs;
 use crate::key::InvalidClientId;
+use crate::tier::UnknownTier;
 
 /// `X-RateLimit-Limit`: the bucket's capacity.
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -55,6 +56,16 @@ pub(crate) fn unavailable<B: From<Bytes>>(retry_after: Duration) -> Response<B> 
         .headers_mut()
         .insert(RETRY_AFTER, retry_after.into());
     response
+}
+
+/// `500 Internal Server Error` for a request whose tier the rules do not have:
+/// `{"error":"unknown_tier","message":…}`. The app's authentication and its rules disagree.
+pub(crate) fn unknown_tier<B: From<Bytes>>(unknown: &UnknownTier) -> Response<B> {
+    let body = serde_json::json!({
+        "error": "unknown_tier",
+        "message": unknown.to_string(),
+    });
+    json_response(StatusCode::INTERNAL_SERVER_ERROR, body.to_string())
 }
 
 /// `400 Bad Request` for an `X-Client-ID` that cannot be used:

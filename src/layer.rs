@@ -3,23 +3,30 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use tower_layer::Layer;
 
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
-use crate::error::BuildError;
+use crate::error::{BuildError, RulesError};
 use crate::key::KeySource;
 use crate::policy::OnRedisError;
+use crate::reload::{self, Installed, ReloadState, StateIds};
 use crate::rules::Rules;
 use crate::service::RateLimit;
 use crate::stats::{Counters, Stats};
 
 /// State shared by every clone of the layer and of its services.
 pub(crate) struct Shared {
-    pub(crate) rules: Rules,
+    /// The rules in force; swapped whole by a reload.
+    pub(crate) installed: ArcSwap<Installed>,
+    pub(crate) state_ids: StateIds,
+    pub(crate) rules_file: Option<PathBuf>,
+    pub(crate) reload: Mutex<ReloadState>,
     pub(crate) keys: KeySource,
     pub(crate) backend: Backend,
     pub(crate) counters: Counters,
@@ -67,9 +74,26 @@ impl RateLimitLayer {
         RateLimitLayerBuilder::default()
     }
 
-    /// The rules in force.
-    pub fn rules(&self) -> &Rules {
-        &self.shared.rules
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        Arc::clone(&self.shared.installed.load().rules)
+    }
+
+    /// Reads the rules file again and, if it validates, puts it in force; otherwise the
+    /// running rules stay and the error is returned (and shown by [`stats`](Self::stats)).
+    /// `Ok(false)` when the file is unchanged or the layer was built from [`Rules`] rather
+    /// than a file. The file watcher and SIGHUP call this too.
+    pub fn reload(&self) -> Result<bool, RulesError> {
+        match &self.shared.rules_file {
+            Some(path) => self.shared.reload_file(path, "reload()"),
+            None => Ok(false),
+        }
+    }
+
+    /// Puts these rules in force, as a reload would.
+    pub fn set_rules(&self, rules: Rules) {
+        self.shared.install(rules);
+        self.shared.reload_state().reloads += 1;
     }
 
     /// `"memory"` or `"redis"`: where the buckets live.
@@ -84,7 +108,13 @@ impl RateLimitLayer {
         } = &*self.shared;
         let (fallback, errors) = backend.redis_counts();
         let memory = backend.memory();
+        let reload = self.shared.reload_state();
         Stats {
+            shadowed: counters.shadowed.load(Ordering::Relaxed),
+            unknown_tiers: counters.unknown_tiers.load(Ordering::Relaxed),
+            reloads: reload.reloads,
+            failed_reloads: reload.failures,
+            last_reload_error: reload.last_error.clone(),
             backend: backend.name(),
             breaker: backend.breaker(),
             allowed: counters.allowed.load(Ordering::Relaxed),
@@ -102,7 +132,7 @@ impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("backend", &self.backend_name())
-            .field("rules", &self.shared.rules)
+            .field("rules", &self.shared.installed.load().rules)
             .finish()
     }
 }
@@ -117,7 +147,7 @@ impl<S> Layer<S> for RateLimitLayer {
 
 enum RulesSource {
     File(PathBuf),
-    Given(Rules),
+    Given(Box<Rules>),
 }
 
 /// Configures a [`RateLimitLayer`]. Only the rules are required; without a Redis URL the
@@ -156,6 +186,8 @@ pub struct RateLimitLayerBuilder {
     max_tracked_buckets: usize,
     on_redis_error: OnRedisError,
     local_fallback_instances: u32,
+    watch_rules_file: bool,
+    reload_on_sighup: bool,
     #[cfg(feature = "redis")]
     redis: Option<crate::backend::redis::RedisConfig>,
     #[cfg(feature = "redis")]
@@ -177,6 +209,8 @@ impl Default for RateLimitLayerBuilder {
             max_tracked_buckets: DEFAULT_MAX_KEYS,
             on_redis_error: OnRedisError::default(),
             local_fallback_instances: 1,
+            watch_rules_file: true,
+            reload_on_sighup: true,
             #[cfg(feature = "redis")]
             redis: None,
             #[cfg(feature = "redis")]
@@ -206,9 +240,25 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Uses rules already loaded.
+    /// Uses rules already loaded (replace them later with
+    /// [`RateLimitLayer::set_rules`]).
     pub fn rules(mut self, rules: Rules) -> Self {
-        self.rules = Some(RulesSource::Given(rules));
+        self.rules = Some(RulesSource::Given(Box::new(rules)));
+        self
+    }
+
+    /// Whether to reload the rules file when it changes on disk (default true). The file's
+    /// directory is watched, so saves by rename and Kubernetes ConfigMap symlink swaps are
+    /// seen.
+    pub fn watch_rules_file(mut self, watch: bool) -> Self {
+        self.watch_rules_file = watch;
+        self
+    }
+
+    /// Whether SIGHUP reloads the rules file (default true, Unix only). The handler also
+    /// stops SIGHUP from ending the process.
+    pub fn reload_on_sighup(mut self, reload: bool) -> Self {
+        self.reload_on_sighup = reload;
         self
     }
 
@@ -309,10 +359,22 @@ impl RateLimitLayerBuilder {
     /// does not fail the build: the layer starts on its failure policy and switches to Redis
     /// when it answers.
     pub async fn build(self) -> Result<RateLimitLayer, BuildError> {
-        let rules = match self.rules {
+        let (rules, file) = match self.rules {
             None => return Err(BuildError::NoRules),
-            Some(RulesSource::Given(rules)) => rules,
-            Some(RulesSource::File(path)) => Rules::from_file(path)?,
+            Some(RulesSource::Given(rules)) => (*rules, None),
+            Some(RulesSource::File(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let rules = Rules::parse_named(&text, &path.display().to_string())?;
+                (rules, Some((path, text)))
+            }
+        };
+        let reloads = Reloads {
+            file,
+            watch: self.watch_rules_file,
+            sighup: self.reload_on_sighup,
         };
         let keys = KeySource::new(
             self.trusted_proxy_hops,
@@ -336,42 +398,82 @@ impl RateLimitLayerBuilder {
                 .local_fallback_instances()
                 .unwrap_or(self.local_fallback_instances);
             config.max_tracked_buckets = self.max_tracked_buckets;
-            let backend = crate::backend::redis::RedisBackend::connect(&config, &rules)
+            let backend = crate::backend::redis::RedisBackend::connect(&config)
                 .await
                 .map_err(|reason| BuildError::Redis {
                     url: crate::backend::redis::redact(&config.url),
                     reason,
                 })?;
-            return Ok(RateLimitLayer::new(
+            return RateLimitLayer::new(
                 rules,
+                reloads,
                 keys,
                 Backend::Redis(Arc::new(backend)),
                 self.memory_cleanup_interval,
-            ));
+            );
         }
-        let memory = MemoryBackend::new(&rules, self.max_tracked_buckets, 1);
-        Ok(RateLimitLayer::new(
+        let memory = MemoryBackend::new(self.max_tracked_buckets, 1);
+        RateLimitLayer::new(
             rules,
+            reloads,
             keys,
             Backend::Memory(Arc::new(memory)),
             self.memory_cleanup_interval,
-        ))
+        )
     }
 }
 
+/// Where the rules came from and how to follow changes.
+struct Reloads {
+    /// The rules file and the text loaded from it.
+    file: Option<(PathBuf, String)>,
+    watch: bool,
+    sighup: bool,
+}
+
 impl RateLimitLayer {
-    fn new(rules: Rules, keys: KeySource, backend: Backend, cleanup_every: Duration) -> Self {
+    fn new(
+        rules: Rules,
+        reloads: Reloads,
+        keys: KeySource,
+        backend: Backend,
+        cleanup_every: Duration,
+    ) -> Result<Self, BuildError> {
         if let Some(memory) = backend.memory() {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
         }
-        Self {
-            shared: Arc::new(Shared {
-                rules,
-                keys,
-                backend,
-                counters: Counters::default(),
-            }),
+        let state_ids = StateIds::default();
+        let installed = state_ids.install(rules);
+        let shared = Arc::new(Shared {
+            installed: ArcSwap::from_pointee(installed),
+            state_ids,
+            rules_file: reloads.file.as_ref().map(|(path, _)| path.clone()),
+            reload: Mutex::new(ReloadState::default()),
+            keys,
+            backend,
+            counters: Counters::default(),
+        });
+        if let Some((path, text)) = reloads.file {
+            shared.loaded_from(&text);
+            if reloads.watch {
+                reload::spawn_watcher(Arc::downgrade(&shared), path.clone()).map_err(|e| {
+                    BuildError::Watch {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+            #[cfg(unix)]
+            if reloads.sighup {
+                reload::spawn_sighup(Arc::downgrade(&shared), path.clone()).map_err(|e| {
+                    BuildError::Watch {
+                        path,
+                        reason: format!("cannot handle SIGHUP: {e}"),
+                    }
+                })?;
+            }
         }
+        Ok(Self { shared })
     }
 }
 

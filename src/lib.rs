@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod algorithm;
 mod backend;
 mod breaker;
 mod decision;
@@ -42,10 +43,13 @@ mod headers;
 mod key;
 mod layer;
 mod policy;
+mod reload;
 mod rules;
 mod service;
 mod stats;
+mod tier;
 
+pub use algorithm::Algorithm;
 pub use breaker::BreakerState;
 pub use decision::Decision;
 pub use error::{BuildError, InvalidRule, Location, RulesError};
@@ -54,6 +58,9 @@ pub use headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
 pub use key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN};
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::OnRedisError;
-pub use rules::{Bucket, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, Rules};
+pub use rules::{
+    Band, Limit, MAX_BANDS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule, Rules,
+};
 pub use service::RateLimit;
 pub use stats::Stats;
+pub use tier::{Tier, UnknownTier};

@@ -1,60 +1,70 @@
-//! The rules file: which token bucket applies to which method and path.
+//! The rules file: which limit applies to which request.
 //!
 //! ```json
 //! {
 //!   "default": { "capacity": 20, "refill_rate": 5 },
 //!   "routes": [
-//!     { "path": "/api/data", "capacity": 10, "refill_rate": 1 },
-//!     { "path": "/api/submit", "methods": ["POST"], "limit": "30/minute" },
-//!     { "path": "/api/users/{id}", "capacity": 5, "refill_rate": 0.5 },
+//!     { "path": "/api/data", "limits": [{ "capacity": 10, "refill_rate": 1 }, "1000/hour"] },
+//!     { "path": "/api/submit", "methods": ["POST"], "limit": "30/minute", "cost": 2 },
+//!     { "path": "/api/search", "limit": "100/minute", "algorithm": "sliding_window" },
 //!     { "path": "/static/{*rest}", "unlimited": true }
-//!   ]
+//!   ],
+//!   "tiers": { "pro": { "default": { "capacity": 200, "refill_rate": 50 } } },
+//!   "clients": { "id:partner-42": { "limit": "1000/minute" } }
 //! }
 //! ```
 //!
 //! Everything is validated once, at load; a request only does one router lookup.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
-use serde_json::Number;
+use serde_json::{Number, Value};
 
+use crate::algorithm::{Algorithm, BandSpec};
 use crate::error::{InvalidRule, Location, RulesError};
+use crate::key::{ClientKey, MAX_CLIENT_ID_LEN};
 use crate::policy::OnRedisError;
+use crate::tier::UnknownTier;
 
 /// Slowest refill accepted: one token every 11.6 days.
 pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
 /// Fastest refill accepted: one token per nanosecond.
 pub const MAX_REFILL_PER_SEC: f64 = 1e9;
+/// Most bands one rule may have.
+pub const MAX_BANDS: usize = 8;
 
-/// A token bucket: it holds at most `capacity` tokens and gains `refill_per_sec` tokens per
-/// second, continuously. A request takes one token; with none left it is refused until one
-/// has refilled. A new client starts with a full bucket.
+/// One band of a limit: `capacity` per period, where `period = capacity / refill_per_sec`.
+/// For a token bucket: a bucket of `capacity` tokens gaining `refill_per_sec` tokens per
+/// second; for the window algorithms: `capacity` requests per window of one period.
 ///
 /// # Example
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::Bucket;
+/// use tollgate::Band;
 ///
-/// let bucket = Bucket::new(30, 0.5).unwrap();
-/// assert_eq!(bucket.capacity(), 30);
-/// assert_eq!(bucket.refill_period(), Duration::from_secs(2));
-/// assert_eq!(bucket.time_to_fill(30), Duration::from_secs(60));
+/// let band = Band::new(30, 0.5).unwrap();
+/// assert_eq!(band.capacity(), 30);
+/// assert_eq!(band.refill_period(), Duration::from_secs(2));
+/// assert_eq!(band.period(), Duration::from_secs(60));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bucket {
+pub struct Band {
     capacity: NonZeroU32,
     refill_per_sec: f64,
 }
 
-impl Bucket {
-    /// A bucket of `capacity` tokens refilled at `refill_per_sec`, or `None` when capacity is
-    /// zero or the rate is outside [`MIN_REFILL_PER_SEC`]..=[`MAX_REFILL_PER_SEC`].
+impl Band {
+    /// A band of `capacity` refilled at `refill_per_sec`, or `None` when capacity is zero or
+    /// the rate is outside [`MIN_REFILL_PER_SEC`]..=[`MAX_REFILL_PER_SEC`].
     pub fn new(capacity: u32, refill_per_sec: f64) -> Option<Self> {
         let capacity = NonZeroU32::new(capacity)?;
         (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC)
@@ -65,13 +75,9 @@ impl Bucket {
             })
     }
 
-    /// The most tokens the bucket holds (the burst size).
+    /// The most tokens (or requests per window).
     pub fn capacity(&self) -> u32 {
         self.capacity.get()
-    }
-
-    pub(crate) fn capacity_nonzero(&self) -> NonZeroU32 {
-        self.capacity
     }
 
     /// Tokens added per second.
@@ -84,9 +90,14 @@ impl Bucket {
         Duration::from_secs_f64(1.0 / self.refill_per_sec)
     }
 
-    /// This bucket split `share` ways: capacity and rate divided by `share` (capacity at
+    /// The time the whole capacity takes to refill: the window of the window algorithms.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.capacity.get()) / self.refill_per_sec)
+    }
+
+    /// This band split `share` ways: capacity and rate divided by `share` (capacity at
     /// least 1, rate at least [`MIN_REFILL_PER_SEC`]), so that `share` instances deciding
-    /// alone admit about what this bucket admits.
+    /// alone admit about what this band admits.
     pub(crate) fn divided_by(&self, share: u32) -> Self {
         let share = share.max(1);
         Self {
@@ -95,23 +106,86 @@ impl Bucket {
         }
     }
 
-    /// The time `tokens` tokens take to refill.
-    pub fn time_to_fill(&self, tokens: u32) -> Duration {
-        Duration::from_secs_f64(f64::from(tokens) / self.refill_per_sec)
+    pub(crate) fn spec(&self) -> BandSpec {
+        let capacity = f64::from(self.capacity.get());
+        BandSpec {
+            capacity,
+            refill_per_sec: self.refill_per_sec,
+            window_us: ((capacity / self.refill_per_sec) * 1e6).round().max(1.0) as i64,
+        }
     }
 }
 
-impl fmt::Display for Bucket {
+impl fmt::Display for Band {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "capacity {} refilled at {}/s",
-            self.capacity, self.refill_per_sec
-        )
+        write!(f, "{} per {:?}", self.capacity, self.period())
     }
 }
 
-/// One rule from the rules file: the default, or one entry of `routes`.
+/// How much a rule allows: one or more bands, the algorithm they use, what a request costs,
+/// and whether the rule only observes (shadow).
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::{Algorithm, Rules};
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": {"limits": [{"capacity": 10, "refill_rate": 1}, "1000/hour"], "cost": 2}
+/// }"#).unwrap();
+/// let limit = rules.lookup(&Method::GET, "/").limit().unwrap();
+/// assert_eq!(limit.algorithm(), Algorithm::TokenBucket);
+/// assert_eq!(limit.bands().len(), 2);
+/// assert_eq!(limit.bands()[1].capacity(), 1000);
+/// assert_eq!(limit.cost(), 2);
+/// assert!(!limit.shadow());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    algorithm: Algorithm,
+    bands: Arc<[Band]>,
+    cost: u32,
+    shadow: bool,
+}
+
+impl Limit {
+    /// The algorithm every band uses.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The bands; a request must fit in all of them.
+    pub fn bands(&self) -> &[Band] {
+        &self.bands
+    }
+
+    /// Tokens (or requests) one request takes from every band.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// Whether the rule decides and reports but never refuses.
+    pub fn shadow(&self) -> bool {
+        self.shadow
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bands: Vec<String> = self.bands.iter().map(Band::to_string).collect();
+        write!(f, "{} {}", self.algorithm.as_str(), bands.join(" + "))?;
+        if self.cost != 1 {
+            write!(f, ", cost {}", self.cost)?;
+        }
+        if self.shadow {
+            f.write_str(", shadow")?;
+        }
+        Ok(())
+    }
+}
+
+/// One rule: a tier's (or the base set's) default, or one of its routes.
 ///
 /// # Example
 ///
@@ -125,27 +199,47 @@ impl fmt::Display for Bucket {
 /// }"#).unwrap();
 /// let rule = rules.lookup(&Method::POST, "/api/submit");
 /// assert_eq!(rule.id(), "/api/submit@POST");
-/// assert_eq!(rule.bucket().unwrap().capacity(), 30);
+/// assert_eq!(rule.pattern(), Some("/api/submit"));
+/// assert_eq!(rule.limit().unwrap().bands()[0].capacity(), 30);
 /// assert_eq!(rules.lookup(&Method::GET, "/api/submit").id(), "default");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     id: Box<str>,
     index: usize,
-    bucket: Option<Bucket>,
+    tier: Option<Box<str>>,
+    pattern: Option<Box<str>>,
+    methods: Option<Box<[Method]>>,
+    limit: Option<Limit>,
 }
 
 impl Rule {
     /// The rule's stable identity, used in Redis keys: `default`, or the path with `{}` turned
     /// into `<>` (so it never forms a Redis Cluster hash tag), followed by `@METHODS` when the
-    /// rule names methods, e.g. `/api/users/<id>@GET,PUT`.
+    /// rule names methods, e.g. `/api/users/<id>@GET,PUT`. Rules of a tier start with
+    /// `<tier>:`, e.g. `pro:default`.
     pub fn id(&self) -> &str {
         &self.id
     }
 
-    /// The token bucket, or `None` for an unlimited rule.
-    pub fn bucket(&self) -> Option<&Bucket> {
-        self.bucket.as_ref()
+    /// The tier the rule belongs to; `None` for the base rules.
+    pub fn tier(&self) -> Option<&str> {
+        self.tier.as_deref()
+    }
+
+    /// The path pattern; `None` for a default rule.
+    pub fn pattern(&self) -> Option<&str> {
+        self.pattern.as_deref()
+    }
+
+    /// The methods the rule is limited to; `None` for all.
+    pub fn methods(&self) -> Option<&[Method]> {
+        self.methods.as_deref()
+    }
+
+    /// The limit, or `None` for an unlimited rule.
+    pub fn limit(&self) -> Option<&Limit> {
+        self.limit.as_ref()
     }
 
     /// Position in [`Rules::iter`]; backends keep per-rule state in this order.
@@ -154,12 +248,69 @@ impl Rule {
     }
 }
 
-/// Validated rules, ready to answer "which rule applies to this request?".
+/// The rule a request falls under, and the limit that applies to its client.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::{ClientKey, Rules};
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": {"limit": "10/minute"},
+///     "tiers": {"pro": {"default": {"limit": "100/minute"}}},
+///     "clients": {"id:partner": {"limit": "1000/minute"}}
+/// }"#).unwrap();
+/// let alice = ClientKey::Id("alice".into());
+/// let pro = rules.resolve(&Method::GET, "/", Some("pro"), &alice).unwrap();
+/// assert_eq!((pro.rule.id(), pro.limit.unwrap().bands()[0].capacity()), ("pro:default", 100));
+/// let partner = rules.resolve(&Method::GET, "/", None, &ClientKey::Id("partner".into())).unwrap();
+/// assert_eq!(partner.limit.unwrap().bands()[0].capacity(), 1000);
+/// assert!(partner.client_override);
+/// assert!(rules.resolve(&Method::GET, "/", Some("gold"), &alice).is_err());
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Resolved<'a> {
+    /// The matched rule: its identity keys the client's state.
+    pub rule: &'a Rule,
+    /// The limit for this client: the rule's, or the client's override; `None` when
+    /// unlimited.
+    pub limit: Option<&'a Limit>,
+    /// Whether `limit` comes from the rules file's `clients`.
+    pub client_override: bool,
+}
+
+/// One tier's rules (or the base rules): a default and the routes' routers.
+struct RuleSet {
+    default: usize,
+    /// One router per method some rule names, holding that method's rules and the
+    /// method-less ones.
+    by_method: Vec<(Method, matchit::Router<usize>)>,
+    /// The method-less rules, for methods no rule names.
+    any_method: matchit::Router<usize>,
+}
+
+impl RuleSet {
+    fn lookup(&self, method: &Method, path: &str) -> usize {
+        let router = self
+            .by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(&self.any_method, |(_, router)| router);
+        router
+            .at(path)
+            .map_or(self.default, |matched| *matched.value)
+    }
+}
+
+/// Validated rules, ready to answer "which limit applies to this request?".
 ///
 /// Load them with [`Rules::from_file`] or [`Rules::from_json`]. Path patterns use
 /// `{param}` for one segment and `{*rest}` for everything after; the most specific pattern
 /// wins (static segments over parameters over catch-alls), and a rule that names `methods`
-/// only applies to those methods. Requests no route covers use `default`.
+/// only applies to those methods. Requests no route covers use `default`. Named `tiers` are
+/// whole rule sets of their own; `clients` override the limit for single clients.
 ///
 /// # Example
 ///
@@ -177,24 +328,29 @@ impl Rule {
 /// }"#).unwrap();
 /// assert_eq!(rules.lookup(&Method::GET, "/api/users/42").id(), "/api/users/<id>");
 /// assert_eq!(rules.lookup(&Method::GET, "/api/users/me").id(), "/api/users/me");
-/// assert!(rules.lookup(&Method::GET, "/static/app.js").bucket().is_none());
+/// assert!(rules.lookup(&Method::GET, "/static/app.js").limit().is_none());
 /// assert_eq!(rules.lookup(&Method::GET, "/elsewhere").id(), "default");
 /// ```
 pub struct Rules {
-    /// Index 0 is the default rule; the rest follow the file's `routes` order.
+    /// Every rule: the base default first, the base routes in file order, then each tier's
+    /// default and routes.
     rules: Vec<Rule>,
+    base: RuleSet,
+    tiers: Vec<(Box<str>, RuleSet)>,
+    default_tier: Option<usize>,
+    /// `None`: the client is unlimited.
+    clients: HashMap<ClientKey, Option<Limit>>,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
-    /// One router per method some rule names, holding that method's rules and the
-    /// method-less ones.
-    by_method: Vec<(Method, matchit::Router<usize>)>,
-    /// The method-less rules, for methods no rule names.
-    any_method: matchit::Router<usize>,
 }
 
 impl fmt::Debug for Rules {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rules").field("rules", &self.rules).finish()
+        f.debug_struct("Rules")
+            .field("rules", &self.rules)
+            .field("tiers", &self.tier_names().collect::<Vec<_>>())
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,20 +370,90 @@ impl Rules {
         parse(json, "<inline>")
     }
 
-    /// The rule for a request.
-    pub fn lookup(&self, method: &Method, path: &str) -> &Rule {
-        let router = self
-            .by_method
-            .iter()
-            .find(|(m, _)| m == method)
-            .map_or(&self.any_method, |(_, router)| router);
-        let index = router.at(path).map_or(0, |matched| *matched.value);
-        &self.rules[index]
+    /// Validates rules text read from `source_name`.
+    pub(crate) fn parse_named(json: &str, source_name: &str) -> Result<Self, RulesError> {
+        parse(json, source_name)
     }
 
-    /// The rule for requests no route covers.
+    /// The rule for a request without a tier (so in `default_tier`, if the file names one)
+    /// and without a client override.
+    pub fn lookup(&self, method: &Method, path: &str) -> &Rule {
+        let set = self.default_tier.map_or(&self.base, |t| &self.tiers[t].1);
+        &self.rules[set.lookup(method, path)]
+    }
+
+    /// The rule and limit for a request: in `tier` (or `default_tier`, or the base rules),
+    /// with the client's override from `clients` if it has one and the rule is limited.
+    pub fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+        tier: Option<&str>,
+        client: &ClientKey,
+    ) -> Result<Resolved<'_>, UnknownTier> {
+        let set = match tier {
+            Some(name) => {
+                &self
+                    .tiers
+                    .iter()
+                    .find(|(t, _)| &**t == name)
+                    .ok_or_else(|| UnknownTier::new(name))?
+                    .1
+            }
+            None => self.default_tier.map_or(&self.base, |t| &self.tiers[t].1),
+        };
+        let rule = &self.rules[set.lookup(method, path)];
+        let Some(limit) = rule.limit.as_ref() else {
+            return Ok(Resolved {
+                rule,
+                limit: None,
+                client_override: false,
+            });
+        };
+        Ok(match (self.clients.is_empty(), self.clients.get(client)) {
+            (false, Some(own)) => Resolved {
+                rule,
+                limit: own.as_ref(),
+                client_override: true,
+            },
+            _ => Resolved {
+                rule,
+                limit: Some(limit),
+                client_override: false,
+            },
+        })
+    }
+
+    /// The base rules' default: for requests no route covers.
     pub fn default_rule(&self) -> &Rule {
-        &self.rules[0]
+        &self.rules[self.base.default]
+    }
+
+    /// Every rule: the base default first, then its routes in file order, then each tier's.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// The rule with this identity.
+    pub fn find(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| &*r.id == id)
+    }
+
+    /// The names of the tiers, in name order.
+    pub fn tier_names(&self) -> impl Iterator<Item = &str> {
+        self.tiers.iter().map(|(name, _)| &**name)
+    }
+
+    /// The tier used when a request carries none.
+    pub fn default_tier(&self) -> Option<&str> {
+        self.default_tier.map(|t| &*self.tiers[t].0)
+    }
+
+    /// The per-client overrides; `None` for a client that is not limited at all.
+    pub fn clients(&self) -> impl Iterator<Item = (&ClientKey, Option<&Limit>)> {
+        self.clients
+            .iter()
+            .map(|(key, limit)| (key, limit.as_ref()))
     }
 
     /// The file's `on_redis_error`, if it has one.
@@ -239,15 +465,10 @@ impl Rules {
     pub fn local_fallback_instances(&self) -> Option<u32> {
         self.local_fallback_instances.map(NonZeroU32::get)
     }
-
-    /// Every rule: the default first, then the routes in file order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Rule> {
-        self.rules.iter()
-    }
 }
 
-/// One rule as written. `default` and `routes[i]` share the shape; `path` and `methods` are
-/// only allowed in routes.
+/// One rule as written. `default`, `routes[i]` and `clients.<key>` share the shape; `path`
+/// and `methods` are only allowed in routes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
@@ -256,7 +477,19 @@ struct RawRule {
     capacity: Option<Number>,
     refill_rate: Option<Number>,
     limit: Option<String>,
+    limits: Option<Vec<Value>>,
     unlimited: Option<bool>,
+    algorithm: Option<Algorithm>,
+    cost: Option<Number>,
+    shadow: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleSet {
+    default: RawRule,
+    #[serde(default)]
+    routes: Vec<RawRule>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +498,13 @@ struct RawRules {
     default: RawRule,
     #[serde(default)]
     routes: Vec<RawRule>,
+    #[serde(default)]
+    tiers: BTreeMap<String, RawRuleSet>,
+    default_tier: Option<String>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawRule>,
+    #[serde(default)]
+    shadow: bool,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
 }
@@ -320,42 +560,118 @@ fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
     })
 }
 
-/// serde_json appends " at line L column C"; the location is reported separately.
-fn strip_position(err: &serde_json::Error) -> String {
-    let text = err.to_string();
-    match text.rfind(" at line ") {
-        Some(at) => text[..at].to_owned(),
-        None => text,
+fn build(raw: RawRules) -> Result<Rules, Problem> {
+    let mut rules = Vec::new();
+    let base = rule_set(&mut rules, None, "", raw.default, raw.routes, raw.shadow)?;
+    let mut tiers = Vec::with_capacity(raw.tiers.len());
+    for (name, set) in raw.tiers {
+        let at = format!("tiers.{name}");
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            return Err(problem(at, InvalidRule::TierName { name }));
+        }
+        let set = rule_set(
+            &mut rules,
+            Some(&name),
+            &format!("{at}."),
+            set.default,
+            set.routes,
+            raw.shadow,
+        )?;
+        tiers.push((name.into_boxed_str(), set));
     }
+    let default_tier = match raw.default_tier {
+        None => None,
+        Some(name) => Some(
+            tiers
+                .iter()
+                .position(|(t, _)| **t == *name)
+                .ok_or_else(|| {
+                    problem(
+                        "default_tier",
+                        InvalidRule::UnknownTier {
+                            name,
+                            known: tiers.iter().map(|(t, _)| t.to_string()).collect(),
+                        },
+                    )
+                })?,
+        ),
+    };
+    let mut clients = HashMap::with_capacity(raw.clients.len());
+    for (key, raw_rule) in raw.clients {
+        let at = format!("clients.{key}");
+        for (field, present) in [
+            ("path", raw_rule.path.is_some()),
+            ("methods", raw_rule.methods.is_some()),
+        ] {
+            if present {
+                return Err(problem(
+                    format!("{at}.{field}"),
+                    InvalidRule::Json(format!("`{field}` is only allowed in routes")),
+                ));
+            }
+        }
+        let client = client_key_of(&key)
+            .ok_or_else(|| problem(&at, InvalidRule::ClientKey { got: key.clone() }))?;
+        clients.insert(client, limit_of(&raw_rule, &at, raw.shadow)?);
+    }
+    Ok(Rules {
+        rules,
+        base,
+        tiers,
+        default_tier,
+        clients,
+        on_redis_error: raw.on_redis_error,
+        local_fallback_instances: raw.local_fallback_instances,
+    })
 }
 
-fn build(raw: RawRules) -> Result<Rules, Problem> {
+/// Builds one rule set's rules into `rules` and returns its routers. `at` prefixes JSON
+/// paths (`""` or `"tiers.pro."`).
+fn rule_set(
+    rules: &mut Vec<Rule>,
+    tier: Option<&str>,
+    at: &str,
+    default: RawRule,
+    raw_routes: Vec<RawRule>,
+    shadow_all: bool,
+) -> Result<RuleSet, Problem> {
+    let id_prefix = tier.map(|t| format!("{t}:")).unwrap_or_default();
     for (field, present) in [
-        ("path", raw.default.path.is_some()),
-        ("methods", raw.default.methods.is_some()),
+        ("path", default.path.is_some()),
+        ("methods", default.methods.is_some()),
     ] {
         if present {
             return Err(problem(
-                format!("default.{field}"),
+                format!("{at}default.{field}"),
                 InvalidRule::Json(format!("`{field}` is only allowed in routes")),
             ));
         }
     }
-    let mut rules = vec![Rule {
-        id: "default".into(),
-        index: 0,
-        bucket: bucket_of(&raw.default, "default")?,
-    }];
+    let default_index = rules.len();
+    rules.push(Rule {
+        id: format!("{id_prefix}default").into(),
+        index: default_index,
+        tier: tier.map(Into::into),
+        pattern: None,
+        methods: None,
+        limit: limit_of(&default, &format!("{at}default"), shadow_all)?,
+    });
 
     struct Route {
         json_path: String,
         pattern: String,
         methods: Option<Vec<Method>>,
+        index: usize,
     }
-    let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
-    for (i, raw_route) in raw.routes.iter().enumerate() {
-        let json_path = format!("routes[{i}]");
-        let bucket = bucket_of(raw_route, &json_path)?;
+    let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
+    for (i, raw_route) in raw_routes.iter().enumerate() {
+        let json_path = format!("{at}routes[{i}]");
+        let limit = limit_of(raw_route, &json_path, shadow_all)?;
         let pattern = raw_route
             .path
             .clone()
@@ -386,33 +702,38 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
                 },
             ));
         }
-        let id = rule_id(&pattern, methods.as_deref());
-        if let Some(same_id) = rules.iter().position(|r| *r.id == *id) {
+        let id = format!("{id_prefix}{}", rule_id(&pattern, methods.as_deref()));
+        if let Some(same) = routes.iter().find(|r| *rules[r.index].id == *id) {
             return Err(problem(
                 format!("{json_path}.path"),
                 InvalidRule::DuplicateRoute {
                     path: pattern,
-                    other: format!("routes[{}] (same rule identity {id:?})", same_id - 1),
+                    other: format!("{} (same rule identity {id:?})", same.json_path),
                 },
             ));
         }
+        let index = rules.len();
         rules.push(Rule {
             id: id.into(),
-            index: i + 1,
-            bucket,
+            index,
+            tier: tier.map(Into::into),
+            pattern: Some(pattern.as_str().into()),
+            methods: methods.as_deref().map(Into::into),
+            limit,
         });
         routes.push(Route {
             json_path,
             pattern,
             methods,
+            index,
         });
     }
 
     let insert_all = |filter: &dyn Fn(&Route) -> bool| -> Result<matchit::Router<usize>, Problem> {
         let mut router = matchit::Router::new();
-        for (i, route) in routes.iter().enumerate().filter(|(_, r)| filter(r)) {
+        for route in routes.iter().filter(|r| filter(r)) {
             router
-                .insert(route.pattern.as_str(), i + 1)
+                .insert(route.pattern.as_str(), route.index)
                 .map_err(|err| {
                     let reason = match err {
                         matchit::InsertError::Conflict { with } => {
@@ -455,14 +776,239 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
             Ok((method, router))
         })
         .collect::<Result<_, Problem>>()?;
-
-    Ok(Rules {
-        rules,
-        on_redis_error: raw.on_redis_error,
-        local_fallback_instances: raw.local_fallback_instances,
+    Ok(RuleSet {
+        default: default_index,
         by_method,
         any_method,
     })
+}
+
+/// The limit a rule describes, or `None` for `unlimited: true`.
+fn limit_of(raw: &RawRule, json_path: &str, shadow_all: bool) -> Result<Option<Limit>, Problem> {
+    let at = |field: &str| format!("{json_path}.{field}");
+    let unlimited = raw.unlimited == Some(true);
+    let explicit = raw.capacity.is_some() || raw.refill_rate.is_some();
+    let forms = [
+        explicit,
+        raw.limit.is_some(),
+        raw.limits.is_some(),
+        unlimited,
+    ];
+    if forms.iter().filter(|f| **f).count() != 1 {
+        let given: Vec<&str> = [
+            ("capacity", raw.capacity.is_some()),
+            ("refill_rate", raw.refill_rate.is_some()),
+            ("limit", raw.limit.is_some()),
+            ("limits", raw.limits.is_some()),
+            ("unlimited", raw.unlimited.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect();
+        let found = if given.is_empty() {
+            "it has none".to_owned()
+        } else if raw.unlimited == Some(false) && given.len() == 1 {
+            "it has `unlimited: false` alone".to_owned()
+        } else {
+            format!("it has {}", given.join(", "))
+        };
+        return Err(problem(json_path, InvalidRule::LimitForm { found }));
+    }
+    if unlimited {
+        for (field, present) in [
+            ("algorithm", raw.algorithm.is_some()),
+            ("cost", raw.cost.is_some()),
+            ("shadow", raw.shadow.is_some()),
+        ] {
+            if present {
+                return Err(problem(at(field), InvalidRule::NotWithUnlimited { field }));
+            }
+        }
+        return Ok(None);
+    }
+    let bands: Vec<Band> = if explicit {
+        vec![explicit_band(
+            raw.capacity.as_ref(),
+            raw.refill_rate.as_ref(),
+            json_path,
+        )?]
+    } else if let Some(limit) = &raw.limit {
+        vec![parse_shorthand(limit).ok_or_else(|| {
+            problem(
+                at("limit"),
+                InvalidRule::LimitShorthand { got: limit.clone() },
+            )
+        })?]
+    } else {
+        let raw_bands = raw.limits.as_deref().unwrap_or_default();
+        if raw_bands.is_empty() || raw_bands.len() > MAX_BANDS {
+            return Err(problem(
+                at("limits"),
+                InvalidRule::Bands {
+                    count: raw_bands.len(),
+                },
+            ));
+        }
+        raw_bands
+            .iter()
+            .enumerate()
+            .map(|(i, value)| band_of(value, &format!("{json_path}.limits[{i}]")))
+            .collect::<Result<_, _>>()?
+    };
+    let smallest = bands.iter().map(Band::capacity).min().unwrap_or(1);
+    let cost = match &raw.cost {
+        None => 1,
+        Some(number) => number
+            .as_u64()
+            .and_then(|c| u32::try_from(c).ok())
+            .filter(|c| (1..=smallest).contains(c))
+            .ok_or_else(|| {
+                problem(
+                    at("cost"),
+                    InvalidRule::Cost {
+                        got: number.to_string(),
+                        max: smallest,
+                    },
+                )
+            })?,
+    };
+    Ok(Some(Limit {
+        algorithm: raw.algorithm.unwrap_or_default(),
+        bands: bands.into(),
+        cost,
+        shadow: shadow_all || raw.shadow == Some(true),
+    }))
+}
+
+/// One entry of `limits`: `{"capacity": N, "refill_rate": R}` or `"N/unit"`.
+fn band_of(value: &Value, json_path: &str) -> Result<Band, Problem> {
+    match value {
+        Value::String(text) => parse_shorthand(text)
+            .ok_or_else(|| problem(json_path, InvalidRule::LimitShorthand { got: text.clone() })),
+        Value::Object(fields) => {
+            if let Some(unknown) = fields
+                .keys()
+                .find(|k| !matches!(k.as_str(), "capacity" | "refill_rate"))
+            {
+                return Err(problem(
+                    format!("{json_path}.{unknown}"),
+                    InvalidRule::Json(format!(
+                        "unknown field `{unknown}`, expected `capacity` or `refill_rate`"
+                    )),
+                ));
+            }
+            let number = |name: &str| match fields.get(name) {
+                Some(Value::Number(n)) => Ok(Some(n.clone())),
+                None => Ok(None),
+                Some(other) => Err(problem(
+                    format!("{json_path}.{name}"),
+                    InvalidRule::Json(format!("invalid type: {other}, expected a number")),
+                )),
+            };
+            explicit_band(
+                number("capacity")?.as_ref(),
+                number("refill_rate")?.as_ref(),
+                json_path,
+            )
+        }
+        other => Err(problem(
+            json_path,
+            InvalidRule::Json(format!(
+                "invalid band {other}: expected {{\"capacity\": N, \"refill_rate\": R}} or \"N/unit\""
+            )),
+        )),
+    }
+}
+
+fn explicit_band(
+    capacity: Option<&Number>,
+    rate: Option<&Number>,
+    json_path: &str,
+) -> Result<Band, Problem> {
+    let (Some(capacity), Some(rate)) = (capacity, rate) else {
+        let missing = if capacity.is_none() {
+            "capacity"
+        } else {
+            "refill_rate"
+        };
+        return Err(problem(
+            json_path,
+            InvalidRule::LimitForm {
+                found: format!("`{missing}` is missing"),
+            },
+        ));
+    };
+    let capacity_value = capacity
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .filter(|c| *c >= 1)
+        .ok_or_else(|| {
+            problem(
+                format!("{json_path}.capacity"),
+                InvalidRule::Capacity {
+                    got: capacity.to_string(),
+                },
+            )
+        })?;
+    rate.as_f64()
+        .and_then(|r| Band::new(capacity_value, r))
+        .ok_or_else(|| {
+            problem(
+                format!("{json_path}.refill_rate"),
+                InvalidRule::RefillRate {
+                    got: rate.to_string(),
+                },
+            )
+        })
+}
+
+/// `"N/unit"`: capacity N, refilled over one unit.
+fn parse_shorthand(text: &str) -> Option<Band> {
+    let (count, unit) = text.split_once('/')?;
+    let count: u32 = count.trim().parse().ok()?;
+    let unit_secs = match unit.trim() {
+        "second" => 1.0,
+        "minute" => 60.0,
+        "hour" => 3600.0,
+        "day" => 86400.0,
+        _ => return None,
+    };
+    Band::new(count, f64::from(count) / unit_secs)
+}
+
+/// A client key as written in `clients`: `id:<X-Client-ID>`, `ip:<address>`,
+/// `ip:<IPv6 network>/<prefix>` or `unknown`.
+fn client_key_of(text: &str) -> Option<ClientKey> {
+    if text == "unknown" {
+        return Some(ClientKey::Unknown);
+    }
+    if let Some(id) = text.strip_prefix("id:") {
+        let visible =
+            (1..=MAX_CLIENT_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
+        return visible.then(|| ClientKey::Id(id.into()));
+    }
+    let ip = text.strip_prefix("ip:")?;
+    if let Some((network, bits)) = ip.split_once('/') {
+        let prefix_len: u8 = bits.parse().ok().filter(|b| (1..128).contains(b))?;
+        let network: Ipv6Addr = network.parse().ok()?;
+        let mask = u128::MAX << (128 - u32::from(prefix_len));
+        return Some(ClientKey::Ipv6Network {
+            network: Ipv6Addr::from(u128::from(network) & mask),
+            prefix_len,
+        });
+    }
+    ip.parse::<IpAddr>()
+        .ok()
+        .map(|ip| ClientKey::Ip(ip.to_canonical()))
+}
+
+/// serde_json appends " at line L column C"; the location is reported separately.
+fn strip_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
 }
 
 fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
@@ -520,93 +1066,6 @@ fn methods_of(raw: &[String], json_path: &str) -> Result<Vec<Method>, Problem> {
     Ok(methods)
 }
 
-fn bucket_of(raw: &RawRule, json_path: &str) -> Result<Option<Bucket>, Problem> {
-    let at = |field: &str| format!("{json_path}.{field}");
-    let unlimited = raw.unlimited == Some(true);
-    let explicit = raw.capacity.is_some() || raw.refill_rate.is_some();
-    match (unlimited, explicit, &raw.limit) {
-        (true, false, None) => Ok(None),
-        (false, true, None) => {
-            let (Some(capacity), Some(rate)) = (&raw.capacity, &raw.refill_rate) else {
-                let missing = if raw.capacity.is_none() {
-                    "capacity"
-                } else {
-                    "refill_rate"
-                };
-                return Err(problem(
-                    json_path,
-                    InvalidRule::LimitForm {
-                        found: format!("`{missing}` is missing"),
-                    },
-                ));
-            };
-            let capacity = capacity
-                .as_u64()
-                .and_then(|c| u32::try_from(c).ok())
-                .filter(|c| *c >= 1)
-                .ok_or_else(|| {
-                    problem(
-                        at("capacity"),
-                        InvalidRule::Capacity {
-                            got: capacity.to_string(),
-                        },
-                    )
-                })?;
-            let refill = rate
-                .as_f64()
-                .filter(|r| (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(r))
-                .ok_or_else(|| {
-                    problem(
-                        at("refill_rate"),
-                        InvalidRule::RefillRate {
-                            got: rate.to_string(),
-                        },
-                    )
-                })?;
-            Ok(Bucket::new(capacity, refill))
-        }
-        (false, false, Some(limit)) => parse_limit(limit).map(Some).ok_or_else(|| {
-            problem(
-                at("limit"),
-                InvalidRule::LimitShorthand { got: limit.clone() },
-            )
-        }),
-        _ => {
-            let given: Vec<&str> = [
-                ("capacity", raw.capacity.is_some()),
-                ("refill_rate", raw.refill_rate.is_some()),
-                ("limit", raw.limit.is_some()),
-                ("unlimited", raw.unlimited.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(name, present)| present.then_some(name))
-            .collect();
-            let found = if given.is_empty() {
-                "it has none".to_owned()
-            } else if raw.unlimited == Some(false) && given.len() == 1 {
-                "it has `unlimited: false` alone".to_owned()
-            } else {
-                format!("it has {}", given.join(", "))
-            };
-            Err(problem(json_path, InvalidRule::LimitForm { found }))
-        }
-    }
-}
-
-/// `"N/unit"`: capacity N, refilled over one unit.
-fn parse_limit(text: &str) -> Option<Bucket> {
-    let (count, unit) = text.split_once('/')?;
-    let count: u32 = count.trim().parse().ok()?;
-    let unit_secs = match unit.trim() {
-        "second" => 1.0,
-        "minute" => 60.0,
-        "hour" => 3600.0,
-        "day" => 86400.0,
-        _ => return None,
-    };
-    Bucket::new(count, f64::from(count) / unit_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,22 +1109,27 @@ mod tests {
                {"path": "/f", "unlimited": true},
                {"path": "/g", "unlimited": false, "capacity": 1, "refill_rate": 1}"#,
         ));
-        let bucket = |p: &str| rules.lookup(&Method::GET, p).bucket().copied();
-        assert_eq!(bucket("/a"), Bucket::new(10, 0.25));
-        assert_eq!(bucket("/b"), Bucket::new(30, 0.5));
-        assert_eq!(bucket("/c"), Bucket::new(2, 2.0));
-        assert_eq!(bucket("/d"), Bucket::new(24, 24.0 / 3600.0));
-        assert_eq!(bucket("/e"), Bucket::new(1, 1.0 / 86400.0));
+        let bucket = |p: &str| {
+            rules
+                .lookup(&Method::GET, p)
+                .limit()
+                .map(|limit| limit.bands()[0])
+        };
+        assert_eq!(bucket("/a"), Band::new(10, 0.25));
+        assert_eq!(bucket("/b"), Band::new(30, 0.5));
+        assert_eq!(bucket("/c"), Band::new(2, 2.0));
+        assert_eq!(bucket("/d"), Band::new(24, 24.0 / 3600.0));
+        assert_eq!(bucket("/e"), Band::new(1, 1.0 / 86400.0));
         assert_eq!(bucket("/f"), None);
-        assert_eq!(bucket("/g"), Bucket::new(1, 1.0));
-        assert_eq!(bucket("/nothing"), Bucket::new(20, 5.0));
+        assert_eq!(bucket("/g"), Band::new(1, 1.0));
+        assert_eq!(bucket("/nothing"), Band::new(20, 5.0));
     }
 
     #[test]
     fn routes_are_optional_and_default_may_be_unlimited() {
         let rules = ok(r#"{"default": {"unlimited": true}}"#);
         assert_eq!(rules.iter().len(), 1);
-        assert!(rules.lookup(&Method::GET, "/x").bucket().is_none());
+        assert!(rules.lookup(&Method::GET, "/x").limit().is_none());
     }
 
     #[test]

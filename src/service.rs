@@ -12,6 +12,7 @@ use crate::backend::{Outcome, Verdict};
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::stats::Counters;
+use crate::tier::Tier;
 use crate::{Decision, headers};
 
 /// Rate limits requests to `S`. Made by [`RateLimitLayer`](crate::RateLimitLayer).
@@ -86,12 +87,34 @@ where
                 return ResponseFuture::respond(headers::bad_client_id(&problem));
             }
         };
-        let rule = shared.rules.lookup(request.method(), request.uri().path());
-        let Some(bucket) = rule.bucket() else {
+        let installed = shared.installed.load();
+        let tier = request.extensions().get::<Tier>().map(Tier::as_str);
+        let resolved = match installed.rules.resolve(
+            request.method(),
+            request.uri().path(),
+            tier,
+            &key,
+        ) {
+            Ok(resolved) => resolved,
+            Err(unknown) => {
+                Counters::bump(&shared.counters.unknown_tiers);
+                tracing::error!(error = %unknown, "request refused: its tier is not in the rate limit rules");
+                return ResponseFuture::respond(headers::unknown_tier(&unknown));
+            }
+        };
+        let Some(limit) = resolved.limit else {
             return ResponseFuture::forward(self.inner.call(request), None);
         };
-        match shared.backend.decide(rule, bucket, &key) {
-            Verdict::Now(outcome) => match step(outcome, &shared.counters) {
+        let state = installed.state_ids[resolved.rule.index()];
+        let shadow = limit.shadow().then(|| Shadow {
+            rule: resolved.rule.id().into(),
+            client: key.to_string(),
+        });
+        match shared
+            .backend
+            .decide(state, resolved.rule.id(), limit, &key)
+        {
+            Verdict::Now(outcome) => match step(outcome, &shared.counters, shadow.as_ref()) {
                 Step::Respond(response) => ResponseFuture::respond(response),
                 Step::Forward(decision) => {
                     ResponseFuture::forward(self.inner.call(request), decision)
@@ -102,10 +125,16 @@ where
                 // stays here for the next call.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::wait(pending, inner, request, Arc::clone(&self.shared))
+                ResponseFuture::wait(pending, inner, request, Arc::clone(&self.shared), shadow)
             }
         }
     }
+}
+
+/// What a shadow rule's would-be refusals are logged with.
+pub(crate) struct Shadow {
+    rule: Box<str>,
+    client: String,
 }
 
 /// What the layer does with an outcome: answer itself, or forward (with headers to add).
@@ -114,8 +143,27 @@ pub(crate) enum Step<B> {
     Forward(Option<Decision>),
 }
 
-/// Turns an outcome into the layer's next step, counting it.
-pub(crate) fn step<B: From<Bytes>>(outcome: Outcome, counters: &Counters) -> Step<B> {
+/// Turns an outcome into the layer's next step, counting it. Under a shadow rule nothing
+/// is refused: what would have been is counted and logged, and passes.
+pub(crate) fn step<B: From<Bytes>>(
+    outcome: Outcome,
+    counters: &Counters,
+    shadow: Option<&Shadow>,
+) -> Step<B> {
+    let refused = match outcome {
+        Outcome::Decided(decision) => !decision.allowed,
+        Outcome::PassThrough => false,
+        Outcome::Unavailable { .. } => true,
+    };
+    if let (true, Some(shadow)) = (refused, shadow) {
+        Counters::bump(&counters.allowed);
+        Counters::bump(&counters.shadowed);
+        tracing::info!(rule = %shadow.rule, client = %shadow.client, "shadow rule would have refused this request");
+        return Step::Forward(match outcome {
+            Outcome::Decided(decision) => Some(decision),
+            _ => None,
+        });
+    }
     match outcome {
         Outcome::Decided(decision) if decision.allowed => {
             Counters::bump(&counters.allowed);

@@ -29,7 +29,7 @@ use crate::breaker::BreakerState;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// `"memory"` or `"redis"`.
@@ -47,6 +47,17 @@ pub struct Stats {
     pub errors: u64,
     /// Requests answered 400 for an unusable `X-Client-ID`.
     pub invalid_client_ids: u64,
+    /// Requests a shadow rule would have refused (let through).
+    pub shadowed: u64,
+    /// Requests answered 500 because their [`Tier`](crate::Tier) is not in the rules.
+    pub unknown_tiers: u64,
+    /// Rules put in force after startup (file changes, SIGHUP, `reload`, `set_rules`).
+    pub reloads: u64,
+    /// Reloads rejected because the file could not be read or did not validate (each
+    /// distinct failure counted once).
+    pub failed_reloads: u64,
+    /// The last rejected reload's error; cleared by the next successful reload.
+    pub last_reload_error: Option<String>,
     /// Buckets held in this process (the memory backend, or the local fallback).
     pub tracked_buckets: usize,
     /// Live buckets forgotten to stay within `max_tracked_buckets`.
@@ -59,6 +70,8 @@ pub(crate) struct Counters {
     pub(crate) allowed: AtomicU64,
     pub(crate) denied: AtomicU64,
     pub(crate) invalid_client_ids: AtomicU64,
+    pub(crate) shadowed: AtomicU64,
+    pub(crate) unknown_tiers: AtomicU64,
 }
 
 impl Counters {

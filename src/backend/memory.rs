@@ -1,213 +1,274 @@
-//! Token buckets in this process: one `governor` keyed limiter per rule, all keeping their
-//! state in one bounded [`BucketTable`].
-//!
-//! governor implements GCRA, which admits exactly what a token bucket admits: with
-//! burst = `capacity` and one cell replenished every `1 / refill_per_sec`, a key may take
-//! `capacity` requests at once and then one per refill period. Buckets that have refilled
-//! completely are indistinguishable from new ones and are dropped by
-//! [`MemoryBackend::drop_full`], which the layer calls periodically.
+//! Limits decided in this process: the algorithms of [`crate::algorithm`] over a bounded
+//! [`BucketTable`], one entry per (rule, client) holding every band's state. A decision
+//! reads and writes the entry under one lock, so a request is admitted by all of its bands
+//! or by none.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::{Quota, RateLimiter};
-
-use super::table::{BucketTable, RuleStore};
+use super::table::{BucketTable, Entry};
 use crate::Decision;
+use crate::algorithm::{BandState, Combined, decide_band};
 use crate::key::ClientKey;
-#[cfg(doc)]
-use crate::rules::Rule;
-use crate::rules::{Bucket, Rules};
+use crate::rules::Limit;
 
-type KeyedLimiter<C> = RateLimiter<ClientKey, RuleStore<C>, C, StateInformationMiddleware>;
-
-/// Default bound on the buckets kept in memory, across all rules.
+/// Default bound on the entries kept in memory, across all rules.
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
 
-pub(crate) struct MemoryBackend<C: Clock = DefaultClock> {
-    /// Indexed like the rules; `None` for unlimited rules.
-    limiters: Vec<Option<(KeyedLimiter<C>, Bucket)>>,
-    table: Arc<BucketTable<C>>,
+/// Where the memory backend reads the time: Unix microseconds.
+pub(crate) trait Clock: Send + Sync + 'static {
+    fn now_us(&self) -> i64;
+}
+
+/// The system clock. Windows align to Unix time, as they do in Redis.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
+pub(crate) struct MemoryBackend<C: Clock = SystemClock> {
+    table: BucketTable,
     clock: C,
+    /// Every band is divided by this (1 for the real limits; N for a fallback that N
+    /// instances run side by side).
+    share: u32,
 }
 
-impl MemoryBackend<DefaultClock> {
-    /// Buckets for `rules`, each divided by `share` (1 for the real limits; N for a fallback
-    /// that N instances run side by side).
-    pub(crate) fn new(rules: &Rules, max_keys: usize, share: u32) -> Self {
-        Self::with_clock(rules, max_keys, share, DefaultClock::default())
+impl MemoryBackend<SystemClock> {
+    pub(crate) fn new(max_keys: usize, share: u32) -> Self {
+        Self::with_clock(max_keys, share, SystemClock)
     }
 }
 
-impl<C: Clock + Clone> MemoryBackend<C> {
-    pub(crate) fn with_clock(rules: &Rules, max_keys: usize, share: u32, clock: C) -> Self {
-        let table = Arc::new(BucketTable::new(max_keys, clock.clone()));
-        let limiters = rules
-            .iter()
-            .map(|rule| {
-                rule.bucket().map(|bucket| {
-                    let bucket = bucket.divided_by(share);
-                    let store = RuleStore::new(Arc::clone(&table), rule.index() as u32);
-                    (
-                        KeyedLimiter::new(quota(&bucket), store, clock.clone()),
-                        bucket,
-                    )
-                })
-            })
-            .collect();
+impl<C: Clock> MemoryBackend<C> {
+    pub(crate) fn with_clock(max_keys: usize, share: u32, clock: C) -> Self {
         Self {
-            limiters,
-            table,
+            table: BucketTable::new(max_keys),
             clock,
+            share: share.max(1),
         }
     }
 
-    /// Decides for the rule at `rule` (its [`Rule::index`]) of the rules this backend was
-    /// built from.
-    pub(crate) fn decide(&self, rule: usize, key: &ClientKey) -> Decision {
-        let Some(Some((limiter, bucket))) = self.limiters.get(rule) else {
-            // Rules and limiters are built together: this is an unlimited rule.
-            return Decision::allowed(u32::MAX, u32::MAX, SystemTime::now());
-        };
-        let capacity = bucket.capacity();
-        match limiter.check_key(key) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                // governor reports whole tokens only, so this is an upper bound, late by at
-                // most one refill period.
-                let full_after = bucket.time_to_fill(capacity - remaining);
-                Decision::allowed(capacity, remaining, SystemTime::now() + full_after)
+    /// Decides one request of `client` with `limit`, under the rule whose state id is
+    /// `state`.
+    pub(crate) fn decide(&self, state: u32, limit: &Limit, client: &ClientKey) -> Decision {
+        let now = self.clock.now_us();
+        let algorithm = limit.algorithm();
+        let cost = f64::from(limit.cost());
+        let bands = limit.bands();
+        let spec = |i: usize| bands[i].divided_by(self.share).spec();
+        self.table.update(state, client, now, |entry| {
+            let stored = |i: usize| {
+                entry
+                    .as_ref()
+                    .and_then(|e| e.states.get(i).copied())
+                    .unwrap_or(BandState::Fresh)
+            };
+            let mut combined = Combined::new();
+            for i in 0..bands.len() {
+                let out = decide_band(algorithm, &spec(i), stored(i), now, cost);
+                combined.add(
+                    spec(i).capacity,
+                    out.admitted,
+                    out.remaining,
+                    out.retry_after_us,
+                    out.reset_after_us,
+                );
             }
-            Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.clock.now());
-                // Denied means less than one token: full after that token and the rest.
-                let full_after = retry_after + bucket.time_to_fill(capacity - 1);
-                Decision::denied(capacity, SystemTime::now() + full_after, retry_after)
+            let decision = combined.decision(now);
+            if !combined.admitted() {
+                return (decision, None);
             }
-        }
+            // Admitted by every band: take the cost from all of them.
+            let mut full_after = 0.0f64;
+            let next: Box<[BandState]> = (0..bands.len())
+                .map(|i| {
+                    let out = decide_band(algorithm, &spec(i), stored(i), now, cost);
+                    full_after = full_after.max(out.reset_after_us);
+                    out.next
+                })
+                .collect();
+            let updated = Entry {
+                states: next,
+                full_at_us: now.saturating_add(full_after.ceil() as i64),
+            };
+            match entry {
+                Some(existing) => {
+                    *existing = updated;
+                    (decision, None)
+                }
+                None => (decision, Some(updated)),
+            }
+        })
     }
 
-    /// Forgets buckets that are full again; returns how many remain.
+    /// Forgets entries that are full again; returns how many remain.
     pub(crate) fn drop_full(&self) -> usize {
-        self.table.drop_full()
+        self.table.drop_full(self.clock.now_us())
     }
 
-    /// Buckets held now.
+    /// Forgets the state of rules a reload removed.
+    pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
+        self.table.retain_rules(keep);
+    }
+
+    /// Entries held now.
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
 
-    /// Live buckets forgotten to stay within the bound.
+    /// Live entries forgotten to stay within the bound.
     pub(crate) fn evicted(&self) -> u64 {
         self.table.evicted()
     }
 }
 
-fn quota(bucket: &Bucket) -> Quota {
-    // Bucket guarantees a rate of at most 1e9/s, so the period is at least 1 ns.
-    let period = bucket.refill_period().max(Duration::from_nanos(1));
-    Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(bucket.capacity_nonzero()))
-        .allow_burst(bucket.capacity_nonzero())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::FakeRelativeClock;
-    use http::Method;
+    use crate::Rules;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration;
 
-    fn setup(json: &str) -> (Rules, MemoryBackend<FakeRelativeClock>, FakeRelativeClock) {
-        setup_shared(json, 1)
+    const SEC: i64 = 1_000_000;
+
+    #[derive(Clone, Default)]
+    struct ManualClock(Arc<AtomicI64>);
+
+    impl ManualClock {
+        fn advance(&self, us: i64) {
+            self.0.fetch_add(us, Ordering::SeqCst);
+        }
     }
 
-    fn setup_shared(
-        json: &str,
-        share: u32,
-    ) -> (Rules, MemoryBackend<FakeRelativeClock>, FakeRelativeClock) {
-        let rules = Rules::from_json(json).unwrap();
-        let clock = FakeRelativeClock::default();
-        let backend = MemoryBackend::with_clock(&rules, DEFAULT_MAX_KEYS, share, clock.clone());
-        (rules, backend, clock)
+    impl Clock for ManualClock {
+        fn now_us(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
     }
 
-    fn decide(rules: &Rules, backend: &MemoryBackend<FakeRelativeClock>, key: &str) -> Decision {
-        let rule = rules.lookup(&Method::GET, "/").index();
-        backend.decide(rule, &ClientKey::Id(key.into()))
+    struct Setup {
+        rules: Rules,
+        backend: MemoryBackend<ManualClock>,
+        clock: ManualClock,
+    }
+
+    fn setup(json: &str, share: u32) -> Setup {
+        let clock = ManualClock::default();
+        // Start at a window boundary, far from the epoch.
+        clock.advance(1_000_000 * 3600 * SEC);
+        Setup {
+            rules: Rules::from_json(json).unwrap(),
+            backend: MemoryBackend::with_clock(DEFAULT_MAX_KEYS, share, clock.clone()),
+            clock,
+        }
+    }
+
+    impl Setup {
+        fn decide(&self, client: &str) -> Decision {
+            let rule = self.rules.default_rule();
+            self.backend.decide(
+                rule.index() as u32,
+                rule.limit().unwrap(),
+                &ClientKey::Id(client.into()),
+            )
+        }
+
+        fn admitted(&self, client: &str, n: usize) -> Vec<bool> {
+            (0..n).map(|_| self.decide(client).allowed).collect()
+        }
     }
 
     #[test]
     fn burst_then_refill_at_the_configured_rate() {
-        let (rules, backend, clock) = setup(r#"{"default": {"capacity": 3, "refill_rate": 0.5}}"#);
-        let remaining: Vec<u32> = (0..3)
-            .map(|_| decide(&rules, &backend, "a").remaining)
-            .collect();
+        let s = setup(r#"{"default": {"capacity": 3, "refill_rate": 0.5}}"#, 1);
+        let remaining: Vec<u32> = (0..3).map(|_| s.decide("a").remaining).collect();
         assert_eq!(remaining, [2, 1, 0]);
-        let denied = decide(&rules, &backend, "a");
+        let denied = s.decide("a");
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after, Duration::from_secs(2));
         assert_eq!(denied.limit, 3);
-
-        clock.advance(Duration::from_millis(1999));
-        assert!(!decide(&rules, &backend, "a").allowed);
-        clock.advance(Duration::from_millis(1));
-        let d = decide(&rules, &backend, "a");
-        assert!(d.allowed);
-        assert_eq!(d.remaining, 0);
-
+        s.clock.advance(2 * SEC - 1);
+        assert!(!s.decide("a").allowed);
+        s.clock.advance(1);
+        assert_eq!(s.admitted("a", 2), [true, false]);
         // Refill never goes beyond capacity.
-        clock.advance(Duration::from_secs(3600));
-        let remaining: Vec<u32> = (0..4)
-            .map(|_| decide(&rules, &backend, "a").remaining)
-            .collect();
-        assert_eq!(remaining, [2, 1, 0, 0]);
+        s.clock.advance(3600 * SEC);
+        assert_eq!(s.admitted("a", 4), [true, true, true, false]);
     }
 
     #[test]
     fn clients_are_isolated() {
-        let (rules, backend, _) = setup(r#"{"default": {"capacity": 1, "refill_rate": 0.001}}"#);
-        assert!(decide(&rules, &backend, "a").allowed);
-        assert!(!decide(&rules, &backend, "a").allowed);
-        assert!(decide(&rules, &backend, "b").allowed);
+        let s = setup(r#"{"default": {"capacity": 1, "refill_rate": 0.001}}"#, 1);
+        assert_eq!(s.admitted("a", 2), [true, false]);
+        assert_eq!(s.admitted("b", 1), [true]);
     }
 
     #[test]
     fn reset_is_when_the_bucket_is_full_again() {
-        let (rules, backend, _) = setup(r#"{"default": {"capacity": 4, "refill_rate": 1}}"#);
-        let before = SystemTime::now();
-        decide(&rules, &backend, "a");
-        let d = decide(&rules, &backend, "a");
-        let full_after = d.reset.duration_since(before).unwrap();
-        assert!(full_after >= Duration::from_secs(2), "{full_after:?}");
-        assert!(full_after < Duration::from_secs(3), "{full_after:?}");
+        let s = setup(r#"{"default": {"capacity": 4, "refill_rate": 1}}"#, 1);
+        s.decide("a");
+        let d = s.decide("a");
+        let now = UNIX_EPOCH + Duration::from_micros(s.clock.now_us() as u64);
+        assert_eq!(d.reset.duration_since(now).unwrap(), Duration::from_secs(2));
     }
 
     #[test]
-    fn full_buckets_are_forgotten() {
-        let (rules, backend, clock) = setup(r#"{"default": {"capacity": 2, "refill_rate": 1}}"#);
-        for key in ["a", "b", "c"] {
-            decide(&rules, &backend, key);
-        }
-        assert_eq!(backend.drop_full(), 3);
-        clock.advance(Duration::from_secs(2));
-        assert_eq!(backend.drop_full(), 0);
+    fn all_bands_or_none() {
+        // 3 per second and 5 per minute: the minute band stops the sixth request.
+        let s = setup(r#"{"default": {"limits": ["3/second", "5/minute"]}}"#, 1);
+        assert_eq!(s.admitted("a", 4), [true, true, true, false]);
+        s.clock.advance(SEC);
+        // Second band has 2 left; the refused request above took nothing from it.
+        let d = s.decide("a");
+        assert!(d.allowed);
+        assert_eq!(
+            (d.limit, d.remaining),
+            (5, 1),
+            "the minute band is closest to running out"
+        );
+        assert_eq!(s.admitted("a", 2), [true, false]);
+        let refused = s.decide("a");
+        assert_eq!(refused.limit, 5);
+        assert!(refused.retry_after > Duration::from_secs(10), "{refused:?}");
+    }
+
+    #[test]
+    fn cost_takes_several_tokens() {
+        let s = setup(
+            r#"{"default": {"capacity": 10, "refill_rate": 0.001, "cost": 4}}"#,
+            1,
+        );
+        assert_eq!(s.admitted("a", 3), [true, true, false]);
+        assert_eq!(s.decide("a").remaining, 2, "refused: the 2 left stay");
     }
 
     #[test]
     fn a_share_divides_capacity_and_rate() {
-        let (rules, backend, clock) =
-            setup_shared(r#"{"default": {"capacity": 10, "refill_rate": 2}}"#, 4);
-        let burst: Vec<bool> = (0..4)
-            .map(|_| decide(&rules, &backend, "a").allowed)
-            .collect();
-        assert_eq!(burst, [true, true, false, false]);
-        assert_eq!(decide(&rules, &backend, "a").limit, 2);
+        let s = setup(r#"{"default": {"capacity": 10, "refill_rate": 2}}"#, 4);
+        assert_eq!(s.admitted("a", 3), [true, true, false]);
+        assert_eq!(s.decide("a").limit, 2);
         // 2/4 = 0.5 tokens per second.
-        clock.advance(Duration::from_millis(1999));
-        assert!(!decide(&rules, &backend, "a").allowed);
-        clock.advance(Duration::from_millis(1));
-        assert!(decide(&rules, &backend, "a").allowed);
+        s.clock.advance(2 * SEC - 1);
+        assert!(!s.decide("a").allowed);
+        s.clock.advance(1);
+        assert!(s.decide("a").allowed);
+    }
+
+    #[test]
+    fn full_entries_are_forgotten() {
+        let s = setup(r#"{"default": {"capacity": 2, "refill_rate": 1}}"#, 1);
+        for key in ["a", "b", "c"] {
+            s.decide(key);
+        }
+        assert_eq!(s.backend.drop_full(), 3);
+        s.clock.advance(SEC);
+        assert_eq!(s.backend.drop_full(), 0);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::Decision;
 use crate::breaker::BreakerState;
 use crate::key::ClientKey;
-use crate::rules::{Bucket, Rule};
+use crate::rules::Limit;
 
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
@@ -45,14 +45,22 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    /// Decides a request of `key` under the rule with identity `rule_id`, whose state id is
+    /// `state`, with `limit`.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    pub(crate) fn decide(&self, rule: &Rule, bucket: &Bucket, key: &ClientKey) -> Verdict {
+    pub(crate) fn decide(
+        &self,
+        state: u32,
+        rule_id: &str,
+        limit: &Limit,
+        key: &ClientKey,
+    ) -> Verdict {
         match self {
             Backend::Memory(memory) => {
-                Verdict::Now(Outcome::Decided(memory.decide(rule.index(), key)))
+                Verdict::Now(Outcome::Decided(memory.decide(state, limit, key)))
             }
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.decide(rule.index(), rule.id(), bucket, key),
+            Backend::Redis(redis) => redis.decide(state, rule_id, limit, key),
         }
     }
 

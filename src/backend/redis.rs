@@ -1,7 +1,8 @@
 //! Token buckets shared by every app instance, in Redis.
 //!
-//! One Lua script ([`token_bucket.lua`](token_bucket.lua)) makes each decision atomically
-//! on one hash key, using Redis `TIME` as the clock so instances with skewed clocks agree.
+//! One Lua script per algorithm (`token_bucket.lua`, `fixed_window.lua`,
+//! `sliding_window.lua`) makes each decision atomically over all of a rule's bands, kept in
+//! one hash key, using Redis `TIME` as the clock so instances with skewed clocks agree.
 //! Keys are `<prefix>:{<rule id>:<client key>}`; the braces are a Redis Cluster hash tag.
 //!
 //! Every call has a deadline. Failures feed a [`Breaker`]; when Redis cannot decide, the
@@ -9,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -17,13 +18,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::memory::MemoryBackend;
 use super::{Outcome, Verdict};
 use crate::Decision;
+use crate::algorithm::{Algorithm, Combined};
 use crate::breaker::{Breaker, BreakerState, Permit, PermitGuard};
 use crate::key::ClientKey;
 use crate::policy::OnRedisError;
-use crate::rules::{Bucket, Rules};
+use crate::rules::Limit;
 
-/// The decision script; `EVALSHA`, reloaded on `NOSCRIPT` by [`Script`].
+/// The decision scripts; `EVALSHA`, reloaded on `NOSCRIPT` by [`Script`].
 pub(crate) const TOKEN_BUCKET_LUA: &str = include_str!("token_bucket.lua");
+pub(crate) const FIXED_WINDOW_LUA: &str = include_str!("fixed_window.lua");
+pub(crate) const SLIDING_WINDOW_LUA: &str = include_str!("sliding_window.lua");
 
 /// How the layer reaches Redis and what it does without it.
 #[derive(Debug, Clone)]
@@ -66,11 +70,42 @@ enum CallError {
     Timeout(Duration),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    #[error("unexpected reply of {0} values from the script")]
+    Reply(usize),
+}
+
+/// The three scripts, indexed by algorithm.
+struct Scripts {
+    token_bucket: Script,
+    fixed_window: Script,
+    sliding_window: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            token_bucket: Script::new(TOKEN_BUCKET_LUA),
+            fixed_window: Script::new(FIXED_WINDOW_LUA),
+            sliding_window: Script::new(SLIDING_WINDOW_LUA),
+        }
+    }
+
+    fn get(&self, algorithm: Algorithm) -> &Script {
+        match algorithm {
+            Algorithm::TokenBucket => &self.token_bucket,
+            Algorithm::FixedWindow => &self.fixed_window,
+            Algorithm::SlidingWindow => &self.sliding_window,
+        }
+    }
+
+    fn all(&self) -> [&Script; 3] {
+        [&self.token_bucket, &self.fixed_window, &self.sliding_window]
+    }
 }
 
 pub(crate) struct RedisBackend {
     connection: ConnectionManager,
-    script: Script,
+    scripts: Scripts,
     prefix: Box<str>,
     timeout: Duration,
     breaker: Breaker,
@@ -85,7 +120,7 @@ impl RedisBackend {
     /// Sets up the connection and loads the script. Only an unusable URL is an error: if
     /// Redis does not answer within `connect_timeout`, the backend starts with its breaker
     /// open and the connection manager keeps trying in the background.
-    pub(crate) async fn connect(config: &RedisConfig, rules: &Rules) -> Result<Self, String> {
+    pub(crate) async fn connect(config: &RedisConfig) -> Result<Self, String> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
         // Short, capped reconnect backoff: a restarted Redis is found again quickly.
         let manager_config = ConnectionManagerConfig::new()
@@ -98,13 +133,12 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         let local = (config.on_error == OnRedisError::Local).then(|| {
             Arc::new(MemoryBackend::new(
-                rules,
                 config.max_tracked_buckets,
                 config.local_fallback_instances,
             ))
         });
         let backend = Self {
-            script: Script::new(TOKEN_BUCKET_LUA),
+            scripts: Scripts::new(),
             prefix: config.prefix.as_str().into(),
             timeout: config.timeout,
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
@@ -114,9 +148,14 @@ impl RedisBackend {
             errors: AtomicU64::new(0),
             connection: connection.clone(),
         };
-        let load = backend.script.load_async(&mut connection);
+        let load = async {
+            for script in backend.scripts.all() {
+                script.load_async(&mut connection).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
         let loaded = match tokio::time::timeout(config.connect_timeout, load).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
         };
@@ -154,22 +193,22 @@ impl RedisBackend {
 
     pub(crate) fn decide(
         self: &Arc<Self>,
-        rule: usize,
+        state: u32,
         rule_id: &str,
-        bucket: &Bucket,
+        limit: &Limit,
         client: &ClientKey,
     ) -> Verdict {
         let permit = self.breaker.permit();
         if permit == Permit::Skip {
-            return Verdict::Now(self.without_redis(rule, client));
+            return Verdict::Now(self.without_redis(state, limit, client));
         }
         let key = self.key(rule_id, client);
         let client = client.clone();
+        let limit = limit.clone();
         let this = Arc::clone(self);
-        let (capacity, refill_per_sec) = (bucket.capacity(), bucket.refill_per_sec());
         Verdict::Later(Box::pin(async move {
             let guard = PermitGuard::new(&this.breaker, permit);
-            match this.call(key, capacity, refill_per_sec).await {
+            match this.call(key, &limit).await {
                 Ok(decision) => {
                     guard.succeeded();
                     Outcome::Decided(decision)
@@ -178,46 +217,62 @@ impl RedisBackend {
                     this.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, "Redis could not decide");
                     guard.failed(&error);
-                    this.without_redis(rule, &client)
+                    this.without_redis(state, &limit, &client)
                 }
             }
         }))
     }
 
-    async fn call(
-        &self,
-        key: String,
-        capacity: u32,
-        refill_per_sec: f64,
-    ) -> Result<Decision, CallError> {
+    async fn call(&self, key: String, limit: &Limit) -> Result<Decision, CallError> {
         let mut connection = self.connection.clone();
-        let mut invocation = self.script.key(key);
-        invocation.arg(capacity).arg(refill_per_sec).arg(1u32);
-        let call = invocation.invoke_async::<(u8, u32, u64, u64, u64)>(&mut connection);
-        let (allowed, remaining, retry_after_ms, reset_after_ms, now_ms) =
-            tokio::time::timeout(self.timeout, call)
-                .await
-                .map_err(|_| CallError::Timeout(self.timeout))??;
-        let reset =
-            SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms.saturating_add(reset_after_ms));
-        Ok(if allowed == 1 {
-            Decision::allowed(capacity, remaining, reset)
-        } else {
-            Decision::denied(capacity, reset, Duration::from_millis(retry_after_ms))
-        })
+        let algorithm = limit.algorithm();
+        let mut invocation = self.scripts.get(algorithm).key(key);
+        invocation.arg(limit.cost()).arg(limit.bands().len());
+        for band in limit.bands() {
+            invocation.arg(band.capacity());
+            match algorithm {
+                Algorithm::TokenBucket => invocation.arg(band.refill_per_sec()),
+                _ => invocation.arg(band.spec().window_us),
+            };
+        }
+        let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
+        let reply = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| CallError::Timeout(self.timeout))??;
+        decode(&reply, limit)
     }
 
     /// The failure policy's answer.
-    fn without_redis(&self, rule: usize, client: &ClientKey) -> Outcome {
+    fn without_redis(&self, state: u32, limit: &Limit, client: &ClientKey) -> Outcome {
         self.fallback.fetch_add(1, Ordering::Relaxed);
         match (&self.local, self.on_error) {
-            (Some(local), _) => Outcome::Decided(local.decide(rule, client)),
+            (Some(local), _) => Outcome::Decided(local.decide(state, limit, client)),
             (None, OnRedisError::Deny) => Outcome::Unavailable {
                 retry_after: self.breaker.cooldown(),
             },
             (None, _) => Outcome::PassThrough,
         }
     }
+}
+
+/// `{admitted, now_ms, (admitted, remaining, retry_after_ms, reset_after_ms) per band}`.
+fn decode(reply: &[i64], limit: &Limit) -> Result<Decision, CallError> {
+    let bands = limit.bands();
+    if reply.len() != 2 + 4 * bands.len() {
+        return Err(CallError::Reply(reply.len()));
+    }
+    let mut combined = Combined::new();
+    for (band, fields) in bands.iter().zip(reply[2..].chunks_exact(4)) {
+        let ms = |v: i64| v as f64 * 1000.0;
+        combined.add(
+            f64::from(band.capacity()),
+            fields[0] == 1,
+            fields[1] as f64,
+            ms(fields[2]),
+            ms(fields[3]),
+        );
+    }
+    Ok(combined.decision(reply[1].saturating_mul(1000)))
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.

@@ -1,58 +1,55 @@
-//! A bounded table of token bucket states, plugged into governor as its state store.
+//! A bounded table of band states: the memory backend's store.
 //!
-//! governor keeps one number per bucket: the GCRA "theoretical arrival time" (TAT), the
-//! moment the bucket will be full again. A bucket whose TAT has passed is full and carries no
-//! information, so it can be dropped at no cost. The table holds at most `max_keys` buckets
-//! across all rules; when a shard is full it first drops full buckets, then the buckets
-//! closest to full (smallest TAT). Forgetting a bucket hands its client a fresh, full one, so
-//! evicting the fullest buckets gives away the fewest tokens: a flood of fresh client IDs,
-//! each one request in, is evicted before a real client that has used its burst.
+//! One entry per (rule, client) holds the state of each band of the rule and the time at
+//! which every band is full again. A full entry carries no information (a fresh one is
+//! identical), so it can be dropped at no cost. The table holds at most `max_keys` entries
+//! across all rules; when a shard is full it first drops full entries, then the entries
+//! closest to full (earliest full-again time). Forgetting an entry hands its client fresh,
+//! full bands, so evicting the fullest entries gives away the fewest tokens: a flood of
+//! fresh client IDs, each one request in, is evicted before a real client that has used its
+//! burst.
 //!
 //! Keys are hashed with SipHash under a random key (std's `RandomState`), so clients cannot
 //! choose IDs that collide on purpose.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use governor::clock::{Clock, Reference};
-use governor::nanos::Nanos;
-use governor::state::StateStore;
 use hashbrown::{Equivalent, HashMap};
 
+use crate::algorithm::BandState;
 use crate::key::ClientKey;
 
-/// A bucket is taken for full only this long after its TAT, so the small offset between the
-/// table's start and each limiter's start never makes a bucket look full early.
-const FULL_MARGIN_NANOS: u64 = 1_000_000;
+/// The stored state of one client under one rule.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) states: Box<[BandState]>,
+    /// Unix time in µs when every band is full again.
+    pub(crate) full_at_us: i64,
+}
 
-type Shard = HashMap<(u32, ClientKey), u64, RandomState>;
+type Shard = HashMap<(u32, ClientKey), Entry, RandomState>;
 
-pub(crate) struct BucketTable<C: Clock> {
+pub(crate) struct BucketTable {
     shards: Box<[Mutex<Shard>]>,
     shard_of: RandomState,
     shard_capacity: usize,
-    clock: C,
-    start: C::Instant,
     evicted: AtomicU64,
 }
 
-impl<C: Clock> BucketTable<C> {
-    /// Must be created before the limiters that use it (see [`FULL_MARGIN_NANOS`]).
-    pub(crate) fn new(max_keys: usize, clock: C) -> Self {
+impl BucketTable {
+    pub(crate) fn new(max_keys: usize) -> Self {
         let max_keys = max_keys.max(1);
         let shard_count = (max_keys / 1024).clamp(1, 64);
         let hasher = RandomState::new();
         let shards = (0..shard_count)
             .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
             .collect();
-        let start = clock.now();
         Self {
             shards,
             shard_of: RandomState::new(),
             shard_capacity: max_keys.div_ceil(shard_count),
-            clock,
-            start,
             evicted: AtomicU64::new(0),
         }
     }
@@ -64,24 +61,52 @@ impl<C: Clock> BucketTable<C> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn now_nanos(&self) -> u64 {
-        self.clock.now().duration_since(self.start).as_u64()
+    /// Runs `decide` on the client's entry under the shard's lock. `decide` gets the entry if
+    /// there is one (to read, and update in place) and returns an entry to insert when there
+    /// was none.
+    pub(crate) fn update<R>(
+        &self,
+        rule: u32,
+        key: &ClientKey,
+        now_us: i64,
+        decide: impl FnOnce(Option<&mut Entry>) -> (R, Option<Entry>),
+    ) -> R {
+        let lookup = BucketRef(rule, key);
+        let mut map = self.shard(&lookup);
+        if let Some(entry) = map.get_mut(&lookup) {
+            return decide(Some(entry)).0;
+        }
+        let (outcome, new) = decide(None);
+        if let Some(entry) = new {
+            if map.len() >= self.shard_capacity {
+                self.make_room(&mut map, now_us);
+            }
+            map.insert((rule, key.clone()), entry);
+        }
+        outcome
     }
 
-    /// Drops full buckets in every shard; returns how many buckets remain.
-    pub(crate) fn drop_full(&self) -> usize {
-        let now = self.now_nanos();
+    /// Drops full entries in every shard; returns how many entries remain.
+    pub(crate) fn drop_full(&self, now_us: i64) -> usize {
         self.shards
             .iter()
             .map(|shard| {
                 let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                map.retain(|_, tat| !is_full(*tat, now));
+                map.retain(|_, entry| entry.full_at_us > now_us);
                 if map.capacity() > 4 * map.len().max(16) {
                     map.shrink_to_fit();
                 }
                 map.len()
             })
             .sum()
+    }
+
+    /// Forgets the entries of rules for which `keep` is false (rules removed by a reload).
+    pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
+        for shard in self.shards.iter() {
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|(rule, _), _| keep(*rule));
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -95,20 +120,19 @@ impl<C: Clock> BucketTable<C> {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Frees a tenth of a full shard: full buckets first, then those closest to full.
-    fn make_room(&self, map: &mut Shard) {
-        let now = self.now_nanos();
-        map.retain(|_, tat| !is_full(*tat, now));
+    /// Frees a tenth of a full shard: full entries first, then those closest to full.
+    fn make_room(&self, map: &mut Shard, now_us: i64) {
+        map.retain(|_, entry| entry.full_at_us > now_us);
         let live = map.len();
         let target = self.shard_capacity - self.shard_capacity.div_ceil(10);
-        if map.len() > target {
-            let excess = map.len() - target;
-            let mut tats: Vec<u64> = map.values().copied().collect();
-            let (_, cutoff, _) = tats.select_nth_unstable(excess - 1);
+        if live > target {
+            let excess = live - target;
+            let mut full_at: Vec<i64> = map.values().map(|e| e.full_at_us).collect();
+            let (_, cutoff, _) = full_at.select_nth_unstable(excess - 1);
             let cutoff = *cutoff;
             let mut to_evict = excess;
-            map.retain(|_, tat| {
-                let evict = to_evict > 0 && *tat <= cutoff;
+            map.retain(|_, entry| {
+                let evict = to_evict > 0 && entry.full_at_us <= cutoff;
                 to_evict -= usize::from(evict);
                 !evict
             });
@@ -116,10 +140,6 @@ impl<C: Clock> BucketTable<C> {
                 .fetch_add((live - map.len()) as u64, Ordering::Relaxed);
         }
     }
-}
-
-fn is_full(tat: u64, now: u64) -> bool {
-    tat.saturating_add(FULL_MARGIN_NANOS) <= now
 }
 
 /// Borrowed form of a table key, so lookups do not clone the client key.
@@ -132,117 +152,83 @@ impl Equivalent<(u32, ClientKey)> for BucketRef<'_> {
     }
 }
 
-/// One rule's view of the shared table: the state store of that rule's governor limiter.
-pub(crate) struct RuleStore<C: Clock> {
-    table: Arc<BucketTable<C>>,
-    rule: u32,
-}
-
-impl<C: Clock> RuleStore<C> {
-    pub(crate) fn new(table: Arc<BucketTable<C>>, rule: u32) -> Self {
-        Self { table, rule }
-    }
-}
-
-impl<C: Clock> StateStore for RuleStore<C> {
-    type Key = ClientKey;
-
-    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let lookup = BucketRef(self.rule, key);
-        let mut map = self.table.shard(&lookup);
-        if let Some(tat) = map.get_mut(&lookup) {
-            let (outcome, next) = f(Some(Nanos::from(*tat)))?;
-            *tat = next.as_u64();
-            return Ok(outcome);
-        }
-        let (outcome, next) = f(None)?;
-        if map.len() >= self.table.shard_capacity {
-            self.table.make_room(&mut map);
-        }
-        map.insert((self.rule, key.clone()), next.as_u64());
-        Ok(outcome)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::FakeRelativeClock;
-    use std::time::Duration;
+
+    const SEC: i64 = 1_000_000;
 
     fn id(n: usize) -> ClientKey {
         ClientKey::Id(format!("c{n}").into())
     }
 
-    fn touch(store: &RuleStore<FakeRelativeClock>, key: &ClientKey, tat: u64) {
-        store
-            .measure_and_replace(key, |_| Ok::<_, ()>(((), Nanos::from(tat))))
-            .unwrap();
+    fn entry(full_at_us: i64) -> Entry {
+        Entry {
+            states: Box::new([BandState::Fresh]),
+            full_at_us,
+        }
     }
 
-    fn tat(store: &RuleStore<FakeRelativeClock>, key: &ClientKey) -> Option<u64> {
-        // Err leaves the state untouched and carries what was seen out.
-        store
-            .measure_and_replace(key, |old| Err::<((), Nanos), _>(old.map(Nanos::as_u64)))
-            .unwrap_err()
+    /// Stores an entry full again at `full_at` (µs), as a decision would.
+    fn touch(table: &BucketTable, rule: u32, key: &ClientKey, full_at: i64, now: i64) {
+        table.update(rule, key, now, |existing| match existing {
+            Some(e) => {
+                e.full_at_us = full_at;
+                ((), None)
+            }
+            None => ((), Some(entry(full_at))),
+        });
+    }
+
+    fn full_at(table: &BucketTable, rule: u32, key: &ClientKey) -> Option<i64> {
+        table.update(rule, key, 0, |e| (e.map(|e| e.full_at_us), None))
     }
 
     #[test]
-    fn rules_do_not_share_buckets() {
-        let table = Arc::new(BucketTable::new(100, FakeRelativeClock::default()));
-        let (a, b) = (
-            RuleStore::new(table.clone(), 0),
-            RuleStore::new(table.clone(), 1),
-        );
-        touch(&a, &id(1), 5_000_000_000);
-        assert_eq!(tat(&a, &id(1)), Some(5_000_000_000));
-        assert_eq!(tat(&b, &id(1)), None);
+    fn rules_do_not_share_entries() {
+        let table = BucketTable::new(100);
+        touch(&table, 0, &id(1), 5 * SEC, 0);
+        assert_eq!(full_at(&table, 0, &id(1)), Some(5 * SEC));
+        assert_eq!(full_at(&table, 1, &id(1)), None);
         assert_eq!(table.len(), 1);
+        table.retain_rules(|rule| rule != 0);
+        assert_eq!(table.len(), 0);
     }
 
     #[test]
     fn stays_within_capacity_and_evicts_the_fullest_first() {
-        let clock = FakeRelativeClock::default();
-        let table = Arc::new(BucketTable::new(1000, clock.clone()));
-        let store = RuleStore::new(table.clone(), 0);
-        let hour = 3_600_000_000_000;
-        // A client that used a lot: its bucket is full only in an hour.
-        touch(&store, &id(0), hour);
+        let table = BucketTable::new(1000);
+        let hour = 3600 * SEC;
+        // A client that used a lot: full again only in an hour.
+        touch(&table, 0, &id(0), hour, 0);
         // A flood of clients one request in: full again in a second.
         for n in 1..=100_000 {
-            touch(&store, &id(n), 1_000_000_000);
+            touch(&table, 0, &id(n), SEC, 0);
             assert!(table.len() <= 1000);
         }
         assert_eq!(
-            tat(&store, &id(0)),
+            full_at(&table, 0, &id(0)),
             Some(hour),
-            "the heavy user kept its bucket"
+            "the heavy user kept its entry"
         );
         assert!(table.evicted() >= 99_000);
-        // Once the flood's buckets are full they all go.
-        clock.advance(Duration::from_secs(2));
-        assert_eq!(table.drop_full(), 1);
+        // Once the flood's entries are full they all go.
+        assert_eq!(table.drop_full(2 * SEC), 1);
     }
 
     #[test]
-    fn full_buckets_go_before_any_live_one() {
-        let clock = FakeRelativeClock::default();
-        let table = Arc::new(BucketTable::new(10, clock.clone()));
-        let store = RuleStore::new(table.clone(), 0);
+    fn full_entries_go_before_any_live_one() {
+        let table = BucketTable::new(10);
         for n in 0..5 {
-            touch(&store, &id(n), 1_000_000_000);
+            touch(&table, 0, &id(n), SEC, 0);
         }
-        clock.advance(Duration::from_secs(2));
         for n in 5..10 {
-            touch(&store, &id(n), 3_000_000_000 + n as u64);
+            touch(&table, 0, &id(n), 3 * SEC + n as i64, 2 * SEC);
         }
-        // Full table; the next insert drops the five full buckets and nothing else.
-        touch(&store, &id(10), 3_500_000_000);
+        // Full table at t = 2 s; the next insert drops the five full entries and nothing else.
+        touch(&table, 0, &id(10), 4 * SEC, 2 * SEC);
         assert_eq!(table.len(), 6);
         assert_eq!(table.evicted(), 0);
-        assert!((5..=10).all(|n| tat(&store, &id(n)).is_some()));
+        assert!((5..=10).all(|n| full_at(&table, 0, &id(n)).is_some()));
     }
 }

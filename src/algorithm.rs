@@ -1,0 +1,467 @@
+//! The three algorithms, as pure functions of a band's stored state and the time.
+//!
+//! Every limit is one or more **bands**. A band holds `capacity` and a `period`: for a
+//! token bucket, the bucket holds `capacity` tokens and refills `capacity` per `period`
+//! (`refill_rate = capacity / period`); for the window algorithms, `capacity` requests per
+//! window of length `period`. A request of cost `c` is admitted only if **every** band of its
+//! rule has room for `c`, and then takes `c` from every band; otherwise nothing changes.
+//!
+//! Times are microseconds of Unix time (Redis `TIME`, or the system clock in memory), so
+//! windows align to the same boundaries on every instance and backend. The Lua scripts next
+//! to the Redis backend perform the same floating-point operations in the same order, so
+//! both backends reach the same decisions from the same states and times.
+//!
+//! **token_bucket**: `tokens = min(capacity, tokens + elapsed × rate)`; admitted if
+//! `tokens ≥ cost`. Reset: when `tokens` reaches `capacity`. Retry: when `tokens` reaches `cost`.
+//!
+//! **fixed_window**: windows `[k·period, (k+1)·period)`; a counter per window; admitted if
+//! `count + cost ≤ capacity`. Up to `2 × capacity` can pass around a boundary. Reset and
+//! retry: the window's end.
+//!
+//! **sliding_window**: the two-counter estimate. With `f` the fraction of the current window
+//! elapsed, `estimate = previous × (1 − f) + current`; admitted if
+//! `estimate + cost ≤ capacity`. Retry: when the previous window's share has shrunk enough
+//! (or, if the current window alone is too full, the matching point of the next window).
+//! Reset: when both counted windows have passed.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::Decision;
+
+/// Which algorithm a rule's bands use.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::{Algorithm, Rules};
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": {"limit": "100/minute", "algorithm": "sliding_window"}
+/// }"#).unwrap();
+/// let limit = rules.lookup(&Method::GET, "/").limit().unwrap();
+/// assert_eq!(limit.algorithm(), Algorithm::SlidingWindow);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Bursts up to capacity, refilled continuously (the default).
+    #[default]
+    TokenBucket,
+    /// A counter per calendar-aligned window.
+    FixedWindow,
+    /// The two-counter sliding window estimate.
+    SlidingWindow,
+}
+
+impl Algorithm {
+    /// The name used in the rules file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+        }
+    }
+}
+
+/// What one band needs to decide: `capacity` per `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BandSpec {
+    pub(crate) capacity: f64,
+    /// Tokens per second (token bucket).
+    pub(crate) refill_per_sec: f64,
+    /// Window length in whole microseconds (window algorithms), at least 1.
+    pub(crate) window_us: i64,
+}
+
+/// One band's stored state. `Fresh` is a band never used, or forgotten: full.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum BandState {
+    Fresh,
+    Bucket {
+        tokens: f64,
+        ts_us: i64,
+    },
+    Window {
+        index: i64,
+        count: f64,
+        previous: f64,
+    },
+}
+
+/// One band's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BandOutcome {
+    pub(crate) admitted: bool,
+    /// Whole units left, after this request if it is admitted.
+    pub(crate) remaining: f64,
+    /// Microseconds until `cost` would be admitted; 0 when admitted.
+    pub(crate) retry_after_us: f64,
+    /// Microseconds until the band is back to full capacity.
+    pub(crate) reset_after_us: f64,
+    /// The state to store if every band admits.
+    pub(crate) next: BandState,
+}
+
+/// Decides one band. Pure: the caller stores `next` only if every band admitted.
+pub(crate) fn decide_band(
+    algorithm: Algorithm,
+    spec: &BandSpec,
+    state: BandState,
+    now_us: i64,
+    cost: f64,
+) -> BandOutcome {
+    match algorithm {
+        Algorithm::TokenBucket => token_bucket(spec, state, now_us, cost),
+        Algorithm::FixedWindow => fixed_window(spec, state, now_us, cost),
+        Algorithm::SlidingWindow => sliding_window(spec, state, now_us, cost),
+    }
+}
+
+fn token_bucket(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
+    let (capacity, rate) = (spec.capacity, spec.refill_per_sec);
+    let (mut tokens, ts) = match state {
+        BandState::Bucket { tokens, ts_us } => (tokens, ts_us),
+        _ => (capacity, now),
+    };
+    // A clock that went backwards refills nothing; min() also clamps a lowered capacity.
+    let elapsed = (now - ts).max(0) as f64;
+    tokens = capacity.min(tokens + elapsed * rate / 1_000_000.0);
+    let admitted = tokens >= cost;
+    let (left, retry_after_us) = if admitted {
+        (tokens - cost, 0.0)
+    } else {
+        (tokens, (cost - tokens) * 1_000_000.0 / rate)
+    };
+    BandOutcome {
+        admitted,
+        remaining: left.floor(),
+        retry_after_us,
+        reset_after_us: (capacity - left) * 1_000_000.0 / rate,
+        next: BandState::Bucket {
+            tokens: left,
+            ts_us: now,
+        },
+    }
+}
+
+/// The current window's index, never before the stored one (a clock that went backwards
+/// stays in the stored window).
+fn window_index(state: BandState, now: i64, window: i64) -> i64 {
+    let index = now.div_euclid(window);
+    match state {
+        BandState::Window { index: stored, .. } => index.max(stored),
+        _ => index,
+    }
+}
+
+fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
+    let (capacity, window) = (spec.capacity, spec.window_us);
+    let index = window_index(state, now, window);
+    let count = match state {
+        BandState::Window {
+            index: i, count, ..
+        } if i == index => count,
+        _ => 0.0,
+    };
+    let admitted = count + cost <= capacity;
+    let counted = if admitted { count + cost } else { count };
+    let until_end = ((index + 1) * window - now) as f64;
+    BandOutcome {
+        admitted,
+        remaining: (capacity - counted).max(0.0).floor(),
+        retry_after_us: if admitted { 0.0 } else { until_end },
+        reset_after_us: if counted > 0.0 { until_end } else { 0.0 },
+        next: BandState::Window {
+            index,
+            count: counted,
+            previous: 0.0,
+        },
+    }
+}
+
+fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
+    let (capacity, window) = (spec.capacity, spec.window_us);
+    let index = window_index(state, now, window);
+    let (current, previous) = match state {
+        BandState::Window {
+            index: i,
+            count,
+            previous,
+        } if i == index => (count, previous),
+        BandState::Window {
+            index: i, count, ..
+        } if i == index - 1 => (0.0, count),
+        _ => (0.0, 0.0),
+    };
+    let start = index * window;
+    let window_f = window as f64;
+    let weight = ((start + window) - now) as f64 / window_f;
+    let estimate = previous * weight + current;
+    let admitted = estimate + cost <= capacity;
+    let counted = if admitted { current + cost } else { current };
+    let retry_after_us = if admitted {
+        0.0
+    } else if current + cost <= capacity {
+        // The previous window's share must shrink to capacity - current - cost.
+        let weight_needed = (capacity - current - cost) / previous;
+        (start as f64 + (1.0 - weight_needed) * window_f) - now as f64
+    } else {
+        // Only the next window, where this one becomes the previous, can admit it.
+        let weight_needed = (capacity - cost) / current;
+        ((start + window) as f64 + (1.0 - weight_needed) * window_f) - now as f64
+    };
+    let reset_after_us = if counted > 0.0 {
+        ((start + 2 * window) - now) as f64
+    } else if previous > 0.0 {
+        ((start + window) - now) as f64
+    } else {
+        0.0
+    };
+    BandOutcome {
+        admitted,
+        remaining: (capacity - (previous * weight + counted)).max(0.0).floor(),
+        retry_after_us,
+        reset_after_us,
+        next: BandState::Window {
+            index,
+            count: counted,
+            previous,
+        },
+    }
+}
+
+/// Folds the bands' answers into one [`Decision`]: admitted only if every band admitted.
+/// Headers report the band closest to running out (fewest remaining; on a tie the later
+/// reset); when refused, the refusing band with the longest wait, and `Retry-After` is that
+/// longest wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Combined {
+    admitted: bool,
+    /// (capacity, remaining, reset_after_us, retry_after_us) of the band to report.
+    report: Option<(f64, f64, f64, f64)>,
+}
+
+impl Combined {
+    pub(crate) fn new() -> Self {
+        Self {
+            admitted: true,
+            report: None,
+        }
+    }
+
+    pub(crate) fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        capacity: f64,
+        admitted: bool,
+        remaining: f64,
+        retry_after_us: f64,
+        reset_after_us: f64,
+    ) {
+        let candidate = (capacity, remaining, reset_after_us, retry_after_us);
+        let replace = match (self.report, admitted, self.admitted) {
+            (None, _, _) => true,
+            // The first refusal replaces any admitted band.
+            (Some(_), false, true) => true,
+            (Some(_), true, false) => false,
+            (Some((_, _, _, retry)), false, false) => retry_after_us > retry,
+            (Some((_, left, reset, _)), true, true) => {
+                remaining < left || (remaining == left && reset_after_us > reset)
+            }
+        };
+        self.admitted &= admitted;
+        if replace {
+            self.report = Some(candidate);
+        }
+    }
+
+    pub(crate) fn decision(&self, now_us: i64) -> Decision {
+        let (capacity, remaining, reset_after_us, retry_after_us) =
+            self.report.unwrap_or((0.0, 0.0, 0.0, 0.0));
+        let micros = |us: f64| Duration::from_micros(us.max(0.0).ceil() as u64);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_micros(now_us.max(0) as u64);
+        Decision::new(
+            self.admitted,
+            capacity as u32,
+            remaining.max(0.0) as u32,
+            now + micros(reset_after_us),
+            if self.admitted {
+                Duration::ZERO
+            } else {
+                micros(retry_after_us)
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000;
+
+    fn spec(capacity: f64, per_secs: f64) -> BandSpec {
+        BandSpec {
+            capacity,
+            refill_per_sec: capacity / per_secs,
+            window_us: (per_secs * 1e6).round() as i64,
+        }
+    }
+
+    /// Runs requests at the given times (µs), storing state only when admitted.
+    fn run(algorithm: Algorithm, spec: BandSpec, times: &[i64]) -> Vec<(bool, f64, f64)> {
+        let mut state = BandState::Fresh;
+        times
+            .iter()
+            .map(|&t| {
+                let out = decide_band(algorithm, &spec, state, t, 1.0);
+                if out.admitted {
+                    state = out.next;
+                }
+                (out.admitted, out.remaining, out.retry_after_us)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn token_bucket_bursts_then_refills_continuously() {
+        let s = spec(3.0, 3.0); // 1 token/s
+        let t0 = 100 * SEC;
+        let out = run(
+            Algorithm::TokenBucket,
+            s,
+            &[t0, t0, t0, t0, t0 + SEC - 1, t0 + SEC],
+        );
+        let admitted: Vec<bool> = out.iter().map(|o| o.0).collect();
+        assert_eq!(admitted, [true, true, true, false, false, true]);
+        assert_eq!(out[3].2, SEC as f64, "retry after one refill period");
+        assert_eq!(out[2].1, 0.0);
+    }
+
+    #[test]
+    fn token_bucket_clamps_a_lowered_capacity() {
+        let state = BandState::Bucket {
+            tokens: 8.0,
+            ts_us: 0,
+        };
+        let out = decide_band(Algorithm::TokenBucket, &spec(5.0, 5.0), state, 0, 1.0);
+        assert_eq!(out.remaining, 4.0, "min(5, 8) - 1");
+    }
+
+    #[test]
+    fn fixed_window_resets_at_the_boundary() {
+        let s = spec(2.0, 60.0);
+        let w = 60 * SEC;
+        let start = 1000 * w;
+        let out = run(
+            Algorithm::FixedWindow,
+            s,
+            &[
+                start + w - 2,
+                start + w - 1,
+                start + w - 1,
+                start + w,
+                start + w,
+            ],
+        );
+        let admitted: Vec<bool> = out.iter().map(|o| o.0).collect();
+        // Two at the very end of one window, two more at the start of the next.
+        assert_eq!(admitted, [true, true, false, true, true]);
+        assert_eq!(out[2].2, 1.0, "retry when the window ends, 1 µs later");
+    }
+
+    #[test]
+    fn sliding_window_weights_the_previous_window() {
+        let s = spec(10.0, 60.0);
+        let w = 60 * SEC;
+        let start = 1000 * w;
+        // 10 requests late in one window fill it.
+        let mut state = BandState::Fresh;
+        for _ in 0..10 {
+            let out = decide_band(Algorithm::SlidingWindow, &s, state, start + w - SEC, 1.0);
+            assert!(out.admitted);
+            state = out.next;
+        }
+        // At the boundary the previous window still counts fully: 10 + 1 > 10.
+        let at_boundary = decide_band(Algorithm::SlidingWindow, &s, state, start + w, 1.0);
+        assert!(!at_boundary.admitted);
+        // Admission needs previous × weight ≤ 9: weight 0.9, so 10% (6 s) into the window.
+        assert_eq!(at_boundary.retry_after_us, (6 * SEC) as f64);
+        let early = decide_band(
+            Algorithm::SlidingWindow,
+            &s,
+            state,
+            start + w + 6 * SEC - 1,
+            1.0,
+        );
+        assert!(!early.admitted);
+        let on_time = decide_band(
+            Algorithm::SlidingWindow,
+            &s,
+            state,
+            start + w + 6 * SEC,
+            1.0,
+        );
+        assert!(on_time.admitted);
+        // Half way through the next window, half of the previous window counts.
+        let half = decide_band(Algorithm::SlidingWindow, &s, state, start + w + w / 2, 1.0);
+        assert!(half.admitted);
+        assert_eq!(half.remaining, 4.0, "10 - (10 × 0.5 + 1)");
+        // Two windows later nothing counts.
+        let later = decide_band(Algorithm::SlidingWindow, &s, state, start + 3 * w, 1.0);
+        assert_eq!(later.remaining, 9.0);
+    }
+
+    #[test]
+    fn sliding_window_full_current_window_waits_for_the_next() {
+        let s = spec(4.0, 10.0);
+        let w = 10 * SEC;
+        let mut state = BandState::Fresh;
+        for _ in 0..4 {
+            state = decide_band(Algorithm::SlidingWindow, &s, state, 5 * w, 1.0).next;
+        }
+        let out = decide_band(Algorithm::SlidingWindow, &s, state, 5 * w, 1.0);
+        assert!(!out.admitted);
+        // Next window: 4 × (1 - f) + 1 ≤ 4 at f = 0.25.
+        assert_eq!(out.retry_after_us, (w + w / 4) as f64);
+        assert_eq!(out.reset_after_us, (2 * w) as f64);
+    }
+
+    #[test]
+    fn clocks_going_backwards_do_not_reopen_a_window() {
+        let s = spec(1.0, 10.0);
+        let w = 10 * SEC;
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+            let first = decide_band(algorithm, &s, BandState::Fresh, 7 * w, 1.0);
+            let back = decide_band(algorithm, &s, first.next, 6 * w, 1.0);
+            assert!(!back.admitted, "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn combined_reports_the_band_closest_to_running_out() {
+        let mut c = Combined::new();
+        c.add(10.0, true, 7.0, 0.0, 3e6);
+        c.add(1000.0, true, 2.0, 0.0, 9e6);
+        c.add(50.0, true, 2.0, 0.0, 1e6);
+        let d = c.decision(0);
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining), (1000, 2));
+        assert_eq!(d.reset_unix_secs(), 9);
+
+        let mut c = Combined::new();
+        c.add(10.0, true, 7.0, 0.0, 3e6);
+        c.add(1000.0, false, 0.0, 4e6, 9e6);
+        c.add(5000.0, false, 0.0, 6e6, 7e6);
+        let d = c.decision(0);
+        assert!(!d.allowed);
+        assert_eq!((d.limit, d.retry_after_secs()), (5000, 6));
+    }
+}
