@@ -69,6 +69,33 @@ impl fmt::Display for ClientKey {
     }
 }
 
+impl std::str::FromStr for ClientKey {
+    type Err = InvalidClientKey;
+
+    /// Parses the form [`Display`](fmt::Display) writes: `id:<X-Client-ID>`, `ip:<address>`,
+    /// `ip:<IPv6 network>/<prefix>` or `unknown` (as in the rules file's `clients`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        crate::rules::client_key_of(text).ok_or_else(|| InvalidClientKey(text.into()))
+    }
+}
+
+/// Text that is not a client key (see [`ClientKey`]'s `FromStr`).
+///
+/// # Example
+///
+/// ```
+/// use tollgate::ClientKey;
+///
+/// assert_eq!("id:alice".parse::<ClientKey>(), Ok(ClientKey::Id("alice".into())));
+/// assert_eq!("ip:2001:db8::1/64".parse::<ClientKey>().unwrap().to_string(), "ip:2001:db8::/64");
+/// assert!("alice".parse::<ClientKey>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a client key: use \"id:<X-Client-ID>\", \"ip:<address>\", \"ip:<IPv6 network>/<prefix>\" or \"unknown\""
+)]
+pub struct InvalidClientKey(Box<str>);
+
 /// Why an `X-Client-ID` header was refused (the request gets a 400).
 ///
 /// # Example

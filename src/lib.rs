@@ -55,7 +55,7 @@ pub use decision::Decision;
 pub use error::{BuildError, InvalidRule, Location, RulesError};
 pub use future::ResponseFuture;
 pub use headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
-pub use key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN};
+pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::OnRedisError;
 pub use rules::{

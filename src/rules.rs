@@ -978,7 +978,7 @@ fn parse_shorthand(text: &str) -> Option<Band> {
 
 /// A client key as written in `clients`: `id:<X-Client-ID>`, `ip:<address>`,
 /// `ip:<IPv6 network>/<prefix>` or `unknown`.
-fn client_key_of(text: &str) -> Option<ClientKey> {
+pub(crate) fn client_key_of(text: &str) -> Option<ClientKey> {
     if text == "unknown" {
         return Some(ClientKey::Unknown);
     }

@@ -1,0 +1,3 @@
+//! `tollgate check-rules`: see README.
+
+fn main() {}
