@@ -10,6 +10,8 @@
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 when clients connect directly)
 //! - `TRUSTED_PROXIES`: comma-separated CIDRs of those proxies, instead of a hop count
+//! - `WATCH_RULES`: reload the rules file when it changes (default `true`); SIGHUP always
+//!   reloads it
 //! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
 //! - `RUST_LOG`: log filter (default `info`)
 
@@ -45,6 +47,7 @@ async fn run() -> Result<(), String> {
     let host = env_or("HOST", "127.0.0.1");
     let port: u16 = parse_env("PORT", 8000)?;
     let hops: usize = parse_env("TRUSTED_PROXY_HOPS", 1)?;
+    let watch: bool = parse_env("WATCH_RULES", true)?;
     let redis_url = std::env::var("REDIS_URL")
         .ok()
         .filter(|url| !url.is_empty());
@@ -59,7 +62,9 @@ async fn run() -> Result<(), String> {
     let mut builder = RateLimitLayer::builder()
         .rules_file(&rules_path)
         .trusted_proxy_hops(hops)
-        .trusted_proxies(proxies.clone());
+        .trusted_proxies(proxies.clone())
+        .watch_rules_file(watch)
+        .reload_on_sighup(true);
     if let Some(url) = &redis_url {
         builder = builder.redis_url(url);
     }
@@ -136,7 +141,7 @@ fn parse_env<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> 
         Err(_) => Ok(default),
         Ok(text) => text
             .parse()
-            .map_err(|_| format!("{name}={text:?} is not a valid number")),
+            .map_err(|_| format!("{name}={text:?} is not valid here")),
     }
 }
 
