@@ -237,6 +237,240 @@ async fn unidentified_clients_share_one_bucket(store: &Store<'_>) {
     );
 }
 
+async fn every_band_must_admit_and_refusals_take_nothing(store: &Store<'_>) {
+    // A slow band of 5 per day and a fast band of 2 refilled every 50 ms.
+    let app = app(layer(
+        store,
+        rules(r#"{"default": {"limits": ["5/day", {"capacity": 2, "refill_rate": 20}]}}"#),
+    )
+    .await);
+    let get = || request("GET", "/", Some("bands"));
+    let first = send(&app, get()).await;
+    // The fast band (2 - 1 = 1 left) is closer to running out than the day band (4 left).
+    assert_eq!(
+        (header(&first, "x-ratelimit-limit"), remaining(&first)),
+        (Some("2"), Some(1))
+    );
+    assert_eq!(send(&app, get()).await.status(), OK);
+    let refused = send(&app, get()).await;
+    assert_eq!(
+        (refused.status(), header(&refused, "x-ratelimit-limit")),
+        (LIMITED, Some("2"))
+    );
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(statuses(&app, 2, get).await, [OK, OK]);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Fifth admitted request: the day band is spent. Had the refused request taken from
+    // it, this one would be refused.
+    let fifth = send(&app, get()).await;
+    assert_eq!(
+        (
+            fifth.status(),
+            header(&fifth, "x-ratelimit-limit"),
+            remaining(&fifth)
+        ),
+        (OK, Some("5"), Some(0))
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let day_refusal = send(&app, get()).await;
+    assert_eq!(
+        (
+            day_refusal.status(),
+            header(&day_refusal, "x-ratelimit-limit")
+        ),
+        (LIMITED, Some("5"))
+    );
+    let retry: u64 = header(&day_refusal, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 3600, "the day band's wait: {retry}");
+}
+
+async fn cost_takes_several_tokens(store: &Store<'_>) {
+    let app = app(layer(
+        store,
+        rules(r#"{"default": {"capacity": 10, "refill_rate": 0.001, "cost": 3}}"#),
+    )
+    .await);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let response = send(&app, request("GET", "/", Some("costly"))).await;
+        seen.push((response.status(), remaining(&response)));
+    }
+    assert_eq!(
+        seen,
+        [
+            (OK, Some(7)),
+            (OK, Some(4)),
+            (OK, Some(1)),
+            (LIMITED, Some(1))
+        ]
+    );
+}
+
+async fn shadow_rules_report_but_never_refuse(store: &Store<'_>) {
+    let limits = layer(
+        store,
+        rules(r#"{"default": {"limit": "2/day", "shadow": true}}"#),
+    )
+    .await;
+    let app = app(limits.clone());
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let response = send(&app, request("GET", "/", Some("watched"))).await;
+        seen.push((response.status(), remaining(&response)));
+    }
+    assert_eq!(
+        seen,
+        [
+            (OK, Some(1)),
+            (OK, Some(0)),
+            (OK, Some(0)),
+            (OK, Some(0)),
+            (OK, Some(0))
+        ]
+    );
+    let stats = limits.stats();
+    assert_eq!((stats.shadowed, stats.denied), (3, 0));
+}
+
+fn with_tier(
+    mut request: axum::http::Request<axum::body::Body>,
+    tier: &str,
+) -> axum::http::Request<axum::body::Body> {
+    request.extensions_mut().insert(tollgate::Tier::new(tier));
+    request
+}
+
+async fn tiers_pick_a_rule_set_and_unknown_tiers_are_500(store: &Store<'_>) {
+    let limits = layer(store, rules(r#"{
+        "default": {"limit": "1/day"},
+        "routes": [{"path": "/api/data", "limit": "2/day"}],
+        "tiers": {
+            "pro": {"default": {"limit": "5/day"}, "routes": [{"path": "/api/data", "limit": "50/day"}]},
+            "free": {"default": {"limit": "3/day"}}
+        },
+        "default_tier": "free"
+        }"#)).await;
+    let app = app(limits.clone());
+    let limit_of = |r: &axum::http::Response<axum::body::Body>| {
+        header(r, "x-ratelimit-limit").map(str::to_owned)
+    };
+    let pro = send(&app, with_tier(request("GET", "/", Some("t")), "pro")).await;
+    assert_eq!(limit_of(&pro).as_deref(), Some("5"));
+    let pro_data = send(
+        &app,
+        with_tier(request("GET", "/api/data", Some("t")), "pro"),
+    )
+    .await;
+    assert_eq!(limit_of(&pro_data).as_deref(), Some("50"));
+    // No tier on the request: the default tier, whose rules do not have /api/data.
+    let untiered = send(&app, request("GET", "/api/data", Some("t"))).await;
+    assert_eq!(limit_of(&untiered).as_deref(), Some("3"));
+    // A tier the rules do not know: the app and its rules disagree.
+    let unknown = send(&app, with_tier(request("GET", "/", Some("t")), "gold")).await;
+    assert_eq!(unknown.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = body_json(unknown).await;
+    assert_eq!(body["error"], "unknown_tier");
+    assert!(
+        body["message"].as_str().unwrap().contains("\"gold\""),
+        "{body}"
+    );
+    assert_eq!(limits.stats().unknown_tiers, 1);
+    // The header a client could send is not a tier.
+    let mut sneaky = request("GET", "/", Some("t2"));
+    sneaky
+        .headers_mut()
+        .insert("x-tier", "pro".parse().unwrap());
+    assert_eq!(limit_of(&send(&app, sneaky).await).as_deref(), Some("3"));
+}
+
+async fn clients_can_have_their_own_limits(store: &Store<'_>) {
+    let app = app(layer(store, rules(r#"{
+        "default": {"limit": "1/day"},
+        "routes": [{"path": "/health", "unlimited": true}],
+        "clients": {"id:vip": {"limit": "100/day"}, "id:internal": {"unlimited": true}, "ip:10.9.9.9": {"limit": "7/day"}}
+        }"#)).await);
+    let vip = send(&app, request("GET", "/", Some("vip"))).await;
+    assert_eq!(
+        (vip.status(), header(&vip, "x-ratelimit-limit")),
+        (OK, Some("100"))
+    );
+    let internal = statuses(&app, 5, || request("GET", "/", Some("internal"))).await;
+    assert_eq!(internal, [OK; 5]);
+    assert_eq!(
+        header(
+            &send(&app, request("GET", "/", Some("internal"))).await,
+            "x-ratelimit-limit"
+        ),
+        None
+    );
+    let mut by_ip = request("GET", "/", None);
+    by_ip
+        .headers_mut()
+        .insert("x-forwarded-for", "10.9.9.9".parse().unwrap());
+    assert_eq!(
+        header(&send(&app, by_ip).await, "x-ratelimit-limit"),
+        Some("7")
+    );
+    assert_eq!(
+        statuses(&app, 2, || request("GET", "/", Some("someone"))).await,
+        [OK, LIMITED]
+    );
+    // Unlimited routes stay unlimited for everyone.
+    assert_eq!(
+        header(
+            &send(&app, request("GET", "/health", Some("vip"))).await,
+            "x-ratelimit-limit"
+        ),
+        None
+    );
+}
+
+/// Sleeps until `offset` past the next whole second of Unix time.
+async fn sleep_until_second_plus(offset: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into_second = Duration::from_nanos(u64::from(now.subsec_nanos()));
+    tokio::time::sleep(Duration::from_secs(1) - into_second + offset).await;
+}
+
+async fn fixed_window_starts_afresh_at_the_boundary(store: &Store<'_>) {
+    let app = app(layer(
+        store,
+        rules(r#"{"default": {"limit": "2/second", "algorithm": "fixed_window"}}"#),
+    )
+    .await);
+    let get = || request("GET", "/", Some("fixed"));
+    sleep_until_second_plus(Duration::from_millis(100)).await;
+    let got = statuses(&app, 3, get).await;
+    assert_eq!(got, [OK, OK, LIMITED]);
+    // Just after the boundary the window is new, whatever happened just before it.
+    sleep_until_second_plus(Duration::from_millis(50)).await;
+    assert_eq!(statuses(&app, 3, get).await, [OK, OK, LIMITED]);
+}
+
+async fn sliding_window_still_counts_the_previous_window(store: &Store<'_>) {
+    let app = app(layer(
+        store,
+        rules(r#"{"default": {"limit": "2/second", "algorithm": "sliding_window"}}"#),
+    )
+    .await);
+    let get = || request("GET", "/", Some("sliding"));
+    sleep_until_second_plus(Duration::from_millis(100)).await;
+    assert_eq!(statuses(&app, 3, get).await, [OK, OK, LIMITED]);
+    // 100 ms into the next window the previous one still weighs 2 × 0.9 = 1.8: full.
+    sleep_until_second_plus(Duration::from_millis(100)).await;
+    let early = send(&app, get()).await;
+    assert_eq!(early.status(), LIMITED);
+    // At 700 ms it weighs 0.6: one more fits.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(statuses(&app, 2, get).await, [OK, LIMITED]);
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -270,4 +504,11 @@ on_both_backends!(
     methods_pick_the_rule,
     bad_client_ids_get_400,
     unidentified_clients_share_one_bucket,
+    every_band_must_admit_and_refusals_take_nothing,
+    cost_takes_several_tokens,
+    shadow_rules_report_but_never_refuse,
+    tiers_pick_a_rule_set_and_unknown_tiers_are_500,
+    clients_can_have_their_own_limits,
+    fixed_window_starts_afresh_at_the_boundary,
+    sliding_window_still_counts_the_previous_window,
 );
