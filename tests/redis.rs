@@ -117,15 +117,8 @@ async fn run_sequence(
     seen
 }
 
-#[tokio::test]
-async fn memory_and_redis_decide_the_same_sequence_identically() {
-    let limits = r#"{
-        "default": {"capacity": 3, "refill_rate": 0.001},
-        "routes": [
-            {"path": "/api/users/{id}", "capacity": 2, "refill_rate": 0.001},
-            {"path": "/api/submit", "methods": ["POST"], "limit": "4/day"},
-            {"path": "/health", "unlimited": true}
-        ]}"#;
+/// A fixed pseudo-random walk over clients and routes.
+fn plan() -> Vec<(&'static str, &'static str, &'static str)> {
     let paths = [
         ("GET", "/"),
         ("GET", "/api/data"),
@@ -136,9 +129,8 @@ async fn memory_and_redis_decide_the_same_sequence_identically() {
         ("GET", "/health"),
     ];
     let clients = ["a", "b", "c", "d"];
-    // A fixed pseudo-random walk over clients and routes.
     let mut state = 0x2545_f491_u32;
-    let plan: Vec<(&str, &str, &str)> = (0..150)
+    (0..150)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 17;
@@ -147,19 +139,47 @@ async fn memory_and_redis_decide_the_same_sequence_identically() {
             let client = clients[((state >> 8) % clients.len() as u32) as usize];
             (method, path, client)
         })
-        .collect();
+        .collect()
+}
 
+/// Day-long windows and negligible refill: the sequence runs well inside one window.
+fn rules_for(algorithm: &str) -> String {
+    format!(
+        r#"{{
+        "default": {{"capacity": 3, "refill_rate": 0.00001, "algorithm": "{algorithm}"}},
+        "routes": [
+            {{"path": "/api/users/{{id}}", "limits": ["6/day", "2/day"], "algorithm": "{algorithm}"}},
+            {{"path": "/api/submit", "methods": ["POST"], "limit": "8/day", "cost": 3, "algorithm": "{algorithm}"}},
+            {{"path": "/health", "unlimited": true}}
+        ]}}"#
+    )
+}
+
+#[tokio::test]
+async fn memory_and_redis_decide_the_same_sequence_identically() {
     let redis = TestRedis::start();
-    let from_memory = run_sequence(&Store::Memory, limits, &plan).await;
-    let from_redis =
-        run_sequence(&Store::Redis(&redis, unique_prefix("same")), limits, &plan).await;
-    let denied = from_memory.iter().filter(|(s, _, _)| *s == 429).count();
-    assert!(
-        denied > 30 && denied < 120,
-        "the plan exercises both answers: {denied} denied"
-    );
-    for (i, (m, r)) in from_memory.iter().zip(&from_redis).enumerate() {
-        assert_eq!(m, r, "request {i} {:?}: memory {m:?}, redis {r:?}", plan[i]);
+    let plan = plan();
+    for algorithm in ["token_bucket", "fixed_window", "sliding_window"] {
+        let limits = rules_for(algorithm);
+        let from_memory = run_sequence(&Store::Memory, &limits, &plan).await;
+        let from_redis = run_sequence(
+            &Store::Redis(&redis, unique_prefix(algorithm)),
+            &limits,
+            &plan,
+        )
+        .await;
+        let denied = from_memory.iter().filter(|(s, _, _)| *s == 429).count();
+        assert!(
+            denied > 30 && denied < 120,
+            "{algorithm}: the plan exercises both answers: {denied} denied"
+        );
+        for (i, (m, r)) in from_memory.iter().zip(&from_redis).enumerate() {
+            assert_eq!(
+                m, r,
+                "{algorithm}: request {i} {:?}: memory {m:?}, redis {r:?}",
+                plan[i]
+            );
+        }
     }
 }
 
@@ -224,4 +244,59 @@ async fn unusable_redis_urls_fail_the_build_with_the_reason() {
         );
         assert!(!message.contains("hunter2"), "{message}");
     }
+}
+
+#[tokio::test]
+async fn every_band_and_algorithm_uses_the_documented_fields() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("fields");
+    let app = app(layer(
+        &Store::Redis(&redis, prefix.clone()),
+        rules(
+            r#"{
+        "default": {"limits": ["6/day", "2/day"]},
+        "routes": [
+            {"path": "/api/data", "limits": ["5/hour", "9/day"], "algorithm": "fixed_window"},
+            {"path": "/api/users/{id}", "limit": "4/hour", "algorithm": "sliding_window"}
+        ]}"#,
+        ),
+    )
+    .await);
+    for path in ["/", "/api/data", "/api/users/1"] {
+        assert_eq!(
+            send(&app, request("GET", path, Some("f"))).await.status(),
+            StatusCode::OK
+        );
+    }
+    let mut c = redis.client();
+    let fields = |c: &mut redis::Connection, rule: &str| -> Vec<String> {
+        let mut names: Vec<String> = redis::cmd("HKEYS")
+            .arg(format!("{prefix}:{{{rule}:id:f}}"))
+            .query(c)
+            .unwrap();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        fields(&mut c, "default"),
+        ["tokens", "tokens:2", "ts", "ts:2"]
+    );
+    assert_eq!(
+        fields(&mut c, "/api/data"),
+        ["count", "count:2", "win", "win:2"]
+    );
+    assert_eq!(fields(&mut c, "/api/users/<id>"), ["count", "prev", "win"]);
+    let counted: Vec<String> = redis::cmd("HMGET")
+        .arg(format!("{prefix}:{{/api/data:id:f}}"))
+        .arg("count")
+        .arg("count:2")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(counted, ["1", "1"]);
+    // The fixed window key lives until its longest window (a day) ends, at most.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:{{/api/data:id:f}}"))
+        .query(&mut c)
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 86_400_000, "{pttl}");
 }
