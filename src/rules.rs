@@ -1201,6 +1201,297 @@ mod tests {
     }
 
     #[test]
+    fn bands_algorithms_cost_and_shadow() {
+        let rules = ok(&with_routes(
+            r#"{"path": "/a", "limits": [{"capacity": 10, "refill_rate": 1}, "1000/hour", "5000/day"]},
+               {"path": "/b", "limit": "100/minute", "algorithm": "sliding_window", "cost": 5},
+               {"path": "/c", "limit": "10/second", "algorithm": "fixed_window", "shadow": true}"#,
+        ));
+        let limit = |p: &str| rules.lookup(&Method::GET, p).limit().unwrap().clone();
+        let a = limit("/a");
+        assert_eq!(a.algorithm(), Algorithm::TokenBucket);
+        let capacities: Vec<u32> = a.bands().iter().map(Band::capacity).collect();
+        assert_eq!(capacities, [10, 1000, 5000]);
+        assert_eq!(a.bands()[2].period(), Duration::from_secs(86400));
+        assert_eq!((a.cost(), a.shadow()), (1, false));
+        let b = limit("/b");
+        assert_eq!((b.algorithm(), b.cost()), (Algorithm::SlidingWindow, 5));
+        let c = limit("/c");
+        assert_eq!((c.algorithm(), c.shadow()), (Algorithm::FixedWindow, true));
+        assert_eq!(c.to_string(), "fixed_window 10 per 1s, shadow");
+    }
+
+    #[test]
+    fn global_shadow_applies_to_every_limited_rule() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT}, "shadow": true, "routes": [{{"path": "/a", "limit": "1/second"}}, {{"path": "/b", "unlimited": true}}]}}"#
+        ));
+        assert!(rules.default_rule().limit().unwrap().shadow());
+        assert!(rules.lookup(&Method::GET, "/a").limit().unwrap().shadow());
+        assert!(rules.lookup(&Method::GET, "/b").limit().is_none());
+    }
+
+    #[test]
+    fn bad_bands() {
+        for (bands, location, why) in [
+            ("[]", "routes[0].limits", "1 to 8 bands, got 0"),
+            (
+                r#"["1/second","1/second","1/second","1/second","1/second","1/second","1/second","1/second","1/second"]"#,
+                "routes[0].limits",
+                "got 9",
+            ),
+            (
+                r#"["1/second", "2/week"]"#,
+                "routes[0].limits[1]",
+                "got \"2/week\"",
+            ),
+            (
+                r#"[{"capacity": 0, "refill_rate": 1}]"#,
+                "routes[0].limits[0].capacity",
+                "capacity must be",
+            ),
+            (
+                r#"[{"capacity": 1}]"#,
+                "routes[0].limits[0]",
+                "`refill_rate` is missing",
+            ),
+            (
+                r#"[{"capacity": 1, "refill_rate": 1, "burst": 2}]"#,
+                "routes[0].limits[0].burst",
+                "unknown field `burst`",
+            ),
+            (
+                r#"[{"capacity": "1", "refill_rate": 1}]"#,
+                "routes[0].limits[0].capacity",
+                "expected a number",
+            ),
+            ("[5]", "routes[0].limits[0]", "invalid band 5"),
+            (r#""1/second""#, "routes[0].limits", "invalid type"),
+        ] {
+            let msg = err(&with_routes(&format!(
+                r#"{{"path": "/a", "limits": {bands}}}"#
+            )));
+            assert!(
+                msg.starts_with(&format!("<inline>: at {location}")),
+                "{bands}: {msg}"
+            );
+            assert!(msg.contains(why), "{bands}: {msg}");
+        }
+    }
+
+    #[test]
+    fn bad_costs_algorithms_and_unlimited_extras() {
+        for (rule, location, why) in [
+            (
+                r#""limit": "5/second", "cost": 0"#,
+                "routes[0].cost",
+                "from 1 to 5",
+            ),
+            (
+                r#""limits": ["5/second", "3/day"], "cost": 4"#,
+                "routes[0].cost",
+                "from 1 to 3",
+            ),
+            (
+                r#""limit": "5/second", "cost": 1.5"#,
+                "routes[0].cost",
+                "got 1.5",
+            ),
+            (
+                r#""limit": "5/second", "algorithm": "leaky_bucket""#,
+                "routes[0].algorithm",
+                "unknown variant `leaky_bucket`",
+            ),
+            (
+                r#""unlimited": true, "algorithm": "fixed_window""#,
+                "routes[0].algorithm",
+                "no meaning on an unlimited rule",
+            ),
+            (
+                r#""unlimited": true, "cost": 2"#,
+                "routes[0].cost",
+                "no meaning",
+            ),
+            (
+                r#""unlimited": true, "shadow": true"#,
+                "routes[0].shadow",
+                "no meaning",
+            ),
+            (
+                r#""limit": "5/second", "limits": ["1/second"]"#,
+                "routes[0]",
+                "it has limit, limits",
+            ),
+        ] {
+            let msg = err(&with_routes(&format!(r#"{{"path": "/a", {rule}}}"#)));
+            assert!(
+                msg.starts_with(&format!("<inline>: at {location}")),
+                "{rule}: {msg}"
+            );
+            assert!(msg.contains(why), "{rule}: {msg}");
+        }
+    }
+
+    #[test]
+    fn tiers_are_rule_sets_of_their_own() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT},
+                "routes": [{{"path": "/api/data", "limit": "2/second"}}],
+                "tiers": {{
+                    "pro": {{"default": {{"limit": "50/second"}}, "routes": [{{"path": "/api/{{*rest}}", "limit": "40/second"}}]}},
+                    "free-trial": {{"default": {{"limit": "1/second"}}}}
+                }}}}"#
+        ));
+        let names: Vec<&str> = rules.tier_names().collect();
+        assert_eq!(names, ["free-trial", "pro"]);
+        assert_eq!(rules.default_tier(), None);
+        let unknown = ClientKey::Unknown;
+        let id = |tier: Option<&str>, path: &str| {
+            rules
+                .resolve(&Method::GET, path, tier, &unknown)
+                .unwrap()
+                .rule
+                .id()
+                .to_owned()
+        };
+        assert_eq!(id(None, "/api/data"), "/api/data");
+        assert_eq!(id(Some("pro"), "/api/data"), "pro:/api/<*rest>");
+        assert_eq!(id(Some("pro"), "/"), "pro:default");
+        assert_eq!(id(Some("free-trial"), "/api/data"), "free-trial:default");
+        assert_eq!(rules.find("pro:default").and_then(Rule::tier), Some("pro"));
+        let err = rules
+            .resolve(&Method::GET, "/", Some("gold"), &unknown)
+            .unwrap_err();
+        assert_eq!(err.name(), "gold");
+    }
+
+    #[test]
+    fn default_tier_is_used_without_a_tier() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT}, "tiers": {{"free": {{"default": {{"limit": "1/second"}}}}}}, "default_tier": "free"}}"#
+        ));
+        assert_eq!(rules.default_tier(), Some("free"));
+        assert_eq!(rules.lookup(&Method::GET, "/").id(), "free:default");
+    }
+
+    #[test]
+    fn bad_tiers() {
+        let msg = err(&format!(
+            r#"{{{DEFAULT}, "tiers": {{"p r o": {{"default": {{"limit": "1/second"}}}}}}}}"#
+        ));
+        assert!(
+            msg.starts_with("<inline>: at tiers.p r o: tier name \"p r o\""),
+            "{msg}"
+        );
+        let msg = err(&format!(
+            r#"{{{DEFAULT}, "tiers": {{"pro": {{"default": {{"limit": "1/second"}}, "routes": [{{"path": "/a", "limit": "x"}}]}}}}}}"#
+        ));
+        assert!(
+            msg.starts_with("<inline>: at tiers.pro.routes[0].limit: limit must look like"),
+            "{msg}"
+        );
+        let msg = err(&format!(
+            r#"{{{DEFAULT}, "tiers": {{"pro": {{"routes": []}}}}}}"#
+        ));
+        assert!(msg.starts_with("<inline>: at tiers.pro"), "{msg}");
+        assert!(msg.contains("missing field `default`"), "{msg}");
+        let msg = err(&format!(
+            r#"{{{DEFAULT}, "tiers": {{"pro": {{"default": {{"limit": "1/second"}}}}}}, "default_tier": "gold"}}"#
+        ));
+        assert!(
+            msg.starts_with("<inline>: at default_tier: tier \"gold\" is not defined"),
+            "{msg}"
+        );
+        assert!(msg.contains("[\"pro\"]"), "{msg}");
+    }
+
+    #[test]
+    fn client_overrides() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT}, "routes": [{{"path": "/health", "unlimited": true}}],
+                "clients": {{
+                    "id:partner": {{"limit": "1000/minute"}},
+                    "ip:10.0.0.9": {{"unlimited": true}},
+                    "ip:2001:db8:1:2:3::9/64": {{"limit": "5/second"}},
+                    "unknown": {{"limit": "1/second"}}
+                }}}}"#
+        ));
+        let resolve = |key: ClientKey, path: &str| {
+            let r = rules.resolve(&Method::GET, path, None, &key).unwrap();
+            (
+                r.rule.id().to_owned(),
+                r.limit.map(|l| l.bands()[0].capacity()),
+                r.client_override,
+            )
+        };
+        assert_eq!(
+            resolve(ClientKey::Id("partner".into()), "/"),
+            ("default".into(), Some(1000), true)
+        );
+        assert_eq!(
+            resolve(ClientKey::Id("other".into()), "/"),
+            ("default".into(), Some(20), false)
+        );
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(
+            resolve(ClientKey::Ip(ip), "/"),
+            ("default".into(), None, true)
+        );
+        let net = ClientKey::Ipv6Network {
+            network: "2001:db8:1:2::".parse().unwrap(),
+            prefix_len: 64,
+        };
+        assert_eq!(resolve(net, "/").1, Some(5));
+        assert_eq!(resolve(ClientKey::Unknown, "/").1, Some(1));
+        // Unlimited routes are not limited by an override.
+        assert_eq!(resolve(ClientKey::Id("partner".into()), "/health").1, None);
+        assert_eq!(rules.clients().count(), 4);
+    }
+
+    #[test]
+    fn bad_client_overrides() {
+        for (key, body, location, why) in [
+            (
+                "alice",
+                r#"{"limit": "1/second"}"#,
+                "clients.alice",
+                "is not a client key",
+            ),
+            (
+                "ip:999.1.1.1",
+                r#"{"limit": "1/second"}"#,
+                "clients.ip:999.1.1.1",
+                "is not a client key",
+            ),
+            (
+                "id:has space",
+                r#"{"limit": "1/second"}"#,
+                "clients.id:has space",
+                "is not a client key",
+            ),
+            (
+                "id:a",
+                r#"{"path": "/", "limit": "1/second"}"#,
+                "clients.id:a.path",
+                "only allowed in routes",
+            ),
+            (
+                "id:a",
+                r#"{"limit": "1/week"}"#,
+                "clients.id:a.limit",
+                "limit must look like",
+            ),
+        ] {
+            let msg = err(&format!(r#"{{{DEFAULT}, "clients": {{"{key}": {body}}}}}"#));
+            assert!(
+                msg.starts_with(&format!("<inline>: at {location}")),
+                "{key}: {msg}"
+            );
+            assert!(msg.contains(why), "{key}: {msg}");
+        }
+    }
+
+    #[test]
     fn failure_policy_fields() {
         let rules = ok(&format!(
             r#"{{{DEFAULT}, "on_redis_error": "deny", "local_fallback_instances": 3}}"#
