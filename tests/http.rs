@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -168,71 +166,6 @@ async fn without_ids_clients_are_keyed_by_the_trusted_address() {
     assert_eq!(statuses_for(&proxied, &["203.0.113.10"]).await, [ok]);
     // No header at all: the peer (127.0.0.1) has its own bucket.
     assert_eq!(client().get(&proxied).send().await.unwrap().status(), ok);
-}
-
-/// The demo example, built by `cargo test` next to this test binary.
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let demo = profile_dir
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        demo.exists(),
-        "{} not found: run the whole suite with `cargo test --all-features`, which builds the examples",
-        demo.display()
-    );
-    demo
-}
-
-struct Demo {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the demo on a free port and waits for its "listening on" line.
-fn start_demo(envs: &[(&str, &str)]) -> Demo {
-    let mut child = Command::new(demo_binary())
-        .env_clear()
-        .env("PORT", "0")
-        .env("NO_COLOR", "1")
-        .env("RATE_LIMIT_RULES_PATH", repo_file("rate_limits.json"))
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run the demo");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let address = rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches(|c: char| !c.is_ascii_digit())
-                .to_owned();
-            return Demo { child, address };
-        }
-        log.push(line);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("demo did not start:\n{}", log.join("\n"));
 }
 
 async fn demo_enforces_the_shipped_rules(demo: &Demo) {

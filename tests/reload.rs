@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -262,47 +262,12 @@ async fn sighup_reloads_the_demo() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rate_limits.json");
     write_file(&path, &rules_with_capacity(3));
-    let exe = std::env::current_exe().unwrap();
-    let demo = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join("demo");
-    assert!(
-        demo.exists(),
-        "{} not found: run `cargo test --all-features`, which builds the examples",
-        demo.display()
-    );
-    let mut child = Command::new(demo)
-        .env_clear()
-        .env("PORT", "0")
-        .env("NO_COLOR", "1")
-        .env("WATCH_RULES", "false")
-        .env("RATE_LIMIT_RULES_PATH", &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let address = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("demo started");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let path_text = path.display().to_string();
+    let mut demo = start_demo(&[
+        ("WATCH_RULES", "false"),
+        ("RATE_LIMIT_RULES_PATH", &path_text),
+    ]);
+    let address = demo.address.clone();
     let base = format!("http://{address}");
     let http = reqwest::Client::new();
     assert_eq!(limit_seen(&http, &base, "a").await.1, Some(3));
@@ -312,16 +277,14 @@ async fn sighup_reloads_the_demo() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(limit_seen(&http, &base, "b").await.1, Some(3));
     let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &demo.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let took = wait_for_limit(&base, 8).await;
     eprintln!("SIGHUP reload took effect after {took:?}");
     assert!(
-        child.try_wait().unwrap().is_none(),
+        demo.child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop the demo"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -24,10 +24,20 @@ use crate::key::ClientKey;
 use crate::policy::OnRedisError;
 use crate::rules::Limit;
 
-/// The decision scripts; `EVALSHA`, reloaded on `NOSCRIPT` by [`Script`].
-pub(crate) const TOKEN_BUCKET_LUA: &str = include_str!("token_bucket.lua");
-pub(crate) const FIXED_WINDOW_LUA: &str = include_str!("fixed_window.lua");
-pub(crate) const SLIDING_WINDOW_LUA: &str = include_str!("sliding_window.lua");
+/// The decision scripts, each the shared prelude followed by one algorithm; `EVALSHA`,
+/// reloaded on `NOSCRIPT` by [`Script`].
+pub(crate) const TOKEN_BUCKET_LUA: &str = concat!(
+    include_str!("prelude.lua"),
+    include_str!("token_bucket.lua")
+);
+pub(crate) const FIXED_WINDOW_LUA: &str = concat!(
+    include_str!("prelude.lua"),
+    include_str!("fixed_window.lua")
+);
+pub(crate) const SLIDING_WINDOW_LUA: &str = concat!(
+    include_str!("prelude.lua"),
+    include_str!("sliding_window.lua")
+);
 
 /// How the layer reaches Redis and what it does without it.
 #[derive(Debug, Clone)]
