@@ -80,10 +80,6 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn cooldown(&self) -> Duration {
-        self.cooldown
-    }
-
     pub(crate) fn state(&self) -> BreakerState {
         match self.state.load(Ordering::Acquire) {
             CLOSED => BreakerState::Closed,
@@ -171,13 +167,13 @@ impl Breaker {
 
 /// Reports a permit's result to the breaker; a probe dropped before it finished (its request
 /// was cancelled) counts as failed, so the breaker never stays half-open.
-pub(crate) struct PermitGuard<'a> {
-    breaker: &'a Breaker,
+pub(crate) struct PermitGuard {
+    breaker: std::sync::Arc<Breaker>,
     permit: Permit,
 }
 
-impl<'a> PermitGuard<'a> {
-    pub(crate) fn new(breaker: &'a Breaker, permit: Permit) -> Self {
+impl PermitGuard {
+    pub(crate) fn new(breaker: std::sync::Arc<Breaker>, permit: Permit) -> Self {
         Self { breaker, permit }
     }
 
@@ -192,7 +188,7 @@ impl<'a> PermitGuard<'a> {
     }
 }
 
-impl Drop for PermitGuard<'_> {
+impl Drop for PermitGuard {
     fn drop(&mut self) {
         if self.permit == Permit::Probe {
             self.breaker.failed(Permit::Probe, &"probe cancelled");
@@ -244,9 +240,9 @@ mod tests {
 
     #[test]
     fn a_cancelled_probe_reopens() {
-        let breaker = Breaker::new(1, Duration::ZERO);
+        let breaker = std::sync::Arc::new(Breaker::new(1, Duration::ZERO));
         breaker.open("test");
-        let guard = PermitGuard::new(&breaker, breaker.permit());
+        let guard = PermitGuard::new(breaker.clone(), breaker.permit());
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         drop(guard);
         assert_eq!(breaker.state(), BreakerState::Open);

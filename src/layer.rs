@@ -329,6 +329,22 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Keeps buckets in a Redis Cluster reached through these seed nodes (each a `redis://`
+    /// URL; one reachable node is enough, the rest of the cluster is discovered). Each master
+    /// gets its own circuit breaker, so losing one master affects only its slots.
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut config = crate::backend::redis::RedisConfig::new(nodes.join(","));
+        config.cluster_nodes = Some(nodes);
+        self.redis = Some(config);
+        self
+    }
+
     /// Prefix of every Redis key (default `tollgate`).
     #[cfg(feature = "redis")]
     pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {

@@ -11,6 +11,8 @@ use crate::breaker::BreakerState;
 use crate::key::ClientKey;
 use crate::rules::Limit;
 
+#[cfg(feature = "redis")]
+pub(crate) mod cluster;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

@@ -8,18 +8,19 @@
 //! Every call has a deadline. Failures feed a [`Breaker`]; when Redis cannot decide, the
 //! [`OnRedisError`] policy does.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::cluster::{Breakers, Connection, parse_cluster_slots};
 use super::memory::MemoryBackend;
 use super::{Outcome, Verdict};
 use crate::Decision;
 use crate::algorithm::{Algorithm, Combined};
-use crate::breaker::{Breaker, BreakerState, Permit, PermitGuard};
+use crate::breaker::{BreakerState, Permit, PermitGuard};
 use crate::key::ClientKey;
 use crate::policy::OnRedisError;
 use crate::rules::Limit;
@@ -43,6 +44,8 @@ pub(crate) const SLIDING_WINDOW_LUA: &str = concat!(
 #[derive(Debug, Clone)]
 pub(crate) struct RedisConfig {
     pub(crate) url: String,
+    /// Seed nodes of a Redis Cluster; when set, `url` is not used.
+    pub(crate) cluster_nodes: Option<Vec<String>>,
     pub(crate) prefix: String,
     /// Deadline for each decision.
     pub(crate) timeout: Duration,
@@ -61,6 +64,7 @@ impl RedisConfig {
     pub(crate) fn new(url: String) -> Self {
         Self {
             url,
+            cluster_nodes: None,
             prefix: "tollgate".to_owned(),
             timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(1),
@@ -82,6 +86,8 @@ enum CallError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply of {0} values from the script")]
     Reply(usize),
+    #[error("not connected to the cluster yet")]
+    NotConnected,
 }
 
 /// The three scripts, indexed by algorithm.
@@ -108,17 +114,48 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 3] {
-        [&self.token_bucket, &self.fixed_window, &self.sliding_window]
+    /// Loads every script (on every master of a cluster), within `deadline`.
+    async fn load(&self, connection: &mut Connection, deadline: Duration) -> Result<(), String> {
+        let load = async {
+            for script in [&self.token_bucket, &self.fixed_window, &self.sliding_window] {
+                script.load_async(connection).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        match tokio::time::timeout(deadline, load).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {deadline:?}")),
+        }
+    }
+}
+
+/// Reads `CLUSTER SLOTS` and gives each master its breaker; keeps the old map on failure.
+async fn refresh_slots(breakers: &Breakers, connection: &mut Connection) {
+    let Breakers::Cluster(slots) = breakers else {
+        return;
+    };
+    let mut command = redis::cmd("CLUSTER");
+    command.arg("SLOTS");
+    let query = command.query_async::<redis::Value>(connection);
+    match tokio::time::timeout(Duration::from_secs(1), query).await {
+        Ok(Ok(reply)) => match parse_cluster_slots(&reply) {
+            Some(ranges) => slots.update(ranges),
+            None => tracing::debug!("unexpected CLUSTER SLOTS reply"),
+        },
+        Ok(Err(error)) => tracing::debug!(%error, "CLUSTER SLOTS failed"),
+        Err(_) => tracing::debug!("CLUSTER SLOTS timed out"),
     }
 }
 
 pub(crate) struct RedisBackend {
-    connection: ConnectionManager,
-    scripts: Scripts,
+    /// Set once connected: at startup, or later by the background connector.
+    connection: Arc<OnceLock<Connection>>,
+    scripts: Arc<Scripts>,
     prefix: Box<str>,
     timeout: Duration,
-    breaker: Breaker,
+    breakers: Arc<Breakers>,
+    cooldown: Duration,
     on_error: OnRedisError,
     /// The in-process buckets the `local` policy decides with.
     local: Option<Arc<MemoryBackend>>,
@@ -127,10 +164,59 @@ pub(crate) struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// Sets up the connection and loads the script. Only an unusable URL is an error: if
-    /// Redis does not answer within `connect_timeout`, the backend starts with its breaker
-    /// open and the connection manager keeps trying in the background.
+    /// Sets up the connection and loads the scripts. Only an unusable URL is an error: if
+    /// Redis does not answer within `connect_timeout`, the backend starts with its breakers
+    /// open and keeps trying in the background.
     pub(crate) async fn connect(config: &RedisConfig) -> Result<Self, String> {
+        let local = (config.on_error == OnRedisError::Local).then(|| {
+            Arc::new(MemoryBackend::new(
+                config.max_tracked_buckets,
+                config.local_fallback_instances,
+            ))
+        });
+        let (failures, cooldown) = (config.breaker_failures, config.breaker_cooldown);
+        let backend = Self {
+            connection: Arc::new(OnceLock::new()),
+            scripts: Arc::new(Scripts::new()),
+            prefix: config.prefix.as_str().into(),
+            timeout: config.timeout,
+            breakers: Arc::new(match config.cluster_nodes {
+                Some(_) => Breakers::cluster(failures, cooldown),
+                None => Breakers::single(failures, cooldown),
+            }),
+            cooldown,
+            on_error: config.on_error,
+            local,
+            fallback: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        };
+        let ready = match &config.cluster_nodes {
+            None => backend.connect_single(config).await?,
+            Some(nodes) => backend.connect_cluster(nodes, config).await?,
+        };
+        if let Err(error) = ready {
+            let url = match &config.cluster_nodes {
+                Some(nodes) => nodes
+                    .iter()
+                    .map(|n| redact(n))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                None => redact(&config.url),
+            };
+            tracing::warn!(
+                %url,
+                %error,
+                policy = config.on_error.as_str(),
+                "Redis unreachable at startup; deciding by the failure policy until it answers"
+            );
+            backend.breakers.open_all("Redis unreachable at startup");
+        }
+        Ok(backend)
+    }
+
+    /// A reconnecting connection to one Redis. The outer error is an unusable URL; the inner
+    /// one says Redis did not answer yet.
+    async fn connect_single(&self, config: &RedisConfig) -> Result<Result<(), String>, String> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
         // Short, capped reconnect backoff: a restarted Redis is found again quickly.
         let manager_config = ConnectionManagerConfig::new()
@@ -139,46 +225,82 @@ impl RedisBackend {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(250))
             .set_number_of_retries(6);
-        let mut connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| e.to_string())?;
-        let local = (config.on_error == OnRedisError::Local).then(|| {
-            Arc::new(MemoryBackend::new(
-                config.max_tracked_buckets,
-                config.local_fallback_instances,
-            ))
-        });
-        let backend = Self {
-            scripts: Scripts::new(),
-            prefix: config.prefix.as_str().into(),
-            timeout: config.timeout,
-            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
-            on_error: config.on_error,
-            local,
-            fallback: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            connection: connection.clone(),
-        };
-        let load = async {
-            for script in backend.scripts.all() {
-                script.load_async(&mut connection).await?;
+        let mut connection = Connection::Single(manager);
+        let _ = self.connection.set(connection.clone());
+        Ok(self
+            .scripts
+            .load(&mut connection, config.connect_timeout)
+            .await)
+    }
+
+    /// A cluster connection, made now or, if no node answers in time, by a background task;
+    /// and a task that keeps the slot map of the per-master breakers current.
+    async fn connect_cluster(
+        &self,
+        nodes: &[String],
+        config: &RedisConfig,
+    ) -> Result<Result<(), String>, String> {
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.connect_timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(250)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let connect_timeout = config.connect_timeout;
+        let first = tokio::time::timeout(connect_timeout, client.get_async_connection()).await;
+        let ready = match first {
+            Ok(Ok(cluster)) => {
+                let mut connection = Connection::Cluster(cluster);
+                let _ = self.connection.set(connection.clone());
+                refresh_slots(&self.breakers, &mut connection).await;
+                self.scripts.load(&mut connection, connect_timeout).await
             }
-            Ok::<_, redis::RedisError>(())
-        };
-        let loaded = match tokio::time::timeout(config.connect_timeout, load).await {
-            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
+            Err(_) => Err(format!("no answer within {connect_timeout:?}")),
         };
-        if let Err(error) = loaded {
-            tracing::warn!(
-                url = %redact(&config.url),
-                %error,
-                policy = config.on_error.as_str(),
-                "Redis unreachable at startup; deciding by the failure policy until it answers"
-            );
-            backend.breaker.open("Redis unreachable at startup");
-        }
-        Ok(backend)
+        let (cell, scripts, breakers) = (
+            Arc::downgrade(&self.connection),
+            Arc::downgrade(&self.scripts),
+            Arc::downgrade(&self.breakers),
+        );
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(250));
+            let mut since_refresh = Duration::ZERO;
+            loop {
+                ticks.tick().await;
+                let (Some(cell), Some(scripts), Some(breakers)) =
+                    (cell.upgrade(), scripts.upgrade(), breakers.upgrade())
+                else {
+                    break;
+                };
+                match cell.get() {
+                    None => {
+                        let attempt = client.get_async_connection();
+                        if let Ok(Ok(cluster)) =
+                            tokio::time::timeout(connect_timeout, attempt).await
+                        {
+                            let mut connection = Connection::Cluster(cluster);
+                            let _ = cell.set(connection.clone());
+                            refresh_slots(&breakers, &mut connection).await;
+                            let _ = scripts.load(&mut connection, connect_timeout).await;
+                            tracing::info!("connected to the Redis Cluster");
+                        }
+                    }
+                    Some(connection) => {
+                        since_refresh += Duration::from_millis(250);
+                        if since_refresh >= Duration::from_secs(2) {
+                            since_refresh = Duration::ZERO;
+                            refresh_slots(&breakers, &mut connection.clone()).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(ready)
     }
 
     pub(crate) fn key(&self, rule_id: &str, client: &ClientKey) -> String {
@@ -190,7 +312,7 @@ impl RedisBackend {
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+        self.breakers.state()
     }
 
     /// (fallback decisions, errors)
@@ -208,16 +330,17 @@ impl RedisBackend {
         limit: &Limit,
         client: &ClientKey,
     ) -> Verdict {
-        let permit = self.breaker.permit();
+        let key = self.key(rule_id, client);
+        let breaker = self.breakers.for_key(&key);
+        let permit = breaker.permit();
         if permit == Permit::Skip {
             return Verdict::Now(self.without_redis(state, limit, client));
         }
-        let key = self.key(rule_id, client);
         let client = client.clone();
         let limit = limit.clone();
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
-            let guard = PermitGuard::new(&this.breaker, permit);
+            let guard = PermitGuard::new(breaker, permit);
             match this.call(key, &limit).await {
                 Ok(decision) => {
                     guard.succeeded();
@@ -234,7 +357,11 @@ impl RedisBackend {
     }
 
     async fn call(&self, key: String, limit: &Limit) -> Result<Decision, CallError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self
+            .connection
+            .get()
+            .ok_or(CallError::NotConnected)?
+            .clone();
         let algorithm = limit.algorithm();
         let mut invocation = self.scripts.get(algorithm).key(key);
         invocation.arg(limit.cost()).arg(limit.bands().len());
@@ -258,7 +385,7 @@ impl RedisBackend {
         match (&self.local, self.on_error) {
             (Some(local), _) => Outcome::Decided(local.decide(state, limit, client)),
             (None, OnRedisError::Deny) => Outcome::Unavailable {
-                retry_after: self.breaker.cooldown(),
+                retry_after: self.cooldown,
             },
             (None, _) => Outcome::PassThrough,
         }

@@ -1,0 +1,292 @@
+//! Redis Cluster support: one connection type for a single Redis or a cluster, and a
+//! circuit breaker per master.
+//!
+//! Every decision touches one key, whose hash tag `{<rule id>:<client key>}` puts it in one
+//! slot; multi-band rules keep all bands in that one key. The cluster client routes each
+//! `EVALSHA` to the slot's master and follows `MOVED`/`ASK`; `redis::Script` reloads the script
+//! on `NOSCRIPT` (a restarted or new master).
+//!
+//! One breaker for the whole cluster would turn a single dead master into an outage of all
+//! of them. So the backend keeps a table of which master owns which slots (from
+//! `CLUSTER SLOTS`, refreshed every few seconds) and one breaker per master: when a master
+//! without replicas dies, only requests whose keys live on it get the failure policy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::breaker::{Breaker, BreakerState};
+
+/// Number of hash slots in Redis Cluster.
+const SLOTS: u16 = 16384;
+
+/// A single Redis (a reconnecting [`ConnectionManager`]) or a cluster.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of the hash tag (the
+/// text between the first `{` and the next `}`, if not empty) or of the whole key, mod 16384.
+pub(crate) fn slot(key: &[u8]) -> u16 {
+    let tag = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|b| *b == b'}')
+                .filter(|close| *close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tag) % SLOTS
+}
+
+/// The circuit breakers of a backend: one for a single Redis, one per master for a cluster.
+pub(crate) enum Breakers {
+    Single(Arc<Breaker>),
+    Cluster(SlotBreakers),
+}
+
+impl Breakers {
+    pub(crate) fn single(failures: u32, cooldown: Duration) -> Self {
+        Breakers::Single(Arc::new(Breaker::new(failures, cooldown)))
+    }
+
+    pub(crate) fn cluster(failures: u32, cooldown: Duration) -> Self {
+        Breakers::Cluster(SlotBreakers {
+            failures,
+            cooldown,
+            table: ArcSwap::from_pointee(Vec::new()),
+            by_master: Mutex::new(HashMap::new()),
+            unmapped: Arc::new(Breaker::new(failures, cooldown)),
+        })
+    }
+
+    /// The breaker that guards `key`.
+    pub(crate) fn for_key(&self, key: &str) -> Arc<Breaker> {
+        match self {
+            Breakers::Single(breaker) => Arc::clone(breaker),
+            Breakers::Cluster(slots) => slots.for_slot(slot(key.as_bytes())),
+        }
+    }
+
+    /// Opens every breaker: Redis could not be reached at startup.
+    pub(crate) fn open_all(&self, why: &str) {
+        match self {
+            Breakers::Single(breaker) => breaker.open(why),
+            Breakers::Cluster(slots) => {
+                slots.unmapped.open(why);
+                for breaker in slots.masters() {
+                    breaker.open(why);
+                }
+            }
+        }
+    }
+
+    /// The worst state of any breaker: open if any master is cut off.
+    pub(crate) fn state(&self) -> BreakerState {
+        let rank = |s: BreakerState| match s {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        match self {
+            Breakers::Single(breaker) => breaker.state(),
+            Breakers::Cluster(slots) => std::iter::once(slots.unmapped.state())
+                .chain(slots.masters().iter().map(|b| b.state()))
+                .max_by_key(|s| rank(*s))
+                .unwrap_or(BreakerState::Closed),
+        }
+    }
+}
+
+/// Which master owns which slots, each master with its breaker.
+pub(crate) struct SlotBreakers {
+    failures: u32,
+    cooldown: Duration,
+    /// `(first slot, last slot, breaker)`, sorted by first slot.
+    table: ArcSwap<Vec<(u16, u16, Arc<Breaker>)>>,
+    /// Breakers by master address, kept across table refreshes.
+    by_master: Mutex<HashMap<String, Arc<Breaker>>>,
+    /// For slots no master is known for yet.
+    unmapped: Arc<Breaker>,
+}
+
+impl SlotBreakers {
+    fn for_slot(&self, slot: u16) -> Arc<Breaker> {
+        let table = self.table.load();
+        let at = table.partition_point(|(first, _, _)| *first <= slot);
+        match at.checked_sub(1).map(|i| &table[i]) {
+            Some((_, last, breaker)) if slot <= *last => Arc::clone(breaker),
+            _ => Arc::clone(&self.unmapped),
+        }
+    }
+
+    fn masters(&self) -> Vec<Arc<Breaker>> {
+        let by_master = self
+            .by_master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_master.values().cloned().collect()
+    }
+
+    /// Installs a new slot map: `(first slot, last slot, master address)`.
+    pub(crate) fn update(&self, ranges: Vec<(u16, u16, String)>) {
+        let mut by_master = self
+            .by_master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut table: Vec<(u16, u16, Arc<Breaker>)> = ranges
+            .into_iter()
+            .map(|(first, last, master)| {
+                let breaker = by_master
+                    .entry(master)
+                    .or_insert_with(|| Arc::new(Breaker::new(self.failures, self.cooldown)));
+                (first, last, Arc::clone(breaker))
+            })
+            .collect();
+        table.sort_by_key(|(first, _, _)| *first);
+        self.table.store(Arc::new(table));
+    }
+}
+
+/// Parses a `CLUSTER SLOTS` reply into `(first slot, last slot, "host:port" of the master)`.
+pub(crate) fn parse_cluster_slots(reply: &Value) -> Option<Vec<(u16, u16, String)>> {
+    let Value::Array(entries) = reply else {
+        return None;
+    };
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let (first, last) = (int(parts.first())?, int(parts.get(1))?);
+            let Some(Value::Array(master)) = parts.get(2) else {
+                return None;
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                Some(Value::SimpleString(text)) => text.clone(),
+                _ => return None,
+            };
+            Some((first, last, format!("{host}:{}", int(master.get(1))?)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `redis-cli CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(
+            slot(b"foo{}{bar}"),
+            8363,
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(
+            slot(b"tollgate:{default:id:alice}"),
+            slot(b"default:id:alice")
+        );
+    }
+
+    #[test]
+    fn each_master_has_its_own_breaker() {
+        let breakers = Breakers::cluster(1, Duration::from_secs(3600));
+        let Breakers::Cluster(slots) = &breakers else {
+            unreachable!()
+        };
+        slots.update(vec![
+            (0, 5460, "a:1".into()),
+            (5461, 10922, "b:2".into()),
+            (10923, 16383, "c:3".into()),
+        ]);
+        let on_b = slots.for_slot(6000);
+        on_b.failed(crate::breaker::Permit::Call, &"down");
+        assert_eq!(slots.for_slot(5461).state(), BreakerState::Open);
+        assert_eq!(slots.for_slot(10922).state(), BreakerState::Open);
+        assert_eq!(slots.for_slot(5460).state(), BreakerState::Closed);
+        assert_eq!(slots.for_slot(10923).state(), BreakerState::Closed);
+        assert_eq!(breakers.state(), BreakerState::Open);
+        // A refresh that moves b's slots to a new master (a failover) uses a fresh breaker;
+        // the same master keeps its breaker.
+        slots.update(vec![(0, 5460, "a:1".into()), (5461, 16383, "c:3".into())]);
+        assert_eq!(slots.for_slot(6000).state(), BreakerState::Closed);
+        slots.update(vec![(0, 16383, "b:2".into())]);
+        assert_eq!(slots.for_slot(0).state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn parses_cluster_slots() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7000), bulk("id-a")]),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7003), bulk("id-r")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7001), bulk("id-b")]),
+            ]),
+        ]);
+        assert_eq!(
+            parse_cluster_slots(&reply),
+            Some(vec![
+                (0, 5460, "127.0.0.1:7000".to_owned()),
+                (5461, 16383, "127.0.0.1:7001".to_owned())
+            ])
+        );
+        assert_eq!(parse_cluster_slots(&Value::Nil), None);
+    }
+}

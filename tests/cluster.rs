@@ -1,0 +1,219 @@
+//! The Redis backend on a real local Redis Cluster: correct decisions with keys spread over
+//! every master, exact admission across instances, a dead master that only affects its own
+//! slots, and a failover to a replica.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use tollgate::{BreakerState, OnRedisError, RateLimitLayer};
+
+/// One cluster test at a time: each starts several redis-server processes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DEADLINE: Duration = Duration::from_millis(50);
+
+async fn cluster_layer(
+    cluster: &TestCluster,
+    rules_json: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .rules(rules(rules_json))
+        .redis_cluster(cluster.urls())
+        .redis_prefix(prefix)
+        .redis_timeout(timeout)
+        .on_redis_error(OnRedisError::Local)
+        .local_fallback_instances(4)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_right_and_keys_land_on_every_master() {
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, 0);
+    let prefix = unique_prefix("cluster");
+    let limits = r#"{"default": {"capacity": 2, "refill_rate": 0.001},
+                     "routes": [{"path": "/api/data", "limits": ["3/day", "5/day"], "algorithm": "sliding_window"}]}"#;
+    let app = app(cluster_layer(&cluster, limits, &prefix, Duration::from_secs(5)).await);
+    let (ok, no) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
+    for n in 0..60 {
+        let client = format!("c{n}");
+        assert_eq!(
+            statuses(&app, 3, || request("GET", "/", Some(&client))).await,
+            [ok, ok, no],
+            "{client}"
+        );
+        let data = statuses(&app, 4, || request("GET", "/api/data", Some(&client))).await;
+        assert_eq!(data, [ok, ok, ok, no], "{client}");
+    }
+    let mut per_master = Vec::new();
+    for port in cluster.master_ports() {
+        let node = (0..3).find(|i| cluster.port(*i) == port).unwrap();
+        let keys: usize = redis::cmd("DBSIZE").query(&mut cluster.node(node)).unwrap();
+        per_master.push(keys);
+    }
+    eprintln!("keys per master: {per_master:?}");
+    assert_eq!(per_master.len(), 3);
+    assert!(
+        per_master.iter().all(|k| *k >= 10),
+        "keys spread over every master: {per_master:?}"
+    );
+    assert_eq!(per_master.iter().sum::<usize>(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_two_instances_admit_exactly_the_capacity() {
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, 0);
+    let prefix = unique_prefix("cluster-atomic");
+    let limits = r#"{"default": {"capacity": 50, "refill_rate": 0.00001}}"#;
+    let instances = [
+        app(cluster_layer(&cluster, limits, &prefix, Duration::from_secs(5)).await),
+        app(cluster_layer(&cluster, limits, &prefix, Duration::from_secs(5)).await),
+    ];
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let app = instances[i % 2].clone();
+            tokio::spawn(async move {
+                send(&app, request("GET", "/", Some("crowd")))
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        if task.await.unwrap() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50);
+}
+
+/// For each client, whether Redis decided (limit 1000) or the local fallback (250).
+async fn probe_all(
+    app: &axum::Router,
+    clients: &[String],
+) -> Vec<(String, Option<String>, Duration)> {
+    let mut seen = Vec::new();
+    for client in clients {
+        let started = Instant::now();
+        let response = send(app, request("GET", "/", Some(client))).await;
+        seen.push((
+            client.clone(),
+            header(&response, "x-ratelimit-limit").map(str::to_owned),
+            started.elapsed(),
+        ));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_only_affects_its_own_slots() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start(3, 0);
+    let prefix = unique_prefix("cluster-dead");
+    let limits = r#"{"default": {"capacity": 1000, "refill_rate": 1000}}"#;
+    let layer = cluster_layer(&cluster, limits, &prefix, DEADLINE).await;
+    let app = app(layer.clone());
+    let clients: Vec<String> = (0..90).map(|n| format!("d{n}")).collect();
+    let master_of: Vec<u16> = clients
+        .iter()
+        .map(|c| cluster.master_port_of(&format!("{prefix}:{{default:id:{c}}}")))
+        .collect();
+    let victim = master_of[0];
+    assert!(
+        probe_all(&app, &clients)
+            .await
+            .iter()
+            .all(|(_, limit, _)| limit.as_deref() == Some("1000"))
+    );
+
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut rounds = 0;
+    while killed_at.elapsed() < Duration::from_secs(2) {
+        rounds += 1;
+        for ((client, limit, took), master) in
+            probe_all(&app, &clients).await.into_iter().zip(&master_of)
+        {
+            worst = worst.max(took);
+            if *master == victim {
+                assert_eq!(
+                    limit.as_deref(),
+                    Some("250"),
+                    "{client} lives on the dead master: local fallback"
+                );
+            } else {
+                assert_eq!(
+                    limit.as_deref(),
+                    Some("1000"),
+                    "{client} lives on a live master: Redis decides"
+                );
+            }
+        }
+    }
+    let on_victim = master_of.iter().filter(|m| **m == victim).count();
+    let stats = layer.stats();
+    eprintln!(
+        "dead master: {on_victim} of {} clients on it; {rounds} rounds in 2 s; worst latency {worst:?}; {stats:?}",
+        clients.len()
+    );
+    assert!(on_victim > 0 && on_victim < clients.len());
+    assert!(
+        worst < DEADLINE + Duration::from_millis(150),
+        "worst latency {worst:?}"
+    );
+    assert_eq!(
+        stats.breaker,
+        Some(BreakerState::Open),
+        "the dead master's breaker is open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_over_a_dead_master() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start(3, 1);
+    let prefix = unique_prefix("cluster-failover");
+    let limits = r#"{"default": {"capacity": 1000, "refill_rate": 1000}}"#;
+    let app = app(cluster_layer(&cluster, limits, &prefix, DEADLINE).await);
+    let client = "f0".to_owned();
+    let master = cluster.master_port_of(&format!("{prefix}:{{default:id:{client}}}"));
+    let limit_now = |app: axum::Router, client: String| async move {
+        header(
+            &send(&app, request("GET", "/", Some(&client))).await,
+            "x-ratelimit-limit",
+        )
+        .map(str::to_owned)
+    };
+    assert_eq!(
+        limit_now(app.clone(), client.clone()).await.as_deref(),
+        Some("1000")
+    );
+
+    cluster.kill(master);
+    let killed_at = Instant::now();
+    let recovered = loop {
+        if limit_now(app.clone(), client.clone()).await.as_deref() == Some("1000")
+            && cluster.master_port_of(&format!("{prefix}:{{default:id:{client}}}")) != master
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "no failover:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("failover: Redis decides the dead master's slots again {recovered:?} after the kill");
+    cluster.wait_until_ok(Duration::from_secs(10));
+}
