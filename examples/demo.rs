@@ -7,6 +7,9 @@
 //! Environment:
 //! - `RATE_LIMIT_RULES_PATH`: rules file (default `rate_limits.json`)
 //! - `REDIS_URL`: share buckets through this Redis (unset: in-memory buckets)
+//! - `REDIS_CLUSTER_NODES`: comma-separated seed nodes of a Redis Cluster, instead of
+//!   `REDIS_URL`
+//! - `REDIS_PREFIX`: prefix of every Redis key (default `tollgate`)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 when clients connect directly)
 //! - `TRUSTED_PROXIES`: comma-separated CIDRs of those proxies, instead of a hop count
@@ -14,19 +17,27 @@
 //!   reloads it
 //! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
 //! - `RUST_LOG`: log filter (default `info`)
+//!
+//! `demo healthcheck` asks a running demo for `GET /health` on `127.0.0.1:$PORT` and exits 0
+//! on a 200, 1 otherwise, within 2 s: a container health check for images without curl.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::RateLimitLayer;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck().await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -51,13 +62,7 @@ async fn run() -> Result<(), String> {
     let redis_url = std::env::var("REDIS_URL")
         .ok()
         .filter(|url| !url.is_empty());
-    let proxies: Vec<String> = std::env::var("TRUSTED_PROXIES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|cidr| !cidr.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let proxies = list_env("TRUSTED_PROXIES");
 
     let mut builder = RateLimitLayer::builder()
         .rules_file(&rules_path)
@@ -65,8 +70,14 @@ async fn run() -> Result<(), String> {
         .trusted_proxies(proxies.clone())
         .watch_rules_file(watch)
         .reload_on_sighup(true);
-    if let Some(url) = &redis_url {
+    let cluster_nodes: Vec<String> = list_env("REDIS_CLUSTER_NODES");
+    if !cluster_nodes.is_empty() {
+        builder = builder.redis_cluster(cluster_nodes);
+    } else if let Some(url) = &redis_url {
         builder = builder.redis_url(url);
+    }
+    if let Ok(prefix) = std::env::var("REDIS_PREFIX") {
+        builder = builder.redis_prefix(prefix);
     }
     let layer = builder.build().await.map_err(|e| e.to_string())?;
     let stats = layer.stats();
@@ -130,6 +141,69 @@ async fn user(Path(id): Path<String>) -> Json<Value> {
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `demo healthcheck`: exit 0 when `GET /health` on `127.0.0.1:$PORT` answers 200 within 2 s.
+async fn healthcheck() -> ExitCode {
+    match tokio::time::timeout(Duration::from_secs(2), health_status()).await {
+        Ok(Ok(200)) => ExitCode::SUCCESS,
+        Ok(Ok(status)) => {
+            eprintln!("unhealthy: /health answered {status}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(message)) => {
+            eprintln!("unhealthy: {message}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer from /health within 2 s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The status code of `GET /health` on this machine's demo.
+async fn health_status() -> Result<u16, String> {
+    let port: u16 = parse_env("PORT", 8000)?;
+    let address = format!("127.0.0.1:{port}");
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send to {address}: {e}"))?;
+    // The status line is all we need: "HTTP/1.1 200 OK\r\n".
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("cannot read from {address}: {e}"))?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..read]);
+    }
+    let status_line = String::from_utf8_lossy(&head);
+    let mut parts = status_line.split_whitespace();
+    match (parts.next(), parts.next().map(str::parse::<u16>)) {
+        (Some(version), Some(Ok(status))) if version.starts_with("HTTP/") => Ok(status),
+        _ => Err(format!("{address} did not answer HTTP")),
+    }
+}
+
+/// A comma-separated list; empty when unset.
+fn list_env(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn env_or(name: &str, default: &str) -> String {

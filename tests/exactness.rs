@@ -1,0 +1,133 @@
+//! Several demo server processes against one Redis (and one Redis Cluster): concurrent
+//! requests for the same client, spread across every instance for a bounded time, are
+//! admitted exactly as one token bucket would: at most `capacity + refill_rate × elapsed`,
+//! and not fewer than that minus a small tolerance.
+//!
+//! The size is set by environment variables, so `scripts/exactness.sh` can run the same test
+//! bigger: `EXACTNESS_INSTANCES` (default 3), `EXACTNESS_CONCURRENCY` (requests in flight,
+//! default 8), `EXACTNESS_SECS` (default 2).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+
+const CAPACITY: f64 = 20.0;
+const REFILL_PER_SEC: f64 = 10.0;
+
+fn setting(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Outcome {
+    admitted: usize,
+    refused: usize,
+    elapsed: Duration,
+}
+
+/// Runs the demos with `redis_env`, loads them, and checks the bounds.
+async fn shared_limit_holds(label: &str, redis_env: &[(&str, &str)]) {
+    let instances = setting("EXACTNESS_INSTANCES", 3.0) as usize;
+    let concurrency = setting("EXACTNESS_CONCURRENCY", 8.0) as usize;
+    let secs = setting("EXACTNESS_SECS", 2.0);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rate_limits.json");
+    std::fs::write(
+        &rules,
+        format!(r#"{{"default": {{"capacity": {CAPACITY}, "refill_rate": {REFILL_PER_SEC}}}}}"#),
+    )
+    .unwrap();
+    let rules = rules.display().to_string();
+    let prefix = unique_prefix("exact");
+    let mut env: Vec<(&str, &str)> = redis_env.to_vec();
+    env.extend([
+        ("RATE_LIMIT_RULES_PATH", rules.as_str()),
+        ("WATCH_RULES", "false"),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ]);
+    let demos: Vec<Demo> = (0..instances).map(|_| start_demo(&env)).collect();
+    let bases: Arc<Vec<String>> = Arc::new(
+        demos
+            .iter()
+            .map(|d| format!("http://{}", d.address))
+            .collect(),
+    );
+
+    let outcome = load(bases, concurrency, Duration::from_secs_f64(secs)).await;
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let most = CAPACITY + REFILL_PER_SEC * elapsed;
+    // Tokens that refill after the last request was sent cannot be taken: allow 0.1 s of them.
+    let least = most - (REFILL_PER_SEC * 0.1).max(2.0);
+    eprintln!(
+        "{label}: {instances} instances, {concurrency} in flight, {elapsed:.3} s: admitted {} \
+         (bounds {least:.1} ..= {most:.1}), refused {}",
+        outcome.admitted, outcome.refused
+    );
+    assert!(outcome.refused > 0, "the load must exceed the limit");
+    assert!(outcome.admitted as f64 <= most, "{label}: over-admitted");
+    assert!(outcome.admitted as f64 >= least, "{label}: under-admitted");
+}
+
+/// `concurrency` tasks, task `i` sending to instance `i % n`, back to back, for `duration`.
+async fn load(bases: Arc<Vec<String>>, concurrency: usize, duration: Duration) -> Outcome {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let stop = started + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let (http, bases) = (http.clone(), Arc::clone(&bases));
+            tokio::spawn(async move {
+                let base = &bases[i % bases.len()];
+                let (mut admitted, mut refused, mut last) = (0, 0, started);
+                while Instant::now() < stop {
+                    let response = http
+                        .get(format!("{base}/api/data"))
+                        .header("x-client-id", "shared")
+                        .send()
+                        .await;
+                    match response.map(|r| r.status()) {
+                        Ok(StatusCode::OK) => admitted += 1,
+                        Ok(StatusCode::TOO_MANY_REQUESTS) => refused += 1,
+                        other => panic!("unexpected answer: {other:?}"),
+                    }
+                    last = Instant::now();
+                }
+                (admitted, refused, last)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome {
+        admitted: 0,
+        refused: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (admitted, refused, last) = task.await.unwrap();
+        outcome.admitted += admitted;
+        outcome.refused += refused;
+        outcome.elapsed = outcome.elapsed.max(last - started);
+    }
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_one_redis_admit_one_buckets_worth() {
+    let redis = TestRedis::start();
+    shared_limit_holds("one Redis", &[("REDIS_URL", redis.url())]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_redis_cluster_admit_one_buckets_worth() {
+    let cluster = TestCluster::start(3, 0);
+    let nodes = cluster.urls().join(",");
+    shared_limit_holds("Redis Cluster", &[("REDIS_CLUSTER_NODES", nodes.as_str())]).await;
+}
