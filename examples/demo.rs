@@ -10,6 +10,7 @@
 //! - `REDIS_CLUSTER_NODES`: comma-separated seed nodes of a Redis Cluster, instead of
 //!   `REDIS_URL`
 //! - `REDIS_PREFIX`: prefix of every Redis key (default `tollgate`)
+//! - `REDIS_TIMEOUT_MS`: deadline of each Redis decision in milliseconds (default 50)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 when clients connect directly)
 //! - `TRUSTED_PROXIES`: comma-separated CIDRs of those proxies, instead of a hop count
@@ -79,6 +80,8 @@ async fn run() -> Result<(), String> {
     if let Ok(prefix) = std::env::var("REDIS_PREFIX") {
         builder = builder.redis_prefix(prefix);
     }
+    let timeout_ms: u64 = parse_env("REDIS_TIMEOUT_MS", 50)?;
+    builder = builder.redis_timeout(std::time::Duration::from_millis(timeout_ms));
     let layer = builder.build().await.map_err(|e| e.to_string())?;
     let stats = layer.stats();
     tracing::info!(

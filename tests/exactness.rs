@@ -5,7 +5,9 @@
 //!
 //! The size is set by environment variables, so `scripts/exactness.sh` can run the same test
 //! bigger: `EXACTNESS_INSTANCES` (default 3), `EXACTNESS_CONCURRENCY` (requests in flight,
-//! default 8), `EXACTNESS_SECS` (default 2).
+//! default 8), `EXACTNESS_SECS` (default 2), and `REDIS_TIMEOUT_MS` for the demos' decision
+//! deadline (default 50). The rules fail closed, so a decision Redis could not make shows as
+//! a 503 and fails the test instead of being made locally per instance.
 
 mod common;
 
@@ -28,11 +30,19 @@ fn setting(name: &str, default: f64) -> f64 {
 struct Outcome {
     admitted: usize,
     refused: usize,
+    /// 503: Redis missed its deadline (the machine could not keep up).
+    unavailable: usize,
     elapsed: Duration,
 }
 
 /// Runs the demos with `redis_env`, loads them, and checks the bounds.
-async fn shared_limit_holds(label: &str, redis_env: &[(&str, &str)]) {
+/// `check_redis_decided` asserts that the client's bucket is in Redis: the decisions came from
+/// the shared store, not from each instance alone.
+async fn shared_limit_holds(
+    label: &str,
+    redis_env: &[(&str, &str)],
+    check_redis_decided: &dyn Fn(&str),
+) {
     let instances = setting("EXACTNESS_INSTANCES", 3.0) as usize;
     let concurrency = setting("EXACTNESS_CONCURRENCY", 8.0) as usize;
     let secs = setting("EXACTNESS_SECS", 2.0);
@@ -40,12 +50,18 @@ async fn shared_limit_holds(label: &str, redis_env: &[(&str, &str)]) {
     let rules = dir.path().join("rate_limits.json");
     std::fs::write(
         &rules,
-        format!(r#"{{"default": {{"capacity": {CAPACITY}, "refill_rate": {REFILL_PER_SEC}}}}}"#),
+        // Fail closed: a decision Redis could not make must not be made locally (each
+        // instance's local bucket would add its own capacity), so it shows as a 503.
+        format!(
+            r#"{{"default": {{"capacity": {CAPACITY}, "refill_rate": {REFILL_PER_SEC}}}, "on_redis_error": "deny"}}"#
+        ),
     )
     .unwrap();
     let rules = rules.display().to_string();
     let prefix = unique_prefix("exact");
+    let timeout = std::env::var("REDIS_TIMEOUT_MS").unwrap_or_else(|_| "50".to_owned());
     let mut env: Vec<(&str, &str)> = redis_env.to_vec();
+    env.push(("REDIS_TIMEOUT_MS", timeout.as_str()));
     env.extend([
         ("RATE_LIMIT_RULES_PATH", rules.as_str()),
         ("WATCH_RULES", "false"),
@@ -60,16 +76,22 @@ async fn shared_limit_holds(label: &str, redis_env: &[(&str, &str)]) {
     );
 
     let outcome = load(bases, concurrency, Duration::from_secs_f64(secs)).await;
+    drop(demos);
+    (check_redis_decided)(&format!("{prefix}:{{default:id:shared}}"));
     let elapsed = outcome.elapsed.as_secs_f64();
     let most = CAPACITY + REFILL_PER_SEC * elapsed;
     // Tokens that refill after the last request was sent cannot be taken: allow 0.1 s of them.
     let least = most - (REFILL_PER_SEC * 0.1).max(2.0);
     eprintln!(
         "{label}: {instances} instances, {concurrency} in flight, {elapsed:.3} s: admitted {} \
-         (bounds {least:.1} ..= {most:.1}), refused {}",
-        outcome.admitted, outcome.refused
+         (bounds {least:.1} ..= {most:.1}), refused {}, unavailable {}",
+        outcome.admitted, outcome.refused, outcome.unavailable
     );
     assert!(outcome.refused > 0, "the load must exceed the limit");
+    assert_eq!(
+        outcome.unavailable, 0,
+        "{label}: Redis missed its deadline; this machine cannot carry this load (lower EXACTNESS_CONCURRENCY or raise REDIS_TIMEOUT_MS)"
+    );
     assert!(outcome.admitted as f64 <= most, "{label}: over-admitted");
     assert!(outcome.admitted as f64 >= least, "{label}: under-admitted");
 }
@@ -87,7 +109,7 @@ async fn load(bases: Arc<Vec<String>>, concurrency: usize, duration: Duration) -
             let (http, bases) = (http.clone(), Arc::clone(&bases));
             tokio::spawn(async move {
                 let base = &bases[i % bases.len()];
-                let (mut admitted, mut refused, mut last) = (0, 0, started);
+                let (mut admitted, mut refused, mut unavailable, mut last) = (0, 0, 0, started);
                 while Instant::now() < stop {
                     let response = http
                         .get(format!("{base}/api/data"))
@@ -97,23 +119,26 @@ async fn load(bases: Arc<Vec<String>>, concurrency: usize, duration: Duration) -
                     match response.map(|r| r.status()) {
                         Ok(StatusCode::OK) => admitted += 1,
                         Ok(StatusCode::TOO_MANY_REQUESTS) => refused += 1,
+                        Ok(StatusCode::SERVICE_UNAVAILABLE) => unavailable += 1,
                         other => panic!("unexpected answer: {other:?}"),
                     }
                     last = Instant::now();
                 }
-                (admitted, refused, last)
+                (admitted, refused, unavailable, last)
             })
         })
         .collect();
     let mut outcome = Outcome {
         admitted: 0,
         refused: 0,
+        unavailable: 0,
         elapsed: Duration::ZERO,
     };
     for task in tasks {
-        let (admitted, refused, last) = task.await.unwrap();
+        let (admitted, refused, unavailable, last) = task.await.unwrap();
         outcome.admitted += admitted;
         outcome.refused += refused;
+        outcome.unavailable += unavailable;
         outcome.elapsed = outcome.elapsed.max(last - started);
     }
     outcome
@@ -122,12 +147,33 @@ async fn load(bases: Arc<Vec<String>>, concurrency: usize, duration: Duration) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_one_redis_admit_one_buckets_worth() {
     let redis = TestRedis::start();
-    shared_limit_holds("one Redis", &[("REDIS_URL", redis.url())]).await;
+    let in_redis = |key: &str| {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut redis.client())
+            .unwrap();
+        assert!(exists, "{key} is not in Redis");
+    };
+    shared_limit_holds("one Redis", &[("REDIS_URL", redis.url())], &in_redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_a_redis_cluster_admit_one_buckets_worth() {
     let cluster = TestCluster::start(3, 0);
     let nodes = cluster.urls().join(",");
-    shared_limit_holds("Redis Cluster", &[("REDIS_CLUSTER_NODES", nodes.as_str())]).await;
+    let in_cluster = |key: &str| {
+        let port = cluster.master_port_of(key);
+        let node = (0..3).find(|i| cluster.port(*i) == port).unwrap();
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut cluster.node(node))
+            .unwrap();
+        assert!(exists, "{key} is not on its master {port}");
+    };
+    shared_limit_holds(
+        "Redis Cluster",
+        &[("REDIS_CLUSTER_NODES", nodes.as_str())],
+        &in_cluster,
+    )
+    .await;
 }

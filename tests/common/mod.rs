@@ -521,12 +521,41 @@ pub fn demo_binary() -> PathBuf {
     let demo = profile_dir
         .join("examples")
         .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        demo.exists(),
-        "{} not found: run the whole suite with `cargo test --all-features`, which builds the examples",
-        demo.display()
-    );
+    let hint = "run the whole suite with `cargo test --all-features`, which builds the examples \
+                (or `cargo build --all-features --examples` first, with --release for release tests)";
+    let built = std::fs::metadata(&demo)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} not found: {hint}", demo.display()));
+    // A demo built before the sources it comes from changed would test old code. (The
+    // `tollgate` binary's sources are not the demo's.)
+    let newest_source = newest_files(&repo_file("src"))
+        .into_iter()
+        .filter(|(_, path)| !path.starts_with(repo_file("src/bin")))
+        .chain(newest_files(&repo_file("examples")))
+        .max();
+    if let Some((changed, source)) = newest_source {
+        assert!(
+            changed <= built,
+            "{} is older than {}: {hint}",
+            demo.display(),
+            source.display()
+        );
+    }
     demo
+}
+
+/// The files under `dir` (recursively) with their modification times.
+fn newest_files(dir: &std::path::Path) -> Vec<(std::time::SystemTime, PathBuf)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(newest_files(&path));
+        } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+            found.push((modified, path));
+        }
+    }
+    found
 }
 
 pub struct Demo {
