@@ -63,15 +63,14 @@ impl<C: Clock> MemoryBackend<C> {
         let bands = limit.bands();
         let spec = |i: usize| bands[i].divided_by(self.share).spec();
         self.table.update(state, client, now, |entry| {
-            let stored = |i: usize| {
+            let stored = |entry: Option<&Entry>, i: usize| {
                 entry
-                    .as_ref()
                     .and_then(|e| e.states.get(i).copied())
                     .unwrap_or(BandState::Fresh)
             };
             let mut combined = Combined::new();
             for i in 0..bands.len() {
-                let out = decide_band(algorithm, &spec(i), stored(i), now, cost);
+                let out = decide_band(algorithm, &spec(i), stored(entry.as_deref(), i), now, cost);
                 combined.add(
                     spec(i).capacity,
                     out.admitted,
@@ -86,23 +85,39 @@ impl<C: Clock> MemoryBackend<C> {
             }
             // Admitted by every band: take the cost from all of them.
             let mut full_after = 0.0f64;
-            let next: Box<[BandState]> = (0..bands.len())
-                .map(|i| {
-                    let out = decide_band(algorithm, &spec(i), stored(i), now, cost);
-                    full_after = full_after.max(out.reset_after_us);
-                    out.next
-                })
-                .collect();
-            let updated = Entry {
-                states: next,
-                full_at_us: now.saturating_add(full_after.ceil() as i64),
-            };
+            let full_at = |full_after: f64| now.saturating_add(full_after.ceil() as i64);
             match entry {
-                Some(existing) => {
-                    *existing = updated;
+                // In place: no allocation per request once a client is known.
+                Some(existing) if existing.states.len() == bands.len() => {
+                    for (i, slot) in existing.states.iter_mut().enumerate() {
+                        let out = decide_band(algorithm, &spec(i), *slot, now, cost);
+                        full_after = full_after.max(out.reset_after_us);
+                        *slot = out.next;
+                    }
+                    existing.full_at_us = full_at(full_after);
                     (decision, None)
                 }
-                None => (decision, Some(updated)),
+                existing => {
+                    let states: Box<[BandState]> = (0..bands.len())
+                        .map(|i| {
+                            let before = stored(existing.as_deref(), i);
+                            let out = decide_band(algorithm, &spec(i), before, now, cost);
+                            full_after = full_after.max(out.reset_after_us);
+                            out.next
+                        })
+                        .collect();
+                    let updated = Entry {
+                        states,
+                        full_at_us: full_at(full_after),
+                    };
+                    match existing {
+                        Some(existing) => {
+                            *existing = updated;
+                            (decision, None)
+                        }
+                        None => (decision, Some(updated)),
+                    }
+                }
             }
         })
     }

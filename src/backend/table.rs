@@ -16,7 +16,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashTable;
 
 use crate::algorithm::BandState;
 use crate::key::ClientKey;
@@ -29,11 +29,19 @@ pub(crate) struct Entry {
     pub(crate) full_at_us: i64,
 }
 
-type Shard = HashMap<(u32, ClientKey), Entry, RandomState>;
+/// One stored (rule, client).
+struct Slot {
+    rule: u32,
+    key: ClientKey,
+    entry: Entry,
+}
+
+type Shard = HashTable<Slot>;
 
 pub(crate) struct BucketTable {
     shards: Box<[Mutex<Shard>]>,
-    shard_of: RandomState,
+    /// One hash per request picks the shard and the slot in it.
+    hasher: RandomState,
     shard_capacity: usize,
     evicted: AtomicU64,
 }
@@ -42,20 +50,25 @@ impl BucketTable {
     pub(crate) fn new(max_keys: usize) -> Self {
         let max_keys = max_keys.max(1);
         let shard_count = (max_keys / 1024).clamp(1, 64);
-        let hasher = RandomState::new();
         let shards = (0..shard_count)
-            .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+            .map(|_| Mutex::new(HashTable::new()))
             .collect();
         Self {
             shards,
-            shard_of: RandomState::new(),
+            hasher: RandomState::new(),
             shard_capacity: max_keys.div_ceil(shard_count),
             evicted: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &BucketRef<'_>) -> MutexGuard<'_, Shard> {
-        let index = (self.shard_of.hash_one(key) % self.shards.len() as u64) as usize;
+    fn hash(&self, rule: u32, key: &ClientKey) -> u64 {
+        self.hasher.hash_one((rule, key))
+    }
+
+    /// The shard for `hash`, chosen by bits the table inside uses for neither its bucket index
+    /// (low bits) nor its control bytes (top 7 bits).
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        let index = ((hash >> 32) % self.shards.len() as u64) as usize;
         self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -71,17 +84,22 @@ impl BucketTable {
         now_us: i64,
         decide: impl FnOnce(Option<&mut Entry>) -> (R, Option<Entry>),
     ) -> R {
-        let lookup = BucketRef(rule, key);
-        let mut map = self.shard(&lookup);
-        if let Some(entry) = map.get_mut(&lookup) {
-            return decide(Some(entry)).0;
+        let hash = self.hash(rule, key);
+        let mut map = self.shard(hash);
+        if let Some(slot) = map.find_mut(hash, |s| s.rule == rule && s.key == *key) {
+            return decide(Some(&mut slot.entry)).0;
         }
         let (outcome, new) = decide(None);
         if let Some(entry) = new {
             if map.len() >= self.shard_capacity {
                 self.make_room(&mut map, now_us);
             }
-            map.insert((rule, key.clone()), entry);
+            let slot = Slot {
+                rule,
+                key: key.clone(),
+                entry,
+            };
+            map.insert_unique(hash, slot, |s| self.hash(s.rule, &s.key));
         }
         outcome
     }
@@ -92,9 +110,9 @@ impl BucketTable {
             .iter()
             .map(|shard| {
                 let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                map.retain(|_, entry| entry.full_at_us > now_us);
+                map.retain(|slot| slot.entry.full_at_us > now_us);
                 if map.capacity() > 4 * map.len().max(16) {
-                    map.shrink_to_fit();
+                    map.shrink_to_fit(|s| self.hash(s.rule, &s.key));
                 }
                 map.len()
             })
@@ -105,7 +123,7 @@ impl BucketTable {
     pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            map.retain(|(rule, _), _| keep(*rule));
+            map.retain(|slot| keep(slot.rule));
         }
     }
 
@@ -122,33 +140,23 @@ impl BucketTable {
 
     /// Frees a tenth of a full shard: full entries first, then those closest to full.
     fn make_room(&self, map: &mut Shard, now_us: i64) {
-        map.retain(|_, entry| entry.full_at_us > now_us);
+        map.retain(|slot| slot.entry.full_at_us > now_us);
         let live = map.len();
         let target = self.shard_capacity - self.shard_capacity.div_ceil(10);
         if live > target {
             let excess = live - target;
-            let mut full_at: Vec<i64> = map.values().map(|e| e.full_at_us).collect();
+            let mut full_at: Vec<i64> = map.iter().map(|s| s.entry.full_at_us).collect();
             let (_, cutoff, _) = full_at.select_nth_unstable(excess - 1);
             let cutoff = *cutoff;
             let mut to_evict = excess;
-            map.retain(|_, entry| {
-                let evict = to_evict > 0 && entry.full_at_us <= cutoff;
+            map.retain(|slot| {
+                let evict = to_evict > 0 && slot.entry.full_at_us <= cutoff;
                 to_evict -= usize::from(evict);
                 !evict
             });
             self.evicted
                 .fetch_add((live - map.len()) as u64, Ordering::Relaxed);
         }
-    }
-}
-
-/// Borrowed form of a table key, so lookups do not clone the client key.
-#[derive(Hash)]
-struct BucketRef<'a>(u32, &'a ClientKey);
-
-impl Equivalent<(u32, ClientKey)> for BucketRef<'_> {
-    fn equivalent(&self, key: &(u32, ClientKey)) -> bool {
-        self.0 == key.0 && *self.1 == key.1
     }
 }
 

@@ -1,0 +1,175 @@
+//! The layer's cost per request over the bare inner service (memory backend), and its parts:
+//! rule matching and client key extraction.
+//!
+//! ```sh
+//! cargo bench --all-features --bench layer
+//! ```
+//!
+//! The inner service answers at once with a small text response, as an axum handler would,
+//! so `layer/*` minus `layer/bare` is what the layer adds.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use axum::body::Body;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response};
+use tollgate::{ClientKey, RateLimitLayer, Rules};
+use tower::{Layer, Service, service_fn};
+
+const CLIENTS: usize = 1000;
+
+fn rules(json: &str) -> Rules {
+    Rules::from_json(json).expect("bench rules")
+}
+
+fn layer(json: &str) -> RateLimitLayer {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(RateLimitLayer::builder().rules(rules(json)).build())
+        .expect("layer")
+}
+
+/// Client IDs as header values, made once.
+fn client_ids() -> Vec<HeaderValue> {
+    (0..CLIENTS)
+        .map(|n| HeaderValue::from_str(&format!("client-{n}")).expect("header value"))
+        .collect()
+}
+
+fn request(path: &str, header: (&'static str, &HeaderValue)) -> Request<Body> {
+    let mut request = Request::get(path).body(Body::empty()).expect("request");
+    request.headers_mut().insert(header.0, header.1.clone());
+    request
+}
+
+/// One request through `service`, which answers at once.
+fn call<S>(service: &mut S, request: Request<Body>) -> Response<Body>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    futures::executor::block_on(service.call(request)).expect("infallible")
+}
+
+fn per_request_overhead(c: &mut Criterion) {
+    let inner =
+        service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+    let ids = client_ids();
+    let allowing = layer(
+        r#"{"default": {"capacity": 4000000000, "refill_rate": 1000000000},
+                             "routes": [{"path": "/health", "unlimited": true}]}"#,
+    );
+    let denying = layer(r#"{"default": {"capacity": 1, "refill_rate": 0.000001}}"#);
+    let banded = layer(
+        r#"{"default": {"limits": [{"capacity": 4000000000, "refill_rate": 1000000000}, "4000000000/day"]}}"#,
+    );
+
+    let mut group = c.benchmark_group("layer");
+    let mut bare = inner.clone();
+    let mut n = 0;
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            black_box(call(
+                &mut bare,
+                request("/api/data", ("x-client-id", &ids[n])),
+            ))
+        })
+    });
+    let mut allowed = allowing.layer(inner.clone());
+    group.bench_function("allowed", |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            black_box(call(
+                &mut allowed,
+                request("/api/data", ("x-client-id", &ids[n])),
+            ))
+        })
+    });
+    let mut denied = denying.layer(inner.clone());
+    for id in &ids {
+        call(&mut denied, request("/api/data", ("x-client-id", id)));
+    }
+    group.bench_function("denied", |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            black_box(call(
+                &mut denied,
+                request("/api/data", ("x-client-id", &ids[n])),
+            ))
+        })
+    });
+    let mut two_bands = banded.layer(inner.clone());
+    group.bench_function("allowed_two_bands", |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            black_box(call(
+                &mut two_bands,
+                request("/api/data", ("x-client-id", &ids[n])),
+            ))
+        })
+    });
+    // An unlimited route: the client key and the rule lookup, no decision.
+    let mut unlimited = allowing.layer(inner.clone());
+    group.bench_function("unlimited_route", |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            black_box(call(
+                &mut unlimited,
+                request("/health", ("x-client-id", &ids[n])),
+            ))
+        })
+    });
+    let addresses: Vec<HeaderValue> = (0..CLIENTS)
+        .map(|n| {
+            HeaderValue::from_str(&format!(
+                "203.0.113.{}, 10.0.{}.{}",
+                n % 250,
+                n / 250,
+                n % 250
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut by_address = allowing.layer(inner.clone());
+    group.bench_function("allowed_by_forwarded_for", |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            black_box(call(
+                &mut by_address,
+                request("/api/data", ("x-forwarded-for", &addresses[n])),
+            ))
+        })
+    });
+    group.finish();
+}
+
+fn rule_matching(c: &mut Criterion) {
+    let shipped = Rules::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
+        .expect("shipped rules");
+    let mut group = c.benchmark_group("rules");
+    for path in [
+        "/api/data",
+        "/api/users/42",
+        "/static/css/site.css",
+        "/not/routed",
+    ] {
+        group.bench_function(format!("lookup {path}"), |b| {
+            b.iter(|| black_box(shipped.lookup(black_box(&Method::GET), black_box(path))))
+        });
+    }
+    let client = ClientKey::Id("internal-batch".into());
+    group.bench_function("resolve with tier and client override", |b| {
+        b.iter(|| {
+            black_box(shipped.resolve(&Method::GET, black_box("/api/data"), Some("pro"), &client))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_request_overhead, rule_matching);
+criterion_main!(benches);
