@@ -1,0 +1,71 @@
+//! The server `bench/load.sh` measures: one text route, behind nothing (bare), behind
+//! tower_governor keyed by `X-Client-ID`, or behind tollgate (memory or Redis).
+//!
+//! ```text
+//! SETUP=tollgate-memory SCENARIO=denied PORT=8100 cargo run --release --example bench_server
+//! ```
+//!
+//! `SETUP`: `bare`, `governor`, `tollgate-memory` or `tollgate-redis` (with `REDIS_URL`).
+//! `SCENARIO`: `allowed` (limits no client reaches) or `denied` (1 request per second per
+//! client: under load, nearly every request is refused).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::Request;
+use tollgate::{RateLimitLayer, Rules};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+/// tower_governor keyed by `X-Client-ID`, as tollgate is in this benchmark.
+#[derive(Clone, Copy)]
+struct ClientId;
+
+impl KeyExtractor for ClientId {
+    type Key = String;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<String, tower_governor::GovernorError> {
+        request
+            .headers()
+            .get("x-client-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let setup = std::env::var("SETUP").unwrap_or_else(|_| "bare".into());
+    let denied = std::env::var("SCENARIO").as_deref() == Ok("denied");
+    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8100);
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let (capacity, per_second) = if denied { (1, 1) } else { (1_000_000, 1_000_000) };
+    let app = match setup.as_str() {
+        "bare" => app,
+        "governor" => {
+            let config = GovernorConfigBuilder::default()
+                .period(Duration::from_secs(1) / per_second)
+                .burst_size(capacity)
+                .key_extractor(ClientId)
+                .finish()
+                .ok_or("bad governor config")?;
+            app.layer(GovernorLayer::new(config))
+        }
+        "tollgate-memory" | "tollgate-redis" => {
+            let json = format!(r#"{{"default": {{"capacity": {capacity}, "refill_rate": {per_second}}}}}"#);
+            let mut builder = RateLimitLayer::builder().rules(Rules::from_json(&json)?);
+            if setup == "tollgate-redis" {
+                builder = builder.redis_url(std::env::var("REDIS_URL")?);
+            }
+            app.layer(builder.build().await?)
+        }
+        other => return Err(format!("unknown SETUP {other}").into()),
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("ready {setup} on {port}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
