@@ -40,9 +40,16 @@ impl KeyExtractor for ClientId {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let setup = std::env::var("SETUP").unwrap_or_else(|_| "bare".into());
     let denied = std::env::var("SCENARIO").as_deref() == Ok("denied");
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8100);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8100);
     let app = Router::new().route("/", get(|| async { "ok" }));
-    let (capacity, per_second) = if denied { (1, 1) } else { (1_000_000, 1_000_000) };
+    let (capacity, per_second) = if denied {
+        (1, 1)
+    } else {
+        (1_000_000, 1_000_000)
+    };
     let app = match setup.as_str() {
         "bare" => app,
         "governor" => {
@@ -55,7 +62,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             app.layer(GovernorLayer::new(config))
         }
         "tollgate-memory" | "tollgate-redis" => {
-            let json = format!(r#"{{"default": {{"capacity": {capacity}, "refill_rate": {per_second}}}}}"#);
+            let json = format!(
+                r#"{{"default": {{"capacity": {capacity}, "refill_rate": {per_second}}}}}"#
+            );
             let mut builder = RateLimitLayer::builder().rules(Rules::from_json(&json)?);
             if setup == "tollgate-redis" {
                 builder = builder.redis_url(std::env::var("REDIS_URL")?);

@@ -106,7 +106,7 @@ impl RateLimitLayer {
         let Shared {
             backend, counters, ..
         } = &*self.shared;
-        let (fallback, errors) = backend.redis_counts();
+        let (fallback, errors, cached_refusals) = backend.redis_counts();
         let memory = backend.memory();
         let reload = self.shared.reload_state();
         Stats {
@@ -121,6 +121,7 @@ impl RateLimitLayer {
             denied: counters.denied.load(Ordering::Relaxed),
             fallback,
             errors,
+            cached_refusals,
             invalid_client_ids: counters.invalid_client_ids.load(Ordering::Relaxed),
             tracked_buckets: memory.map_or(0, |m| m.len()),
             evicted_buckets: memory.map_or(0, |m| m.evicted()),

@@ -74,6 +74,7 @@ impl Shared {
             memory.retain_rules(|id| live.contains(&id));
         }
         self.installed.store(std::sync::Arc::new(installed));
+        self.backend.rules_changed();
     }
 
     /// Records the hash of the rules file content loaded at startup.

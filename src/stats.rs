@@ -45,6 +45,9 @@ pub struct Stats {
     pub fallback: u64,
     /// Redis calls that failed or missed their deadline.
     pub errors: u64,
+    /// Requests refused without asking Redis, because Redis had refused the same client
+    /// under the same rule until a time not yet reached (also counted in `denied`).
+    pub cached_refusals: u64,
     /// Requests answered 400 for an unusable `X-Client-ID`.
     pub invalid_client_ids: u64,
     /// Requests a shadow rule would have refused (let through).

@@ -300,3 +300,72 @@ async fn every_band_and_algorithm_uses_the_documented_fields() {
         .unwrap();
     assert!(pttl > 0 && pttl <= 86_400_000, "{pttl}");
 }
+
+/// How many times Redis ran EVALSHA, from its own statistics.
+fn evalsha_calls(redis: &TestRedis) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.client())
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test]
+async fn refusals_are_answered_without_redis_until_they_end() {
+    let redis = TestRedis::spawn();
+    let limits = layer(
+        &Store::Redis(&redis, unique_prefix("refusals")),
+        rules(r#"{"default": {"capacity": 2, "refill_rate": 5}}"#),
+    )
+    .await;
+    let app = app(limits.clone());
+    let get = || request("GET", "/", Some("eager"));
+    assert_eq!(
+        statuses(&app, 3, get).await,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let asked = evalsha_calls(&redis);
+    // Refused until the next token, 200 ms after the first request: answered here.
+    let again = send(&app, get()).await;
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&again, "retry-after"), Some("1"));
+    assert_eq!(
+        statuses(&app, 20, get).await,
+        [StatusCode::TOO_MANY_REQUESTS; 20]
+    );
+    assert_eq!(
+        evalsha_calls(&redis),
+        asked,
+        "no round trip while the refusal lasts"
+    );
+    assert_eq!(limits.stats().cached_refusals, 21);
+    // Another client is not affected.
+    assert_eq!(
+        send(&app, request("GET", "/", Some("patient")))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // When the refusal ends, Redis decides again.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
+    assert!(evalsha_calls(&redis) > asked + 1);
+
+    // New rules may admit what the old ones refused: the remembered refusals are dropped.
+    assert_eq!(
+        statuses(&app, 2, get).await[1],
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // (The bucket keeps its state across the change; the new rate refills it at once.)
+    limits.set_rules(rules(r#"{"default": {"capacity": 10, "refill_rate": 100000}}"#));
+    assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
+}

@@ -83,6 +83,14 @@ impl Backend {
         }
     }
 
+    /// The rules were replaced.
+    pub(crate) fn rules_changed(&self) {
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(redis) = self {
+            redis.rules_changed();
+        }
+    }
+
     pub(crate) fn breaker(&self) -> Option<BreakerState> {
         match self {
             Backend::Memory(_) => None,
@@ -91,10 +99,10 @@ impl Backend {
         }
     }
 
-    /// Redis (fallback decisions, errors); zeros without Redis.
-    pub(crate) fn redis_counts(&self) -> (u64, u64) {
+    /// Redis (fallback decisions, errors, cached refusals); zeros without Redis.
+    pub(crate) fn redis_counts(&self) -> (u64, u64, u64) {
         match self {
-            Backend::Memory(_) => (0, 0),
+            Backend::Memory(_) => (0, 0, 0),
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => redis.counts(),
         }

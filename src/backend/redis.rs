@@ -16,7 +16,8 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::cluster::{Breakers, Connection, parse_cluster_slots};
-use super::memory::MemoryBackend;
+use super::memory::{Clock, MemoryBackend, SystemClock};
+use super::table::{BucketTable, Expiring};
 use super::{Outcome, Verdict};
 use crate::Decision;
 use crate::algorithm::{Algorithm, Combined};
@@ -148,7 +149,29 @@ async fn refresh_slots(breakers: &Breakers, connection: &mut Connection) {
     }
 }
 
+/// A refusal from Redis, answered locally until it ends.
+struct Refusal {
+    /// Unix µs, local clock, when a request could be admitted again (measured from when the
+    /// answer arrived, so never earlier than Redis meant).
+    until_us: i64,
+    decision: Decision,
+}
+
+impl Expiring for Refusal {
+    fn expires_at_us(&self) -> i64 {
+        self.until_us
+    }
+}
+
+/// Refusals remembered at most.
+const MAX_REFUSALS: usize = 100_000;
+
 pub(crate) struct RedisBackend {
+    /// Clients Redis refused, with when the refusal ends: until then they are refused here,
+    /// without a round trip. This can only refuse, never admit, so it cannot over-admit; it
+    /// is emptied when the rules change.
+    refusals: BucketTable<Refusal>,
+    refusal_hits: AtomicU64,
     /// Set once connected: at startup, or later by the background connector.
     connection: Arc<OnceLock<Connection>>,
     scripts: Arc<Scripts>,
@@ -176,6 +199,8 @@ impl RedisBackend {
         });
         let (failures, cooldown) = (config.breaker_failures, config.breaker_cooldown);
         let backend = Self {
+            refusals: BucketTable::new(MAX_REFUSALS),
+            refusal_hits: AtomicU64::new(0),
             connection: Arc::new(OnceLock::new()),
             scripts: Arc::new(Scripts::new()),
             prefix: config.prefix.as_str().into(),
@@ -315,12 +340,49 @@ impl RedisBackend {
         self.breakers.state()
     }
 
-    /// (fallback decisions, errors)
-    pub(crate) fn counts(&self) -> (u64, u64) {
+    /// (fallback decisions, errors, refusals answered from the cache)
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
         (
             self.fallback.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
+            self.refusal_hits.load(Ordering::Relaxed),
         )
+    }
+
+    /// New rules may admit what the old ones refused.
+    pub(crate) fn rules_changed(&self) {
+        self.refusals.retain_rules(|_| false);
+    }
+
+    /// The refusal Redis gave this client, if it has not ended.
+    fn cached_refusal(&self, state: u32, client: &ClientKey) -> Option<Decision> {
+        let now = SystemClock.now_us();
+        self.refusals
+            .update(state, client, now, |refusal| match refusal {
+                Some(refusal) if refusal.until_us > now => {
+                    let mut decision = refusal.decision;
+                    decision.retry_after = Duration::from_micros((refusal.until_us - now) as u64);
+                    (Some(decision), None)
+                }
+                _ => (None, None),
+            })
+    }
+
+    fn remember_refusal(&self, state: u32, client: &ClientKey, decision: &Decision) {
+        let now = SystemClock.now_us();
+        let wait = i64::try_from(decision.retry_after.as_micros()).unwrap_or(i64::MAX);
+        let refusal = Refusal {
+            until_us: now.saturating_add(wait),
+            decision: *decision,
+        };
+        self.refusals
+            .update(state, client, now, |existing| match existing {
+                Some(existing) => {
+                    *existing = refusal;
+                    ((), None)
+                }
+                None => ((), Some(refusal)),
+            });
     }
 
     pub(crate) fn decide(
@@ -330,6 +392,10 @@ impl RedisBackend {
         limit: &Limit,
         client: &ClientKey,
     ) -> Verdict {
+        if let Some(refused) = self.cached_refusal(state, client) {
+            self.refusal_hits.fetch_add(1, Ordering::Relaxed);
+            return Verdict::Now(Outcome::Decided(refused));
+        }
         let key = self.key(rule_id, client);
         let breaker = self.breakers.for_key(&key);
         let permit = breaker.permit();
@@ -344,6 +410,9 @@ impl RedisBackend {
             match this.call(key, &limit).await {
                 Ok(decision) => {
                     guard.succeeded();
+                    if !decision.allowed {
+                        this.remember_refusal(state, &client, &decision);
+                    }
                     Outcome::Decided(decision)
                 }
                 Err(error) => {

@@ -29,24 +29,38 @@ pub(crate) struct Entry {
     pub(crate) full_at_us: i64,
 }
 
-/// One stored (rule, client).
-struct Slot {
-    rule: u32,
-    key: ClientKey,
-    entry: Entry,
+/// A value that stops mattering at some time: then it is dropped first.
+pub(crate) trait Expiring {
+    /// Unix time in µs after which the value is as good as absent.
+    fn expires_at_us(&self) -> i64;
 }
 
-type Shard = HashTable<Slot>;
+impl Expiring for Entry {
+    fn expires_at_us(&self) -> i64 {
+        self.full_at_us
+    }
+}
 
-pub(crate) struct BucketTable {
-    shards: Box<[Mutex<Shard>]>,
+/// One stored (rule, client).
+struct Slot<V> {
+    rule: u32,
+    key: ClientKey,
+    entry: V,
+}
+
+type Shard<V> = HashTable<Slot<V>>;
+
+/// A bounded, sharded table keyed by (rule state id, client key): the memory backend's
+/// band states, and Redis's cache of refusals.
+pub(crate) struct BucketTable<V = Entry> {
+    shards: Box<[Mutex<Shard<V>>]>,
     /// One hash per request picks the shard and the slot in it.
     hasher: RandomState,
     shard_capacity: usize,
     evicted: AtomicU64,
 }
 
-impl BucketTable {
+impl<V: Expiring> BucketTable<V> {
     pub(crate) fn new(max_keys: usize) -> Self {
         let max_keys = max_keys.max(1);
         let shard_count = (max_keys / 1024).clamp(1, 64);
@@ -67,7 +81,7 @@ impl BucketTable {
 
     /// The shard for `hash`, chosen by bits the table inside uses for neither its bucket index
     /// (low bits) nor its control bytes (top 7 bits).
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<V>> {
         let index = ((hash >> 32) % self.shards.len() as u64) as usize;
         self.shards[index]
             .lock()
@@ -82,7 +96,7 @@ impl BucketTable {
         rule: u32,
         key: &ClientKey,
         now_us: i64,
-        decide: impl FnOnce(Option<&mut Entry>) -> (R, Option<Entry>),
+        decide: impl FnOnce(Option<&mut V>) -> (R, Option<V>),
     ) -> R {
         let hash = self.hash(rule, key);
         let mut map = self.shard(hash);
@@ -104,13 +118,13 @@ impl BucketTable {
         outcome
     }
 
-    /// Drops full entries in every shard; returns how many entries remain.
+    /// Drops expired entries (full buckets, ended refusals); returns how many remain.
     pub(crate) fn drop_full(&self, now_us: i64) -> usize {
         self.shards
             .iter()
             .map(|shard| {
                 let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                map.retain(|slot| slot.entry.full_at_us > now_us);
+                map.retain(|slot| slot.entry.expires_at_us() > now_us);
                 if map.capacity() > 4 * map.len().max(16) {
                     map.shrink_to_fit(|s| self.hash(s.rule, &s.key));
                 }
@@ -119,7 +133,7 @@ impl BucketTable {
             .sum()
     }
 
-    /// Forgets the entries of rules for which `keep` is false (rules removed by a reload).
+    /// Forgets the entries of rules for which `keep` is false (rules a reload removed).
     pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
@@ -138,19 +152,19 @@ impl BucketTable {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Frees a tenth of a full shard: full entries first, then those closest to full.
-    fn make_room(&self, map: &mut Shard, now_us: i64) {
-        map.retain(|slot| slot.entry.full_at_us > now_us);
+    /// Frees a tenth of a full shard: expired entries first, then those expiring soonest.
+    fn make_room(&self, map: &mut Shard<V>, now_us: i64) {
+        map.retain(|slot| slot.entry.expires_at_us() > now_us);
         let live = map.len();
         let target = self.shard_capacity - self.shard_capacity.div_ceil(10);
         if live > target {
             let excess = live - target;
-            let mut full_at: Vec<i64> = map.iter().map(|s| s.entry.full_at_us).collect();
+            let mut full_at: Vec<i64> = map.iter().map(|s| s.entry.expires_at_us()).collect();
             let (_, cutoff, _) = full_at.select_nth_unstable(excess - 1);
             let cutoff = *cutoff;
             let mut to_evict = excess;
             map.retain(|slot| {
-                let evict = to_evict > 0 && slot.entry.full_at_us <= cutoff;
+                let evict = to_evict > 0 && slot.entry.expires_at_us() <= cutoff;
                 to_evict -= usize::from(evict);
                 !evict
             });
