@@ -20,7 +20,10 @@ command -v redis-server >/dev/null || { echo "redis-server not found: apt-get in
 cargo build --release --all-features --example bench_server
 server=target/release/examples/bench_server
 work=$(mktemp -d)
-redis_port=$((20000 + RANDOM % 20000))
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
   --dir "$work" --logfile "$work/redis.log" >/dev/null
 cleanup() {
@@ -36,10 +39,11 @@ results="$work/results"
 for round in $(seq 1 "$rounds"); do
   for scenario in allowed denied; do
     for setup in $setups; do
-      port=$((30000 + RANDOM % 20000))
+      port=$(free_port)
       SETUP=$setup SCENARIO=$scenario PORT=$port REDIS_URL="redis://127.0.0.1:$redis_port" "$server" >"$work/server.log" 2>&1 &
       pid=$!
-      for _ in $(seq 1 100); do grep -q ready "$work/server.log" && break; sleep 0.05; done
+      for _ in $(seq 1 200); do grep -q ready "$work/server.log" && break; sleep 0.05; done
+      grep -q ready "$work/server.log" || { echo "bench_server ($setup) did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
       redis-cli -p "$redis_port" flushall >/dev/null
       wrk -t2 -c"$connections" -d1s -s bench/clients.lua "http://127.0.0.1:$port/" >/dev/null
       out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -s bench/clients.lua "http://127.0.0.1:$port/")
