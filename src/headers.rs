@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use crate::Decision;
@@ -28,19 +29,48 @@ pub(crate) fn set_rate_limit_headers(headers: &mut HeaderMap, decision: &Decisio
 }
 
 /// `429 Too Many Requests` with the rate limit headers, `Retry-After` and a JSON body
-/// `{"error":"rate_limited","message":…,"retry_after":N,"limit":L,"remaining":0,"reset":T}`.
+/// `{"error":"rate_limited","message":…,"retry_after":N,"limit":L,"remaining":R,"reset":T}`.
+///
+/// Under a flood, consecutive refusals are mostly identical (same limit, nothing left, same
+/// reset second, same wait), so each thread keeps the last one rendered and clones it: no
+/// formatting and no allocation for the body and header values then.
 pub(crate) fn too_many_requests<B: From<Bytes>>(decision: &Decision) -> Response<B> {
+    /// (limit, remaining, reset, retry after) → body, then limit, remaining, reset, retry
+    /// after header values.
+    type Rendered = ((u32, u32, u64, u64), Bytes, [HeaderValue; 4]);
+    thread_local! {
+        static LAST: RefCell<Option<Rendered>> = const { RefCell::new(None) };
+    }
     let retry_after = decision.retry_after_secs();
-    let body = format!(
-        r#"{{"error":"rate_limited","message":"Too many requests; retry after {retry_after} s.","retry_after":{retry_after},"limit":{},"remaining":{},"reset":{}}}"#,
-        decision.limit,
-        decision.remaining,
-        decision.reset_unix_secs(),
-    );
-    let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, body);
+    let reset = decision.reset_unix_secs();
+    let key = (decision.limit, decision.remaining, reset, retry_after);
+    let (body, values) = LAST.with_borrow_mut(|last| match last {
+        Some((seen, body, values)) if *seen == key => (body.clone(), values.clone()),
+        _ => {
+            let body = Bytes::from(format!(
+                r#"{{"error":"rate_limited","message":"Too many requests; retry after {retry_after} s.","retry_after":{retry_after},"limit":{},"remaining":{},"reset":{reset}}}"#,
+                decision.limit, decision.remaining,
+            ));
+            let values = [
+                HeaderValue::from(decision.limit),
+                HeaderValue::from(decision.remaining),
+                HeaderValue::from(reset),
+                HeaderValue::from(retry_after),
+            ];
+            *last = Some((key, body.clone(), values.clone()));
+            (body, values)
+        }
+    });
+    let [limit, remaining, reset, retry_after] = values;
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let headers = response.headers_mut();
-    set_rate_limit_headers(headers, decision);
-    headers.insert(RETRY_AFTER, retry_after.into());
+    headers.reserve(5);
+    headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
+    headers.insert(X_RATELIMIT_REMAINING.clone(), remaining);
+    headers.insert(X_RATELIMIT_RESET.clone(), reset);
+    headers.insert(RETRY_AFTER, retry_after);
     response
 }
 
