@@ -41,9 +41,9 @@ fn client_ids() -> Vec<HeaderValue> {
         .collect()
 }
 
-fn request(path: &str, header: (&'static str, &HeaderValue)) -> Request<Body> {
+fn request(path: &str, (name, value): (&'static str, HeaderValue)) -> Request<Body> {
     let mut request = Request::get(path).body(Body::empty()).expect("request");
-    request.headers_mut().insert(header.0, header.1.clone());
+    request.headers_mut().insert(name, value);
     request
 }
 
@@ -73,83 +73,68 @@ fn per_request_overhead(c: &mut Criterion) {
         r#"{"default": {"limits": [{"capacity": 1000, "refill_rate": 1000000000}, "4000000000/day"]}}"#,
     );
 
-    let mut group = c.benchmark_group("layer");
-    let mut bare = inner;
-    let mut n = 0;
-    group.bench_function("bare", |b| {
-        b.iter(|| {
-            n = (n + 1) % CLIENTS;
-            black_box(call(
-                &mut bare,
-                request("/api/data", ("x-client-id", &ids[n])),
-            ))
-        })
-    });
-    let mut allowed = allowing.layer(inner);
-    group.bench_function("allowed", |b| {
-        b.iter(|| {
-            n = (n + 1) % CLIENTS;
-            black_box(call(
-                &mut allowed,
-                request("/api/data", ("x-client-id", &ids[n])),
-            ))
-        })
-    });
-    let mut denied = denying.layer(inner);
-    for id in &ids {
-        call(&mut denied, request("/api/data", ("x-client-id", id)));
-    }
-    group.bench_function("denied", |b| {
-        b.iter(|| {
-            n = (n + 1) % CLIENTS;
-            black_box(call(
-                &mut denied,
-                request("/api/data", ("x-client-id", &ids[n])),
-            ))
-        })
-    });
-    let mut two_bands = banded.layer(inner);
-    group.bench_function("allowed_two_bands", |b| {
-        b.iter(|| {
-            n = (n + 1) % CLIENTS;
-            black_box(call(
-                &mut two_bands,
-                request("/api/data", ("x-client-id", &ids[n])),
-            ))
-        })
-    });
-    // An unlimited route: the client key and the rule lookup, no decision.
-    let mut unlimited = allowing.layer(inner);
-    group.bench_function("unlimited_route", |b| {
-        b.iter(|| {
-            n = (n + 1) % CLIENTS;
-            black_box(call(
-                &mut unlimited,
-                request("/health", ("x-client-id", &ids[n])),
-            ))
-        })
-    });
     let addresses: Vec<HeaderValue> = (0..CLIENTS)
         .map(|n| {
-            HeaderValue::from_str(&format!(
-                "203.0.113.{}, 10.0.{}.{}",
-                n % 250,
-                n / 250,
-                n % 250
-            ))
-            .unwrap()
+            let xff = format!("203.0.113.{}, 10.0.{}.{}", n % 250, n / 250, n % 250);
+            HeaderValue::from_str(&xff).expect("header value")
         })
         .collect();
-    let mut by_address = allowing.layer(inner);
-    group.bench_function("allowed_by_forwarded_for", |b| {
-        b.iter(|| {
-            n = (n + 1) % CLIENTS;
-            black_box(call(
-                &mut by_address,
-                request("/api/data", ("x-forwarded-for", &addresses[n])),
-            ))
-        })
-    });
+    let by_id = |n: usize| ("x-client-id", ids[n].clone());
+    let by_address = |n: usize| ("x-forwarded-for", addresses[n].clone());
+
+    let mut group = c.benchmark_group("layer");
+    let mut measure =
+        |name: &str,
+         service: &mut dyn FnMut(Request<Body>) -> Response<Body>,
+         path: &str,
+         header: &dyn Fn(usize) -> (&'static str, HeaderValue)| {
+            let mut n = 0;
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    n = (n + 1) % CLIENTS;
+                    black_box(service(request(path, header(n))))
+                })
+            });
+        };
+    let mut bare = inner;
+    measure("bare", &mut |r| call(&mut bare, r), "/api/data", &by_id);
+    let mut allowed = allowing.layer(inner);
+    measure(
+        "allowed",
+        &mut |r| call(&mut allowed, r),
+        "/api/data",
+        &by_id,
+    );
+    let mut denied = denying.layer(inner);
+    for id in &ids {
+        call(
+            &mut denied,
+            request("/api/data", ("x-client-id", id.clone())),
+        );
+    }
+    measure("denied", &mut |r| call(&mut denied, r), "/api/data", &by_id);
+    let mut two_bands = banded.layer(inner);
+    measure(
+        "allowed_two_bands",
+        &mut |r| call(&mut two_bands, r),
+        "/api/data",
+        &by_id,
+    );
+    // An unlimited route: the client key and the rule lookup, no decision.
+    let mut unlimited = allowing.layer(inner);
+    measure(
+        "unlimited_route",
+        &mut |r| call(&mut unlimited, r),
+        "/health",
+        &by_id,
+    );
+    let mut forwarded = allowing.layer(inner);
+    measure(
+        "allowed_by_forwarded_for",
+        &mut |r| call(&mut forwarded, r),
+        "/api/data",
+        &by_address,
+    );
     group.finish();
 }
 

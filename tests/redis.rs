@@ -366,6 +366,8 @@ async fn refusals_are_answered_without_redis_until_they_end() {
         StatusCode::TOO_MANY_REQUESTS
     );
     // (The bucket keeps its state across the change; the new rate refills it at once.)
-    limits.set_rules(rules(r#"{"default": {"capacity": 10, "refill_rate": 100000}}"#));
+    limits.set_rules(rules(
+        r#"{"default": {"capacity": 10, "refill_rate": 100000}}"#,
+    ));
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
 }
