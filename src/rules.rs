@@ -530,12 +530,7 @@ fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
     };
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawRules = serde_path_to_error::deserialize(de).map_err(|err| {
-        // serde_path_to_error writes `?` for a key it could not read.
-        let json_path = err.path().to_string();
-        let json_path = match json_path.strip_suffix(".?") {
-            Some(parent) => parent.to_owned(),
-            None => json_path,
-        };
+        let json_path = json_path_of(err.path());
         let inner = err.into_inner();
         let line_column = (inner.line() > 0).then(|| {
             let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
@@ -1002,6 +997,38 @@ pub(crate) fn client_key_of(text: &str) -> Option<ClientKey> {
         .map(|ip| ClientKey::Ip(ip.to_canonical()))
 }
 
+/// The location as the rest of the crate writes it: `routes[1].limit`, `clients["id:a b"]`,
+/// `.` for the document itself. Positions serde could not name are left out, and keys that
+/// are not plain names are quoted, so the path is never empty or ambiguous.
+fn json_path_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                let plain = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
+                if plain {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(key);
+                } else {
+                    out.push_str(&format!("[{}]", serde_json::Value::from(key.as_str())));
+                }
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
 /// serde_json appends " at line L column C"; the location is reported separately.
 fn strip_position(err: &serde_json::Error) -> String {
     let text = err.to_string();
@@ -1183,6 +1210,23 @@ mod tests {
             msg,
             "<inline>: at default (line 2, column 30): key must be a string"
         );
+    }
+
+    #[test]
+    fn locations_are_never_empty() {
+        for (text, location) in [
+            ("{\"\"", "[\"\"]"),
+            ("{", "."),
+            ("[", "."),
+            ("{\"default\"", "."),
+            ("{\"routes\": [{\"\"", "routes[0][\"\"]"),
+            ("{\"routes\": [{\"a b\": 1", "routes[0][\"a b\"]"),
+        ] {
+            let Err(RulesError::Invalid { location: found, .. }) = Rules::from_json(text) else {
+                panic!("{text:?} must be refused");
+            };
+            assert_eq!(found.json_path, location, "{text:?}");
+        }
     }
 
     #[test]
