@@ -1222,7 +1222,10 @@ mod tests {
             ("{\"routes\": [{\"\"", "routes[0][\"\"]"),
             ("{\"routes\": [{\"a b\": 1", "routes[0][\"a b\"]"),
         ] {
-            let Err(RulesError::Invalid { location: found, .. }) = Rules::from_json(text) else {
+            let Err(RulesError::Invalid {
+                location: found, ..
+            }) = Rules::from_json(text)
+            else {
                 panic!("{text:?} must be refused");
             };
             assert_eq!(found.json_path, location, "{text:?}");
