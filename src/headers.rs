@@ -21,11 +21,49 @@ pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// A header value for a count: below 4096 from a table of static values made once (cloning
+/// copies a pointer), otherwise made now.
+fn count(n: u32) -> HeaderValue {
+    const SMALL: u32 = 4096;
+    static TABLE: std::sync::LazyLock<Box<[HeaderValue]>> = std::sync::LazyLock::new(|| {
+        (0..SMALL)
+            .map(|n| {
+                let text: &'static str = Box::leak(n.to_string().into_boxed_str());
+                HeaderValue::from_static(text)
+            })
+            .collect()
+    });
+    match TABLE.get(n as usize) {
+        Some(value) => value.clone(),
+        None => n.into(),
+    }
+}
+
 /// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset`, replacing any the inner service set.
 pub(crate) fn set_rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
-    headers.insert(X_RATELIMIT_LIMIT.clone(), decision.limit.into());
-    headers.insert(X_RATELIMIT_REMAINING.clone(), decision.remaining.into());
-    headers.insert(X_RATELIMIT_RESET.clone(), decision.reset_unix_secs().into());
+    headers.insert(X_RATELIMIT_LIMIT.clone(), count(decision.limit));
+    headers.insert(X_RATELIMIT_REMAINING.clone(), count(decision.remaining));
+    headers.insert(
+        X_RATELIMIT_RESET.clone(),
+        unix_time(decision.reset_unix_secs()),
+    );
+}
+
+/// A header value for a Unix time: each thread keeps the last one, which every request in
+/// the same second shares.
+fn unix_time(secs: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    LAST.with_borrow_mut(|(last, value)| match value {
+        Some(value) if *last == secs => value.clone(),
+        _ => {
+            let made = HeaderValue::from(secs);
+            *last = secs;
+            *value = Some(made.clone());
+            made
+        }
+    })
 }
 
 /// `429 Too Many Requests` with the rate limit headers, `Retry-After` and a JSON body
