@@ -161,6 +161,16 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     #[test]
+    fn cached_values_are_the_numbers() {
+        for n in [0, 1, 9, 10, 99, 100, 1000, 4095, 4096, 70_000, u32::MAX] {
+            assert_eq!(count(n), HeaderValue::from(n), "{n}");
+        }
+        for secs in [1_700_000_000, 1_700_000_000, 1_700_000_001, 1_700_000_000, 0] {
+            assert_eq!(unix_time(secs), HeaderValue::from(secs), "{secs}");
+        }
+    }
+
+    #[test]
     fn denied_response() {
         let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let decision = Decision::denied(10, reset, Duration::from_millis(2500));
