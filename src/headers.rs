@@ -165,7 +165,13 @@ mod tests {
         for n in [0, 1, 9, 10, 99, 100, 1000, 4095, 4096, 70_000, u32::MAX] {
             assert_eq!(count(n), HeaderValue::from(n), "{n}");
         }
-        for secs in [1_700_000_000, 1_700_000_000, 1_700_000_001, 1_700_000_000, 0] {
+        for secs in [
+            1_700_000_000,
+            1_700_000_000,
+            1_700_000_001,
+            1_700_000_000,
+            0,
+        ] {
             assert_eq!(unix_time(secs), HeaderValue::from(secs), "{secs}");
         }
     }

@@ -9,7 +9,7 @@ use super::table::{BucketTable, Entry};
 use crate::Decision;
 use crate::algorithm::{BandState, Combined, decide_band};
 use crate::key::ClientKey;
-use crate::rules::Limit;
+use crate::rules::{Limit, MAX_BANDS};
 
 /// Default bound on the entries kept in memory, across all rules.
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -61,54 +61,46 @@ impl<C: Clock> MemoryBackend<C> {
         let algorithm = limit.algorithm();
         let cost = f64::from(limit.cost());
         let bands = limit.bands();
-        let spec = |i: usize| bands[i].divided_by(self.share).spec();
         self.table.update(state, client, now, |entry| {
-            let stored = |entry: Option<&Entry>, i: usize| {
-                entry
-                    .and_then(|e| e.states.get(i).copied())
-                    .unwrap_or(BandState::Fresh)
-            };
+            // One pass: every band's answer and next state (rules have at most MAX_BANDS).
+            let mut next = [BandState::Fresh; MAX_BANDS];
             let mut combined = Combined::new();
-            for i in 0..bands.len() {
-                let out = decide_band(algorithm, &spec(i), stored(entry.as_deref(), i), now, cost);
+            let mut full_after = 0.0f64;
+            for (i, band) in bands.iter().enumerate() {
+                let spec = band.divided_by(self.share).spec();
+                let before = entry
+                    .as_ref()
+                    .and_then(|e| e.states.get(i).copied())
+                    .unwrap_or(BandState::Fresh);
+                let out = decide_band(algorithm, &spec, before, now, cost);
                 combined.add(
-                    spec(i).capacity,
+                    spec.capacity,
                     out.admitted,
                     out.remaining,
                     out.retry_after_us,
                     out.reset_after_us,
                 );
+                full_after = full_after.max(out.reset_after_us);
+                next[i] = out.next;
             }
             let decision = combined.decision(now);
             if !combined.admitted() {
                 return (decision, None);
             }
             // Admitted by every band: take the cost from all of them.
-            let mut full_after = 0.0f64;
-            let full_at = |full_after: f64| now.saturating_add(full_after.ceil() as i64);
+            let next = &next[..bands.len()];
+            let full_at_us = now.saturating_add(full_after.ceil() as i64);
             match entry {
                 // In place: no allocation per request once a client is known.
-                Some(existing) if existing.states.len() == bands.len() => {
-                    for (i, slot) in existing.states.iter_mut().enumerate() {
-                        let out = decide_band(algorithm, &spec(i), *slot, now, cost);
-                        full_after = full_after.max(out.reset_after_us);
-                        *slot = out.next;
-                    }
-                    existing.full_at_us = full_at(full_after);
+                Some(existing) if existing.states.len() == next.len() => {
+                    existing.states.copy_from_slice(next);
+                    existing.full_at_us = full_at_us;
                     (decision, None)
                 }
                 existing => {
-                    let states: Box<[BandState]> = (0..bands.len())
-                        .map(|i| {
-                            let before = stored(existing.as_deref(), i);
-                            let out = decide_band(algorithm, &spec(i), before, now, cost);
-                            full_after = full_after.max(out.reset_after_us);
-                            out.next
-                        })
-                        .collect();
                     let updated = Entry {
-                        states,
-                        full_at_us: full_at(full_after),
+                        states: next.into(),
+                        full_at_us,
                     };
                     match existing {
                         Some(existing) => {
