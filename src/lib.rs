@@ -1,9 +1,10 @@
 //! # tollgate
 //!
 //! Rate limiting for [tower] and [axum] services in one `.layer(...)`: per-client token
-//! buckets, per-path rules from a JSON file operators edit, shared across app instances
-//! through one atomic Redis Lua script, or kept in process with [`governor`] when there is
-//! no Redis.
+//! buckets (or fixed and sliding windows, several bands per rule), per-path rules from a
+//! JSON file operators edit and the layer reloads, decided atomically by a Redis Lua script
+//! shared by every app instance (a single Redis or a Redis Cluster), or in process when
+//! there is no Redis.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -24,8 +25,9 @@
 //!
 //! Per request, data flows one way: **client key** ([`ClientKey`]: `X-Client-ID`, else
 //! `X-Forwarded-For` as the trusted proxy saw it, else the peer address, else `unknown`)
-//! → **rule** ([`Rules::lookup`] by method and path) → **decision** ([`Decision`], from the
-//! backend) → the inner service's response with `X-RateLimit-Limit`, `-Remaining` and
+//! → **rule and limit** ([`Rules::resolve`] by method, path, the request's [`Tier`] and the
+//! client's override) → **decision** ([`Decision`], from the backend, over every band of the
+//! limit) → the inner service's response with `X-RateLimit-Limit`, `-Remaining` and
 //! `-Reset`, or `429 Too Many Requests` with `Retry-After` and a JSON body.
 //!
 //! [tower]: https://docs.rs/tower
