@@ -60,6 +60,9 @@ pub const MAX_BANDS: usize = 8;
 pub struct Band {
     capacity: NonZeroU32,
     refill_per_sec: f64,
+    /// The period in whole microseconds (at least 1), computed once: the window of the
+    /// window algorithms.
+    window_us: i64,
 }
 
 impl Band {
@@ -69,10 +72,16 @@ impl Band {
         let capacity = NonZeroU32::new(capacity)?;
         (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC)
             .contains(&refill_per_sec)
-            .then_some(Self {
-                capacity,
-                refill_per_sec,
-            })
+            .then(|| Self::made(capacity, refill_per_sec))
+    }
+
+    fn made(capacity: NonZeroU32, refill_per_sec: f64) -> Self {
+        let period_secs = f64::from(capacity.get()) / refill_per_sec;
+        Self {
+            capacity,
+            refill_per_sec,
+            window_us: (period_secs * 1e6).round().max(1.0) as i64,
+        }
     }
 
     /// The most tokens (or requests per window).
@@ -100,18 +109,20 @@ impl Band {
     /// alone admit about what this band admits.
     pub(crate) fn divided_by(&self, share: u32) -> Self {
         let share = share.max(1);
-        Self {
-            capacity: NonZeroU32::new(self.capacity.get() / share).unwrap_or(NonZeroU32::MIN),
-            refill_per_sec: (self.refill_per_sec / f64::from(share)).max(MIN_REFILL_PER_SEC),
+        if share == 1 {
+            return *self;
         }
+        Self::made(
+            NonZeroU32::new(self.capacity.get() / share).unwrap_or(NonZeroU32::MIN),
+            (self.refill_per_sec / f64::from(share)).max(MIN_REFILL_PER_SEC),
+        )
     }
 
     pub(crate) fn spec(&self) -> BandSpec {
-        let capacity = f64::from(self.capacity.get());
         BandSpec {
-            capacity,
+            capacity: f64::from(self.capacity.get()),
             refill_per_sec: self.refill_per_sec,
-            window_us: ((capacity / self.refill_per_sec) * 1e6).round().max(1.0) as i64,
+            window_us: self.window_us,
         }
     }
 }
