@@ -77,23 +77,8 @@ async fn concurrent_requests_through_two_instances_admit_exactly_the_capacity() 
         app(cluster_layer(&cluster, limits, &prefix, Duration::from_secs(5)).await),
         app(cluster_layer(&cluster, limits, &prefix, Duration::from_secs(5)).await),
     ];
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let app = instances[i % 2].clone();
-            tokio::spawn(async move {
-                send(&app, request("GET", "/", Some("crowd")))
-                    .await
-                    .status()
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for task in tasks {
-        if task.await.unwrap() == StatusCode::OK {
-            admitted += 1;
-        }
-    }
-    assert_eq!(admitted, 50);
+    let (admitted, refused) = concurrent_admissions(&instances, 200).await;
+    assert_eq!((admitted, refused), (50, 150));
 }
 
 /// For each client, whether Redis decided (limit 1000) or the local fallback (250).

@@ -76,25 +76,7 @@ async fn concurrent_requests_through_two_instances_admit_exactly_the_capacity() 
         app(layer(&store, rules(limits)).await),
         app(layer(&store, rules(limits)).await),
     ];
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let app = instances[i % 2].clone();
-            tokio::spawn(async move {
-                send(&app, request("GET", "/api/data", Some("crowd")))
-                    .await
-                    .status()
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    let mut refused = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            StatusCode::OK => admitted += 1,
-            StatusCode::TOO_MANY_REQUESTS => refused += 1,
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let (admitted, refused) = concurrent_admissions(&instances, 200).await;
     assert_eq!((admitted, refused), (50, 150));
 }
 

@@ -507,6 +507,30 @@ pub async fn serve(layer: RateLimitLayer) -> String {
     format!("http://{address}")
 }
 
+/// Sends `n` requests for one client at once, spread over `instances` in turn; returns how
+/// many were admitted and how many refused (anything else fails the test).
+pub async fn concurrent_admissions(instances: &[Router], n: usize) -> (usize, usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let app = instances[i % instances.len()].clone();
+            tokio::spawn(async move {
+                send(&app, request("GET", "/api/data", Some("crowd")))
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("request task") {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    (admitted, refused)
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
