@@ -8,6 +8,9 @@
 #
 #   bench/load.sh [rounds] [seconds per run] [connections]      (defaults 3, 5, 64)
 #
+# SETUPS and SCENARIOS pick a subset, e.g. SETUPS="bare tollgate-redis" SCENARIOS=allowed
+# (bare is always run: every ratio is to it).
+#
 # Needs wrk (Debian: apt-get install wrk) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,11 +36,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-setups="bare governor tollgate-memory tollgate-redis"
+setups="bare ${SETUPS:-governor tollgate-memory tollgate-redis}"
+setups="bare ${setups//bare/}"
+scenarios="${SCENARIOS:-allowed denied}"
 results="$work/results"
 : > "$results"
 for round in $(seq 1 "$rounds"); do
-  for scenario in allowed denied; do
+  for scenario in $scenarios; do
     for setup in $setups; do
       port=$(free_port)
       SETUP=$setup SCENARIO=$scenario PORT=$port REDIS_URL="redis://127.0.0.1:$redis_port" "$server" >"$work/server.log" 2>&1 &
@@ -75,6 +80,8 @@ print(f"{'scenario':8} {'setup':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'
 for scenario in ("allowed", "denied"):
     for setup in ("bare", "governor", "tollgate-memory", "tollgate-redis"):
         mine = [r for r in rows if r[1] == scenario and r[2] == setup]
+        if not mine:
+            continue
         rps = statistics.median(float(r[3]) for r in mine)
         p50 = statistics.median(ms(r[4]) for r in mine)
         p99 = statistics.median(ms(r[5]) for r in mine)

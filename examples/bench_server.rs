@@ -67,7 +67,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             let mut builder = RateLimitLayer::builder().rules(Rules::from_json(&json)?);
             if setup == "tollgate-redis" {
-                builder = builder.redis_url(std::env::var("REDIS_URL")?);
+                // Fail closed: a decision Redis missed is a 503 that wrk counts, never a
+                // local decision passing for a Redis one.
+                builder = builder
+                    .redis_url(std::env::var("REDIS_URL")?)
+                    .on_redis_error(tollgate::OnRedisError::Deny);
             }
             app.layer(builder.build().await?)
         }

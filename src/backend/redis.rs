@@ -1,9 +1,15 @@
 //! Token buckets shared by every app instance, in Redis.
 //!
-//! One Lua script per algorithm (`token_bucket.lua`, `fixed_window.lua`,
-//! `sliding_window.lua`) makes each decision atomically over all of a rule's bands, kept in
-//! one hash key, using Redis `TIME` as the clock so instances with skewed clocks agree.
-//! Keys are `<prefix>:{<rule id>:<client key>}`; the braces are a Redis Cluster hash tag.
+//! One Lua script (`decide.lua`) makes decisions atomically, each over all of a rule's
+//! bands, kept in one string key, using Redis `TIME` as the clock so instances with skewed
+//! clocks agree. Keys are `<prefix>:{<rule id>:<client key>}`; the braces are a Redis
+//! Cluster hash tag.
+//!
+//! On a single Redis, concurrent decisions are coalesced: a batcher task takes whatever is
+//! queued (up to [`MAX_BATCH`]) and sends it as one script call, with at most
+//! [`MAX_IN_FLIGHT`] calls outstanding. Nothing waits for a batch to fill: a lone request
+//! goes out at once, alone. On a cluster, keys of one call would have to share a slot, so
+//! every decision is its own call.
 //!
 //! Every call has a deadline. Failures feed a [`Breaker`]; when Redis cannot decide, the
 //! [`OnRedisError`] policy does.
@@ -12,8 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, Script, ServerErrorKind};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cluster::{Breakers, Connection, parse_cluster_slots};
 use super::memory::{Clock, MemoryBackend, SystemClock};
@@ -24,22 +31,18 @@ use crate::algorithm::{Algorithm, Combined};
 use crate::breaker::{BreakerState, Permit, PermitGuard};
 use crate::key::ClientKey;
 use crate::policy::OnRedisError;
-use crate::rules::Limit;
+use crate::rules::{Limit, MAX_BANDS};
 
-/// The decision scripts, each the shared prelude followed by one algorithm; `EVALSHA`,
-/// reloaded on `NOSCRIPT` by [`Script`].
-pub(crate) const TOKEN_BUCKET_LUA: &str = concat!(
-    include_str!("prelude.lua"),
-    include_str!("token_bucket.lua")
-);
-pub(crate) const FIXED_WINDOW_LUA: &str = concat!(
-    include_str!("prelude.lua"),
-    include_str!("fixed_window.lua")
-);
-pub(crate) const SLIDING_WINDOW_LUA: &str = concat!(
-    include_str!("prelude.lua"),
-    include_str!("sliding_window.lua")
-);
+/// The decision script; `EVALSHA`, loaded at startup and again on `NOSCRIPT`.
+pub(crate) const DECIDE_LUA: &str = include_str!("decide.lua");
+
+/// Decisions sent in one script call at most.
+pub(crate) const MAX_BATCH: usize = 64;
+/// Script calls outstanding at once on a single Redis; while they are, decisions queue and
+/// go out together in the next call.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+/// Decisions queued at most; past that a request is decided by the failure policy.
+const MAX_QUEUED: usize = 8192;
 
 /// How the layer reaches Redis and what it does without it.
 #[derive(Debug, Clone)]
@@ -79,7 +82,7 @@ impl RedisConfig {
 }
 
 /// Why Redis could not decide.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 enum CallError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -89,45 +92,153 @@ enum CallError {
     Reply(usize),
     #[error("not connected to the cluster yet")]
     NotConnected,
+    #[error("{MAX_QUEUED} decisions already wait for Redis")]
+    Overloaded,
 }
 
-/// The three scripts, indexed by algorithm.
-struct Scripts {
-    token_bucket: Script,
-    fixed_window: Script,
-    sliding_window: Script,
+/// Loads the script (on every master of a cluster), within `deadline`.
+async fn load(
+    script: &Script,
+    connection: &mut Connection,
+    deadline: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(deadline, script.load_async(connection)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {deadline:?}")),
+    }
 }
 
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            token_bucket: Script::new(TOKEN_BUCKET_LUA),
-            fixed_window: Script::new(FIXED_WINDOW_LUA),
-            sliding_window: Script::new(SLIDING_WINDOW_LUA),
-        }
-    }
+/// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
+/// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the cost (f64),
+/// the number of bands (a byte), then each band's capacity and second parameter (f64
+/// each: refill rate per second, or window length in µs).
+struct Spec {
+    bytes: [u8; 10 + 16 * MAX_BANDS],
+    len: usize,
+}
 
-    fn get(&self, algorithm: Algorithm) -> &Script {
-        match algorithm {
-            Algorithm::TokenBucket => &self.token_bucket,
-            Algorithm::FixedWindow => &self.fixed_window,
-            Algorithm::SlidingWindow => &self.sliding_window,
-        }
-    }
-
-    /// Loads every script (on every master of a cluster), within `deadline`.
-    async fn load(&self, connection: &mut Connection, deadline: Duration) -> Result<(), String> {
-        let load = async {
-            for script in [&self.token_bucket, &self.fixed_window, &self.sliding_window] {
-                script.load_async(connection).await?;
-            }
-            Ok::<_, redis::RedisError>(())
+impl Spec {
+    fn of(limit: &Limit) -> Self {
+        let mut spec = Spec {
+            bytes: [0; 10 + 16 * MAX_BANDS],
+            len: 0,
         };
-        match tokio::time::timeout(deadline, load).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {deadline:?}")),
+        let algorithm = limit.algorithm();
+        spec.push(&[match algorithm {
+            Algorithm::TokenBucket => 1,
+            Algorithm::FixedWindow => 2,
+            Algorithm::SlidingWindow => 3,
+        }]);
+        spec.push(&f64::from(limit.cost()).to_le_bytes());
+        // Rules hold 1 to MAX_BANDS bands.
+        spec.push(&[limit.bands().len() as u8]);
+        for band in limit.bands() {
+            spec.push(&f64::from(band.capacity()).to_le_bytes());
+            let second = match algorithm {
+                Algorithm::TokenBucket => band.refill_per_sec(),
+                _ => band.spec().window_us as f64,
+            };
+            spec.push(&second.to_le_bytes());
         }
+        spec
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// `EVALSHA` of the script over some decisions (key and limit each): every key, then
+/// every limit's [`Spec`].
+fn evalsha<'a>(
+    script: &Script,
+    decisions: impl ExactSizeIterator<Item = (&'a str, &'a Limit)> + Clone,
+) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(decisions.len());
+    for (key, _) in decisions.clone() {
+        cmd.arg(key);
+    }
+    for (_, limit) in decisions {
+        cmd.arg(Spec::of(limit).as_bytes());
+    }
+    cmd
+}
+
+/// Runs `cmd`; after `NOSCRIPT` (a restarted or flushed Redis) loads the script and runs it
+/// again.
+async fn run(
+    script: &Script,
+    connection: &mut Connection,
+    cmd: &Cmd,
+) -> Result<Vec<i64>, redis::RedisError> {
+    match cmd.query_async(connection).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(connection).await?;
+            cmd.query_async(connection).await
+        }
+        reply => reply,
+    }
+}
+
+/// A script reply shared by every decision in it, and the index where one decision's
+/// answer starts.
+type Answer = Result<(Arc<Vec<i64>>, usize), CallError>;
+
+/// A decision waiting for the batcher, and where its answer goes.
+struct Job {
+    key: String,
+    limit: Limit,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// Sends queued decisions in batches until every sender is gone.
+async fn batch(
+    mut queue: mpsc::Receiver<Job>,
+    connection: Connection,
+    script: Arc<Script>,
+    deadline: Duration,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
+        // A request that gave up (its deadline passed) takes nothing from its bucket.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let taken = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
+        let (mut connection, script) = (connection.clone(), Arc::clone(&script));
+        tokio::spawn(async move {
+            let _permit = permit;
+            let cmd = evalsha(
+                &script,
+                taken.iter().map(|job| (job.key.as_str(), &job.limit)),
+            );
+            let reply =
+                match tokio::time::timeout(deadline, run(&script, &mut connection, &cmd)).await {
+                    Ok(Ok(reply)) => Ok(Arc::new(reply)),
+                    Ok(Err(error)) => Err(CallError::Redis(error)),
+                    Err(_) => Err(CallError::Timeout(deadline)),
+                };
+            let mut at = 1;
+            for job in taken {
+                let _ = job.reply.send(reply.clone().map(|reply| (reply, at)));
+                at += 1 + 4 * job.limit.bands().len();
+            }
+        });
     }
 }
 
@@ -174,7 +285,9 @@ pub(crate) struct RedisBackend {
     refusal_hits: AtomicU64,
     /// Set once connected: at startup, or later by the background connector.
     connection: Arc<OnceLock<Connection>>,
-    scripts: Arc<Scripts>,
+    script: Arc<Script>,
+    /// Single Redis only: where decisions queue for the batcher.
+    batcher: OnceLock<mpsc::Sender<Job>>,
     prefix: Box<str>,
     timeout: Duration,
     breakers: Arc<Breakers>,
@@ -187,7 +300,7 @@ pub(crate) struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// Sets up the connection and loads the scripts. Only an unusable URL is an error: if
+    /// Sets up the connection and loads the script. Only an unusable URL is an error: if
     /// Redis does not answer within `connect_timeout`, the backend starts with its breakers
     /// open and keeps trying in the background.
     pub(crate) async fn connect(config: &RedisConfig) -> Result<Self, String> {
@@ -202,7 +315,8 @@ impl RedisBackend {
             refusals: BucketTable::new(MAX_REFUSALS),
             refusal_hits: AtomicU64::new(0),
             connection: Arc::new(OnceLock::new()),
-            scripts: Arc::new(Scripts::new()),
+            script: Arc::new(Script::new(DECIDE_LUA)),
+            batcher: OnceLock::new(),
             prefix: config.prefix.as_str().into(),
             timeout: config.timeout,
             breakers: Arc::new(match config.cluster_nodes {
@@ -254,10 +368,15 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         let mut connection = Connection::Single(manager);
         let _ = self.connection.set(connection.clone());
-        Ok(self
-            .scripts
-            .load(&mut connection, config.connect_timeout)
-            .await)
+        let (queue, queued) = mpsc::channel(MAX_QUEUED);
+        let _ = self.batcher.set(queue);
+        tokio::spawn(batch(
+            queued,
+            connection.clone(),
+            Arc::clone(&self.script),
+            config.timeout,
+        ));
+        Ok(load(&self.script, &mut connection, config.connect_timeout).await)
     }
 
     /// A cluster connection, made now or, if no node answers in time, by a background task;
@@ -282,14 +401,14 @@ impl RedisBackend {
                 let mut connection = Connection::Cluster(cluster);
                 let _ = self.connection.set(connection.clone());
                 refresh_slots(&self.breakers, &mut connection).await;
-                self.scripts.load(&mut connection, connect_timeout).await
+                load(&self.script, &mut connection, connect_timeout).await
             }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {connect_timeout:?}")),
         };
-        let (cell, scripts, breakers) = (
+        let (cell, script, breakers) = (
             Arc::downgrade(&self.connection),
-            Arc::downgrade(&self.scripts),
+            Arc::downgrade(&self.script),
             Arc::downgrade(&self.breakers),
         );
         tokio::spawn(async move {
@@ -297,8 +416,8 @@ impl RedisBackend {
             let mut since_refresh = Duration::ZERO;
             loop {
                 ticks.tick().await;
-                let (Some(cell), Some(scripts), Some(breakers)) =
-                    (cell.upgrade(), scripts.upgrade(), breakers.upgrade())
+                let (Some(cell), Some(script), Some(breakers)) =
+                    (cell.upgrade(), script.upgrade(), breakers.upgrade())
                 else {
                     break;
                 };
@@ -311,7 +430,7 @@ impl RedisBackend {
                             let mut connection = Connection::Cluster(cluster);
                             let _ = cell.set(connection.clone());
                             refresh_slots(&breakers, &mut connection).await;
-                            let _ = scripts.load(&mut connection, connect_timeout).await;
+                            let _ = load(&script, &mut connection, connect_timeout).await;
                             tracing::info!("connected to the Redis Cluster");
                         }
                     }
@@ -425,27 +544,40 @@ impl RedisBackend {
         }))
     }
 
+    /// Redis's decision: through the batcher on a single Redis, as its own call on a
+    /// cluster.
     async fn call(&self, key: String, limit: &Limit) -> Result<Decision, CallError> {
-        let mut connection = self
-            .connection
-            .get()
-            .ok_or(CallError::NotConnected)?
-            .clone();
-        let algorithm = limit.algorithm();
-        let mut invocation = self.scripts.get(algorithm).key(key);
-        invocation.arg(limit.cost()).arg(limit.bands().len());
-        for band in limit.bands() {
-            invocation.arg(band.capacity());
-            match algorithm {
-                Algorithm::TokenBucket => invocation.arg(band.refill_per_sec()),
-                _ => invocation.arg(band.spec().window_us),
-            };
-        }
-        let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
-        let reply = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| CallError::Timeout(self.timeout))??;
-        decode(&reply, limit)
+        let deadline = self.timeout;
+        let (reply, at) = match self.batcher.get() {
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                let job = Job {
+                    key,
+                    limit: limit.clone(),
+                    reply,
+                };
+                queue.try_send(job).map_err(|_| CallError::Overloaded)?;
+                match tokio::time::timeout(deadline, answer).await {
+                    Ok(Ok(answer)) => answer?,
+                    // The batcher is gone only when the backend is.
+                    Ok(Err(_)) | Err(_) => return Err(CallError::Timeout(deadline)),
+                }
+            }
+            None => {
+                let mut connection = self
+                    .connection
+                    .get()
+                    .ok_or(CallError::NotConnected)?
+                    .clone();
+                let cmd = evalsha(&self.script, std::iter::once((key.as_str(), limit)));
+                let reply =
+                    tokio::time::timeout(deadline, run(&self.script, &mut connection, &cmd))
+                        .await
+                        .map_err(|_| CallError::Timeout(deadline))??;
+                (Arc::new(reply), 1)
+            }
+        };
+        decode(&reply, at, limit)
     }
 
     /// The failure policy's answer.
@@ -461,14 +593,18 @@ impl RedisBackend {
     }
 }
 
-/// `{admitted, now_ms, (admitted, remaining, retry_after_ms, reset_after_ms) per band}`.
-fn decode(reply: &[i64], limit: &Limit) -> Result<Decision, CallError> {
+/// One decision's answer in a script reply `{now_ms, then per decision: admitted, then per
+/// band: admitted, remaining, retry_after_ms, reset_after_ms}`; this decision's starts at
+/// `at`.
+fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Decision, CallError> {
     let bands = limit.bands();
-    if reply.len() != 2 + 4 * bands.len() {
+    let (Some(&now_ms), Some(fields)) =
+        (reply.first(), reply.get(at + 1..at + 1 + 4 * bands.len()))
+    else {
         return Err(CallError::Reply(reply.len()));
-    }
+    };
     let mut combined = Combined::new();
-    for (band, fields) in bands.iter().zip(reply[2..].chunks_exact(4)) {
+    for (band, fields) in bands.iter().zip(fields.chunks_exact(4)) {
         let ms = |v: i64| v as f64 * 1000.0;
         combined.add(
             f64::from(band.capacity()),
@@ -478,7 +614,7 @@ fn decode(reply: &[i64], limit: &Limit) -> Result<Decision, CallError> {
             ms(fields[3]),
         );
     }
-    Ok(combined.decision(reply[1].saturating_mul(1000)))
+    Ok(combined.decision(now_ms.saturating_mul(1000)))
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.

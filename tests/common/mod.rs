@@ -433,7 +433,10 @@ pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
             .redis_url(redis.url())
             .redis_prefix(prefix.clone())
             // Generous: these tests check decisions, not the failure path.
-            .redis_timeout(Duration::from_secs(5)),
+            .redis_timeout(Duration::from_secs(5))
+            // A failed Redis call must not pass for a decision: the local fallback would
+            // give the same answers, so fail closed (503) instead.
+            .on_redis_error(tollgate::OnRedisError::Deny),
     };
     builder
         .build()
