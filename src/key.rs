@@ -55,16 +55,68 @@ pub enum ClientKey {
     Unknown,
 }
 
-impl fmt::Display for ClientKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ClientKey {
+    /// This key, borrowed.
+    pub(crate) fn as_ref(&self) -> KeyRef<'_> {
         match self {
-            ClientKey::Id(id) => write!(f, "id:{id}"),
-            ClientKey::Ip(ip) => write!(f, "ip:{ip}"),
+            ClientKey::Id(id) => KeyRef::Id(id),
+            ClientKey::Ip(ip) => KeyRef::Ip(*ip),
             ClientKey::Ipv6Network {
                 network,
                 prefix_len,
+            } => KeyRef::Ipv6Network {
+                network: *network,
+                prefix_len: *prefix_len,
+            },
+            ClientKey::Unknown => KeyRef::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_ref().fmt(f)
+    }
+}
+
+/// A [`ClientKey`] that borrows the request's `X-Client-ID`: what the request path works
+/// with, so that a known client costs no allocation. It is made owned only to be kept (a new
+/// bucket, a Redis call in flight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum KeyRef<'a> {
+    Id(&'a str),
+    Ip(IpAddr),
+    Ipv6Network { network: Ipv6Addr, prefix_len: u8 },
+    Unknown,
+}
+
+impl KeyRef<'_> {
+    pub(crate) fn to_owned(self) -> ClientKey {
+        match self {
+            KeyRef::Id(id) => ClientKey::Id(id.into()),
+            KeyRef::Ip(ip) => ClientKey::Ip(ip),
+            KeyRef::Ipv6Network {
+                network,
+                prefix_len,
+            } => ClientKey::Ipv6Network {
+                network,
+                prefix_len,
+            },
+            KeyRef::Unknown => ClientKey::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::Id(id) => write!(f, "id:{id}"),
+            KeyRef::Ip(ip) => write!(f, "ip:{ip}"),
+            KeyRef::Ipv6Network {
+                network,
+                prefix_len,
             } => write!(f, "ip:{network}/{prefix_len}"),
-            ClientKey::Unknown => f.write_str("unknown"),
+            KeyRef::Unknown => f.write_str("unknown"),
         }
     }
 }
@@ -190,10 +242,13 @@ impl KeySource {
         })
     }
 
-    pub(crate) fn client_key<B>(&self, request: &Request<B>) -> Result<ClientKey, InvalidClientId> {
+    pub(crate) fn client_key<'r, B>(
+        &self,
+        request: &'r Request<B>,
+    ) -> Result<KeyRef<'r>, InvalidClientId> {
         let headers = request.headers();
         if let Some(id) = client_id(headers)? {
-            return Ok(ClientKey::Id(id.into()));
+            return Ok(KeyRef::Id(id));
         }
         let peer = peer_ip(request);
         let ip = if self.trusted_proxies.is_empty() {
@@ -201,7 +256,7 @@ impl KeySource {
         } else {
             self.behind_trusted_proxies(headers, peer)
         };
-        Ok(ip.map_or(ClientKey::Unknown, |ip| self.key_for(ip)))
+        Ok(ip.map_or(KeyRef::Unknown, |ip| self.key_for(ip)))
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -227,16 +282,16 @@ impl KeySource {
         farthest
     }
 
-    fn key_for(&self, ip: IpAddr) -> ClientKey {
+    fn key_for(&self, ip: IpAddr) -> KeyRef<'static> {
         match ip {
             IpAddr::V6(v6) if self.ipv6_prefix_len < 128 => {
                 let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix_len));
-                ClientKey::Ipv6Network {
+                KeyRef::Ipv6Network {
                     network: Ipv6Addr::from(u128::from(v6) & mask),
                     prefix_len: self.ipv6_prefix_len,
                 }
             }
-            ip => ClientKey::Ip(ip),
+            ip => KeyRef::Ip(ip),
         }
     }
 }
@@ -346,6 +401,23 @@ mod tests {
             .client_key(&request)
             .map(|k| k.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn borrowed_keys_round_trip_and_print_alike() {
+        let keys = [
+            ClientKey::Id("alice".into()),
+            ClientKey::Ip("10.0.0.1".parse().unwrap()),
+            ClientKey::Ipv6Network {
+                network: "2001:db8::".parse().unwrap(),
+                prefix_len: 64,
+            },
+            ClientKey::Unknown,
+        ];
+        for key in keys {
+            assert_eq!(key.as_ref().to_owned(), key);
+            assert_eq!(key.as_ref().to_string(), key.to_string());
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use serde_json::{Number, Value};
 
 use crate::algorithm::{Algorithm, BandSpec};
 use crate::error::{InvalidRule, Location, RulesError};
-use crate::key::{ClientKey, MAX_CLIENT_ID_LEN};
+use crate::key::{ClientKey, KeyRef, MAX_CLIENT_ID_LEN};
 use crate::policy::OnRedisError;
 use crate::tier::UnknownTier;
 
@@ -402,6 +402,17 @@ impl Rules {
         tier: Option<&str>,
         client: &ClientKey,
     ) -> Result<Resolved<'_>, UnknownTier> {
+        self.resolve_key(method, path, tier, client.as_ref())
+    }
+
+    /// [`resolve`](Self::resolve) with a borrowed key: the request path's form.
+    pub(crate) fn resolve_key(
+        &self,
+        method: &Method,
+        path: &str,
+        tier: Option<&str>,
+        client: KeyRef<'_>,
+    ) -> Result<Resolved<'_>, UnknownTier> {
         let set = match tier {
             Some(name) => {
                 &self
@@ -421,8 +432,13 @@ impl Rules {
                 client_override: false,
             });
         };
-        Ok(match (self.clients.is_empty(), self.clients.get(client)) {
-            (false, Some(own)) => Resolved {
+        // Only files with client overrides pay for an owned key to look them up.
+        let own = match self.clients.is_empty() {
+            true => None,
+            false => self.clients.get(&client.to_owned()),
+        };
+        Ok(match own {
+            Some(own) => Resolved {
                 rule,
                 limit: own.as_ref(),
                 client_override: true,

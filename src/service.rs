@@ -89,11 +89,11 @@ where
         };
         let installed = shared.installed.load();
         let tier = request.extensions().get::<Tier>().map(Tier::as_str);
-        let resolved = match installed.rules.resolve(
+        let resolved = match installed.rules.resolve_key(
             request.method(),
             request.uri().path(),
             tier,
-            &key,
+            key,
         ) {
             Ok(resolved) => resolved,
             Err(unknown) => {
@@ -110,10 +110,7 @@ where
             rule: resolved.rule.id().into(),
             client: key.to_string(),
         });
-        match shared
-            .backend
-            .decide(state, resolved.rule.id(), limit, &key)
-        {
+        match shared.backend.decide(state, resolved.rule.id(), limit, key) {
             Verdict::Now(outcome) => match step(outcome, &shared.counters, shadow.as_ref()) {
                 Step::Respond(response) => ResponseFuture::respond(response),
                 Step::Forward(decision) => {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::table::{BucketTable, Entry};
 use crate::Decision;
 use crate::algorithm::{BandState, Combined, decide_band};
-use crate::key::ClientKey;
+use crate::key::KeyRef;
 use crate::rules::{Limit, MAX_BANDS};
 
 /// Default bound on the entries kept in memory, across all rules.
@@ -56,7 +56,7 @@ impl<C: Clock> MemoryBackend<C> {
 
     /// Decides one request of `client` with `limit`, under the rule whose state id is
     /// `state`.
-    pub(crate) fn decide(&self, state: u32, limit: &Limit, client: &ClientKey) -> Decision {
+    pub(crate) fn decide(&self, state: u32, limit: &Limit, client: KeyRef<'_>) -> Decision {
         let now = self.clock.now_us();
         let algorithm = limit.algorithm();
         let cost = f64::from(limit.cost());
@@ -183,7 +183,7 @@ mod tests {
             self.backend.decide(
                 rule.index() as u32,
                 rule.limit().unwrap(),
-                &ClientKey::Id(client.into()),
+                KeyRef::Id(client),
             )
         }
 

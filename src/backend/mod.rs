@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::Decision;
 use crate::breaker::BreakerState;
-use crate::key::ClientKey;
+use crate::key::KeyRef;
 use crate::rules::Limit;
 
 #[cfg(feature = "redis")]
@@ -55,7 +55,7 @@ impl Backend {
         state: u32,
         rule_id: &str,
         limit: &Limit,
-        key: &ClientKey,
+        key: KeyRef<'_>,
     ) -> Verdict {
         match self {
             Backend::Memory(memory) => {

@@ -29,7 +29,7 @@ use super::{Outcome, Verdict};
 use crate::Decision;
 use crate::algorithm::{Algorithm, Combined};
 use crate::breaker::{BreakerState, Permit, PermitGuard};
-use crate::key::ClientKey;
+use crate::key::KeyRef;
 use crate::policy::OnRedisError;
 use crate::rules::{Limit, MAX_BANDS};
 
@@ -447,7 +447,7 @@ impl RedisBackend {
         Ok(ready)
     }
 
-    pub(crate) fn key(&self, rule_id: &str, client: &ClientKey) -> String {
+    pub(crate) fn key(&self, rule_id: &str, client: KeyRef<'_>) -> String {
         format!("{}:{{{rule_id}:{client}}}", self.prefix)
     }
 
@@ -474,7 +474,7 @@ impl RedisBackend {
     }
 
     /// The refusal Redis gave this client, if it has not ended.
-    fn cached_refusal(&self, state: u32, client: &ClientKey) -> Option<Decision> {
+    fn cached_refusal(&self, state: u32, client: KeyRef<'_>) -> Option<Decision> {
         let now = SystemClock.now_us();
         self.refusals
             .update(state, client, now, |refusal| match refusal {
@@ -487,7 +487,7 @@ impl RedisBackend {
             })
     }
 
-    fn remember_refusal(&self, state: u32, client: &ClientKey, decision: &Decision) {
+    fn remember_refusal(&self, state: u32, client: KeyRef<'_>, decision: &Decision) {
         let now = SystemClock.now_us();
         let wait = i64::try_from(decision.retry_after.as_micros()).unwrap_or(i64::MAX);
         let refusal = Refusal {
@@ -509,7 +509,7 @@ impl RedisBackend {
         state: u32,
         rule_id: &str,
         limit: &Limit,
-        client: &ClientKey,
+        client: KeyRef<'_>,
     ) -> Verdict {
         if let Some(refused) = self.cached_refusal(state, client) {
             self.refusal_hits.fetch_add(1, Ordering::Relaxed);
@@ -521,7 +521,7 @@ impl RedisBackend {
         if permit == Permit::Skip {
             return Verdict::Now(self.without_redis(state, limit, client));
         }
-        let client = client.clone();
+        let client = client.to_owned();
         let limit = limit.clone();
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
@@ -530,7 +530,7 @@ impl RedisBackend {
                 Ok(decision) => {
                     guard.succeeded();
                     if !decision.allowed {
-                        this.remember_refusal(state, &client, &decision);
+                        this.remember_refusal(state, client.as_ref(), &decision);
                     }
                     Outcome::Decided(decision)
                 }
@@ -538,7 +538,7 @@ impl RedisBackend {
                     this.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, "Redis could not decide");
                     guard.failed(&error);
-                    this.without_redis(state, &limit, &client)
+                    this.without_redis(state, &limit, client.as_ref())
                 }
             }
         }))
@@ -581,7 +581,7 @@ impl RedisBackend {
     }
 
     /// The failure policy's answer.
-    fn without_redis(&self, state: u32, limit: &Limit, client: &ClientKey) -> Outcome {
+    fn without_redis(&self, state: u32, limit: &Limit, client: KeyRef<'_>) -> Outcome {
         self.fallback.fetch_add(1, Ordering::Relaxed);
         match (&self.local, self.on_error) {
             (Some(local), _) => Outcome::Decided(local.decide(state, limit, client)),

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use hashbrown::HashTable;
 
 use crate::algorithm::BandState;
-use crate::key::ClientKey;
+use crate::key::{ClientKey, KeyRef};
 
 /// The stored state of one client under one rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +75,7 @@ impl<V: Expiring> BucketTable<V> {
         }
     }
 
-    fn hash(&self, rule: u32, key: &ClientKey) -> u64 {
+    fn hash(&self, rule: u32, key: KeyRef<'_>) -> u64 {
         self.hasher.hash_one((rule, key))
     }
 
@@ -94,13 +94,13 @@ impl<V: Expiring> BucketTable<V> {
     pub(crate) fn update<R>(
         &self,
         rule: u32,
-        key: &ClientKey,
+        key: KeyRef<'_>,
         now_us: i64,
         decide: impl FnOnce(Option<&mut V>) -> (R, Option<V>),
     ) -> R {
         let hash = self.hash(rule, key);
         let mut map = self.shard(hash);
-        if let Some(slot) = map.find_mut(hash, |s| s.rule == rule && s.key == *key) {
+        if let Some(slot) = map.find_mut(hash, |s| s.rule == rule && s.key.as_ref() == key) {
             return decide(Some(&mut slot.entry)).0;
         }
         let (outcome, new) = decide(None);
@@ -110,10 +110,10 @@ impl<V: Expiring> BucketTable<V> {
             }
             let slot = Slot {
                 rule,
-                key: key.clone(),
+                key: key.to_owned(),
                 entry,
             };
-            map.insert_unique(hash, slot, |s| self.hash(s.rule, &s.key));
+            map.insert_unique(hash, slot, |s| self.hash(s.rule, s.key.as_ref()));
         }
         outcome
     }
@@ -126,7 +126,7 @@ impl<V: Expiring> BucketTable<V> {
                 let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
                 map.retain(|slot| slot.entry.expires_at_us() > now_us);
                 if map.capacity() > 4 * map.len().max(16) {
-                    map.shrink_to_fit(|s| self.hash(s.rule, &s.key));
+                    map.shrink_to_fit(|s| self.hash(s.rule, s.key.as_ref()));
                 }
                 map.len()
             })
@@ -193,7 +193,7 @@ mod tests {
 
     /// Stores an entry full again at `full_at` (µs), as a decision would.
     fn touch(table: &BucketTable, rule: u32, key: &ClientKey, full_at: i64, now: i64) {
-        table.update(rule, key, now, |existing| match existing {
+        table.update(rule, key.as_ref(), now, |existing| match existing {
             Some(e) => {
                 e.full_at_us = full_at;
                 ((), None)
@@ -203,7 +203,7 @@ mod tests {
     }
 
     fn full_at(table: &BucketTable, rule: u32, key: &ClientKey) -> Option<i64> {
-        table.update(rule, key, 0, |e| (e.map(|e| e.full_at_us), None))
+        table.update(rule, key.as_ref(), 0, |e| (e.map(|e| e.full_at_us), None))
     }
 
     #[test]
