@@ -7,8 +7,8 @@
 //! rule has room for `c`, and then takes `c` from every band; otherwise nothing changes.
 //!
 //! Times are microseconds of Unix time (Redis `TIME`, or the system clock in memory), so
-//! windows align to the same boundaries on every instance and backend. The Lua scripts next
-//! to the Redis backend perform the same floating-point operations in the same order, so
+//! windows align to the same boundaries on every instance and backend. The Redis backend's
+//! Lua script (`decide.lua`) performs the same floating-point operations in the same order, so
 //! both backends reach the same decisions from the same states and times.
 //!
 //! **token_bucket**: `tokens = min(capacity, tokens + elapsed × rate)`; admitted if
@@ -85,7 +85,13 @@ pub(crate) enum BandState {
         tokens: f64,
         ts_us: i64,
     },
-    Window {
+    /// A fixed window's index and the units counted in it.
+    Fixed {
+        index: i64,
+        count: f64,
+    },
+    /// A sliding window's index, the units counted in it and in the one before.
+    Sliding {
         index: i64,
         count: f64,
         previous: f64,
@@ -148,23 +154,26 @@ fn token_bucket(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
     }
 }
 
-/// The current window's index, never before the stored one (a clock that went backwards
-/// stays in the stored window).
-fn window_index(state: BandState, now: i64, window: i64) -> i64 {
+/// The current window's index. A stored index one ahead means the clock went back a
+/// little, and that window is kept. Any other stored index is of another window, or of
+/// another window length (a reload changed the rule), and carries nothing over.
+fn window_index(stored: Option<i64>, now: i64, window: i64) -> i64 {
     let index = now.div_euclid(window);
-    match state {
-        BandState::Window { index: stored, .. } => index.max(stored),
+    match stored {
+        Some(stored) if stored == index + 1 => stored,
         _ => index,
     }
 }
 
 fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
     let (capacity, window) = (spec.capacity, spec.window_us);
-    let index = window_index(state, now, window);
-    let count = match state {
-        BandState::Window {
-            index: i, count, ..
-        } if i == index => count,
+    let stored = match state {
+        BandState::Fixed { index, count } => Some((index, count)),
+        _ => None,
+    };
+    let index = window_index(stored.map(|(i, _)| i), now, window);
+    let count = match stored {
+        Some((i, count)) if i == index => count,
         _ => 0.0,
     };
     let admitted = count + cost <= capacity;
@@ -175,26 +184,27 @@ fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
         remaining: (capacity - counted).max(0.0).floor(),
         retry_after_us: if admitted { 0.0 } else { until_end },
         reset_after_us: if counted > 0.0 { until_end } else { 0.0 },
-        next: BandState::Window {
+        next: BandState::Fixed {
             index,
             count: counted,
-            previous: 0.0,
         },
     }
 }
 
 fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
     let (capacity, window) = (spec.capacity, spec.window_us);
-    let index = window_index(state, now, window);
-    let (current, previous) = match state {
-        BandState::Window {
-            index: i,
+    let stored = match state {
+        BandState::Sliding {
+            index,
             count,
             previous,
-        } if i == index => (count, previous),
-        BandState::Window {
-            index: i, count, ..
-        } if i == index - 1 => (0.0, count),
+        } => Some((index, count, previous)),
+        _ => None,
+    };
+    let index = window_index(stored.map(|(i, _, _)| i), now, window);
+    let (current, previous) = match stored {
+        Some((i, count, previous)) if i == index => (count, previous),
+        Some((i, count, _)) if i == index - 1 => (0.0, count),
         _ => (0.0, 0.0),
     };
     let start = index * window;
@@ -226,7 +236,7 @@ fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> Ban
         remaining: (capacity - (previous * weight + counted)).max(0.0).floor(),
         retry_after_us,
         reset_after_us,
-        next: BandState::Window {
+        next: BandState::Sliding {
             index,
             count: counted,
             previous,
@@ -443,6 +453,36 @@ mod tests {
             let back = decide_band(algorithm, &s, first.next, 6 * w, 1.0);
             assert!(!back.admitted, "{algorithm:?}");
         }
+    }
+
+    #[test]
+    fn a_longer_window_after_a_reload_starts_afresh() {
+        // 1 per minute, spent; the rule becomes 100 per hour (same state, new window length).
+        let minute = spec(1.0, 60.0);
+        let hour = spec(100.0, 3600.0);
+        let now = 1_000_000 * SEC;
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+            let spent = decide_band(algorithm, &minute, BandState::Fresh, now, 1.0);
+            let out = decide_band(algorithm, &hour, spent.next, now + SEC, 1.0);
+            assert!(out.admitted, "{algorithm:?}");
+            assert_eq!(out.remaining, 99.0, "{algorithm:?}");
+            // Full again within two hours, not at the end of some far-off window.
+            assert!(
+                out.reset_after_us <= (7200 * SEC) as f64,
+                "{algorithm:?} {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_algorithm_s_state_is_a_full_band() {
+        let s = spec(1.0, 10.0);
+        let now = 1000 * 10 * SEC;
+        let fixed = decide_band(Algorithm::FixedWindow, &s, BandState::Fresh, now, 1.0);
+        let sliding = decide_band(Algorithm::SlidingWindow, &s, fixed.next, now, 1.0);
+        assert!(sliding.admitted);
+        let bucket = decide_band(Algorithm::TokenBucket, &s, sliding.next, now, 1.0);
+        assert!(bucket.admitted);
     }
 
     #[test]

@@ -112,6 +112,15 @@ pub enum InvalidRule {
         /// The value as written.
         got: String,
     },
+    /// `capacity / refill_rate` is longer than [`MAX_PERIOD_SECS`](crate::MAX_PERIOD_SECS).
+    #[error(
+        "capacity / refill_rate (the time the whole bucket takes to refill) must be at most {max} s, got {secs} s",
+        max = crate::rules::MAX_PERIOD_SECS
+    )]
+    Period {
+        /// The period the rule asked for, in seconds.
+        secs: f64,
+    },
     /// `limit` is not of the form `N/unit`.
     #[error(
         "limit must look like \"N/unit\" with N an integer from 1 to {max} and unit one of second, minute, hour, day; got {got:?}",

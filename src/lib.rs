@@ -61,7 +61,8 @@ pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::OnRedisError;
 pub use rules::{
-    Band, Limit, MAX_BANDS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule, Rules,
+    Band, Limit, MAX_BANDS, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved,
+    Rule, Rules,
 };
 pub use service::RateLimit;
 pub use stats::Stats;

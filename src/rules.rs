@@ -40,6 +40,10 @@ pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
 pub const MAX_REFILL_PER_SEC: f64 = 1e9;
 /// Most bands one rule may have.
 pub const MAX_BANDS: usize = 8;
+/// Longest period accepted (`capacity / refill_rate`, the time a whole bucket takes to
+/// refill, or a window's length), in seconds: about 31.7 years. It keeps every time the
+/// algorithms compute exact in microseconds, in Rust and in Redis's Lua.
+pub const MAX_PERIOD_SECS: u64 = 1_000_000_000;
 
 /// One band of a limit: `capacity` per period, where `period = capacity / refill_per_sec`.
 /// For a token bucket: a bucket of `capacity` tokens gaining `refill_per_sec` tokens per
@@ -66,21 +70,23 @@ pub struct Band {
 }
 
 impl Band {
-    /// A band of `capacity` refilled at `refill_per_sec`, or `None` when capacity is zero or
-    /// the rate is outside [`MIN_REFILL_PER_SEC`]..=[`MAX_REFILL_PER_SEC`].
+    /// A band of `capacity` refilled at `refill_per_sec`, or `None` when capacity is zero,
+    /// the rate is outside [`MIN_REFILL_PER_SEC`]..=[`MAX_REFILL_PER_SEC`], or the period
+    /// is longer than [`MAX_PERIOD_SECS`].
     pub fn new(capacity: u32, refill_per_sec: f64) -> Option<Self> {
         let capacity = NonZeroU32::new(capacity)?;
-        (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC)
-            .contains(&refill_per_sec)
+        ((MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(&refill_per_sec)
+            && period_secs(capacity.get(), refill_per_sec) <= MAX_PERIOD_SECS as f64)
             .then(|| Self::made(capacity, refill_per_sec))
     }
 
     fn made(capacity: NonZeroU32, refill_per_sec: f64) -> Self {
-        let period_secs = f64::from(capacity.get()) / refill_per_sec;
         Self {
             capacity,
             refill_per_sec,
-            window_us: (period_secs * 1e6).round().max(1.0) as i64,
+            window_us: (period_secs(capacity.get(), refill_per_sec) * 1e6)
+                .round()
+                .max(1.0) as i64,
         }
     }
 
@@ -101,7 +107,7 @@ impl Band {
 
     /// The time the whole capacity takes to refill: the window of the window algorithms.
     pub fn period(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.capacity.get()) / self.refill_per_sec)
+        Duration::from_secs_f64(period_secs(self.capacity.get(), self.refill_per_sec))
     }
 
     /// This band split `share` ways: capacity and rate divided by `share` (capacity at
@@ -125,6 +131,11 @@ impl Band {
             window_us: self.window_us,
         }
     }
+}
+
+/// `capacity / refill_per_sec`, in seconds.
+fn period_secs(capacity: u32, refill_per_sec: f64) -> f64 {
+    f64::from(capacity) / refill_per_sec
 }
 
 impl fmt::Display for Band {
@@ -972,8 +983,9 @@ fn explicit_band(
                 },
             )
         })?;
-    rate.as_f64()
-        .and_then(|r| Band::new(capacity_value, r))
+    let refill = rate
+        .as_f64()
+        .filter(|r| (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(r))
         .ok_or_else(|| {
             problem(
                 format!("{json_path}.refill_rate"),
@@ -981,7 +993,15 @@ fn explicit_band(
                     got: rate.to_string(),
                 },
             )
-        })
+        })?;
+    Band::new(capacity_value, refill).ok_or_else(|| {
+        problem(
+            json_path.to_string(),
+            InvalidRule::Period {
+                secs: period_secs(capacity_value, refill),
+            },
+        )
+    })
 }
 
 /// `"N/unit"`: capacity N, refilled over one unit.
@@ -1628,6 +1648,19 @@ mod tests {
                 "{value}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn periods_longer_than_the_maximum_are_refused() {
+        let msg = err(
+            r#"{"default": {"capacity": 5000000, "refill_rate": 0.000001, "algorithm": "sliding_window"}}"#,
+        );
+        assert!(
+            msg.starts_with("<inline>: at default: capacity / refill_rate (the time the whole bucket takes to refill) must be at most 1000000000 s, got 5000000000000 s"),
+            "{msg}"
+        );
+        assert!(Band::new(5_000_000, 1e-6).is_none());
+        assert!(Band::new(1000, 1e-6).is_some());
     }
 
     #[test]

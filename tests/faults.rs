@@ -364,3 +364,48 @@ async fn starting_without_redis_then_redis_appears() {
     );
     assert!(recovery <= Duration::from_secs(2), "{recovery:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_dropped_before_it_runs_does_not_wedge_the_breaker() {
+    use tower::{Service, ServiceExt};
+    let _serial = SERIAL.lock().await;
+    let port = free_port();
+    let layer = fault_layer(&format!("redis://127.0.0.1:{port}"), OnRedisError::Local).await;
+    assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+    let mut service = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_: axum::http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(axum::http::Response::new(axum::body::Body::empty()))
+        }),
+    );
+    let _redis = TestRedis::spawn_on(port);
+    // Past the cooldown (500 ms), the next request is the probe; its future is dropped
+    // without ever being polled, as a caller that gives up at once would.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let probe = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request("GET", "/", Some("dropped")));
+    drop(probe);
+    // The breaker must probe again after another cooldown, and Redis then decides.
+    let began = Instant::now();
+    loop {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request("GET", "/", Some("after")))
+            .await
+            .unwrap();
+        if header(&response, "x-ratelimit-limit") == Some(&REDIS_LIMIT.to_string()[..]) {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "Redis never decided again: {:?}",
+            layer.stats().breaker
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::StatusCode;
 use common::*;
 use tollgate::{BuildError, RateLimitLayer};
@@ -379,6 +380,33 @@ async fn concurrent_decisions_share_script_calls_and_stay_exact() {
     // answered). Queued decisions go out together: 8 or 9 calls when this was written.
     let calls = evalsha_calls(&redis) - before;
     assert!(calls <= 100, "{calls} script calls for 400 decisions");
+}
+
+#[tokio::test]
+async fn a_longer_window_after_a_reload_starts_afresh() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("lengthened");
+    let minute = r#"{"default": {"limit": "1/minute", "algorithm": "fixed_window"}}"#;
+    let layer = layer(&Store::Redis(&redis, prefix.clone()), rules(minute)).await;
+    let app = app(layer.clone());
+    let statuses = |app: Router| async move {
+        let response = send(&app, request("GET", "/", Some("w"))).await;
+        (response.status(), remaining(&response))
+    };
+    assert_eq!(statuses(app.clone()).await, (StatusCode::OK, Some(0)));
+    assert_eq!(statuses(app.clone()).await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    // Same rule, an hour's window: the minute window's count does not carry over, and the
+    // key lives at most an hour, not until some far-off window ends.
+    layer.set_rules(rules(
+        r#"{"default": {"limit": "100/hour", "algorithm": "fixed_window"}}"#,
+    ));
+    assert_eq!(statuses(app.clone()).await, (StatusCode::OK, Some(99)));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:{{default:id:w}}"))
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 3_600_000, "{pttl}");
 }
 
 /// How many times Redis ran EVALSHA, from its own statistics.

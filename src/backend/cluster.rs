@@ -3,8 +3,8 @@
 //!
 //! Every decision touches one key, whose hash tag `{<rule id>:<client key>}` puts it in one
 //! slot; multi-band rules keep all bands in that one key. The cluster client routes each
-//! `EVALSHA` to the slot's master and follows `MOVED`/`ASK`; `redis::Script` reloads the script
-//! on `NOSCRIPT` (a restarted or new master).
+//! `EVALSHA` to the slot's master and follows `MOVED`/`ASK`; `redis::Script` loads the
+//! script again on `NOSCRIPT` (a restarted or new master).
 //!
 //! One breaker for the whole cluster would turn a single dead master into an outage of all
 //! of them. So the backend keeps a table of which master owns which slots (from
@@ -119,19 +119,11 @@ impl Breakers {
         }
     }
 
-    /// The worst state of any breaker: open if any master is cut off.
+    /// The worst state of any breaker in use: open if any master is cut off.
     pub(crate) fn state(&self) -> BreakerState {
-        let rank = |s: BreakerState| match s {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        };
         match self {
             Breakers::Single(breaker) => breaker.state(),
-            Breakers::Cluster(slots) => std::iter::once(slots.unmapped.state())
-                .chain(slots.masters().iter().map(|b| b.state()))
-                .max_by_key(|s| rank(*s))
-                .unwrap_or(BreakerState::Closed),
+            Breakers::Cluster(slots) => slots.state(),
         }
     }
 }
@@ -156,6 +148,29 @@ impl SlotBreakers {
             Some((_, last, breaker)) if slot <= *last => Arc::clone(breaker),
             _ => Arc::clone(&self.unmapped),
         }
+    }
+
+    /// The worst state among the masters of the current slot map, and of the breaker for
+    /// unmapped slots while some slot has no known master. Masters that left the map, and
+    /// the startup failure once every slot is mapped, no longer count.
+    fn state(&self) -> BreakerState {
+        let rank = |s: &BreakerState| match s {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        let table = self.table.load();
+        let mapped: u32 = table
+            .iter()
+            .map(|(first, last, _)| u32::from(last.saturating_sub(*first)) + 1)
+            .sum();
+        let unmapped = (mapped < u32::from(SLOTS)).then(|| self.unmapped.state());
+        table
+            .iter()
+            .map(|(_, _, breaker)| breaker.state())
+            .chain(unmapped)
+            .max_by_key(rank)
+            .unwrap_or(BreakerState::Closed)
     }
 
     fn masters(&self) -> Vec<Arc<Breaker>> {
@@ -218,6 +233,7 @@ pub(crate) fn parse_cluster_slots(reply: &Value) -> Option<Vec<(u16, u16, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::Permit;
 
     #[test]
     fn slots_match_redis() {
@@ -288,5 +304,25 @@ mod tests {
             ])
         );
         assert_eq!(parse_cluster_slots(&Value::Nil), None);
+    }
+
+    #[test]
+    fn state_counts_only_the_breakers_in_use() {
+        let breakers = Breakers::cluster(1, Duration::from_secs(3600));
+        let Breakers::Cluster(slots) = &breakers else {
+            unreachable!()
+        };
+        breakers.open_all("unreachable at startup");
+        assert_eq!(breakers.state(), BreakerState::Open);
+        // Half the slots mapped: the rest still go to the open breaker for unmapped slots.
+        slots.update(vec![(0, 8191, "a:1".into())]);
+        assert_eq!(breakers.state(), BreakerState::Open);
+        slots.update(vec![(0, 8191, "a:1".into()), (8192, 16383, "b:1".into())]);
+        assert_eq!(breakers.state(), BreakerState::Closed);
+        // A master that failed and then left the map no longer counts.
+        breakers.for_key("{x}").failed(Permit::Call, &"down");
+        assert_eq!(breakers.state(), BreakerState::Open);
+        slots.update(vec![(0, 16383, "c:1".into())]);
+        assert_eq!(breakers.state(), BreakerState::Closed);
     }
 }

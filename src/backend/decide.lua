@@ -15,21 +15,22 @@
 -- A missing band (or a value of another algorithm or type) is a full bucket. The key is
 -- written only if every band admits, and expires when every band is full again.
 --
--- Returns {now_ms, then for each request: admitted, then for each band: admitted,
--- remaining, retry_after_ms, reset_after_ms}.
+-- Returns {now_ms, then for each request and each of its bands: admitted, remaining,
+-- retry_after_ms, reset_after_ms}. A request is admitted if all of its bands are.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local byte, char, rep, format = string.byte, string.char, string.rep, string.format
 local pack, unpack_struct = struct.pack, struct.unpack
 
--- The window holding `now`, never before the stored one (a clock that went backwards stays
--- in the stored window). Exact for any integer times below 2^53.
+-- The window holding `now`. A stored index one ahead means the clock went back a little,
+-- and that window is kept; any other is of another window, or of another window length (a
+-- reload changed the rule), and carries nothing over. Exact for integer times below 2^53.
 local function window_index(window, stored)
   local index = floor(now / window)
   if index * window > now then index = index - 1 end
   if (index + 1) * window <= now then index = index + 1 end
-  if stored ~= nil and stored > index then index = stored end
+  if stored == index + 1 then index = stored end
   return index
 end
 
@@ -50,14 +51,14 @@ for d = 1, #KEYS do
     local have = min(n, floor((#raw - 1) / (8 * width)))
     if have > 0 then
       stored = {unpack_struct('<' .. rep('d', have * width), raw, 2)}
+      -- struct.unpack also returns the position after the last value: not a band's.
+      stored[have * width + 1] = nil
     end
   end
 
   local admitted = 1
   local values = {}
   local ttl_us = 0
-  local first = r + 1
-  r = r + 1
   for k = 1, n do
     local capacity, param
     capacity, param, at = unpack_struct('<dd', spec, at)
@@ -153,7 +154,6 @@ for d = 1, #KEYS do
     reply[r + 4] = ceil(reset_us / 1000)
     r = r + 4
   end
-  reply[first] = admitted
   if admitted == 1 then
     local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values))
     -- PX as an integer string: a Lua number would be formatted as a float.

@@ -67,7 +67,11 @@ impl<C: Clock> MemoryBackend<C> {
             let mut combined = Combined::new();
             let mut full_after = 0.0f64;
             for (i, band) in bands.iter().enumerate() {
-                let spec = band.divided_by(self.share).spec();
+                let mut spec = band.divided_by(self.share).spec();
+                if self.share > 1 {
+                    // A share too small for one request would refuse every request.
+                    spec.capacity = spec.capacity.max(cost);
+                }
                 let before = entry
                     .as_ref()
                     .and_then(|e| e.states.get(i).copied())
@@ -91,25 +95,23 @@ impl<C: Clock> MemoryBackend<C> {
             let next = &next[..bands.len()];
             let full_at_us = now.saturating_add(full_after.ceil() as i64);
             match entry {
-                // In place: no allocation per request once a client is known.
-                Some(existing) if existing.states.len() == next.len() => {
-                    existing.states.copy_from_slice(next);
+                Some(existing) => {
+                    // In place: no allocation per request once a client is known.
+                    if existing.states.len() == next.len() {
+                        existing.states.copy_from_slice(next);
+                    } else {
+                        existing.states = next.into();
+                    }
                     existing.full_at_us = full_at_us;
                     (decision, None)
                 }
-                existing => {
-                    let updated = Entry {
+                None => (
+                    decision,
+                    Some(Entry {
                         states: next.into(),
                         full_at_us,
-                    };
-                    match existing {
-                        Some(existing) => {
-                            *existing = updated;
-                            (decision, None)
-                        }
-                        None => (decision, Some(updated)),
-                    }
-                }
+                    }),
+                ),
             }
         })
     }
@@ -190,6 +192,19 @@ mod tests {
         fn admitted(&self, client: &str, n: usize) -> Vec<bool> {
             (0..n).map(|_| self.decide(client).allowed).collect()
         }
+    }
+
+    #[test]
+    fn a_share_holds_at_least_one_request() {
+        // 10 split 4 ways is 2, less than the cost of 4.
+        let s = setup(
+            r#"{"default": {"capacity": 10, "refill_rate": 1, "cost": 4}}"#,
+            4,
+        );
+        let first = s.decide("a");
+        assert!(first.allowed);
+        assert_eq!((first.limit, first.remaining), (4, 0));
+        assert!(!s.decide("a").allowed);
     }
 
     #[test]

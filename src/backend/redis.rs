@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Script, ServerErrorKind};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::cluster::{Breakers, Connection, parse_cluster_slots};
 use super::memory::{Clock, MemoryBackend, SystemClock};
@@ -31,7 +32,7 @@ use crate::algorithm::{Algorithm, Combined};
 use crate::breaker::{BreakerState, Permit, PermitGuard};
 use crate::key::KeyRef;
 use crate::policy::OnRedisError;
-use crate::rules::{Limit, MAX_BANDS};
+use crate::rules::Limit;
 
 /// The decision script; `EVALSHA`, loaded at startup and again on `NOSCRIPT`.
 pub(crate) const DECIDE_LUA: &str = include_str!("decide.lua");
@@ -84,8 +85,8 @@ impl RedisConfig {
 /// Why Redis could not decide.
 #[derive(Debug, Clone, thiserror::Error)]
 enum CallError {
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
+    #[error("no answer within the deadline")]
+    Timeout,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply of {0} values from the script")]
@@ -113,78 +114,44 @@ async fn load(
 /// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the cost (f64),
 /// the number of bands (a byte), then each band's capacity and second parameter (f64
 /// each: refill rate per second, or window length in µs).
-struct Spec {
-    bytes: [u8; 10 + 16 * MAX_BANDS],
-    len: usize,
-}
-
-impl Spec {
-    fn of(limit: &Limit) -> Self {
-        let mut spec = Spec {
-            bytes: [0; 10 + 16 * MAX_BANDS],
-            len: 0,
+fn packed(limit: &Limit) -> Vec<u8> {
+    let algorithm = limit.algorithm();
+    let bands = limit.bands();
+    let mut spec = Vec::with_capacity(10 + 16 * bands.len());
+    spec.push(match algorithm {
+        Algorithm::TokenBucket => 1,
+        Algorithm::FixedWindow => 2,
+        Algorithm::SlidingWindow => 3,
+    });
+    spec.extend(f64::from(limit.cost()).to_le_bytes());
+    // Rules hold 1 to MAX_BANDS bands.
+    spec.push(bands.len() as u8);
+    for band in bands {
+        let second = match algorithm {
+            Algorithm::TokenBucket => band.refill_per_sec(),
+            _ => band.spec().window_us as f64,
         };
-        let algorithm = limit.algorithm();
-        spec.push(&[match algorithm {
-            Algorithm::TokenBucket => 1,
-            Algorithm::FixedWindow => 2,
-            Algorithm::SlidingWindow => 3,
-        }]);
-        spec.push(&f64::from(limit.cost()).to_le_bytes());
-        // Rules hold 1 to MAX_BANDS bands.
-        spec.push(&[limit.bands().len() as u8]);
-        for band in limit.bands() {
-            spec.push(&f64::from(band.capacity()).to_le_bytes());
-            let second = match algorithm {
-                Algorithm::TokenBucket => band.refill_per_sec(),
-                _ => band.spec().window_us as f64,
-            };
-            spec.push(&second.to_le_bytes());
-        }
-        spec
+        spec.extend(f64::from(band.capacity()).to_le_bytes());
+        spec.extend(second.to_le_bytes());
     }
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+    spec
 }
 
-/// `EVALSHA` of the script over some decisions (key and limit each): every key, then
-/// every limit's [`Spec`].
-fn evalsha<'a>(
-    script: &Script,
-    decisions: impl ExactSizeIterator<Item = (&'a str, &'a Limit)> + Clone,
-) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(decisions.len());
-    for (key, _) in decisions.clone() {
-        cmd.arg(key);
-    }
-    for (_, limit) in decisions {
-        cmd.arg(Spec::of(limit).as_bytes());
-    }
-    cmd
-}
-
-/// Runs `cmd`; after `NOSCRIPT` (a restarted or flushed Redis) loads the script and runs it
-/// again.
-async fn run(
+/// Runs the script over some decisions (key and limit each): `EVALSHA` with every key, then
+/// every packed limit; [`Script`] loads it again after `NOSCRIPT`.
+async fn run<'a>(
     script: &Script,
     connection: &mut Connection,
-    cmd: &Cmd,
+    decisions: impl Iterator<Item = (&'a str, &'a Limit)> + Clone,
 ) -> Result<Vec<i64>, redis::RedisError> {
-    match cmd.query_async(connection).await {
-        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            script.load_async(connection).await?;
-            cmd.query_async(connection).await
-        }
-        reply => reply,
+    let mut invocation = script.prepare_invoke();
+    for (key, _) in decisions.clone() {
+        invocation.key(key);
     }
+    for (_, limit) in decisions {
+        invocation.arg(packed(limit).as_slice());
+    }
+    invocation.invoke_async(connection).await
 }
 
 /// A script reply shared by every decision in it, and the index where one decision's
@@ -195,16 +162,13 @@ type Answer = Result<(Arc<Vec<i64>>, usize), CallError>;
 struct Job {
     key: String,
     limit: Limit,
+    /// When the request gives up waiting: the job is not sent after that.
+    deadline: Instant,
     reply: oneshot::Sender<Answer>,
 }
 
 /// Sends queued decisions in batches until every sender is gone.
-async fn batch(
-    mut queue: mpsc::Receiver<Job>,
-    connection: Connection,
-    script: Arc<Script>,
-    deadline: Duration,
-) {
+async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: Arc<Script>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -214,29 +178,27 @@ async fn batch(
         if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
-        // A request that gave up (its deadline passed) takes nothing from its bucket.
-        jobs.retain(|job| !job.reply.is_closed());
-        if jobs.is_empty() {
+        // A request that gave up takes nothing from its bucket.
+        let now = Instant::now();
+        jobs.retain(|job| job.deadline > now && !job.reply.is_closed());
+        let Some(deadline) = jobs.iter().map(|job| job.deadline).min() else {
             continue;
-        }
+        };
         let taken = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
         let (mut connection, script) = (connection.clone(), Arc::clone(&script));
         tokio::spawn(async move {
             let _permit = permit;
-            let cmd = evalsha(
-                &script,
-                taken.iter().map(|job| (job.key.as_str(), &job.limit)),
-            );
-            let reply =
-                match tokio::time::timeout(deadline, run(&script, &mut connection, &cmd)).await {
-                    Ok(Ok(reply)) => Ok(Arc::new(reply)),
-                    Ok(Err(error)) => Err(CallError::Redis(error)),
-                    Err(_) => Err(CallError::Timeout(deadline)),
-                };
+            let decisions = taken.iter().map(|job| (job.key.as_str(), &job.limit));
+            let call = run(&script, &mut connection, decisions);
+            let reply = match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(reply)) => Ok(Arc::new(reply)),
+                Ok(Err(error)) => Err(CallError::Redis(error)),
+                Err(_) => Err(CallError::Timeout),
+            };
             let mut at = 1;
             for job in taken {
                 let _ = job.reply.send(reply.clone().map(|reply| (reply, at)));
-                at += 1 + 4 * job.limit.bands().len();
+                at += 4 * job.limit.bands().len();
             }
         });
     }
@@ -266,6 +228,8 @@ struct Refusal {
     /// answer arrived, so never earlier than Redis meant).
     until_us: i64,
     decision: Decision,
+    /// The rules it was given under: after a change it no longer counts.
+    rules: u64,
 }
 
 impl Expiring for Refusal {
@@ -277,17 +241,25 @@ impl Expiring for Refusal {
 /// Refusals remembered at most.
 const MAX_REFUSALS: usize = 100_000;
 
+/// How decisions reach Redis.
+enum Route {
+    /// A single Redis: through the batcher's queue.
+    Batched(mpsc::Sender<Job>),
+    /// A cluster: each decision its own call, once connected (at startup, or later by the
+    /// background connector).
+    Cluster(Arc<OnceLock<Connection>>),
+}
+
 pub(crate) struct RedisBackend {
     /// Clients Redis refused, with when the refusal ends: until then they are refused here,
     /// without a round trip. This can only refuse, never admit, so it cannot over-admit; it
     /// is emptied when the rules change.
     refusals: BucketTable<Refusal>,
     refusal_hits: AtomicU64,
-    /// Set once connected: at startup, or later by the background connector.
-    connection: Arc<OnceLock<Connection>>,
+    /// Counts rules changes, so that a refusal under older rules is not remembered.
+    rules: AtomicU64,
+    route: Route,
     script: Arc<Script>,
-    /// Single Redis only: where decisions queue for the batcher.
-    batcher: OnceLock<mpsc::Sender<Job>>,
     prefix: Box<str>,
     timeout: Duration,
     breakers: Arc<Breakers>,
@@ -311,27 +283,14 @@ impl RedisBackend {
             ))
         });
         let (failures, cooldown) = (config.breaker_failures, config.breaker_cooldown);
-        let backend = Self {
-            refusals: BucketTable::new(MAX_REFUSALS),
-            refusal_hits: AtomicU64::new(0),
-            connection: Arc::new(OnceLock::new()),
-            script: Arc::new(Script::new(DECIDE_LUA)),
-            batcher: OnceLock::new(),
-            prefix: config.prefix.as_str().into(),
-            timeout: config.timeout,
-            breakers: Arc::new(match config.cluster_nodes {
-                Some(_) => Breakers::cluster(failures, cooldown),
-                None => Breakers::single(failures, cooldown),
-            }),
-            cooldown,
-            on_error: config.on_error,
-            local,
-            fallback: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        };
-        let ready = match &config.cluster_nodes {
-            None => backend.connect_single(config).await?,
-            Some(nodes) => backend.connect_cluster(nodes, config).await?,
+        let script = Arc::new(Script::new(DECIDE_LUA));
+        let breakers = Arc::new(match config.cluster_nodes {
+            Some(_) => Breakers::cluster(failures, cooldown),
+            None => Breakers::single(failures, cooldown),
+        });
+        let (route, ready) = match &config.cluster_nodes {
+            None => Self::connect_single(config, &script).await?,
+            Some(nodes) => Self::connect_cluster(nodes, config, &script, &breakers).await?,
         };
         if let Err(error) = ready {
             let url = match &config.cluster_nodes {
@@ -348,14 +307,31 @@ impl RedisBackend {
                 policy = config.on_error.as_str(),
                 "Redis unreachable at startup; deciding by the failure policy until it answers"
             );
-            backend.breakers.open_all("Redis unreachable at startup");
+            breakers.open_all("Redis unreachable at startup");
         }
-        Ok(backend)
+        Ok(Self {
+            refusals: BucketTable::new(MAX_REFUSALS),
+            refusal_hits: AtomicU64::new(0),
+            rules: AtomicU64::new(0),
+            route,
+            script,
+            prefix: config.prefix.as_str().into(),
+            timeout: config.timeout,
+            breakers,
+            cooldown,
+            on_error: config.on_error,
+            local,
+            fallback: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
     }
 
-    /// A reconnecting connection to one Redis. The outer error is an unusable URL; the inner
-    /// one says Redis did not answer yet.
-    async fn connect_single(&self, config: &RedisConfig) -> Result<Result<(), String>, String> {
+    /// A reconnecting connection to one Redis, and its batcher. The outer error is an
+    /// unusable URL; the inner one says Redis did not answer yet.
+    async fn connect_single(
+        config: &RedisConfig,
+        script: &Arc<Script>,
+    ) -> Result<(Route, Result<(), String>), String> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
         // Short, capped reconnect backoff: a restarted Redis is found again quickly.
         let manager_config = ConnectionManagerConfig::new()
@@ -367,25 +343,20 @@ impl RedisBackend {
         let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| e.to_string())?;
         let mut connection = Connection::Single(manager);
-        let _ = self.connection.set(connection.clone());
         let (queue, queued) = mpsc::channel(MAX_QUEUED);
-        let _ = self.batcher.set(queue);
-        tokio::spawn(batch(
-            queued,
-            connection.clone(),
-            Arc::clone(&self.script),
-            config.timeout,
-        ));
-        Ok(load(&self.script, &mut connection, config.connect_timeout).await)
+        tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
+        let ready = load(script, &mut connection, config.connect_timeout).await;
+        Ok((Route::Batched(queue), ready))
     }
 
     /// A cluster connection, made now or, if no node answers in time, by a background task;
     /// and a task that keeps the slot map of the per-master breakers current.
     async fn connect_cluster(
-        &self,
         nodes: &[String],
         config: &RedisConfig,
-    ) -> Result<Result<(), String>, String> {
+        script: &Arc<Script>,
+        breakers: &Arc<Breakers>,
+    ) -> Result<(Route, Result<(), String>), String> {
         let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.connect_timeout)
@@ -395,21 +366,22 @@ impl RedisBackend {
             .build()
             .map_err(|e| e.to_string())?;
         let connect_timeout = config.connect_timeout;
+        let connected = Arc::new(OnceLock::new());
         let first = tokio::time::timeout(connect_timeout, client.get_async_connection()).await;
         let ready = match first {
             Ok(Ok(cluster)) => {
                 let mut connection = Connection::Cluster(cluster);
-                let _ = self.connection.set(connection.clone());
-                refresh_slots(&self.breakers, &mut connection).await;
-                load(&self.script, &mut connection, connect_timeout).await
+                let _ = connected.set(connection.clone());
+                refresh_slots(breakers, &mut connection).await;
+                load(script, &mut connection, connect_timeout).await
             }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {connect_timeout:?}")),
         };
         let (cell, script, breakers) = (
-            Arc::downgrade(&self.connection),
-            Arc::downgrade(&self.script),
-            Arc::downgrade(&self.breakers),
+            Arc::downgrade(&connected),
+            Arc::downgrade(script),
+            Arc::downgrade(breakers),
         );
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(250));
@@ -444,7 +416,7 @@ impl RedisBackend {
                 }
             }
         });
-        Ok(ready)
+        Ok((Route::Cluster(connected), ready))
     }
 
     pub(crate) fn key(&self, rule_id: &str, client: KeyRef<'_>) -> String {
@@ -470,15 +442,17 @@ impl RedisBackend {
 
     /// New rules may admit what the old ones refused.
     pub(crate) fn rules_changed(&self) {
-        self.refusals.retain_rules(|_| false);
+        self.rules.fetch_add(1, Ordering::AcqRel);
+        self.refusals.clear();
     }
 
     /// The refusal Redis gave this client, if it has not ended.
     fn cached_refusal(&self, state: u32, client: KeyRef<'_>) -> Option<Decision> {
         let now = SystemClock.now_us();
+        let rules = self.rules.load(Ordering::Acquire);
         self.refusals
             .update(state, client, now, |refusal| match refusal {
-                Some(refusal) if refusal.until_us > now => {
+                Some(refusal) if refusal.until_us > now && refusal.rules == rules => {
                     let mut decision = refusal.decision;
                     decision.retry_after = Duration::from_micros((refusal.until_us - now) as u64);
                     (Some(decision), None)
@@ -487,12 +461,14 @@ impl RedisBackend {
             })
     }
 
-    fn remember_refusal(&self, state: u32, client: KeyRef<'_>, decision: &Decision) {
+    /// Remembers a refusal Redis gave under the rules numbered `rules`.
+    fn remember_refusal(&self, state: u32, client: KeyRef<'_>, decision: &Decision, rules: u64) {
         let now = SystemClock.now_us();
         let wait = i64::try_from(decision.retry_after.as_micros()).unwrap_or(i64::MAX);
         let refusal = Refusal {
             until_us: now.saturating_add(wait),
             decision: *decision,
+            rules,
         };
         self.refusals
             .update(state, client, now, |existing| match existing {
@@ -521,16 +497,18 @@ impl RedisBackend {
         if permit == Permit::Skip {
             return Verdict::Now(self.without_redis(state, limit, client));
         }
+        // Made now, so that a future dropped before it is polled still ends a probe.
+        let guard = PermitGuard::new(breaker, permit);
+        let rules = self.rules.load(Ordering::Acquire);
         let client = client.to_owned();
         let limit = limit.clone();
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
-            let guard = PermitGuard::new(breaker, permit);
             match this.call(key, &limit).await {
                 Ok(decision) => {
                     guard.succeeded();
                     if !decision.allowed {
-                        this.remember_refusal(state, client.as_ref(), &decision);
+                        this.remember_refusal(state, client.as_ref(), &decision, rules);
                     }
                     Outcome::Decided(decision)
                 }
@@ -547,33 +525,33 @@ impl RedisBackend {
     /// Redis's decision: through the batcher on a single Redis, as its own call on a
     /// cluster.
     async fn call(&self, key: String, limit: &Limit) -> Result<Decision, CallError> {
-        let deadline = self.timeout;
-        let (reply, at) = match self.batcher.get() {
-            Some(queue) => {
+        let deadline = Instant::now() + self.timeout;
+        let (reply, at) = match &self.route {
+            Route::Batched(queue) => {
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     key,
                     limit: limit.clone(),
+                    deadline,
                     reply,
                 };
                 queue.try_send(job).map_err(|_| CallError::Overloaded)?;
-                match tokio::time::timeout(deadline, answer).await {
+                match tokio::time::timeout_at(deadline, answer).await {
                     Ok(Ok(answer)) => answer?,
-                    // The batcher is gone only when the backend is.
-                    Ok(Err(_)) | Err(_) => return Err(CallError::Timeout(deadline)),
+                    // The batcher drops a job only once its deadline has passed.
+                    Ok(Err(_)) | Err(_) => return Err(CallError::Timeout),
                 }
             }
-            None => {
-                let mut connection = self
-                    .connection
-                    .get()
-                    .ok_or(CallError::NotConnected)?
-                    .clone();
-                let cmd = evalsha(&self.script, std::iter::once((key.as_str(), limit)));
-                let reply =
-                    tokio::time::timeout(deadline, run(&self.script, &mut connection, &cmd))
-                        .await
-                        .map_err(|_| CallError::Timeout(deadline))??;
+            Route::Cluster(connected) => {
+                let mut connection = connected.get().ok_or(CallError::NotConnected)?.clone();
+                let call = run(
+                    &self.script,
+                    &mut connection,
+                    std::iter::once((key.as_str(), limit)),
+                );
+                let reply = tokio::time::timeout_at(deadline, call)
+                    .await
+                    .map_err(|_| CallError::Timeout)??;
                 (Arc::new(reply), 1)
             }
         };
@@ -593,14 +571,11 @@ impl RedisBackend {
     }
 }
 
-/// One decision's answer in a script reply `{now_ms, then per decision: admitted, then per
-/// band: admitted, remaining, retry_after_ms, reset_after_ms}`; this decision's starts at
-/// `at`.
+/// One decision's answer in a script reply `{now_ms, then per decision and band: admitted,
+/// remaining, retry_after_ms, reset_after_ms}`; this decision's starts at `at`.
 fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Decision, CallError> {
     let bands = limit.bands();
-    let (Some(&now_ms), Some(fields)) =
-        (reply.first(), reply.get(at + 1..at + 1 + 4 * bands.len()))
-    else {
+    let (Some(&now_ms), Some(fields)) = (reply.first(), reply.get(at..at + 4 * bands.len())) else {
         return Err(CallError::Reply(reply.len()));
     };
     let mut combined = Combined::new();

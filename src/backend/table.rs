@@ -134,6 +134,13 @@ impl<V: Expiring> BucketTable<V> {
     }
 
     /// Forgets the entries of rules for which `keep` is false (rules a reload removed).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
     pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);

@@ -361,13 +361,12 @@ struct BandText<'a>(&'a Band);
 impl fmt::Display for BandText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let band = self.0;
-        let period_secs = f64::from(band.capacity()) / band.refill_per_sec();
         write!(
             f,
             "capacity {}, refill {}/s, period {}",
             band.capacity(),
             Decimal(band.refill_per_sec()),
-            Span(period_secs)
+            Span(band.period().as_secs_f64())
         )
     }
 }
