@@ -5,6 +5,7 @@
 //! IPv6 addresses count by their network (/64 by default).
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, Request};
@@ -36,7 +37,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// let subnet = ClientKey::Ipv6Network { network: "2001:db8:1:2::".parse().unwrap(), prefix_len: 64 };
 /// assert_eq!(subnet.to_string(), "ip:2001:db8:1:2::/64");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientKey {
     /// From `X-Client-ID`, as sent.
     Id(Box<str>),
@@ -76,6 +77,19 @@ impl ClientKey {
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.as_ref().fmt(f)
+    }
+}
+
+/// Hashes as its borrowed form does, so maps of keys can be searched with a [`KeyRef`].
+impl Hash for ClientKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<ClientKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &ClientKey) -> bool {
+        key.as_ref() == *self
     }
 }
 

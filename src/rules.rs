@@ -16,8 +16,9 @@
 //!
 //! Everything is validated once, at load; a request only does one router lookup.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::RandomState;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -361,7 +362,8 @@ pub struct Rules {
     tiers: Vec<(Box<str>, RuleSet)>,
     default_tier: Option<usize>,
     /// `None`: the client is unlimited.
-    clients: HashMap<ClientKey, Option<Limit>>,
+    /// Searched with the request's borrowed key (see [`KeyRef`]).
+    clients: hashbrown::HashMap<ClientKey, Option<Limit>, RandomState>,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
 }
@@ -443,10 +445,9 @@ impl Rules {
                 client_override: false,
             });
         };
-        // Only files with client overrides pay for an owned key to look them up.
         let own = match self.clients.is_empty() {
             true => None,
-            false => self.clients.get(&client.to_owned()),
+            false => self.clients.get(&client),
         };
         Ok(match own {
             Some(own) => Resolved {
@@ -634,7 +635,8 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
                 })?,
         ),
     };
-    let mut clients = HashMap::with_capacity(raw.clients.len());
+    let mut clients =
+        hashbrown::HashMap::with_capacity_and_hasher(raw.clients.len(), RandomState::new());
     for (key, raw_rule) in raw.clients {
         let at = format!("clients.{key}");
         for (field, present) in [
