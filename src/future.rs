@@ -152,7 +152,11 @@ where
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let next = match step(outcome, &shared.counters, shadow.as_ref()) {
+                    let next = match step(
+                        outcome,
+                        &shared.counters,
+                        shadow.as_ref().map(Shadow::borrowed),
+                    ) {
                         Step::Respond(response) => State::Respond {
                             response: Some(response),
                         },

@@ -10,6 +10,7 @@ use tower_service::Service;
 
 use crate::backend::{Outcome, Verdict};
 use crate::future::ResponseFuture;
+use crate::key::{ClientKey, KeyRef};
 use crate::layer::Shared;
 use crate::stats::Counters;
 use crate::tier::Tier;
@@ -106,12 +107,9 @@ where
             return ResponseFuture::forward(self.inner.call(request), None);
         };
         let state = installed.state_ids[resolved.rule.index()];
-        let shadow = limit.shadow().then(|| Shadow {
-            rule: resolved.rule.id().into(),
-            client: key.to_string(),
-        });
+        let shadow = limit.shadow().then_some((resolved.rule.id(), key));
         match shared.backend.decide(state, resolved.rule.id(), limit, key) {
-            Verdict::Now(outcome) => match step(outcome, &shared.counters, shadow.as_ref()) {
+            Verdict::Now(outcome) => match step(outcome, &shared.counters, shadow) {
                 Step::Respond(response) => ResponseFuture::respond(response),
                 Step::Forward(decision) => {
                     ResponseFuture::forward(self.inner.call(request), decision)
@@ -122,16 +120,27 @@ where
                 // stays here for the next call.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
+                // Owned only here, where the decision outlives the request's borrow.
+                let shadow = shadow.map(|(rule, client)| Shadow {
+                    rule: rule.into(),
+                    client: client.to_owned(),
+                });
                 ResponseFuture::wait(pending, inner, request, Arc::clone(&self.shared), shadow)
             }
         }
     }
 }
 
-/// What a shadow rule's would-be refusals are logged with.
+/// What a shadow rule's would-be refusals are logged with, kept while Redis decides.
 pub(crate) struct Shadow {
     rule: Box<str>,
-    client: String,
+    client: ClientKey,
+}
+
+impl Shadow {
+    pub(crate) fn borrowed(&self) -> (&str, KeyRef<'_>) {
+        (&self.rule, self.client.as_ref())
+    }
 }
 
 /// What the layer does with an outcome: answer itself, or forward (with headers to add).
@@ -145,17 +154,17 @@ pub(crate) enum Step<B> {
 pub(crate) fn step<B: From<Bytes>>(
     outcome: Outcome,
     counters: &Counters,
-    shadow: Option<&Shadow>,
+    shadow: Option<(&str, KeyRef<'_>)>,
 ) -> Step<B> {
     let refused = match outcome {
         Outcome::Decided(decision) => !decision.allowed,
         Outcome::PassThrough => false,
         Outcome::Unavailable { .. } => true,
     };
-    if let (true, Some(shadow)) = (refused, shadow) {
+    if let (true, Some((rule, client))) = (refused, shadow) {
         Counters::bump(&counters.allowed);
         Counters::bump(&counters.shadowed);
-        tracing::info!(rule = %shadow.rule, client = %shadow.client, "shadow rule would have refused this request");
+        tracing::info!(rule, %client, "shadow rule would have refused this request");
         return Step::Forward(match outcome {
             Outcome::Decided(decision) => Some(decision),
             _ => None,
