@@ -308,7 +308,8 @@ impl RateLimitLayerBuilder {
     }
 
     /// What to do when Redis cannot decide (default [`OnRedisError::Local`]). The rules
-    /// file's `on_redis_error`, when present, wins.
+    /// file's `on_redis_error`, when present, wins; it is read when the layer is built (a
+    /// reload that changes it logs a warning and takes effect on restart).
     pub fn on_redis_error(mut self, policy: OnRedisError) -> Self {
         self.on_redis_error = policy;
         self
@@ -316,7 +317,8 @@ impl RateLimitLayerBuilder {
 
     /// How many app instances share the Redis limits (default 1). The `local` fallback
     /// divides every bucket by this, so the instances together stay near the shared limit.
-    /// The rules file's `local_fallback_instances`, when present, wins.
+    /// The rules file's `local_fallback_instances`, when present, wins; like
+    /// `on_redis_error`, it is read when the layer is built.
     pub fn local_fallback_instances(mut self, instances: u32) -> Self {
         self.local_fallback_instances = instances.max(1);
         self

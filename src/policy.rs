@@ -5,7 +5,8 @@ use serde::Deserialize;
 /// What the layer does with a request when Redis errors, misses its deadline, or is cut off
 /// by the circuit breaker. Set it with
 /// [`on_redis_error`](crate::RateLimitLayerBuilder::on_redis_error), or with the rules file's
-/// top-level `"on_redis_error"` (which wins, so operators can change it).
+/// top-level `"on_redis_error"` (which wins, so operators can set it; it is read when the
+/// layer is built).
 ///
 /// # Example
 ///

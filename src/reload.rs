@@ -68,6 +68,18 @@ fn content_hash(text: &str) -> u64 {
 impl Shared {
     /// Swaps in new rules; state of rules that no longer exist is dropped.
     pub(crate) fn install(&self, rules: Rules) {
+        let before = self.installed.load();
+        if (rules.on_redis_error(), rules.local_fallback_instances())
+            != (
+                before.rules.on_redis_error(),
+                before.rules.local_fallback_instances(),
+            )
+        {
+            tracing::warn!(
+                "on_redis_error and local_fallback_instances are read when the layer is built; \
+                 the new values take effect on restart"
+            );
+        }
         let installed = self.state_ids.install(rules);
         if let Some(memory) = self.backend.memory() {
             let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
