@@ -67,7 +67,7 @@ impl Algorithm {
     }
 }
 
-/// What one band needs to decide: `capacity` per `period_us`.
+/// What one band needs to decide: its capacity, refill rate and window length.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct BandSpec {
     pub(crate) capacity: f64,

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-/// A backend's answer for one request against one token bucket. The response headers and
-/// the 429 body are rendered from it, whichever backend decided.
+/// A backend's answer for one request against every band of its rule (the values are the
+/// reported band's). The response headers and the 429 body are rendered from it, whichever
+/// backend decided.
 ///
 /// # Example
 ///

@@ -19,7 +19,7 @@ use crate::{Decision, headers};
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
     ///
-    /// Resolves to the layer's own response (429 or 400) or to the inner service's response
+    /// Resolves to the layer's own response (429, 400, 500 or 503) or to the inner service's response
     /// with `X-RateLimit-*` headers added.
     ///
     /// # Example

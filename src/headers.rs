@@ -12,11 +12,11 @@ use crate::decision::ceil_secs;
 use crate::key::InvalidClientId;
 use crate::tier::UnknownTier;
 
-/// `X-RateLimit-Limit`: the bucket's capacity.
+/// `X-RateLimit-Limit`: the capacity of the reported band (the one closest to running out).
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-/// `X-RateLimit-Remaining`: whole tokens left after this request.
+/// `X-RateLimit-Remaining`: whole units that band has left after this request.
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `X-RateLimit-Reset`: Unix time in seconds when the bucket is full again.
+/// `X-RateLimit-Reset`: Unix time in seconds when that band is full again.
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -35,8 +35,8 @@ pub(crate) struct Shared {
 /// A tower [`Layer`] that rate limits requests by client and route.
 ///
 /// Each request is matched to a client key (`X-Client-ID`, `X-Forwarded-For`, the peer
-/// address), then to a rule in the rules file, then decided by a token bucket in Redis or in
-/// memory. Allowed requests reach the inner service and get `X-RateLimit-*` headers; refused
+/// address), then to a rule in the rules file, then decided by the rule's algorithm in Redis
+/// or in memory. Allowed requests reach the inner service and get `X-RateLimit-*` headers; refused
 /// ones get `429 Too Many Requests` with `Retry-After`. Cloning is cheap: clones share the
 /// rules and the buckets.
 ///

@@ -14,7 +14,8 @@
 //! }
 //! ```
 //!
-//! Everything is validated once, at load; a request only does one router lookup.
+//! Everything is validated once, at load; a request does one router lookup in its rule set
+//! (and one map lookup when the file has client overrides).
 
 use std::collections::BTreeMap;
 use std::fmt;
