@@ -14,7 +14,7 @@ use std::hint::black_box;
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tollgate::{ClientKey, RateLimitLayer, Rules};
 use tower::{Layer, Service, service_fn};
 
@@ -99,6 +99,10 @@ fn per_request_overhead(c: &mut Criterion) {
     let mut bare = inner;
     measure("bare", &mut |r| call(&mut bare, r), "/api/data", &by_id);
     let mut allowed = allowing.layer(inner);
+    // Each setup is checked once, so that a wrong one cannot measure the wrong path.
+    let first = call(&mut allowed, request("/api/data", by_id(0)));
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().contains_key("x-ratelimit-limit"));
     measure(
         "allowed",
         &mut |r| call(&mut allowed, r),
@@ -112,6 +116,8 @@ fn per_request_overhead(c: &mut Criterion) {
             request("/api/data", ("x-client-id", id.clone())),
         );
     }
+    let refused = call(&mut denied, request("/api/data", by_id(0)));
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     measure("denied", &mut |r| call(&mut denied, r), "/api/data", &by_id);
     let mut two_bands = banded.layer(inner);
     measure(
@@ -122,6 +128,8 @@ fn per_request_overhead(c: &mut Criterion) {
     );
     // An unlimited route: the client key and the rule lookup, no decision.
     let mut unlimited = allowing.layer(inner);
+    let passed = call(&mut unlimited, request("/health", by_id(0)));
+    assert!(!passed.headers().contains_key("x-ratelimit-limit"));
     measure(
         "unlimited_route",
         &mut |r| call(&mut unlimited, r),
@@ -153,6 +161,12 @@ fn rule_matching(c: &mut Criterion) {
         });
     }
     let client = ClientKey::Id("internal-batch".into());
+    let resolved = shipped.resolve(&Method::GET, "/api/data", Some("pro"), &client);
+    assert!(
+        resolved
+            .expect("the shipped rules have the pro tier")
+            .client_override
+    );
     group.bench_function("resolve with tier and client override", |b| {
         b.iter(|| {
             black_box(shipped.resolve(&Method::GET, black_box("/api/data"), Some("pro"), &client))

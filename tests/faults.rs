@@ -163,7 +163,7 @@ enum Fault {
 /// clients, then restarted (or continued) until Redis decides again.
 async fn outage(policy: OnRedisError, fault: Fault) {
     let _serial = SERIAL.lock().await;
-    let mut redis = TestRedis::spawn();
+    let mut redis = TestRedis::start();
     let layer = fault_layer(redis.url(), policy).await;
     let base = serve(layer.clone()).await;
     let began = Instant::now();
@@ -218,6 +218,14 @@ async fn outage(policy: OnRedisError, fault: Fault) {
         "{} {} {}",
         before.len(),
         during.len(),
+        after.len()
+    );
+    // Once Redis decides again, it keeps deciding (a few missed deadlines on a loaded
+    // two-core machine aside).
+    let by_redis = after.iter().filter(|s| from_redis(policy, s)).count();
+    assert!(
+        by_redis * 100 >= after.len() * 95,
+        "{by_redis} of {} after recovery decided by Redis",
         after.len()
     );
     assert!(
@@ -291,7 +299,7 @@ async fn stalled_redis_under_deny_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_while_serving_fails_nothing() {
     let _serial = SERIAL.lock().await;
-    let redis = TestRedis::spawn();
+    let redis = TestRedis::start();
     let layer = fault_layer(redis.url(), OnRedisError::Local).await;
     let base = serve(layer.clone()).await;
     let began = Instant::now();

@@ -236,7 +236,20 @@ async fn demo_runs_on_memory_and_stops_on_sigterm() {
 #[tokio::test]
 async fn demo_runs_on_redis() {
     let redis = TestRedis::start();
-    let demo = start_demo(&[("REDIS_URL", redis.url())]);
+    // The shipped rules, failing closed: a decision Redis missed would be a 503, not a local
+    // decision that looks the same.
+    let shipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_file("rate_limits.json")).unwrap())
+            .unwrap();
+    let mut closed = shipped;
+    closed["on_redis_error"] = "deny".into();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rate_limits.json");
+    std::fs::write(&rules_path, closed.to_string()).unwrap();
+    let demo = start_demo(&[
+        ("REDIS_URL", redis.url()),
+        ("RATE_LIMIT_RULES_PATH", rules_path.to_str().unwrap()),
+    ]);
     demo_enforces_the_shipped_rules(&demo).await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("tollgate:*")

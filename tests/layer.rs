@@ -74,9 +74,13 @@ async fn capacity_exhausted_gives_429_with_retry_after(store: &Store<'_>) {
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(body["retry_after"], retry);
     assert_eq!(body["limit"], 3);
-    // Refused requests take nothing: still refused, still the same wait.
+    // Refused requests take nothing: still refused, with nothing left, and a wait no longer
+    // than before.
     let again = send(&app, request("GET", "/", Some("bob"))).await;
     assert_eq!(again.status(), LIMITED);
+    assert_eq!(remaining(&again), Some(0));
+    let again_retry: u64 = header(&again, "retry-after").unwrap().parse().unwrap();
+    assert!(again_retry <= retry, "{again_retry} after {retry}");
 }
 
 async fn tokens_refill_over_time(store: &Store<'_>) {

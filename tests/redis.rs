@@ -424,7 +424,7 @@ fn evalsha_calls(redis: &TestRedis) -> u64 {
 
 #[tokio::test]
 async fn refusals_are_answered_without_redis_until_they_end() {
-    let redis = TestRedis::spawn();
+    let redis = TestRedis::start();
     let limits = layer(
         &Store::Redis(&redis, unique_prefix("refusals")),
         rules(r#"{"default": {"capacity": 2, "refill_rate": 5}}"#),

@@ -774,7 +774,7 @@ struct Stack {
 
 impl Stack {
     fn start() -> Self {
-        let redis = TestRedis::spawn();
+        let redis = TestRedis::start();
         let rules = tempfile::tempdir().unwrap();
         let rules_file = rules.path().join("rate_limits.json");
         std::fs::write(&rules_file, RULES).unwrap();

@@ -17,36 +17,20 @@ use tollgate::{RateLimitLayer, Rules};
 use tower::ServiceExt;
 
 const INSTALL_HINT: &str = "redis-server is needed by this test but was not found on PATH. \
-Install it (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`) \
-or set REDIS_URL to a running server that tests may write to.";
+Install it (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`).";
 
 /// A Redis for one test: a `redis-server` process of its own on a free loopback port, in a
-/// temporary directory, persisting nothing; stopped when dropped. With `REDIS_URL` set, that
-/// server is used instead and only the key prefix keeps tests apart.
+/// temporary directory, persisting nothing; stopped when dropped. Never a server the
+/// machine already runs: tests read server-wide statistics and flush, stop and kill it.
 pub struct TestRedis {
     url: String,
     port: u16,
     process: Option<Child>,
-    dir: Option<tempfile::TempDir>,
+    dir: tempfile::TempDir,
 }
 
 impl TestRedis {
     pub fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL")
-            && !url.is_empty()
-        {
-            return Self {
-                url,
-                port: 0,
-                process: None,
-                dir: None,
-            };
-        }
-        Self::spawn()
-    }
-
-    /// Always a private process, even when `REDIS_URL` is set (for tests that stop it).
-    pub fn spawn() -> Self {
         let mut last_error = String::new();
         for _ in 0..5 {
             match Self::try_spawn_on(free_port()) {
@@ -70,7 +54,7 @@ impl TestRedis {
             url: format!("redis://127.0.0.1:{port}"),
             port,
             process: Some(process),
-            dir: Some(dir),
+            dir,
         })
     }
 
@@ -80,11 +64,7 @@ impl TestRedis {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let dir = self
-            .dir
-            .as_ref()
-            .expect("only a private redis-server can restart");
-        let mut process = launch(self.port, dir.path());
+        let mut process = launch(self.port, self.dir.path());
         wait_for_ping(self.port, &mut process, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
         self.process = Some(process);
@@ -103,7 +83,7 @@ impl TestRedis {
         let pid = self
             .process
             .as_ref()
-            .expect("only a private redis-server can be signalled; use TestRedis::spawn")
+            .expect("the redis-server is running")
             .id();
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -426,6 +406,10 @@ pub enum Store<'a> {
 }
 
 pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
+    assert!(
+        matches!(store, Store::Memory) || rules.on_redis_error().is_none(),
+        "rules for Redis tests must not set on_redis_error: it would override failing closed"
+    );
     let builder = RateLimitLayer::builder().rules(rules);
     let builder = match store {
         Store::Memory => builder,
