@@ -155,7 +155,7 @@ pub enum InvalidRule {
         reason: String,
     },
     /// `limits` is empty or has more than [`MAX_BANDS`](crate::MAX_BANDS) bands.
-    #[error("limits must list 1 to 8 bands, got {count}")]
+    #[error("limits must list 1 to {max} bands, got {count}", max = crate::rules::MAX_BANDS)]
     Bands {
         /// How many were given.
         count: usize,
@@ -191,13 +191,8 @@ pub enum InvalidRule {
         known: Vec<String>,
     },
     /// A key of `clients` that is not a client key.
-    #[error(
-        "{got:?} is not a client key: use \"id:<X-Client-ID>\", \"ip:<address>\", \"ip:<IPv6 network>/<prefix>\" or \"unknown\""
-    )]
-    ClientKey {
-        /// The key as written.
-        got: String,
-    },
+    #[error(transparent)]
+    ClientKey(#[from] crate::key::InvalidClientKey),
     /// Two routes cover the same path and method.
     #[error("route {path:?} duplicates {other}: each path and method may have only one rule")]
     DuplicateRoute {

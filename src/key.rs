@@ -57,6 +57,30 @@ pub enum ClientKey {
 }
 
 impl ClientKey {
+    /// The form [`Display`](fmt::Display) writes, as in the rules file's `clients`:
+    /// `id:<X-Client-ID>`, `ip:<address>`, `ip:<IPv6 network>/<prefix>` or `unknown`.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        if text == "unknown" {
+            return Some(ClientKey::Unknown);
+        }
+        if let Some(id) = text.strip_prefix("id:") {
+            return check_client_id(id.as_bytes())
+                .is_ok()
+                .then(|| ClientKey::Id(id.into()));
+        }
+        let ip = text.strip_prefix("ip:")?;
+        if let Some((network, bits)) = ip.split_once('/') {
+            let prefix_len: u8 = bits.parse().ok().filter(|b| (1..128).contains(b))?;
+            return Some(ClientKey::Ipv6Network {
+                network: network_of(network.parse().ok()?, prefix_len),
+                prefix_len,
+            });
+        }
+        ip.parse::<IpAddr>()
+            .ok()
+            .map(|ip| ClientKey::Ip(ip.to_canonical()))
+    }
+
     /// This key, borrowed.
     pub(crate) fn as_ref(&self) -> KeyRef<'_> {
         match self {
@@ -141,7 +165,7 @@ impl std::str::FromStr for ClientKey {
     /// Parses the form [`Display`](fmt::Display) writes: `id:<X-Client-ID>`, `ip:<address>`,
     /// `ip:<IPv6 network>/<prefix>` or `unknown` (as in the rules file's `clients`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        crate::rules::client_key_of(text).ok_or_else(|| InvalidClientKey(text.into()))
+        ClientKey::parse(text).ok_or_else(|| InvalidClientKey::of(text))
     }
 }
 
@@ -161,6 +185,12 @@ impl std::str::FromStr for ClientKey {
     "{0:?} is not a client key: use \"id:<X-Client-ID>\", \"ip:<address>\", \"ip:<IPv6 network>/<prefix>\" or \"unknown\""
 )]
 pub struct InvalidClientKey(Box<str>);
+
+impl InvalidClientKey {
+    pub(crate) fn of(text: &str) -> Self {
+        InvalidClientKey(text.into())
+    }
+}
 
 /// Why an `X-Client-ID` header was refused (the request gets a 400).
 ///
@@ -186,17 +216,19 @@ pub struct InvalidClientKey(Box<str>);
 #[non_exhaustive]
 pub enum InvalidClientId {
     /// The header is present but empty.
-    #[error("X-Client-ID is empty; it must be 1 to 128 visible ASCII characters")]
+    #[error("X-Client-ID is empty; it must be 1 to {MAX_CLIENT_ID_LEN} visible ASCII characters")]
     Empty,
     /// Longer than [`MAX_CLIENT_ID_LEN`].
-    #[error("X-Client-ID is {len} bytes long; it must be 1 to 128 visible ASCII characters")]
+    #[error(
+        "X-Client-ID is {len} bytes long; it must be 1 to {MAX_CLIENT_ID_LEN} visible ASCII characters"
+    )]
     TooLong {
         /// Its length in bytes.
         len: usize,
     },
     /// A space, control character or non-ASCII byte.
     #[error(
-        "X-Client-ID has a byte that is not visible ASCII (space, control or non-ASCII) at position {position}; it must be 1 to 128 visible ASCII characters"
+        "X-Client-ID has a byte that is not visible ASCII (space, control or non-ASCII) at position {position}; it must be 1 to {MAX_CLIENT_ID_LEN} visible ASCII characters"
     )]
     NotVisibleAscii {
         /// 0-based byte offset of the first bad byte.
@@ -296,15 +328,23 @@ impl KeySource {
         farthest
     }
 
+    /// Whether a request can ever have `key`: IPv6 clients are keyed by their network of
+    /// `ipv6_prefix_len` bits, so an override for another IPv6 prefix (or, below 128, for a
+    /// single IPv6 address) never applies.
+    pub(crate) fn can_produce(&self, key: &ClientKey) -> bool {
+        match key {
+            ClientKey::Ip(IpAddr::V6(_)) => self.ipv6_prefix_len == 128,
+            ClientKey::Ipv6Network { prefix_len, .. } => *prefix_len == self.ipv6_prefix_len,
+            _ => true,
+        }
+    }
+
     fn key_for(&self, ip: IpAddr) -> KeyRef<'static> {
         match ip {
-            IpAddr::V6(v6) if self.ipv6_prefix_len < 128 => {
-                let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix_len));
-                KeyRef::Ipv6Network {
-                    network: Ipv6Addr::from(u128::from(v6) & mask),
-                    prefix_len: self.ipv6_prefix_len,
-                }
-            }
+            IpAddr::V6(v6) if self.ipv6_prefix_len < 128 => KeyRef::Ipv6Network {
+                network: network_of(v6, self.ipv6_prefix_len),
+                prefix_len: self.ipv6_prefix_len,
+            },
             ip => KeyRef::Ip(ip),
         }
     }
@@ -319,17 +359,29 @@ fn client_id(headers: &HeaderMap) -> Result<Option<&str>, InvalidClientId> {
         return Err(InvalidClientId::Repeated);
     }
     let bytes = value.as_bytes();
+    check_client_id(bytes)?;
+    // Visible ASCII is valid UTF-8, so this never fails.
+    Ok(std::str::from_utf8(bytes).ok())
+}
+
+/// An `X-Client-ID` must be 1 to [`MAX_CLIENT_ID_LEN`] visible ASCII characters.
+fn check_client_id(bytes: &[u8]) -> Result<(), InvalidClientId> {
     if bytes.is_empty() {
         return Err(InvalidClientId::Empty);
     }
     if bytes.len() > MAX_CLIENT_ID_LEN {
         return Err(InvalidClientId::TooLong { len: bytes.len() });
     }
-    if let Some(position) = bytes.iter().position(|b| !b.is_ascii_graphic()) {
-        return Err(InvalidClientId::NotVisibleAscii { position });
+    match bytes.iter().position(|b| !b.is_ascii_graphic()) {
+        Some(position) => Err(InvalidClientId::NotVisibleAscii { position }),
+        None => Ok(()),
     }
-    // Visible ASCII is valid UTF-8, so this never fails.
-    Ok(std::str::from_utf8(bytes).ok())
+}
+
+/// The network of `address` with `prefix_len` (below 128) leading bits.
+fn network_of(address: Ipv6Addr, prefix_len: u8) -> Ipv6Addr {
+    let mask = u128::MAX << (128 - u32::from(prefix_len));
+    Ipv6Addr::from(u128::from(address) & mask)
 }
 
 /// The `hops`-th valid address from the right. With fewer valid entries than trusted hops,
@@ -415,6 +467,28 @@ mod tests {
             .client_key(&request)
             .map(|k| k.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn overrides_only_for_keys_requests_can_have() {
+        let by_64 = KeySource::new(1, &[], 64).unwrap();
+        let by_address = KeySource::new(1, &[], 128).unwrap();
+        let parse = |text: &str| text.parse::<ClientKey>().unwrap();
+        for (key, with_64, with_128) in [
+            ("ip:2001:db8::/64", true, false),
+            ("ip:2001:db8::/48", false, false),
+            ("ip:2001:db8::1", false, true),
+            ("ip:10.0.0.1", true, true),
+            ("ip:::ffff:10.0.0.1", true, true),
+            ("id:alice", true, true),
+            ("unknown", true, true),
+        ] {
+            assert_eq!(by_64.can_produce(&parse(key)), with_64, "{key} /64");
+            assert_eq!(by_address.can_produce(&parse(key)), with_128, "{key} /128");
+        }
+        // And a request from that network does get the /64 key.
+        let key = key_with(&by_64, &[], Some("[2001:db8::7]:443")).unwrap();
+        assert_eq!(key, "ip:2001:db8::/64");
     }
 
     #[test]

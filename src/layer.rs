@@ -382,11 +382,8 @@ impl RateLimitLayerBuilder {
             None => return Err(BuildError::NoRules),
             Some(RulesSource::Given(rules)) => (*rules, None),
             Some(RulesSource::File(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let rules = Rules::parse_named(&text, &path.display().to_string())?;
+                let text = crate::rules::read_text(&path)?;
+                let rules = Rules::parse_file(&text, &path)?;
                 (rules, Some((path, text)))
             }
         };

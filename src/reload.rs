@@ -80,6 +80,15 @@ impl Shared {
                  the new values take effect on restart"
             );
         }
+        for (client, _) in rules.clients() {
+            if !self.keys.can_produce(client) {
+                tracing::warn!(
+                    %client,
+                    "this client override never applies: IPv6 clients are keyed by the network \
+                     of ipv6_prefix_len bits (see the builder)"
+                );
+            }
+        }
         let installed = self.state_ids.install(rules);
         if let Some(memory) = self.backend.memory() {
             let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
@@ -101,11 +110,7 @@ impl Shared {
     /// Reads the rules file again. `Ok(true)`: new rules are in force; `Ok(false)`: the
     /// content is unchanged. On error the running rules stay.
     pub(crate) fn reload_file(&self, path: &Path, trigger: &str) -> Result<bool, RulesError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
-            path: path.to_owned(),
-            source,
-        });
-        let text = match text {
+        let text = match crate::rules::read_text(path) {
             Ok(text) => text,
             Err(error) => {
                 self.failed(None, &error, trigger);
@@ -116,7 +121,7 @@ impl Shared {
         if self.reload_state().loaded == Some(hash) {
             return Ok(false);
         }
-        match Rules::parse_named(&text, &path.display().to_string()) {
+        match Rules::parse_file(&text, path) {
             Ok(rules) => {
                 let count = rules.iter().len();
                 self.install(rules);

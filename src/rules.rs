@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::RandomState;
-use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ use serde_json::{Number, Value};
 
 use crate::algorithm::{Algorithm, BandSpec};
 use crate::error::{InvalidRule, Location, RulesError};
-use crate::key::{ClientKey, KeyRef, MAX_CLIENT_ID_LEN};
+use crate::key::{ClientKey, InvalidClientKey, KeyRef};
 use crate::policy::OnRedisError;
 use crate::tier::UnknownTier;
 
@@ -383,11 +382,7 @@ impl Rules {
     /// Reads and validates a rules file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, RulesError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        parse(&text, &path.display().to_string())
+        Self::parse_file(&read_text(path)?, path)
     }
 
     /// Validates rules given as JSON text (errors name the source `<inline>`).
@@ -395,9 +390,9 @@ impl Rules {
         parse(json, "<inline>")
     }
 
-    /// Validates rules text read from `source_name`.
-    pub(crate) fn parse_named(json: &str, source_name: &str) -> Result<Self, RulesError> {
-        parse(json, source_name)
+    /// Validates `text`, read from the file at `path`.
+    pub(crate) fn parse_file(text: &str, path: &Path) -> Result<Self, RulesError> {
+        parse(text, &path.display().to_string())
     }
 
     /// The rule for a request without a tier (so in `default_tier`, if the file names one)
@@ -651,8 +646,8 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
                 ));
             }
         }
-        let client = client_key_of(&key)
-            .ok_or_else(|| problem(&at, InvalidRule::ClientKey { got: key.clone() }))?;
+        let client = ClientKey::parse(&key)
+            .ok_or_else(|| problem(&at, InvalidClientKey::of(&key).into()))?;
         clients.insert(client, limit_of(&raw_rule, &at, raw.shadow)?);
     }
     Ok(Rules {
@@ -1021,30 +1016,12 @@ fn parse_shorthand(text: &str) -> Option<Band> {
     Band::new(count, f64::from(count) / unit_secs)
 }
 
-/// A client key as written in `clients`: `id:<X-Client-ID>`, `ip:<address>`,
-/// `ip:<IPv6 network>/<prefix>` or `unknown`.
-pub(crate) fn client_key_of(text: &str) -> Option<ClientKey> {
-    if text == "unknown" {
-        return Some(ClientKey::Unknown);
-    }
-    if let Some(id) = text.strip_prefix("id:") {
-        let visible =
-            (1..=MAX_CLIENT_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
-        return visible.then(|| ClientKey::Id(id.into()));
-    }
-    let ip = text.strip_prefix("ip:")?;
-    if let Some((network, bits)) = ip.split_once('/') {
-        let prefix_len: u8 = bits.parse().ok().filter(|b| (1..128).contains(b))?;
-        let network: Ipv6Addr = network.parse().ok()?;
-        let mask = u128::MAX << (128 - u32::from(prefix_len));
-        return Some(ClientKey::Ipv6Network {
-            network: Ipv6Addr::from(u128::from(network) & mask),
-            prefix_len,
-        });
-    }
-    ip.parse::<IpAddr>()
-        .ok()
-        .map(|ip| ClientKey::Ip(ip.to_canonical()))
+/// The text of the rules file at `path`, or an error naming it.
+pub(crate) fn read_text(path: &Path) -> Result<String, RulesError> {
+    std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The location as the rest of the crate writes it: `routes[1].limit`, `clients["id:a b"]`,
@@ -1529,7 +1506,7 @@ mod tests {
             resolve(ClientKey::Id("other".into()), "/"),
             ("default".into(), Some(20), false)
         );
-        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
         assert_eq!(
             resolve(ClientKey::Ip(ip), "/"),
             ("default".into(), None, true)
