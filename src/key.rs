@@ -250,16 +250,6 @@ pub(crate) struct KeySource {
     ipv6_prefix_len: u8,
 }
 
-impl Default for KeySource {
-    fn default() -> Self {
-        Self {
-            trusted_proxy_hops: 1,
-            trusted_proxies: Vec::new(),
-            ipv6_prefix_len: 64,
-        }
-    }
-}
-
 impl KeySource {
     pub(crate) fn new(
         trusted_proxy_hops: usize,
@@ -841,7 +831,10 @@ mod tests {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(addr));
-        let k = KeySource::default().client_key(&request).unwrap();
+        let k = KeySource::new(1, &[], 64)
+            .unwrap()
+            .client_key(&request)
+            .unwrap();
         assert_eq!(k.to_string(), "ip:192.0.2.8");
     }
 }
