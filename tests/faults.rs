@@ -64,22 +64,13 @@ async fn probe(http: &reqwest::Client, base: &str, client: &str, began: Instant)
         .await;
     let latency = started.elapsed();
     match response {
-        Ok(response) => {
-            let number = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
-            Sample {
-                sent,
-                latency,
-                status: Some(response.status()),
-                limit: number("x-ratelimit-limit").map(|l| l as u32),
-                retry_after: number("retry-after"),
-            }
-        }
+        Ok(response) => Sample {
+            sent,
+            latency,
+            status: Some(response.status()),
+            limit: reqwest_number(&response, "x-ratelimit-limit"),
+            retry_after: reqwest_number(&response, "retry-after"),
+        },
         Err(_) => Sample {
             sent,
             latency,

@@ -17,13 +17,6 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
 const RULES: &str = r#"{
     "default": {"capacity": 20, "refill_rate": 5},
     "routes": [
@@ -46,11 +39,17 @@ async fn limits_hold_over_http(store: &Store<'_>) {
         let response = get("/api/data", "alice").await.unwrap();
         seen.push((
             response.status(),
-            header(&response, "x-ratelimit-remaining"),
+            reqwest_header(&response, "x-ratelimit-remaining"),
         ));
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            assert_eq!(header(&response, "retry-after").as_deref(), Some("1"));
-            assert_eq!(header(&response, "x-ratelimit-limit").as_deref(), Some("3"));
+            assert_eq!(
+                reqwest_header(&response, "retry-after").as_deref(),
+                Some("1")
+            );
+            assert_eq!(
+                reqwest_header(&response, "x-ratelimit-limit").as_deref(),
+                Some("3")
+            );
             let body: serde_json::Value = response.json().await.unwrap();
             assert_eq!(
                 (body["error"].as_str(), body["retry_after"].as_u64()),
@@ -78,7 +77,7 @@ async fn limits_hold_over_http(store: &Store<'_>) {
     for _ in 0..30 {
         let health = get("/health", "alice").await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
-        assert_eq!(header(&health, "x-ratelimit-limit"), None);
+        assert_eq!(reqwest_header(&health, "x-ratelimit-limit"), None);
     }
     // POST has its own rule; the body reaches the handler.
     for expected in [
@@ -191,7 +190,7 @@ async fn demo_enforces_the_shipped_rules(demo: &Demo) {
     assert_eq!(codes[10], StatusCode::TOO_MANY_REQUESTS);
     let health = http.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    assert_eq!(header(&health, "x-ratelimit-limit"), None);
+    assert_eq!(reqwest_header(&health, "x-ratelimit-limit"), None);
     let echoed: serde_json::Value = http
         .post(format!("{base}/api/submit"))
         .json(&serde_json::json!({"n": 1}))
@@ -207,7 +206,10 @@ async fn demo_enforces_the_shipped_rules(demo: &Demo) {
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&user, "x-ratelimit-limit").as_deref(), Some("5"));
+    assert_eq!(
+        reqwest_header(&user, "x-ratelimit-limit").as_deref(),
+        Some("5")
+    );
 }
 
 #[tokio::test]

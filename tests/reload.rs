@@ -42,17 +42,10 @@ async fn limit_seen(
         .send()
         .await
         .unwrap();
-    let number = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    };
     (
         response.status(),
-        number("x-ratelimit-limit"),
-        number("x-ratelimit-remaining"),
+        reqwest_number(&response, "x-ratelimit-limit"),
+        reqwest_number(&response, "x-ratelimit-remaining"),
     )
 }
 

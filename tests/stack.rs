@@ -828,13 +828,6 @@ fn client() -> reqwest::Client {
     client_from(Ipv4Addr::LOCALHOST)
 }
 
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
 /// Status, `X-RateLimit-Remaining` and `X-Upstream` of one response.
 struct Seen {
     status: StatusCode,
@@ -846,8 +839,8 @@ async fn get(request: reqwest::RequestBuilder) -> Seen {
     let response = request.send().await.expect("a response through nginx");
     Seen {
         status: response.status(),
-        remaining: header(&response, "x-ratelimit-remaining").map(|v| v.parse().unwrap()),
-        upstream: header(&response, "x-upstream").expect("nginx adds X-Upstream"),
+        remaining: reqwest_header(&response, "x-ratelimit-remaining").map(|v| v.parse().unwrap()),
+        upstream: reqwest_header(&response, "x-upstream").expect("nginx adds X-Upstream"),
     }
 }
 
@@ -953,9 +946,13 @@ async fn health_passes_through_nginx_unlimited() {
             "x-ratelimit-remaining",
             "x-ratelimit-reset",
         ] {
-            assert_eq!(header(&response, name), None, "/health carries no {name}");
+            assert_eq!(
+                reqwest_header(&response, name),
+                None,
+                "/health carries no {name}"
+            );
         }
-        upstreams.insert(header(&response, "x-upstream").expect("proxied"));
+        upstreams.insert(reqwest_header(&response, "x-upstream").expect("proxied"));
         let body: Value = response.json().await.unwrap();
         assert_eq!(body, serde_json::json!({"status": "ok"}));
     }
@@ -963,7 +960,11 @@ async fn health_passes_through_nginx_unlimited() {
 
     let own = http.get(stack.url("/nginx-health")).send().await.unwrap();
     assert_eq!(own.status(), StatusCode::OK);
-    assert_eq!(header(&own, "x-upstream"), None, "answered by nginx itself");
+    assert_eq!(
+        reqwest_header(&own, "x-upstream"),
+        None,
+        "answered by nginx itself"
+    );
     assert_eq!(own.text().await.unwrap(), "ok\n");
 }
 

@@ -463,6 +463,19 @@ pub fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
         .map(|v| v.to_str().expect("ascii header"))
 }
 
+/// A header of a response received over HTTP.
+pub fn reqwest_header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header").to_owned())
+}
+
+/// A numeric header of a response received over HTTP.
+pub fn reqwest_number<T: std::str::FromStr>(response: &reqwest::Response, name: &str) -> Option<T> {
+    reqwest_header(response, name).and_then(|v| v.parse().ok())
+}
+
 pub fn remaining(response: &Response<Body>) -> Option<u32> {
     header(response, "x-ratelimit-remaining").map(|v| v.parse().expect("integer"))
 }
