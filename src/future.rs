@@ -58,17 +58,21 @@ pin_project! {
     {
         // The layer answers by itself.
         Respond { response: Option<S::Response> },
-        // A remote backend is deciding; the ready inner service and the request wait.
-        Wait {
-            pending: PendingOutcome,
-            inner: Option<S>,
-            request: Option<Request<ReqBody>>,
-            shared: Arc<Shared>,
-            shadow: Option<Shadow>,
-        },
+        // A remote backend is deciding; the ready inner service and the request wait. Boxed:
+        // a request is large, and the futures that never wait should not carry its room.
+        Wait { waiting: Box<Waiting<S, ReqBody>> },
         // The inner service is answering; headers are added to its response.
         Forward { #[pin] future: S::Future, decision: Option<Decision> },
     }
+}
+
+/// What waits with a request while a remote backend decides it.
+struct Waiting<S, ReqBody> {
+    pending: PendingOutcome,
+    inner: Option<S>,
+    request: Option<Request<ReqBody>>,
+    shared: Arc<Shared>,
+    shadow: Option<Shadow>,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -98,11 +102,13 @@ where
     ) -> Self {
         Self {
             state: State::Wait {
-                pending,
-                inner: Some(inner),
-                request: Some(request),
-                shared,
-                shadow,
+                waiting: Box::new(Waiting {
+                    pending,
+                    inner: Some(inner),
+                    request: Some(request),
+                    shared,
+                    shadow,
+                }),
             },
         }
     }
@@ -141,13 +147,14 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Wait {
-                    pending,
-                    inner,
-                    request,
-                    shared,
-                    shadow,
-                } => {
+                StateProj::Wait { waiting } => {
+                    let Waiting {
+                        pending,
+                        inner,
+                        request,
+                        shared,
+                        shadow,
+                    } = &mut **waiting;
                     let outcome = ready!(pending.as_mut().poll(cx));
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
                         panic!("ResponseFuture polled after completion");

@@ -70,45 +70,37 @@ fn unix_time(secs: u64) -> HeaderValue {
 /// `{"error":"rate_limited","message":…,"retry_after":N,"limit":L,"remaining":R,"reset":T}`.
 ///
 /// Under a flood, consecutive refusals are mostly identical (same limit, nothing left, same
-/// reset second, same wait), so each thread keeps the last one rendered and clones it: no
-/// formatting and no allocation for the body and header values then.
+/// reset second, same wait), so each thread keeps the last one rendered, body and headers,
+/// and clones it: no formatting, and no hashing of header names, then.
 pub(crate) fn too_many_requests<B: From<Bytes>>(decision: &Decision) -> Response<B> {
-    /// (limit, remaining, reset, retry after) → body, then limit, remaining, reset, retry
-    /// after header values.
-    type Rendered = ((u32, u32, u64, u64), Bytes, [HeaderValue; 4]);
+    /// (limit, remaining, reset, retry after) → body and headers.
+    type Rendered = ((u32, u32, u64, u64), Bytes, HeaderMap);
     thread_local! {
         static LAST: RefCell<Option<Rendered>> = const { RefCell::new(None) };
     }
     let retry_after = decision.retry_after_secs();
     let reset = decision.reset_unix_secs();
     let key = (decision.limit, decision.remaining, reset, retry_after);
-    let (body, values) = LAST.with_borrow_mut(|last| match last {
-        Some((seen, body, values)) if *seen == key => (body.clone(), values.clone()),
+    let (body, headers) = LAST.with_borrow_mut(|last| match last {
+        Some((seen, body, headers)) if *seen == key => (body.clone(), headers.clone()),
         _ => {
             let body = Bytes::from(format!(
                 r#"{{"error":"rate_limited","message":"Too many requests; retry after {retry_after} s.","retry_after":{retry_after},"limit":{},"remaining":{},"reset":{reset}}}"#,
                 decision.limit, decision.remaining,
             ));
-            let values = [
-                HeaderValue::from(decision.limit),
-                HeaderValue::from(decision.remaining),
-                HeaderValue::from(reset),
-                HeaderValue::from(retry_after),
-            ];
-            *last = Some((key, body.clone(), values.clone()));
-            (body, values)
+            let mut headers = HeaderMap::with_capacity(5);
+            headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+            headers.insert(X_RATELIMIT_LIMIT.clone(), count(decision.limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), count(decision.remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            *last = Some((key, body.clone(), headers.clone()));
+            (body, headers)
         }
     });
-    let [limit, remaining, reset, retry_after] = values;
     let mut response = Response::new(B::from(body));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = response.headers_mut();
-    headers.reserve(5);
-    headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
-    headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
-    headers.insert(X_RATELIMIT_REMAINING.clone(), remaining);
-    headers.insert(X_RATELIMIT_RESET.clone(), reset);
-    headers.insert(RETRY_AFTER, retry_after);
+    *response.headers_mut() = headers;
     response
 }
 
