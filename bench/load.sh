@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load comparison on loopback, in one invocation: bare axum, axum + tower_governor (keyed by
 # X-Client-ID), tollgate's memory backend and tollgate's Redis backend (on a redis-server of
-# its own), each with every request allowed and with nearly every request refused, over
+# its own), exact and with 100 ms leases (tollgate-redis-lease), each with every request
+# allowed and with nearly every request refused, over
 # 1000 client IDs. Setups alternate within each round; the table gives, per setup, the median
 # over rounds of requests/s, p50 and p99 latency, and the median of its ratio to bare axum
 # measured in the same round. The order of the setups rotates from one round to the next.
@@ -36,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-setups="bare ${SETUPS:-governor tollgate-memory tollgate-redis}"
+setups="bare ${SETUPS:-governor tollgate-memory tollgate-redis tollgate-redis-lease}"
 setups="bare ${setups//bare/}"
 scenarios="${SCENARIOS:-allowed denied}"
 results="$work/results"
@@ -80,9 +81,9 @@ def ms(text):
     return float(text)
 bare = {(r[0], r[1]): float(r[3]) for r in rows if r[2] == "bare"}
 print()
-print(f"{'scenario':8} {'setup':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'refused':>8} {'x bare':>7}")
+print(f"{'scenario':8} {'setup':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'refused':>8} {'x bare':>7}")
 for scenario in ("allowed", "denied"):
-    for setup in ("bare", "governor", "tollgate-memory", "tollgate-redis"):
+    for setup in ("bare", "governor", "tollgate-memory", "tollgate-redis", "tollgate-redis-lease"):
         mine = [r for r in rows if r[1] == scenario and r[2] == setup]
         if not mine:
             continue
@@ -91,7 +92,7 @@ for scenario in ("allowed", "denied"):
         p99 = statistics.median(ms(r[5]) for r in mine)
         refused = statistics.median(int(r[6]) / max(1, int(r[7])) for r in mine)
         ratio = statistics.median(float(r[3]) / bare[(r[0], scenario)] for r in mine)
-        print(f"{scenario:8} {setup:16} {rps:10.0f} {p50:8.3f} {p99:8.3f} {refused:8.1%} {ratio:7.3f}")
+        print(f"{scenario:8} {setup:20} {rps:10.0f} {p50:8.3f} {p99:8.3f} {refused:8.1%} {ratio:7.3f}")
         if scenario == "allowed" and refused > 0:
             print(f"  warning: {setup} answered {refused:.1%} non-2xx in the allowed scenario (503: Redis missed its deadline)")
 PY

@@ -46,8 +46,9 @@ def free_port():
 
 
 def measure(port, sha, batch, calls):
-    # Algorithm 1 (token bucket), cost 1, one band: capacity 1,000,000, 1000 tokens/s.
-    spec = struct.pack("<BdB", 1, 1.0, 1) + struct.pack("<dd", 1_000_000.0, 1000.0)
+    # Algorithm 1 (token bucket), cost 1, no lease, one band: capacity 1,000,000, 1000
+    # tokens/s.
+    spec = struct.pack("<BdddB", 1, 1.0, 0.0, 0.0, 1) + struct.pack("<dd", 1_000_000.0, 1000.0)
     cli(port, "CONFIG", "RESETSTAT")
     with socket.create_connection(("127.0.0.1", port)) as conn:
         pending = []

@@ -5,7 +5,8 @@
 //! SETUP=tollgate-memory SCENARIO=denied PORT=8100 cargo run --release --example bench_server
 //! ```
 //!
-//! `SETUP`: `bare`, `governor`, `tollgate-memory` or `tollgate-redis` (with `REDIS_URL`).
+//! `SETUP`: `bare`, `governor`, `tollgate-memory`, `tollgate-redis` or `tollgate-redis-lease`
+//! (Redis with 100 ms leases; both with `REDIS_URL`).
 //! `SCENARIO`: `allowed` (limits no client reaches) or `denied` (1 request per second per
 //! client: under load, nearly every request is refused).
 
@@ -61,17 +62,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or("bad governor config")?;
             app.layer(GovernorLayer::new(config))
         }
-        "tollgate-memory" | "tollgate-redis" => {
+        "tollgate-memory" | "tollgate-redis" | "tollgate-redis-lease" => {
             let json = format!(
                 r#"{{"default": {{"capacity": {capacity}, "refill_rate": {per_second}}}}}"#
             );
             let mut builder = RateLimitLayer::builder().rules(Rules::from_json(&json)?);
-            if setup == "tollgate-redis" {
+            if setup.starts_with("tollgate-redis") {
                 // Fail closed: a decision Redis missed is a 503 that wrk counts, never a
                 // local decision passing for a Redis one.
                 builder = builder
                     .redis_url(std::env::var("REDIS_URL")?)
                     .on_redis_error(tollgate::OnRedisError::Deny);
+            }
+            if setup == "tollgate-redis-lease" {
+                builder = builder.redis_lease(Duration::from_millis(100));
             }
             app.layer(builder.build().await?)
         }

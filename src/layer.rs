@@ -106,7 +106,7 @@ impl RateLimitLayer {
         let Shared {
             backend, counters, ..
         } = &*self.shared;
-        let (fallback, errors, cached_refusals) = backend.redis_counts();
+        let (fallback, errors, cached_refusals, leased) = backend.redis_counts();
         let memory = backend.memory();
         let reload = self.shared.reload_state();
         Stats {
@@ -122,6 +122,7 @@ impl RateLimitLayer {
             fallback,
             errors,
             cached_refusals,
+            leased,
             invalid_client_ids: counters.invalid_client_ids.load(Ordering::Relaxed),
             tracked_buckets: memory.map_or(0, |m| m.len()),
             evicted_buckets: memory.map_or(0, |m| m.evicted()),
@@ -197,6 +198,8 @@ pub struct RateLimitLayerBuilder {
     redis_timeout: Option<Duration>,
     #[cfg(feature = "redis")]
     circuit_breaker: Option<(u32, Duration)>,
+    #[cfg(feature = "redis")]
+    redis_lease: Duration,
 }
 
 impl Default for RateLimitLayerBuilder {
@@ -220,6 +223,8 @@ impl Default for RateLimitLayerBuilder {
             redis_timeout: None,
             #[cfg(feature = "redis")]
             circuit_breaker: None,
+            #[cfg(feature = "redis")]
+            redis_lease: Duration::ZERO,
         }
     }
 }
@@ -372,6 +377,40 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Lets this instance take requests' worth of tokens from Redis ahead of time, and spend
+    /// them without a round trip for up to `ttl` (default: zero, off).
+    ///
+    /// When Redis admits a request, it also hands out a lease: up to 1/16 of the smallest
+    /// band's capacity (whole multiples of the request's cost), if every band still has
+    /// that much. The lease is taken from the bucket in Redis at once, so all instances
+    /// together never admit more than Redis handed out. Later requests of that client under
+    /// that rule are admitted from the lease, here, until it runs out or ends after `ttl`
+    /// (for a fixed or sliding window, at the end of the window at the latest); then Redis
+    /// decides again. Refusals always come from Redis (or its remembered refusals).
+    ///
+    /// What it costs: a lease an instance does not spend is lost until the bucket refills,
+    /// so with several instances a client may be refused while up to 1/16 of its limit sits
+    /// unspent in another instance. For a token bucket, tokens taken early can be spent
+    /// after the bucket in Redis has refilled, so a burst can exceed the capacity by up to
+    /// the smaller of refill rate × `ttl` and 1/16 of the capacity per instance. Windows
+    /// are never exceeded. A rules change drops every lease. Bands of a capacity under
+    /// 16 × cost never lease.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::RateLimitLayer;
+    ///
+    /// let builder = RateLimitLayer::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .redis_lease(Duration::from_millis(100));
+    /// # drop(builder);
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis_lease(mut self, ttl: Duration) -> Self {
+        self.redis_lease = ttl;
+        self
+    }
+
     /// Loads the rules, sets up Redis if asked, and returns the layer.
     ///
     /// Must run inside a Tokio runtime (for the cleanup task and Redis). An unreachable Redis
@@ -409,6 +448,7 @@ impl RateLimitLayerBuilder {
                 config.breaker_failures = failures;
                 config.breaker_cooldown = cooldown;
             }
+            config.lease = self.redis_lease;
             config.on_error = rules.on_redis_error().unwrap_or(self.on_redis_error);
             config.local_fallback_instances = rules
                 .local_fallback_instances()

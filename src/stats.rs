@@ -48,6 +48,9 @@ pub struct Stats {
     /// Requests refused without asking Redis, because Redis had refused the same client
     /// under the same rule until a time not yet reached (also counted in `denied`).
     pub cached_refusals: u64,
+    /// Requests admitted from a lease, without asking Redis (also counted in `allowed`);
+    /// see [`redis_lease`](crate::RateLimitLayerBuilder::redis_lease).
+    pub leased: u64,
     /// Requests answered 400 for an unusable `X-Client-ID`.
     pub invalid_client_ids: u64,
     /// Requests a shadow rule would have refused (let through).

@@ -65,6 +65,26 @@ async fn decisions_are_right_and_keys_land_on_every_master() {
         "keys spread over every master: {per_master:?}"
     );
     assert_eq!(per_master.iter().sum::<usize>(), 120);
+
+    // Leases work on a cluster as on a single Redis: every token, no more, and most of
+    // them without a round trip. (In this test, to start one cluster fewer.)
+    let leasing = RateLimitLayer::builder()
+        .rules(rules(
+            r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#,
+        ))
+        .redis_cluster(cluster.urls())
+        .redis_prefix(unique_prefix("cluster-lease"))
+        .redis_timeout(Duration::from_secs(5))
+        .on_redis_error(OnRedisError::Deny)
+        .redis_lease(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let lease_app = common::app(leasing.clone());
+    let answers = statuses(&lease_app, 200, || request("GET", "/", Some("leaser"))).await;
+    assert_eq!(answers.iter().filter(|s| **s == ok).count(), 160);
+    assert_eq!(answers.iter().filter(|s| **s == no).count(), 40);
+    assert!(leasing.stats().leased >= 140, "{:?}", leasing.stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,10 @@
 --
 -- KEYS[d]  request d's bucket: one string per (rule, client) holding every band's state
 -- ARGV[d]  request d's limit, packed little-endian: the algorithm (a byte: 1 token_bucket,
---          2 fixed_window, 3 sliding_window), the cost (a double), n, the number of bands (a
---          byte), then per band its capacity and its second parameter (doubles; token_bucket:
---          refill rate per second, windows: window length in µs)
+--          2 fixed_window, 3 sliding_window), the cost, the lease asked for (units) and its
+--          lifetime (µs) (doubles), n, the number of bands (a byte), then per band its
+--          capacity and its second parameter (doubles; token_bucket: refill rate per second,
+--          windows: window length in µs)
 --
 -- A bucket's value is one byte, the algorithm, then little-endian doubles, per band:
 --   token_bucket    tokens left after the last admitted request, when that was (µs of TIME)
@@ -15,8 +16,15 @@
 -- A missing band (or a value of another algorithm or type) is a full bucket. The key is
 -- written only if every band admits, and expires when every band is full again.
 --
--- Returns {now_ms, then for each request and each of its bands: admitted, remaining,
--- retry_after_ms, reset_after_ms}. A request is admitted if all of its bands are.
+-- An admitted request may also take a lease: up to the units asked for beyond its cost, in
+-- whole multiples of the cost, as long as every band still admits cost + lease. The lease
+-- is taken from the bands like the cost (the answer reports the bands as if only the cost
+-- had been), and lives for the lifetime asked for, cut short at the end of the current
+-- window for the window algorithms. A lease of 0 asked for changes nothing.
+--
+-- Returns {now_ms, then for each request: lease_units, lease_ms, then for each of its
+-- bands: admitted, remaining, retry_after_ms, reset_after_ms}. A request is admitted if all
+-- of its bands are.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
@@ -34,12 +42,98 @@ local function window_index(window, stored)
   return index
 end
 
+-- One band's answer to taking `take` units: ok (1 or 0), remaining, retry_us, reset_us,
+-- spare (units left beyond `take`), until_end (µs to the end of the window; nil for the
+-- token bucket), then the band's values after taking them.
+local function band(algorithm, capacity, param, stored, s, cost, take)
+  if algorithm == 1 then
+    local rate = param
+    local tokens = stored[s + 1]
+    local ts = stored[s + 2]
+    if tokens == nil or ts == nil then
+      tokens = capacity
+      ts = now
+    end
+    -- A clock that went backwards refills nothing; min() also clamps a lowered capacity.
+    tokens = min(capacity, tokens + max(0, now - ts) * rate / 1000000)
+    local left = tokens
+    local ok, retry_us = 0, 0
+    if tokens >= take then
+      ok = 1
+      left = tokens - take
+    else
+      retry_us = (cost - tokens) * 1000000 / rate
+    end
+    local reset_us = (capacity - left) * 1000000 / rate
+    return ok, floor(left), retry_us, reset_us, tokens - take, nil, left, now
+  elseif algorithm == 2 then
+    local window = param
+    local win = stored[s + 1]
+    local index = window_index(window, win)
+    local count = 0
+    if win == index then count = stored[s + 2] or 0 end
+    local counted = count
+    local until_end = (index + 1) * window - now
+    local ok, retry_us = 0, until_end
+    if count + take <= capacity then
+      ok = 1
+      retry_us = 0
+      counted = count + take
+    end
+    local reset_us = 0
+    if counted > 0 then reset_us = until_end end
+    return ok, max(0, capacity - counted), retry_us, reset_us, capacity - count - take,
+      until_end, index, counted
+  else
+    -- Two-counter estimate: prev × (share of the current window still ahead) + count.
+    local window = param
+    local win = stored[s + 1]
+    local index = window_index(window, win)
+    local current = 0
+    local prev = 0
+    if win == index then
+      current = stored[s + 2] or 0
+      prev = stored[s + 3] or 0
+    elseif win == index - 1 then
+      prev = stored[s + 2] or 0
+    end
+    local start = index * window
+    local weight = ((start + window) - now) / window
+    local counted = current
+    local ok, retry_us = 0, 0
+    if prev * weight + current + take <= capacity then
+      ok = 1
+      counted = current + take
+    elseif current + cost <= capacity then
+      -- The previous window's share must shrink to capacity - current - cost.
+      local weight_needed = (capacity - current - cost) / prev
+      retry_us = (start + (1 - weight_needed) * window) - now
+    else
+      -- Only the next window, where this one becomes the previous, can admit it.
+      local weight_needed = (capacity - cost) / current
+      retry_us = ((start + window) + (1 - weight_needed) * window) - now
+    end
+    local reset_us = 0
+    if counted > 0 then
+      reset_us = (start + 2 * window) - now
+    elseif prev > 0 then
+      reset_us = (start + window) - now
+    end
+    local remaining = max(0, capacity - (prev * weight + counted))
+    return ok, remaining, retry_us, reset_us, capacity - (prev * weight + current) - take,
+      (start + window) - now, index, counted, prev
+  end
+end
+
 local reply = {floor(now / 1000)}
 local r = 1
+-- Scratch tables, reused by every request in the call.
+local STRIDE = 7
+local answers, with_lease, values = {}, {}, {}
 for d = 1, #KEYS do
   local key = KEYS[d]
   local spec = ARGV[d]
-  local algorithm, cost, n, at = unpack_struct('<BdB', spec)
+  local algorithm, cost, lease, lease_us, n, at = unpack_struct('<BdddB', spec)
   local width = 2
   if algorithm == 3 then width = 3 end
 
@@ -56,106 +150,61 @@ for d = 1, #KEYS do
     end
   end
 
+  -- The request's own answer, band by band, into `answers` (STRIDE values per band).
   local admitted = 1
-  local values = {}
-  local ttl_us = 0
+  local spare = nil
+  local bands_at = at
   for k = 1, n do
+    local b = (k - 1) * STRIDE
     local capacity, param
     capacity, param, at = unpack_struct('<dd', spec, at)
-    local s = (k - 1) * width
-    local ok = 0
-    local remaining, retry_us, reset_us
-    if algorithm == 1 then
-      local rate = param
-      local tokens = stored[s + 1]
-      local ts = stored[s + 2]
-      if tokens == nil or ts == nil then
-        tokens = capacity
-        ts = now
-      end
-      -- A clock that went backwards refills nothing; min() also clamps a lowered capacity.
-      tokens = min(capacity, tokens + max(0, now - ts) * rate / 1000000)
-      local left = tokens
-      retry_us = 0
-      if tokens >= cost then
-        ok = 1
-        left = tokens - cost
-      else
-        retry_us = (cost - tokens) * 1000000 / rate
-      end
-      reset_us = (capacity - left) * 1000000 / rate
-      remaining = floor(left)
-      values[s + 1] = left
-      values[s + 2] = now
-    elseif algorithm == 2 then
-      local window = param
-      local win = stored[s + 1]
-      local index = window_index(window, win)
-      local count = 0
-      if win == index then count = stored[s + 2] or 0 end
-      local counted = count
-      local until_end = (index + 1) * window - now
-      retry_us = until_end
-      if count + cost <= capacity then
-        ok = 1
-        retry_us = 0
-        counted = count + cost
-      end
-      reset_us = 0
-      if counted > 0 then reset_us = until_end end
-      remaining = max(0, capacity - counted)
-      values[s + 1] = index
-      values[s + 2] = counted
-    else
-      -- Two-counter estimate: prev × (share of the current window still ahead) + count.
-      local window = param
-      local win = stored[s + 1]
-      local index = window_index(window, win)
-      local current = 0
-      local prev = 0
-      if win == index then
-        current = stored[s + 2] or 0
-        prev = stored[s + 3] or 0
-      elseif win == index - 1 then
-        prev = stored[s + 2] or 0
-      end
-      local start = index * window
-      local weight = ((start + window) - now) / window
-      local counted = current
-      retry_us = 0
-      if prev * weight + current + cost <= capacity then
-        ok = 1
-        counted = current + cost
-      elseif current + cost <= capacity then
-        -- The previous window's share must shrink to capacity - current - cost.
-        local weight_needed = (capacity - current - cost) / prev
-        retry_us = (start + (1 - weight_needed) * window) - now
-      else
-        -- Only the next window, where this one becomes the previous, can admit it.
-        local weight_needed = (capacity - cost) / current
-        retry_us = ((start + window) + (1 - weight_needed) * window) - now
-      end
-      reset_us = 0
-      if counted > 0 then
-        reset_us = (start + 2 * window) - now
-      elseif prev > 0 then
-        reset_us = (start + window) - now
-      end
-      remaining = max(0, capacity - (prev * weight + counted))
-      values[s + 1] = index
-      values[s + 2] = counted
-      values[s + 3] = prev
-    end
+    local ok, remaining, retry_us, reset_us, left, until_end, v1, v2, v3 =
+      band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost)
+    answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
+    answers[b + 5], answers[b + 6], answers[b + 7] = v1, v2, v3
     if ok == 0 then admitted = 0 end
-    if reset_us > ttl_us then ttl_us = reset_us end
-    reply[r + 1] = ok
-    reply[r + 2] = floor(remaining)
-    reply[r + 3] = ceil(retry_us / 1000)
-    reply[r + 4] = ceil(reset_us / 1000)
+    if spare == nil or left < spare then spare = left end
+    if until_end ~= nil and until_end < lease_us then lease_us = until_end end
+  end
+
+  -- A lease: whole multiples of the cost that every band can still give. `taken` holds
+  -- the bands' values and reset after taking cost + lease.
+  local extra = 0
+  local taken = answers
+  if admitted == 1 and lease > 0 and lease_us > 0 and cost > 0 then
+    extra = max(0, floor(min(lease, spare) / cost) * cost)
+    if extra > 0 then
+      taken = with_lease
+      at = bands_at
+      for k = 1, n do
+        local b = (k - 1) * STRIDE
+        local capacity, param
+        capacity, param, at = unpack_struct('<dd', spec, at)
+        local ok, _, _, reset_us, _, _, v1, v2, v3 =
+          band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost + extra)
+        if ok == 0 then extra = 0; taken = answers; break end
+        taken[b + 4], taken[b + 5], taken[b + 6], taken[b + 7] = reset_us, v1, v2, v3
+      end
+    end
+  end
+  if extra == 0 then lease_us = 0 end
+  reply[r + 1] = extra
+  reply[r + 2] = floor(lease_us / 1000)
+  r = r + 2
+
+  local ttl_us = 0
+  for k = 1, n do
+    local b = (k - 1) * STRIDE
+    for i = 1, width do values[(k - 1) * width + i] = taken[b + 4 + i] end
+    if taken[b + 4] > ttl_us then ttl_us = taken[b + 4] end
+    reply[r + 1] = answers[b + 1]
+    reply[r + 2] = floor(answers[b + 2])
+    reply[r + 3] = ceil(answers[b + 3] / 1000)
+    reply[r + 4] = ceil(answers[b + 4] / 1000)
     r = r + 4
   end
   if admitted == 1 then
-    local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values))
+    local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values, 1, n * width))
     -- PX as an integer string: a Lua number would be formatted as a float.
     redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
   end

@@ -99,10 +99,11 @@ impl Backend {
         }
     }
 
-    /// Redis (fallback decisions, errors, cached refusals); zeros without Redis.
-    pub(crate) fn redis_counts(&self) -> (u64, u64, u64) {
+    /// Redis (fallback decisions, errors, cached refusals, leased admissions); zeros
+    /// without Redis.
+    pub(crate) fn redis_counts(&self) -> (u64, u64, u64, u64) {
         match self {
-            Backend::Memory(_) => (0, 0, 0),
+            Backend::Memory(_) => (0, 0, 0, 0),
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => redis.counts(),
         }

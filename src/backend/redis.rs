@@ -44,6 +44,9 @@ pub(crate) const MAX_BATCH: usize = 64;
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// Decisions queued at most; past that a request is decided by the failure policy.
 const MAX_QUEUED: usize = 8192;
+/// A lease takes at most this share of a band's capacity (1/16), so an instance never holds
+/// more than a sixteenth of a limit that other instances could have used.
+const LEASE_SHARE: u32 = 16;
 
 /// How the layer reaches Redis and what it does without it.
 #[derive(Debug, Clone)]
@@ -63,6 +66,8 @@ pub(crate) struct RedisConfig {
     pub(crate) breaker_cooldown: Duration,
     /// Bound of the local fallback's bucket table.
     pub(crate) max_tracked_buckets: usize,
+    /// How long a lease lives; zero: no leases.
+    pub(crate) lease: Duration,
 }
 
 impl RedisConfig {
@@ -78,6 +83,7 @@ impl RedisConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_millis(500),
             max_tracked_buckets: super::memory::DEFAULT_MAX_KEYS,
+            lease: Duration::ZERO,
         }
     }
 }
@@ -110,20 +116,40 @@ async fn load(
     }
 }
 
+/// The units of a lease asked for with `limit`: whole multiples of its cost, at most
+/// 1/[`LEASE_SHARE`] of its smallest band's capacity. Zero when that is less than one cost.
+fn lease_units(limit: &Limit) -> u32 {
+    let cost = limit.cost().max(1);
+    let smallest = limit
+        .bands()
+        .iter()
+        .map(|b| b.capacity())
+        .min()
+        .unwrap_or(0);
+    smallest / LEASE_SHARE / cost * cost
+}
+
 /// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
-/// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the cost (f64),
-/// the number of bands (a byte), then each band's capacity and second parameter (f64
-/// each: refill rate per second, or window length in µs).
-fn packed(limit: &Limit) -> Vec<u8> {
+/// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the cost, the lease
+/// asked for in units and its lifetime in µs (f64 each), the number of bands (a byte), then
+/// each band's capacity and second parameter (f64 each: refill rate per second, or window
+/// length in µs).
+fn packed(limit: &Limit, lease: Duration) -> Vec<u8> {
     let algorithm = limit.algorithm();
     let bands = limit.bands();
-    let mut spec = Vec::with_capacity(10 + 16 * bands.len());
+    let (units, lease_us) = match lease.as_micros() {
+        0 => (0, 0.0),
+        us => (lease_units(limit), us as f64),
+    };
+    let mut spec = Vec::with_capacity(26 + 16 * bands.len());
     spec.push(match algorithm {
         Algorithm::TokenBucket => 1,
         Algorithm::FixedWindow => 2,
         Algorithm::SlidingWindow => 3,
     });
     spec.extend(f64::from(limit.cost()).to_le_bytes());
+    spec.extend(f64::from(units).to_le_bytes());
+    spec.extend(lease_us.to_le_bytes());
     // Rules hold 1 to MAX_BANDS bands.
     spec.push(bands.len() as u8);
     for band in bands {
@@ -137,19 +163,21 @@ fn packed(limit: &Limit) -> Vec<u8> {
     spec
 }
 
-/// Runs the script over some decisions (key and limit each): `EVALSHA` with every key, then
-/// every packed limit; [`Script`] loads it again after `NOSCRIPT`.
+/// Runs the script over some decisions (key and limit each), asking for leases that live
+/// `lease` (none if zero): `EVALSHA` with every key, then every packed limit; [`Script`]
+/// loads it again after `NOSCRIPT`.
 async fn run<'a>(
     script: &Script,
     connection: &mut Connection,
     decisions: impl Iterator<Item = (&'a str, &'a Limit)> + Clone,
+    lease: Duration,
 ) -> Result<Vec<i64>, redis::RedisError> {
     let mut invocation = script.prepare_invoke();
     for (key, _) in decisions.clone() {
         invocation.key(key);
     }
     for (_, limit) in decisions {
-        invocation.arg(packed(limit).as_slice());
+        invocation.arg(packed(limit, lease).as_slice());
     }
     invocation.invoke_async(connection).await
 }
@@ -168,7 +196,12 @@ struct Job {
 }
 
 /// Sends queued decisions in batches until every sender is gone.
-async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: Arc<Script>) {
+async fn batch(
+    mut queue: mpsc::Receiver<Job>,
+    connection: Connection,
+    script: Arc<Script>,
+    lease: Duration,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -189,7 +222,7 @@ async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: A
         tokio::spawn(async move {
             let _permit = permit;
             let decisions = taken.iter().map(|job| (job.key.as_str(), &job.limit));
-            let call = run(&script, &mut connection, decisions);
+            let call = run(&script, &mut connection, decisions, lease);
             let reply = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(reply)) => Ok(Arc::new(reply)),
                 Ok(Err(error)) => Err(CallError::Redis(error)),
@@ -198,7 +231,7 @@ async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: A
             let mut at = 1;
             for job in taken {
                 let _ = job.reply.send(reply.clone().map(|reply| (reply, at)));
-                at += 4 * job.limit.bands().len();
+                at += 2 + 4 * job.limit.bands().len();
             }
         });
     }
@@ -241,6 +274,33 @@ impl Expiring for Refusal {
 /// Refusals remembered at most.
 const MAX_REFUSALS: usize = 100_000;
 
+/// Units Redis handed this instance ahead of time for one client under one rule: spent
+/// here, without a round trip, until they run out or the lease ends. Redis took them from
+/// the bucket when it granted them, so spending them cannot admit more than Redis gave.
+struct Lease {
+    units: u32,
+    /// Unix µs, local clock, when the lease ends (measured from when the call was sent, so
+    /// never later than Redis meant).
+    until_us: i64,
+    /// The answer reported, its `remaining` counted down as the lease is spent.
+    decision: Decision,
+    /// The rules it was granted under: after a change it is dropped.
+    rules: u64,
+}
+
+impl Expiring for Lease {
+    fn expires_at_us(&self) -> i64 {
+        self.until_us
+    }
+}
+
+/// Leases held at most.
+const MAX_LEASES: usize = 100_000;
+
+/// What Redis answered for one decision: the decision, and the lease it granted with it
+/// (units, and how long it lives in ms), if any.
+type Answered = (Decision, Option<(u32, i64)>);
+
 /// How decisions reach Redis.
 enum Route {
     /// A single Redis: through the batcher's queue.
@@ -256,12 +316,17 @@ pub(crate) struct RedisBackend {
     /// is emptied when the rules change.
     refusals: BucketTable<Refusal>,
     refusal_hits: AtomicU64,
+    /// Units Redis leased to this instance; `None` when leases are off.
+    leases: Option<BucketTable<Lease>>,
+    lease_hits: AtomicU64,
     /// Counts rules changes, so that a refusal under older rules is not remembered.
     rules: AtomicU64,
     route: Route,
     script: Arc<Script>,
     prefix: Box<str>,
     timeout: Duration,
+    /// How long a lease lives; zero: none are asked for.
+    lease: Duration,
     breakers: Arc<Breakers>,
     cooldown: Duration,
     on_error: OnRedisError,
@@ -312,11 +377,14 @@ impl RedisBackend {
         Ok(Self {
             refusals: BucketTable::new(MAX_REFUSALS),
             refusal_hits: AtomicU64::new(0),
+            leases: (!config.lease.is_zero()).then(|| BucketTable::new(MAX_LEASES)),
+            lease_hits: AtomicU64::new(0),
             rules: AtomicU64::new(0),
             route,
             script,
             prefix: config.prefix.as_str().into(),
             timeout: config.timeout,
+            lease: config.lease,
             breakers,
             cooldown,
             on_error: config.on_error,
@@ -344,7 +412,12 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         let mut connection = Connection::Single(manager);
         let (queue, queued) = mpsc::channel(MAX_QUEUED);
-        tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
+        tokio::spawn(batch(
+            queued,
+            connection.clone(),
+            Arc::clone(script),
+            config.lease,
+        ));
         let ready = load(script, &mut connection, config.connect_timeout).await;
         Ok((Route::Batched(queue), ready))
     }
@@ -431,19 +504,65 @@ impl RedisBackend {
         self.breakers.state()
     }
 
-    /// (fallback decisions, errors, refusals answered from the cache)
-    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+    /// (fallback decisions, errors, refusals answered from the cache, requests admitted
+    /// from leases)
+    pub(crate) fn counts(&self) -> (u64, u64, u64, u64) {
         (
             self.fallback.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
             self.refusal_hits.load(Ordering::Relaxed),
+            self.lease_hits.load(Ordering::Relaxed),
         )
     }
 
-    /// New rules may admit what the old ones refused.
+    /// New rules may admit what the old ones refused, and refuse what leases under the old
+    /// ones would admit.
     pub(crate) fn rules_changed(&self) {
         self.rules.fetch_add(1, Ordering::AcqRel);
         self.refusals.clear();
+        if let Some(leases) = &self.leases {
+            leases.clear();
+        }
+    }
+
+    /// Spends `cost` units of this client's lease, if it has that many left and has not
+    /// ended; the answer to report then.
+    fn spend_lease(&self, state: u32, client: KeyRef<'_>, cost: u32) -> Option<Decision> {
+        let leases = self.leases.as_ref()?;
+        let now = SystemClock.now_us();
+        let rules = self.rules.load(Ordering::Acquire);
+        leases.update(state, client, now, |lease| match lease {
+            Some(lease) if lease.until_us > now && lease.rules == rules && lease.units >= cost => {
+                lease.units -= cost;
+                lease.decision.remaining = lease.decision.remaining.saturating_sub(cost);
+                (Some(lease.decision), None)
+            }
+            _ => (None, None),
+        })
+    }
+
+    /// Keeps a lease Redis granted. A lease still running (granted concurrently) is merged
+    /// in: the units add up and end with the earlier of the two, which can only give up
+    /// units, never keep them longer than Redis meant. The answer reported is the newer
+    /// one's, counting the older lease's units too (Redis had already taken them).
+    fn remember_lease(&self, state: u32, client: KeyRef<'_>, mut lease: Lease) {
+        let Some(leases) = &self.leases else {
+            return;
+        };
+        let now = SystemClock.now_us();
+        leases.update(state, client, now, |existing| match existing {
+            Some(existing) => {
+                if existing.until_us > now && existing.rules == lease.rules {
+                    lease.units = lease.units.saturating_add(existing.units);
+                    lease.until_us = lease.until_us.min(existing.until_us);
+                    lease.decision.remaining =
+                        lease.decision.remaining.saturating_add(existing.units);
+                }
+                *existing = lease;
+                ((), None)
+            }
+            None => ((), Some(lease)),
+        });
     }
 
     /// The refusal Redis gave this client, if it has not ended.
@@ -491,6 +610,10 @@ impl RedisBackend {
             self.refusal_hits.fetch_add(1, Ordering::Relaxed);
             return Verdict::Now(Outcome::Decided(refused));
         }
+        if let Some(leased) = self.spend_lease(state, client, limit.cost()) {
+            self.lease_hits.fetch_add(1, Ordering::Relaxed);
+            return Verdict::Now(Outcome::Decided(leased));
+        }
         let key = self.key(rule_id, client);
         let breaker = self.breakers.for_key(&key);
         let permit = breaker.permit();
@@ -504,11 +627,20 @@ impl RedisBackend {
         let limit = limit.clone();
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
+            let sent_us = SystemClock.now_us();
             match this.call(key, &limit).await {
-                Ok(decision) => {
+                Ok((decision, lease)) => {
                     guard.succeeded();
                     if !decision.allowed {
                         this.remember_refusal(state, client.as_ref(), &decision, rules);
+                    } else if let Some((units, ms)) = lease {
+                        let lease = Lease {
+                            units,
+                            until_us: sent_us.saturating_add(ms.saturating_mul(1000)),
+                            decision,
+                            rules,
+                        };
+                        this.remember_lease(state, client.as_ref(), lease);
                     }
                     Outcome::Decided(decision)
                 }
@@ -524,7 +656,7 @@ impl RedisBackend {
 
     /// Redis's decision: through the batcher on a single Redis, as its own call on a
     /// cluster.
-    async fn call(&self, key: String, limit: &Limit) -> Result<Decision, CallError> {
+    async fn call(&self, key: String, limit: &Limit) -> Result<Answered, CallError> {
         let deadline = Instant::now() + self.timeout;
         let (reply, at) = match &self.route {
             Route::Batched(queue) => {
@@ -548,6 +680,7 @@ impl RedisBackend {
                     &self.script,
                     &mut connection,
                     std::iter::once((key.as_str(), limit)),
+                    self.lease,
                 );
                 let reply = tokio::time::timeout_at(deadline, call)
                     .await
@@ -571,11 +704,16 @@ impl RedisBackend {
     }
 }
 
-/// One decision's answer in a script reply `{now_ms, then per decision and band: admitted,
-/// remaining, retry_after_ms, reset_after_ms}`; this decision's starts at `at`.
-fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Decision, CallError> {
+/// One decision's answer in a script reply `{now_ms, then per decision: lease_units,
+/// lease_ms, then per band: admitted, remaining, retry_after_ms, reset_after_ms}`; this
+/// decision's starts at `at`.
+fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Answered, CallError> {
     let bands = limit.bands();
-    let (Some(&now_ms), Some(fields)) = (reply.first(), reply.get(at..at + 4 * bands.len())) else {
+    let (Some(&now_ms), Some(&[units, lease_ms]), Some(fields)) = (
+        reply.first(),
+        reply.get(at..at + 2),
+        reply.get(at + 2..at + 2 + 4 * bands.len()),
+    ) else {
         return Err(CallError::Reply(reply.len()));
     };
     let mut combined = Combined::new();
@@ -589,7 +727,11 @@ fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Decision, CallError
             ms(fields[3]),
         );
     }
-    Ok(combined.decision(now_ms.saturating_mul(1000)))
+    let lease = match (u32::try_from(units), lease_ms) {
+        (Ok(units), ms) if units > 0 && ms > 0 => Some((units, ms)),
+        _ => None,
+    };
+    Ok((combined.decision(now_ms.saturating_mul(1000)), lease))
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.
@@ -609,6 +751,52 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limit(json: &str) -> Limit {
+        let rules = crate::Rules::from_json(json).unwrap();
+        rules
+            .lookup(&http::Method::GET, "/")
+            .limit()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn leases_ask_for_a_sixteenth_of_the_smallest_band_in_whole_costs() {
+        let units = |json| lease_units(&limit(json));
+        assert_eq!(
+            units(r#"{"default": {"capacity": 15, "refill_rate": 1}}"#),
+            0
+        );
+        assert_eq!(
+            units(r#"{"default": {"capacity": 16, "refill_rate": 1}}"#),
+            1
+        );
+        assert_eq!(
+            units(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
+            62
+        );
+        assert_eq!(
+            units(r#"{"default": {"capacity": 160, "refill_rate": 1, "cost": 3}}"#),
+            9
+        );
+        assert_eq!(
+            units(r#"{"default": {"limits": ["1000/second", "320/hour"]}}"#),
+            20
+        );
+        // Off: nothing asked for, whatever the capacity.
+        let spec = packed(
+            &limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
+            Duration::ZERO,
+        );
+        assert_eq!(spec[9..25], [0; 16]);
+        let spec = packed(
+            &limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
+            Duration::from_millis(100),
+        );
+        assert_eq!(spec[9..17], 62f64.to_le_bytes());
+        assert_eq!(spec[17..25], 100_000f64.to_le_bytes());
+    }
 
     #[test]
     fn passwords_are_hidden() {
