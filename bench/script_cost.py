@@ -6,7 +6,10 @@ pipelined EVALSHA calls of 1, 16 and 64 one-band token-bucket decisions over 100
 limits packed as the backend packs them. The time is Redis's own (INFO commandstats), so the
 speed of this client does not matter.
 
-    bench/script_cost.py [calls per size]        (default 4000)
+    bench/script_cost.py [calls per size] [lease]      (default 4000; no lease)
+
+With `lease`, every decision also asks for (and gets) a lease of 10 units for 100 ms, as
+`redis_lease` makes it ask.
 
 Needs redis-server and redis-cli.
 """
@@ -45,10 +48,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def measure(port, sha, batch, calls):
-    # Algorithm 1 (token bucket), cost 1, no lease, one band: capacity 1,000,000, 1000
-    # tokens/s.
-    spec = struct.pack("<BdddB", 1, 1.0, 0.0, 0.0, 1) + struct.pack("<dd", 1_000_000.0, 1000.0)
+def measure(port, sha, batch, calls, lease):
+    # Algorithm 1 (token bucket), cost 1, no lease (or 10 units for 100 ms), one band:
+    # capacity 1,000,000, 1000 tokens/s.
+    units, lease_us = (10.0, 100_000.0) if lease else (0.0, 0.0)
+    spec = struct.pack("<BdddB", 1, 1.0, units, lease_us, 1) + struct.pack("<dd", 1_000_000.0, 1000.0)
     cli(port, "CONFIG", "RESETSTAT")
     with socket.create_connection(("127.0.0.1", port)) as conn:
         pending = []
@@ -72,6 +76,7 @@ def measure(port, sha, batch, calls):
 
 def main():
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+    lease = len(sys.argv) > 2 and sys.argv[2] == "lease"
     for tool in ("redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install redis-server redis-tools")
@@ -93,10 +98,11 @@ def main():
             time.sleep(0.05)
         with open(SCRIPT) as f:
             sha = cli(port, "SCRIPT", "LOAD", f.read())
-        print(f"{cli(port, 'INFO', 'server').splitlines()[1]}; {calls} calls per size")
+        print(f"{cli(port, 'INFO', 'server').splitlines()[1]}; {calls} calls per size"
+              + ("; with leases" if lease else ""))
         print(f"{'decisions per call':>18} {'us per call':>12} {'us per decision':>16}")
         for batch in (1, 16, 64):
-            per_call = measure(port, sha, batch, calls)
+            per_call = measure(port, sha, batch, calls, lease)
             print(f"{batch:>18} {per_call:>12.2f} {per_call / batch:>16.2f}")
     finally:
         subprocess.run(["redis-cli", "-p", str(port), "SHUTDOWN", "NOSAVE"], capture_output=True)
