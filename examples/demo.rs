@@ -11,6 +11,7 @@
 //!   `REDIS_URL`
 //! - `REDIS_PREFIX`: prefix of every Redis key (default `tollgate`)
 //! - `REDIS_TIMEOUT_MS`: deadline of each Redis decision in milliseconds (default 50)
+//! - `REDIS_LEASE_MS`: lifetime of Redis leases in milliseconds (default 0: no leases)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 when clients connect directly)
 //! - `TRUSTED_PROXIES`: comma-separated CIDRs of those proxies, instead of a hop count
@@ -82,6 +83,8 @@ async fn run() -> Result<(), String> {
     }
     let timeout_ms: u64 = parse_env("REDIS_TIMEOUT_MS", 50)?;
     builder = builder.redis_timeout(std::time::Duration::from_millis(timeout_ms));
+    let lease_ms: u64 = parse_env("REDIS_LEASE_MS", 0)?;
+    builder = builder.redis_lease(std::time::Duration::from_millis(lease_ms));
     let layer = builder.build().await.map_err(|e| e.to_string())?;
     let stats = layer.stats();
     tracing::info!(
