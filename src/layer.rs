@@ -380,13 +380,15 @@ impl RateLimitLayerBuilder {
     /// Lets this instance take requests' worth of tokens from Redis ahead of time, and spend
     /// them without a round trip for up to `ttl` (default: zero, off).
     ///
-    /// When Redis admits a request, it also hands out a lease: up to 1/16 of the smallest
+    /// When Redis admits a request, it can also hand out a lease: up to 1/16 of the smallest
     /// band's capacity (whole multiples of the request's cost), if every band still has
     /// that much. The lease is taken from the bucket in Redis at once, so all instances
     /// together never admit more than Redis handed out. Later requests of that client under
     /// that rule are admitted from the lease, here, until it runs out or ends after `ttl`
     /// (for a fixed or sliding window, at the end of the window at the latest); then Redis
-    /// decides again. Refusals always come from Redis (or its remembered refusals).
+    /// decides again. One request at a time asks for a lease per client and rule; requests
+    /// meanwhile ask Redis for themselves only. Refusals always come from Redis (or its
+    /// remembered refusals).
     ///
     /// What it costs: a lease an instance does not spend is lost until the bucket refills,
     /// so with several instances a client may be refused while up to 1/16 of its limit sits
@@ -394,7 +396,7 @@ impl RateLimitLayerBuilder {
     /// after the bucket in Redis has refilled, so a burst can exceed the capacity by up to
     /// the smaller of refill rate × `ttl` and 1/16 of the capacity per instance. Windows
     /// are never exceeded. A rules change drops every lease. Bands of a capacity under
-    /// 16 × cost never lease.
+    /// 16 × cost never lease. A `ttl` under 1 ms turns leases off; one over a day is a day.
     ///
     /// ```
     /// use std::time::Duration;
@@ -407,7 +409,11 @@ impl RateLimitLayerBuilder {
     /// ```
     #[cfg(feature = "redis")]
     pub fn redis_lease(mut self, ttl: Duration) -> Self {
-        self.redis_lease = ttl;
+        self.redis_lease = if ttl < Duration::from_millis(1) {
+            Duration::ZERO
+        } else {
+            ttl.min(Duration::from_secs(24 * 3600))
+        };
         self
     }
 
@@ -500,6 +506,7 @@ impl RateLimitLayer {
         }
         let state_ids = StateIds::default();
         let installed = state_ids.install(rules);
+        backend.rules_changed(installed.generation);
         let shared = Arc::new(Shared {
             installed: ArcSwap::from_pointee(installed),
             state_ids,

@@ -24,6 +24,9 @@ use crate::rules::Rules;
 pub(crate) struct Installed {
     pub(crate) rules: std::sync::Arc<Rules>,
     pub(crate) state_ids: Box<[u32]>,
+    /// Counts installs: a request carries the generation of the rules it was resolved
+    /// under, so that what a backend remembers under other rules is not used for it.
+    pub(crate) generation: u64,
 }
 
 /// What reloads have done so far.
@@ -38,13 +41,16 @@ pub(crate) struct ReloadState {
     pub(crate) last_error: Option<String>,
 }
 
-/// Gives every rule identity one state id for the life of the layer.
+/// Gives every rule identity one state id for the life of the layer, and every install its
+/// generation.
 #[derive(Debug, Default)]
-pub(crate) struct StateIds(Mutex<HashMap<Box<str>, u32>>);
+pub(crate) struct StateIds(Mutex<(HashMap<Box<str>, u32>, u64)>);
 
 impl StateIds {
     pub(crate) fn install(&self, rules: Rules) -> Installed {
-        let mut ids = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (ids, generation) = &mut *guard;
+        *generation += 1;
         let state_ids = rules
             .iter()
             .map(|rule| {
@@ -55,6 +61,7 @@ impl StateIds {
         Installed {
             rules: std::sync::Arc::new(rules),
             state_ids,
+            generation: *generation,
         }
     }
 }
@@ -90,12 +97,13 @@ impl Shared {
             }
         }
         let installed = self.state_ids.install(rules);
+        let generation = installed.generation;
         if let Some(memory) = self.backend.memory() {
             let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
             memory.retain_rules(|id| live.contains(&id));
         }
         self.installed.store(std::sync::Arc::new(installed));
-        self.backend.rules_changed();
+        self.backend.rules_changed(generation);
     }
 
     /// Records the hash of the rules file content loaded at startup.

@@ -108,7 +108,11 @@ where
         };
         let state = installed.state_ids[resolved.rule.index()];
         let shadow = limit.shadow().then_some((resolved.rule.id(), key));
-        match shared.backend.decide(state, resolved.rule.id(), limit, key) {
+        let verdict =
+            shared
+                .backend
+                .decide(state, resolved.rule.id(), limit, key, installed.generation);
+        match verdict {
             Verdict::Now(outcome) => match step(outcome, &shared.counters, shadow) {
                 Step::Respond(response) => ResponseFuture::respond(response),
                 Step::Forward(decision) => {

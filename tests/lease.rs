@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::StatusCode;
 use common::*;
 use tollgate::{RateLimitLayer, Rules};
@@ -79,17 +78,22 @@ async fn instances_spending_leases_admit_exactly_the_limit() {
     let redis = TestRedis::start();
     let prefix = unique_prefix("lease-two");
     let json = r#"{"default": {"limit": "320/day", "algorithm": "fixed_window"}}"#;
-    let a = app(leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await);
-    let b = app(leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await);
+    let layers = [
+        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
+        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
+    ];
+    let apps = layers.clone().map(app);
     let mut admitted = 0;
     for n in 0..800 {
-        let instance: &Router = if n % 2 == 0 { &a } else { &b };
-        let response = send(instance, request("GET", "/", Some("shared"))).await;
+        let response = send(&apps[n % 2], request("GET", "/", Some("shared"))).await;
         if response.status() == StatusCode::OK {
             admitted += 1;
         }
     }
     assert_eq!(admitted, 320);
+    for layer in &layers {
+        assert!(layer.stats().leased >= 100, "{:?}", layer.stats());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,11 +101,14 @@ async fn concurrent_instances_with_leases_never_exceed_the_limit() {
     let redis = TestRedis::start();
     let prefix = unique_prefix("lease-concurrent");
     let json = r#"{"default": {"limit": "320/day", "algorithm": "sliding_window"}}"#;
-    let a = app(leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await);
-    let b = app(leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await);
+    let layers = [
+        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
+        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
+    ];
+    let apps = layers.clone().map(app);
     let tasks: Vec<_> = (0..8)
         .map(|n| {
-            let app = if n % 2 == 0 { a.clone() } else { b.clone() };
+            let app = apps[n % 2].clone();
             tokio::spawn(async move {
                 let mut admitted = 0;
                 for _ in 0..100 {
@@ -118,10 +125,139 @@ async fn concurrent_instances_with_leases_never_exceed_the_limit() {
     for task in tasks {
         admitted += task.await.unwrap();
     }
-    // Concurrent grants can replace a lease and give up its remainder: never more, but
-    // possibly a little less, than the limit.
+    // Never more than the limit. Each instance may end holding up to one lease (1/16 of
+    // 320) it had no request left to spend on.
     assert!(admitted <= 320, "{admitted} admitted");
     assert!(admitted >= 320 - 2 * 20, "{admitted} admitted");
+    for layer in &layers {
+        assert!(layer.stats().leased > 0, "{:?}", layer.stats());
+    }
+}
+
+/// Concurrent requests of one client on one instance: one of them asks for a lease, and the
+/// lease is spent even while Redis refuses the others (their refusals are remembered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_client_waste_no_lease() {
+    let redis = TestRedis::start();
+    let limits = leasing(
+        &redis,
+        &unique_prefix("lease-burst"),
+        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
+        Duration::from_secs(30),
+    )
+    .await;
+    let app = app(limits.clone());
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { send(&app, request("GET", "/", Some("c"))).await.status() })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in burst {
+        if task.await.unwrap() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 20);
+    admitted += statuses(&app, 200, || request("GET", "/", Some("c")))
+        .await
+        .iter()
+        .filter(|s| **s == StatusCode::OK)
+        .count();
+    assert_eq!(admitted, 160, "{:?}", limits.stats());
+    assert!(limits.stats().leased >= 100, "{:?}", limits.stats());
+}
+
+#[tokio::test]
+async fn a_lease_ends_after_its_ttl() {
+    let redis = TestRedis::start();
+    let limits = leasing(
+        &redis,
+        &unique_prefix("lease-ttl"),
+        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
+        Duration::from_millis(200),
+    )
+    .await;
+    let app = app(limits.clone());
+    let get = || request("GET", "/", Some("t"));
+    assert_eq!(statuses(&app, 2, get).await, [StatusCode::OK; 2]);
+    assert_eq!(limits.stats().leased, 1);
+    let calls = evalsha_calls(&redis);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The 9 units left have ended: Redis decides (and leases again).
+    let response = send(&app, get()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(evalsha_calls(&redis), calls + 1);
+    assert_eq!(limits.stats().leased, 1);
+    // Redis counted the whole first lease as taken (160 - 1 - 10), unspent units included.
+    assert_eq!(common::remaining(&response), Some(148));
+}
+
+#[tokio::test]
+async fn a_ttl_under_a_millisecond_turns_leases_off() {
+    let redis = TestRedis::start();
+    let limits = leasing(
+        &redis,
+        &unique_prefix("lease-tiny"),
+        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
+        Duration::from_micros(500),
+    )
+    .await;
+    let app = app(limits.clone());
+    let answers = statuses(&app, 200, || request("GET", "/", Some("tiny"))).await;
+    assert_eq!(
+        answers.iter().filter(|s| **s == StatusCode::OK).count(),
+        160
+    );
+    assert_eq!(limits.stats().leased, 0);
+}
+
+/// A token bucket's burst exceeds its capacity by at most the leases held when it starts
+/// (1/16 of the capacity per instance) and the refill meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bucket_burst_stays_within_the_documented_bound() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("lease-bound");
+    let json = r#"{"default": {"capacity": 160, "refill_rate": 160}}"#;
+    let layers = [
+        leasing(&redis, &prefix, rules(json), Duration::from_secs(5)).await,
+        leasing(&redis, &prefix, rules(json), Duration::from_secs(5)).await,
+    ];
+    let apps = layers.clone().map(app);
+    let get = || request("GET", "/", Some("bursty"));
+    // Both instances take leases, concurrently, then the bucket refills in Redis.
+    let warm: Vec<_> = (0..28)
+        .map(|n| {
+            let app = apps[n % 2].clone();
+            tokio::spawn(async move { send(&app, get()).await.status() })
+        })
+        .collect();
+    for task in warm {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = std::time::Instant::now();
+    let burst: Vec<_> = (0..8)
+        .map(|n| {
+            let app = apps[n % 2].clone();
+            tokio::spawn(async move {
+                let answers = statuses(&app, 50, get).await;
+                answers.iter().filter(|s| **s == StatusCode::OK).count()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in burst {
+        admitted += task.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 160.0 + 2.0 * 10.0 + 160.0 * elapsed + 1.0;
+    assert!(
+        admitted as f64 <= bound,
+        "{admitted} admitted in {elapsed:.3} s; at most {bound:.0}"
+    );
+    assert!(admitted >= 160, "{admitted} admitted");
 }
 
 #[tokio::test]
@@ -264,4 +400,146 @@ fn a_window_lease_ends_with_its_window() {
         // The window counts the request and the lease.
         assert!((doubles(&mut c, key)[1] - 6.0).abs() < 1e-9, "{key}");
     }
+}
+
+/// A small deterministic generator for the property test below.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+struct Asked {
+    key: String,
+    algorithm: u8,
+    cost: f64,
+    bands: Vec<(f64, f64)>,
+    lease: f64,
+    lease_us: f64,
+}
+
+/// Calls of several requests, mixed algorithms and band counts, leases asked for or not,
+/// at a clock the test sets: every grant is admitted, at most what was asked, whole costs,
+/// at least 1 ms and never past the ttl or the window's end; and what is stored is what a
+/// request costing cost + lease, without a lease, would have stored.
+#[test]
+fn leases_granted_in_shared_calls_keep_their_invariants() {
+    let redis = TestRedis::start();
+    let mut c = redis.client();
+    // The script with the clock read from two keys instead of TIME.
+    let script = redis::Script::new(&DECIDE_LUA.replace(
+        "redis.call('TIME')",
+        "{redis.call('GET', 'clock:s'), redis.call('GET', 'clock:us')}",
+    ));
+    let call = |c: &mut redis::Connection, prefix: &str, asked: &[Asked], lease: bool| {
+        let mut invocation = script.prepare_invoke();
+        for a in asked {
+            invocation.key(format!("{prefix}:{}", a.key));
+        }
+        for a in asked {
+            let (units, us) = if lease {
+                (a.lease, a.lease_us)
+            } else {
+                (0.0, 0.0)
+            };
+            invocation.arg(spec(a.algorithm, a.cost, units, us, &a.bands));
+        }
+        invocation.invoke::<Vec<i64>>(c).unwrap()
+    };
+    let stored = |c: &mut redis::Connection, prefix: &str| -> Vec<Option<Vec<u8>>> {
+        (0..4)
+            .map(|k| {
+                redis::cmd("GET")
+                    .arg(format!("{prefix}:k{k}"))
+                    .query(c)
+                    .unwrap()
+            })
+            .collect()
+    };
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut now: i64 = 1_700_000_000_000_000;
+    let mut granted = 0;
+    for round in 0..2000 {
+        now += rng.below(5) as i64 * rng.below(400_000) as i64;
+        redis::pipe()
+            .set("clock:s", now / 1_000_000)
+            .set("clock:us", now % 1_000_000)
+            .exec(&mut c)
+            .unwrap();
+        let mut asked: Vec<Asked> = (0..1 + rng.below(5))
+            .map(|_| {
+                let algorithm = 1 + rng.below(3) as u8;
+                let bands = (0..1 + rng.below(3))
+                    .map(|_| {
+                        let capacity = (1 + rng.below(60)) as f64;
+                        let second = match algorithm {
+                            1 => [0.5, 1.0, 3.0, 10.0][rng.below(4) as usize],
+                            _ => [200_000.0, 1_000_000.0, 3_000_000.0][rng.below(3) as usize],
+                        };
+                        (capacity, second)
+                    })
+                    .collect();
+                Asked {
+                    key: format!("k{}", rng.below(4)),
+                    algorithm,
+                    cost: (1 + rng.below(3)) as f64,
+                    bands,
+                    lease: rng.below(12) as f64,
+                    lease_us: [0.0, 500.0, 1000.0, 100_000.0, 5_000_000.0][rng.below(5) as usize],
+                }
+            })
+            .collect();
+        let reply = call(&mut c, "leased", &asked, true);
+        let mut at = 1;
+        let mut taken = Vec::new();
+        for a in &asked {
+            let (units, ms) = (reply[at], reply[at + 1]);
+            taken.push(units as f64);
+            at += 2;
+            let admitted = (0..a.bands.len()).all(|k| reply[at + 4 * k] == 1);
+            at += 4 * a.bands.len();
+            let context = format!(
+                "round {round}, {} at {now}: {units} units for {ms} ms",
+                a.key
+            );
+            if units == 0 {
+                assert_eq!(ms, 0, "{context}");
+                continue;
+            }
+            granted += 1;
+            assert!(admitted, "{context}: granted on a refusal");
+            assert!(units as f64 <= a.lease, "{context}: more than asked");
+            assert_eq!(units % a.cost as i64, 0, "{context}: not whole costs");
+            assert!(
+                ms >= 1 && ms as f64 <= a.lease_us / 1000.0,
+                "{context}: lifetime"
+            );
+            if a.algorithm != 1 {
+                let end = a.bands.iter().map(|(_, w)| {
+                    let w = *w as i64;
+                    (now / w + 1) * w - now
+                });
+                assert!(
+                    ms * 1000 <= end.min().unwrap(),
+                    "{context}: past the window"
+                );
+            }
+        }
+        // The same requests, each costing what it took (cost + lease), no lease asked.
+        for (a, units) in asked.iter_mut().zip(taken) {
+            a.cost += units;
+        }
+        let _ = call(&mut c, "shadow", &asked, false);
+        assert_eq!(
+            stored(&mut c, "leased"),
+            stored(&mut c, "shadow"),
+            "round {round}"
+        );
+    }
+    assert!(granted > 500, "only {granted} leases granted");
 }

@@ -171,7 +171,8 @@ for d = 1, #KEYS do
   -- the bands' values and reset after taking cost + lease.
   local extra = 0
   local taken = answers
-  if admitted == 1 and lease > 0 and lease_us > 0 and cost > 0 then
+  -- A lease of under 1 ms (the window ends sooner) is not granted: its reply would read 0.
+  if admitted == 1 and lease > 0 and lease_us >= 1000 and cost > 0 then
     extra = max(0, floor(min(lease, spare) / cost) * cost)
     if extra > 0 then
       taken = with_lease

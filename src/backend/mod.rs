@@ -48,7 +48,7 @@ pub(crate) enum Backend {
 
 impl Backend {
     /// Decides a request of `key` under the rule with identity `rule_id`, whose state id is
-    /// `state`, with `limit`.
+    /// `state`, with `limit`, under the rules of generation `rules`.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(crate) fn decide(
         &self,
@@ -56,13 +56,14 @@ impl Backend {
         rule_id: &str,
         limit: &Limit,
         key: KeyRef<'_>,
+        rules: u64,
     ) -> Verdict {
         match self {
             Backend::Memory(memory) => {
                 Verdict::Now(Outcome::Decided(memory.decide(state, limit, key)))
             }
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.decide(state, rule_id, limit, key),
+            Backend::Redis(redis) => redis.decide(state, rule_id, limit, key, rules),
         }
     }
 
@@ -83,11 +84,12 @@ impl Backend {
         }
     }
 
-    /// The rules were replaced.
-    pub(crate) fn rules_changed(&self) {
+    /// Rules of generation `generation` replaced the ones before.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn rules_changed(&self, generation: u64) {
         #[cfg(feature = "redis")]
         if let Backend::Redis(redis) = self {
-            redis.rules_changed();
+            redis.rules_changed(generation);
         }
     }
 

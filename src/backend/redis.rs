@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::cluster::{Breakers, Connection, parse_cluster_slots};
-use super::memory::{Clock, MemoryBackend, SystemClock};
+use super::memory::MemoryBackend;
 use super::table::{BucketTable, Expiring};
 use super::{Outcome, Verdict};
 use crate::Decision;
@@ -163,20 +163,19 @@ fn packed(limit: &Limit, lease: Duration) -> Vec<u8> {
     spec
 }
 
-/// Runs the script over some decisions (key and limit each), asking for leases that live
-/// `lease` (none if zero): `EVALSHA` with every key, then every packed limit; [`Script`]
-/// loads it again after `NOSCRIPT`.
+/// Runs the script over some decisions (key, limit, and how long a lease asked for lives,
+/// zero for none): `EVALSHA` with every key, then every packed limit; [`Script`] loads it
+/// again after `NOSCRIPT`.
 async fn run<'a>(
     script: &Script,
     connection: &mut Connection,
-    decisions: impl Iterator<Item = (&'a str, &'a Limit)> + Clone,
-    lease: Duration,
+    decisions: impl Iterator<Item = (&'a str, &'a Limit, Duration)> + Clone,
 ) -> Result<Vec<i64>, redis::RedisError> {
     let mut invocation = script.prepare_invoke();
-    for (key, _) in decisions.clone() {
+    for (key, _, _) in decisions.clone() {
         invocation.key(key);
     }
-    for (_, limit) in decisions {
+    for (_, limit, lease) in decisions {
         invocation.arg(packed(limit, lease).as_slice());
     }
     invocation.invoke_async(connection).await
@@ -190,18 +189,15 @@ type Answer = Result<(Arc<Vec<i64>>, usize), CallError>;
 struct Job {
     key: String,
     limit: Limit,
+    /// How long the lease asked for lives; zero: none asked for.
+    lease: Duration,
     /// When the request gives up waiting: the job is not sent after that.
     deadline: Instant,
     reply: oneshot::Sender<Answer>,
 }
 
 /// Sends queued decisions in batches until every sender is gone.
-async fn batch(
-    mut queue: mpsc::Receiver<Job>,
-    connection: Connection,
-    script: Arc<Script>,
-    lease: Duration,
-) {
+async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: Arc<Script>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -221,8 +217,10 @@ async fn batch(
         let (mut connection, script) = (connection.clone(), Arc::clone(&script));
         tokio::spawn(async move {
             let _permit = permit;
-            let decisions = taken.iter().map(|job| (job.key.as_str(), &job.limit));
-            let call = run(&script, &mut connection, decisions, lease);
+            let decisions = taken
+                .iter()
+                .map(|job| (job.key.as_str(), &job.limit, job.lease));
+            let call = run(&script, &mut connection, decisions);
             let reply = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(reply)) => Ok(Arc::new(reply)),
                 Ok(Err(error)) => Err(CallError::Redis(error)),
@@ -255,13 +253,21 @@ async fn refresh_slots(breakers: &Breakers, connection: &mut Connection) {
     }
 }
 
+/// Microseconds on a monotonic clock (from the first call in this process): when cached
+/// refusals and leases end. A wall clock stepped back would stretch them.
+fn monotonic_us() -> i64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
+    i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// A refusal from Redis, answered locally until it ends.
 struct Refusal {
-    /// Unix µs, local clock, when a request could be admitted again (measured from when the
+    /// When a request could be admitted again ([`monotonic_us`]; measured from when the
     /// answer arrived, so never earlier than Redis meant).
     until_us: i64,
     decision: Decision,
-    /// The rules it was given under: after a change it no longer counts.
+    /// The rules generation it was given under: after a change it no longer counts.
     rules: u64,
 }
 
@@ -277,25 +283,40 @@ const MAX_REFUSALS: usize = 100_000;
 /// Units Redis handed this instance ahead of time for one client under one rule: spent
 /// here, without a round trip, until they run out or the lease ends. Redis took them from
 /// the bucket when it granted them, so spending them cannot admit more than Redis gave.
+///
+/// One request at a time asks Redis for a lease for a client; the others ask for their own
+/// cost only. So an instance holds at most one lease's worth (and less than one request's
+/// cost left over from the one before) per client and rule.
 struct Lease {
     units: u32,
-    /// Unix µs, local clock, when the lease ends (measured from when the call was sent, so
-    /// never later than Redis meant).
+    /// When the lease ends ([`monotonic_us`]; measured from when the call was sent, so never
+    /// later than Redis meant).
     until_us: i64,
     /// The answer reported, its `remaining` counted down as the lease is spent.
     decision: Decision,
-    /// The rules it was granted under: after a change it is dropped.
+    /// The rules generation it was granted under: it counts only under those rules.
     rules: u64,
+    /// While a request asks Redis for a new lease, until when (then the ask is given up on:
+    /// its request timed out or was dropped).
+    asking_until_us: i64,
 }
 
 impl Expiring for Lease {
     fn expires_at_us(&self) -> i64 {
-        self.until_us
+        self.until_us.max(self.asking_until_us)
     }
 }
 
 /// Leases held at most.
 const MAX_LEASES: usize = 100_000;
+
+/// What a request does about leases.
+enum Leasing {
+    /// It was admitted from a lease: the answer to report.
+    Spent(Decision),
+    /// It asks Redis, and for a lease with its own decision if `true`.
+    Ask(bool),
+}
 
 /// What Redis answered for one decision: the decision, and the lease it granted with it
 /// (units, and how long it lives in ms), if any.
@@ -319,7 +340,8 @@ pub(crate) struct RedisBackend {
     /// Units Redis leased to this instance; `None` when leases are off.
     leases: Option<BucketTable<Lease>>,
     lease_hits: AtomicU64,
-    /// Counts rules changes, so that a refusal under older rules is not remembered.
+    /// The generation of the rules in force (see `Installed`): refusals and leases of
+    /// older ones are not kept.
     rules: AtomicU64,
     route: Route,
     script: Arc<Script>,
@@ -412,12 +434,7 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         let mut connection = Connection::Single(manager);
         let (queue, queued) = mpsc::channel(MAX_QUEUED);
-        tokio::spawn(batch(
-            queued,
-            connection.clone(),
-            Arc::clone(script),
-            config.lease,
-        ));
+        tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
         let ready = load(script, &mut connection, config.connect_timeout).await;
         Ok((Route::Batched(queue), ready))
     }
@@ -515,60 +532,103 @@ impl RedisBackend {
         )
     }
 
-    /// New rules may admit what the old ones refused, and refuse what leases under the old
-    /// ones would admit.
-    pub(crate) fn rules_changed(&self) {
-        self.rules.fetch_add(1, Ordering::AcqRel);
+    /// New rules, of generation `generation`, are in force: they may admit what the old
+    /// ones refused, and refuse what leases under the old ones would admit.
+    pub(crate) fn rules_changed(&self, generation: u64) {
+        self.rules.store(generation, Ordering::Release);
         self.refusals.clear();
         if let Some(leases) = &self.leases {
             leases.clear();
         }
     }
 
-    /// Spends `cost` units of this client's lease, if it has that many left and has not
-    /// ended; the answer to report then.
-    fn spend_lease(&self, state: u32, client: KeyRef<'_>, cost: u32) -> Option<Decision> {
-        let leases = self.leases.as_ref()?;
-        let now = SystemClock.now_us();
-        let rules = self.rules.load(Ordering::Acquire);
+    /// Spends `cost` units of this client's lease under rules generation `rules`, if it has
+    /// that many left and has not ended. Otherwise: whether this request should ask for a
+    /// new lease (none is being asked for already).
+    fn spend_lease(&self, state: u32, client: KeyRef<'_>, cost: u32, rules: u64) -> Leasing {
+        let Some(leases) = &self.leases else {
+            return Leasing::Ask(false);
+        };
+        let now = monotonic_us();
+        let asking_until_us =
+            now.saturating_add(i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX));
         leases.update(state, client, now, |lease| match lease {
-            Some(lease) if lease.until_us > now && lease.rules == rules && lease.units >= cost => {
-                lease.units -= cost;
-                lease.decision.remaining = lease.decision.remaining.saturating_sub(cost);
-                (Some(lease.decision), None)
+            Some(lease) if lease.rules == rules => {
+                if lease.until_us > now && lease.units >= cost {
+                    lease.units -= cost;
+                    lease.decision.remaining = lease.decision.remaining.saturating_sub(cost);
+                    (Leasing::Spent(lease.decision), None)
+                } else if lease.asking_until_us > now {
+                    (Leasing::Ask(false), None)
+                } else {
+                    lease.asking_until_us = asking_until_us;
+                    (Leasing::Ask(true), None)
+                }
             }
-            _ => (None, None),
+            Some(stale) => {
+                // Of older rules: worth nothing now.
+                *stale = Lease {
+                    units: 0,
+                    until_us: 0,
+                    decision: stale.decision,
+                    rules,
+                    asking_until_us,
+                };
+                (Leasing::Ask(true), None)
+            }
+            None => {
+                let asking = Lease {
+                    units: 0,
+                    until_us: 0,
+                    decision: Decision::allowed(0, 0, std::time::SystemTime::UNIX_EPOCH),
+                    rules,
+                    asking_until_us,
+                };
+                (Leasing::Ask(true), Some(asking))
+            }
         })
     }
 
-    /// Keeps a lease Redis granted. A lease still running (granted concurrently) is merged
-    /// in: the units add up and end with the earlier of the two, which can only give up
-    /// units, never keep them longer than Redis meant. The answer reported is the newer
-    /// one's, counting the older lease's units too (Redis had already taken them).
-    fn remember_lease(&self, state: u32, client: KeyRef<'_>, mut lease: Lease) {
+    /// The answer to a request that asked for a lease has come: keep the lease granted, if
+    /// any, under rules generation `rules`, and let the next request ask. Units still left
+    /// from the lease before (fewer than one request's cost, or it would have been spent)
+    /// add to the new one, and end with it.
+    fn lease_answered(
+        &self,
+        state: u32,
+        client: KeyRef<'_>,
+        rules: u64,
+        granted: Option<(u32, i64, Decision)>,
+    ) {
         let Some(leases) = &self.leases else {
             return;
         };
-        let now = SystemClock.now_us();
-        leases.update(state, client, now, |existing| match existing {
-            Some(existing) => {
-                if existing.until_us > now && existing.rules == lease.rules {
-                    lease.units = lease.units.saturating_add(existing.units);
-                    lease.until_us = lease.until_us.min(existing.until_us);
-                    lease.decision.remaining =
-                        lease.decision.remaining.saturating_add(existing.units);
-                }
-                *existing = lease;
-                ((), None)
+        let now = monotonic_us();
+        leases.update(state, client, now, |existing| {
+            let Some(lease) = existing else {
+                // Forgotten meanwhile (a rules change or eviction): nothing to add to.
+                return ((), None);
+            };
+            if lease.rules != rules || rules != self.rules.load(Ordering::Acquire) {
+                // Asked under rules no longer in force.
+                return ((), None);
             }
-            None => ((), Some(lease)),
+            lease.asking_until_us = 0;
+            if let Some((units, until_us, mut decision)) = granted {
+                let left = if lease.until_us > now { lease.units } else { 0 };
+                decision.remaining = decision.remaining.saturating_add(left);
+                lease.units = units.saturating_add(left);
+                lease.until_us = until_us;
+                lease.decision = decision;
+            }
+            ((), None)
         });
     }
 
-    /// The refusal Redis gave this client, if it has not ended.
-    fn cached_refusal(&self, state: u32, client: KeyRef<'_>) -> Option<Decision> {
-        let now = SystemClock.now_us();
-        let rules = self.rules.load(Ordering::Acquire);
+    /// The refusal Redis gave this client under rules generation `rules`, if it has not
+    /// ended.
+    fn cached_refusal(&self, state: u32, client: KeyRef<'_>, rules: u64) -> Option<Decision> {
+        let now = monotonic_us();
         self.refusals
             .update(state, client, now, |refusal| match refusal {
                 Some(refusal) if refusal.until_us > now && refusal.rules == rules => {
@@ -580,9 +640,13 @@ impl RedisBackend {
             })
     }
 
-    /// Remembers a refusal Redis gave under the rules numbered `rules`.
+    /// Remembers a refusal Redis gave under rules generation `rules`, unless those are no
+    /// longer in force.
     fn remember_refusal(&self, state: u32, client: KeyRef<'_>, decision: &Decision, rules: u64) {
-        let now = SystemClock.now_us();
+        if rules != self.rules.load(Ordering::Acquire) {
+            return;
+        }
+        let now = monotonic_us();
         let wait = i64::try_from(decision.retry_after.as_micros()).unwrap_or(i64::MAX);
         let refusal = Refusal {
             until_us: now.saturating_add(wait),
@@ -599,48 +663,68 @@ impl RedisBackend {
             });
     }
 
+    /// Decides a request of `client` under the rule `rule_id` (state id `state`), with
+    /// `limit`, under the rules of generation `rules`.
     pub(crate) fn decide(
         self: &Arc<Self>,
         state: u32,
         rule_id: &str,
         limit: &Limit,
         client: KeyRef<'_>,
+        rules: u64,
     ) -> Verdict {
-        if let Some(refused) = self.cached_refusal(state, client) {
+        // A lease first: its units are paid for, even while Redis refuses others.
+        let ask_lease = match self.spend_lease(state, client, limit.cost(), rules) {
+            Leasing::Spent(leased) => {
+                self.lease_hits.fetch_add(1, Ordering::Relaxed);
+                return Verdict::Now(Outcome::Decided(leased));
+            }
+            Leasing::Ask(ask) => ask,
+        };
+        if let Some(refused) = self.cached_refusal(state, client, rules) {
             self.refusal_hits.fetch_add(1, Ordering::Relaxed);
+            if ask_lease {
+                self.lease_answered(state, client, rules, None);
+            }
             return Verdict::Now(Outcome::Decided(refused));
-        }
-        if let Some(leased) = self.spend_lease(state, client, limit.cost()) {
-            self.lease_hits.fetch_add(1, Ordering::Relaxed);
-            return Verdict::Now(Outcome::Decided(leased));
         }
         let key = self.key(rule_id, client);
         let breaker = self.breakers.for_key(&key);
         let permit = breaker.permit();
         if permit == Permit::Skip {
+            if ask_lease {
+                self.lease_answered(state, client, rules, None);
+            }
             return Verdict::Now(self.without_redis(state, limit, client));
         }
         // Made now, so that a future dropped before it is polled still ends a probe.
         let guard = PermitGuard::new(breaker, permit);
-        let rules = self.rules.load(Ordering::Acquire);
         let client = client.to_owned();
         let limit = limit.clone();
+        let lease = if ask_lease {
+            self.lease
+        } else {
+            Duration::ZERO
+        };
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
-            let sent_us = SystemClock.now_us();
-            match this.call(key, &limit).await {
-                Ok((decision, lease)) => {
+            let sent_us = monotonic_us();
+            let answer = this.call(key, &limit, lease).await;
+            if ask_lease {
+                let granted = match &answer {
+                    Ok((decision, Some((units, ms)))) if decision.allowed => {
+                        let until_us = sent_us.saturating_add(ms.saturating_mul(1000));
+                        Some((*units, until_us, *decision))
+                    }
+                    _ => None,
+                };
+                this.lease_answered(state, client.as_ref(), rules, granted);
+            }
+            match answer {
+                Ok((decision, _)) => {
                     guard.succeeded();
                     if !decision.allowed {
                         this.remember_refusal(state, client.as_ref(), &decision, rules);
-                    } else if let Some((units, ms)) = lease {
-                        let lease = Lease {
-                            units,
-                            until_us: sent_us.saturating_add(ms.saturating_mul(1000)),
-                            decision,
-                            rules,
-                        };
-                        this.remember_lease(state, client.as_ref(), lease);
                     }
                     Outcome::Decided(decision)
                 }
@@ -656,7 +740,12 @@ impl RedisBackend {
 
     /// Redis's decision: through the batcher on a single Redis, as its own call on a
     /// cluster.
-    async fn call(&self, key: String, limit: &Limit) -> Result<Answered, CallError> {
+    async fn call(
+        &self,
+        key: String,
+        limit: &Limit,
+        lease: Duration,
+    ) -> Result<Answered, CallError> {
         let deadline = Instant::now() + self.timeout;
         let (reply, at) = match &self.route {
             Route::Batched(queue) => {
@@ -664,6 +753,7 @@ impl RedisBackend {
                 let job = Job {
                     key,
                     limit: limit.clone(),
+                    lease,
                     deadline,
                     reply,
                 };
@@ -679,8 +769,7 @@ impl RedisBackend {
                 let call = run(
                     &self.script,
                     &mut connection,
-                    std::iter::once((key.as_str(), limit)),
-                    self.lease,
+                    std::iter::once((key.as_str(), limit, lease)),
                 );
                 let reply = tokio::time::timeout_at(deadline, call)
                     .await
