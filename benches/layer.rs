@@ -1,5 +1,6 @@
 //! The layer's cost per request over the bare inner service (memory backend), and its parts:
-//! rule matching and client key extraction.
+//! rule matching, client key extraction, and what `http::HeaderMap` itself charges for the
+//! three headers every allowed response gets.
 //!
 //! ```sh
 //! cargo bench --all-features --bench layer
@@ -175,5 +176,34 @@ fn rule_matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_request_overhead, rule_matching);
+/// The floor under the layer's cost: inserting the three `X-RateLimit-*` headers into a
+/// response's header map that already holds a content type, as the layer does, with nothing
+/// of tollgate involved.
+fn header_inserts(c: &mut Criterion) {
+    use tollgate::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+    let text = HeaderValue::from_static("text/plain; charset=utf-8");
+    let count = HeaderValue::from_static("100");
+    let reset = HeaderValue::from(1_700_000_000u64);
+    let mut group = c.benchmark_group("headermap");
+    group.bench_function("content type only", |b| {
+        b.iter(|| {
+            let mut map = http::HeaderMap::new();
+            map.insert(CONTENT_TYPE, text.clone());
+            black_box(map)
+        })
+    });
+    group.bench_function("content type + the three rate limit headers", |b| {
+        b.iter(|| {
+            let mut map = http::HeaderMap::new();
+            map.insert(CONTENT_TYPE, text.clone());
+            map.insert(X_RATELIMIT_LIMIT.clone(), count.clone());
+            map.insert(X_RATELIMIT_REMAINING.clone(), count.clone());
+            map.insert(X_RATELIMIT_RESET.clone(), reset.clone());
+            black_box(map)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_request_overhead, rule_matching, header_inserts);
 criterion_main!(benches);
