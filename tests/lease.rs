@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::StatusCode;
 use common::*;
 use tollgate::{RateLimitLayer, Rules};
@@ -25,30 +26,34 @@ async fn leasing(redis: &TestRedis, prefix: &str, rules: Rules, ttl: Duration) -
         .unwrap_or_else(|e| panic!("build layer: {e}"))
 }
 
-/// How many times Redis ran EVALSHA, from its own statistics.
-fn evalsha_calls(redis: &TestRedis) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.client())
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+/// One leasing instance with 160 tokens that do not refill within a test, and its app.
+async fn one_instance(redis: &TestRedis, test: &str, ttl: Duration) -> (RateLimitLayer, Router) {
+    let json = r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#;
+    let limits = leasing(redis, &unique_prefix(test), rules(json), ttl).await;
+    let app = app(limits.clone());
+    (limits, app)
+}
+
+/// Two leasing instances sharing one Redis and key prefix, and their apps.
+async fn two_instances(
+    redis: &TestRedis,
+    test: &str,
+    json: &str,
+    ttl: Duration,
+) -> ([RateLimitLayer; 2], [Router; 2]) {
+    let prefix = unique_prefix(test);
+    let layers = [
+        leasing(redis, &prefix, rules(json), ttl).await,
+        leasing(redis, &prefix, rules(json), ttl).await,
+    ];
+    let apps = layers.clone().map(app);
+    (layers, apps)
 }
 
 #[tokio::test]
 async fn one_instance_spends_its_leases_and_admits_exactly_the_capacity() {
     let redis = TestRedis::start();
-    let limits = leasing(
-        &redis,
-        &unique_prefix("lease-one"),
-        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
-        Duration::from_secs(30),
-    )
-    .await;
-    let app = app(limits.clone());
+    let (limits, app) = one_instance(&redis, "lease-one", Duration::from_secs(30)).await;
     let mut remaining = Vec::new();
     let mut refused = 0;
     for _ in 0..200 {
@@ -64,7 +69,7 @@ async fn one_instance_spends_its_leases_and_admits_exactly_the_capacity() {
     assert_eq!(refused, 40);
     // Each call took 1 + 10 (1/16 of 160): about 15 calls for 160 requests, and one refusal
     // (the others are remembered).
-    let calls = evalsha_calls(&redis);
+    let calls = redis.evalsha_calls();
     assert!(calls <= 20, "{calls} script calls");
     let stats = limits.stats();
     assert_eq!(stats.allowed, 160);
@@ -76,13 +81,8 @@ async fn one_instance_spends_its_leases_and_admits_exactly_the_capacity() {
 #[tokio::test]
 async fn instances_spending_leases_admit_exactly_the_limit() {
     let redis = TestRedis::start();
-    let prefix = unique_prefix("lease-two");
     let json = r#"{"default": {"limit": "320/day", "algorithm": "fixed_window"}}"#;
-    let layers = [
-        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
-        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
-    ];
-    let apps = layers.clone().map(app);
+    let (layers, apps) = two_instances(&redis, "lease-two", json, Duration::from_secs(30)).await;
     let mut admitted = 0;
     for n in 0..800 {
         let response = send(&apps[n % 2], request("GET", "/", Some("shared"))).await;
@@ -99,13 +99,9 @@ async fn instances_spending_leases_admit_exactly_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_instances_with_leases_never_exceed_the_limit() {
     let redis = TestRedis::start();
-    let prefix = unique_prefix("lease-concurrent");
     let json = r#"{"default": {"limit": "320/day", "algorithm": "sliding_window"}}"#;
-    let layers = [
-        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
-        leasing(&redis, &prefix, rules(json), Duration::from_secs(30)).await,
-    ];
-    let apps = layers.clone().map(app);
+    let (layers, apps) =
+        two_instances(&redis, "lease-concurrent", json, Duration::from_secs(30)).await;
     let tasks: Vec<_> = (0..8)
         .map(|n| {
             let app = apps[n % 2].clone();
@@ -139,14 +135,7 @@ async fn concurrent_instances_with_leases_never_exceed_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_of_one_client_waste_no_lease() {
     let redis = TestRedis::start();
-    let limits = leasing(
-        &redis,
-        &unique_prefix("lease-burst"),
-        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
-        Duration::from_secs(30),
-    )
-    .await;
-    let app = app(limits.clone());
+    let (limits, app) = one_instance(&redis, "lease-burst", Duration::from_secs(30)).await;
     let burst: Vec<_> = (0..20)
         .map(|_| {
             let app = app.clone();
@@ -172,23 +161,16 @@ async fn concurrent_requests_of_one_client_waste_no_lease() {
 #[tokio::test]
 async fn a_lease_ends_after_its_ttl() {
     let redis = TestRedis::start();
-    let limits = leasing(
-        &redis,
-        &unique_prefix("lease-ttl"),
-        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
-        Duration::from_millis(200),
-    )
-    .await;
-    let app = app(limits.clone());
+    let (limits, app) = one_instance(&redis, "lease-ttl", Duration::from_millis(500)).await;
     let get = || request("GET", "/", Some("t"));
     assert_eq!(statuses(&app, 2, get).await, [StatusCode::OK; 2]);
     assert_eq!(limits.stats().leased, 1);
-    let calls = evalsha_calls(&redis);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = redis.evalsha_calls();
+    tokio::time::sleep(Duration::from_millis(700)).await;
     // The 9 units left have ended: Redis decides (and leases again).
     let response = send(&app, get()).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(evalsha_calls(&redis), calls + 1);
+    assert_eq!(redis.evalsha_calls(), calls + 1);
     assert_eq!(limits.stats().leased, 1);
     // Redis counted the whole first lease as taken (160 - 1 - 10), unspent units included.
     assert_eq!(common::remaining(&response), Some(148));
@@ -197,14 +179,7 @@ async fn a_lease_ends_after_its_ttl() {
 #[tokio::test]
 async fn a_ttl_under_a_millisecond_turns_leases_off() {
     let redis = TestRedis::start();
-    let limits = leasing(
-        &redis,
-        &unique_prefix("lease-tiny"),
-        rules(r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#),
-        Duration::from_micros(500),
-    )
-    .await;
-    let app = app(limits.clone());
+    let (limits, app) = one_instance(&redis, "lease-tiny", Duration::from_micros(500)).await;
     let answers = statuses(&app, 200, || request("GET", "/", Some("tiny"))).await;
     assert_eq!(
         answers.iter().filter(|s| **s == StatusCode::OK).count(),
@@ -218,13 +193,8 @@ async fn a_ttl_under_a_millisecond_turns_leases_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_bucket_burst_stays_within_the_documented_bound() {
     let redis = TestRedis::start();
-    let prefix = unique_prefix("lease-bound");
     let json = r#"{"default": {"capacity": 160, "refill_rate": 160}}"#;
-    let layers = [
-        leasing(&redis, &prefix, rules(json), Duration::from_secs(5)).await,
-        leasing(&redis, &prefix, rules(json), Duration::from_secs(5)).await,
-    ];
-    let apps = layers.clone().map(app);
+    let (layers, apps) = two_instances(&redis, "lease-bound", json, Duration::from_secs(5)).await;
     let get = || request("GET", "/", Some("bursty"));
     // Both instances take leases, concurrently, then the bucket refills in Redis.
     let warm: Vec<_> = (0..28)
@@ -258,6 +228,8 @@ async fn a_token_bucket_burst_stays_within_the_documented_bound() {
         "{admitted} admitted in {elapsed:.3} s; at most {bound:.0}"
     );
     assert!(admitted >= 160, "{admitted} admitted");
+    let leased: u64 = layers.iter().map(|l| l.stats().leased).sum();
+    assert!(leased > 0, "the burst spent no lease");
 }
 
 #[tokio::test]
@@ -274,7 +246,7 @@ async fn a_rules_change_drops_the_leases() {
     let app = app(limits.clone());
     let get = || request("GET", "/", Some("r"));
     assert_eq!(statuses(&app, 2, get).await, [StatusCode::OK; 2]);
-    let calls = evalsha_calls(&redis);
+    let calls = redis.evalsha_calls();
     assert_eq!(
         limits.stats().leased,
         1,
@@ -282,7 +254,7 @@ async fn a_rules_change_drops_the_leases() {
     );
     limits.set_rules(rules(json));
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
-    assert_eq!(evalsha_calls(&redis), calls + 1, "Redis decided again");
+    assert_eq!(redis.evalsha_calls(), calls + 1, "Redis decided again");
     assert_eq!(limits.stats().leased, 1);
 }
 
@@ -298,7 +270,7 @@ async fn without_redis_lease_nothing_is_leased() {
     .await;
     let app = app(limits.clone());
     statuses(&app, 5, || request("GET", "/", Some("o"))).await;
-    assert_eq!(evalsha_calls(&redis), 5);
+    assert_eq!(redis.evalsha_calls(), 5);
     assert_eq!(limits.stats().leased, 0);
 }
 
@@ -431,11 +403,19 @@ struct Asked {
 fn leases_granted_in_shared_calls_keep_their_invariants() {
     let redis = TestRedis::start();
     let mut c = redis.client();
-    // The script with the clock read from two keys instead of TIME.
-    let script = redis::Script::new(&DECIDE_LUA.replace(
-        "redis.call('TIME')",
-        "{redis.call('GET', 'clock:s'), redis.call('GET', 'clock:us')}",
-    ));
+    // The script with the clock read from two keys instead of TIME, and keys that do not
+    // expire: their PX is in the test's time, Redis would count it in its own. (An expired
+    // key is a full bucket, as the state it held would have become by then.)
+    let px = "redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))";
+    assert!(DECIDE_LUA.contains(px));
+    let script = redis::Script::new(
+        &DECIDE_LUA
+            .replace(
+                "redis.call('TIME')",
+                "{redis.call('GET', 'clock:s'), redis.call('GET', 'clock:us')}",
+            )
+            .replace(px, "redis.call('SET', key, value)"),
+    );
     let call = |c: &mut redis::Connection, prefix: &str, asked: &[Asked], lease: bool| {
         let mut invocation = script.prepare_invoke();
         for a in asked {

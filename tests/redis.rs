@@ -348,7 +348,7 @@ async fn concurrent_decisions_share_script_calls_and_stay_exact() {
         ),
     )
     .await);
-    let before = evalsha_calls(&redis);
+    let before = redis.evalsha_calls();
     let paths = ["/", "/api/data", "/api/users/1", "/api/submit"];
     let tasks: Vec<_> = (0..400)
         .map(|i| {
@@ -378,7 +378,7 @@ async fn concurrent_decisions_share_script_calls_and_stay_exact() {
     assert_eq!(admitted.into_iter().collect::<Vec<_>>(), expected);
     // One call per decision would be about 400 (refusals are cached only once Redis has
     // answered). Queued decisions go out together: 8 or 9 calls when this was written.
-    let calls = evalsha_calls(&redis) - before;
+    let calls = redis.evalsha_calls() - before;
     assert!(calls <= 100, "{calls} script calls for 400 decisions");
 }
 
@@ -409,19 +409,6 @@ async fn a_longer_window_after_a_reload_starts_afresh() {
     assert!(pttl > 0 && pttl <= 3_600_000, "{pttl}");
 }
 
-/// How many times Redis ran EVALSHA, from its own statistics.
-fn evalsha_calls(redis: &TestRedis) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.client())
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
-}
-
 #[tokio::test]
 async fn refusals_are_answered_without_redis_until_they_end() {
     let redis = TestRedis::start();
@@ -440,7 +427,7 @@ async fn refusals_are_answered_without_redis_until_they_end() {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
-    let asked = evalsha_calls(&redis);
+    let asked = redis.evalsha_calls();
     // Refused until the next token, 200 ms after the first request: answered here.
     let again = send(&app, get()).await;
     assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -450,7 +437,7 @@ async fn refusals_are_answered_without_redis_until_they_end() {
         [StatusCode::TOO_MANY_REQUESTS; 20]
     );
     assert_eq!(
-        evalsha_calls(&redis),
+        redis.evalsha_calls(),
         asked,
         "no round trip while the refusal lasts"
     );
@@ -466,7 +453,7 @@ async fn refusals_are_answered_without_redis_until_they_end() {
     // When the refusal ends, Redis decides again.
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
-    assert!(evalsha_calls(&redis) > asked + 1);
+    assert!(redis.evalsha_calls() > asked + 1);
 
     // New rules may admit what the old ones refused: the remembered refusals are dropped.
     assert_eq!(

@@ -93,6 +93,19 @@ impl TestRedis {
         assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
+    /// How many times this Redis ran EVALSHA, from its own statistics.
+    pub fn evalsha_calls(&self) -> u64 {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.client())
+            .unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    }
+
     /// A synchronous connection for inspecting what the layer stored.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
