@@ -505,8 +505,10 @@ impl RateLimitLayer {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
         }
         let state_ids = StateIds::default();
-        let installed = state_ids.install(rules);
-        backend.rules_changed(installed.generation);
+        let installed = state_ids.install(rules, |installed| {
+            backend.rules_changed(installed.generation);
+            installed
+        });
         let shared = Arc::new(Shared {
             installed: ArcSwap::from_pointee(installed),
             state_ids,

@@ -47,7 +47,9 @@ pub(crate) struct ReloadState {
 pub(crate) struct StateIds(Mutex<(HashMap<Box<str>, u32>, u64)>);
 
 impl StateIds {
-    pub(crate) fn install(&self, rules: Rules) -> Installed {
+    /// Numbers `rules` and hands them to `publish`, under one lock: installs are published
+    /// in the order of their generations, so the last published is the newest.
+    pub(crate) fn install<R>(&self, rules: Rules, publish: impl FnOnce(Installed) -> R) -> R {
         let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let (ids, generation) = &mut *guard;
         *generation += 1;
@@ -58,11 +60,11 @@ impl StateIds {
                 *ids.entry(rule.id().into()).or_insert(next)
             })
             .collect();
-        Installed {
+        publish(Installed {
             rules: std::sync::Arc::new(rules),
             state_ids,
             generation: *generation,
-        }
+        })
     }
 }
 
@@ -96,14 +98,15 @@ impl Shared {
                 );
             }
         }
-        let installed = self.state_ids.install(rules);
-        let generation = installed.generation;
-        if let Some(memory) = self.backend.memory() {
-            let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
-            memory.retain_rules(|id| live.contains(&id));
-        }
-        self.installed.store(std::sync::Arc::new(installed));
-        self.backend.rules_changed(generation);
+        self.state_ids.install(rules, |installed| {
+            let generation = installed.generation;
+            if let Some(memory) = self.backend.memory() {
+                let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
+                memory.retain_rules(|id| live.contains(&id));
+            }
+            self.installed.store(std::sync::Arc::new(installed));
+            self.backend.rules_changed(generation);
+        });
     }
 
     /// Records the hash of the rules file content loaded at startup.

@@ -285,8 +285,9 @@ const MAX_REFUSALS: usize = 100_000;
 /// the bucket when it granted them, so spending them cannot admit more than Redis gave.
 ///
 /// One request at a time asks Redis for a lease for a client; the others ask for their own
-/// cost only. So an instance holds at most one lease's worth (and less than one request's
-/// cost left over from the one before) per client and rule.
+/// cost only. So an instance normally holds one lease per client and rule (two can meet if
+/// the table evicted the entry while a request was asking; they then merge and end with the
+/// earlier).
 struct Lease {
     units: u32,
     /// When the lease ends ([`monotonic_us`]; measured from when the call was sent, so never
@@ -296,8 +297,9 @@ struct Lease {
     decision: Decision,
     /// The rules generation it was granted under: it counts only under those rules.
     rules: u64,
-    /// While a request asks Redis for a new lease, until when (then the ask is given up on:
-    /// its request timed out or was dropped).
+    /// While a request asks Redis for a new lease, until when (its deadline: then the ask is
+    /// given up on, its request timed out or was dropped). It also tells that request's
+    /// answer from another's. Zero: nobody is asking.
     asking_until_us: i64,
 }
 
@@ -314,8 +316,10 @@ const MAX_LEASES: usize = 100_000;
 enum Leasing {
     /// It was admitted from a lease: the answer to report.
     Spent(Decision),
-    /// It asks Redis, and for a lease with its own decision if `true`.
-    Ask(bool),
+    /// It asks Redis for itself only.
+    Ask,
+    /// It asks Redis for a lease too; the number marks its ask in the lease table.
+    AskLease(i64),
 }
 
 /// What Redis answered for one decision: the decision, and the lease it granted with it
@@ -535,7 +539,8 @@ impl RedisBackend {
     /// New rules, of generation `generation`, are in force: they may admit what the old
     /// ones refused, and refuse what leases under the old ones would admit.
     pub(crate) fn rules_changed(&self, generation: u64) {
-        self.rules.store(generation, Ordering::Release);
+        // Installs are published in order; `fetch_max` keeps the newest regardless.
+        self.rules.fetch_max(generation, Ordering::AcqRel);
         self.refusals.clear();
         if let Some(leases) = &self.leases {
             leases.clear();
@@ -543,15 +548,20 @@ impl RedisBackend {
     }
 
     /// Spends `cost` units of this client's lease under rules generation `rules`, if it has
-    /// that many left and has not ended. Otherwise: whether this request should ask for a
-    /// new lease (none is being asked for already).
-    fn spend_lease(&self, state: u32, client: KeyRef<'_>, cost: u32, rules: u64) -> Leasing {
+    /// that many left and has not ended. Otherwise: whether this request asks for a new
+    /// lease (nobody is asking already), marked with `asking_until_us`, its deadline.
+    fn spend_lease(
+        &self,
+        state: u32,
+        client: KeyRef<'_>,
+        cost: u32,
+        rules: u64,
+        asking_until_us: i64,
+    ) -> Leasing {
         let Some(leases) = &self.leases else {
-            return Leasing::Ask(false);
+            return Leasing::Ask;
         };
         let now = monotonic_us();
-        let asking_until_us =
-            now.saturating_add(i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX));
         leases.update(state, client, now, |lease| match lease {
             Some(lease) if lease.rules == rules => {
                 if lease.until_us > now && lease.units >= cost {
@@ -559,12 +569,14 @@ impl RedisBackend {
                     lease.decision.remaining = lease.decision.remaining.saturating_sub(cost);
                     (Leasing::Spent(lease.decision), None)
                 } else if lease.asking_until_us > now {
-                    (Leasing::Ask(false), None)
+                    (Leasing::Ask, None)
                 } else {
                     lease.asking_until_us = asking_until_us;
-                    (Leasing::Ask(true), None)
+                    (Leasing::AskLease(asking_until_us), None)
                 }
             }
+            // Of newer rules than this request's: left to their requests.
+            Some(lease) if lease.rules > rules => (Leasing::Ask, None),
             Some(stale) => {
                 // Of older rules: worth nothing now.
                 *stale = Lease {
@@ -574,7 +586,7 @@ impl RedisBackend {
                     rules,
                     asking_until_us,
                 };
-                (Leasing::Ask(true), None)
+                (Leasing::AskLease(asking_until_us), None)
             }
             None => {
                 let asking = Lease {
@@ -584,20 +596,21 @@ impl RedisBackend {
                     rules,
                     asking_until_us,
                 };
-                (Leasing::Ask(true), Some(asking))
+                (Leasing::AskLease(asking_until_us), Some(asking))
             }
         })
     }
 
-    /// The answer to a request that asked for a lease has come: keep the lease granted, if
-    /// any, under rules generation `rules`, and let the next request ask. Units still left
-    /// from the lease before (fewer than one request's cost, or it would have been spent)
-    /// add to the new one, and end with it.
+    /// The answer to the request whose ask for a lease is marked `ask` has come: keep the
+    /// lease granted, if any, under rules generation `rules`, and let the next request ask.
+    /// Units left from a lease before (fewer than one request's cost, unless two asks met)
+    /// add to the new one, which then ends with the earlier of the two.
     fn lease_answered(
         &self,
         state: u32,
         client: KeyRef<'_>,
         rules: u64,
+        ask: i64,
         granted: Option<(u32, i64, Decision)>,
     ) {
         let Some(leases) = &self.leases else {
@@ -609,16 +622,24 @@ impl RedisBackend {
                 // Forgotten meanwhile (a rules change or eviction): nothing to add to.
                 return ((), None);
             };
-            if lease.rules != rules || rules != self.rules.load(Ordering::Acquire) {
-                // Asked under rules no longer in force.
+            if lease.rules != rules {
+                // The entry belongs to other rules now.
                 return ((), None);
             }
-            lease.asking_until_us = 0;
-            if let Some((units, until_us, mut decision)) = granted {
+            if lease.asking_until_us == ask {
+                lease.asking_until_us = 0;
+            }
+            if let Some((units, until_us, mut decision)) = granted
+                && rules == self.rules.load(Ordering::Acquire)
+            {
                 let left = if lease.until_us > now { lease.units } else { 0 };
                 decision.remaining = decision.remaining.saturating_add(left);
                 lease.units = units.saturating_add(left);
-                lease.until_us = until_us;
+                lease.until_us = if left > 0 {
+                    until_us.min(lease.until_us)
+                } else {
+                    until_us
+                };
                 lease.decision = decision;
             }
             ((), None)
@@ -673,18 +694,24 @@ impl RedisBackend {
         client: KeyRef<'_>,
         rules: u64,
     ) -> Verdict {
+        // The deadline of this request's Redis call, on both clocks: it also ends an ask
+        // for a lease.
+        let deadline = Instant::now() + self.timeout;
+        let deadline_us = monotonic_us()
+            .saturating_add(i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX));
         // A lease first: its units are paid for, even while Redis refuses others.
-        let ask_lease = match self.spend_lease(state, client, limit.cost(), rules) {
+        let ask = match self.spend_lease(state, client, limit.cost(), rules, deadline_us) {
             Leasing::Spent(leased) => {
                 self.lease_hits.fetch_add(1, Ordering::Relaxed);
                 return Verdict::Now(Outcome::Decided(leased));
             }
-            Leasing::Ask(ask) => ask,
+            Leasing::Ask => None,
+            Leasing::AskLease(ask) => Some(ask),
         };
         if let Some(refused) = self.cached_refusal(state, client, rules) {
             self.refusal_hits.fetch_add(1, Ordering::Relaxed);
-            if ask_lease {
-                self.lease_answered(state, client, rules, None);
+            if let Some(ask) = ask {
+                self.lease_answered(state, client, rules, ask, None);
             }
             return Verdict::Now(Outcome::Decided(refused));
         }
@@ -692,8 +719,8 @@ impl RedisBackend {
         let breaker = self.breakers.for_key(&key);
         let permit = breaker.permit();
         if permit == Permit::Skip {
-            if ask_lease {
-                self.lease_answered(state, client, rules, None);
+            if let Some(ask) = ask {
+                self.lease_answered(state, client, rules, ask, None);
             }
             return Verdict::Now(self.without_redis(state, limit, client));
         }
@@ -701,7 +728,7 @@ impl RedisBackend {
         let guard = PermitGuard::new(breaker, permit);
         let client = client.to_owned();
         let limit = limit.clone();
-        let lease = if ask_lease {
+        let lease = if ask.is_some() {
             self.lease
         } else {
             Duration::ZERO
@@ -709,8 +736,8 @@ impl RedisBackend {
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
             let sent_us = monotonic_us();
-            let answer = this.call(key, &limit, lease).await;
-            if ask_lease {
+            let answer = this.call(key, &limit, lease, deadline).await;
+            if let Some(ask) = ask {
                 let granted = match &answer {
                     Ok((decision, Some((units, ms)))) if decision.allowed => {
                         let until_us = sent_us.saturating_add(ms.saturating_mul(1000));
@@ -718,7 +745,7 @@ impl RedisBackend {
                     }
                     _ => None,
                 };
-                this.lease_answered(state, client.as_ref(), rules, granted);
+                this.lease_answered(state, client.as_ref(), rules, ask, granted);
             }
             match answer {
                 Ok((decision, _)) => {
@@ -745,8 +772,8 @@ impl RedisBackend {
         key: String,
         limit: &Limit,
         lease: Duration,
+        deadline: Instant,
     ) -> Result<Answered, CallError> {
-        let deadline = Instant::now() + self.timeout;
         let (reply, at) = match &self.route {
             Route::Batched(queue) => {
                 let (reply, answer) = oneshot::channel();
