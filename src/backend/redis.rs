@@ -549,19 +549,14 @@ impl RedisBackend {
 
     /// Spends `cost` units of this client's lease under rules generation `rules`, if it has
     /// that many left and has not ended. Otherwise: whether this request asks for a new
-    /// lease (nobody is asking already), marked with `asking_until_us`, its deadline.
-    fn spend_lease(
-        &self,
-        state: u32,
-        client: KeyRef<'_>,
-        cost: u32,
-        rules: u64,
-        asking_until_us: i64,
-    ) -> Leasing {
+    /// lease (nobody is asking already), marked with its deadline.
+    fn spend_lease(&self, state: u32, client: KeyRef<'_>, cost: u32, rules: u64) -> Leasing {
         let Some(leases) = &self.leases else {
             return Leasing::Ask;
         };
         let now = monotonic_us();
+        let timeout_us = i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX);
+        let asking_until_us = now.saturating_add(timeout_us);
         leases.update(state, client, now, |lease| match lease {
             Some(lease) if lease.rules == rules => {
                 if lease.until_us > now && lease.units >= cost {
@@ -694,13 +689,8 @@ impl RedisBackend {
         client: KeyRef<'_>,
         rules: u64,
     ) -> Verdict {
-        // The deadline of this request's Redis call, on both clocks: it also ends an ask
-        // for a lease.
-        let deadline = Instant::now() + self.timeout;
-        let deadline_us = monotonic_us()
-            .saturating_add(i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX));
         // A lease first: its units are paid for, even while Redis refuses others.
-        let ask = match self.spend_lease(state, client, limit.cost(), rules, deadline_us) {
+        let ask = match self.spend_lease(state, client, limit.cost(), rules) {
             Leasing::Spent(leased) => {
                 self.lease_hits.fetch_add(1, Ordering::Relaxed);
                 return Verdict::Now(Outcome::Decided(leased));
@@ -726,6 +716,8 @@ impl RedisBackend {
         }
         // Made now, so that a future dropped before it is polled still ends a probe.
         let guard = PermitGuard::new(breaker, permit);
+        // Taken now, like the mark of an ask for a lease, which ends with it.
+        let deadline = Instant::now() + self.timeout;
         let client = client.to_owned();
         let limit = limit.clone();
         let lease = if ask.is_some() {
