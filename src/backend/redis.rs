@@ -163,20 +163,19 @@ fn packed(limit: &Limit, lease: Duration) -> Vec<u8> {
     spec
 }
 
-/// Runs the script over some decisions (key, limit, and how long a lease asked for lives,
-/// zero for none): `EVALSHA` with every key, then every packed limit; [`Script`] loads it
-/// again after `NOSCRIPT`.
+/// Runs the script over some decisions (key and packed limit each): `EVALSHA` with every
+/// key, then every packed limit; [`Script`] loads it again after `NOSCRIPT`.
 async fn run<'a>(
     script: &Script,
     connection: &mut Connection,
-    decisions: impl Iterator<Item = (&'a str, &'a Limit, Duration)> + Clone,
+    decisions: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
 ) -> Result<Vec<i64>, redis::RedisError> {
     let mut invocation = script.prepare_invoke();
-    for (key, _, _) in decisions.clone() {
+    for (key, _) in decisions.clone() {
         invocation.key(key);
     }
-    for (_, limit, lease) in decisions {
-        invocation.arg(packed(limit, lease).as_slice());
+    for (_, spec) in decisions {
+        invocation.arg(spec);
     }
     invocation.invoke_async(connection).await
 }
@@ -188,9 +187,10 @@ type Answer = Result<(Arc<Vec<i64>>, usize), CallError>;
 /// A decision waiting for the batcher, and where its answer goes.
 struct Job {
     key: String,
-    limit: Limit,
-    /// How long the lease asked for lives; zero: none asked for.
-    lease: Duration,
+    /// The limit, and any lease asked for, as [`packed`].
+    spec: Vec<u8>,
+    /// The limit's bands: the answer's length in the reply depends on it.
+    bands: usize,
     /// When the request gives up waiting: the job is not sent after that.
     deadline: Instant,
     reply: oneshot::Sender<Answer>,
@@ -219,7 +219,7 @@ async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: A
             let _permit = permit;
             let decisions = taken
                 .iter()
-                .map(|job| (job.key.as_str(), &job.limit, job.lease));
+                .map(|job| (job.key.as_str(), job.spec.as_slice()));
             let call = run(&script, &mut connection, decisions);
             let reply = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(reply)) => Ok(Arc::new(reply)),
@@ -229,7 +229,7 @@ async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: A
             let mut at = 1;
             for job in taken {
                 let _ = job.reply.send(reply.clone().map(|reply| (reply, at)));
-                at += 2 + 4 * job.limit.bands().len();
+                at += 2 + 4 * job.bands;
             }
         });
     }
@@ -766,13 +766,14 @@ impl RedisBackend {
         lease: Duration,
         deadline: Instant,
     ) -> Result<Answered, CallError> {
+        let spec = packed(limit, lease);
         let (reply, at) = match &self.route {
             Route::Batched(queue) => {
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     key,
-                    limit: limit.clone(),
-                    lease,
+                    spec,
+                    bands: limit.bands().len(),
                     deadline,
                     reply,
                 };
@@ -788,7 +789,7 @@ impl RedisBackend {
                 let call = run(
                     &self.script,
                     &mut connection,
-                    std::iter::once((key.as_str(), limit, lease)),
+                    std::iter::once((key.as_str(), spec.as_slice())),
                 );
                 let reply = tokio::time::timeout_at(deadline, call)
                     .await
