@@ -90,9 +90,7 @@ pub(crate) fn too_many_requests<B: From<Bytes>>(decision: &Decision) -> Response
             ));
             let mut headers = HeaderMap::with_capacity(5);
             headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
-            headers.insert(X_RATELIMIT_LIMIT.clone(), count(decision.limit));
-            headers.insert(X_RATELIMIT_REMAINING.clone(), count(decision.remaining));
-            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+            set_rate_limit_headers(&mut headers, decision);
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
             *last = Some((key, body.clone(), headers.clone()));
             (body, headers)

@@ -106,7 +106,7 @@ impl RateLimitLayer {
         let Shared {
             backend, counters, ..
         } = &*self.shared;
-        let (fallback, errors, cached_refusals, leased) = backend.redis_counts();
+        let redis = backend.redis_counts();
         let memory = backend.memory();
         let reload = self.shared.reload_state();
         Stats {
@@ -119,10 +119,10 @@ impl RateLimitLayer {
             breaker: backend.breaker(),
             allowed: counters.allowed.load(Ordering::Relaxed),
             denied: counters.denied.load(Ordering::Relaxed),
-            fallback,
-            errors,
-            cached_refusals,
-            leased,
+            fallback: redis.fallback,
+            errors: redis.errors,
+            cached_refusals: redis.cached_refusals,
+            leased: redis.leased,
             invalid_client_ids: counters.invalid_client_ids.load(Ordering::Relaxed),
             tracked_buckets: memory.map_or(0, |m| m.len()),
             evicted_buckets: memory.map_or(0, |m| m.evicted()),

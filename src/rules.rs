@@ -441,11 +441,8 @@ impl Rules {
                 client_override: false,
             });
         };
-        let own = match self.clients.is_empty() {
-            true => None,
-            false => self.clients.get(&client),
-        };
-        Ok(match own {
+        // An empty map returns at once, without hashing the key.
+        Ok(match self.clients.get(&client) {
             Some(own) => Resolved {
                 rule,
                 limit: own.as_ref(),

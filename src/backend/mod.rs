@@ -30,6 +30,19 @@ pub(crate) enum Outcome {
     Unavailable { retry_after: Duration },
 }
 
+/// What the Redis backend has counted; all zero without Redis.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RedisCounts {
+    /// Decisions the failure policy made.
+    pub(crate) fallback: u64,
+    /// Calls that failed or missed their deadline.
+    pub(crate) errors: u64,
+    /// Requests refused from remembered refusals.
+    pub(crate) cached_refusals: u64,
+    /// Requests admitted from leases.
+    pub(crate) leased: u64,
+}
+
 /// An outcome still on its way from Redis.
 pub(crate) type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
@@ -101,11 +114,10 @@ impl Backend {
         }
     }
 
-    /// Redis (fallback decisions, errors, cached refusals, leased admissions); zeros
-    /// without Redis.
-    pub(crate) fn redis_counts(&self) -> (u64, u64, u64, u64) {
+    /// What Redis has counted; zeros without Redis.
+    pub(crate) fn redis_counts(&self) -> RedisCounts {
         match self {
-            Backend::Memory(_) => (0, 0, 0, 0),
+            Backend::Memory(_) => RedisCounts::default(),
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => redis.counts(),
         }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::cluster::{Breakers, Connection, parse_cluster_slots};
 use super::memory::MemoryBackend;
 use super::table::{BucketTable, Expiring};
-use super::{Outcome, Verdict};
+use super::{Outcome, RedisCounts, Verdict};
 use crate::Decision;
 use crate::algorithm::{Algorithm, Combined};
 use crate::breaker::{BreakerState, Permit, PermitGuard};
@@ -525,15 +525,13 @@ impl RedisBackend {
         self.breakers.state()
     }
 
-    /// (fallback decisions, errors, refusals answered from the cache, requests admitted
-    /// from leases)
-    pub(crate) fn counts(&self) -> (u64, u64, u64, u64) {
-        (
-            self.fallback.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-            self.refusal_hits.load(Ordering::Relaxed),
-            self.lease_hits.load(Ordering::Relaxed),
-        )
+    pub(crate) fn counts(&self) -> RedisCounts {
+        RedisCounts {
+            fallback: self.fallback.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            cached_refusals: self.refusal_hits.load(Ordering::Relaxed),
+            leased: self.lease_hits.load(Ordering::Relaxed),
+        }
     }
 
     /// New rules, of generation `generation`, are in force: they may admit what the old

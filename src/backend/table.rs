@@ -31,7 +31,9 @@ pub(crate) struct Entry {
 
 /// A value that stops mattering at some time: then it is dropped first.
 pub(crate) trait Expiring {
-    /// Unix time in µs after which the value is as good as absent.
+    /// The time in µs after which the value is as good as absent, on the clock its table's
+    /// user passes as `now_us` (Unix time for band states, a monotonic clock for Redis's
+    /// refusals and leases).
     fn expires_at_us(&self) -> i64;
 }
 
@@ -51,7 +53,7 @@ struct Slot<V> {
 type Shard<V> = HashTable<Slot<V>>;
 
 /// A bounded, sharded table keyed by (rule state id, client key): the memory backend's
-/// band states, and Redis's cache of refusals.
+/// band states, and the Redis backend's remembered refusals and leases.
 pub(crate) struct BucketTable<V = Entry> {
     shards: Box<[Mutex<Shard<V>>]>,
     /// One hash per request picks the shard and the slot in it.
@@ -133,7 +135,7 @@ impl<V: Expiring> BucketTable<V> {
             .sum()
     }
 
-    /// Forgets the entries of rules for which `keep` is false (rules a reload removed).
+    /// Forgets every entry.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
@@ -141,6 +143,7 @@ impl<V: Expiring> BucketTable<V> {
         }
     }
 
+    /// Forgets the entries of rules for which `keep` is false (rules a reload removed).
     pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
