@@ -13,13 +13,7 @@ use tollgate::{RateLimitLayer, Rules};
 const DECIDE_LUA: &str = include_str!("../src/backend/decide.lua");
 
 async fn leasing(redis: &TestRedis, prefix: &str, rules: Rules, ttl: Duration) -> RateLimitLayer {
-    RateLimitLayer::builder()
-        .rules(rules)
-        .redis_url(redis.url())
-        .redis_prefix(prefix)
-        .redis_timeout(Duration::from_secs(5))
-        // Fail closed: a lease must never be confused with the local fallback.
-        .on_redis_error(tollgate::OnRedisError::Deny)
+    on_test_redis(RateLimitLayer::builder().rules(rules), redis, prefix)
         .redis_lease(ttl)
         .build()
         .await

@@ -191,12 +191,7 @@ async fn buckets_keep_their_state_and_a_lowered_capacity_clamps_it(redis: Option
         .rules_file(&path)
         .watch_rules_file(false);
     if let Some(redis) = redis {
-        builder = builder
-            .redis_url(redis.url())
-            .redis_prefix(unique_prefix("reload"))
-            .redis_timeout(Duration::from_secs(5))
-            // A fallback would give the same numbers: fail closed so only Redis can pass.
-            .on_redis_error(tollgate::OnRedisError::Deny);
+        builder = on_test_redis(builder, redis, &unique_prefix("reload"));
     }
     let layer = builder.build().await.unwrap();
     let base = serve(layer.clone()).await;

@@ -426,19 +426,27 @@ pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
     let builder = RateLimitLayer::builder().rules(rules);
     let builder = match store {
         Store::Memory => builder,
-        Store::Redis(redis, prefix) => builder
-            .redis_url(redis.url())
-            .redis_prefix(prefix.clone())
-            // Generous: these tests check decisions, not the failure path.
-            .redis_timeout(Duration::from_secs(5))
-            // A failed Redis call must not pass for a decision: the local fallback would
-            // give the same answers, so fail closed (503) instead.
-            .on_redis_error(tollgate::OnRedisError::Deny),
+        Store::Redis(redis, prefix) => on_test_redis(builder, redis, prefix),
     };
     builder
         .build()
         .await
         .unwrap_or_else(|e| panic!("build layer: {e}"))
+}
+
+/// `builder` deciding on `redis` under `prefix`, for tests of decisions: a generous
+/// deadline, and failing closed, since a failed Redis call must not pass for a decision (the
+/// local fallback would give the same answers; a 503 does not).
+pub fn on_test_redis(
+    builder: tollgate::RateLimitLayerBuilder,
+    redis: &TestRedis,
+    prefix: &str,
+) -> tollgate::RateLimitLayerBuilder {
+    builder
+        .redis_url(redis.url())
+        .redis_prefix(prefix)
+        .redis_timeout(Duration::from_secs(5))
+        .on_redis_error(tollgate::OnRedisError::Deny)
 }
 
 /// The demo's routes behind `layer`.
