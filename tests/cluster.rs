@@ -238,3 +238,57 @@ async fn a_replica_takes_over_a_dead_master() {
     eprintln!("failover: Redis decides the dead master's slots again {recovered:?} after the kill");
     cluster.wait_until_ok(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_server_in_place_of_a_master_does_not_wedge_its_slots() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start(3, 0);
+    let prefix = unique_prefix("cluster-wrong");
+    let limits = r#"{"default": {"capacity": 1000, "refill_rate": 1000}}"#;
+    let layer = cluster_layer(&cluster, limits, &prefix, DEADLINE).await;
+    let app = app(layer.clone());
+    let client = "w0";
+    let victim = cluster.master_port_of(&format!("{prefix}:{{default:id:{client}}}"));
+    let limit_now = || async {
+        let started = Instant::now();
+        let response = send(&app, request("GET", "/", Some(client))).await;
+        let limit = header(&response, "x-ratelimit-limit").map(str::to_owned);
+        (limit, started.elapsed())
+    };
+    assert_eq!(limit_now().await.0.as_deref(), Some("1000"));
+
+    cluster.kill(victim);
+    let wrong = WrongServer::start(victim, WrongServer::HTTP_400);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let (limit, took) = limit_now().await;
+        assert_eq!(limit.as_deref(), Some("250"), "the local fallback decides");
+        assert!(
+            took < DEADLINE + Duration::from_millis(150),
+            "a request took {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(wrong);
+    cluster.restart(victim);
+    // A restarted master serves its slots only once it has rejoined (Redis waits 2 s); from
+    // then on, tollgate must decide there within a second.
+    cluster.wait_until_serving(victim, Duration::from_secs(10));
+    let back = Instant::now();
+    loop {
+        if limit_now().await.0.as_deref() == Some("1000") {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "the master's slots are not decided by Redis 1 s after it is back: {:?}\n{}",
+            layer.stats(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "wrong server in place of a master for 2 s; Redis decides its slots {:?} after it is back",
+        back.elapsed()
+    );
+}

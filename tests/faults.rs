@@ -408,3 +408,94 @@ async fn a_probe_dropped_before_it_runs_does_not_wedge_the_breaker() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What a request got with `policy` deny: Redis's decision, or the policy's 503.
+async fn deny_probe(app: &axum::Router, client: &str) -> bool {
+    let response = send(app, request("GET", "/api/data", Some(client))).await;
+    let limit = header(&response, "x-ratelimit-limit").map(str::to_owned);
+    match response.status() {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE => false,
+        axum::http::StatusCode::OK if limit.as_deref() == Some("1000") => true,
+        other => panic!("neither Redis's answer nor the policy's: {other} {limit:?}"),
+    }
+}
+
+/// Probes until Redis decides, and fails the test if that takes more than a second.
+async fn decides_again_within_a_second(app: &axum::Router, layer: &RateLimitLayer) -> Duration {
+    let back = Instant::now();
+    loop {
+        if deny_probe(app, "after").await {
+            return back.elapsed();
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "Redis did not decide again within 1 s of being back: {:?}",
+            layer.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Another server answering on Redis's port (an HTTP server's 400, or bytes that are no
+/// protocol) for two seconds, then a real Redis again: every request meanwhile gets the
+/// policy's answer within the deadline, and Redis decides again within a second.
+async fn wrong_server_on_redis_port(reply: &'static [u8]) {
+    let _serial = SERIAL.lock().await;
+    let mut redis = TestRedis::start();
+    let layer = fault_layer(redis.url(), OnRedisError::Deny).await;
+    let app = app(layer.clone());
+    assert!(deny_probe(&app, "before").await, "healthy: Redis decides");
+
+    redis.kill();
+    let wrong = WrongServer::start(redis.port(), reply);
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut answered = 0;
+    while Instant::now() < until {
+        let started = Instant::now();
+        assert!(
+            !deny_probe(&app, "during").await,
+            "the wrong server decided"
+        );
+        let latency = started.elapsed();
+        assert!(latency <= DEADLINE + MARGIN, "a request took {latency:?}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(wrong);
+    redis.restart();
+    let recovery = decides_again_within_a_second(&app, &layer).await;
+    eprintln!(
+        "wrong server on Redis's port for 2 s ({answered} requests, all answered by the policy); \
+         Redis decides {recovery:?} after it is back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_server_on_redis_port_does_not_wedge_the_backend() {
+    wrong_server_on_redis_port(WrongServer::HTTP_400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_redis_port_does_not_wedge_the_backend() {
+    wrong_server_on_redis_port(WrongServer::GARBAGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_against_a_wrong_server_then_redis_appears() {
+    let _serial = SERIAL.lock().await;
+    let port = free_port();
+    let wrong = WrongServer::start(port, WrongServer::HTTP_400);
+    let layer = fault_layer(&format!("redis://127.0.0.1:{port}"), OnRedisError::Deny).await;
+    let app = app(layer.clone());
+    for _ in 0..20 {
+        assert!(
+            !deny_probe(&app, "during").await,
+            "the wrong server decided"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(wrong);
+    let _redis = TestRedis::spawn_on(port);
+    let recovery = decides_again_within_a_second(&app, &layer).await;
+    eprintln!("started against a wrong server; Redis decides {recovery:?} after it appears");
+}

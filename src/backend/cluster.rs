@@ -1,5 +1,4 @@
-//! Redis Cluster support: one connection type for a single Redis or a cluster, and a
-//! circuit breaker per master.
+//! Redis Cluster support: a circuit breaker per master.
 //!
 //! Every decision touches one key, whose hash tag `{<rule id>:<client key>}` puts it in one
 //! slot; multi-band rules keep all bands in that one key. The cluster client routes each
@@ -16,49 +15,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::Value;
 
 use crate::breaker::{Breaker, BreakerState};
 
 /// Number of hash slots in Redis Cluster.
 const SLOTS: u16 = 16384;
-
-/// A single Redis (a reconnecting [`ConnectionManager`]) or a cluster.
-#[derive(Clone)]
-pub(crate) enum Connection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 /// The slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of the hash tag (the
 /// text between the first `{` and the next `}`, if not empty) or of the whole key, mod 16384.

@@ -13,6 +13,8 @@ use crate::rules::Limit;
 
 #[cfg(feature = "redis")]
 pub(crate) mod cluster;
+#[cfg(feature = "redis")]
+pub(crate) mod connection;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

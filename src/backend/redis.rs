@@ -19,11 +19,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::cluster::{Breakers, Connection, parse_cluster_slots};
+use super::cluster::{Breakers, parse_cluster_slots};
+use super::connection::Connection;
 use super::memory::MemoryBackend;
 use super::table::{BucketTable, Expiring};
 use super::{Outcome, RedisCounts, Verdict};
@@ -434,9 +435,8 @@ impl RedisBackend {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(250))
             .set_number_of_retries(6);
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| e.to_string())?;
-        let mut connection = Connection::Single(manager);
+        let mut connection =
+            Connection::single(client, manager_config).map_err(|e| e.to_string())?;
         let (queue, queued) = mpsc::channel(MAX_QUEUED);
         tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
         let ready = load(script, &mut connection, config.connect_timeout).await;

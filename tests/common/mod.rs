@@ -60,14 +60,19 @@ impl TestRedis {
 
     /// Kills this private server (if still running) and starts an empty one on the same port.
     pub fn restart(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         let mut process = launch(self.port, self.dir.path());
         wait_for_ping(self.port, &mut process, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
         self.process = Some(process);
+    }
+
+    /// SIGKILLs this private server, leaving its port free until [`restart`](Self::restart).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -175,25 +180,7 @@ impl TestCluster {
         for port in &ports {
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir(&node_dir).expect("node directory");
-            let mut child = launch_with(
-                *port,
-                &node_dir,
-                &[
-                    "--logfile",
-                    "redis.log",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-require-full-coverage",
-                    "no",
-                ],
-            );
-            wait_for_ping(*port, &mut child, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("cluster node did not start: {e}"));
-            processes.push(Some(child));
+            processes.push(Some(launch_node(*port, &node_dir)));
         }
         let created = Command::new("redis-cli")
             .arg("--cluster")
@@ -245,6 +232,30 @@ impl TestCluster {
                 "the cluster did not settle within {limit:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the node on `port` reports `cluster_state:ok`: it serves its slots.
+    pub fn wait_until_serving(&self, port: u16, limit: Duration) {
+        let node = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of this cluster");
+        let deadline = Instant::now() + limit;
+        loop {
+            let info: Result<String, _> = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut self.node(node));
+            if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {port} does not serve after {limit:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -339,6 +350,19 @@ impl TestCluster {
             .join("\n")
     }
 
+    /// Starts the node on `port` again, after [`kill`](Self::kill), with its own
+    /// `nodes.conf`: it comes back as the same node, with the slots it had.
+    pub fn restart(&mut self, port: u16) {
+        let node = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of this cluster");
+        assert!(self.processes[node].is_none(), "node {port} is running");
+        let node_dir = self._dir.path().join(port.to_string());
+        self.processes[node] = Some(launch_node(port, &node_dir));
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
         let node = self
@@ -351,6 +375,29 @@ impl TestCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// One cluster node in `dir`, answering PING.
+fn launch_node(port: u16, dir: &std::path::Path) -> Child {
+    let mut child = launch_with(
+        port,
+        dir,
+        &[
+            "--logfile",
+            "redis.log",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-require-full-coverage",
+            "no",
+        ],
+    );
+    wait_for_ping(port, &mut child, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("cluster node did not start: {e}"));
+    child
 }
 
 impl Drop for TestCluster {
@@ -651,4 +698,56 @@ pub fn start_demo(envs: &[(&str, &str)]) -> Demo {
     let _ = child.kill();
     let _ = child.wait();
     panic!("demo did not start:\n{}", log.join("\n"));
+}
+
+/// A TCP server that is not Redis, on a port where the layer expects one: it answers every
+/// connection with `reply` (once something arrives, or at once) and closes it. Stops when
+/// dropped, freeing the port.
+pub struct WrongServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WrongServer {
+    /// What an HTTP server answers to a Redis command.
+    pub const HTTP_400: &'static [u8] =
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    /// Bytes that are no protocol at all.
+    pub const GARBAGE: &'static [u8] = b"\x9c\x01\xffz\x00\x13\x80garbage\x07\xfe\r\n\x01\x02";
+
+    pub fn start(port: u16, reply: &'static [u8]) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("the wrong server cannot listen on {port}: {e}"));
+        listener.set_nonblocking(true).expect("non-blocking accept");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                        let mut request = [0u8; 512];
+                        let _ = stream.read(&mut request);
+                        let _ = stream.write_all(reply);
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for WrongServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
