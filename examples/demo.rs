@@ -72,8 +72,7 @@ async fn run() -> Result<(), String> {
         .trusted_proxies(proxies.clone())
         .watch_rules_file(watch)
         .reload_on_sighup(true);
-    let cluster_nodes: Vec<String> = list_env("REDIS_CLUSTER_NODES");
-    if !cluster_nodes.is_empty() {
+    if let Some(cluster_nodes) = cluster_nodes_env()? {
         builder = builder.redis_cluster(cluster_nodes);
     } else if let Some(url) = &redis_url {
         builder = builder.redis_url(url);
@@ -202,6 +201,24 @@ async fn health_status() -> Result<u16, String> {
 }
 
 /// A comma-separated list; empty when unset.
+/// `REDIS_CLUSTER_NODES`: `None` when unset or blank; a list with an empty entry (`","`,
+/// `"a,,b"`) is an error rather than a silent fall back to in-memory buckets.
+fn cluster_nodes_env() -> Result<Option<Vec<String>>, String> {
+    let value = std::env::var("REDIS_CLUSTER_NODES").unwrap_or_default();
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let nodes: Vec<String> = value.split(',').map(|n| n.trim().to_owned()).collect();
+    if let Some(empty) = nodes.iter().position(String::is_empty) {
+        return Err(format!(
+            "REDIS_CLUSTER_NODES={value:?} has an empty entry (number {}): give comma-separated \
+             redis:// URLs of the cluster's nodes, or unset it",
+            empty + 1
+        ));
+    }
+    Ok(Some(nodes))
+}
+
 fn list_env(name: &str) -> Vec<String> {
     std::env::var(name)
         .unwrap_or_default()

@@ -243,6 +243,10 @@ pub enum BuildError {
     /// `ipv6_prefix_len` is outside 1 to 128.
     #[error("ipv6_prefix_len must be from 1 to 128, got {0}")]
     Ipv6PrefixLen(u8),
+    /// `redis_cluster` was given no seed nodes.
+    #[cfg(feature = "redis")]
+    #[error("no Redis Cluster seed nodes: give at least one redis:// URL")]
+    NoClusterNodes,
     /// The Redis URL cannot be used.
     #[cfg(feature = "redis")]
     #[error("cannot connect to Redis at {url}: {reason}")]

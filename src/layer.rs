@@ -339,7 +339,8 @@ impl RateLimitLayerBuilder {
 
     /// Keeps buckets in a Redis Cluster reached through these seed nodes (each a `redis://`
     /// URL; one reachable node is enough, the rest of the cluster is discovered). Each master
-    /// gets its own circuit breaker, so losing one master affects only its slots.
+    /// gets its own circuit breaker, so losing one master affects only its slots. No nodes,
+    /// or a node that is not a Redis URL, fails [`build`](Self::build).
     #[cfg(feature = "redis")]
     pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
     where
@@ -444,6 +445,9 @@ impl RateLimitLayerBuilder {
         )?;
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
+            if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
+                return Err(BuildError::NoClusterNodes);
+            }
             if let Some(prefix) = self.redis_prefix {
                 config.prefix = prefix;
             }

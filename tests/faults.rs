@@ -499,3 +499,60 @@ async fn starting_against_a_wrong_server_then_redis_appears() {
     let recovery = decides_again_within_a_second(&app, &layer).await;
     eprintln!("started against a wrong server; Redis decides {recovery:?} after it appears");
 }
+
+/// A request answered by the failure policy takes nothing in Redis, even if Redis runs its
+/// call later: capacity 10, one request, Redis stopped, three requests (answered by the
+/// policy), Redis continued, one more request: 8 remain, not 5.
+async fn stalled_calls_take_nothing(policy: OnRedisError) {
+    let _serial = SERIAL.lock().await;
+    let redis = TestRedis::start();
+    let layer = RateLimitLayer::builder()
+        .rules(rules(
+            r#"{"default": {"capacity": 10, "refill_rate": 0.0001}}"#,
+        ))
+        .redis_url(redis.url())
+        .redis_prefix(unique_prefix("stalled"))
+        .redis_timeout(DEADLINE)
+        .on_redis_error(policy)
+        .build()
+        .await
+        .unwrap();
+    let app = app(layer.clone());
+    let first = send(&app, request("GET", "/", Some("s"))).await;
+    assert_eq!(remaining(&first), Some(9));
+
+    redis.signal("STOP");
+    for _ in 0..3 {
+        let response = send(&app, request("GET", "/", Some("s"))).await;
+        match policy {
+            OnRedisError::Deny => {
+                assert_eq!(
+                    response.status(),
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                )
+            }
+            _ => assert_eq!(
+                header(&response, "x-ratelimit-limit"),
+                Some("10"),
+                "the local fallback decides"
+            ),
+        }
+    }
+    let stats = layer.stats();
+    assert_eq!((stats.errors, stats.fallback), (3, 3), "{stats:?}");
+    redis.signal("CONT");
+    // The stalled calls run now, on the same connection, before the next one.
+    let after = send(&app, request("GET", "/", Some("s"))).await;
+    assert_eq!(after.status(), axum::http::StatusCode::OK);
+    assert_eq!(remaining(&after), Some(8), "{:?}", layer.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stalled_under_deny_take_nothing_when_redis_resumes() {
+    stalled_calls_take_nothing(OnRedisError::Deny).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stalled_under_local_take_nothing_when_redis_resumes() {
+    stalled_calls_take_nothing(OnRedisError::Local).await;
+}

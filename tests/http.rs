@@ -285,3 +285,30 @@ fn demo_refuses_a_bad_rules_file() {
         "{stderr}"
     );
 }
+
+/// A `REDIS_CLUSTER_NODES` with no usable node stops the demo with an error, rather than
+/// running it on in-memory buckets that no other instance shares.
+#[test]
+fn demo_refuses_an_unusable_cluster_node_list() {
+    for (nodes, expected) in [
+        (",", "has an empty entry (number 1)"),
+        (" , ", "has an empty entry (number 1)"),
+        (
+            "redis://127.0.0.1:7000,,redis://127.0.0.1:7001",
+            "has an empty entry (number 2)",
+        ),
+        ("not-a-url", "seed node not-a-url is not a Redis URL"),
+    ] {
+        let output = Command::new(demo_binary())
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("PORT", "0")
+            .env("RATE_LIMIT_RULES_PATH", repo_file("rate_limits.json"))
+            .env("REDIS_CLUSTER_NODES", nodes)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{nodes:?}: {stderr}");
+        assert!(stderr.contains(expected), "{nodes:?}: {stderr}");
+    }
+}

@@ -10,8 +10,6 @@ use axum::http::StatusCode;
 use common::*;
 use tollgate::{RateLimitLayer, Rules};
 
-const DECIDE_LUA: &str = include_str!("../src/backend/decide.lua");
-
 async fn leasing(redis: &TestRedis, prefix: &str, rules: Rules, ttl: Duration) -> RateLimitLayer {
     on_test_redis(RateLimitLayer::builder().rules(rules), redis, prefix)
         .redis_lease(ttl)
@@ -266,29 +264,6 @@ async fn without_redis_lease_nothing_is_leased() {
     statuses(&app, 5, || request("GET", "/", Some("o"))).await;
     assert_eq!(redis.evalsha_calls(), 5);
     assert_eq!(limits.stats().leased, 0);
-}
-
-/// `decide.lua` called directly, as the README documents it.
-fn decide(c: &mut redis::Connection, key: &str, spec: &[u8]) -> Vec<i64> {
-    redis::Script::new(DECIDE_LUA)
-        .key(key)
-        .arg(spec)
-        .invoke(c)
-        .unwrap()
-}
-
-/// algorithm, cost, lease units, lease µs, then (capacity, second parameter) per band.
-fn spec(algorithm: u8, cost: f64, lease: f64, lease_us: f64, bands: &[(f64, f64)]) -> Vec<u8> {
-    let mut spec = vec![algorithm];
-    for value in [cost, lease, lease_us] {
-        spec.extend(value.to_le_bytes());
-    }
-    spec.push(bands.len() as u8);
-    for (capacity, second) in bands {
-        spec.extend(capacity.to_le_bytes());
-        spec.extend(second.to_le_bytes());
-    }
-    spec
 }
 
 fn doubles(c: &mut redis::Connection, key: &str) -> Vec<f64> {

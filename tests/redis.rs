@@ -466,3 +466,63 @@ async fn refusals_are_answered_without_redis_until_they_end() {
     ));
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
 }
+
+/// A request the script reaches after its deadline (Redis was stopped or busy, and the app
+/// answered it without Redis) is not decided and takes nothing; one before it is decided.
+#[test]
+fn the_script_takes_nothing_past_a_request_deadline() {
+    let redis = TestRedis::start();
+    let mut c = redis.client();
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query(&mut c).unwrap();
+    let now_us = (seconds * 1_000_000 + micros) as f64;
+    let band = [(10.0, 1e-6)];
+    let late = spec_with_deadline(1, 1.0, 0.0, 0.0, now_us - 1.0, &band);
+    let reply = decide(&mut c, "k", &late);
+    assert_eq!(reply[1..], [-1, 0, 0, 0, 0, 0]);
+    let exists: bool = redis::cmd("EXISTS").arg("k").query(&mut c).unwrap();
+    assert!(!exists, "a late request writes nothing");
+
+    let in_time = spec_with_deadline(1, 1.0, 0.0, 0.0, now_us + 60e6, &band);
+    let reply = decide(&mut c, "k", &in_time);
+    assert_eq!(reply[1..5], [0, 0, 1, 9]);
+    // Without a deadline (0), as before.
+    let reply = decide(&mut c, "k", &spec(1, 1.0, 0.0, 0.0, &band));
+    assert_eq!(reply[1..5], [0, 0, 1, 8]);
+    // A call mixing both: each request on its own deadline.
+    let reply: Vec<i64> = redis::Script::new(DECIDE_LUA)
+        .key("k")
+        .key("other")
+        .arg(&late)
+        .arg(&in_time)
+        .invoke(&mut c)
+        .unwrap();
+    assert_eq!(reply[1..7], [-1, 0, 0, 0, 0, 0]);
+    assert_eq!(reply[7..11], [0, 0, 1, 9]);
+    let left: Vec<u8> = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+    let tokens = f64::from_le_bytes(left[1..9].try_into().unwrap());
+    assert!(
+        (tokens - 8.0).abs() < 1e-3,
+        "the late request took nothing: {tokens}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_without_usable_seed_nodes_fails_the_build() {
+    let build = |nodes: Vec<&str>| {
+        RateLimitLayer::builder()
+            .rules(rules(r#"{"default": {"capacity": 1, "refill_rate": 1}}"#))
+            .redis_cluster(nodes)
+            .build()
+    };
+    let err = build(vec![]).await.unwrap_err();
+    assert!(matches!(err, BuildError::NoClusterNodes), "{err}");
+    let err = build(vec!["redis://127.0.0.1:7000", "redis://:secret@host:port"])
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("seed node redis://:***@host:port is not a Redis URL"),
+        "{message}"
+    );
+    assert!(!message.contains("secret"), "{message}");
+}

@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use redis::Value;
 
+use super::clock::RedisClock;
 use crate::breaker::{Breaker, BreakerState};
 
 /// Number of hash slots in Redis Cluster.
@@ -39,43 +40,59 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag) % SLOTS
 }
 
-/// The circuit breakers of a backend: one for a single Redis, one per master for a cluster.
-pub(crate) enum Breakers {
-    Single(Arc<Breaker>),
-    Cluster(SlotBreakers),
+/// What the backend keeps for one Redis server: the circuit breaker in front of it, and its
+/// clock.
+pub(crate) struct Server {
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) clock: RedisClock,
 }
 
-impl Breakers {
+impl Server {
+    fn new(failures: u32, cooldown: Duration) -> Self {
+        Self {
+            breaker: Arc::new(Breaker::new(failures, cooldown)),
+            clock: RedisClock::default(),
+        }
+    }
+}
+
+/// The servers decisions go to: one Redis, or each master of a cluster.
+pub(crate) enum Servers {
+    Single(Arc<Server>),
+    Cluster(SlotServers),
+}
+
+impl Servers {
     pub(crate) fn single(failures: u32, cooldown: Duration) -> Self {
-        Breakers::Single(Arc::new(Breaker::new(failures, cooldown)))
+        Servers::Single(Arc::new(Server::new(failures, cooldown)))
     }
 
     pub(crate) fn cluster(failures: u32, cooldown: Duration) -> Self {
-        Breakers::Cluster(SlotBreakers {
+        Servers::Cluster(SlotServers {
             failures,
             cooldown,
             table: ArcSwap::from_pointee(Vec::new()),
             by_master: Mutex::new(HashMap::new()),
-            unmapped: Arc::new(Breaker::new(failures, cooldown)),
+            unmapped: Arc::new(Server::new(failures, cooldown)),
         })
     }
 
-    /// The breaker that guards `key`.
-    pub(crate) fn for_key(&self, key: &str) -> Arc<Breaker> {
+    /// The server that holds `key`.
+    pub(crate) fn for_key(&self, key: &str) -> Arc<Server> {
         match self {
-            Breakers::Single(breaker) => Arc::clone(breaker),
-            Breakers::Cluster(slots) => slots.for_slot(slot(key.as_bytes())),
+            Servers::Single(server) => Arc::clone(server),
+            Servers::Cluster(slots) => slots.for_slot(slot(key.as_bytes())),
         }
     }
 
     /// Opens every breaker: Redis could not be reached at startup.
     pub(crate) fn open_all(&self, why: &str) {
         match self {
-            Breakers::Single(breaker) => breaker.open(why),
-            Breakers::Cluster(slots) => {
-                slots.unmapped.open(why);
-                for breaker in slots.masters() {
-                    breaker.open(why);
+            Servers::Single(server) => server.breaker.open(why),
+            Servers::Cluster(slots) => {
+                slots.unmapped.breaker.open(why);
+                for server in slots.masters() {
+                    server.breaker.open(why);
                 }
             }
         }
@@ -84,30 +101,30 @@ impl Breakers {
     /// The worst state of any breaker in use: open if any master is cut off.
     pub(crate) fn state(&self) -> BreakerState {
         match self {
-            Breakers::Single(breaker) => breaker.state(),
-            Breakers::Cluster(slots) => slots.state(),
+            Servers::Single(server) => server.breaker.state(),
+            Servers::Cluster(slots) => slots.state(),
         }
     }
 }
 
-/// Which master owns which slots, each master with its breaker.
-pub(crate) struct SlotBreakers {
+/// Which master owns which slots, each master with its breaker and clock.
+pub(crate) struct SlotServers {
     failures: u32,
     cooldown: Duration,
-    /// `(first slot, last slot, breaker)`, sorted by first slot.
-    table: ArcSwap<Vec<(u16, u16, Arc<Breaker>)>>,
-    /// Breakers by master address, kept across table refreshes.
-    by_master: Mutex<HashMap<String, Arc<Breaker>>>,
+    /// `(first slot, last slot, master)`, sorted by first slot.
+    table: ArcSwap<Vec<(u16, u16, Arc<Server>)>>,
+    /// Masters by address, kept across table refreshes.
+    by_master: Mutex<HashMap<String, Arc<Server>>>,
     /// For slots no master is known for yet.
-    unmapped: Arc<Breaker>,
+    unmapped: Arc<Server>,
 }
 
-impl SlotBreakers {
-    fn for_slot(&self, slot: u16) -> Arc<Breaker> {
+impl SlotServers {
+    fn for_slot(&self, slot: u16) -> Arc<Server> {
         let table = self.table.load();
         let at = table.partition_point(|(first, _, _)| *first <= slot);
         match at.checked_sub(1).map(|i| &table[i]) {
-            Some((_, last, breaker)) if slot <= *last => Arc::clone(breaker),
+            Some((_, last, server)) if slot <= *last => Arc::clone(server),
             _ => Arc::clone(&self.unmapped),
         }
     }
@@ -126,16 +143,16 @@ impl SlotBreakers {
             .iter()
             .map(|(first, last, _)| u32::from(last.saturating_sub(*first)) + 1)
             .sum();
-        let unmapped = (mapped < u32::from(SLOTS)).then(|| self.unmapped.state());
+        let unmapped = (mapped < u32::from(SLOTS)).then(|| self.unmapped.breaker.state());
         table
             .iter()
-            .map(|(_, _, breaker)| breaker.state())
+            .map(|(_, _, server)| server.breaker.state())
             .chain(unmapped)
             .max_by_key(rank)
             .unwrap_or(BreakerState::Closed)
     }
 
-    fn masters(&self) -> Vec<Arc<Breaker>> {
+    fn masters(&self) -> Vec<Arc<Server>> {
         let by_master = self
             .by_master
             .lock()
@@ -149,13 +166,13 @@ impl SlotBreakers {
             .by_master
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut table: Vec<(u16, u16, Arc<Breaker>)> = ranges
+        let mut table: Vec<(u16, u16, Arc<Server>)> = ranges
             .into_iter()
             .map(|(first, last, master)| {
-                let breaker = by_master
+                let server = by_master
                     .entry(master)
-                    .or_insert_with(|| Arc::new(Breaker::new(self.failures, self.cooldown)));
-                (first, last, Arc::clone(breaker))
+                    .or_insert_with(|| Arc::new(Server::new(self.failures, self.cooldown)));
+                (first, last, Arc::clone(server))
             })
             .collect();
         table.sort_by_key(|(first, _, _)| *first);
@@ -218,8 +235,8 @@ mod tests {
 
     #[test]
     fn each_master_has_its_own_breaker() {
-        let breakers = Breakers::cluster(1, Duration::from_secs(3600));
-        let Breakers::Cluster(slots) = &breakers else {
+        let servers = Servers::cluster(1, Duration::from_secs(3600));
+        let Servers::Cluster(slots) = &servers else {
             unreachable!()
         };
         slots.update(vec![
@@ -228,18 +245,18 @@ mod tests {
             (10923, 16383, "c:3".into()),
         ]);
         let on_b = slots.for_slot(6000);
-        on_b.failed(crate::breaker::Permit::Call, &"down");
-        assert_eq!(slots.for_slot(5461).state(), BreakerState::Open);
-        assert_eq!(slots.for_slot(10922).state(), BreakerState::Open);
-        assert_eq!(slots.for_slot(5460).state(), BreakerState::Closed);
-        assert_eq!(slots.for_slot(10923).state(), BreakerState::Closed);
-        assert_eq!(breakers.state(), BreakerState::Open);
+        on_b.breaker.failed(crate::breaker::Permit::Call, &"down");
+        assert_eq!(slots.for_slot(5461).breaker.state(), BreakerState::Open);
+        assert_eq!(slots.for_slot(10922).breaker.state(), BreakerState::Open);
+        assert_eq!(slots.for_slot(5460).breaker.state(), BreakerState::Closed);
+        assert_eq!(slots.for_slot(10923).breaker.state(), BreakerState::Closed);
+        assert_eq!(servers.state(), BreakerState::Open);
         // A refresh that moves b's slots to a new master (a failover) uses a fresh breaker;
         // the same master keeps its breaker.
         slots.update(vec![(0, 5460, "a:1".into()), (5461, 16383, "c:3".into())]);
-        assert_eq!(slots.for_slot(6000).state(), BreakerState::Closed);
+        assert_eq!(slots.for_slot(6000).breaker.state(), BreakerState::Closed);
         slots.update(vec![(0, 16383, "b:2".into())]);
-        assert_eq!(slots.for_slot(0).state(), BreakerState::Open);
+        assert_eq!(slots.for_slot(0).breaker.state(), BreakerState::Open);
     }
 
     #[test]
@@ -270,21 +287,21 @@ mod tests {
 
     #[test]
     fn state_counts_only_the_breakers_in_use() {
-        let breakers = Breakers::cluster(1, Duration::from_secs(3600));
-        let Breakers::Cluster(slots) = &breakers else {
+        let servers = Servers::cluster(1, Duration::from_secs(3600));
+        let Servers::Cluster(slots) = &servers else {
             unreachable!()
         };
-        breakers.open_all("unreachable at startup");
-        assert_eq!(breakers.state(), BreakerState::Open);
+        servers.open_all("unreachable at startup");
+        assert_eq!(servers.state(), BreakerState::Open);
         // Half the slots mapped: the rest still go to the open breaker for unmapped slots.
         slots.update(vec![(0, 8191, "a:1".into())]);
-        assert_eq!(breakers.state(), BreakerState::Open);
+        assert_eq!(servers.state(), BreakerState::Open);
         slots.update(vec![(0, 8191, "a:1".into()), (8192, 16383, "b:1".into())]);
-        assert_eq!(breakers.state(), BreakerState::Closed);
+        assert_eq!(servers.state(), BreakerState::Closed);
         // A master that failed and then left the map no longer counts.
-        breakers.for_key("{x}").failed(Permit::Call, &"down");
-        assert_eq!(breakers.state(), BreakerState::Open);
+        servers.for_key("{x}").breaker.failed(Permit::Call, &"down");
+        assert_eq!(servers.state(), BreakerState::Open);
         slots.update(vec![(0, 16383, "c:1".into())]);
-        assert_eq!(breakers.state(), BreakerState::Closed);
+        assert_eq!(servers.state(), BreakerState::Closed);
     }
 }

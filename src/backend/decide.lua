@@ -5,9 +5,9 @@
 -- KEYS[d]  request d's bucket: one string per (rule, client) holding every band's state
 -- ARGV[d]  request d's limit, packed little-endian: the algorithm (a byte: 1 token_bucket,
 --          2 fixed_window, 3 sliding_window), the cost, the lease asked for (units) and its
---          lifetime (µs) (doubles), n, the number of bands (a byte), then per band its
---          capacity and its second parameter (doubles; token_bucket: refill rate per second,
---          windows: window length in µs)
+--          lifetime (µs), the request's deadline (µs of TIME; 0: none) (doubles), n, the
+--          number of bands (a byte), then per band its capacity and its second parameter
+--          (doubles; token_bucket: refill rate per second, windows: window length in µs)
 --
 -- A bucket's value is one byte, the algorithm, then little-endian doubles, per band:
 --   token_bucket    tokens left after the last admitted request, when that was (µs of TIME)
@@ -21,6 +21,10 @@
 -- is taken from the bands like the cost (the answer reports the bands as if only the cost
 -- had been), and lives for the lifetime asked for, cut short at the end of the current
 -- window for the window algorithms. A lease of 0 asked for changes nothing.
+--
+-- A request whose deadline has passed when the script runs (Redis was stopped or busy, and
+-- the app has answered it without Redis) is not decided and writes nothing: its lease_units
+-- is -1 and its band fields are 0.
 --
 -- Returns {now_ms, then for each request: lease_units, lease_ms, then for each of its
 -- bands: admitted, remaining, retry_after_ms, reset_after_ms}. A request is admitted if all
@@ -133,81 +137,91 @@ local answers, with_lease, values = {}, {}, {}
 for d = 1, #KEYS do
   local key = KEYS[d]
   local spec = ARGV[d]
-  local algorithm, cost, lease, lease_us, n, at = unpack_struct('<BdddB', spec)
-  local width = 2
-  if algorithm == 3 then width = 3 end
-
-  -- The stored bands, if the value is this algorithm's (a leftover of another type reads
-  -- as missing and is overwritten).
-  local stored = {}
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'string' and byte(raw, 1) == algorithm then
-    local have = min(n, floor((#raw - 1) / (8 * width)))
-    if have > 0 then
-      stored = {unpack_struct('<' .. rep('d', have * width), raw, 2)}
-      -- struct.unpack also returns the position after the last value: not a band's.
-      stored[have * width + 1] = nil
+  local algorithm, cost, lease, lease_us, deadline, n, at = unpack_struct('<BddddB', spec)
+  if deadline > 0 and now > deadline then
+    reply[r + 1] = -1
+    reply[r + 2] = 0
+    r = r + 2
+    for _ = 1, 4 * n do
+      r = r + 1
+      reply[r] = 0
     end
-  end
+  else
+    local width = 2
+    if algorithm == 3 then width = 3 end
 
-  -- The request's own answer, band by band, into `answers` (STRIDE values per band).
-  local admitted = 1
-  local spare = nil
-  local bands_at = at
-  for k = 1, n do
-    local b = (k - 1) * STRIDE
-    local capacity, param
-    capacity, param, at = unpack_struct('<dd', spec, at)
-    local ok, remaining, retry_us, reset_us, left, until_end, v1, v2, v3 =
-      band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost)
-    answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
-    answers[b + 5], answers[b + 6], answers[b + 7] = v1, v2, v3
-    if ok == 0 then admitted = 0 end
-    if spare == nil or left < spare then spare = left end
-    if until_end ~= nil and until_end < lease_us then lease_us = until_end end
-  end
-
-  -- A lease: whole multiples of the cost that every band can still give. `taken` holds
-  -- the bands' values and reset after taking cost + lease.
-  local extra = 0
-  local taken = answers
-  -- A lease of under 1 ms (the window ends sooner) is not granted: its reply would read 0.
-  if admitted == 1 and lease > 0 and lease_us >= 1000 and cost > 0 then
-    extra = max(0, floor(min(lease, spare) / cost) * cost)
-    if extra > 0 then
-      taken = with_lease
-      at = bands_at
-      for k = 1, n do
-        local b = (k - 1) * STRIDE
-        local capacity, param
-        capacity, param, at = unpack_struct('<dd', spec, at)
-        local ok, _, _, reset_us, _, _, v1, v2, v3 =
-          band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost + extra)
-        if ok == 0 then extra = 0; taken = answers; break end
-        taken[b + 4], taken[b + 5], taken[b + 6], taken[b + 7] = reset_us, v1, v2, v3
+    -- The stored bands, if the value is this algorithm's (a leftover of another type reads
+    -- as missing and is overwritten).
+    local stored = {}
+    local raw = redis.pcall('GET', key)
+    if type(raw) == 'string' and byte(raw, 1) == algorithm then
+      local have = min(n, floor((#raw - 1) / (8 * width)))
+      if have > 0 then
+        stored = {unpack_struct('<' .. rep('d', have * width), raw, 2)}
+        -- struct.unpack also returns the position after the last value: not a band's.
+        stored[have * width + 1] = nil
       end
     end
-  end
-  if extra == 0 then lease_us = 0 end
-  reply[r + 1] = extra
-  reply[r + 2] = floor(lease_us / 1000)
-  r = r + 2
 
-  local ttl_us = 0
-  for k = 1, n do
-    local b = (k - 1) * STRIDE
-    for i = 1, width do values[(k - 1) * width + i] = taken[b + 4 + i] end
-    if taken[b + 4] > ttl_us then ttl_us = taken[b + 4] end
-    reply[r + 1] = answers[b + 1]
-    reply[r + 2] = floor(answers[b + 2])
-    reply[r + 3] = ceil(answers[b + 3] / 1000)
-    reply[r + 4] = ceil(answers[b + 4] / 1000)
-    r = r + 4
-  end
-  if admitted == 1 then
-    local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values, 1, n * width))
-    -- PX as an integer string: a Lua number would be formatted as a float.
-    redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
+    -- The request's own answer, band by band, into `answers` (STRIDE values per band).
+    local admitted = 1
+    local spare = nil
+    local bands_at = at
+    for k = 1, n do
+      local b = (k - 1) * STRIDE
+      local capacity, param
+      capacity, param, at = unpack_struct('<dd', spec, at)
+      local ok, remaining, retry_us, reset_us, left, until_end, v1, v2, v3 =
+        band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost)
+      answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
+      answers[b + 5], answers[b + 6], answers[b + 7] = v1, v2, v3
+      if ok == 0 then admitted = 0 end
+      if spare == nil or left < spare then spare = left end
+      if until_end ~= nil and until_end < lease_us then lease_us = until_end end
+    end
+
+    -- A lease: whole multiples of the cost that every band can still give. `taken` holds
+    -- the bands' values and reset after taking cost + lease.
+    local extra = 0
+    local taken = answers
+    -- A lease of under 1 ms (the window ends sooner) is not granted: its reply would read 0.
+    if admitted == 1 and lease > 0 and lease_us >= 1000 and cost > 0 then
+      extra = max(0, floor(min(lease, spare) / cost) * cost)
+      if extra > 0 then
+        taken = with_lease
+        at = bands_at
+        for k = 1, n do
+          local b = (k - 1) * STRIDE
+          local capacity, param
+          capacity, param, at = unpack_struct('<dd', spec, at)
+          local ok, _, _, reset_us, _, _, v1, v2, v3 =
+            band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost + extra)
+          if ok == 0 then extra = 0; taken = answers; break end
+          taken[b + 4], taken[b + 5], taken[b + 6], taken[b + 7] = reset_us, v1, v2, v3
+        end
+      end
+    end
+    if extra == 0 then lease_us = 0 end
+    reply[r + 1] = extra
+    reply[r + 2] = floor(lease_us / 1000)
+    r = r + 2
+
+    local ttl_us = 0
+    for k = 1, n do
+      local b = (k - 1) * STRIDE
+      for i = 1, width do values[(k - 1) * width + i] = taken[b + 4 + i] end
+      if taken[b + 4] > ttl_us then ttl_us = taken[b + 4] end
+      reply[r + 1] = answers[b + 1]
+      reply[r + 2] = floor(answers[b + 2])
+      reply[r + 3] = ceil(answers[b + 3] / 1000)
+      reply[r + 4] = ceil(answers[b + 4] / 1000)
+      r = r + 4
+    end
+    if admitted == 1 then
+      local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values, 1, n * width))
+      -- PX as an integer string: a Lua number would be formatted as a float.
+      redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
+    end
   end
 end
 return reply

@@ -12,6 +12,8 @@ use crate::key::KeyRef;
 use crate::rules::Limit;
 
 #[cfg(feature = "redis")]
+pub(crate) mod clock;
+#[cfg(feature = "redis")]
 pub(crate) mod cluster;
 #[cfg(feature = "redis")]
 pub(crate) mod connection;

@@ -23,7 +23,7 @@ use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::cluster::{Breakers, parse_cluster_slots};
+use super::cluster::{Server, Servers, parse_cluster_slots};
 use super::connection::Connection;
 use super::memory::MemoryBackend;
 use super::table::{BucketTable, Expiring};
@@ -98,6 +98,8 @@ enum CallError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply of {0} values from the script")]
     Reply(usize),
+    #[error("Redis ran the call after its deadline; it took nothing")]
+    Late,
     #[error("not connected to the cluster yet")]
     NotConnected,
     #[error("{MAX_QUEUED} decisions already wait for Redis")]
@@ -132,17 +134,17 @@ fn lease_units(limit: &Limit) -> u32 {
 
 /// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
 /// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the cost, the lease
-/// asked for in units and its lifetime in µs (f64 each), the number of bands (a byte), then
-/// each band's capacity and second parameter (f64 each: refill rate per second, or window
-/// length in µs).
-fn packed(limit: &Limit, lease: Duration) -> Vec<u8> {
+/// asked for in units and its lifetime in µs, the deadline in µs of Redis `TIME` (0: none)
+/// (f64 each), the number of bands (a byte), then each band's capacity and second parameter
+/// (f64 each: refill rate per second, or window length in µs).
+fn packed(limit: &Limit, lease: Duration, deadline_us: i64) -> Vec<u8> {
     let algorithm = limit.algorithm();
     let bands = limit.bands();
     let (units, lease_us) = match lease.as_micros() {
         0 => (0, 0.0),
         us => (lease_units(limit), us as f64),
     };
-    let mut spec = Vec::with_capacity(26 + 16 * bands.len());
+    let mut spec = Vec::with_capacity(34 + 16 * bands.len());
     spec.push(match algorithm {
         Algorithm::TokenBucket => 1,
         Algorithm::FixedWindow => 2,
@@ -151,6 +153,8 @@ fn packed(limit: &Limit, lease: Duration) -> Vec<u8> {
     spec.extend(f64::from(limit.cost()).to_le_bytes());
     spec.extend(f64::from(units).to_le_bytes());
     spec.extend(lease_us.to_le_bytes());
+    // Exact: µs of Unix time stay below 2^53 until the year 2255.
+    spec.extend((deadline_us as f64).to_le_bytes());
     // Rules hold 1 to MAX_BANDS bands.
     spec.push(bands.len() as u8);
     for band in bands {
@@ -237,8 +241,8 @@ async fn batch(mut queue: mpsc::Receiver<Job>, connection: Connection, script: A
 }
 
 /// Reads `CLUSTER SLOTS` and gives each master its breaker; keeps the old map on failure.
-async fn refresh_slots(breakers: &Breakers, connection: &mut Connection) {
-    let Breakers::Cluster(slots) = breakers else {
+async fn refresh_slots(servers: &Servers, connection: &mut Connection) {
+    let Servers::Cluster(slots) = servers else {
         return;
     };
     let mut command = redis::cmd("CLUSTER");
@@ -354,7 +358,7 @@ pub(crate) struct RedisBackend {
     timeout: Duration,
     /// How long a lease lives; zero: none are asked for.
     lease: Duration,
-    breakers: Arc<Breakers>,
+    servers: Arc<Servers>,
     cooldown: Duration,
     on_error: OnRedisError,
     /// The in-process buckets the `local` policy decides with.
@@ -376,13 +380,13 @@ impl RedisBackend {
         });
         let (failures, cooldown) = (config.breaker_failures, config.breaker_cooldown);
         let script = Arc::new(Script::new(DECIDE_LUA));
-        let breakers = Arc::new(match config.cluster_nodes {
-            Some(_) => Breakers::cluster(failures, cooldown),
-            None => Breakers::single(failures, cooldown),
+        let servers = Arc::new(match config.cluster_nodes {
+            Some(_) => Servers::cluster(failures, cooldown),
+            None => Servers::single(failures, cooldown),
         });
         let (route, ready) = match &config.cluster_nodes {
             None => Self::connect_single(config, &script).await?,
-            Some(nodes) => Self::connect_cluster(nodes, config, &script, &breakers).await?,
+            Some(nodes) => Self::connect_cluster(nodes, config, &script, &servers).await?,
         };
         if let Err(error) = ready {
             let url = match &config.cluster_nodes {
@@ -399,7 +403,7 @@ impl RedisBackend {
                 policy = config.on_error.as_str(),
                 "Redis unreachable at startup; deciding by the failure policy until it answers"
             );
-            breakers.open_all("Redis unreachable at startup");
+            servers.open_all("Redis unreachable at startup");
         }
         Ok(Self {
             refusals: BucketTable::new(MAX_REFUSALS),
@@ -412,7 +416,7 @@ impl RedisBackend {
             prefix: config.prefix.as_str().into(),
             timeout: config.timeout,
             lease: config.lease,
-            breakers,
+            servers,
             cooldown,
             on_error: config.on_error,
             local,
@@ -449,8 +453,12 @@ impl RedisBackend {
         nodes: &[String],
         config: &RedisConfig,
         script: &Arc<Script>,
-        breakers: &Arc<Breakers>,
+        servers: &Arc<Servers>,
     ) -> Result<(Route, Result<(), String>), String> {
+        for node in nodes {
+            redis::IntoConnectionInfo::into_connection_info(node.as_str())
+                .map_err(|e| format!("seed node {} is not a Redis URL: {e}", redact(node)))?;
+        }
         let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.connect_timeout)
@@ -466,24 +474,24 @@ impl RedisBackend {
             Ok(Ok(cluster)) => {
                 let mut connection = Connection::Cluster(cluster);
                 let _ = connected.set(connection.clone());
-                refresh_slots(breakers, &mut connection).await;
+                refresh_slots(servers, &mut connection).await;
                 load(script, &mut connection, connect_timeout).await
             }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {connect_timeout:?}")),
         };
-        let (cell, script, breakers) = (
+        let (cell, script, servers) = (
             Arc::downgrade(&connected),
             Arc::downgrade(script),
-            Arc::downgrade(breakers),
+            Arc::downgrade(servers),
         );
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(250));
             let mut since_refresh = Duration::ZERO;
             loop {
                 ticks.tick().await;
-                let (Some(cell), Some(script), Some(breakers)) =
-                    (cell.upgrade(), script.upgrade(), breakers.upgrade())
+                let (Some(cell), Some(script), Some(servers)) =
+                    (cell.upgrade(), script.upgrade(), servers.upgrade())
                 else {
                     break;
                 };
@@ -495,7 +503,7 @@ impl RedisBackend {
                         {
                             let mut connection = Connection::Cluster(cluster);
                             let _ = cell.set(connection.clone());
-                            refresh_slots(&breakers, &mut connection).await;
+                            refresh_slots(&servers, &mut connection).await;
                             let _ = load(&script, &mut connection, connect_timeout).await;
                             tracing::info!("connected to the Redis Cluster");
                         }
@@ -504,7 +512,7 @@ impl RedisBackend {
                         since_refresh += Duration::from_millis(250);
                         if since_refresh >= Duration::from_secs(2) {
                             since_refresh = Duration::ZERO;
-                            refresh_slots(&breakers, &mut connection.clone()).await;
+                            refresh_slots(&servers, &mut connection.clone()).await;
                         }
                     }
                 }
@@ -522,7 +530,7 @@ impl RedisBackend {
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
-        self.breakers.state()
+        self.servers.state()
     }
 
     pub(crate) fn counts(&self) -> RedisCounts {
@@ -704,8 +712,8 @@ impl RedisBackend {
             return Verdict::Now(Outcome::Decided(refused));
         }
         let key = self.key(rule_id, client);
-        let breaker = self.breakers.for_key(&key);
-        let permit = breaker.permit();
+        let server = self.servers.for_key(&key);
+        let permit = server.breaker.permit();
         if permit == Permit::Skip {
             if let Some(ask) = ask {
                 self.lease_answered(state, client, rules, ask, None);
@@ -713,7 +721,7 @@ impl RedisBackend {
             return Verdict::Now(self.without_redis(state, limit, client));
         }
         // Made now, so that a future dropped before it is polled still ends a probe.
-        let guard = PermitGuard::new(breaker, permit);
+        let guard = PermitGuard::new(Arc::clone(&server.breaker), permit);
         // Taken now, like the mark of an ask for a lease, which ends with it.
         let deadline = Instant::now() + self.timeout;
         let client = client.to_owned();
@@ -726,7 +734,7 @@ impl RedisBackend {
         let this = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
             let sent_us = monotonic_us();
-            let answer = this.call(key, &limit, lease, deadline).await;
+            let answer = this.call(&server, key, &limit, lease, deadline).await;
             if let Some(ask) = ask {
                 let granted = match &answer {
                     Ok((decision, Some((units, ms)))) if decision.allowed => {
@@ -756,15 +764,16 @@ impl RedisBackend {
     }
 
     /// Redis's decision: through the batcher on a single Redis, as its own call on a
-    /// cluster.
+    /// cluster. `server` holds the key.
     async fn call(
         &self,
+        server: &Server,
         key: String,
         limit: &Limit,
         lease: Duration,
         deadline: Instant,
     ) -> Result<Answered, CallError> {
-        let spec = packed(limit, lease);
+        let spec = packed(limit, lease, server.clock.deadline_us(deadline));
         let (reply, at) = match &self.route {
             Route::Batched(queue) => {
                 let (reply, answer) = oneshot::channel();
@@ -795,6 +804,9 @@ impl RedisBackend {
                 (Arc::new(reply), 1)
             }
         };
+        if let Some(&now_ms) = reply.first() {
+            server.clock.observe(now_ms);
+        }
         decode(&reply, at, limit)
     }
 
@@ -813,7 +825,8 @@ impl RedisBackend {
 
 /// One decision's answer in a script reply `{now_ms, then per decision: lease_units,
 /// lease_ms, then per band: admitted, remaining, retry_after_ms, reset_after_ms}`; this
-/// decision's starts at `at`.
+/// decision's starts at `at`. `lease_units` is -1 for a decision Redis reached after its
+/// deadline: it decided and took nothing.
 fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Answered, CallError> {
     let bands = limit.bands();
     let (Some(&now_ms), Some(&[units, lease_ms]), Some(fields)) = (
@@ -823,6 +836,9 @@ fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Answered, CallError
     ) else {
         return Err(CallError::Reply(reply.len()));
     };
+    if units < 0 {
+        return Err(CallError::Late);
+    }
     let mut combined = Combined::new();
     for (band, fields) in bands.iter().zip(fields.chunks_exact(4)) {
         let ms = |v: i64| v as f64 * 1000.0;
@@ -895,14 +911,17 @@ mod tests {
         let spec = packed(
             &limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
             Duration::ZERO,
+            0,
         );
         assert_eq!(spec[9..25], [0; 16]);
         let spec = packed(
             &limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
             Duration::from_millis(100),
+            1_764_000_000_123_456,
         );
         assert_eq!(spec[9..17], 62f64.to_le_bytes());
         assert_eq!(spec[17..25], 100_000f64.to_le_bytes());
+        assert_eq!(spec[25..33], 1_764_000_000_123_456f64.to_le_bytes());
     }
 
     #[test]

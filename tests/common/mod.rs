@@ -751,3 +751,42 @@ impl Drop for WrongServer {
         }
     }
 }
+
+/// The decision script, as the backend runs it.
+pub const DECIDE_LUA: &str = include_str!("../../src/backend/decide.lua");
+
+/// `decide.lua` called directly, as the README documents it.
+pub fn decide(c: &mut redis::Connection, key: &str, spec: &[u8]) -> Vec<i64> {
+    redis::Script::new(DECIDE_LUA)
+        .key(key)
+        .arg(spec)
+        .invoke(c)
+        .unwrap()
+}
+
+/// One request's script argument: algorithm, cost, lease units, lease µs, then (capacity,
+/// second parameter) per band; no deadline.
+pub fn spec(algorithm: u8, cost: f64, lease: f64, lease_us: f64, bands: &[(f64, f64)]) -> Vec<u8> {
+    spec_with_deadline(algorithm, cost, lease, lease_us, 0.0, bands)
+}
+
+/// [`spec`] with a deadline, in µs of Redis `TIME` (0: none).
+pub fn spec_with_deadline(
+    algorithm: u8,
+    cost: f64,
+    lease: f64,
+    lease_us: f64,
+    deadline_us: f64,
+    bands: &[(f64, f64)],
+) -> Vec<u8> {
+    let mut spec = vec![algorithm];
+    for value in [cost, lease, lease_us, deadline_us] {
+        spec.extend(value.to_le_bytes());
+    }
+    spec.push(u8::try_from(bands.len()).expect("at most 8 bands"));
+    for (capacity, second) in bands {
+        spec.extend(capacity.to_le_bytes());
+        spec.extend(second.to_le_bytes());
+    }
+    spec
+}
