@@ -29,10 +29,13 @@ use std::time::{Duration, Instant};
 ///     .await?;
 /// // Redis could not be reached at startup: requests use the failure policy until it can.
 /// assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+/// // As it is written in logs and in `Stats` serialized to JSON.
+/// assert_eq!(BreakerState::HalfOpen.to_string(), "half_open");
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Redis decides.
     Closed,
@@ -40,6 +43,23 @@ pub enum BreakerState {
     Open,
     /// One probe is on its way to Redis; the rest use the failure policy.
     HalfOpen,
+}
+
+impl BreakerState {
+    /// `"closed"`, `"open"` or `"half_open"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl std::fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 const CLOSED: u8 = 0;

@@ -26,10 +26,15 @@ use crate::breaker::BreakerState;
 /// let stats = layer.stats();
 /// assert_eq!((stats.allowed, stats.denied, stats.tracked_buckets), (1, 1, 1));
 /// assert_eq!(stats.breaker, None); // no Redis, no breaker
+///
+/// // Serialize it for a health or metrics endpoint.
+/// let json = serde_json::to_value(&stats)?;
+/// assert_eq!(json["backend"], "memory");
+/// assert_eq!(json["denied"], 1);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// `"memory"` or `"redis"`.
