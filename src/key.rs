@@ -107,7 +107,7 @@ impl fmt::Display for ClientKey {
     }
 }
 
-/// Hashes as its borrowed form does, so maps of keys can be searched with a [`KeyRef`].
+/// Hashes as its borrowed form does, so maps of keys can be searched with a borrowed `KeyRef`.
 impl Hash for ClientKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_ref().hash(state);
