@@ -772,30 +772,22 @@ mod tests {
                 Ok("ip:10.0.0.9"),
                 "2 hops: {xff}"
             );
-            // Proxy CIDRs: the walk stops at it.
-            let xff = format!("6.6.6.1, {written}, 10.0.0.5");
-            assert_eq!(
-                key_with(
-                    &cidr_source(),
-                    &[("x-forwarded-for", xff.as_bytes())],
-                    Some(proxy)
-                )
-                .as_deref(),
-                Ok("ip:10.0.0.9"),
-                "cidrs: {xff}"
-            );
-            // The client's address, right of it, is still found.
-            let xff = format!("6.6.6.1, {written}, 203.0.113.5, 10.0.0.5");
-            assert_eq!(
-                key_with(
-                    &cidr_source(),
-                    &[("x-forwarded-for", xff.as_bytes())],
-                    Some(proxy)
-                )
-                .as_deref(),
-                Ok("ip:203.0.113.5"),
-                "cidrs: {xff}"
-            );
+            // Proxy CIDRs: the walk stops at it; the client's address, right of it, is still
+            // found.
+            for (xff, expected) in [
+                (format!("6.6.6.1, {written}, 10.0.0.5"), "ip:10.0.0.9"),
+                (
+                    format!("6.6.6.1, {written}, 203.0.113.5, 10.0.0.5"),
+                    "ip:203.0.113.5",
+                ),
+            ] {
+                let headers: &[(&str, &[u8])] = &[("x-forwarded-for", xff.as_bytes())];
+                assert_eq!(
+                    key_with(&cidr_source(), headers, Some(proxy)).as_deref(),
+                    Ok(expected),
+                    "cidrs: {xff}"
+                );
+            }
         }
         // An empty entry is an entry: `a, , b` is three.
         let xff: &[u8] = b"203.0.113.7, , 10.0.0.5";

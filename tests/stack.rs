@@ -830,6 +830,24 @@ impl Stack {
             .query(&mut self.redis.client())
             .unwrap()
     }
+
+    /// The shared Redis holds a key for each client in `present`, and none that contains
+    /// anything in `absent` (what a client wrote).
+    fn assert_keys(&self, present: &[&str], absent: &[&str]) {
+        let keys = self.redis_keys();
+        for client in present {
+            assert!(
+                keys.iter().any(|k| k.contains(client)),
+                "{client}: {keys:?}"
+            );
+        }
+        for written in absent {
+            assert!(
+                !keys.iter().any(|k| k.contains(written)),
+                "{written}, which a client wrote, became a key: {keys:?}"
+            );
+        }
+    }
 }
 
 /// An HTTP client whose connections come from `source` (any 127.0.0.0/8 address is this
@@ -936,19 +954,7 @@ async fn clients_are_keyed_by_the_address_nginx_saw() {
     let other = get(second.get(&data)).await;
     assert_eq!((other.status, other.remaining), (StatusCode::OK, Some(5)));
 
-    let keys = stack.redis_keys();
-    for client in ["ip:127.0.0.1", "ip:127.0.0.2"] {
-        assert!(
-            keys.iter().any(|k| k.contains(client)),
-            "{client}: {keys:?}"
-        );
-    }
-    assert!(
-        !keys
-            .iter()
-            .any(|k| k.contains("1.2.3.4") || k.contains("5.6.7.8")),
-        "a spoofed address became a key: {keys:?}"
-    );
+    stack.assert_keys(&["ip:127.0.0.1", "ip:127.0.0.2"], &["1.2.3.4", "5.6.7.8"]);
 }
 
 /// The gateway pattern: nginx replaces whatever X-Client-ID a client sends with the name
@@ -989,18 +995,9 @@ async fn nginx_names_clients_by_api_key_and_drops_their_own_ids() {
     let batch = get(http.get(&data).header("x-api-key", "demo-key-batch")).await;
     assert_eq!((batch.status, batch.remaining), (StatusCode::OK, Some(49)));
 
-    let keys = stack.redis_keys();
-    for client in ["ip:127.0.0.3", "id:alice", "id:internal-batch"] {
-        assert!(
-            keys.iter().any(|k| k.contains(client)),
-            "{client}: {keys:?}"
-        );
-    }
-    assert!(
-        !keys
-            .iter()
-            .any(|k| k.contains("forged") || k.contains("id:bob")),
-        "a client-sent X-Client-ID became a key: {keys:?}"
+    stack.assert_keys(
+        &["ip:127.0.0.3", "id:alice", "id:internal-batch"],
+        &["forged", "id:bob"],
     );
 }
 
