@@ -13,8 +13,12 @@
 //! - `REDIS_TIMEOUT_MS`: deadline of each Redis decision in milliseconds (default 50)
 //! - `REDIS_LEASE_MS`: lifetime of Redis leases in milliseconds (default 0: no leases)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
-//!   0 when clients connect directly)
-//! - `TRUSTED_PROXIES`: comma-separated CIDRs of those proxies, instead of a hop count
+//!   0 ignores the header)
+//! - `TRUSTED_PROXIES`: which peers may name the client with `X-Client-ID` and
+//!   `X-Forwarded-For`. Unset: loopback and the private ranges, reading `X-Forwarded-For`
+//!   by hop count. Comma-separated CIDRs of your proxies: only they, reading
+//!   `X-Forwarded-For` from the right over their addresses. `*`: every peer (any client
+//!   that can connect chooses its own key; only when nothing but your proxies can connect)
 //! - `WATCH_RULES`: reload the rules file when it changes (default `true`); SIGHUP always
 //!   reloads it
 //! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
@@ -69,9 +73,19 @@ async fn run() -> Result<(), String> {
     let mut builder = RateLimitLayer::builder()
         .rules_file(&rules_path)
         .trusted_proxy_hops(hops)
-        .trusted_proxies(proxies.clone())
         .watch_rules_file(watch)
         .reload_on_sighup(true);
+    let trusted_peers = match proxies.as_slice() {
+        [] => "loopback and private networks".to_owned(),
+        [any] if any == "*" => {
+            builder = builder.trust_any_peer();
+            "any".to_owned()
+        }
+        listed => {
+            builder = builder.trusted_proxies(listed.to_vec());
+            listed.join(",")
+        }
+    };
     if let Some(cluster_nodes) = cluster_nodes_env()? {
         builder = builder.redis_cluster(cluster_nodes);
     } else if let Some(url) = &redis_url {
@@ -89,8 +103,8 @@ async fn run() -> Result<(), String> {
     tracing::info!(
         backend = stats.backend,
         rules = %rules_path,
+        trusted_peers,
         trusted_proxy_hops = hops,
-        trusted_proxies = ?proxies,
         on_redis_error = layer.rules().on_redis_error().unwrap_or_default().as_str(),
         redis_circuit = ?stats.breaker,
         "rate limits loaded"

@@ -81,6 +81,9 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
 pids+=($!)
 wait_for "$REDIS_PORT" "$!" "$work/redis.log"
 
+# The replicas see nginx as their peer on loopback, which they trust by default to set
+# X-Client-ID and X-Forwarded-For; a client on this host reaching them directly would be
+# trusted too (loopback): use nginx's port.
 for port in "$APP1_PORT" "$APP2_PORT"; do
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT" TRUSTED_PROXY_HOPS=1 HOST=127.0.0.1 PORT=$port \
     RATE_LIMIT_RULES_PATH="$PWD/rate_limits.json" NO_COLOR=1 \
@@ -106,12 +109,13 @@ base="http://127.0.0.1:$STACK_PORT"
 cat <<EOF
 Stack up: nginx $base -> replicas 127.0.0.1:$APP1_PORT and 127.0.0.1:$APP2_PORT -> redis 127.0.0.1:$REDIS_PORT
 
-for i in \$(seq 1 12); do curl -s -o /dev/null -D - -H 'X-Client-ID: me' $base/api/data; done
-(shipped rules: /api/data allows a burst of 10, then 1 a second, whichever replica answers)
+for i in \$(seq 1 12); do curl -s -o /dev/null -D - -H 'X-API-Key: demo-key-alice' $base/api/data; done
+(nginx maps the key to X-Client-ID: alice; shipped rules: /api/data allows a burst of 10,
+then 1 a second, whichever replica answers)
 
 EOF
 for i in $(seq 1 12); do
-  curl -s -o /dev/null -D - -H 'X-Client-ID: me' "$base/api/data" | tr -d '\r' | awk -v i="$i" '
+  curl -s -o /dev/null -D - -H 'X-API-Key: demo-key-alice' "$base/api/data" | tr -d '\r' | awk -v i="$i" '
     NR == 1 { status = $2 }
     tolower($1) == "x-ratelimit-remaining:" { remaining = $2 }
     tolower($1) == "x-upstream:" { upstream = $2 }
@@ -125,6 +129,8 @@ cat <<EOF
 
 Try it: curl -i $base/api/data   (keyed by your address, as nginx saw it)
         curl -i -H 'X-Forwarded-For: 1.2.3.4' $base/api/data   (same bucket: spoofing fails)
+        curl -i -H 'X-Client-ID: bob' $base/api/data   (same bucket: nginx drops the header)
+        curl -i -H 'X-API-Key: demo-key-bob' $base/api/data   (bob's own bucket)
 Edit rate_limits.json and both replicas reload it. Logs: $work. Ctrl-C stops everything.
 EOF
 wait

@@ -232,6 +232,15 @@ pub enum BuildError {
         /// The entry as given.
         value: String,
     },
+    /// An entry of `trusted_proxies` covers every address (`0.0.0.0/0`, `::/0`, `*`): the
+    /// right-to-left walk over `X-Forwarded-For` would then end at whatever the client wrote.
+    #[error(
+        "trusted proxy {value:?} covers every address, so X-Forwarded-For would be read up to what the client wrote in it; list only your proxies' addresses, or call `trust_any_peer()` to trust every peer and read X-Forwarded-For by hop count"
+    )]
+    TrustedProxyEveryAddress {
+        /// The entry as given.
+        value: String,
+    },
     /// The rules file cannot be watched for changes.
     #[error("cannot watch the rules file {}: {reason}", path.display())]
     Watch {

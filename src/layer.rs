@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
 use crate::error::{BuildError, RulesError};
-use crate::key::KeySource;
+use crate::key::{KeySource, Trust};
 use crate::policy::OnRedisError;
 use crate::reload::{self, Installed, ReloadState, StateIds};
 use crate::rules::Rules;
@@ -182,7 +182,7 @@ enum RulesSource {
 pub struct RateLimitLayerBuilder {
     rules: Option<RulesSource>,
     trusted_proxy_hops: usize,
-    trusted_proxies: Vec<String>,
+    trust: Trust,
     ipv6_prefix_len: u8,
     memory_cleanup_interval: Duration,
     max_tracked_buckets: usize,
@@ -207,7 +207,7 @@ impl Default for RateLimitLayerBuilder {
         Self {
             rules: None,
             trusted_proxy_hops: 1,
-            trusted_proxies: Vec::new(),
+            trust: Trust::default(),
             ipv6_prefix_len: 64,
             memory_cleanup_interval: Duration::from_secs(10),
             max_tracked_buckets: DEFAULT_MAX_KEYS,
@@ -233,7 +233,7 @@ impl fmt::Debug for RateLimitLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayerBuilder")
             .field("trusted_proxy_hops", &self.trusted_proxy_hops)
-            .field("trusted_proxies", &self.trusted_proxies)
+            .field("trust", &self.trust)
             .field("on_redis_error", &self.on_redis_error)
             .finish_non_exhaustive()
     }
@@ -269,24 +269,141 @@ impl RateLimitLayerBuilder {
     }
 
     /// How many proxies in front of the app append to `X-Forwarded-For` (default 1: the
-    /// rightmost entry is the client). 0 ignores `X-Forwarded-For`, for apps that clients
-    /// reach directly. Not used when [`trusted_proxies`](Self::trusted_proxies) is set.
+    /// rightmost entry, written by the proxy the app is connected to, is the client). Every
+    /// comma-separated entry counts, across all `X-Forwarded-For` lines in order; if the
+    /// entry at that position is not an address (`unknown`, an obfuscated name, empty), or
+    /// there are fewer entries, the header is not used and the peer address is. 0 ignores
+    /// `X-Forwarded-For`.
+    ///
+    /// Read only when the peer is trusted: by default loopback (127.0.0.0/8, ::1) and the
+    /// private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7), or every peer
+    /// after [`trust_any_peer`](Self::trust_any_peer). Not used when
+    /// [`trusted_proxies`](Self::trusted_proxies) is set.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // nginx on this host appends the address it saw: one hop (the default).
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1},
+    ///                                  "clients": {"ip:203.0.113.7": {"capacity": 50, "refill_rate": 1}}}"#)?;
+    /// let layer = RateLimitLayer::builder().rules(rules).trusted_proxy_hops(1).build().await?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let limit_seen_from = async |peer: &str| {
+    ///     let request = Request::get("/")
+    ///         .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+    ///         .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+    ///         .body(Body::empty())
+    ///         .unwrap();
+    ///     let response = app.clone().oneshot(request).await.unwrap();
+    ///     response.headers()["x-ratelimit-limit"].to_str().unwrap().to_owned()
+    /// };
+    /// // From nginx (loopback): the entry nginx appended is the client, 203.0.113.7.
+    /// assert_eq!(limit_seen_from("127.0.0.1:41000").await, "50");
+    /// // From a client connecting directly: its own address; the header is not read.
+    /// assert_eq!(limit_seen_from("203.0.113.99:41000").await, "5");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn trusted_proxy_hops(mut self, hops: usize) -> Self {
         self.trusted_proxy_hops = hops;
         self
     }
 
-    /// The addresses of your proxies, as CIDRs (`"10.0.0.0/8"`) or single addresses. When
-    /// set, `X-Forwarded-For` counts only if the peer is one of them, and is read from the
-    /// right, skipping these addresses: the first other address is the client. Replaces
-    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). An entry that does not parse fails
-    /// [`build`](Self::build).
+    /// Your proxies' addresses, as CIDRs (`"10.0.0.0/8"`) or single addresses, instead of
+    /// the default trusted peers (loopback and the private ranges). Only requests from these
+    /// peers may name their client with `X-Client-ID` or `X-Forwarded-For`; a client
+    /// connecting from anywhere else is keyed by its own address, whatever it sends.
+    ///
+    /// `X-Forwarded-For` is then read from the right, over these addresses: the first other
+    /// address is the client (if all are yours, the farthest). So list only your proxies,
+    /// never a network your clients connect from. An entry that is not an address ends the
+    /// walk, and the peer address is used. This replaces
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). An empty list trusts no peer.
+    ///
+    /// An entry that does not parse, or that covers every address (`0.0.0.0/0`, `::/0`),
+    /// fails [`build`](Self::build): to trust every peer, use
+    /// [`trust_any_peer`](Self::trust_any_peer). The last of the two calls wins.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1},
+    ///                                  "clients": {"id:internal-batch": {"limit": "6000/minute"}}}"#)?;
+    /// // Our load balancers are in 10.1.0.0/16: they alone may say who the client is.
+    /// let layer = RateLimitLayer::builder().rules(rules).trusted_proxies(["10.1.0.0/16"]).build().await?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let limit_seen_from = async |peer: &str| {
+    ///     let request = Request::get("/")
+    ///         .header("x-client-id", "internal-batch")
+    ///         .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+    ///         .body(Body::empty())
+    ///         .unwrap();
+    ///     let response = app.clone().oneshot(request).await.unwrap();
+    ///     response.headers()["x-ratelimit-limit"].to_str().unwrap().to_owned()
+    /// };
+    /// assert_eq!(limit_seen_from("10.1.2.3:41000").await, "6000");
+    /// // Anyone else, this host included, is keyed by address: the override is out of reach.
+    /// assert_eq!(limit_seen_from("127.0.0.1:41000").await, "5");
+    /// assert_eq!(limit_seen_from("192.168.1.20:41000").await, "5");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.trusted_proxies = proxies.into_iter().map(Into::into).collect();
+        self.trust = Trust::Proxies(proxies.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Trusts every peer: any client may name itself with `X-Client-ID`, or with
+    /// `X-Forwarded-For` (read by [`trusted_proxy_hops`](Self::trusted_proxy_hops)), and
+    /// so pick its own bucket, or a `clients` override meant for someone else.
+    ///
+    /// **Use it only when nothing but your own proxies can connect to the app** and their
+    /// addresses are not known in advance; otherwise list them with
+    /// [`trusted_proxies`](Self::trusted_proxies). The layer logs a warning when it is
+    /// built with it. Replaces `trusted_proxies` (the last of the two calls wins).
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 2, "refill_rate": 0.01}}"#)?;
+    /// let layer = RateLimitLayer::builder().rules(rules).trust_any_peer().build().await?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let remaining_from = async |peer: &str| {
+    ///     let request = Request::get("/")
+    ///         .header("x-client-id", "alice")
+    ///         .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+    ///         .body(Body::empty())
+    ///         .unwrap();
+    ///     let response = app.clone().oneshot(request).await.unwrap();
+    ///     response.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned()
+    /// };
+    /// // Two public addresses, one client: the ID is believed from anywhere.
+    /// assert_eq!(remaining_from("203.0.113.7:41000").await, "1");
+    /// assert_eq!(remaining_from("198.51.100.4:41000").await, "0");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trust_any_peer(mut self) -> Self {
+        self.trust = Trust::AnyPeer;
         self
     }
 
@@ -438,11 +555,7 @@ impl RateLimitLayerBuilder {
             watch: self.watch_rules_file,
             sighup: self.reload_on_sighup,
         };
-        let keys = KeySource::new(
-            self.trusted_proxy_hops,
-            &self.trusted_proxies,
-            self.ipv6_prefix_len,
-        )?;
+        let keys = KeySource::new(&self.trust, self.trusted_proxy_hops, self.ipv6_prefix_len)?;
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
             if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {

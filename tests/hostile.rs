@@ -4,10 +4,12 @@
 mod common;
 
 use std::convert::Infallible;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request, Response, StatusCode};
 use common::*;
 use proptest::prelude::*;
@@ -202,6 +204,149 @@ fn random_header_values_never_panic_and_every_rejection_says_why() {
             }
             Ok(())
         })
+        .unwrap();
+}
+
+/// An `X-Forwarded-For` entry a client may write: addresses in every form proxies write
+/// (some of them other clients' or the proxies' own), tokens that are not addresses, empty
+/// entries and random text.
+fn written_entry() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|o| Ipv4Addr::from(o).to_string()),
+        any::<[u16; 8]>().prop_map(|s| Ipv6Addr::from(s).to_string()),
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(o, p)| format!("{}:{p}", Ipv4Addr::from(o))),
+        any::<[u16; 8]>().prop_map(|s| format!("[{}]:443", Ipv6Addr::from(s))),
+        any::<[u8; 4]>().prop_map(|o| Ipv4Addr::from(o).to_ipv6_mapped().to_string()),
+        prop::sample::select(vec![
+            VICTIM,
+            PROXY_PEER,
+            "10.0.0.1",
+            "127.0.0.1",
+            "::1",
+            "unknown",
+            "_hidden",
+            "fe80::1%eth0",
+            "",
+            " ",
+        ])
+        .prop_map(str::to_owned),
+        "[ -~]{0,24}",
+    ]
+}
+
+/// What the proxy in front appended for the client: its address, or (as RFC 7239 practice
+/// allows) something that is not one.
+const REAL: &str = "203.0.113.50";
+/// The trusted proxy the app is connected to.
+const PROXY_PEER: &str = "10.0.0.2";
+/// A client reaching the app directly.
+const DIRECT_PEER: &str = "198.51.100.77";
+/// An address a client would like to be keyed as.
+const VICTIM: &str = "198.51.100.200";
+
+/// Whatever a client writes in `X-Forwarded-For` (and, reaching the app directly, in
+/// `X-Client-ID`), the key is the address the trusted proxy appended, or the peer: never
+/// an address the client wrote. Each candidate key has its own override capacity, so the
+/// `X-RateLimit-Limit` of the answer says which key was used.
+#[test]
+fn whatever_a_client_writes_the_key_is_what_the_proxy_appended_or_the_peer() {
+    let _serial = serial();
+    let rt = runtime();
+    let json = format!(
+        r#"{{"default": {{"capacity": 5, "refill_rate": 0.001}},
+            "clients": {{
+                "ip:{REAL}": {{"capacity": 7, "refill_rate": 0.001}},
+                "ip:{PROXY_PEER}": {{"capacity": 9, "refill_rate": 0.001}},
+                "ip:{DIRECT_PEER}": {{"capacity": 11, "refill_rate": 0.001}}
+            }}}}"#
+    );
+    let build = |builder: tollgate::RateLimitLayerBuilder| {
+        app(rt.block_on(builder.rules(rules(&json)).build()).unwrap())
+    };
+    // Each mode: the app, and the entries the proxies append after the client's address.
+    let modes = [
+        ("1 hop", build(RateLimitLayer::builder()), vec![]),
+        (
+            "2 hops",
+            build(RateLimitLayer::builder().trusted_proxy_hops(2)),
+            vec!["10.0.0.1"],
+        ),
+        (
+            "cidrs",
+            build(RateLimitLayer::builder().trusted_proxies(["10.0.0.0/8"])),
+            vec!["10.0.0.1"],
+        ),
+    ];
+    let not_an_address = prop::sample::select(vec!["unknown", "_hidden", "fe80::1%eth0", ""]);
+    let strategy = (
+        0..modes.len(),
+        prop::collection::vec(prop::collection::vec(written_entry(), 0..5), 0..3),
+        any::<bool>(),
+        proptest::option::weighted(0.2, not_an_address),
+        proptest::option::weighted(0.2, proptest::option::of(header_bytes())),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 600,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &strategy,
+            |(mode, client_lines, one_line, proxy_wrote, direct)| {
+                let (name, app, inner_proxies) = &modes[mode];
+                let client_lines: Vec<String> =
+                    client_lines.iter().map(|line| line.join(", ")).collect();
+                let mut appended = vec![proxy_wrote.unwrap_or(REAL)];
+                appended.extend(inner_proxies);
+                let appended = appended.join(", ");
+                // nginx joins what the client sent and appends to it; other proxies add a
+                // header line of their own.
+                let mut lines = client_lines.clone();
+                match lines.last_mut() {
+                    Some(last) if one_line => *last = format!("{last}, {appended}"),
+                    _ => lines.push(appended),
+                }
+                let mut request = request("GET", "/api/data", None);
+                let peer = if let Some(client_id) = &direct {
+                    // Reaching the app directly, the client writes the header itself.
+                    lines = client_lines;
+                    if let Some(id) = client_id {
+                        let value = HeaderValue::from_bytes(id).expect("valid header bytes");
+                        request.headers_mut().insert("x-client-id", value);
+                    }
+                    DIRECT_PEER
+                } else {
+                    PROXY_PEER
+                };
+                for line in &lines {
+                    let value = HeaderValue::from_str(line).expect("valid header text");
+                    request.headers_mut().append("x-forwarded-for", value);
+                }
+                let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let response = rt.block_on(send(app, request));
+                let limit = response
+                    .headers()
+                    .get("x-ratelimit-limit")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let expected = match (&direct, proxy_wrote) {
+                    (Some(_), _) => "11",
+                    (None, Some(_)) => "9",
+                    (None, None) => "7",
+                };
+                prop_assert_eq!(
+                    limit.as_deref(),
+                    Some(expected),
+                    "{}: X-Forwarded-For {:?} from {} ({})",
+                    name,
+                    lines,
+                    peer,
+                    response.status()
+                );
+                Ok(())
+            },
+        )
         .unwrap();
 }
 

@@ -336,6 +336,13 @@ fn compose_apps_share_redis_trust_one_hop_and_follow_the_mounted_rules() {
                 || env.get("TRUSTED_PROXIES").is_some_and(|p| !p.is_empty()),
             "{app}: must trust exactly nginx (TRUSTED_PROXY_HOPS=1 or TRUSTED_PROXIES)"
         );
+        // nginx reaches the apps from the compose network, in the default trusted peers;
+        // trusting every peer would let anything that reaches an app choose its key.
+        assert_ne!(
+            env.get("TRUSTED_PROXIES").map(|p| p.trim()),
+            Some("*"),
+            "{app}: trust nginx, not every peer"
+        );
         assert_eq!(
             get("HOST"),
             "0.0.0.0",
@@ -624,6 +631,17 @@ fn nginx_template_uses_exactly_the_variables_compose_sets() {
         .any(|line| template.contains(line)),
         "{TEMPLATE} must set X-Forwarded-For from the address nginx saw"
     );
+    // nginx, not the client, says who the client is: X-Client-ID comes from nginx's map of
+    // API keys, which replaces whatever the client sent.
+    let client_name = template
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("map $http_x_api_key $"))
+        .map(|rest| rest.trim_end_matches('{').trim())
+        .unwrap_or_else(|| panic!("{TEMPLATE} must map X-API-Key to a client name"));
+    assert!(
+        template.contains(&format!("proxy_set_header X-Client-ID ${client_name};")),
+        "{TEMPLATE} must set X-Client-ID from ${client_name}, never pass the client's through"
+    );
     for needed in [
         "add_header X-Upstream $upstream_addr always;",
         "location = /nginx-health",
@@ -652,6 +670,7 @@ const RULES: &str = r#"{
         {"path": "/api/data", "capacity": 6, "refill_rate": 0.001},
         {"path": "/health", "unlimited": true}
     ],
+    "clients": {"id:internal-batch": {"capacity": 50, "refill_rate": 0.001}},
     "on_redis_error": "deny"
 }"#;
 
@@ -811,6 +830,24 @@ impl Stack {
             .query(&mut self.redis.client())
             .unwrap()
     }
+
+    /// The shared Redis holds a key for each client in `present`, and none that contains
+    /// anything in `absent` (what a client wrote).
+    fn assert_keys(&self, present: &[&str], absent: &[&str]) {
+        let keys = self.redis_keys();
+        for client in present {
+            assert!(
+                keys.iter().any(|k| k.contains(client)),
+                "{client}: {keys:?}"
+            );
+        }
+        for written in absent {
+            assert!(
+                !keys.iter().any(|k| k.contains(written)),
+                "{written}, which a client wrote, became a key: {keys:?}"
+            );
+        }
+    }
 }
 
 /// An HTTP client whose connections come from `source` (any 127.0.0.0/8 address is this
@@ -852,7 +889,7 @@ async fn one_limit_holds_across_both_replicas() {
     for _ in 0..20 {
         let request = http
             .get(stack.url("/api/data"))
-            .header("x-client-id", "shared");
+            .header("x-api-key", "demo-key-alice");
         seen.push(get(request).await);
     }
 
@@ -884,7 +921,7 @@ async fn one_limit_holds_across_both_replicas() {
     let keys: Vec<String> = stack
         .redis_keys()
         .into_iter()
-        .filter(|k| k.contains("id:shared"))
+        .filter(|k| k.contains("id:alice"))
         .collect();
     assert_eq!(keys.len(), 1, "one bucket in the shared Redis: {keys:?}");
 }
@@ -917,18 +954,50 @@ async fn clients_are_keyed_by_the_address_nginx_saw() {
     let other = get(second.get(&data)).await;
     assert_eq!((other.status, other.remaining), (StatusCode::OK, Some(5)));
 
-    let keys = stack.redis_keys();
-    for client in ["ip:127.0.0.1", "ip:127.0.0.2"] {
-        assert!(
-            keys.iter().any(|k| k.contains(client)),
-            "{client}: {keys:?}"
+    stack.assert_keys(&["ip:127.0.0.1", "ip:127.0.0.2"], &["1.2.3.4", "5.6.7.8"]);
+}
+
+/// The gateway pattern: nginx replaces whatever X-Client-ID a client sends with the name
+/// its map gives the client's X-API-Key, or with nothing.
+#[tokio::test]
+async fn nginx_names_clients_by_api_key_and_drops_their_own_ids() {
+    let stack = Stack::start();
+    let http = client_from(Ipv4Addr::new(127, 0, 0, 3));
+    let data = stack.url("/api/data");
+
+    // A client's own X-Client-ID never reaches the apps: fresh values on every request all
+    // draw from the bucket of its address.
+    let mut statuses = Vec::new();
+    for n in 0..7 {
+        let forged = format!("forged-{n}");
+        let seen = get(http.get(&data).header("x-client-id", forged)).await;
+        statuses.push(seen.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429]);
+    // Nor does the name of a client with an override, nor an unknown key.
+    for (name, value) in [("x-client-id", "internal-batch"), ("x-api-key", "nope")] {
+        let seen = get(http.get(&data).header(name, value)).await;
+        assert_eq!(
+            (seen.status, seen.remaining),
+            (StatusCode::TOO_MANY_REQUESTS, Some(0)),
+            "{name}: {value} must not leave the address's bucket"
         );
     }
-    assert!(
-        !keys
-            .iter()
-            .any(|k| k.contains("1.2.3.4") || k.contains("5.6.7.8")),
-        "a spoofed address became a key: {keys:?}"
+
+    // A known key is the client's own bucket, whatever X-Client-ID it sends beside it.
+    let alice = get(http
+        .get(&data)
+        .header("x-api-key", "demo-key-alice")
+        .header("x-client-id", "bob"))
+    .await;
+    assert_eq!((alice.status, alice.remaining), (StatusCode::OK, Some(5)));
+    // And the gateway alone can give a client its override (capacity 50).
+    let batch = get(http.get(&data).header("x-api-key", "demo-key-batch")).await;
+    assert_eq!((batch.status, batch.remaining), (StatusCode::OK, Some(49)));
+
+    stack.assert_keys(
+        &["ip:127.0.0.3", "id:alice", "id:internal-batch"],
+        &["forged", "id:bob"],
     );
 }
 

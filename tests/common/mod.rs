@@ -653,6 +653,8 @@ fn newest_files(dir: &std::path::Path) -> Vec<(std::time::SystemTime, PathBuf)> 
 pub struct Demo {
     pub child: Child,
     pub address: String,
+    /// What it logged before it listened.
+    pub startup_log: Vec<String>,
 }
 
 impl Drop for Demo {
@@ -691,7 +693,11 @@ pub fn start_demo(envs: &[(&str, &str)]) -> Demo {
                 .unwrap()
                 .trim_end_matches(|c: char| !c.is_ascii_digit())
                 .to_owned();
-            return Demo { child, address };
+            return Demo {
+                child,
+                address,
+                startup_log: log,
+            };
         }
         log.push(line);
     }
