@@ -12,6 +12,9 @@
 //! - `REDIS_PREFIX`: prefix of every Redis key (default `tollgate`)
 //! - `REDIS_TIMEOUT_MS`: deadline of each Redis decision in milliseconds (default 50)
 //! - `REDIS_LEASE_MS`: lifetime of Redis leases in milliseconds (default 0: no leases)
+//! - `LOCAL_FALLBACK_INSTANCES`: how many instances share the Redis limits (default 1); the
+//!   `local` failure policy gives each 1/N of every limit (a rules file's
+//!   `local_fallback_instances` wins)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 ignores the header)
 //! - `TRUSTED_PROXIES`: which peers may name the client with `X-Client-ID` and
@@ -96,6 +99,8 @@ async fn run() -> Result<(), String> {
     }
     let timeout_ms: u64 = parse_env("REDIS_TIMEOUT_MS", 50)?;
     builder = builder.redis_timeout(std::time::Duration::from_millis(timeout_ms));
+    let instances: u32 = parse_env("LOCAL_FALLBACK_INSTANCES", 1)?;
+    builder = builder.local_fallback_instances(instances);
     let lease_ms: u64 = parse_env("REDIS_LEASE_MS", 0)?;
     builder = builder.redis_lease(std::time::Duration::from_millis(lease_ms));
     let layer = builder.build().await.map_err(|e| e.to_string())?;

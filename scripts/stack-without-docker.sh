@@ -85,7 +85,8 @@ wait_for "$REDIS_PORT" "$!" "$work/redis.log"
 # X-Client-ID and X-Forwarded-For; a client on this host reaching them directly would be
 # trusted too (loopback): use nginx's port.
 for port in "$APP1_PORT" "$APP2_PORT"; do
-  REDIS_URL="redis://127.0.0.1:$REDIS_PORT" TRUSTED_PROXY_HOPS=1 HOST=127.0.0.1 PORT=$port \
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT" TRUSTED_PROXY_HOPS=1 LOCAL_FALLBACK_INSTANCES=2 \
+    HOST=127.0.0.1 PORT=$port \
     RATE_LIMIT_RULES_PATH="$PWD/rate_limits.json" NO_COLOR=1 \
     cargo run --quiet --release --example demo >"$work/app-$port.log" 2>&1 &
   pids+=($!)

@@ -303,6 +303,46 @@ fn compose_has_the_four_services_and_only_nginx_is_reachable() {
     );
 }
 
+/// How many replicas share the limits, as the apps are told it: the shipped rules file's
+/// `local_fallback_instances` if it has one, else `LOCAL_FALLBACK_INSTANCES`.
+fn fallback_instances(env: &BTreeMap<String, String>) -> u32 {
+    let shipped = tollgate::Rules::from_file(repo_file("rate_limits.json")).unwrap();
+    shipped.local_fallback_instances().unwrap_or_else(|| {
+        env.get("LOCAL_FALLBACK_INSTANCES")
+            .map_or(1, |n| n.parse().expect("LOCAL_FALLBACK_INSTANCES is a number"))
+    })
+}
+
+/// With Redis gone, each replica decides alone with its share of every limit: the number
+/// of replicas the stack runs, in the compose file and in the script without Docker.
+#[test]
+fn the_apps_know_how_many_replicas_share_the_limits() {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    let replicas: Vec<&String> = services
+        .iter()
+        .filter(|(_, s)| s.get("build").is_some_and(|b| scalar(b) == "."))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(replicas, APPS, "the replicas built from the Dockerfile");
+    for app in APPS {
+        let env = app_environment(&compose, app);
+        assert_eq!(
+            fallback_instances(&env),
+            APPS.len() as u32,
+            "{app}: with Redis down, {} replicas deciding alone must each take 1/{} of a limit",
+            APPS.len(),
+            APPS.len()
+        );
+    }
+    let script = std::fs::read_to_string(repo_file("scripts/stack-without-docker.sh")).unwrap();
+    assert!(
+        script.contains(&format!("LOCAL_FALLBACK_INSTANCES={}", APPS.len())),
+        "scripts/stack-without-docker.sh must tell its {} replicas how many they are",
+        APPS.len()
+    );
+}
+
 #[test]
 fn compose_apps_share_redis_trust_one_hop_and_follow_the_mounted_rules() {
     let compose = compose();
@@ -793,18 +833,25 @@ struct Stack {
 
 impl Stack {
     fn start() -> Self {
+        Self::start_with(RULES, &[])
+    }
+
+    /// The stack with these rules, and these variables for the apps too.
+    fn start_with(rules_json: &str, env: &[(&str, &str)]) -> Self {
         let redis = TestRedis::start();
         let rules = tempfile::tempdir().unwrap();
         let rules_file = rules.path().join("rate_limits.json");
-        std::fs::write(&rules_file, RULES).unwrap();
+        std::fs::write(&rules_file, rules_json).unwrap();
         let rules_path = rules_file.to_str().unwrap();
         let app = || {
-            start_demo(&[
+            let mut vars = vec![
                 ("REDIS_URL", redis.url()),
                 ("PORT", "0"),
                 ("TRUSTED_PROXY_HOPS", "1"),
                 ("RATE_LIMIT_RULES_PATH", rules_path),
-            ])
+            ];
+            vars.extend_from_slice(env);
+            start_demo(&vars)
         };
         let apps = [app(), app()];
         let nginx = Nginx::start([apps[0].address.as_str(), apps[1].address.as_str()]);
@@ -924,6 +971,41 @@ async fn one_limit_holds_across_both_replicas() {
         .filter(|k| k.contains("id:alice"))
         .collect();
     assert_eq!(keys.len(), 1, "one bucket in the shared Redis: {keys:?}");
+}
+
+/// The shipped rules and the compose file's replica count: with Redis killed, the two
+/// replicas together admit about one limit's worth (10 on `/api/data`, 5 each), not two.
+#[tokio::test]
+async fn with_redis_gone_the_replicas_share_one_limit() {
+    let compose = compose();
+    let instances = app_environment(&compose, APPS[0])
+        .get("LOCAL_FALLBACK_INSTANCES")
+        .cloned()
+        .expect("compose tells the apps how many replicas there are");
+    let shipped = std::fs::read_to_string(repo_file("rate_limits.json")).unwrap();
+    let mut stack = Stack::start_with(&shipped, &[("LOCAL_FALLBACK_INSTANCES", &instances)]);
+    stack.redis.kill();
+    let http = client();
+    let mut admitted = 0;
+    for _ in 0..30 {
+        let request = http
+            .get(stack.url("/api/data"))
+            .header("x-api-key", "demo-key-alice");
+        let response = request.send().await.expect("a response through nginx");
+        assert_eq!(
+            reqwest_header(&response, "x-ratelimit-limit").as_deref(),
+            Some("5"),
+            "the local fallback decides, with half of the burst of 10"
+        );
+        if response.status() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    // 5 per replica, and a token or so each refilled (1/s, halved) while the test ran.
+    assert!(
+        (10..=13).contains(&admitted),
+        "{admitted} admitted across both replicas with Redis gone"
+    );
 }
 
 #[tokio::test]
