@@ -119,7 +119,7 @@ async fn edits_take_effect_within_a_second_and_broken_files_change_nothing() {
     );
     // The same broken content again is not a new failure.
     write_file(&path, r#"{"default": {"capacity": 0, "refill_rate": 1}}"#);
-    assert!(layer.reload().is_err());
+    assert!(layer.reload().await.is_err());
     assert_eq!(layer.stats().failed_reloads, 1);
 
     // The next good save is taken, and clears the error.
@@ -203,17 +203,17 @@ async fn buckets_keep_their_state_and_a_lowered_capacity_clamps_it(redis: Option
 
     // Raised capacity, same rule identity: the 6 tokens left are still 6 (no fresh bucket).
     write_file(&path, &rules_with_capacity(20));
-    assert!(layer.reload().unwrap());
+    assert!(layer.reload().await.unwrap());
     assert_eq!(
         limit_seen(&http, &base, "kept").await,
         (StatusCode::OK, Some(20), Some(5))
     );
     // Unchanged content: nothing to do.
-    assert!(!layer.reload().unwrap());
+    assert!(!layer.reload().await.unwrap());
 
     // Lowered below what is left: clamped to the new capacity.
     write_file(&path, &rules_with_capacity(2));
-    assert!(layer.reload().unwrap());
+    assert!(layer.reload().await.unwrap());
     assert_eq!(
         limit_seen(&http, &base, "kept").await,
         (StatusCode::OK, Some(2), Some(1))
@@ -226,7 +226,7 @@ async fn buckets_keep_their_state_and_a_lowered_capacity_clamps_it(redis: Option
 
     // A broken file through reload(): an error, and the rules stay.
     write_file(&path, "{");
-    let error = layer.reload().unwrap_err().to_string();
+    let error = layer.reload().await.unwrap_err().to_string();
     assert!(error.contains("rate_limits.json: at "), "{error}");
     assert_eq!(limit_seen(&http, &base, "fresh").await.1, Some(2));
     assert_eq!(layer.stats().reloads, 2);
