@@ -17,8 +17,8 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -28,7 +28,7 @@ use crate::rules::Rules;
 
 /// Rules in force, with the state id of each rule (indexed like [`Rules::iter`]).
 pub(crate) struct Installed {
-    pub(crate) rules: std::sync::Arc<Rules>,
+    pub(crate) rules: Arc<Rules>,
     pub(crate) state_ids: Box<[u32]>,
     /// Counts installs: a request carries the generation of the rules it was resolved
     /// under, so that what a backend remembers under other rules is not used for it.
@@ -132,7 +132,7 @@ impl StateIds {
             })
             .collect();
         publish(Installed {
-            rules: std::sync::Arc::new(rules),
+            rules: Arc::new(rules),
             state_ids,
             generation: *generation,
         })
@@ -145,6 +145,24 @@ fn content_hash(bytes: &[u8]) -> u64 {
     hasher.finish()
 }
 
+/// Frees `replaced` rules on this thread (a reload's, off the runtime), rather than in
+/// whichever request lets go of them last: a large rule set takes milliseconds to free.
+/// Requests hold the rules in force only while they find their rule, so this waits
+/// microseconds; past 100 ms it leaves them to the last holder.
+fn free_here<T>(mut replaced: Arc<T>) {
+    let deadline = Instant::now() + Duration::from_millis(100);
+    loop {
+        match Arc::try_unwrap(replaced) {
+            Ok(value) => return drop(value),
+            Err(held) if Instant::now() < deadline => {
+                replaced = held;
+                std::thread::yield_now();
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Logs each client override of `rules` that no request can match.
 pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
     for never in rules.unreachable_overrides(ipv6_prefix_len) {
@@ -155,28 +173,32 @@ pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
 impl Shared {
     /// Swaps in new rules; state of rules that no longer exist is dropped.
     pub(crate) fn install(&self, rules: Rules) {
-        let before = self.installed.load();
-        if (rules.on_redis_error(), rules.local_fallback_instances())
-            != (
-                before.rules.on_redis_error(),
-                before.rules.local_fallback_instances(),
-            )
-        {
+        let policy_changed = {
+            let before = self.installed.load();
+            (rules.on_redis_error(), rules.local_fallback_instances())
+                != (
+                    before.rules.on_redis_error(),
+                    before.rules.local_fallback_instances(),
+                )
+        };
+        if policy_changed {
             tracing::warn!(
                 "on_redis_error and local_fallback_instances are read when the layer is built; \
                  the new values take effect on restart"
             );
         }
         warn_unreachable_overrides(&rules, self.ipv6_prefix_len);
-        self.state_ids.install(rules, |installed| {
+        let replaced = self.state_ids.install(rules, |installed| {
             let generation = installed.generation;
             if let Some(memory) = self.backend.memory() {
                 let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
                 memory.retain_rules(|id| live.contains(&id));
             }
-            self.installed.store(std::sync::Arc::new(installed));
+            let replaced = self.installed.swap(Arc::new(installed));
             self.backend.rules_changed(generation);
+            replaced
         });
+        free_here(replaced);
     }
 
     /// Records the hash of the rules file content loaded at startup.

@@ -1,5 +1,8 @@
 //! The `tollgate check-rules` binary, run as an operator would: exit codes and output.
 
+#[path = "common/files.rs"]
+mod files;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -398,19 +401,11 @@ fn tollgate_promptly(args: &[&str]) -> Run {
     }
 }
 
-/// Makes a FIFO at `path` with the system's `mkfifo`.
-fn mkfifo(path: &Path) {
-    let made = Command::new("mkfifo").arg(path).status().unwrap_or_else(|e| {
-        panic!("mkfifo must be installed for this test (Debian/Ubuntu: apt-get install coreutils): {e}")
-    });
-    assert!(made.success(), "mkfifo {}", path.display());
-}
-
 #[test]
 fn a_fifo_or_a_device_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let fifo = dir.path().join("rate_limits.json");
-    mkfifo(&fifo);
+    files::mkfifo(&fifo);
     let fifo = fifo.to_str().expect("temporary paths are UTF-8");
     // No writer ever opens the FIFO: reading it would wait forever.
     let run = tollgate_promptly(&["check-rules", fifo]);
