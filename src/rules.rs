@@ -344,15 +344,23 @@ pub struct Resolved<'a> {
 /// One tier's rules (or the base rules): a default and the routes' routers.
 struct RuleSet {
     default: usize,
-    /// One router per method some rule names (and HEAD when one names GET), holding the
-    /// rules that apply to that method, method-less ones included.
+    /// One router per method some rule names (and HEAD when rules name both GET and
+    /// HEAD), holding the rules that apply to that method, method-less ones included.
     by_method: Vec<(Method, matchit::Router<usize>)>,
     /// The method-less rules, for methods no rule names.
     any_method: matchit::Router<usize>,
+    /// Whether HEAD is looked up as GET: when rules name GET and none names HEAD, GET's
+    /// router is HEAD's, so it is not built twice.
+    head_is_get: bool,
 }
 
 impl RuleSet {
     fn lookup(&self, method: &Method, path: &str) -> usize {
+        let method = if self.head_is_get && *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let router = self
             .by_method
             .iter()
@@ -997,15 +1005,19 @@ fn rule_set(
 
     // HEAD: the routes that name it (or no method), then those that name GET, each unless
     // a route for the same path (the same pattern, up to parameter names) is there already.
+    // Without routes naming HEAD, that is GET's router.
     let get_only = |r: &Route| {
         r.methods
             .as_ref()
             .is_some_and(|m| m.contains(&Method::GET) && !m.contains(&Method::HEAD))
     };
-    if routes
-        .iter()
-        .any(|r| get_only(r) || (r.methods.is_some() && names(r, &Method::HEAD)))
-    {
+    let names_head = |r: &Route| r.methods.is_some() && names(r, &Method::HEAD);
+    let head_is_get = !routes.iter().any(names_head) && named_methods.contains(&Method::GET);
+    if head_is_get {
+        for route in routes.iter().filter(|r| get_only(r)) {
+            rules[route.index].head_as_get = true;
+        }
+    } else if routes.iter().any(names_head) {
         let mut head = insert_all(&|r| names(r, &Method::HEAD))?;
         let mut heads_as_get = Vec::new();
         for route in routes.iter().filter(|r| get_only(r)) {
@@ -1023,6 +1035,7 @@ fn rule_set(
         default: default_index,
         by_method,
         any_method,
+        head_is_get,
     })
 }
 
