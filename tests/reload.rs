@@ -304,15 +304,17 @@ fn impatient_client() -> reqwest::Client {
         .expect("a client")
 }
 
-/// Sends 64 requests at once and checks each is answered under the rules of capacity
-/// `limit`.
+/// Sends 64 requests at once, each from a new client, and checks each is answered under
+/// the rules of capacity `limit`.
 async fn burst_answered_under(http: &reqwest::Client, base: &str, limit: u32) {
-    let requests = (0..64).map(|n| {
+    static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let requests = (0..64).map(|_| {
         let http = http.clone();
         let url = format!("{base}/api/data");
+        let client = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             http.get(url)
-                .header("x-client-id", format!("burst-{n}"))
+                .header("x-client-id", format!("burst-{client}"))
                 .send()
                 .await
         }
