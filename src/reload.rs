@@ -54,11 +54,19 @@ impl RulesFile {
         }
     }
 
+    /// Reads the file: its content and the content's hash. Blocks: run it with
+    /// [`off_runtime`].
+    fn read(&self) -> Result<(Vec<u8>, u64), RulesError> {
+        let bytes = crate::rules_file::read(&self.path, self.max_bytes)?;
+        let hash = content_hash(&bytes);
+        Ok((bytes, hash))
+    }
+
     /// Reads and validates the file, returning the rules and the hash of the content.
     /// Blocks: run it with [`off_runtime`].
     pub(crate) fn load(&self) -> Result<(Rules, u64), RulesError> {
-        let bytes = crate::rules_file::read(&self.path, self.max_bytes)?;
-        Ok((Rules::parse_file(&bytes, &self.path)?, content_hash(&bytes)))
+        let (bytes, hash) = self.read()?;
+        Ok((Rules::parse_file(&bytes, &self.path)?, hash))
     }
 }
 
@@ -171,8 +179,9 @@ pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
 }
 
 impl Shared {
-    /// Swaps in new rules; state of rules that no longer exist is dropped.
-    pub(crate) fn install(&self, rules: Rules) {
+    /// Swaps in new rules; state of rules that no longer exist is dropped. Returns the rules
+    /// replaced, for [`free_here`] once no lock is held.
+    pub(crate) fn install(&self, rules: Rules) -> Arc<Installed> {
         let policy_changed = {
             let before = self.installed.load();
             (rules.on_redis_error(), rules.local_fallback_instances())
@@ -188,7 +197,7 @@ impl Shared {
             );
         }
         warn_unreachable_overrides(&rules, self.ipv6_prefix_len);
-        let replaced = self.state_ids.install(rules, |installed| {
+        self.state_ids.install(rules, |installed| {
             let generation = installed.generation;
             if let Some(memory) = self.backend.memory() {
                 let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
@@ -197,8 +206,7 @@ impl Shared {
             let replaced = self.installed.swap(Arc::new(installed));
             self.backend.rules_changed(generation);
             replaced
-        });
-        free_here(replaced);
+        })
     }
 
     /// Records the hash of the rules file content loaded at startup.
@@ -215,9 +223,11 @@ impl Shared {
     pub(crate) fn set_rules(&self, rules: Rules) {
         let mut state = self.reload_state();
         // Under the reload state's lock, so that the flag describes the last install.
-        self.install(rules);
+        let replaced = self.install(rules);
         state.reloads += 1;
         state.set_rules_in_force = self.rules_file.is_some();
+        drop(state);
+        free_here(replaced);
     }
 
     /// Reads the rules file again. `Ok(true)`: new rules are in force; `Ok(false)`: the
@@ -229,8 +239,19 @@ impl Shared {
             return Ok(false);
         };
         let _in_turn = file.in_turn.lock().unwrap_or_else(PoisonError::into_inner);
-        let (rules, hash) = match file.load() {
-            Ok(loaded) => loaded,
+        let rules = file.read().and_then(|(bytes, hash)| {
+            let mut state = self.reload_state();
+            if state.loaded == Some(hash) && !(state.set_rules_in_force && trigger.is_explicit()) {
+                // The file is back to what is in force: an earlier failure is over.
+                state.last_error = None;
+                return Ok(None);
+            }
+            drop(state);
+            Ok(Some((Rules::parse_file(&bytes, &file.path)?, hash)))
+        });
+        let (rules, hash) = match rules {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(false),
             Err(error) => {
                 self.failed(&error, trigger);
                 return Err(error);
@@ -239,15 +260,13 @@ impl Shared {
         let count = rules.iter().len();
         let mut state = self.reload_state();
         let replaces_set_rules = state.set_rules_in_force;
-        if state.loaded == Some(hash) && !(replaces_set_rules && trigger.is_explicit()) {
-            return Ok(false);
-        }
-        self.install(rules);
+        let replaced = self.install(rules);
         state.loaded = Some(hash);
         state.set_rules_in_force = false;
         state.last_error = None;
         state.reloads += 1;
         drop(state);
+        free_here(replaced);
         let path = file.path.display();
         if replaces_set_rules {
             tracing::warn!(

@@ -344,8 +344,8 @@ pub struct Resolved<'a> {
 /// One tier's rules (or the base rules): a default and the routes' routers.
 struct RuleSet {
     default: usize,
-    /// One router per method some rule names (and HEAD when rules name both GET and
-    /// HEAD), holding the rules that apply to that method, method-less ones included.
+    /// One router per method some rule names, holding the rules that apply to that method
+    /// (see [`Rule::applies_to`]), method-less ones included.
     by_method: Vec<(Method, matchit::Router<usize>)>,
     /// The method-less rules, for methods no rule names.
     any_method: matchit::Router<usize>,

@@ -434,6 +434,11 @@ async fn a_file_over_the_size_cap_is_refused_on_reload() {
         layer.rules().default_rule().limit().unwrap().bands()[0].capacity(),
         3
     );
+    // Back to the content in force: nothing to reload, and the failure is over.
+    write_file(&path, &small);
+    assert!(!layer.reload().await.unwrap());
+    assert_eq!(layer.stats().last_reload_error, None);
+    assert_eq!(layer.stats().failed_reloads, 1);
 }
 
 /// A valid rules file with `routes` routes (about 105 bytes each) and a default of

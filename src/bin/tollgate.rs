@@ -13,6 +13,8 @@
 //! bare X-Client-ID (`alice`, meaning `id:alice`); `--tier` is the tier your authentication
 //! would attach.
 //!
+//! The file is read as the layer reads it: a regular file (or a symlink to one) of at most
+//! `--max-file-bytes` (16 MiB by default); a FIFO or a device is refused without reading it.
 //! A client override that can never apply (an IPv6 address or network that does not match how
 //! the layer keys IPv6 clients, see `--ipv6-prefix-len`) is a `warning:` line on stderr; the
 //! file is still valid.
