@@ -33,6 +33,40 @@ pub enum RulesError {
         #[source]
         source: std::io::Error,
     },
+    /// The path is not a regular file (or a symlink to one): a FIFO, a device, a directory
+    /// or a socket. Nothing is read from it.
+    ///
+    /// ```
+    /// use tollgate::{Rules, RulesError};
+    ///
+    /// # #[cfg(unix)] {
+    /// let err = Rules::from_file("/dev/zero").unwrap_err();
+    /// assert!(matches!(err, RulesError::NotAFile { file_type: "a character device", .. }));
+    /// # }
+    /// ```
+    #[error(
+        "rules file {} is {file_type}, not a regular file: only regular files (or symlinks to them) are read",
+        path.display()
+    )]
+    NotAFile {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What it is instead, like `a FIFO (named pipe)` or `a directory`.
+        file_type: &'static str,
+    },
+    /// The file holds more than the most that is read
+    /// ([`DEFAULT_MAX_RULES_FILE_BYTES`](crate::DEFAULT_MAX_RULES_FILE_BYTES) unless
+    /// configured).
+    #[error(
+        "rules file {} is larger than {max_bytes} bytes, the most that is read (raise the limit with the builder's max_rules_file_bytes or check-rules --max-file-bytes)",
+        path.display()
+    )]
+    TooLarge {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The limit it exceeds.
+        max_bytes: u64,
+    },
     /// The text was read but is not a valid rules document.
     #[error("{source_name}: at {location}: {problem}")]
     Invalid {
@@ -69,11 +103,14 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.json_path)?;
-        if let Some((line, column)) = self.line_column {
-            write!(f, " (line {line}, column {column})")?;
+        match (self.json_path.as_str(), self.line_column) {
+            // Outside any field, the position says it all.
+            (".", Some((line, column))) => write!(f, "line {line}, column {column}"),
+            (json_path, Some((line, column))) => {
+                write!(f, "{json_path} (line {line}, column {column})")
+            }
+            (json_path, None) => f.write_str(json_path),
         }
-        Ok(())
     }
 }
 
@@ -93,7 +130,30 @@ impl fmt::Display for Location {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidRule {
-    /// Malformed JSON, a missing or unknown field, or a value of the wrong type.
+    /// The text is not JSON: a syntax error, the end of the file too early, or text after
+    /// the document (whitespace after it is fine).
+    ///
+    /// ```
+    /// use tollgate::{Rules, RulesError};
+    ///
+    /// let err = Rules::from_json("hello").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "<inline>: at line 1, column 1: not valid JSON: found \"hello\" where a value was expected"
+    /// );
+    /// let err = Rules::from_json(r#"{"default": {"unlimited": true}} xyz"#).unwrap_err();
+    /// assert!(err.to_string().ends_with("at line 1, column 34: not valid JSON: found \"xyz\" after the end of the JSON document"));
+    /// ```
+    #[error("not valid JSON: found {found} {context}")]
+    NotJson {
+        /// What is at the location: a few characters, quoted and escaped, or `the end of
+        /// the file`.
+        found: String,
+        /// What was expected there, or why it cannot be there, like `where a value was
+        /// expected`.
+        context: String,
+    },
+    /// A missing or unknown field, or a value of the wrong type.
     #[error("{0}")]
     Json(String),
     /// `capacity` is not an integer in range.

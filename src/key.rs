@@ -84,6 +84,17 @@ impl ClientKey {
             .map(|ip| ClientKey::Ip(ip.to_canonical()))
     }
 
+    /// Whether a request can have this key when IPv6 clients are keyed by their network of
+    /// `ipv6_prefix_len` bits: a key for another IPv6 prefix (or, below 128, for a single
+    /// IPv6 address) never occurs.
+    pub(crate) fn can_occur_with(&self, ipv6_prefix_len: u8) -> bool {
+        match self {
+            ClientKey::Ip(IpAddr::V6(_)) => ipv6_prefix_len == 128,
+            ClientKey::Ipv6Network { prefix_len, .. } => *prefix_len == ipv6_prefix_len,
+            _ => true,
+        }
+    }
+
     /// This key, borrowed.
     pub(crate) fn as_ref(&self) -> KeyRef<'_> {
         match self {
@@ -380,17 +391,6 @@ impl KeySource {
         farthest
     }
 
-    /// Whether a request can ever have `key`: IPv6 clients are keyed by their network of
-    /// `ipv6_prefix_len` bits, so an override for another IPv6 prefix (or, below 128, for a
-    /// single IPv6 address) never applies.
-    pub(crate) fn can_produce(&self, key: &ClientKey) -> bool {
-        match key {
-            ClientKey::Ip(IpAddr::V6(_)) => self.ipv6_prefix_len == 128,
-            ClientKey::Ipv6Network { prefix_len, .. } => *prefix_len == self.ipv6_prefix_len,
-            _ => true,
-        }
-    }
-
     fn key_for(&self, ip: IpAddr) -> KeyRef<'static> {
         match ip {
             IpAddr::V6(v6) if self.ipv6_prefix_len < 128 => KeyRef::Ipv6Network {
@@ -551,8 +551,6 @@ mod tests {
 
     #[test]
     fn overrides_only_for_keys_requests_can_have() {
-        let by_64 = hops(1, 64);
-        let by_address = hops(1, 128);
         let parse = |text: &str| text.parse::<ClientKey>().unwrap();
         for (key, with_64, with_128) in [
             ("ip:2001:db8::/64", true, false),
@@ -563,11 +561,11 @@ mod tests {
             ("id:alice", true, true),
             ("unknown", true, true),
         ] {
-            assert_eq!(by_64.can_produce(&parse(key)), with_64, "{key} /64");
-            assert_eq!(by_address.can_produce(&parse(key)), with_128, "{key} /128");
+            assert_eq!(parse(key).can_occur_with(64), with_64, "{key} /64");
+            assert_eq!(parse(key).can_occur_with(128), with_128, "{key} /128");
         }
         // And a request from that network does get the /64 key.
-        let key = key_with(&by_64, &[], Some("[2001:db8::7]:443")).unwrap();
+        let key = key_with(&hops(1, 64), &[], Some("[2001:db8::7]:443")).unwrap();
         assert_eq!(key, "ip:2001:db8::/64");
     }
 

@@ -15,7 +15,7 @@ use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
 use crate::error::{BuildError, RulesError};
 use crate::key::{KeySource, Trust};
 use crate::policy::OnRedisError;
-use crate::reload::{self, Installed, ReloadState, StateIds};
+use crate::reload::{self, Installed, ReloadState, RulesFile, StateIds, Trigger, off_runtime};
 use crate::rules::Rules;
 use crate::service::RateLimit;
 use crate::stats::{Counters, Stats};
@@ -25,9 +25,11 @@ pub(crate) struct Shared {
     /// The rules in force; swapped whole by a reload.
     pub(crate) installed: ArcSwap<Installed>,
     pub(crate) state_ids: StateIds,
-    pub(crate) rules_file: Option<PathBuf>,
+    pub(crate) rules_file: Option<RulesFile>,
     pub(crate) reload: Mutex<ReloadState>,
     pub(crate) keys: KeySource,
+    /// What `keys` keys IPv6 clients by, to say which client overrides never apply.
+    pub(crate) ipv6_prefix_len: u8,
     pub(crate) backend: Backend,
     pub(crate) counters: Counters,
 }
@@ -81,19 +83,49 @@ impl RateLimitLayer {
 
     /// Reads the rules file again and, if it validates, puts it in force; otherwise the
     /// running rules stay and the error is returned (and shown by [`stats`](Self::stats)).
-    /// `Ok(false)` when the file is unchanged or the layer was built from [`Rules`] rather
-    /// than a file. The file watcher and SIGHUP call this too.
-    pub fn reload(&self) -> Result<bool, RulesError> {
-        match &self.shared.rules_file {
-            Some(path) => self.shared.reload_file(path, "reload()"),
-            None => Ok(false),
+    /// `Ok(false)` when the file is unchanged (and no rules from
+    /// [`set_rules`](Self::set_rules) are in force) or the layer was built from [`Rules`]
+    /// rather than a file. The file watcher and SIGHUP do the same.
+    ///
+    /// The file is read and validated on Tokio's blocking pool, so awaiting this from a
+    /// handler holds up no other request, even for a large file; requests keep the rules
+    /// in force until the new ones are. Dropping the future does not stop a reload that
+    /// has started. Must run inside a Tokio runtime.
+    ///
+    /// ```
+    /// use tollgate::RateLimitLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("rate_limits.json");
+    /// std::fs::write(&path, r#"{"default": {"limit": "10/second"}}"#)?;
+    /// let layer = RateLimitLayer::builder().rules_file(&path).watch_rules_file(false).build().await?;
+    /// assert!(!layer.reload().await?); // unchanged
+    /// std::fs::write(&path, r#"{"default": {"limit": "20/second"}}"#)?;
+    /// assert!(layer.reload().await?);
+    /// assert_eq!(layer.rules().default_rule().limit().unwrap().bands()[0].capacity(), 20);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn reload(&self) -> Result<bool, RulesError> {
+        if self.shared.rules_file.is_none() {
+            return Ok(false);
         }
+        let shared = Arc::clone(&self.shared);
+        off_runtime(move || shared.reload_file(Trigger::Reload)).await
     }
 
     /// Puts these rules in force, as a reload would.
+    ///
+    /// On a layer built with [`rules_file`](RateLimitLayerBuilder::rules_file), the file
+    /// stays the source of the rules: the next change to it, SIGHUP or
+    /// [`reload`](Self::reload) puts the file's rules back in force, and logs a warning that
+    /// they replaced these. (A change event for unchanged content does not.) To keep rules
+    /// set here, build the layer with `watch_rules_file(false)` and
+    /// `reload_on_sighup(false)`.
     pub fn set_rules(&self, rules: Rules) {
-        self.shared.install(rules);
-        self.shared.reload_state().reloads += 1;
+        self.shared.set_rules(rules);
     }
 
     /// `"memory"` or `"redis"`: where the buckets live.
@@ -190,6 +222,7 @@ pub struct RateLimitLayerBuilder {
     local_fallback_instances: u32,
     watch_rules_file: bool,
     reload_on_sighup: bool,
+    max_rules_file_bytes: u64,
     #[cfg(feature = "redis")]
     redis: Option<crate::backend::redis::RedisConfig>,
     #[cfg(feature = "redis")]
@@ -215,6 +248,7 @@ impl Default for RateLimitLayerBuilder {
             local_fallback_instances: 1,
             watch_rules_file: true,
             reload_on_sighup: true,
+            max_rules_file_bytes: crate::DEFAULT_MAX_RULES_FILE_BYTES,
             #[cfg(feature = "redis")]
             redis: None,
             #[cfg(feature = "redis")]
@@ -265,6 +299,30 @@ impl RateLimitLayerBuilder {
     /// stops SIGHUP from ending the process.
     pub fn reload_on_sighup(mut self, reload: bool) -> Self {
         self.reload_on_sighup = reload;
+        self
+    }
+
+    /// The largest rules file read, at build and on every reload (default
+    /// [`DEFAULT_MAX_RULES_FILE_BYTES`](crate::DEFAULT_MAX_RULES_FILE_BYTES), 16 MiB). A
+    /// larger file is an error ([`RulesError::TooLarge`]), and no more than this plus one
+    /// byte is ever read, so a file that grows without end cannot fill memory.
+    ///
+    /// ```
+    /// use tollgate::{BuildError, RateLimitLayer, RulesError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let err = RateLimitLayer::builder()
+    ///     .rules_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
+    ///     .max_rules_file_bytes(100)
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, BuildError::Rules(RulesError::TooLarge { max_bytes: 100, .. })));
+    /// # }
+    /// ```
+    pub fn max_rules_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_rules_file_bytes = bytes;
         self
     }
 
@@ -537,17 +595,21 @@ impl RateLimitLayerBuilder {
 
     /// Loads the rules, sets up Redis if asked, and returns the layer.
     ///
-    /// Must run inside a Tokio runtime (for the cleanup task and Redis). An unreachable Redis
-    /// does not fail the build: the layer starts on its failure policy and switches to Redis
-    /// when it answers.
+    /// Must run inside a Tokio runtime (for the cleanup task, reading the rules file on the
+    /// blocking pool, and Redis). An unreachable Redis does not fail the build: the layer
+    /// starts on its failure policy and switches to Redis when it answers.
     pub async fn build(self) -> Result<RateLimitLayer, BuildError> {
         let (rules, file) = match self.rules {
             None => return Err(BuildError::NoRules),
             Some(RulesSource::Given(rules)) => (*rules, None),
             Some(RulesSource::File(path)) => {
-                let text = crate::rules::read_text(&path)?;
-                let rules = Rules::parse_file(&text, &path)?;
-                (rules, Some((path, text)))
+                let file = RulesFile::new(path, self.max_rules_file_bytes);
+                let (file, (rules, hash)) = off_runtime(move || {
+                    let loaded = file.load();
+                    loaded.map(|loaded| (file, loaded))
+                })
+                .await?;
+                (rules, Some((file, hash)))
             }
         };
         let reloads = Reloads {
@@ -556,6 +618,7 @@ impl RateLimitLayerBuilder {
             sighup: self.reload_on_sighup,
         };
         let keys = KeySource::new(&self.trust, self.trusted_proxy_hops, self.ipv6_prefix_len)?;
+        let keys = (keys, self.ipv6_prefix_len);
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
             if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
@@ -604,55 +667,55 @@ impl RateLimitLayerBuilder {
 
 /// Where the rules came from and how to follow changes.
 struct Reloads {
-    /// The rules file and the text loaded from it.
-    file: Option<(PathBuf, String)>,
+    /// The rules file and the hash of the content loaded from it.
+    file: Option<(RulesFile, u64)>,
     watch: bool,
     sighup: bool,
 }
 
 impl RateLimitLayer {
+    /// `keys` comes with the IPv6 prefix length it keys by.
     fn new(
         rules: Rules,
         reloads: Reloads,
-        keys: KeySource,
+        (keys, ipv6_prefix_len): (KeySource, u8),
         backend: Backend,
         cleanup_every: Duration,
     ) -> Result<Self, BuildError> {
         if let Some(memory) = backend.memory() {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
         }
+        reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
         let state_ids = StateIds::default();
         let installed = state_ids.install(rules, |installed| {
             backend.rules_changed(installed.generation);
             installed
         });
+        let (rules_file, loaded) = reloads.file.unzip();
         let shared = Arc::new(Shared {
             installed: ArcSwap::from_pointee(installed),
             state_ids,
-            rules_file: reloads.file.as_ref().map(|(path, _)| path.clone()),
+            rules_file,
             reload: Mutex::new(ReloadState::default()),
             keys,
+            ipv6_prefix_len,
             backend,
             counters: Counters::default(),
         });
-        if let Some((path, text)) = reloads.file {
-            shared.loaded_from(&text);
+        if let (Some(file), Some(hash)) = (&shared.rules_file, loaded) {
+            shared.loaded_from(hash);
+            let watch_error = |reason: String| BuildError::Watch {
+                path: file.path.clone(),
+                reason,
+            };
             if reloads.watch {
-                reload::spawn_watcher(Arc::downgrade(&shared), path.clone()).map_err(|e| {
-                    BuildError::Watch {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                reload::spawn_watcher(Arc::downgrade(&shared), &file.path)
+                    .map_err(|e| watch_error(e.to_string()))?;
             }
             #[cfg(unix)]
             if reloads.sighup {
-                reload::spawn_sighup(Arc::downgrade(&shared), path.clone()).map_err(|e| {
-                    BuildError::Watch {
-                        path,
-                        reason: format!("cannot handle SIGHUP: {e}"),
-                    }
-                })?;
+                reload::spawn_sighup(Arc::downgrade(&shared))
+                    .map_err(|e| watch_error(format!("cannot handle SIGHUP: {e}")))?;
             }
         }
         Ok(Self { shared })

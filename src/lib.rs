@@ -47,6 +47,7 @@ mod layer;
 mod policy;
 mod reload;
 mod rules;
+mod rules_file;
 mod service;
 mod stats;
 mod tier;
@@ -62,8 +63,9 @@ pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::OnRedisError;
 pub use rules::{
     Band, Limit, MAX_BANDS, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved,
-    Rule, Rules,
+    Rule, Rules, UnreachableOverride,
 };
+pub use rules_file::DEFAULT_MAX_RULES_FILE_BYTES;
 pub use service::RateLimit;
 pub use stats::Stats;
 pub use tier::{Tier, UnknownTier};

@@ -2,17 +2,23 @@
 //! [`RateLimitLayer::reload`](crate::RateLimitLayer::reload), all going through
 //! [`Shared::reload_file`].
 //!
+//! The file is read and validated on Tokio's blocking pool, never on a runtime worker, so
+//! requests keep flowing on the rules in force meanwhile, however large or slow the file.
 //! New rules are validated completely, then swapped in atomically (`arc-swap`: requests
 //! never wait on a lock). A file that does not validate is rejected, the running rules stay,
 //! and the error is logged once per distinct content and kept for [`Stats`](crate::Stats).
 //! Each rule identity keeps one state id for the life of the layer, so buckets survive a
 //! reload when their rule's identity is unchanged.
+//!
+//! Every source of rules installs them, and the last one wins: a file change, SIGHUP,
+//! `reload()` and `set_rules`. When the file replaces rules installed by `set_rules`, a
+//! warning says so.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -22,20 +28,93 @@ use crate::rules::Rules;
 
 /// Rules in force, with the state id of each rule (indexed like [`Rules::iter`]).
 pub(crate) struct Installed {
-    pub(crate) rules: std::sync::Arc<Rules>,
+    pub(crate) rules: Arc<Rules>,
     pub(crate) state_ids: Box<[u32]>,
     /// Counts installs: a request carries the generation of the rules it was resolved
     /// under, so that what a backend remembers under other rules is not used for it.
     pub(crate) generation: u64,
 }
 
+/// The rules file a layer follows.
+pub(crate) struct RulesFile {
+    pub(crate) path: PathBuf,
+    /// The most bytes read from it.
+    max_bytes: u64,
+    /// Held through each reload, so that reloads read and install in turn: a slow reload of
+    /// older content never lands after a newer one.
+    in_turn: Mutex<()>,
+}
+
+impl RulesFile {
+    pub(crate) fn new(path: PathBuf, max_bytes: u64) -> Self {
+        Self {
+            path,
+            max_bytes,
+            in_turn: Mutex::new(()),
+        }
+    }
+
+    /// Reads the file: its content and the content's hash. Blocks: run it with
+    /// [`off_runtime`].
+    fn read(&self) -> Result<(Vec<u8>, u64), RulesError> {
+        let bytes = crate::rules_file::read(&self.path, self.max_bytes)?;
+        let hash = content_hash(&bytes);
+        Ok((bytes, hash))
+    }
+
+    /// Reads and validates the file, returning the rules and the hash of the content.
+    /// Blocks: run it with [`off_runtime`].
+    pub(crate) fn load(&self) -> Result<(Rules, u64), RulesError> {
+        let (bytes, hash) = self.read()?;
+        Ok((Rules::parse_file(&bytes, &self.path)?, hash))
+    }
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    FileChange,
+    Sighup,
+    Reload,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileChange => "file change",
+            Trigger::Sighup => "SIGHUP",
+            Trigger::Reload => "reload()",
+        }
+    }
+
+    /// Whether someone asked for the file: then it is installed even when unchanged, to
+    /// replace rules installed by `set_rules`.
+    fn is_explicit(self) -> bool {
+        self != Trigger::FileChange
+    }
+}
+
+/// Runs blocking `work` (reading and validating a rules file) on Tokio's blocking pool, so
+/// that no runtime worker, and no request queued behind it, waits for it.
+pub(crate) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels it, and then nothing awaits this.
+            Err(error) => panic!("rules file reload did not run: {error}"),
+        },
+    }
+}
+
 /// What reloads have done so far.
 #[derive(Debug, Default)]
 pub(crate) struct ReloadState {
-    /// Hash of the file content in force, when the rules came from the file.
+    /// Hash of the file content last installed from the file.
     loaded: Option<u64>,
-    /// Hash of the last content that failed, so the same failure is logged once.
-    failed: Option<u64>,
+    /// Whether the rules in force were installed by `set_rules` on a layer that follows a
+    /// file, so that the file replacing them is worth a warning.
+    set_rules_in_force: bool,
     pub(crate) reloads: u64,
     pub(crate) failures: u64,
     pub(crate) last_error: Option<String>,
@@ -61,119 +140,170 @@ impl StateIds {
             })
             .collect();
         publish(Installed {
-            rules: std::sync::Arc::new(rules),
+            rules: Arc::new(rules),
             state_ids,
             generation: *generation,
         })
     }
 }
 
-fn content_hash(text: &str) -> u64 {
+fn content_hash(bytes: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
+    bytes.hash(&mut hasher);
     hasher.finish()
 }
 
+/// Frees `replaced` rules on this thread (a reload's, off the runtime), rather than in
+/// whichever request lets go of them last: a large rule set takes milliseconds to free.
+/// Requests hold the rules in force only while they find their rule, so this waits
+/// microseconds; past 100 ms it leaves them to the last holder.
+fn free_here<T>(mut replaced: Arc<T>) {
+    let deadline = Instant::now() + Duration::from_millis(100);
+    loop {
+        match Arc::try_unwrap(replaced) {
+            Ok(value) => return drop(value),
+            Err(held) if Instant::now() < deadline => {
+                replaced = held;
+                std::thread::yield_now();
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Logs each client override of `rules` that no request can match.
+pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
+    for never in rules.unreachable_overrides(ipv6_prefix_len) {
+        tracing::warn!(client = %never.client(), "{never}");
+    }
+}
+
 impl Shared {
-    /// Swaps in new rules; state of rules that no longer exist is dropped.
-    pub(crate) fn install(&self, rules: Rules) {
-        let before = self.installed.load();
-        if (rules.on_redis_error(), rules.local_fallback_instances())
-            != (
-                before.rules.on_redis_error(),
-                before.rules.local_fallback_instances(),
-            )
-        {
+    /// Swaps in new rules; state of rules that no longer exist is dropped. Returns the rules
+    /// replaced, for [`free_here`] once no lock is held.
+    pub(crate) fn install(&self, rules: Rules) -> Arc<Installed> {
+        let policy_changed = {
+            let before = self.installed.load();
+            (rules.on_redis_error(), rules.local_fallback_instances())
+                != (
+                    before.rules.on_redis_error(),
+                    before.rules.local_fallback_instances(),
+                )
+        };
+        if policy_changed {
             tracing::warn!(
                 "on_redis_error and local_fallback_instances are read when the layer is built; \
                  the new values take effect on restart"
             );
         }
-        for (client, _) in rules.clients() {
-            if !self.keys.can_produce(client) {
-                tracing::warn!(
-                    %client,
-                    "this client override never applies: IPv6 clients are keyed by the network \
-                     of ipv6_prefix_len bits (see the builder)"
-                );
-            }
-        }
+        warn_unreachable_overrides(&rules, self.ipv6_prefix_len);
         self.state_ids.install(rules, |installed| {
             let generation = installed.generation;
             if let Some(memory) = self.backend.memory() {
                 let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
                 memory.retain_rules(|id| live.contains(&id));
             }
-            self.installed.store(std::sync::Arc::new(installed));
+            let replaced = self.installed.swap(Arc::new(installed));
             self.backend.rules_changed(generation);
-        });
+            replaced
+        })
     }
 
     /// Records the hash of the rules file content loaded at startup.
-    pub(crate) fn loaded_from(&self, text: &str) {
-        self.reload_state().loaded = Some(content_hash(text));
+    pub(crate) fn loaded_from(&self, hash: u64) {
+        self.reload_state().loaded = Some(hash);
     }
 
     pub(crate) fn reload_state(&self) -> std::sync::MutexGuard<'_, ReloadState> {
         self.reload.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Installs rules given by the application (`set_rules`). Until the file is installed
+    /// again, a reload that replaces them warns.
+    pub(crate) fn set_rules(&self, rules: Rules) {
+        let mut state = self.reload_state();
+        // Under the reload state's lock, so that the flag describes the last install.
+        let replaced = self.install(rules);
+        state.reloads += 1;
+        state.set_rules_in_force = self.rules_file.is_some();
+        drop(state);
+        free_here(replaced);
+    }
+
     /// Reads the rules file again. `Ok(true)`: new rules are in force; `Ok(false)`: the
-    /// content is unchanged. On error the running rules stay.
-    pub(crate) fn reload_file(&self, path: &Path, trigger: &str) -> Result<bool, RulesError> {
-        let text = match crate::rules::read_text(path) {
-            Ok(text) => text,
+    /// content is unchanged (and, for a file change, rules from `set_rules` stay), or the
+    /// layer has no rules file. On error the running rules stay. Blocks on the file: run it
+    /// with [`off_runtime`].
+    pub(crate) fn reload_file(&self, trigger: Trigger) -> Result<bool, RulesError> {
+        let Some(file) = &self.rules_file else {
+            return Ok(false);
+        };
+        let _in_turn = file.in_turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let rules = file.read().and_then(|(bytes, hash)| {
+            let mut state = self.reload_state();
+            if state.loaded == Some(hash) && !(state.set_rules_in_force && trigger.is_explicit()) {
+                // The file is back to what is in force: an earlier failure is over.
+                state.last_error = None;
+                return Ok(None);
+            }
+            drop(state);
+            Ok(Some((Rules::parse_file(&bytes, &file.path)?, hash)))
+        });
+        let (rules, hash) = match rules {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(false),
             Err(error) => {
-                self.failed(None, &error, trigger);
+                self.failed(&error, trigger);
                 return Err(error);
             }
         };
-        let hash = content_hash(&text);
-        if self.reload_state().loaded == Some(hash) {
-            return Ok(false);
+        let count = rules.iter().len();
+        let mut state = self.reload_state();
+        let replaces_set_rules = state.set_rules_in_force;
+        let replaced = self.install(rules);
+        state.loaded = Some(hash);
+        state.set_rules_in_force = false;
+        state.last_error = None;
+        state.reloads += 1;
+        drop(state);
+        free_here(replaced);
+        let path = file.path.display();
+        if replaces_set_rules {
+            tracing::warn!(
+                file = %path,
+                trigger = trigger.as_str(),
+                "the rules file replaced the rules installed by set_rules: on a layer built \
+                 with rules_file, a change to the file, SIGHUP and reload() install the file \
+                 (turn off watch_rules_file and reload_on_sighup to keep rules set by hand)"
+            );
         }
-        match Rules::parse_file(&text, path) {
-            Ok(rules) => {
-                let count = rules.iter().len();
-                self.install(rules);
-                let mut state = self.reload_state();
-                state.loaded = Some(hash);
-                state.failed = None;
-                state.last_error = None;
-                state.reloads += 1;
-                drop(state);
-                tracing::info!(file = %path.display(), rules = count, trigger, "rate limit rules reloaded");
-                Ok(true)
-            }
-            Err(error) => {
-                self.failed(Some(hash), &error, trigger);
-                Err(error)
-            }
-        }
+        tracing::info!(file = %path, rules = count, trigger = trigger.as_str(), "rate limit rules reloaded");
+        Ok(true)
     }
 
-    fn failed(&self, hash: Option<u64>, error: &RulesError, trigger: &str) {
+    /// Records a failed reload; the same error again (the same broken save, read once
+    /// more) is neither counted nor logged twice.
+    fn failed(&self, error: &RulesError, trigger: Trigger) {
         let mut state = self.reload_state();
         let message = error.to_string();
-        let repeated = match hash {
-            Some(hash) => state.failed == Some(hash),
-            None => state.last_error.as_deref() == Some(message.as_str()),
-        };
-        if repeated {
+        if state.last_error.as_deref() == Some(message.as_str()) {
             return;
         }
-        state.failed = hash;
         state.failures += 1;
         state.last_error = Some(message);
         drop(state);
-        tracing::error!(%error, trigger, "rate limit rules not reloaded; the previous rules stay in force");
+        tracing::error!(
+            %error,
+            trigger = trigger.as_str(),
+            "rate limit rules not reloaded; the previous rules stay in force"
+        );
     }
 }
 
 /// Watches the rules file's directory (and, for a symlink, its target's directory) and
 /// reloads on any change there, after a short pause so that a save made of several steps is
 /// read once it is complete. Stops when the layer is dropped.
-pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: PathBuf) -> Result<(), notify::Error> {
+pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: &Path) -> Result<(), notify::Error> {
     let (events, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -181,7 +311,7 @@ pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: PathBuf) -> Result<(), n
         }
     })?;
     let mut directories: Vec<PathBuf> = Vec::new();
-    for file in [Some(path.clone()), std::fs::canonicalize(&path).ok()]
+    for file in [Some(path.to_owned()), std::fs::canonicalize(path).ok()]
         .into_iter()
         .flatten()
     {
@@ -203,7 +333,8 @@ pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: PathBuf) -> Result<(), n
             let Some(shared) = shared.upgrade() else {
                 break;
             };
-            let _ = shared.reload_file(&path, "file change");
+            // Errors are logged and kept for stats().
+            let _ = off_runtime(move || shared.reload_file(Trigger::FileChange)).await;
         }
     });
     Ok(())
@@ -211,7 +342,7 @@ pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: PathBuf) -> Result<(), n
 
 /// Reloads on SIGHUP until the layer is dropped.
 #[cfg(unix)]
-pub(crate) fn spawn_sighup(shared: Weak<Shared>, path: PathBuf) -> std::io::Result<()> {
+pub(crate) fn spawn_sighup(shared: Weak<Shared>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
@@ -219,7 +350,7 @@ pub(crate) fn spawn_sighup(shared: Weak<Shared>, path: PathBuf) -> std::io::Resu
             let Some(shared) = shared.upgrade() else {
                 break;
             };
-            let _ = shared.reload_file(&path, "SIGHUP");
+            let _ = off_runtime(move || shared.reload_file(Trigger::Sighup)).await;
         }
     });
     Ok(())

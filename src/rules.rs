@@ -17,7 +17,7 @@
 //! Everything is validated once, at load; a request does one router lookup in its rule set
 //! (and one map lookup when the file has client overrides).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::RandomState;
 use std::num::NonZeroU32;
@@ -233,6 +233,8 @@ pub struct Rule {
     tier: Option<Box<str>>,
     pattern: Option<Box<str>>,
     methods: Option<Box<[Method]>>,
+    /// Whether HEAD requests fall under this rule as GET ones do (see [`Rule::applies_to`]).
+    head_as_get: bool,
     limit: Option<Limit>,
 }
 
@@ -255,9 +257,44 @@ impl Rule {
         self.pattern.as_deref()
     }
 
-    /// The methods the rule is limited to; `None` for all.
+    /// The methods the rule names; `None` for all. A rule that names `GET` covers `HEAD`
+    /// too, unless another rule names it: see [`applies_to`](Self::applies_to).
     pub fn methods(&self) -> Option<&[Method]> {
         self.methods.as_deref()
+    }
+
+    /// Whether requests of `method` can fall under this rule (a more specific pattern may
+    /// still win): every method when the rule names none, otherwise the methods it names,
+    /// and `HEAD` when it names `GET` and no rule for the same path names `HEAD`. Servers
+    /// answer `HEAD` with the `GET` handler (axum does), so it costs what `GET` costs, and
+    /// shares its state: the rule's identity stays `…@GET`.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "100/minute"},
+    ///     "routes": [
+    ///         {"path": "/api/data", "methods": ["GET"], "limit": "2/minute"},
+    ///         {"path": "/api/feed", "methods": ["GET"], "limit": "5/minute"},
+    ///         {"path": "/api/feed", "methods": ["HEAD"], "limit": "50/minute"}
+    ///     ]
+    /// }"#).unwrap();
+    /// let data = rules.lookup(&Method::HEAD, "/api/data");
+    /// assert_eq!(data.id(), "/api/data@GET");
+    /// assert!(data.applies_to(&Method::HEAD) && !data.applies_to(&Method::POST));
+    /// // A rule of its own for HEAD wins on its path.
+    /// assert_eq!(rules.lookup(&Method::HEAD, "/api/feed").id(), "/api/feed@HEAD");
+    /// assert!(!rules.lookup(&Method::GET, "/api/feed").applies_to(&Method::HEAD));
+    /// ```
+    pub fn applies_to(&self, method: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            Some(methods) => {
+                methods.contains(method) || (self.head_as_get && *method == Method::HEAD)
+            }
+        }
     }
 
     /// The limit, or `None` for an unlimited rule.
@@ -307,15 +344,23 @@ pub struct Resolved<'a> {
 /// One tier's rules (or the base rules): a default and the routes' routers.
 struct RuleSet {
     default: usize,
-    /// One router per method some rule names, holding that method's rules and the
-    /// method-less ones.
+    /// One router per method some rule names, holding the rules that apply to that method
+    /// (see [`Rule::applies_to`]), method-less ones included.
     by_method: Vec<(Method, matchit::Router<usize>)>,
     /// The method-less rules, for methods no rule names.
     any_method: matchit::Router<usize>,
+    /// Whether HEAD is looked up as GET: when rules name GET and none names HEAD, GET's
+    /// router is HEAD's, so it is not built twice.
+    head_is_get: bool,
 }
 
 impl RuleSet {
     fn lookup(&self, method: &Method, path: &str) -> usize {
+        let method = if self.head_is_get && *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let router = self
             .by_method
             .iter()
@@ -379,10 +424,30 @@ impl fmt::Debug for Rules {
 }
 
 impl Rules {
-    /// Reads and validates a rules file.
+    /// Reads and validates a rules file: a regular file (or a symlink to one) of at most
+    /// [`DEFAULT_MAX_RULES_FILE_BYTES`](crate::DEFAULT_MAX_RULES_FILE_BYTES).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, RulesError> {
+        Self::from_file_with_max_bytes(path, crate::DEFAULT_MAX_RULES_FILE_BYTES)
+    }
+
+    /// Reads and validates a rules file of at most `max_bytes`. A FIFO, a device, a
+    /// directory or a socket is refused without being read ([`RulesError::NotAFile`]), and
+    /// so is a larger file ([`RulesError::TooLarge`]).
+    ///
+    /// ```
+    /// use tollgate::{Rules, RulesError};
+    ///
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json");
+    /// assert!(Rules::from_file_with_max_bytes(path, 1 << 20).is_ok());
+    /// let err = Rules::from_file_with_max_bytes(path, 100).unwrap_err();
+    /// assert!(matches!(err, RulesError::TooLarge { max_bytes: 100, .. }));
+    /// ```
+    pub fn from_file_with_max_bytes(
+        path: impl AsRef<Path>,
+        max_bytes: u64,
+    ) -> Result<Self, RulesError> {
         let path = path.as_ref();
-        Self::parse_file(&read_text(path)?, path)
+        Self::parse_file(&crate::rules_file::read(path, max_bytes)?, path)
     }
 
     /// Validates rules given as JSON text (errors name the source `<inline>`).
@@ -390,9 +455,65 @@ impl Rules {
         parse(json, "<inline>")
     }
 
-    /// Validates `text`, read from the file at `path`.
-    pub(crate) fn parse_file(text: &str, path: &Path) -> Result<Self, RulesError> {
-        parse(text, &path.display().to_string())
+    /// Validates `bytes`, read from the file at `path`.
+    pub(crate) fn parse_file(bytes: &[u8], path: &Path) -> Result<Self, RulesError> {
+        let source_name = path.display().to_string();
+        match std::str::from_utf8(bytes) {
+            Ok(text) => parse(text, &source_name),
+            Err(error) => {
+                let (valid, rest) = bytes.split_at(error.valid_up_to());
+                let (line, column) = line_column_at(valid);
+                Err(RulesError::Invalid {
+                    source_name,
+                    location: Location {
+                        json_path: ".".into(),
+                        line_column: Some((line, column)),
+                    },
+                    problem: InvalidRule::NotJson {
+                        found: format!("the byte 0x{:02X}", rest[0]),
+                        context: "(a rules file is UTF-8 text)".into(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// The client overrides no request can match when IPv6 clients are keyed by their
+    /// network of `ipv6_prefix_len` bits (see
+    /// [`ipv6_prefix_len`](crate::RateLimitLayerBuilder::ipv6_prefix_len)): an override for
+    /// a single IPv6 address below 128 bits, or for a network of another length. The layer
+    /// logs each when it loads the rules; `tollgate check-rules` prints them.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "10/second"},
+    ///     "clients": {
+    ///         "ip:2001:db8::7": {"unlimited": true},
+    ///         "ip:2001:db8:1:2::/64": {"unlimited": true}
+    ///     }
+    /// }"#).unwrap();
+    /// let never: Vec<String> = rules.unreachable_overrides(64).map(|o| o.client().to_string()).collect();
+    /// assert_eq!(never, ["ip:2001:db8::7"]);
+    /// assert_eq!(rules.unreachable_overrides(128).count(), 1); // now the /64 one
+    /// ```
+    pub fn unreachable_overrides(
+        &self,
+        ipv6_prefix_len: u8,
+    ) -> impl Iterator<Item = UnreachableOverride<'_>> {
+        let mut never: Vec<UnreachableOverride<'_>> = self
+            .clients
+            .keys()
+            .filter(|client| !client.can_occur_with(ipv6_prefix_len))
+            .map(|client| UnreachableOverride {
+                client,
+                ipv6_prefix_len,
+            })
+            .collect();
+        // `clients` is a hash map; an order that does not change keeps logs comparable.
+        never.sort_by_cached_key(|o| o.client.to_string());
+        never.into_iter()
     }
 
     /// The rule for a request without a tier (so in `default_tier`, if the file names one)
@@ -499,6 +620,68 @@ impl Rules {
     }
 }
 
+/// A client override that no request can match, because IPv6 clients are keyed by their
+/// network of a fixed length: found by [`Rules::unreachable_overrides`]. It prints as a
+/// warning that names the override and why.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"},
+///     "clients": {"ip:2001:db8::7": {"unlimited": true}}}"#).unwrap();
+/// let never = rules.unreachable_overrides(64).next().unwrap();
+/// assert_eq!(never.client().to_string(), "ip:2001:db8::7");
+/// assert_eq!(
+///     never.to_string(),
+///     "client override \"ip:2001:db8::7\" never applies: IPv6 clients are keyed by their /64 \
+///      network (ipv6_prefix_len), so an override must name one, like \"ip:2001:db8::/64\""
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreachableOverride<'a> {
+    client: &'a ClientKey,
+    ipv6_prefix_len: u8,
+}
+
+impl UnreachableOverride<'_> {
+    /// The override's key, as in the file's `clients`.
+    pub fn client(&self) -> &ClientKey {
+        self.client
+    }
+}
+
+impl fmt::Display for UnreachableOverride<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.ipv6_prefix_len;
+        write!(f, "client override \"{}\" never applies: ", self.client)?;
+        let address = match self.client {
+            ClientKey::Ip(address) => Some(*address),
+            ClientKey::Ipv6Network { network, .. } => Some(std::net::IpAddr::V6(*network)),
+            _ => None,
+        };
+        if bits == 128 {
+            return write!(
+                f,
+                "IPv6 clients are keyed by their whole address (ipv6_prefix_len 128), so an \
+                 override must name an address{}",
+                address.map_or(String::new(), |a| format!(", like \"ip:{a}\""))
+            );
+        }
+        write!(
+            f,
+            "IPv6 clients are keyed by their /{bits} network (ipv6_prefix_len), so an override \
+             must name one"
+        )?;
+        // The same parse the file's keys go through turns the address into its network.
+        match address.and_then(|a| ClientKey::parse(&format!("ip:{a}/{bits}"))) {
+            Some(network) => write!(f, ", like \"{network}\""),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One rule as written. `default`, `routes[i]` and `clients.<key>` share the shape; `path`
 /// and `methods` are only allowed in routes.
 #[derive(Deserialize)]
@@ -561,21 +744,18 @@ fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
         problem,
     };
     let de = &mut serde_json::Deserializer::from_str(text);
-    let raw: RawRules = serde_path_to_error::deserialize(de).map_err(|err| {
-        let json_path = json_path_of(err.path());
-        let inner = err.into_inner();
-        let line_column = (inner.line() > 0).then(|| {
-            let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            (narrow(inner.line()), narrow(inner.column()))
-        });
-        invalid(
-            Location {
-                json_path,
-                line_column,
-            },
-            InvalidRule::Json(strip_position(&inner)),
-        )
-    })?;
+    let raw: RawRules = serde_path_to_error::deserialize(&mut *de)
+        .map_err(|err| {
+            let json_path = json_path_of(err.path());
+            json_problem(text, json_path, &err.into_inner())
+        })
+        // Only whitespace may follow the document.
+        .and_then(|raw| {
+            de.end()
+                .map(|()| raw)
+                .map_err(|err| json_problem(text, ".".into(), &err))
+        })
+        .map_err(|(location, problem)| invalid(location, problem))?;
     build(raw).map_err(|p| {
         invalid(
             Location {
@@ -687,6 +867,7 @@ fn rule_set(
         tier: tier.map(Into::into),
         pattern: None,
         methods: None,
+        head_as_get: false,
         limit: limit_of(&default, &format!("{at}default"), shadow_all)?,
     });
 
@@ -697,6 +878,9 @@ fn rule_set(
         index: usize,
     }
     let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
+    // Earlier routes by pattern and by identity, so that each duplicate check is one lookup.
+    let mut by_pattern: HashMap<String, Vec<usize>> = HashMap::with_capacity(raw_routes.len());
+    let mut by_id: HashMap<Box<str>, usize> = HashMap::with_capacity(raw_routes.len());
     for (i, raw_route) in raw_routes.iter().enumerate() {
         let json_path = format!("{at}routes[{i}]");
         let limit = limit_of(raw_route, &json_path, shadow_all)?;
@@ -718,9 +902,12 @@ fn rule_set(
             .as_deref()
             .map(|m| methods_of(m, &json_path))
             .transpose()?;
-        if let Some(earlier) = routes
+        // Rules for one pattern name disjoint methods, so there are only a few of them.
+        let same_pattern = by_pattern.get(&pattern).map_or(&[][..], Vec::as_slice);
+        if let Some(earlier) = same_pattern
             .iter()
-            .find(|r| r.pattern == pattern && methods_overlap(&r.methods, &methods))
+            .map(|&r| &routes[r])
+            .find(|r| methods_overlap(&r.methods, &methods))
         {
             return Err(problem(
                 format!("{json_path}.path"),
@@ -730,25 +917,31 @@ fn rule_set(
                 },
             ));
         }
-        let id = format!("{id_prefix}{}", rule_id(&pattern, methods.as_deref()));
-        if let Some(same) = routes.iter().find(|r| *rules[r.index].id == *id) {
+        let id: Box<str> = format!("{id_prefix}{}", rule_id(&pattern, methods.as_deref())).into();
+        if let Some(&same) = by_id.get(&id) {
             return Err(problem(
                 format!("{json_path}.path"),
                 InvalidRule::DuplicateRoute {
                     path: pattern,
-                    other: format!("{} (same rule identity {id:?})", same.json_path),
+                    other: format!("{} (same rule identity {id:?})", routes[same].json_path),
                 },
             ));
         }
         let index = rules.len();
         rules.push(Rule {
-            id: id.into(),
+            id: id.clone(),
             index,
             tier: tier.map(Into::into),
             pattern: Some(pattern.as_str().into()),
             methods: methods.as_deref().map(Into::into),
+            head_as_get: false,
             limit,
         });
+        by_id.insert(id, routes.len());
+        by_pattern
+            .entry(pattern.clone())
+            .or_default()
+            .push(routes.len());
         routes.push(Route {
             json_path,
             pattern,
@@ -757,57 +950,90 @@ fn rule_set(
         });
     }
 
+    let insert = |router: &mut matchit::Router<usize>, route: &Route| -> Result<(), Problem> {
+        router
+            .insert(route.pattern.as_str(), route.index)
+            .map_err(|err| {
+                let reason = match err {
+                    matchit::InsertError::Conflict { with } => {
+                        let other = routes
+                            .iter()
+                            .find(|r| r.pattern == with)
+                            .map_or(with.clone(), |r| format!("{} ({with:?})", r.json_path));
+                        format!("it conflicts with {other}")
+                    }
+                    other => other.to_string(),
+                };
+                problem(
+                    format!("{}.path", route.json_path),
+                    InvalidRule::Pattern {
+                        path: route.pattern.clone(),
+                        reason,
+                    },
+                )
+            })
+    };
     let insert_all = |filter: &dyn Fn(&Route) -> bool| -> Result<matchit::Router<usize>, Problem> {
         let mut router = matchit::Router::new();
         for route in routes.iter().filter(|r| filter(r)) {
-            router
-                .insert(route.pattern.as_str(), route.index)
-                .map_err(|err| {
-                    let reason = match err {
-                        matchit::InsertError::Conflict { with } => {
-                            let other = routes
-                                .iter()
-                                .find(|r| r.pattern == with)
-                                .map_or(with.clone(), |r| format!("{} ({with:?})", r.json_path));
-                            format!("it conflicts with {other}")
-                        }
-                        other => other.to_string(),
-                    };
-                    problem(
-                        format!("{}.path", route.json_path),
-                        InvalidRule::Pattern {
-                            path: route.pattern.clone(),
-                            reason,
-                        },
-                    )
-                })?;
+            insert(&mut router, route)?;
         }
         Ok(router)
+    };
+    let names = |route: &Route, method: &Method| {
+        route
+            .methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(method))
     };
 
     let mut named_methods: Vec<Method> = routes
         .iter()
         .flat_map(|r| r.methods.iter().flatten().cloned())
+        .filter(|m| *m != Method::HEAD)
         .collect();
     named_methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     named_methods.dedup();
 
     let any_method = insert_all(&|r| r.methods.is_none())?;
-    let by_method = named_methods
-        .into_iter()
-        .map(|method| {
-            let router = insert_all(&|r| {
-                r.methods
-                    .as_ref()
-                    .is_none_or(|methods| methods.contains(&method))
-            })?;
-            Ok((method, router))
-        })
-        .collect::<Result<_, Problem>>()?;
+    let mut by_method = named_methods
+        .iter()
+        .map(|method| Ok((method.clone(), insert_all(&|r| names(r, method))?)))
+        .collect::<Result<Vec<_>, Problem>>()?;
+
+    // HEAD: the routes that name it (or no method), then those that name GET, each unless
+    // a route for the same path (the same pattern, up to parameter names) is there already.
+    // Without routes naming HEAD, that is GET's router.
+    let get_only = |r: &Route| {
+        r.methods
+            .as_ref()
+            .is_some_and(|m| m.contains(&Method::GET) && !m.contains(&Method::HEAD))
+    };
+    let names_head = |r: &Route| r.methods.is_some() && names(r, &Method::HEAD);
+    let head_is_get = !routes.iter().any(names_head) && named_methods.contains(&Method::GET);
+    if head_is_get {
+        for route in routes.iter().filter(|r| get_only(r)) {
+            rules[route.index].head_as_get = true;
+        }
+    } else if routes.iter().any(names_head) {
+        let mut head = insert_all(&|r| names(r, &Method::HEAD))?;
+        let mut heads_as_get = Vec::new();
+        for route in routes.iter().filter(|r| get_only(r)) {
+            // A conflict can only be with a route naming HEAD: the rest share GET's router.
+            if head.insert(route.pattern.as_str(), route.index).is_ok() {
+                heads_as_get.push(route.index);
+            }
+        }
+        for index in heads_as_get {
+            rules[index].head_as_get = true;
+        }
+        by_method.push((Method::HEAD, head));
+    }
     Ok(RuleSet {
         default: default_index,
         by_method,
         any_method,
+        head_is_get,
     })
 }
 
@@ -1013,14 +1239,6 @@ fn parse_shorthand(text: &str) -> Option<Band> {
     Band::new(count, f64::from(count) / unit_secs)
 }
 
-/// The text of the rules file at `path`, or an error naming it.
-pub(crate) fn read_text(path: &Path) -> Result<String, RulesError> {
-    std::fs::read_to_string(path).map_err(|source| RulesError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// The location as the rest of the crate writes it: `routes[1].limit`, `clients["id:a b"]`,
 /// `.` for the document itself. Positions serde could not name are left out, and keys that
 /// are not plain names are quoted, so the path is never empty or ambiguous.
@@ -1053,13 +1271,116 @@ fn json_path_of(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-/// serde_json appends " at line L column C"; the location is reported separately.
-fn strip_position(err: &serde_json::Error) -> String {
-    let text = err.to_string();
-    match text.rfind(" at line ") {
-        Some(at) => text[..at].to_owned(),
-        None => text,
+/// Where a serde_json error is and what it says: for text that is not JSON, what was found
+/// there and what was expected instead; for a document of the wrong shape, serde's message.
+fn json_problem(text: &str, json_path: String, err: &serde_json::Error) -> (Location, InvalidRule) {
+    use serde_json::error::Category;
+    // serde_json appends " at line L column C"; the location is reported separately.
+    let message = err.to_string();
+    let message = message
+        .rfind(" at line ")
+        .map_or(message.as_str(), |at| &message[..at]);
+    let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut line_column = (err.line() > 0).then(|| (narrow(err.line()), narrow(err.column())));
+    if !matches!(err.classify(), Category::Syntax | Category::Eof) {
+        let location = Location {
+            json_path,
+            line_column,
+        };
+        return (location, InvalidRule::Json(message.to_owned()));
     }
+    let found = match (err.classify(), line_column) {
+        (Category::Syntax, Some((line, _))) => {
+            // The column is 1-based, in bytes, at the character that does not fit.
+            let line_start = line_start(text, err.line());
+            let mut at = (line_start + err.column().saturating_sub(1)).min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            // A misspelt `true`, `false` or `null` is reported inside the word; show it whole.
+            if message == "expected ident" {
+                while at > line_start && is_word_byte(text.as_bytes()[at - 1]) {
+                    at -= 1;
+                }
+                line_column = Some((line, narrow(at - line_start + 1)));
+            }
+            snippet(&text[at..])
+        }
+        _ => None,
+    };
+    if err.classify() == Category::Eof {
+        // serde_json points at the last character; the end of the file is just past it.
+        line_column = line_column.map(|(line, column)| (line, column.saturating_add(1)));
+    }
+    let location = Location {
+        json_path,
+        line_column: line_column.map(|(line, column)| (line, column.max(1))),
+    };
+    let problem = InvalidRule::NotJson {
+        found: found.unwrap_or_else(|| "the end of the file".into()),
+        context: syntax_context(message),
+    };
+    (location, problem)
+}
+
+/// serde_json's message for a syntax error, said as what was expected where the error is.
+fn syntax_context(message: &str) -> String {
+    match message {
+        "expected value" | "expected ident" | "EOF while parsing a value" => {
+            "where a value was expected"
+        }
+        "expected `:`" => "where `:` was expected",
+        "expected `,` or `]`" => "where `,` or `]` was expected",
+        "expected `,` or `}`" => "where `,` or `}` was expected",
+        "expected `\"`" | "key must be a string" => "where a key in double quotes was expected",
+        "trailing comma" => "after a trailing comma",
+        "trailing characters" => "after the end of the JSON document",
+        "EOF while parsing a list" => "before the list was closed with `]`",
+        "EOF while parsing an object" => "before the object was closed with `}`",
+        "EOF while parsing a string" => "before the string was closed with `\"`",
+        other => return format!("({other})"),
+    }
+    .to_owned()
+}
+
+/// Byte offset of the 1-based `line`.
+fn line_start(text: &str, line: usize) -> usize {
+    if line <= 1 {
+        return 0;
+    }
+    text.match_indices('\n')
+        .nth(line - 2)
+        .map_or(text.len(), |(at, _)| at + 1)
+}
+
+/// 1-based line and column (in bytes, as serde_json counts) of the end of `before`.
+fn line_column_at(before: &[u8]) -> (u32, u32) {
+    let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    (narrow(line), narrow(before.len() - line_start + 1))
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'+' | b'.')
+}
+
+/// What was found where `rest` starts, quoted and escaped: a word (up to 20 characters) or
+/// one character.
+fn snippet(rest: &str) -> Option<String> {
+    let first = rest.chars().next()?;
+    let len = if first.is_ascii() && is_word_byte(first as u8) {
+        rest.bytes()
+            .take(20)
+            .take_while(|b| is_word_byte(*b))
+            .count()
+    } else {
+        first.len_utf8()
+    };
+    Some(format!("{:?}", &rest[..len]))
 }
 
 fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
@@ -1232,7 +1553,197 @@ mod tests {
         let msg = err("{\n  \"default\": {\"capacity\": 20,,}\n}");
         assert_eq!(
             msg,
-            "<inline>: at default (line 2, column 30): key must be a string"
+            "<inline>: at default (line 2, column 30): not valid JSON: found \",\" where a key in double quotes was expected"
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_json_says_what_was_found_and_where() {
+        for (text, expected) in [
+            (
+                "hello",
+                "at line 1, column 1: not valid JSON: found \"hello\" where a value was expected",
+            ),
+            // serde_json stops inside the word; the whole word is shown, from its start.
+            (
+                "not JSON at all",
+                "at line 1, column 1: not valid JSON: found \"not\" where a value was expected",
+            ),
+            (
+                "\n\n  <xml/>",
+                "at line 3, column 3: not valid JSON: found \"<\" where a value was expected",
+            ),
+            (
+                "{\"default\": {\"capacity\": fals}}",
+                "at default.capacity (line 1, column 26): not valid JSON: found \"fals\" where a value was expected",
+            ),
+            (
+                "{\"default\" {}}",
+                "at line 1, column 12: not valid JSON: found \"{\" where `:` was expected",
+            ),
+            (
+                "{\"routes\": [{\"path\": \"/a\"} {\"path\": \"/b\"}]}",
+                "at routes (line 1, column 28): not valid JSON: found \"{\" where `,` or `]` was expected",
+            ),
+            (
+                "{\"default\": {\"unlimited\": true,}}",
+                "at default (line 1, column 32): not valid JSON: found \"}\" after a trailing comma",
+            ),
+            (
+                "{\"default\": {\"unlimited\": true}",
+                "at line 1, column 32: not valid JSON: found the end of the file before the object was closed with `}`",
+            ),
+            (
+                "{\"routes\": [\n",
+                "at routes (line 2, column 1): not valid JSON: found the end of the file before the list was closed with `]`",
+            ),
+            (
+                "",
+                "at line 1, column 1: not valid JSON: found the end of the file where a value was expected",
+            ),
+            (
+                "{\"default\": {\"limit\": \"1/second}}",
+                "at default.limit (line 1, column 34): not valid JSON: found the end of the file before the string was closed with `\"`",
+            ),
+            (
+                "{\"default\": {\"capacity\": 1., \"refill_rate\": 1}}",
+                "at default.capacity (line 1, column 28): not valid JSON: found \",\" (invalid number)",
+            ),
+        ] {
+            assert_eq!(err(text), format!("<inline>: {expected}"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn text_after_the_document_is_refused_where_it_starts() {
+        let one = r#"{"default": {"unlimited": true}}"#;
+        for (after, found, column) in [
+            (
+                r#"{"default": {"limit": "1/second"}}"#.to_owned(),
+                r#""{""#,
+                33,
+            ),
+            (" xyz".to_owned(), r#""xyz""#, 34),
+            ("]".to_owned(), r#""]""#, 33),
+            ("\0\0\0".to_owned(), r#""\0""#, 33),
+        ] {
+            assert_eq!(
+                err(&format!("{one}{after}")),
+                format!(
+                    "<inline>: at line 1, column {column}: not valid JSON: found {found} after the end of the JSON document"
+                ),
+                "{after:?}"
+            );
+        }
+        let msg = err(&format!("{one}\n\n  , more"));
+        assert!(
+            msg.starts_with("<inline>: at line 3, column 3: not valid JSON: found \",\""),
+            "{msg}"
+        );
+        // Whitespace after the document is fine.
+        ok(&format!("{one} \n\t\r\n"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_says_where() {
+        let err = Rules::parse_file(b"{\n  \"default\": \xff}", Path::new("rules.json"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "rules.json: at line 2, column 14: not valid JSON: found the byte 0xFF (a rules file is UTF-8 text)"
+        );
+    }
+
+    #[test]
+    fn a_rule_naming_get_covers_head_unless_head_has_its_own() {
+        let rules = ok(&with_routes(
+            r#"{"path": "/api/data", "methods": ["GET"], "limit": "2/second"},
+               {"path": "/api/feed", "methods": ["GET", "PUT"], "limit": "3/second"},
+               {"path": "/api/feed", "methods": ["HEAD"], "limit": "4/second"},
+               {"path": "/u/{id}", "methods": ["GET"], "limit": "5/second"},
+               {"path": "/u/{name}", "methods": ["HEAD"], "limit": "6/second"},
+               {"path": "/both", "methods": ["GET", "HEAD"], "limit": "7/second"},
+               {"path": "/any", "limit": "8/second"},
+               {"path": "/a/{*rest}", "methods": ["HEAD"], "limit": "9/second"},
+               {"path": "/a/b", "methods": ["GET"], "limit": "10/second"}"#,
+        ));
+        let id = |m: Method, p: &str| rules.lookup(&m, p).id().to_owned();
+        // Same identity, so HEAD and GET share one state (and Redis keys do not change).
+        assert_eq!(id(Method::HEAD, "/api/data"), "/api/data@GET");
+        assert_eq!(id(Method::GET, "/api/data"), "/api/data@GET");
+        assert_eq!(id(Method::POST, "/api/data"), "default");
+        assert_eq!(id(Method::HEAD, "/api/feed"), "/api/feed@HEAD");
+        assert_eq!(id(Method::GET, "/api/feed"), "/api/feed@GET,PUT");
+        // A HEAD rule for the same path under another parameter name wins too.
+        assert_eq!(id(Method::HEAD, "/u/7"), "/u/<name>@HEAD");
+        assert_eq!(id(Method::GET, "/u/7"), "/u/<id>@GET");
+        assert_eq!(id(Method::HEAD, "/both"), "/both@GET,HEAD");
+        assert_eq!(id(Method::HEAD, "/any"), "/any");
+        // A HEAD rule on a less specific path does not take HEAD from a GET rule's path.
+        assert_eq!(id(Method::HEAD, "/a/b"), "/a/b@GET");
+        assert_eq!(id(Method::HEAD, "/a/c"), "/a/<*rest>@HEAD");
+        let applies = |rule: &str| rules.find(rule).unwrap().applies_to(&Method::HEAD);
+        assert!(applies("/api/data@GET"));
+        assert!(!applies("/api/feed@GET,PUT"));
+        assert!(!applies("/u/<id>@GET"));
+        assert!(applies("/a/b@GET"));
+        assert!(
+            !rules
+                .find("/api/feed@HEAD")
+                .unwrap()
+                .applies_to(&Method::GET)
+        );
+    }
+
+    #[test]
+    fn head_follows_get_in_tiers_too() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT}, "tiers": {{"pro": {{"default": {{"limit": "1/second"}},
+                "routes": [{{"path": "/api/data", "methods": ["GET"], "limit": "2/second"}}]}}}}}}"#
+        ));
+        let head = rules
+            .resolve(&Method::HEAD, "/api/data", Some("pro"), &ClientKey::Unknown)
+            .unwrap();
+        assert_eq!(head.rule.id(), "pro:/api/data@GET");
+        // Without any rule naming GET, HEAD goes where other methods go.
+        let rules = ok(&with_routes(
+            r#"{"path": "/api/data", "methods": ["POST"], "limit": "2/second"}"#,
+        ));
+        assert_eq!(rules.lookup(&Method::HEAD, "/api/data").id(), "default");
+    }
+
+    #[test]
+    fn unreachable_overrides_say_why() {
+        let rules = ok(&format!(
+            r#"{{{DEFAULT}, "clients": {{
+                "ip:2001:db8::7": {{"unlimited": true}},
+                "ip:2001:db8:1:2::/64": {{"unlimited": true}},
+                "ip:2001:db8:9::/48": {{"unlimited": true}},
+                "ip:10.0.0.1": {{"unlimited": true}},
+                "id:alice": {{"unlimited": true}}
+            }}}}"#
+        ));
+        let never = |bits: u8| -> Vec<String> {
+            rules
+                .unreachable_overrides(bits)
+                .map(|o| o.to_string())
+                .collect()
+        };
+        assert_eq!(
+            never(64),
+            [
+                "client override \"ip:2001:db8:9::/48\" never applies: IPv6 clients are keyed by their /64 network (ipv6_prefix_len), so an override must name one, like \"ip:2001:db8:9::/64\"",
+                "client override \"ip:2001:db8::7\" never applies: IPv6 clients are keyed by their /64 network (ipv6_prefix_len), so an override must name one, like \"ip:2001:db8::/64\"",
+            ]
+        );
+        assert_eq!(never(48).len(), 2);
+        assert_eq!(
+            never(128),
+            [
+                "client override \"ip:2001:db8:1:2::/64\" never applies: IPv6 clients are keyed by their whole address (ipv6_prefix_len 128), so an override must name an address, like \"ip:2001:db8:1:2::\"",
+                "client override \"ip:2001:db8:9::/48\" never applies: IPv6 clients are keyed by their whole address (ipv6_prefix_len 128), so an override must name an address, like \"ip:2001:db8:9::\"",
+            ]
         );
     }
 

@@ -1,5 +1,8 @@
 //! The `tollgate check-rules` binary, run as an operator would: exit codes and output.
 
+#[path = "common/files.rs"]
+mod files;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -186,7 +189,7 @@ fn summary_of_a_simple_file() {
     assert_eq!(
         run.block("/api/users/<id>@GET,PUT"),
         "pattern:  /api/users/{id}\n\
-         methods:  GET, PUT\n\
+         methods:  GET, PUT (HEAD counts as GET)\n\
          limit:    token_bucket, cost 1\n\
          band:     capacity 5, refill 0.5/s, period 10s\n"
     );
@@ -365,10 +368,151 @@ fn unreadable_file_is_rejected() {
         .stderr_has(&format!("error: cannot read rules file {missing}"));
     assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
 
-    // A directory exists but cannot be read as a file.
-    let run = tollgate(&["check-rules", &dir.path().display().to_string()]);
-    run.expect_code(1)
-        .stderr_has("error: cannot read rules file");
+    // A directory exists but is not a file: said as such.
+    let shown = dir.path().display().to_string();
+    let run = tollgate(&["check-rules", &shown]);
+    run.expect_code(1).stderr_has(&format!(
+        "error: rules file {shown} is a directory, not a regular file"
+    ));
+}
+
+/// `tollgate` with `args`, which must finish within 10 s: a FIFO or a device as the rules
+/// file must not make it wait for a writer or read forever.
+fn tollgate_promptly(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tollgate binary runs");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("child status").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("tollgate {args:?} did not finish within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().expect("child output");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let fifo = dir.path().join("rate_limits.json");
+    files::mkfifo(&fifo);
+    let fifo = fifo.to_str().expect("temporary paths are UTF-8");
+    // No writer ever opens the FIFO: reading it would wait forever.
+    let run = tollgate_promptly(&["check-rules", fifo]);
+    run.expect_code(1).stderr_has(&format!(
+        "error: rules file {fifo} is a FIFO (named pipe), not a regular file: only regular files (or symlinks to them) are read"
+    ));
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+
+    let zero = dir.path().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("a symlink");
+    for device in [zero.to_str().expect("UTF-8"), "/dev/zero", "/dev/urandom"] {
+        tollgate_promptly(&["check-rules", device])
+            .expect_code(1)
+            .stderr_has(&format!(
+                "error: rules file {device} is a character device, not a regular file"
+            ));
+    }
+}
+
+#[test]
+fn the_size_cap_is_configurable() {
+    let json = format!(r#"{{{DEFAULT}, "routes": [{{"path": "/a", "unlimited": true}}]}}"#);
+    let file = rules_file(&json);
+    let size = json.len().to_string();
+    let under = (json.len() - 1).to_string();
+    tollgate(&["check-rules", path_of(&file), "--max-file-bytes", &size]).expect_code(0);
+    tollgate(&["check-rules", path_of(&file), "--max-file-bytes", &under])
+        .expect_code(1)
+        .stderr_has(&format!(
+            "error: rules file {} is larger than {under} bytes, the most that is read",
+            path_of(&file)
+        ));
+    tollgate(&["check-rules", path_of(&file), "--max-file-bytes", "lots"]).expect_code(2);
+}
+
+#[test]
+fn a_file_that_is_not_json_says_what_was_found() {
+    rejected(
+        "hello, world",
+        "line 1, column 1",
+        "not valid JSON: found \"hello\" where a value was expected",
+    );
+    rejected(
+        "{\n  \"routes\": [\n    {\"path\": \"/a\", \"unlimited\": true}}\n",
+        "routes (line 3, column 38)",
+        "not valid JSON: found \"}\" where `,` or `]` was expected",
+    );
+}
+
+#[test]
+fn text_after_the_document_is_rejected() {
+    let one = format!("{{{DEFAULT}}}");
+    for (after, found) in [
+        (one.as_str(), "\"{\""),
+        ("\nxyz", "\"xyz\""),
+        ("]", "\"]\""),
+        ("\0\0", "\"\\0\""),
+    ] {
+        let line = if after.starts_with('\n') { 2 } else { 1 };
+        let column = if line == 2 { 1 } else { one.len() + 1 };
+        rejected(
+            &format!("{one}{after}"),
+            &format!("line {line}, column {column}"),
+            &format!("not valid JSON: found {found} after the end of the JSON document"),
+        );
+    }
+    // Whitespace after it is fine.
+    check(&format!("{one}\n\n"), &[]).expect_code(0);
+}
+
+#[test]
+fn ipv6_overrides_that_never_apply_are_warned_about() {
+    let json = format!(
+        r#"{{{DEFAULT}, "clients": {{
+            "ip:2001:db8::7": {{"unlimited": true}},
+            "ip:2001:db8:1:2::/64": {{"limit": "1/second"}},
+            "id:alice": {{"limit": "1/second"}}
+        }}}}"#
+    );
+    let run = check(&json, &[]);
+    run.expect_code(0)
+        .stdout_has("OK: 1 rule, 0 tiers, 3 client overrides");
+    assert_eq!(
+        run.stderr,
+        "warning: client override \"ip:2001:db8::7\" never applies: IPv6 clients are keyed by their /64 network (ipv6_prefix_len), so an override must name one, like \"ip:2001:db8::/64\"\n"
+    );
+    // Keyed by whole addresses, it is the /64 one that never applies.
+    let run = check(&json, &["--ipv6-prefix-len", "128"]);
+    run.expect_code(0)
+        .stderr_has("warning: client override \"ip:2001:db8:1:2::/64\" never applies");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    // With --explain too.
+    check(&json, &["--explain", "GET", "/"])
+        .expect_code(0)
+        .stderr_has("\"ip:2001:db8::7\" never applies");
+    for bad in ["0", "129", "x"] {
+        check(&json, &["--ipv6-prefix-len", bad])
+            .expect_code(2)
+            .stderr_has("--ipv6-prefix-len");
+    }
+    // Nothing to say about overrides that can apply.
+    let run = check(
+        &format!(r#"{{{DEFAULT}, "clients": {{"ip:2001:db8::/64": {{"unlimited": true}}}}}}"#),
+        &[],
+    );
+    run.expect_code(0);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
 }
 
 /// The answer of `--explain METHOD PATH` (with `extra` options) for `json`, which must exit 0:
@@ -410,6 +554,38 @@ fn explain_a_route_in_the_base_rules() {
     assert_has_all(
         &block,
         &["override: no", "capacity 30, refill 0.5/s, period 1m"],
+    );
+}
+
+#[test]
+fn explain_head_under_a_rule_for_get() {
+    let json = format!(
+        r#"{{{DEFAULT}, "routes": [
+            {{"path": "/api/data", "methods": ["GET"], "limit": "2/second"}},
+            {{"path": "/api/feed", "methods": ["GET"], "limit": "3/second"}},
+            {{"path": "/api/feed", "methods": ["HEAD"], "limit": "4/second"}}
+        ]}}"#
+    );
+    let block = explain(&json, "HEAD", "/api/data", &[]);
+    assert_has_all(
+        &block,
+        &[
+            "rule:     /api/data@GET\n",
+            "methods:  GET (HEAD counts as GET)\n",
+            "band:     capacity 2,",
+        ],
+    );
+    let block = explain(&json, "head", "/api/feed", &[]);
+    assert_has_all(&block, &["rule:     /api/feed@HEAD\n", "methods:  HEAD\n"]);
+    // The GET rule of a path with its own HEAD rule does not claim HEAD.
+    let block = explain(&json, "GET", "/api/feed", &[]);
+    assert_has_all(&block, &["methods:  GET\n"]);
+    // The summary says it too.
+    let run = check(&json, &[]);
+    run.expect_code(0);
+    assert!(
+        run.block("/api/data@GET")
+            .contains("methods:  GET (HEAD counts as GET)\n")
     );
 }
 

@@ -308,8 +308,9 @@ fn compose_has_the_four_services_and_only_nginx_is_reachable() {
 fn fallback_instances(env: &BTreeMap<String, String>) -> u32 {
     let shipped = tollgate::Rules::from_file(repo_file("rate_limits.json")).unwrap();
     shipped.local_fallback_instances().unwrap_or_else(|| {
-        env.get("LOCAL_FALLBACK_INSTANCES")
-            .map_or(1, |n| n.parse().expect("LOCAL_FALLBACK_INSTANCES is a number"))
+        env.get("LOCAL_FALLBACK_INSTANCES").map_or(1, |n| {
+            n.parse().expect("LOCAL_FALLBACK_INSTANCES is a number")
+        })
     })
 }
 

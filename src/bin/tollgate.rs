@@ -13,6 +13,12 @@
 //! bare X-Client-ID (`alice`, meaning `id:alice`); `--tier` is the tier your authentication
 //! would attach.
 //!
+//! The file is read as the layer reads it: a regular file (or a symlink to one) of at most
+//! `--max-file-bytes` (16 MiB by default); a FIFO or a device is refused without reading it.
+//! A client override that can never apply (an IPv6 address or network that does not match how
+//! the layer keys IPv6 clients, see `--ipv6-prefix-len`) is a `warning:` line on stderr; the
+//! file is still valid.
+//!
 //! Exit status: 0 when the file is valid, 1 when it is not or cannot be read (the reason, with
 //! the file and the JSON location, goes to stderr), 2 for a usage error.
 
@@ -25,7 +31,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 use http::Method;
 use http::uri::PathAndQuery;
 use tollgate::{
-    Band, ClientKey, InvalidClientKey, Limit, MAX_CLIENT_ID_LEN, Resolved, Rule, Rules,
+    Band, ClientKey, DEFAULT_MAX_RULES_FILE_BYTES, InvalidClientKey, Limit, MAX_CLIENT_ID_LEN,
+    Resolved, Rule, Rules,
 };
 
 #[derive(Parser)]
@@ -62,6 +69,17 @@ struct CheckRules {
     /// With --explain: the tier the request carries. Default: the file's `default_tier`.
     #[arg(long, requires = "explain")]
     tier: Option<String>,
+
+    /// The largest file read, in bytes, as the layer's `max_rules_file_bytes` (16 MiB by
+    /// default).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RULES_FILE_BYTES)]
+    max_file_bytes: u64,
+
+    /// How the layer keys IPv6 clients (its `ipv6_prefix_len`), to warn about client
+    /// overrides that can never apply.
+    #[arg(long, value_name = "BITS", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    ipv6_prefix_len: u8,
 }
 
 /// A `--client` value that is neither a client key nor an X-Client-ID.
@@ -97,10 +115,13 @@ fn check_rules(args: &CheckRules) -> ExitCode {
         Ok(request) => request,
         Err(problem) => usage_error(&format!("--explain: {problem}")),
     };
-    let rules = match Rules::from_file(&args.file) {
+    let rules = match Rules::from_file_with_max_bytes(&args.file, args.max_file_bytes) {
         Ok(rules) => rules,
         Err(err) => return fail(&err),
     };
+    for never in rules.unreachable_overrides(args.ipv6_prefix_len) {
+        eprintln!("warning: {never}");
+    }
     let text = match request {
         None => Summary {
             file: &args.file,
@@ -331,7 +352,11 @@ fn write_scope(f: &mut fmt::Formatter<'_>, rule: &Rule) -> fmt::Result {
         || "all methods".to_owned(),
         |methods| {
             let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
-            names.join(", ")
+            let mut text = names.join(", ");
+            if !methods.contains(&Method::HEAD) && rule.applies_to(&Method::HEAD) {
+                text.push_str(" (HEAD counts as GET)");
+            }
+            text
         },
     );
     field(f, "methods", &methods)
