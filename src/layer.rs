@@ -34,7 +34,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
 }
 
-/// A tower [`Layer`] that rate limits requests by client and route.
+/// A tower [`Layer`](https://docs.rs/tower/latest/tower/trait.Layer.html) that rate limits
+/// requests by client and route.
 ///
 /// Each request is matched to a client key (`X-Client-ID`, `X-Forwarded-For`, the peer
 /// address), then to a rule in the rules file, then decided by the rule's algorithm in Redis
@@ -504,7 +505,7 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Keeps buckets in Redis at this URL (`redis://[:password@]host[:port][/db]`, or
+    /// Keeps buckets in Redis at this URL (`redis://[[user]:password@]host[:port][/db]`, or
     /// `rediss://` for TLS), shared by every instance using the same Redis and prefix.
     #[cfg(feature = "redis")]
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {

@@ -23,8 +23,9 @@
 //! Add `.redis_url("redis://127.0.0.1:6379")` to the builder to share the buckets between
 //! instances.
 //!
-//! Per request, data flows one way: **client key** ([`ClientKey`]: `X-Client-ID`, else
-//! `X-Forwarded-For` as the trusted proxy saw it, else the peer address, else `unknown`)
+//! Per request, data flows one way: **client key** ([`ClientKey`]: the peer address, or, when
+//! the peer is a trusted proxy (loopback and private networks by default), the `X-Client-ID`
+//! or `X-Forwarded-For` entry it set; `unknown` when nothing identifies the client)
 //! → **rule and limit** ([`Rules::resolve`] by method, path, the request's [`Tier`] and the
 //! client's override) → **decision** ([`Decision`], from the backend, over every band of the
 //! limit) → the inner service's response with `X-RateLimit-Limit`, `-Remaining` and
@@ -34,6 +35,11 @@
 //! [axum]: https://docs.rs/axum
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+// Every Rust snippet of the README compiles, as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod algorithm;
 mod backend;

@@ -18,7 +18,8 @@ use crate::{Decision, headers};
 
 /// Rate limits requests to `S`. Made by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
-/// Works with any `http` service whose response body can be built from [`Bytes`] (axum's
+/// Works with any `http` service whose response body can be built from
+/// [`Bytes`](https://docs.rs/bytes/latest/bytes/struct.Bytes.html) (axum's
 /// `Body`, `http_body_util::Full<Bytes>`, …). Its own failures become responses, never
 /// errors: the error type is the inner service's.
 ///

@@ -516,3 +516,38 @@ on_both_backends!(
     fixed_window_starts_afresh_at_the_boundary,
     sliding_window_still_counts_the_previous_window,
 );
+
+/// `Router::layer` runs the layer for every request, so a 404 is charged to the rule its
+/// path matches, `default` here; `Router::route_layer` runs it only for paths a route
+/// serves, so a 404 is free. A 405 (a method the path's route does not serve) comes from
+/// inside the route, and is charged either way.
+#[tokio::test]
+async fn layer_charges_404_while_route_layer_does_not() {
+    let limits = || async {
+        layer(
+            &Store::Memory,
+            rules(r#"{"default": {"capacity": 10, "refill_rate": 0.001}}"#),
+        )
+        .await
+    };
+    let routes = || axum::Router::new().route("/api/data", axum::routing::get(|| async { "data" }));
+    let whole = routes().layer(limits().await);
+    let matched_only = routes().route_layer(limits().await);
+    // Remaining after a 404, a 405 and a served request.
+    for (app, expected) in [
+        (whole, [Some(9), Some(8), Some(7)]),
+        (matched_only, [None, Some(9), Some(8)]),
+    ] {
+        let mut seen = Vec::new();
+        for (method, path, status) in [
+            ("GET", "/nowhere", StatusCode::NOT_FOUND),
+            ("POST", "/api/data", StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/api/data", StatusCode::OK),
+        ] {
+            let response = send(&app, request(method, path, Some("prober"))).await;
+            assert_eq!(response.status(), status, "{method} {path}");
+            seen.push(remaining(&response));
+        }
+        assert_eq!(seen, expected);
+    }
+}
