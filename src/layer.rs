@@ -12,11 +12,12 @@ use tower_layer::Layer;
 
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
-use crate::error::{BuildError, RulesError};
+use crate::error::BuildError;
 use crate::key::{KeySource, Trust};
 use crate::policy::OnRedisError;
 use crate::reload::{self, Installed, ReloadState, RulesFile, StateIds, Trigger, off_runtime};
 use crate::rules::Rules;
+use crate::rules::RulesError;
 use crate::service::RateLimit;
 use crate::stats::{Counters, Stats};
 

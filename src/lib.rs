@@ -53,7 +53,6 @@ mod layer;
 mod policy;
 mod reload;
 mod rules;
-mod rules_file;
 mod service;
 mod stats;
 mod tier;
@@ -61,17 +60,16 @@ mod tier;
 pub use algorithm::Algorithm;
 pub use breaker::BreakerState;
 pub use decision::Decision;
-pub use error::{BuildError, InvalidRule, Location, RulesError};
+pub use error::BuildError;
 pub use future::ResponseFuture;
 pub use headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::OnRedisError;
 pub use rules::{
-    Band, Limit, MAX_BANDS, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved,
-    Rule, Rules, UnreachableOverride,
+    Band, DEFAULT_MAX_RULES_FILE_BYTES, InvalidRule, Limit, Location, MAX_BANDS, MAX_PERIOD_SECS,
+    MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule, Rules, RulesError, UnreachableOverride,
 };
-pub use rules_file::DEFAULT_MAX_RULES_FILE_BYTES;
 pub use service::RateLimit;
 pub use stats::Stats;
 pub use tier::{Tier, UnknownTier};

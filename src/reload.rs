@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::error::RulesError;
 use crate::layer::Shared;
 use crate::rules::Rules;
+use crate::rules::RulesError;
 
 /// Rules in force, with the state id of each rule (indexed like [`Rules::iter`]).
 pub(crate) struct Installed {
@@ -57,7 +57,7 @@ impl RulesFile {
     /// Reads the file: its content and the content's hash. Blocks: run it with
     /// [`off_runtime`].
     fn read(&self) -> Result<(Vec<u8>, u64), RulesError> {
-        let bytes = crate::rules_file::read(&self.path, self.max_bytes)?;
+        let bytes = crate::rules::read_file(&self.path, self.max_bytes)?;
         let hash = content_hash(&bytes);
         Ok((bytes, hash))
     }

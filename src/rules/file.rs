@@ -10,7 +10,7 @@ use std::fs::{File, FileType, OpenOptions};
 use std::io::Read;
 use std::path::Path;
 
-use crate::error::RulesError;
+use super::RulesError;
 
 /// The largest rules file read by default: 16 MiB, about 100,000 routes. Change it with
 /// [`max_rules_file_bytes`](crate::RateLimitLayerBuilder::max_rules_file_bytes) or

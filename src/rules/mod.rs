@@ -1,0 +1,661 @@
+//! The rules file: which limit applies to which request.
+//!
+//! ```json
+//! {
+//!   "default": { "capacity": 20, "refill_rate": 5 },
+//!   "routes": [
+//!     { "path": "/api/data", "limits": [{ "capacity": 10, "refill_rate": 1 }, "1000/hour"] },
+//!     { "path": "/api/submit", "methods": ["POST"], "limit": "30/minute", "cost": 2 },
+//!     { "path": "/api/search", "limit": "100/minute", "algorithm": "sliding_window" },
+//!     { "path": "/static/{*rest}", "unlimited": true }
+//!   ],
+//!   "tiers": { "pro": { "default": { "capacity": 200, "refill_rate": 50 } } },
+//!   "clients": { "id:partner-42": { "limit": "1000/minute" } }
+//! }
+//! ```
+//!
+//! Everything is validated once, at load; a request does one router lookup in its rule set
+//! (and one map lookup when the file has client overrides).
+
+mod error;
+mod file;
+mod json;
+mod parse;
+mod router;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::hash::RandomState;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::algorithm::{Algorithm, BandSpec};
+use crate::key::{ClientKey, KeyRef};
+use crate::policy::OnRedisError;
+use crate::tier::UnknownTier;
+use router::RuleSet;
+
+pub use error::{InvalidRule, Location, RulesError};
+pub use file::DEFAULT_MAX_RULES_FILE_BYTES;
+pub(crate) use file::read as read_file;
+
+/// Slowest refill accepted: one token every 11.6 days.
+pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
+/// Fastest refill accepted: one token per nanosecond.
+pub const MAX_REFILL_PER_SEC: f64 = 1e9;
+/// Most bands one rule may have.
+pub const MAX_BANDS: usize = 8;
+/// Longest period accepted (`capacity / refill_rate`, the time a whole bucket takes to
+/// refill, or a window's length), in seconds: about 31.7 years. It keeps every time the
+/// algorithms compute exact in microseconds, in Rust and in Redis's Lua.
+pub const MAX_PERIOD_SECS: u64 = 1_000_000_000;
+
+/// One band of a limit: `capacity` per period, where `period = capacity / refill_per_sec`.
+/// For a token bucket: a bucket of `capacity` tokens gaining `refill_per_sec` tokens per
+/// second; for the window algorithms: `capacity` requests per window of one period.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::Band;
+///
+/// let band = Band::new(30, 0.5).unwrap();
+/// assert_eq!(band.capacity(), 30);
+/// assert_eq!(band.refill_period(), Duration::from_secs(2));
+/// assert_eq!(band.period(), Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Band {
+    capacity: NonZeroU32,
+    refill_per_sec: f64,
+    /// The period in whole microseconds (at least 1), computed once: the window of the
+    /// window algorithms.
+    window_us: i64,
+}
+
+impl Band {
+    /// A band of `capacity` refilled at `refill_per_sec`, or `None` when capacity is zero,
+    /// the rate is outside [`MIN_REFILL_PER_SEC`]..=[`MAX_REFILL_PER_SEC`], or the period
+    /// is longer than [`MAX_PERIOD_SECS`].
+    pub fn new(capacity: u32, refill_per_sec: f64) -> Option<Self> {
+        let capacity = NonZeroU32::new(capacity)?;
+        ((MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(&refill_per_sec)
+            && period_secs(capacity.get(), refill_per_sec) <= MAX_PERIOD_SECS as f64)
+            .then(|| Self::made(capacity, refill_per_sec))
+    }
+
+    fn made(capacity: NonZeroU32, refill_per_sec: f64) -> Self {
+        Self {
+            capacity,
+            refill_per_sec,
+            window_us: (period_secs(capacity.get(), refill_per_sec) * 1e6)
+                .round()
+                .max(1.0) as i64,
+        }
+    }
+
+    /// The most tokens (or requests per window).
+    pub fn capacity(&self) -> u32 {
+        self.capacity.get()
+    }
+
+    /// Tokens added per second.
+    pub fn refill_per_sec(&self) -> f64 {
+        self.refill_per_sec
+    }
+
+    /// The time one token takes to refill.
+    pub fn refill_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.refill_per_sec)
+    }
+
+    /// The time the whole capacity takes to refill: the window of the window algorithms.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs_f64(period_secs(self.capacity.get(), self.refill_per_sec))
+    }
+
+    /// This band split `share` ways: capacity and rate divided by `share` (capacity at
+    /// least 1, rate at least [`MIN_REFILL_PER_SEC`]), so that `share` instances deciding
+    /// alone admit about what this band admits.
+    pub(crate) fn divided_by(&self, share: u32) -> Self {
+        let share = share.max(1);
+        if share == 1 {
+            return *self;
+        }
+        Self::made(
+            NonZeroU32::new(self.capacity.get() / share).unwrap_or(NonZeroU32::MIN),
+            (self.refill_per_sec / f64::from(share)).max(MIN_REFILL_PER_SEC),
+        )
+    }
+
+    pub(crate) fn spec(&self) -> BandSpec {
+        BandSpec {
+            capacity: f64::from(self.capacity.get()),
+            refill_per_sec: self.refill_per_sec,
+            window_us: self.window_us,
+        }
+    }
+}
+
+/// `capacity / refill_per_sec`, in seconds.
+fn period_secs(capacity: u32, refill_per_sec: f64) -> f64 {
+    f64::from(capacity) / refill_per_sec
+}
+
+impl fmt::Display for Band {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {:?}", self.capacity, self.period())
+    }
+}
+
+/// How much a rule allows: one or more bands, the algorithm they use, what a request costs,
+/// and whether the rule only observes (shadow).
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::{Algorithm, Rules};
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": {"limits": [{"capacity": 10, "refill_rate": 1}, "1000/hour"], "cost": 2}
+/// }"#).unwrap();
+/// let limit = rules.lookup(&Method::GET, "/").limit().unwrap();
+/// assert_eq!(limit.algorithm(), Algorithm::TokenBucket);
+/// assert_eq!(limit.bands().len(), 2);
+/// assert_eq!(limit.bands()[1].capacity(), 1000);
+/// assert_eq!(limit.cost(), 2);
+/// assert!(!limit.shadow());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    algorithm: Algorithm,
+    bands: Arc<[Band]>,
+    cost: u32,
+    shadow: bool,
+}
+
+impl Limit {
+    /// The algorithm every band uses.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The bands; a request must fit in all of them.
+    pub fn bands(&self) -> &[Band] {
+        &self.bands
+    }
+
+    /// Tokens (or requests) one request takes from every band.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// Whether the rule decides and reports but never refuses.
+    pub fn shadow(&self) -> bool {
+        self.shadow
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bands: Vec<String> = self.bands.iter().map(Band::to_string).collect();
+        write!(f, "{} {}", self.algorithm.as_str(), bands.join(" + "))?;
+        if self.cost != 1 {
+            write!(f, ", cost {}", self.cost)?;
+        }
+        if self.shadow {
+            f.write_str(", shadow")?;
+        }
+        Ok(())
+    }
+}
+
+/// One rule: a tier's (or the base set's) default, or one of its routes.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": { "capacity": 20, "refill_rate": 5 },
+///     "routes": [{ "path": "/api/submit", "methods": ["POST"], "limit": "30/minute" }]
+/// }"#).unwrap();
+/// let rule = rules.lookup(&Method::POST, "/api/submit");
+/// assert_eq!(rule.id(), "/api/submit@POST");
+/// assert_eq!(rule.pattern(), Some("/api/submit"));
+/// assert_eq!(rule.limit().unwrap().bands()[0].capacity(), 30);
+/// assert_eq!(rules.lookup(&Method::GET, "/api/submit").id(), "default");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    id: Box<str>,
+    index: usize,
+    tier: Option<Box<str>>,
+    pattern: Option<Box<str>>,
+    methods: Option<Box<[Method]>>,
+    /// Whether HEAD requests fall under this rule as GET ones do (see [`Rule::applies_to`]).
+    head_as_get: bool,
+    limit: Option<Limit>,
+}
+
+impl Rule {
+    /// The rule's stable identity, used in Redis keys: `default`, or the path with `{}` turned
+    /// into `<>` (so it never forms a Redis Cluster hash tag), followed by `@METHODS` when the
+    /// rule names methods, e.g. `/api/users/<id>@GET,PUT`. Rules of a tier start with
+    /// `<tier>:`, e.g. `pro:default`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The tier the rule belongs to; `None` for the base rules.
+    pub fn tier(&self) -> Option<&str> {
+        self.tier.as_deref()
+    }
+
+    /// The path pattern; `None` for a default rule.
+    pub fn pattern(&self) -> Option<&str> {
+        self.pattern.as_deref()
+    }
+
+    /// The methods the rule names; `None` for all. A rule that names `GET` covers `HEAD`
+    /// too, unless another rule names it: see [`applies_to`](Self::applies_to).
+    pub fn methods(&self) -> Option<&[Method]> {
+        self.methods.as_deref()
+    }
+
+    /// Whether requests of `method` can fall under this rule (a more specific pattern may
+    /// still win): every method when the rule names none, otherwise the methods it names,
+    /// and `HEAD` when it names `GET` and no rule for the same path names `HEAD`. Servers
+    /// answer `HEAD` with the `GET` handler (axum does), so it costs what `GET` costs, and
+    /// shares its state: the rule's identity stays `…@GET`.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "100/minute"},
+    ///     "routes": [
+    ///         {"path": "/api/data", "methods": ["GET"], "limit": "2/minute"},
+    ///         {"path": "/api/feed", "methods": ["GET"], "limit": "5/minute"},
+    ///         {"path": "/api/feed", "methods": ["HEAD"], "limit": "50/minute"}
+    ///     ]
+    /// }"#).unwrap();
+    /// let data = rules.lookup(&Method::HEAD, "/api/data");
+    /// assert_eq!(data.id(), "/api/data@GET");
+    /// assert!(data.applies_to(&Method::HEAD) && !data.applies_to(&Method::POST));
+    /// // A rule of its own for HEAD wins on its path.
+    /// assert_eq!(rules.lookup(&Method::HEAD, "/api/feed").id(), "/api/feed@HEAD");
+    /// assert!(!rules.lookup(&Method::GET, "/api/feed").applies_to(&Method::HEAD));
+    /// ```
+    pub fn applies_to(&self, method: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            Some(methods) => {
+                methods.contains(method) || (self.head_as_get && *method == Method::HEAD)
+            }
+        }
+    }
+
+    /// The limit, or `None` for an unlimited rule.
+    pub fn limit(&self) -> Option<&Limit> {
+        self.limit.as_ref()
+    }
+
+    /// Position in [`Rules::iter`]; backends keep per-rule state in this order.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// The rule a request falls under, and the limit that applies to its client.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::{ClientKey, Rules};
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": {"limit": "10/minute"},
+///     "tiers": {"pro": {"default": {"limit": "100/minute"}}},
+///     "clients": {"id:partner": {"limit": "1000/minute"}}
+/// }"#).unwrap();
+/// let alice = ClientKey::Id("alice".into());
+/// let pro = rules.resolve(&Method::GET, "/", Some("pro"), &alice).unwrap();
+/// assert_eq!((pro.rule.id(), pro.limit.unwrap().bands()[0].capacity()), ("pro:default", 100));
+/// let partner = rules.resolve(&Method::GET, "/", None, &ClientKey::Id("partner".into())).unwrap();
+/// assert_eq!(partner.limit.unwrap().bands()[0].capacity(), 1000);
+/// assert!(partner.client_override);
+/// assert!(rules.resolve(&Method::GET, "/", Some("gold"), &alice).is_err());
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Resolved<'a> {
+    /// The matched rule: its identity keys the client's state.
+    pub rule: &'a Rule,
+    /// The limit for this client: the rule's, or the client's override; `None` when
+    /// unlimited.
+    pub limit: Option<&'a Limit>,
+    /// Whether `limit` comes from the rules file's `clients`.
+    pub client_override: bool,
+}
+
+/// Validated rules, ready to answer "which limit applies to this request?".
+///
+/// Load them with [`Rules::from_file`] or [`Rules::from_json`]. Path patterns use
+/// `{param}` for one segment and `{*rest}` for everything after; the most specific pattern
+/// wins (static segments over parameters over catch-alls), and a rule that names `methods`
+/// only applies to those methods. Requests no route covers use `default`. Named `tiers` are
+/// whole rule sets of their own; `clients` override the limit for single clients.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{
+///     "default": { "capacity": 20, "refill_rate": 5 },
+///     "routes": [
+///         { "path": "/api/users/{id}", "capacity": 5, "refill_rate": 0.5 },
+///         { "path": "/api/users/me", "capacity": 50, "refill_rate": 10 },
+///         { "path": "/static/{*rest}", "unlimited": true }
+///     ]
+/// }"#).unwrap();
+/// assert_eq!(rules.lookup(&Method::GET, "/api/users/42").id(), "/api/users/<id>");
+/// assert_eq!(rules.lookup(&Method::GET, "/api/users/me").id(), "/api/users/me");
+/// assert!(rules.lookup(&Method::GET, "/static/app.js").limit().is_none());
+/// assert_eq!(rules.lookup(&Method::GET, "/elsewhere").id(), "default");
+/// ```
+pub struct Rules {
+    /// Every rule: the base default first, the base routes in file order, then each tier's
+    /// default and routes.
+    rules: Vec<Rule>,
+    base: RuleSet,
+    tiers: Vec<(Box<str>, RuleSet)>,
+    default_tier: Option<usize>,
+    /// `None`: the client is unlimited.
+    /// Searched with the request's borrowed key (see [`KeyRef`]).
+    clients: hashbrown::HashMap<ClientKey, Option<Limit>, RandomState>,
+    on_redis_error: Option<OnRedisError>,
+    local_fallback_instances: Option<NonZeroU32>,
+}
+
+impl fmt::Debug for Rules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rules")
+            .field("rules", &self.rules)
+            .field("tiers", &self.tier_names().collect::<Vec<_>>())
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rules {
+    /// Reads and validates a rules file: a regular file (or a symlink to one) of at most
+    /// [`DEFAULT_MAX_RULES_FILE_BYTES`](crate::DEFAULT_MAX_RULES_FILE_BYTES).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, RulesError> {
+        Self::from_file_with_max_bytes(path, crate::DEFAULT_MAX_RULES_FILE_BYTES)
+    }
+
+    /// Reads and validates a rules file of at most `max_bytes`. A FIFO, a device, a
+    /// directory or a socket is refused without being read ([`RulesError::NotAFile`]), and
+    /// so is a larger file ([`RulesError::TooLarge`]).
+    ///
+    /// ```
+    /// use tollgate::{Rules, RulesError};
+    ///
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json");
+    /// assert!(Rules::from_file_with_max_bytes(path, 1 << 20).is_ok());
+    /// let err = Rules::from_file_with_max_bytes(path, 100).unwrap_err();
+    /// assert!(matches!(err, RulesError::TooLarge { max_bytes: 100, .. }));
+    /// ```
+    pub fn from_file_with_max_bytes(
+        path: impl AsRef<Path>,
+        max_bytes: u64,
+    ) -> Result<Self, RulesError> {
+        let path = path.as_ref();
+        Self::parse_file(&file::read(path, max_bytes)?, path)
+    }
+
+    /// Validates rules given as JSON text (errors name the source `<inline>`).
+    pub fn from_json(json: &str) -> Result<Self, RulesError> {
+        parse::parse(json, "<inline>")
+    }
+
+    /// Validates `bytes`, read from the file at `path`.
+    pub(crate) fn parse_file(bytes: &[u8], path: &Path) -> Result<Self, RulesError> {
+        let source_name = path.display().to_string();
+        match std::str::from_utf8(bytes) {
+            Ok(text) => parse::parse(text, &source_name),
+            Err(error) => {
+                let (valid, rest) = bytes.split_at(error.valid_up_to());
+                let (line, column) = json::line_column_at(valid);
+                Err(RulesError::Invalid {
+                    source_name,
+                    location: Location {
+                        json_path: ".".into(),
+                        line_column: Some((line, column)),
+                    },
+                    problem: InvalidRule::NotJson {
+                        found: format!("the byte 0x{:02X}", rest[0]),
+                        context: "(a rules file is UTF-8 text)".into(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// The client overrides no request can match when IPv6 clients are keyed by their
+    /// network of `ipv6_prefix_len` bits (see
+    /// [`ipv6_prefix_len`](crate::RateLimitLayerBuilder::ipv6_prefix_len)): an override for
+    /// a single IPv6 address below 128 bits, or for a network of another length. The layer
+    /// logs each when it loads the rules; `tollgate check-rules` prints them.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "10/second"},
+    ///     "clients": {
+    ///         "ip:2001:db8::7": {"unlimited": true},
+    ///         "ip:2001:db8:1:2::/64": {"unlimited": true}
+    ///     }
+    /// }"#).unwrap();
+    /// let never: Vec<String> = rules.unreachable_overrides(64).map(|o| o.client().to_string()).collect();
+    /// assert_eq!(never, ["ip:2001:db8::7"]);
+    /// assert_eq!(rules.unreachable_overrides(128).count(), 1); // now the /64 one
+    /// ```
+    pub fn unreachable_overrides(
+        &self,
+        ipv6_prefix_len: u8,
+    ) -> impl Iterator<Item = UnreachableOverride<'_>> {
+        let mut never: Vec<UnreachableOverride<'_>> = self
+            .clients
+            .keys()
+            .filter(|client| !client.can_occur_with(ipv6_prefix_len))
+            .map(|client| UnreachableOverride {
+                client,
+                ipv6_prefix_len,
+            })
+            .collect();
+        // `clients` is a hash map; an order that does not change keeps logs comparable.
+        never.sort_by_cached_key(|o| o.client.to_string());
+        never.into_iter()
+    }
+
+    /// The rule for a request without a tier (so in `default_tier`, if the file names one)
+    /// and without a client override.
+    pub fn lookup(&self, method: &Method, path: &str) -> &Rule {
+        let set = self.default_tier.map_or(&self.base, |t| &self.tiers[t].1);
+        &self.rules[set.lookup(method, path)]
+    }
+
+    /// The rule and limit for a request: in `tier` (or `default_tier`, or the base rules),
+    /// with the client's override from `clients` if it has one and the rule is limited.
+    pub fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+        tier: Option<&str>,
+        client: &ClientKey,
+    ) -> Result<Resolved<'_>, UnknownTier> {
+        self.resolve_key(method, path, tier, client.as_ref())
+    }
+
+    /// [`resolve`](Self::resolve) with a borrowed key: the request path's form.
+    pub(crate) fn resolve_key(
+        &self,
+        method: &Method,
+        path: &str,
+        tier: Option<&str>,
+        client: KeyRef<'_>,
+    ) -> Result<Resolved<'_>, UnknownTier> {
+        let set = match tier {
+            Some(name) => {
+                &self
+                    .tiers
+                    .iter()
+                    .find(|(t, _)| &**t == name)
+                    .ok_or_else(|| UnknownTier::new(name))?
+                    .1
+            }
+            None => self.default_tier.map_or(&self.base, |t| &self.tiers[t].1),
+        };
+        let rule = &self.rules[set.lookup(method, path)];
+        let Some(limit) = rule.limit.as_ref() else {
+            return Ok(Resolved {
+                rule,
+                limit: None,
+                client_override: false,
+            });
+        };
+        // An empty map returns at once, without hashing the key.
+        Ok(match self.clients.get(&client) {
+            Some(own) => Resolved {
+                rule,
+                limit: own.as_ref(),
+                client_override: true,
+            },
+            _ => Resolved {
+                rule,
+                limit: Some(limit),
+                client_override: false,
+            },
+        })
+    }
+
+    /// The base rules' default: for requests no route covers.
+    pub fn default_rule(&self) -> &Rule {
+        &self.rules[self.base.default()]
+    }
+
+    /// Every rule: the base default first, then its routes in file order, then each tier's.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// The rule with this identity.
+    pub fn find(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| &*r.id == id)
+    }
+
+    /// The names of the tiers, in name order.
+    pub fn tier_names(&self) -> impl Iterator<Item = &str> {
+        self.tiers.iter().map(|(name, _)| &**name)
+    }
+
+    /// The tier used when a request carries none.
+    pub fn default_tier(&self) -> Option<&str> {
+        self.default_tier.map(|t| &*self.tiers[t].0)
+    }
+
+    /// The per-client overrides; `None` for a client that is not limited at all.
+    pub fn clients(&self) -> impl Iterator<Item = (&ClientKey, Option<&Limit>)> {
+        self.clients
+            .iter()
+            .map(|(key, limit)| (key, limit.as_ref()))
+    }
+
+    /// The file's `on_redis_error`, if it has one.
+    pub fn on_redis_error(&self) -> Option<OnRedisError> {
+        self.on_redis_error
+    }
+
+    /// The file's `local_fallback_instances`, if it has one.
+    pub fn local_fallback_instances(&self) -> Option<u32> {
+        self.local_fallback_instances.map(NonZeroU32::get)
+    }
+}
+
+/// A client override that no request can match, because IPv6 clients are keyed by their
+/// network of a fixed length: found by [`Rules::unreachable_overrides`]. It prints as a
+/// warning that names the override and why.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"},
+///     "clients": {"ip:2001:db8::7": {"unlimited": true}}}"#).unwrap();
+/// let never = rules.unreachable_overrides(64).next().unwrap();
+/// assert_eq!(never.client().to_string(), "ip:2001:db8::7");
+/// assert_eq!(
+///     never.to_string(),
+///     "client override \"ip:2001:db8::7\" never applies: IPv6 clients are keyed by their /64 \
+///      network (ipv6_prefix_len), so an override must name one, like \"ip:2001:db8::/64\""
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreachableOverride<'a> {
+    client: &'a ClientKey,
+    ipv6_prefix_len: u8,
+}
+
+impl UnreachableOverride<'_> {
+    /// The override's key, as in the file's `clients`.
+    pub fn client(&self) -> &ClientKey {
+        self.client
+    }
+}
+
+impl fmt::Display for UnreachableOverride<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.ipv6_prefix_len;
+        write!(f, "client override \"{}\" never applies: ", self.client)?;
+        let address = match self.client {
+            ClientKey::Ip(address) => Some(*address),
+            ClientKey::Ipv6Network { network, .. } => Some(std::net::IpAddr::V6(*network)),
+            _ => None,
+        };
+        if bits == 128 {
+            return write!(
+                f,
+                "IPv6 clients are keyed by their whole address (ipv6_prefix_len 128), so an \
+                 override must name an address{}",
+                address.map_or(String::new(), |a| format!(", like \"ip:{a}\""))
+            );
+        }
+        write!(
+            f,
+            "IPv6 clients are keyed by their /{bits} network (ipv6_prefix_len), so an override \
+             must name one"
+        )?;
+        // The same parse the file's keys go through turns the address into its network.
+        match address.and_then(|a| ClientKey::parse(&format!("ip:{a}/{bits}"))) {
+            Some(network) => write!(f, ", like \"{network}\""),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! Reading and validating the rules file's JSON into [`Rules`]: every problem is reported
+//! with its JSON location and what was expected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::RandomState;
+use std::num::NonZeroU32;
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::{Number, Value};
+
+use super::json::{json_path_of, json_problem};
+use super::router::{ConflictKind, Route, RuleSet};
+use super::{
+    Band, InvalidRule, Limit, Location, MAX_BANDS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule,
+    Rules, RulesError, period_secs,
+};
+use crate::algorithm::Algorithm;
+use crate::key::{ClientKey, InvalidClientKey};
+use crate::policy::OnRedisError;
+
+/// One rule as written. `default`, `routes[i]` and `clients.<key>` share the shape; `path`
+/// and `methods` are only allowed in routes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    capacity: Option<Number>,
+    refill_rate: Option<Number>,
+    limit: Option<String>,
+    limits: Option<Vec<Value>>,
+    unlimited: Option<bool>,
+    algorithm: Option<Algorithm>,
+    cost: Option<Number>,
+    shadow: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleSet {
+    default: RawRule,
+    #[serde(default)]
+    routes: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    default: RawRule,
+    #[serde(default)]
+    routes: Vec<RawRule>,
+    #[serde(default)]
+    tiers: BTreeMap<String, RawRuleSet>,
+    default_tier: Option<String>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawRule>,
+    #[serde(default)]
+    shadow: bool,
+    on_redis_error: Option<OnRedisError>,
+    local_fallback_instances: Option<NonZeroU32>,
+}
+
+/// A problem found after deserializing, with its JSON path.
+struct Problem {
+    json_path: String,
+    problem: InvalidRule,
+}
+
+fn problem(json_path: impl Into<String>, problem: InvalidRule) -> Problem {
+    Problem {
+        json_path: json_path.into(),
+        problem,
+    }
+}
+
+pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
+    let invalid = |location: Location, problem: InvalidRule| RulesError::Invalid {
+        source_name: source_name.to_owned(),
+        location,
+        problem,
+    };
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let raw: RawRules = serde_path_to_error::deserialize(&mut *de)
+        .map_err(|err| {
+            let json_path = json_path_of(err.path());
+            json_problem(text, json_path, &err.into_inner())
+        })
+        // Only whitespace may follow the document.
+        .and_then(|raw| {
+            de.end()
+                .map(|()| raw)
+                .map_err(|err| json_problem(text, ".".into(), &err))
+        })
+        .map_err(|(location, problem)| invalid(location, problem))?;
+    build(raw).map_err(|p| {
+        invalid(
+            Location {
+                json_path: p.json_path,
+                line_column: None,
+            },
+            p.problem,
+        )
+    })
+}
+
+fn build(raw: RawRules) -> Result<Rules, Problem> {
+    let mut rules = Vec::new();
+    let base = rule_set(&mut rules, None, "", raw.default, raw.routes, raw.shadow)?;
+    let mut tiers = Vec::with_capacity(raw.tiers.len());
+    for (name, set) in raw.tiers {
+        let at = format!("tiers.{name}");
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            return Err(problem(at, InvalidRule::TierName { name }));
+        }
+        let set = rule_set(
+            &mut rules,
+            Some(&name),
+            &format!("{at}."),
+            set.default,
+            set.routes,
+            raw.shadow,
+        )?;
+        tiers.push((name.into_boxed_str(), set));
+    }
+    let default_tier = match raw.default_tier {
+        None => None,
+        Some(name) => Some(
+            tiers
+                .iter()
+                .position(|(t, _)| **t == *name)
+                .ok_or_else(|| {
+                    problem(
+                        "default_tier",
+                        InvalidRule::UnknownTier {
+                            name,
+                            known: tiers.iter().map(|(t, _)| t.to_string()).collect(),
+                        },
+                    )
+                })?,
+        ),
+    };
+    let mut clients =
+        hashbrown::HashMap::with_capacity_and_hasher(raw.clients.len(), RandomState::new());
+    for (key, raw_rule) in raw.clients {
+        let at = format!("clients.{key}");
+        for (field, present) in [
+            ("path", raw_rule.path.is_some()),
+            ("methods", raw_rule.methods.is_some()),
+        ] {
+            if present {
+                return Err(problem(
+                    format!("{at}.{field}"),
+                    InvalidRule::Json(format!("`{field}` is only allowed in routes")),
+                ));
+            }
+        }
+        let client = ClientKey::parse(&key)
+            .ok_or_else(|| problem(&at, InvalidClientKey::of(&key).into()))?;
+        clients.insert(client, limit_of(&raw_rule, &at, raw.shadow)?);
+    }
+    Ok(Rules {
+        rules,
+        base,
+        tiers,
+        default_tier,
+        clients,
+        on_redis_error: raw.on_redis_error,
+        local_fallback_instances: raw.local_fallback_instances,
+    })
+}
+
+/// Builds one rule set's rules into `rules` and returns its routers. `at` prefixes JSON
+/// paths (`""` or `"tiers.pro."`).
+fn rule_set(
+    rules: &mut Vec<Rule>,
+    tier: Option<&str>,
+    at: &str,
+    default: RawRule,
+    raw_routes: Vec<RawRule>,
+    shadow_all: bool,
+) -> Result<RuleSet, Problem> {
+    let id_prefix = tier.map(|t| format!("{t}:")).unwrap_or_default();
+    for (field, present) in [
+        ("path", default.path.is_some()),
+        ("methods", default.methods.is_some()),
+    ] {
+        if present {
+            return Err(problem(
+                format!("{at}default.{field}"),
+                InvalidRule::Json(format!("`{field}` is only allowed in routes")),
+            ));
+        }
+    }
+    let default_index = rules.len();
+    rules.push(Rule {
+        id: format!("{id_prefix}default").into(),
+        index: default_index,
+        tier: tier.map(Into::into),
+        pattern: None,
+        methods: None,
+        head_as_get: false,
+        limit: limit_of(&default, &format!("{at}default"), shadow_all)?,
+    });
+
+    let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
+    // Where each route is in the file, for errors.
+    let mut json_paths: Vec<String> = Vec::with_capacity(raw_routes.len());
+    // Earlier routes by pattern and by identity, so that each duplicate check is one lookup.
+    let mut by_pattern: HashMap<String, Vec<usize>> = HashMap::with_capacity(raw_routes.len());
+    let mut by_id: HashMap<Box<str>, usize> = HashMap::with_capacity(raw_routes.len());
+    for (i, raw_route) in raw_routes.iter().enumerate() {
+        let json_path = format!("{at}routes[{i}]");
+        let limit = limit_of(raw_route, &json_path, shadow_all)?;
+        let pattern = raw_route
+            .path
+            .clone()
+            .ok_or_else(|| problem(&json_path, InvalidRule::Json("missing field `path`".into())))?;
+        if !pattern.starts_with('/') {
+            return Err(problem(
+                format!("{json_path}.path"),
+                InvalidRule::Pattern {
+                    path: pattern,
+                    reason: "it does not start with '/'".into(),
+                },
+            ));
+        }
+        let methods = raw_route
+            .methods
+            .as_deref()
+            .map(|m| methods_of(m, &json_path))
+            .transpose()?;
+        // Rules for one pattern name disjoint methods, so there are only a few of them.
+        let same_pattern = by_pattern.get(&pattern).map_or(&[][..], Vec::as_slice);
+        if let Some(&earlier) = same_pattern
+            .iter()
+            .find(|&&r| methods_overlap(&routes[r].methods, &methods))
+        {
+            return Err(problem(
+                format!("{json_path}.path"),
+                InvalidRule::DuplicateRoute {
+                    path: pattern,
+                    other: json_paths[earlier].clone(),
+                },
+            ));
+        }
+        let id: Box<str> = format!("{id_prefix}{}", rule_id(&pattern, methods.as_deref())).into();
+        if let Some(&same) = by_id.get(&id) {
+            return Err(problem(
+                format!("{json_path}.path"),
+                InvalidRule::DuplicateRoute {
+                    path: pattern,
+                    other: format!("{} (same rule identity {id:?})", json_paths[same]),
+                },
+            ));
+        }
+        let index = rules.len();
+        rules.push(Rule {
+            id: id.clone(),
+            index,
+            tier: tier.map(Into::into),
+            pattern: Some(pattern.as_str().into()),
+            methods: methods.as_deref().map(Into::into),
+            head_as_get: false,
+            limit,
+        });
+        by_id.insert(id, routes.len());
+        by_pattern
+            .entry(pattern.clone())
+            .or_default()
+            .push(routes.len());
+        routes.push(Route {
+            pattern,
+            methods,
+            index,
+        });
+        json_paths.push(json_path);
+    }
+
+    let set = RuleSet::build(default_index, &routes, rules).map_err(|conflict| {
+        let route = &routes[conflict.route];
+        let json_path = &json_paths[conflict.route];
+        let reason = match conflict.kind {
+            ConflictKind::With { pattern, route } => match route {
+                Some(other) => format!("it conflicts with {} ({pattern:?})", json_paths[other]),
+                None => format!("it conflicts with {pattern}"),
+            },
+            ConflictKind::Other(reason) => reason,
+        };
+        problem(
+            format!("{json_path}.path"),
+            InvalidRule::Pattern {
+                path: route.pattern.clone(),
+                reason,
+            },
+        )
+    })?;
+    Ok(set)
+}
+
+/// The limit a rule describes, or `None` for `unlimited: true`.
+fn limit_of(raw: &RawRule, json_path: &str, shadow_all: bool) -> Result<Option<Limit>, Problem> {
+    let at = |field: &str| format!("{json_path}.{field}");
+    let unlimited = raw.unlimited == Some(true);
+    let explicit = raw.capacity.is_some() || raw.refill_rate.is_some();
+    let forms = [
+        explicit,
+        raw.limit.is_some(),
+        raw.limits.is_some(),
+        unlimited,
+    ];
+    if forms.iter().filter(|f| **f).count() != 1 {
+        let given: Vec<&str> = [
+            ("capacity", raw.capacity.is_some()),
+            ("refill_rate", raw.refill_rate.is_some()),
+            ("limit", raw.limit.is_some()),
+            ("limits", raw.limits.is_some()),
+            ("unlimited", raw.unlimited.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect();
+        let found = if given.is_empty() {
+            "it has none".to_owned()
+        } else if raw.unlimited == Some(false) && given.len() == 1 {
+            "it has `unlimited: false` alone".to_owned()
+        } else {
+            format!("it has {}", given.join(", "))
+        };
+        return Err(problem(json_path, InvalidRule::LimitForm { found }));
+    }
+    if unlimited {
+        for (field, present) in [
+            ("algorithm", raw.algorithm.is_some()),
+            ("cost", raw.cost.is_some()),
+            ("shadow", raw.shadow.is_some()),
+        ] {
+            if present {
+                return Err(problem(at(field), InvalidRule::NotWithUnlimited { field }));
+            }
+        }
+        return Ok(None);
+    }
+    let bands: Vec<Band> = if explicit {
+        vec![explicit_band(
+            raw.capacity.as_ref(),
+            raw.refill_rate.as_ref(),
+            json_path,
+        )?]
+    } else if let Some(limit) = &raw.limit {
+        vec![parse_shorthand(limit).ok_or_else(|| {
+            problem(
+                at("limit"),
+                InvalidRule::LimitShorthand { got: limit.clone() },
+            )
+        })?]
+    } else {
+        let raw_bands = raw.limits.as_deref().unwrap_or_default();
+        if raw_bands.is_empty() || raw_bands.len() > MAX_BANDS {
+            return Err(problem(
+                at("limits"),
+                InvalidRule::Bands {
+                    count: raw_bands.len(),
+                },
+            ));
+        }
+        raw_bands
+            .iter()
+            .enumerate()
+            .map(|(i, value)| band_of(value, &format!("{json_path}.limits[{i}]")))
+            .collect::<Result<_, _>>()?
+    };
+    let smallest = bands.iter().map(Band::capacity).min().unwrap_or(1);
+    let cost = match &raw.cost {
+        None => 1,
+        Some(number) => number
+            .as_u64()
+            .and_then(|c| u32::try_from(c).ok())
+            .filter(|c| (1..=smallest).contains(c))
+            .ok_or_else(|| {
+                problem(
+                    at("cost"),
+                    InvalidRule::Cost {
+                        got: number.to_string(),
+                        max: smallest,
+                    },
+                )
+            })?,
+    };
+    Ok(Some(Limit {
+        algorithm: raw.algorithm.unwrap_or_default(),
+        bands: bands.into(),
+        cost,
+        shadow: shadow_all || raw.shadow == Some(true),
+    }))
+}
+
+/// One entry of `limits`: `{"capacity": N, "refill_rate": R}` or `"N/unit"`.
+fn band_of(value: &Value, json_path: &str) -> Result<Band, Problem> {
+    match value {
+        Value::String(text) => parse_shorthand(text)
+            .ok_or_else(|| problem(json_path, InvalidRule::LimitShorthand { got: text.clone() })),
+        Value::Object(fields) => {
+            if let Some(unknown) = fields
+                .keys()
+                .find(|k| !matches!(k.as_str(), "capacity" | "refill_rate"))
+            {
+                return Err(problem(
+                    format!("{json_path}.{unknown}"),
+                    InvalidRule::Json(format!(
+                        "unknown field `{unknown}`, expected `capacity` or `refill_rate`"
+                    )),
+                ));
+            }
+            let number = |name: &str| match fields.get(name) {
+                Some(Value::Number(n)) => Ok(Some(n.clone())),
+                None => Ok(None),
+                Some(other) => Err(problem(
+                    format!("{json_path}.{name}"),
+                    InvalidRule::Json(format!("invalid type: {other}, expected a number")),
+                )),
+            };
+            explicit_band(
+                number("capacity")?.as_ref(),
+                number("refill_rate")?.as_ref(),
+                json_path,
+            )
+        }
+        other => Err(problem(
+            json_path,
+            InvalidRule::Json(format!(
+                "invalid band {other}: expected {{\"capacity\": N, \"refill_rate\": R}} or \"N/unit\""
+            )),
+        )),
+    }
+}
+
+fn explicit_band(
+    capacity: Option<&Number>,
+    rate: Option<&Number>,
+    json_path: &str,
+) -> Result<Band, Problem> {
+    let (Some(capacity), Some(rate)) = (capacity, rate) else {
+        let missing = if capacity.is_none() {
+            "capacity"
+        } else {
+            "refill_rate"
+        };
+        return Err(problem(
+            json_path,
+            InvalidRule::LimitForm {
+                found: format!("`{missing}` is missing"),
+            },
+        ));
+    };
+    let capacity_value = capacity
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .filter(|c| *c >= 1)
+        .ok_or_else(|| {
+            problem(
+                format!("{json_path}.capacity"),
+                InvalidRule::Capacity {
+                    got: capacity.to_string(),
+                },
+            )
+        })?;
+    let refill = rate
+        .as_f64()
+        .filter(|r| (MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(r))
+        .ok_or_else(|| {
+            problem(
+                format!("{json_path}.refill_rate"),
+                InvalidRule::RefillRate {
+                    got: rate.to_string(),
+                },
+            )
+        })?;
+    Band::new(capacity_value, refill).ok_or_else(|| {
+        problem(
+            json_path.to_string(),
+            InvalidRule::Period {
+                secs: period_secs(capacity_value, refill),
+            },
+        )
+    })
+}
+
+/// `"N/unit"`: capacity N, refilled over one unit.
+fn parse_shorthand(text: &str) -> Option<Band> {
+    let (count, unit) = text.split_once('/')?;
+    let count: u32 = count.trim().parse().ok()?;
+    let unit_secs = match unit.trim() {
+        "second" => 1.0,
+        "minute" => 60.0,
+        "hour" => 3600.0,
+        "day" => 86400.0,
+        _ => return None,
+    };
+    Band::new(count, f64::from(count) / unit_secs)
+}
+
+fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => true,
+    }
+}
+
+fn rule_id(pattern: &str, methods: Option<&[Method]>) -> String {
+    let mut id: String = pattern
+        .chars()
+        .map(|c| match c {
+            '{' => '<',
+            '}' => '>',
+            c => c,
+        })
+        .collect();
+    if let Some(methods) = methods {
+        id.push('@');
+        let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        id.push_str(&names.join(","));
+    }
+    id
+}
+
+/// Upper-cased, sorted, de-duplicated methods.
+fn methods_of(raw: &[String], json_path: &str) -> Result<Vec<Method>, Problem> {
+    if raw.is_empty() {
+        return Err(problem(
+            format!("{json_path}.methods"),
+            InvalidRule::Methods {
+                found: "the list is empty".into(),
+            },
+        ));
+    }
+    let mut methods = Vec::with_capacity(raw.len());
+    for (i, name) in raw.iter().enumerate() {
+        let upper = name.to_ascii_uppercase();
+        let method = Method::from_bytes(upper.as_bytes())
+            .ok()
+            .filter(|_| !upper.is_empty())
+            .ok_or_else(|| {
+                problem(
+                    format!("{json_path}.methods[{i}]"),
+                    InvalidRule::Methods {
+                        found: format!("{name:?} is not a method name"),
+                    },
+                )
+            })?;
+        methods.push(method);
+    }
+    methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    methods.dedup();
+    Ok(methods)
+}
