@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Redis's own cost of src/backend/decide.lua per decision, by decisions per call.
+"""Redis's own cost of src/backend/redis/decide.lua per decision, by decisions per call.
 
 Starts a private redis-server on a free loopback port, loads the script, and sends
 pipelined EVALSHA calls of 1, 16 and 64 one-band token-bucket decisions over 1000 keys, with

@@ -43,7 +43,6 @@ struct ReadmeDoctests;
 
 mod algorithm;
 mod backend;
-mod breaker;
 mod decision;
 mod error;
 mod future;
@@ -58,7 +57,7 @@ mod stats;
 mod tier;
 
 pub use algorithm::Algorithm;
-pub use breaker::BreakerState;
+pub use backend::breaker::BreakerState;
 pub use decision::Decision;
 pub use error::BuildError;
 pub use future::ResponseFuture;

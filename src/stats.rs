@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::breaker::BreakerState;
+use crate::backend::breaker::BreakerState;
 
 /// A snapshot of what the layer has done since it was built. Read it with
 /// [`RateLimitLayer::stats`](crate::RateLimitLayer::stats).

@@ -7,16 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Decision;
-use crate::breaker::BreakerState;
+use crate::backend::breaker::BreakerState;
 use crate::key::KeyRef;
 use crate::rules::Limit;
 
-#[cfg(feature = "redis")]
-pub(crate) mod clock;
-#[cfg(feature = "redis")]
-pub(crate) mod cluster;
-#[cfg(feature = "redis")]
-pub(crate) mod connection;
+pub(crate) mod breaker;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

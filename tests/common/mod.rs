@@ -759,7 +759,7 @@ impl Drop for WrongServer {
 }
 
 /// The decision script, as the backend runs it.
-pub const DECIDE_LUA: &str = include_str!("../../src/backend/decide.lua");
+pub const DECIDE_LUA: &str = include_str!("../../src/backend/redis/decide.lua");
 
 /// `decide.lua` called directly, as the README documents it.
 pub fn decide(c: &mut redis::Connection, key: &str, spec: &[u8]) -> Vec<i64> {

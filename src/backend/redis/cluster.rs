@@ -18,7 +18,8 @@ use arc_swap::ArcSwap;
 use redis::Value;
 
 use super::clock::RedisClock;
-use crate::breaker::{Breaker, BreakerState};
+use super::connection::Connection;
+use crate::backend::breaker::{Breaker, BreakerState};
 
 /// Number of hash slots in Redis Cluster.
 const SLOTS: u16 = 16384;
@@ -209,10 +210,28 @@ pub(crate) fn parse_cluster_slots(reply: &Value) -> Option<Vec<(u16, u16, String
         .collect()
 }
 
+/// Reads `CLUSTER SLOTS` and gives each master its breaker; keeps the old map on failure.
+pub(super) async fn refresh_slots(servers: &Servers, connection: &mut Connection) {
+    let Servers::Cluster(slots) = servers else {
+        return;
+    };
+    let mut command = redis::cmd("CLUSTER");
+    command.arg("SLOTS");
+    let query = command.query_async::<redis::Value>(connection);
+    match tokio::time::timeout(Duration::from_secs(1), query).await {
+        Ok(Ok(reply)) => match parse_cluster_slots(&reply) {
+            Some(ranges) => slots.update(ranges),
+            None => tracing::debug!("unexpected CLUSTER SLOTS reply"),
+        },
+        Ok(Err(error)) => tracing::debug!(%error, "CLUSTER SLOTS failed"),
+        Err(_) => tracing::debug!("CLUSTER SLOTS timed out"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::Permit;
+    use crate::backend::breaker::Permit;
 
     #[test]
     fn slots_match_redis() {
@@ -245,7 +264,8 @@ mod tests {
             (10923, 16383, "c:3".into()),
         ]);
         let on_b = slots.for_slot(6000);
-        on_b.breaker.failed(crate::breaker::Permit::Call, &"down");
+        on_b.breaker
+            .failed(crate::backend::breaker::Permit::Call, &"down");
         assert_eq!(slots.for_slot(5461).breaker.state(), BreakerState::Open);
         assert_eq!(slots.for_slot(10922).breaker.state(), BreakerState::Open);
         assert_eq!(slots.for_slot(5460).breaker.state(), BreakerState::Closed);

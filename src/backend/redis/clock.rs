@@ -13,6 +13,7 @@
 //! and is the one used; a reading a second old gives way to the next, so a clock that is
 //! stepped is followed within a second.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,14 @@ impl RedisClock {
 fn unix_us(time: SystemTime) -> i64 {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Microseconds on a monotonic clock (from the first call in this process): when cached
+/// refusals and leases end. A wall clock stepped back would stretch them.
+pub(crate) fn monotonic_us() -> i64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
+    i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -1,0 +1,20 @@
+//! Why Redis could not decide a request.
+
+use super::batcher::MAX_QUEUED;
+
+/// Why Redis could not decide.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum CallError {
+    #[error("no answer within the deadline")]
+    Timeout,
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply of {0} values from the script")]
+    Reply(usize),
+    #[error("Redis ran the call after its deadline; it took nothing")]
+    Late,
+    #[error("not connected to the cluster yet")]
+    NotConnected,
+    #[error("{MAX_QUEUED} decisions already wait for Redis")]
+    Overloaded,
+}
