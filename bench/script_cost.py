@@ -49,10 +49,10 @@ def free_port():
 
 
 def measure(port, sha, batch, calls, lease):
-    # Algorithm 1 (token bucket), cost 1, no lease (or 10 units for 100 ms), no deadline, one band:
+    # Algorithm 1 (token bucket), no flags, cost 1, no lease (or 10 units for 100 ms), no deadline, one band:
     # capacity 1,000,000, 1000 tokens/s.
     units, lease_us = (10.0, 100_000.0) if lease else (0.0, 0.0)
-    spec = struct.pack("<BddddB", 1, 1.0, units, lease_us, 0.0, 1) + struct.pack("<dd", 1_000_000.0, 1000.0)
+    spec = struct.pack("<BBddddB", 1, 0, 1.0, units, lease_us, 0.0, 1) + struct.pack("<dd", 1_000_000.0, 1000.0)
     cli(port, "CONFIG", "RESETSTAT")
     with socket.create_connection(("127.0.0.1", port)) as conn:
         pending = []

@@ -16,7 +16,7 @@ use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use tollgate::{ClientKey, RateLimitLayer, Rules};
+use tollgate::{ClientKey, Limiter, RateLimitLayer, Rules};
 use tower::{Layer, Service, service_fn};
 
 const CLIENTS: usize = 1000;
@@ -30,9 +30,10 @@ fn layer(json: &str) -> RateLimitLayer {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime
-        .block_on(RateLimitLayer::builder().rules(rules(json)).build())
-        .expect("layer")
+    let limiter = runtime
+        .block_on(Limiter::builder().rules(rules(json)).build())
+        .expect("limiter");
+    RateLimitLayer::new(limiter)
 }
 
 /// Client IDs as header values, made once.

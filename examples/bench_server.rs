@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::Request;
-use tollgate::{RateLimitLayer, Rules};
+use tollgate::{Limiter, RateLimitLayer, Rules};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let json = format!(
                 r#"{{"default": {{"capacity": {capacity}, "refill_rate": {per_second}}}}}"#
             );
-            let mut builder = RateLimitLayer::builder().rules(Rules::from_json(&json)?);
+            let mut builder = Limiter::builder().rules(Rules::from_json(&json)?);
             if setup.starts_with("tollgate-redis") {
                 // Fail closed: a decision Redis missed is a 503 that wrk counts, never a
                 // local decision passing for a Redis one.
@@ -77,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if setup == "tollgate-redis-lease" {
                 builder = builder.redis_lease(Duration::from_millis(100));
             }
-            app.layer(builder.build().await?)
+            app.layer(RateLimitLayer::new(builder.build().await?))
         }
         other => return Err(format!("unknown SETUP {other}").into()),
     };

@@ -39,7 +39,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tollgate::RateLimitLayer;
+use tollgate::{Limiter, RateLimitLayer};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -73,22 +73,10 @@ async fn run() -> Result<(), String> {
         .filter(|url| !url.is_empty());
     let proxies = list_env("TRUSTED_PROXIES");
 
-    let mut builder = RateLimitLayer::builder()
+    let mut builder = Limiter::builder()
         .rules_file(&rules_path)
-        .trusted_proxy_hops(hops)
         .watch_rules_file(watch)
         .reload_on_sighup(true);
-    let trusted_peers = match proxies.as_slice() {
-        [] => "loopback and private networks".to_owned(),
-        [any] if any == "*" => {
-            builder = builder.trust_any_peer();
-            "any".to_owned()
-        }
-        listed => {
-            builder = builder.trusted_proxies(listed.to_vec());
-            listed.join(",")
-        }
-    };
     if let Some(cluster_nodes) = cluster_nodes_env()? {
         builder = builder.redis_cluster(cluster_nodes);
     } else if let Some(url) = &redis_url {
@@ -103,18 +91,31 @@ async fn run() -> Result<(), String> {
     builder = builder.local_fallback_instances(instances);
     let lease_ms: u64 = parse_env("REDIS_LEASE_MS", 0)?;
     builder = builder.redis_lease(std::time::Duration::from_millis(lease_ms));
-    let layer = builder.build().await.map_err(|e| e.to_string())?;
-    let stats = layer.stats();
+    let limiter = builder.build().await.map_err(|e| e.to_string())?;
+    let mut layer = RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(hops);
+    let trusted_peers = match proxies.as_slice() {
+        [] => "loopback and private networks".to_owned(),
+        [any] if any == "*" => {
+            layer = layer.trust_any_peer();
+            "any".to_owned()
+        }
+        listed => {
+            layer = layer.trusted_proxies(listed.to_vec());
+            listed.join(",")
+        }
+    };
+    let layer = layer.build().map_err(|e| e.to_string())?;
+    let stats = limiter.stats();
     tracing::info!(
         backend = stats.backend,
         rules = %rules_path,
         trusted_peers,
         trusted_proxy_hops = hops,
-        on_redis_error = layer.rules().on_redis_error().unwrap_or_default().as_str(),
+        on_redis_error = limiter.rules().on_redis_error().unwrap_or_default().as_str(),
         redis_circuit = ?stats.breaker,
         "rate limits loaded"
     );
-    for rule in layer.rules().iter() {
+    for rule in limiter.rules().iter() {
         match rule.limit() {
             Some(limit) => tracing::info!(rule = rule.id(), "{limit}"),
             None => tracing::info!(rule = rule.id(), "unlimited"),

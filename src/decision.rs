@@ -88,6 +88,73 @@ impl Decision {
 }
 
 /// Whole seconds, rounded up.
+/// Who made a decision: the backend, a shortcut it took, or the failure policy.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{ClientKey, DecidedBy, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limit": "10/minute"},
+///     "routes": [{"path": "/health", "unlimited": true}]}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let alice = ClientKey::id("alice");
+/// let verdict = limiter.check(Query::new(&alice)).await?;
+/// assert_eq!(verdict.decided_by(), DecidedBy::Memory);
+/// let health = limiter.check(Query::new(&alice).route("GET", "/health")).await?;
+/// assert_eq!(health.decided_by(), DecidedBy::Unlimited);
+/// assert_eq!(DecidedBy::RememberedRefusal.as_str(), "remembered_refusal");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DecidedBy {
+    /// The rule has no limit: nothing was decided.
+    Unlimited,
+    /// The in-process backend.
+    Memory,
+    /// Redis, by its decision script.
+    Redis,
+    /// A lease Redis handed this instance ahead of time (see
+    /// [`redis_lease`](crate::LimiterBuilder::redis_lease)).
+    Lease,
+    /// A refusal Redis gave this client under this rule earlier, still running.
+    RememberedRefusal,
+    /// Redis could not decide; the `local` failure policy decided in this process.
+    LocalFallback,
+    /// Redis could not decide; the `allow` failure policy let the request through.
+    FailOpen,
+    /// Redis could not decide; the `deny` failure policy refused the request.
+    FailClosed,
+}
+
+impl DecidedBy {
+    /// The name used in logs and JSON: `"unlimited"`, `"memory"`, `"redis"`, `"lease"`,
+    /// `"remembered_refusal"`, `"local_fallback"`, `"fail_open"` or `"fail_closed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::Unlimited => "unlimited",
+            DecidedBy::Memory => "memory",
+            DecidedBy::Redis => "redis",
+            DecidedBy::Lease => "lease",
+            DecidedBy::RememberedRefusal => "remembered_refusal",
+            DecidedBy::LocalFallback => "local_fallback",
+            DecidedBy::FailOpen => "fail_open",
+            DecidedBy::FailClosed => "fail_closed",
+        }
+    }
+}
+
+impl std::fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }

@@ -2,16 +2,17 @@
 
 use crate::rules::RulesError;
 
-/// A [`RateLimitLayer`](crate::RateLimitLayer) that could not be built.
+/// A [`Limiter`](crate::Limiter) or [`RateLimitLayer`](crate::RateLimitLayer) that could not
+/// be built.
 ///
 /// # Example
 ///
 /// ```
-/// use tollgate::{BuildError, RateLimitLayer};
+/// use tollgate::{BuildError, Limiter};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let err = RateLimitLayer::builder().rules_file("no/such/file.json").build().await.unwrap_err();
+/// let err = Limiter::builder().rules_file("no/such/file.json").build().await.unwrap_err();
 /// assert!(matches!(err, BuildError::Rules(_)));
 /// assert!(err.to_string().contains("no/such/file.json"));
 /// # }

@@ -2,29 +2,29 @@
 
 use serde::Deserialize;
 
-/// What the layer does with a request when Redis errors, misses its deadline, or is cut off
-/// by the circuit breaker. Set it with
-/// [`on_redis_error`](crate::RateLimitLayerBuilder::on_redis_error), or with the rules file's
+/// What the limiter does with a request when Redis errors, misses its deadline, or is cut
+/// off by the circuit breaker. Set it with
+/// [`on_redis_error`](crate::LimiterBuilder::on_redis_error), or with the rules file's
 /// top-level `"on_redis_error"` (which wins, so operators can set it; it is read when the
-/// layer is built).
+/// limiter is built).
 ///
 /// # Example
 ///
 /// ```
 /// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
 /// use tower::ServiceExt;
-/// use tollgate::{OnRedisError, RateLimitLayer, Rules};
+/// use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(); // nothing there
-/// let layer = RateLimitLayer::builder()
+/// let limiter = Limiter::builder()
 ///     .rules(Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#)?)
 ///     .redis_url(format!("redis://127.0.0.1:{port}"))
 ///     .on_redis_error(OnRedisError::Deny)
 ///     .build()
 ///     .await?;
-/// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+/// let app = Router::new().route("/", get(|| async { "hi" })).layer(RateLimitLayer::new(limiter));
 /// let response = app.oneshot(Request::get("/").body(Body::empty())?).await?;
 /// assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 /// # Ok(())
@@ -39,7 +39,7 @@ pub enum OnRedisError {
     /// Fail closed: answer `503 Service Unavailable` with `Retry-After`.
     Deny,
     /// Decide in this process with the same rules, each divided by
-    /// [`local_fallback_instances`](crate::RateLimitLayerBuilder::local_fallback_instances) so
+    /// [`local_fallback_instances`](crate::LimiterBuilder::local_fallback_instances) so
     /// that the instances together stay near the shared limit. The default.
     #[default]
     Local,

@@ -21,14 +21,14 @@ async fn cluster_layer(
     prefix: &str,
     timeout: Duration,
 ) -> RateLimitLayer {
-    RateLimitLayer::builder()
+    Limiter::builder()
         .rules(rules(rules_json))
         .redis_cluster(cluster.urls())
         .redis_prefix(prefix)
         .redis_timeout(timeout)
         .on_redis_error(OnRedisError::Local)
         .local_fallback_instances(4)
-        .build()
+        .build_layer()
         .await
         .unwrap()
 }
@@ -68,7 +68,7 @@ async fn decisions_are_right_and_keys_land_on_every_master() {
 
     // Leases work on a cluster as on a single Redis: every token, no more, and most of
     // them without a round trip. (In this test, to start one cluster fewer.)
-    let leasing = RateLimitLayer::builder()
+    let leasing = Limiter::builder()
         .rules(rules(
             r#"{"default": {"capacity": 160, "refill_rate": 0.0001}}"#,
         ))
@@ -77,14 +77,18 @@ async fn decisions_are_right_and_keys_land_on_every_master() {
         .redis_timeout(Duration::from_secs(5))
         .on_redis_error(OnRedisError::Deny)
         .redis_lease(Duration::from_secs(30))
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let lease_app = common::app(leasing.clone());
     let answers = statuses(&lease_app, 200, || request("GET", "/", Some("leaser"))).await;
     assert_eq!(answers.iter().filter(|s| **s == ok).count(), 160);
     assert_eq!(answers.iter().filter(|s| **s == no).count(), 40);
-    assert!(leasing.stats().leased >= 140, "{:?}", leasing.stats());
+    assert!(
+        leasing.limiter().stats().leased >= 140,
+        "{:?}",
+        leasing.limiter().stats()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +186,7 @@ async fn a_dead_master_only_affects_its_own_slots() {
         "{late} of {live} requests to live masters missed the deadline"
     );
     let on_victim = master_of.iter().filter(|m| **m == victim).count();
-    let stats = layer.stats();
+    let stats = layer.limiter().stats();
     eprintln!(
         "dead master: {on_victim} of {} clients on it; {rounds} rounds in 2 s; worst latency {worst:?}; {stats:?}",
         clients.len()
@@ -282,7 +286,7 @@ async fn a_wrong_server_in_place_of_a_master_does_not_wedge_its_slots() {
         assert!(
             back.elapsed() < Duration::from_secs(1),
             "the master's slots are not decided by Redis 1 s after it is back: {:?}\n{}",
-            layer.stats(),
+            layer.limiter().stats(),
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;

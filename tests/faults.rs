@@ -42,14 +42,14 @@ impl Sample {
 }
 
 async fn fault_layer(redis_url: &str, policy: OnRedisError) -> RateLimitLayer {
-    RateLimitLayer::builder()
+    Limiter::builder()
         .rules(rules(RULES))
         .redis_url(redis_url)
         .redis_prefix(unique_prefix("faults"))
         .redis_timeout(DEADLINE)
         .on_redis_error(policy)
         .local_fallback_instances(4)
-        .build()
+        .build_layer()
         .await
         .unwrap()
 }
@@ -235,7 +235,7 @@ async fn outage(policy: OnRedisError, fault: Fault) {
     let worst = samples.iter().map(|s| s.latency).max().unwrap_or_default();
     let worst_during = during.iter().map(|s| s.latency).max().unwrap_or_default();
     let recovery = recovered_at.saturating_sub(repair_at);
-    let stats = layer.stats();
+    let stats = layer.limiter().stats();
     eprintln!(
         "outage {policy:?}/{fault:?}: {} requests ({} during the outage); worst latency {:.1} ms \
          (during the outage {:.1} ms); recovery {:.0} ms; stats {stats:?}",
@@ -311,7 +311,7 @@ async fn script_flush_while_serving_fails_nothing() {
         "{:?}",
         &not_redis[..not_redis.len().min(5)]
     );
-    let stats = layer.stats();
+    let stats = layer.limiter().stats();
     assert_eq!((stats.errors, stats.fallback), (0, 0), "{stats:?}");
     let worst = samples.iter().map(|s| s.latency).max().unwrap_or_default();
     eprintln!(
@@ -332,7 +332,7 @@ async fn starting_without_redis_then_redis_appears() {
         build_time < Duration::from_secs(3),
         "build waited {build_time:?}"
     );
-    assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+    assert_eq!(layer.limiter().stats().breaker, Some(BreakerState::Open));
     let base = serve(layer.clone()).await;
     let http = reqwest::Client::new();
     let began = Instant::now();
@@ -370,7 +370,7 @@ async fn a_probe_dropped_before_it_runs_does_not_wedge_the_breaker() {
     let _serial = SERIAL.lock().await;
     let port = free_port();
     let layer = fault_layer(&format!("redis://127.0.0.1:{port}"), OnRedisError::Local).await;
-    assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+    assert_eq!(layer.limiter().stats().breaker, Some(BreakerState::Open));
     let mut service = tower::Layer::layer(
         &layer,
         tower::service_fn(|_: axum::http::Request<axum::body::Body>| async {
@@ -403,7 +403,7 @@ async fn a_probe_dropped_before_it_runs_does_not_wedge_the_breaker() {
         assert!(
             began.elapsed() < Duration::from_secs(3),
             "Redis never decided again: {:?}",
-            layer.stats().breaker
+            layer.limiter().stats().breaker
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -430,7 +430,7 @@ async fn decides_again_within_a_second(app: &axum::Router, layer: &RateLimitLaye
         assert!(
             back.elapsed() < Duration::from_secs(1),
             "Redis did not decide again within 1 s of being back: {:?}",
-            layer.stats()
+            layer.limiter().stats()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -506,7 +506,7 @@ async fn starting_against_a_wrong_server_then_redis_appears() {
 async fn stalled_calls_take_nothing(policy: OnRedisError) {
     let _serial = SERIAL.lock().await;
     let redis = TestRedis::start();
-    let layer = RateLimitLayer::builder()
+    let layer = Limiter::builder()
         .rules(rules(
             r#"{"default": {"capacity": 10, "refill_rate": 0.0001}}"#,
         ))
@@ -514,7 +514,7 @@ async fn stalled_calls_take_nothing(policy: OnRedisError) {
         .redis_prefix(unique_prefix("stalled"))
         .redis_timeout(DEADLINE)
         .on_redis_error(policy)
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let app = app(layer.clone());
@@ -538,13 +538,13 @@ async fn stalled_calls_take_nothing(policy: OnRedisError) {
             ),
         }
     }
-    let stats = layer.stats();
+    let stats = layer.limiter().stats();
     assert_eq!((stats.errors, stats.fallback), (3, 3), "{stats:?}");
     redis.signal("CONT");
     // The stalled calls run now, on the same connection, before the next one.
     let after = send(&app, request("GET", "/", Some("s"))).await;
     assert_eq!(after.status(), axum::http::StatusCode::OK);
-    assert_eq!(remaining(&after), Some(8), "{:?}", layer.stats());
+    assert_eq!(remaining(&after), Some(8), "{:?}", layer.limiter().stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

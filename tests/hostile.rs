@@ -51,12 +51,12 @@ fn a_million_fresh_client_ids_do_not_grow_memory_or_free_real_clients() {
 
 async fn flood() {
     const BOUND: usize = 20_000;
-    let layer = RateLimitLayer::builder()
+    let layer = Limiter::builder()
         .rules(rules(
             r#"{"default": {"capacity": 5, "refill_rate": 0.01}}"#,
         ))
         .max_tracked_buckets(BOUND)
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let mut service = ServiceBuilder::new()
@@ -93,7 +93,7 @@ async fn flood() {
         std::fmt::Write::write_fmt(&mut id, format_args!("flood-{n}")).unwrap();
         assert_eq!(send(&id).await, StatusCode::OK);
         if n % 200_000 == 199_999 {
-            let stats = layer.stats();
+            let stats = layer.limiter().stats();
             assert!(stats.tracked_buckets <= BOUND, "{stats:?}");
             rss_at.push(rss_kib());
         }
@@ -107,7 +107,7 @@ async fn flood() {
             "{client} got a fresh bucket"
         );
     }
-    let stats = layer.stats();
+    let stats = layer.limiter().stats();
     eprintln!("flood of 1,000,000 IDs in {took:?}: {stats:?}; RSS KiB every 200k: {rss_at:?}");
     assert!(stats.tracked_buckets <= BOUND);
     assert!(stats.evicted_buckets >= 1_000_000 - BOUND as u64);
@@ -146,9 +146,9 @@ fn random_header_values_never_panic_and_every_rejection_says_why() {
     let rt = runtime();
     let layer = rt
         .block_on(
-            RateLimitLayer::builder()
+            Limiter::builder()
                 .rules_file(repo_file("rate_limits.json"))
-                .build(),
+                .build_layer(),
         )
         .unwrap();
     let app = app(layer);
@@ -260,20 +260,22 @@ fn whatever_a_client_writes_the_key_is_what_the_proxy_appended_or_the_peer() {
                 "ip:{DIRECT_PEER}": {{"capacity": 11, "refill_rate": 0.001}}
             }}}}"#
     );
-    let build = |builder: tollgate::RateLimitLayerBuilder| {
-        app(rt.block_on(builder.rules(rules(&json)).build()).unwrap())
+    let limiter = || {
+        rt.block_on(Limiter::builder().rules(rules(&json)).build())
+            .unwrap()
     };
+    let build = |builder: tollgate::RateLimitLayerBuilder| app(builder.build().unwrap());
     // Each mode: the app, and the entries the proxies append after the client's address.
     let modes = [
-        ("1 hop", build(RateLimitLayer::builder()), vec![]),
+        ("1 hop", build(RateLimitLayer::builder(limiter())), vec![]),
         (
             "2 hops",
-            build(RateLimitLayer::builder().trusted_proxy_hops(2)),
+            build(RateLimitLayer::builder(limiter()).trusted_proxy_hops(2)),
             vec!["10.0.0.1"],
         ),
         (
             "cidrs",
-            build(RateLimitLayer::builder().trusted_proxies(["10.0.0.0/8"])),
+            build(RateLimitLayer::builder(limiter()).trusted_proxies(["10.0.0.0/8"])),
             vec!["10.0.0.1"],
         ),
     ];

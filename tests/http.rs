@@ -133,13 +133,16 @@ async fn statuses_for(base: &str, forwarded_for: &[&str]) -> Vec<StatusCode> {
 }
 
 async fn serve_one_bucket(trusted_proxy_hops: usize) -> String {
-    let layer = RateLimitLayer::builder()
+    let limiter = Limiter::builder()
         .rules(rules(
             r#"{"default": {"capacity": 2, "refill_rate": 0.001}}"#,
         ))
-        .trusted_proxy_hops(trusted_proxy_hops)
         .build()
         .await
+        .unwrap();
+    let layer = RateLimitLayer::builder(limiter)
+        .trusted_proxy_hops(trusted_proxy_hops)
+        .build()
         .unwrap();
     serve(layer).await
 }

@@ -336,7 +336,7 @@ async fn shadow_rules_report_but_never_refuse(store: &Store<'_>) {
             (OK, Some(0))
         ]
     );
-    let stats = limits.stats();
+    let stats = limits.limiter().stats();
     assert_eq!((stats.shadowed, stats.denied), (3, 0));
 }
 
@@ -382,7 +382,7 @@ async fn tiers_pick_a_rule_set_and_unknown_tiers_are_500(store: &Store<'_>) {
         body["message"].as_str().unwrap().contains("\"gold\""),
         "{body}"
     );
-    assert_eq!(limits.stats().unknown_tiers, 1);
+    assert_eq!(limits.limiter().stats().unknown_tiers, 1);
     // The header a client could send is not a tier.
     let mut sneaky = request("GET", "/", Some("t2"));
     sneaky

@@ -11,9 +11,9 @@ use common::*;
 use tollgate::{RateLimitLayer, Rules};
 
 async fn leasing(redis: &TestRedis, prefix: &str, rules: Rules, ttl: Duration) -> RateLimitLayer {
-    on_test_redis(RateLimitLayer::builder().rules(rules), redis, prefix)
+    on_test_redis(Limiter::builder().rules(rules), redis, prefix)
         .redis_lease(ttl)
-        .build()
+        .build_layer()
         .await
         .unwrap_or_else(|e| panic!("build layer: {e}"))
 }
@@ -63,7 +63,7 @@ async fn one_instance_spends_its_leases_and_admits_exactly_the_capacity() {
     // (the others are remembered).
     let calls = redis.evalsha_calls();
     assert!(calls <= 20, "{calls} script calls");
-    let stats = limits.stats();
+    let stats = limits.limiter().stats();
     assert_eq!(stats.allowed, 160);
     assert!(stats.leased >= 140, "{stats:?}");
 }
@@ -84,7 +84,11 @@ async fn instances_spending_leases_admit_exactly_the_limit() {
     }
     assert_eq!(admitted, 320);
     for layer in &layers {
-        assert!(layer.stats().leased >= 100, "{:?}", layer.stats());
+        assert!(
+            layer.limiter().stats().leased >= 100,
+            "{:?}",
+            layer.limiter().stats()
+        );
     }
 }
 
@@ -118,7 +122,11 @@ async fn concurrent_instances_with_leases_never_exceed_the_limit() {
     assert!(admitted <= 320, "{admitted} admitted");
     assert!(admitted >= 320 - 2 * 20, "{admitted} admitted");
     for layer in &layers {
-        assert!(layer.stats().leased > 0, "{:?}", layer.stats());
+        assert!(
+            layer.limiter().stats().leased > 0,
+            "{:?}",
+            layer.limiter().stats()
+        );
     }
 }
 
@@ -146,8 +154,12 @@ async fn concurrent_requests_of_one_client_waste_no_lease() {
         .iter()
         .filter(|s| **s == StatusCode::OK)
         .count();
-    assert_eq!(admitted, 160, "{:?}", limits.stats());
-    assert!(limits.stats().leased >= 100, "{:?}", limits.stats());
+    assert_eq!(admitted, 160, "{:?}", limits.limiter().stats());
+    assert!(
+        limits.limiter().stats().leased >= 100,
+        "{:?}",
+        limits.limiter().stats()
+    );
 }
 
 #[tokio::test]
@@ -156,14 +168,14 @@ async fn a_lease_ends_after_its_ttl() {
     let (limits, app) = one_instance(&redis, "lease-ttl", Duration::from_millis(500)).await;
     let get = || request("GET", "/", Some("t"));
     assert_eq!(statuses(&app, 2, get).await, [StatusCode::OK; 2]);
-    assert_eq!(limits.stats().leased, 1);
+    assert_eq!(limits.limiter().stats().leased, 1);
     let calls = redis.evalsha_calls();
     tokio::time::sleep(Duration::from_millis(700)).await;
     // The 9 units left have ended: Redis decides (and leases again).
     let response = send(&app, get()).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(redis.evalsha_calls(), calls + 1);
-    assert_eq!(limits.stats().leased, 1);
+    assert_eq!(limits.limiter().stats().leased, 1);
     // Redis counted the whole first lease as taken (160 - 1 - 10), unspent units included.
     assert_eq!(common::remaining(&response), Some(148));
 }
@@ -177,7 +189,7 @@ async fn a_ttl_under_a_millisecond_turns_leases_off() {
         answers.iter().filter(|s| **s == StatusCode::OK).count(),
         160
     );
-    assert_eq!(limits.stats().leased, 0);
+    assert_eq!(limits.limiter().stats().leased, 0);
 }
 
 /// A token bucket's burst exceeds its capacity by at most the leases held when it starts
@@ -220,7 +232,7 @@ async fn a_token_bucket_burst_stays_within_the_documented_bound() {
         "{admitted} admitted in {elapsed:.3} s; at most {bound:.0}"
     );
     assert!(admitted >= 160, "{admitted} admitted");
-    let leased: u64 = layers.iter().map(|l| l.stats().leased).sum();
+    let leased: u64 = layers.iter().map(|l| l.limiter().stats().leased).sum();
     assert!(leased > 0, "the burst spent no lease");
 }
 
@@ -240,14 +252,14 @@ async fn a_rules_change_drops_the_leases() {
     assert_eq!(statuses(&app, 2, get).await, [StatusCode::OK; 2]);
     let calls = redis.evalsha_calls();
     assert_eq!(
-        limits.stats().leased,
+        limits.limiter().stats().leased,
         1,
         "the second request spent the lease"
     );
-    limits.set_rules(rules(json));
+    limits.limiter().set_rules(rules(json));
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
     assert_eq!(redis.evalsha_calls(), calls + 1, "Redis decided again");
-    assert_eq!(limits.stats().leased, 1);
+    assert_eq!(limits.limiter().stats().leased, 1);
 }
 
 #[tokio::test]
@@ -263,7 +275,7 @@ async fn without_redis_lease_nothing_is_leased() {
     let app = app(limits.clone());
     statuses(&app, 5, || request("GET", "/", Some("o"))).await;
     assert_eq!(redis.evalsha_calls(), 5);
-    assert_eq!(limits.stats().leased, 0);
+    assert_eq!(limits.limiter().stats().leased, 0);
 }
 
 fn doubles(c: &mut redis::Connection, key: &str) -> Vec<f64> {

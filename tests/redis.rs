@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use common::*;
-use tollgate::{BuildError, RateLimitLayer};
+use tollgate::BuildError;
 
 /// A bucket's stored value: the algorithm byte, then the little-endian doubles.
 fn bucket(c: &mut redis::Connection, key: &str) -> (u8, Vec<f64>) {
@@ -225,10 +225,10 @@ async fn unusable_redis_urls_fail_the_build_with_the_reason() {
         "redis://:hunter2@127.0.0.1:notaport",
         "http://127.0.0.1:6379",
     ] {
-        let err = RateLimitLayer::builder()
+        let err = Limiter::builder()
             .rules(rules(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#))
             .redis_url(url)
-            .build()
+            .build_layer()
             .await
             .unwrap_err();
         assert!(matches!(err, BuildError::Redis { .. }), "{url}: {err:?}");
@@ -398,7 +398,7 @@ async fn a_longer_window_after_a_reload_starts_afresh() {
 
     // Same rule, an hour's window: the minute window's count does not carry over, and the
     // key lives at most an hour, not until some far-off window ends.
-    layer.set_rules(rules(
+    layer.limiter().set_rules(rules(
         r#"{"default": {"limit": "100/hour", "algorithm": "fixed_window"}}"#,
     ));
     assert_eq!(statuses(app.clone()).await, (StatusCode::OK, Some(99)));
@@ -441,7 +441,7 @@ async fn refusals_are_answered_without_redis_until_they_end() {
         asked,
         "no round trip while the refusal lasts"
     );
-    assert_eq!(limits.stats().cached_refusals, 21);
+    assert_eq!(limits.limiter().stats().cached_refusals, 21);
     // Another client is not affected.
     assert_eq!(
         send(&app, request("GET", "/", Some("patient")))
@@ -461,7 +461,7 @@ async fn refusals_are_answered_without_redis_until_they_end() {
         StatusCode::TOO_MANY_REQUESTS
     );
     // (The bucket keeps its state across the change; the new rate refills it at once.)
-    limits.set_rules(rules(
+    limits.limiter().set_rules(rules(
         r#"{"default": {"capacity": 10, "refill_rate": 100000}}"#,
     ));
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
@@ -509,10 +509,10 @@ fn the_script_takes_nothing_past_a_request_deadline() {
 #[tokio::test]
 async fn a_cluster_without_usable_seed_nodes_fails_the_build() {
     let build = |nodes: Vec<&str>| {
-        RateLimitLayer::builder()
+        Limiter::builder()
             .rules(rules(r#"{"default": {"capacity": 1, "refill_rate": 1}}"#))
             .redis_cluster(nodes)
-            .build()
+            .build_layer()
     };
     let err = build(vec![]).await.unwrap_err();
     assert!(matches!(err, BuildError::NoClusterNodes), "{err}");

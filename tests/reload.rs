@@ -80,9 +80,9 @@ async fn wait_for_limit_within(base: &str, limit: u32, patience: Duration) -> Du
 }
 
 async fn serve_file(path: &Path) -> (RateLimitLayer, String) {
-    let layer = RateLimitLayer::builder()
+    let layer = Limiter::builder()
         .rules_file(path)
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let base = serve(layer.clone()).await;
@@ -102,19 +102,19 @@ async fn edits_take_effect_within_a_second_and_broken_files_change_nothing() {
     let took = wait_for_limit(&base, 7).await;
     eprintln!("in-place edit took effect after {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
-    assert_eq!(layer.stats().reloads, 1);
+    assert_eq!(layer.limiter().stats().reloads, 1);
 
     // A broken save: the old limits stay in force and the failure is visible.
     write_file(&path, r#"{"default": {"capacity": 0, "refill_rate": 1}}"#);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while layer.stats().failed_reloads == 0 {
+    while layer.limiter().stats().failed_reloads == 0 {
         assert!(
             Instant::now() < deadline,
             "the broken file was never noticed"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let stats = layer.stats();
+    let stats = layer.limiter().stats();
     let error = stats.last_reload_error.clone().unwrap();
     assert!(
         error.contains("rate_limits.json: at default.capacity"),
@@ -130,13 +130,13 @@ async fn edits_take_effect_within_a_second_and_broken_files_change_nothing() {
     );
     // The same broken content again is not a new failure.
     write_file(&path, r#"{"default": {"capacity": 0, "refill_rate": 1}}"#);
-    assert!(layer.reload().await.is_err());
-    assert_eq!(layer.stats().failed_reloads, 1);
+    assert!(layer.limiter().reload().await.is_err());
+    assert_eq!(layer.limiter().stats().failed_reloads, 1);
 
     // The next good save is taken, and clears the error.
     write_file(&path, &rules_with_capacity(9));
     wait_for_limit(&base, 9).await;
-    assert_eq!(layer.stats().last_reload_error, None);
+    assert_eq!(layer.limiter().stats().last_reload_error, None);
 }
 
 #[tokio::test]
@@ -198,13 +198,11 @@ async fn buckets_keep_their_state_and_a_lowered_capacity_clamps_it(redis: Option
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rate_limits.json");
     write_file(&path, &rules_with_capacity(10));
-    let mut builder = RateLimitLayer::builder()
-        .rules_file(&path)
-        .watch_rules_file(false);
+    let mut builder = Limiter::builder().rules_file(&path).watch_rules_file(false);
     if let Some(redis) = redis {
         builder = on_test_redis(builder, redis, &unique_prefix("reload"));
     }
-    let layer = builder.build().await.unwrap();
+    let layer = builder.build_layer().await.unwrap();
     let base = serve(layer.clone()).await;
     let http = reqwest::Client::new();
     for _ in 0..3 {
@@ -214,17 +212,17 @@ async fn buckets_keep_their_state_and_a_lowered_capacity_clamps_it(redis: Option
 
     // Raised capacity, same rule identity: the 6 tokens left are still 6 (no fresh bucket).
     write_file(&path, &rules_with_capacity(20));
-    assert!(layer.reload().await.unwrap());
+    assert!(layer.limiter().reload().await.unwrap());
     assert_eq!(
         limit_seen(&http, &base, "kept").await,
         (StatusCode::OK, Some(20), Some(5))
     );
     // Unchanged content: nothing to do.
-    assert!(!layer.reload().await.unwrap());
+    assert!(!layer.limiter().reload().await.unwrap());
 
     // Lowered below what is left: clamped to the new capacity.
     write_file(&path, &rules_with_capacity(2));
-    assert!(layer.reload().await.unwrap());
+    assert!(layer.limiter().reload().await.unwrap());
     assert_eq!(
         limit_seen(&http, &base, "kept").await,
         (StatusCode::OK, Some(2), Some(1))
@@ -237,10 +235,10 @@ async fn buckets_keep_their_state_and_a_lowered_capacity_clamps_it(redis: Option
 
     // A broken file through reload(): an error, and the rules stay.
     write_file(&path, "{");
-    let error = layer.reload().await.unwrap_err().to_string();
+    let error = layer.limiter().reload().await.unwrap_err().to_string();
     assert!(error.contains("rate_limits.json: at "), "{error}");
     assert_eq!(limit_seen(&http, &base, "fresh").await.1, Some(2));
-    assert_eq!(layer.stats().reloads, 2);
+    assert_eq!(layer.limiter().stats().reloads, 2);
 }
 
 #[tokio::test]
@@ -341,7 +339,7 @@ async fn failed_reload_while_serving(layer: &RateLimitLayer, base: &str, limit: 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         burst_answered_under(&http, base, limit).await;
-        if let Some(error) = layer.stats().last_reload_error {
+        if let Some(error) = layer.limiter().stats().last_reload_error {
             // The old rules still answer after the failure too.
             burst_answered_under(&http, base, limit).await;
             return error;
@@ -371,14 +369,14 @@ async fn refused_in_place_then_a_save_is_taken(file_type: &str, put_in_place: im
     );
     assert_eq!(error, expected);
     // reload() says so at once too.
-    let reloaded = tokio::time::timeout(Duration::from_secs(5), layer.reload())
+    let reloaded = tokio::time::timeout(Duration::from_secs(5), layer.limiter().reload())
         .await
         .expect("reload() returns");
     assert_eq!(reloaded.unwrap_err().to_string(), expected);
 
     save_by_rename(&path, &rules_with_capacity(9));
     wait_for_limit(&base, 9).await;
-    assert_eq!(layer.stats().last_reload_error, None);
+    assert_eq!(layer.limiter().stats().last_reload_error, None);
 }
 
 #[tokio::test]
@@ -409,21 +407,21 @@ async fn a_file_over_the_size_cap_is_refused_on_reload() {
     let path = dir.path().join("rate_limits.json");
     let small = rules_with_capacity(3);
     write_file(&path, &small);
-    let layer = RateLimitLayer::builder()
+    let layer = Limiter::builder()
         .rules_file(&path)
         .watch_rules_file(false)
         .max_rules_file_bytes(small.len() as u64)
-        .build()
+        .build_layer()
         .await
         .unwrap();
     write_file(&path, &format!("{small}\n\n"));
-    let error = layer.reload().await.unwrap_err();
+    let error = layer.limiter().reload().await.unwrap_err();
     assert!(
         matches!(error, tollgate::RulesError::TooLarge { .. }),
         "{error}"
     );
     assert_eq!(
-        layer.stats().last_reload_error,
+        layer.limiter().stats().last_reload_error,
         Some(format!(
             "rules file {} is larger than {} bytes, the most that is read (raise the limit with the builder's max_rules_file_bytes or check-rules --max-file-bytes)",
             path.display(),
@@ -431,14 +429,21 @@ async fn a_file_over_the_size_cap_is_refused_on_reload() {
         ))
     );
     assert_eq!(
-        layer.rules().default_rule().limit().unwrap().bands()[0].capacity(),
+        layer
+            .limiter()
+            .rules()
+            .default_rule()
+            .limit()
+            .unwrap()
+            .bands()[0]
+            .capacity(),
         3
     );
     // Back to the content in force: nothing to reload, and the failure is over.
     write_file(&path, &small);
-    assert!(!layer.reload().await.unwrap());
-    assert_eq!(layer.stats().last_reload_error, None);
-    assert_eq!(layer.stats().failed_reloads, 1);
+    assert!(!layer.limiter().reload().await.unwrap());
+    assert_eq!(layer.limiter().stats().last_reload_error, None);
+    assert_eq!(layer.limiter().stats().failed_reloads, 1);
 }
 
 /// A valid rules file with `routes` routes (about 105 bytes each) and a default of
@@ -514,7 +519,7 @@ async fn requests_keep_flowing_while_a_large_file_is_read() {
         slowest = slowest.max(slowest_here);
     }
     eprintln!("slowest request meanwhile: {slowest:?}");
-    assert_eq!(layer.rules().iter().len(), 20_001);
+    assert_eq!(layer.limiter().rules().iter().len(), 20_001);
 }
 
 #[tokio::test]
@@ -528,7 +533,9 @@ async fn the_file_replaces_rules_from_set_rules_with_a_warning() {
     let replaced =
         || logs::containing(&["WARN", "replaced the rules installed by set_rules", &file]);
 
-    layer.set_rules(common::rules(&rules_with_capacity(5)));
+    layer
+        .limiter()
+        .set_rules(common::rules(&rules_with_capacity(5)));
     wait_for_limit(&base, 5).await;
     assert!(replaced().is_empty());
 
@@ -544,9 +551,11 @@ async fn the_file_replaces_rules_from_set_rules_with_a_warning() {
     );
 
     // reload() does too, even though the file has not changed since.
-    layer.set_rules(common::rules(&rules_with_capacity(5)));
+    layer
+        .limiter()
+        .set_rules(common::rules(&rules_with_capacity(5)));
     wait_for_limit(&base, 5).await;
-    assert!(layer.reload().await.unwrap());
+    assert!(layer.limiter().reload().await.unwrap());
     wait_for_limit(&base, 7).await;
     assert_eq!(replaced().len(), 2);
     assert!(
@@ -555,6 +564,6 @@ async fn the_file_replaces_rules_from_set_rules_with_a_warning() {
         replaced()[1]
     );
     // Once the file is in force, an unchanged file is nothing to do, and nothing to say.
-    assert!(!layer.reload().await.unwrap());
+    assert!(!layer.limiter().reload().await.unwrap());
     assert_eq!(replaced().len(), 2);
 }

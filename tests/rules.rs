@@ -27,12 +27,12 @@ fn get_only(layer: RateLimitLayer) -> Router {
 
 #[tokio::test]
 async fn head_is_limited_by_the_rule_for_get() {
-    let layer = RateLimitLayer::builder()
+    let layer = Limiter::builder()
         .rules(rules(
             r#"{"default": {"capacity": 100, "refill_rate": 1},
                 "routes": [{"path": "/api/data", "methods": ["GET"], "capacity": 2, "refill_rate": 0.001}]}"#,
         ))
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let app = get_only(layer);
@@ -58,7 +58,7 @@ async fn head_is_limited_by_the_rule_for_get() {
 
 #[tokio::test]
 async fn head_uses_its_own_rule_where_there_is_one_in_every_tier() {
-    let layer = RateLimitLayer::builder()
+    let layer = Limiter::builder()
         .rules(rules(
             r#"{"default": {"capacity": 100, "refill_rate": 1},
                 "routes": [
@@ -68,7 +68,7 @@ async fn head_uses_its_own_rule_where_there_is_one_in_every_tier() {
                 "tiers": {"pro": {"default": {"capacity": 100, "refill_rate": 1},
                     "routes": [{"path": "/api/data", "methods": ["GET"], "capacity": 3, "refill_rate": 0.001}]}}}"#,
         ))
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let app = get_only(layer);
@@ -91,7 +91,7 @@ async fn head_uses_its_own_rule_where_there_is_one_in_every_tier() {
 /// hanging it.
 fn build_error(path: &Path, max_bytes: u64) -> RulesError {
     let (done, result) = std::sync::mpsc::channel();
-    let builder = RateLimitLayer::builder()
+    let builder = Limiter::builder()
         .rules_file(path)
         .max_rules_file_bytes(max_bytes);
     std::thread::spawn(move || {
@@ -165,14 +165,14 @@ async fn a_rules_file_over_the_size_cap_fails_the_build() {
         error.to_string().contains("is larger than 999 bytes"),
         "{error}"
     );
-    let layer = RateLimitLayer::builder()
+    let limiter = Limiter::builder()
         .rules_file(&path)
         .max_rules_file_bytes(1000)
         .watch_rules_file(false)
         .build()
         .await
         .unwrap();
-    assert_eq!(layer.rules().iter().len(), 1);
+    assert_eq!(limiter.rules().iter().len(), 1);
 
     // The default cap: a sparse file just over it costs no disk, and is never read.
     let huge = dir.path().join("huge.json");
@@ -198,10 +198,10 @@ async fn overrides_that_can_never_apply_are_warned_about_at_build() {
             "clients": {"ip:2001:db8::4201": {"unlimited": true}, "ip:2001:db8:42::/64": {"unlimited": true}}}"#,
     )
     .unwrap();
-    let _from_file = RateLimitLayer::builder()
+    let _from_file = Limiter::builder()
         .rules_file(&path)
         .watch_rules_file(false)
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let warned = logs::containing(&["WARN", "\"ip:2001:db8::4201\" never applies"]);
@@ -214,12 +214,12 @@ async fn overrides_that_can_never_apply_are_warned_about_at_build() {
     assert!(logs::containing(&["ip:2001:db8:42::/64\" never applies"]).is_empty());
 
     // Rules given to the builder, and another prefix length.
-    let _given = RateLimitLayer::builder()
+    let _given = Limiter::builder()
         .rules(rules(
             r#"{"default": {"limit": "10/second"}, "clients": {"ip:2001:db8:43::/64": {"unlimited": true}}}"#,
         ))
         .ipv6_prefix_len(56)
-        .build()
+        .build_layer()
         .await
         .unwrap();
     let warned = logs::containing(&["\"ip:2001:db8:43::/64\" never applies"]);

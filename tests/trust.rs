@@ -28,13 +28,20 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-async fn build(store: &Store<'_>, builder: RateLimitLayerBuilder) -> RateLimitLayer {
-    let builder = builder.rules(rules(RULES));
+/// The layer on `store`, with the trust options `trust` sets.
+async fn build(
+    store: &Store<'_>,
+    trust: impl FnOnce(RateLimitLayerBuilder) -> RateLimitLayerBuilder,
+) -> RateLimitLayer {
+    let builder = Limiter::builder().rules(rules(RULES));
     let builder = match store {
         Store::Memory => builder,
         Store::Redis(redis, prefix) => on_test_redis(builder, redis, prefix),
     };
-    builder.build().await.expect("build layer")
+    let limiter = builder.build().await.expect("build limiter");
+    trust(RateLimitLayer::builder(limiter))
+        .build()
+        .expect("build layer")
 }
 
 /// Status, `X-RateLimit-Limit` and `X-RateLimit-Remaining` of one GET /api/data.
@@ -55,8 +62,8 @@ async fn seen(base: &str, headers: &[(&str, &str)]) -> (StatusCode, String, Stri
 /// Served on 127.0.0.1 with trusted proxies that exclude loopback: this client is not a
 /// proxy, so whatever it sends, it is `ip:127.0.0.1`.
 async fn untrusted_clients_cannot_choose_their_key(store: &Store<'_>) {
-    let builder = RateLimitLayer::builder().trusted_proxies(["10.0.0.0/8", "fd00::/8"]);
-    let base = serve(build(store, builder).await).await;
+    let trust = |layer: RateLimitLayerBuilder| layer.trusted_proxies(["10.0.0.0/8", "fd00::/8"]);
+    let base = serve(build(store, trust).await).await;
     let (ok, limited) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
 
     // A fresh identity on every request buys nothing: one bucket of 5.
@@ -118,7 +125,7 @@ async fn untrusted_clients_cannot_choose_their_key_on_redis() {
 /// With the default trusted peers, a proxy on this host (loopback) names its clients.
 #[tokio::test]
 async fn by_default_loopback_names_its_clients() {
-    let base = serve(build(&Store::Memory, RateLimitLayer::builder()).await).await;
+    let base = serve(build(&Store::Memory, |layer| layer).await).await;
     for n in 0..8 {
         let id = format!("fresh-{n}");
         let seen = seen(&base, &[("x-client-id", &id)]).await;
@@ -166,7 +173,7 @@ async fn limit_claimed_from(app: &axum::Router, peer: &str, connect_info: bool) 
 
 #[tokio::test]
 async fn the_peer_address_decides_whether_headers_count() {
-    let app = app(build(&Store::Memory, RateLimitLayer::builder()).await);
+    let app = app(build(&Store::Memory, |layer| layer).await);
     let trusted = [
         "127.0.0.1:40000",
         "127.1.2.3:40000",
@@ -212,8 +219,7 @@ async fn the_peer_address_decides_whether_headers_count() {
 
 #[tokio::test]
 async fn trusting_every_peer_honours_anyone() {
-    let builder = RateLimitLayer::builder().trust_any_peer();
-    let app = app(build(&Store::Memory, builder).await);
+    let app = app(build(&Store::Memory, RateLimitLayerBuilder::trust_any_peer).await);
     for peer in [
         "203.0.113.7:40000",
         "[2001:db8::1]:40000",

@@ -17,18 +17,18 @@ use std::time::{Duration, Instant};
 /// # Example
 ///
 /// ```
-/// use tollgate::{BreakerState, RateLimitLayer, Rules};
+/// use tollgate::{BreakerState, Limiter, Rules};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(); // nothing there
-/// let layer = RateLimitLayer::builder()
+/// let limiter = Limiter::builder()
 ///     .rules(Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#)?)
 ///     .redis_url(format!("redis://127.0.0.1:{port}"))
 ///     .build()
 ///     .await?;
 /// // Redis could not be reached at startup: requests use the failure policy until it can.
-/// assert_eq!(layer.stats().breaker, Some(BreakerState::Open));
+/// assert_eq!(limiter.stats().breaker, Some(BreakerState::Open));
 /// // As it is written in logs and in `Stats` serialized to JSON.
 /// assert_eq!(BreakerState::HalfOpen.to_string(), "half_open");
 /// # Ok(())

@@ -5,6 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::Mode;
 use super::table::{BucketTable, Entry};
 use crate::Decision;
 use crate::algorithm::{BandState, Combined, decide_band};
@@ -54,12 +55,19 @@ impl<C: Clock> MemoryBackend<C> {
         }
     }
 
-    /// Decides one request of `client` with `limit`, under the rule whose state id is
-    /// `state`.
-    pub(crate) fn decide(&self, state: u32, limit: &Limit, client: KeyRef<'_>) -> Decision {
+    /// Decides one request of `client` with `limit` at `cost`, under the rule whose state id
+    /// is `state`. A peek takes nothing, and reports the bands as they are now.
+    pub(crate) fn decide(
+        &self,
+        state: u32,
+        limit: &Limit,
+        cost: u32,
+        client: KeyRef<'_>,
+        mode: Mode,
+    ) -> Decision {
         let now = self.clock.now_us();
         let algorithm = limit.algorithm();
-        let cost = f64::from(limit.cost());
+        let cost = f64::from(cost);
         let bands = limit.bands();
         self.table.update(state, client, now, |entry| {
             // One pass: every band's answer and next state (rules have at most MAX_BANDS).
@@ -77,18 +85,25 @@ impl<C: Clock> MemoryBackend<C> {
                     .and_then(|e| e.states.get(i).copied())
                     .unwrap_or(BandState::Fresh);
                 let out = decide_band(algorithm, &spec, before, now, cost);
+                let (remaining, reset_after_us) = match mode {
+                    Mode::Take => (out.remaining, out.reset_after_us),
+                    Mode::Peek => {
+                        let now_state = decide_band(algorithm, &spec, before, now, 0.0);
+                        (now_state.remaining, now_state.reset_after_us)
+                    }
+                };
                 combined.add(
                     spec.capacity,
                     out.admitted,
-                    out.remaining,
+                    remaining,
                     out.retry_after_us,
-                    out.reset_after_us,
+                    reset_after_us,
                 );
                 full_after = full_after.max(out.reset_after_us);
                 next[i] = out.next;
             }
             let decision = combined.decision(now);
-            if !combined.admitted() {
+            if !combined.admitted() || mode == Mode::Peek {
                 return (decision, None);
             }
             // Admitted by every band: take the cost from all of them.
@@ -114,6 +129,12 @@ impl<C: Clock> MemoryBackend<C> {
                 ),
             }
         })
+    }
+
+    /// Forgets `client`'s state under the rule whose state id is `state`: its next request
+    /// finds full bands.
+    pub(crate) fn forget(&self, state: u32, client: KeyRef<'_>) {
+        self.table.remove(state, client);
     }
 
     /// Forgets entries that are full again; returns how many remain.
@@ -182,10 +203,13 @@ mod tests {
     impl Setup {
         fn decide(&self, client: &str) -> Decision {
             let rule = self.rules.default_rule();
+            let limit = rule.limit().unwrap();
             self.backend.decide(
                 rule.index() as u32,
-                rule.limit().unwrap(),
+                limit,
+                limit.cost(),
                 KeyRef::Id(client),
+                Mode::Take,
             )
         }
 

@@ -1,5 +1,5 @@
-//! Where token buckets live: in this process ([`memory`]) or in Redis ([`redis`]). Both
-//! give the same [`Decision`](crate::Decision) for the same sequence of requests.
+//! Where limits are decided: in this process ([`memory`]) or in Redis ([`redis`]). Both
+//! give the same [`Decision`] for the same sequence of requests.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Decision;
-use crate::backend::breaker::BreakerState;
+use crate::decision::DecidedBy;
 use crate::key::KeyRef;
 use crate::rules::Limit;
+use breaker::BreakerState;
 
 pub(crate) mod breaker;
 pub(crate) mod memory;
@@ -17,15 +18,35 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 pub(crate) mod table;
 
-/// What becomes of one request on a limited route.
+/// One rule of the rules in force, as a backend keys its state: the rule's identity (in
+/// Redis keys), its state id (in this process's tables, kept across reloads while the
+/// identity stays), and the generation of the rules it belongs to (what a backend remembers
+/// under other rules is not used for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RuleSlot {
+    pub(crate) id: Arc<str>,
+    pub(crate) state: u32,
+    pub(crate) generation: u64,
+}
+
+/// Whether a decision takes what it admits, or only looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Admit and take the cost, or refuse.
+    Take,
+    /// Say what taking would do, and take nothing: the bands are reported as they are now.
+    Peek,
+}
+
+/// What becomes of one request on a limited rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Outcome {
-    /// A token bucket decided (Redis, memory, or the local fallback).
-    Decided(Decision),
+    /// The bands decided: in Redis, in memory, or by one of Redis's shortcuts.
+    Decided(Decision, DecidedBy),
     /// Redis could not decide and the policy is `allow`: pass, with no rate limit headers.
     PassThrough,
-    /// Redis could not decide and the policy is `deny`: 503.
+    /// Redis could not decide and the policy is `deny`: refuse until about `retry_after`.
     Unavailable { retry_after: Duration },
 }
 
@@ -47,7 +68,7 @@ pub(crate) type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send + '
 
 /// A backend's answer: at once, or later.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum Verdict {
+pub(crate) enum Answer {
     Now(Outcome),
     Later(PendingOutcome),
 }
@@ -59,23 +80,37 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    /// Decides a request of `key` under the rule with identity `rule_id`, whose state id is
-    /// `state`, with `limit`, under the rules of generation `rules`.
-    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    /// Decides a request of `client` under `rule` with `limit`, at `cost`.
     pub(crate) fn decide(
         &self,
-        state: u32,
-        rule_id: &str,
+        rule: &RuleSlot,
         limit: &Limit,
-        key: KeyRef<'_>,
-        rules: u64,
-    ) -> Verdict {
+        cost: u32,
+        client: KeyRef<'_>,
+        mode: Mode,
+    ) -> Answer {
+        match self {
+            Backend::Memory(memory) => Answer::Now(Outcome::Decided(
+                memory.decide(rule.state, limit, cost, client, mode),
+                DecidedBy::Memory,
+            )),
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.decide(rule, limit, cost, client, mode),
+        }
+    }
+
+    /// Forgets `client`'s state under `rules` here, and in Redis (where other instances
+    /// learn of it too).
+    pub(crate) async fn reset(&self, rules: &[RuleSlot], client: KeyRef<'_>) -> Result<(), String> {
         match self {
             Backend::Memory(memory) => {
-                Verdict::Now(Outcome::Decided(memory.decide(state, limit, key)))
+                for rule in rules {
+                    memory.forget(rule.state, client);
+                }
+                Ok(())
             }
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.decide(state, rule_id, limit, key, rules),
+            Backend::Redis(redis) => redis.reset(rules, client).await,
         }
     }
 
@@ -96,12 +131,16 @@ impl Backend {
         }
     }
 
-    /// Rules of generation `generation` replaced the ones before.
-    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    pub(crate) fn rules_changed(&self, generation: u64) {
+    /// New rules are in force, with these slots: state of rules that are gone is dropped,
+    /// and what was remembered under the old rules no longer counts.
+    pub(crate) fn rules_changed(&self, slots: &[RuleSlot]) {
+        if let Some(memory) = self.memory() {
+            let live: std::collections::HashSet<u32> = slots.iter().map(|s| s.state).collect();
+            memory.retain_rules(|id| live.contains(&id));
+        }
         #[cfg(feature = "redis")]
         if let Backend::Redis(redis) = self {
-            redis.rules_changed(generation);
+            redis.rules_changed(slots);
         }
     }
 

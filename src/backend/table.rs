@@ -120,6 +120,15 @@ impl<V: Expiring> BucketTable<V> {
         outcome
     }
 
+    /// Forgets the client's entry under `rule`, if there is one.
+    pub(crate) fn remove(&self, rule: u32, key: KeyRef<'_>) {
+        let hash = self.hash(rule, key);
+        let mut map = self.shard(hash);
+        if let Ok(slot) = map.find_entry(hash, |s| s.rule == rule && s.key.as_ref() == key) {
+            slot.remove();
+        }
+    }
+
     /// Drops expired entries (full buckets, ended refusals); returns how many remain.
     pub(crate) fn drop_full(&self, now_us: i64) -> usize {
         self.shards

@@ -262,3 +262,33 @@ pub enum InvalidRule {
         other: String,
     },
 }
+
+/// A tier the rules do not have. The HTTP layer answers such a request 500 and logs the
+/// reason: your authentication and your rules disagree.
+///
+/// # Example
+///
+/// ```
+/// use http::Method;
+/// use tollgate::{ClientKey, Rules};
+///
+/// let rules = Rules::from_json(r#"{"default": {"limit": "1/minute"}}"#).unwrap();
+/// let err = rules.resolve(&Method::GET, "/", Some("gold"), &ClientKey::Unknown).unwrap_err();
+/// assert_eq!(err.to_string(), "tier \"gold\" is not in the rules file");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tier {name:?} is not in the rules file")]
+pub struct UnknownTier {
+    name: Box<str>,
+}
+
+impl UnknownTier {
+    pub(crate) fn new(name: &str) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The tier that was asked for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}

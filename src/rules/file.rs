@@ -13,7 +13,7 @@ use std::path::Path;
 use super::RulesError;
 
 /// The largest rules file read by default: 16 MiB, about 100,000 routes. Change it with
-/// [`max_rules_file_bytes`](crate::RateLimitLayerBuilder::max_rules_file_bytes) or
+/// [`max_rules_file_bytes`](crate::LimiterBuilder::max_rules_file_bytes) or
 /// [`Rules::from_file_with_max_bytes`](crate::Rules::from_file_with_max_bytes).
 pub const DEFAULT_MAX_RULES_FILE_BYTES: u64 = 16 * 1024 * 1024;
 

@@ -25,6 +25,7 @@ mod router;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::RandomState;
 use std::num::NonZeroU32;
@@ -37,10 +38,9 @@ use http::Method;
 use crate::algorithm::{Algorithm, BandSpec};
 use crate::key::{ClientKey, KeyRef};
 use crate::policy::OnRedisError;
-use crate::tier::UnknownTier;
 use router::RuleSet;
 
-pub use error::{InvalidRule, Location, RulesError};
+pub use error::{InvalidRule, Location, RulesError, UnknownTier};
 pub use file::DEFAULT_MAX_RULES_FILE_BYTES;
 pub(crate) use file::read as read_file;
 
@@ -237,7 +237,7 @@ impl fmt::Display for Limit {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    id: Box<str>,
+    id: Arc<str>,
     index: usize,
     tier: Option<Box<str>>,
     pattern: Option<Box<str>>,
@@ -311,6 +311,11 @@ impl Rule {
         self.limit.as_ref()
     }
 
+    /// The identity, shared rather than copied.
+    pub(crate) fn shared_id(&self) -> Arc<str> {
+        Arc::clone(&self.id)
+    }
+
     /// Position in [`Rules::iter`]; backends keep per-rule state in this order.
     pub(crate) fn index(&self) -> usize {
         self.index
@@ -381,6 +386,8 @@ pub struct Rules {
     /// Every rule: the base default first, the base routes in file order, then each tier's
     /// default and routes.
     rules: Vec<Rule>,
+    /// Each rule's position in `rules`, by identity.
+    by_id: HashMap<Arc<str>, usize>,
     base: RuleSet,
     tiers: Vec<(Box<str>, RuleSet)>,
     default_tier: Option<usize>,
@@ -458,7 +465,7 @@ impl Rules {
 
     /// The client overrides no request can match when IPv6 clients are keyed by their
     /// network of `ipv6_prefix_len` bits (see
-    /// [`ipv6_prefix_len`](crate::RateLimitLayerBuilder::ipv6_prefix_len)): an override for
+    /// [`ipv6_prefix_len`](crate::LimiterBuilder::ipv6_prefix_len)): an override for
     /// a single IPv6 address below 128 bits, or for a network of another length. The layer
     /// logs each when it loads the rules; `tollgate check-rules` prints them.
     ///
@@ -498,7 +505,7 @@ impl Rules {
     /// and without a client override.
     pub fn lookup(&self, method: &Method, path: &str) -> &Rule {
         let set = self.default_tier.map_or(&self.base, |t| &self.tiers[t].1);
-        &self.rules[set.lookup(method, path)]
+        &self.rules[set.lookup(method.as_str(), path)]
     }
 
     /// The rule and limit for a request: in `tier` (or `default_tier`, or the base rules),
@@ -510,38 +517,64 @@ impl Rules {
         tier: Option<&str>,
         client: &ClientKey,
     ) -> Result<Resolved<'_>, UnknownTier> {
-        self.resolve_key(method, path, tier, client.as_ref())
+        self.resolve_key(method.as_str(), path, tier, client.as_ref())
     }
 
-    /// [`resolve`](Self::resolve) with a borrowed key: the request path's form.
+    /// [`resolve`](Self::resolve) with a borrowed key and the method's name.
     pub(crate) fn resolve_key(
         &self,
-        method: &Method,
+        method: &str,
         path: &str,
         tier: Option<&str>,
         client: KeyRef<'_>,
     ) -> Result<Resolved<'_>, UnknownTier> {
-        let set = match tier {
-            Some(name) => {
-                &self
-                    .tiers
-                    .iter()
-                    .find(|(t, _)| &**t == name)
-                    .ok_or_else(|| UnknownTier::new(name))?
-                    .1
-            }
-            None => self.default_tier.map_or(&self.base, |t| &self.tiers[t].1),
-        };
-        let rule = &self.rules[set.lookup(method, path)];
+        let rule = self.route(tier, method, path)?;
+        Ok(self.for_client(rule, client))
+    }
+
+    /// The rule set of `tier`: that tier's, or without one, `default_tier`'s or the base
+    /// rules.
+    fn rule_set(&self, tier: Option<&str>) -> Result<&RuleSet, UnknownTier> {
+        match tier {
+            Some(name) => self
+                .tiers
+                .iter()
+                .find(|(t, _)| &**t == name)
+                .map(|(_, set)| set)
+                .ok_or_else(|| UnknownTier::new(name)),
+            None => Ok(self.default_tier.map_or(&self.base, |t| &self.tiers[t].1)),
+        }
+    }
+
+    /// The rule for `method` (its name, as sent) and `path` in `tier`'s rule set.
+    pub(crate) fn route(
+        &self,
+        tier: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Result<&Rule, UnknownTier> {
+        let set = self.rule_set(tier)?;
+        Ok(&self.rules[set.lookup(method, path)])
+    }
+
+    /// The default rule of `tier`'s rule set.
+    pub(crate) fn tier_default(&self, tier: Option<&str>) -> Result<&Rule, UnknownTier> {
+        let set = self.rule_set(tier)?;
+        Ok(&self.rules[set.default()])
+    }
+
+    /// `rule`, with the limit for `client`: its override from `clients` if it has one and
+    /// the rule is limited.
+    pub(crate) fn for_client<'r>(&'r self, rule: &'r Rule, client: KeyRef<'_>) -> Resolved<'r> {
         let Some(limit) = rule.limit.as_ref() else {
-            return Ok(Resolved {
+            return Resolved {
                 rule,
                 limit: None,
                 client_override: false,
-            });
+            };
         };
         // An empty map returns at once, without hashing the key.
-        Ok(match self.clients.get(&client) {
+        match self.clients.get(&client) {
             Some(own) => Resolved {
                 rule,
                 limit: own.as_ref(),
@@ -552,7 +585,7 @@ impl Rules {
                 limit: Some(limit),
                 client_override: false,
             },
-        })
+        }
     }
 
     /// The base rules' default: for requests no route covers.
@@ -567,7 +600,7 @@ impl Rules {
 
     /// The rule with this identity.
     pub fn find(&self, id: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| &*r.id == id)
+        self.by_id.get(id).map(|&index| &self.rules[index])
     }
 
     /// The names of the tiers, in name order.

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::RandomState;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use http::Method;
 use serde::Deserialize;
@@ -164,8 +165,14 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
             .ok_or_else(|| problem(&at, InvalidClientKey::of(&key).into()))?;
         clients.insert(client, limit_of(&raw_rule, &at, raw.shadow)?);
     }
+    let by_id = rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| (Arc::clone(&rule.id), index))
+        .collect();
     Ok(Rules {
         rules,
+        by_id,
         base,
         tiers,
         default_tier,
@@ -213,7 +220,7 @@ fn rule_set(
     let mut json_paths: Vec<String> = Vec::with_capacity(raw_routes.len());
     // Earlier routes by pattern and by identity, so that each duplicate check is one lookup.
     let mut by_pattern: HashMap<String, Vec<usize>> = HashMap::with_capacity(raw_routes.len());
-    let mut by_id: HashMap<Box<str>, usize> = HashMap::with_capacity(raw_routes.len());
+    let mut by_id: HashMap<Arc<str>, usize> = HashMap::with_capacity(raw_routes.len());
     for (i, raw_route) in raw_routes.iter().enumerate() {
         let json_path = format!("{at}routes[{i}]");
         let limit = limit_of(raw_route, &json_path, shadow_all)?;
@@ -249,7 +256,7 @@ fn rule_set(
                 },
             ));
         }
-        let id: Box<str> = format!("{id_prefix}{}", rule_id(&pattern, methods.as_deref())).into();
+        let id: Arc<str> = format!("{id_prefix}{}", rule_id(&pattern, methods.as_deref())).into();
         if let Some(&same) = by_id.get(&id) {
             return Err(problem(
                 format!("{json_path}.path"),

@@ -113,18 +113,18 @@ impl RuleSet {
         })
     }
 
-    /// The index of the rule for `method` and `path`: the most specific pattern that
-    /// matches among the rules for that method, else the default.
-    pub(super) fn lookup(&self, method: &Method, path: &str) -> usize {
-        let method = if self.head_is_get && *method == Method::HEAD {
-            &Method::GET
+    /// The index of the rule for `method` (its name, as sent) and `path`: the most specific
+    /// pattern that matches among the rules for that method, else the default.
+    pub(super) fn lookup(&self, method: &str, path: &str) -> usize {
+        let method = if self.head_is_get && method == "HEAD" {
+            "GET"
         } else {
             method
         };
         let router = self
             .by_method
             .iter()
-            .find(|(m, _)| m == method)
+            .find(|(m, _)| m.as_str() == method)
             .map_or(&self.any_method, |(_, router)| router);
         router
             .at(path)

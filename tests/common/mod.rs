@@ -13,6 +13,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::routing::{get, post};
+pub use tollgate::Limiter;
 use tollgate::{RateLimitLayer, Rules};
 use tower::ServiceExt;
 
@@ -470,13 +471,13 @@ pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
         matches!(store, Store::Memory) || rules.on_redis_error().is_none(),
         "rules for Redis tests must not set on_redis_error: it would override failing closed"
     );
-    let builder = RateLimitLayer::builder().rules(rules);
+    let builder = Limiter::builder().rules(rules);
     let builder = match store {
         Store::Memory => builder,
         Store::Redis(redis, prefix) => on_test_redis(builder, redis, prefix),
     };
     builder
-        .build()
+        .build_layer()
         .await
         .unwrap_or_else(|e| panic!("build layer: {e}"))
 }
@@ -485,10 +486,10 @@ pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
 /// deadline, and failing closed, since a failed Redis call must not pass for a decision (the
 /// local fallback would give the same answers; a 503 does not).
 pub fn on_test_redis(
-    builder: tollgate::RateLimitLayerBuilder,
+    builder: tollgate::LimiterBuilder,
     redis: &TestRedis,
     prefix: &str,
-) -> tollgate::RateLimitLayerBuilder {
+) -> tollgate::LimiterBuilder {
     builder
         .redis_url(redis.url())
         .redis_prefix(prefix)
@@ -785,7 +786,8 @@ pub fn spec_with_deadline(
     deadline_us: f64,
     bands: &[(f64, f64)],
 ) -> Vec<u8> {
-    let mut spec = vec![algorithm];
+    // The algorithm, then the flags: none (a peek would be 1).
+    let mut spec = vec![algorithm, 0];
     for value in [cost, lease, lease_us, deadline_us] {
         spec.extend(value.to_le_bytes());
     }
@@ -795,4 +797,16 @@ pub fn spec_with_deadline(
         spec.extend(second.to_le_bytes());
     }
     spec
+}
+
+/// Builds a limiter and puts the default layer in front of it, for tests that only send
+/// requests through the layer.
+pub trait BuildLayer {
+    async fn build_layer(self) -> Result<RateLimitLayer, tollgate::BuildError>;
+}
+
+impl BuildLayer for tollgate::LimiterBuilder {
+    async fn build_layer(self) -> Result<RateLimitLayer, tollgate::BuildError> {
+        Ok(RateLimitLayer::new(self.build().await?))
+    }
 }

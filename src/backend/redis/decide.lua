@@ -4,10 +4,11 @@
 --
 -- KEYS[d]  request d's bucket: one string per (rule, client) holding every band's state
 -- ARGV[d]  request d's limit, packed little-endian: the algorithm (a byte: 1 token_bucket,
---          2 fixed_window, 3 sliding_window), the cost, the lease asked for (units) and its
---          lifetime (µs), the request's deadline (µs of TIME; 0: none) (doubles), n, the
---          number of bands (a byte), then per band its capacity and its second parameter
---          (doubles; token_bucket: refill rate per second, windows: window length in µs)
+--          2 fixed_window, 3 sliding_window), the flags (a byte: 1 peek), the cost, the lease
+--          asked for (units) and its lifetime (µs), the request's deadline (µs of TIME; 0:
+--          none) (doubles), n, the number of bands (a byte), then per band its capacity and
+--          its second parameter (doubles; token_bucket: refill rate per second, windows:
+--          window length in µs)
 --
 -- A bucket's value is one byte, the algorithm, then little-endian doubles, per band:
 --   token_bucket    tokens left after the last admitted request, when that was (µs of TIME)
@@ -21,6 +22,9 @@
 -- is taken from the bands like the cost (the answer reports the bands as if only the cost
 -- had been), and lives for the lifetime asked for, cut short at the end of the current
 -- window for the window algorithms. A lease of 0 asked for changes nothing.
+--
+-- A peek decides as a request would, but writes nothing and takes no lease; its bands'
+-- remaining and reset are as they are now, before any cost.
 --
 -- A request whose deadline has passed when the script runs (Redis was stopped or busy, and
 -- the app has answered it without Redis) is not decided and writes nothing: its lease_units
@@ -137,7 +141,9 @@ local answers, with_lease, values = {}, {}, {}
 for d = 1, #KEYS do
   local key = KEYS[d]
   local spec = ARGV[d]
-  local algorithm, cost, lease, lease_us, deadline, n, at = unpack_struct('<BddddB', spec)
+  local algorithm, flags, cost, lease, lease_us, deadline, n, at =
+    unpack_struct('<BBddddB', spec)
+  local peek = flags % 2 == 1
   if deadline > 0 and now > deadline then
     reply[r + 1] = -1
     reply[r + 2] = 0
@@ -174,6 +180,11 @@ for d = 1, #KEYS do
       local ok, remaining, retry_us, reset_us, left, until_end, v1, v2, v3 =
         band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost)
       answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
+      if peek then
+        local _, now_remaining, _, now_reset =
+          band(algorithm, capacity, param, stored, (k - 1) * width, cost, 0)
+        answers[b + 2], answers[b + 4] = now_remaining, now_reset
+      end
       answers[b + 5], answers[b + 6], answers[b + 7] = v1, v2, v3
       if ok == 0 then admitted = 0 end
       if spare == nil or left < spare then spare = left end
@@ -185,7 +196,7 @@ for d = 1, #KEYS do
     local extra = 0
     local taken = answers
     -- A lease of under 1 ms (the window ends sooner) is not granted: its reply would read 0.
-    if admitted == 1 and lease > 0 and lease_us >= 1000 and cost > 0 then
+    if admitted == 1 and not peek and lease > 0 and lease_us >= 1000 and cost > 0 then
       extra = max(0, floor(min(lease, spare) / cost) * cost)
       if extra > 0 then
         taken = with_lease
@@ -217,7 +228,7 @@ for d = 1, #KEYS do
       reply[r + 4] = ceil(answers[b + 4] / 1000)
       r = r + 4
     end
-    if admitted == 1 then
+    if admitted == 1 and not peek then
       local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values, 1, n * width))
       -- PX as an integer string: a Lua number would be formatted as a float.
       redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))

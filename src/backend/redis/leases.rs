@@ -12,10 +12,10 @@ use crate::rules::Limit;
 /// more than a sixteenth of a limit that other instances could have used.
 const LEASE_SHARE: u32 = 16;
 
-/// The units of a lease asked for with `limit`: whole multiples of its cost, at most
+/// The units of a lease asked for with `limit` at `cost`: whole multiples of the cost, at most
 /// 1/[`LEASE_SHARE`] of its smallest band's capacity. Zero when that is less than one cost.
-pub(super) fn lease_units(limit: &Limit) -> u32 {
-    let cost = limit.cost().max(1);
+pub(super) fn lease_units(limit: &Limit, cost: u32) -> u32 {
+    let cost = cost.max(1);
     let smallest = limit
         .bands()
         .iter()
@@ -172,6 +172,29 @@ impl Leases {
         });
     }
 
+    /// What spending `cost` units of this client's lease would report, without spending
+    /// them: `None` when it has fewer left, has ended, or is of other rules.
+    pub(super) fn peek(
+        &self,
+        state: u32,
+        client: KeyRef<'_>,
+        cost: u32,
+        rules: u64,
+    ) -> Option<Decision> {
+        let now = monotonic_us();
+        self.table.update(state, client, now, |lease| match lease {
+            Some(lease) if lease.rules == rules && lease.until_us > now && lease.units >= cost => {
+                (Some(lease.decision), None)
+            }
+            _ => (None, None),
+        })
+    }
+
+    /// Forgets `client`'s lease under the rule whose state id is `state`.
+    pub(super) fn forget(&self, state: u32, client: KeyRef<'_>) {
+        self.table.remove(state, client);
+    }
+
     /// Forgets every lease (the rules changed).
     pub(super) fn clear(&self) {
         self.table.clear();
@@ -193,7 +216,10 @@ mod tests {
 
     #[test]
     fn leases_ask_for_a_sixteenth_of_the_smallest_band_in_whole_costs() {
-        let units = |json| lease_units(&limit(json));
+        let units = |json| {
+            let limit = limit(json);
+            lease_units(&limit, limit.cost())
+        };
         assert_eq!(
             units(r#"{"default": {"capacity": 15, "refill_rate": 1}}"#),
             0

@@ -19,12 +19,14 @@ mod connection;
 mod error;
 mod leases;
 mod refusals;
+mod resets;
 mod script;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::Script;
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{mpsc, oneshot};
@@ -32,8 +34,10 @@ use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
 use super::memory::MemoryBackend;
-use super::{Outcome, RedisCounts, Verdict};
-use crate::key::KeyRef;
+use super::{Answer, Mode, Outcome, RedisCounts, RuleSlot};
+use crate::Decision;
+use crate::decision::DecidedBy;
+use crate::key::{ClientKey, KeyRef};
 use crate::policy::OnRedisError;
 use crate::rules::Limit;
 use batcher::{Job, MAX_QUEUED, batch};
@@ -43,15 +47,20 @@ use connection::Connection;
 use error::CallError;
 use leases::{Leases, Leasing};
 use refusals::Refusals;
-use script::{Answered, decode, load, packed, run};
+use resets::Reset;
+use script::{Answered, Call, decode, load, packed, run};
 
 pub(crate) use config::{RedisConfig, redact};
 pub(crate) use script::DECIDE_LUA;
 
 /// How decisions reach Redis.
 enum Route {
-    /// A single Redis: through the batcher's queue.
-    Batched(mpsc::Sender<Job>),
+    /// A single Redis: decisions through the batcher's queue; other commands over the
+    /// connection.
+    Batched {
+        queue: mpsc::Sender<Job>,
+        connection: Connection,
+    },
     /// A cluster: each decision its own call, once connected (at startup, or later by the
     /// background connector).
     Cluster(Arc<OnceLock<Connection>>),
@@ -69,6 +78,8 @@ pub(crate) struct RedisBackend {
     /// The generation of the rules in force (see `Installed`): refusals and leases of
     /// older ones are not kept.
     rules: AtomicU64,
+    /// The rules in force, for resets that other instances publish by rule identity.
+    slots: ArcSwap<Box<[RuleSlot]>>,
     route: Route,
     script: Arc<Script>,
     prefix: Box<str>,
@@ -88,7 +99,7 @@ impl RedisBackend {
     /// Sets up the connection and loads the script. Only an unusable URL is an error: if
     /// Redis does not answer within `connect_timeout`, the backend starts with its breakers
     /// open and keeps trying in the background.
-    pub(crate) async fn connect(config: &RedisConfig) -> Result<Self, String> {
+    pub(crate) async fn connect(config: &RedisConfig) -> Result<Arc<Self>, String> {
         let local = (config.on_error == OnRedisError::Local).then(|| {
             Arc::new(MemoryBackend::new(
                 config.max_tracked_buckets,
@@ -122,12 +133,13 @@ impl RedisBackend {
             );
             servers.open_all("Redis unreachable at startup");
         }
-        Ok(Self {
+        let backend = Arc::new(Self {
             refusals: Refusals::new(),
             refusal_hits: AtomicU64::new(0),
             leases: (!config.lease.is_zero()).then(|| Leases::new(config.timeout)),
             lease_hits: AtomicU64::new(0),
             rules: AtomicU64::new(0),
+            slots: ArcSwap::from_pointee(Box::default()),
             route,
             script,
             prefix: config.prefix.as_str().into(),
@@ -139,7 +151,23 @@ impl RedisBackend {
             local,
             fallback: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-        })
+        });
+        let urls = config
+            .cluster_nodes
+            .clone()
+            .unwrap_or_else(|| vec![config.url.clone()]);
+        let (subscribed, listening) = oneshot::channel();
+        resets::spawn_listener(
+            Arc::downgrade(&backend),
+            urls,
+            resets::channel(&config.prefix),
+            subscribed,
+            |backend: &Self, reset| backend.forget_locally(&reset),
+        );
+        // Like the script, the subscription is in place before the first request when
+        // Redis answers; if it does not, it comes with Redis.
+        let _ = tokio::time::timeout(config.connect_timeout, listening).await;
+        Ok(backend)
     }
 
     /// A reconnecting connection to one Redis, and its batcher. The outer error is an
@@ -161,7 +189,11 @@ impl RedisBackend {
         let (queue, queued) = mpsc::channel(MAX_QUEUED);
         tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
         let ready = load(script, &mut connection, config.connect_timeout).await;
-        Ok((Route::Batched(queue), ready))
+        let route = Route::Batched {
+            queue,
+            connection: connection.clone(),
+        };
+        Ok((route, ready))
     }
 
     /// A cluster connection, made now or, if no node answers in time, by a background task;
@@ -261,12 +293,74 @@ impl RedisBackend {
 
     /// New rules, of generation `generation`, are in force: they may admit what the old
     /// ones refused, and refuse what leases under the old ones would admit.
-    pub(crate) fn rules_changed(&self, generation: u64) {
+    pub(crate) fn rules_changed(&self, slots: &[RuleSlot]) {
+        let generation = slots.first().map_or(0, |slot| slot.generation);
         // Installs are published in order; `fetch_max` keeps the newest regardless.
-        self.rules.fetch_max(generation, Ordering::AcqRel);
+        if self.rules.fetch_max(generation, Ordering::AcqRel) < generation {
+            self.slots.store(Arc::new(slots.into()));
+        }
         self.refusals.clear();
         if let Some(leases) = &self.leases {
             leases.clear();
+        }
+    }
+
+    /// Forgets `client`'s state under `rules` in Redis and here, and tells every instance
+    /// sharing the Redis to forget it too.
+    pub(crate) async fn reset(&self, rules: &[RuleSlot], client: KeyRef<'_>) -> Result<(), String> {
+        let reset = Reset {
+            client: client.to_string(),
+            rules: rules.iter().map(|rule| rule.id.to_string()).collect(),
+        };
+        self.forget_locally(&reset);
+        let connection = match &self.route {
+            Route::Batched { connection, .. } => Some(connection.clone()),
+            Route::Cluster(connected) => connected.get().cloned(),
+        };
+        let mut connection = connection.ok_or("not connected to Redis yet")?;
+        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
+        let keys: Vec<String> = rules
+            .iter()
+            .map(|rule| self.key(&rule.id, client))
+            .collect();
+        let message = serde_json::to_string(&reset).map_err(|e| e.to_string())?;
+        let work = async {
+            // One key per command: on a cluster, the keys live in different slots.
+            for key in &keys {
+                redis::cmd("DEL")
+                    .arg(key)
+                    .exec_async(&mut connection)
+                    .await?;
+            }
+            redis::cmd("PUBLISH")
+                .arg(resets::channel(&self.prefix))
+                .arg(message)
+                .exec_async(&mut connection)
+                .await
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("Redis did not answer within the deadline".into()),
+        }
+    }
+
+    /// Forgets what this instance remembers of a client under the rules of a reset.
+    fn forget_locally(&self, reset: &Reset) {
+        let Some(client) = ClientKey::parse(&reset.client) else {
+            return;
+        };
+        let client = client.as_ref();
+        for slot in self.slots.load().iter() {
+            if reset.rules.iter().any(|rule| **rule == *slot.id) {
+                self.refusals.forget(slot.state, client);
+                if let Some(leases) = &self.leases {
+                    leases.forget(slot.state, client);
+                }
+                if let Some(local) = &self.local {
+                    local.forget(slot.state, client);
+                }
+            }
         }
     }
 
@@ -283,7 +377,7 @@ impl RedisBackend {
         client: KeyRef<'_>,
         rules: u64,
         ask: i64,
-        granted: Option<(u32, i64, crate::Decision)>,
+        granted: Option<(u32, i64, Decision)>,
     ) {
         if let Some(leases) = &self.leases {
             let current = rules == self.rules.load(Ordering::Acquire);
@@ -291,63 +385,65 @@ impl RedisBackend {
         }
     }
 
-    fn cached_refusal(
-        &self,
-        state: u32,
-        client: KeyRef<'_>,
-        rules: u64,
-    ) -> Option<crate::Decision> {
-        self.refusals.cached(state, client, rules)
-    }
-
     /// Remembers a refusal Redis gave under rules generation `rules`, unless those are no
     /// longer in force.
-    fn remember_refusal(
-        &self,
-        state: u32,
-        client: KeyRef<'_>,
-        decision: &crate::Decision,
-        rules: u64,
-    ) {
+    fn remember_refusal(&self, state: u32, client: KeyRef<'_>, decision: &Decision, rules: u64) {
         if rules == self.rules.load(Ordering::Acquire) {
             self.refusals.remember(state, client, decision, rules);
         }
     }
 
-    /// Decides a request of `client` under the rule `rule_id` (state id `state`), with
-    /// `limit`, under the rules of generation `rules`.
+    /// Decides a request of `client` under `rule` with `limit`, at `cost`: from this
+    /// instance's lease or remembered refusals when it can, else by Redis, else by the
+    /// failure policy.
     pub(crate) fn decide(
         self: &Arc<Self>,
-        state: u32,
-        rule_id: &str,
+        rule: &RuleSlot,
         limit: &Limit,
+        cost: u32,
         client: KeyRef<'_>,
-        rules: u64,
-    ) -> Verdict {
+        mode: Mode,
+    ) -> Answer {
+        let (state, rules) = (rule.state, rule.generation);
+        let taking = mode == Mode::Take;
         // A lease first: its units are paid for, even while Redis refuses others.
-        let ask = match self.spend_lease(state, client, limit.cost(), rules) {
-            Leasing::Spent(leased) => {
-                self.lease_hits.fetch_add(1, Ordering::Relaxed);
-                return Verdict::Now(Outcome::Decided(leased));
+        let ask = match mode {
+            Mode::Take => match self.spend_lease(state, client, cost, rules) {
+                Leasing::Spent(leased) => {
+                    self.lease_hits.fetch_add(1, Ordering::Relaxed);
+                    return Answer::Now(Outcome::Decided(leased, DecidedBy::Lease));
+                }
+                Leasing::Ask => None,
+                Leasing::AskLease(ask) => Some(ask),
+            },
+            Mode::Peek => {
+                let leased = self
+                    .leases
+                    .as_ref()
+                    .and_then(|leases| leases.peek(state, client, cost, rules));
+                if let Some(leased) = leased {
+                    return Answer::Now(Outcome::Decided(leased, DecidedBy::Lease));
+                }
+                None
             }
-            Leasing::Ask => None,
-            Leasing::AskLease(ask) => Some(ask),
         };
-        if let Some(refused) = self.cached_refusal(state, client, rules) {
-            self.refusal_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(refused) = self.refusals.cached(state, client, rules) {
+            if taking {
+                self.refusal_hits.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(ask) = ask {
                 self.lease_answered(state, client, rules, ask, None);
             }
-            return Verdict::Now(Outcome::Decided(refused));
+            return Answer::Now(Outcome::Decided(refused, DecidedBy::RememberedRefusal));
         }
-        let key = self.key(rule_id, client);
+        let key = self.key(&rule.id, client);
         let server = self.servers.for_key(&key);
         let permit = server.breaker.permit();
         if permit == Permit::Skip {
             if let Some(ask) = ask {
                 self.lease_answered(state, client, rules, ask, None);
             }
-            return Verdict::Now(self.without_redis(state, limit, client));
+            return Answer::Now(self.without_redis(state, limit, cost, client, mode));
         }
         // Made now, so that a future dropped before it is polled still ends a probe.
         let guard = PermitGuard::new(Arc::clone(&server.breaker), permit);
@@ -355,15 +451,20 @@ impl RedisBackend {
         let deadline = Instant::now() + self.timeout;
         let client = client.to_owned();
         let limit = limit.clone();
-        let lease = if ask.is_some() {
-            self.lease
-        } else {
-            Duration::ZERO
+        let call = Call {
+            cost,
+            lease: if ask.is_some() {
+                self.lease
+            } else {
+                Duration::ZERO
+            },
+            mode,
+            deadline,
         };
         let this = Arc::clone(self);
-        Verdict::Later(Box::pin(async move {
+        Answer::Later(Box::pin(async move {
             let sent_us = monotonic_us();
-            let answer = this.call(&server, key, &limit, lease, deadline).await;
+            let answer = this.call(&server, key, &limit, &call).await;
             if let Some(ask) = ask {
                 let granted = match &answer {
                     Ok((decision, Some((units, ms)))) if decision.allowed => {
@@ -377,16 +478,16 @@ impl RedisBackend {
             match answer {
                 Ok((decision, _)) => {
                     guard.succeeded();
-                    if !decision.allowed {
+                    if !decision.allowed && taking {
                         this.remember_refusal(state, client.as_ref(), &decision, rules);
                     }
-                    Outcome::Decided(decision)
+                    Outcome::Decided(decision, DecidedBy::Redis)
                 }
                 Err(error) => {
                     this.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, "Redis could not decide");
                     guard.failed(&error);
-                    this.without_redis(state, &limit, client.as_ref())
+                    this.without_redis(state, &limit, cost, client.as_ref(), mode)
                 }
             }
         }))
@@ -399,12 +500,12 @@ impl RedisBackend {
         server: &Server,
         key: String,
         limit: &Limit,
-        lease: Duration,
-        deadline: Instant,
+        call: &Call,
     ) -> Result<Answered, CallError> {
-        let spec = packed(limit, lease, server.clock.deadline_us(deadline));
+        let deadline = call.deadline;
+        let spec = packed(limit, call, server.clock.deadline_us(deadline));
         let (reply, at) = match &self.route {
-            Route::Batched(queue) => {
+            Route::Batched { queue, .. } => {
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     key,
@@ -440,10 +541,22 @@ impl RedisBackend {
     }
 
     /// The failure policy's answer.
-    fn without_redis(&self, state: u32, limit: &Limit, client: KeyRef<'_>) -> Outcome {
-        self.fallback.fetch_add(1, Ordering::Relaxed);
+    fn without_redis(
+        &self,
+        state: u32,
+        limit: &Limit,
+        cost: u32,
+        client: KeyRef<'_>,
+        mode: Mode,
+    ) -> Outcome {
+        if mode == Mode::Take {
+            self.fallback.fetch_add(1, Ordering::Relaxed);
+        }
         match (&self.local, self.on_error) {
-            (Some(local), _) => Outcome::Decided(local.decide(state, limit, client)),
+            (Some(local), _) => Outcome::Decided(
+                local.decide(state, limit, cost, client, mode),
+                DecidedBy::LocalFallback,
+            ),
             (None, OnRedisError::Deny) => Outcome::Unavailable {
                 retry_after: self.cooldown,
             },

@@ -74,6 +74,11 @@ impl Refusals {
             });
     }
 
+    /// Forgets `client`'s refusal under the rule whose state id is `state`.
+    pub(super) fn forget(&self, state: u32, client: KeyRef<'_>) {
+        self.table.remove(state, client);
+    }
+
     /// Forgets every refusal (the rules changed).
     pub(super) fn clear(&self) {
         self.table.clear();

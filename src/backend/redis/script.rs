@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use redis::Script;
+use tokio::time::Instant;
 
 use super::connection::Connection;
 use super::error::CallError;
 use super::leases::lease_units;
 use crate::Decision;
 use crate::algorithm::{Algorithm, Combined};
+use crate::backend::Mode;
 use crate::rules::Limit;
 
 /// The decision script; `EVALSHA`, loaded at startup and again on `NOSCRIPT`.
@@ -27,25 +29,45 @@ pub(super) async fn load(
     }
 }
 
+/// The flag of a peek, in a decision's flags byte: decide, take nothing, write nothing, and
+/// report the bands as they are now.
+const PEEK: u8 = 1;
+
+/// What one decision asks of the script besides its limit.
+pub(super) struct Call {
+    /// What the request takes from every band.
+    pub(super) cost: u32,
+    /// How long a lease asked for lives; zero: no lease asked for.
+    pub(super) lease: Duration,
+    pub(super) mode: Mode,
+    /// When the request gives up on Redis.
+    pub(super) deadline: Instant,
+}
+
 /// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
-/// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the cost, the lease
-/// asked for in units and its lifetime in µs, the deadline in µs of Redis `TIME` (0: none)
-/// (f64 each), the number of bands (a byte), then each band's capacity and second parameter
-/// (f64 each: refill rate per second, or window length in µs).
-pub(super) fn packed(limit: &Limit, lease: Duration, deadline_us: i64) -> Vec<u8> {
+/// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the flags (a byte:
+/// 1 for a peek), the cost, the lease asked for in units and its lifetime in µs, the
+/// deadline in µs of Redis `TIME` (0: none) (f64 each), the number of bands (a byte), then
+/// each band's capacity and second parameter (f64 each: refill rate per second, or window
+/// length in µs).
+pub(super) fn packed(limit: &Limit, call: &Call, deadline_us: i64) -> Vec<u8> {
     let algorithm = limit.algorithm();
     let bands = limit.bands();
-    let (units, lease_us) = match lease.as_micros() {
+    let (units, lease_us) = match call.lease.as_micros() {
         0 => (0, 0.0),
-        us => (lease_units(limit), us as f64),
+        us => (lease_units(limit, call.cost), us as f64),
     };
-    let mut spec = Vec::with_capacity(34 + 16 * bands.len());
+    let mut spec = Vec::with_capacity(35 + 16 * bands.len());
     spec.push(match algorithm {
         Algorithm::TokenBucket => 1,
         Algorithm::FixedWindow => 2,
         Algorithm::SlidingWindow => 3,
     });
-    spec.extend(f64::from(limit.cost()).to_le_bytes());
+    spec.push(match call.mode {
+        Mode::Take => 0,
+        Mode::Peek => PEEK,
+    });
+    spec.extend(f64::from(call.cost).to_le_bytes());
     spec.extend(f64::from(units).to_le_bytes());
     spec.extend(lease_us.to_le_bytes());
     // Exact: µs of Unix time stay below 2^53 until the year 2255.
@@ -133,20 +155,30 @@ mod tests {
 
     #[test]
     fn leases_and_deadlines_are_packed_after_the_cost() {
+        let limit = limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#);
+        let call = |cost, lease, mode| Call {
+            cost,
+            lease,
+            mode,
+            deadline: Instant::now(),
+        };
         // Off: nothing asked for, whatever the capacity.
+        let spec = packed(&limit, &call(1, Duration::ZERO, Mode::Take), 0);
+        assert_eq!(spec[..2], [1, 0]);
+        assert_eq!(spec[2..10], 1f64.to_le_bytes());
+        assert_eq!(spec[10..26], [0; 16]);
         let spec = packed(
-            &limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
-            Duration::ZERO,
-            0,
-        );
-        assert_eq!(spec[9..25], [0; 16]);
-        let spec = packed(
-            &limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#),
-            Duration::from_millis(100),
+            &limit,
+            &call(1, Duration::from_millis(100), Mode::Take),
             1_764_000_000_123_456,
         );
-        assert_eq!(spec[9..17], 62f64.to_le_bytes());
-        assert_eq!(spec[17..25], 100_000f64.to_le_bytes());
-        assert_eq!(spec[25..33], 1_764_000_000_123_456f64.to_le_bytes());
+        assert_eq!(spec[10..18], 62f64.to_le_bytes());
+        assert_eq!(spec[18..26], 100_000f64.to_le_bytes());
+        assert_eq!(spec[26..34], 1_764_000_000_123_456f64.to_le_bytes());
+        // A peek, at a cost other than the rule's: the lease asked for is in whole costs.
+        let spec = packed(&limit, &call(5, Duration::from_millis(100), Mode::Peek), 0);
+        assert_eq!(spec[..2], [1, PEEK]);
+        assert_eq!(spec[2..10], 5f64.to_le_bytes());
+        assert_eq!(spec[10..18], 60f64.to_le_bytes());
     }
 }

@@ -1,4 +1,4 @@
-//! Everything the layer writes into responses, rendered from a [`Decision`] in one place.
+//! Everything the layer writes into responses, rendered from a [`Verdict`] in one place.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::Decision;
 use crate::decision::ceil_secs;
 use crate::key::InvalidClientId;
-use crate::tier::UnknownTier;
+use crate::limiter::{CheckError, Verdict};
 
 /// `X-RateLimit-Limit`: the capacity of the reported band (the one closest to running out).
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -116,12 +116,38 @@ pub(crate) fn unavailable<B: From<Bytes>>(retry_after: Duration) -> Response<B> 
     response
 }
 
-/// `500 Internal Server Error` for a request whose tier the rules do not have:
-/// `{"error":"unknown_tier","message":…}`. The app's authentication and its rules disagree.
-pub(crate) fn unknown_tier<B: From<Bytes>>(unknown: &UnknownTier) -> Response<B> {
+/// What the layer does with a verdict: answer by itself, or forward the request (and add
+/// the headers of the decision, if there is one).
+pub(crate) enum Step<B> {
+    Respond(Response<B>),
+    Forward(Option<Decision>),
+}
+
+/// The layer's next step for `verdict`.
+pub(crate) fn step<B: From<Bytes>>(verdict: &Verdict) -> Step<B> {
+    if verdict.allowed() {
+        return Step::Forward(verdict.decision().copied());
+    }
+    match verdict.decision() {
+        Some(decision) => Step::Respond(too_many_requests(decision)),
+        None => Step::Respond(unavailable(verdict.retry_after().unwrap_or_default())),
+    }
+}
+
+/// `500 Internal Server Error` for a request the rules cannot answer:
+/// `{"error":"unknown_tier",…}` for a [`Tier`](crate::Tier) the rules do not have,
+/// `{"error":"invalid_cost",…}` for a [`Cost`](crate::Cost) the rule's bands cannot take.
+/// The app and its rules disagree, so it is logged too.
+pub(crate) fn check_error<B: From<Bytes>>(error: &CheckError) -> Response<B> {
+    let code = match error {
+        CheckError::UnknownTier(_) => "unknown_tier",
+        CheckError::Cost { .. } => "invalid_cost",
+        _ => "unknown_rule",
+    };
+    tracing::error!(%error, "request refused: the rate limit rules cannot answer it");
     let body = serde_json::json!({
-        "error": "unknown_tier",
-        "message": unknown.to_string(),
+        "error": code,
+        "message": error.to_string(),
     });
     json_response(StatusCode::INTERNAL_SERVER_ERROR, body.to_string())
 }

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -11,10 +10,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::backend::PendingOutcome;
-use crate::layer::Shared;
-use crate::service::{Shadow, Step, step};
-use crate::{Decision, headers};
+use super::response::{self, Step};
+use crate::Decision;
+use crate::limiter::Checking;
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
@@ -27,12 +25,12 @@ pin_project! {
     /// ```
     /// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
     /// use tower::{Service, ServiceExt};
-    /// use tollgate::{RateLimitLayer, ResponseFuture, Rules};
+    /// use tollgate::{Limiter, RateLimitLayer, ResponseFuture, Rules};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#)?;
-    /// let layer = RateLimitLayer::builder().rules(rules).build().await?;
+    /// let layer = RateLimitLayer::new(Limiter::builder().rules(rules).build().await?);
     /// let mut service = tower::Layer::layer(&layer, Router::new().route("/", get(|| async { "ok" })));
     /// let request: Request<Body> = Request::get("/").body(Body::empty())?;
     /// let ready = ServiceExt::<Request<Body>>::ready(&mut service).await?;
@@ -58,21 +56,19 @@ pin_project! {
     {
         // The layer answers by itself.
         Respond { response: Option<S::Response> },
-        // A remote backend is deciding; the ready inner service and the request wait. Boxed:
-        // a request is large, and the futures that never wait should not carry its room.
+        // Redis is deciding; the ready inner service and the request wait. Boxed: a request
+        // is large, and the futures that never wait should not carry its room.
         Wait { waiting: Box<Waiting<S, ReqBody>> },
         // The inner service is answering; headers are added to its response.
         Forward { #[pin] future: S::Future, decision: Option<Decision> },
     }
 }
 
-/// What waits with a request while a remote backend decides it.
+/// What waits with a request while Redis decides it.
 struct Waiting<S, ReqBody> {
-    pending: PendingOutcome,
+    checking: Checking,
     inner: Option<S>,
     request: Option<Request<ReqBody>>,
-    shared: Arc<Shared>,
-    shadow: Option<Shadow>,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -93,21 +89,13 @@ where
         }
     }
 
-    pub(crate) fn wait(
-        pending: PendingOutcome,
-        inner: S,
-        request: Request<ReqBody>,
-        shared: Arc<Shared>,
-        shadow: Option<Shadow>,
-    ) -> Self {
+    pub(crate) fn wait(checking: Checking, inner: S, request: Request<ReqBody>) -> Self {
         Self {
             state: State::Wait {
                 waiting: Box::new(Waiting {
-                    pending,
+                    checking,
                     inner: Some(inner),
                     request: Some(request),
-                    shared,
-                    shadow,
                 }),
             },
         }
@@ -149,27 +137,26 @@ where
                 }
                 StateProj::Wait { waiting } => {
                     let Waiting {
-                        pending,
+                        checking,
                         inner,
                         request,
-                        shared,
-                        shadow,
                     } = &mut **waiting;
-                    let outcome = ready!(pending.as_mut().poll(cx));
+                    let checked = ready!(Pin::new(checking).poll(cx));
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let next = match step(
-                        outcome,
-                        &shared.counters,
-                        shadow.as_ref().map(Shadow::borrowed),
-                    ) {
-                        Step::Respond(response) => State::Respond {
-                            response: Some(response),
+                    let next = match checked {
+                        Ok(verdict) => match response::step(&verdict) {
+                            Step::Respond(response) => State::Respond {
+                                response: Some(response),
+                            },
+                            Step::Forward(decision) => State::Forward {
+                                future: inner.call(request),
+                                decision,
+                            },
                         },
-                        Step::Forward(decision) => State::Forward {
-                            future: inner.call(request),
-                            decision,
+                        Err(error) => State::Respond {
+                            response: Some(response::check_error(&error)),
                         },
                     };
                     state.set(next);
@@ -177,7 +164,7 @@ where
                 StateProj::Forward { future, decision } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(decision) = decision.take() {
-                        headers::set_rate_limit_headers(response.headers_mut(), &decision);
+                        response::set_rate_limit_headers(response.headers_mut(), &decision);
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -1,20 +1,18 @@
 //! Hot reload of the rules file: a file watcher, SIGHUP, and
-//! [`RateLimitLayer::reload`](crate::RateLimitLayer::reload), all going through
-//! [`Shared::reload_file`].
+//! [`Limiter::reload`](crate::Limiter::reload), all going through `Core::reload_file`.
 //!
 //! The file is read and validated on Tokio's blocking pool, never on a runtime worker, so
 //! requests keep flowing on the rules in force meanwhile, however large or slow the file.
 //! New rules are validated completely, then swapped in atomically (`arc-swap`: requests
 //! never wait on a lock). A file that does not validate is rejected, the running rules stay,
 //! and the error is logged once per distinct content and kept for [`Stats`](crate::Stats).
-//! Each rule identity keeps one state id for the life of the layer, so buckets survive a
+//! Each rule identity keeps one state id for the life of the limiter, so buckets survive a
 //! reload when their rule's identity is unchanged.
 //!
 //! Every source of rules installs them, and the last one wins: a file change, SIGHUP,
 //! `reload()` and `set_rules`. When the file replaces rules installed by `set_rules`, a
 //! warning says so.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -22,20 +20,11 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::layer::Shared;
-use crate::rules::Rules;
-use crate::rules::RulesError;
+use super::Core;
+use super::installed::Installed;
+use crate::rules::{Rules, RulesError};
 
-/// Rules in force, with the state id of each rule (indexed like [`Rules::iter`]).
-pub(crate) struct Installed {
-    pub(crate) rules: Arc<Rules>,
-    pub(crate) state_ids: Box<[u32]>,
-    /// Counts installs: a request carries the generation of the rules it was resolved
-    /// under, so that what a backend remembers under other rules is not used for it.
-    pub(crate) generation: u64,
-}
-
-/// The rules file a layer follows.
+/// The rules file a limiter follows.
 pub(crate) struct RulesFile {
     pub(crate) path: PathBuf,
     /// The most bytes read from it.
@@ -112,39 +101,12 @@ pub(crate) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Se
 pub(crate) struct ReloadState {
     /// Hash of the file content last installed from the file.
     loaded: Option<u64>,
-    /// Whether the rules in force were installed by `set_rules` on a layer that follows a
+    /// Whether the rules in force were installed by `set_rules` on a limiter that follows a
     /// file, so that the file replacing them is worth a warning.
     set_rules_in_force: bool,
     pub(crate) reloads: u64,
     pub(crate) failures: u64,
     pub(crate) last_error: Option<String>,
-}
-
-/// Gives every rule identity one state id for the life of the layer, and every install its
-/// generation.
-#[derive(Debug, Default)]
-pub(crate) struct StateIds(Mutex<(HashMap<Box<str>, u32>, u64)>);
-
-impl StateIds {
-    /// Numbers `rules` and hands them to `publish`, under one lock: installs are published
-    /// in the order of their generations, so the last published is the newest.
-    pub(crate) fn install<R>(&self, rules: Rules, publish: impl FnOnce(Installed) -> R) -> R {
-        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (ids, generation) = &mut *guard;
-        *generation += 1;
-        let state_ids = rules
-            .iter()
-            .map(|rule| {
-                let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-                *ids.entry(rule.id().into()).or_insert(next)
-            })
-            .collect();
-        publish(Installed {
-            rules: Arc::new(rules),
-            state_ids,
-            generation: *generation,
-        })
-    }
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -178,7 +140,7 @@ pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
     }
 }
 
-impl Shared {
+impl Core {
     /// Swaps in new rules; state of rules that no longer exist is dropped. Returns the rules
     /// replaced, for [`free_here`] once no lock is held.
     pub(crate) fn install(&self, rules: Rules) -> Arc<Installed> {
@@ -192,19 +154,14 @@ impl Shared {
         };
         if policy_changed {
             tracing::warn!(
-                "on_redis_error and local_fallback_instances are read when the layer is built; \
+                "on_redis_error and local_fallback_instances are read when the limiter is built; \
                  the new values take effect on restart"
             );
         }
         warn_unreachable_overrides(&rules, self.ipv6_prefix_len);
         self.state_ids.install(rules, |installed| {
-            let generation = installed.generation;
-            if let Some(memory) = self.backend.memory() {
-                let live: HashSet<u32> = installed.state_ids.iter().copied().collect();
-                memory.retain_rules(|id| live.contains(&id));
-            }
             let replaced = self.installed.swap(Arc::new(installed));
-            self.backend.rules_changed(generation);
+            self.backend.rules_changed(&self.installed.load().slots);
             replaced
         })
     }
@@ -232,7 +189,7 @@ impl Shared {
 
     /// Reads the rules file again. `Ok(true)`: new rules are in force; `Ok(false)`: the
     /// content is unchanged (and, for a file change, rules from `set_rules` stay), or the
-    /// layer has no rules file. On error the running rules stay. Blocks on the file: run it
+    /// limiter has no rules file. On error the running rules stay. Blocks on the file: run it
     /// with [`off_runtime`].
     pub(crate) fn reload_file(&self, trigger: Trigger) -> Result<bool, RulesError> {
         let Some(file) = &self.rules_file else {
@@ -272,7 +229,7 @@ impl Shared {
             tracing::warn!(
                 file = %path,
                 trigger = trigger.as_str(),
-                "the rules file replaced the rules installed by set_rules: on a layer built \
+                "the rules file replaced the rules installed by set_rules: on a limiter built \
                  with rules_file, a change to the file, SIGHUP and reload() install the file \
                  (turn off watch_rules_file and reload_on_sighup to keep rules set by hand)"
             );
@@ -302,8 +259,8 @@ impl Shared {
 
 /// Watches the rules file's directory (and, for a symlink, its target's directory) and
 /// reloads on any change there, after a short pause so that a save made of several steps is
-/// read once it is complete. Stops when the layer is dropped.
-pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: &Path) -> Result<(), notify::Error> {
+/// read once it is complete. Stops when the limiter is dropped.
+pub(crate) fn spawn_watcher(core: Weak<Core>, path: &Path) -> Result<(), notify::Error> {
     let (events, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -330,27 +287,27 @@ pub(crate) fn spawn_watcher(shared: Weak<Shared>, path: &Path) -> Result<(), not
         while changes.recv().await.is_some() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             while changes.try_recv().is_ok() {}
-            let Some(shared) = shared.upgrade() else {
+            let Some(core) = core.upgrade() else {
                 break;
             };
             // Errors are logged and kept for stats().
-            let _ = off_runtime(move || shared.reload_file(Trigger::FileChange)).await;
+            let _ = off_runtime(move || core.reload_file(Trigger::FileChange)).await;
         }
     });
     Ok(())
 }
 
-/// Reloads on SIGHUP until the layer is dropped.
+/// Reloads on SIGHUP until the limiter is dropped.
 #[cfg(unix)]
-pub(crate) fn spawn_sighup(shared: Weak<Shared>) -> std::io::Result<()> {
+pub(crate) fn spawn_sighup(core: Weak<Core>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let Some(shared) = shared.upgrade() else {
+            let Some(core) = core.upgrade() else {
                 break;
             };
-            let _ = off_runtime(move || shared.reload_file(Trigger::Sighup)).await;
+            let _ = off_runtime(move || core.reload_file(Trigger::Sighup)).await;
         }
     });
     Ok(())

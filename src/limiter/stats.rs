@@ -4,26 +4,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::breaker::BreakerState;
 
-/// A snapshot of what the layer has done since it was built. Read it with
-/// [`RateLimitLayer::stats`](crate::RateLimitLayer::stats).
+/// A snapshot of what a limiter, and the fronts it serves, have done since it was built.
+/// Read it with [`Limiter::stats`](crate::Limiter::stats).
 ///
 /// # Example
 ///
 /// ```
 /// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
 /// use tower::ServiceExt;
-/// use tollgate::{RateLimitLayer, Rules};
+/// use tollgate::{Limiter, RateLimitLayer, Rules};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.01}}"#)?;
-/// let layer = RateLimitLayer::builder().rules(rules).build().await?;
-/// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer.clone());
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let app = Router::new()
+///     .route("/", get(|| async { "hi" }))
+///     .layer(RateLimitLayer::new(limiter.clone()));
 /// for expected in [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
 ///     let response = app.clone().oneshot(Request::get("/").body(Body::empty())?).await?;
 ///     assert_eq!(response.status(), expected);
 /// }
-/// let stats = layer.stats();
+/// let stats = limiter.stats();
 /// assert_eq!((stats.allowed, stats.denied, stats.tracked_buckets), (1, 1, 1));
 /// assert_eq!(stats.breaker, None); // no Redis, no breaker
 ///
@@ -54,7 +56,7 @@ pub struct Stats {
     /// under the same rule until a time not yet reached (also counted in `denied`).
     pub cached_refusals: u64,
     /// Requests admitted from a lease, without asking Redis (also counted in `allowed`);
-    /// see [`redis_lease`](crate::RateLimitLayerBuilder::redis_lease).
+    /// see [`redis_lease`](crate::LimiterBuilder::redis_lease).
     pub leased: u64,
     /// Requests answered 400 for an unusable `X-Client-ID`.
     pub invalid_client_ids: u64,
@@ -75,7 +77,7 @@ pub struct Stats {
     pub evicted_buckets: u64,
 }
 
-/// The layer's own counters, bumped on the request path.
+/// The limiter's own counters, bumped on the request path.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) allowed: AtomicU64,
@@ -88,5 +90,9 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
     }
 }

@@ -1,0 +1,288 @@
+//! [`RateLimitLayer`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::identity::{KeySource, Trust};
+use super::service::RateLimit;
+use crate::error::BuildError;
+use crate::limiter::Limiter;
+
+/// A tower [`Layer`](https://docs.rs/tower/latest/tower/trait.Layer.html) that rate limits
+/// requests by client and route, with a [`Limiter`].
+///
+/// For each request it finds the client key (`X-Client-ID` or `X-Forwarded-For` from a
+/// trusted proxy, else the peer address), asks the limiter about the request's method and
+/// path (with the request's [`Tier`](crate::Tier) and [`Cost`](crate::Cost), if your
+/// middleware set them), and either passes the request on with `X-RateLimit-*` headers or
+/// answers `429 Too Many Requests` with `Retry-After`. It decides nothing itself. Cloning is
+/// cheap: clones share the limiter.
+///
+/// # Example
+///
+/// ```
+/// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
+/// use tower::ServiceExt;
+/// use tollgate::{Limiter, RateLimitLayer, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.01}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let app = Router::new().route("/", get(|| async { "hello" })).layer(RateLimitLayer::new(limiter));
+///
+/// let request = || Request::get("/").header("x-client-id", "alice").body(Body::empty()).unwrap();
+/// let first = app.clone().oneshot(request()).await?;
+/// assert_eq!(first.status(), StatusCode::OK);
+/// assert_eq!(first.headers()["x-ratelimit-remaining"], "0");
+/// let second = app.oneshot(request()).await?;
+/// assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(second.headers()["retry-after"], "100");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Limiter,
+    identity: Arc<KeySource>,
+}
+
+impl RateLimitLayer {
+    /// The layer in front of `limiter`, trusting identity headers from loopback and private
+    /// networks, one proxy hop deep (see [`builder`](Self::builder) to change that).
+    pub fn new(limiter: Limiter) -> Self {
+        let identity = KeySource::private_networks(limiter.core().ipv6_prefix_len());
+        Self {
+            limiter,
+            identity: Arc::new(identity),
+        }
+    }
+
+    /// Starts configuring a layer in front of `limiter`: which peers may say who the client
+    /// is.
+    pub fn builder(limiter: Limiter) -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder {
+            limiter,
+            trusted_proxy_hops: 1,
+            trust: Trust::default(),
+        }
+    }
+
+    /// The limiter that decides.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.limiter.clone(), Arc::clone(&self.identity))
+    }
+}
+
+/// Configures a [`RateLimitLayer`]: which TCP peers may name the client with `X-Client-ID`
+/// and `X-Forwarded-For` (by default loopback and the private ranges), and how far to read
+/// `X-Forwarded-For`. See "How the client is identified" in the README.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{Limiter, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Limiter::builder()
+///     .rules_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
+///     .build()
+///     .await?;
+/// let layer = RateLimitLayer::builder(limiter)
+///     .trusted_proxies(["10.0.0.0/8", "fd00::/8"])
+///     .build()?;
+/// assert_eq!(layer.limiter().backend_name(), "memory");
+/// # Ok(())
+/// # }
+/// ```
+pub struct RateLimitLayerBuilder {
+    limiter: Limiter,
+    trusted_proxy_hops: usize,
+    trust: Trust,
+}
+
+impl fmt::Debug for RateLimitLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("trusted_proxy_hops", &self.trusted_proxy_hops)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayerBuilder {
+    /// How many proxies in front of the app append to `X-Forwarded-For` (default 1: the
+    /// rightmost entry, written by the proxy the app is connected to, is the client). Every
+    /// comma-separated entry counts, across all `X-Forwarded-For` lines in order; if the
+    /// entry at that position is not an address (`unknown`, an obfuscated name, empty), or
+    /// there are fewer entries, the header is not used and the peer address is. 0 ignores
+    /// `X-Forwarded-For`.
+    ///
+    /// Read only when the peer is trusted: by default loopback (127.0.0.0/8, ::1) and the
+    /// private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7), or every peer
+    /// after [`trust_any_peer`](Self::trust_any_peer). Not used when
+    /// [`trusted_proxies`](Self::trusted_proxies) is set.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{Limiter, RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // nginx on this host appends the address it saw: one hop (the default).
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1},
+    ///                                  "clients": {"ip:203.0.113.7": {"capacity": 50, "refill_rate": 1}}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let layer = RateLimitLayer::builder(limiter).trusted_proxy_hops(1).build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let limit_seen_from = async |peer: &str| {
+    ///     let request = Request::get("/")
+    ///         .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+    ///         .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+    ///         .body(Body::empty())
+    ///         .unwrap();
+    ///     let response = app.clone().oneshot(request).await.unwrap();
+    ///     response.headers()["x-ratelimit-limit"].to_str().unwrap().to_owned()
+    /// };
+    /// // From nginx (loopback): the entry nginx appended is the client, 203.0.113.7.
+    /// assert_eq!(limit_seen_from("127.0.0.1:41000").await, "50");
+    /// // From a client connecting directly: its own address; the header is not read.
+    /// assert_eq!(limit_seen_from("203.0.113.99:41000").await, "5");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trusted_proxy_hops(mut self, hops: usize) -> Self {
+        self.trusted_proxy_hops = hops;
+        self
+    }
+
+    /// Your proxies' addresses, as CIDRs (`"10.0.0.0/8"`) or single addresses, instead of
+    /// the default trusted peers (loopback and the private ranges). Only requests from these
+    /// peers may name their client with `X-Client-ID` or `X-Forwarded-For`; a client
+    /// connecting from anywhere else is keyed by its own address, whatever it sends.
+    ///
+    /// `X-Forwarded-For` is then read from the right, over these addresses: the first other
+    /// address is the client (if all are yours, the farthest). So list only your proxies,
+    /// never a network your clients connect from. An entry that is not an address ends the
+    /// walk, and the peer address is used. This replaces
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). An empty list trusts no peer.
+    ///
+    /// An entry that does not parse, or that covers every address (`0.0.0.0/0`, `::/0`),
+    /// fails [`build`](Self::build): to trust every peer, use
+    /// [`trust_any_peer`](Self::trust_any_peer). The last of the two calls wins.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{Limiter, RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 5, "refill_rate": 1},
+    ///                                  "clients": {"id:internal-batch": {"limit": "6000/minute"}}}"#)?;
+    /// // Our load balancers are in 10.1.0.0/16: they alone may say who the client is.
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let layer = RateLimitLayer::builder(limiter).trusted_proxies(["10.1.0.0/16"]).build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let limit_seen_from = async |peer: &str| {
+    ///     let request = Request::get("/")
+    ///         .header("x-client-id", "internal-batch")
+    ///         .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+    ///         .body(Body::empty())
+    ///         .unwrap();
+    ///     let response = app.clone().oneshot(request).await.unwrap();
+    ///     response.headers()["x-ratelimit-limit"].to_str().unwrap().to_owned()
+    /// };
+    /// assert_eq!(limit_seen_from("10.1.2.3:41000").await, "6000");
+    /// // Anyone else, this host included, is keyed by address: the override is out of reach.
+    /// assert_eq!(limit_seen_from("127.0.0.1:41000").await, "5");
+    /// assert_eq!(limit_seen_from("192.168.1.20:41000").await, "5");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.trust = Trust::Proxies(proxies.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Trusts every peer: any client may name itself with `X-Client-ID`, or with
+    /// `X-Forwarded-For` (read by [`trusted_proxy_hops`](Self::trusted_proxy_hops)), and
+    /// so pick its own bucket, or a `clients` override meant for someone else.
+    ///
+    /// **Use it only when nothing but your own proxies can connect to the app** and their
+    /// addresses are not known in advance; otherwise list them with
+    /// [`trusted_proxies`](Self::trusted_proxies). The layer logs a warning when it is
+    /// built with it. Replaces `trusted_proxies` (the last of the two calls wins).
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{Limiter, RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 2, "refill_rate": 0.01}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let layer = RateLimitLayer::builder(limiter).trust_any_peer().build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let remaining_from = async |peer: &str| {
+    ///     let request = Request::get("/")
+    ///         .header("x-client-id", "alice")
+    ///         .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+    ///         .body(Body::empty())
+    ///         .unwrap();
+    ///     let response = app.clone().oneshot(request).await.unwrap();
+    ///     response.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned()
+    /// };
+    /// // Two public addresses, one client: the ID is believed from anywhere.
+    /// assert_eq!(remaining_from("203.0.113.7:41000").await, "1");
+    /// assert_eq!(remaining_from("198.51.100.4:41000").await, "0");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trust_any_peer(mut self) -> Self {
+        self.trust = Trust::AnyPeer;
+        self
+    }
+
+    /// The layer; an entry of [`trusted_proxies`](Self::trusted_proxies) that does not parse,
+    /// or covers every address, is an error.
+    pub fn build(self) -> Result<RateLimitLayer, BuildError> {
+        let identity = KeySource::new(
+            &self.trust,
+            self.trusted_proxy_hops,
+            self.limiter.core().ipv6_prefix_len(),
+        )?;
+        Ok(RateLimitLayer {
+            limiter: self.limiter,
+            identity: Arc::new(identity),
+        })
+    }
+}

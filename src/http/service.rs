@@ -1,0 +1,121 @@
+//! [`RateLimit`]: the service the layer wraps around yours.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::extensions::{Cost, Tier};
+use super::future::ResponseFuture;
+use super::identity::KeySource;
+use super::response::{self, Step};
+use crate::limiter::{Limiter, Query};
+
+/// Rate limits requests to `S`. Made by [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// Works with any `http` service whose response body can be built from
+/// [`Bytes`](https://docs.rs/bytes/latest/bytes/struct.Bytes.html) (axum's `Body`,
+/// `http_body_util::Full<Bytes>`, …). Its own failures become responses, never errors: the
+/// error type is the inner service's.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use axum::{body::Body, http::{Request, Response, StatusCode}};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tollgate::{Limiter, RateLimitLayer, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"capacity": 2, "refill_rate": 1}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let service = ServiceBuilder::new()
+///     .layer(RateLimitLayer::new(limiter))
+///     .service(service_fn(|_: Request<Body>| async {
+///         Ok::<_, Infallible>(Response::new(Body::from("done")))
+///     }));
+///
+/// let response = service.oneshot(Request::get("/").body(Body::empty())?).await?;
+/// assert_eq!(response.status(), StatusCode::OK);
+/// assert_eq!(response.headers()["x-ratelimit-limit"], "2");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Limiter,
+    identity: Arc<KeySource>,
+}
+
+impl<S> RateLimit<S> {
+    pub(crate) fn new(inner: S, limiter: Limiter, identity: Arc<KeySource>) -> Self {
+        Self {
+            inner,
+            limiter,
+            identity,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("backend", &self.limiter.backend_name())
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let client = match self.identity.client_key(&request) {
+            Ok(client) => client,
+            Err(problem) => {
+                self.limiter.core().count_invalid_client_id();
+                return ResponseFuture::respond(response::bad_client_id(&problem));
+            }
+        };
+        let mut query = Query::of(client).route(request.method().as_str(), request.uri().path());
+        let extensions = request.extensions();
+        if let Some(tier) = extensions.get::<Tier>() {
+            query = query.tier(tier.as_str());
+        }
+        if let Some(cost) = extensions.get::<Cost>() {
+            query = query.cost(cost.get());
+        }
+        let mut checking = self.limiter.check(query);
+        match checking.now() {
+            Some(Ok(verdict)) => match response::step(&verdict) {
+                Step::Respond(response) => ResponseFuture::respond(response),
+                Step::Forward(decision) => {
+                    ResponseFuture::forward(self.inner.call(request), decision)
+                }
+            },
+            Some(Err(error)) => ResponseFuture::respond(response::check_error(&error)),
+            None => {
+                // The instance that was polled ready goes into the future; a fresh clone
+                // stays here for the next call.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::wait(checking, inner, request)
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! [`LimiterBuilder`]: the options of a [`Limiter`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::installed::StateIds;
+use super::reload::{self, ReloadState, RulesFile, off_runtime};
+use super::stats::Counters;
+use super::{Core, Limiter};
+use crate::backend::Backend;
+use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
+use crate::error::BuildError;
+use crate::policy::OnRedisError;
+use crate::rules::Rules;
+
+enum RulesSource {
+    File(PathBuf),
+    Given(Box<Rules>),
+}
+
+/// Configures a [`Limiter`]. Only the rules are required; without a Redis URL the state
+/// lives in this process.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{Limiter, OnRedisError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Limiter::builder()
+///     .rules_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
+///     .max_tracked_buckets(50_000)
+///     .on_redis_error(OnRedisError::Deny)
+///     .build()
+///     .await?;
+/// assert_eq!(limiter.backend_name(), "memory");
+/// assert!(limiter.rules().find("/api/data").is_some());
+/// # Ok(())
+/// # }
+/// ```
+pub struct LimiterBuilder {
+    rules: Option<RulesSource>,
+    ipv6_prefix_len: u8,
+    memory_cleanup_interval: Duration,
+    max_tracked_buckets: usize,
+    on_redis_error: OnRedisError,
+    local_fallback_instances: u32,
+    watch_rules_file: bool,
+    reload_on_sighup: bool,
+    max_rules_file_bytes: u64,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::backend::redis::RedisConfig>,
+    #[cfg(feature = "redis")]
+    redis_prefix: Option<String>,
+    #[cfg(feature = "redis")]
+    redis_timeout: Option<Duration>,
+    #[cfg(feature = "redis")]
+    circuit_breaker: Option<(u32, Duration)>,
+    #[cfg(feature = "redis")]
+    redis_lease: Duration,
+}
+
+impl Default for LimiterBuilder {
+    fn default() -> Self {
+        Self {
+            rules: None,
+            ipv6_prefix_len: 64,
+            memory_cleanup_interval: Duration::from_secs(10),
+            max_tracked_buckets: DEFAULT_MAX_KEYS,
+            on_redis_error: OnRedisError::default(),
+            local_fallback_instances: 1,
+            watch_rules_file: true,
+            reload_on_sighup: true,
+            max_rules_file_bytes: crate::DEFAULT_MAX_RULES_FILE_BYTES,
+            #[cfg(feature = "redis")]
+            redis: None,
+            #[cfg(feature = "redis")]
+            redis_prefix: None,
+            #[cfg(feature = "redis")]
+            redis_timeout: None,
+            #[cfg(feature = "redis")]
+            circuit_breaker: None,
+            #[cfg(feature = "redis")]
+            redis_lease: Duration::ZERO,
+        }
+    }
+}
+
+impl fmt::Debug for LimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimiterBuilder")
+            .field("on_redis_error", &self.on_redis_error)
+            .field("max_tracked_buckets", &self.max_tracked_buckets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimiterBuilder {
+    /// Loads the rules from this JSON file when [`build`](Self::build) runs.
+    pub fn rules_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.rules = Some(RulesSource::File(path.into()));
+        self
+    }
+
+    /// Uses rules already loaded (replace them later with
+    /// [`Limiter::set_rules`]).
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.rules = Some(RulesSource::Given(Box::new(rules)));
+        self
+    }
+
+    /// Whether to reload the rules file when it changes on disk (default true). The file's
+    /// directory is watched, so saves by rename and Kubernetes ConfigMap symlink swaps are
+    /// seen.
+    pub fn watch_rules_file(mut self, watch: bool) -> Self {
+        self.watch_rules_file = watch;
+        self
+    }
+
+    /// Whether SIGHUP reloads the rules file (default true, Unix only). The handler also
+    /// stops SIGHUP from ending the process.
+    pub fn reload_on_sighup(mut self, reload: bool) -> Self {
+        self.reload_on_sighup = reload;
+        self
+    }
+
+    /// The largest rules file read, at build and on every reload (default
+    /// [`DEFAULT_MAX_RULES_FILE_BYTES`](crate::DEFAULT_MAX_RULES_FILE_BYTES), 16 MiB). A
+    /// larger file is an error ([`RulesError::TooLarge`](crate::RulesError::TooLarge)), and no more than this plus one
+    /// byte is ever read, so a file that grows without end cannot fill memory.
+    ///
+    /// ```
+    /// use tollgate::{BuildError, Limiter, RulesError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let err = Limiter::builder()
+    ///     .rules_file(concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json"))
+    ///     .max_rules_file_bytes(100)
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, BuildError::Rules(RulesError::TooLarge { max_bytes: 100, .. })));
+    /// # }
+    /// ```
+    pub fn max_rules_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_rules_file_bytes = bytes;
+        self
+    }
+
+    /// IPv6 clients are keyed by their network of this many leading bits (default 64, the
+    /// usual size of one site's subnet, so one host cannot rotate through its addresses);
+    /// 128 keys each address alone. Must be 1 to 128.
+    pub fn ipv6_prefix_len(mut self, bits: u8) -> Self {
+        self.ipv6_prefix_len = bits;
+        self
+    }
+
+    /// How often in-process buckets that are full again are dropped (default 10 s).
+    pub fn memory_cleanup_interval(mut self, interval: Duration) -> Self {
+        self.memory_cleanup_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most buckets kept in this process, across all rules (default 100,000): for the
+    /// memory backend, and for Redis's local fallback. Past it, full buckets are dropped
+    /// first, then those closest to full.
+    pub fn max_tracked_buckets(mut self, buckets: usize) -> Self {
+        self.max_tracked_buckets = buckets.max(1);
+        self
+    }
+
+    /// What to do when Redis cannot decide (default [`OnRedisError::Local`]). The rules
+    /// file's `on_redis_error`, when present, wins; it is read when the limiter is built (a
+    /// reload that changes it logs a warning and takes effect on restart).
+    pub fn on_redis_error(mut self, policy: OnRedisError) -> Self {
+        self.on_redis_error = policy;
+        self
+    }
+
+    /// How many app instances share the Redis limits (default 1). The `local` fallback
+    /// divides every bucket by this, so the instances together stay near the shared limit.
+    /// The rules file's `local_fallback_instances`, when present, wins; like
+    /// `on_redis_error`, it is read when the limiter is built.
+    pub fn local_fallback_instances(mut self, instances: u32) -> Self {
+        self.local_fallback_instances = instances.max(1);
+        self
+    }
+
+    /// Keeps buckets in Redis at this URL (`redis://[[user]:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS), shared by every instance using the same Redis and prefix.
+    #[cfg(feature = "redis")]
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(crate::backend::redis::RedisConfig::new(url.into()));
+        self
+    }
+
+    /// Keeps buckets in a Redis Cluster reached through these seed nodes (each a `redis://`
+    /// URL; one reachable node is enough, the rest of the cluster is discovered). Each master
+    /// gets its own circuit breaker, so losing one master affects only its slots. No nodes,
+    /// or a node that is not a Redis URL, fails [`build`](Self::build).
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut config = crate::backend::redis::RedisConfig::new(nodes.join(","));
+        config.cluster_nodes = Some(nodes);
+        self.redis = Some(config);
+        self
+    }
+
+    /// Prefix of every Redis key (default `tollgate`).
+    #[cfg(feature = "redis")]
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Deadline for each Redis decision (default 50 ms). A decision that misses it is made
+    /// by the failure policy instead.
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = Some(timeout);
+        self
+    }
+
+    /// The circuit breaker in front of Redis: it opens after `failures` failed or late
+    /// decisions in a row (default 5) and probes Redis again after `cooldown` (default
+    /// 500 ms).
+    #[cfg(feature = "redis")]
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.circuit_breaker = Some((failures.max(1), cooldown));
+        self
+    }
+
+    /// Lets this instance take requests' worth of tokens from Redis ahead of time, and spend
+    /// them without a round trip for up to `ttl` (default: zero, off).
+    ///
+    /// When Redis admits a request, it can also hand out a lease: up to 1/16 of the smallest
+    /// band's capacity (whole multiples of the request's cost), if every band still has
+    /// that much. The lease is taken from the bucket in Redis at once, so all instances
+    /// together never admit more than Redis handed out. Later requests of that client under
+    /// that rule are admitted from the lease, here, until it runs out or ends after `ttl`
+    /// (for a fixed or sliding window, at the end of the window at the latest); then Redis
+    /// decides again. One request at a time asks for a lease per client and rule; requests
+    /// meanwhile ask Redis for themselves only. Refusals always come from Redis (or its
+    /// remembered refusals).
+    ///
+    /// What it costs: a lease an instance does not spend is lost until the bucket refills,
+    /// so with several instances a client may be refused while up to 1/16 of its limit sits
+    /// unspent in another instance. For a token bucket, tokens taken early can be spent
+    /// after the bucket in Redis has refilled, so a burst can exceed the capacity by up to
+    /// the smaller of refill rate × `ttl` and 1/16 of the capacity per instance. Windows
+    /// are never exceeded. A rules change drops every lease. Bands of a capacity under
+    /// 16 × cost never lease. A `ttl` under 1 ms turns leases off; one over a day is a day.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::Limiter;
+    ///
+    /// let builder = Limiter::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .redis_lease(Duration::from_millis(100));
+    /// # drop(builder);
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis_lease(mut self, ttl: Duration) -> Self {
+        self.redis_lease = if ttl < Duration::from_millis(1) {
+            Duration::ZERO
+        } else {
+            ttl.min(Duration::from_secs(24 * 3600))
+        };
+        self
+    }
+
+    /// Loads the rules, sets up Redis if asked, and returns the limiter.
+    ///
+    /// Must run inside a Tokio runtime (for the cleanup task, reading the rules file on the
+    /// blocking pool, and Redis). An unreachable Redis does not fail the build: the limiter
+    /// starts on its failure policy and switches to Redis when it answers.
+    pub async fn build(self) -> Result<Limiter, BuildError> {
+        if !(1..=128).contains(&self.ipv6_prefix_len) {
+            return Err(BuildError::Ipv6PrefixLen(self.ipv6_prefix_len));
+        }
+        let (rules, file) = match self.rules {
+            None => return Err(BuildError::NoRules),
+            Some(RulesSource::Given(rules)) => (*rules, None),
+            Some(RulesSource::File(path)) => {
+                let file = RulesFile::new(path, self.max_rules_file_bytes);
+                let (file, (rules, hash)) = off_runtime(move || {
+                    let loaded = file.load();
+                    loaded.map(|loaded| (file, loaded))
+                })
+                .await?;
+                (rules, Some((file, hash)))
+            }
+        };
+        let reloads = Reloads {
+            file,
+            watch: self.watch_rules_file,
+            sighup: self.reload_on_sighup,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(mut config) = self.redis {
+            if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
+                return Err(BuildError::NoClusterNodes);
+            }
+            if let Some(prefix) = self.redis_prefix {
+                config.prefix = prefix;
+            }
+            if let Some(timeout) = self.redis_timeout {
+                config.timeout = timeout;
+            }
+            if let Some((failures, cooldown)) = self.circuit_breaker {
+                config.breaker_failures = failures;
+                config.breaker_cooldown = cooldown;
+            }
+            config.lease = self.redis_lease;
+            config.on_error = rules.on_redis_error().unwrap_or(self.on_redis_error);
+            config.local_fallback_instances = rules
+                .local_fallback_instances()
+                .unwrap_or(self.local_fallback_instances);
+            config.max_tracked_buckets = self.max_tracked_buckets;
+            let backend = crate::backend::redis::RedisBackend::connect(&config)
+                .await
+                .map_err(|reason| BuildError::Redis {
+                    url: crate::backend::redis::redact(&config.url),
+                    reason,
+                })?;
+            return Limiter::new(
+                rules,
+                reloads,
+                self.ipv6_prefix_len,
+                Backend::Redis(backend),
+                self.memory_cleanup_interval,
+            );
+        }
+        let memory = MemoryBackend::new(self.max_tracked_buckets, 1);
+        Limiter::new(
+            rules,
+            reloads,
+            self.ipv6_prefix_len,
+            Backend::Memory(Arc::new(memory)),
+            self.memory_cleanup_interval,
+        )
+    }
+}
+
+/// Where the rules came from and how to follow changes.
+struct Reloads {
+    /// The rules file and the hash of the content loaded from it.
+    file: Option<(RulesFile, u64)>,
+    watch: bool,
+    sighup: bool,
+}
+
+impl Limiter {
+    fn new(
+        rules: Rules,
+        reloads: Reloads,
+        ipv6_prefix_len: u8,
+        backend: Backend,
+        cleanup_every: Duration,
+    ) -> Result<Self, BuildError> {
+        if let Some(memory) = backend.memory() {
+            spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
+        }
+        reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
+        let state_ids = StateIds::default();
+        let installed = state_ids.install(rules, |installed| {
+            backend.rules_changed(&installed.slots);
+            installed
+        });
+        let (rules_file, loaded) = reloads.file.unzip();
+        let core = Arc::new(Core {
+            installed: ArcSwap::from_pointee(installed),
+            state_ids,
+            rules_file,
+            reload: Mutex::new(ReloadState::default()),
+            ipv6_prefix_len,
+            backend,
+            counters: Counters::default(),
+        });
+        if let (Some(file), Some(hash)) = (&core.rules_file, loaded) {
+            core.loaded_from(hash);
+            let watch_error = |reason: String| BuildError::Watch {
+                path: file.path.clone(),
+                reason,
+            };
+            if reloads.watch {
+                reload::spawn_watcher(Arc::downgrade(&core), &file.path)
+                    .map_err(|e| watch_error(e.to_string()))?;
+            }
+            #[cfg(unix)]
+            if reloads.sighup {
+                reload::spawn_sighup(Arc::downgrade(&core))
+                    .map_err(|e| watch_error(format!("cannot handle SIGHUP: {e}")))?;
+            }
+        }
+        Ok(Self { core })
+    }
+}
+
+/// Drops full buckets every `interval` until the limiter is dropped.
+fn spawn_memory_cleanup(memory: Weak<MemoryBackend>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(memory) = memory.upgrade() else {
+                break;
+            };
+            let kept = memory.drop_full();
+            tracing::trace!(kept, "in-memory rate limit cleanup");
+        }
+    });
+}

@@ -1,0 +1,442 @@
+//! [`Limiter`]: the one place where requests are decided. The HTTP layer, and any other
+//! front, turns its input into a [`Query`] and the [`Verdict`] into its output.
+
+mod builder;
+mod checking;
+mod installed;
+mod query;
+mod reload;
+mod stats;
+mod verdict;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::{Answer, Backend, Mode, Outcome};
+use crate::decision::DecidedBy;
+use crate::key::{ClientKey, KeyRef};
+use crate::rules::{Rules, RulesError};
+use installed::{Installed, StateIds};
+use query::Choice;
+use reload::{ReloadState, RulesFile, Trigger, off_runtime};
+use stats::Counters;
+
+pub use builder::LimiterBuilder;
+pub use checking::Checking;
+pub use query::Query;
+pub use stats::Stats;
+pub use verdict::{CheckError, Verdict};
+
+/// Decides whether a client's request may go on, under the rules, in memory or in Redis.
+///
+/// Cheap to clone: clones share the rules and the state. Build one with
+/// [`Limiter::builder`], put it behind the HTTP layer
+/// ([`RateLimitLayer::new`](crate::RateLimitLayer::new)), and call it from your own code too:
+/// both count against the same limits.
+///
+/// | operation | what it does |
+/// | --- | --- |
+/// | [`check`](Self::check) | decides one request: admits it and takes its cost, or refuses it |
+/// | [`peek`](Self::peek) | the same answer without taking anything |
+/// | [`wait`](Self::wait) | waits until admitted, up to a maximum wait |
+/// | [`reset`](Self::reset) | forgets a client's state, here and on every instance sharing the Redis |
+/// | [`rules`](Self::rules), [`reload`](Self::reload), [`set_rules`](Self::set_rules) | the rules in force, and changing them |
+/// | [`stats`](Self::stats) | what it has counted |
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{ClientKey, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+///
+/// let user = ClientKey::id("user:123");
+/// assert!(limiter.check(Query::new(&user)).await?.allowed());
+/// let status = limiter.peek(Query::new(&user)).await?;
+/// assert_eq!(status.decision().unwrap().remaining, 1);
+/// assert!(limiter.check(Query::new(&user)).await?.allowed());
+/// assert!(!limiter.check(Query::new(&user)).await?.allowed());
+///
+/// limiter.reset(&user, None).await?;
+/// assert!(limiter.check(Query::new(&user)).await?.allowed());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Limiter {
+    core: Arc<Core>,
+}
+
+/// What every clone of a limiter shares.
+pub(crate) struct Core {
+    /// The rules in force; swapped whole by a reload.
+    installed: ArcSwap<Installed>,
+    state_ids: StateIds,
+    rules_file: Option<RulesFile>,
+    reload: Mutex<ReloadState>,
+    backend: Backend,
+    counters: Counters,
+    /// IPv6 clients are keyed by their network of this many bits.
+    ipv6_prefix_len: u8,
+}
+
+impl Limiter {
+    /// Starts configuring a limiter.
+    pub fn builder() -> LimiterBuilder {
+        LimiterBuilder::default()
+    }
+
+    /// Decides one request: admits it and takes its cost from every band of its rule, or
+    /// refuses it and takes nothing. Counted in [`stats`](Self::stats).
+    pub fn check(&self, query: Query<'_>) -> Checking {
+        self.core.check(query, Mode::Take)
+    }
+
+    /// What [`check`](Self::check) would answer now, taking nothing: whether a request of
+    /// this cost would be admitted, and each band as it is (`remaining` before any cost).
+    /// Neither the state (in memory or in Redis) nor the counters change.
+    pub fn peek(&self, query: Query<'_>) -> Checking {
+        self.core.check(query, Mode::Peek)
+    }
+
+    /// Waits until the request is admitted, for at most `max_wait`: decides it, and while it
+    /// is refused, sleeps for as long as the refusal says and asks again. Returns the
+    /// refusal at once when waiting would take longer than what is left of `max_wait`.
+    ///
+    /// At most one admission is taken. Dropping the future while it sleeps takes nothing;
+    /// dropping it while Redis decides is like dropping any request then (Redis may already
+    /// have taken the cost).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 20}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let erin = ClientKey::id("erin");
+    /// assert!(limiter.check(Query::new(&erin)).await?.allowed());
+    /// // The next token comes in 50 ms: worth waiting for, up to a second.
+    /// let admitted = limiter.wait(Query::new(&erin), Duration::from_secs(1)).await?;
+    /// assert!(admitted.allowed());
+    /// // Not worth waiting for, up to 1 ms: the refusal comes back at once.
+    /// let refused = limiter.wait(Query::new(&erin), Duration::from_millis(1)).await?;
+    /// assert!(!refused.allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait(&self, query: Query<'_>, max_wait: Duration) -> Result<Verdict, CheckError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let verdict = self.check(query).await?;
+            let Some(retry_after) = verdict.retry_after() else {
+                return Ok(verdict);
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if retry_after > left {
+                return Ok(verdict);
+            }
+            tokio::time::sleep(retry_after).await;
+        }
+    }
+
+    /// Forgets `client`'s state under the rule with identity `rule`, or under every rule
+    /// with `None`: its next request finds full bands. On Redis, the keys are deleted and
+    /// every instance sharing the Redis forgets what it remembers of the client (refusals,
+    /// leases, local fallback buckets), over Redis pub/sub.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"},
+    ///     "routes": [{"path": "/upload", "limit": "1/hour"}]}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let frank = ClientKey::id("frank");
+    /// let upload = || Query::new(&frank).route("PUT", "/upload");
+    /// assert!(limiter.check(upload()).await?.allowed());
+    /// assert!(!limiter.check(upload()).await?.allowed());
+    /// limiter.reset(&frank, Some("/upload")).await?;
+    /// assert!(limiter.check(upload()).await?.allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn reset(&self, client: &ClientKey, rule: Option<&str>) -> Result<(), ResetError> {
+        let installed = self.core.installed.load_full();
+        let slots: Vec<_> = match rule {
+            None => installed.slots.to_vec(),
+            Some(id) => {
+                let rule = installed
+                    .rules
+                    .find(id)
+                    .ok_or_else(|| ResetError::UnknownRule { rule: id.into() })?;
+                vec![installed.slot(rule).clone()]
+            }
+        };
+        self.core
+            .backend
+            .reset(&slots, client.as_ref())
+            .await
+            .map_err(|reason| ResetError::Redis { reason })
+    }
+
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        Arc::clone(&self.core.installed.load().rules)
+    }
+
+    /// Reads the rules file again and, if it validates, puts it in force; otherwise the
+    /// running rules stay and the error is returned (and shown by [`stats`](Self::stats)).
+    /// `Ok(false)` when the limiter was built from [`Rules`] rather than a file, or when the
+    /// file holds what is in force already (unless rules from
+    /// [`set_rules`](Self::set_rules) are in force: then the file replaces them). The file
+    /// watcher and SIGHUP reload the same way. The file is read and validated on Tokio's
+    /// blocking pool, so no runtime worker waits for it.
+    pub async fn reload(&self) -> Result<bool, RulesError> {
+        let core = Arc::clone(&self.core);
+        off_runtime(move || core.reload_file(Trigger::Reload)).await
+    }
+
+    /// Puts these rules in force, as a reload would; state survives for every rule whose
+    /// identity is unchanged.
+    ///
+    /// On a limiter built with [`rules_file`](LimiterBuilder::rules_file), the last install
+    /// wins: the next change to the file, SIGHUP or [`reload`](Self::reload) puts the file
+    /// back, with a warning in the log. To keep rules set here, turn off
+    /// [`watch_rules_file`](LimiterBuilder::watch_rules_file) and
+    /// [`reload_on_sighup`](LimiterBuilder::reload_on_sighup).
+    pub fn set_rules(&self, rules: Rules) {
+        self.core.set_rules(rules);
+    }
+
+    /// `"memory"` or `"redis"`: where the state lives.
+    pub fn backend_name(&self) -> &'static str {
+        self.core.backend.name()
+    }
+
+    /// Counters and the circuit breaker's state, for metrics and health checks.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("backend", &self.backend_name())
+            .field("rules", &self.core.installed.load().rules)
+            .finish()
+    }
+}
+
+/// A [`Limiter::reset`] that could not be done.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{ClientKey, Limiter, ResetError, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Limiter::builder()
+///     .rules(Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?)
+///     .build()
+///     .await?;
+/// let err = limiter.reset(&ClientKey::id("gina"), Some("/nope")).await.unwrap_err();
+/// assert!(matches!(err, ResetError::UnknownRule { .. }));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResetError {
+    /// No rule has this identity.
+    #[error("no rule {rule:?}: the rules' identities are listed by `tollgate check-rules`")]
+    UnknownRule {
+        /// The identity asked for.
+        rule: String,
+    },
+    /// Redis could not delete the keys or publish the reset (this instance has forgotten
+    /// the client already).
+    #[error("Redis could not reset the client: {reason}")]
+    Redis {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Core {
+    /// One decision for `query`: at once when the backend can, else a future.
+    pub(crate) fn check(self: &Arc<Self>, query: Query<'_>, mode: Mode) -> Checking {
+        let installed = self.installed.load();
+        let counted = mode == Mode::Take;
+        let rules = &installed.rules;
+        let rule = match query.rule {
+            Choice::Default => rules.tier_default(query.tier),
+            Choice::Route { method, path } => rules.route(query.tier, method, path),
+            Choice::Named(id) => match rules.find(id) {
+                Some(rule) if query.tier.is_none_or(|tier| rule.tier() == Some(tier)) => Ok(rule),
+                _ => {
+                    return Checking::ready(Err(CheckError::UnknownRule {
+                        rule: id.into(),
+                        tier: query.tier.map(Into::into),
+                    }));
+                }
+            },
+        };
+        let rule = match rule {
+            Ok(rule) => rule,
+            Err(unknown) => {
+                if counted {
+                    Counters::bump(&self.counters.unknown_tiers);
+                }
+                return Checking::ready(Err(unknown.into()));
+            }
+        };
+        let slot = installed.slot(rule);
+        let resolved = rules.for_client(rule, query.client);
+        let Some(limit) = resolved.limit else {
+            return Checking::ready(Ok(Verdict {
+                allowed: true,
+                decision: None,
+                rule: Arc::clone(&slot.id),
+                decided_by: DecidedBy::Unlimited,
+                shadow_refused: false,
+                unavailable_for: None,
+            }));
+        };
+        let cost = match query.cost {
+            None => limit.cost(),
+            Some(cost) => {
+                let max = limit
+                    .bands()
+                    .iter()
+                    .map(|b| b.capacity())
+                    .min()
+                    .unwrap_or(0);
+                if !(1..=max).contains(&cost) {
+                    return Checking::ready(Err(CheckError::Cost {
+                        cost,
+                        rule: slot.id.to_string(),
+                        max,
+                    }));
+                }
+                cost
+            }
+        };
+        let shadow = limit.shadow().then_some(query.client);
+        match self.backend.decide(slot, limit, cost, query.client, mode) {
+            Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
+                outcome,
+                Arc::clone(&slot.id),
+                counted,
+                shadow,
+            ))),
+            Answer::Later(pending) => Checking::waiting(checking::Waiting {
+                pending,
+                core: Arc::clone(self),
+                rule: Arc::clone(&slot.id),
+                counted,
+                shadow: shadow.map(KeyRef::to_owned),
+            }),
+        }
+    }
+
+    /// The verdict on an outcome, counted when `counted`. Under a shadow rule (`shadow` is
+    /// the client), nothing is refused: what would have been is counted, logged, and let
+    /// through.
+    pub(crate) fn verdict(
+        &self,
+        outcome: Outcome,
+        rule: Arc<str>,
+        counted: bool,
+        shadow: Option<KeyRef<'_>>,
+    ) -> Verdict {
+        let (decision, decided_by, unavailable_for) = match outcome {
+            Outcome::Decided(decision, by) => (Some(decision), by, None),
+            Outcome::PassThrough => (None, DecidedBy::FailOpen, None),
+            Outcome::Unavailable { retry_after } => {
+                (None, DecidedBy::FailClosed, Some(retry_after))
+            }
+        };
+        let refused = match outcome {
+            Outcome::Decided(decision, _) => !decision.allowed,
+            Outcome::PassThrough => false,
+            Outcome::Unavailable { .. } => true,
+        };
+        let shadow_refused = refused && shadow.is_some();
+        let allowed = !refused || shadow_refused;
+        if counted {
+            Counters::bump(if allowed {
+                &self.counters.allowed
+            } else {
+                &self.counters.denied
+            });
+            if let (true, Some(client)) = (shadow_refused, shadow) {
+                Counters::bump(&self.counters.shadowed);
+                tracing::info!(rule = &*rule, %client, "shadow rule would have refused this request");
+            }
+        }
+        Verdict {
+            allowed,
+            decision,
+            rule,
+            decided_by,
+            shadow_refused,
+            unavailable_for: if shadow_refused {
+                None
+            } else {
+                unavailable_for
+            },
+        }
+    }
+
+    /// A front refused a request whose client it could not name.
+    pub(crate) fn count_invalid_client_id(&self) {
+        Counters::bump(&self.counters.invalid_client_ids);
+    }
+
+    /// IPv6 clients are keyed by their network of this many bits.
+    pub(crate) fn ipv6_prefix_len(&self) -> u8 {
+        self.ipv6_prefix_len
+    }
+
+    fn stats(&self) -> Stats {
+        let Core {
+            backend, counters, ..
+        } = self;
+        let redis = backend.redis_counts();
+        let memory = backend.memory();
+        let reload = self.reload_state();
+        Stats {
+            shadowed: Counters::read(&counters.shadowed),
+            unknown_tiers: Counters::read(&counters.unknown_tiers),
+            reloads: reload.reloads,
+            failed_reloads: reload.failures,
+            last_reload_error: reload.last_error.clone(),
+            backend: backend.name(),
+            breaker: backend.breaker(),
+            allowed: Counters::read(&counters.allowed),
+            denied: Counters::read(&counters.denied),
+            fallback: redis.fallback,
+            errors: redis.errors,
+            cached_refusals: redis.cached_refusals,
+            leased: redis.leased,
+            invalid_client_ids: Counters::read(&counters.invalid_client_ids),
+            tracked_buckets: memory.map_or(0, |m| m.len()),
+            evicted_buckets: memory.map_or(0, |m| m.evicted()),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! [`Verdict`], a limiter's answer, and [`CheckError`], a question it cannot answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::decision::{DecidedBy, Decision};
+use crate::rules::UnknownTier;
+
+/// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the
+/// bands' [`Decision`] behind it, the rule, who decided, and whether a shadow rule let
+/// through what it would have refused.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{ClientKey, DecidedBy, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.5}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let bob = ClientKey::id("bob");
+/// let first = limiter.check(Query::new(&bob)).await?;
+/// assert!(first.allowed());
+/// assert_eq!((first.rule(), first.decided_by()), ("default", DecidedBy::Memory));
+/// let second = limiter.check(Query::new(&bob)).await?;
+/// assert!(!second.allowed());
+/// assert!(second.retry_after().unwrap() <= Duration::from_secs(2));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub(crate) allowed: bool,
+    pub(crate) decision: Option<Decision>,
+    pub(crate) rule: Arc<str>,
+    pub(crate) decided_by: DecidedBy,
+    pub(crate) shadow_refused: bool,
+    /// The failure policy's wait, when it refused without a decision.
+    pub(crate) unavailable_for: Option<Duration>,
+}
+
+impl Verdict {
+    /// Whether the request may go on. A shadow rule's would-be refusal is allowed.
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// The bands' answer (limit, remaining, reset, retry-after of the band reported), or
+    /// `None` when nothing was counted: the rule is unlimited, or Redis could not decide and
+    /// the `allow` or `deny` failure policy answered.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// The identity of the rule the request fell under.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    /// Who decided.
+    pub fn decided_by(&self) -> DecidedBy {
+        self.decided_by
+    }
+
+    /// Whether the rule is in shadow mode and would have refused this request, which is
+    /// allowed instead.
+    pub fn shadow_refused(&self) -> bool {
+        self.shadow_refused
+    }
+
+    /// For a refused request, how long until one could be allowed; `None` when allowed.
+    pub fn retry_after(&self) -> Option<Duration> {
+        if self.allowed {
+            return None;
+        }
+        self.unavailable_for
+            .or_else(|| self.decision.map(|d| d.retry_after))
+    }
+}
+
+/// A [`Query`](crate::Query) the rules cannot answer.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{CheckError, ClientKey, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let carol = ClientKey::id("carol");
+/// let err = limiter.check(Query::new(&carol).cost(6)).await.unwrap_err();
+/// assert!(matches!(err, CheckError::Cost { cost: 6, max: 5, .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "cost 6 cannot be taken under rule \"default\": it must be from 1 to 5 (the smallest capacity of its limit)"
+/// );
+/// assert!(matches!(
+///     limiter.check(Query::new(&carol).rule("/nowhere")).await,
+///     Err(CheckError::UnknownRule { .. })
+/// ));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// The tier is not in the rules.
+    #[error(transparent)]
+    UnknownTier(#[from] UnknownTier),
+    /// No rule has this identity (in the tier given, if one was).
+    #[error("no rule {rule:?}{}: the rules' identities are listed by `tollgate check-rules`", tier.as_ref().map_or(String::new(), |t| format!(" in tier {t:?}")))]
+    UnknownRule {
+        /// The identity asked for.
+        rule: String,
+        /// The tier asked for.
+        tier: Option<String>,
+    },
+    /// The cost asked for cannot be taken from the rule's bands.
+    #[error(
+        "cost {cost} cannot be taken under rule {rule:?}: it must be from 1 to {max} (the smallest capacity of its limit)"
+    )]
+    Cost {
+        /// The cost asked for.
+        cost: u32,
+        /// The rule.
+        rule: String,
+        /// The smallest capacity of the limit that applies.
+        max: u32,
+    },
+}
