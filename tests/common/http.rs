@@ -1,0 +1,166 @@
+//! Layers built for tests, the demo's routes behind them, and sending requests through them
+//! (`oneshot`, or real HTTP on a bound listener).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::routing::{get, post};
+use tollgate::{Limiter, RateLimitLayer, Rules};
+use tower::ServiceExt;
+
+use super::redis::TestRedis;
+
+/// Which backend a test runs against.
+pub enum Store<'a> {
+    Memory,
+    Redis(&'a TestRedis, String),
+}
+
+pub async fn layer(store: &Store<'_>, rules: Rules) -> RateLimitLayer {
+    assert!(
+        matches!(store, Store::Memory) || rules.on_redis_error().is_none(),
+        "rules for Redis tests must not set on_redis_error: it would override failing closed"
+    );
+    let builder = Limiter::builder().rules(rules);
+    let builder = match store {
+        Store::Memory => builder,
+        Store::Redis(redis, prefix) => on_test_redis(builder, redis, prefix),
+    };
+    builder
+        .build_layer()
+        .await
+        .unwrap_or_else(|e| panic!("build layer: {e}"))
+}
+
+/// `builder` deciding on `redis` under `prefix`, for tests of decisions: a generous
+/// deadline, and failing closed, since a failed Redis call must not pass for a decision (the
+/// local fallback would give the same answers; a 503 does not).
+pub fn on_test_redis(
+    builder: tollgate::LimiterBuilder,
+    redis: &TestRedis,
+    prefix: &str,
+) -> tollgate::LimiterBuilder {
+    builder
+        .redis_url(redis.url())
+        .redis_prefix(prefix)
+        .redis_timeout(Duration::from_secs(5))
+        .on_redis_error(tollgate::OnRedisError::Deny)
+}
+
+/// Builds a limiter and puts the default layer in front of it, for tests that only send
+/// requests through the layer.
+pub trait BuildLayer {
+    async fn build_layer(self) -> Result<RateLimitLayer, tollgate::BuildError>;
+}
+
+impl BuildLayer for tollgate::LimiterBuilder {
+    async fn build_layer(self) -> Result<RateLimitLayer, tollgate::BuildError> {
+        Ok(RateLimitLayer::new(self.build().await?))
+    }
+}
+
+/// The demo's routes behind `layer`.
+pub fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/", get(|| async { "root" }))
+        .route("/api/data", get(|| async { "data" }))
+        .route(
+            "/api/submit",
+            post(|body: String| async move { body }).get(|| async { "form" }),
+        )
+        .route("/api/users/{id}", get(|| async { "user" }))
+        .route("/health", get(|| async { "ok" }))
+        .route("/static/{*rest}", get(|| async { "file" }))
+        .layer(layer)
+}
+
+pub fn request(method: &str, path: &str, client: Option<&str>) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(client) = client {
+        builder = builder.header("x-client-id", client);
+    }
+    builder.body(Body::empty()).expect("test request")
+}
+
+/// Sends one request through the app (oneshot).
+pub async fn send(app: &Router, request: Request<Body>) -> Response<Body> {
+    app.clone().oneshot(request).await.expect("infallible")
+}
+
+pub fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header"))
+}
+
+/// A header of a response received over HTTP.
+pub fn reqwest_header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header").to_owned())
+}
+
+/// A numeric header of a response received over HTTP.
+pub fn reqwest_number<T: std::str::FromStr>(response: &reqwest::Response, name: &str) -> Option<T> {
+    reqwest_header(response, name).and_then(|v| v.parse().ok())
+}
+
+pub fn remaining(response: &Response<Body>) -> Option<u32> {
+    header(response, "x-ratelimit-remaining").map(|v| v.parse().expect("integer"))
+}
+
+pub async fn body_json(response: Response<Body>) -> serde_json::Value {
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&bytes).expect("JSON body")
+}
+
+/// Status codes of `n` requests sent one after another.
+pub async fn statuses(app: &Router, n: usize, make: impl Fn() -> Request<Body>) -> Vec<StatusCode> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(send(app, make()).await.status());
+    }
+    out
+}
+
+/// Serves `layer` in front of [`app`] on a free loopback port, with the peer address
+/// available to the layer; returns the base URL.
+pub async fn serve(layer: RateLimitLayer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = app(layer).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+/// Sends `n` requests for one client at once, spread over `instances` in turn; returns how
+/// many were admitted and how many refused (anything else fails the test).
+pub async fn concurrent_admissions(instances: &[Router], n: usize) -> (usize, usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let app = instances[i % instances.len()].clone();
+            tokio::spawn(async move {
+                send(&app, request("GET", "/api/data", Some("crowd")))
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("request task") {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    (admitted, refused)
+}
