@@ -54,6 +54,7 @@ pub(super) struct Waiting {
 }
 
 impl Checking {
+    #[inline]
     pub(super) fn ready(result: Result<Verdict, CheckError>) -> Self {
         Self {
             state: State::Ready(Some(result)),
@@ -67,6 +68,7 @@ impl Checking {
     }
 
     /// The answer, if it is there already: the HTTP front answers at once then.
+    #[inline]
     pub(crate) fn now(&mut self) -> Option<Result<Verdict, CheckError>> {
         match &mut self.state {
             State::Ready(result) => result.take(),

@@ -94,6 +94,7 @@ impl Limiter {
 
     /// Decides one request: admits it and takes its cost from every band of its rule, or
     /// refuses it and takes nothing. Counted in [`stats`](Self::stats).
+    #[inline]
     pub fn check(&self, query: Query<'_>) -> Checking {
         self.core.check(query, Mode::Take)
     }
@@ -279,6 +280,7 @@ pub enum ResetError {
 
 impl Core {
     /// One decision for `query`: at once when the backend can, else a future.
+    #[inline]
     pub(crate) fn check(self: &Arc<Self>, query: Query<'_>, mode: Mode) -> Checking {
         let installed = self.installed.load();
         let counted = mode == Mode::Take;
@@ -357,6 +359,7 @@ impl Core {
     /// The verdict on an outcome, counted when `counted`. Under a shadow rule (`shadow` is
     /// the client), nothing is refused: what would have been is counted, logged, and let
     /// through.
+    #[inline]
     pub(crate) fn verdict(
         &self,
         outcome: Outcome,
@@ -364,17 +367,12 @@ impl Core {
         counted: bool,
         shadow: Option<KeyRef<'_>>,
     ) -> Verdict {
-        let (decision, decided_by, unavailable_for) = match outcome {
-            Outcome::Decided(decision, by) => (Some(decision), by, None),
-            Outcome::PassThrough => (None, DecidedBy::FailOpen, None),
+        let (decision, decided_by, unavailable_for, refused) = match outcome {
+            Outcome::Decided(decision, by) => (Some(decision), by, None, !decision.allowed),
+            Outcome::PassThrough => (None, DecidedBy::FailOpen, None, false),
             Outcome::Unavailable { retry_after } => {
-                (None, DecidedBy::FailClosed, Some(retry_after))
+                (None, DecidedBy::FailClosed, Some(retry_after), true)
             }
-        };
-        let refused = match outcome {
-            Outcome::Decided(decision, _) => !decision.allowed,
-            Outcome::PassThrough => false,
-            Outcome::Unavailable { .. } => true,
         };
         let shadow_refused = refused && shadow.is_some();
         let allowed = !refused || shadow_refused;

@@ -547,6 +547,7 @@ impl Rules {
     }
 
     /// The rule for `method` (its name, as sent) and `path` in `tier`'s rule set.
+    #[inline]
     pub(crate) fn route(
         &self,
         tier: Option<&str>,
