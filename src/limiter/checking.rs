@@ -40,7 +40,9 @@ pub struct Checking {
 
 enum State {
     Ready(Option<Result<Verdict, CheckError>>),
-    Waiting(Box<Waiting>),
+    // Inline: the outcome on its way is boxed already, and the HTTP front boxes what waits
+    // with a request.
+    Waiting(Waiting),
 }
 
 /// What a decision waiting for Redis needs to become a verdict.
@@ -63,7 +65,7 @@ impl Checking {
 
     pub(super) fn waiting(waiting: Waiting) -> Self {
         Self {
-            state: State::Waiting(Box::new(waiting)),
+            state: State::Waiting(waiting),
         }
     }
 

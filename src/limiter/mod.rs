@@ -438,3 +438,37 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal that `wait` cannot outwait comes back without a sleep: the paused clock
+    /// does not move.
+    #[tokio::test(start_paused = true)]
+    async fn wait_returns_what_it_cannot_outwait_without_sleeping() {
+        let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.01}}"#);
+        let limiter = Limiter::builder()
+            .rules(rules.expect("valid rules"))
+            .build()
+            .await
+            .expect("a limiter");
+        let key = ClientKey::id("a");
+        assert!(
+            limiter
+                .check(Query::new(&key))
+                .await
+                .expect("a verdict")
+                .allowed()
+        );
+        let started = tokio::time::Instant::now();
+        let refused = limiter
+            .wait(Query::new(&key), Duration::from_secs(99))
+            .await
+            .expect("a verdict");
+        assert!(!refused.allowed());
+        assert!(refused.retry_after() > Some(Duration::from_secs(99)));
+        assert_eq!(tokio::time::Instant::now(), started);
+        assert_eq!(limiter.stats().allowed, 1);
+    }
+}
