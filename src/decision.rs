@@ -25,7 +25,8 @@ pub struct Decision {
     pub allowed: bool,
     /// The capacity of the band reported (the one closest to running out).
     pub limit: u32,
-    /// Whole tokens (or requests) left after this request, in the band reported.
+    /// Whole tokens (or requests) left after this request, in the band reported (for a
+    /// peek, left now: nothing was taken).
     pub remaining: u32,
     /// When the bucket will be full again if no more requests come.
     pub reset: SystemTime,
@@ -87,7 +88,6 @@ impl Decision {
     }
 }
 
-/// Whole seconds, rounded up.
 /// Who made a decision: the backend, a shortcut it took, or the failure policy.
 ///
 /// # Example
@@ -155,6 +155,7 @@ impl std::fmt::Display for DecidedBy {
     }
 }
 
+/// Whole seconds, rounded up.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }

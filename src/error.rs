@@ -1,9 +1,8 @@
-//! A limiter or layer that could not be built.
+//! A limiter that could not be built.
 
 use crate::rules::RulesError;
 
-/// A [`Limiter`](crate::Limiter) or [`RateLimitLayer`](crate::RateLimitLayer) that could not
-/// be built.
+/// A [`Limiter`](crate::Limiter) that could not be built.
 ///
 /// # Example
 ///
@@ -26,21 +25,6 @@ pub enum BuildError {
     /// The rules could not be loaded.
     #[error(transparent)]
     Rules(#[from] RulesError),
-    /// An entry of `trusted_proxies` is neither a CIDR nor an IP address.
-    #[error("trusted proxy {value:?} is not a CIDR like \"10.0.0.0/8\" or an IP address")]
-    TrustedProxy {
-        /// The entry as given.
-        value: String,
-    },
-    /// An entry of `trusted_proxies` covers every address (`0.0.0.0/0`, `::/0`, `*`): the
-    /// right-to-left walk over `X-Forwarded-For` would then end at whatever the client wrote.
-    #[error(
-        "trusted proxy {value:?} covers every address, so X-Forwarded-For would be read up to what the client wrote in it; list only your proxies' addresses, or call `trust_any_peer()` to trust every peer and read X-Forwarded-For by hop count"
-    )]
-    TrustedProxyEveryAddress {
-        /// The entry as given.
-        value: String,
-    },
     /// The rules file cannot be watched for changes.
     #[error("cannot watch the rules file {}: {reason}", path.display())]
     Watch {

@@ -142,7 +142,31 @@ pub(crate) enum KeyRef<'a> {
     Unknown,
 }
 
-impl KeyRef<'_> {
+impl<'a> KeyRef<'a> {
+    /// The key as every front keys it, IPv6 clients by their network of `ipv6_prefix_len`
+    /// bits (below 128): an IPv4-mapped IPv6 address is its IPv4 address, an IPv6 address
+    /// its network, and a network has the bits past its prefix cleared. IDs and `unknown`
+    /// are as they are.
+    pub(crate) fn normalized(self, ipv6_prefix_len: u8) -> KeyRef<'a> {
+        match self {
+            KeyRef::Ip(ip) => match ip.to_canonical() {
+                IpAddr::V6(v6) if (1..128).contains(&ipv6_prefix_len) => KeyRef::Ipv6Network {
+                    network: network_of(v6, ipv6_prefix_len),
+                    prefix_len: ipv6_prefix_len,
+                },
+                ip => KeyRef::Ip(ip),
+            },
+            KeyRef::Ipv6Network {
+                network,
+                prefix_len,
+            } if (1..128).contains(&prefix_len) => KeyRef::Ipv6Network {
+                network: network_of(network, prefix_len),
+                prefix_len,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn to_owned(self) -> ClientKey {
         match self {
             KeyRef::Id(id) => ClientKey::Id(id.into()),
@@ -292,6 +316,37 @@ mod tests {
             assert_eq!(parse(key).can_occur_with(64), with_64, "{key} /64");
             assert_eq!(parse(key).can_occur_with(128), with_128, "{key} /128");
         }
+    }
+
+    #[test]
+    fn keys_are_normalized_as_every_front_keys_them() {
+        let normalized = |key: &str, bits: u8| {
+            let key: ClientKey = key.parse().unwrap();
+            key.as_ref().normalized(bits).to_string()
+        };
+        assert_eq!(normalized("ip:2001:db8:1:2::9", 64), "ip:2001:db8:1:2::/64");
+        assert_eq!(normalized("ip:2001:db8:1:2::9", 128), "ip:2001:db8:1:2::9");
+        assert_eq!(normalized("ip:10.0.0.1", 64), "ip:10.0.0.1");
+        assert_eq!(normalized("id:a", 64), "id:a");
+        let mapped = ClientKey::Ip("::ffff:10.0.0.1".parse().unwrap());
+        assert_eq!(mapped.as_ref().normalized(64).to_string(), "ip:10.0.0.1");
+        let unmasked = ClientKey::Ipv6Network {
+            network: "2001:db8::1".parse().unwrap(),
+            prefix_len: 48,
+        };
+        assert_eq!(
+            unmasked.as_ref().normalized(64).to_string(),
+            "ip:2001:db8::/48"
+        );
+        let nothing = ClientKey::Ipv6Network {
+            network: "2001:db8::1".parse().unwrap(),
+            prefix_len: 0,
+        };
+        assert_eq!(
+            nothing.as_ref().normalized(64),
+            nothing.as_ref(),
+            "left alone"
+        );
     }
 
     #[test]

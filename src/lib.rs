@@ -63,8 +63,8 @@ pub use backend::breaker::BreakerState;
 pub use decision::{DecidedBy, Decision};
 pub use error::BuildError;
 pub use http::{
-    Cost, RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture, Tier,
-    X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    Cost, InvalidTrustedProxy, RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
+    Tier, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{

@@ -215,7 +215,7 @@ async fn reset_forgets_a_client(backend: &Backend<'_>, keys: impl Fn(&str) -> us
     assert!(!limiter.check(Query::new(&carol)).await.unwrap().allowed());
     assert_eq!(keys("carol"), 2);
 
-    limiter.reset(&carol, Some("default")).await.unwrap();
+    limiter.reset_rule(&carol, "default").await.unwrap();
     assert_eq!(keys("carol"), 1);
     assert_eq!(remaining(&limiter, Query::new(&carol)).await, 4);
     let data = Query::new(&carol).route("GET", "/api/data");
@@ -225,7 +225,7 @@ async fn reset_forgets_a_client(backend: &Backend<'_>, keys: impl Fn(&str) -> us
         "other rules keep their state"
     );
 
-    limiter.reset(&carol, None).await.unwrap();
+    limiter.reset(&carol).await.unwrap();
     assert_eq!(keys("carol"), 0);
     assert_eq!(remaining(&limiter, data).await, 9);
     assert_eq!(remaining(&limiter, Query::new(&carol)).await, 4);
@@ -233,7 +233,7 @@ async fn reset_forgets_a_client(backend: &Backend<'_>, keys: impl Fn(&str) -> us
     assert!(!limiter.check(Query::new(&dan)).await.unwrap().allowed());
     assert_eq!(keys("dan"), 2);
 
-    let err = limiter.reset(&carol, Some("/nowhere")).await.unwrap_err();
+    let err = limiter.reset_rule(&carol, "/nowhere").await.unwrap_err();
     assert!(matches!(err, ResetError::UnknownRule { .. }), "{err}");
 }
 
@@ -343,7 +343,7 @@ async fn reset_on_memory() {
         limiter.check(Query::new(&carol)).await.unwrap();
     }
     assert!(!limiter.check(Query::new(&carol)).await.unwrap().allowed());
-    limiter.reset(&carol, None).await.unwrap();
+    limiter.reset(&carol).await.unwrap();
     assert_eq!(remaining(&limiter, Query::new(&carol)).await, 4);
 }
 
@@ -401,7 +401,7 @@ async fn a_reset_reaches_every_instance_sharing_the_redis() {
         DecidedBy::Lease
     );
 
-    a.reset(&frank, None).await.unwrap();
+    a.reset(&frank).await.unwrap();
     let reset_at = Instant::now();
     // B learns of it: its next decisions come from Redis, on full buckets.
     loop {
@@ -473,4 +473,126 @@ async fn the_layer_and_direct_checks_share_the_limits() {
     let response = send(&app, request("GET", "/", Some("gina"))).await;
     assert_eq!(common::remaining(&response), Some(0));
     assert!(!limiter.check(Query::new(&gina)).await.unwrap().allowed());
+}
+
+/// A refusal of a large cost, remembered, does not refuse a smaller one that fits.
+#[tokio::test]
+async fn a_remembered_refusal_refuses_only_what_it_refused() {
+    let redis = TestRedis::start();
+    let limiter = limiter(
+        &Backend::Redis(&redis),
+        r#"{"default": {"capacity": 100, "refill_rate": 0.0001}}"#,
+        &unique_prefix("refusal-cost"),
+    )
+    .await;
+    let hana = ClientKey::id("hana");
+    assert!(
+        limiter
+            .check(Query::new(&hana).cost(90))
+            .await
+            .unwrap()
+            .allowed()
+    );
+    let big = limiter.check(Query::new(&hana).cost(90)).await.unwrap();
+    assert_eq!((big.allowed(), big.decided_by()), (false, DecidedBy::Redis));
+    let again = limiter.check(Query::new(&hana).cost(95)).await.unwrap();
+    assert_eq!(again.decided_by(), DecidedBy::RememberedRefusal);
+    let small = limiter.check(Query::new(&hana).cost(5)).await.unwrap();
+    assert_eq!(
+        (small.allowed(), small.decided_by()),
+        (true, DecidedBy::Redis)
+    );
+    assert_eq!(small.decision().unwrap().remaining, 5);
+}
+
+/// Every client key resets exactly, across instances: one that is not a valid
+/// `X-Client-ID` (a space, non-ASCII, long), and an IPv6 address keyed by its network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_client_key_resets_across_instances() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("reset-any-key");
+    let json = r#"{"default": {"capacity": 2, "refill_rate": 0.0001}}"#;
+    let (a, b) = (
+        limiter(&Backend::Redis(&redis), json, &prefix).await,
+        limiter(&Backend::Redis(&redis), json, &prefix).await,
+    );
+    let long = "x".repeat(300);
+    let keys = [
+        ClientKey::id("user 123 ünïcode"),
+        ClientKey::id(long.as_str()),
+        ClientKey::Ip("2001:db8:1:2::9".parse().unwrap()),
+    ];
+    for key in &keys {
+        while b.check(Query::new(key)).await.unwrap().allowed() {}
+        let refused = b.check(Query::new(key)).await.unwrap();
+        assert_eq!(refused.decided_by(), DecidedBy::RememberedRefusal, "{key}");
+        a.reset(key).await.unwrap();
+        let started = Instant::now();
+        loop {
+            let verdict = b.peek(Query::new(key)).await.unwrap();
+            if verdict.allowed() {
+                assert_eq!(verdict.decision().unwrap().remaining, 2, "{key}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{key}: instance B still refuses: {verdict:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// One IPv6 client is one network, whichever front asks: a direct check of an address
+/// draws from the bucket the layer keys by its /64.
+#[tokio::test]
+async fn ipv6_clients_count_by_network_in_direct_checks_too() {
+    let limiter = limiter(
+        &Backend::Memory,
+        r#"{"default": {"capacity": 10, "refill_rate": 0.0001}}"#,
+        "v6",
+    )
+    .await;
+    let one = ClientKey::Ip("2001:db8:1:2::1".parse().unwrap());
+    let other = ClientKey::Ip("2001:db8:1:2:ffff::7".parse().unwrap());
+    assert_eq!(remaining(&limiter, Query::new(&one)).await, 9);
+    assert_eq!(remaining(&limiter, Query::new(&other)).await, 8);
+    let network: ClientKey = "ip:2001:db8:1:2::/64".parse().unwrap();
+    assert_eq!(remaining(&limiter, Query::new(&network)).await, 7);
+    limiter.reset(&one).await.unwrap();
+    assert_eq!(remaining(&limiter, Query::new(&network)).await, 9);
+}
+
+/// `wait` with no real bound, and a failure policy that refuses with no wait at all: it
+/// neither panics nor spins past its maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_survives_extreme_bounds_and_waits() {
+    let limiter = limiter(
+        &Backend::Memory,
+        r#"{"default": {"capacity": 5, "refill_rate": 1}}"#,
+        "extremes",
+    )
+    .await;
+    let ivy = ClientKey::id("ivy");
+    let admitted = limiter.wait(Query::new(&ivy), Duration::MAX).await.unwrap();
+    assert!(admitted.allowed());
+
+    let nothing_there = free_port();
+    let closed = Limiter::builder()
+        .rules(rules(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#))
+        .redis_url(format!("redis://127.0.0.1:{nothing_there}"))
+        .on_redis_error(OnRedisError::Deny)
+        .circuit_breaker(1, Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        closed.wait(Query::new(&ivy), Duration::from_millis(100)),
+    )
+    .await
+    .expect("wait returns past its maximum")
+    .unwrap();
+    assert!(!refused.allowed());
+    assert_eq!(refused.decided_by(), DecidedBy::FailClosed);
 }

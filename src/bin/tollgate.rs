@@ -13,10 +13,10 @@
 //! bare X-Client-ID (`alice`, meaning `id:alice`); `--tier` is the tier your authentication
 //! would attach.
 //!
-//! The file is read as the layer reads it: a regular file (or a symlink to one) of at most
+//! The file is read as the limiter reads it: a regular file (or a symlink to one) of at most
 //! `--max-file-bytes` (16 MiB by default); a FIFO or a device is refused without reading it.
 //! A client override that can never apply (an IPv6 address or network that does not match how
-//! the layer keys IPv6 clients, see `--ipv6-prefix-len`) is a `warning:` line on stderr; the
+//! the limiter keys IPv6 clients, see `--ipv6-prefix-len`) is a `warning:` line on stderr; the
 //! file is still valid.
 //!
 //! Exit status: 0 when the file is valid, 1 when it is not or cannot be read (the reason, with
@@ -70,12 +70,12 @@ struct CheckRules {
     #[arg(long, requires = "explain")]
     tier: Option<String>,
 
-    /// The largest file read, in bytes, as the layer's `max_rules_file_bytes` (16 MiB by
+    /// The largest file read, in bytes, as the limiter's `max_rules_file_bytes` (16 MiB by
     /// default).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RULES_FILE_BYTES)]
     max_file_bytes: u64,
 
-    /// How the layer keys IPv6 clients (its `ipv6_prefix_len`), to warn about client
+    /// How the limiter keys IPv6 clients (its `ipv6_prefix_len`), to warn about client
     /// overrides that can never apply.
     #[arg(long, value_name = "BITS", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(1..=128))]

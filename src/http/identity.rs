@@ -12,8 +12,51 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::{HeaderMap, HeaderName, Request};
 use ipnet::IpNet;
 
-use crate::error::BuildError;
-use crate::key::{InvalidClientId, KeyRef, check_client_id, network_of};
+use crate::key::{InvalidClientId, KeyRef, check_client_id};
+
+/// An entry of [`trusted_proxies`](crate::RateLimitLayerBuilder::trusted_proxies) that
+/// cannot be used: the layer is not built.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{InvalidTrustedProxy, Limiter, RateLimitLayer, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Limiter::builder()
+///     .rules(Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?)
+///     .build()
+///     .await?;
+/// let err = RateLimitLayer::builder(limiter.clone())
+///     .trusted_proxies(["10.0.0.0/33"])
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, InvalidTrustedProxy::NotAnAddress { .. }));
+/// let err = RateLimitLayer::builder(limiter).trusted_proxies(["0.0.0.0/0"]).build().unwrap_err();
+/// assert!(err.to_string().contains("trust_any_peer()"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidTrustedProxy {
+    /// The entry is neither a CIDR nor an IP address.
+    #[error("trusted proxy {value:?} is not a CIDR like \"10.0.0.0/8\" or an IP address")]
+    NotAnAddress {
+        /// The entry as given.
+        value: String,
+    },
+    /// The entry covers every address (`0.0.0.0/0`, `::/0`, `*`): the right-to-left walk
+    /// over `X-Forwarded-For` would then end at whatever the client wrote.
+    #[error(
+        "trusted proxy {value:?} covers every address, so X-Forwarded-For would be read up to what the client wrote in it; list only your proxies' addresses, or call `trust_any_peer()` to trust every peer and read X-Forwarded-For by hop count"
+    )]
+    EveryAddress {
+        /// The entry as given.
+        value: String,
+    },
+}
 
 static X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -68,7 +111,7 @@ pub(crate) struct KeySource {
 impl Trust {
     /// The peers this trusts, checked: an entry of `trusted_proxies` that is not a CIDR or
     /// an address, or that covers every address, is an error.
-    fn peers(&self) -> Result<TrustedPeers, BuildError> {
+    fn peers(&self) -> Result<TrustedPeers, InvalidTrustedProxy> {
         Ok(match self {
             Trust::PrivateNetworks => TrustedPeers::PrivateNetworks,
             Trust::Proxies(proxies) => TrustedPeers::Proxies(
@@ -97,7 +140,7 @@ impl KeySource {
         trust: &Trust,
         trusted_proxy_hops: usize,
         ipv6_prefix_len: u8,
-    ) -> Result<Self, BuildError> {
+    ) -> Result<Self, InvalidTrustedProxy> {
         Ok(Self::trusting(
             trust.peers()?,
             trusted_proxy_hops,
@@ -177,32 +220,26 @@ impl KeySource {
     }
 
     fn key_for(&self, ip: IpAddr) -> KeyRef<'static> {
-        match ip {
-            IpAddr::V6(v6) if self.ipv6_prefix_len < 128 => KeyRef::Ipv6Network {
-                network: network_of(v6, self.ipv6_prefix_len),
-                prefix_len: self.ipv6_prefix_len,
-            },
-            ip => KeyRef::Ip(ip),
-        }
+        KeyRef::Ip(ip).normalized(self.ipv6_prefix_len)
     }
 }
 
 /// One `trusted_proxies` entry: a CIDR or a single address.
-fn parse_proxy(value: &str) -> Result<IpNet, BuildError> {
+fn parse_proxy(value: &str) -> Result<IpNet, InvalidTrustedProxy> {
     let text = value.trim();
     let net = text
         .parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
     match net {
         // Trusting every address would make the walk end at whatever the client wrote.
-        Ok(net) if net.prefix_len() == 0 => Err(BuildError::TrustedProxyEveryAddress {
+        Ok(net) if net.prefix_len() == 0 => Err(InvalidTrustedProxy::EveryAddress {
             value: value.to_owned(),
         }),
         Ok(net) => Ok(net.trunc()),
-        Err(_) if text == "*" => Err(BuildError::TrustedProxyEveryAddress {
+        Err(_) if text == "*" => Err(InvalidTrustedProxy::EveryAddress {
             value: value.to_owned(),
         }),
-        Err(_) => Err(BuildError::TrustedProxy {
+        Err(_) => Err(InvalidTrustedProxy::NotAnAddress {
             value: value.to_owned(),
         }),
     }
@@ -591,13 +628,13 @@ mod tests {
         assert!(err.to_string().contains("\"10.0.0.0/33\""), "{err}");
         assert!(matches!(
             proxies(&["proxy.local"]),
-            Err(BuildError::TrustedProxy { .. })
+            Err(InvalidTrustedProxy::NotAnAddress { .. })
         ));
         for everything in ["0.0.0.0/0", "::/0", " * ", "10.0.0.0/8, *"] {
             let list: Vec<&str> = everything.split(',').collect();
             let err = proxies(&list).unwrap_err();
             assert!(
-                matches!(err, BuildError::TrustedProxyEveryAddress { .. }),
+                matches!(err, InvalidTrustedProxy::EveryAddress { .. }),
                 "{everything}: {err}"
             );
             assert!(err.to_string().contains("trust_any_peer()"), "{err}");

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::identity::{KeySource, Trust};
+use super::identity::{InvalidTrustedProxy, KeySource, Trust};
 use super::service::RateLimit;
-use crate::error::BuildError;
 use crate::limiter::Limiter;
 
 /// A tower [`Layer`](https://docs.rs/tower/latest/tower/trait.Layer.html) that rate limits
@@ -274,7 +273,7 @@ impl RateLimitLayerBuilder {
 
     /// The layer; an entry of [`trusted_proxies`](Self::trusted_proxies) that does not parse,
     /// or covers every address, is an error.
-    pub fn build(self) -> Result<RateLimitLayer, BuildError> {
+    pub fn build(self) -> Result<RateLimitLayer, InvalidTrustedProxy> {
         let identity = KeySource::new(
             &self.trust,
             self.trusted_proxy_hops,

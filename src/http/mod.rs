@@ -14,6 +14,7 @@ mod service;
 
 pub use extensions::{Cost, Tier};
 pub use future::ResponseFuture;
+pub use identity::InvalidTrustedProxy;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use response::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
 pub use service::RateLimit;

@@ -126,10 +126,10 @@ pub(crate) enum Step<B> {
 /// The layer's next step for `verdict`.
 pub(crate) fn step<B: From<Bytes>>(verdict: &Verdict) -> Step<B> {
     if verdict.allowed() {
-        return Step::Forward(verdict.decision().copied());
+        return Step::Forward(verdict.decision());
     }
     match verdict.decision() {
-        Some(decision) => Step::Respond(too_many_requests(decision)),
+        Some(decision) => Step::Respond(too_many_requests(&decision)),
         None => Step::Respond(unavailable(verdict.retry_after().unwrap_or_default())),
     }
 }

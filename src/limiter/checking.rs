@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::Core;
-use super::verdict::{CheckError, Verdict};
+use super::error::CheckError;
+use super::verdict::Verdict;
 use crate::backend::PendingOutcome;
 use crate::key::ClientKey;
 

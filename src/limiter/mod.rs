@@ -3,6 +3,7 @@
 
 mod builder;
 mod checking;
+mod error;
 mod installed;
 mod query;
 mod reload;
@@ -26,9 +27,10 @@ use stats::Counters;
 
 pub use builder::LimiterBuilder;
 pub use checking::Checking;
+pub use error::{CheckError, ResetError};
 pub use query::Query;
 pub use stats::Stats;
-pub use verdict::{CheckError, Verdict};
+pub use verdict::Verdict;
 
 /// Decides whether a client's request may go on, under the rules, in memory or in Redis.
 ///
@@ -42,7 +44,7 @@ pub use verdict::{CheckError, Verdict};
 /// | [`check`](Self::check) | decides one request: admits it and takes its cost, or refuses it |
 /// | [`peek`](Self::peek) | the same answer without taking anything |
 /// | [`wait`](Self::wait) | waits until admitted, up to a maximum wait |
-/// | [`reset`](Self::reset) | forgets a client's state, here and on every instance sharing the Redis |
+/// | [`reset`](Self::reset), [`reset_rule`](Self::reset_rule) | forgets a client's state, here and on every instance sharing the Redis |
 /// | [`rules`](Self::rules), [`reload`](Self::reload), [`set_rules`](Self::set_rules) | the rules in force, and changing them |
 /// | [`stats`](Self::stats) | what it has counted |
 ///
@@ -63,7 +65,7 @@ pub use verdict::{CheckError, Verdict};
 /// assert!(limiter.check(Query::new(&user)).await?.allowed());
 /// assert!(!limiter.check(Query::new(&user)).await?.allowed());
 ///
-/// limiter.reset(&user, None).await?;
+/// limiter.reset(&user).await?;
 /// assert!(limiter.check(Query::new(&user)).await?.allowed());
 /// # Ok(())
 /// # }
@@ -101,14 +103,17 @@ impl Limiter {
 
     /// What [`check`](Self::check) would answer now, taking nothing: whether a request of
     /// this cost would be admitted, and each band as it is (`remaining` before any cost).
-    /// Neither the state (in memory or in Redis) nor the counters change.
+    /// Neither the state (in memory or in Redis) nor the request counters change. On Redis a
+    /// peek is a call like any other: it counts toward the circuit breaker (and `errors` if
+    /// it fails), and may be the breaker's probe.
     pub fn peek(&self, query: Query<'_>) -> Checking {
         self.core.check(query, Mode::Peek)
     }
 
     /// Waits until the request is admitted, for at most `max_wait`: decides it, and while it
-    /// is refused, sleeps for as long as the refusal says and asks again. Returns the
-    /// refusal at once when waiting would take longer than what is left of `max_wait`.
+    /// is refused, sleeps for as long as the refusal says (at least a millisecond) and asks
+    /// again. Returns the refusal at once when waiting would take longer than what is left
+    /// of `max_wait`; each decision may add its own time (a Redis round trip) to that.
     ///
     /// At most one admission is taken. Dropping the future while it sleeps takes nothing;
     /// dropping it while Redis decides is like dropping any request then (Redis may already
@@ -134,24 +139,52 @@ impl Limiter {
     /// # }
     /// ```
     pub async fn wait(&self, query: Query<'_>, max_wait: Duration) -> Result<Verdict, CheckError> {
-        let deadline = tokio::time::Instant::now() + max_wait;
+        // No deadline for a wait too long to be one (`Duration::MAX`: until admitted).
+        let deadline = tokio::time::Instant::now().checked_add(max_wait);
         loop {
             let verdict = self.check(query).await?;
             let Some(retry_after) = verdict.retry_after() else {
                 return Ok(verdict);
             };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if retry_after > left {
+            // A refusal with no wait (a failure policy with no cooldown) must not spin.
+            let sleep = retry_after.max(Duration::from_millis(1));
+            let now = tokio::time::Instant::now();
+            if deadline
+                .is_some_and(|deadline| now.checked_add(sleep).is_none_or(|end| end > deadline))
+            {
                 return Ok(verdict);
             }
-            tokio::time::sleep(retry_after).await;
+            tokio::time::sleep(sleep).await;
         }
     }
 
-    /// Forgets `client`'s state under the rule with identity `rule`, or under every rule
-    /// with `None`: its next request finds full bands. On Redis, the keys are deleted and
-    /// every instance sharing the Redis forgets what it remembers of the client (refusals,
-    /// leases, local fallback buckets), over Redis pub/sub.
+    /// Forgets `client`'s state under every rule: its next request finds full bands. On
+    /// Redis, the keys are deleted and every instance sharing the Redis forgets what it
+    /// remembers of the client (refusals, leases, local fallback buckets), over Redis
+    /// pub/sub.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let frank = ClientKey::id("frank");
+    /// assert!(limiter.check(Query::new(&frank)).await?.allowed());
+    /// assert!(!limiter.check(Query::new(&frank)).await?.allowed());
+    /// limiter.reset(&frank).await?;
+    /// assert!(limiter.check(Query::new(&frank)).await?.allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn reset(&self, client: &ClientKey) -> Result<(), ResetError> {
+        let installed = self.core.installed.load_full();
+        self.core.reset(&installed.slots, client).await
+    }
+
+    /// Forgets `client`'s state under the rule with identity `rule` only, as
+    /// [`reset`](Self::reset) does for every rule.
     ///
     /// ```
     /// use tollgate::{ClientKey, Limiter, Query, Rules};
@@ -161,32 +194,24 @@ impl Limiter {
     /// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"},
     ///     "routes": [{"path": "/upload", "limit": "1/hour"}]}"#)?;
     /// let limiter = Limiter::builder().rules(rules).build().await?;
-    /// let frank = ClientKey::id("frank");
-    /// let upload = || Query::new(&frank).route("PUT", "/upload");
+    /// let gina = ClientKey::id("gina");
+    /// let upload = || Query::new(&gina).route("PUT", "/upload");
     /// assert!(limiter.check(upload()).await?.allowed());
-    /// assert!(!limiter.check(upload()).await?.allowed());
-    /// limiter.reset(&frank, Some("/upload")).await?;
+    /// assert!(limiter.check(Query::new(&gina)).await?.allowed());
+    /// limiter.reset_rule(&gina, "/upload").await?;
     /// assert!(limiter.check(upload()).await?.allowed());
+    /// assert!(!limiter.check(Query::new(&gina)).await?.allowed(), "other rules keep their state");
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn reset(&self, client: &ClientKey, rule: Option<&str>) -> Result<(), ResetError> {
+    pub async fn reset_rule(&self, client: &ClientKey, rule: &str) -> Result<(), ResetError> {
         let installed = self.core.installed.load_full();
-        let slots: Vec<_> = match rule {
-            None => installed.slots.to_vec(),
-            Some(id) => {
-                let rule = installed
-                    .rules
-                    .find(id)
-                    .ok_or_else(|| ResetError::UnknownRule { rule: id.into() })?;
-                vec![installed.slot(rule).clone()]
-            }
-        };
-        self.core
-            .backend
-            .reset(&slots, client.as_ref())
-            .await
-            .map_err(|reason| ResetError::Redis { reason })
+        let rule = installed
+            .rules
+            .find(rule)
+            .ok_or_else(|| ResetError::UnknownRule { rule: rule.into() })?;
+        let slot = installed.slot(rule);
+        self.core.reset(std::slice::from_ref(slot), client).await
     }
 
     /// The rules in force now.
@@ -242,52 +267,38 @@ impl fmt::Debug for Limiter {
     }
 }
 
-/// A [`Limiter::reset`] that could not be done.
-///
-/// # Example
-///
-/// ```
-/// use tollgate::{ClientKey, Limiter, ResetError, Rules};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let limiter = Limiter::builder()
-///     .rules(Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?)
-///     .build()
-///     .await?;
-/// let err = limiter.reset(&ClientKey::id("gina"), Some("/nope")).await.unwrap_err();
-/// assert!(matches!(err, ResetError::UnknownRule { .. }));
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ResetError {
-    /// No rule has this identity.
-    #[error("no rule {rule:?}: the rules' identities are listed by `tollgate check-rules`")]
-    UnknownRule {
-        /// The identity asked for.
-        rule: String,
-    },
-    /// Redis could not delete the keys or publish the reset (this instance has forgotten
-    /// the client already).
-    #[error("Redis could not reset the client: {reason}")]
-    Redis {
-        /// What went wrong.
-        reason: String,
-    },
-}
-
 impl Core {
+    /// Forgets `client`'s state under `slots`, keyed as every front keys it.
+    async fn reset(
+        &self,
+        slots: &[crate::backend::RuleSlot],
+        client: &ClientKey,
+    ) -> Result<(), ResetError> {
+        let client = client.as_ref().normalized(self.ipv6_prefix_len);
+        self.backend
+            .reset(slots, client)
+            .await
+            .map_err(|reason| ResetError::Redis { reason })
+    }
+
     /// One decision for `query`: at once when the backend can, else a future.
     #[inline]
-    pub(crate) fn check(self: &Arc<Self>, query: Query<'_>, mode: Mode) -> Checking {
+    pub(crate) fn check(self: &Arc<Self>, mut query: Query<'_>, mode: Mode) -> Checking {
+        // As the HTTP front keys them: one IPv6 client is one network, whichever front asks.
+        query.client = query.client.normalized(self.ipv6_prefix_len);
         let installed = self.installed.load();
         let counted = mode == Mode::Take;
         let rules = &installed.rules;
         let rule = match query.rule {
             Choice::Default => rules.tier_default(query.tier),
             Choice::Route { method, path } => rules.route(query.tier, method, path),
+            Choice::Named(_)
+                if query
+                    .tier
+                    .is_some_and(|t| rules.tier_names().all(|n| n != t)) =>
+            {
+                rules.tier_default(query.tier)
+            }
             Choice::Named(id) => match rules.find(id) {
                 Some(rule) if query.tier.is_none_or(|tier| rule.tier() == Some(tier)) => Ok(rule),
                 _ => {
@@ -322,12 +333,7 @@ impl Core {
         let cost = match query.cost {
             None => limit.cost(),
             Some(cost) => {
-                let max = limit
-                    .bands()
-                    .iter()
-                    .map(|b| b.capacity())
-                    .min()
-                    .unwrap_or(0);
+                let max = limit.smallest_capacity();
                 if !(1..=max).contains(&cost) {
                     return Checking::ready(Err(CheckError::Cost {
                         cost,

@@ -4,11 +4,14 @@ use crate::key::{ClientKey, KeyRef};
 
 /// What to decide: whose request, under which rule, in which tier, at what cost.
 ///
-/// The rule is, in order of precedence: the one named with [`rule`](Self::rule) (by its
-/// identity, as [`Rule::id`](crate::Rule::id) gives it), the one the rules file gives a
-/// method and path ([`route`](Self::route)), or the default rule of the tier (the one
-/// given with [`tier`](Self::tier), else the file's `default_tier`, else the top-level
-/// rules). The client's override from the file's `clients`, if any, applies to any of them.
+/// The rule is the one named with [`rule`](Self::rule) (by its identity, as
+/// [`Rule::id`](crate::Rule::id) gives it), or the one the rules file gives a method and
+/// path ([`route`](Self::route)): whichever of the two was called last. With neither, it is
+/// the default rule of the tier (the one given with [`tier`](Self::tier), else the file's
+/// `default_tier`, else the top-level rules). The client's override from the file's
+/// `clients`, if any, applies to any of them. An IPv6 client counts by its network, as the
+/// limiter's [`ipv6_prefix_len`](crate::LimiterBuilder::ipv6_prefix_len) says, whichever
+/// front asks.
 ///
 /// # Example
 ///

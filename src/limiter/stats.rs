@@ -43,9 +43,11 @@ pub struct Stats {
     pub backend: &'static str,
     /// The Redis circuit breaker; `None` without Redis.
     pub breaker: Option<BreakerState>,
-    /// Requests let through to the inner service on a rate-limited route.
+    /// Checks admitted on a limited rule: requests the layer let through to the inner
+    /// service, and `Limiter::check`s (a shadow rule's would-be refusals included). Peeks are
+    /// not counted.
     pub allowed: u64,
-    /// Requests refused: 429, or 503 under the `deny` failure policy.
+    /// Checks refused: the layer's 429s, and its 503s under the `deny` failure policy.
     pub denied: u64,
     /// Requests decided by the failure policy because Redis could not decide (also counted
     /// in `allowed` or `denied`).
@@ -62,7 +64,8 @@ pub struct Stats {
     pub invalid_client_ids: u64,
     /// Requests a shadow rule would have refused (let through).
     pub shadowed: u64,
-    /// Requests answered 500 because their [`Tier`](crate::Tier) is not in the rules.
+    /// Checks naming a tier the rules do not have (the layer answers them 500: see
+    /// [`Tier`](crate::Tier)).
     pub unknown_tiers: u64,
     /// Rules put in force after startup (file changes, SIGHUP, `reload`, `set_rules`).
     pub reloads: u64,

@@ -1,10 +1,9 @@
-//! [`Verdict`], a limiter's answer, and [`CheckError`], a question it cannot answer.
+//! [`Verdict`], a limiter's answer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{DecidedBy, Decision};
-use crate::rules::UnknownTier;
 
 /// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the
 /// bands' [`Decision`] behind it, the rule, who decided, and whether a shadow rule let
@@ -50,8 +49,8 @@ impl Verdict {
     /// The bands' answer (limit, remaining, reset, retry-after of the band reported), or
     /// `None` when nothing was counted: the rule is unlimited, or Redis could not decide and
     /// the `allow` or `deny` failure policy answered.
-    pub fn decision(&self) -> Option<&Decision> {
-        self.decision.as_ref()
+    pub fn decision(&self) -> Option<Decision> {
+        self.decision
     }
 
     /// The identity of the rule the request fell under.
@@ -78,57 +77,4 @@ impl Verdict {
         self.unavailable_for
             .or_else(|| self.decision.map(|d| d.retry_after))
     }
-}
-
-/// A [`Query`](crate::Query) the rules cannot answer.
-///
-/// # Example
-///
-/// ```
-/// use tollgate::{CheckError, ClientKey, Limiter, Query, Rules};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?;
-/// let limiter = Limiter::builder().rules(rules).build().await?;
-/// let carol = ClientKey::id("carol");
-/// let err = limiter.check(Query::new(&carol).cost(6)).await.unwrap_err();
-/// assert!(matches!(err, CheckError::Cost { cost: 6, max: 5, .. }));
-/// assert_eq!(
-///     err.to_string(),
-///     "cost 6 cannot be taken under rule \"default\": it must be from 1 to 5 (the smallest capacity of its limit)"
-/// );
-/// assert!(matches!(
-///     limiter.check(Query::new(&carol).rule("/nowhere")).await,
-///     Err(CheckError::UnknownRule { .. })
-/// ));
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CheckError {
-    /// The tier is not in the rules.
-    #[error(transparent)]
-    UnknownTier(#[from] UnknownTier),
-    /// No rule has this identity (in the tier given, if one was).
-    #[error("no rule {rule:?}{}: the rules' identities are listed by `tollgate check-rules`", tier.as_ref().map_or(String::new(), |t| format!(" in tier {t:?}")))]
-    UnknownRule {
-        /// The identity asked for.
-        rule: String,
-        /// The tier asked for.
-        tier: Option<String>,
-    },
-    /// The cost asked for cannot be taken from the rule's bands.
-    #[error(
-        "cost {cost} cannot be taken under rule {rule:?}: it must be from 1 to {max} (the smallest capacity of its limit)"
-    )]
-    Cost {
-        /// The cost asked for.
-        cost: u32,
-        /// The rule.
-        rule: String,
-        /// The smallest capacity of the limit that applies.
-        max: u32,
-    },
 }

@@ -25,6 +25,17 @@ mod router;
 #[cfg(test)]
 mod tests;
 
+/// The default rule's limit of these rules, for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn default_limit(json: &str) -> Limit {
+    let rules = Rules::from_json(json).expect("valid test rules");
+    let limit = rules
+        .default_rule()
+        .limit()
+        .expect("a limited default rule");
+    limit.clone()
+}
+
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::RandomState;
@@ -195,6 +206,11 @@ impl Limit {
     /// Tokens (or requests) one request takes from every band.
     pub fn cost(&self) -> u32 {
         self.cost
+    }
+
+    /// The smallest capacity of the bands: the most one request may take.
+    pub fn smallest_capacity(&self) -> u32 {
+        self.bands.iter().map(Band::capacity).min().unwrap_or(1)
     }
 
     /// Whether the rule decides and reports but never refuses.
@@ -466,7 +482,7 @@ impl Rules {
     /// The client overrides no request can match when IPv6 clients are keyed by their
     /// network of `ipv6_prefix_len` bits (see
     /// [`ipv6_prefix_len`](crate::LimiterBuilder::ipv6_prefix_len)): an override for
-    /// a single IPv6 address below 128 bits, or for a network of another length. The layer
+    /// a single IPv6 address below 128 bits, or for a network of another length. The limiter
     /// logs each when it loads the rules; `tollgate check-rules` prints them.
     ///
     /// ```
@@ -517,19 +533,8 @@ impl Rules {
         tier: Option<&str>,
         client: &ClientKey,
     ) -> Result<Resolved<'_>, UnknownTier> {
-        self.resolve_key(method.as_str(), path, tier, client.as_ref())
-    }
-
-    /// [`resolve`](Self::resolve) with a borrowed key and the method's name.
-    pub(crate) fn resolve_key(
-        &self,
-        method: &str,
-        path: &str,
-        tier: Option<&str>,
-        client: KeyRef<'_>,
-    ) -> Result<Resolved<'_>, UnknownTier> {
-        let rule = self.route(tier, method, path)?;
-        Ok(self.for_client(rule, client))
+        let rule = self.route(tier, method.as_str(), path)?;
+        Ok(self.for_client(rule, client.as_ref()))
     }
 
     /// The rule set of `tier`: that tier's, or without one, `default_tier`'s or the base

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::backend::memory::DEFAULT_MAX_KEYS;
 use crate::policy::OnRedisError;
 
-/// How the layer reaches Redis and what it does without it.
+/// How the limiter reaches Redis and what it does without it.
 #[derive(Debug, Clone)]
 pub(crate) struct RedisConfig {
     pub(crate) url: String,

@@ -16,13 +16,7 @@ const LEASE_SHARE: u32 = 16;
 /// 1/[`LEASE_SHARE`] of its smallest band's capacity. Zero when that is less than one cost.
 pub(super) fn lease_units(limit: &Limit, cost: u32) -> u32 {
     let cost = cost.max(1);
-    let smallest = limit
-        .bands()
-        .iter()
-        .map(|b| b.capacity())
-        .min()
-        .unwrap_or(0);
-    smallest / LEASE_SHARE / cost * cost
+    limit.smallest_capacity() / LEASE_SHARE / cost * cost
 }
 
 /// Units Redis handed this instance ahead of time for one client under one rule: spent
@@ -204,20 +198,12 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limit(json: &str) -> Limit {
-        let rules = crate::Rules::from_json(json).unwrap();
-        rules
-            .lookup(&http::Method::GET, "/")
-            .limit()
-            .unwrap()
-            .clone()
-    }
+    use crate::rules::default_limit;
 
     #[test]
     fn leases_ask_for_a_sixteenth_of_the_smallest_band_in_whole_costs() {
         let units = |json| {
-            let limit = limit(json);
+            let limit = default_limit(json);
             lease_units(&limit, limit.cost())
         };
         assert_eq!(

@@ -22,14 +22,13 @@ mod refusals;
 mod resets;
 mod script;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::Script;
-use redis::aio::ConnectionManagerConfig;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
@@ -37,34 +36,20 @@ use super::memory::MemoryBackend;
 use super::{Answer, Mode, Outcome, RedisCounts, RuleSlot};
 use crate::Decision;
 use crate::decision::DecidedBy;
-use crate::key::{ClientKey, KeyRef};
+use crate::key::KeyRef;
 use crate::policy::OnRedisError;
 use crate::rules::Limit;
-use batcher::{Job, MAX_QUEUED, batch};
+use batcher::Job;
 use clock::monotonic_us;
-use cluster::{Server, Servers, refresh_slots};
-use connection::Connection;
+use cluster::{Server, Servers};
+use connection::Route;
 use error::CallError;
 use leases::{Leases, Leasing};
 use refusals::Refusals;
-use resets::Reset;
-use script::{Answered, Call, decode, load, packed, run};
+use script::{Answered, Call, decode, packed, run};
 
 pub(crate) use config::{RedisConfig, redact};
 pub(crate) use script::DECIDE_LUA;
-
-/// How decisions reach Redis.
-enum Route {
-    /// A single Redis: decisions through the batcher's queue; other commands over the
-    /// connection.
-    Batched {
-        queue: mpsc::Sender<Job>,
-        connection: Connection,
-    },
-    /// A cluster: each decision its own call, once connected (at startup, or later by the
-    /// background connector).
-    Cluster(Arc<OnceLock<Connection>>),
-}
 
 pub(crate) struct RedisBackend {
     /// Clients Redis refused, with when the refusal ends: until then they are refused here,
@@ -80,6 +65,9 @@ pub(crate) struct RedisBackend {
     rules: AtomicU64,
     /// The rules in force, for resets that other instances publish by rule identity.
     slots: ArcSwap<Box<[RuleSlot]>>,
+    /// Counts this instance's forgetting of clients (resets): a refusal whose call was sent
+    /// before the last one is not remembered.
+    resets: AtomicU64,
     route: Route,
     script: Arc<Script>,
     prefix: Box<str>,
@@ -113,8 +101,8 @@ impl RedisBackend {
             None => Servers::single(failures, cooldown),
         });
         let (route, ready) = match &config.cluster_nodes {
-            None => Self::connect_single(config, &script).await?,
-            Some(nodes) => Self::connect_cluster(nodes, config, &script, &servers).await?,
+            None => connection::connect_single(config, &script).await?,
+            Some(nodes) => connection::connect_cluster(nodes, config, &script, &servers).await?,
         };
         if let Err(error) = ready {
             let url = match &config.cluster_nodes {
@@ -140,6 +128,7 @@ impl RedisBackend {
             lease_hits: AtomicU64::new(0),
             rules: AtomicU64::new(0),
             slots: ArcSwap::from_pointee(Box::default()),
+            resets: AtomicU64::new(0),
             route,
             script,
             prefix: config.prefix.as_str().into(),
@@ -161,113 +150,13 @@ impl RedisBackend {
             Arc::downgrade(&backend),
             urls,
             resets::channel(&config.prefix),
+            config.connect_timeout,
             subscribed,
-            |backend: &Self, reset| backend.forget_locally(&reset),
         );
         // Like the script, the subscription is in place before the first request when
         // Redis answers; if it does not, it comes with Redis.
         let _ = tokio::time::timeout(config.connect_timeout, listening).await;
         Ok(backend)
-    }
-
-    /// A reconnecting connection to one Redis, and its batcher. The outer error is an
-    /// unusable URL; the inner one says Redis did not answer yet.
-    async fn connect_single(
-        config: &RedisConfig,
-        script: &Arc<Script>,
-    ) -> Result<(Route, Result<(), String>), String> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
-        // Short, capped reconnect backoff: a restarted Redis is found again quickly.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.connect_timeout))
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(250))
-            .set_number_of_retries(6);
-        let mut connection =
-            Connection::single(client, manager_config).map_err(|e| e.to_string())?;
-        let (queue, queued) = mpsc::channel(MAX_QUEUED);
-        tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
-        let ready = load(script, &mut connection, config.connect_timeout).await;
-        let route = Route::Batched {
-            queue,
-            connection: connection.clone(),
-        };
-        Ok((route, ready))
-    }
-
-    /// A cluster connection, made now or, if no node answers in time, by a background task;
-    /// and a task that keeps the slot map of the per-master breakers current.
-    async fn connect_cluster(
-        nodes: &[String],
-        config: &RedisConfig,
-        script: &Arc<Script>,
-        servers: &Arc<Servers>,
-    ) -> Result<(Route, Result<(), String>), String> {
-        for node in nodes {
-            redis::IntoConnectionInfo::into_connection_info(node.as_str())
-                .map_err(|e| format!("seed node {} is not a Redis URL: {e}", redact(node)))?;
-        }
-        let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-            .connection_timeout(config.connect_timeout)
-            .response_timeout(config.connect_timeout)
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(250)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let connect_timeout = config.connect_timeout;
-        let connected = Arc::new(OnceLock::new());
-        let first = tokio::time::timeout(connect_timeout, client.get_async_connection()).await;
-        let ready = match first {
-            Ok(Ok(cluster)) => {
-                let mut connection = Connection::Cluster(cluster);
-                let _ = connected.set(connection.clone());
-                refresh_slots(servers, &mut connection).await;
-                load(script, &mut connection, connect_timeout).await
-            }
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {connect_timeout:?}")),
-        };
-        let (cell, script, servers) = (
-            Arc::downgrade(&connected),
-            Arc::downgrade(script),
-            Arc::downgrade(servers),
-        );
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_millis(250));
-            let mut since_refresh = Duration::ZERO;
-            loop {
-                ticks.tick().await;
-                let (Some(cell), Some(script), Some(servers)) =
-                    (cell.upgrade(), script.upgrade(), servers.upgrade())
-                else {
-                    break;
-                };
-                match cell.get() {
-                    None => {
-                        let attempt = client.get_async_connection();
-                        if let Ok(Ok(cluster)) =
-                            tokio::time::timeout(connect_timeout, attempt).await
-                        {
-                            let mut connection = Connection::Cluster(cluster);
-                            let _ = cell.set(connection.clone());
-                            refresh_slots(&servers, &mut connection).await;
-                            let _ = load(&script, &mut connection, connect_timeout).await;
-                            tracing::info!("connected to the Redis Cluster");
-                        }
-                    }
-                    Some(connection) => {
-                        since_refresh += Duration::from_millis(250);
-                        if since_refresh >= Duration::from_secs(2) {
-                            since_refresh = Duration::ZERO;
-                            refresh_slots(&servers, &mut connection.clone()).await;
-                        }
-                    }
-                }
-            }
-        });
-        Ok((Route::Cluster(connected), ready))
     }
 
     pub(crate) fn key(&self, rule_id: &str, client: KeyRef<'_>) -> String {
@@ -305,65 +194,6 @@ impl RedisBackend {
         }
     }
 
-    /// Forgets `client`'s state under `rules` in Redis and here, and tells every instance
-    /// sharing the Redis to forget it too.
-    pub(crate) async fn reset(&self, rules: &[RuleSlot], client: KeyRef<'_>) -> Result<(), String> {
-        let reset = Reset {
-            client: client.to_string(),
-            rules: rules.iter().map(|rule| rule.id.to_string()).collect(),
-        };
-        self.forget_locally(&reset);
-        let connection = match &self.route {
-            Route::Batched { connection, .. } => Some(connection.clone()),
-            Route::Cluster(connected) => connected.get().cloned(),
-        };
-        let mut connection = connection.ok_or("not connected to Redis yet")?;
-        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
-        let keys: Vec<String> = rules
-            .iter()
-            .map(|rule| self.key(&rule.id, client))
-            .collect();
-        let message = serde_json::to_string(&reset).map_err(|e| e.to_string())?;
-        let work = async {
-            // One key per command: on a cluster, the keys live in different slots.
-            for key in &keys {
-                redis::cmd("DEL")
-                    .arg(key)
-                    .exec_async(&mut connection)
-                    .await?;
-            }
-            redis::cmd("PUBLISH")
-                .arg(resets::channel(&self.prefix))
-                .arg(message)
-                .exec_async(&mut connection)
-                .await
-        };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("Redis did not answer within the deadline".into()),
-        }
-    }
-
-    /// Forgets what this instance remembers of a client under the rules of a reset.
-    fn forget_locally(&self, reset: &Reset) {
-        let Some(client) = ClientKey::parse(&reset.client) else {
-            return;
-        };
-        let client = client.as_ref();
-        for slot in self.slots.load().iter() {
-            if reset.rules.iter().any(|rule| **rule == *slot.id) {
-                self.refusals.forget(slot.state, client);
-                if let Some(leases) = &self.leases {
-                    leases.forget(slot.state, client);
-                }
-                if let Some(local) = &self.local {
-                    local.forget(slot.state, client);
-                }
-            }
-        }
-    }
-
     fn spend_lease(&self, state: u32, client: KeyRef<'_>, cost: u32, rules: u64) -> Leasing {
         match &self.leases {
             Some(leases) => leases.spend(state, client, cost, rules),
@@ -385,11 +215,21 @@ impl RedisBackend {
         }
     }
 
-    /// Remembers a refusal Redis gave under rules generation `rules`, unless those are no
-    /// longer in force.
-    fn remember_refusal(&self, state: u32, client: KeyRef<'_>, decision: &Decision, rules: u64) {
-        if rules == self.rules.load(Ordering::Acquire) {
-            self.refusals.remember(state, client, decision, rules);
+    /// Remembers a refusal Redis gave to a request of `cost` sent at reset epoch `epoch`
+    /// under rules generation `rules`, unless those are no longer in force or the client
+    /// may have been reset since.
+    fn remember_refusal(
+        &self,
+        state: u32,
+        client: KeyRef<'_>,
+        refused: (&Decision, u32),
+        rules: u64,
+        epoch: u64,
+    ) {
+        if rules == self.rules.load(Ordering::Acquire)
+            && epoch == self.resets.load(Ordering::Acquire)
+        {
+            self.refusals.remember(state, client, refused, rules);
         }
     }
 
@@ -427,7 +267,7 @@ impl RedisBackend {
                 None
             }
         };
-        if let Some(refused) = self.refusals.cached(state, client, rules) {
+        if let Some(refused) = self.refusals.cached(state, client, cost, rules) {
             if taking {
                 self.refusal_hits.fetch_add(1, Ordering::Relaxed);
             }
@@ -449,6 +289,7 @@ impl RedisBackend {
         let guard = PermitGuard::new(Arc::clone(&server.breaker), permit);
         // Taken now, like the mark of an ask for a lease, which ends with it.
         let deadline = Instant::now() + self.timeout;
+        let epoch = self.resets.load(Ordering::Acquire);
         let client = client.to_owned();
         let limit = limit.clone();
         let call = Call {
@@ -479,7 +320,8 @@ impl RedisBackend {
                 Ok((decision, _)) => {
                     guard.succeeded();
                     if !decision.allowed && taking {
-                        this.remember_refusal(state, client.as_ref(), &decision, rules);
+                        let refused = (&decision, cost);
+                        this.remember_refusal(state, client.as_ref(), refused, rules, epoch);
                     }
                     Outcome::Decided(decision, DecidedBy::Redis)
                 }

@@ -1,6 +1,7 @@
-//! Remembered refusals: when Redis refuses a client under a rule until some time, later
-//! requests of that client under that rule are refused here until then, without a round
-//! trip. This can only refuse, never admit, so it cannot let more through than Redis would.
+//! Remembered refusals: when Redis refuses a client's request of some cost under a rule
+//! until some time, later requests of that client under that rule, of that cost or more,
+//! are refused here until then, without a round trip. This can only refuse what Redis
+//! would, never admit, so it cannot let more through than Redis would.
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub(super) struct Refusal {
     /// answer arrived, so never earlier than Redis meant).
     until_us: i64,
     decision: Decision,
+    /// The cost refused: a cheaper request may fit, and is asked of Redis.
+    cost: u32,
     /// The rules generation it was given under: after a change it no longer counts.
     rules: u64,
 }
@@ -41,12 +44,20 @@ impl Refusals {
     }
 
     /// The refusal Redis gave this client under rules generation `rules`, if it has not
-    /// ended.
-    pub(super) fn cached(&self, state: u32, client: KeyRef<'_>, rules: u64) -> Option<Decision> {
+    /// ended and refused no more than `cost`.
+    pub(super) fn cached(
+        &self,
+        state: u32,
+        client: KeyRef<'_>,
+        cost: u32,
+        rules: u64,
+    ) -> Option<Decision> {
         let now = monotonic_us();
         self.table
             .update(state, client, now, |refusal| match refusal {
-                Some(refusal) if refusal.until_us > now && refusal.rules == rules => {
+                Some(refusal)
+                    if refusal.until_us > now && refusal.rules == rules && cost >= refusal.cost =>
+                {
                     let mut decision = refusal.decision;
                     decision.retry_after = Duration::from_micros((refusal.until_us - now) as u64);
                     (Some(decision), None)
@@ -55,13 +66,21 @@ impl Refusals {
             })
     }
 
-    /// Remembers a refusal Redis gave under rules generation `rules`.
-    pub(super) fn remember(&self, state: u32, client: KeyRef<'_>, decision: &Decision, rules: u64) {
+    /// Remembers a refusal Redis gave to a request of `cost` under rules generation
+    /// `rules`.
+    pub(super) fn remember(
+        &self,
+        state: u32,
+        client: KeyRef<'_>,
+        (decision, cost): (&Decision, u32),
+        rules: u64,
+    ) {
         let now = monotonic_us();
         let wait = i64::try_from(decision.retry_after.as_micros()).unwrap_or(i64::MAX);
         let refusal = Refusal {
             until_us: now.saturating_add(wait),
             decision: *decision,
+            cost,
             rules,
         };
         self.table

@@ -4,26 +4,87 @@
 //! `<prefix>:resets`. Every instance listens there and forgets what it remembers of that
 //! client under those rules: remembered refusals, leases, and its local fallback's buckets.
 //! Without this, an instance would keep refusing a client from a remembered refusal after
-//! the client's key was gone. The message is JSON: `{"client": "id:alice", "rules":
-//! ["/api/data", "default"]}`.
+//! the client's key was gone. The message is JSON, with the client key exact (not its
+//! display form, which does not round-trip every ID):
 //!
-//! An instance that is cut off from Redis while a reset is published misses it; what it
-//! remembers of the client then ends on its own (a refusal when its wait is over, a lease
-//! at its end).
+//! ```json
+//! {"client": {"id": "user 123"}, "rules": ["/api/data", "default"]}
+//! ```
+//!
+//! with `client` one of `{"id": "…"}`, `{"ip": "10.0.0.1"}`,
+//! `{"ipv6_network": {"network": "2001:db8::", "prefix_len": 64}}` or `"unknown"`.
+//!
+//! A refusal on its way back from Redis when the reset happens must not be remembered
+//! after it: every local forgetting bumps an epoch, and a refusal is remembered only if no
+//! reset came since its call was sent. An instance cut off from Redis while a reset is
+//! published misses it; what it remembers of the client then ends on its own (a refusal
+//! when its wait is over, a lease at its end).
 
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Weak;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::RedisBackend;
+use super::connection::Route;
+use crate::backend::RuleSlot;
+use crate::key::KeyRef;
 
 /// One reset, as published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Reset {
-    /// The client key, as `ClientKey` displays it.
-    pub(super) client: String,
+    client: Client,
     /// The identities of the rules reset.
-    pub(super) rules: Vec<String>,
+    rules: Vec<String>,
+}
+
+/// A client key, exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Client {
+    Id(String),
+    Ip(IpAddr),
+    Ipv6Network { network: Ipv6Addr, prefix_len: u8 },
+    Unknown,
+}
+
+impl From<KeyRef<'_>> for Client {
+    fn from(key: KeyRef<'_>) -> Self {
+        match key {
+            KeyRef::Id(id) => Client::Id(id.to_owned()),
+            KeyRef::Ip(ip) => Client::Ip(ip),
+            KeyRef::Ipv6Network {
+                network,
+                prefix_len,
+            } => Client::Ipv6Network {
+                network,
+                prefix_len,
+            },
+            KeyRef::Unknown => Client::Unknown,
+        }
+    }
+}
+
+impl Client {
+    fn as_key(&self) -> KeyRef<'_> {
+        match self {
+            Client::Id(id) => KeyRef::Id(id),
+            Client::Ip(ip) => KeyRef::Ip(*ip),
+            Client::Ipv6Network {
+                network,
+                prefix_len,
+            } => KeyRef::Ipv6Network {
+                network: *network,
+                prefix_len: *prefix_len,
+            },
+            Client::Unknown => KeyRef::Unknown,
+        }
+    }
 }
 
 /// The channel resets are published on.
@@ -31,16 +92,87 @@ pub(super) fn channel(prefix: &str) -> String {
     format!("{prefix}:resets")
 }
 
+impl RedisBackend {
+    /// Forgets `client`'s state under `rules` here and in Redis, and tells every instance
+    /// sharing the Redis to forget it too.
+    pub(crate) async fn reset(&self, rules: &[RuleSlot], client: KeyRef<'_>) -> Result<(), String> {
+        self.forget(rules, client);
+        let connection = match &self.route {
+            Route::Batched { connection, .. } => Some(connection.clone()),
+            Route::Cluster(connected) => connected.get().cloned(),
+        };
+        let mut connection = connection.ok_or("not connected to Redis yet")?;
+        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
+        let reset = Reset {
+            client: client.into(),
+            rules: rules.iter().map(|rule| rule.id.to_string()).collect(),
+        };
+        let message = serde_json::to_string(&reset).map_err(|e| e.to_string())?;
+        let work = async {
+            // One key per command: on a cluster, the keys live in different slots.
+            for rule in rules {
+                redis::cmd("DEL")
+                    .arg(self.key(&rule.id, client))
+                    .exec_async(&mut connection)
+                    .await?;
+            }
+            redis::cmd("PUBLISH")
+                .arg(channel(&self.prefix))
+                .arg(message)
+                .exec_async(&mut connection)
+                .await
+        };
+        let result = match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("Redis did not answer within the deadline".into()),
+        };
+        // Again: a refusal that Redis gave before the keys went may have come back meanwhile.
+        self.forget(rules, client);
+        result
+    }
+
+    /// A reset another instance (or this one) published.
+    fn on_reset(&self, reset: &Reset) {
+        let named: HashSet<&str> = reset.rules.iter().map(String::as_str).collect();
+        let slots = self.slots.load();
+        let reset_here: Vec<RuleSlot> = slots
+            .iter()
+            .filter(|slot| named.contains(&*slot.id))
+            .cloned()
+            .collect();
+        self.forget(&reset_here, reset.client.as_key());
+    }
+
+    /// Forgets what this instance remembers of `client` under `rules`.
+    fn forget(&self, rules: &[RuleSlot], client: KeyRef<'_>) {
+        self.resets.fetch_add(1, Ordering::AcqRel);
+        for rule in rules {
+            self.refusals.forget(rule.state, client);
+            if let Some(leases) = &self.leases {
+                leases.forget(rule.state, client);
+            }
+            if let Some(local) = &self.local {
+                local.forget(rule.state, client);
+            }
+        }
+    }
+}
+
+/// How often the connection resets arrive on is asked whether it is still there: a
+/// connection that died without closing would otherwise never be noticed.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
 /// Listens for resets on `channel` at the first of `urls` that answers (any node of a
-/// cluster hears what is published on any other), and hands each to `on_reset` with the
-/// backend, for as long as the backend lives. Reconnects after a lost connection.
+/// cluster hears what is published on any other), and hands each to the backend for as long
+/// as it lives. Reconnects after a lost connection, or one that stops answering pings.
 /// `subscribed` is told when the first subscription is in place.
-pub(super) fn spawn_listener<B: Send + Sync + 'static>(
-    backend: Weak<B>,
+pub(super) fn spawn_listener(
+    backend: Weak<RedisBackend>,
     urls: Vec<String>,
     channel: String,
+    connect_timeout: Duration,
     subscribed: oneshot::Sender<()>,
-    on_reset: impl Fn(&B, Reset) + Send + 'static,
 ) {
     tokio::spawn(async move {
         use futures_util::StreamExt;
@@ -52,7 +184,7 @@ pub(super) fn spawn_listener<B: Send + Sync + 'static>(
             let Ok(client) = redis::Client::open(url.as_str()) else {
                 continue;
             };
-            let pubsub = tokio::time::timeout(Duration::from_secs(1), async {
+            let pubsub = tokio::time::timeout(connect_timeout, async {
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
@@ -64,24 +196,64 @@ pub(super) fn spawn_listener<B: Send + Sync + 'static>(
             if let Some(subscribed) = subscribed.take() {
                 let _ = subscribed.send(());
             }
-            let mut messages = pubsub.into_on_message();
+            let (mut sink, mut messages) = pubsub.split();
+            let mut pings = tokio::time::interval(PING_EVERY);
+            pings.tick().await;
             loop {
-                // Wakes up now and then to let go of a backend that is gone.
-                let next = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
-                let Some(backend) = backend.upgrade() else {
-                    return;
-                };
-                let message = match next {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(_) => continue,
-                };
-                match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {
-                    Ok(reset) => on_reset(&backend, reset),
-                    Err(error) => tracing::debug!(%error, "not a tollgate reset; ignored"),
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(backend) = backend.upgrade() else { return };
+                        match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {
+                            Ok(reset) => backend.on_reset(&reset),
+                            Err(error) => tracing::debug!(%error, "not a tollgate reset; ignored"),
+                        }
+                    }
+                    _ = pings.tick() => {
+                        if backend.strong_count() == 0 {
+                            return;
+                        }
+                        let ping = tokio::time::timeout(connect_timeout, sink.ping::<String>());
+                        if !matches!(ping.await, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
                 }
             }
             tracing::debug!("lost the Redis connection resets arrive on; reconnecting");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_carry_the_client_key_exactly() {
+        let keys = [
+            KeyRef::Id("user 123 with spaces and ünïcode"),
+            KeyRef::Ip("::ffff:10.0.0.1".parse().unwrap()),
+            KeyRef::Ipv6Network {
+                network: "2001:db8::1".parse().unwrap(),
+                prefix_len: 64,
+            },
+            KeyRef::Unknown,
+        ];
+        for key in keys {
+            let reset = Reset {
+                client: key.into(),
+                rules: vec!["default".into()],
+            };
+            let json = serde_json::to_string(&reset).unwrap();
+            let back: Reset = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.client.as_key(), key, "{json}");
+        }
+        let json = serde_json::to_string(&Reset {
+            client: KeyRef::Id("alice").into(),
+            rules: vec!["/api/data".into()],
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"client":{"id":"alice"},"rules":["/api/data"]}"#);
+    }
 }

@@ -143,19 +143,11 @@ pub(super) fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Answered
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limit(json: &str) -> Limit {
-        let rules = crate::Rules::from_json(json).unwrap();
-        rules
-            .lookup(&http::Method::GET, "/")
-            .limit()
-            .unwrap()
-            .clone()
-    }
+    use crate::rules::default_limit;
 
     #[test]
     fn leases_and_deadlines_are_packed_after_the_cost() {
-        let limit = limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#);
+        let limit = default_limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#);
         let call = |cost, lease, mode| Call {
             cost,
             lease,
