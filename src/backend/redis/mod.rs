@@ -42,6 +42,7 @@ use crate::rules::Limit;
 use batcher::Job;
 use clock::monotonic_us;
 use cluster::{Server, Servers};
+pub(crate) use connection::Connection;
 use connection::Route;
 use error::CallError;
 use leases::{Leases, Leasing};
@@ -157,6 +158,21 @@ impl RedisBackend {
         // Redis answers; if it does not, it comes with Redis.
         let _ = tokio::time::timeout(config.connect_timeout, listening).await;
         Ok(backend)
+    }
+
+    /// A connection for commands other than decisions (they go through the batcher on a
+    /// single Redis); `None` before a cluster is first reached.
+    pub(crate) fn connection(&self) -> Option<Connection> {
+        match &self.route {
+            Route::Batched { connection, .. } => Some(connection.clone()),
+            Route::Cluster(connected) => connected.get().cloned(),
+        }
+    }
+
+    /// The prefix of every key and channel.
+    #[allow(dead_code)] // for the fronts' own keys (statistics, runtime rules)
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub(crate) fn key(&self, rule_id: &str, client: KeyRef<'_>) -> String {

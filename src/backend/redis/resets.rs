@@ -31,7 +31,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::RedisBackend;
-use super::connection::Route;
 use crate::backend::RuleSlot;
 use crate::key::KeyRef;
 
@@ -97,11 +96,7 @@ impl RedisBackend {
     /// sharing the Redis to forget it too.
     pub(crate) async fn reset(&self, rules: &[RuleSlot], client: KeyRef<'_>) -> Result<(), String> {
         self.forget(rules, client);
-        let connection = match &self.route {
-            Route::Batched { connection, .. } => Some(connection.clone()),
-            Route::Cluster(connected) => connected.get().cloned(),
-        };
-        let mut connection = connection.ok_or("not connected to Redis yet")?;
+        let mut connection = self.connection().ok_or("not connected to Redis yet")?;
         let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
         let reset = Reset {
             client: client.into(),
