@@ -57,6 +57,8 @@ mod key;
 mod limiter;
 mod policy;
 mod rules;
+#[cfg(feature = "service")]
+pub mod service;
 
 pub use algorithm::Algorithm;
 pub use backend::breaker::BreakerState;

@@ -144,6 +144,15 @@ impl Backend {
         }
     }
 
+    /// The failure policy in force; `None` without Redis.
+    pub(crate) fn on_redis_error(&self) -> Option<crate::policy::OnRedisError> {
+        match self {
+            Backend::Memory(_) => None,
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => Some(redis.on_error()),
+        }
+    }
+
     pub(crate) fn breaker(&self) -> Option<BreakerState> {
         match self {
             Backend::Memory(_) => None,

@@ -248,6 +248,12 @@ impl Limiter {
         self.core.backend.name()
     }
 
+    /// What decides when Redis cannot (the rules file's `on_redis_error`, else the
+    /// builder's); `None` on the memory backend.
+    pub fn on_redis_error(&self) -> Option<crate::OnRedisError> {
+        self.core.backend.on_redis_error()
+    }
+
     /// Counters and the circuit breaker's state, for metrics and health checks.
     pub fn stats(&self) -> Stats {
         self.core.stats()

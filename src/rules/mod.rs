@@ -159,6 +159,31 @@ fn period_secs(capacity: u32, refill_per_sec: f64) -> f64 {
     f64::from(capacity) / refill_per_sec
 }
 
+impl Band {
+    /// The band as the rules file's `"N/unit"` shorthand, when its period is exactly one
+    /// second, minute, hour or day.
+    ///
+    /// ```
+    /// use tollgate::Band;
+    ///
+    /// assert_eq!(Band::new(100, 100.0 / 60.0).unwrap().shorthand().as_deref(), Some("100/minute"));
+    /// assert_eq!(Band::new(10, 1.0).unwrap().shorthand(), None); // 10 per 10 s
+    /// ```
+    pub fn shorthand(&self) -> Option<String> {
+        let period = period_secs(self.capacity.get(), self.refill_per_sec);
+        let unit = [
+            (1.0, "second"),
+            (60.0, "minute"),
+            (3600.0, "hour"),
+            (86400.0, "day"),
+        ]
+        .into_iter()
+        .find(|(secs, _)| (period - secs).abs() <= secs * 1e-9)?
+        .1;
+        Some(format!("{}/{unit}", self.capacity))
+    }
+}
+
 impl fmt::Display for Band {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} per {:?}", self.capacity, self.period())
@@ -206,6 +231,24 @@ impl Limit {
     /// Tokens (or requests) one request takes from every band.
     pub fn cost(&self) -> u32 {
         self.cost
+    }
+
+    /// The bands in the rules file's words: `"10/second"`, or several joined with `" + "`
+    /// (`"10/second + 1000/hour"`), each band without a shorthand as `"N per <period>"`.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{"default": {"limits": ["10/second", {"capacity": 5, "refill_rate": 1}]}}"#).unwrap();
+    /// assert_eq!(rules.default_rule().limit().unwrap().rate(), "10/second + 5 per 5s");
+    /// ```
+    pub fn rate(&self) -> String {
+        let bands: Vec<String> = self
+            .bands
+            .iter()
+            .map(|band| band.shorthand().unwrap_or_else(|| band.to_string()))
+            .collect();
+        bands.join(" + ")
     }
 
     /// The smallest capacity of the bands: the most one request may take.

@@ -183,6 +183,11 @@ impl RedisBackend {
         self.local.as_ref()
     }
 
+    /// What decides when Redis cannot.
+    pub(crate) fn on_error(&self) -> OnRedisError {
+        self.on_error
+    }
+
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.servers.state()
     }

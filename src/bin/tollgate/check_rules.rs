@@ -1,33 +1,13 @@
-//! `tollgate check-rules`: validate a rules file before deploying it, and see what it does.
-//!
-//! ```text
-//! $ cargo install --path . --features cli
-//! $ tollgate check-rules rate_limits.json
-//! $ tollgate check-rules rate_limits.json --explain POST /api/submit --client alice --tier pro
-//! ```
-//!
-//! Without `--explain` it prints every rule the file defines (base rules, each tier, client
-//! overrides, the Redis failure policy) and a closing `OK:` line. With `--explain METHOD PATH`
-//! it prints the rule and limit one request would get instead. `--client` takes a client key
-//! as in the file's `clients` (`id:alice`, `ip:10.0.0.1`, `ip:2001:db8::/64`, `unknown`) or a
-//! bare X-Client-ID (`alice`, meaning `id:alice`); `--tier` is the tier your authentication
-//! would attach.
-//!
-//! The file is read as the limiter reads it: a regular file (or a symlink to one) of at most
-//! `--max-file-bytes` (16 MiB by default); a FIFO or a device is refused without reading it.
-//! A client override that can never apply (an IPv6 address or network that does not match how
-//! the limiter keys IPv6 clients, see `--ipv6-prefix-len`) is a `warning:` line on stderr; the
-//! file is still valid.
-//!
-//! Exit status: 0 when the file is valid, 1 when it is not or cannot be read (the reason, with
-//! the file and the JSON location, goes to stderr), 2 for a usage error.
+//! `tollgate check-rules`.
 
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
+use clap::{Args, CommandFactory, error::ErrorKind};
+
+use crate::Cli;
 use http::Method;
 use http::uri::PathAndQuery;
 use tollgate::{
@@ -35,25 +15,8 @@ use tollgate::{
     Resolved, Rule, Rules,
 };
 
-#[derive(Parser)]
-#[command(
-    name = "tollgate",
-    version,
-    about = "Operator tools for tollgate rate limits"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Validate a rules file and print the rules it sets.
-    CheckRules(CheckRules),
-}
-
 #[derive(Args)]
-struct CheckRules {
+pub(crate) struct CheckRules {
     /// The rules file (JSON).
     file: PathBuf,
 
@@ -102,14 +65,7 @@ enum BadRequest {
     Path(String),
 }
 
-fn main() -> ExitCode {
-    let Cli { command } = Cli::parse();
-    match command {
-        Command::CheckRules(args) => check_rules(&args),
-    }
-}
-
-fn check_rules(args: &CheckRules) -> ExitCode {
+pub(crate) fn check_rules(args: &CheckRules) -> ExitCode {
     // Usage errors come first, so a typo is reported as such whatever the file holds.
     let request = match args.explain.as_deref().map(request_of).transpose() {
         Ok(request) => request,

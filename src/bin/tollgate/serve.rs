@@ -1,0 +1,205 @@
+//! `tollgate serve`: the rate limit service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tollgate::service::Service;
+use tollgate::{Limiter, OnRedisError, Rules};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Args)]
+pub(crate) struct Serve {
+    /// The rules file. Without one, a single default rule from --default-rate-limit.
+    #[arg(long, env = "RATE_LIMIT_RULES_PATH", value_name = "FILE")]
+    rules: Option<PathBuf>,
+
+    /// The limit of the default rule when there is no rules file: `N/unit` (second, minute,
+    /// hour, day), or a bare number of requests per second.
+    #[arg(long, env = "DEFAULT_RATE_LIMIT", default_value = "10", value_name = "LIMIT")]
+    default_rate_limit: String,
+
+    /// Keep the limits in this Redis, shared by every instance using it.
+    #[arg(long, env = "REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+
+    /// Keep the limits in a Redis Cluster: its seed nodes, comma-separated (instead of
+    /// --redis-url).
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_name = "URLS")]
+    redis_cluster_nodes: Option<String>,
+
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "tollgate")]
+    redis_prefix: String,
+
+    /// Deadline of each Redis decision, in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50, value_name = "MS")]
+    redis_timeout_ms: u64,
+
+    /// What decides when Redis cannot: `closed` refuses (503), `open` allows, `local`
+    /// decides in this process with the same rules. The rules file's `on_redis_error` wins.
+    #[arg(long, env = "FAIL_MODE", value_enum, default_value_t = FailMode::Local)]
+    fail_mode: FailMode,
+
+    /// The address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: String,
+
+    /// The port to listen on (0: any free port).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    port: u16,
+
+    /// Writes and admin reads need `Authorization: Bearer <this>`. Without it they are
+    /// accepted from this host (loopback) only.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    admin_token: Option<String>,
+}
+
+/// The failure policy, as the tiered check service named it (plus `local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FailMode {
+    /// Refuse what Redis cannot decide.
+    Closed,
+    /// Allow what Redis cannot decide.
+    Open,
+    /// Decide it in this process.
+    Local,
+}
+
+impl From<FailMode> for OnRedisError {
+    fn from(mode: FailMode) -> Self {
+        match mode {
+            FailMode::Closed => OnRedisError::Deny,
+            FailMode::Open => OnRedisError::Allow,
+            FailMode::Local => OnRedisError::Local,
+        }
+    }
+}
+
+pub(crate) fn serve(args: Serve) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// An environment value that is empty counts as unset, as the services before did.
+fn set(value: Option<String>) -> Option<String> {
+    value.filter(|value| !value.trim().is_empty())
+}
+
+/// The one rule of a service run without a rules file.
+fn default_rules(limit: &str) -> Result<Rules, String> {
+    let limit = limit.trim();
+    let limit = if !limit.is_empty() && limit.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{limit}/second")
+    } else {
+        limit.to_owned()
+    };
+    let json = serde_json::json!({"default": {"limit": limit}}).to_string();
+    Rules::from_json(&json).map_err(|error| match error {
+        tollgate::RulesError::Invalid { problem, .. } => {
+            format!("DEFAULT_RATE_LIMIT={limit:?}: {problem}")
+        }
+        other => format!("DEFAULT_RATE_LIMIT={limit:?}: {other}"),
+    })
+}
+
+async fn run(args: Serve) -> Result<(), String> {
+    let mut builder = Limiter::builder().on_redis_error(args.fail_mode.into());
+    let rules_source = match &args.rules {
+        Some(path) => {
+            builder = builder.rules_file(path);
+            path.display().to_string()
+        }
+        None => {
+            builder = builder.rules(default_rules(&args.default_rate_limit)?);
+            format!("one default rule from DEFAULT_RATE_LIMIT ({})", args.default_rate_limit)
+        }
+    };
+    if let Some(nodes) = set(args.redis_cluster_nodes) {
+        let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).collect();
+        if let Some(empty) = nodes.iter().position(String::is_empty) {
+            return Err(format!(
+                "REDIS_CLUSTER_NODES has an empty entry (number {}): give comma-separated redis:// URLs",
+                empty + 1
+            ));
+        }
+        builder = builder.redis_cluster(nodes);
+    } else if let Some(url) = set(args.redis_url) {
+        builder = builder.redis_url(url);
+    }
+    builder = builder
+        .redis_prefix(args.redis_prefix)
+        .redis_timeout(Duration::from_millis(args.redis_timeout_ms));
+    let limiter = builder.build().await.map_err(|e| e.to_string())?;
+
+    let mut service = Service::new(limiter.clone());
+    let admin = match set(args.admin_token) {
+        Some(token) => {
+            service = service.admin_token(token);
+            "token required (TOLLGATE_ADMIN_TOKEN)"
+        }
+        None => "no TOLLGATE_ADMIN_TOKEN: writes and admin reads accepted from this host only",
+    };
+    tracing::info!(
+        backend = limiter.backend_name(),
+        rules = %rules_source,
+        on_redis_error = limiter.on_redis_error().map(OnRedisError::as_str),
+        admin,
+        "tollgate serve"
+    );
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("listening on http://{address}");
+    axum::serve(
+        listener,
+        service
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,100 @@
+//! The rate limit service: the HTTP APIs of the systems tollgate replaces, on one
+//! [`Limiter`].
+//!
+//! | route | from | what it does |
+//! | --- | --- | --- |
+//! | `GET /check/{key}` | the key service | checks a key against its limit |
+//! | `POST /check` | the tiered check service | checks an identifier in a tier |
+//! | `GET /health` | both | the service's and Redis's state |
+//! | `GET /openapi.json` | | this API, described |
+//!
+//! [`Service::router`] is an axum `Router`: `tollgate serve` serves it, and an app can
+//! mount it beside its own routes, on the limiter its layer uses.
+
+mod auth;
+mod check;
+mod health;
+mod json;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::limiter::Limiter;
+use auth::Admin;
+
+/// The service's routes on a limiter.
+///
+/// # Example
+///
+/// ```
+/// use axum::{body::Body, http::{Request, StatusCode}};
+/// use tower::ServiceExt;
+/// use tollgate::{Limiter, Rules, service::Service};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let app = Service::new(limiter).router();
+///
+/// let check = || Request::post("/check")
+///     .header("content-type", "application/json")
+///     .body(Body::from(r#"{"identifier": "user:123"}"#))
+///     .unwrap();
+/// assert_eq!(app.clone().oneshot(check()).await?.status(), StatusCode::OK);
+/// assert_eq!(app.clone().oneshot(check()).await?.status(), StatusCode::OK);
+/// assert_eq!(app.oneshot(check()).await?.status(), StatusCode::TOO_MANY_REQUESTS);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Service {
+    limiter: Limiter,
+    admin: Admin,
+}
+
+/// What every handler shares.
+pub(crate) struct State {
+    pub(crate) limiter: Limiter,
+    pub(crate) admin: Admin,
+}
+
+impl Service {
+    /// The service on `limiter`. Writes and admin reads are accepted from loopback peers
+    /// only, until [`admin_token`](Self::admin_token) sets a token.
+    pub fn new(limiter: Limiter) -> Self {
+        Self {
+            limiter,
+            admin: Admin::loopback_only(),
+        }
+    }
+
+    /// Writes and admin reads need `Authorization: Bearer <token>`, from any peer.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin = Admin::token(token.into());
+        self
+    }
+
+    /// The limiter the service decides with.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The routes, to serve or to merge into an app's router. Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`: without the peer's address,
+    /// writes without a token are refused.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/check/{key}", get(check::by_key))
+            .route("/check", post(check::by_identifier))
+            .route("/health", get(health::health))
+            .route("/openapi.json", get(openapi::document))
+            .with_state(Arc::new(State {
+                limiter: self.limiter,
+                admin: self.admin,
+            }))
+    }
+}
