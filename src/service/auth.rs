@@ -90,3 +90,24 @@ impl Admin {
         }
     }
 }
+
+/// Lets through what [`Admin::allows`]; answers anything else 401 with
+/// `{"detail": "<why>"}` and a `WWW-Authenticate` header.
+pub(crate) async fn require_admin(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<super::State>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match state.admin.allows(&request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            let mut response =
+                super::json::detail(axum::http::StatusCode::UNAUTHORIZED, refused.message());
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}

@@ -208,7 +208,8 @@ pub(crate) async fn by_identifier(
             );
         }
         Err(error @ CheckError::Cost { .. }) => {
-            let problem = json!([{"loc": ["body", "cost"], "msg": error.to_string(), "type": "value_error"}]);
+            let problem =
+                json!([{"loc": ["body", "cost"], "msg": error.to_string(), "type": "value_error"}]);
             return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
         }
         Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
@@ -271,10 +272,7 @@ fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
 
 /// A 422 for a key or identifier that is empty or too long (its value is not echoed).
 fn too_long(field: &str, value: &str) -> Response {
-    let message = format!(
-        "must be 1 to {MAX_KEY_BYTES} bytes, got {}",
-        value.len()
-    );
+    let message = format!("must be 1 to {MAX_KEY_BYTES} bytes, got {}", value.len());
     let problem = json!([{"loc": ["body", field], "msg": message, "type": "value_error"}]);
     detail(StatusCode::UNPROCESSABLE_ENTITY, problem)
 }

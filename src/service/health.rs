@@ -45,9 +45,11 @@ pub(crate) async fn health(State(state): State<Arc<super::State>>) -> Response {
     let (redis, status, code) = match limiter.stats().breaker {
         None => ("not_configured", "ok", StatusCode::OK),
         Some(BreakerState::Closed) => ("connected", "ok", StatusCode::OK),
-        Some(_) if limiter.on_redis_error() == Some(OnRedisError::Deny) => {
-            ("disconnected", "unavailable", StatusCode::SERVICE_UNAVAILABLE)
-        }
+        Some(_) if limiter.on_redis_error() == Some(OnRedisError::Deny) => (
+            "disconnected",
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
         Some(_) => ("disconnected", "degraded", StatusCode::OK),
     };
     let body = Health {

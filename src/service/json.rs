@@ -53,7 +53,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 /// A 422 naming where the body does not fit (`loc`, from `"body"`) and why.
 fn invalid_body(mut loc: Vec<Value>, inner: &serde_json::Error) -> Response {
     let text = inner.to_string();
-    let message = text.rfind(" at line ").map_or(text.as_str(), |at| &text[..at]);
+    let message = text
+        .rfind(" at line ")
+        .map_or(text.as_str(), |at| &text[..at]);
     let kind = if inner.is_syntax() || inner.is_eof() {
         "json_invalid"
     } else if let Some(field) = message.strip_prefix("missing field `") {

@@ -7,10 +7,12 @@
 //! | `POST /check` | the tiered check service | checks an identifier in a tier |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
+//! | `POST /admin/reset/{key}[/{rule}]` | the library | forgets a key, on every instance |
 //!
 //! [`Service::router`] is an axum `Router`: `tollgate serve` serves it, and an app can
 //! mount it beside its own routes, on the limiter its layer uses.
 
+mod admin;
 mod auth;
 mod check;
 mod health;
@@ -19,8 +21,8 @@ mod openapi;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 
 use crate::limiter::Limiter;
 use auth::Admin;
@@ -87,14 +89,23 @@ impl Service {
     /// `into_make_service_with_connect_info::<SocketAddr>()`: without the peer's address,
     /// writes without a token are refused.
     pub fn router(self) -> Router {
+        let state = Arc::new(State {
+            limiter: self.limiter,
+            admin: self.admin,
+        });
+        let admin = Router::new()
+            .route("/admin/reset/{key}", post(admin::reset))
+            .route("/admin/reset/{key}/{rule}", post(admin::reset_rule))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(&state),
+                auth::require_admin,
+            ));
         Router::new()
             .route("/check/{key}", get(check::by_key))
             .route("/check", post(check::by_identifier))
             .route("/health", get(health::health))
             .route("/openapi.json", get(openapi::document))
-            .with_state(Arc::new(State {
-                limiter: self.limiter,
-                admin: self.admin,
-            }))
+            .merge(admin)
+            .with_state(state)
     }
 }

@@ -4,7 +4,23 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{check, health};
+use utoipa::Modify;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use super::{admin, check, health};
+
+/// The admin routes' bearer token.
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("admin_token", SecurityScheme::Http(scheme));
+    }
+}
 
 /// The document.
 #[derive(OpenApi)]
@@ -13,7 +29,14 @@ use super::{check, health};
         title = "tollgate",
         description = "Rate limits checked over HTTP: a key service, a tiered check service and an admin API, on one limiter."
     ),
-    paths(check::by_key, check::by_identifier, health::health),
+    paths(
+        check::by_key,
+        check::by_identifier,
+        health::health,
+        admin::reset,
+        admin::reset_rule
+    ),
+    modifiers(&AdminToken),
     components(schemas(
         check::KeyAllowed,
         check::KeyRefused,
@@ -21,7 +44,8 @@ use super::{check, health};
         check::CheckAllowed,
         check::CheckRefused,
         check::CheckRefusal,
-        health::Health
+        health::Health,
+        admin::Reset
     ))
 )]
 pub(crate) struct ApiDoc;

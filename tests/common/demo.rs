@@ -56,6 +56,22 @@ pub struct Demo {
     pub address: String,
     /// What it logged before it listened.
     pub startup_log: Vec<String>,
+    /// What it logs from then on.
+    later: std::sync::mpsc::Receiver<String>,
+}
+
+impl Demo {
+    /// Stops the process (SIGTERM, so it shuts down as it would) and returns all it logged.
+    pub fn stop_and_read_log(&mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let mut log = self.startup_log.clone();
+        log.extend(self.later.try_iter());
+        log.join("\n")
+    }
 }
 
 impl Drop for Demo {
@@ -67,16 +83,47 @@ impl Drop for Demo {
 
 /// Starts the demo on a free port and waits for its "listening on" line.
 pub fn start_demo(envs: &[(&str, &str)]) -> Demo {
-    let mut child = Command::new(demo_binary())
+    let mut command = Command::new(demo_binary());
+    command
         .env_clear()
         .env("PORT", "0")
         .env("NO_COLOR", "1")
         .env("RATE_LIMIT_RULES_PATH", repo_file("rate_limits.json"))
-        .envs(envs.iter().copied())
+        .envs(envs.iter().copied());
+    start_listening(command, "the demo")
+}
+
+/// The `tollgate` binary, built by `cargo test --all-features` for the tests.
+pub fn tollgate_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_tollgate") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "the tollgate binary is not built for this test: run `cargo test --all-features` \
+             (it needs the `cli` feature)"
+        ),
+    }
+}
+
+/// Starts `tollgate serve` on a free port with only `envs` in its environment (and
+/// `NO_COLOR`), and waits for its "listening on" line.
+pub fn start_service(envs: &[(&str, &str)]) -> Demo {
+    let mut command = Command::new(tollgate_binary());
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PORT", "0")
+        .env("NO_COLOR", "1")
+        .envs(envs.iter().copied());
+    start_listening(command, "tollgate serve")
+}
+
+/// Runs `command` and waits for its "listening on http://ADDRESS" line on stdout.
+fn start_listening(mut command: Command, what: &str) -> Demo {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("run the demo");
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -94,15 +141,17 @@ pub fn start_demo(envs: &[(&str, &str)]) -> Demo {
                 .unwrap()
                 .trim_end_matches(|c: char| !c.is_ascii_digit())
                 .to_owned();
+            log.push(line);
             return Demo {
                 child,
                 address,
                 startup_log: log,
+                later: rx,
             };
         }
         log.push(line);
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("demo did not start:\n{}", log.join("\n"));
+    panic!("{what} did not start:\n{}", log.join("\n"));
 }

@@ -12,7 +12,7 @@ mod redis;
 use std::path::PathBuf;
 
 pub use cluster::TestCluster;
-pub use demo::{Demo, demo_binary, start_demo};
+pub use demo::{Demo, demo_binary, start_demo, start_service, tollgate_binary};
 pub use deploy::*;
 pub use http::*;
 pub use redis::*;

@@ -24,7 +24,6 @@
 //! Exit status: 0 when the file is valid, 1 when it is not or cannot be read (the reason, with
 //! the file and the JSON location, goes to stderr), 2 for a usage error.
 
-
 mod check_rules;
 mod serve;
 

@@ -18,7 +18,12 @@ pub(crate) struct Serve {
 
     /// The limit of the default rule when there is no rules file: `N/unit` (second, minute,
     /// hour, day), or a bare number of requests per second.
-    #[arg(long, env = "DEFAULT_RATE_LIMIT", default_value = "10", value_name = "LIMIT")]
+    #[arg(
+        long,
+        env = "DEFAULT_RATE_LIMIT",
+        default_value = "10",
+        value_name = "LIMIT"
+    )]
     default_rate_limit: String,
 
     /// Keep the limits in this Redis, shared by every instance using it.
@@ -35,7 +40,12 @@ pub(crate) struct Serve {
     redis_prefix: String,
 
     /// Deadline of each Redis decision, in milliseconds.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50, value_name = "MS")]
+    #[arg(
+        long,
+        env = "REDIS_TIMEOUT_MS",
+        default_value_t = 50,
+        value_name = "MS"
+    )]
     redis_timeout_ms: u64,
 
     /// What decides when Redis cannot: `closed` refuses (503), `open` allows, `local`
@@ -53,7 +63,12 @@ pub(crate) struct Serve {
 
     /// Writes and admin reads need `Authorization: Bearer <this>`. Without it they are
     /// accepted from this host (loopback) only.
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     admin_token: Option<String>,
 }
 
@@ -80,9 +95,14 @@ impl From<FailMode> for OnRedisError {
 
 pub(crate) fn serve(args: Serve) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };
@@ -129,7 +149,10 @@ async fn run(args: Serve) -> Result<(), String> {
         }
         None => {
             builder = builder.rules(default_rules(&args.default_rate_limit)?);
-            format!("one default rule from DEFAULT_RATE_LIMIT ({})", args.default_rate_limit)
+            format!(
+                "one default rule from DEFAULT_RATE_LIMIT ({})",
+                args.default_rate_limit
+            )
         }
     };
     if let Some(nodes) = set(args.redis_cluster_nodes) {
