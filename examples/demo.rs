@@ -26,9 +26,15 @@
 //!   reloads it
 //! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
 //! - `RUST_LOG`: log filter (default `info`)
+//! - `TOLLGATE_ADMIN_TOKEN`: with the `service` feature, the bearer token of the mounted
+//!   admin API (unset: writes from loopback peers only)
 //!
-//! `demo healthcheck` asks a running demo for `GET /health` on `127.0.0.1:$PORT` and exits 0
-//! on a 200, 1 otherwise, within 2 s: a container health check for images without curl.
+//! Built with `--features service`, the demo also serves the rate limit service's routes
+//! (`/check`, `/configure`, `/stats`, `/admin/...`, `/openapi.json`) on the limiter its
+//! layer uses, as an app embedding tollgate would.
+//!
+//! The container image probes it with `tollgate healthcheck` (`GET /health` on
+//! `127.0.0.1:$PORT`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -38,15 +44,11 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::{Limiter, RateLimitLayer};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck().await;
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -86,11 +88,11 @@ async fn run() -> Result<(), String> {
         builder = builder.redis_prefix(prefix);
     }
     let timeout_ms: u64 = parse_env("REDIS_TIMEOUT_MS", 50)?;
-    builder = builder.redis_timeout(std::time::Duration::from_millis(timeout_ms));
+    builder = builder.redis_timeout(Duration::from_millis(timeout_ms));
     let instances: u32 = parse_env("LOCAL_FALLBACK_INSTANCES", 1)?;
     builder = builder.local_fallback_instances(instances);
     let lease_ms: u64 = parse_env("REDIS_LEASE_MS", 0)?;
-    builder = builder.redis_lease(std::time::Duration::from_millis(lease_ms));
+    builder = builder.redis_lease(Duration::from_millis(lease_ms));
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
     let mut layer = RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(hops);
     let trusted_peers = match proxies.as_slice() {
@@ -127,8 +129,8 @@ async fn run() -> Result<(), String> {
         .route("/api/data", get(data))
         .route("/api/submit", post(submit))
         .route("/api/users/{id}", get(user))
-        .route("/health", get(health))
         .layer(layer);
+    let app = mount_service(app, limiter);
 
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
@@ -164,60 +166,32 @@ async fn user(Path(id): Path<String>) -> Json<Value> {
     Json(json!({"id": id}))
 }
 
+/// With the `service` feature, the rate limit service's routes (`/check`, `/configure`,
+/// `/stats`, `/admin`, `/health`, `/openapi.json`) sit beside the app's, on the limiter its
+/// layer uses: a limit configured through them is the one the layer enforces. They are
+/// merged after the layer, so they are not themselves limited by it.
+#[cfg(feature = "service")]
+fn mount_service(app: Router, limiter: Limiter) -> Router {
+    let mut service = tollgate::service::Service::new(limiter);
+    match std::env::var("TOLLGATE_ADMIN_TOKEN") {
+        Ok(token) if !token.is_empty() => {
+            tracing::info!("admin API: bearer token required");
+            service = service.admin_token(token);
+        }
+        _ => tracing::info!("admin API: loopback peers only (TOLLGATE_ADMIN_TOKEN is not set)"),
+    }
+    app.merge(service.router())
+}
+
+/// Without the `service` feature, a plain `GET /health`.
+#[cfg(not(feature = "service"))]
+fn mount_service(app: Router, _limiter: Limiter) -> Router {
+    app.route("/health", get(health))
+}
+
+#[cfg(not(feature = "service"))]
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
-}
-
-/// `demo healthcheck`: exit 0 when `GET /health` on `127.0.0.1:$PORT` answers 200 within 2 s.
-async fn healthcheck() -> ExitCode {
-    match tokio::time::timeout(Duration::from_secs(2), health_status()).await {
-        Ok(Ok(200)) => ExitCode::SUCCESS,
-        Ok(Ok(status)) => {
-            eprintln!("unhealthy: /health answered {status}");
-            ExitCode::FAILURE
-        }
-        Ok(Err(message)) => {
-            eprintln!("unhealthy: {message}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("unhealthy: no answer from /health within 2 s");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The status code of `GET /health` on this machine's demo.
-async fn health_status() -> Result<u16, String> {
-    let port: u16 = parse_env("PORT", 8000)?;
-    let address = format!("127.0.0.1:{port}");
-    let mut stream = tokio::net::TcpStream::connect(&address)
-        .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send to {address}: {e}"))?;
-    // The status line is all we need: "HTTP/1.1 200 OK\r\n".
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        let read = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("cannot read from {address}: {e}"))?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..read]);
-    }
-    let status_line = String::from_utf8_lossy(&head);
-    let mut parts = status_line.split_whitespace();
-    match (parts.next(), parts.next().map(str::parse::<u16>)) {
-        (Some(version), Some(Ok(status))) if version.starts_with("HTTP/") => Ok(status),
-        _ => Err(format!("{address} did not answer HTTP")),
-    }
 }
 
 /// A comma-separated list; empty when unset.

@@ -14,13 +14,13 @@ use common::*;
 use serde_json::Value;
 
 #[test]
-fn compose_has_the_four_services_and_only_nginx_is_reachable() {
+fn compose_has_its_five_services_and_only_nginx_and_the_service_are_reachable() {
     let compose = compose();
     assert!(
         compose.get("version").is_none(),
         "compose v2 files need no top-level `version`"
     );
-    for name in ["redis", "app1", "app2", "nginx"] {
+    for name in ["redis", "app1", "app2", SERVICE, "nginx"] {
         service(&compose, name);
     }
     assert!(
@@ -43,58 +43,133 @@ fn compose_has_the_four_services_and_only_nginx_is_reachable() {
         .collect();
     assert_eq!(
         publishing,
-        ["nginx"],
-        "only nginx may publish a port: the apps trust one proxy hop, so a client reaching \
-         them directly could choose its own key"
+        ["nginx", SERVICE],
+        "only nginx and the service may publish a port: the apps trust one proxy hop, so a \
+         client reaching them directly could choose its own key"
     );
 
     // nginx listens where its published port points.
     let nginx = service(&compose, "nginx");
-    let ports = nginx["ports"].as_array().unwrap();
-    assert_eq!(ports.len(), 1, "{ports:?}");
-    let container_port = match &ports[0] {
-        Value::String(short) => short
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .trim_end_matches("/tcp")
-            .to_owned(),
-        long => scalar(&long["target"]),
-    };
+    let (_, container_port) = published(nginx);
     assert_eq!(
         environment(nginx).get("NGINX_PORT"),
         Some(&container_port),
         "NGINX_PORT is what nginx listens on, so it must be the published container port"
     );
+
+    // The service is published on the host's loopback, at the port it listens on.
+    let (host_ip, container_port) = published(service(&compose, SERVICE));
+    assert_eq!(
+        host_ip.as_deref(),
+        Some("127.0.0.1"),
+        "{SERVICE}: published on the host's loopback only"
+    );
+    assert_eq!(
+        Some(&container_port),
+        app_environment(&compose, SERVICE).get("PORT"),
+        "{SERVICE}: the published container port is its PORT"
+    );
 }
 
-/// With Redis gone, each replica decides alone with its share of every limit: the number
-/// of replicas the stack runs, in the compose file and in the script without Docker.
+/// A service's one published port: the host address it binds (if any) and the container
+/// port.
+fn published(service: &Value) -> (Option<String>, String) {
+    let ports = service["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    match &ports[0] {
+        Value::String(short) => {
+            let parts: Vec<&str> = short.split(':').collect();
+            let container = parts[parts.len() - 1].trim_end_matches("/tcp").to_owned();
+            let host_ip = (parts.len() == 3).then(|| parts[0].to_owned());
+            (host_ip, container)
+        }
+        long => (long.get("host_ip").map(scalar), scalar(&long["target"])),
+    }
+}
+
+/// With Redis gone, each process deciding on the shared limits decides alone with its
+/// share of every limit: the number of such processes the stack runs, in the compose file
+/// and in the script without Docker.
 #[test]
-fn the_apps_know_how_many_replicas_share_the_limits() {
+fn the_deciders_know_how_many_share_the_limits() {
     let compose = compose();
     let services = compose["services"].as_object().expect("services");
-    let replicas: Vec<&String> = services
+    let built: Vec<&String> = services
         .iter()
         .filter(|(_, s)| s.get("build").is_some_and(|b| scalar(b) == "."))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(replicas, APPS, "the replicas built from the Dockerfile");
-    for app in APPS {
-        let env = app_environment(&compose, app);
+    assert_eq!(built, DECIDERS, "the processes built from the Dockerfile");
+    for decider in DECIDERS {
+        let env = app_environment(&compose, decider);
         assert_eq!(
             fallback_instances(&env),
-            APPS.len() as u32,
-            "{app}: with Redis down, {} replicas deciding alone must each take 1/{} of a limit",
-            APPS.len(),
-            APPS.len()
+            DECIDERS.len() as u32,
+            "{decider}: with Redis down, {} processes deciding alone must each take 1/{} of a \
+             limit",
+            DECIDERS.len(),
+            DECIDERS.len()
         );
     }
     let script = std::fs::read_to_string(repo_file("scripts/stack-without-docker.sh")).unwrap();
     assert!(
-        script.contains(&format!("LOCAL_FALLBACK_INSTANCES={}", APPS.len())),
-        "scripts/stack-without-docker.sh must tell its {} replicas how many they are",
-        APPS.len()
+        script.contains(&format!("LOCAL_FALLBACK_INSTANCES={}", DECIDERS.len())),
+        "scripts/stack-without-docker.sh must tell its {} deciders how many they are",
+        DECIDERS.len()
+    );
+}
+
+/// The service runs `tollgate serve` on the apps' Redis, key prefix and rules file, so
+/// that its limits, runtime changes and statistics are theirs; every variable compose sets
+/// on it is one `tollgate serve` reads.
+#[test]
+fn compose_service_shares_the_apps_redis_and_rules() {
+    let compose = compose();
+    let tollgate = service(&compose, SERVICE);
+    let command: Vec<String> = tollgate["command"]
+        .as_array()
+        .expect("{SERVICE}: command as a list")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(command, ["tollgate", "serve"]);
+    assert_eq!(
+        dependency(tollgate, "redis").as_deref(),
+        Some("service_healthy"),
+        "{SERVICE}: starts once Redis answers"
+    );
+
+    let env = app_environment(&compose, SERVICE);
+    let serve = std::fs::read_to_string(repo_file("src/bin/tollgate/serve.rs")).unwrap();
+    for name in env.keys() {
+        assert!(
+            serve.contains(&format!("env = \"{name}\"")) || name == "RUST_LOG",
+            "{SERVICE} sets {name}, which `tollgate serve` never reads"
+        );
+    }
+    for app in APPS {
+        let app_env = app_environment(&compose, app);
+        for name in [
+            "REDIS_URL",
+            "REDIS_PREFIX",
+            "RATE_LIMIT_RULES_PATH",
+            "TOLLGATE_ADMIN_TOKEN",
+        ] {
+            assert_eq!(
+                env.get(name),
+                app_env.get(name),
+                "{SERVICE} and {app} must agree on {name}"
+            );
+        }
+        assert_eq!(
+            mounts(tollgate),
+            mounts(service(&compose, app)),
+            "{SERVICE} reads the rules through the apps' mount"
+        );
+    }
+    assert_eq!(
+        env["HOST"], "0.0.0.0",
+        "reachable through its published port"
     );
 }
 
@@ -193,15 +268,15 @@ fn compose_every_service_has_a_health_check_and_starts_in_order() {
     let redis = compose_healthcheck(service(&compose, "redis")).expect("redis: healthcheck");
     assert_eq!(redis, ["redis-cli", "ping"]);
 
-    for app in APPS {
+    for decider in DECIDERS {
         // The compose healthcheck wins; without one the image's HEALTHCHECK applies.
-        let check = compose_healthcheck(service(&compose, app))
+        let check = compose_healthcheck(service(&compose, decider))
             .or_else(|| image_healthcheck(runtime))
-            .unwrap_or_else(|| panic!("{app}: no health check in compose nor the Dockerfile"));
+            .unwrap_or_else(|| panic!("{decider}: no health check in compose nor the Dockerfile"));
         assert_eq!(
             check,
-            ["demo", "healthcheck"],
-            "{app}: the demo probes itself"
+            ["tollgate", "healthcheck"],
+            "{decider}: `tollgate healthcheck` asks its GET /health"
         );
     }
 
@@ -224,7 +299,7 @@ fn compose_every_service_has_a_health_check_and_starts_in_order() {
 }
 
 #[test]
-fn dockerfile_builds_the_demo_and_runs_it_unprivileged() {
+fn dockerfile_builds_the_demo_and_the_service_and_runs_them_unprivileged() {
     let stages = dockerfile_stages();
     assert!(
         stages.len() >= 2,
@@ -232,18 +307,21 @@ fn dockerfile_builds_the_demo_and_runs_it_unprivileged() {
     );
     let (runtime, builders) = stages.split_last().unwrap();
 
-    let builds_demo = builders
+    let builds_both = builders
         .iter()
         .flat_map(|stage| args_of(stage, "RUN"))
         .any(|run| {
             run.contains("cargo build")
                 && run.contains("--release")
                 && run.contains("--example demo")
+                && run.contains("--bin tollgate")
+                && run.contains("--features cli")
                 && run.contains("--locked")
         });
     assert!(
-        builds_demo,
-        "a builder stage runs cargo build --release --example demo --locked"
+        builds_both,
+        "a builder stage runs cargo build --release --locked --features cli --bin tollgate \
+         --example demo"
     );
 
     let from = args_of(runtime, "FROM").pop().unwrap();
@@ -252,12 +330,14 @@ fn dockerfile_builds_the_demo_and_runs_it_unprivileged() {
         "a small runtime image, got {from}"
     );
     let copies = args_of(runtime, "COPY");
-    assert!(
-        copies
-            .iter()
-            .any(|c| c.starts_with("--from=") && c.ends_with("/demo")),
-        "the runtime stage copies the demo binary from the builder: {copies:?}"
-    );
+    for binary in ["/demo", "/tollgate"] {
+        assert!(
+            copies
+                .iter()
+                .any(|c| c.starts_with("--from=") && c.ends_with(binary)),
+            "the runtime stage copies {binary} from the builder: {copies:?}"
+        );
+    }
     assert!(
         copies.iter().any(|c| c.starts_with("rate_limits.json ")),
         "the runtime stage ships rate_limits.json: {copies:?}"
@@ -282,8 +362,8 @@ fn dockerfile_builds_the_demo_and_runs_it_unprivileged() {
     assert_eq!(env["HOST"], "0.0.0.0", "reachable from other containers");
     assert_eq!(
         image_healthcheck(runtime).as_deref(),
-        Some(&["demo".to_owned(), "healthcheck".to_owned()][..]),
-        "HEALTHCHECK CMD [\"demo\", \"healthcheck\"]"
+        Some(&["tollgate".to_owned(), "healthcheck".to_owned()][..]),
+        "HEALTHCHECK CMD [\"tollgate\", \"healthcheck\"]"
     );
 }
 

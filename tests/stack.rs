@@ -290,15 +290,19 @@ async fn one_limit_holds_across_both_replicas() {
     assert_eq!(keys.len(), 1, "one bucket in the shared Redis: {keys:?}");
 }
 
-/// The shipped rules and the compose file's replica count: with Redis killed, the two
-/// replicas together admit about one limit's worth (10 on `/api/data`, 5 each), not two.
+/// The shipped rules and the compose file's count of deciders (two replicas and the
+/// service): with Redis killed, each replica decides alone with its share of the burst of
+/// 10 on `/api/data`, so together they admit at most one limit's worth, not one each.
 #[tokio::test]
 async fn with_redis_gone_the_replicas_share_one_limit() {
     let compose = compose();
     let instances = app_environment(&compose, APPS[0])
         .get("LOCAL_FALLBACK_INSTANCES")
         .cloned()
-        .expect("compose tells the apps how many replicas there are");
+        .expect("compose tells the apps how many processes decide");
+    let share: u32 = instances.parse().unwrap();
+    assert_eq!(share as usize, DECIDERS.len());
+    let per_replica = 10 / share;
     let shipped = std::fs::read_to_string(repo_file("rate_limits.json")).unwrap();
     let mut stack = Stack::start_with(&shipped, &[("LOCAL_FALLBACK_INSTANCES", &instances)]);
     stack.redis.kill();
@@ -310,19 +314,23 @@ async fn with_redis_gone_the_replicas_share_one_limit() {
             .header("x-api-key", "demo-key-alice");
         let response = request.send().await.expect("a response through nginx");
         assert_eq!(
-            reqwest_header(&response, "x-ratelimit-limit").as_deref(),
-            Some("5"),
-            "the local fallback decides, with half of the burst of 10"
+            reqwest_header(&response, "x-ratelimit-limit"),
+            Some(per_replica.to_string()),
+            "the local fallback decides, with 1/{share} of the burst of 10"
         );
         if response.status() == StatusCode::OK {
             admitted += 1;
         }
     }
-    // 5 per replica, and a token or so each refilled (1/s, halved) while the test ran.
+    // The burst share per replica, and a token or so each refilled (1/s, divided) while
+    // the test ran.
+    let burst = 2 * per_replica;
     assert!(
-        (10..=13).contains(&admitted),
-        "{admitted} admitted across both replicas with Redis gone"
+        (burst..=burst + 3).contains(&admitted),
+        "{admitted} admitted across both replicas with Redis gone, expected {burst} and a \
+         few refilled"
     );
+    assert!(admitted <= 10, "never more than one limit's worth");
 }
 
 #[tokio::test]
@@ -421,8 +429,10 @@ async fn health_passes_through_nginx_unlimited() {
             );
         }
         upstreams.insert(reqwest_header(&response, "x-upstream").expect("proxied"));
+        // The service's health, which the demo mounts.
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body, serde_json::json!({"status": "ok"}));
+        assert_eq!(body["status"], "ok", "{body}");
+        assert_eq!(body["redis"], "connected", "{body}");
     }
     assert_eq!(upstreams, stack.app_addresses());
 
@@ -437,13 +447,13 @@ async fn health_passes_through_nginx_unlimited() {
 }
 
 // ---------------------------------------------------------------------------------------
-// `demo healthcheck`, the probe the image's HEALTHCHECK runs.
+// `tollgate healthcheck`, the probe the image's HEALTHCHECK runs.
 // ---------------------------------------------------------------------------------------
 
-/// Runs `demo healthcheck` against `port`: its exit status, stderr and how long it took.
+/// Runs `tollgate healthcheck` against `port`: its exit status, stderr and how long it took.
 fn healthcheck(port: u16) -> (ExitStatus, String, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(demo_binary())
+    let mut child = Command::new(tollgate_binary())
         .arg("healthcheck")
         .env_clear()
         .env("PORT", port.to_string())
@@ -451,7 +461,7 @@ fn healthcheck(port: u16) -> (ExitStatus, String, Duration) {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run demo healthcheck");
+        .expect("run tollgate healthcheck");
     let deadline = started + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -460,7 +470,7 @@ fn healthcheck(port: u16) -> (ExitStatus, String, Duration) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("demo healthcheck still running after 10 s");
+            panic!("tollgate healthcheck still running after 10 s");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -497,7 +507,7 @@ fn fake_server(reply: Option<&'static str>) -> u16 {
 }
 
 #[test]
-fn demo_healthcheck_exits_0_only_for_a_healthy_demo() {
+fn healthcheck_exits_0_only_for_a_healthy_demo() {
     let demo = start_demo(&[]);
     let port: u16 = demo.address.rsplit(':').next().unwrap().parse().unwrap();
     let (status, stderr, _) = healthcheck(port);
@@ -522,7 +532,7 @@ fn demo_healthcheck_exits_0_only_for_a_healthy_demo() {
     let silent = fake_server(None);
     let (status, stderr, took) = healthcheck(silent);
     assert_eq!(status.code(), Some(1), "no answer is unhealthy");
-    assert!(stderr.contains("within 2 s"), "{stderr}");
+    assert!(stderr.contains("within 2s"), "{stderr}");
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(5),
         "gives up after its 2 s timeout, took {took:?}"

@@ -10,8 +10,12 @@ use serde_json::Value;
 
 use super::repo_file;
 
-/// The replicas of the compose stack.
+/// The replicas of the compose stack's app.
 pub const APPS: [&str; 2] = ["app1", "app2"];
+/// The compose stack's rate limit service (`tollgate serve`).
+pub const SERVICE: &str = "tollgate";
+/// Every process of the compose stack that decides on the shared limits.
+pub const DECIDERS: [&str; 3] = ["app1", "app2", SERVICE];
 /// The nginx template both the compose stack and the stack without Docker serve.
 pub const TEMPLATE: &str = "deploy/nginx/default.conf.template";
 /// The main nginx.conf that serves [`TEMPLATE`] outside the official image.
@@ -76,6 +80,7 @@ pub fn environment(service: &Value) -> BTreeMap<String, String> {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 pub struct Mount {
     pub source: String,
     pub target: String,
@@ -228,7 +233,8 @@ pub fn compose_healthcheck(service: &Value) -> Option<Vec<String>> {
     }
 }
 
-/// What an app container gets: the image's `ENV`, overridden by the compose environment.
+/// What a container built from the Dockerfile gets: the image's `ENV`, overridden by the
+/// compose environment.
 pub fn app_environment(compose: &Value, app: &str) -> BTreeMap<String, String> {
     let stages = dockerfile_stages();
     let mut env = image_environment(stages.last().unwrap());

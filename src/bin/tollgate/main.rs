@@ -6,6 +6,7 @@
 //! $ tollgate check-rules rate_limits.json
 //! $ tollgate check-rules rate_limits.json --explain POST /api/submit --client alice --tier pro
 //! $ tollgate serve
+//! $ tollgate healthcheck
 //! ```
 //!
 //! `check-rules`: without `--explain` it prints every rule the file defines (base rules, each tier, client
@@ -21,10 +22,15 @@
 //! the limiter keys IPv6 clients, see `--ipv6-prefix-len`) is a `warning:` line on stderr; the
 //! file is still valid.
 //!
-//! Exit status: 0 when the file is valid, 1 when it is not or cannot be read (the reason, with
+//! `healthcheck`: exit 0 when `GET /health` on `127.0.0.1:$PORT` answers 200 within 2 s (the
+//! service's, or an app's that serves one), 1 otherwise with the reason on stderr. It is the
+//! container image's health check, which has no curl.
+//!
+//! `check-rules` exit status: 0 when the file is valid, 1 when it is not or cannot be read (the reason, with
 //! the file and the JSON location, goes to stderr), 2 for a usage error.
 
 mod check_rules;
+mod healthcheck;
 mod serve;
 
 use std::process::ExitCode;
@@ -48,6 +54,8 @@ enum Command {
     CheckRules(check_rules::CheckRules),
     /// Run the rate limit service.
     Serve(serve::Serve),
+    /// Exit 0 when `GET /health` on this host's service answers 200.
+    Healthcheck(healthcheck::Healthcheck),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +63,6 @@ fn main() -> ExitCode {
     match command {
         Command::CheckRules(args) => check_rules::check_rules(&args),
         Command::Serve(args) => serve::serve(args),
+        Command::Healthcheck(args) => healthcheck::healthcheck(&args),
     }
 }

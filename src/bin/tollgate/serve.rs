@@ -53,6 +53,18 @@ pub(crate) struct Serve {
     #[arg(long, env = "FAIL_MODE", value_enum, default_value_t = FailMode::Local)]
     fail_mode: FailMode,
 
+    /// How many instances share the Redis limits: under the `local` policy each decides
+    /// alone with 1/N of every limit while Redis is out (the rules file's
+    /// `local_fallback_instances` wins).
+    #[arg(
+        long,
+        env = "LOCAL_FALLBACK_INSTANCES",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    local_fallback_instances: u32,
+
     /// The address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
@@ -144,7 +156,8 @@ async fn run(args: Serve) -> Result<(), String> {
     let mut builder = Limiter::builder().on_redis_error(args.fail_mode.into());
     let rules_source = match &args.rules {
         Some(path) => {
-            builder = builder.rules_file(path);
+            // Reloaded when it changes, and on SIGHUP.
+            builder = builder.rules_file(path).reload_on_sighup(true);
             path.display().to_string()
         }
         None => {
@@ -169,7 +182,8 @@ async fn run(args: Serve) -> Result<(), String> {
     }
     builder = builder
         .redis_prefix(args.redis_prefix)
-        .redis_timeout(Duration::from_millis(args.redis_timeout_ms));
+        .redis_timeout(Duration::from_millis(args.redis_timeout_ms))
+        .local_fallback_instances(args.local_fallback_instances);
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
 
     let mut service = Service::new(limiter.clone());
