@@ -6,14 +6,16 @@
 //! ```
 //!
 //! `SETUP`: `bare`, `governor`, `tollgate-memory`, `tollgate-redis` or `tollgate-redis-lease`
-//! (Redis with 100 ms leases; both with `REDIS_URL`).
+//! (Redis with 100 ms leases; both with `REDIS_URL`). `json` is the baseline of
+//! `bench/service.sh`: a bare axum `POST /check` that reads a JSON body shaped like the
+//! service's and answers JSON shaped like its answer, with no rate limiting.
 //! `SCENARIO`: `allowed` (limits no client reaches) or `denied` (1 request per second per
 //! client: under load, nearly every request is refused).
 
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use http::Request;
 use tollgate::{Limiter, RateLimitLayer, Rules};
 use tower_governor::GovernorLayer;
@@ -53,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let app = match setup.as_str() {
         "bare" => app,
+        "json" => Router::new().route("/check", post(check)),
         "governor" => {
             let config = GovernorConfigBuilder::default()
                 .period(Duration::from_secs(1) / per_second)
@@ -85,4 +88,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("ready {setup} on {port}");
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// The body `POST /check` takes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    identifier: String,
+    tier: Option<String>,
+}
+
+/// The JSON endpoint the service is compared with: the same body in, an answer of the
+/// same shape out, no decision.
+async fn check(Json(body): Json<CheckBody>) -> Json<serde_json::Value> {
+    let limit = if body.tier.as_deref() == Some("pro") {
+        1000
+    } else {
+        100
+    };
+    Json(serde_json::json!({
+        "allowed": !body.identifier.is_empty(),
+        "tokens_remaining": limit - 1,
+        "reset_at": 1_700_000_060.0,
+        "limit": limit,
+        "retry_after": null,
+    }))
 }
