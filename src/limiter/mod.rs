@@ -7,6 +7,7 @@ mod error;
 mod installed;
 mod query;
 mod reload;
+mod runtime;
 mod stats;
 mod verdict;
 
@@ -27,8 +28,9 @@ use stats::Counters;
 
 pub use builder::LimiterBuilder;
 pub use checking::Checking;
-pub use error::{CheckError, ResetError};
+pub use error::{CheckError, ResetError, RuntimeError};
 pub use query::Query;
+pub use runtime::{Origin, RuleEntry, RuntimeEntry};
 pub use stats::Stats;
 pub use verdict::Verdict;
 
@@ -46,6 +48,7 @@ pub use verdict::Verdict;
 /// | [`wait`](Self::wait) | waits until admitted, up to a maximum wait |
 /// | [`reset`](Self::reset), [`reset_rule`](Self::reset_rule) | forgets a client's state, here and on every instance sharing the Redis |
 /// | [`rules`](Self::rules), [`reload`](Self::reload), [`set_rules`](Self::set_rules) | the rules in force, and changing them |
+/// | [`set_client_override`](Self::set_client_override), [`set_route`](Self::set_route), their `remove_`, [`rule_entries`](Self::rule_entries), [`runtime_entries`](Self::runtime_entries) | rule changes made while running, kept and shared |
 /// | [`stats`](Self::stats) | what it has counted |
 ///
 /// # Example
@@ -82,6 +85,8 @@ pub(crate) struct Core {
     state_ids: StateIds,
     rules_file: Option<RulesFile>,
     reload: Mutex<ReloadState>,
+    /// Runtime rule entries, and the layers every install goes through.
+    runtime: runtime::Runtime,
     backend: Backend,
     counters: Counters,
     /// IPv6 clients are keyed by their network of this many bits.
