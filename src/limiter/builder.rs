@@ -390,12 +390,17 @@ impl LimiterBuilder {
                     reason,
                 })?;
             let store = Store::Redis(Arc::clone(&backend));
-            let stored = store.load().await.unwrap_or_else(|error| {
+            // Unreachable at startup: not waited for again; the entries come with Redis.
+            let loaded = match backend.breaker_state() {
+                crate::BreakerState::Open => Err("Redis is unreachable".to_owned()),
+                _ => store.load().await,
+            };
+            let stored = loaded.unwrap_or_else(|error| {
                 tracing::warn!(
                     %error,
                     "runtime rule entries not loaded from Redis; they are applied as soon as it answers"
                 );
-                Default::default()
+                BTreeMap::new()
             });
             let changes = backend.runtime_changes();
             let limiter = Limiter::new(

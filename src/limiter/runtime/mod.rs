@@ -422,15 +422,16 @@ impl Core {
         Ok(existed)
     }
 
-    /// Reads the stored entries again and, if they changed, puts them in force.
+    /// Reads the stored entries again and, if they changed, puts them in force. Returns
+    /// whether they could be read.
     #[cfg(feature = "redis")]
-    async fn resync(self: &Arc<Self>) {
+    async fn resync(self: &Arc<Self>) -> bool {
         let _in_turn = self.runtime.in_turn.lock().await;
         let stored = match self.runtime.store.load().await {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::debug!(%error, "runtime entries not read again");
-                return;
+                return false;
             }
         };
         let core = Arc::clone(self);
@@ -444,26 +445,35 @@ impl Core {
             }
         })
         .await;
+        true
     }
 }
 
-/// Reads the stored entries again whenever `changes` is notified, and every `every`, until
-/// the limiter is dropped.
+/// Reads the stored entries again whenever `changes` is notified, and `every` after the
+/// last read, until the limiter is dropped. A read that fails is tried again sooner (from
+/// 250 ms, doubling up to `every`): Redis may just be back, its connection not yet.
 #[cfg(feature = "redis")]
 pub(crate) fn spawn_resync(core: Weak<Core>, changes: Arc<tokio::sync::Notify>, every: Duration) {
+    const FIRST_RETRY: Duration = Duration::from_millis(250);
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
+        let mut retry = None;
         loop {
             tokio::select! {
                 () = changes.notified() => {}
-                _ = ticks.tick() => {}
+                () = tokio::time::sleep(retry.unwrap_or(every)) => {}
             }
             let Some(core) = core.upgrade() else {
                 break;
             };
-            core.resync().await;
+            retry = if core.resync().await {
+                None
+            } else {
+                Some(
+                    retry
+                        .map_or(FIRST_RETRY, |wait: Duration| wait * 2)
+                        .min(every),
+                )
+            };
         }
     });
 }
