@@ -219,7 +219,9 @@ impl Limiter {
         self.core.reset(std::slice::from_ref(slot), client).await
     }
 
-    /// The rules in force now.
+    /// The rules in force now: the base rules (the file, or rules given to the builder or
+    /// [`set_rules`](Self::set_rules)) with the runtime entries merged
+    /// ([`set_client_override`](Self::set_client_override), [`set_route`](Self::set_route)).
     pub fn rules(&self) -> Arc<Rules> {
         Arc::clone(&self.core.installed.load().rules)
     }
@@ -230,14 +232,17 @@ impl Limiter {
     /// file holds what is in force already (unless rules from
     /// [`set_rules`](Self::set_rules) are in force: then the file replaces them). The file
     /// watcher and SIGHUP reload the same way. The file is read and validated on Tokio's
-    /// blocking pool, so no runtime worker waits for it.
+    /// blocking pool, so no runtime worker waits for it. The runtime entries are merged over
+    /// the file's rules, as over any base rules.
     pub async fn reload(&self) -> Result<bool, RulesError> {
         let core = Arc::clone(&self.core);
         off_runtime(move || core.reload_file(Trigger::Reload)).await
     }
 
     /// Puts these rules in force, as a reload would; state survives for every rule whose
-    /// identity is unchanged.
+    /// identity is unchanged. They are the base rules: the runtime entries are merged over
+    /// them (an entry that no longer fits is left out, and logged). With runtime entries,
+    /// the merged rules are validated on the calling thread.
     ///
     /// On a limiter built with [`rules_file`](LimiterBuilder::rules_file), the last install
     /// wins: the next change to the file, SIGHUP or [`reload`](Self::reload) puts the file

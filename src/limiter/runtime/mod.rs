@@ -182,8 +182,9 @@ impl Runtime {
 
 /// Runtime rule changes. Each change is validated like the rules file, kept (in Redis, or
 /// in the [state file](crate::LimiterBuilder::runtime_state_file)), then put in force
-/// here; with Redis, every other limiter using it applies it within about a millisecond
-/// (announced over pub/sub), and in any case within its re-read interval. A change that is
+/// here; with Redis, every other limiter using it applies it within milliseconds (it is
+/// announced over pub/sub), and in any case within its
+/// [re-read interval](crate::LimiterBuilder::runtime_resync_interval). A change that is
 /// invalid, or cannot be kept, is refused whole: nothing applied, nothing stored.
 impl Limiter {
     /// Gives `client` its own limit on every limited rule, as the rules file's `clients`
