@@ -243,20 +243,25 @@ impl Merged {
         };
         match &entry.target {
             RuleTarget::Client(client) => {
-                let key = client.to_string();
-                let clients = object_at(document, "clients");
-                if let Some(alias) = self.aliases.remove(&key) {
-                    clients.remove(&alias);
+                let empty = || Value::Object(Map::new());
+                if let Value::Object(clients) = field(document, "clients", empty, Value::is_object)
+                {
+                    let key = client.to_string();
+                    if let Some(alias) = self.aliases.remove(&key) {
+                        clients.remove(&alias);
+                    }
+                    clients.insert(key, entry.rule.clone());
                 }
-                clients.insert(key, entry.rule.clone());
             }
             RuleTarget::Rule(id) => {
-                let routes = array_at(document, "routes");
-                match self.routes.get(id) {
-                    Some(&at) => routes[at] = entry.rule.clone(),
-                    None => {
-                        self.routes.insert(id.clone(), routes.len());
-                        routes.push(entry.rule.clone());
+                let empty = || Value::Array(Vec::new());
+                if let Value::Array(routes) = field(document, "routes", empty, Value::is_array) {
+                    match self.routes.get(id).and_then(|&at| routes.get_mut(at)) {
+                        Some(route) => *route = entry.rule.clone(),
+                        None => {
+                            self.routes.insert(id.clone(), routes.len());
+                            routes.push(entry.rule.clone());
+                        }
                     }
                 }
             }
@@ -269,33 +274,19 @@ impl Merged {
     }
 }
 
-/// The object at `key` of `document`, made empty if it is missing (or not an object, which a
-/// document the parser accepted never has).
-fn object_at<'a>(document: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let value = document
-        .entry(key)
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !value.is_object() {
-        *value = Value::Object(Map::new());
+/// The value at `key` of `document`, made `empty()` if it is missing or not of the kind
+/// `fits` accepts (which a document the parser accepted never has).
+fn field<'a>(
+    document: &'a mut Map<String, Value>,
+    key: &str,
+    empty: fn() -> Value,
+    fits: fn(&Value) -> bool,
+) -> &'a mut Value {
+    let value = document.entry(key).or_insert_with(empty);
+    if !fits(value) {
+        *value = empty();
     }
-    match value {
-        Value::Object(map) => map,
-        _ => unreachable!("made an object above"),
-    }
-}
-
-/// The array at `key` of `document`, as [`object_at`] does for objects.
-fn array_at<'a>(document: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let value = document
-        .entry(key)
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !value.is_array() {
-        *value = Value::Array(Vec::new());
-    }
-    match value {
-        Value::Array(list) => list,
-        _ => unreachable!("made an array above"),
-    }
+    value
 }
 
 /// Every rule of a rules document (one the parser accepted), with its target: the

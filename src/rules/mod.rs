@@ -57,6 +57,7 @@ pub use file::DEFAULT_MAX_RULES_FILE_BYTES;
 pub(crate) use file::read as read_file;
 pub(crate) use merge::{Entry, Merged, rules_of};
 pub use merge::{InvalidRuleTarget, RuleTarget};
+pub(crate) use parse::pattern_id;
 
 /// Slowest refill accepted: one token every 11.6 days.
 pub const MIN_REFILL_PER_SEC: f64 = 1e-6;

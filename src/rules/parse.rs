@@ -545,20 +545,26 @@ fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
 }
 
 fn rule_id(pattern: &str, methods: Option<&[Method]>) -> String {
-    let mut id: String = pattern
-        .chars()
-        .map(|c| match c {
-            '{' => '<',
-            '}' => '>',
-            c => c,
-        })
-        .collect();
+    let mut id = pattern_id(pattern);
     if let Some(methods) = methods {
         id.push('@');
         let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
         id.push_str(&names.join(","));
     }
     id
+}
+
+/// `pattern` as rule identities write it: `{}` turned into `<>`, so that an identity never
+/// forms a Redis Cluster hash tag.
+pub(crate) fn pattern_id(pattern: &str) -> String {
+    pattern
+        .chars()
+        .map(|c| match c {
+            '{' => '<',
+            '}' => '>',
+            c => c,
+        })
+        .collect()
 }
 
 /// Upper-cased, sorted, de-duplicated methods.

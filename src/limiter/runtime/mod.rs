@@ -27,7 +27,7 @@ use super::installed::Installed;
 use super::reload::{free_here, off_runtime};
 use super::{Core, Limiter};
 use crate::key::ClientKey;
-use crate::rules::{Entry, RuleTarget, Rules, rules_of};
+use crate::rules::{Entry, RuleTarget, Rules, pattern_id, rules_of};
 pub(crate) use layers::Layers;
 pub(crate) use store::Store;
 
@@ -327,15 +327,7 @@ impl Limiter {
     /// # }
     /// ```
     pub async fn remove_route(&self, rule: &str) -> Result<bool, RuntimeError> {
-        // The identity of a pattern, as the parser writes it.
-        let id: String = rule
-            .chars()
-            .map(|c| match c {
-                '{' => '<',
-                '}' => '>',
-                c => c,
-            })
-            .collect();
+        let id = pattern_id(rule);
         self.core.change(Change::Remove(RuleTarget::Rule(id))).await
     }
 
