@@ -26,7 +26,7 @@ pub(super) fn spawn_listener(
     connect_timeout: Duration,
     subscribed: oneshot::Sender<()>,
 ) {
-    let (resets, runtime) = (resets::channel(prefix), super::runtime::channel(prefix));
+    let (resets, runtime) = (resets::channel(prefix), super::runtime::name(prefix));
     tokio::spawn(async move {
         use futures_util::StreamExt;
         let mut subscribed = Some(subscribed);

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 
 use super::RedisBackend;
 
-/// The channel changes are announced on (and, in the key space, the hash's name).
-pub(super) fn channel(prefix: &str) -> String {
+/// The hash's key, which is also the name of the channel changes are announced on.
+pub(super) fn name(prefix: &str) -> String {
     format!("{prefix}:runtime")
 }
 
@@ -23,7 +23,7 @@ impl RedisBackend {
     pub(crate) async fn runtime_entries(&self) -> Result<Vec<(String, String)>, String> {
         let mut connection = self.connection().ok_or("not connected to Redis yet")?;
         let mut read = redis::cmd("HGETALL");
-        read.arg(channel(&self.prefix));
+        read.arg(name(&self.prefix));
         within_deadline(self, read.query_async(&mut connection)).await
     }
 
@@ -35,7 +35,7 @@ impl RedisBackend {
         rule: Option<&str>,
     ) -> Result<bool, String> {
         let mut connection = self.connection().ok_or("not connected to Redis yet")?;
-        let key = channel(&self.prefix);
+        let key = name(&self.prefix);
         match rule {
             Some(rule) => {
                 let mut write = redis::cmd("HSET");
@@ -58,7 +58,7 @@ impl RedisBackend {
     pub(crate) async fn announce_runtime_change(&self, field: &str) -> Result<(), String> {
         let mut connection = self.connection().ok_or("not connected to Redis yet")?;
         let mut publish = redis::cmd("PUBLISH");
-        publish.arg(channel(&self.prefix)).arg(field);
+        publish.arg(name(&self.prefix)).arg(field);
         within_deadline(self, publish.exec_async(&mut connection)).await
     }
 

@@ -119,17 +119,16 @@ impl Layers {
             self.version += 1;
             self.stored = proposal.stored;
             self.applied = proposal.applied;
-            self.left_out = proposal.left_out;
-            log_left_out(&self.left_out);
+            self.set_left_out(proposal.left_out);
             return proposal.rules;
         }
         change.apply_to(&mut self.stored);
         self.compose_stored(None)
     }
 
-    #[cfg(feature = "redis")]
     /// Takes `stored` as every entry stored (a re-read of the store): the rules to put in
     /// force, or `None` when the entries are the ones in force already.
+    #[cfg(feature = "redis")]
     pub(crate) fn restore(&mut self, stored: BTreeMap<String, Value>) -> Option<Rules> {
         if stored == self.stored {
             return None;
@@ -142,41 +141,51 @@ impl Layers {
     /// when the caller has them.
     fn compose_stored(&mut self, base: Option<Rules>) -> Rules {
         self.version += 1;
-        self.applied.clear();
-        self.left_out.clear();
+        let mut left_out = BTreeMap::new();
         let mut may = Vec::with_capacity(self.stored.len());
         for (target, rule) in &self.stored {
             match Entry::stored(target, rule.clone()) {
                 Ok(entry) => may.push(entry),
                 Err(why) => {
-                    self.left_out.insert(target.clone(), why);
+                    left_out.insert(target.clone(), why);
                 }
             }
         }
-        if may.is_empty() {
-            log_left_out(&self.left_out);
-            return base.unwrap_or_else(|| self.base_rules());
-        }
-        let base_json = self.base_json();
-        let composed = compose(&self.base, &base_json, &[], &may);
-        let rules = match composed {
-            Ok(composed) => {
-                self.applied = composed.applied;
-                self.left_out.extend(composed.left_out);
-                composed.rules
+        let composed = (!may.is_empty()).then(|| {
+            let base_json = self.base_json();
+            compose(&self.base, &base_json, &[], &may)
+        });
+        let (rules, applied) = match composed {
+            Some(Ok(composed)) => {
+                left_out.extend(composed.left_out);
+                (composed.rules, composed.applied)
             }
+            None => (base.unwrap_or_else(|| self.base_rules()), BTreeMap::new()),
             // Only the base rules themselves could fail; they were valid when installed.
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::error!(%error, "the base rules no longer validate; runtime entries left out");
-                self.left_out.extend(
+                let why = error.to_string();
+                left_out.extend(
                     may.iter()
-                        .map(|entry| (entry.target.to_string(), error.to_string())),
+                        .map(|entry| (entry.target.to_string(), why.clone())),
                 );
-                base.unwrap_or_else(|| self.base_rules())
+                (base.unwrap_or_else(|| self.base_rules()), BTreeMap::new())
             }
         };
-        log_left_out(&self.left_out);
+        self.applied = applied;
+        self.set_left_out(left_out);
         rules
+    }
+
+    /// Takes `left_out` as the entries left out, logging each newly left out (or for
+    /// another reason): a change elsewhere does not log them all again.
+    fn set_left_out(&mut self, left_out: BTreeMap<String, String>) {
+        for (target, why) in &left_out {
+            if self.left_out.get(target) != Some(why) {
+                tracing::error!(entry = %target, reason = %why, "runtime entry left out of the rules in force");
+            }
+        }
+        self.left_out = left_out;
     }
 
     /// The base rules, parsed again from their JSON.
@@ -294,8 +303,90 @@ fn compose(
     })
 }
 
-fn log_left_out(left_out: &BTreeMap<String, String>) {
-    for (target, why) in left_out {
-        tracing::error!(entry = %target, reason = %why, "runtime entry left out of the rules in force");
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BASE: &str = r#"{"default": {"limit": "10/second"}}"#;
+
+    fn route(path: &str) -> (String, Value) {
+        let entry = Entry::route(json!({"path": path, "limit": "1/second"})).unwrap();
+        (entry.target.to_string(), entry.rule)
+    }
+
+    fn layers(stored: &[(String, Value)]) -> (Layers, Rules) {
+        Layers::new(
+            Rules::from_json(BASE).unwrap(),
+            stored.iter().cloned().collect(),
+        )
+    }
+
+    fn applied(layers: &Layers) -> Vec<&str> {
+        layers.applied().collect()
+    }
+
+    #[test]
+    fn stored_entries_that_conflict_are_settled_in_target_order() {
+        let (layers, rules) = layers(&[route("/api/{z}"), route("/api/{a}")]);
+        assert_eq!(applied(&layers), ["rule:/api/<a>"]);
+        assert!(rules.find("/api/<a>").is_some());
+        let why = &layers.left_out["rule:/api/<z>"];
+        assert!(
+            why.contains("conflicts with routes[0] (\"/api/{a}\")"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_change_never_displaces_an_entry_in_force() {
+        let (mut layers, _) = layers(&[route("/api/{z}")]);
+        // It sorts first, so merged with the stored entries alone it would win.
+        let (_, rule) = route("/api/{a}");
+        let change = Change::Set(Entry::route(rule).unwrap());
+        let err = layers.propose(&change).err().expect("refused");
+        assert!(err.to_string().contains("conflicts with"), "{err}");
+        assert_eq!(applied(&layers), ["rule:/api/<z>"]);
+    }
+
+    #[test]
+    fn an_entry_left_out_comes_back_when_a_change_lets_it() {
+        let (mut layers, _) = layers(&[route("/api/{z}"), route("/api/{a}")]);
+        let change = Change::Remove(RuleTarget::Rule("/api/<a>".into()));
+        let proposal = layers.propose(&change).unwrap();
+        let rules = layers.accept(proposal, &change);
+        assert!(rules.find("/api/<z>").is_some());
+        assert_eq!(applied(&layers), ["rule:/api/<z>"]);
+        assert!(layers.left_out.is_empty());
+        assert_eq!(layers.stored.len(), 1);
+    }
+
+    #[test]
+    fn a_proposal_overtaken_by_another_install_is_made_over_it() {
+        let (mut layers, _) = layers(&[]);
+        let (_, rule) = route("/api/{a}");
+        let change = Change::Set(Entry::route(rule).unwrap());
+        let proposal = layers.propose(&change).unwrap();
+        // The file is reloaded meanwhile, with a route the change conflicts with.
+        layers.rebase(
+            Rules::from_json(
+                r#"{"default": {"limit": "10/second"},
+                    "routes": [{"path": "/api/{id}", "limit": "5/second"}]}"#,
+            )
+            .unwrap(),
+        );
+        let rules = layers.accept(proposal, &change);
+        assert!(
+            rules.find("/api/<id>").is_some(),
+            "the new base is in force"
+        );
+        assert!(
+            layers.stored.contains_key("rule:/api/<a>"),
+            "the change is kept"
+        );
+        assert!(
+            layers.left_out.contains_key("rule:/api/<a>"),
+            "but left out"
+        );
     }
 }
