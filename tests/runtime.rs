@@ -1,5 +1,5 @@
-//! Runtime rule changes on the `Limiter`, on memory (kept in a real state file) and on a real
-//! Redis: client overrides and routes set, replaced and removed, validated like the rules
+//! Runtime rule changes on the `Limiter`, on memory (kept in a real state file), on a real
+//! Redis and on a real Redis Cluster: client overrides and routes set, replaced and removed, validated like the rules
 //! file, kept across restarts, shared by every limiter on the Redis (announced, and re-read
 //! as a safety net), merged again over a reloaded file, and refused whole when they cannot be
 //! kept.
@@ -792,4 +792,31 @@ async fn an_in_memory_limiter_without_a_state_file_refuses_changes() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Invalid(_)), "{err}");
+}
+
+/// On a real Redis Cluster, the hash and the announcements work the same: one key per
+/// command, announcements heard from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_every_limiter_on_a_cluster() {
+    let cluster = TestCluster::start(3, 0);
+    let prefix = unique_prefix("cluster");
+    let build = || async {
+        Limiter::builder()
+            .rules(rules(RULES))
+            .redis_cluster(cluster.urls())
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (build().await, build().await);
+    a.set_client_override(&ClientKey::id("k"), json!({"limit": "3/minute"}))
+        .await
+        .unwrap();
+    let took = until_capacity(&b, "k", Some(3), Duration::from_secs(1)).await;
+    eprintln!("applied on the other limiter {took:?} after it was set, on a cluster");
+    assert_eq!(admitted(&b, "k", "/").await, 3);
+    // Kept: a limiter built now finds it.
+    assert_eq!(capacity(&build().await, "k", "/"), Some(3));
 }
