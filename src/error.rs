@@ -33,6 +33,14 @@ pub enum BuildError {
         /// What went wrong.
         reason: String,
     },
+    /// The runtime state file cannot be read, or is not one.
+    #[error("cannot load the runtime state file {}: {reason}", path.display())]
+    RuntimeState {
+        /// The file given to [`runtime_state_file`](crate::LimiterBuilder::runtime_state_file).
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// `ipv6_prefix_len` is outside 1 to 128.
     #[error("ipv6_prefix_len must be from 1 to 128, got {0}")]
     Ipv6PrefixLen(u8),

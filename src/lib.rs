@@ -70,11 +70,12 @@ pub use http::{
 };
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{
-    CheckError, Checking, Limiter, LimiterBuilder, Query, ResetError, Stats, Verdict,
+    CheckError, Checking, Limiter, LimiterBuilder, Origin, Query, ResetError, RuleEntry,
+    RuntimeEntry, RuntimeError, Stats, Verdict,
 };
 pub use policy::OnRedisError;
 pub use rules::{
-    Band, DEFAULT_MAX_RULES_FILE_BYTES, InvalidRule, Limit, Location, MAX_BANDS, MAX_PERIOD_SECS,
-    MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule, Rules, RulesError, UnknownTier,
-    UnreachableOverride,
+    Band, DEFAULT_MAX_RULES_FILE_BYTES, InvalidRule, InvalidRuleTarget, Limit, Location, MAX_BANDS,
+    MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule, RuleTarget, Rules,
+    RulesError, UnknownTier, UnreachableOverride,
 };

@@ -1,14 +1,19 @@
 //! [`LimiterBuilder`]: the options of a [`Limiter`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde_json::Value;
 
 use super::installed::StateIds;
 use super::reload::{self, ReloadState, RulesFile, off_runtime};
+#[cfg(feature = "redis")]
+use super::runtime;
+use super::runtime::{Layers, Runtime, Store};
 use super::stats::Counters;
 use super::{Core, Limiter};
 use crate::backend::Backend;
@@ -54,6 +59,9 @@ pub struct LimiterBuilder {
     watch_rules_file: bool,
     reload_on_sighup: bool,
     max_rules_file_bytes: u64,
+    runtime_state_file: Option<PathBuf>,
+    #[cfg(feature = "redis")]
+    runtime_resync_interval: Duration,
     #[cfg(feature = "redis")]
     redis: Option<crate::backend::redis::RedisConfig>,
     #[cfg(feature = "redis")]
@@ -78,6 +86,9 @@ impl Default for LimiterBuilder {
             watch_rules_file: true,
             reload_on_sighup: true,
             max_rules_file_bytes: crate::DEFAULT_MAX_RULES_FILE_BYTES,
+            runtime_state_file: None,
+            #[cfg(feature = "redis")]
+            runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
             #[cfg(feature = "redis")]
             redis: None,
             #[cfg(feature = "redis")]
@@ -151,6 +162,48 @@ impl LimiterBuilder {
     /// ```
     pub fn max_rules_file_bytes(mut self, bytes: u64) -> Self {
         self.max_rules_file_bytes = bytes;
+        self
+    }
+
+    /// Where the in-memory backend keeps runtime rule changes
+    /// ([`Limiter::set_client_override`], [`Limiter::set_route`], ...): a JSON file, read
+    /// when [`build`](Self::build) runs and replaced atomically (written beside it, flushed,
+    /// renamed over it) on every change; a change it cannot be written to is refused.
+    /// Without it, an in-memory limiter refuses runtime changes
+    /// ([`RuntimeError::NoStore`](crate::RuntimeError::NoStore)), so that none is lost at a
+    /// restart. With Redis, the entries live in Redis and this file is not used. One process
+    /// per file: two would overwrite each other's changes. A service might default to
+    /// `tollgate-runtime.json` in its working directory.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use tollgate::{ClientKey, Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let state = dir.path().join("tollgate-runtime.json");
+    /// let rules = || Rules::from_json(r#"{"default": {"limit": "10/second"}}"#);
+    /// let limiter = Limiter::builder().rules(rules()?).runtime_state_file(&state).build().await?;
+    /// limiter.set_client_override(&ClientKey::id("k"), json!({"limit": "100/minute"})).await?;
+    /// drop(limiter);
+    ///
+    /// // After a restart, the override is in force again.
+    /// let limiter = Limiter::builder().rules(rules()?).runtime_state_file(&state).build().await?;
+    /// assert_eq!(limiter.rules().clients().count(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn runtime_state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.runtime_state_file = Some(path.into());
+        self
+    }
+
+    /// How often the runtime entries stored in Redis are read again (default 5 s), in case
+    /// the announcement of a change was missed. Changes announced are applied at once.
+    #[cfg(feature = "redis")]
+    pub fn runtime_resync_interval(mut self, every: Duration) -> Self {
+        self.runtime_resync_interval = every.max(Duration::from_millis(10));
         self
     }
 
@@ -336,18 +389,51 @@ impl LimiterBuilder {
                     url: crate::backend::redis::redact(&config.url),
                     reason,
                 })?;
-            return Limiter::new(
+            let store = Store::Redis(Arc::clone(&backend));
+            // Unreachable at startup: not waited for again; the entries come with Redis.
+            let loaded = match backend.breaker_state() {
+                crate::BreakerState::Open => Err("Redis is unreachable".to_owned()),
+                _ => store.load().await,
+            };
+            let stored = loaded.unwrap_or_else(|error| {
+                tracing::warn!(
+                    %error,
+                    "runtime rule entries not loaded from Redis; they are applied as soon as it answers"
+                );
+                BTreeMap::new()
+            });
+            let changes = backend.runtime_changes();
+            let limiter = Limiter::new(
                 rules,
                 reloads,
+                (store, stored),
                 self.ipv6_prefix_len,
                 Backend::Redis(backend),
                 self.memory_cleanup_interval,
+            )?;
+            runtime::spawn_resync(
+                Arc::downgrade(&limiter.core),
+                changes,
+                self.runtime_resync_interval,
             );
+            return Ok(limiter);
         }
+        let runtime = match self.runtime_state_file {
+            Some(path) => {
+                let store = Store::File(path.clone());
+                let stored = store
+                    .load()
+                    .await
+                    .map_err(|reason| BuildError::RuntimeState { path, reason })?;
+                (store, stored)
+            }
+            None => (Store::Unset, BTreeMap::new()),
+        };
         let memory = MemoryBackend::new(self.max_tracked_buckets, 1);
         Limiter::new(
             rules,
             reloads,
+            runtime,
             self.ipv6_prefix_len,
             Backend::Memory(Arc::new(memory)),
             self.memory_cleanup_interval,
@@ -364,9 +450,11 @@ struct Reloads {
 }
 
 impl Limiter {
+    /// The limiter of `rules` with the runtime entries `stored` in `store` over them.
     fn new(
         rules: Rules,
         reloads: Reloads,
+        (store, stored): (Store, BTreeMap<String, Value>),
         ipv6_prefix_len: u8,
         backend: Backend,
         cleanup_every: Duration,
@@ -374,6 +462,7 @@ impl Limiter {
         if let Some(memory) = backend.memory() {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
         }
+        let (layers, rules) = Layers::new(rules, stored);
         reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
         let state_ids = StateIds::default();
         let installed = state_ids.install(rules, |installed| {
@@ -386,6 +475,7 @@ impl Limiter {
             state_ids,
             rules_file,
             reload: Mutex::new(ReloadState::default()),
+            runtime: Runtime::new(store, layers),
             ipv6_prefix_len,
             backend,
             counters: Counters::default(),

@@ -1,7 +1,10 @@
-//! What a limiter cannot do: a question the rules cannot answer ([`CheckError`]), and a
-//! reset that could not be made ([`ResetError`]).
+//! What a limiter cannot do: a question the rules cannot answer ([`CheckError`]), a
+//! reset that could not be made ([`ResetError`]), and a runtime rule change that was not
+//! made ([`RuntimeError`]).
 
-use crate::rules::UnknownTier;
+use std::path::PathBuf;
+
+use crate::rules::{RulesError, UnknownTier};
 
 /// A [`Query`](crate::Query) the rules cannot answer.
 ///
@@ -90,4 +93,84 @@ pub enum ResetError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// A runtime rule change that was not made: nothing was applied, here or anywhere, and
+/// nothing was stored.
+///
+/// An entry that is not a valid rule ([`Invalid`](Self::Invalid)), or that does not fit
+/// the rules in force ([`Conflict`](Self::Conflict)), is the caller's to fix; one that
+/// could not be stored ([`Redis`](Self::Redis), [`StateFile`](Self::StateFile)) may be
+/// made again once the store is back.
+///
+/// # Example
+///
+/// ```
+/// use serde_json::json;
+/// use tollgate::{ClientKey, Limiter, Rules, RuntimeError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let limiter = Limiter::builder()
+///     .rules(Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?)
+///     .runtime_state_file(dir.path().join("tollgate-runtime.json"))
+///     .build()
+///     .await?;
+/// let err = limiter
+///     .set_client_override(&ClientKey::id("k"), json!({"limit": "0/second"}))
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, RuntimeError::Invalid(_)));
+/// assert_eq!(
+///     err.to_string(),
+///     "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with N an integer \
+///      from 1 to 4294967295 and unit one of second, minute, hour, day; got \"0/second\""
+/// );
+/// assert!(limiter.runtime_entries().is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The entry is not a valid rule: the rules file's error, at the JSON path of the entry
+    /// in a rules file (`clients.id:k.limit`, `routes[0].limit`), from the source
+    /// `runtime entry`.
+    #[error(transparent)]
+    Invalid(RulesError),
+    /// The entry is a valid rule, but the rules in force with it are not: a route whose
+    /// pattern conflicts with another route's, or that covers the same path and method.
+    #[error("{target} does not fit the rules in force: {source}")]
+    Conflict {
+        /// The entry's target, like `rule:/api/{x}`.
+        target: String,
+        /// The rules error of the rules in force with the entry merged.
+        source: RulesError,
+    },
+    /// Redis could not store the change (it is down, or did not answer in time). A change
+    /// that timed out may have reached Redis after all: then every instance applies it at
+    /// its next re-read, and [`Limiter::runtime_entries`](crate::Limiter::runtime_entries)
+    /// lists it.
+    #[error("{target} was not changed: Redis could not store the change: {reason}")]
+    Redis {
+        /// The entry's target.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The runtime state file could not be written.
+    #[error("runtime entries were not changed: cannot write the runtime state file {}: {source}", path.display())]
+    StateFile {
+        /// The state file.
+        path: PathBuf,
+        /// Why writing it failed.
+        source: std::io::Error,
+    },
+    /// The limiter has nowhere to keep runtime entries: it uses no Redis, and was given no
+    /// [`runtime_state_file`](crate::LimiterBuilder::runtime_state_file).
+    #[error(
+        "runtime entries need somewhere to be kept: give the builder a runtime_state_file(path), or use Redis"
+    )]
+    NoStore,
 }

@@ -7,6 +7,7 @@ mod error;
 mod installed;
 mod query;
 mod reload;
+mod runtime;
 mod stats;
 mod verdict;
 
@@ -27,8 +28,9 @@ use stats::Counters;
 
 pub use builder::LimiterBuilder;
 pub use checking::Checking;
-pub use error::{CheckError, ResetError};
+pub use error::{CheckError, ResetError, RuntimeError};
 pub use query::Query;
+pub use runtime::{Origin, RuleEntry, RuntimeEntry};
 pub use stats::Stats;
 pub use verdict::Verdict;
 
@@ -46,6 +48,7 @@ pub use verdict::Verdict;
 /// | [`wait`](Self::wait) | waits until admitted, up to a maximum wait |
 /// | [`reset`](Self::reset), [`reset_rule`](Self::reset_rule) | forgets a client's state, here and on every instance sharing the Redis |
 /// | [`rules`](Self::rules), [`reload`](Self::reload), [`set_rules`](Self::set_rules) | the rules in force, and changing them |
+/// | [`set_client_override`](Self::set_client_override), [`set_route`](Self::set_route), their `remove_`, [`rule_entries`](Self::rule_entries), [`runtime_entries`](Self::runtime_entries) | rule changes made while running, kept and shared |
 /// | [`stats`](Self::stats) | what it has counted |
 ///
 /// # Example
@@ -82,6 +85,8 @@ pub(crate) struct Core {
     state_ids: StateIds,
     rules_file: Option<RulesFile>,
     reload: Mutex<ReloadState>,
+    /// Runtime rule entries, and the layers every install goes through.
+    runtime: runtime::Runtime,
     backend: Backend,
     counters: Counters,
     /// IPv6 clients are keyed by their network of this many bits.
@@ -214,7 +219,9 @@ impl Limiter {
         self.core.reset(std::slice::from_ref(slot), client).await
     }
 
-    /// The rules in force now.
+    /// The rules in force now: the base rules (the file, or rules given to the builder or
+    /// [`set_rules`](Self::set_rules)) with the runtime entries merged
+    /// ([`set_client_override`](Self::set_client_override), [`set_route`](Self::set_route)).
     pub fn rules(&self) -> Arc<Rules> {
         Arc::clone(&self.core.installed.load().rules)
     }
@@ -225,14 +232,17 @@ impl Limiter {
     /// file holds what is in force already (unless rules from
     /// [`set_rules`](Self::set_rules) are in force: then the file replaces them). The file
     /// watcher and SIGHUP reload the same way. The file is read and validated on Tokio's
-    /// blocking pool, so no runtime worker waits for it.
+    /// blocking pool, so no runtime worker waits for it. The runtime entries are merged over
+    /// the file's rules, as over any base rules.
     pub async fn reload(&self) -> Result<bool, RulesError> {
         let core = Arc::clone(&self.core);
         off_runtime(move || core.reload_file(Trigger::Reload)).await
     }
 
     /// Puts these rules in force, as a reload would; state survives for every rule whose
-    /// identity is unchanged.
+    /// identity is unchanged. They are the base rules: the runtime entries are merged over
+    /// them (an entry that no longer fits is left out, and logged). With runtime entries,
+    /// the merged rules are validated on the calling thread.
     ///
     /// On a limiter built with [`rules_file`](LimiterBuilder::rules_file), the last install
     /// wins: the next change to the file, SIGHUP or [`reload`](Self::reload) puts the file

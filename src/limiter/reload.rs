@@ -11,7 +11,8 @@
 //!
 //! Every source of rules installs them, and the last one wins: a file change, SIGHUP,
 //! `reload()` and `set_rules`. When the file replaces rules installed by `set_rules`, a
-//! warning says so.
+//! warning says so. Whichever installs them, they are the base rules: the runtime entries
+//! are merged over them (see `runtime`).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -119,7 +120,7 @@ fn content_hash(bytes: &[u8]) -> u64 {
 /// whichever request lets go of them last: a large rule set takes milliseconds to free.
 /// Requests hold the rules in force only while they find their rule, so this waits
 /// microseconds; past 100 ms it leaves them to the last holder.
-fn free_here<T>(mut replaced: Arc<T>) {
+pub(crate) fn free_here<T>(mut replaced: Arc<T>) {
     let deadline = Instant::now() + Duration::from_millis(100);
     loop {
         match Arc::try_unwrap(replaced) {
@@ -180,7 +181,7 @@ impl Core {
     pub(crate) fn set_rules(&self, rules: Rules) {
         let mut state = self.reload_state();
         // Under the reload state's lock, so that the flag describes the last install.
-        let replaced = self.install(rules);
+        let replaced = self.install_base(rules);
         state.reloads += 1;
         state.set_rules_in_force = self.rules_file.is_some();
         drop(state);
@@ -217,7 +218,7 @@ impl Core {
         let count = rules.iter().len();
         let mut state = self.reload_state();
         let replaces_set_rules = state.set_rules_in_force;
-        let replaced = self.install(rules);
+        let replaced = self.install_base(rules);
         state.loaded = Some(hash);
         state.set_rules_in_force = false;
         state.last_error = None;

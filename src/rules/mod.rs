@@ -20,6 +20,7 @@
 mod error;
 mod file;
 mod json;
+mod merge;
 mod parse;
 mod router;
 #[cfg(test)]
@@ -54,6 +55,9 @@ use router::RuleSet;
 pub use error::{InvalidRule, Location, RulesError, UnknownTier};
 pub use file::DEFAULT_MAX_RULES_FILE_BYTES;
 pub(crate) use file::read as read_file;
+pub(crate) use merge::{Entry, Merged, rules_of};
+pub use merge::{InvalidRuleTarget, RuleTarget};
+pub(crate) use parse::pattern_id;
 
 /// Slowest refill accepted: one token every 11.6 days.
 pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
@@ -455,6 +459,16 @@ pub struct Rules {
     clients: hashbrown::HashMap<ClientKey, Option<Limit>, RandomState>,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
+    /// The JSON the rules were read from, and where it came from: runtime entries are merged
+    /// into it (see `merge`), so every set of rules in force can be rebuilt from JSON.
+    source: Source,
+}
+
+/// The JSON text of a set of rules, and its name in errors (a path or `<inline>`).
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub(crate) json: Arc<str>,
+    pub(crate) name: Arc<str>,
 }
 
 impl fmt::Debug for Rules {
@@ -678,6 +692,16 @@ impl Rules {
     pub fn local_fallback_instances(&self) -> Option<u32> {
         self.local_fallback_instances.map(NonZeroU32::get)
     }
+
+    /// The JSON these rules were read from, and its name.
+    pub(crate) fn source(&self) -> &Source {
+        &self.source
+    }
+}
+
+/// Validates the rules of `source` (again).
+pub(crate) fn parse_source(source: &Source) -> Result<Rules, RulesError> {
+    parse::parse(&source.json, &source.name)
 }
 
 /// A client override that no request can match, because IPv6 clients are keyed by their

@@ -94,7 +94,11 @@ pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> 
                 .map_err(|err| json_problem(text, ".".into(), &err))
         })
         .map_err(|(location, problem)| invalid(location, problem))?;
-    build(raw).map_err(|p| {
+    let source = super::Source {
+        json: text.into(),
+        name: source_name.into(),
+    };
+    build(raw, source).map_err(|p| {
         invalid(
             Location {
                 json_path: p.json_path,
@@ -105,7 +109,7 @@ pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> 
     })
 }
 
-fn build(raw: RawRules) -> Result<Rules, Problem> {
+fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
     let mut rules = Vec::new();
     let base = rule_set(&mut rules, None, "", raw.default, raw.routes, raw.shadow)?;
     let mut tiers = Vec::with_capacity(raw.tiers.len());
@@ -179,6 +183,7 @@ fn build(raw: RawRules) -> Result<Rules, Problem> {
         clients,
         on_redis_error: raw.on_redis_error,
         local_fallback_instances: raw.local_fallback_instances,
+        source,
     })
 }
 
@@ -512,6 +517,26 @@ fn parse_shorthand(text: &str) -> Option<Band> {
     Band::new(count, f64::from(count) / unit_secs)
 }
 
+/// The identity of `route`, a route as the rules file writes it, in `tier` (`None`: the
+/// top-level routes): as the parser gives it, from `path` and `methods`. `None` when it has
+/// no path, or `methods` is not a list of method names.
+pub(super) fn route_id(route: &Value, tier: Option<&str>) -> Option<String> {
+    let path = route.get("path")?.as_str()?;
+    let methods = match route.get("methods") {
+        None | Some(Value::Null) => None,
+        Some(list) => {
+            let names = list
+                .as_array()?
+                .iter()
+                .map(|name| name.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()?;
+            Some(methods_of(&names, "").ok()?)
+        }
+    };
+    let tier = tier.map(|t| format!("{t}:")).unwrap_or_default();
+    Some(format!("{tier}{}", rule_id(path, methods.as_deref())))
+}
+
 fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
@@ -520,20 +545,26 @@ fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
 }
 
 fn rule_id(pattern: &str, methods: Option<&[Method]>) -> String {
-    let mut id: String = pattern
-        .chars()
-        .map(|c| match c {
-            '{' => '<',
-            '}' => '>',
-            c => c,
-        })
-        .collect();
+    let mut id = pattern_id(pattern);
     if let Some(methods) = methods {
         id.push('@');
         let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
         id.push_str(&names.join(","));
     }
     id
+}
+
+/// `pattern` as rule identities write it: `{}` turned into `<>`, so that an identity never
+/// forms a Redis Cluster hash tag.
+pub(crate) fn pattern_id(pattern: &str) -> String {
+    pattern
+        .chars()
+        .map(|c| match c {
+            '{' => '<',
+            '}' => '>',
+            c => c,
+        })
+        .collect()
 }
 
 /// Upper-cased, sorted, de-duplicated methods.

@@ -18,8 +18,10 @@ mod config;
 mod connection;
 mod error;
 mod leases;
+mod pubsub;
 mod refusals;
 mod resets;
+mod runtime;
 mod script;
 
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::Script;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
@@ -82,6 +84,8 @@ pub(crate) struct RedisBackend {
     local: Option<Arc<MemoryBackend>>,
     fallback: AtomicU64,
     errors: AtomicU64,
+    /// Told when runtime rule entries may have changed (see `runtime`).
+    runtime_changes: Arc<Notify>,
 }
 
 impl RedisBackend {
@@ -141,16 +145,17 @@ impl RedisBackend {
             local,
             fallback: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            runtime_changes: Arc::new(Notify::new()),
         });
         let urls = config
             .cluster_nodes
             .clone()
             .unwrap_or_else(|| vec![config.url.clone()]);
         let (subscribed, listening) = oneshot::channel();
-        resets::spawn_listener(
+        pubsub::spawn_listener(
             Arc::downgrade(&backend),
             urls,
-            resets::channel(&config.prefix),
+            &config.prefix,
             config.connect_timeout,
             subscribed,
         );
@@ -170,9 +175,15 @@ impl RedisBackend {
     }
 
     /// The prefix of every key and channel.
-    #[allow(dead_code)] // for the fronts' own keys (statistics, runtime rules)
+    #[allow(dead_code)] // for the fronts' own keys (statistics)
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// How long a command other than a decision (a reset, a runtime rule change) may take:
+    /// the decisions' deadline, but at least a second.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(1))
     }
 
     pub(crate) fn key(&self, rule_id: &str, client: KeyRef<'_>) -> String {

@@ -14,6 +14,8 @@
 //! with `client` one of `{"id": "…"}`, `{"ip": "10.0.0.1"}`,
 //! `{"ipv6_network": {"network": "2001:db8::", "prefix_len": 64}}` or `"unknown"`.
 //!
+//! Every instance hears resets through its one subscription (see `pubsub`).
+//!
 //! A refusal on its way back from Redis when the reset happens must not be remembered
 //! after it: every local forgetting bumps an epoch, and a refusal is remembered only if no
 //! reset came since its call was sent. An instance cut off from Redis while a reset is
@@ -22,12 +24,9 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::RedisBackend;
@@ -97,7 +96,7 @@ impl RedisBackend {
     pub(crate) async fn reset(&self, rules: &[RuleSlot], client: KeyRef<'_>) -> Result<(), String> {
         self.forget(rules, client);
         let mut connection = self.connection().ok_or("not connected to Redis yet")?;
-        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
+        let deadline = Instant::now() + self.command_timeout();
         let reset = Reset {
             client: client.into(),
             rules: rules.iter().map(|rule| rule.id.to_string()).collect(),
@@ -128,7 +127,7 @@ impl RedisBackend {
     }
 
     /// A reset another instance (or this one) published.
-    fn on_reset(&self, reset: &Reset) {
+    pub(super) fn on_reset(&self, reset: &Reset) {
         let named: HashSet<&str> = reset.rules.iter().map(String::as_str).collect();
         let slots = self.slots.load();
         let reset_here: Vec<RuleSlot> = slots
@@ -152,72 +151,6 @@ impl RedisBackend {
             }
         }
     }
-}
-
-/// How often the connection resets arrive on is asked whether it is still there: a
-/// connection that died without closing would otherwise never be noticed.
-const PING_EVERY: Duration = Duration::from_secs(5);
-
-/// Listens for resets on `channel` at the first of `urls` that answers (any node of a
-/// cluster hears what is published on any other), and hands each to the backend for as long
-/// as it lives. Reconnects after a lost connection, or one that stops answering pings.
-/// `subscribed` is told when the first subscription is in place.
-pub(super) fn spawn_listener(
-    backend: Weak<RedisBackend>,
-    urls: Vec<String>,
-    channel: String,
-    connect_timeout: Duration,
-    subscribed: oneshot::Sender<()>,
-) {
-    tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let mut subscribed = Some(subscribed);
-        for url in urls.iter().cycle() {
-            if backend.strong_count() == 0 {
-                return;
-            }
-            let Ok(client) = redis::Client::open(url.as_str()) else {
-                continue;
-            };
-            let pubsub = tokio::time::timeout(connect_timeout, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            });
-            let Ok(Ok(pubsub)) = pubsub.await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            if let Some(subscribed) = subscribed.take() {
-                let _ = subscribed.send(());
-            }
-            let (mut sink, mut messages) = pubsub.split();
-            let mut pings = tokio::time::interval(PING_EVERY);
-            pings.tick().await;
-            loop {
-                tokio::select! {
-                    message = messages.next() => {
-                        let Some(message) = message else { break };
-                        let Some(backend) = backend.upgrade() else { return };
-                        match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {
-                            Ok(reset) => backend.on_reset(&reset),
-                            Err(error) => tracing::debug!(%error, "not a tollgate reset; ignored"),
-                        }
-                    }
-                    _ = pings.tick() => {
-                        if backend.strong_count() == 0 {
-                            return;
-                        }
-                        let ping = tokio::time::timeout(connect_timeout, sink.ping::<String>());
-                        if !matches!(ping.await, Ok(Ok(_))) {
-                            break;
-                        }
-                    }
-                }
-            }
-            tracing::debug!("lost the Redis connection resets arrive on; reconnecting");
-        }
-    });
 }
 
 #[cfg(test)]

@@ -1,0 +1,89 @@
+//! The one subscription every instance holds, to hear what other instances publish: resets
+//! (`<prefix>:resets`, see `resets`) and runtime rule changes (`<prefix>:runtime`, see
+//! `runtime`).
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::RedisBackend;
+use super::resets::{self, Reset};
+
+/// How often the connection messages arrive on is asked whether it is still there: a
+/// connection that died without closing would otherwise never be noticed.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Subscribes to the channels of `prefix` at the first of `urls` that answers (any node of
+/// a cluster hears what is published on any other), and hands each message to the backend
+/// for as long as it lives. Reconnects after a lost connection, or one that stops answering
+/// pings; each time the subscription is made, the backend is told that runtime entries may
+/// have changed meanwhile. `subscribed` is told when the first subscription is in place.
+pub(super) fn spawn_listener(
+    backend: Weak<RedisBackend>,
+    urls: Vec<String>,
+    prefix: &str,
+    connect_timeout: Duration,
+    subscribed: oneshot::Sender<()>,
+) {
+    let (resets, runtime) = (resets::channel(prefix), super::runtime::name(prefix));
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut subscribed = Some(subscribed);
+        for url in urls.iter().cycle() {
+            if backend.strong_count() == 0 {
+                return;
+            }
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                continue;
+            };
+            let pubsub = tokio::time::timeout(connect_timeout, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&[&resets, &runtime]).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            });
+            let Ok(Ok(pubsub)) = pubsub.await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if let Some(subscribed) = subscribed.take() {
+                let _ = subscribed.send(());
+            }
+            match backend.upgrade() {
+                Some(backend) => backend.runtime_changes.notify_one(),
+                None => return,
+            }
+            let (mut sink, mut messages) = pubsub.split();
+            let mut pings = tokio::time::interval(PING_EVERY);
+            pings.tick().await;
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(backend) = backend.upgrade() else { return };
+                        if message.get_channel_name() == runtime {
+                            backend.runtime_changes.notify_one();
+                            continue;
+                        }
+                        match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {
+                            Ok(reset) => backend.on_reset(&reset),
+                            Err(error) => tracing::debug!(%error, "not a tollgate reset; ignored"),
+                        }
+                    }
+                    _ = pings.tick() => {
+                        if backend.strong_count() == 0 {
+                            return;
+                        }
+                        let ping = tokio::time::timeout(connect_timeout, sink.ping::<String>());
+                        if !matches!(ping.await, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::debug!(
+                "lost the Redis connection resets and rule changes arrive on; reconnecting"
+            );
+        }
+    });
+}
