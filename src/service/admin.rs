@@ -10,9 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::check::MAX_KEY_BYTES;
+use super::check::client_named;
 use super::json::detail;
-use crate::key::ClientKey;
 use crate::limiter::ResetError;
 
 /// A reset done.
@@ -71,13 +70,10 @@ pub(crate) async fn reset_rule(
 }
 
 async fn reset_key(state: &super::State, key: String, rule: Option<String>) -> Response {
-    if key.len() > MAX_KEY_BYTES {
-        return detail(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the key is longer than {MAX_KEY_BYTES} bytes"),
-        );
-    }
-    let client = ClientKey::id(key.as_str());
+    let client = match client_named(["path", "key"], &key) {
+        Ok(client) => client,
+        Err(invalid) => return invalid,
+    };
     let done = match &rule {
         Some(rule) => state.limiter.reset_rule(&client, rule).await,
         None => state.limiter.reset(&client).await,

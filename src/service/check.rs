@@ -16,11 +16,8 @@ use utoipa::ToSchema;
 use super::json::{Body, detail};
 use crate::decision::DecidedBy;
 use crate::http::response::set_rate_limit_headers;
-use crate::key::ClientKey;
+use crate::key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN, check_client_id};
 use crate::limiter::{CheckError, Limiter, Query, Verdict};
-
-/// The longest key or identifier accepted, in bytes.
-pub(crate) const MAX_KEY_BYTES: usize = 512;
 
 /// The answer to an allowed `GET /check/{key}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -52,11 +49,11 @@ pub(crate) struct KeyRefused {
 #[utoipa::path(
     get,
     path = "/check/{key}",
-    params(("key" = String, Path, description = "The key to check, any text up to 512 bytes")),
+    params(("key" = String, Path, description = "The key to check: 1 to 128 visible ASCII characters, as an `X-Client-ID`")),
     responses(
         (status = 200, description = "Within its limit", body = KeyAllowed),
         (status = 429, description = "Over its limit; `Retry-After` says for how long", body = KeyRefused),
-        (status = 422, description = "A key longer than 512 bytes"),
+        (status = 422, description = "A key that is not 1 to 128 visible ASCII characters"),
         (status = 503, description = "Redis cannot decide and the failure policy is closed"),
     ),
     tag = "check"
@@ -65,10 +62,10 @@ pub(crate) async fn by_key(
     State(state): State<Arc<super::State>>,
     Path(key): Path<String>,
 ) -> Response {
-    if key.len() > MAX_KEY_BYTES {
-        return too_long("key", &key);
-    }
-    let client = ClientKey::id(key.as_str());
+    let client = match client_named(["path", "key"], &key) {
+        Ok(client) => client,
+        Err(invalid) => return invalid,
+    };
     let verdict = match state.limiter.check(Query::new(&client)).await {
         Ok(verdict) => verdict,
         Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
@@ -103,7 +100,8 @@ pub(crate) async fn by_key(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckRequest {
-    /// Who is checked, e.g. `"user:123"` (up to 512 bytes).
+    /// Who is checked, e.g. `"user:123"`: 1 to 128 visible ASCII characters, as an
+    /// `X-Client-ID`.
     identifier: String,
     /// The tier; without it, the rules file's `default_tier`.
     #[serde(default)]
@@ -182,10 +180,10 @@ pub(crate) async fn by_identifier(
     State(state): State<Arc<super::State>>,
     Body(request): Body<CheckRequest>,
 ) -> Response {
-    if request.identifier.is_empty() || request.identifier.len() > MAX_KEY_BYTES {
-        return too_long("identifier", &request.identifier);
-    }
-    let client = ClientKey::id(request.identifier.as_str());
+    let client = match client_named(["body", "identifier"], &request.identifier) {
+        Ok(client) => client,
+        Err(invalid) => return invalid,
+    };
     let mut query = Query::new(&client);
     if let Some(tier) = &request.tier {
         query = query.tier(tier);
@@ -270,11 +268,25 @@ fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     }
 }
 
-/// A 422 for a key or identifier that is empty or too long (its value is not echoed).
-fn too_long(field: &str, value: &str) -> Response {
-    let message = format!("must be 1 to {MAX_KEY_BYTES} bytes, got {}", value.len());
-    let problem = json!([{"loc": ["body", field], "msg": message, "type": "value_error"}]);
-    detail(StatusCode::UNPROCESSABLE_ENTITY, problem)
+/// The client a key or identifier names: `id:<key>`, the client the layer sees in a
+/// request with `X-Client-ID: <key>`, so that the service and an app's layer count the
+/// same client alike, and so that every key checked can be configured. Otherwise a 422 at
+/// `loc` (the value is not echoed).
+pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Response> {
+    let why = match check_client_id(key.as_bytes()) {
+        Ok(()) => return Ok(ClientKey::id(key)),
+        Err(InvalidClientId::Empty) => "it is empty".to_owned(),
+        Err(InvalidClientId::TooLong { len }) => format!("it is {len} bytes long"),
+        Err(InvalidClientId::NotVisibleAscii { position }) => format!(
+            "the byte at position {position} is a space, a control character or not ASCII"
+        ),
+        Err(other) => other.to_string(),
+    };
+    let message = format!(
+        "must be 1 to {MAX_CLIENT_ID_LEN} visible ASCII characters, as an X-Client-ID: {why}"
+    );
+    let problem = json!([{"loc": loc, "msg": message, "type": "value_error"}]);
+    Err(detail(StatusCode::UNPROCESSABLE_ENTITY, problem))
 }
 
 /// The limit that applies to `client` under the default rule, in the rules file's words.
