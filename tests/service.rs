@@ -390,6 +390,114 @@ async fn the_openapi_document_describes_the_real_answers() {
         [200, 200, 429, 200, 400, 422, 429],
         "the answers this test meant to see"
     );
+    // The writes and the admin API (from loopback, with no token set).
+    let writes: Vec<(&str, &str, String, Option<Value>, u16)> = vec![
+        (
+            "post",
+            "/configure",
+            format!("{base}/configure"),
+            Some(json!({"key": "k", "limit": "5/minute"})),
+            200,
+        ),
+        (
+            "post",
+            "/configure",
+            format!("{base}/configure"),
+            Some(json!({"key": "k", "limit": "0/minute"})),
+            422,
+        ),
+        (
+            "get",
+            "/admin/configs",
+            format!("{base}/admin/configs"),
+            None,
+            200,
+        ),
+        (
+            "post",
+            "/admin/configs",
+            format!("{base}/admin/configs"),
+            Some(
+                json!({"endpoint": "/api/custom", "requests_per_window": 50, "window_seconds": 1800, "algorithm": "token_bucket", "burst_limit": 10, "refill_rate": 0.028}),
+            ),
+            201,
+        ),
+        (
+            "post",
+            "/admin/configs",
+            format!("{base}/admin/configs"),
+            Some(json!({"endpoint": "/api/custom"})),
+            422,
+        ),
+        (
+            "put",
+            "/admin/configs/{endpoint}",
+            format!("{base}/admin/configs/api/custom"),
+            Some(json!({"window_seconds": 900})),
+            200,
+        ),
+        (
+            "put",
+            "/admin/configs/{endpoint}",
+            format!("{base}/admin/configs/api/none"),
+            Some(json!({"window_seconds": 900})),
+            404,
+        ),
+        (
+            "delete",
+            "/admin/configs/{endpoint}",
+            format!("{base}/admin/configs/api/custom"),
+            None,
+            200,
+        ),
+        (
+            "get",
+            "/admin/rules",
+            format!("{base}/admin/rules"),
+            None,
+            200,
+        ),
+        (
+            "put",
+            "/admin/rules/clients/{client}",
+            format!("{base}/admin/rules/clients/id:k"),
+            Some(json!({"unlimited": true})),
+            200,
+        ),
+        (
+            "delete",
+            "/admin/rules/clients/{client}",
+            format!("{base}/admin/rules/clients/id:k"),
+            None,
+            200,
+        ),
+        (
+            "post",
+            "/admin/rules/routes",
+            format!("{base}/admin/rules/routes"),
+            Some(json!({"path": "/z", "limit": "1/hour"})),
+            200,
+        ),
+        (
+            "delete",
+            "/admin/rules/routes/{identity}",
+            format!("{base}/admin/rules/routes/nothing"),
+            None,
+            404,
+        ),
+        (
+            "post",
+            "/admin/reset/{key}",
+            format!("{base}/admin/reset/k"),
+            None,
+            200,
+        ),
+    ];
+    for (method, path, url, body, expected) in writes {
+        let answer = call(&method.to_uppercase(), &url, body, None).await;
+        assert_eq!(answer.0, expected, "{method} {url}: {}", answer.1);
+        seen.push((method, path, answer));
+    }
     for (method, path, (status, body)) in &seen {
         let response = &document["paths"][path][method]["responses"][status.to_string()];
         assert!(
@@ -493,6 +601,71 @@ async fn admin_writes_need_the_token() {
         ("TOLLGATE_ADMIN_TOKEN", token),
     ]);
     let base = format!("http://{}", service.address);
+    // Every write and admin read needs it.
+    let configure = json!({"key": "k", "limit": "5/minute"});
+    let config = json!({"endpoint": "/a", "requests_per_window": 5, "window_seconds": 60});
+    for (method, path, body) in [
+        ("POST", "/configure", Some(configure.clone())),
+        ("GET", "/admin/configs", None),
+        ("POST", "/admin/configs", Some(config.clone())),
+        (
+            "PUT",
+            "/admin/configs/a",
+            Some(json!({"window_seconds": 5})),
+        ),
+        ("DELETE", "/admin/configs/a", None),
+        ("GET", "/admin/rules", None),
+        (
+            "PUT",
+            "/admin/rules/clients/id:k",
+            Some(json!({"limit": "5/minute"})),
+        ),
+        ("DELETE", "/admin/rules/clients/id:k", None),
+        (
+            "POST",
+            "/admin/rules/routes",
+            Some(json!({"path": "/a", "limit": "5/minute"})),
+        ),
+        ("DELETE", "/admin/rules/routes/a", None),
+        ("POST", "/admin/reset/k/default", None),
+    ] {
+        for wrong in [None, Some("wrong")] {
+            let (status, answer) =
+                call(method, &format!("{base}{path}"), body.clone(), wrong).await;
+            assert_eq!(status, 401, "{method} {path} with {wrong:?}: {answer}");
+        }
+    }
+    let (status, _) = call(
+        "POST",
+        &format!("{base}/configure"),
+        Some(configure),
+        Some(token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        "POST",
+        &format!("{base}/admin/configs"),
+        Some(config),
+        Some(token),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, rules) = call("GET", &format!("{base}/admin/rules"), None, Some(token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        rules["runtime"].as_array().map(Vec::len),
+        Some(2),
+        "{rules}"
+    );
+    let (status, _) = call(
+        "DELETE",
+        &format!("{base}/admin/rules/clients/id:k"),
+        None,
+        Some(token),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_eq!(get(&format!("{base}/check/k")).await.0, 200);
     assert_eq!(get(&format!("{base}/check/k")).await.0, 429);
     for authorization in [
@@ -590,4 +763,475 @@ async fn without_a_token_other_peers_may_not_write() {
         let response = app.clone().oneshot(request(peer)).await.unwrap();
         assert_eq!(response.status().as_u16(), expected, "{peer:?}");
     }
+}
+
+// Runtime changes: `POST /configure`, the admin configs and the native rules API.
+
+/// A request with an optional JSON body and bearer token; its status and JSON body.
+async fn call(method: &str, url: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = http().request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// The limit `GET /check/{key}` reports for `key` (it takes one request).
+async fn limit_of(base: &str, key: &str) -> Option<u32> {
+    let response = http()
+        .get(format!("{base}/check/{key}"))
+        .send()
+        .await
+        .unwrap();
+    reqwest_number(&response, "x-ratelimit-limit")
+}
+
+/// Seed 000's flow: a key is checked against the default until 429; `POST /configure`
+/// gives another key its own limit, which holds from the next check on.
+#[tokio::test]
+async fn configure_gives_a_key_its_own_limit() {
+    let service = start_service(&[("DEFAULT_RATE_LIMIT", "2/minute")]);
+    let base = format!("http://{}", service.address);
+    let statuses = [
+        get(&format!("{base}/check/k")).await.0,
+        get(&format!("{base}/check/k")).await.0,
+        get(&format!("{base}/check/k")).await.0,
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/configure"),
+        Some(json!({"key": "vip", "limit": "3/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ok", "key": "vip", "rate_limit": "3/hour"})
+    );
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = get(&format!("{base}/check/vip")).await;
+        seen.push((status, body["rate_limit"].clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (200, json!("3/hour")),
+            (200, json!("3/hour")),
+            (200, json!("3/hour")),
+            (429, json!("3/hour"))
+        ]
+    );
+    assert_eq!(
+        get(&format!("{base}/check/k")).await.0,
+        429,
+        "k keeps the default"
+    );
+}
+
+/// Without Redis, runtime limits are kept in the state file and in force again after a
+/// restart.
+#[tokio::test]
+async fn configured_limits_survive_a_restart_in_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let envs = [
+        ("DEFAULT_RATE_LIMIT", "10/second"),
+        ("TOLLGATE_STATE_FILE", state.to_str().unwrap()),
+    ];
+    let mut service = start_service(&envs);
+    let base = format!("http://{}", service.address);
+    let (status, _) = call(
+        "POST",
+        &format!("{base}/configure"),
+        Some(json!({"key": "vip", "limit": "3/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let log = service.stop_and_read_log();
+    assert!(
+        log.contains(state.to_str().unwrap()),
+        "the log names the state file:\n{log}"
+    );
+    let kept = std::fs::read_to_string(&state).unwrap();
+    assert!(kept.contains("client:id:vip"), "{kept}");
+
+    let service = start_service(&envs);
+    let base = format!("http://{}", service.address);
+    assert_eq!(limit_of(&base, "vip").await, Some(3));
+    assert_eq!(limit_of(&base, "other").await, Some(10));
+}
+
+/// Two instances on one Redis: a limit configured on one is enforced by the other within a
+/// second, and is still there after the first restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_on_one_instance_reaches_the_other_and_survives_a_restart() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("service-configure");
+    let envs = [
+        ("DEFAULT_RATE_LIMIT", "1000/second"),
+        ("REDIS_URL", redis.url()),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ];
+    let mut a = start_service(&envs);
+    let b = start_service(&envs);
+    let (base_a, base_b) = (
+        format!("http://{}", a.address),
+        format!("http://{}", b.address),
+    );
+    assert_eq!(limit_of(&base_b, "vip").await, Some(1000));
+    let (status, body) = call(
+        "POST",
+        &format!("{base_a}/configure"),
+        Some(json!({"key": "vip", "limit": "500/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let configured = std::time::Instant::now();
+    loop {
+        if limit_of(&base_b, "vip").await == Some(500) {
+            break;
+        }
+        assert!(
+            configured.elapsed() < Duration::from_secs(1),
+            "the other instance did not apply the limit within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.stop_and_read_log();
+    drop(a);
+    let a = start_service(&envs);
+    assert_eq!(
+        limit_of(&format!("http://{}", a.address), "vip").await,
+        Some(500)
+    );
+}
+
+/// Bad `POST /configure` bodies: a clear 4xx naming the field, and nothing applied.
+#[tokio::test]
+async fn bad_configure_bodies_change_nothing() {
+    let service = start_service(&[("DEFAULT_RATE_LIMIT", "5/minute")]);
+    let base = format!("http://{}", service.address);
+    let url = format!("{base}/configure");
+    let cases: Vec<(&str, Vec<u8>, u16, Value, &str)> = vec![
+        (
+            "a limit of zero",
+            br#"{"key": "k", "limit": "0/second"}"#.to_vec(),
+            422,
+            json!(["body", "limit"]),
+            "runtime entry: at clients.id:k.limit: limit must look like",
+        ),
+        (
+            "an unknown unit",
+            br#"{"key": "k", "limit": "5/fortnight"}"#.to_vec(),
+            422,
+            json!(["body", "limit"]),
+            "runtime entry: at clients.id:k.limit:",
+        ),
+        (
+            "a number",
+            br#"{"key": "k", "limit": 100}"#.to_vec(),
+            422,
+            json!(["body", "limit"]),
+            "invalid type",
+        ),
+        (
+            "no limit",
+            br#"{"key": "k"}"#.to_vec(),
+            422,
+            json!(["body", "limit"]),
+            "missing field",
+        ),
+        (
+            "an unknown field",
+            br#"{"key": "k", "limit": "1/minute", "burst": 3}"#.to_vec(),
+            422,
+            json!(["body", "burst"]),
+            "unknown field",
+        ),
+        (
+            "a key with a space",
+            br#"{"key": "a b", "limit": "1/minute"}"#.to_vec(),
+            422,
+            json!(["body", "key"]),
+            "visible ASCII",
+        ),
+        (
+            "not JSON",
+            b"key=k&limit=1/minute".to_vec(),
+            422,
+            json!(["body"]),
+            "expected value",
+        ),
+    ];
+    for (what, body, status, loc, message) in cases {
+        let response = http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["detail"][0]["loc"], loc, "{what}: {body}");
+        let msg = body["detail"][0]["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(message), "{what}: {msg}");
+    }
+    let huge = json!({"key": "k", "limit": "1".repeat(100_000)});
+    assert_eq!(call("POST", &url, Some(huge), None).await.0, 413);
+    let (_, rules) = call("GET", &format!("{base}/admin/rules"), None, None).await;
+    assert_eq!(rules["runtime"], json!([]), "nothing was applied");
+    assert_eq!(limit_of(&base, "k").await, Some(5));
+}
+
+/// The FastAPI limiter's admin configs: listed from the rules in force, created, replaced,
+/// changed in part, deleted (the file's rule in force again), with the seed's fields, and
+/// enforced.
+#[tokio::test]
+async fn admin_configs_are_route_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rate_limits.json");
+    std::fs::write(
+        &file,
+        r#"{"default": {"limit": "10/second"},
+            "routes": [{"path": "/api/data", "limit": "100/hour", "cost": 2}]}"#,
+    )
+    .unwrap();
+    let service = start_service(&[("RATE_LIMIT_RULES_PATH", file.to_str().unwrap())]);
+    let base = format!("http://{}", service.address);
+    let configs = format!("{base}/admin/configs");
+
+    let (status, listed) = call("GET", &configs, None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let data = &listed[0];
+    assert_eq!(
+        (
+            &data["endpoint"],
+            &data["requests_per_window"],
+            &data["window_seconds"],
+            &data["algorithm"],
+            &data["origin"]
+        ),
+        (
+            &json!("/api/data"),
+            &json!(100),
+            &json!(3600),
+            &json!("token_bucket"),
+            &json!("base")
+        )
+    );
+
+    // Seed 002's own example.
+    let custom = json!({
+        "endpoint": "/api/custom",
+        "requests_per_window": 50,
+        "window_seconds": 1800,
+        "algorithm": "token_bucket",
+        "burst_limit": 10,
+        "refill_rate": 0.028
+    });
+    let (status, created) = call("POST", &configs, Some(custom.clone()), None).await;
+    assert_eq!(status, 201, "{created}");
+    for field in [
+        "endpoint",
+        "requests_per_window",
+        "window_seconds",
+        "algorithm",
+        "burst_limit",
+        "refill_rate",
+    ] {
+        assert_eq!(created[field], custom[field], "{field}: {created}");
+    }
+    assert_eq!(created["origin"], "runtime");
+    // Enforced: a burst of 10 for /api/custom.
+    let mut admitted = 0;
+    for _ in 0..12 {
+        let (status, _) = post(
+            &format!("{base}/check"),
+            json!({"identifier": "u", "path": "/api/custom"}),
+        )
+        .await;
+        admitted += u32::from(status == 200);
+    }
+    assert_eq!(admitted, 10);
+    let (status, replaced) = call("POST", &configs, Some(custom), None).await;
+    assert_eq!(
+        status, 200,
+        "the same endpoint again replaces it: {replaced}"
+    );
+
+    // Seed 002's PUT: only the fields given change; the file's cost stays.
+    let (status, changed) = call(
+        "PUT",
+        &format!("{configs}/api/data"),
+        Some(json!({"requests_per_window": 200, "window_seconds": 7200})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["requests_per_window"], 200);
+    assert_eq!(changed["window_seconds"], 7200);
+    assert_eq!(changed["algorithm"], "token_bucket");
+    assert_eq!(changed["origin"], "runtime");
+    assert_eq!(changed["native"]["cost"], 2, "{changed}");
+
+    // Deleting it puts the file's rule back; the file's own cannot be deleted.
+    let (status, deleted) = call("DELETE", &format!("{configs}/api/data"), None, None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["restored"]["requests_per_window"], 100);
+    assert_eq!(deleted["restored"]["origin"], "base");
+    let (status, body) = call("DELETE", &format!("{configs}/api/data"), None, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("rules file"));
+    assert_eq!(
+        call("DELETE", &format!("{configs}/api/none"), None, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(
+            "PUT",
+            &format!("{configs}/api/none"),
+            Some(json!({"window_seconds": 5})),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Bad configs: the field and why, and nothing applied.
+    for (body, loc) in [
+        (
+            json!({"endpoint": "/x", "requests_per_window": 5, "window_seconds": 0}),
+            json!(["body", "window_seconds"]),
+        ),
+        (
+            json!({"endpoint": "/x", "requests_per_window": 0, "window_seconds": 5}),
+            json!(["body", "requests_per_window"]),
+        ),
+        (
+            json!({"endpoint": "/x", "requests_per_window": 5, "window_seconds": 5, "algorithm": "leaky"}),
+            json!(["body", "algorithm"]),
+        ),
+        (
+            json!({"endpoint": "x", "requests_per_window": 5, "window_seconds": 5}),
+            json!(["body"]),
+        ),
+        (
+            json!({"endpoint": "/x", "requests_per_window": "5", "window_seconds": 5}),
+            json!(["body", "requests_per_window"]),
+        ),
+    ] {
+        let (status, answer) = call("POST", &configs, Some(body.clone()), None).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["detail"][0]["loc"], loc, "{body}: {answer}");
+    }
+    let (_, listed) = call("GET", &configs, None, None).await;
+    let endpoints: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints, ["/api/data", "/api/custom"]);
+}
+
+/// The native rules API: client overrides and routes as rules file fragments, listed with
+/// where each rule comes from.
+#[tokio::test]
+async fn native_rules_api_sets_and_removes_entries() {
+    let service = start_service(&[("DEFAULT_RATE_LIMIT", "10/second")]);
+    let base = format!("http://{}", service.address);
+    let vip = format!("{base}/admin/rules/clients/id:vip");
+    let (status, body) = call("PUT", &vip, Some(json!({"limit": "2/hour"})), None).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "ok", "target": "client:id:vip"}))
+    );
+    let statuses = [
+        get(&format!("{base}/check/vip")).await.0,
+        get(&format!("{base}/check/vip")).await.0,
+        get(&format!("{base}/check/vip")).await.0,
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+    let (_, rules) = call("GET", &format!("{base}/admin/rules"), None, None).await;
+    assert_eq!(
+        rules["rules"],
+        json!([
+            {"target": "rule:default", "origin": "base", "rule": {"limit": "10/second"}},
+            {"target": "client:id:vip", "origin": "runtime", "rule": {"limit": "2/hour"}}
+        ])
+    );
+    assert_eq!(
+        rules["runtime"],
+        json!([{"target": "client:id:vip", "rule": {"limit": "2/hour"}, "replaces_base": false, "left_out": null}])
+    );
+    assert_eq!(call("DELETE", &vip, None, None).await.0, 200);
+    assert_eq!(call("DELETE", &vip, None, None).await.0, 404);
+    // The default again: 10 a second, refilling what vip had used (its state stays).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(limit_of(&base, "vip").await, Some(10), "the default again");
+    let (status, body) = call(
+        "PUT",
+        &format!("{base}/admin/rules/clients/vip"),
+        Some(json!({"limit": "2/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["path", "client"]));
+
+    let routes = format!("{base}/admin/rules/routes");
+    let (status, body) = call(
+        "POST",
+        &routes,
+        Some(json!({"path": "/x/{id}", "methods": ["GET"], "limit": "1/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["target"].clone()),
+        (200, json!("rule:/x/<id>@GET"))
+    );
+    let (status, body) = call(
+        "POST",
+        &routes,
+        Some(json!({"path": "/y", "limit": "lots"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422);
+    let msg = body["detail"][0]["msg"].as_str().unwrap();
+    assert!(
+        msg.starts_with("runtime entry: at routes[0].limit:"),
+        "{msg}"
+    );
+    assert_eq!(
+        call("DELETE", &format!("{routes}/x/<id>@GET"), None, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call("DELETE", &format!("{routes}/x/<id>@GET"), None, None)
+            .await
+            .0,
+        404
+    );
 }

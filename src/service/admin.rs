@@ -72,7 +72,7 @@ pub(crate) async fn reset_rule(
 async fn reset_key(state: &super::State, key: String, rule: Option<String>) -> Response {
     let client = match client_named(["path", "key"], &key) {
         Ok(client) => client,
-        Err(invalid) => return invalid,
+        Err(invalid) => return invalid.into_response(),
     };
     let done = match &rule {
         Some(rule) => state.limiter.reset_rule(&client, rule).await,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::json::{Body, detail};
+use super::json::{Body, Unprocessable, detail};
 use crate::decision::DecidedBy;
 use crate::http::response::set_rate_limit_headers;
 use crate::key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN, check_client_id};
@@ -64,7 +64,7 @@ pub(crate) async fn by_key(
 ) -> Response {
     let client = match client_named(["path", "key"], &key) {
         Ok(client) => client,
-        Err(invalid) => return invalid,
+        Err(invalid) => return invalid.into_response(),
     };
     let verdict = match state.limiter.check(Query::new(&client)).await {
         Ok(verdict) => verdict,
@@ -182,7 +182,7 @@ pub(crate) async fn by_identifier(
 ) -> Response {
     let client = match client_named(["body", "identifier"], &request.identifier) {
         Ok(client) => client,
-        Err(invalid) => return invalid,
+        Err(invalid) => return invalid.into_response(),
     };
     let mut query = Query::new(&client);
     if let Some(tier) = &request.tier {
@@ -272,21 +272,20 @@ fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
 /// request with `X-Client-ID: <key>`, so that the service and an app's layer count the
 /// same client alike, and so that every key checked can be configured. Otherwise a 422 at
 /// `loc` (the value is not echoed).
-pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Response> {
+pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Unprocessable> {
     let why = match check_client_id(key.as_bytes()) {
         Ok(()) => return Ok(ClientKey::id(key)),
         Err(InvalidClientId::Empty) => "it is empty".to_owned(),
         Err(InvalidClientId::TooLong { len }) => format!("it is {len} bytes long"),
-        Err(InvalidClientId::NotVisibleAscii { position }) => format!(
-            "the byte at position {position} is a space, a control character or not ASCII"
-        ),
+        Err(InvalidClientId::NotVisibleAscii { position }) => {
+            format!("the byte at position {position} is a space, a control character or not ASCII")
+        }
         Err(other) => other.to_string(),
     };
     let message = format!(
         "must be 1 to {MAX_CLIENT_ID_LEN} visible ASCII characters, as an X-Client-ID: {why}"
     );
-    let problem = json!([{"loc": loc, "msg": message, "type": "value_error"}]);
-    Err(detail(StatusCode::UNPROCESSABLE_ENTITY, problem))
+    Err(Unprocessable::at(&loc, message))
 }
 
 /// The limit that applies to `client` under the default rule, in the rules file's words.

@@ -78,3 +78,38 @@ fn invalid_body(mut loc: Vec<Value>, inner: &serde_json::Error) -> Response {
 pub(crate) fn detail(status: StatusCode, detail: impl Into<Value>) -> Response {
     (status, axum::Json(json!({"detail": detail.into()}))).into_response()
 }
+
+/// A 422 naming the part of the request that does not fit (`loc`: `["body", "limit"]`,
+/// `["path", "key"]`) and why, as the body's own problems are.
+#[derive(Debug)]
+pub(crate) struct Unprocessable {
+    loc: Vec<Value>,
+    msg: String,
+    kind: &'static str,
+}
+
+impl Unprocessable {
+    /// A value that does not fit.
+    pub(crate) fn at(loc: &[&str], msg: impl Into<String>) -> Self {
+        Self {
+            loc: loc.iter().map(|&part| Value::from(part)).collect(),
+            msg: msg.into(),
+            kind: "value_error",
+        }
+    }
+
+    /// A value that is needed and missing.
+    pub(crate) fn missing(loc: &[&str], msg: impl Into<String>) -> Self {
+        Self {
+            kind: "missing",
+            ..Self::at(loc, msg)
+        }
+    }
+}
+
+impl IntoResponse for Unprocessable {
+    fn into_response(self) -> Response {
+        let problem = json!([{"loc": self.loc, "msg": self.msg, "type": self.kind}]);
+        detail(StatusCode::UNPROCESSABLE_ENTITY, problem)
+    }
+}

@@ -7,7 +7,10 @@
 //! | `POST /check` | the tiered check service | checks an identifier in a tier |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
+//! | `POST /configure` | the key service | gives a key its own limit, on every instance |
+//! | `GET, POST /admin/configs`, `PUT, DELETE /admin/configs/{endpoint}` | the FastAPI limiter | per endpoint limits, as route rules |
 //! | `POST /admin/reset/{key}[/{rule}]` | the library | forgets a key, on every instance |
+//! | `GET /admin/rules`, `PUT, DELETE /admin/rules/clients/{client}`, `POST /admin/rules/routes`, `DELETE /admin/rules/routes/{identity}` | tollgate | the rules in force and runtime entries, in the rules file's words |
 //!
 //! [`Service::router`] is an axum `Router`: `tollgate serve` serves it, and an app can
 //! mount it beside its own routes, on the limiter its layer uses.
@@ -15,13 +18,16 @@
 mod admin;
 mod auth;
 mod check;
+mod configs;
 mod health;
 mod json;
+mod keys;
 mod openapi;
+mod rules;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Router, middleware};
 
 use crate::limiter::Limiter;
@@ -94,6 +100,22 @@ impl Service {
             admin: self.admin,
         });
         let admin = Router::new()
+            .route("/configure", post(keys::configure))
+            .route("/admin/configs", get(configs::list).post(configs::create))
+            .route(
+                "/admin/configs/{*endpoint}",
+                put(configs::update).delete(configs::remove),
+            )
+            .route("/admin/rules", get(rules::list))
+            .route(
+                "/admin/rules/clients/{client}",
+                put(rules::set_client).delete(rules::remove_client),
+            )
+            .route("/admin/rules/routes", post(rules::set_route))
+            .route(
+                "/admin/rules/routes/{*identity}",
+                axum::routing::delete(rules::remove_route),
+            )
             .route("/admin/reset/{key}", post(admin::reset))
             .route("/admin/reset/{key}/{rule}", post(admin::reset_rule))
             .route_layer(middleware::from_fn_with_state(

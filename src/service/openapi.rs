@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, check, health};
+use super::{admin, check, configs, health, keys, rules};
 
 /// The admin routes' bearer token.
 struct AdminToken;
@@ -33,8 +33,18 @@ impl Modify for AdminToken {
         check::by_key,
         check::by_identifier,
         health::health,
+        keys::configure,
+        configs::list,
+        configs::create,
+        configs::update,
+        configs::remove,
         admin::reset,
-        admin::reset_rule
+        admin::reset_rule,
+        rules::list,
+        rules::set_client,
+        rules::remove_client,
+        rules::set_route,
+        rules::remove_route
     ),
     modifiers(&AdminToken),
     components(schemas(
@@ -45,7 +55,17 @@ impl Modify for AdminToken {
         check::CheckRefused,
         check::CheckRefusal,
         health::Health,
-        admin::Reset
+        keys::Configure,
+        keys::Configured,
+        configs::Config,
+        configs::NewConfig,
+        configs::ConfigUpdate,
+        configs::ConfigDeleted,
+        admin::Reset,
+        rules::RuleInForce,
+        rules::StoredEntry,
+        rules::RulesView,
+        rules::EntryChanged
     ))
 )]
 pub(crate) struct ApiDoc;

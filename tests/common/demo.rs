@@ -58,6 +58,8 @@ pub struct Demo {
     pub startup_log: Vec<String>,
     /// What it logs from then on.
     later: std::sync::mpsc::Receiver<String>,
+    /// Its working directory, where `tollgate serve` keeps its state file by default.
+    pub workdir: tempfile::TempDir,
 }
 
 impl Demo {
@@ -105,7 +107,8 @@ pub fn tollgate_binary() -> PathBuf {
 }
 
 /// Starts `tollgate serve` on a free port with only `envs` in its environment (and
-/// `NO_COLOR`), and waits for its "listening on" line.
+/// `NO_COLOR`), in a fresh working directory (so its default state file is its own), and
+/// waits for its "listening on" line.
 pub fn start_service(envs: &[(&str, &str)]) -> Demo {
     let mut command = Command::new(tollgate_binary());
     command
@@ -117,9 +120,12 @@ pub fn start_service(envs: &[(&str, &str)]) -> Demo {
     start_listening(command, "tollgate serve")
 }
 
-/// Runs `command` and waits for its "listening on http://ADDRESS" line on stdout.
+/// Runs `command` in a fresh working directory and waits for its "listening on
+/// http://ADDRESS" line on stdout.
 fn start_listening(mut command: Command, what: &str) -> Demo {
+    let workdir = tempfile::tempdir().unwrap();
     let mut child = command
+        .current_dir(workdir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -147,6 +153,7 @@ fn start_listening(mut command: Command, what: &str) -> Demo {
                 address,
                 startup_log: log,
                 later: rx,
+                workdir,
             };
         }
         log.push(line);

@@ -65,6 +65,17 @@ pub(crate) struct Serve {
     )]
     local_fallback_instances: u32,
 
+    /// Without Redis, runtime changes (`POST /configure`, the admin API's writes) are kept
+    /// in this file, replaced atomically on every change and read at startup. With Redis
+    /// they are kept in Redis and the file is not used.
+    #[arg(
+        long,
+        env = "TOLLGATE_STATE_FILE",
+        default_value = "tollgate-runtime.json",
+        value_name = "FILE"
+    )]
+    state_file: PathBuf,
+
     /// The address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
@@ -168,6 +179,14 @@ async fn run(args: Serve) -> Result<(), String> {
             )
         }
     };
+    let uses_redis =
+        set(args.redis_cluster_nodes.clone()).is_some() || set(args.redis_url.clone()).is_some();
+    let runtime_store = if uses_redis {
+        "Redis".to_owned()
+    } else {
+        builder = builder.runtime_state_file(&args.state_file);
+        args.state_file.display().to_string()
+    };
     if let Some(nodes) = set(args.redis_cluster_nodes) {
         let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).collect();
         if let Some(empty) = nodes.iter().position(String::is_empty) {
@@ -197,6 +216,7 @@ async fn run(args: Serve) -> Result<(), String> {
     tracing::info!(
         backend = limiter.backend_name(),
         rules = %rules_source,
+        runtime_changes_kept_in = %runtime_store,
         on_redis_error = limiter.on_redis_error().map(OnRedisError::as_str),
         admin,
         "tollgate serve"
