@@ -15,6 +15,8 @@
 //! - `LOCAL_FALLBACK_INSTANCES`: how many instances share the Redis limits (default 1); the
 //!   `local` failure policy gives each 1/N of every limit (a rules file's
 //!   `local_fallback_instances` wins)
+//! - `TOLLGATE_STATE_FILE`: without Redis, where runtime rule changes (the mounted
+//!   service's `/configure` and admin writes) are kept (default `tollgate-runtime.json`)
 //! - `TRUSTED_PROXY_HOPS`: proxies in front that append to `X-Forwarded-For` (default 1;
 //!   0 ignores the header)
 //! - `TRUSTED_PROXIES`: which peers may name the client with `X-Client-ID` and
@@ -83,6 +85,9 @@ async fn run() -> Result<(), String> {
         builder = builder.redis_cluster(cluster_nodes);
     } else if let Some(url) = &redis_url {
         builder = builder.redis_url(url);
+    } else {
+        builder =
+            builder.runtime_state_file(env_or("TOLLGATE_STATE_FILE", "tollgate-runtime.json"));
     }
     if let Ok(prefix) = std::env::var("REDIS_PREFIX") {
         builder = builder.redis_prefix(prefix);

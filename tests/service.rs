@@ -1235,3 +1235,37 @@ async fn native_rules_api_sets_and_removes_entries() {
         404
     );
 }
+
+/// The demo mounts the service on the limiter its layer uses: a limit configured through
+/// the demo's `/configure` is what its layer enforces on the demo's own routes.
+#[tokio::test]
+async fn the_demo_mounts_the_service_on_its_layers_limiter() {
+    let demo = start_demo(&[]);
+    let base = format!("http://{}", demo.address);
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/configure"),
+        Some(json!({"key": "vip", "limit": "2/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = http()
+            .get(format!("{base}/api/data"))
+            .header("x-client-id", "vip")
+            .send()
+            .await
+            .unwrap();
+        statuses.push((
+            response.status().as_u16(),
+            reqwest_number::<u32>(&response, "x-ratelimit-limit"),
+        ));
+    }
+    assert_eq!(statuses, [(200, Some(2)), (200, Some(2)), (429, Some(2))]);
+    assert!(
+        demo.workdir.path().join("tollgate-runtime.json").exists(),
+        "kept in the demo's state file"
+    );
+}
