@@ -140,10 +140,13 @@ impl Drop for Nginx {
     }
 }
 
-/// The compose topology from local processes. Fields drop in order: nginx, the apps, Redis.
+/// The compose topology from local processes. Fields drop in order: nginx, the apps, the
+/// service, Redis.
 struct Stack {
     nginx: Nginx,
     apps: [Demo; 2],
+    /// `tollgate serve` on the same Redis, as the compose file's `tollgate` service.
+    service: Demo,
     redis: TestRedis,
     _rules: tempfile::TempDir,
 }
@@ -171,10 +174,15 @@ impl Stack {
             start_demo(&vars)
         };
         let apps = [app(), app()];
+        let service = start_service(&[
+            ("REDIS_URL", redis.url()),
+            ("RATE_LIMIT_RULES_PATH", rules_path),
+        ]);
         let nginx = Nginx::start([apps[0].address.as_str(), apps[1].address.as_str()]);
         Self {
             nginx,
             apps,
+            service,
             redis,
             _rules: rules,
         }
@@ -288,6 +296,52 @@ async fn one_limit_holds_across_both_replicas() {
         .filter(|k| k.contains("id:alice"))
         .collect();
     assert_eq!(keys.len(), 1, "one bucket in the shared Redis: {keys:?}");
+}
+
+/// A limit set through the service is what both replicas enforce behind nginx, within a
+/// second: they share its Redis, where the change is kept and announced.
+#[tokio::test]
+async fn a_limit_configured_through_the_service_holds_on_both_replicas() {
+    let stack = Stack::start();
+    let http = client();
+    let response = http
+        .post(format!("http://{}/configure", stack.service.address))
+        .json(&serde_json::json!({"key": "alice", "limit": "3/hour"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The replicas hear of it within a second (the first answer that shows it takes one).
+    let configured = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let response = http
+            .get(stack.url("/api/data"))
+            .header("x-api-key", "demo-key-alice")
+            .send()
+            .await
+            .unwrap();
+        if reqwest_header(&response, "x-ratelimit-limit").as_deref() == Some("3") {
+            seen.push(response.status().as_u16());
+            break;
+        }
+        assert!(
+            configured.elapsed() < Duration::from_secs(1),
+            "the replicas did not apply the limit within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut upstreams = BTreeSet::new();
+    for _ in 0..5 {
+        let seen_now = get(http
+            .get(stack.url("/api/data"))
+            .header("x-api-key", "demo-key-alice"))
+        .await;
+        seen.push(seen_now.status.as_u16());
+        upstreams.insert(seen_now.upstream);
+    }
+    assert_eq!(seen, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(upstreams, stack.app_addresses(), "both replicas answered");
 }
 
 /// The shipped rules and the compose file's count of deciders (two replicas and the
