@@ -242,7 +242,7 @@ mod tests {
         flush(&mut history, then, &[("a", then, true)]);
         let later = then + HOURS_KEPT;
         flush(&mut history, later, &[("b", later, true)]);
-        assert!(history.global.get(&then).is_none());
+        assert!(!history.global.contains_key(&then));
         let a = &history.clients[&ClientKey::id("a")];
         assert!(a.hours.is_empty());
         assert_eq!(a.days.len(), 1, "the day is kept for a month");
