@@ -52,6 +52,7 @@ pub use verdict::Verdict;
 /// | [`rules`](Self::rules), [`reload`](Self::reload), [`set_rules`](Self::set_rules) | the rules in force, and changing them |
 /// | [`set_client_override`](Self::set_client_override), [`set_route`](Self::set_route), their `remove_`, [`rule_entries`](Self::rule_entries), [`runtime_entries`](Self::runtime_entries) | rule changes made while running, kept and shared |
 /// | [`stats`](Self::stats) | what it has counted |
+/// | [`usage`](Self::usage), [`usage_summary`](Self::usage_summary), [`flush_usage`](Self::flush_usage) | usage statistics, when [recorded](LimiterBuilder::record_usage): calls per client, hour, day and rule |
 ///
 /// # Example
 ///

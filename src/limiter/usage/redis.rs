@@ -202,8 +202,9 @@ async fn run_all(
     deadline: Duration,
 ) -> Vec<Result<Vec<Value>, String>> {
     let count = pipelines.len();
-    let mut results: Vec<Result<Vec<Value>, String>> =
-        (0..count).map(|_| Err(String::new())).collect();
+    let mut results: Vec<Result<Vec<Value>, String>> = (0..count)
+        .map(|_| Err("the pipeline did not run".to_owned()))
+        .collect();
     let mut running = JoinSet::new();
     let mut waiting = pipelines.into_iter().enumerate();
     loop {
