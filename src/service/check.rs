@@ -277,9 +277,9 @@ pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Respo
         Ok(()) => return Ok(ClientKey::id(key)),
         Err(InvalidClientId::Empty) => "it is empty".to_owned(),
         Err(InvalidClientId::TooLong { len }) => format!("it is {len} bytes long"),
-        Err(InvalidClientId::NotVisibleAscii { position }) => {
-            format!("the byte at position {position} is a space, a control character or not ASCII")
-        }
+        Err(InvalidClientId::NotVisibleAscii { position }) => format!(
+            "the byte at position {position} is a space, a control character or not ASCII"
+        ),
         Err(other) => other.to_string(),
     };
     let message = format!(
