@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The inner service answers at once with a small text response, as an axum handler would,
-//! so `layer/*` minus `layer/bare` is what the layer adds.
+//! so `layer/*` minus `layer/bare` is what the layer adds. `layer/allowed_recording_usage`
+//! is `layer/allowed` with usage statistics recorded: the difference is their cost per
+//! request.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -26,12 +28,24 @@ fn rules(json: &str) -> Rules {
 }
 
 fn layer(json: &str) -> RateLimitLayer {
+    layer_recording(json, false)
+}
+
+/// The layer over a limiter of these rules, recording usage statistics or not. Its runtime
+/// ends here, with the background tasks: the usage flusher too, which is off the request
+/// path, so what is measured is the counting requests do.
+fn layer_recording(json: &str, record_usage: bool) -> RateLimitLayer {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let limiter = runtime
-        .block_on(Limiter::builder().rules(rules(json)).build())
+        .block_on(
+            Limiter::builder()
+                .rules(rules(json))
+                .record_usage(record_usage)
+                .build(),
+        )
         .expect("limiter");
     RateLimitLayer::new(limiter)
 }
@@ -66,10 +80,10 @@ fn per_request_overhead(c: &mut Criterion) {
         Ok::<_, Infallible>(response)
     });
     let ids = client_ids();
-    let allowing = layer(
-        r#"{"default": {"capacity": 1000, "refill_rate": 1000000000},
-                             "routes": [{"path": "/health", "unlimited": true}]}"#,
-    );
+    let allowing_rules = r#"{"default": {"capacity": 1000, "refill_rate": 1000000000},
+                             "routes": [{"path": "/health", "unlimited": true}]}"#;
+    let allowing = layer(allowing_rules);
+    let recording = layer_recording(allowing_rules, true);
     let denying = layer(r#"{"default": {"capacity": 1, "refill_rate": 0.000001}}"#);
     let banded = layer(
         r#"{"default": {"limits": [{"capacity": 1000, "refill_rate": 1000000000}, "4000000000/day"]}}"#,
@@ -108,6 +122,16 @@ fn per_request_overhead(c: &mut Criterion) {
     measure(
         "allowed",
         &mut |r| call(&mut allowed, r),
+        "/api/data",
+        &by_id,
+    );
+    let mut allowed_recording = recording.layer(inner);
+    let first = call(&mut allowed_recording, request("/api/data", by_id(0)));
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(recording.limiter().stats().usage_clients, 1);
+    measure(
+        "allowed_recording_usage",
+        &mut |r| call(&mut allowed_recording, r),
         "/api/data",
         &by_id,
     );

@@ -70,8 +70,9 @@ pub use http::{
 };
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{
-    CheckError, Checking, Limiter, LimiterBuilder, Origin, Query, ResetError, RuleEntry,
-    RuntimeEntry, RuntimeError, Stats, Verdict,
+    Calls, CheckError, Checking, ClientUsage, LimitedClient, Limiter, LimiterBuilder, Origin,
+    Query, ResetError, RuleEntry, RuntimeEntry, RuntimeError, Stats, UsageError, UsageSummary,
+    Verdict,
 };
 pub use policy::OnRedisError;
 pub use rules::{

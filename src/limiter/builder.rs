@@ -15,6 +15,7 @@ use super::reload::{self, ReloadState, RulesFile, off_runtime};
 use super::runtime;
 use super::runtime::{Layers, Runtime, Store};
 use super::stats::Counters;
+use super::usage::{self, Usage};
 use super::{Core, Limiter};
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
@@ -60,6 +61,8 @@ pub struct LimiterBuilder {
     reload_on_sighup: bool,
     max_rules_file_bytes: u64,
     runtime_state_file: Option<PathBuf>,
+    record_usage: bool,
+    usage_max_clients: usize,
     #[cfg(feature = "redis")]
     runtime_resync_interval: Duration,
     #[cfg(feature = "redis")]
@@ -87,6 +90,8 @@ impl Default for LimiterBuilder {
             reload_on_sighup: true,
             max_rules_file_bytes: crate::DEFAULT_MAX_RULES_FILE_BYTES,
             runtime_state_file: None,
+            record_usage: false,
+            usage_max_clients: usage::DEFAULT_MAX_CLIENTS,
             #[cfg(feature = "redis")]
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
             #[cfg(feature = "redis")]
@@ -196,6 +201,48 @@ impl LimiterBuilder {
     /// ```
     pub fn runtime_state_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.runtime_state_file = Some(path.into());
+        self
+    }
+
+    /// Whether to record usage statistics (default false; `tollgate serve` turns it on):
+    /// every counted decision's client, rule and answer, per UTC hour and day, read with
+    /// [`Limiter::usage`] and [`Limiter::usage_summary`]. Checks, the layer's requests and
+    /// unlimited rules count; peeks and requests with an invalid client ID do not.
+    ///
+    /// Requests only count in process; a background task writes the counts every second:
+    /// into a history kept in this process (the memory backend: 25 hours, 31 days), or into
+    /// Redis, shared by every instance with the same prefix (see the README's "Usage
+    /// statistics" for the keys). A crash loses at most the last second's counts; a flush
+    /// Redis does not take is kept and tried again the next second, and no request ever
+    /// waits for one. Off, it costs a request one branch; on, a lock of one of 16 shards
+    /// (`benches/layer.rs` measures both).
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).record_usage(true).build().await?;
+    /// let k = ClientKey::id("k");
+    /// limiter.check(Query::new(&k)).await?;
+    /// assert_eq!(limiter.usage(&k).await?.days.values().next().unwrap().allowed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn record_usage(mut self, record: bool) -> Self {
+        self.record_usage = record;
+        self
+    }
+
+    /// The most distinct clients whose usage this process holds (default 100,000): those
+    /// counted between two flushes, and on the memory backend those in the kept history.
+    /// Past it, a new client's calls still count in the totals and per rule, but not per
+    /// client ([`Stats::usage_dropped`](crate::Stats::usage_dropped) counts them); the
+    /// history forgets the clients seen longest ago
+    /// ([`Stats::usage_evicted`](crate::Stats::usage_evicted)). At least 1.
+    pub fn usage_max_clients(mut self, clients: usize) -> Self {
+        self.usage_max_clients = clients.max(1);
         self
     }
 
@@ -362,6 +409,7 @@ impl LimiterBuilder {
             watch: self.watch_rules_file,
             sighup: self.reload_on_sighup,
         };
+        let usage_max_clients = self.record_usage.then_some(self.usage_max_clients);
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
             if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
@@ -410,6 +458,7 @@ impl LimiterBuilder {
                 self.ipv6_prefix_len,
                 Backend::Redis(backend),
                 self.memory_cleanup_interval,
+                usage_max_clients,
             )?;
             runtime::spawn_resync(
                 Arc::downgrade(&limiter.core),
@@ -437,6 +486,7 @@ impl LimiterBuilder {
             self.ipv6_prefix_len,
             Backend::Memory(Arc::new(memory)),
             self.memory_cleanup_interval,
+            usage_max_clients,
         )
     }
 }
@@ -450,7 +500,8 @@ struct Reloads {
 }
 
 impl Limiter {
-    /// The limiter of `rules` with the runtime entries `stored` in `store` over them.
+    /// The limiter of `rules` with the runtime entries `stored` in `store` over them,
+    /// recording usage for up to `usage_max_clients` clients if given.
     fn new(
         rules: Rules,
         reloads: Reloads,
@@ -458,6 +509,7 @@ impl Limiter {
         ipv6_prefix_len: u8,
         backend: Backend,
         cleanup_every: Duration,
+        usage_max_clients: Option<usize>,
     ) -> Result<Self, BuildError> {
         if let Some(memory) = backend.memory() {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
@@ -477,6 +529,7 @@ impl Limiter {
             reload: Mutex::new(ReloadState::default()),
             runtime: Runtime::new(store, layers),
             ipv6_prefix_len,
+            usage: usage_max_clients.map(|max| Usage::start(&backend, max)),
             backend,
             counters: Counters::default(),
         });

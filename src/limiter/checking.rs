@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::Core;
 use super::error::CheckError;
 use super::verdict::Verdict;
+use super::{Core, Counting};
 use crate::backend::PendingOutcome;
 use crate::key::ClientKey;
 
@@ -52,8 +52,9 @@ pub(super) struct Waiting {
     pub(super) core: Arc<Core>,
     pub(super) rule: Arc<str>,
     pub(super) counted: bool,
-    /// The client, kept to log a shadow rule's would-be refusal.
-    pub(super) shadow: Option<ClientKey>,
+    pub(super) shadow: bool,
+    /// The client, kept to log a shadow rule's would-be refusal or to count usage.
+    pub(super) client: Option<ClientKey>,
 }
 
 impl Checking {
@@ -100,12 +101,15 @@ impl Future for Checking {
             }
             State::Waiting(waiting) => {
                 let outcome = std::task::ready!(waiting.pending.as_mut().poll(cx));
-                let shadow = waiting.shadow.as_ref().map(ClientKey::as_ref);
+                let counting = Counting {
+                    counted: waiting.counted,
+                    shadow: waiting.shadow,
+                    client: waiting.client.as_ref().map(ClientKey::as_ref),
+                };
                 Poll::Ready(Ok(waiting.core.verdict(
                     outcome,
                     Arc::clone(&waiting.rule),
-                    waiting.counted,
-                    shadow,
+                    counting,
                 )))
             }
         }

@@ -9,6 +9,7 @@ mod query;
 mod reload;
 mod runtime;
 mod stats;
+mod usage;
 mod verdict;
 
 use std::fmt;
@@ -32,6 +33,7 @@ pub use error::{CheckError, ResetError, RuntimeError};
 pub use query::Query;
 pub use runtime::{Origin, RuleEntry, RuntimeEntry};
 pub use stats::Stats;
+pub use usage::{Calls, ClientUsage, LimitedClient, UsageError, UsageSummary};
 pub use verdict::Verdict;
 
 /// Decides whether a client's request may go on, under the rules, in memory or in Redis.
@@ -50,6 +52,7 @@ pub use verdict::Verdict;
 /// | [`rules`](Self::rules), [`reload`](Self::reload), [`set_rules`](Self::set_rules) | the rules in force, and changing them |
 /// | [`set_client_override`](Self::set_client_override), [`set_route`](Self::set_route), their `remove_`, [`rule_entries`](Self::rule_entries), [`runtime_entries`](Self::runtime_entries) | rule changes made while running, kept and shared |
 /// | [`stats`](Self::stats) | what it has counted |
+/// | [`usage`](Self::usage), [`usage_summary`](Self::usage_summary), [`flush_usage`](Self::flush_usage) | usage statistics, when [recorded](LimiterBuilder::record_usage): calls per client, hour, day and rule |
 ///
 /// # Example
 ///
@@ -89,6 +92,8 @@ pub(crate) struct Core {
     runtime: runtime::Runtime,
     backend: Backend,
     counters: Counters,
+    /// Usage statistics, when recorded.
+    usage: Option<Arc<usage::Usage>>,
     /// IPv6 clients are keyed by their network of this many bits.
     ipv6_prefix_len: u8,
 }
@@ -337,6 +342,9 @@ impl Core {
         let slot = installed.slot(rule);
         let resolved = rules.for_client(rule, query.client);
         let Some(limit) = resolved.limit else {
+            if let (true, Some(usage)) = (counted, &self.usage) {
+                usage.record(query.client, &slot.id, true);
+            }
             return Checking::ready(Ok(Verdict {
                 allowed: true,
                 decision: None,
@@ -360,35 +368,45 @@ impl Core {
                 cost
             }
         };
-        let shadow = limit.shadow().then_some(query.client);
+        let shadow = limit.shadow();
+        // The client is needed after the decision only to log a shadow refusal or to count
+        // usage.
+        let client = (shadow || self.usage.is_some()).then_some(query.client);
         match self.backend.decide(slot, limit, cost, query.client, mode) {
             Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
                 outcome,
                 Arc::clone(&slot.id),
-                counted,
-                shadow,
+                Counting {
+                    counted,
+                    shadow,
+                    client,
+                },
             ))),
             Answer::Later(pending) => Checking::waiting(checking::Waiting {
                 pending,
                 core: Arc::clone(self),
                 rule: Arc::clone(&slot.id),
                 counted,
-                shadow: shadow.map(KeyRef::to_owned),
+                shadow,
+                client: client.map(KeyRef::to_owned),
             }),
         }
     }
 
-    /// The verdict on an outcome, counted when `counted`. Under a shadow rule (`shadow` is
-    /// the client), nothing is refused: what would have been is counted, logged, and let
-    /// through.
+    /// The verdict on an outcome, counted as `counting` says. Under a shadow rule, nothing
+    /// is refused: what would have been is counted, logged, and let through.
     #[inline]
     pub(crate) fn verdict(
         &self,
         outcome: Outcome,
         rule: Arc<str>,
-        counted: bool,
-        shadow: Option<KeyRef<'_>>,
+        counting: Counting<'_>,
     ) -> Verdict {
+        let Counting {
+            counted,
+            shadow,
+            client,
+        } = counting;
         let (decision, decided_by, unavailable_for, refused) = match outcome {
             Outcome::Decided(decision, by) => (Some(decision), by, None, !decision.allowed),
             Outcome::PassThrough => (None, DecidedBy::FailOpen, None, false),
@@ -396,7 +414,7 @@ impl Core {
                 (None, DecidedBy::FailClosed, Some(retry_after), true)
             }
         };
-        let shadow_refused = refused && shadow.is_some();
+        let shadow_refused = refused && shadow;
         let allowed = !refused || shadow_refused;
         if counted {
             Counters::bump(if allowed {
@@ -404,9 +422,14 @@ impl Core {
             } else {
                 &self.counters.denied
             });
-            if let (true, Some(client)) = (shadow_refused, shadow) {
+            if shadow_refused {
                 Counters::bump(&self.counters.shadowed);
-                tracing::info!(rule = &*rule, %client, "shadow rule would have refused this request");
+                if let Some(client) = client {
+                    tracing::info!(rule = &*rule, %client, "shadow rule would have refused this request");
+                }
+            }
+            if let (Some(usage), Some(client)) = (&self.usage, client) {
+                usage.record(client, &rule, allowed);
             }
         }
         Verdict {
@@ -433,6 +456,11 @@ impl Core {
         self.ipv6_prefix_len
     }
 
+    /// Usage recording, when on.
+    pub(crate) fn usage(&self) -> Option<&usage::Usage> {
+        self.usage.as_deref()
+    }
+
     fn stats(&self) -> Stats {
         let Core {
             backend, counters, ..
@@ -440,6 +468,7 @@ impl Core {
         let redis = backend.redis_counts();
         let memory = backend.memory();
         let reload = self.reload_state();
+        let usage = self.usage.as_ref().map(|u| u.counts()).unwrap_or_default();
         Stats {
             shadowed: Counters::read(&counters.shadowed),
             unknown_tiers: Counters::read(&counters.unknown_tiers),
@@ -457,8 +486,22 @@ impl Core {
             invalid_client_ids: Counters::read(&counters.invalid_client_ids),
             tracked_buckets: memory.map_or(0, |m| m.len()),
             evicted_buckets: memory.map_or(0, |m| m.evicted()),
+            usage_clients: usage.clients,
+            usage_dropped: usage.dropped,
+            usage_evicted: usage.evicted,
+            usage_flush_errors: usage.flush_errors,
         }
     }
+}
+
+/// How a decision counts: in the counters at all (`false` for peeks), as a shadow rule's
+/// (refusals let through), and against which client in the logs and usage statistics
+/// (`None` when neither needs it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counting<'a> {
+    pub(crate) counted: bool,
+    pub(crate) shadow: bool,
+    pub(crate) client: Option<KeyRef<'a>>,
 }
 
 #[cfg(test)]

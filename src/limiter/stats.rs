@@ -78,6 +78,21 @@ pub struct Stats {
     pub tracked_buckets: usize,
     /// Live buckets forgotten to stay within `max_tracked_buckets`.
     pub evicted_buckets: u64,
+    /// Clients whose usage this process holds: those counted since the last flush, and on
+    /// the memory backend those in the kept history (each at most
+    /// [`usage_max_clients`](crate::LimiterBuilder::usage_max_clients)). Zero when usage is
+    /// not recorded.
+    pub usage_clients: usize,
+    /// Calls counted in the usage totals and per rule but not per client, because
+    /// `usage_max_clients` clients were held already (or, after a long Redis outage, because
+    /// their hour was no longer kept).
+    pub usage_dropped: u64,
+    /// Clients forgotten from the memory backend's usage history to stay within
+    /// `usage_max_clients`, those seen longest ago first.
+    pub usage_evicted: u64,
+    /// Usage flushes Redis did not take (failed or past the deadline); their counts were
+    /// kept and written by a later flush.
+    pub usage_flush_errors: u64,
 }
 
 /// The limiter's own counters, bumped on the request path.

@@ -51,6 +51,7 @@ use leases::{Leases, Leasing};
 use refusals::Refusals;
 use script::{Answered, Call, decode, packed, run};
 
+pub(crate) use cluster::slot;
 pub(crate) use config::{RedisConfig, redact};
 pub(crate) use script::DECIDE_LUA;
 
@@ -175,7 +176,6 @@ impl RedisBackend {
     }
 
     /// The prefix of every key and channel.
-    #[allow(dead_code)] // for the fronts' own keys (statistics)
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }

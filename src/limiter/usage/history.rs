@@ -1,0 +1,288 @@
+//! The memory backend's usage history: what every flush wrote, kept in this process for
+//! [`HOURS_KEPT`] hours and [`DAYS_KEPT`] days, for at most `max_clients` clients (those
+//! seen longest ago are forgotten first).
+
+use std::collections::BTreeMap;
+use std::hash::RandomState;
+
+use super::calendar::{Day, Hour, day_name, day_of, hour_name};
+use super::pending::{Batch, RuleCalls, add_rule};
+use super::{Calls, ClientUsage, LimitedClient, UsageSummary};
+use crate::key::{ClientKey, KeyRef};
+
+/// Hours kept: the last 24 and the one before, which a day's window still reaches into
+/// until the hour ends.
+pub(crate) const HOURS_KEPT: u64 = 25;
+/// Days kept: the last 30 and the one before.
+pub(crate) const DAYS_KEPT: u64 = 31;
+/// Hours read: the current one and the 23 before.
+pub(crate) const HOURS_READ: u64 = 24;
+/// Days read: today and the 29 before.
+pub(crate) const DAYS_READ: u64 = 30;
+
+#[derive(Default)]
+struct ClientHistory {
+    hours: BTreeMap<Hour, (Calls, Vec<RuleCalls>)>,
+    days: BTreeMap<Day, Calls>,
+    /// The flush that last brought calls of this client.
+    seen: u64,
+}
+
+pub(crate) struct History {
+    clients: hashbrown::HashMap<ClientKey, ClientHistory, RandomState>,
+    global: BTreeMap<Hour, Vec<RuleCalls>>,
+    max_clients: usize,
+    flushes: u64,
+    /// The hour up to which old periods were dropped.
+    pruned: Hour,
+}
+
+impl History {
+    pub(crate) fn new(max_clients: usize) -> Self {
+        Self {
+            clients: hashbrown::HashMap::with_hasher(RandomState::new()),
+            global: BTreeMap::new(),
+            max_clients,
+            flushes: 0,
+            pruned: 0,
+        }
+    }
+
+    /// Adds what a flush took; returns how many clients were forgotten to stay within the
+    /// bound.
+    pub(crate) fn merge(&mut self, batch: Batch, now: Hour) -> u64 {
+        self.flushes += 1;
+        for client in batch.clients {
+            let history = self.clients.entry(client.client).or_default();
+            history.seen = self.flushes;
+            for hour in client.hours {
+                let (calls, rules) = history.hours.entry(hour.hour).or_default();
+                calls.add(hour.calls);
+                for rule in &hour.rules {
+                    add_rule(rules, &rule.rule, rule.calls);
+                }
+                history
+                    .days
+                    .entry(day_of(hour.hour))
+                    .or_default()
+                    .add(hour.calls);
+            }
+        }
+        for (hour, rules) in batch.global {
+            let counted = self.global.entry(hour).or_default();
+            for rule in rules {
+                add_rule(counted, &rule.rule, rule.calls);
+            }
+        }
+        if self.pruned != now {
+            self.prune(now);
+        }
+        self.evict()
+    }
+
+    /// Clients held.
+    pub(crate) fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// `client`'s calls over the last [`HOURS_READ`] hours and [`DAYS_READ`] days.
+    pub(crate) fn client(&self, client: KeyRef<'_>, now: Hour) -> ClientUsage {
+        let mut usage = ClientUsage::new(client.to_string());
+        let Some(history) = self.clients.get(&client) else {
+            return usage;
+        };
+        let first_hour = now.saturating_sub(HOURS_READ - 1);
+        for (hour, (calls, rules)) in history.hours.range(first_hour..=now) {
+            let name = hour_name(*hour);
+            usage.hours.insert(name.clone(), *calls);
+            let by_rule = rules
+                .iter()
+                .map(|r| (r.rule.to_string(), r.calls))
+                .collect();
+            usage.rules_by_hour.insert(name, by_rule);
+        }
+        let today = day_of(now);
+        let first_day = today.saturating_sub(DAYS_READ - 1);
+        for (day, calls) in history.days.range(first_day..=today) {
+            usage.days.insert(day_name(*day), *calls);
+        }
+        usage
+    }
+
+    /// Every client's calls over the last [`HOURS_READ`] hours, and the `top` clients most
+    /// refused over them.
+    pub(crate) fn summary(&self, top: usize, now: Hour) -> UsageSummary {
+        let mut summary = UsageSummary::default();
+        let first_hour = now.saturating_sub(HOURS_READ - 1);
+        for (hour, rules) in self.global.range(first_hour..=now) {
+            let mut calls = Calls::default();
+            for rule in rules {
+                calls.add(rule.calls);
+                summary
+                    .rules
+                    .entry(rule.rule.to_string())
+                    .or_default()
+                    .add(rule.calls);
+            }
+            summary.hours.insert(hour_name(*hour), calls);
+            summary.allowed += calls.allowed;
+            summary.denied += calls.denied;
+        }
+        let limited = self.clients.iter().filter_map(|(client, history)| {
+            let denied: u64 = history
+                .hours
+                .range(first_hour..=now)
+                .map(|(_, (calls, _))| calls.denied)
+                .sum();
+            (denied > 0).then(|| (client.to_string(), denied))
+        });
+        summary.most_limited = most_limited(limited, top);
+        summary
+    }
+
+    /// Drops periods no longer kept, and clients left with none.
+    fn prune(&mut self, now: Hour) {
+        let oldest_hour = now.saturating_sub(HOURS_KEPT - 1);
+        let oldest_day = day_of(now).saturating_sub(DAYS_KEPT - 1);
+        self.global = self.global.split_off(&oldest_hour);
+        self.clients.retain(|_, history| {
+            history.hours = history.hours.split_off(&oldest_hour);
+            history.days = history.days.split_off(&oldest_day);
+            !history.days.is_empty()
+        });
+        self.pruned = now;
+    }
+
+    /// Forgets the clients seen longest ago, down to the bound; returns how many.
+    fn evict(&mut self) -> u64 {
+        let over = self.clients.len().saturating_sub(self.max_clients);
+        if over == 0 {
+            return 0;
+        }
+        let mut seen: Vec<u64> = self.clients.values().map(|h| h.seen).collect();
+        let (_, last_evicted, _) = seen.select_nth_unstable(over - 1);
+        let last_evicted = *last_evicted;
+        // Clients seen at that flush are forgotten only as many as needed.
+        let mut at_the_edge = over - seen[..over].iter().filter(|s| **s < last_evicted).count();
+        self.clients.retain(|_, history| {
+            if history.seen < last_evicted {
+                return false;
+            }
+            if history.seen == last_evicted && at_the_edge > 0 {
+                at_the_edge -= 1;
+                return false;
+            }
+            true
+        });
+        over as u64
+    }
+}
+
+/// The `top` of `(client, denied)`, most refused first, then by client.
+pub(crate) fn most_limited(
+    limited: impl Iterator<Item = (String, u64)>,
+    top: usize,
+) -> Vec<LimitedClient> {
+    let mut limited: Vec<LimitedClient> = limited
+        .map(|(client, denied)| LimitedClient { client, denied })
+        .collect();
+    limited.sort_unstable_by(|a, b| {
+        b.denied
+            .cmp(&a.denied)
+            .then_with(|| a.client.cmp(&b.client))
+    });
+    limited.truncate(top);
+    limited
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::limiter::usage::pending::Pending;
+
+    fn flush(history: &mut History, now: Hour, calls: &[(&str, Hour, bool)]) -> u64 {
+        let pending = Pending::new(100);
+        let rule: Arc<str> = "default".into();
+        for (client, hour, allowed) in calls {
+            pending.record(*hour, ClientKey::id(*client).as_ref(), &rule, *allowed);
+        }
+        history.merge(pending.take(), now)
+    }
+
+    #[test]
+    fn hours_and_days_are_read_over_their_windows() {
+        let mut history = History::new(10);
+        let now = 24 * 1000 + 5;
+        flush(&mut history, now, &[("a", now, true), ("a", now, false)]);
+        flush(
+            &mut history,
+            now,
+            &[("a", now - 23, true), ("a", now - 24, true)],
+        );
+        let usage = history.client(ClientKey::id("a").as_ref(), now);
+        assert_eq!(usage.hours.len(), 2, "{:?}", usage.hours);
+        assert_eq!(usage.hours[&hour_name(now)], Calls::new(1, 1));
+        assert_eq!(usage.days[&day_name(day_of(now))], Calls::new(1, 1));
+        assert_eq!(usage.days[&day_name(day_of(now) - 1)], Calls::new(2, 0));
+        assert_eq!(
+            usage.rules_by_hour[&hour_name(now)]["default"],
+            Calls::new(1, 1)
+        );
+        let summary = history.summary(5, now);
+        assert_eq!((summary.allowed, summary.denied), (2, 1));
+        assert_eq!(&*history.global[&now][0].rule, "default");
+    }
+
+    #[test]
+    fn old_periods_are_dropped_when_the_hour_changes() {
+        let mut history = History::new(10);
+        let then = 24 * 1000;
+        flush(&mut history, then, &[("a", then, true)]);
+        let later = then + HOURS_KEPT;
+        flush(&mut history, later, &[("b", later, true)]);
+        assert!(!history.global.contains_key(&then));
+        let a = &history.clients[&ClientKey::id("a")];
+        assert!(a.hours.is_empty());
+        assert_eq!(a.days.len(), 1, "the day is kept for a month");
+        flush(&mut history, then + 24 * (DAYS_KEPT + 1), &[]);
+        assert_eq!(history.len(), 0, "a month later, nothing of a or b is left");
+    }
+
+    #[test]
+    fn the_clients_seen_longest_ago_are_forgotten() {
+        let mut history = History::new(2);
+        let now = 1000;
+        assert_eq!(flush(&mut history, now, &[("a", now, true)]), 0);
+        assert_eq!(flush(&mut history, now, &[("b", now, true)]), 0);
+        assert_eq!(
+            flush(&mut history, now, &[("c", now, true), ("d", now, true)]),
+            2
+        );
+        assert_eq!(history.len(), 2);
+        assert!(history.clients.contains_key(&ClientKey::id("c")));
+        assert!(history.clients.contains_key(&ClientKey::id("d")));
+        assert_eq!(
+            flush(&mut history, now, &[("c", now, true), ("e", now, true)]),
+            1
+        );
+        assert!(history.clients.contains_key(&ClientKey::id("c")));
+        assert!(history.clients.contains_key(&ClientKey::id("e")));
+    }
+
+    #[test]
+    fn the_most_limited_come_first() {
+        let top = most_limited(
+            [
+                ("b".to_owned(), 3),
+                ("a".to_owned(), 3),
+                ("c".to_owned(), 9),
+            ]
+            .into_iter(),
+            2,
+        );
+        let names: Vec<_> = top.iter().map(|c| (c.client.as_str(), c.denied)).collect();
+        assert_eq!(names, [("c", 9), ("a", 3)]);
+    }
+}
