@@ -98,6 +98,8 @@ async fn run() -> Result<(), String> {
     builder = builder.local_fallback_instances(instances);
     let lease_ms: u64 = parse_env("REDIS_LEASE_MS", 0)?;
     builder = builder.redis_lease(Duration::from_millis(lease_ms));
+    // The mounted service's statistics count the layer's requests too.
+    builder = builder.record_usage(cfg!(feature = "service"));
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
     let mut layer = RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(hops);
     let trusted_peers = match proxies.as_slice() {

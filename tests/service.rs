@@ -492,6 +492,28 @@ async fn the_openapi_document_describes_the_real_answers() {
             None,
             200,
         ),
+        ("get", "/stats/{key}", format!("{base}/stats/k"), None, 200),
+        (
+            "get",
+            "/stats/{key}",
+            format!("{base}/stats/a%20b"),
+            None,
+            422,
+        ),
+        (
+            "get",
+            "/admin/stats",
+            format!("{base}/admin/stats"),
+            None,
+            200,
+        ),
+        (
+            "get",
+            "/admin/stats/{client_id}",
+            format!("{base}/admin/stats/k"),
+            None,
+            200,
+        ),
     ];
     for (method, path, url, body, expected) in writes {
         let answer = call(&method.to_uppercase(), &url, body, None).await;
@@ -580,9 +602,14 @@ fn fits(document: &Value, schema: &Value, value: &Value, at: &str) {
             let name = required.as_str().unwrap();
             assert!(fields.contains_key(name), "{at}: {value} lacks {name}");
         }
+        // A map's entries fit its `additionalProperties`.
+        let extra = schema["additionalProperties"]
+            .as_object()
+            .map(|_| &schema["additionalProperties"]);
         for (name, field) in fields {
             let property = properties
                 .get(name)
+                .or(extra)
                 .unwrap_or_else(|| panic!("{at}: {name} is not in the schema"));
             fits(document, property, field, &format!("{at}.{name}"));
         }
@@ -628,6 +655,8 @@ async fn admin_writes_need_the_token() {
         ),
         ("DELETE", "/admin/rules/routes/a", None),
         ("POST", "/admin/reset/k/default", None),
+        ("GET", "/admin/stats", None),
+        ("GET", "/admin/stats/k", None),
     ] {
         for wrong in [None, Some("wrong")] {
             let (status, answer) =
@@ -1268,4 +1297,122 @@ async fn the_demo_mounts_the_service_on_its_layers_limiter() {
         demo.workdir.path().join("tollgate-runtime.json").exists(),
         "kept in the demo's state file"
     );
+}
+
+// Statistics.
+
+/// The current UTC hour and day, named as the statistics name them.
+fn utc_hour_and_day() -> (String, String) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    (now[..13].replace('T', "-"), now[..10].to_owned())
+}
+
+/// Seed 000's statistics: every call to a key counts, allowed or not, by UTC hour and day;
+/// the limit shown is the key's current one.
+#[tokio::test]
+async fn stats_count_every_call_by_hour_and_day() {
+    let service = start_service(&[("DEFAULT_RATE_LIMIT", "3/hour")]);
+    let base = format!("http://{}", service.address);
+    let (hour_before, _) = utc_hour_and_day();
+    for _ in 0..5 {
+        get(&format!("{base}/check/k")).await;
+    }
+    // The tiered check names the same client.
+    post(&format!("{base}/check"), json!({"identifier": "k"})).await;
+    get(&format!("{base}/check/other")).await;
+    let (status, stats) = get(&format!("{base}/stats/k")).await;
+    let (hour_after, day) = utc_hour_and_day();
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["key"], "k");
+    let hourly = stats["hourly_calls"].as_object().unwrap();
+    assert_eq!(hourly.len(), 1, "{stats}");
+    let (hour, calls) = hourly.iter().next().unwrap();
+    assert!(
+        *hour == hour_before || *hour == hour_after,
+        "{hour} is not this hour"
+    );
+    assert_eq!(calls, 6);
+    assert_eq!(stats["daily_calls"], json!({ day.clone(): 6 }));
+    assert_eq!(stats["hourly"][hour], json!({"allowed": 3, "denied": 3}));
+    assert_eq!(stats["daily"][&day], json!({"allowed": 3, "denied": 3}));
+    assert_eq!(stats["current_rate_limit"], "3/hour");
+
+    call(
+        "POST",
+        &format!("{base}/configure"),
+        Some(json!({"key": "k", "limit": "100/minute"})),
+        None,
+    )
+    .await;
+    let (_, stats) = get(&format!("{base}/stats/k")).await;
+    assert_eq!(stats["current_rate_limit"], "100/minute");
+    let (_, never) = get(&format!("{base}/stats/never-seen")).await;
+    assert_eq!(never["hourly_calls"], json!({}));
+    assert_eq!(never["daily_calls"], json!({}));
+    assert_eq!(get(&format!("{base}/stats/a%20b")).await.0, 422);
+
+    // Every client's together, and one client's, in the admin API.
+    let (status, global) = call("GET", &format!("{base}/admin/stats"), None, None).await;
+    assert_eq!(status, 200, "{global}");
+    assert_eq!(
+        (
+            &global["total_requests"],
+            &global["allowed"],
+            &global["denied"]
+        ),
+        (&json!(7), &json!(4), &json!(3))
+    );
+    assert_eq!(
+        global["rules"]["default"],
+        json!({"allowed": 4, "denied": 3})
+    );
+    assert_eq!(
+        global["most_limited"],
+        json!([{"client": "id:k", "denied": 3}])
+    );
+    let (status, client) = call("GET", &format!("{base}/admin/stats/k"), None, None).await;
+    assert_eq!(status, 200, "{client}");
+    assert_eq!(client["client"], "id:k");
+    assert_eq!(client["last_24_hours"], json!({"allowed": 3, "denied": 3}));
+    assert_eq!(
+        client["rules"],
+        json!({"default": {"allowed": 3, "denied": 3}})
+    );
+}
+
+/// Two instances on one Redis count into the same statistics: either reads the calls made
+/// on both, within the second the background flush takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_shared_by_instances_on_one_redis() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("service-stats");
+    let envs = [
+        ("DEFAULT_RATE_LIMIT", "1000/second"),
+        ("REDIS_URL", redis.url()),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ];
+    let (a, b) = (start_service(&envs), start_service(&envs));
+    for n in 0..10 {
+        let base = if n % 2 == 0 { &a.address } else { &b.address };
+        assert_eq!(get(&format!("http://{base}/check/k")).await.0, 200);
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let (_, stats) = get(&format!("http://{}/stats/k", a.address)).await;
+        let total: u64 = stats["daily_calls"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(Value::as_u64)
+            .sum();
+        if total == 10 {
+            break;
+        }
+        assert!(total < 10, "counted twice: {stats}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the other instance's calls did not arrive: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

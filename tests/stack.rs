@@ -344,6 +344,52 @@ async fn a_limit_configured_through_the_service_holds_on_both_replicas() {
     assert_eq!(upstreams, stack.app_addresses(), "both replicas answered");
 }
 
+/// The service's statistics count the replicas' requests: all three record into the shared
+/// Redis.
+#[tokio::test]
+async fn the_service_counts_the_replicas_requests() {
+    let stack = Stack::start();
+    let http = client();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let request = http
+            .get(stack.url("/api/data"))
+            .header("x-api-key", "demo-key-alice");
+        statuses.push(get(request).await.status.as_u16());
+    }
+    let allowed = statuses.iter().filter(|&&s| s == 200).count() as u64;
+    assert_eq!(
+        (allowed, statuses.len() as u64 - allowed),
+        (6, 2),
+        "{statuses:?}"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let response = http
+            .get(format!(
+                "http://{}/admin/stats/alice",
+                stack.service.address
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats: serde_json::Value = response.json().await.unwrap();
+        if stats["last_24_hours"] == serde_json::json!({"allowed": 6, "denied": 2}) {
+            assert_eq!(
+                stats["rules"],
+                serde_json::json!({"/api/data": {"allowed": 6, "denied": 2}})
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the replicas' calls did not reach the statistics: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The shipped rules and the compose file's count of deciders (two replicas and the
 /// service): with Redis killed, each replica decides alone with its share of the burst of
 /// 10 on `/api/data`, so together they admit at most one limit's worth, not one each.

@@ -8,6 +8,8 @@
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
 //! | `POST /configure` | the key service | gives a key its own limit, on every instance |
+//! | `GET /stats/{key}` | the key service | a key's calls by hour and day |
+//! | `GET /admin/stats`, `GET /admin/stats/{client_id}` | the FastAPI limiter | every client's calls together, and one client's |
 //! | `GET, POST /admin/configs`, `PUT, DELETE /admin/configs/{endpoint}` | the FastAPI limiter | per endpoint limits, as route rules |
 //! | `POST /admin/reset/{key}[/{rule}]` | the library | forgets a key, on every instance |
 //! | `GET /admin/rules`, `PUT, DELETE /admin/rules/clients/{client}`, `POST /admin/rules/routes`, `DELETE /admin/rules/routes/{identity}` | tollgate | the rules in force and runtime entries, in the rules file's words |
@@ -24,6 +26,7 @@ mod json;
 mod keys;
 mod openapi;
 mod rules;
+mod stats;
 
 use std::sync::Arc;
 
@@ -106,6 +109,8 @@ impl Service {
                 "/admin/configs/{*endpoint}",
                 put(configs::update).delete(configs::remove),
             )
+            .route("/admin/stats", get(stats::global))
+            .route("/admin/stats/{client_id}", get(stats::client))
             .route("/admin/rules", get(rules::list))
             .route(
                 "/admin/rules/clients/{client}",
@@ -125,6 +130,7 @@ impl Service {
         Router::new()
             .route("/check/{key}", get(check::by_key))
             .route("/check", post(check::by_identifier))
+            .route("/stats/{key}", get(stats::key))
             .route("/health", get(health::health))
             .route("/openapi.json", get(openapi::document))
             .merge(admin)

@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, check, configs, health, keys, rules};
+use super::{admin, check, configs, health, keys, rules, stats};
 
 /// The admin routes' bearer token.
 struct AdminToken;
@@ -34,6 +34,9 @@ impl Modify for AdminToken {
         check::by_identifier,
         health::health,
         keys::configure,
+        stats::key,
+        stats::global,
+        stats::client,
         configs::list,
         configs::create,
         configs::update,
@@ -57,6 +60,11 @@ impl Modify for AdminToken {
         health::Health,
         keys::Configure,
         keys::Configured,
+        stats::Counted,
+        stats::KeyStats,
+        stats::ClientStats,
+        stats::GlobalStats,
+        stats::LimitedClient,
         configs::Config,
         configs::NewConfig,
         configs::ConfigUpdate,

@@ -200,6 +200,7 @@ async fn run(args: Serve) -> Result<(), String> {
         builder = builder.redis_url(url);
     }
     builder = builder
+        .record_usage(true)
         .redis_prefix(args.redis_prefix)
         .redis_timeout(Duration::from_millis(args.redis_timeout_ms))
         .local_fallback_instances(args.local_fallback_instances);
@@ -235,6 +236,10 @@ async fn run(args: Serve) -> Result<(), String> {
     .with_graceful_shutdown(shutdown())
     .await
     .map_err(|e| e.to_string())?;
+    // The last second's statistics, which the background flush has not written yet.
+    if let Err(error) = limiter.flush_usage().await {
+        tracing::warn!("the last statistics could not be written: {error}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,257 @@
+//! Usage statistics: the key service's `GET /stats/{key}`, and the FastAPI limiter's
+//! `GET /admin/stats` and `GET /admin/stats/{client_id}`. Every check counts, allowed or
+//! not, per client, hour and rule (see [`Limiter::usage`](crate::Limiter::usage)).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::check::{client_named, rate_of};
+use super::json::detail;
+use crate::limiter::{Calls, ClientUsage, UsageError};
+
+/// Calls in one period.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Counted {
+    /// Calls admitted.
+    allowed: u64,
+    /// Calls refused.
+    denied: u64,
+}
+
+impl From<Calls> for Counted {
+    fn from(calls: Calls) -> Self {
+        Self {
+            allowed: calls.allowed,
+            denied: calls.denied,
+        }
+    }
+}
+
+/// A key's calls, as the key service reported them, with the allowed and denied beside.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct KeyStats {
+    /// The key.
+    key: String,
+    /// Calls per UTC hour (`YYYY-MM-DD-HH`), the last 24 hours, hours with calls only.
+    hourly_calls: BTreeMap<String, u64>,
+    /// Calls per UTC day (`YYYY-MM-DD`), the last 30 days, days with calls only.
+    daily_calls: BTreeMap<String, u64>,
+    /// The limit the key has under the default rule.
+    current_rate_limit: String,
+    /// `hourly_calls`, allowed and denied.
+    hourly: BTreeMap<String, Counted>,
+    /// `daily_calls`, allowed and denied.
+    daily: BTreeMap<String, Counted>,
+}
+
+/// A key's calls by hour and day, allowed or not, on every instance sharing the Redis.
+#[utoipa::path(
+    get,
+    path = "/stats/{key}",
+    params(("key" = String, Path, description = "The key, as checked with `/check/{key}`")),
+    responses(
+        (status = 200, description = "Its calls", body = KeyStats),
+        (status = 422, description = "A key that is not 1 to 128 visible ASCII characters"),
+        (status = 503, description = "Redis could not be read"),
+    ),
+    tag = "keys"
+)]
+pub(crate) async fn key(
+    State(state): State<Arc<super::State>>,
+    Path(key): Path<String>,
+) -> Response {
+    let client = match client_named(["path", "key"], &key) {
+        Ok(client) => client,
+        Err(invalid) => return invalid.into_response(),
+    };
+    let usage = match state.limiter.usage(&client).await {
+        Ok(usage) => usage,
+        Err(error) => return unavailable(&error),
+    };
+    let current_rate_limit = rate_of(&state.limiter, &client);
+    let totals = |periods: &BTreeMap<String, Calls>| {
+        periods
+            .iter()
+            .map(|(period, calls)| (period.clone(), calls.total()))
+            .collect()
+    };
+    let (hourly_calls, daily_calls) = (totals(&usage.hours), totals(&usage.days));
+    let (hourly, daily) = (counted(usage.hours), counted(usage.days));
+    Json(KeyStats {
+        key,
+        hourly_calls,
+        daily_calls,
+        current_rate_limit,
+        hourly,
+        daily,
+    })
+    .into_response()
+}
+
+/// A client's calls, in the admin API.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ClientStats {
+    /// The client key (`id:<client_id>`).
+    client: String,
+    /// Calls in the last 24 hours.
+    last_24_hours: Counted,
+    /// Calls per UTC hour, the last 24 hours, hours with calls only.
+    hourly: BTreeMap<String, Counted>,
+    /// Calls per UTC day, the last 30 days, days with calls only.
+    daily: BTreeMap<String, Counted>,
+    /// Calls per rule in the last 24 hours.
+    rules: BTreeMap<String, Counted>,
+}
+
+/// A client's calls (its `X-Client-ID`): by hour, day and rule.
+#[utoipa::path(
+    get,
+    path = "/admin/stats/{client_id}",
+    params(("client_id" = String, Path, description = "The client's `X-Client-ID` (or the key checked with `/check/{key}`)")),
+    responses(
+        (status = 200, description = "Its calls", body = ClientStats),
+        (status = 401, description = "No admin token, or the wrong one"),
+        (status = 422, description = "A client ID that is not 1 to 128 visible ASCII characters"),
+        (status = 503, description = "Redis could not be read"),
+    ),
+    security(("admin_token" = [])),
+    tag = "admin"
+)]
+pub(crate) async fn client(
+    State(state): State<Arc<super::State>>,
+    Path(client_id): Path<String>,
+) -> Response {
+    let client = match client_named(["path", "client_id"], &client_id) {
+        Ok(client) => client,
+        Err(invalid) => return invalid.into_response(),
+    };
+    match state.limiter.usage(&client).await {
+        Ok(usage) => Json(client_stats(usage)).into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
+fn client_stats(usage: ClientUsage) -> ClientStats {
+    let mut total = Calls::default();
+    for calls in usage.hours.values() {
+        total.add(*calls);
+    }
+    let mut rules: BTreeMap<String, Calls> = BTreeMap::new();
+    for (rule, calls) in usage.rules_by_hour.into_values().flatten() {
+        rules.entry(rule).or_default().add(calls);
+    }
+    ClientStats {
+        client: usage.client,
+        last_24_hours: total.into(),
+        hourly: counted(usage.hours),
+        daily: counted(usage.days),
+        rules: counted(rules),
+    }
+}
+
+fn counted(periods: BTreeMap<String, Calls>) -> BTreeMap<String, Counted> {
+    periods
+        .into_iter()
+        .map(|(period, calls)| (period, calls.into()))
+        .collect()
+}
+
+/// How many of the most-limited clients to list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct Top {
+    /// At most this many (default 10, at most 1000).
+    top: Option<usize>,
+}
+
+/// The calls of every client together.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct GlobalStats {
+    /// Always `"last_24_hours"`: what the totals cover.
+    period: String,
+    /// Calls in the period.
+    total_requests: u64,
+    /// Calls admitted.
+    allowed: u64,
+    /// Calls refused.
+    denied: u64,
+    /// `denied / total_requests` (0 with no calls).
+    block_rate: f64,
+    /// Per rule (its identity).
+    rules: BTreeMap<String, Counted>,
+    /// The clients refused most, most first.
+    most_limited: Vec<LimitedClient>,
+    /// Per UTC hour.
+    hourly: BTreeMap<String, Counted>,
+}
+
+/// A client and how often it was refused.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct LimitedClient {
+    /// The client key.
+    client: String,
+    /// Calls refused in the period.
+    denied: u64,
+}
+
+/// Every client's calls together: totals, per rule, per hour, and the most-limited clients,
+/// over the last 24 hours, on every instance sharing the Redis.
+#[utoipa::path(
+    get,
+    path = "/admin/stats",
+    params(Top),
+    responses(
+        (status = 200, description = "The totals", body = GlobalStats),
+        (status = 401, description = "No admin token, or the wrong one"),
+        (status = 503, description = "Redis could not be read"),
+    ),
+    security(("admin_token" = [])),
+    tag = "admin"
+)]
+pub(crate) async fn global(
+    State(state): State<Arc<super::State>>,
+    Query(Top { top }): Query<Top>,
+) -> Response {
+    let top = top.unwrap_or(10).min(1000);
+    let summary = match state.limiter.usage_summary(top).await {
+        Ok(summary) => summary,
+        Err(error) => return unavailable(&error),
+    };
+    let total = summary.allowed + summary.denied;
+    Json(GlobalStats {
+        period: "last_24_hours".into(),
+        total_requests: total,
+        allowed: summary.allowed,
+        denied: summary.denied,
+        block_rate: if total == 0 {
+            0.0
+        } else {
+            summary.denied as f64 / total as f64
+        },
+        rules: counted(summary.rules),
+        most_limited: summary
+            .most_limited
+            .into_iter()
+            .map(|limited| LimitedClient {
+                client: limited.client,
+                denied: limited.denied,
+            })
+            .collect(),
+        hourly: counted(summary.hours),
+    })
+    .into_response()
+}
+
+/// Statistics that could not be read: 503, or 404 when this service does not record them.
+fn unavailable(error: &UsageError) -> Response {
+    match error {
+        UsageError::NotRecorded => detail(StatusCode::NOT_FOUND, error.to_string()),
+        _ => detail(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+    }
+}
