@@ -1,10 +1,9 @@
-# The harness bench/load.sh and bench/service.sh share; sourced, not run. It starts a
-# redis-server of its own on a free loopback port, and `measure` runs every setup under
-# every scenario with wrk. The sourcing script sets rounds, seconds and connections, and
-# defines start SETUP SCENARIO PORT, which starts that server in the background, sets pid
-# and returns once it accepts requests.
+# The harness bench/load.sh, bench/service.sh and bench/usage_flush.sh share; sourced, not
+# run. It starts a redis-server of its own on a free loopback port, and `measure` runs every
+# setup under every scenario with wrk. The sourcing script sets rounds, seconds and
+# connections, and defines start SETUP SCENARIO PORT, which starts that server in the
+# background, sets pid and returns once it accepts requests.
 
-command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; exit 1; }
 
 work=$(mktemp -d)
@@ -33,6 +32,7 @@ wait_for_log() {
 # starting one setup later so that no setup always runs right after another; one line per
 # run in $work/results (round scenario setup req/s p50 p99 non-2xx total).
 measure() {
+  command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
   local setups=$1 scenarios=$2 path=$3 lua=$4
   results="$work/results"
   : > "$results"

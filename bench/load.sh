@@ -10,7 +10,8 @@
 #   bench/load.sh [rounds] [seconds per run] [connections]      (defaults 3, 5, 64)
 #
 # SETUPS and SCENARIOS pick a subset, e.g. SETUPS="bare tollgate-redis" SCENARIOS=allowed
-# (bare is always run: every ratio is to it).
+# (bare is always run: every ratio is to it). tollgate-memory-usage and tollgate-redis-usage
+# (usage statistics recorded) run only when named in SETUPS.
 #
 # Needs wrk (Debian: apt-get install wrk) and redis-server.
 set -euo pipefail
@@ -33,4 +34,5 @@ start() {
 setups="bare ${SETUPS:-governor tollgate-memory tollgate-redis tollgate-redis-lease}"
 setups="bare ${setups//bare/}"
 measure "$setups" "${SCENARIOS:-allowed denied}" / bench/clients.lua
-python3 bench/summarize.py "$results" bare bare governor tollgate-memory tollgate-redis tollgate-redis-lease
+python3 bench/summarize.py "$results" bare bare governor tollgate-memory tollgate-memory-usage \
+  tollgate-redis tollgate-redis-usage tollgate-redis-lease

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `SETUP`: `bare`, `governor`, `tollgate-memory`, `tollgate-redis` or `tollgate-redis-lease`
-//! (Redis with 100 ms leases; both with `REDIS_URL`). `json` is the baseline of
+//! (Redis with 100 ms leases; both with `REDIS_URL`); `tollgate-memory-usage` and
+//! `tollgate-redis-usage` are the same with usage statistics recorded. `json` is the baseline of
 //! `bench/service.sh`: a bare axum `POST /check` that reads a JSON body shaped like the
 //! service's and answers JSON shaped like its answer, with no rate limiting.
 //! `SCENARIO`: `allowed` (limits no client reaches) or `denied` (1 request per second per
@@ -65,7 +66,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or("bad governor config")?;
             app.layer(GovernorLayer::new(config))
         }
-        "tollgate-memory" | "tollgate-redis" | "tollgate-redis-lease" => {
+        "tollgate-memory"
+        | "tollgate-redis"
+        | "tollgate-redis-lease"
+        | "tollgate-memory-usage"
+        | "tollgate-redis-usage" => {
             let json = format!(
                 r#"{{"default": {{"capacity": {capacity}, "refill_rate": {per_second}}}}}"#
             );
@@ -76,6 +81,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 builder = builder
                     .redis_url(std::env::var("REDIS_URL")?)
                     .on_redis_error(tollgate::OnRedisError::Deny);
+            }
+            if setup.ends_with("-usage") {
+                builder = builder.record_usage(true);
             }
             if setup == "tollgate-redis-lease" {
                 builder = builder.redis_lease(Duration::from_millis(100));
