@@ -20,7 +20,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(rounds) => rounds.parse()?,
         None => 11,
     };
-    let redis = std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty());
+    let redis = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
     println!(
         "{:8} {:>7} {:>10} {:>10} {:>10} {:>12}",
         "backend", "clients", "median ms", "min ms", "max ms", "us/client"

@@ -20,11 +20,15 @@ pub fn demo_binary() -> PathBuf {
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} not found: {hint}", demo.display()));
     // A demo built before the sources it comes from changed would test old code. (The
-    // `tollgate` binary's sources are not the demo's.)
+    // `tollgate` binary's sources and the other examples are not the demo's.)
     let newest_source = newest_files(&repo_file("src"))
         .into_iter()
         .filter(|(_, path)| !path.starts_with(repo_file("src/bin")))
-        .chain(newest_files(&repo_file("examples")))
+        .chain(
+            newest_files(&repo_file("examples"))
+                .into_iter()
+                .filter(|(_, path)| path.ends_with("demo.rs")),
+        )
         .max();
     if let Some((changed, source)) = newest_source {
         assert!(
