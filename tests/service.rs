@@ -1416,3 +1416,53 @@ async fn stats_are_shared_by_instances_on_one_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A change that cannot be kept is refused with why, and applied nowhere: a state file that
+/// cannot be written, and a Redis that is gone.
+#[tokio::test]
+async fn a_change_that_cannot_be_kept_is_a_503_and_applies_nowhere() {
+    let service = start_service(&[
+        ("DEFAULT_RATE_LIMIT", "10/second"),
+        ("TOLLGATE_STATE_FILE", "/nonexistent-directory/state.json"),
+    ]);
+    let base = format!("http://{}", service.address);
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/configure"),
+        Some(json!({"key": "k", "limit": "1/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let why = body["detail"].as_str().unwrap();
+    assert!(why.contains("/nonexistent-directory/state.json"), "{why}");
+    assert_eq!(limit_of(&base, "k").await, Some(10), "not applied here");
+    let (_, rules) = call("GET", &format!("{base}/admin/rules"), None, None).await;
+    assert_eq!(rules["runtime"], json!([]));
+
+    let mut redis = TestRedis::start();
+    let prefix = unique_prefix("service-gone");
+    let service = start_service(&[
+        ("DEFAULT_RATE_LIMIT", "10/second"),
+        ("REDIS_URL", redis.url()),
+        ("REDIS_PREFIX", &prefix),
+    ]);
+    let base = format!("http://{}", service.address);
+    redis.kill();
+    let started = std::time::Instant::now();
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/admin/configs"),
+        Some(json!({"endpoint": "/a", "requests_per_window": 1, "window_seconds": 60})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("Redis"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered in time"
+    );
+    let (_, configs) = call("GET", &format!("{base}/admin/configs"), None, None).await;
+    assert_eq!(configs, json!([]), "not applied here");
+}
