@@ -1160,7 +1160,7 @@ async fn admin_configs_are_route_rules() {
         ),
         (
             json!({"endpoint": "x", "requests_per_window": 5, "window_seconds": 5}),
-            json!(["body"]),
+            json!(["body", "endpoint"]),
         ),
         (
             json!({"endpoint": "/x", "requests_per_window": "5", "window_seconds": 5}),
@@ -1179,6 +1179,166 @@ async fn admin_configs_are_route_rules() {
         .map(|c| c["endpoint"].as_str().unwrap())
         .collect();
     assert_eq!(endpoints, ["/api/data", "/api/custom"]);
+}
+
+/// What the configs API must not get wrong: a partial update of a one-band rule changes its
+/// limit (not a burst beside it); a rule of more bands than a config says is not flattened;
+/// a burst slower than its window reads back as written; `/` can be changed and removed; a
+/// pattern or a method-bound route is removed by its endpoint; bad numbers are named by the
+/// field the client sent.
+#[tokio::test]
+async fn admin_configs_keep_what_they_do_not_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rate_limits.json");
+    std::fs::write(
+        &file,
+        r#"{"default": {"limit": "10/second"},
+            "routes": [
+                {"path": "/api/data", "limit": "100/hour"},
+                {"path": "/api/multi", "limits": ["10/second", "100/minute", "1000/hour"], "algorithm": "sliding_window"},
+                {"path": "/api/users/{id}", "limit": "5/second"}
+            ]}"#,
+    )
+    .unwrap();
+    let service = start_service(&[("RATE_LIMIT_RULES_PATH", file.to_str().unwrap())]);
+    let base = format!("http://{}", service.address);
+    let configs = format!("{base}/admin/configs");
+
+    let (status, changed) = call(
+        "PUT",
+        &format!("{configs}/api/data"),
+        Some(json!({"requests_per_window": 1000})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["burst_limit"], Value::Null, "{changed}");
+    assert_eq!(changed["native"]["capacity"], 1000, "{changed}");
+    let mut admitted = 0;
+    for _ in 0..150 {
+        let (status, _) = post(
+            &format!("{base}/check"),
+            json!({"identifier": "u", "path": "/api/data"}),
+        )
+        .await;
+        admitted += u32::from(status == 200);
+    }
+    assert_eq!(admitted, 150, "the new limit, not the old one beside it");
+
+    let (status, body) = call(
+        "PUT",
+        &format!("{configs}/api/multi"),
+        Some(json!({"requests_per_window": 2000})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/admin/rules/routes")
+    );
+
+    let slow_burst = json!({"endpoint": "/api/slow", "requests_per_window": 100, "window_seconds": 3600,
+        "algorithm": "token_bucket", "burst_limit": 50, "refill_rate": 0.01});
+    let (status, created) = call("POST", &configs, Some(slow_burst.clone()), None).await;
+    assert_eq!(status, 201, "{created}");
+    for field in [
+        "requests_per_window",
+        "window_seconds",
+        "burst_limit",
+        "refill_rate",
+    ] {
+        assert_eq!(created[field], slow_burst[field], "{field}: {created}");
+    }
+
+    // `/`: created, changed and removed.
+    let root = json!({"endpoint": "/", "requests_per_window": 5, "window_seconds": 60});
+    assert_eq!(call("POST", &configs, Some(root), None).await.0, 201);
+    let (status, body) = call(
+        "PUT",
+        &format!("{configs}/"),
+        Some(json!({"window_seconds": 30})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["window_seconds"]),
+        (200, &json!(30)),
+        "{body}"
+    );
+    let (status, body) = call("DELETE", &format!("{configs}/"), None, None).await;
+    assert_eq!((status, &body["endpoint"]), (200, &json!("/")), "{body}");
+
+    // Removed by endpoint: a pattern's, and a method-bound one's.
+    let (status, body) = call("DELETE", &format!("{configs}/api/users/{{id}}"), None, None).await;
+    assert_eq!(status, 409, "the file's own: {body}");
+    let (status, _) = call(
+        "PUT",
+        &format!("{configs}/api/users/{{id}}"),
+        Some(json!({"requests_per_window": 7})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call("DELETE", &format!("{configs}/api/users/{{id}}"), None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["restored"]["requests_per_window"], 5, "{body}");
+    let post_only = json!({"endpoint": "/api/x", "methods": ["POST"], "requests_per_window": 5, "window_seconds": 60});
+    assert_eq!(call("POST", &configs, Some(post_only), None).await.0, 201);
+    let (status, body) = call("DELETE", &format!("{configs}/api/x"), None, None).await;
+    assert_eq!(
+        (status, &body["endpoint"]),
+        (200, &json!("/api/x")),
+        "{body}"
+    );
+
+    // Bad numbers, named by the client's field.
+    for (body, loc) in [
+        (
+            json!({"endpoint": "/w", "requests_per_window": 1, "window_seconds": 2000000}),
+            json!(["body", "window_seconds"]),
+        ),
+        (
+            json!({"endpoint": "/w", "requests_per_window": 5, "window_seconds": 5, "algorithm": "token_bucket", "refill_rate": 0}),
+            json!(["body", "refill_rate"]),
+        ),
+        (
+            json!({"endpoint": "/w", "requests_per_window": 5, "window_seconds": 5, "algorithm": "token_bucket", "burst_limit": 0}),
+            json!(["body", "burst_limit"]),
+        ),
+        (
+            json!({"endpoint": "api/w", "requests_per_window": 5, "window_seconds": 5}),
+            json!(["body", "endpoint"]),
+        ),
+    ] {
+        let (status, answer) = call("POST", &configs, Some(body.clone()), None).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["detail"][0]["loc"], loc, "{body}: {answer}");
+    }
+    let (status, answer) = call("GET", &format!("{base}/admin/stats?top=abc"), None, None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["detail"][0]["loc"], json!(["query", "top"]));
+    let (status, answer) = call(
+        "GET",
+        &format!("{base}/admin/stats/ip:127.0.0.1"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["client"]),
+        (200, &json!("ip:127.0.0.1")),
+        "{answer}"
+    );
+    let network = format!("{base}/admin/rules/clients/ip:2001:db8::/64");
+    let (status, answer) = call("PUT", &network, Some(json!({"limit": "1/second"})), None).await;
+    assert_eq!(
+        (status, &answer["target"]),
+        (200, &json!("client:ip:2001:db8::/64")),
+        "{answer}"
+    );
 }
 
 /// The native rules API: client overrides and routes as rules file fragments, listed with

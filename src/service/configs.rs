@@ -10,7 +10,9 @@
 //! | `burst_limit` B, `refill_rate` R (token bucket) | a second band `{"capacity": B, "refill_rate": R}` |
 //! | `methods` (an extension) | `"methods"` |
 //!
-//! Read back, a rule's widest band gives N and W, and its narrowest the burst.
+//! Read back, a rule's last band gives N and W, and a token bucket's first, when it has two,
+//! the burst (as they are written: burst first). A rule of other shapes is listed that way
+//! too, but only the native API changes it.
 
 use std::sync::Arc;
 
@@ -26,7 +28,9 @@ use super::json::{Body, Unprocessable, detail};
 use super::rules::{origin_name, refused};
 use crate::algorithm::Algorithm;
 use crate::limiter::Limiter;
-use crate::rules::{Limit, Rule, RuleTarget};
+use crate::rules::{
+    Band, Limit, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, RuleTarget, Rules,
+};
 
 /// A rate limit configuration for an endpoint, as the admin API lists it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -173,6 +177,9 @@ pub(crate) async fn create(
         burst_limit,
         refill_rate,
     };
+    if !endpoint.starts_with('/') {
+        return Unprocessable::at(&["body", "endpoint"], "must start with /").into_response();
+    }
     if let Err(invalid) = fields.check() {
         return invalid.into_response();
     }
@@ -216,47 +223,45 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn update(
     State(state): State<Arc<super::State>>,
-    Path(endpoint): Path<String>,
+    endpoint: Option<Path<String>>,
     Body(update): Body<ConfigUpdate>,
 ) -> Response {
-    let endpoint = format!("/{endpoint}");
+    let endpoint = endpoint_of(endpoint);
     if update.endpoint.as_ref().is_some_and(|e| *e != endpoint) {
         let msg = format!("must be the endpoint in the path, {endpoint}");
         return Unprocessable::at(&["body", "endpoint"], msg).into_response();
     }
     let rules = state.limiter.rules();
-    let found: Vec<&Rule> = rules
-        .iter()
-        .filter(|rule| rule.tier().is_none() && rule.pattern() == Some(endpoint.as_str()))
-        .collect();
-    let rule = match found.as_slice() {
-        [] => return no_config(&endpoint),
-        [rule] => *rule,
-        several => {
-            let ids: Vec<&str> = several.iter().map(|rule| rule.id()).collect();
+    let rule = match route_at(&rules, &endpoint) {
+        Ok(rule) => rule,
+        Err(not_one) => return not_one.into_response(),
+    };
+    let fields = match rule.limit() {
+        Some(limit) if !Fields::say_all_of(limit) => {
             return detail(
                 StatusCode::CONFLICT,
                 format!(
-                    "{} route rules have the endpoint {endpoint} ({}): change one with PUT /admin/rules/routes",
-                    ids.len(),
-                    ids.join(", ")
+                    "the rule of {endpoint} has {} {} bands, which a config cannot say: change it with POST /admin/rules/routes",
+                    limit.bands().len(),
+                    limit.algorithm().as_str()
                 ),
             );
         }
+        Some(limit) => {
+            let current = Fields::of(limit);
+            Some(Fields {
+                requests_per_window: update
+                    .requests_per_window
+                    .unwrap_or(current.requests_per_window),
+                window_seconds: update.window_seconds.unwrap_or(current.window_seconds),
+                algorithm: update.algorithm.unwrap_or(current.algorithm),
+                burst_limit: update.burst_limit.or(current.burst_limit),
+                refill_rate: update.refill_rate.or(current.refill_rate),
+            })
+        }
+        None => Fields::given(&update),
     };
-    let current = rule.limit().map(Fields::of);
-    let Some(fields) = current
-        .map(|current| Fields {
-            requests_per_window: update
-                .requests_per_window
-                .unwrap_or(current.requests_per_window),
-            window_seconds: update.window_seconds.unwrap_or(current.window_seconds),
-            algorithm: update.algorithm.unwrap_or(current.algorithm),
-            burst_limit: update.burst_limit.or(current.burst_limit),
-            refill_rate: update.refill_rate.or(current.refill_rate),
-        })
-        .or_else(|| Fields::given(&update))
-    else {
+    let Some(fields) = fields else {
         let msg = format!("{endpoint} is unlimited: give requests_per_window and window_seconds");
         return Unprocessable::missing(&["body"], msg).into_response();
     };
@@ -278,7 +283,7 @@ pub(crate) async fn update(
     ] {
         route.remove(key);
     }
-    route.insert("path".into(), Value::from(endpoint));
+    route.entry("path").or_insert_with(|| Value::from(endpoint));
     fields.write(&mut route);
     match state.limiter.set_route(Value::Object(route)).await {
         Ok(id) => Json(in_force(&state.limiter, &id)).into_response(),
@@ -304,12 +309,17 @@ pub(crate) async fn update(
 )]
 pub(crate) async fn remove(
     State(state): State<Arc<super::State>>,
-    Path(endpoint): Path<String>,
+    endpoint: Option<Path<String>>,
 ) -> Response {
-    let endpoint = format!("/{endpoint}");
-    match state.limiter.remove_route(&endpoint).await {
+    let endpoint = endpoint_of(endpoint);
+    let rules = state.limiter.rules();
+    let id = match route_at(&rules, &endpoint) {
+        Ok(rule) => rule.id().to_owned(),
+        Err(not_one) => return not_one.into_response(),
+    };
+    match state.limiter.remove_route(&id).await {
         Ok(true) => {
-            let restored = in_force(&state.limiter, &endpoint);
+            let restored = in_force(&state.limiter, &id);
             Json(ConfigDeleted {
                 status: "deleted".into(),
                 endpoint,
@@ -317,14 +327,57 @@ pub(crate) async fn remove(
             })
             .into_response()
         }
-        Ok(false) if state.limiter.rules().find(&endpoint).is_some() => detail(
+        Ok(false) => detail(
             StatusCode::CONFLICT,
             format!(
                 "the configuration of {endpoint} comes from the rules file: change it in the file, or replace it with POST /admin/configs"
             ),
         ),
-        Ok(false) => no_config(&endpoint),
         Err(error) => refused(&["path", "endpoint"], &error),
+    }
+}
+
+/// The endpoint a path names: `/admin/configs/api/data` is `/api/data`, and
+/// `/admin/configs/` is `/`.
+pub(crate) fn endpoint_of(path: Option<Path<String>>) -> String {
+    format!("/{}", path.map(|Path(path)| path).unwrap_or_default())
+}
+
+/// Why an endpoint does not have one route rule.
+enum NotOne {
+    None(String),
+    Several { endpoint: String, ids: Vec<String> },
+}
+
+impl IntoResponse for NotOne {
+    fn into_response(self) -> Response {
+        match self {
+            NotOne::None(endpoint) => no_config(&endpoint),
+            NotOne::Several { endpoint, ids } => detail(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} route rules have the endpoint {endpoint} ({}): change one with /admin/rules/routes",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+/// The one top-level route rule in force whose pattern is `endpoint`.
+fn route_at<'r>(rules: &'r Rules, endpoint: &str) -> Result<&'r Rule, NotOne> {
+    let found: Vec<&Rule> = rules
+        .iter()
+        .filter(|rule| rule.tier().is_none() && rule.pattern() == Some(endpoint))
+        .collect();
+    match found.as_slice() {
+        [] => Err(NotOne::None(endpoint.to_owned())),
+        [rule] => Ok(rule),
+        several => Err(NotOne::Several {
+            endpoint: endpoint.to_owned(),
+            ids: several.iter().map(|rule| rule.id().to_owned()).collect(),
+        }),
     }
 }
 
@@ -346,20 +399,32 @@ struct Fields {
 }
 
 impl Fields {
-    /// A rule's limit, read back: its widest band is the window, its narrowest the burst.
+    /// A rule's limit, read back: its last band is the window, and a token bucket's first,
+    /// when it has two, the burst.
     fn of(limit: &Limit) -> Self {
         let bands = limit.bands();
-        let by_period = |a: &&crate::Band, b: &&crate::Band| a.period().cmp(&b.period());
-        let widest = bands.iter().max_by(by_period);
-        let narrowest = bands.iter().min_by(by_period);
         let algorithm = limit.algorithm();
-        let burst = narrowest.filter(|_| algorithm == Algorithm::TokenBucket);
+        let window = bands.last();
+        let burst = match bands {
+            [burst, _] if algorithm == Algorithm::TokenBucket => Some(burst),
+            _ => None,
+        };
         Self {
-            requests_per_window: widest.map_or(1, |band| band.capacity()),
-            window_seconds: widest.map_or(1.0, |band| round_secs(band.period().as_secs_f64())),
+            requests_per_window: window.map_or(1, |band| band.capacity()),
+            window_seconds: window.map_or(1.0, |band| round_secs(band.period().as_secs_f64())),
             algorithm,
             burst_limit: burst.map(|band| band.capacity()),
             refill_rate: burst.map(|band| band.refill_per_sec()),
+        }
+    }
+
+    /// Whether these fields say all of `limit`: one band, or a token bucket's burst and
+    /// window.
+    fn say_all_of(limit: &Limit) -> bool {
+        match limit.bands().len() {
+            1 => true,
+            2 => limit.algorithm() == Algorithm::TokenBucket,
+            _ => false,
         }
     }
 
@@ -374,22 +439,67 @@ impl Fields {
         })
     }
 
-    /// What the rules file cannot say at the body's field: a window of zero requests or
-    /// seconds.
+    /// The bands these fields make, checked here so that a problem is named by the body's
+    /// field rather than by the rule's.
     fn check(&self) -> Result<(), Unprocessable> {
-        let problem = if self.requests_per_window == 0 {
-            Some(("requests_per_window", "must be at least 1"))
-        } else if !(self.window_seconds.is_finite() && self.window_seconds > 0.0) {
-            Some(("window_seconds", "must be more than 0"))
-        } else if self.burst_limit == Some(0) {
-            Some(("burst_limit", "must be at least 1"))
-        } else {
-            None
-        };
-        match problem {
-            Some((field, msg)) => Err(Unprocessable::at(&["body", field], msg)),
-            None => Ok(()),
+        let n = self.requests_per_window;
+        let w = self.window_seconds;
+        if n == 0 {
+            return Err(Unprocessable::at(
+                &["body", "requests_per_window"],
+                "must be at least 1",
+            ));
         }
+        if !(w.is_finite() && w > 0.0) {
+            return Err(Unprocessable::at(
+                &["body", "window_seconds"],
+                "must be more than 0",
+            ));
+        }
+        let band_rule = format!(
+            "a band refills from {MIN_REFILL_PER_SEC} to {MAX_REFILL_PER_SEC} tokens a second, over at most {MAX_PERIOD_SECS} s"
+        );
+        if Band::new(n, f64::from(n) / w).is_none() {
+            return Err(Unprocessable::at(
+                &["body", "window_seconds"],
+                format!("{n} requests per {w} s cannot be a rule: {band_rule}"),
+            ));
+        }
+        if let Some((capacity, rate)) = self.burst() {
+            let field = if self.refill_rate.is_some() {
+                "refill_rate"
+            } else {
+                "burst_limit"
+            };
+            if capacity == 0 {
+                return Err(Unprocessable::at(
+                    &["body", "burst_limit"],
+                    "must be at least 1",
+                ));
+            }
+            if Band::new(capacity, rate).is_none() {
+                return Err(Unprocessable::at(
+                    &["body", field],
+                    format!(
+                        "a burst of {capacity} refilled at {rate} a second cannot be a rule: {band_rule}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A token bucket's burst band, capacity and rate, when it differs from the window's.
+    fn burst(&self) -> Option<(u32, f64)> {
+        let n = self.requests_per_window;
+        let window_rate = f64::from(n) / self.window_seconds;
+        (self.algorithm == Algorithm::TokenBucket)
+            .then(|| {
+                let capacity = self.burst_limit.unwrap_or(n);
+                let rate = self.refill_rate.unwrap_or(window_rate);
+                (capacity, rate)
+            })
+            .filter(|&burst| burst != (n, window_rate))
     }
 
     /// Writes the limit into a route rule: one band for the window, and for a token bucket
@@ -399,14 +509,7 @@ impl Fields {
         let window_rate = f64::from(n) / self.window_seconds;
         let window = json!({"capacity": n, "refill_rate": window_rate});
         route.insert("algorithm".into(), Value::from(self.algorithm.as_str()));
-        let burst = (self.algorithm == Algorithm::TokenBucket)
-            .then(|| {
-                let capacity = self.burst_limit.unwrap_or(n);
-                let rate = self.refill_rate.unwrap_or(window_rate);
-                (capacity, rate)
-            })
-            .filter(|&burst| burst != (n, window_rate));
-        match burst {
+        match self.burst() {
             Some((capacity, rate)) => {
                 let burst = json!({"capacity": capacity, "refill_rate": rate});
                 route.insert("limits".into(), json!([burst, window]));

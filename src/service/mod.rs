@@ -105,20 +105,29 @@ impl Service {
         let admin = Router::new()
             .route("/configure", post(keys::configure))
             .route("/admin/configs", get(configs::list).post(configs::create))
+            // `/admin/configs/` is the endpoint `/`.
             .route(
                 "/admin/configs/{*endpoint}",
+                put(configs::update).delete(configs::remove),
+            )
+            .route(
+                "/admin/configs/",
                 put(configs::update).delete(configs::remove),
             )
             .route("/admin/stats", get(stats::global))
             .route("/admin/stats/{client_id}", get(stats::client))
             .route("/admin/rules", get(rules::list))
             .route(
-                "/admin/rules/clients/{client}",
+                "/admin/rules/clients/{*client}",
                 put(rules::set_client).delete(rules::remove_client),
             )
             .route("/admin/rules/routes", post(rules::set_route))
             .route(
                 "/admin/rules/routes/{*identity}",
+                axum::routing::delete(rules::remove_route),
+            )
+            .route(
+                "/admin/rules/routes/",
                 axum::routing::delete(rules::remove_route),
             )
             .route("/admin/reset/{key}", post(admin::reset))

@@ -121,7 +121,7 @@ pub(crate) async fn list(State(state): State<Arc<super::State>>) -> Json<RulesVi
 #[utoipa::path(
     put,
     path = "/admin/rules/clients/{client}",
-    params(("client" = String, Path, description = "The client key: `id:<X-Client-ID>`, `ip:<address>`, `ip:<IPv6 network>/<prefix>` or `unknown`")),
+    params(("client" = String, Path, description = "The client key: `id:<X-Client-ID>`, `ip:<address>`, `ip:<IPv6 network>/<prefix>` (its `/` as is) or `unknown`")),
     request_body(content = Object, description = "A `clients` entry of the rules file"),
     responses(
         (status = 200, description = "Set, on every instance", body = EntryChanged),
@@ -222,9 +222,9 @@ pub(crate) async fn set_route(
 )]
 pub(crate) async fn remove_route(
     State(state): State<Arc<super::State>>,
-    Path(identity): Path<String>,
+    identity: Option<Path<String>>,
 ) -> Response {
-    let identity = format!("/{identity}");
+    let identity = super::configs::endpoint_of(identity);
     match state.limiter.remove_route(&identity).await {
         Ok(true) => changed("deleted", format!("rule:{identity}")),
         Ok(false) => detail(

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::check::{client_named, rate_of};
-use super::json::detail;
+use super::json::{Unprocessable, detail};
+use crate::key::ClientKey;
 use crate::limiter::{Calls, ClientUsage, UsageError};
 
 /// Calls in one period.
@@ -58,6 +59,7 @@ pub(crate) struct KeyStats {
     params(("key" = String, Path, description = "The key, as checked with `/check/{key}`")),
     responses(
         (status = 200, description = "Its calls", body = KeyStats),
+        (status = 404, description = "This service does not record usage statistics"),
         (status = 422, description = "A key that is not 1 to 128 visible ASCII characters"),
         (status = 503, description = "Redis could not be read"),
     ),
@@ -110,15 +112,16 @@ pub(crate) struct ClientStats {
     rules: BTreeMap<String, Counted>,
 }
 
-/// A client's calls (its `X-Client-ID`): by hour, day and rule.
+/// A client's calls: by hour, day and rule.
 #[utoipa::path(
     get,
     path = "/admin/stats/{client_id}",
-    params(("client_id" = String, Path, description = "The client's `X-Client-ID` (or the key checked with `/check/{key}`)")),
+    params(("client_id" = String, Path, description = "The client's `X-Client-ID` (or the key checked with `/check/{key}`), or a client key as `most_limited` lists it: `id:<X-Client-ID>`, `ip:<address>`, `ip:<IPv6 network>/<prefix>`, `unknown`")),
     responses(
         (status = 200, description = "Its calls", body = ClientStats),
         (status = 401, description = "No admin token, or the wrong one"),
-        (status = 422, description = "A client ID that is not 1 to 128 visible ASCII characters"),
+        (status = 404, description = "This service does not record usage statistics"),
+        (status = 422, description = "Neither a client key nor an `X-Client-ID` (1 to 128 visible ASCII characters)"),
         (status = 503, description = "Redis could not be read"),
     ),
     security(("admin_token" = [])),
@@ -128,9 +131,18 @@ pub(crate) async fn client(
     State(state): State<Arc<super::State>>,
     Path(client_id): Path<String>,
 ) -> Response {
-    let client = match client_named(["path", "client_id"], &client_id) {
-        Ok(client) => client,
-        Err(invalid) => return invalid.into_response(),
+    let client = match client_id.parse::<ClientKey>() {
+        Ok(key)
+            if client_id.starts_with("id:")
+                || client_id.starts_with("ip:")
+                || client_id == "unknown" =>
+        {
+            key
+        }
+        _ => match client_named(["path", "client_id"], &client_id) {
+            Ok(client) => client,
+            Err(invalid) => return invalid.into_response(),
+        },
     };
     match state.limiter.usage(&client).await {
         Ok(usage) => Json(client_stats(usage)).into_response(),
@@ -167,7 +179,8 @@ fn counted(periods: BTreeMap<String, Calls>) -> BTreeMap<String, Counted> {
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct Top {
     /// At most this many (default 10, at most 1000).
-    top: Option<usize>,
+    #[param(value_type = Option<u32>)]
+    top: Option<String>,
 }
 
 /// The calls of every client together.
@@ -209,6 +222,8 @@ pub(crate) struct LimitedClient {
     responses(
         (status = 200, description = "The totals", body = GlobalStats),
         (status = 401, description = "No admin token, or the wrong one"),
+        (status = 404, description = "This service does not record usage statistics"),
+        (status = 422, description = "`top` is not a whole number"),
         (status = 503, description = "Redis could not be read"),
     ),
     security(("admin_token" = [])),
@@ -218,7 +233,14 @@ pub(crate) async fn global(
     State(state): State<Arc<super::State>>,
     Query(Top { top }): Query<Top>,
 ) -> Response {
-    let top = top.unwrap_or(10).min(1000);
+    let top = match top.as_deref().map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(top)) => top.min(1000),
+        Some(Err(_)) => {
+            return Unprocessable::at(&["query", "top"], "must be a whole number from 0 to 1000")
+                .into_response();
+        }
+    };
     let summary = match state.limiter.usage_summary(top).await {
         Ok(summary) => summary,
         Err(error) => return unavailable(&error),
