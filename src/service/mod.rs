@@ -7,6 +7,7 @@
 //! | `POST /check` | the tiered check service | checks an identifier in a tier |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
+//! | `GET /dashboard` | the FastAPI limiter | a page watching it live (`src/service/dashboard/`) |
 //! | `POST /configure` | the key service | gives a key its own limit, on every instance |
 //! | `GET /stats/{key}` | the key service | a key's calls by hour and day |
 //! | `GET /admin/stats`, `GET /admin/stats/{client_id}` | the FastAPI limiter | every client's calls together, and one client's |
@@ -21,6 +22,7 @@ mod admin;
 mod auth;
 mod check;
 mod configs;
+mod dashboard;
 mod health;
 mod json;
 mod keys;
@@ -142,6 +144,9 @@ impl Service {
             .route("/stats/{key}", get(stats::key))
             .route("/health", get(health::health))
             .route("/openapi.json", get(openapi::document))
+            .route("/dashboard", get(dashboard::page))
+            .route("/dashboard/dashboard.js", get(dashboard::script))
+            .route("/dashboard/dashboard.css", get(dashboard::style))
             .merge(admin)
             .with_state(state)
     }
