@@ -74,6 +74,10 @@ pub use limiter::{
     Query, ResetError, RuleEntry, RuntimeEntry, RuntimeError, Stats, UsageError, UsageSummary,
     Verdict,
 };
+pub use limiter::{
+    DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
+    RuleChange, RuleCounts,
+};
 pub use policy::OnRedisError;
 pub use rules::{
     Band, DEFAULT_MAX_RULES_FILE_BYTES, InvalidRule, InvalidRuleTarget, Limit, Location, MAX_BANDS,

@@ -42,12 +42,15 @@ struct Driver {
 impl Driver {
     fn start() -> Self {
         let port = free_port();
-        let child = Command::new(program(&["chromedriver"], &["/usr/lib/chromium/chromedriver"]))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run chromedriver");
+        let child = Command::new(program(
+            &["chromedriver"],
+            &["/usr/lib/chromium/chromedriver"],
+        ))
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run chromedriver");
         Self { child, port }
     }
 
@@ -91,13 +94,15 @@ impl Drop for Driver {
 }
 
 /// Runs `script` in the page until it returns something `done` accepts, for at most 15 s.
-async fn wait_for(client: &Client, what: &str, script: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for(
+    client: &Client,
+    what: &str,
+    script: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let started = Instant::now();
     loop {
-        let value = client
-            .execute(script, vec![])
-            .await
-            .unwrap_or(Value::Null);
+        let value = client.execute(script, vec![]).await.unwrap_or(Value::Null);
         if done(&value) {
             return value;
         }
@@ -116,7 +121,13 @@ async fn fill(client: &Client, id: &str, text: &str) {
 }
 
 async fn click(client: &Client, css: &str) {
-    client.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,66 +144,108 @@ async fn the_dashboard_shows_live_traffic_and_edits_rules() {
         client.goto(&format!("{base}/dashboard")).await.unwrap();
 
         // The admin API needs the token: the page asks for it.
-        wait_for(&client, "the token dialog", "return document.getElementById('token-dialog').open", |v| {
-            *v == json!(true)
-        })
+        wait_for(
+            &client,
+            "the token dialog",
+            "return document.getElementById('token-dialog').open",
+            |v| *v == json!(true),
+        )
         .await;
         fill(&client, "token-input", token).await;
         click(&client, "#token-form button[value=ok]").await;
-        wait_for(&client, "the live event stream", "return document.getElementById('connection').dataset.state", |v| {
-            *v == json!("live")
-        })
+        wait_for(
+            &client,
+            "the live event stream",
+            "return document.getElementById('connection').dataset.state",
+            |v| *v == json!("live"),
+        )
         .await;
 
         // Traffic while it watches: 5 allowed, 15 denied.
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         for _ in 0..20 {
-            http.get(format!("{base}/check/alice")).send().await.unwrap();
+            http.get(format!("{base}/check/alice"))
+                .send()
+                .await
+                .unwrap();
         }
-        wait_for(&client, "20 requests in the totals", "return document.getElementById('total-requests').textContent", |v| {
-            *v == json!("20")
-        })
+        wait_for(
+            &client,
+            "20 requests in the totals",
+            "return document.getElementById('total-requests').textContent",
+            |v| *v == json!("20"),
+        )
         .await;
-        let denied = wait_for(&client, "the denied requests in the chart", "return Number(document.getElementById('chart').dataset.totalDenied)", |v| {
-            v.as_u64() == Some(15)
-        })
+        let denied = wait_for(
+            &client,
+            "the denied requests in the chart",
+            "return Number(document.getElementById('chart').dataset.totalDenied)",
+            |v| v.as_u64() == Some(15),
+        )
         .await;
         assert_eq!(denied, json!(15));
-        let limited = wait_for(&client, "alice among the most limited", "return document.querySelector('#limited tbody').textContent", |v| {
-            v.as_str().is_some_and(|t| t.contains("id:alice"))
-        })
+        let limited = wait_for(
+            &client,
+            "alice among the most limited",
+            "return document.querySelector('#limited tbody').textContent",
+            |v| v.as_str().is_some_and(|t| t.contains("id:alice")),
+        )
         .await;
         assert!(limited.as_str().unwrap().contains("15"), "{limited}");
 
         // A bad rule: the API's validation error, shown as it is.
-        client.find(Locator::Id("rule-kind")).await.unwrap().select_by_value("client").await.unwrap();
+        client
+            .find(Locator::Id("rule-kind"))
+            .await
+            .unwrap()
+            .select_by_value("client")
+            .await
+            .unwrap();
         fill(&client, "rule-client", "id:tester").await;
         fill(&client, "rule-json", r#"{"limit": "0/second"}"#).await;
         click(&client, "#rule-form button[type=submit]").await;
-        wait_for(&client, "the validation error", "return document.getElementById('rule-error').textContent", |v| {
-            v.as_str().is_some_and(|t| t.contains("limit must look like"))
-        })
+        wait_for(
+            &client,
+            "the validation error",
+            "return document.getElementById('rule-error').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.contains("limit must look like"))
+            },
+        )
         .await;
 
         // A good one: in the rules table, and enforced.
         fill(&client, "rule-json", r#"{"limit": "1/hour"}"#).await;
         click(&client, "#rule-form button[type=submit]").await;
-        wait_for(&client, "the new rule in the table", "return !!document.querySelector('#rules tr[data-target=\"client:id:tester\"]')", |v| {
-            *v == json!(true)
-        })
+        wait_for(
+            &client,
+            "the new rule in the table",
+            "return !!document.querySelector('#rules tr[data-target=\"client:id:tester\"]')",
+            |v| *v == json!(true),
+        )
         .await;
         fill(&client, "try-key", "tester").await;
         click(&client, "#try-form button").await;
-        wait_for(&client, "tester's first check", "return document.getElementById('try-result').dataset.status", |v| {
-            *v == json!("200")
-        })
+        wait_for(
+            &client,
+            "tester's first check",
+            "return document.getElementById('try-result').dataset.status",
+            |v| *v == json!("200"),
+        )
         .await;
         click(&client, "#try-form button").await;
-        let shown = wait_for(&client, "tester refused", "return document.getElementById('try-result').textContent", |v| {
-            v.as_str().is_some_and(|t| t.starts_with("HTTP 429"))
-        })
+        let shown = wait_for(
+            &client,
+            "tester refused",
+            "return document.getElementById('try-result').textContent",
+            |v| v.as_str().is_some_and(|t| t.starts_with("HTTP 429")),
+        )
         .await;
-        assert!(shown.as_str().unwrap().contains("x-ratelimit-limit: 1"), "{shown}");
+        assert!(
+            shown.as_str().unwrap().contains("x-ratelimit-limit: 1"),
+            "{shown}"
+        );
 
         let png = client.screenshot().await.unwrap();
         let target = repo_file("target/dashboard.png");

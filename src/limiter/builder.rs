@@ -532,6 +532,7 @@ impl Limiter {
             usage: usage_max_clients.map(|max| Usage::start(&backend, max)),
             backend,
             counters: Counters::default(),
+            events: Arc::default(),
         });
         if let (Some(file), Some(hash)) = (&core.rules_file, loaded) {
             core.loaded_from(hash);

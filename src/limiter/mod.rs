@@ -4,6 +4,7 @@
 mod builder;
 mod checking;
 mod error;
+mod events;
 mod installed;
 mod query;
 mod reload;
@@ -30,6 +31,10 @@ use stats::Counters;
 pub use builder::LimiterBuilder;
 pub use checking::Checking;
 pub use error::{CheckError, ResetError, RuntimeError};
+pub use events::{
+    DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
+    RuleChange, RuleCounts,
+};
 pub use query::Query;
 pub use runtime::{Origin, RuleEntry, RuntimeEntry};
 pub use stats::Stats;
@@ -96,6 +101,8 @@ pub(crate) struct Core {
     usage: Option<Arc<usage::Usage>>,
     /// IPv6 clients are keyed by their network of this many bits.
     ipv6_prefix_len: u8,
+    /// Live events, for subscribers.
+    events: Arc<events::Hub>,
 }
 
 impl Limiter {
@@ -274,6 +281,13 @@ impl Limiter {
         self.core.stats()
     }
 
+    /// Live events from now on: each counted decision, each change of the rules in force,
+    /// and a summary each second (see [`Event`]). Bounded: a subscriber that falls behind
+    /// misses events and is told how many; with no subscriber, deciding costs nothing more.
+    pub fn subscribe(&self) -> Events {
+        self.core.events.subscribe()
+    }
+
     pub(crate) fn core(&self) -> &Core {
         &self.core
     }
@@ -345,6 +359,11 @@ impl Core {
             if let (true, Some(usage)) = (counted, &self.usage) {
                 usage.record(query.client, &slot.id, true);
             }
+            if counted && self.events.watched() {
+                let by = DecidedBy::Unlimited;
+                self.events
+                    .decided(Some(query.client), &slot.id, true, by, None, None);
+            }
             return Checking::ready(Ok(Verdict {
                 allowed: true,
                 decision: None,
@@ -369,9 +388,10 @@ impl Core {
             }
         };
         let shadow = limit.shadow();
-        // The client is needed after the decision only to log a shadow refusal or to count
-        // usage.
-        let client = (shadow || self.usage.is_some()).then_some(query.client);
+        // The client is needed after the decision only to log a shadow refusal, to count
+        // usage or to tell subscribers.
+        let client =
+            (shadow || self.usage.is_some() || self.events.watched()).then_some(query.client);
         match self.backend.decide(slot, limit, cost, query.client, mode) {
             Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
                 outcome,
@@ -430,6 +450,11 @@ impl Core {
             }
             if let (Some(usage), Some(client)) = (&self.usage, client) {
                 usage.record(client, &rule, allowed);
+            }
+            if self.events.watched() {
+                let band = decision.as_ref();
+                self.events
+                    .decided(client, &rule, allowed, decided_by, band, unavailable_for);
             }
         }
         Verdict {
@@ -490,6 +515,7 @@ impl Core {
             usage_dropped: usage.dropped,
             usage_evicted: usage.evicted,
             usage_flush_errors: usage.flush_errors,
+            event_subscribers: self.events.subscribers(),
         }
     }
 }

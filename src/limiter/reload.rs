@@ -186,6 +186,8 @@ impl Core {
         state.set_rules_in_force = self.rules_file.is_some();
         drop(state);
         free_here(replaced);
+        self.events
+            .rules_changed("rules".into(), "set_rules", "replaced");
     }
 
     /// Reads the rules file again. `Ok(true)`: new rules are in force; `Ok(false)`: the
@@ -225,6 +227,8 @@ impl Core {
         state.reloads += 1;
         drop(state);
         free_here(replaced);
+        self.events
+            .rules_changed("rules".into(), "file", "replaced");
         let path = file.path.display();
         if replaces_set_rules {
             tracing::warn!(

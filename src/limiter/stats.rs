@@ -93,6 +93,9 @@ pub struct Stats {
     /// Usage flushes Redis did not take (failed or past the deadline); their counts were
     /// kept and written by a later flush.
     pub usage_flush_errors: u64,
+    /// Live event subscribers now ([`Limiter::subscribe`](crate::Limiter::subscribe): the
+    /// service's `/events` and `/ws` connections among them).
+    pub event_subscribers: usize,
 }
 
 /// The limiter's own counters, bumped on the request path.

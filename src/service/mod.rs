@@ -14,6 +14,7 @@
 //! | `GET, POST /admin/configs`, `PUT, DELETE /admin/configs/{endpoint}` | the FastAPI limiter | per endpoint limits, as route rules |
 //! | `POST /admin/reset/{key}[/{rule}]` | the library | forgets a key, on every instance |
 //! | `GET /admin/rules`, `PUT, DELETE /admin/rules/clients/{client}`, `POST /admin/rules/routes`, `DELETE /admin/rules/routes/{identity}` | tollgate | the rules in force and runtime entries, in the rules file's words |
+//! | `GET /events`, `GET /events/{client_id}` (Server-Sent Events), `GET /ws/global`, `GET /ws/{client_id}` (WebSocket) | the FastAPI limiter | live decisions, rule changes and a summary each second |
 //!
 //! [`Service::router`] is an axum `Router`: `tollgate serve` serves it, and an app can
 //! mount it beside its own routes, on the limiter its layer uses.
@@ -23,6 +24,7 @@ mod auth;
 mod check;
 mod configs;
 mod dashboard;
+mod events;
 mod health;
 mod json;
 mod keys;
@@ -134,6 +136,10 @@ impl Service {
             )
             .route("/admin/reset/{key}", post(admin::reset))
             .route("/admin/reset/{key}/{rule}", post(admin::reset_rule))
+            .route("/events", get(events::global_sse))
+            .route("/events/{client_id}", get(events::client_sse))
+            .route("/ws/global", get(events::global_ws))
+            .route("/ws/{client_id}", get(events::client_ws))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(&state),
                 auth::require_admin,

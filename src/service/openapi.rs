@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, check, configs, dashboard, health, keys, rules, stats};
+use super::{admin, check, configs, dashboard, events, health, keys, rules, stats};
 
 /// The admin routes' bearer token.
 struct AdminToken;
@@ -48,7 +48,11 @@ impl Modify for AdminToken {
         rules::set_client,
         rules::remove_client,
         rules::set_route,
-        rules::remove_route
+        rules::remove_route,
+        events::global_sse,
+        events::client_sse,
+        events::global_ws,
+        events::client_ws
     ),
     modifiers(&AdminToken),
     components(schemas(

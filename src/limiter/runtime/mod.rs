@@ -411,7 +411,13 @@ impl Core {
         })
         .await;
         self.runtime.store.announce(&change).await;
-        tracing::info!(entry = %target, change = if matches!(change, Change::Set(_)) { "set" } else { "removed" }, "runtime entry changed");
+        let changed = if matches!(change, Change::Set(_)) {
+            "set"
+        } else {
+            "removed"
+        };
+        tracing::info!(entry = %target, change = changed, "runtime entry changed");
+        self.events.rules_changed(target, "runtime", changed);
         Ok(existed)
     }
 
@@ -435,6 +441,8 @@ impl Core {
                 drop(layers);
                 free_here(replaced);
                 tracing::info!("runtime entries changed in the store; now in force here");
+                core.events
+                    .rules_changed("rules".into(), "store", "replaced");
             }
         })
         .await;

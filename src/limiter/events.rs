@@ -1,0 +1,373 @@
+//! Live events: every counted decision, every change of the rules in force, and a summary
+//! each second, for whoever [subscribes](crate::Limiter::subscribe).
+//!
+//! Nothing here slows a request down when nobody listens: the decision path reads one
+//! atomic count of subscribers and builds no event while it is zero. With subscribers, events
+//! go through one bounded broadcast channel: a subscriber that falls behind loses the oldest
+//! events and is told how many ([`Event::Lagged`]), so memory never grows with a stuck
+//! subscriber and no request ever waits for one. Past [`MAX_DENIED_EVENTS_PER_SECOND`],
+//! refusals are only counted, in the next [`EventSummary`], so a flood of 429s does not become a
+//! flood of events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::decision::{DecidedBy, Decision as BandDecision};
+use crate::key::KeyRef;
+
+/// Events held for the slowest subscriber before it starts missing them.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Refusals sent one by one each second, across all subscribers; those past it are counted
+/// in the next summary's `suppressed_denied`.
+pub const MAX_DENIED_EVENTS_PER_SECOND: u32 = 100;
+
+/// How often an [`EventSummary`] is sent.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// One live event, serialized as JSON with its kind in `"type"` (see the README for each).
+///
+/// ```
+/// use tollgate::{ClientKey, Event, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limit": "1/minute"}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let mut events = limiter.subscribe();
+/// let ann = ClientKey::id("ann");
+/// limiter.check(Query::new(&ann)).await?;
+/// let Some(Event::Decision(decision)) = events.next().await else { panic!("a decision") };
+/// assert_eq!((decision.client.as_str(), decision.allowed, decision.remaining), ("id:ann", true, Some(0)));
+/// let json = serde_json::to_value(Event::Decision(decision))?;
+/// assert_eq!(json["type"], "decision");
+/// assert_eq!(json["rule"], "default");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A counted decision (a check, not a peek).
+    Decision(DecisionEvent),
+    /// The rules in force changed.
+    RuleChange(RuleChange),
+    /// What was decided in the last second, by rule.
+    Summary(EventSummary),
+    /// This subscriber fell behind and missed `missed` events.
+    Lagged {
+        /// Events this subscriber will never see.
+        missed: u64,
+    },
+}
+
+/// A counted decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct DecisionEvent {
+    /// The client key: `id:<X-Client-ID>`, `ip:<address>`, `ip:<network>/<prefix>` or
+    /// `unknown`.
+    pub client: String,
+    /// The identity of the rule that decided.
+    pub rule: String,
+    /// Whether the request went on (a shadow rule's would-be refusal did).
+    pub allowed: bool,
+    /// What decided: `unlimited`, `memory`, `redis`, `lease`, `remembered_refusal`,
+    /// `local_fallback`, `fail_open` or `fail_closed`.
+    pub outcome: &'static str,
+    /// Requests left in the band closest to running out; `None` when no band decided.
+    pub remaining: Option<u32>,
+    /// That band's capacity.
+    pub limit: Option<u32>,
+    /// For a refusal: how long until a request would be allowed, in milliseconds.
+    pub retry_after_ms: Option<u64>,
+    /// When it was decided, in milliseconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// The rules in force changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RuleChange {
+    /// What changed: a runtime entry's target (`client:<key>`, `rule:<identity>`), or
+    /// `rules` when the base rules were replaced.
+    pub target: String,
+    /// Where the change came from: `file` (a reload of the rules file), `set_rules`,
+    /// `runtime` (an entry set or removed here) or `store` (entries changed by another
+    /// instance, read from the shared store).
+    pub origin: &'static str,
+    /// `set`, `removed` or `replaced`.
+    pub change: &'static str,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// What was decided in the last second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct EventSummary {
+    /// Counted decisions by rule identity (rules with none are left out).
+    pub rules: BTreeMap<String, RuleCounts>,
+    /// Refusals not sent one by one (past [`MAX_DENIED_EVENTS_PER_SECOND`]).
+    pub suppressed_denied: u64,
+    /// The end of the second, in milliseconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// Decisions under one rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RuleCounts {
+    /// Requests let through.
+    pub allowed: u64,
+    /// Requests refused.
+    pub denied: u64,
+}
+
+/// A subscription to a limiter's [`Event`]s, from
+/// [`Limiter::subscribe`](crate::Limiter::subscribe). Dropping it unsubscribes.
+pub struct Events {
+    receiver: broadcast::Receiver<Event>,
+    _counted: Subscribed,
+}
+
+impl Events {
+    /// The next event, waiting for it; an [`Event::Lagged`] when this subscriber fell
+    /// behind (then the events after those missed). `None` once the limiter is gone.
+    pub async fn next(&mut self) -> Option<Event> {
+        match self.receiver.recv().await {
+            Ok(event) => Some(event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Event::Lagged { missed }),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("queued", &self.receiver.len())
+            .finish()
+    }
+}
+
+/// Counts a subscriber for as long as it lives.
+struct Subscribed(Arc<Hub>);
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a limiter's events start: shared by its clones and its summary task.
+pub(crate) struct Hub {
+    sender: broadcast::Sender<Event>,
+    /// Read on every decision: nothing else is touched while it is zero.
+    subscribers: AtomicUsize,
+    summarizing: AtomicBool,
+    denied_sent: AtomicU32,
+    second: Mutex<Second>,
+}
+
+/// What the current second's summary will say.
+#[derive(Default)]
+struct Second {
+    rules: HashMap<Arc<str>, RuleCounts>,
+    suppressed_denied: u64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::Sender::new(EVENT_BUFFER),
+            subscribers: AtomicUsize::new(0),
+            summarizing: AtomicBool::new(false),
+            denied_sent: AtomicU32::new(0),
+            second: Mutex::new(Second::default()),
+        }
+    }
+}
+
+impl Hub {
+    /// Whether anyone listens: the one check the decision path makes.
+    #[inline]
+    pub(crate) fn watched(&self) -> bool {
+        self.subscribers.load(Ordering::Relaxed) != 0
+    }
+
+    /// Current subscribers.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// A new subscription; starts the summaries if they are not running (and a Tokio
+    /// runtime is there to run them).
+    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+        let receiver = self.sender.subscribe();
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        let counted = Subscribed(Arc::clone(self));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.summarizing.swap(true, Ordering::AcqRel)
+        {
+            runtime.spawn(summarize(Arc::downgrade(self)));
+        }
+        Events {
+            receiver,
+            _counted: counted,
+        }
+    }
+
+    /// A counted decision, when someone listens (the caller checked [`watched`](Self::watched)).
+    #[cold]
+    pub(crate) fn decided(
+        &self,
+        client: Option<KeyRef<'_>>,
+        rule: &Arc<str>,
+        allowed: bool,
+        decided_by: DecidedBy,
+        decision: Option<&BandDecision>,
+        unavailable_for: Option<Duration>,
+    ) {
+        let suppressed = !allowed
+            && self.denied_sent.fetch_add(1, Ordering::Relaxed) >= MAX_DENIED_EVENTS_PER_SECOND;
+        {
+            let mut second = self.second.lock().unwrap_or_else(PoisonError::into_inner);
+            let counts = match second.rules.get_mut(rule) {
+                Some(counts) => counts,
+                None => second.rules.entry(Arc::clone(rule)).or_default(),
+            };
+            if allowed {
+                counts.allowed += 1;
+            } else {
+                counts.denied += 1;
+            }
+            if suppressed {
+                second.suppressed_denied += 1;
+            }
+        }
+        if suppressed {
+            return;
+        }
+        let retry_after = match decision {
+            Some(decision) if !allowed => Some(decision.retry_after),
+            _ => unavailable_for.filter(|_| !allowed),
+        };
+        let _ = self.sender.send(Event::Decision(DecisionEvent {
+            client: client.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            rule: rule.to_string(),
+            allowed,
+            outcome: decided_by.as_str(),
+            remaining: decision.map(|d| d.remaining),
+            limit: decision.map(|d| d.limit),
+            retry_after_ms: retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            at: now_ms(),
+        }));
+    }
+
+    /// The rules in force changed.
+    pub(crate) fn rules_changed(&self, target: String, origin: &'static str, change: &'static str) {
+        if self.watched() {
+            let _ = self.sender.send(Event::RuleChange(RuleChange {
+                target,
+                origin,
+                change,
+                at: now_ms(),
+            }));
+        }
+    }
+
+    /// Sends the second's summary and starts the next second.
+    fn summarize_second(&self) {
+        self.denied_sent.store(0, Ordering::Relaxed);
+        let second =
+            std::mem::take(&mut *self.second.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = self.sender.send(Event::Summary(EventSummary {
+            rules: second
+                .rules
+                .into_iter()
+                .map(|(rule, counts)| (rule.to_string(), counts))
+                .collect(),
+            suppressed_denied: second.suppressed_denied,
+            at: now_ms(),
+        }));
+    }
+}
+
+/// Sends a summary each second while anyone listens and the limiter lives.
+async fn summarize(hub: std::sync::Weak<Hub>) {
+    let mut ticks = tokio::time::interval(SUMMARY_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.watched() {
+            hub.summarize_second();
+            continue;
+        }
+        hub.summarizing.store(false, Ordering::Release);
+        // A subscriber that came as this task was leaving found it running: stay for it.
+        if !hub.watched() || hub.summarizing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> BandDecision {
+        BandDecision::new(false, 1, 0, SystemTime::now(), Duration::from_millis(1500))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_past_the_rate_are_counted_in_the_summary() {
+        let hub = Arc::new(Hub::default());
+        let mut events = hub.subscribe();
+        let rule: Arc<str> = "default".into();
+        let denied = MAX_DENIED_EVENTS_PER_SECOND as usize + 5;
+        for _ in 0..denied {
+            let decision = refused();
+            hub.decided(None, &rule, false, DecidedBy::Memory, Some(&decision), None);
+        }
+        for _ in 0..MAX_DENIED_EVENTS_PER_SECOND {
+            let Some(Event::Decision(event)) = events.next().await else {
+                panic!("a decision")
+            };
+            assert_eq!(event.retry_after_ms, Some(1500));
+        }
+        let Some(Event::Summary(summary)) = events.next().await else {
+            panic!("the summary next")
+        };
+        assert_eq!(summary.suppressed_denied, 5);
+        assert_eq!(summary.rules["default"].denied, denied as u64);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_what_it_missed() {
+        let hub = Arc::new(Hub::default());
+        let mut events = hub.subscribe();
+        let rule: Arc<str> = "default".into();
+        for _ in 0..EVENT_BUFFER + 10 {
+            hub.decided(None, &rule, true, DecidedBy::Unlimited, None, None);
+        }
+        assert_eq!(events.next().await, Some(Event::Lagged { missed: 10 }));
+        assert!(matches!(events.next().await, Some(Event::Decision(_))));
+        assert_eq!(hub.subscribers(), 1);
+        drop(events);
+        assert!(!hub.watched());
+    }
+}

@@ -1,0 +1,181 @@
+//! Live events over Server-Sent Events (`GET /events`, `GET /events/{client_id}`) and
+//! WebSocket (`GET /ws/global`, `GET /ws/{client_id}`): the limiter's
+//! [`Event`](crate::Event)s as JSON, one per message.
+//!
+//! A client's stream carries that client's decisions, the rule changes and the `lagged`
+//! notices, but not the summaries (they count every client). A subscriber never slows
+//! requests: the limiter drops what a slow one has not taken ([`Event::Lagged`] tells it how
+//! much), and a WebSocket that takes longer than [`SEND_TIMEOUT`] to accept a message is
+//! closed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+
+use super::check::client_named;
+use super::json::Unprocessable;
+use crate::{Event, Events};
+
+/// How long a WebSocket client may take to accept one message before it is dropped.
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which events a stream carries.
+#[derive(Clone)]
+enum Watch {
+    Global,
+    /// One client's decisions (by its key, `id:<X-Client-ID>`), and no summaries.
+    Client(String),
+}
+
+impl Watch {
+    fn of(client_id: &str) -> Result<Self, Unprocessable> {
+        client_named(["path", "client_id"], client_id)
+            .map(|client| Self::Client(client.to_string()))
+    }
+
+    fn shows(&self, event: &Event) -> bool {
+        match (self, event) {
+            (Watch::Global, _) => true,
+            (Watch::Client(client), Event::Decision(decision)) => decision.client == *client,
+            (Watch::Client(_), Event::Summary(_)) => false,
+            (Watch::Client(_), _) => true,
+        }
+    }
+
+    /// The next event this stream shows, as JSON; `None` once the limiter is gone.
+    async fn next(&self, events: &mut Events) -> Option<String> {
+        loop {
+            let event = events.next().await?;
+            if self.shows(&event) {
+                return Some(serde_json::to_string(&event).expect("events serialize"));
+            }
+        }
+    }
+}
+
+/// Every event, as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = "/events",
+    responses(
+        (status = 200, description = "Events, one JSON object per `data:` line: `decision`, `rule_change`, `summary` (each second) and `lagged`", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No admin token, or the wrong one"),
+    ),
+    security(("admin_token" = [])),
+    tag = "events"
+)]
+pub(crate) async fn global_sse(State(state): State<Arc<super::State>>) -> Response {
+    sse_of(state.limiter.subscribe(), Watch::Global)
+}
+
+/// One client's decisions, the rule changes and `lagged` notices, as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = "/events/{client_id}",
+    params(("client_id" = String, Path, description = "The client's `X-Client-ID` (or the key checked with `/check/{key}`)")),
+    responses(
+        (status = 200, description = "Events, one JSON object per `data:` line: this client's `decision`s, `rule_change` and `lagged`", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No admin token, or the wrong one"),
+        (status = 422, description = "Not an `X-Client-ID` (1 to 128 visible ASCII characters)"),
+    ),
+    security(("admin_token" = [])),
+    tag = "events"
+)]
+pub(crate) async fn client_sse(
+    State(state): State<Arc<super::State>>,
+    Path(client_id): Path<String>,
+) -> Response {
+    match Watch::of(&client_id) {
+        Ok(watch) => sse_of(state.limiter.subscribe(), watch),
+        Err(invalid) => invalid.into_response(),
+    }
+}
+
+fn sse_of(events: Events, watch: Watch) -> Response {
+    let stream = futures_util::stream::unfold((events, watch), |(mut events, watch)| async {
+        let json = watch.next(&mut events).await?;
+        Some((Ok(sse::Event::default().data(json)), (events, watch)))
+    });
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<sse::Event, Infallible>> + Send>> =
+        Box::pin(stream);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Every event, over a WebSocket.
+#[utoipa::path(
+    get,
+    path = "/ws/global",
+    responses(
+        (status = 101, description = "A WebSocket of events, one JSON object per text message, as `/events`"),
+        (status = 401, description = "No admin token, or the wrong one"),
+    ),
+    security(("admin_token" = [])),
+    tag = "events"
+)]
+pub(crate) async fn global_ws(
+    State(state): State<Arc<super::State>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    ws_of(upgrade, state.limiter.subscribe(), Watch::Global)
+}
+
+/// One client's events over a WebSocket, as `/events/{client_id}`.
+#[utoipa::path(
+    get,
+    path = "/ws/{client_id}",
+    params(("client_id" = String, Path, description = "The client's `X-Client-ID` (or the key checked with `/check/{key}`)")),
+    responses(
+        (status = 101, description = "A WebSocket of this client's events, one JSON object per text message, as `/events/{client_id}`"),
+        (status = 401, description = "No admin token, or the wrong one"),
+        (status = 422, description = "Not an `X-Client-ID` (1 to 128 visible ASCII characters)"),
+    ),
+    security(("admin_token" = [])),
+    tag = "events"
+)]
+pub(crate) async fn client_ws(
+    State(state): State<Arc<super::State>>,
+    Path(client_id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    match Watch::of(&client_id) {
+        Ok(watch) => ws_of(upgrade, state.limiter.subscribe(), watch),
+        Err(invalid) => invalid.into_response(),
+    }
+}
+
+fn ws_of(upgrade: WebSocketUpgrade, events: Events, watch: Watch) -> Response {
+    upgrade.on_upgrade(move |socket| forward(socket, events, watch))
+}
+
+/// Sends events until the client leaves, or stops taking them for [`SEND_TIMEOUT`].
+async fn forward(mut socket: WebSocket, mut events: Events, watch: Watch) {
+    loop {
+        let json = tokio::select! {
+            json = watch.next(&mut events) => match json {
+                Some(json) => json,
+                None => return,
+            },
+            received = socket.recv() => match received {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                // Pings are answered by axum; anything else the client says is ignored.
+                Some(Ok(_)) => continue,
+            },
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(json.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!("a WebSocket event subscriber stopped reading; closed");
+                return;
+            }
+        }
+    }
+}
