@@ -161,9 +161,12 @@ async fn the_dashboard_shows_live_traffic_and_edits_rules() {
         )
         .await;
 
-        // Traffic while it watches: 5 allowed, 15 denied.
+        // Traffic while it watches, over a few seconds: 5 allowed, 15 denied.
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        for _ in 0..20 {
+        for n in 0..20 {
+            if n % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
             http.get(format!("{base}/check/alice"))
                 .send()
                 .await
