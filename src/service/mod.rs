@@ -7,6 +7,7 @@
 //! | `POST /check` | the tiered check service | checks an identifier in a tier |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
+//! | `GET /metrics` | | tollgate's metrics, in the Prometheus text format |
 //! | `POST /configure` | the key service | gives a key its own limit, on every instance |
 //! | `GET /stats/{key}` | the key service | a key's calls by hour and day |
 //! | `GET /admin/stats`, `GET /admin/stats/{client_id}` | the FastAPI limiter | every client's calls together, and one client's |
@@ -24,6 +25,7 @@ mod configs;
 mod health;
 mod json;
 mod keys;
+mod metrics;
 mod openapi;
 mod rules;
 mod stats;
@@ -35,6 +37,7 @@ use axum::{Router, middleware};
 
 use crate::limiter::Limiter;
 use auth::Admin;
+pub use metrics::prometheus_builder;
 
 /// The service's routes on a limiter.
 ///
@@ -65,12 +68,14 @@ use auth::Admin;
 pub struct Service {
     limiter: Limiter,
     admin: Admin,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// What every handler shares.
 pub(crate) struct State {
     pub(crate) limiter: Limiter,
     pub(crate) admin: Admin,
+    pub(crate) metrics: metrics::Exporter,
 }
 
 impl Service {
@@ -80,7 +85,16 @@ impl Service {
         Self {
             limiter,
             admin: Admin::loopback_only(),
+            metrics: None,
         }
+    }
+
+    /// `GET /metrics` renders from the app's own Prometheus recorder (build it with
+    /// [`prometheus_builder`] for tollgate's histogram buckets). Without one, the router
+    /// installs a recorder as the process's global one, once.
+    pub fn metrics_handle(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// Writes and admin reads need `Authorization: Bearer <token>`, from any peer.
@@ -101,6 +115,7 @@ impl Service {
         let state = Arc::new(State {
             limiter: self.limiter,
             admin: self.admin,
+            metrics: self.metrics.map_or_else(metrics::installed, Ok),
         });
         let admin = Router::new()
             .route("/configure", post(keys::configure))
@@ -142,6 +157,7 @@ impl Service {
             .route("/stats/{key}", get(stats::key))
             .route("/health", get(health::health))
             .route("/openapi.json", get(openapi::document))
+            .route("/metrics", get(metrics::render))
             .merge(admin)
             .with_state(state)
     }

@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, check, configs, health, keys, rules, stats};
+use super::{admin, check, configs, health, keys, metrics, rules, stats};
 
 /// The admin routes' bearer token.
 struct AdminToken;
@@ -33,6 +33,7 @@ impl Modify for AdminToken {
         check::by_key,
         check::by_identifier,
         health::health,
+        metrics::render,
         keys::configure,
         stats::key,
         stats::global,
