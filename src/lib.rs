@@ -55,6 +55,8 @@ mod error;
 mod http;
 mod key;
 mod limiter;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod policy;
 mod rules;
 #[cfg(feature = "service")]

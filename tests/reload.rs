@@ -5,8 +5,6 @@
 //! `set_rules` replaced by the file.
 
 mod common;
-#[path = "common/files.rs"]
-mod files;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -28,13 +26,6 @@ fn rules_with_capacity(capacity: u32) -> String {
 /// Writes `text` as the rules file the way `save` says.
 fn write_file(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
-}
-
-/// Saves like editors that write a temporary file and rename it over the original.
-fn save_by_rename(path: &Path, text: &str) {
-    let temp = path.with_extension("json.tmp");
-    std::fs::write(&temp, text).unwrap();
-    std::fs::rename(&temp, path).unwrap();
 }
 
 async fn limit_seen(
@@ -145,11 +136,11 @@ async fn saves_by_rename_are_seen() {
     let path = dir.path().join("rate_limits.json");
     write_file(&path, &rules_with_capacity(3));
     let (_layer, base) = serve_file(&path).await;
-    save_by_rename(&path, &rules_with_capacity(11));
+    files::save_by_rename(&path, &rules_with_capacity(11));
     let took = wait_for_limit(&base, 11).await;
     eprintln!("rename-save took effect after {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
-    save_by_rename(&path, &rules_with_capacity(12));
+    files::save_by_rename(&path, &rules_with_capacity(12));
     wait_for_limit(&base, 12).await;
 }
 
@@ -374,7 +365,7 @@ async fn refused_in_place_then_a_save_is_taken(file_type: &str, put_in_place: im
         .expect("reload() returns");
     assert_eq!(reloaded.unwrap_err().to_string(), expected);
 
-    save_by_rename(&path, &rules_with_capacity(9));
+    files::save_by_rename(&path, &rules_with_capacity(9));
     wait_for_limit(&base, 9).await;
     assert_eq!(layer.limiter().stats().last_reload_error, None);
 }
@@ -503,7 +494,7 @@ async fn requests_keep_flowing_while_a_large_file_is_read() {
     // out of force are freed too).
     for capacity in [77, 78] {
         let large = many_routes(20_000, capacity);
-        save_by_rename(&path, &large);
+        files::save_by_rename(&path, &large);
         let took = wait_for_limit_within(&base, capacity, Duration::from_secs(120)).await;
         eprintln!(
             "{} bytes, 20,000 routes, took effect after {took:?}",

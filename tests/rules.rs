@@ -3,8 +3,6 @@
 //! waiting, and the warning about client overrides that can never apply, given at build.
 
 mod common;
-#[path = "common/files.rs"]
-mod files;
 #[path = "common/logs.rs"]
 mod logs;
 

@@ -161,6 +161,16 @@ impl Backend {
         }
     }
 
+    /// Each Redis node's circuit breaker, by `host:port`; none without Redis.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn breakers(&self) -> Vec<(String, BreakerState)> {
+        match self {
+            Backend::Memory(_) => Vec::new(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.breakers(),
+        }
+    }
+
     /// What Redis has counted; zeros without Redis.
     pub(crate) fn redis_counts(&self) -> RedisCounts {
         match self {

@@ -359,6 +359,10 @@ impl Core {
             if let (true, Some(usage)) = (counted, &self.usage) {
                 usage.record(query.client, &slot.id, true);
             }
+            #[cfg(feature = "metrics")]
+            if counted {
+                crate::metrics::decision(&slot.id, DecidedBy::Unlimited, true, false);
+            }
             if counted && self.events.watched() {
                 let by = DecidedBy::Unlimited;
                 self.events
@@ -451,6 +455,8 @@ impl Core {
             if let (Some(usage), Some(client)) = (&self.usage, client) {
                 usage.record(client, &rule, allowed);
             }
+            #[cfg(feature = "metrics")]
+            crate::metrics::decision(&rule, decided_by, allowed, shadow_refused);
             if self.events.watched() {
                 let band = decision.as_ref();
                 self.events
@@ -479,6 +485,12 @@ impl Core {
     /// IPv6 clients are keyed by their network of this many bits.
     pub(crate) fn ipv6_prefix_len(&self) -> u8 {
         self.ipv6_prefix_len
+    }
+
+    /// Each Redis node's circuit breaker, for metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn breakers(&self) -> Vec<(String, crate::BreakerState)> {
+        self.backend.breakers()
     }
 
     /// Usage recording, when on.

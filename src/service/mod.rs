@@ -8,6 +8,7 @@
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
 //! | `GET /dashboard` | the FastAPI limiter | a page watching it live (`src/service/dashboard/`) |
+//! | `GET /metrics` | | tollgate's metrics, in the Prometheus text format |
 //! | `POST /configure` | the key service | gives a key its own limit, on every instance |
 //! | `GET /stats/{key}` | the key service | a key's calls by hour and day |
 //! | `GET /admin/stats`, `GET /admin/stats/{client_id}` | the FastAPI limiter | every client's calls together, and one client's |
@@ -28,6 +29,7 @@ mod events;
 mod health;
 mod json;
 mod keys;
+mod metrics;
 mod openapi;
 mod rules;
 mod stats;
@@ -39,6 +41,7 @@ use axum::{Router, middleware};
 
 use crate::limiter::Limiter;
 use auth::Admin;
+pub use metrics::prometheus_builder;
 
 /// The service's routes on a limiter.
 ///
@@ -69,12 +72,14 @@ use auth::Admin;
 pub struct Service {
     limiter: Limiter,
     admin: Admin,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// What every handler shares.
 pub(crate) struct State {
     pub(crate) limiter: Limiter,
     pub(crate) admin: Admin,
+    pub(crate) metrics: metrics::Exporter,
 }
 
 impl Service {
@@ -84,7 +89,16 @@ impl Service {
         Self {
             limiter,
             admin: Admin::loopback_only(),
+            metrics: None,
         }
+    }
+
+    /// `GET /metrics` renders from the app's own Prometheus recorder (build it with
+    /// [`prometheus_builder`] for tollgate's histogram buckets). Without one, the router
+    /// installs a recorder as the process's global one, once.
+    pub fn metrics_handle(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// Writes and admin reads need `Authorization: Bearer <token>`, from any peer.
@@ -105,6 +119,7 @@ impl Service {
         let state = Arc::new(State {
             limiter: self.limiter,
             admin: self.admin,
+            metrics: self.metrics.map_or_else(metrics::installed, Ok),
         });
         let admin = Router::new()
             .route("/configure", post(keys::configure))
@@ -153,6 +168,7 @@ impl Service {
             .route("/dashboard", get(dashboard::page))
             .route("/dashboard/dashboard.js", get(dashboard::script))
             .route("/dashboard/dashboard.css", get(dashboard::style))
+            .route("/metrics", get(metrics::render))
             .merge(admin)
             .with_state(state)
     }

@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, check, configs, dashboard, events, health, keys, rules, stats};
+use super::{admin, check, configs, dashboard, events, health, keys, metrics, rules, stats};
 
 /// The admin routes' bearer token.
 struct AdminToken;
@@ -34,6 +34,7 @@ impl Modify for AdminToken {
         check::by_identifier,
         health::health,
         dashboard::page,
+        metrics::render,
         keys::configure,
         stats::key,
         stats::global,

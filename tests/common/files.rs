@@ -1,4 +1,6 @@
-//! Rules files that are not regular files, for tests of what is refused without being read.
+//! Rules files written as editors save them, and files that are not regular files, for
+//! tests of what is refused without being read.
+#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -13,4 +15,12 @@ pub fn mkfifo(path: &Path) {
             )
         });
     assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// Replaces `path` with `text` as editors save: written beside it, then renamed over it, so
+/// a reader never sees it half written.
+pub fn save_by_rename(path: &Path, text: &str) {
+    let temp = path.with_extension("json.tmp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
 }

@@ -6,6 +6,7 @@
 mod cluster;
 mod demo;
 mod deploy;
+pub mod files;
 mod http;
 mod redis;
 

@@ -99,6 +99,22 @@ impl Servers {
         }
     }
 
+    /// Each breaker in use, by node: `single` names the one Redis; a cluster's masters are
+    /// named by address, and slots no master is known for yet by `unmapped`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn breakers(&self, single: &str) -> Vec<(String, BreakerState)> {
+        match self {
+            Servers::Single(server) => vec![(single.to_owned(), server.breaker.state())],
+            Servers::Cluster(slots) => {
+                let mut breakers = slots.breakers();
+                if breakers.is_empty() {
+                    breakers.push(("unmapped".to_owned(), slots.unmapped.breaker.state()));
+                }
+                breakers
+            }
+        }
+    }
+
     /// The worst state of any breaker in use: open if any master is cut off.
     pub(crate) fn state(&self) -> BreakerState {
         match self {
@@ -151,6 +167,21 @@ impl SlotServers {
             .chain(unmapped)
             .max_by_key(rank)
             .unwrap_or(BreakerState::Closed)
+    }
+
+    /// The breaker of each master in the current slot map, by address.
+    #[cfg(feature = "metrics")]
+    fn breakers(&self) -> Vec<(String, BreakerState)> {
+        let table = self.table.load();
+        let by_master = self
+            .by_master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_master
+            .iter()
+            .filter(|(_, server)| table.iter().any(|(_, _, s)| Arc::ptr_eq(s, server)))
+            .map(|(address, server)| (address.clone(), server.breaker.state()))
+            .collect()
     }
 
     fn masters(&self) -> Vec<Arc<Server>> {

@@ -18,3 +18,14 @@ pub(super) enum CallError {
     #[error("{MAX_QUEUED} decisions already wait for Redis")]
     Overloaded,
 }
+
+impl CallError {
+    /// `timeout` for a missed deadline, `error` for anything else.
+    #[cfg(feature = "metrics")]
+    pub(super) fn metrics_kind(&self) -> crate::metrics::RedisErrorKind {
+        match self {
+            CallError::Timeout | CallError::Late => crate::metrics::RedisErrorKind::Timeout,
+            _ => crate::metrics::RedisErrorKind::Error,
+        }
+    }
+}

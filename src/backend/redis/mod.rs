@@ -79,6 +79,9 @@ pub(crate) struct RedisBackend {
     /// How long a lease lives; zero: none are asked for.
     lease: Duration,
     servers: Arc<Servers>,
+    /// The single Redis's `host:port`, as metrics name it.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    node: Box<str>,
     cooldown: Duration,
     on_error: OnRedisError,
     /// The in-process buckets the `local` policy decides with.
@@ -141,6 +144,7 @@ impl RedisBackend {
             timeout: config.timeout,
             lease: config.lease,
             servers,
+            node: node_name(&config.url).into(),
             cooldown,
             on_error: config.on_error,
             local,
@@ -201,6 +205,12 @@ impl RedisBackend {
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.servers.state()
+    }
+
+    /// Each node's breaker, by `host:port`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.servers.breakers(&self.node)
     }
 
     pub(crate) fn counts(&self) -> RedisCounts {
@@ -337,7 +347,14 @@ impl RedisBackend {
         let this = Arc::clone(self);
         Answer::Later(Box::pin(async move {
             let sent_us = monotonic_us();
+            #[cfg(feature = "metrics")]
+            let started = std::time::Instant::now();
             let answer = this.call(&server, key, &limit, &call).await;
+            #[cfg(feature = "metrics")]
+            crate::metrics::redis_call(
+                started.elapsed(),
+                answer.as_ref().err().map(CallError::metrics_kind),
+            );
             if let Some(ask) = ask {
                 let granted = match &answer {
                     Ok((decision, Some((units, ms)))) if decision.allowed => {
@@ -436,5 +453,15 @@ impl RedisBackend {
             },
             (None, _) => Outcome::PassThrough,
         }
+    }
+}
+
+/// `host:port` of a Redis URL, without the credentials; the redacted URL if it does not
+/// parse.
+fn node_name(url: &str) -> String {
+    use redis::IntoConnectionInfo;
+    match url.into_connection_info() {
+        Ok(info) => info.addr().to_string(),
+        Err(_) => redact(url),
     }
 }

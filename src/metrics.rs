@@ -1,0 +1,132 @@
+//! What tollgate records through the [`metrics`](::metrics) facade (feature `metrics`): an
+//! app that installs its own recorder (Prometheus, StatsD, ...) gets these from the layer and
+//! every front, and the service renders them at `GET /metrics`.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `tollgate_decisions_total` | counter | `rule`, `outcome` |
+//! | `tollgate_redis_call_duration_seconds` | histogram | |
+//! | `tollgate_redis_errors_total` | counter | `kind`: `timeout` or `error` |
+//! | `tollgate_redis_breaker_open` | gauge | `node` |
+//! | `tollgate_buckets`, `tollgate_buckets_evicted_total` | gauge, counter | |
+//! | `tollgate_rule_reloads_total`, `tollgate_rule_reloads_failed_total` | counter | |
+//! | `tollgate_usage_dropped_total`, `tollgate_usage_flush_errors_total` | counter | |
+//! | `tollgate_event_subscribers` | gauge | |
+//!
+//! No label names a client: one series per client would grow without bound.
+//!
+//! Decisions and Redis calls are recorded as they happen. The rest is read from
+//! [`Limiter::stats`] and the breakers by [`Limiter::record_metrics`], which the service
+//! calls on every scrape; an app with its own exporter calls it before rendering.
+
+use std::sync::Arc;
+
+use ::metrics::{counter, gauge};
+
+use crate::Limiter;
+use crate::decision::DecidedBy;
+
+/// Decisions, by rule and outcome.
+pub const DECISIONS: &str = "tollgate_decisions_total";
+/// How long Redis took to decide (seconds).
+pub const REDIS_CALL_DURATION: &str = "tollgate_redis_call_duration_seconds";
+/// Redis calls that failed, by kind.
+pub const REDIS_ERRORS: &str = "tollgate_redis_errors_total";
+/// 1 while a Redis node's circuit breaker is open or half-open, 0 while closed.
+pub const REDIS_BREAKER_OPEN: &str = "tollgate_redis_breaker_open";
+/// Buckets held in this process.
+pub const BUCKETS: &str = "tollgate_buckets";
+/// Live buckets forgotten to stay within `max_tracked_buckets`.
+pub const BUCKETS_EVICTED: &str = "tollgate_buckets_evicted_total";
+/// Rules put in force after startup.
+pub const RULE_RELOADS: &str = "tollgate_rule_reloads_total";
+/// Reloads rejected.
+pub const RULE_RELOADS_FAILED: &str = "tollgate_rule_reloads_failed_total";
+/// Calls counted in the usage totals but not per client.
+pub const USAGE_DROPPED: &str = "tollgate_usage_dropped_total";
+/// Usage flushes Redis did not take.
+pub const USAGE_FLUSH_ERRORS: &str = "tollgate_usage_flush_errors_total";
+/// Subscribers to the service's event streams.
+pub const EVENT_SUBSCRIBERS: &str = "tollgate_event_subscribers";
+
+/// Upper bounds of the Redis call duration histogram's buckets, in seconds: 100 µs to 1 s.
+pub const REDIS_CALL_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Counts one decision (peeks are not counted) under `rule`.
+#[inline]
+pub(crate) fn decision(rule: &Arc<str>, decided_by: DecidedBy, allowed: bool, shadowed: bool) {
+    let outcome = match decided_by {
+        _ if shadowed => "shadow_denied",
+        DecidedBy::Unlimited => "unlimited",
+        DecidedBy::Lease => "lease",
+        DecidedBy::RememberedRefusal => "remembered_refusal",
+        DecidedBy::LocalFallback => "local_fallback",
+        DecidedBy::FailOpen => "fail_open",
+        DecidedBy::FailClosed => "fail_closed",
+        DecidedBy::Memory | DecidedBy::Redis if allowed => "allowed",
+        DecidedBy::Memory | DecidedBy::Redis => "denied",
+    };
+    // The rule's `Arc<str>` is shared, not copied.
+    counter!(DECISIONS, "rule" => Arc::clone(rule), "outcome" => outcome).increment(1);
+}
+
+/// One call to Redis that came back (or failed) after `took`.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_call(took: std::time::Duration, failed: Option<RedisErrorKind>) {
+    ::metrics::histogram!(REDIS_CALL_DURATION).record(took.as_secs_f64());
+    if let Some(kind) = failed {
+        let kind = match kind {
+            RedisErrorKind::Timeout => "timeout",
+            RedisErrorKind::Error => "error",
+        };
+        counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+    }
+}
+
+/// Why a Redis call failed, as `tollgate_redis_errors_total` labels it.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RedisErrorKind {
+    Timeout,
+    Error,
+}
+
+/// Sets the number of event subscribers (the service's event streams call it).
+#[allow(dead_code)] // Until the event streams exist.
+pub(crate) fn event_subscribers(count: usize) {
+    gauge!(EVENT_SUBSCRIBERS).set(count as f64);
+}
+
+impl Limiter {
+    /// Records what is read rather than counted as it happens: buckets held and evicted,
+    /// rule reloads, usage drops and flush errors (from [`stats`](Self::stats)), and each
+    /// Redis node's circuit breaker. The service's `GET /metrics` calls it on every scrape;
+    /// an app rendering its own exporter calls it before rendering.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// limiter.record_metrics(); // through whichever recorder the app installed
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn record_metrics(&self) {
+        let stats = self.stats();
+        gauge!(BUCKETS).set(stats.tracked_buckets as f64);
+        counter!(BUCKETS_EVICTED).absolute(stats.evicted_buckets);
+        counter!(RULE_RELOADS).absolute(stats.reloads);
+        counter!(RULE_RELOADS_FAILED).absolute(stats.failed_reloads);
+        counter!(USAGE_DROPPED).absolute(stats.usage_dropped);
+        counter!(USAGE_FLUSH_ERRORS).absolute(stats.usage_flush_errors);
+        for (node, state) in self.core().breakers() {
+            let open = state != crate::BreakerState::Closed;
+            gauge!(REDIS_BREAKER_OPEN, "node" => node).set(if open { 1.0 } else { 0.0 });
+        }
+    }
+}
