@@ -1,4 +1,4 @@
-//! What tollgate records through the [`metrics`](::metrics) facade (feature `metrics`): an
+//! What tollgate records through the [`metrics`] facade (feature `metrics`): an
 //! app that installs its own recorder (Prometheus, StatsD, ...) gets these from the layer and
 //! every front, and the service renders them at `GET /metrics`.
 //!

@@ -12,14 +12,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// Every sample of a scrape, parsed by `prometheus_client`: `(name, labels, value)`.
 struct Scrape(Vec<(String, serde_json::Map<String, Value>, f64)>);
 
