@@ -10,6 +10,16 @@
 //! so `layer/*` minus `layer/bare` is what the layer adds. `layer/allowed_recording_usage`
 //! is `layer/allowed` with usage statistics recorded: the difference is their cost per
 //! request.
+//!
+//! With the `metrics` feature every decision is counted through the `metrics` facade; with
+//! `TOLLGATE_BENCH_PROMETHEUS=1` (and the `service` feature) the service's Prometheus
+//! recorder is installed first, so `layer/*` include recording into it:
+//!
+//! ```sh
+//! cargo bench --features redis,axum --bench layer -- "layer/allowed$"      # no metrics
+//! cargo bench --all-features --bench layer -- "layer/allowed$"            # no recorder
+//! TOLLGATE_BENCH_PROMETHEUS=1 cargo bench --all-features --bench layer -- "layer/allowed$"
+//! ```
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -79,6 +89,12 @@ fn per_request_overhead(c: &mut Criterion) {
         response.headers_mut().insert(CONTENT_TYPE, text);
         Ok::<_, Infallible>(response)
     });
+    #[cfg(feature = "service")]
+    if std::env::var_os("TOLLGATE_BENCH_PROMETHEUS").is_some() {
+        tollgate::service::prometheus_builder()
+            .install_recorder()
+            .expect("the Prometheus recorder, installed once");
+    }
     let ids = client_ids();
     let allowing_rules = r#"{"default": {"capacity": 1000, "refill_rate": 1000000000},
                              "routes": [{"path": "/health", "unlimited": true}]}"#;

@@ -1,4 +1,4 @@
-//! What tollgate records through the [`metrics`](::metrics) facade (feature `metrics`): an
+//! What tollgate records through the [`metrics`] facade (feature `metrics`): an
 //! app that installs its own recorder (Prometheus, StatsD, ...) gets these from the layer and
 //! every front, and the service renders them at `GET /metrics`.
 //!
@@ -128,5 +128,71 @@ impl Limiter {
             let open = state != crate::BreakerState::Closed;
             gauge!(REDIS_BREAKER_OPEN, "node" => node).set(if open { 1.0 } else { 0.0 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+    use crate::{ClientKey, Query, Rules};
+
+    /// Each outcome lands under its rule and name; peeks are not counted.
+    #[tokio::test]
+    async fn decisions_are_counted_by_rule_and_outcome() {
+        let rules = Rules::from_json(
+            r#"{"default": {"limit": "1/hour"},
+                "routes": [{"path": "/free", "unlimited": true},
+                           {"path": "/trial", "limit": "1/hour", "shadow": true}]}"#,
+        )
+        .expect("valid rules");
+        let limiter = Limiter::builder()
+            .rules(rules)
+            .build()
+            .await
+            .expect("a limiter");
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let ann = ClientKey::id("ann");
+        ::metrics::with_local_recorder(&recorder, || {
+            let check = |query| futures::executor::block_on(limiter.check(query)).unwrap();
+            check(Query::new(&ann));
+            check(Query::new(&ann));
+            futures::executor::block_on(limiter.peek(Query::new(&ann))).unwrap();
+            check(Query::new(&ann).route("GET", "/free"));
+            check(Query::new(&ann).route("GET", "/trial"));
+            check(Query::new(&ann).route("GET", "/trial"));
+        });
+        let mut counted = BTreeMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            if key.name() != DECISIONS {
+                continue;
+            }
+            let label = |name| {
+                key.labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap()
+            };
+            let DebugValue::Counter(n) = value else {
+                panic!("{DECISIONS} is a counter")
+            };
+            counted.insert((label("rule"), label("outcome")), n);
+        }
+        let expected: BTreeMap<_, _> = [
+            (("default", "allowed"), 1),
+            (("default", "denied"), 1),
+            (("/free", "unlimited"), 1),
+            (("/trial", "allowed"), 1),
+            (("/trial", "shadow_denied"), 1),
+        ]
+        .into_iter()
+        .map(|((rule, outcome), n)| ((rule.to_owned(), outcome.to_owned()), n))
+        .collect();
+        assert_eq!(counted, expected);
     }
 }

@@ -10,14 +10,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// The service with seed 004's tiers (free 100/min, pro 1000/min, enterprise 10000/min) on
 /// its own Redis.
 fn tiered(redis: &TestRedis) -> Demo {

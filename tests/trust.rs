@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -19,14 +18,6 @@ const RULES: &str = r#"{
     "default": {"capacity": 5, "refill_rate": 0.001},
     "clients": {"id:internal-batch": {"limit": "6000/minute"}}
 }"#;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 /// The layer on `store`, with the trust options `trust` sets.
 async fn build(

@@ -13,6 +13,15 @@ use tower::ServiceExt;
 
 use super::redis::TestRedis;
 
+/// A real HTTP client for a test's server: no proxy, 10 s at most per request.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// Which backend a test runs against.
 pub enum Store<'a> {
     Memory,

@@ -105,13 +105,7 @@ impl Servers {
     pub(crate) fn breakers(&self, single: &str) -> Vec<(String, BreakerState)> {
         match self {
             Servers::Single(server) => vec![(single.to_owned(), server.breaker.state())],
-            Servers::Cluster(slots) => {
-                let mut breakers = slots.breakers();
-                if breakers.is_empty() {
-                    breakers.push(("unmapped".to_owned(), slots.unmapped.breaker.state()));
-                }
-                breakers
-            }
+            Servers::Cluster(slots) => slots.breakers(),
         }
     }
 
@@ -169,19 +163,29 @@ impl SlotServers {
             .unwrap_or(BreakerState::Closed)
     }
 
-    /// The breaker of each master in the current slot map, by address.
+    /// The breakers [`state`](Self::state) weighs, by node: each master of the current slot
+    /// map by address, and `unmapped` while some slot has no known master.
     #[cfg(feature = "metrics")]
     fn breakers(&self) -> Vec<(String, BreakerState)> {
         let table = self.table.load();
+        let mapped: u32 = table
+            .iter()
+            .map(|(first, last, _)| u32::from(last.saturating_sub(*first)) + 1)
+            .sum();
         let by_master = self
             .by_master
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        by_master
+        let mut breakers: Vec<_> = by_master
             .iter()
             .filter(|(_, server)| table.iter().any(|(_, _, s)| Arc::ptr_eq(s, server)))
             .map(|(address, server)| (address.clone(), server.breaker.state()))
-            .collect()
+            .collect();
+        if mapped < u32::from(SLOTS) {
+            breakers.push(("unmapped".to_owned(), self.unmapped.breaker.state()));
+        }
+        breakers.sort_by(|a, b| a.0.cmp(&b.0));
+        breakers
     }
 
     fn masters(&self) -> Vec<Arc<Server>> {
@@ -308,6 +312,30 @@ mod tests {
         assert_eq!(slots.for_slot(6000).breaker.state(), BreakerState::Closed);
         slots.update(vec![(0, 16383, "b:2".into())]);
         assert_eq!(slots.for_slot(0).breaker.state(), BreakerState::Open);
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn breakers_are_named_by_master() {
+        let servers = Servers::cluster(1, Duration::from_secs(3600));
+        let Servers::Cluster(slots) = &servers else {
+            unreachable!()
+        };
+        let names = |servers: &Servers| -> Vec<(String, BreakerState)> { servers.breakers("") };
+        assert_eq!(names(&servers), [("unmapped".into(), BreakerState::Closed)]);
+        slots.update(vec![(0, 8191, "a:1".into()), (8192, 16383, "b:1".into())]);
+        servers.for_key("{x}").breaker.failed(Permit::Call, &"down");
+        let open = servers
+            .breakers("")
+            .into_iter()
+            .filter(|(_, state)| *state == BreakerState::Open)
+            .count();
+        assert_eq!(names(&servers).len(), 2, "no unmapped slots");
+        assert_eq!(open, 1);
+        // A master that left the map is no longer shown.
+        slots.update(vec![(0, 16383, "a:1".into())]);
+        assert_eq!(names(&servers)[0].0, "a:1");
+        assert_eq!(names(&servers).len(), 1);
     }
 
     #[test]
