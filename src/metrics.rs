@@ -93,16 +93,10 @@ pub(crate) enum RedisErrorKind {
     Error,
 }
 
-/// Sets the number of event subscribers (the service's event streams call it).
-#[allow(dead_code)] // Until the event streams exist.
-pub(crate) fn event_subscribers(count: usize) {
-    gauge!(EVENT_SUBSCRIBERS).set(count as f64);
-}
-
 impl Limiter {
     /// Records what is read rather than counted as it happens: buckets held and evicted,
-    /// rule reloads, usage drops and flush errors (from [`stats`](Self::stats)), and each
-    /// Redis node's circuit breaker. The service's `GET /metrics` calls it on every scrape;
+    /// rule reloads, usage drops and flush errors, event subscribers (from
+    /// [`stats`](Self::stats)), and each Redis node's circuit breaker. The service's `GET /metrics` calls it on every scrape;
     /// an app rendering its own exporter calls it before rendering.
     ///
     /// ```
@@ -124,6 +118,7 @@ impl Limiter {
         counter!(RULE_RELOADS_FAILED).absolute(stats.failed_reloads);
         counter!(USAGE_DROPPED).absolute(stats.usage_dropped);
         counter!(USAGE_FLUSH_ERRORS).absolute(stats.usage_flush_errors);
+        gauge!(EVENT_SUBSCRIBERS).set(stats.event_subscribers as f64);
         for (node, state) in self.core().breakers() {
             let open = state != crate::BreakerState::Closed;
             gauge!(REDIS_BREAKER_OPEN, "node" => node).set(if open { 1.0 } else { 0.0 });
