@@ -1,8 +1,8 @@
 //! Live events from `tollgate serve`, as subscribers see them: the real binary, real HTTP, a
 //! real SSE reader and a real WebSocket client. Each client's stream carries its decisions
 //! only; rule changes and per-second summaries arrive; a subscriber that never reads slows no
-//! request; the admin token guards every stream. (A lagging subscriber's `lagged` notice is
-//! tested beside the limiter's events: loopback sockets buffer megabytes of events here.)
+//! request; the admin token guards every stream; a subscriber that lags is told what it
+//! missed.
 
 mod common;
 
@@ -371,4 +371,31 @@ async fn streams_need_the_admin_token_when_one_is_set() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Over HTTP, loopback sockets hold megabytes of events for a subscriber that never reads,
+/// so its lag is shown on the limiter itself: the events past the buffer are missed, the
+/// subscriber is told how many, and its stream goes on.
+#[tokio::test]
+async fn a_lagging_subscriber_is_told_what_it_missed() {
+    use tollgate::{ClientKey, Event, Limiter, Query};
+    let limiter = Limiter::builder()
+        .rules(rules(r#"{"default": {"limit": "1000000/second"}}"#))
+        .build()
+        .await
+        .unwrap();
+    let mut events = limiter.subscribe();
+    assert_eq!(limiter.stats().event_subscribers, 1);
+    let carol = ClientKey::id("carol");
+    let checks = tollgate::EVENT_BUFFER + 500;
+    for _ in 0..checks {
+        assert!(limiter.check(Query::new(&carol)).await.unwrap().allowed());
+    }
+    assert_eq!(events.next().await, Some(Event::Lagged { missed: 500 }));
+    let Some(Event::Decision(decision)) = events.next().await else {
+        panic!("the stream goes on")
+    };
+    assert_eq!(decision.client, "id:carol");
+    drop(events);
+    assert_eq!(limiter.stats().event_subscribers, 0);
 }
