@@ -9,7 +9,9 @@
 //! The inner service answers at once with a small text response, as an axum handler would,
 //! so `layer/*` minus `layer/bare` is what the layer adds. `layer/allowed_recording_usage`
 //! is `layer/allowed` with usage statistics recorded: the difference is their cost per
-//! request.
+//! request. `layer/allowed_one_subscriber` and `layer/allowed_stalled_subscriber` are
+//! `layer/allowed` with a subscriber to the live events that reads them all, and with one
+//! that never reads.
 //!
 //! With the `metrics` feature every decision is counted through the `metrics` facade; with
 //! `TOLLGATE_BENCH_PROMETHEUS=1` (and the `service` feature) the service's Prometheus
@@ -148,6 +150,33 @@ fn per_request_overhead(c: &mut Criterion) {
     measure(
         "allowed_recording_usage",
         &mut |r| call(&mut allowed_recording, r),
+        "/api/data",
+        &by_id,
+    );
+    // With a subscriber to the live events that reads them all (on a thread of its own), and
+    // with one that never reads (its buffer full, every event overwriting the oldest).
+    let watched = layer(allowing_rules);
+    let mut reader = watched.limiter().subscribe();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async { while reader.next().await.is_some() {} });
+    });
+    let mut allowed_watched = watched.layer(inner);
+    measure(
+        "allowed_one_subscriber",
+        &mut |r| call(&mut allowed_watched, r),
+        "/api/data",
+        &by_id,
+    );
+    let stalled = layer(allowing_rules);
+    let _never_read = stalled.limiter().subscribe();
+    let mut allowed_stalled = stalled.layer(inner);
+    assert_eq!(stalled.limiter().stats().event_subscribers, 1);
+    measure(
+        "allowed_stalled_subscriber",
+        &mut |r| call(&mut allowed_stalled, r),
         "/api/data",
         &by_id,
     );
