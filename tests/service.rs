@@ -531,19 +531,11 @@ async fn the_openapi_document_describes_the_real_answers() {
 }
 
 async fn get(url: &str) -> (u16, Value) {
-    let response = http().get(url).send().await.unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
+    call("GET", url, None, None).await
 }
 
 async fn post(url: &str, body: Value) -> (u16, Value) {
-    let response = http().post(url).json(&body).send().await.unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
+    call("POST", url, Some(body), None).await
 }
 
 /// Whether `value` fits `schema` (following `$ref`s into `document`): types, required

@@ -66,7 +66,7 @@ impl Modify for AdminToken {
         health::Health,
         keys::Configure,
         keys::Configured,
-        stats::Counted,
+        crate::limiter::Calls,
         stats::KeyStats,
         stats::ClientStats,
         stats::GlobalStats,

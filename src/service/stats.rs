@@ -17,24 +17,6 @@ use super::json::{Unprocessable, detail};
 use crate::key::ClientKey;
 use crate::limiter::{Calls, ClientUsage, UsageError};
 
-/// Calls in one period.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub(crate) struct Counted {
-    /// Calls admitted.
-    allowed: u64,
-    /// Calls refused.
-    denied: u64,
-}
-
-impl From<Calls> for Counted {
-    fn from(calls: Calls) -> Self {
-        Self {
-            allowed: calls.allowed,
-            denied: calls.denied,
-        }
-    }
-}
-
 /// A key's calls, as the key service reported them, with the allowed and denied beside.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct KeyStats {
@@ -47,9 +29,9 @@ pub(crate) struct KeyStats {
     /// The limit the key has under the default rule.
     current_rate_limit: String,
     /// `hourly_calls`, allowed and denied.
-    hourly: BTreeMap<String, Counted>,
+    hourly: BTreeMap<String, Calls>,
     /// `daily_calls`, allowed and denied.
-    daily: BTreeMap<String, Counted>,
+    daily: BTreeMap<String, Calls>,
 }
 
 /// A key's calls by hour and day, allowed or not, on every instance sharing the Redis.
@@ -85,7 +67,7 @@ pub(crate) async fn key(
             .collect()
     };
     let (hourly_calls, daily_calls) = (totals(&usage.hours), totals(&usage.days));
-    let (hourly, daily) = (counted(usage.hours), counted(usage.days));
+    let (hourly, daily) = (usage.hours, usage.days);
     Json(KeyStats {
         key,
         hourly_calls,
@@ -103,13 +85,13 @@ pub(crate) struct ClientStats {
     /// The client key (`id:<client_id>`).
     client: String,
     /// Calls in the last 24 hours.
-    last_24_hours: Counted,
+    last_24_hours: Calls,
     /// Calls per UTC hour, the last 24 hours, hours with calls only.
-    hourly: BTreeMap<String, Counted>,
+    hourly: BTreeMap<String, Calls>,
     /// Calls per UTC day, the last 30 days, days with calls only.
-    daily: BTreeMap<String, Counted>,
+    daily: BTreeMap<String, Calls>,
     /// Calls per rule in the last 24 hours.
-    rules: BTreeMap<String, Counted>,
+    rules: BTreeMap<String, Calls>,
 }
 
 /// A client's calls: by hour, day and rule.
@@ -161,18 +143,11 @@ fn client_stats(usage: ClientUsage) -> ClientStats {
     }
     ClientStats {
         client: usage.client,
-        last_24_hours: total.into(),
-        hourly: counted(usage.hours),
-        daily: counted(usage.days),
-        rules: counted(rules),
+        last_24_hours: total,
+        hourly: usage.hours,
+        daily: usage.days,
+        rules,
     }
-}
-
-fn counted(periods: BTreeMap<String, Calls>) -> BTreeMap<String, Counted> {
-    periods
-        .into_iter()
-        .map(|(period, calls)| (period, calls.into()))
-        .collect()
 }
 
 /// How many of the most-limited clients to list.
@@ -197,11 +172,11 @@ pub(crate) struct GlobalStats {
     /// `denied / total_requests` (0 with no calls).
     block_rate: f64,
     /// Per rule (its identity).
-    rules: BTreeMap<String, Counted>,
+    rules: BTreeMap<String, Calls>,
     /// The clients refused most, most first.
     most_limited: Vec<LimitedClient>,
     /// Per UTC hour.
-    hourly: BTreeMap<String, Counted>,
+    hourly: BTreeMap<String, Calls>,
 }
 
 /// A client and how often it was refused.
@@ -256,7 +231,7 @@ pub(crate) async fn global(
         } else {
             summary.denied as f64 / total as f64
         },
-        rules: counted(summary.rules),
+        rules: summary.rules,
         most_limited: summary
             .most_limited
             .into_iter()
@@ -265,7 +240,7 @@ pub(crate) async fn global(
                 denied: limited.denied,
             })
             .collect(),
-        hourly: counted(summary.hours),
+        hourly: summary.hours,
     })
     .into_response()
 }

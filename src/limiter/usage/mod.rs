@@ -56,6 +56,7 @@ pub(crate) const DEFAULT_MAX_CLIENTS: usize = 100_000;
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "service", derive(serde::Deserialize, utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct Calls {
     /// Calls allowed (a shadow rule's would-be refusals included).
