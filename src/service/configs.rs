@@ -14,6 +14,7 @@
 //! the burst (as they are written: burst first). A rule of other shapes is listed that way
 //! too, but only the native API changes it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -27,7 +28,7 @@ use utoipa::ToSchema;
 use super::json::{Body, Unprocessable, detail};
 use super::rules::{origin_name, refused};
 use crate::algorithm::Algorithm;
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, RuleEntry};
 use crate::rules::{
     Band, Limit, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, RuleTarget, Rules,
 };
@@ -133,11 +134,11 @@ pub(crate) struct ConfigDeleted {
 )]
 pub(crate) async fn list(State(state): State<Arc<super::State>>) -> Json<Vec<Config>> {
     let rules = state.limiter.rules();
-    let entries = state.limiter.rule_entries();
+    let entries = rule_entries(&state.limiter);
     let configs = rules
         .iter()
         .filter(|rule| rule.pattern().is_some())
-        .map(|rule| config_of(rule, &entries))
+        .map(|rule| config_of(rule, entries.get(rule.id())))
         .collect();
     Json(configs)
 }
@@ -269,9 +270,12 @@ pub(crate) async fn update(
         return invalid.into_response();
     }
     // The rule as it is written, its limit replaced: its methods, cost and shadow stay.
-    let entries = state.limiter.rule_entries();
-    let mut route = native_of(rule.id(), &entries)
-        .and_then(|native| native.as_object().cloned())
+    let mut route = rule_entries(&state.limiter)
+        .remove(rule.id())
+        .and_then(|entry| match entry.rule {
+            Value::Object(route) => Some(route),
+            _ => None,
+        })
         .unwrap_or_default();
     for key in [
         "limit",
@@ -525,15 +529,26 @@ impl Fields {
 /// The configuration of the rule in force with identity `id`.
 fn in_force(limiter: &Limiter, id: &str) -> Option<Config> {
     let rules = limiter.rules();
-    let entries = limiter.rule_entries();
-    rules.find(id).map(|rule| config_of(rule, &entries))
+    let entries = rule_entries(limiter);
+    rules.find(id).map(|rule| config_of(rule, entries.get(id)))
 }
 
-fn config_of(rule: &Rule, entries: &[crate::RuleEntry]) -> Config {
+/// The rules in force as the rules file writes them, by rule identity (client overrides
+/// left out): read once per answer, not once per rule.
+fn rule_entries(limiter: &Limiter) -> HashMap<String, RuleEntry> {
+    limiter
+        .rule_entries()
+        .into_iter()
+        .filter_map(|entry| match &entry.target {
+            RuleTarget::Rule(id) => Some((id.clone(), entry)),
+            RuleTarget::Client(_) => None,
+        })
+        .collect()
+}
+
+/// A rule in force, and its entry, as a configuration.
+fn config_of(rule: &Rule, entry: Option<&RuleEntry>) -> Config {
     let fields = rule.limit().map(Fields::of);
-    let entry = entries
-        .iter()
-        .find(|entry| entry.target == RuleTarget::Rule(rule.id().to_owned()));
     Config {
         endpoint: rule.pattern().unwrap_or_default().to_owned(),
         methods: rule
@@ -551,13 +566,6 @@ fn config_of(rule: &Rule, entries: &[crate::RuleEntry]) -> Config {
             .to_owned(),
         native: entry.map_or(Value::Null, |entry| entry.rule.clone()),
     }
-}
-
-fn native_of(id: &str, entries: &[crate::RuleEntry]) -> Option<Value> {
-    entries
-        .iter()
-        .find(|entry| entry.target == RuleTarget::Rule(id.to_owned()))
-        .map(|entry| entry.rule.clone())
 }
 
 /// Seconds to the microsecond, so that a window of 3600 s reads back as 3600.
