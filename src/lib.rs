@@ -82,7 +82,7 @@ pub use limiter::{
 };
 pub use policy::OnRedisError;
 pub use rules::{
-    Band, DEFAULT_MAX_RULES_FILE_BYTES, InvalidRule, InvalidRuleTarget, Limit, Location, MAX_BANDS,
-    MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule, RuleTarget, Rules,
-    RulesError, UnknownTier, UnreachableOverride,
+    Band, DEFAULT_MAX_RULES_FILE_BYTES, DescriptorMatch, InvalidRule, InvalidRuleTarget, Limit,
+    Location, MAX_BANDS, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule,
+    RuleTarget, Rules, RulesError, UnknownTier, UnreachableOverride,
 };

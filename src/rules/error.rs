@@ -253,6 +253,14 @@ pub enum InvalidRule {
     /// A key of `clients` that is not a client key.
     #[error(transparent)]
     ClientKey(#[from] crate::key::InvalidClientKey),
+    /// A descriptor of `descriptors` that cannot be matched as written: an empty key or
+    /// value, the same key and value twice at one depth, a name given twice, or `replaces`
+    /// naming no limit.
+    #[error("{reason}")]
+    Descriptor {
+        /// What is wrong.
+        reason: String,
+    },
     /// Two routes cover the same path and method.
     #[error("route {path:?} duplicates {other}: each path and method may have only one rule")]
     DuplicateRoute {

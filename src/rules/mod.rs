@@ -17,6 +17,7 @@
 //! Everything is validated once, at load; a request does one router lookup in its rule set
 //! (and one map lookup when the file has client overrides).
 
+mod descriptor;
 mod error;
 mod file;
 mod json;
@@ -308,6 +309,8 @@ pub struct Rule {
     /// Whether HEAD requests fall under this rule as GET ones do (see [`Rule::applies_to`]).
     head_as_get: bool,
     limit: Option<Limit>,
+    /// For a rule of `descriptors`: its domain and names.
+    descriptor: Option<Box<descriptor::DescriptorInfo>>,
 }
 
 impl Rule {
@@ -372,6 +375,27 @@ impl Rule {
     /// The limit, or `None` for an unlimited rule.
     pub fn limit(&self) -> Option<&Limit> {
         self.limit.as_ref()
+    }
+
+    /// The Envoy domain of a rule of the file's `descriptors`; `None` for the others.
+    pub fn domain(&self) -> Option<&str> {
+        self.descriptor.as_ref().map(|d| &*d.domain)
+    }
+
+    /// The `name` of a descriptor rule, which other rules' [`replaces`](Self::replaces)
+    /// refer to.
+    pub fn name(&self) -> Option<&str> {
+        self.descriptor.as_ref().and_then(|d| d.name.as_deref())
+    }
+
+    /// The names of the descriptor rules this one replaces: when one request's descriptors
+    /// fall under both, only this one counts.
+    pub fn replaces(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.descriptor
+            .as_ref()
+            .map_or(&[][..], |d| &d.replaces[..])
+            .iter()
+            .map(|name| &**name)
     }
 
     /// The identity, shared rather than copied.
@@ -457,11 +481,36 @@ pub struct Rules {
     /// `None`: the client is unlimited.
     /// Searched with the request's borrowed key (see [`KeyRef`]).
     clients: hashbrown::HashMap<ClientKey, Option<Limit>, RandomState>,
+    /// The rules of `descriptors`, by domain and entries.
+    descriptors: descriptor::Descriptors,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
     /// The JSON the rules were read from, and where it came from: runtime entries are merged
     /// into it (see `merge`), so every set of rules in force can be rebuilt from JSON.
     source: Source,
+}
+
+/// The rule an Envoy rate limit descriptor falls under, and the client it counts against:
+/// found by [`Rules::descriptor`].
+///
+/// # Example
+///
+/// ```
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{"default": {"unlimited": true},
+///     "descriptors": {"mongo_cps": [{"key": "database", "value": "users", "limit": "500/second"}]}}"#).unwrap();
+/// let found = rules.descriptor("mongo_cps", [("database", "users")]).unwrap();
+/// assert_eq!(found.rule.limit().unwrap().bands()[0].capacity(), 500);
+/// assert_eq!(found.client.to_string(), "id:users");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DescriptorMatch<'a> {
+    /// The rule: its identity keys the state, like a route's.
+    pub rule: &'a Rule,
+    /// The descriptor's values, as one client key.
+    pub client: ClientKey,
 }
 
 /// The JSON text of a set of rules, and its name in errors (a path or `<inline>`).
@@ -649,6 +698,51 @@ impl Rules {
                 client_override: false,
             },
         }
+    }
+
+    /// The rule for an Envoy rate limit descriptor: the one the file's `descriptors` give
+    /// `entries` (key and value pairs, in order) in `domain`, and the client the descriptor
+    /// counts against, made of the entries' values (each distinct value counts on its own).
+    /// `None` when no rule applies: Envoy's answer is then OK, with no limit.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "10/second"},
+    ///     "descriptors": {"edge": [
+    ///         {"key": "remote_address", "limit": "100/minute", "algorithm": "fixed_window"},
+    ///         {"key": "path", "value": "/login", "limit": "5/minute"},
+    ///         {"key": "path", "value": "/api/*", "descriptors": [{"key": "user", "limit": "1000/hour"}]}
+    ///     ]}
+    /// }"#).unwrap();
+    /// let found = rules.descriptor("edge", [("remote_address", "10.0.0.7")]).unwrap();
+    /// assert_eq!(found.rule.id(), "@edge/remote_address");
+    /// assert_eq!(found.client.to_string(), "id:10.0.0.7");
+    /// let nested = rules.descriptor("edge", [("path", "/api/orders"), ("user", "alice")]).unwrap();
+    /// assert_eq!(nested.rule.id(), "@edge/path=%2Fapi%2F*/user");
+    /// assert_eq!(nested.client.to_string(), "id:%2Fapi%2Forders/alice");
+    /// // A node without a limit, an unknown key or domain: no rule.
+    /// assert!(rules.descriptor("edge", [("path", "/api/orders")]).is_none());
+    /// assert!(rules.descriptor("edge", [("user", "alice")]).is_none());
+    /// assert!(rules.descriptor("other", [("path", "/login")]).is_none());
+    /// ```
+    pub fn descriptor<'e, I>(&self, domain: &str, entries: I) -> Option<DescriptorMatch<'_>>
+    where
+        I: IntoIterator<Item = (&'e str, &'e str)>,
+        I::IntoIter: Clone,
+    {
+        let entries = entries.into_iter();
+        let index = self.descriptors.lookup(domain, entries.clone())?;
+        Some(DescriptorMatch {
+            rule: &self.rules[index],
+            client: descriptor::client_of(entries),
+        })
+    }
+
+    /// Whether the file has `descriptors`.
+    pub fn has_descriptors(&self) -> bool {
+        !self.descriptors.is_empty()
     }
 
     /// The base rules' default: for requests no route covers.

@@ -10,6 +10,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
+use super::descriptor::{self, RawDescriptor};
 use super::json::{json_path_of, json_problem};
 use super::router::{ConflictKind, Route, RuleSet};
 use super::{
@@ -24,17 +25,17 @@ use crate::policy::OnRedisError;
 /// and `methods` are only allowed in routes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
-    path: Option<String>,
-    methods: Option<Vec<String>>,
-    capacity: Option<Number>,
-    refill_rate: Option<Number>,
-    limit: Option<String>,
-    limits: Option<Vec<Value>>,
-    unlimited: Option<bool>,
-    algorithm: Option<Algorithm>,
-    cost: Option<Number>,
-    shadow: Option<bool>,
+pub(super) struct RawRule {
+    pub(super) path: Option<String>,
+    pub(super) methods: Option<Vec<String>>,
+    pub(super) capacity: Option<Number>,
+    pub(super) refill_rate: Option<Number>,
+    pub(super) limit: Option<String>,
+    pub(super) limits: Option<Vec<Value>>,
+    pub(super) unlimited: Option<bool>,
+    pub(super) algorithm: Option<Algorithm>,
+    pub(super) cost: Option<Number>,
+    pub(super) shadow: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -57,18 +58,20 @@ struct RawRules {
     #[serde(default)]
     clients: BTreeMap<String, RawRule>,
     #[serde(default)]
+    descriptors: BTreeMap<String, Vec<RawDescriptor>>,
+    #[serde(default)]
     shadow: bool,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
 }
 
 /// A problem found after deserializing, with its JSON path.
-struct Problem {
+pub(super) struct Problem {
     json_path: String,
     problem: InvalidRule,
 }
 
-fn problem(json_path: impl Into<String>, problem: InvalidRule) -> Problem {
+pub(super) fn problem(json_path: impl Into<String>, problem: InvalidRule) -> Problem {
     Problem {
         json_path: json_path.into(),
         problem,
@@ -169,6 +172,7 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
             .ok_or_else(|| problem(&at, InvalidClientKey::of(&key).into()))?;
         clients.insert(client, limit_of(&raw_rule, &at, raw.shadow)?);
     }
+    let descriptors = descriptor::build(raw.descriptors, &mut rules, raw.shadow)?;
     let by_id = rules
         .iter()
         .enumerate()
@@ -181,6 +185,7 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
         tiers,
         default_tier,
         clients,
+        descriptors,
         on_redis_error: raw.on_redis_error,
         local_fallback_instances: raw.local_fallback_instances,
         source,
@@ -218,6 +223,7 @@ fn rule_set(
         methods: None,
         head_as_get: false,
         limit: limit_of(&default, &format!("{at}default"), shadow_all)?,
+        descriptor: None,
     });
 
     let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
@@ -280,6 +286,7 @@ fn rule_set(
             methods: methods.as_deref().map(Into::into),
             head_as_get: false,
             limit,
+            descriptor: None,
         });
         by_id.insert(id, routes.len());
         by_pattern
@@ -316,7 +323,11 @@ fn rule_set(
 }
 
 /// The limit a rule describes, or `None` for `unlimited: true`.
-fn limit_of(raw: &RawRule, json_path: &str, shadow_all: bool) -> Result<Option<Limit>, Problem> {
+pub(super) fn limit_of(
+    raw: &RawRule,
+    json_path: &str,
+    shadow_all: bool,
+) -> Result<Option<Limit>, Problem> {
     let at = |field: &str| format!("{json_path}.{field}");
     let unlimited = raw.unlimited == Some(true);
     let explicit = raw.capacity.is_some() || raw.refill_rate.is_some();

@@ -869,3 +869,163 @@ fn file_errors_name_the_file() {
         "{msg}"
     );
 }
+
+fn with_descriptors(domains: &str) -> String {
+    format!(r#"{{{DEFAULT}, "descriptors": {{{domains}}}}}"#)
+}
+
+#[test]
+fn descriptors_match_exact_values_then_wildcards_then_any_value() {
+    let rules = ok(&with_descriptors(
+        r#""edge": [
+            {"key": "path", "value": "/api/admin", "limit": "1/second"},
+            {"key": "path", "value": "/api/*", "limit": "2/second"},
+            {"key": "path", "value": "/api/orders/*", "limit": "3/second"},
+            {"key": "path", "limit": "4/second"},
+            {"key": "tenant", "descriptors": [
+                {"key": "user", "value": "bot", "unlimited": true},
+                {"key": "user", "limits": ["5/second", "100/hour"], "algorithm": "sliding_window"}
+            ]}
+        ]"#,
+    ));
+    let id = |entries: &[(&str, &str)]| {
+        rules
+            .descriptor("edge", entries.iter().copied())
+            .map(|found| found.rule.id().to_owned())
+    };
+    assert_eq!(
+        id(&[("path", "/api/admin")]).as_deref(),
+        Some("@edge/path=%2Fapi%2Fadmin")
+    );
+    assert_eq!(
+        id(&[("path", "/api/x")]).as_deref(),
+        Some("@edge/path=%2Fapi%2F*")
+    );
+    // The longest wildcard wins.
+    assert_eq!(
+        id(&[("path", "/api/orders/7")]).as_deref(),
+        Some("@edge/path=%2Fapi%2Forders%2F*")
+    );
+    assert_eq!(id(&[("path", "/else")]).as_deref(), Some("@edge/path"));
+    // A node without a limit, a descriptor longer than the tree, an unknown key: no rule.
+    assert_eq!(id(&[("tenant", "a")]), None);
+    assert_eq!(id(&[("path", "/else"), ("user", "x")]), None);
+    assert_eq!(id(&[("user", "x")]), None);
+    assert_eq!(id(&[]), None);
+    assert_eq!(
+        id(&[("tenant", "a"), ("user", "alice")]).as_deref(),
+        Some("@edge/tenant/user")
+    );
+    let bot = rules
+        .descriptor("edge", [("tenant", "a"), ("user", "bot")])
+        .unwrap();
+    assert!(bot.rule.limit().is_none());
+    let alice = rules
+        .descriptor("edge", [("tenant", "a"), ("user", "alice")])
+        .unwrap();
+    let limit = alice.rule.limit().unwrap();
+    assert_eq!(limit.algorithm(), Algorithm::SlidingWindow);
+    assert_eq!(limit.bands().len(), 2);
+    assert_eq!(alice.rule.domain(), Some("edge"));
+    assert_eq!(alice.client.to_string(), "id:a/alice");
+    // Values with the separator stay apart.
+    let split = rules
+        .descriptor("edge", [("tenant", "a/b"), ("user", "c")])
+        .unwrap();
+    let other = rules
+        .descriptor("edge", [("tenant", "a"), ("user", "b/c")])
+        .unwrap();
+    assert_ne!(split.client, other.client);
+    // Descriptor rules are not routes.
+    assert_eq!(rules.lookup(&Method::GET, "/api/admin").id(), "default");
+}
+
+#[test]
+fn descriptor_names_and_replaces() {
+    let rules = ok(&with_descriptors(
+        r#""d": [
+            {"key": "a", "limit": "10/minute", "name": "wide"},
+            {"key": "b", "limit": "5/minute", "replaces": ["wide"], "shadow": true}
+        ]"#,
+    ));
+    let b = rules.descriptor("d", [("b", "1")]).unwrap().rule;
+    assert_eq!(b.replaces().collect::<Vec<_>>(), ["wide"]);
+    assert!(b.limit().unwrap().shadow());
+    assert_eq!(
+        rules.descriptor("d", [("a", "1")]).unwrap().rule.name(),
+        Some("wide")
+    );
+    assert!(rules.find("@d/a").is_some());
+}
+
+#[test]
+fn descriptor_errors_name_the_place() {
+    for (domains, expected) in [
+        (
+            r#""d": [{"key": "", "limit": "1/second"}]"#,
+            "<inline>: at descriptors.d[0].key: a descriptor key must not be empty",
+        ),
+        (
+            r#""d": [{"key": "k", "value": "", "limit": "1/second"}]"#,
+            "<inline>: at descriptors.d[0].value: an empty value matches nothing; leave `value` out to match any value of the key",
+        ),
+        (
+            r#""d": [{"key": "k", "limit": "1/second"}, {"key": "k", "limit": "2/second"}]"#,
+            "<inline>: at descriptors.d[1]: key \"k\" without a value duplicates descriptors.d[0]",
+        ),
+        (
+            r#""d": [{"key": "k", "descriptors": [{"key": "v", "value": "1", "limit": "1/second"}, {"key": "v", "value": "1", "unlimited": true}]}]"#,
+            "<inline>: at descriptors.d[0].descriptors[1]: key \"v\" with value \"1\" duplicates descriptors.d[0].descriptors[0]",
+        ),
+        (
+            r#""d": [{"key": "k", "limit": "1/week"}]"#,
+            "<inline>: at descriptors.d[0].limit: limit must look like",
+        ),
+        (
+            r#""d": [{"key": "k", "cost": 2}]"#,
+            "<inline>: at descriptors.d[0]: a rule needs exactly one of",
+        ),
+        (
+            r#""d": [{"key": "k", "name": "n"}]"#,
+            "<inline>: at descriptors.d[0].name: `name` names a limit, and this descriptor has none",
+        ),
+        (
+            r#""d": [{"key": "k", "limit": "1/second", "replaces": ["nope"]}]"#,
+            "<inline>: at descriptors.d[0].replaces: it replaces \"nope\", but no descriptor of domain \"d\" has that name",
+        ),
+        (
+            r#""d": [{"key": "k", "limit": "1/second", "name": "n"}, {"key": "j", "limit": "1/second", "name": "n"}]"#,
+            "<inline>: at descriptors.d[1].name: the name \"n\" is already given at descriptors.d[0]",
+        ),
+        (
+            r#""d": [{"key": "k", "path": "/x", "limit": "1/second"}]"#,
+            "<inline>: at descriptors.d[0].path (line 1, column 89): unknown field `path`",
+        ),
+        (
+            r#""": [{"key": "k", "limit": "1/second"}]"#,
+            "<inline>: at descriptors: a domain must not be empty",
+        ),
+    ] {
+        let message = err(&with_descriptors(domains));
+        assert!(
+            message.starts_with(expected),
+            "for {domains}\n got: {message}\nwant: {expected}"
+        );
+    }
+}
+
+#[test]
+fn global_shadow_applies_to_descriptor_rules() {
+    let rules = ok(&format!(
+        r#"{{{DEFAULT}, "shadow": true, "descriptors": {{"d": [{{"key": "k", "limit": "1/second"}}]}}}}"#
+    ));
+    assert!(
+        rules
+            .descriptor("d", [("k", "v")])
+            .unwrap()
+            .rule
+            .limit()
+            .unwrap()
+            .shadow()
+    );
+}

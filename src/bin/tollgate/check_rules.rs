@@ -176,7 +176,10 @@ impl fmt::Display for Summary<'_> {
             Some(tier) => writeln!(f, "Base rules (unused: default_tier is {tier:?}):")?,
             None => writeln!(f, "Base rules (requests without a tier):")?,
         }
-        for rule in rules.iter().filter(|r| r.tier().is_none()) {
+        for rule in rules
+            .iter()
+            .filter(|r| r.tier().is_none() && r.domain().is_none())
+        {
             write_rule(f, rule)?;
         }
         for tier in rules.tier_names() {
@@ -187,6 +190,13 @@ impl fmt::Display for Summary<'_> {
                 writeln!(f, "Tier {tier:?}:")?;
             }
             for rule in rules.iter().filter(|r| r.tier() == Some(tier)) {
+                write_rule(f, rule)?;
+            }
+        }
+        if rules.has_descriptors() {
+            writeln!(f)?;
+            writeln!(f, "Envoy descriptors (gRPC ShouldRateLimit):")?;
+            for rule in rules.iter().filter(|r| r.domain().is_some()) {
                 write_rule(f, rule)?;
             }
         }
@@ -299,6 +309,17 @@ fn write_rule(f: &mut fmt::Formatter<'_>, rule: &Rule) -> fmt::Result {
 }
 
 fn write_scope(f: &mut fmt::Formatter<'_>, rule: &Rule) -> fmt::Result {
+    if let Some(domain) = rule.domain() {
+        field(f, "domain", &domain)?;
+        if let Some(name) = rule.name() {
+            field(f, "name", &name)?;
+        }
+        let replaces: Vec<&str> = rule.replaces().collect();
+        if !replaces.is_empty() {
+            field(f, "replaces", &replaces.join(", "))?;
+        }
+        return Ok(());
+    }
     field(
         f,
         "pattern",
