@@ -52,6 +52,8 @@ mod algorithm;
 mod backend;
 mod decision;
 mod error;
+#[cfg(feature = "envoy")]
+pub mod grpc;
 mod http;
 mod key;
 mod limiter;

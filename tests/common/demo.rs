@@ -119,6 +119,7 @@ pub fn start_service(envs: &[(&str, &str)]) -> Demo {
         .arg("serve")
         .env_clear()
         .env("PORT", "0")
+        .env("GRPC_PORT", "0")
         .env("NO_COLOR", "1")
         .envs(envs.iter().copied());
     start_listening(command, "tollgate serve")

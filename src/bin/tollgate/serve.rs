@@ -1,11 +1,13 @@
 //! `tollgate serve`: the rate limit service.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use tollgate::grpc::EnvoyRateLimit;
 use tollgate::service::Service;
 use tollgate::{Limiter, OnRedisError, Rules};
 use tracing_subscriber::EnvFilter;
@@ -83,6 +85,11 @@ pub(crate) struct Serve {
     /// The port to listen on (0: any free port).
     #[arg(long, env = "PORT", default_value_t = 8000)]
     port: u16,
+
+    /// The port of Envoy's rate limit service (gRPC `ShouldRateLimit`), on the same address
+    /// (0: any free port).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 8081)]
+    grpc_port: u16,
 
     /// Writes and admin reads need `Authorization: Bearer <this>`. Without it they are
     /// accepted from this host (loopback) only.
@@ -226,22 +233,51 @@ async fn run(args: Serve) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let grpc_listener = tokio::net::TcpListener::bind((args.host.as_str(), args.grpc_port))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{} for gRPC (GRPC_PORT): {e}",
+                args.host, args.grpc_port
+            )
+        })?;
+    let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
+    // Stops both servers at once, on Ctrl-C or SIGTERM.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(EnvoyRateLimit::new(limiter.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            until_stopped(stopped.clone()),
+        );
+    tracing::info!("Envoy rate limit service (gRPC) on {grpc_address}");
     tracing::info!("listening on http://{address}");
-    axum::serve(
+    let http = axum::serve(
         listener,
         service
             .router()
             .into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown())
-    .await
-    .map_err(|e| e.to_string())?;
+    .with_graceful_shutdown(until_stopped(stopped))
+    .into_future();
+    let signal = async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    };
+    let (http, grpc, ()) = tokio::join!(http, grpc, signal);
+    http.map_err(|e| e.to_string())?;
+    grpc.map_err(|e| format!("gRPC server: {e}"))?;
     // The last second's statistics, which the background flush has not written yet.
     if let Err(error) = limiter.flush_usage().await {
         tracing::warn!("the last statistics could not be written: {error}");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once `stopped` turns true.
+async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Ctrl-C or SIGTERM.

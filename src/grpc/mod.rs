@@ -1,0 +1,231 @@
+//! Envoy's rate limit service over gRPC: `envoy.service.ratelimit.v3.RateLimitService`,
+//! deciding with the [`Limiter`] under the rules file's `descriptors`.
+//!
+//! A thin front: each descriptor of a `ShouldRateLimit` call is looked up with
+//! [`Rules::descriptor`](crate::Rules::descriptor), decided by the limiter (so the same
+//! client under the same rule counts the same whether it comes through Envoy, the HTTP API
+//! or the tower layer), and its answer translated into Envoy's `DescriptorStatus`.
+
+mod status;
+
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use futures_util::future::join_all;
+use tonic::{Request, Response, Status};
+
+use crate::limiter::{CheckError, Limiter, Query};
+use crate::{ClientKey, Limit};
+use status::Decided;
+
+/// `envoy.service.ratelimit.v3.RateLimitService`, answered by a [`Limiter`]: Envoy's HTTP
+/// rate limit filter (and Istio, Contour, Gloo, Emissary on top of it) asks it with
+/// `ShouldRateLimit`, as it would ask envoy ratelimit.
+///
+/// - Each descriptor gets one status, in order; `overall_code` is `OVER_LIMIT` when any is.
+/// - A descriptor no rule of the domain covers, or whose rule another matched rule
+///   `replaces`, is `OK` with no `current_limit`. An unlimited rule is `OK` with
+///   `limit_remaining` at its maximum.
+/// - `hits_addend` of the descriptor, else of the request (0 there means 1), is the cost;
+///   a descriptor's `hits_addend` of 0 checks without taking. A cost larger than the
+///   rule's smallest capacity can never fit: `OVER_LIMIT`.
+/// - Shadow rules answer `OK` and are counted.
+/// - When Redis cannot decide, the limiter's failure policy answers: `allow` gives `OK`,
+///   `local` decides in this process, and `deny` fails the call with `UNAVAILABLE`, which
+///   Envoy's own `failure_mode_deny` then turns into a refusal (true) or lets through
+///   (false).
+///
+/// # Example
+///
+/// ```
+/// use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
+/// use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+/// use tollgate::grpc::EnvoyRateLimit;
+/// use tollgate::{Limiter, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"unlimited": true},
+///     "descriptors": {"edge": [{"key": "remote_address", "limit": "1/minute"}]}}"#)?;
+/// let service = EnvoyRateLimit::new(Limiter::builder().rules(rules).build().await?);
+/// let request = RateLimitRequest {
+///     domain: "edge".into(),
+///     descriptors: vec![RateLimitDescriptor {
+///         entries: vec![Entry { key: "remote_address".into(), value: "10.0.0.7".into() }],
+///         ..Default::default()
+///     }],
+///     ..Default::default()
+/// };
+/// assert_eq!(service.should_rate_limit(request.clone()).await?.overall_code, 1); // OK
+/// assert_eq!(service.should_rate_limit(request).await?.overall_code, 2); // OVER_LIMIT
+///
+/// // Served with tonic, next to the HTTP API:
+/// let server = tonic::transport::Server::builder().add_service(service.into_server());
+/// # drop(server);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EnvoyRateLimit {
+    limiter: Limiter,
+}
+
+impl EnvoyRateLimit {
+    /// The service, deciding with `limiter`.
+    pub fn new(limiter: Limiter) -> Self {
+        Self { limiter }
+    }
+
+    /// The tonic service to add to a `tonic::transport::Server`.
+    pub fn into_server(self) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(self)
+    }
+
+    /// Answers one `ShouldRateLimit` call. Fails with `INVALID_ARGUMENT` for a request
+    /// without a domain or descriptors, and with `UNAVAILABLE` when Redis cannot decide
+    /// and the failure policy is `deny`.
+    pub async fn should_rate_limit(
+        &self,
+        request: RateLimitRequest,
+    ) -> Result<RateLimitResponse, Status> {
+        if request.domain.is_empty() {
+            return Err(Status::invalid_argument(
+                "the rate limit domain must not be empty",
+            ));
+        }
+        if request.descriptors.is_empty() {
+            return Err(Status::invalid_argument(
+                "the rate limit request must carry at least one descriptor",
+            ));
+        }
+        let rules = self.limiter.rules();
+        // Each descriptor's rule, client and limit, if one applies.
+        let matched: Vec<Option<Matched>> = request
+            .descriptors
+            .iter()
+            .map(|descriptor| {
+                let entries = descriptor
+                    .entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str()));
+                rules
+                    .descriptor(&request.domain, entries)
+                    .map(|found| Matched {
+                        rule: found.rule.id().into(),
+                        name: found.rule.name().map(Into::into),
+                        replaces: found.rule.replaces().map(Into::into).collect(),
+                        limit: found.rule.limit().cloned(),
+                        client: found.client,
+                    })
+            })
+            .collect();
+        // A limit that a matched rule replaces does not count.
+        let replaced: Vec<&str> = matched
+            .iter()
+            .flatten()
+            .flat_map(|m| m.replaces.iter().map(|name| &**name))
+            .collect();
+        let decisions = request
+            .descriptors
+            .iter()
+            .zip(&matched)
+            .map(|(descriptor, m)| {
+                let hits = descriptor
+                    .hits_addend
+                    .as_ref()
+                    .map_or(u64::from(request.hits_addend.max(1)), |h| h.value);
+                let matched = m
+                    .as_ref()
+                    .filter(|m| m.name.as_deref().is_none_or(|n| !replaced.contains(&n)));
+                self.decide(matched, hits)
+            });
+        let decided = join_all(decisions).await;
+        let now = SystemTime::now();
+        let mut response = RateLimitResponse {
+            overall_code: Code::Ok.into(),
+            ..RateLimitResponse::default()
+        };
+        for decided in decided {
+            let status = decided?.status(now);
+            if status.code == i32::from(Code::OverLimit) {
+                response.overall_code = Code::OverLimit.into();
+            }
+            response.statuses.push(status);
+        }
+        response.response_headers_to_add = headers(&response);
+        Ok(response)
+    }
+
+    /// One descriptor's decision: `hits` taken from its rule's limit (0: only looked at).
+    async fn decide(&self, matched: Option<&Matched>, hits: u64) -> Result<Decided, Status> {
+        let Some(matched) = matched else {
+            return Ok(Decided::NoLimit);
+        };
+        let Some(limit) = &matched.limit else {
+            return Ok(Decided::Unlimited);
+        };
+        let fits = u32::try_from(hits)
+            .ok()
+            .filter(|hits| *hits <= limit.smallest_capacity());
+        let Some(cost) = fits else {
+            return Ok(Decided::TooCostly {
+                limit: limit.clone(),
+                name: matched.name(),
+            });
+        };
+        let query = Query::new(&matched.client).rule(&matched.rule);
+        let verdict = if cost == 0 {
+            self.limiter.peek(query).await
+        } else {
+            self.limiter.check(query.cost(cost)).await
+        };
+        match verdict {
+            Ok(verdict) => Ok(Decided::Checked {
+                verdict,
+                limit: limit.clone(),
+                name: matched.name(),
+            }),
+            // The rules changed between the lookup and the decision.
+            Err(CheckError::UnknownRule { .. }) => Ok(Decided::NoLimit),
+            Err(error) => Err(Status::internal(error.to_string())),
+        }
+    }
+}
+
+/// A descriptor's rule, as found.
+struct Matched {
+    rule: Box<str>,
+    name: Option<Box<str>>,
+    replaces: Vec<Box<str>>,
+    limit: Option<Limit>,
+    client: ClientKey,
+}
+
+impl Matched {
+    /// The name Envoy sees for the limit: the rule's `name`, else its identity.
+    fn name(&self) -> String {
+        self.name.as_deref().unwrap_or(&self.rule).to_owned()
+    }
+}
+
+/// The headers Envoy adds to its response to the client.
+fn headers(_response: &RateLimitResponse) -> Vec<EnvoyHeader> {
+    Vec::new()
+}
+
+#[tonic::async_trait]
+impl RateLimitService for EnvoyRateLimit {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        EnvoyRateLimit::should_rate_limit(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
