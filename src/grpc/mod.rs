@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
 use crate::limiter::{CheckError, Limiter, Query};
-use crate::{ClientKey, Limit};
+use crate::{ClientKey, DecidedBy, Limit};
 use status::Decided;
 
 /// `envoy.service.ratelimit.v3.RateLimitService`, answered by a [`Limiter`]: Envoy's HTTP
@@ -185,6 +185,13 @@ impl EnvoyRateLimit {
             self.limiter.check(query.cost(cost)).await
         };
         match verdict {
+            Ok(verdict) if verdict.decided_by() == DecidedBy::FailClosed => {
+                let wait = verdict.retry_after().unwrap_or_default();
+                Err(Status::unavailable(format!(
+                    "Redis cannot decide and the failure policy refuses; retry in {} s",
+                    wait.as_secs_f64().ceil()
+                )))
+            }
             Ok(verdict) => Ok(Decided::Checked {
                 verdict,
                 limit: limit.clone(),
