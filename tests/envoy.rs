@@ -1,0 +1,328 @@
+//! Envoy's rate limit service: `tollgate serve`'s gRPC `ShouldRateLimit`, asked by a real
+//! gRPC client over TCP, as Envoy asks it, on memory and on Redis.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+const RULES: &str = r#"{
+    "default": {"limit": "100/second"},
+    "descriptors": {
+        "edge": [
+            {"key": "remote_address", "limit": "3/minute", "algorithm": "fixed_window"},
+            {"key": "path", "value": "/login", "limit": "2/minute"},
+            {"key": "path", "value": "/static/*", "unlimited": true},
+            {"key": "user", "limit": "2/minute", "shadow": true},
+            {"key": "tenant", "descriptors": [{"key": "user", "limits": ["4/minute", "100/day"]}]},
+            {"key": "key1", "limit": "10/minute", "name": "limit1"},
+            {"key": "key2", "limit": "20/minute", "replaces": ["limit1"]},
+            {"key": "tokens", "limit": "10/hour"}
+        ]
+    }
+}"#;
+
+fn write_rules(dir: &Path, json: &str) -> String {
+    let path = dir.join("rate_limits.json");
+    std::fs::write(&path, json).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// `tollgate serve` with `rules`, and `more` in its environment.
+fn serve(dir: &Path, rules: &str, more: &[(&str, &str)]) -> Demo {
+    let path = write_rules(dir, rules);
+    let mut envs = vec![("RATE_LIMIT_RULES_PATH", path.as_str())];
+    envs.extend_from_slice(more);
+    start_service(&envs)
+}
+
+/// The gRPC address the service logged.
+fn grpc_address(service: &Demo) -> String {
+    service
+        .startup_log
+        .iter()
+        .find_map(|line| line.split("Envoy rate limit service (gRPC) on ").nth(1))
+        .map(|rest| rest.trim().to_owned())
+        .unwrap_or_else(|| panic!("no gRPC address in {:?}", service.startup_log))
+}
+
+async fn client(service: &Demo) -> RateLimitServiceClient<Channel> {
+    RateLimitServiceClient::connect(format!("http://{}", grpc_address(service)))
+        .await
+        .expect("connect to the gRPC service")
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(key, value)| Entry {
+                key: (*key).into(),
+                value: (*value).into(),
+            })
+            .collect(),
+        ..RateLimitDescriptor::default()
+    }
+}
+
+fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+async fn ask(client: &mut RateLimitServiceClient<Channel>, request: RateLimitRequest) -> RateLimitResponse {
+    client
+        .should_rate_limit(request)
+        .await
+        .expect("a ShouldRateLimit answer")
+        .into_inner()
+}
+
+fn code(status: &DescriptorStatus) -> Code {
+    Code::try_from(status.code).unwrap()
+}
+
+fn overall(response: &RateLimitResponse) -> Code {
+    Code::try_from(response.overall_code).unwrap()
+}
+
+/// Every point of the Envoy semantics, on the service `service`.
+async fn envoy_semantics(service: &Demo) {
+    let mut client = client(service).await;
+    let ip = descriptor(&[("remote_address", "10.0.0.7")]);
+    let login = descriptor(&[("path", "/login")]);
+    let unknown = descriptor(&[("nothing", "here")]);
+
+    // Several descriptors in one call: one status each, in order.
+    let first = ask(&mut client, request(vec![ip.clone(), unknown.clone(), login.clone()])).await;
+    assert_eq!(overall(&first), Code::Ok);
+    assert_eq!(first.statuses.len(), 3);
+    let [by_ip, none, by_path] = &first.statuses[..] else {
+        unreachable!()
+    };
+    assert_eq!(code(by_ip), Code::Ok);
+    let limit = by_ip.current_limit.as_ref().expect("a current limit");
+    assert_eq!((limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()), (3, Unit::Minute));
+    assert_eq!(limit.name, "@edge/remote_address");
+    assert_eq!(by_ip.limit_remaining, 2);
+    let reset = by_ip.duration_until_reset.expect("a duration until reset");
+    assert!((0..=60).contains(&reset.seconds), "{reset:?}");
+    // No rule: OK, no limit.
+    assert_eq!(code(none), Code::Ok);
+    assert!(none.current_limit.is_none());
+    assert_eq!((code(by_path), by_path.limit_remaining), (Code::Ok, 1));
+
+    // The path runs out first: its status, and the call's, turn OVER_LIMIT.
+    let second = ask(&mut client, request(vec![ip.clone(), login.clone()])).await;
+    assert_eq!(overall(&second), Code::Ok);
+    let third = ask(&mut client, request(vec![ip.clone(), login.clone()])).await;
+    assert_eq!(overall(&third), Code::OverLimit);
+    assert_eq!(code(&third.statuses[0]), Code::Ok);
+    assert_eq!(third.statuses[0].limit_remaining, 0);
+    assert_eq!(code(&third.statuses[1]), Code::OverLimit);
+    assert_eq!(third.statuses[1].limit_remaining, 0);
+
+    // Another address counts on its own.
+    let other = ask(&mut client, request(vec![descriptor(&[("remote_address", "10.0.0.8")])])).await;
+    assert_eq!(other.statuses[0].limit_remaining, 2);
+
+    // Wildcard values and unlimited rules.
+    let assets = ask(&mut client, request(vec![descriptor(&[("path", "/static/app.js")])])).await;
+    assert_eq!(code(&assets.statuses[0]), Code::Ok);
+    assert!(assets.statuses[0].current_limit.is_none());
+    assert_eq!(assets.statuses[0].limit_remaining, u32::MAX);
+
+    // Nested descriptors, with two bands: the narrower is reported.
+    let nested = descriptor(&[("tenant", "acme"), ("user", "alice")]);
+    let answer = ask(&mut client, request(vec![nested.clone()])).await;
+    let limit = answer.statuses[0].current_limit.as_ref().unwrap();
+    assert_eq!((limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()), (4, Unit::Minute));
+    assert_eq!(answer.statuses[0].limit_remaining, 3);
+    // The tenant alone reaches a node without a limit.
+    let tenant = ask(&mut client, request(vec![descriptor(&[("tenant", "acme")])])).await;
+    assert!(tenant.statuses[0].current_limit.is_none());
+
+    // hits_addend: the request's, then the descriptor's, which wins; 0 there only looks.
+    let tokens = descriptor(&[("tokens", "t1")]);
+    let mut weighed = request(vec![tokens.clone()]);
+    weighed.hits_addend = 4;
+    assert_eq!(ask(&mut client, weighed.clone()).await.statuses[0].limit_remaining, 6);
+    let mut own = tokens.clone();
+    own.hits_addend = Some(UInt64Value { value: 1 });
+    weighed.descriptors = vec![own];
+    assert_eq!(ask(&mut client, weighed.clone()).await.statuses[0].limit_remaining, 5);
+    let mut look = tokens.clone();
+    look.hits_addend = Some(UInt64Value { value: 0 });
+    let looked = ask(&mut client, request(vec![look.clone()])).await;
+    assert_eq!((code(&looked.statuses[0]), looked.statuses[0].limit_remaining), (Code::Ok, 5));
+    assert_eq!(ask(&mut client, request(vec![look])).await.statuses[0].limit_remaining, 5);
+    // More than the limit holds can never fit.
+    let mut huge = tokens;
+    huge.hits_addend = Some(UInt64Value { value: 11 });
+    let refused = ask(&mut client, request(vec![huge])).await;
+    assert_eq!(overall(&refused), Code::OverLimit);
+
+    // Shadow rules answer OK, and count: the third call would have been refused.
+    let user = descriptor(&[("user", "mallory")]);
+    for _ in 0..3 {
+        let answer = ask(&mut client, request(vec![user.clone()])).await;
+        assert_eq!(overall(&answer), Code::Ok);
+    }
+    let answer = ask(&mut client, request(vec![user])).await;
+    assert_eq!(answer.statuses[0].limit_remaining, 0, "shadow calls are counted");
+
+    // replaces: with key2's limit matched, key1's does not count.
+    let both = request(vec![descriptor(&[("key1", "a")]), descriptor(&[("key2", "b")])]);
+    for _ in 0..12 {
+        let answer = ask(&mut client, both.clone()).await;
+        assert_eq!(overall(&answer), Code::Ok);
+        assert!(answer.statuses[0].current_limit.is_none());
+    }
+    let alone = ask(&mut client, request(vec![descriptor(&[("key1", "a")])])).await;
+    assert_eq!(alone.statuses[0].limit_remaining, 9);
+
+    // A request without a domain or descriptors is refused as invalid.
+    let mut no_domain = request(vec![descriptor(&[("remote_address", "x")])]);
+    no_domain.domain.clear();
+    let error = client.should_rate_limit(no_domain).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    let error = client.should_rate_limit(request(vec![])).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn should_rate_limit_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = serve(dir.path(), RULES, &[]);
+    envoy_semantics(&service).await;
+}
+
+#[tokio::test]
+async fn should_rate_limit_on_redis() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("envoy");
+    let service = serve(
+        dir.path(),
+        RULES,
+        &[("REDIS_URL", redis.url()), ("REDIS_PREFIX", &prefix)],
+    );
+    envoy_semantics(&service).await;
+}
+
+async fn post_check(base: &str, body: Value) -> reqwest::StatusCode {
+    http()
+        .post(format!("http://{base}/check"))
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer")
+        .status()
+}
+
+/// A key counts the same whether it arrives over gRPC or over the HTTP API, on one
+/// instance or on two sharing a Redis.
+#[tokio::test]
+async fn grpc_and_http_share_the_limits() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("envoy-shared");
+    let envs = [("REDIS_URL", redis.url()), ("REDIS_PREFIX", prefix.as_str())];
+    let grpc_side = serve(dir.path(), RULES, &envs);
+    let http_side = serve(dir.path(), RULES, &envs);
+    let mut client = client(&grpc_side).await;
+    let ip = request(vec![descriptor(&[("remote_address", "192.0.2.1")])]);
+    assert_eq!(ask(&mut client, ip.clone()).await.statuses[0].limit_remaining, 2);
+    // The same rule and client over HTTP, on the other instance.
+    let body = json!({"identifier": "192.0.2.1", "rule": "@edge/remote_address"});
+    assert_eq!(post_check(&http_side.address, body.clone()).await, 200);
+    assert_eq!(post_check(&grpc_side.address, body.clone()).await, 200);
+    let answer = ask(&mut client, ip).await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+    assert_eq!(post_check(&http_side.address, body).await, 429);
+}
+
+/// When Redis cannot decide, the failure policy answers: `closed` fails the call
+/// (UNAVAILABLE, for Envoy's failure_mode_deny), `open` says OK, `local` decides here.
+#[tokio::test]
+async fn the_failure_policy_answers_when_redis_is_down() {
+    let mut redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("envoy-down");
+    let mut services = Vec::new();
+    for mode in ["closed", "open", "local"] {
+        services.push(serve(
+            dir.path(),
+            RULES,
+            &[
+                ("REDIS_URL", redis.url()),
+                ("REDIS_PREFIX", &prefix),
+                ("FAIL_MODE", mode),
+                ("REDIS_TIMEOUT_MS", "50"),
+            ],
+        ));
+    }
+    redis.kill();
+    let ip = request(vec![descriptor(&[("remote_address", "198.51.100.1")])]);
+    let mut closed = client(&services[0]).await;
+    let error = tokio::time::timeout(Duration::from_secs(5), closed.should_rate_limit(ip.clone()))
+        .await
+        .expect("an answer within the timeout")
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    let mut open = client(&services[1]).await;
+    let answer = ask(&mut open, ip.clone()).await;
+    assert_eq!(overall(&answer), Code::Ok);
+    assert!(answer.statuses[0].current_limit.is_none());
+    let mut local = client(&services[2]).await;
+    let codes: Vec<Code> = {
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(overall(&ask(&mut local, ip.clone()).await));
+        }
+        codes
+    };
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::Ok, Code::OverLimit]);
+}
+
+/// Descriptor rules follow the rules file, as routes do.
+#[tokio::test]
+async fn descriptor_rules_reload_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = serve(dir.path(), RULES, &[]);
+    let mut client = client(&service).await;
+    let ip = request(vec![descriptor(&[("remote_address", "203.0.113.9")])]);
+    assert_eq!(ask(&mut client, ip.clone()).await.statuses[0].limit_remaining, 2);
+    let changed = RULES.replace(
+        r#"{"key": "remote_address", "limit": "3/minute", "algorithm": "fixed_window"}"#,
+        r#"{"key": "remote_address", "limit": "50/minute", "algorithm": "fixed_window"}"#,
+    );
+    assert_ne!(changed, RULES);
+    save_by_rename(&dir.path().join("rate_limits.json"), &changed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = ask(&mut client, ip.clone()).await;
+        let limit = answer.statuses[0].current_limit.as_ref().unwrap().requests_per_unit;
+        if limit == 50 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new limit did not apply");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
