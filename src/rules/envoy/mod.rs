@@ -280,9 +280,9 @@ fn parse(text: &str) -> Result<RawConfig, (Location, InvalidEnvoyConfig)> {
         let err = err.without_snippet();
         let location = err.location();
         let message = err.to_string();
-        // The message ends with the location, which is reported on its own.
+        // The message ends with the location (and where aliases led), reported on its own.
         let message = message
-            .rfind(" at line ")
+            .find(" at line ")
             .map_or(message.as_str(), |at| &message[..at]);
         let message = match message {
             "invalid u32" => "expected an integer from 0 to 4294967295",
