@@ -1,53 +1,5 @@
 //! envoy ratelimit's own YAML configuration, read unchanged as the rules file's
-//! `descriptors` section.
-//!
-//! Each YAML document is one domain:
-//!
-//! ```yaml
-//! domain: messaging
-//! descriptors:
-//!   - key: message_type
-//!     value: marketing
-//!     descriptors:
-//!       - key: to_number
-//!         rate_limit: { unit: day, requests_per_unit: 5 }
-//! ```
-//!
-//! becomes `"descriptors": {"messaging": [{"key": "message_type", "value": "marketing",
-//! "descriptors": [{"key": "to_number", "limit": "5/day", "algorithm": "fixed_window"}]}]}`
-//! in the rules document, which the rules parser then validates with everything else.
-//!
-//! How the fields map:
-//!
-//! - `rate_limit: {unit, requests_per_unit: N}`: one band of N per unit, counted in fixed
-//!   windows as envoy ratelimit counts them (`"algorithm": "fixed_window"`). second, minute,
-//!   hour and day become `"N/unit"`; week, month and year become `capacity: N` refilled
-//!   over envoy ratelimit's own length of the unit (7, 30 and 365 days). Units are read
-//!   without regard to case, as envoy ratelimit reads them.
-//! - `unlimited: true` → `"unlimited": true`; `shadow_mode: true` → `"shadow": true` (ignored
-//!   on an unlimited or limitless descriptor, where it has nothing to observe);
-//!   `rate_limit.name` → `"name"`; `rate_limit.replaces: [{name: X}]` → `"replaces": ["X"]`
-//!   (X must be the name of a `rate_limit` of the same domain); `value: "foo*"` → a prefix
-//!   match; nested `descriptors` → nested nodes.
-//! - `detailed_metric` and `value_to_metric` are accepted and ignored: they only shape envoy
-//!   ratelimit's own statsd names. `share_threshold: false` and `quota_mode: false` are
-//!   accepted too.
-//!
-//! tollgate's extensions, as extra keys of `rate_limit`:
-//!
-//! - `algorithm`: `token_bucket`, `fixed_window` or `sliding_window`.
-//! - `burst: B`: a token bucket of capacity B refilled at `requests_per_unit` per `unit`;
-//!   implies `algorithm: token_bucket`, and allows no other algorithm.
-//! - `bands: [{unit, requests_per_unit}, ...]`: more bands every request must also fit in.
-//!
-//! Not supported, each refused with an error naming the file, the place and why:
-//! `requests_per_unit: 0` (refuse everything), a `*` anywhere but at the end of a value,
-//! `share_threshold: true` (one counter for every value matching a wildcard),
-//! `quota_mode: true`, `metadata`, and any key envoy ratelimit does not know either.
-//!
-//! A directory is read as envoy ratelimit reads its runtime directory: every `*.yaml` and
-//! `*.yml` file directly in it (not in subdirectories, and not those whose name starts with
-//! `.`), in the order of their names, each one domain.
+//! `descriptors` section: [`EnvoyDomain`].
 
 mod error;
 #[cfg(test)]
@@ -65,6 +17,56 @@ use super::json::{line_column_at, push_key};
 use super::{DEFAULT_MAX_RULES_FILE_BYTES, Location};
 
 /// One domain of envoy ratelimit's configuration, as the rules file's `descriptors` nodes.
+///
+/// Each YAML document is one domain:
+///
+/// ```yaml
+/// domain: messaging
+/// descriptors:
+///   - key: message_type
+///     value: marketing
+///     descriptors:
+///       - key: to_number
+///         rate_limit: { unit: day, requests_per_unit: 5 }
+/// ```
+///
+/// becomes `"descriptors": {"messaging": [{"key": "message_type", "value": "marketing",
+/// "descriptors": [{"key": "to_number", "limit": "5/day", "algorithm": "fixed_window"}]}]}`
+/// in the rules document, which the rules parser then validates with everything else.
+///
+/// How the fields map:
+///
+/// - `rate_limit: {unit, requests_per_unit: N}`: one band of N per unit, counted in fixed
+///   windows as envoy ratelimit counts them (`"algorithm": "fixed_window"`). second, minute,
+///   hour and day become `"N/unit"`; week, month and year become `capacity: N` refilled
+///   over envoy ratelimit's own length of the unit (7, 30 and 365 days). Units are read
+///   without regard to case, as envoy ratelimit reads them.
+/// - `unlimited: true` → `"unlimited": true`; `shadow_mode: true` → `"shadow": true` (ignored
+///   on an unlimited or limitless descriptor, where it has nothing to observe);
+///   `rate_limit.name` → `"name"`; `rate_limit.replaces: [{name: X}]` → `"replaces": ["X"]`
+///   (X must be the name of a `rate_limit` of the same domain); `value: "foo*"` → a prefix
+///   match; nested `descriptors` → nested nodes.
+/// - `detailed_metric` and `value_to_metric` are accepted and ignored: they only shape envoy
+///   ratelimit's own statsd names. `share_threshold: false` and `quota_mode: false` are
+///   accepted too.
+///
+/// tollgate's extensions, as extra keys of `rate_limit`:
+///
+/// - `algorithm`: `token_bucket`, `fixed_window` or `sliding_window`.
+/// - `burst: B`: a token bucket of capacity B refilled at `requests_per_unit` per `unit`;
+///   implies `algorithm: token_bucket`, and allows no other algorithm.
+/// - `bands: [{unit, requests_per_unit}, ...]`: more bands every request must also fit in.
+///
+/// Not supported, each refused with an error naming the file, the place and why:
+/// `requests_per_unit: 0` (refuse everything), a `*` anywhere but at the end of a value,
+/// `share_threshold: true` (one counter for every value matching a wildcard),
+/// `quota_mode: true`, `metadata`, a domain configured in two files (envoy ratelimit's
+/// `MERGE_DOMAIN_CONFIG`), and unknown keys (envoy ratelimit accepts each of its keys at
+/// any level of the document; tollgate only where it means something).
+///
+/// A directory is read as envoy ratelimit reads its runtime directory: every `*.yaml` and
+/// `*.yml` file directly in it (not in subdirectories, and not those whose name starts with
+/// `.`), in the order of their names, each one domain.
 ///
 /// # Example
 ///
@@ -106,7 +108,7 @@ impl EnvoyDomain {
     }
 
     /// The domains configured at `path`: one file, or every `*.yaml` and `*.yml` file
-    /// directly in a directory (see the [module docs](self)). A domain configured in two
+    /// directly in a directory (see above). A domain configured in two
     /// files is an error naming both.
     pub fn read(path: &Path) -> Result<Vec<Self>, EnvoyConfigError> {
         let files = if path.is_dir() {

@@ -1,5 +1,5 @@
 //! envoy ratelimit's YAML document and its conversion into the rules file's `descriptors`
-//! nodes (see the [module docs](super)).
+//! nodes (see [`EnvoyDomain`](super::EnvoyDomain)).
 
 use std::collections::{BTreeSet, HashMap};
 
