@@ -6,6 +6,107 @@ use serde_json::json;
 use super::*;
 use crate::RulesError;
 
+// Examples of envoy ratelimit's README, used more than once.
+const EXAMPLE_2: &str = "
+domain: messaging
+descriptors:
+  # Only allow 5 marketing messages a day
+  - key: message_type
+    value: marketing
+    descriptors:
+      - key: to_number
+        rate_limit:
+          unit: day
+          requests_per_unit: 5
+
+  # Only allow 100 messages a day to any unique phone number
+  - key: to_number
+    rate_limit:
+      unit: day
+      requests_per_unit: 100
+";
+
+const EXAMPLE_3: &str = "
+domain: edge_proxy_per_ip
+descriptors:
+  - key: remote_address
+    rate_limit:
+      unit: second
+      requests_per_unit: 10
+
+  # Black list IP
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit:
+      unit: second
+      requests_per_unit: 0
+";
+
+const EXAMPLE_5: &str = "
+domain: internal
+descriptors:
+  - key: ldap
+    rate_limit:
+      unlimited: true
+
+  - key: azure
+    rate_limit:
+      unit: minute
+      requests_per_unit: 100
+";
+
+const EXAMPLE_6: &str = "
+domain: example6
+descriptors:
+  - key: service
+    descriptors:
+      - key: user
+        value: user-a
+        rate_limit:
+          requests_per_unit: 10
+          unit: second
+        shadow_mode: true
+      - key: user
+        value: user-b
+        rate_limit:
+          requests_per_unit: 20
+          unit: second
+";
+
+const EXAMPLE_7: &str = "
+domain: example7
+descriptors:
+  - key: key_1
+    value: value_1
+    descriptors:
+      - key: user
+        value: bkthomps
+        rate_limit:
+          name: specific_limit
+          requests_per_unit: 5
+          unit: second
+  - key: key_2
+    value: value_2
+    descriptors:
+      - key: user
+        value: bkthomps
+        rate_limit:
+          replaces:
+            - name: specific_limit
+          requests_per_unit: 10
+          unit: second
+";
+
+const EXAMPLE_9_TRAILING: &str = "
+domain: example9
+descriptors:
+  - key: key1
+    value: value*
+    rate_limit:
+      unit: minute
+      requests_per_unit: 20
+";
+
 fn nodes(yaml: &str) -> Value {
     match EnvoyDomain::from_yaml(yaml, "config.yaml") {
         Ok(domain) => domain.nodes().clone(),
@@ -56,24 +157,7 @@ descriptors:
 
 #[test]
 fn readme_example_2_nested_descriptors_and_keys_without_value() {
-    let yaml = "
-domain: messaging
-descriptors:
-  # Only allow 5 marketing messages a day
-  - key: message_type
-    value: marketing
-    descriptors:
-      - key: to_number
-        rate_limit:
-          unit: day
-          requests_per_unit: 5
-
-  # Only allow 100 messages a day to any unique phone number
-  - key: to_number
-    rate_limit:
-      unit: day
-      requests_per_unit: 100
-";
+    let yaml = EXAMPLE_2;
     assert_eq!(
         nodes(yaml),
         json!([
@@ -87,21 +171,7 @@ descriptors:
 
 #[test]
 fn readme_example_3_zero_requests_is_refused() {
-    let yaml = "
-domain: edge_proxy_per_ip
-descriptors:
-  - key: remote_address
-    rate_limit:
-      unit: second
-      requests_per_unit: 10
-
-  # Black list IP
-  - key: remote_address
-    value: 50.0.0.5
-    rate_limit:
-      unit: second
-      requests_per_unit: 0
-";
+    let yaml = EXAMPLE_3;
     assert_eq!(
         error(yaml),
         "config.yaml: at descriptors[1].rate_limit.requests_per_unit (line 14, column 26): requests_per_unit must be at least 1 (refusing every request, as envoy ratelimit does for 0, is not supported: leave the descriptor out or give it a small limit)"
@@ -152,18 +222,7 @@ descriptors:
 
 #[test]
 fn readme_example_5_unlimited() {
-    let yaml = "
-domain: internal
-descriptors:
-  - key: ldap
-    rate_limit:
-      unlimited: true
-
-  - key: azure
-    rate_limit:
-      unit: minute
-      requests_per_unit: 100
-";
+    let yaml = EXAMPLE_5;
     assert_eq!(
         nodes(yaml),
         json!([
@@ -175,23 +234,7 @@ descriptors:
 
 #[test]
 fn readme_example_6_shadow_mode() {
-    let yaml = "
-domain: example6
-descriptors:
-  - key: service
-    descriptors:
-      - key: user
-        value: user-a
-        rate_limit:
-          requests_per_unit: 10
-          unit: second
-        shadow_mode: true
-      - key: user
-        value: user-b
-        rate_limit:
-          requests_per_unit: 20
-          unit: second
-";
+    let yaml = EXAMPLE_6;
     assert_eq!(
         nodes(yaml),
         json!([{"key": "service", "descriptors": [
@@ -203,29 +246,7 @@ descriptors:
 
 #[test]
 fn readme_example_7_replaces() {
-    let yaml = "
-domain: example7
-descriptors:
-  - key: key_1
-    value: value_1
-    descriptors:
-      - key: user
-        value: bkthomps
-        rate_limit:
-          name: specific_limit
-          requests_per_unit: 5
-          unit: second
-  - key: key_2
-    value: value_2
-    descriptors:
-      - key: user
-        value: bkthomps
-        rate_limit:
-          replaces:
-            - name: specific_limit
-          requests_per_unit: 10
-          unit: second
-";
+    let yaml = EXAMPLE_7;
     assert_eq!(
         nodes(yaml),
         json!([
@@ -266,15 +287,7 @@ descriptors:
 
 #[test]
 fn readme_example_9_trailing_wildcards_only() {
-    let trailing = "
-domain: example9
-descriptors:
-  - key: key1
-    value: value*
-    rate_limit:
-      unit: minute
-      requests_per_unit: 20
-";
+    let trailing = EXAMPLE_9_TRAILING;
     assert_eq!(
         nodes(trailing),
         json!([{"key": "key1", "value": "value*", "limit": "20/minute", "algorithm": "fixed_window"}])
@@ -791,5 +804,164 @@ fn a_directory_without_config_files_or_a_missing_path_is_an_error() {
             missing.display()
         )),
         "{err}"
+    );
+}
+
+/// The rules of `domains` (YAML documents) with an unlimited default rule, as the rules
+/// parser reads them.
+fn rules_of(yamls: &[&str]) -> crate::Rules {
+    let domains: Vec<EnvoyDomain> = yamls
+        .iter()
+        .enumerate()
+        .map(|(i, yaml)| EnvoyDomain::from_yaml(yaml, &format!("{i}.yaml")).unwrap())
+        .collect();
+    let json = EnvoyDomain::rules_document(&json!({"unlimited": true}), &domains).unwrap();
+    match crate::Rules::from_json(&json) {
+        Ok(rules) => rules,
+        Err(err) => panic!("{err}\n{json}"),
+    }
+}
+
+#[test]
+fn converted_readme_examples_are_valid_rules() {
+    use crate::Algorithm;
+    let example_3 = EXAMPLE_3.replace("requests_per_unit: 0", "requests_per_unit: 1");
+    let rules = rules_of(&[
+        EXAMPLE_2,
+        &example_3,
+        EXAMPLE_5,
+        EXAMPLE_6,
+        EXAMPLE_7,
+        EXAMPLE_9_TRAILING,
+    ]);
+    let limit_of = |domain: &str, entries: &[(&str, &str)]| {
+        let found = rules
+            .descriptor(domain, entries.iter().copied())
+            .unwrap_or_else(|| panic!("no rule for {domain} {entries:?}"));
+        (found.rule.limit().cloned(), found.client.to_string())
+    };
+
+    let (limit, client) = limit_of(
+        "messaging",
+        &[("message_type", "marketing"), ("to_number", "2061111111")],
+    );
+    let limit = limit.unwrap();
+    assert_eq!(limit.rate(), "5/day");
+    assert_eq!(limit.algorithm(), Algorithm::FixedWindow);
+    assert_eq!(client, "id:marketing/2061111111");
+    assert_eq!(
+        limit_of("messaging", &[("to_number", "1")])
+            .0
+            .unwrap()
+            .rate(),
+        "100/day"
+    );
+    assert!(
+        rules
+            .descriptor("messaging", [("message_type", "marketing")])
+            .is_none()
+    );
+
+    let blocked = limit_of("edge_proxy_per_ip", &[("remote_address", "50.0.0.5")]);
+    assert_eq!(blocked.0.unwrap().rate(), "1/second");
+    let other = limit_of("edge_proxy_per_ip", &[("remote_address", "50.0.0.1")]);
+    assert_eq!(other.0.unwrap().rate(), "10/second");
+
+    assert!(
+        limit_of("internal", &[("ldap", "x")]).0.is_none(),
+        "unlimited"
+    );
+    assert_eq!(
+        limit_of("internal", &[("azure", "x")]).0.unwrap().rate(),
+        "100/minute"
+    );
+
+    let shadowed = limit_of("example6", &[("service", "auth"), ("user", "user-a")])
+        .0
+        .unwrap();
+    assert!(shadowed.shadow());
+    let enforced = limit_of("example6", &[("service", "auth"), ("user", "user-b")])
+        .0
+        .unwrap();
+    assert!(!enforced.shadow());
+
+    let replacing = rules
+        .descriptor("example7", [("key_2", "value_2"), ("user", "bkthomps")])
+        .unwrap();
+    assert_eq!(
+        replacing.rule.replaces().collect::<Vec<_>>(),
+        ["specific_limit"]
+    );
+    let replaced = rules
+        .descriptor("example7", [("key_1", "value_1"), ("user", "bkthomps")])
+        .unwrap();
+    assert_eq!(replaced.rule.name(), Some("specific_limit"));
+    assert_eq!(replaced.rule.domain(), Some("example7"));
+
+    assert_eq!(
+        limit_of("example9", &[("key1", "valueXYZ")])
+            .0
+            .unwrap()
+            .rate(),
+        "20/minute"
+    );
+    assert!(rules.descriptor("example9", [("key1", "other")]).is_none());
+}
+
+#[test]
+fn converted_extensions_are_valid_rules() {
+    use crate::Algorithm;
+    use std::time::Duration;
+    let yaml = "
+domain: ext
+descriptors:
+  - key: weekly
+    rate_limit: {unit: week, requests_per_unit: 70}
+  - key: burst
+    rate_limit: {unit: second, requests_per_unit: 10, burst: 50}
+  - key: banded
+    rate_limit:
+      unit: minute
+      requests_per_unit: 100
+      algorithm: sliding_window
+      bands: [{unit: month, requests_per_unit: 3000}]
+";
+    let rules = rules_of(&[yaml]);
+    let limit = |key: &str| {
+        rules
+            .descriptor("ext", [(key, "v")])
+            .and_then(|found| found.rule.limit().cloned())
+            .unwrap()
+    };
+    let weekly = limit("weekly");
+    assert_eq!(weekly.algorithm(), Algorithm::FixedWindow);
+    assert_eq!(weekly.bands()[0].capacity(), 70);
+    assert_eq!(weekly.bands()[0].period(), Duration::from_secs(7 * 86_400));
+    let burst = limit("burst");
+    assert_eq!(burst.algorithm(), Algorithm::TokenBucket);
+    assert_eq!(burst.bands()[0].capacity(), 50);
+    assert_eq!(burst.bands()[0].refill_per_sec(), 10.0);
+    let banded = limit("banded");
+    assert_eq!(banded.algorithm(), Algorithm::SlidingWindow);
+    assert_eq!(banded.bands().len(), 2);
+    assert_eq!(banded.bands()[1].period(), Duration::from_secs(30 * 86_400));
+}
+
+#[test]
+fn merged_into_a_rules_file_the_rules_parser_reads_both() {
+    let domains = [EnvoyDomain::from_yaml(EXAMPLE_5, "internal.yaml").unwrap()];
+    let rules_json = r#"{"default": {"limit": "10/second"}, "routes": [{"path": "/a", "limit": "1/second"}],
+        "descriptors": {"own": [{"key": "k", "limit": "3/minute"}]}}"#;
+    let json = EnvoyDomain::merge_into(rules_json, "rules.json", &domains).unwrap();
+    let rules = crate::Rules::from_json(&json).unwrap();
+    assert!(rules.descriptor("own", [("k", "x")]).is_some());
+    assert!(rules.descriptor("internal", [("azure", "x")]).is_some());
+    assert_eq!(
+        rules
+            .lookup(&http::Method::GET, "/a")
+            .limit()
+            .unwrap()
+            .rate(),
+        "1/second"
     );
 }
