@@ -70,6 +70,20 @@ pub enum EnvoyConfigError {
 }
 
 /// What is wrong with one part of an envoy ratelimit configuration.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{EnvoyConfigError, EnvoyDomain, InvalidEnvoyConfig};
+///
+/// let yaml = "domain: edge\ndescriptors:\n  - key: path\n    value: /api/*/action\n";
+/// let EnvoyConfigError::Invalid { location, problem, .. } = EnvoyDomain::from_yaml(yaml, "edge.yaml").unwrap_err() else {
+///     panic!("expected Invalid")
+/// };
+/// assert_eq!(location.json_path, "descriptors[0].value");
+/// assert_eq!(location.line_column, Some((4, 12)));
+/// assert_eq!(problem, InvalidEnvoyConfig::Wildcard { value: "/api/*/action".into() });
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidEnvoyConfig {

@@ -162,7 +162,10 @@ impl EnvoyDomain {
     /// it all together. A domain both files configure is an error naming both.
     ///
     /// Text that is not a JSON object (or whose `descriptors` is not an object) comes back
-    /// unchanged, for the rules parser to report where it is wrong.
+    /// unchanged, for the rules parser to report where it is wrong. What the rules parser
+    /// finds wrong in the merged text it reports at the JSON path (like
+    /// `descriptors.web[0]`); the checks of [`from_yaml`](Self::from_yaml) leave little
+    /// for it to find.
     ///
     /// ```
     /// use tollgate::{EnvoyDomain, Rules};

@@ -505,6 +505,10 @@ fn refusals_of_rate_limit_fields() {
             "at descriptors[0].rate_limit.requests_per_unit (line 6, column 26): 1 per year is outside what tollgate counts: at least 0.000001 requests per second and at most 1000000000 s to refill the whole capacity",
         ),
         (
+            "      unit: year\n      requests_per_unit: 32\n      burst: 4000000000\n",
+            "at descriptors[0].rate_limit.burst (line 7, column 14): 32 per year with burst 4000000000 is outside what tollgate counts",
+        ),
+        (
             "      unit: second\n      requests_per_unit: -1\n",
             "at descriptors[0].rate_limit.requests_per_unit (line 6, column 26): expected an integer from 0 to 4294967295",
         ),

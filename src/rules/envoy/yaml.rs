@@ -331,7 +331,14 @@ impl Converter<'_> {
             }
             burst => burst.as_ref().map(|b| b.value),
         };
-        let first = band(unit, requests, burst, path)?;
+        let first =
+            band(unit, requests, burst, path).map_err(|problem| match (&raw.burst, problem) {
+                // With a burst, the capacity is the burst's.
+                (Some(burst), (_, rate @ InvalidEnvoyConfig::Rate { .. })) => {
+                    at(burst, field("burst"), rate)
+                }
+                (_, problem) => problem,
+            })?;
         let extra = raw
             .bands
             .as_ref()
