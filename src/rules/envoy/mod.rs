@@ -291,6 +291,9 @@ fn parse(text: &str) -> Result<RawConfig, (Location, InvalidEnvoyConfig)> {
             .map_or(message.as_str(), |at| &message[..at]);
         let message = match message {
             "invalid u32" => "expected an integer from 0 to 4294967295",
+            other if other.starts_with("multiple YAML documents") => {
+                "a second YAML document: each file holds one domain, in one document"
+            }
             other => other
                 .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
                 .unwrap_or(other),

@@ -587,6 +587,10 @@ fn refusals_of_descriptor_fields() {
             "at line 2, column 1: duplicate mapping key: domain",
         ),
         (
+            "domain: d\n---\ndomain: e\n",
+            "at line 3, column 1: a second YAML document: each file holds one domain, in one document",
+        ),
+        (
             "domain: d\ndescriptors:\n  - key: ''\n",
             "at descriptors[0].key (line 3, column 10): key must not be empty",
         ),
