@@ -178,6 +178,16 @@ pub enum InvalidEnvoyConfig {
         /// How many there are.
         count: usize,
     },
+    /// Two `rate_limit`s of one domain with the same name.
+    #[error(
+        "the name {name:?} is already given at {earlier}: `replaces` needs names to be unique in a domain"
+    )]
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// The path of the earlier one, like `descriptors[0].rate_limit.name`.
+        earlier: String,
+    },
     /// A `replaces` entry without a name.
     #[error("a replaces entry needs a non-empty `name`")]
     ReplacesWithoutName,

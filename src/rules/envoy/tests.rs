@@ -557,6 +557,11 @@ fn refusals_of_replaces() {
         error(&yaml("        - name: third\n")),
         "config.yaml: at descriptors[1].rate_limit.replaces[0] (line 11, column 11): replaces \"third\", but no rate_limit of this domain has that name (names: [\"first\", \"second\"])"
     );
+    let twice = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {name: n, unit: second, requests_per_unit: 5}\n    descriptors:\n      - key: b\n        rate_limit: {name: n, unit: second, requests_per_unit: 5}\n";
+    assert_eq!(
+        error(twice),
+        "config.yaml: at descriptors[0].descriptors[0].rate_limit.name (line 7, column 21): the name \"n\" is already given at descriptors[0].rate_limit.name: `replaces` needs names to be unique in a domain"
+    );
     assert_eq!(
         error(&yaml("        - {}\n")),
         "config.yaml: at descriptors[1].rate_limit.replaces[0] (line 11, column 11): a replaces entry needs a non-empty `name`"

@@ -1,7 +1,7 @@
 //! envoy ratelimit's YAML document and its conversion into the rules file's `descriptors`
 //! nodes (see [`EnvoyDomain`](super::EnvoyDomain)).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -107,25 +107,43 @@ impl RawConfig {
             ));
         }
         let descriptors = self.descriptors.as_deref().unwrap_or_default();
-        let mut names = BTreeSet::new();
-        collect_names(descriptors, &mut names);
-        let converter = Converter { names };
+        let mut names = BTreeMap::new();
+        collect_names(descriptors, "descriptors", &mut names)?;
+        let converter = Converter {
+            names: names.into_keys().collect(),
+        };
         converter.list(descriptors, "descriptors")
     }
 }
 
-fn collect_names<'a>(descriptors: &'a [RawDescriptor], names: &mut BTreeSet<&'a str>) {
-    for descriptor in descriptors {
-        if let Some(name) = descriptor
-            .rate_limit
-            .as_ref()
-            .and_then(|r| r.value.name.as_deref())
-            .filter(|name| !name.is_empty())
+/// Every `rate_limit.name` under `descriptors` into `names`, with the path of its
+/// `rate_limit`; a name given twice is refused, as the rules file refuses it.
+fn collect_names<'a>(
+    descriptors: &'a [RawDescriptor],
+    path: &str,
+    names: &mut BTreeMap<&'a str, String>,
+) -> Result<(), Problem> {
+    for (i, descriptor) in descriptors.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        if let Some(rate_limit) = &descriptor.rate_limit
+            && let Some(name) = rate_limit.value.name.as_deref().filter(|n| !n.is_empty())
         {
-            names.insert(name);
+            let at_name = format!("{here}.rate_limit.name");
+            if let Some(earlier) = names.insert(name, at_name.clone()) {
+                return Err(at(
+                    rate_limit,
+                    at_name,
+                    InvalidEnvoyConfig::DuplicateName {
+                        name: name.to_owned(),
+                        earlier,
+                    },
+                ));
+            }
         }
-        collect_names(descriptor.descriptors.as_deref().unwrap_or_default(), names);
+        let nested = descriptor.descriptors.as_deref().unwrap_or_default();
+        collect_names(nested, &format!("{here}.descriptors"), names)?;
     }
+    Ok(())
 }
 
 struct Converter<'a> {
