@@ -12,20 +12,7 @@ pub(super) fn json_path_of(path: &serde_path_to_error::Path) -> String {
     for segment in path.iter() {
         match segment {
             Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                let plain = !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
-                if plain {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(key);
-                } else {
-                    out.push_str(&format!("[{}]", serde_json::Value::from(key.as_str())));
-                }
-            }
+            Segment::Map { key } | Segment::Enum { variant: key } => push_key(&mut out, key),
             Segment::Unknown => {}
         }
     }
@@ -33,6 +20,22 @@ pub(super) fn json_path_of(path: &serde_path_to_error::Path) -> String {
         out.push('.');
     }
     out
+}
+
+/// Appends `key` to the path `out`: `.key`, or `["key"]` when the key is not a plain name.
+pub(super) fn push_key(out: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
+    if plain {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    } else {
+        out.push_str(&format!("[{}]", serde_json::Value::from(key)));
+    }
 }
 
 /// Where a serde_json error is and what it says: for text that is not JSON, what was found

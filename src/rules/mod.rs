@@ -18,6 +18,8 @@
 //! (and one map lookup when the file has client overrides).
 
 mod descriptor;
+#[cfg(feature = "envoy")]
+pub(crate) mod envoy;
 mod error;
 mod file;
 mod json;
