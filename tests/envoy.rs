@@ -6,13 +6,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::files::save_by_rename;
 use common::*;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -86,7 +85,10 @@ fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
     }
 }
 
-async fn ask(client: &mut RateLimitServiceClient<Channel>, request: RateLimitRequest) -> RateLimitResponse {
+async fn ask(
+    client: &mut RateLimitServiceClient<Channel>,
+    request: RateLimitRequest,
+) -> RateLimitResponse {
     client
         .should_rate_limit(request)
         .await
@@ -110,7 +112,11 @@ async fn envoy_semantics(service: &Demo) {
     let unknown = descriptor(&[("nothing", "here")]);
 
     // Several descriptors in one call: one status each, in order.
-    let first = ask(&mut client, request(vec![ip.clone(), unknown.clone(), login.clone()])).await;
+    let first = ask(
+        &mut client,
+        request(vec![ip.clone(), unknown.clone(), login.clone()]),
+    )
+    .await;
     assert_eq!(overall(&first), Code::Ok);
     assert_eq!(first.statuses.len(), 3);
     let [by_ip, none, by_path] = &first.statuses[..] else {
@@ -118,7 +124,10 @@ async fn envoy_semantics(service: &Demo) {
     };
     assert_eq!(code(by_ip), Code::Ok);
     let limit = by_ip.current_limit.as_ref().expect("a current limit");
-    assert_eq!((limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()), (3, Unit::Minute));
+    assert_eq!(
+        (limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()),
+        (3, Unit::Minute)
+    );
     assert_eq!(limit.name, "@edge/remote_address");
     assert_eq!(by_ip.limit_remaining, 2);
     let reset = by_ip.duration_until_reset.expect("a duration until reset");
@@ -139,11 +148,19 @@ async fn envoy_semantics(service: &Demo) {
     assert_eq!(third.statuses[1].limit_remaining, 0);
 
     // Another address counts on its own.
-    let other = ask(&mut client, request(vec![descriptor(&[("remote_address", "10.0.0.8")])])).await;
+    let other = ask(
+        &mut client,
+        request(vec![descriptor(&[("remote_address", "10.0.0.8")])]),
+    )
+    .await;
     assert_eq!(other.statuses[0].limit_remaining, 2);
 
     // Wildcard values and unlimited rules.
-    let assets = ask(&mut client, request(vec![descriptor(&[("path", "/static/app.js")])])).await;
+    let assets = ask(
+        &mut client,
+        request(vec![descriptor(&[("path", "/static/app.js")])]),
+    )
+    .await;
     assert_eq!(code(&assets.statuses[0]), Code::Ok);
     assert!(assets.statuses[0].current_limit.is_none());
     assert_eq!(assets.statuses[0].limit_remaining, u32::MAX);
@@ -152,26 +169,48 @@ async fn envoy_semantics(service: &Demo) {
     let nested = descriptor(&[("tenant", "acme"), ("user", "alice")]);
     let answer = ask(&mut client, request(vec![nested.clone()])).await;
     let limit = answer.statuses[0].current_limit.as_ref().unwrap();
-    assert_eq!((limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()), (4, Unit::Minute));
+    assert_eq!(
+        (limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()),
+        (4, Unit::Minute)
+    );
     assert_eq!(answer.statuses[0].limit_remaining, 3);
     // The tenant alone reaches a node without a limit.
-    let tenant = ask(&mut client, request(vec![descriptor(&[("tenant", "acme")])])).await;
+    let tenant = ask(
+        &mut client,
+        request(vec![descriptor(&[("tenant", "acme")])]),
+    )
+    .await;
     assert!(tenant.statuses[0].current_limit.is_none());
 
     // hits_addend: the request's, then the descriptor's, which wins; 0 there only looks.
     let tokens = descriptor(&[("tokens", "t1")]);
     let mut weighed = request(vec![tokens.clone()]);
     weighed.hits_addend = 4;
-    assert_eq!(ask(&mut client, weighed.clone()).await.statuses[0].limit_remaining, 6);
+    assert_eq!(
+        ask(&mut client, weighed.clone()).await.statuses[0].limit_remaining,
+        6
+    );
     let mut own = tokens.clone();
     own.hits_addend = Some(UInt64Value { value: 1 });
     weighed.descriptors = vec![own];
-    assert_eq!(ask(&mut client, weighed.clone()).await.statuses[0].limit_remaining, 5);
+    assert_eq!(
+        ask(&mut client, weighed.clone()).await.statuses[0].limit_remaining,
+        5
+    );
     let mut look = tokens.clone();
     look.hits_addend = Some(UInt64Value { value: 0 });
     let looked = ask(&mut client, request(vec![look.clone()])).await;
-    assert_eq!((code(&looked.statuses[0]), looked.statuses[0].limit_remaining), (Code::Ok, 5));
-    assert_eq!(ask(&mut client, request(vec![look])).await.statuses[0].limit_remaining, 5);
+    assert_eq!(
+        (
+            code(&looked.statuses[0]),
+            looked.statuses[0].limit_remaining
+        ),
+        (Code::Ok, 5)
+    );
+    assert_eq!(
+        ask(&mut client, request(vec![look])).await.statuses[0].limit_remaining,
+        5
+    );
     // More than the limit holds can never fit.
     let mut huge = tokens;
     huge.hits_addend = Some(UInt64Value { value: 11 });
@@ -185,10 +224,16 @@ async fn envoy_semantics(service: &Demo) {
         assert_eq!(overall(&answer), Code::Ok);
     }
     let answer = ask(&mut client, request(vec![user])).await;
-    assert_eq!(answer.statuses[0].limit_remaining, 0, "shadow calls are counted");
+    assert_eq!(
+        answer.statuses[0].limit_remaining, 0,
+        "shadow calls are counted"
+    );
 
     // replaces: with key2's limit matched, key1's does not count.
-    let both = request(vec![descriptor(&[("key1", "a")]), descriptor(&[("key2", "b")])]);
+    let both = request(vec![
+        descriptor(&[("key1", "a")]),
+        descriptor(&[("key2", "b")]),
+    ]);
     for _ in 0..12 {
         let answer = ask(&mut client, both.clone()).await;
         assert_eq!(overall(&answer), Code::Ok);
@@ -243,12 +288,18 @@ async fn grpc_and_http_share_the_limits() {
     let redis = TestRedis::start();
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix("envoy-shared");
-    let envs = [("REDIS_URL", redis.url()), ("REDIS_PREFIX", prefix.as_str())];
+    let envs = [
+        ("REDIS_URL", redis.url()),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ];
     let grpc_side = serve(dir.path(), RULES, &envs);
     let http_side = serve(dir.path(), RULES, &envs);
     let mut client = client(&grpc_side).await;
     let ip = request(vec![descriptor(&[("remote_address", "192.0.2.1")])]);
-    assert_eq!(ask(&mut client, ip.clone()).await.statuses[0].limit_remaining, 2);
+    assert_eq!(
+        ask(&mut client, ip.clone()).await.statuses[0].limit_remaining,
+        2
+    );
     // The same rule and client over HTTP, on the other instance.
     let body = json!({"identifier": "192.0.2.1", "rule": "@edge/remote_address"});
     assert_eq!(post_check(&http_side.address, body.clone()).await, 200);
@@ -308,7 +359,10 @@ async fn descriptor_rules_reload_with_the_file() {
     let service = serve(dir.path(), RULES, &[]);
     let mut client = client(&service).await;
     let ip = request(vec![descriptor(&[("remote_address", "203.0.113.9")])]);
-    assert_eq!(ask(&mut client, ip.clone()).await.statuses[0].limit_remaining, 2);
+    assert_eq!(
+        ask(&mut client, ip.clone()).await.statuses[0].limit_remaining,
+        2
+    );
     let changed = RULES.replace(
         r#"{"key": "remote_address", "limit": "3/minute", "algorithm": "fixed_window"}"#,
         r#"{"key": "remote_address", "limit": "50/minute", "algorithm": "fixed_window"}"#,
@@ -318,11 +372,18 @@ async fn descriptor_rules_reload_with_the_file() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let answer = ask(&mut client, ip.clone()).await;
-        let limit = answer.statuses[0].current_limit.as_ref().unwrap().requests_per_unit;
+        let limit = answer.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit;
         if limit == 50 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the new limit did not apply");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new limit did not apply"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
