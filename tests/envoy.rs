@@ -387,3 +387,161 @@ async fn descriptor_rules_reload_with_the_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// envoy ratelimit's README example "messaging": nested descriptors, per-value counters.
+const MESSAGING: &str = "\
+domain: messaging
+descriptors:
+  # Only allow 5 marketing messages a day
+  - key: message_type
+    value: marketing
+    descriptors:
+      - key: to_number
+        rate_limit:
+          unit: day
+          requests_per_unit: 5
+  # Only allow 100 messages a day to any unique phone number
+  - key: to_number
+    rate_limit:
+      unit: day
+      requests_per_unit: 100
+";
+
+/// A config of one domain with a per-second limit, for counting windows.
+fn per_second(limit: u32) -> String {
+    format!(
+        "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit:\n      unit: second\n      requests_per_unit: {limit}\n"
+    )
+}
+
+/// `tollgate serve --envoy-config DIR` (through ENVOY_RATELIMIT_CONFIG), without a rules file.
+fn serve_envoy(config: &Path) -> Demo {
+    start_service(&[("ENVOY_RATELIMIT_CONFIG", config.to_str().unwrap())])
+}
+
+#[tokio::test]
+async fn envoy_ratelimit_configuration_is_served_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("messaging.yaml"), MESSAGING).unwrap();
+    std::fs::write(dir.path().join("edge.yml"), per_second(2)).unwrap();
+    let service = serve_envoy(dir.path());
+    let mut client = client(&service).await;
+    let marketing = |number: &str| RateLimitRequest {
+        domain: "messaging".into(),
+        descriptors: vec![descriptor(&[
+            ("message_type", "marketing"),
+            ("to_number", number),
+        ])],
+        hits_addend: 0,
+    };
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(overall(&ask(&mut client, marketing("2061111111")).await));
+    }
+    assert_eq!(codes[..5], [Code::Ok; 5]);
+    assert_eq!(codes[5], Code::OverLimit);
+    // Another number has its own 5; a plain message to the first number has its 100.
+    assert_eq!(
+        overall(&ask(&mut client, marketing("2062222222")).await),
+        Code::Ok
+    );
+    let plain = RateLimitRequest {
+        domain: "messaging".into(),
+        descriptors: vec![descriptor(&[("to_number", "2061111111")])],
+        hits_addend: 0,
+    };
+    let answer = ask(&mut client, plain).await;
+    let limit = answer.statuses[0].current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()),
+        (100, Unit::Day)
+    );
+    assert_eq!(answer.statuses[0].limit_remaining, 99);
+
+    // Fixed windows, as envoy ratelimit counts: 2 per second, then the next second's 2.
+    let ip = request(vec![descriptor(&[("remote_address", "10.1.1.1")])]);
+    let mut seen_over = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = ask(&mut client, ip.clone()).await;
+        let status = &answer.statuses[0];
+        let reset = status.duration_until_reset.unwrap();
+        assert!(
+            reset.seconds == 0 || (reset.seconds == 1 && reset.nanos == 0),
+            "{reset:?}"
+        );
+        if code(status) == Code::OverLimit {
+            seen_over = true;
+        } else if seen_over {
+            // A new window started: allowed again.
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new window within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn envoy_configuration_changes_reload_and_bad_ones_keep_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edge.yaml");
+    std::fs::write(&file, per_second(2)).unwrap();
+    let service = serve_envoy(dir.path());
+    let mut client = client(&service).await;
+    let ip = request(vec![descriptor(&[("remote_address", "10.2.2.2")])]);
+    let limit_now = |answer: RateLimitResponse| {
+        answer.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.requests_per_unit)
+    };
+    assert_eq!(limit_now(ask(&mut client, ip.clone()).await), Some(2));
+
+    // A broken save is refused: the old limit stays.
+    save_by_rename(
+        &file,
+        "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(limit_now(ask(&mut client, ip.clone()).await), Some(2));
+
+    save_by_rename(&file, &per_second(7));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while limit_now(ask(&mut client, ip.clone()).await) != Some(7) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new configuration did not apply"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_bad_envoy_configuration_stops_the_service_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edge.yaml");
+    std::fs::write(
+        &file,
+        "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(tollgate_binary())
+        .arg("serve")
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("ENVOY_RATELIMIT_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "{}: at descriptors[0].rate_limit.unit (line 4, column 24): unit must be one of second, minute, hour, day, week, month, year; got \"fortnight\"",
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}

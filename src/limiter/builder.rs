@@ -61,6 +61,8 @@ pub struct LimiterBuilder {
     reload_on_sighup: bool,
     max_rules_file_bytes: u64,
     runtime_state_file: Option<PathBuf>,
+    #[cfg(feature = "envoy")]
+    envoy_config: Option<PathBuf>,
     record_usage: bool,
     usage_max_clients: usize,
     #[cfg(feature = "redis")]
@@ -90,6 +92,8 @@ impl Default for LimiterBuilder {
             reload_on_sighup: true,
             max_rules_file_bytes: crate::DEFAULT_MAX_RULES_FILE_BYTES,
             runtime_state_file: None,
+            #[cfg(feature = "envoy")]
+            envoy_config: None,
             record_usage: false,
             usage_max_clients: usage::DEFAULT_MAX_CLIENTS,
             #[cfg(feature = "redis")]
@@ -128,6 +132,37 @@ impl LimiterBuilder {
     /// [`Limiter::set_rules`]).
     pub fn rules(mut self, rules: Rules) -> Self {
         self.rules = Some(RulesSource::Given(Box::new(rules)));
+        self
+    }
+
+    /// Also follows envoy ratelimit's own YAML configuration at `path` (a file, or a
+    /// directory of `*.yaml`/`*.yml` files, one domain each): its domains are read as the
+    /// rules' `descriptors` (see [`EnvoyDomain`](crate::EnvoyDomain)) over the rules file,
+    /// or over the rules given with [`rules`](Self::rules), and reloaded as the rules file
+    /// is, when either changes.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let config = dir.path().join("edge.yaml");
+    /// std::fs::write(&config, "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 60}\n")?;
+    /// let limiter = Limiter::builder()
+    ///     .rules(Rules::from_json(r#"{"default": {"unlimited": true}}"#)?)
+    ///     .envoy_config(&config)
+    ///     .build()
+    ///     .await?;
+    /// let rules = limiter.rules();
+    /// let found = rules.descriptor("edge", [("remote_address", "10.0.0.1")]).unwrap();
+    /// assert_eq!(found.rule.limit().unwrap().bands()[0].capacity(), 60);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "envoy")]
+    pub fn envoy_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.envoy_config = Some(path.into());
         self
     }
 
@@ -391,11 +426,22 @@ impl LimiterBuilder {
         if !(1..=128).contains(&self.ipv6_prefix_len) {
             return Err(BuildError::Ipv6PrefixLen(self.ipv6_prefix_len));
         }
-        let (rules, file) = match self.rules {
+        let (given, file) = match self.rules {
             None => return Err(BuildError::NoRules),
-            Some(RulesSource::Given(rules)) => (*rules, None),
+            Some(RulesSource::Given(rules)) => (Some(*rules), None),
             Some(RulesSource::File(path)) => {
-                let file = RulesFile::new(path, self.max_rules_file_bytes);
+                (None, Some(RulesFile::new(path, self.max_rules_file_bytes)))
+            }
+        };
+        #[cfg(feature = "envoy")]
+        let file = match self.envoy_config {
+            Some(envoy) => {
+                RulesFile::with_envoy(file, given.as_ref(), envoy, self.max_rules_file_bytes)
+            }
+            None => file,
+        };
+        let (rules, file) = match (given, file) {
+            (_, Some(file)) => {
                 let (file, (rules, hash)) = off_runtime(move || {
                     let loaded = file.load();
                     loaded.map(|loaded| (file, loaded))
@@ -403,6 +449,8 @@ impl LimiterBuilder {
                 .await?;
                 (rules, Some((file, hash)))
             }
+            (Some(rules), None) => (rules, None),
+            (None, None) => return Err(BuildError::NoRules),
         };
         let reloads = Reloads {
             file,
@@ -536,12 +584,13 @@ impl Limiter {
         });
         if let (Some(file), Some(hash)) = (&core.rules_file, loaded) {
             core.loaded_from(hash);
+            let paths = file.paths();
             let watch_error = |reason: String| BuildError::Watch {
-                path: file.path.clone(),
+                path: paths.first().map(|p| p.to_path_buf()).unwrap_or_default(),
                 reason,
             };
             if reloads.watch {
-                reload::spawn_watcher(Arc::downgrade(&core), &file.path)
+                reload::spawn_watcher(Arc::downgrade(&core), &paths)
                     .map_err(|e| watch_error(e.to_string()))?;
             }
             #[cfg(unix)]

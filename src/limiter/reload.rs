@@ -25,9 +25,15 @@ use super::Core;
 use super::installed::Installed;
 use crate::rules::{Rules, RulesError};
 
-/// The rules file a limiter follows.
+/// The rules a limiter follows: its rules file, and envoy ratelimit's configuration when
+/// it was given one (merged into the rules as their `descriptors`).
 pub(crate) struct RulesFile {
-    pub(crate) path: PathBuf,
+    /// The rules file, or the JSON of the rules the limiter was built with when only the
+    /// Envoy configuration is followed.
+    base: Base,
+    /// envoy ratelimit's configuration: a file, or a directory of them.
+    #[cfg(feature = "envoy")]
+    envoy: Option<PathBuf>,
     /// The most bytes read from it.
     max_bytes: u64,
     /// Held through each reload, so that reloads read and install in turn: a slow reload of
@@ -35,28 +41,96 @@ pub(crate) struct RulesFile {
     in_turn: Mutex<()>,
 }
 
+enum Base {
+    File(PathBuf),
+    Given(crate::rules::Source),
+}
+
 impl RulesFile {
     pub(crate) fn new(path: PathBuf, max_bytes: u64) -> Self {
         Self {
-            path,
+            base: Base::File(path),
+            #[cfg(feature = "envoy")]
+            envoy: None,
             max_bytes,
             in_turn: Mutex::new(()),
         }
     }
 
-    /// Reads the file: its content and the content's hash. Blocks: run it with
-    /// [`off_runtime`].
+    /// Follows envoy ratelimit's configuration at `envoy` too, over the rules file or, with
+    /// `given`, over these rules.
+    #[cfg(feature = "envoy")]
+    pub(crate) fn with_envoy(
+        file: Option<Self>,
+        given: Option<&Rules>,
+        envoy: PathBuf,
+        max_bytes: u64,
+    ) -> Option<Self> {
+        let base = match (file, given) {
+            (Some(file), _) => file.base,
+            (None, Some(rules)) => Base::Given(rules.source().clone()),
+            (None, None) => return None,
+        };
+        Some(Self {
+            base,
+            envoy: Some(envoy),
+            max_bytes,
+            in_turn: Mutex::new(()),
+        })
+    }
+
+    /// The files followed: the rules file's path, and the Envoy configuration's.
+    pub(crate) fn paths(&self) -> Vec<&Path> {
+        let mut paths = Vec::with_capacity(2);
+        if let Base::File(path) = &self.base {
+            paths.push(path.as_path());
+        }
+        #[cfg(feature = "envoy")]
+        paths.extend(self.envoy.as_deref());
+        paths
+    }
+
+    /// The rules' name in logs and errors: the rules file's path, or the name of the rules
+    /// given.
+    fn name(&self) -> String {
+        match &self.base {
+            Base::File(path) => path.display().to_string(),
+            Base::Given(source) => source.name.to_string(),
+        }
+    }
+
+    /// Reads the rules: their JSON (with the Envoy configuration merged in) and its hash.
+    /// The rules file is validated alone first, so that its errors give its own lines and
+    /// columns. Blocks: run it with [`off_runtime`].
     fn read(&self) -> Result<(Vec<u8>, u64), RulesError> {
-        let bytes = crate::rules::read_file(&self.path, self.max_bytes)?;
+        let bytes = match &self.base {
+            Base::File(path) => crate::rules::read_file(path, self.max_bytes)?,
+            Base::Given(source) => source.json.as_bytes().to_vec(),
+        };
+        #[cfg(feature = "envoy")]
+        let bytes = match &self.envoy {
+            None => bytes,
+            Some(envoy) => {
+                Rules::parse_file(&bytes, Path::new(&self.name()))?;
+                let domains = crate::EnvoyDomain::read(envoy)?;
+                // It parsed, so it is UTF-8.
+                let text = String::from_utf8_lossy(&bytes);
+                crate::EnvoyDomain::merge_into(&text, &self.name(), &domains)?.into_bytes()
+            }
+        };
         let hash = content_hash(&bytes);
         Ok((bytes, hash))
     }
 
-    /// Reads and validates the file, returning the rules and the hash of the content.
+    fn parse(&self, bytes: &[u8]) -> Result<Rules, RulesError> {
+        Rules::parse_file(bytes, Path::new(&self.name()))
+    }
+
+    /// Reads and validates the rules, returning them and the hash of the content.
     /// Blocks: run it with [`off_runtime`].
     pub(crate) fn load(&self) -> Result<(Rules, u64), RulesError> {
         let (bytes, hash) = self.read()?;
-        Ok((Rules::parse_file(&bytes, &self.path)?, hash))
+        Ok((self.parse(&bytes)?, hash))
     }
 }
 
@@ -207,7 +281,7 @@ impl Core {
                 return Ok(None);
             }
             drop(state);
-            Ok(Some((Rules::parse_file(&bytes, &file.path)?, hash)))
+            Ok(Some((file.parse(&bytes)?, hash)))
         });
         let (rules, hash) = match rules {
             Ok(Some(loaded)) => loaded,
@@ -229,7 +303,7 @@ impl Core {
         free_here(replaced);
         self.events
             .rules_changed("rules".into(), "file", "replaced");
-        let path = file.path.display();
+        let path = file.name();
         if replaces_set_rules {
             tracing::warn!(
                 file = %path,
@@ -262,10 +336,10 @@ impl Core {
     }
 }
 
-/// Watches the rules file's directory (and, for a symlink, its target's directory) and
-/// reloads on any change there, after a short pause so that a save made of several steps is
+/// Watches the directory of each of `paths` (and, for a symlink, its target's directory; a
+/// directory of Envoy configuration files itself) and reloads on any change there, after a short pause so that a save made of several steps is
 /// read once it is complete. Stops when the limiter is dropped.
-pub(crate) fn spawn_watcher(core: Weak<Core>, path: &Path) -> Result<(), notify::Error> {
+pub(crate) fn spawn_watcher(core: Weak<Core>, paths: &[&Path]) -> Result<(), notify::Error> {
     let (events, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -273,11 +347,14 @@ pub(crate) fn spawn_watcher(core: Weak<Core>, path: &Path) -> Result<(), notify:
         }
     })?;
     let mut directories: Vec<PathBuf> = Vec::new();
-    for file in [Some(path.to_owned()), std::fs::canonicalize(path).ok()]
-        .into_iter()
-        .flatten()
-    {
+    let files = paths
+        .iter()
+        .flat_map(|path| [Some(path.to_path_buf()), std::fs::canonicalize(path).ok()])
+        .flatten();
+    for file in files {
+        // A directory of Envoy configuration files is watched itself.
         let directory = match file.parent() {
+            _ if file.is_dir() => file.clone(),
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
         };

@@ -24,6 +24,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RulesError {
+    /// envoy ratelimit's configuration, followed with the rules, cannot be read or used.
+    #[cfg(feature = "envoy")]
+    #[error(transparent)]
+    Envoy(Box<crate::EnvoyConfigError>),
     /// The file could not be read.
     #[error("cannot read rules file {}: {source}", path.display())]
     Read {
@@ -269,6 +273,13 @@ pub enum InvalidRule {
         /// The JSON path of the earlier rule, like `routes[0]`.
         other: String,
     },
+}
+
+#[cfg(feature = "envoy")]
+impl From<crate::EnvoyConfigError> for RulesError {
+    fn from(error: crate::EnvoyConfigError) -> Self {
+        RulesError::Envoy(Box::new(error))
+    }
 }
 
 /// A tier the rules do not have. The HTTP layer answers such a request 500 and logs the

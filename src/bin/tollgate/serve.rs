@@ -18,6 +18,12 @@ pub(crate) struct Serve {
     #[arg(long, env = "RATE_LIMIT_RULES_PATH", value_name = "FILE")]
     rules: Option<PathBuf>,
 
+    /// envoy ratelimit's own YAML configuration, unchanged: a file, or a directory of
+    /// `*.yaml`/`*.yml` files, one domain each. Its domains are served over gRPC next to
+    /// the rules file's descriptors, and reloaded when they change.
+    #[arg(long, env = "ENVOY_RATELIMIT_CONFIG", value_name = "FILE|DIR")]
+    envoy_config: Option<PathBuf>,
+
     /// The limit of the default rule when there is no rules file: `N/unit` (second, minute,
     /// hour, day), or a bare number of requests per second.
     #[arg(
@@ -153,6 +159,11 @@ fn set(value: Option<String>) -> Option<String> {
     value.filter(|value| !value.trim().is_empty())
 }
 
+/// A path given in the environment as an empty value counts as unset too.
+fn set_path(path: Option<PathBuf>) -> Option<PathBuf> {
+    path.filter(|path| !path.as_os_str().is_empty())
+}
+
 /// The one rule of a service run without a rules file.
 fn default_rules(limit: &str) -> Result<Rules, String> {
     let limit = limit.trim();
@@ -185,6 +196,16 @@ async fn run(args: Serve) -> Result<(), String> {
                 args.default_rate_limit
             )
         }
+    };
+    let rules_source = match set_path(args.envoy_config.clone()) {
+        Some(envoy) => {
+            builder = builder.envoy_config(&envoy);
+            format!(
+                "{rules_source}, with envoy ratelimit's configuration {}",
+                envoy.display()
+            )
+        }
+        None => rules_source,
     };
     let uses_redis =
         set(args.redis_cluster_nodes.clone()).is_some() || set(args.redis_url.clone()).is_some();
