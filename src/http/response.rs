@@ -137,6 +137,15 @@ fn reported_band(limit: &Limit, decision: &Decision) -> usize {
         .unwrap_or(0)
 }
 
+/// The policy name of the band `decision` reports; the rule's identity when the limit is
+/// not known.
+fn reported_policy(rule: &str, limit: Option<&Limit>, decision: &Decision) -> String {
+    match limit {
+        Some(limit) => policy_name(rule, reported_band(limit, decision), limit.bands().len()),
+        None => rule.to_owned(),
+    }
+}
+
 /// `RateLimit-Policy: "<name>";q=<capacity>;w=<period>, …`, one item per band.
 pub(crate) fn policy_value(rule: &str, limit: &Limit) -> String {
     use std::fmt::Write;
@@ -156,10 +165,7 @@ pub(crate) fn policy_value(rule: &str, limit: &Limit) -> String {
 /// `RateLimit: "<name>";r=<remaining>;t=<seconds until reset>` for the band reported.
 fn service_limit_value(rule: &str, limit: Option<&Limit>, decision: &Decision) -> String {
     use std::fmt::Write;
-    let name = match limit {
-        Some(limit) => policy_name(rule, reported_band(limit, decision), limit.bands().len()),
-        None => rule.to_owned(),
-    };
+    let name = reported_policy(rule, limit, decision);
     let until_reset = decision
         .reset
         .duration_since(std::time::SystemTime::now())
@@ -237,13 +243,10 @@ pub(crate) fn too_many_requests<B: From<Bytes>>(
     }
     let retry_after = decision.retry_after_secs();
     let (content_type, body) = if rendering.problem_details {
-        let name = match limit {
-            Some(limit) => policy_name(rule, reported_band(limit, decision), limit.bands().len()),
-            None => rule.to_owned(),
-        };
+        let violated = reported_policy(rule, limit, decision);
         (
             APPLICATION_PROBLEM_JSON.clone(),
-            problem_body(&name, retry_after),
+            problem_body(&violated, retry_after),
         )
     } else {
         (
