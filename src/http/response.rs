@@ -14,7 +14,7 @@ use crate::decision::ceil_secs;
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::key::InvalidClientId;
 use crate::limiter::{CheckError, Verdict};
-use crate::rules::Limit;
+use crate::rules::{Band, Limit};
 
 /// `X-RateLimit-Limit`: the capacity of the reported band (the one closest to running out).
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -162,6 +162,28 @@ pub(crate) fn policy_value(rule: &str, limit: &Limit) -> String {
     value
 }
 
+/// `RateLimit-Policy` for `rule` and `limit`. A policy changes only with the rules, so each
+/// thread keeps the last one made, and the requests under the same rule share it.
+fn policy_header(rule: &str, limit: &Limit) -> Option<HeaderValue> {
+    /// (rule, bands) → value.
+    type Made = (Box<str>, Box<[Band]>, HeaderValue);
+    thread_local! {
+        static LAST: RefCell<Option<Made>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen_rule, seen_bands, value))
+            if **seen_rule == *rule && **seen_bands == *limit.bands() =>
+        {
+            Some(value.clone())
+        }
+        _ => {
+            let value = HeaderValue::try_from(policy_value(rule, limit)).ok()?;
+            *last = Some((rule.into(), limit.bands().into(), value.clone()));
+            Some(value)
+        }
+    })
+}
+
 /// `RateLimit: "<name>";r=<remaining>;t=<seconds until reset>` for the band reported.
 fn service_limit_value(rule: &str, limit: Option<&Limit>, decision: &Decision) -> String {
     use std::fmt::Write;
@@ -189,9 +211,7 @@ fn set_ietf_headers(
     decision: &Decision,
 ) {
     // Both values are visible ASCII by construction; a value that were not is left out.
-    if let Some(limit) = limit
-        && let Ok(value) = HeaderValue::try_from(policy_value(rule, limit))
-    {
+    if let Some(value) = limit.and_then(|limit| policy_header(rule, limit)) {
         headers.insert(RATELIMIT_POLICY.clone(), value);
     }
     if let Ok(value) = HeaderValue::try_from(service_limit_value(rule, limit, decision)) {
@@ -468,6 +488,16 @@ mod tests {
         );
         assert_eq!(headers[&X_RATELIMIT_LIMIT], "1000");
         assert_eq!(headers[&RATELIMIT], r#""pro:default";r=998;t=5"#);
+        // The same rule with other bands (after a reload): the policy made for it changes.
+        let reloaded = crate::rules::default_limit(r#"{"default": {"limit": "1000/minute"}}"#);
+        write_rate_limit_headers(
+            &mut headers,
+            HeaderStyle::Ietf,
+            "pro:default",
+            Some(&reloaded),
+            &decision,
+        );
+        assert_eq!(headers[&RATELIMIT_POLICY], r#""pro:default";q=1000;w=60"#);
     }
 
     #[test]
