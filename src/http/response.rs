@@ -147,7 +147,7 @@ fn reported_policy(rule: &str, limit: Option<&Limit>, decision: &Decision) -> St
 }
 
 /// `RateLimit-Policy: "<name>";q=<capacity>;w=<period>, …`, one item per band.
-pub(crate) fn policy_value(rule: &str, limit: &Limit) -> String {
+fn policy_value(rule: &str, limit: &Limit) -> String {
     use std::fmt::Write;
     let bands = limit.bands();
     let mut value = String::with_capacity(bands.len() * (rule.len() + 24));
