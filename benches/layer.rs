@@ -197,6 +197,16 @@ fn per_request_overhead(c: &mut Criterion) {
         "/api/data",
         &by_id,
     );
+    // The IETF fields instead of `X-RateLimit-*`, and both, as the rules file chooses them.
+    for (name, style) in [("allowed_ietf", "ietf"), ("allowed_both", "both")] {
+        let styled = layer(&format!(
+            r#"{{"default": {{"capacity": 1000, "refill_rate": 1000000000}}, "headers": "{style}"}}"#
+        ));
+        let mut service = styled.layer(inner);
+        let first = call(&mut service, request("/api/data", by_id(0)));
+        assert!(first.headers().contains_key("ratelimit-policy"));
+        measure(name, &mut |r| call(&mut service, r), "/api/data", &by_id);
+    }
     // An unlimited route: the client key and the rule lookup, no decision.
     let mut unlimited = allowing.layer(inner);
     let passed = call(&mut unlimited, request("/health", by_id(0)));

@@ -54,6 +54,7 @@ mod decision;
 mod error;
 #[cfg(feature = "envoy")]
 pub mod grpc;
+mod header_style;
 mod http;
 mod key;
 mod limiter;
@@ -68,9 +69,11 @@ pub use algorithm::Algorithm;
 pub use backend::breaker::BreakerState;
 pub use decision::{DecidedBy, Decision};
 pub use error::BuildError;
+pub use header_style::HeaderStyle;
 pub use http::{
-    Cost, InvalidTrustedProxy, RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
-    Tier, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    Cost, InvalidTrustedProxy, RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer,
+    RateLimitLayerBuilder, ResponseFuture, Tier, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
 };
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{

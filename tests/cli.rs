@@ -35,7 +35,8 @@ const TIERED: &str = r#"{
   "default_tier": "pro",
   "clients": {"id:partner": {"limit": "1000/minute"}, "ip:10.0.0.9": {"unlimited": true}},
   "on_redis_error": "deny",
-  "local_fallback_instances": 3
+  "local_fallback_instances": 3,
+  "headers": "both"
 }"#;
 
 struct Run {
@@ -209,7 +210,8 @@ fn summary_of_tiers_bands_cost_shadow_and_clients() {
         .stdout_has("Tier \"free\":\n")
         .stdout_has("Tier \"pro\" (default tier: requests without a tier):")
         .stdout_has("on_redis_error: deny\n")
-        .stdout_has("local_fallback_instances: 3\n");
+        .stdout_has("local_fallback_instances: 3\n")
+        .stdout_has("headers: both\n");
     assert_eq!(
         run.stdout.lines().last(),
         Some("OK: 9 rules, 2 tiers, 2 client overrides")

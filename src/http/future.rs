@@ -11,8 +11,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::response::{self, Step};
-use crate::Decision;
-use crate::limiter::Checking;
+use crate::limiter::{Checking, Verdict};
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
@@ -60,7 +59,7 @@ pin_project! {
         // is large, and the futures that never wait should not carry its room.
         Wait { waiting: Box<Waiting<S, ReqBody>> },
         // The inner service is answering; headers are added to its response.
-        Forward { #[pin] future: S::Future, decision: Option<Decision> },
+        Forward { #[pin] future: S::Future, verdict: Option<Verdict> },
     }
 }
 
@@ -83,9 +82,12 @@ where
         }
     }
 
-    pub(crate) fn forward(future: S::Future, decision: Option<Decision>) -> Self {
+    pub(crate) fn forward(future: S::Future, verdict: Verdict) -> Self {
         Self {
-            state: State::Forward { future, decision },
+            state: State::Forward {
+                future,
+                verdict: Some(verdict),
+            },
         }
     }
 
@@ -146,13 +148,13 @@ where
                         panic!("ResponseFuture polled after completion");
                     };
                     let next = match checked {
-                        Ok(verdict) => match response::step(&verdict) {
+                        Ok(verdict) => match response::step(verdict) {
                             Step::Respond(response) => State::Respond {
                                 response: Some(response),
                             },
-                            Step::Forward(decision) => State::Forward {
+                            Step::Forward(verdict) => State::Forward {
                                 future: inner.call(request),
-                                decision,
+                                verdict: Some(verdict),
                             },
                         },
                         Err(error) => State::Respond {
@@ -161,10 +163,10 @@ where
                     };
                     state.set(next);
                 }
-                StateProj::Forward { future, decision } => {
+                StateProj::Forward { future, verdict } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(decision) = decision.take() {
-                        response::set_rate_limit_headers(response.headers_mut(), &decision);
+                    if let Some(verdict) = verdict.take() {
+                        response::write_verdict_headers(response.headers_mut(), &verdict);
                     }
                     return Poll::Ready(Ok(response));
                 }

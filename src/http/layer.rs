@@ -15,8 +15,9 @@ use crate::limiter::Limiter;
 /// For each request it finds the client key (`X-Client-ID` or `X-Forwarded-For` from a
 /// trusted proxy, else the peer address), asks the limiter about the request's method and
 /// path (with the request's [`Tier`](crate::Tier) and [`Cost`](crate::Cost), if your
-/// middleware set them), and either passes the request on with `X-RateLimit-*` headers or
-/// answers `429 Too Many Requests` with `Retry-After`. It decides nothing itself. Cloning is
+/// middleware set them), and either passes the request on with rate limit headers
+/// (`X-RateLimit-*` unless the limiter's [`HeaderStyle`](crate::HeaderStyle) says otherwise)
+/// or answers `429 Too Many Requests` with `Retry-After`. It decides nothing itself. Cloning is
 /// cheap: clones share the limiter.
 ///
 /// # Example

@@ -16,5 +16,7 @@ pub use extensions::{Cost, Tier};
 pub use future::ResponseFuture;
 pub use identity::InvalidTrustedProxy;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
-pub use response::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+pub use response::{
+    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+};
 pub use service::RateLimit;

@@ -102,10 +102,10 @@ where
         }
         let mut checking = self.limiter.check(query);
         match checking.now() {
-            Some(Ok(verdict)) => match response::step(&verdict) {
+            Some(Ok(verdict)) => match response::step(verdict) {
                 Step::Respond(response) => ResponseFuture::respond(response),
-                Step::Forward(decision) => {
-                    ResponseFuture::forward(self.inner.call(request), decision)
+                Step::Forward(verdict) => {
+                    ResponseFuture::forward(self.inner.call(request), verdict)
                 }
             },
             Some(Err(error)) => ResponseFuture::respond(response::check_error(&error)),

@@ -20,6 +20,7 @@ use super::{Core, Limiter};
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
 use crate::error::BuildError;
+use crate::header_style::{HeaderStyle, Rendering};
 use crate::policy::OnRedisError;
 use crate::rules::Rules;
 
@@ -65,6 +66,7 @@ pub struct LimiterBuilder {
     envoy_config: Option<PathBuf>,
     record_usage: bool,
     usage_max_clients: usize,
+    rendering: Rendering,
     #[cfg(feature = "redis")]
     runtime_resync_interval: Duration,
     #[cfg(feature = "redis")]
@@ -96,6 +98,7 @@ impl Default for LimiterBuilder {
             envoy_config: None,
             record_usage: false,
             usage_max_clients: usage::DEFAULT_MAX_CLIENTS,
+            rendering: Rendering::default(),
             #[cfg(feature = "redis")]
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
             #[cfg(feature = "redis")]
@@ -286,6 +289,59 @@ impl LimiterBuilder {
     #[cfg(feature = "redis")]
     pub fn runtime_resync_interval(mut self, every: Duration) -> Self {
         self.runtime_resync_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Which rate limit header fields responses carry (default
+    /// [`HeaderStyle::XRateLimit`]): the `X-RateLimit-*` fields, the IETF `RateLimit-Policy`
+    /// and `RateLimit` fields, or both. The rules file's `headers`, when present, wins, and
+    /// follows its reloads. See "Headers" in the README.
+    ///
+    /// ```
+    /// use axum::{body::Body, http::Request, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{HeaderStyle, Limiter, RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "100/minute"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).header_style(HeaderStyle::Ietf).build().await?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(RateLimitLayer::new(limiter));
+    /// let response = app.oneshot(Request::get("/").body(Body::empty())?).await?;
+    /// assert_eq!(response.headers()["ratelimit-policy"], r#""default";q=100;w=60"#);
+    /// assert!(response.headers()["ratelimit"].to_str()?.starts_with(r#""default";r=99;t="#));
+    /// assert!(response.headers().get("x-ratelimit-limit").is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn header_style(mut self, style: HeaderStyle) -> Self {
+        self.rendering.headers = style;
+        self
+    }
+
+    /// Whether a refused request is answered with an RFC 9457 `application/problem+json`
+    /// body of the `quota-exceeded` problem type (default false: tollgate's own JSON). The
+    /// rules file's `problem_details`, when present, wins, and follows its reloads.
+    ///
+    /// ```
+    /// use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tollgate::{Limiter, RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/minute"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).problem_details(true).build().await?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(RateLimitLayer::new(limiter));
+    /// app.clone().oneshot(Request::get("/").body(Body::empty())?).await?;
+    /// let refused = app.oneshot(Request::get("/").body(Body::empty())?).await?;
+    /// assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn problem_details(mut self, problem_details: bool) -> Self {
+        self.rendering.problem_details = problem_details;
         self
     }
 
@@ -503,7 +559,7 @@ impl LimiterBuilder {
                 rules,
                 reloads,
                 (store, stored),
-                self.ipv6_prefix_len,
+                (self.ipv6_prefix_len, self.rendering),
                 Backend::Redis(backend),
                 self.memory_cleanup_interval,
                 usage_max_clients,
@@ -531,7 +587,7 @@ impl LimiterBuilder {
             rules,
             reloads,
             runtime,
-            self.ipv6_prefix_len,
+            (self.ipv6_prefix_len, self.rendering),
             Backend::Memory(Arc::new(memory)),
             self.memory_cleanup_interval,
             usage_max_clients,
@@ -549,12 +605,14 @@ struct Reloads {
 
 impl Limiter {
     /// The limiter of `rules` with the runtime entries `stored` in `store` over them,
-    /// recording usage for up to `usage_max_clients` clients if given.
+    /// keying IPv6 clients by `ipv6_prefix_len` bits, rendering verdicts as `rendering` says
+    /// unless the rules say otherwise, recording usage for up to `usage_max_clients`
+    /// clients if given.
     fn new(
         rules: Rules,
         reloads: Reloads,
         (store, stored): (Store, BTreeMap<String, Value>),
-        ipv6_prefix_len: u8,
+        (ipv6_prefix_len, rendering): (u8, Rendering),
         backend: Backend,
         cleanup_every: Duration,
         usage_max_clients: Option<usize>,
@@ -577,6 +635,7 @@ impl Limiter {
             reload: Mutex::new(ReloadState::default()),
             runtime: Runtime::new(store, layers),
             ipv6_prefix_len,
+            rendering,
             usage: usage_max_clients.map(|max| Usage::start(&backend, max)),
             backend,
             counters: Counters::default(),

@@ -21,8 +21,9 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{Answer, Backend, Mode, Outcome};
 use crate::decision::DecidedBy;
+use crate::header_style::Rendering;
 use crate::key::{ClientKey, KeyRef};
-use crate::rules::{Rules, RulesError};
+use crate::rules::{Limit, Rules, RulesError};
 use installed::{Installed, StateIds};
 use query::Choice;
 use reload::{ReloadState, RulesFile, Trigger, off_runtime};
@@ -101,6 +102,8 @@ pub(crate) struct Core {
     usage: Option<Arc<usage::Usage>>,
     /// IPv6 clients are keyed by their network of this many bits.
     ipv6_prefix_len: u8,
+    /// How verdicts are rendered when the rules do not say.
+    rendering: Rendering,
     /// Live events, for subscribers.
     events: Arc<events::Hub>,
 }
@@ -355,6 +358,7 @@ impl Core {
         };
         let slot = installed.slot(rule);
         let resolved = rules.for_client(rule, query.client);
+        let rendering = rules.rendering(self.rendering);
         let Some(limit) = resolved.limit else {
             if let (true, Some(usage)) = (counted, &self.usage) {
                 usage.record(query.client, &slot.id, true);
@@ -375,6 +379,8 @@ impl Core {
                 decided_by: DecidedBy::Unlimited,
                 shadow_refused: false,
                 unavailable_for: None,
+                rendering,
+                limit: None,
             }));
         };
         let cost = match query.cost {
@@ -396,10 +402,16 @@ impl Core {
         // usage or to tell subscribers.
         let client =
             (shadow || self.usage.is_some() || self.events.watched()).then_some(query.client);
+        // The default rendering needs nothing of the limit: not cloned for it.
+        let rendered = Rendered {
+            rendering,
+            limit: (!rendering.is_default()).then(|| limit.clone()),
+        };
         match self.backend.decide(slot, limit, cost, query.client, mode) {
             Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
                 outcome,
                 Arc::clone(&slot.id),
+                rendered,
                 Counting {
                     counted,
                     shadow,
@@ -410,6 +422,7 @@ impl Core {
                 pending,
                 core: Arc::clone(self),
                 rule: Arc::clone(&slot.id),
+                rendered,
                 counted,
                 shadow,
                 client: client.map(KeyRef::to_owned),
@@ -424,6 +437,7 @@ impl Core {
         &self,
         outcome: Outcome,
         rule: Arc<str>,
+        rendered: Rendered,
         counting: Counting<'_>,
     ) -> Verdict {
         let Counting {
@@ -474,6 +488,8 @@ impl Core {
             } else {
                 unavailable_for
             },
+            rendering: rendered.rendering,
+            limit: rendered.limit,
         }
     }
 
@@ -535,6 +551,14 @@ impl Core {
 /// How a decision counts: in the counters at all (`false` for peeks), as a shadow rule's
 /// (refusals let through), and against which client in the logs and usage statistics
 /// (`None` when neither needs it).
+/// How the fronts will render a verdict, and the limit they need for that (`None` for the
+/// default rendering, which needs none).
+#[derive(Debug, Clone)]
+pub(crate) struct Rendered {
+    pub(crate) rendering: Rendering,
+    pub(crate) limit: Option<Limit>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Counting<'a> {
     pub(crate) counted: bool,

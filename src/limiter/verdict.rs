@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{DecidedBy, Decision};
+use crate::header_style::Rendering;
+use crate::rules::Limit;
 
 /// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the
 /// bands' [`Decision`] behind it, the rule, who decided, and whether a shadow rule let
@@ -38,6 +40,10 @@ pub struct Verdict {
     pub(crate) shadow_refused: bool,
     /// The failure policy's wait, when it refused without a decision.
     pub(crate) unavailable_for: Option<Duration>,
+    /// How the fronts render it: the rules' choices over the builder's.
+    pub(crate) rendering: Rendering,
+    /// The limit that decided, kept only when `rendering` needs it (not the default).
+    pub(crate) limit: Option<Limit>,
 }
 
 impl Verdict {

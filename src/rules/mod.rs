@@ -51,6 +51,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::algorithm::{Algorithm, BandSpec};
+use crate::header_style::{HeaderStyle, Rendering};
 use crate::key::{ClientKey, KeyRef};
 use crate::policy::OnRedisError;
 use router::RuleSet;
@@ -487,6 +488,9 @@ pub struct Rules {
     descriptors: descriptor::Descriptors,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
+    /// The file's `headers` and `problem_details`, if it has them.
+    header_style: Option<HeaderStyle>,
+    problem_details: Option<bool>,
     /// The JSON the rules were read from, and where it came from: runtime entries are merged
     /// into it (see `merge`), so every set of rules in force can be rebuilt from JSON.
     source: Source,
@@ -787,6 +791,27 @@ impl Rules {
     /// The file's `local_fallback_instances`, if it has one.
     pub fn local_fallback_instances(&self) -> Option<u32> {
         self.local_fallback_instances.map(NonZeroU32::get)
+    }
+
+    /// The file's `headers`: which rate limit header fields responses carry, if it says.
+    pub fn header_style(&self) -> Option<HeaderStyle> {
+        self.header_style
+    }
+
+    /// The file's `problem_details`: whether a refusal is an RFC 9457
+    /// `application/problem+json` body, if it says.
+    pub fn problem_details(&self) -> Option<bool> {
+        self.problem_details
+    }
+
+    /// How the fronts write verdicts under these rules: the file's choices over `fallback`
+    /// (the builder's).
+    #[inline]
+    pub(crate) fn rendering(&self, fallback: Rendering) -> Rendering {
+        Rendering {
+            headers: self.header_style.unwrap_or(fallback.headers),
+            problem_details: self.problem_details.unwrap_or(fallback.problem_details),
+        }
     }
 
     /// The JSON these rules were read from, and its name.

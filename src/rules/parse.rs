@@ -18,6 +18,7 @@ use super::{
     Rules, RulesError, period_secs,
 };
 use crate::algorithm::Algorithm;
+use crate::header_style::HeaderStyle;
 use crate::key::{ClientKey, InvalidClientKey};
 use crate::policy::OnRedisError;
 
@@ -63,6 +64,8 @@ struct RawRules {
     shadow: bool,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
+    headers: Option<HeaderStyle>,
+    problem_details: Option<bool>,
 }
 
 /// A problem found after deserializing, with its JSON path.
@@ -188,6 +191,8 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
         descriptors,
         on_redis_error: raw.on_redis_error,
         local_fallback_instances: raw.local_fallback_instances,
+        header_style: raw.headers,
+        problem_details: raw.problem_details,
         source,
     })
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::json::{Body, Unprocessable, detail};
 use crate::decision::DecidedBy;
-use crate::http::response::set_rate_limit_headers;
+use crate::http::response::write_verdict_headers;
 use crate::key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN, check_client_id};
 use crate::limiter::{CheckError, Limiter, Query, Verdict};
 
@@ -261,7 +261,7 @@ fn unavailable(verdict: &Verdict) -> Option<Response> {
 /// `X-RateLimit-*`, and `Retry-After` on a refusal.
 fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     if let Some(decision) = verdict.decision() {
-        set_rate_limit_headers(headers, &decision);
+        write_verdict_headers(headers, verdict);
         if !verdict.allowed() {
             headers.insert(RETRY_AFTER, HeaderValue::from(decision.retry_after_secs()));
         }

@@ -217,13 +217,23 @@ impl fmt::Display for Summary<'_> {
                 write_limit(f, limit)?;
             }
         }
-        if rules.on_redis_error().is_some() || rules.local_fallback_instances().is_some() {
+        if rules.on_redis_error().is_some()
+            || rules.local_fallback_instances().is_some()
+            || rules.header_style().is_some()
+            || rules.problem_details().is_some()
+        {
             writeln!(f)?;
             if let Some(policy) = rules.on_redis_error() {
                 writeln!(f, "on_redis_error: {}", policy.as_str())?;
             }
             if let Some(instances) = rules.local_fallback_instances() {
                 writeln!(f, "local_fallback_instances: {instances}")?;
+            }
+            if let Some(style) = rules.header_style() {
+                writeln!(f, "headers: {}", style.as_str())?;
+            }
+            if let Some(problem_details) = rules.problem_details() {
+                writeln!(f, "problem_details: {problem_details}")?;
             }
         }
         writeln!(f)?;
