@@ -35,6 +35,9 @@ use status::Decided;
 ///   a descriptor's `hits_addend` of 0 checks without taking. A cost larger than the
 ///   rule's smallest capacity can never fit: `OVER_LIMIT`.
 /// - Shadow rules answer `OK` and are counted.
+/// - `response_headers_to_add` carries the IETF `RateLimit-Policy` and `RateLimit` fields
+///   of every descriptor decided (one list item per band and per descriptor), and
+///   `Retry-After` when over the limit, for Envoy to add to its response.
 /// - When Redis cannot decide, the limiter's failure policy answers: `allow` gives `OK`,
 ///   `local` decides in this process, and `deny` fails the call with `UNAVAILABLE`, which
 ///   Envoy's own `failure_mode_deny` then turns into a refusal (true) or lets through
@@ -150,14 +153,24 @@ impl EnvoyRateLimit {
             overall_code: Code::Ok.into(),
             ..RateLimitResponse::default()
         };
+        let mut fields = status::Fields::default();
         for decided in decided {
-            let status = decided?.status(now);
+            let decided = decided?;
+            fields.add(&decided);
+            let status = decided.status(now);
             if status.code == i32::from(Code::OverLimit) {
                 response.overall_code = Code::OverLimit.into();
             }
             response.statuses.push(status);
         }
-        response.response_headers_to_add = headers(&response);
+        response.response_headers_to_add = fields
+            .into_iter()
+            .map(|(key, value)| EnvoyHeader {
+                key,
+                value,
+                ..EnvoyHeader::default()
+            })
+            .collect();
         Ok(response)
     }
 
@@ -218,11 +231,6 @@ impl Matched {
     fn name(&self) -> String {
         self.name.as_deref().unwrap_or(&self.rule).to_owned()
     }
-}
-
-/// The headers Envoy adds to its response to the client.
-fn headers(_response: &RateLimitResponse) -> Vec<EnvoyHeader> {
-    Vec::new()
 }
 
 #[tonic::async_trait]

@@ -8,8 +8,12 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 
+use http::HeaderMap;
+
+use crate::decision::ceil_secs;
+use crate::http::response::write_rate_limit_headers;
 use crate::limiter::Verdict;
-use crate::{Band, Limit};
+use crate::{Band, HeaderStyle, Limit};
 
 /// What the limiter said about one descriptor.
 pub(super) enum Decided {
@@ -73,6 +77,62 @@ impl Decided {
                 }
             }
         }
+    }
+}
+
+/// The header fields of a whole call: each descriptor's IETF fields joined into one list
+/// per field, and the longest wait of the refused ones as `Retry-After`.
+#[derive(Default)]
+pub(super) struct Fields {
+    /// `RateLimit-Policy` and `RateLimit`, in the order first seen.
+    lists: Vec<(String, String)>,
+    retry_after_secs: Option<u64>,
+}
+
+impl Fields {
+    pub(super) fn add(&mut self, decided: &Decided) {
+        let Decided::Checked {
+            verdict,
+            limit,
+            name,
+        } = decided
+        else {
+            return;
+        };
+        let Some(decision) = verdict.decision() else {
+            return;
+        };
+        let mut own = HeaderMap::new();
+        write_rate_limit_headers(&mut own, HeaderStyle::Ietf, name, Some(limit), &decision);
+        for (field, value) in &own {
+            let Ok(value) = value.to_str() else { continue };
+            match self.lists.iter_mut().find(|(f, _)| f == field.as_str()) {
+                Some((_, list)) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => self
+                    .lists
+                    .push((field.as_str().to_owned(), value.to_owned())),
+            }
+        }
+        if let Some(wait) = verdict.retry_after() {
+            let secs = ceil_secs(wait);
+            self.retry_after_secs = Some(self.retry_after_secs.map_or(secs, |s| s.max(secs)));
+        }
+    }
+}
+
+impl IntoIterator for Fields {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+
+    fn into_iter(mut self) -> Self::IntoIter {
+        if let Some(secs) = self.retry_after_secs {
+            self.lists
+                .push(("retry-after".to_owned(), secs.to_string()));
+        }
+        self.lists.into_iter()
     }
 }
 
