@@ -100,6 +100,39 @@ fn code(status: &DescriptorStatus) -> Code {
     Code::try_from(status.code).unwrap()
 }
 
+fn header_to_add<'r>(response: &'r RateLimitResponse, name: &str) -> Option<&'r str> {
+    response
+        .response_headers_to_add
+        .iter()
+        .find(|header| header.key == name)
+        .map(|header| header.value.as_str())
+}
+
+/// A structured-field list of `response_headers_to_add`, parsed: each item's name and its
+/// first two parameters (`q`, `w` of a policy; `r`, `t` of a limit).
+fn field(response: &RateLimitResponse, name: &str) -> Vec<(String, i64, i64)> {
+    let value = header_to_add(response, name).unwrap_or_else(|| panic!("no {name}"));
+    let list: Vec<sfv::ListEntry> = sfv::Parser::new(value)
+        .parse_list()
+        .unwrap_or_else(|e| panic!("{name}: {value:?} is not a structured-field list: {e}"));
+    list.into_iter()
+        .map(|entry| {
+            let sfv::ListEntry::Item(item) = entry else {
+                panic!("{value:?} has an inner list")
+            };
+            let sfv::BareItem::String(policy) = item.bare_item else {
+                panic!("{value:?}: an item is not a String")
+            };
+            let params: Vec<_> = item.params.into_iter().collect();
+            let number = |i: usize| match &params[i].1 {
+                sfv::BareItem::Integer(n) => i64::from(*n),
+                other => panic!("{value:?}: {other:?} is not an Integer"),
+            };
+            (policy.as_str().to_owned(), number(0), number(1))
+        })
+        .collect()
+}
+
 fn overall(response: &RateLimitResponse) -> Code {
     Code::try_from(response.overall_code).unwrap()
 }
@@ -136,6 +169,26 @@ async fn envoy_semantics(service: &Demo) {
     assert_eq!(code(none), Code::Ok);
     assert!(none.current_limit.is_none());
     assert_eq!((code(by_path), by_path.limit_remaining), (Code::Ok, 1));
+    // The IETF fields of the two limited descriptors, for Envoy to add to its response.
+    assert_eq!(
+        field(&first, "ratelimit-policy"),
+        [
+            ("@edge/remote_address".into(), 3, 60),
+            ("@edge/path=%2Flogin".into(), 2, 60)
+        ]
+    );
+    let left: Vec<(String, i64)> = field(&first, "ratelimit")
+        .into_iter()
+        .map(|(name, r, _)| (name, r))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            ("@edge/remote_address".into(), 2),
+            ("@edge/path=%2Flogin".into(), 1)
+        ]
+    );
+    assert!(header_to_add(&first, "retry-after").is_none());
 
     // The path runs out first: its status, and the call's, turn OVER_LIMIT.
     let second = ask(&mut client, request(vec![ip.clone(), login.clone()])).await;
@@ -146,6 +199,11 @@ async fn envoy_semantics(service: &Demo) {
     assert_eq!(third.statuses[0].limit_remaining, 0);
     assert_eq!(code(&third.statuses[1]), Code::OverLimit);
     assert_eq!(third.statuses[1].limit_remaining, 0);
+    let wait: u64 = header_to_add(&third, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
 
     // Another address counts on its own.
     let other = ask(
@@ -544,4 +602,105 @@ fn a_bad_envoy_configuration_stops_the_service_and_says_where() {
         file.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The shipped Envoy example (deploy/envoy/): Envoy's rate_limits, the tollgate rules they
+// fall under, and the same rules in envoy ratelimit's format, as the README shows them.
+// ---------------------------------------------------------------------------------------
+
+/// The descriptor one `rate_limits` entry of Envoy's route makes, with sample values.
+fn descriptor_of(actions: &Value) -> Vec<(String, String)> {
+    let actions = actions.as_array().expect("a list of actions");
+    actions
+        .iter()
+        .map(|action| {
+            if action.get("remote_address").is_some() {
+                ("remote_address".to_owned(), "203.0.113.1".to_owned())
+            } else if let Some(generic) = action.get("generic_key") {
+                let value = generic["descriptor_value"].as_str().unwrap();
+                let key = generic.get("descriptor_key").and_then(Value::as_str);
+                (key.unwrap_or("generic_key").to_owned(), value.to_owned())
+            } else if let Some(header) = action.get("request_headers") {
+                let key = header["descriptor_key"].as_str().unwrap();
+                (key.to_owned(), "alice".to_owned())
+            } else {
+                panic!("an action this test does not know: {action}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_shipped_envoy_routes_fall_under_the_shipped_rules() {
+    let envoy: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_file("deploy/envoy/envoy.yaml")).unwrap(),
+    )
+    .expect("envoy.yaml is YAML");
+    let rules = tollgate::Rules::from_file(repo_file("deploy/envoy/rate_limits.json")).unwrap();
+    let manager = &envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filter = &manager["http_filters"][0]["typed_config"];
+    assert_eq!(filter["domain"], "edge");
+    let cluster = filter["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+        .as_str()
+        .unwrap();
+    let tollgate = envoy["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .expect("the rate limit service's cluster");
+    let address = &tollgate["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    assert_eq!(address["port_value"], 8081, "tollgate serve's GRPC_PORT");
+    let mut seen = 0;
+    for route in manager["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .unwrap()
+    {
+        for rate_limit in route["route"]["rate_limits"].as_array().unwrap() {
+            let entries = descriptor_of(&rate_limit["actions"]);
+            let found = rules
+                .descriptor(
+                    "edge",
+                    entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .unwrap_or_else(|| panic!("no rule for the descriptor {entries:?}"));
+            assert!(found.rule.limit().is_some(), "{entries:?}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn the_shipped_envoy_ratelimit_config_says_what_the_rules_file_says() {
+    let domains = tollgate::EnvoyDomain::read(&repo_file("deploy/envoy/ratelimit-config")).unwrap();
+    let json =
+        tollgate::EnvoyDomain::rules_document(&json!({"limit": "10/second"}), &domains).unwrap();
+    let from_yaml = tollgate::Rules::from_json(&json).unwrap();
+    let from_json = tollgate::Rules::from_file(repo_file("deploy/envoy/rate_limits.json")).unwrap();
+    let rules = |rules: &tollgate::Rules| {
+        rules
+            .iter()
+            .map(|rule| (rule.id().to_owned(), rule.limit().cloned()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rules(&from_yaml), rules(&from_json));
+}
+
+#[test]
+fn the_readme_shows_the_shipped_envoy_files() {
+    let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
+    for file in [
+        "deploy/envoy/envoy.yaml",
+        "deploy/envoy/rate_limits.json",
+        "deploy/envoy/ratelimit-config/edge.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo_file(file)).unwrap();
+        assert!(
+            readme.contains(text.trim_end()),
+            "the README's copy of {file} differs from the file"
+        );
+    }
 }
