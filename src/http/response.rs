@@ -184,22 +184,23 @@ fn policy_header(rule: &str, limit: &Limit) -> Option<HeaderValue> {
     })
 }
 
-/// `RateLimit: "<name>";r=<remaining>;t=<seconds until reset>` for the band reported.
+/// `RateLimit: "<name>";r=<remaining>;t=<seconds until reset>` for the band reported. For a
+/// refusal, `t` is the `Retry-After` wait, as the draft asks when a response has both.
 fn service_limit_value(rule: &str, limit: Option<&Limit>, decision: &Decision) -> String {
     use std::fmt::Write;
     let name = reported_policy(rule, limit, decision);
-    let until_reset = decision
-        .reset
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
+    let seconds = if decision.allowed {
+        let until_reset = decision
+            .reset
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        ceil_secs(until_reset)
+    } else {
+        decision.retry_after_secs()
+    };
     let mut value = String::with_capacity(name.len() + 24);
     push_sf_string(&mut value, &name);
-    let _ = write!(
-        value,
-        ";r={};t={}",
-        decision.remaining,
-        ceil_secs(until_reset)
-    );
+    let _ = write!(value, ";r={};t={seconds}", decision.remaining);
     value
 }
 
@@ -516,6 +517,7 @@ mod tests {
         assert_eq!(h[CONTENT_TYPE], "application/problem+json");
         assert_eq!(h[RETRY_AFTER], "12");
         assert_eq!(h[&X_RATELIMIT_REMAINING], "0");
+        assert!(h.get(&RATELIMIT).is_none());
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(body["type"], QUOTA_EXCEEDED_TYPE);
         assert_eq!(body["title"], QUOTA_EXCEEDED_TITLE);
