@@ -1,0 +1,306 @@
+//! `tollgate serve` as a gateway's rate limiter (`GET /auth`): Debian's nginx serving
+//! `deploy/gateways/nginx-forward-auth.conf.template` in front of a Python app, and the
+//! requests Traefik's `forwardAuth` and Caddy's `forward_auth` send, replayed against the
+//! real binary.
+//!
+//! Needs `nginx` and `python3`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// The shipped nginx configuration.
+const NGINX_FORWARD_AUTH: &str = "deploy/gateways/nginx-forward-auth.conf.template";
+
+/// A small limit on one route, another on a second; refills too slow to matter.
+const RULES: &str = r#"{
+    "default": {"limit": "1000/minute"},
+    "routes": [
+        {"path": "/limited.txt", "limit": "3/minute"},
+        {"path": "/other.txt", "limit": "5/minute"}
+    ]
+}"#;
+
+/// The app behind the gateway: Python's file server over a temporary directory, answering
+/// `/forbidden` with its own 403.
+const UPSTREAM: &str = r#"
+import http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/forbidden":
+            body = b"the app itself says no\n"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            super().do_GET()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Handler(*a, directory=sys.argv[1]))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// The Python app; killed when dropped.
+struct Upstream {
+    child: Child,
+    address: String,
+    _root: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("limited.txt"), "limited file\n").unwrap();
+        std::fs::write(root.path().join("other.txt"), "other file\n").unwrap();
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(UPSTREAM)
+            .arg(root.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("python3 is needed by this test: apt-get install python3 ({e})")
+            });
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        let port = port.trim();
+        assert!(
+            port.parse::<u16>().is_ok(),
+            "the Python app did not say its port: {port:?}"
+        );
+        Self {
+            child,
+            address: format!("127.0.0.1:{port}"),
+            _root: root,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx, `tollgate serve` and the app. Fields drop in order.
+struct Gateway {
+    nginx: Nginx,
+    _service: Demo,
+    _upstream: Upstream,
+    _rules: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start() -> Self {
+        let rules = tempfile::tempdir().unwrap();
+        let rules_file = rules.path().join("rate_limits.json");
+        std::fs::write(&rules_file, RULES).unwrap();
+        let service = start_service(&[("RATE_LIMIT_RULES_PATH", rules_file.to_str().unwrap())]);
+        let upstream = Upstream::start();
+        let nginx = Nginx::start(
+            NGINX_FORWARD_AUTH,
+            &[
+                ("TOLLGATE_ADDR", service.address.as_str()),
+                ("APP_ADDR", upstream.address.as_str()),
+            ],
+        );
+        Self {
+            nginx,
+            _service: service,
+            _upstream: upstream,
+            _rules: rules,
+        }
+    }
+
+    async fn get(&self, path: &str, client: &str) -> Seen {
+        self.get_with(path, client, &[]).await
+    }
+
+    async fn get_with(&self, path: &str, client: &str, headers: &[(&str, &str)]) -> Seen {
+        let mut request = http()
+            .get(format!("http://127.0.0.1:{}{path}", self.nginx.port))
+            .header("x-client-id", client);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("a response through nginx");
+        Seen::from(response).await
+    }
+}
+
+/// A response, as the client saw it.
+#[derive(Debug)]
+struct Seen {
+    status: StatusCode,
+    limit: Option<u32>,
+    remaining: Option<u32>,
+    reset: Option<u64>,
+    retry_after: Option<u64>,
+    body: String,
+}
+
+impl Seen {
+    async fn from(response: reqwest::Response) -> Self {
+        Self {
+            status: response.status(),
+            limit: reqwest_number(&response, "x-ratelimit-limit"),
+            remaining: reqwest_number(&response, "x-ratelimit-remaining"),
+            reset: reqwest_number(&response, "x-ratelimit-reset"),
+            retry_after: reqwest_number(&response, "retry-after"),
+            body: response.text().await.unwrap(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_asks_tollgate_and_turns_its_refusal_into_a_429() {
+    let gateway = Gateway::start();
+    for remaining in [2, 1, 0] {
+        let seen = gateway.get("/limited.txt", "alice").await;
+        assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
+        assert_eq!(seen.body, "limited file\n", "the app's own body");
+        assert_eq!((seen.limit, seen.remaining), (Some(3), Some(remaining)));
+        let reset = seen.reset.expect("X-RateLimit-Reset");
+        assert!(reset >= unix_now() && reset <= unix_now() + 61, "{reset}");
+        assert_eq!(seen.retry_after, None);
+    }
+    let refused = gateway.get("/limited.txt", "alice").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{refused:?}\n{}",
+        gateway.nginx.error_log()
+    );
+    assert_eq!((refused.limit, refused.remaining), (Some(3), Some(0)));
+    assert!(refused.reset.is_some());
+    let retry_after = refused.retry_after.expect("Retry-After");
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    let body: Value = serde_json::from_str(&refused.body).expect("a JSON body");
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["retry_after"], retry_after);
+
+    // The query is not part of the route; the refusal holds.
+    let with_query = gateway.get("/limited.txt?page=2", "alice").await;
+    assert_eq!(with_query.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Another route counts apart, under its own limit.
+    let other = gateway.get("/other.txt", "alice").await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body, "other file\n");
+    assert_eq!((other.limit, other.remaining), (Some(5), Some(4)));
+
+    // Another client counts apart.
+    let bob = gateway.get("/limited.txt", "bob").await;
+    assert_eq!(bob.status, StatusCode::OK);
+    assert_eq!((bob.limit, bob.remaining), (Some(3), Some(2)));
+
+    // A client naming another route in Traefik's headers changes nothing: nginx drops them.
+    let spoof = gateway
+        .get_with(
+            "/limited.txt",
+            "bob",
+            &[
+                ("x-forwarded-uri", "/other.txt"),
+                ("x-forwarded-method", "GET"),
+            ],
+        )
+        .await;
+    assert_eq!(spoof.status, StatusCode::OK, "{spoof:?}");
+    assert_eq!((spoof.limit, spoof.remaining), (Some(3), Some(1)));
+
+    // The app's own 404 and 403 pass through untouched, with the headers of the default rule.
+    let missing = gateway.get("/missing.txt", "carol").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("File not found"), "{}", missing.body);
+    assert_eq!((missing.limit, missing.remaining), (Some(1000), Some(999)));
+    let forbidden = gateway.get("/forbidden", "carol").await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "{forbidden:?}");
+    assert_eq!(forbidden.body, "the app itself says no\n");
+    assert_eq!(forbidden.limit, Some(1000));
+    assert_eq!(forbidden.retry_after, None);
+}
+
+/// What Traefik's forwardAuth sends: a GET to the address, the client's headers, and
+/// X-Forwarded-Method, -Proto, -Host, -Uri and -For. A refusal reaches the client as
+/// tollgate answered it.
+#[tokio::test]
+async fn traefiks_request_replayed_against_tollgate_serve() {
+    let (_rules, service) = service();
+    let traefik = |client: &'static str| {
+        http()
+            .get(format!("http://{}/auth", service.address))
+            .header("x-client-id", client)
+            .header("x-forwarded-method", "POST")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.example.com")
+            .header("x-forwarded-uri", "/limited.txt?draft=1")
+            .header("x-forwarded-for", "203.0.113.7")
+    };
+    allowed_three_times_then_refused(traefik).await;
+}
+
+/// What Caddy's forward_auth sends: a GET, the client's headers, X-Forwarded-Method and
+/// X-Forwarded-Uri, and reverse_proxy's X-Forwarded-For, -Proto and -Host.
+#[tokio::test]
+async fn caddys_request_replayed_against_tollgate_serve() {
+    let (_rules, service) = service();
+    let caddy = |client: &'static str| {
+        http()
+            .get(format!("http://{}/auth", service.address))
+            .header("x-client-id", client)
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/limited.txt")
+            .header("x-forwarded-for", "198.51.100.20")
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", "localhost")
+    };
+    allowed_three_times_then_refused(caddy).await;
+}
+
+/// `tollgate serve` on [`RULES`].
+fn service() -> (tempfile::TempDir, Demo) {
+    let rules = tempfile::tempdir().unwrap();
+    let rules_file = rules.path().join("rate_limits.json");
+    std::fs::write(&rules_file, RULES).unwrap();
+    let service = start_service(&[("RATE_LIMIT_RULES_PATH", rules_file.to_str().unwrap())]);
+    (rules, service)
+}
+
+async fn allowed_three_times_then_refused(
+    request: impl Fn(&'static str) -> reqwest::RequestBuilder,
+) {
+    for remaining in [2, 1, 0] {
+        let seen = Seen::from(request("alice").send().await.unwrap()).await;
+        assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
+        assert_eq!(seen.body, "");
+        assert_eq!((seen.limit, seen.remaining), (Some(3), Some(remaining)));
+    }
+    let refused = Seen::from(request("alice").send().await.unwrap()).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.retry_after.is_some_and(|secs| secs >= 1));
+    assert_eq!((refused.limit, refused.remaining), (Some(3), Some(0)));
+    let body: Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    let bob = Seen::from(request("bob").send().await.unwrap()).await;
+    assert_eq!((bob.status, bob.remaining), (StatusCode::OK, Some(2)));
+
+    let bad = request("alice")
+        .header("x-forwarded-uri", "no-slash")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["header"], "X-Forwarded-Uri", "{body}");
+}
