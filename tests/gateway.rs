@@ -1,9 +1,9 @@
 //! `tollgate serve` as a gateway's rate limiter (`GET /auth`): Debian's nginx serving
-//! `deploy/gateways/nginx-forward-auth.conf.template` in front of a Python app, and the
-//! requests Traefik's `forwardAuth` and Caddy's `forward_auth` send, replayed against the
-//! real binary.
+//! `deploy/gateways/nginx-forward-auth.conf.template` and Debian's Caddy serving
+//! `deploy/gateways/Caddyfile`, each in front of a Python app, and the request Traefik's
+//! `forwardAuth` sends, replayed against the real binary.
 //!
-//! Needs `nginx` and `python3`.
+//! Needs `nginx`, `caddy` and `python3`.
 
 mod common;
 
@@ -27,12 +27,19 @@ const RULES: &str = r#"{
 }"#;
 
 /// The app behind the gateway: Python's file server over a temporary directory, answering
-/// `/forbidden` with its own 403.
+/// `/forbidden` with its own 403, and `/echo-remaining` with the `X-RateLimit-Remaining` it
+/// received.
 const UPSTREAM: &str = r#"
 import http.server, sys
 class Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
-        if self.path == "/forbidden":
+        if self.path == "/echo-remaining":
+            body = str(self.headers.get("X-RateLimit-Remaining")).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/forbidden":
             body = b"the app itself says no\n"
             self.send_response(403)
             self.send_header("Content-Length", str(len(body)))
@@ -250,22 +257,123 @@ async fn traefiks_request_replayed_against_tollgate_serve() {
     allowed_three_times_then_refused(traefik).await;
 }
 
-/// What Caddy's forward_auth sends: a GET, the client's headers, X-Forwarded-Method and
-/// X-Forwarded-Uri, and reverse_proxy's X-Forwarded-For, -Proto and -Host.
-#[tokio::test]
-async fn caddys_request_replayed_against_tollgate_serve() {
+/// Debian's Caddy serving the shipped Caddyfile in front of the same app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_asks_tollgate_and_passes_its_refusal_on() {
     let (_rules, service) = service();
-    let caddy = |client: &'static str| {
+    let upstream = Upstream::start();
+    let caddy = Caddy::start(&service.address, &upstream.address);
+    let get = |path: &str, client: &str| {
         http()
-            .get(format!("http://{}/auth", service.address))
+            .get(format!("{}{path}", caddy.site))
             .header("x-client-id", client)
-            .header("x-forwarded-method", "GET")
-            .header("x-forwarded-uri", "/limited.txt")
-            .header("x-forwarded-for", "198.51.100.20")
-            .header("x-forwarded-proto", "http")
-            .header("x-forwarded-host", "localhost")
     };
-    allowed_three_times_then_refused(caddy).await;
+    for remaining in [2, 1, 0] {
+        let seen = Seen::from(get("/limited.txt", "alice").send().await.unwrap()).await;
+        assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
+        assert_eq!(seen.body, "limited file\n");
+        // copy_headers puts them on the app's request, not on the client's response.
+        assert_eq!(seen.limit, None);
+        let echoed = get("/echo-remaining", "alice").send().await.unwrap();
+        assert_eq!(
+            echoed.text().await.unwrap(),
+            (999 - 2 + remaining).to_string()
+        );
+    }
+    let refused = Seen::from(get("/limited.txt", "alice").send().await.unwrap()).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{refused:?}");
+    assert!(refused.retry_after.is_some_and(|secs| secs >= 1));
+    assert_eq!((refused.limit, refused.remaining), (Some(3), Some(0)));
+    let body: Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // nginx's header names from a client are dropped: they name no other route.
+    let spoof = get("/limited.txt", "alice")
+        .header("x-original-uri", "/other.txt")
+        .header("x-original-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoof.status(), StatusCode::TOO_MANY_REQUESTS);
+    let bob = Seen::from(get("/limited.txt", "bob").send().await.unwrap()).await;
+    assert_eq!(bob.status, StatusCode::OK);
+    let other = Seen::from(get("/other.txt", "alice").send().await.unwrap()).await;
+    assert_eq!(other.status, StatusCode::OK);
+    let missing = Seen::from(get("/missing.txt", "alice").send().await.unwrap()).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("File not found"), "{}", missing.body);
+}
+
+/// Caddy running `deploy/gateways/Caddyfile`, imported under global options that keep it
+/// to plain HTTP and off the admin port; killed when dropped.
+struct Caddy {
+    child: Child,
+    site: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    fn start(tollgate: &str, app: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let site = format!("http://127.0.0.1:{port}");
+        let config = dir.path().join("Caddyfile");
+        let shipped = repo_file("deploy/gateways/Caddyfile");
+        std::fs::write(
+            &config,
+            format!(
+                "{{\n\tadmin off\n\tauto_https off\n\tstorage file_system {}\n}}\nimport {}\n",
+                dir.path().display(),
+                shipped.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("caddy.log");
+        let mut child = Command::new("caddy")
+            .arg("run")
+            .arg("--adapter")
+            .arg("caddyfile")
+            .arg("--config")
+            .arg(&config)
+            .env("CADDY_SITE", &site)
+            .env("TOLLGATE_ADDR", tollgate)
+            .env("APP_ADDR", app)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("caddy is needed by this test but did not run: apt-get install caddy ({e})")
+            });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "caddy exited with {status}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "caddy not listening after 10 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self {
+            child,
+            site,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `tollgate serve` on [`RULES`].
