@@ -109,6 +109,9 @@ impl Service {
     /// private networks, one `X-Forwarded-For` hop.
     ///
     /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::{Request, StatusCode}};
+    /// use tower::ServiceExt;
     /// use tollgate::{Limiter, RateLimitLayer, Rules, service::Service};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -122,7 +125,17 @@ impl Service {
     ///     .trusted_proxies(["10.1.0.0/16"])
     ///     .build()?;
     /// let app = Service::new(limiter).client_identity(&layer).router();
-    /// # drop(app);
+    ///
+    /// // nginx at 10.1.0.5 asks about alice's GET /api/data.
+    /// let request = Request::get("/auth")
+    ///     .header("x-original-method", "GET")
+    ///     .header("x-original-uri", "/api/data")
+    ///     .header("x-client-id", "alice")
+    ///     .extension(ConnectInfo("10.1.0.5:41000".parse::<SocketAddr>()?))
+    ///     .body(Body::empty())?;
+    /// let response = app.oneshot(request).await?;
+    /// assert_eq!(response.status(), StatusCode::OK);
+    /// assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
     /// # Ok(())
     /// # }
     /// ```
