@@ -17,8 +17,10 @@ use serde_json::Value;
 /// The shipped nginx configuration.
 const NGINX_FORWARD_AUTH: &str = "deploy/gateways/nginx-forward-auth.conf.template";
 
-/// A small limit on one route, another on a second; refills too slow to matter.
+/// A small limit on one route, another on a second; refills too slow to matter. Both header
+/// styles, so that the gateways are seen to carry each.
 const RULES: &str = r#"{
+    "headers": "both",
     "default": {"limit": "1000/minute"},
     "routes": [
         {"path": "/limited.txt", "limit": "3/minute"},
@@ -154,6 +156,10 @@ struct Seen {
     remaining: Option<u32>,
     reset: Option<u64>,
     retry_after: Option<u64>,
+    /// `RateLimit`, the IETF service limit item.
+    ietf: Option<String>,
+    /// `RateLimit-Policy`.
+    policy: Option<String>,
     body: String,
 }
 
@@ -165,6 +171,8 @@ impl Seen {
             remaining: reqwest_number(&response, "x-ratelimit-remaining"),
             reset: reqwest_number(&response, "x-ratelimit-reset"),
             retry_after: reqwest_number(&response, "retry-after"),
+            ietf: reqwest_header(&response, "ratelimit"),
+            policy: reqwest_header(&response, "ratelimit-policy"),
             body: response.text().await.unwrap(),
         }
     }
@@ -181,6 +189,12 @@ async fn nginx_asks_tollgate_and_turns_its_refusal_into_a_429() {
         let reset = seen.reset.expect("X-RateLimit-Reset");
         assert!(reset >= unix_now() && reset <= unix_now() + 61, "{reset}");
         assert_eq!(seen.retry_after, None);
+        assert_eq!(seen.policy.as_deref(), Some(r#""/limited.txt";q=3;w=60"#));
+        let ietf = seen.ietf.expect("RateLimit");
+        assert!(
+            ietf.starts_with(&format!(r#""/limited.txt";r={remaining};t="#)),
+            "{ietf}"
+        );
     }
     let refused = gateway.get("/limited.txt", "alice").await;
     assert_eq!(
@@ -191,6 +205,15 @@ async fn nginx_asks_tollgate_and_turns_its_refusal_into_a_429() {
     );
     assert_eq!((refused.limit, refused.remaining), (Some(3), Some(0)));
     assert!(refused.reset.is_some());
+    assert_eq!(
+        refused.policy.as_deref(),
+        Some(r#""/limited.txt";q=3;w=60"#)
+    );
+    assert!(
+        refused
+            .ietf
+            .is_some_and(|v| v.starts_with(r#""/limited.txt";r=0;t="#))
+    );
     let retry_after = refused.retry_after.expect("Retry-After");
     assert!((1..=20).contains(&retry_after), "{retry_after}");
     let body: Value = serde_json::from_str(&refused.body).expect("a JSON body");
@@ -398,6 +421,10 @@ async fn allowed_three_times_then_refused(
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.retry_after.is_some_and(|secs| secs >= 1));
     assert_eq!((refused.limit, refused.remaining), (Some(3), Some(0)));
+    assert_eq!(
+        refused.policy.as_deref(),
+        Some(r#""/limited.txt";q=3;w=60"#)
+    );
     let body: Value = serde_json::from_str(&refused.body).unwrap();
     assert_eq!(body["error"], "rate_limited");
     let bob = Seen::from(request("bob").send().await.unwrap()).await;

@@ -7,7 +7,8 @@
 //! and `X-Forwarded-Uri` (sent by Traefik and Caddy). The client is found as the layer finds
 //! it, with the gateway as the trusted proxy (see [`Service::client_identity`]); the rule by
 //! `Query::route(method, path)` on the URI's path, as the layer does. Allowed: `200` with an
-//! empty body and the rate limit headers; refused: the layer's `429` (or the status
+//! empty body and the rate limit headers, in the limiter's configured style; refused: the
+//! layer's `429`, rendered as the layer renders it (or the status
 //! `X-Tollgate-Deny-Status` asks for, since nginx passes on only 2xx, 401 and 403); Redis
 //! out under the closed policy: the layer's `503`.
 //!
@@ -327,6 +328,36 @@ mod tests {
             ask(&app, "GET", GATEWAY, &asking_403).await.0,
             StatusCode::OK
         );
+    }
+
+    /// The headers and the refusal follow the style the limiter is configured with.
+    #[tokio::test]
+    async fn answers_in_the_configured_style() {
+        let rules = Rules::from_json(
+            r#"{"headers": "ietf", "problem_details": true,
+                                         "default": {"limit": "1/minute"}}"#,
+        )
+        .unwrap();
+        let limiter = Limiter::builder().rules(rules).build().await.unwrap();
+        let app = Service::new(limiter).router();
+        let nginx: &[(&str, &[u8])] = &[
+            ("x-original-method", b"GET"),
+            ("x-original-uri", b"/"),
+            ("x-client-id", b"erin"),
+            ("x-tollgate-deny-status", b"403"),
+        ];
+        let (status, headers, _) = ask(&app, "GET", GATEWAY, nginx).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["ratelimit-policy"], r#""default";q=1;w=60"#);
+        assert!(headers.contains_key("ratelimit"));
+        assert!(!headers.contains_key("x-ratelimit-limit"));
+        let (status, headers, body) = ask(&app, "GET", GATEWAY, nginx).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(headers["ratelimit-policy"], r#""default";q=1;w=60"#);
+        assert!(headers.contains_key("retry-after"));
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["violated-policies"][0], "default");
     }
 
     /// Traefik's forwardAuth asks with the original method and its X-Forwarded-* headers,
