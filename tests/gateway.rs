@@ -112,10 +112,7 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Self {
-        let rules = tempfile::tempdir().unwrap();
-        let rules_file = rules.path().join("rate_limits.json");
-        std::fs::write(&rules_file, RULES).unwrap();
-        let service = start_service(&[("RATE_LIMIT_RULES_PATH", rules_file.to_str().unwrap())]);
+        let (rules, service) = service();
         let upstream = Upstream::start();
         let nginx = Nginx::start(
             NGINX_FORWARD_AUTH,
