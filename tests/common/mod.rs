@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests, split by what it starts: a private
 //! `redis-server` ([`redis`]), a local Redis Cluster ([`cluster`]), layers and requests
-//! ([`http`]), the demo binary ([`demo`]), nginx ([`nginx`]); and the deployment files read ([`deploy`]).
+//! ([`http`]), the demo binary ([`demo`]), nginx ([`nginx`]); and the deployment files read
+//! ([`deploy`]).
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
