@@ -136,8 +136,8 @@ async fn run() -> Result<(), String> {
         .route("/api/data", get(data))
         .route("/api/submit", post(submit))
         .route("/api/users/{id}", get(user))
-        .layer(layer);
-    let app = mount_service(app, limiter);
+        .layer(layer.clone());
+    let app = mount_service(app, limiter, &layer);
 
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
@@ -176,10 +176,11 @@ async fn user(Path(id): Path<String>) -> Json<Value> {
 /// With the `service` feature, the rate limit service's routes (`/check`, `/configure`,
 /// `/stats`, `/admin`, `/health`, `/openapi.json`) sit beside the app's, on the limiter its
 /// layer uses: a limit configured through them is the one the layer enforces. They are
-/// merged after the layer, so they are not themselves limited by it.
+/// merged after the layer, so they are not themselves limited by it. `GET /auth` finds
+/// clients as the layer does.
 #[cfg(feature = "service")]
-fn mount_service(app: Router, limiter: Limiter) -> Router {
-    let mut service = tollgate::service::Service::new(limiter);
+fn mount_service(app: Router, limiter: Limiter, layer: &RateLimitLayer) -> Router {
+    let mut service = tollgate::service::Service::new(limiter).client_identity(layer);
     match std::env::var("TOLLGATE_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => {
             tracing::info!("admin API: bearer token required");
@@ -192,7 +193,7 @@ fn mount_service(app: Router, limiter: Limiter) -> Router {
 
 /// Without the `service` feature, a plain `GET /health`.
 #[cfg(not(feature = "service"))]
-fn mount_service(app: Router, _limiter: Limiter) -> Router {
+fn mount_service(app: Router, _limiter: Limiter, _layer: &RateLimitLayer) -> Router {
     app.route("/health", get(health))
 }
 

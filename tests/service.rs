@@ -376,10 +376,32 @@ async fn the_openapi_document_describes_the_real_answers() {
         "/check",
         post(&format!("{base}/check"), json!({"identifier": "o"})).await,
     ));
+    // A gateway's question: allowed, refused, and without the original URI.
+    let ask = |uri: Option<&str>| {
+        let mut request = http()
+            .get(format!("{base}/auth"))
+            .header("x-client-id", "g")
+            .header("x-original-method", "GET");
+        if let Some(uri) = uri {
+            request = request.header("x-original-uri", uri);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    seen.push(("get", "/auth", ask(Some("/api/data")).await));
+    for _ in 0..100 {
+        ask(Some("/api/data")).await;
+    }
+    seen.push(("get", "/auth", ask(Some("/api/data")).await));
+    seen.push(("get", "/auth", ask(None).await));
     let statuses: Vec<u16> = seen.iter().map(|(_, _, (status, _))| *status).collect();
     assert_eq!(
         statuses,
-        [200, 200, 429, 200, 400, 422, 429],
+        [200, 200, 429, 200, 400, 422, 429, 200, 429, 400],
         "the answers this test meant to see"
     );
     // The writes and the admin API (from loopback, with no token set).

@@ -74,6 +74,12 @@ impl RateLimitLayer {
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
     }
+
+    /// How it finds the client of a request, for a front that must find it alike.
+    #[cfg(feature = "service")]
+    pub(crate) fn identity(&self) -> Arc<KeySource> {
+        Arc::clone(&self.identity)
+    }
 }
 
 impl fmt::Debug for RateLimitLayer {

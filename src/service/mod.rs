@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | `GET /check/{key}` | the key service | checks a key against its limit |
 //! | `POST /check` | the tiered check service | checks an identifier in a tier |
+//! | `GET /auth` (any method) | nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth` | decides the request the gateway describes, as the layer would |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
 //! | `GET /dashboard` | the FastAPI limiter | a page watching it live (`src/service/dashboard/`) |
@@ -26,6 +27,7 @@ mod check;
 mod configs;
 mod dashboard;
 mod events;
+mod forward_auth;
 mod health;
 mod json;
 mod keys;
@@ -36,9 +38,11 @@ mod stats;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Router, middleware};
 
+use crate::http::RateLimitLayer;
+use crate::http::identity::KeySource;
 use crate::limiter::Limiter;
 use auth::Admin;
 pub use metrics::prometheus_builder;
@@ -73,6 +77,7 @@ pub struct Service {
     limiter: Limiter,
     admin: Admin,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    identity: Arc<KeySource>,
 }
 
 /// What every handler shares.
@@ -80,17 +85,63 @@ pub(crate) struct State {
     pub(crate) limiter: Limiter,
     pub(crate) admin: Admin,
     pub(crate) metrics: metrics::Exporter,
+    /// Who the client of a request `/auth` decides is.
+    pub(crate) identity: Arc<KeySource>,
 }
 
 impl Service {
     /// The service on `limiter`. Writes and admin reads are accepted from loopback peers
     /// only, until [`admin_token`](Self::admin_token) sets a token.
     pub fn new(limiter: Limiter) -> Self {
+        let identity = KeySource::private_networks(limiter.core().ipv6_prefix_len());
         Self {
             limiter,
             admin: Admin::loopback_only(),
             metrics: None,
+            identity: Arc::new(identity),
         }
+    }
+
+    /// `/auth` finds the client of the request a gateway describes as `layer` finds the
+    /// client of a request: `X-Client-ID`, else `X-Forwarded-For`, from the peers `layer`
+    /// trusts, read as deep as it reads them; else the peer's address. The gateway is the
+    /// peer, so it must be one of them. Without this, the layer's default: loopback and the
+    /// private networks, one `X-Forwarded-For` hop.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::ConnectInfo, http::{Request, StatusCode}};
+    /// use tower::ServiceExt;
+    /// use tollgate::{Limiter, RateLimitLayer, Rules, service::Service};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limiter = Limiter::builder()
+    ///     .rules(Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?)
+    ///     .build()
+    ///     .await?;
+    /// // Our gateways are in 10.1.0.0/16.
+    /// let layer = RateLimitLayer::builder(limiter.clone())
+    ///     .trusted_proxies(["10.1.0.0/16"])
+    ///     .build()?;
+    /// let app = Service::new(limiter).client_identity(&layer).router();
+    ///
+    /// // nginx at 10.1.0.5 asks about alice's GET /api/data.
+    /// let request = Request::get("/auth")
+    ///     .header("x-original-method", "GET")
+    ///     .header("x-original-uri", "/api/data")
+    ///     .header("x-client-id", "alice")
+    ///     .extension(ConnectInfo("10.1.0.5:41000".parse::<SocketAddr>()?))
+    ///     .body(Body::empty())?;
+    /// let response = app.oneshot(request).await?;
+    /// assert_eq!(response.status(), StatusCode::OK);
+    /// assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_identity(mut self, layer: &RateLimitLayer) -> Self {
+        self.identity = layer.identity();
+        self
     }
 
     /// `GET /metrics` renders from the app's own Prometheus recorder (build it with
@@ -120,6 +171,7 @@ impl Service {
             limiter: self.limiter,
             admin: self.admin,
             metrics: self.metrics.map_or_else(metrics::installed, Ok),
+            identity: self.identity,
         });
         let admin = Router::new()
             .route("/configure", post(keys::configure))
@@ -163,6 +215,7 @@ impl Service {
             .route("/check/{key}", get(check::by_key))
             .route("/check", post(check::by_identifier))
             .route("/stats/{key}", get(stats::key))
+            .route("/auth", any(forward_auth::check))
             .route("/health", get(health::health))
             .route("/openapi.json", get(openapi::document))
             .route("/dashboard", get(dashboard::page))

@@ -7,7 +7,9 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, check, configs, dashboard, events, health, keys, metrics, rules, stats};
+use super::{
+    admin, check, configs, dashboard, events, forward_auth, health, keys, metrics, rules, stats,
+};
 
 /// The admin routes' bearer token.
 struct AdminToken;
@@ -32,6 +34,7 @@ impl Modify for AdminToken {
     paths(
         check::by_key,
         check::by_identifier,
+        forward_auth::check,
         health::health,
         dashboard::page,
         metrics::render,
@@ -63,6 +66,7 @@ impl Modify for AdminToken {
         check::CheckAllowed,
         check::CheckRefused,
         check::CheckRefusal,
+        forward_auth::BadForwardAuth,
         health::Health,
         keys::Configure,
         keys::Configured,

@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests, split by what it starts: a private
 //! `redis-server` ([`redis`]), a local Redis Cluster ([`cluster`]), layers and requests
-//! ([`http`]), the demo binary ([`demo`]); and the deployment files read ([`deploy`]).
+//! ([`http`]), the demo binary ([`demo`]), nginx ([`nginx`]); and the deployment files read
+//! ([`deploy`]).
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
@@ -8,6 +9,7 @@ mod demo;
 mod deploy;
 pub mod files;
 mod http;
+mod nginx;
 mod redis;
 
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ pub use cluster::TestCluster;
 pub use demo::{Demo, demo_binary, start_demo, start_service, tollgate_binary};
 pub use deploy::*;
 pub use http::*;
+pub use nginx::{Nginx, nginx_binary};
 pub use redis::*;
 pub use tollgate::Limiter;
 use tollgate::Rules;

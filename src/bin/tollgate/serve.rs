@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tollgate::grpc::EnvoyRateLimit;
 use tollgate::service::Service;
-use tollgate::{Limiter, OnRedisError, Rules};
+use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Args)]
@@ -96,6 +96,24 @@ pub(crate) struct Serve {
     /// (0: any free port).
     #[arg(long, env = "GRPC_PORT", default_value_t = 8081)]
     grpc_port: u16,
+
+    /// Which peers may name the client of a request `GET /auth` decides (with `X-Client-ID`
+    /// and `X-Forwarded-For`): your gateways, as comma-separated CIDRs or addresses
+    /// (`X-Forwarded-For` is then read from the right over them), or `*` for every peer.
+    /// Unset: loopback and the private networks, reading TRUSTED_PROXY_HOPS entries of
+    /// `X-Forwarded-For`. The same setting as the layer's.
+    #[arg(long, env = "TRUSTED_PROXIES", value_name = "CIDRS")]
+    trusted_proxies: Option<String>,
+
+    /// How many proxies append to `X-Forwarded-For` in front of `GET /auth`, counting the
+    /// gateway (0 ignores the header). Not used with TRUSTED_PROXIES.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXY_HOPS",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    trusted_proxy_hops: usize,
 
     /// Writes and admin reads need `Authorization: Bearer <this>`. Without it they are
     /// accepted from this host (loopback) only.
@@ -234,7 +252,26 @@ async fn run(args: Serve) -> Result<(), String> {
         .local_fallback_instances(args.local_fallback_instances);
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
 
-    let mut service = Service::new(limiter.clone());
+    let mut trust =
+        RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(args.trusted_proxy_hops);
+    let trusted = match set(args.trusted_proxies) {
+        Some(all) if all.trim() == "*" => {
+            trust = trust.trust_any_peer();
+            "every peer (TRUSTED_PROXIES=*)".to_owned()
+        }
+        Some(list) => {
+            trust = trust.trusted_proxies(list.split(',').map(str::trim).map(str::to_owned));
+            list
+        }
+        None => format!(
+            "loopback and private networks, {} X-Forwarded-For hop(s)",
+            args.trusted_proxy_hops
+        ),
+    };
+    let identity = trust
+        .build()
+        .map_err(|error| format!("TRUSTED_PROXIES: {error}"))?;
+    let mut service = Service::new(limiter.clone()).client_identity(&identity);
     let admin = match set(args.admin_token) {
         Some(token) => {
             service = service.admin_token(token);
@@ -248,6 +285,7 @@ async fn run(args: Serve) -> Result<(), String> {
         runtime_changes_kept_in = %runtime_store,
         on_redis_error = limiter.on_redis_error().map(OnRedisError::as_str),
         admin,
+        auth_trusts = %trusted,
         "tollgate serve"
     );
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
