@@ -446,25 +446,6 @@ async fn descriptor_rules_reload_with_the_file() {
     }
 }
 
-/// envoy ratelimit's README example "messaging": nested descriptors, per-value counters.
-const MESSAGING: &str = "\
-domain: messaging
-descriptors:
-  # Only allow 5 marketing messages a day
-  - key: message_type
-    value: marketing
-    descriptors:
-      - key: to_number
-        rate_limit:
-          unit: day
-          requests_per_unit: 5
-  # Only allow 100 messages a day to any unique phone number
-  - key: to_number
-    rate_limit:
-      unit: day
-      requests_per_unit: 100
-";
-
 /// A config of one domain with a per-second limit, for counting windows.
 fn per_second(limit: u32) -> String {
     format!(
@@ -480,7 +461,11 @@ fn serve_envoy(config: &Path) -> Demo {
 #[tokio::test]
 async fn envoy_ratelimit_configuration_is_served_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("messaging.yaml"), MESSAGING).unwrap();
+    std::fs::copy(
+        repo_file("tests/data/envoy_ratelimit/messaging.yaml"),
+        dir.path().join("messaging.yaml"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("edge.yml"), per_second(2)).unwrap();
     let service = serve_envoy(dir.path());
     let mut client = client(&service).await;

@@ -7,24 +7,7 @@ use super::*;
 use crate::RulesError;
 
 // Examples of envoy ratelimit's README, used more than once.
-const EXAMPLE_2: &str = "
-domain: messaging
-descriptors:
-  # Only allow 5 marketing messages a day
-  - key: message_type
-    value: marketing
-    descriptors:
-      - key: to_number
-        rate_limit:
-          unit: day
-          requests_per_unit: 5
-
-  # Only allow 100 messages a day to any unique phone number
-  - key: to_number
-    rate_limit:
-      unit: day
-      requests_per_unit: 100
-";
+const EXAMPLE_2: &str = include_str!("../../../tests/data/envoy_ratelimit/messaging.yaml");
 
 const EXAMPLE_3: &str = "
 domain: edge_proxy_per_ip
