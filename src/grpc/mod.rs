@@ -33,7 +33,9 @@ use status::Decided;
 ///   `limit_remaining` at its maximum.
 /// - `hits_addend` of the descriptor, else of the request (0 there means 1), is the cost;
 ///   a descriptor's `hits_addend` of 0 checks without taking. A cost larger than the
-///   rule's smallest capacity can never fit: `OVER_LIMIT`.
+///   rule's smallest capacity can never fit: `OVER_LIMIT`. Refunds (`is_negative_hits`) are
+///   not supported: such a descriptor is only looked at. Envoy's per-descriptor `limit`
+///   override is not supported either: the rule decides.
 /// - Shadow rules answer `OK` and are counted.
 /// - `response_headers_to_add` carries the IETF `RateLimit-Policy` and `RateLimit` fields
 ///   of every descriptor decided (one list item per band and per descriptor), and
@@ -138,10 +140,15 @@ impl EnvoyRateLimit {
             .iter()
             .zip(&matched)
             .map(|(descriptor, m)| {
-                let hits = descriptor
-                    .hits_addend
-                    .as_ref()
-                    .map_or(u64::from(request.hits_addend.max(1)), |h| h.value);
+                // Refunds (negative hits) are not supported: such a descriptor is only looked at.
+                let hits = if descriptor.is_negative_hits {
+                    0
+                } else {
+                    descriptor
+                        .hits_addend
+                        .as_ref()
+                        .map_or(u64::from(request.hits_addend.max(1)), |h| h.value)
+                };
                 let matched = m
                     .as_ref()
                     .filter(|m| m.name.as_deref().is_none_or(|n| !replaced.contains(&n)));
