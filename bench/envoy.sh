@@ -36,6 +36,9 @@ EOF
 start() {
   local backend=()
   [ "$1" = redis ] && backend=(REDIS_URL="redis://127.0.0.1:$redis_port" FAIL_MODE=closed)
+  # Emptied here, not by the background job's redirection, which may run after
+  # wait_for_log has read the previous server's log.
+  : > "$work/server.log"
   env -i NO_COLOR=1 RUST_LOG=warn,tollgate=info PORT=0 GRPC_PORT=0 \
     RATE_LIMIT_RULES_PATH="$work/rules.json" TOLLGATE_STATE_FILE="$work/state.json" \
     "${backend[@]}" target/release/tollgate serve >"$work/server.log" 2>&1 &
