@@ -101,7 +101,8 @@ enum Caller {
         requests: Arc<[RateLimitRequest]>,
     },
     Http {
-        client: Client<HttpConnector, Full<Bytes>>,
+        // Boxed: the client is twice the size of the gRPC variant.
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
         uri: http::Uri,
         bodies: Arc<[Bytes]>,
     },
@@ -206,7 +207,7 @@ async fn callers(args: &Args) -> Result<Vec<Caller>, Box<dyn std::error::Error>>
             let uri: http::Uri = format!("http://{}/check", args.address).parse()?;
             Ok((0..args.concurrency)
                 .map(|_| Caller::Http {
-                    client: client.clone(),
+                    client: Box::new(client.clone()),
                     uri: uri.clone(),
                     bodies: bodies.clone(),
                 })
@@ -266,7 +267,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         _ => continue,
                     }
                     let micros = started.elapsed().as_micros();
-                    tally.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                    tally
+                        .latencies_us
+                        .push(u32::try_from(micros).unwrap_or(u32::MAX));
                     match answer {
                         Answer::Ok => tally.ok += 1,
                         Answer::OverLimit => tally.over_limit += 1,
