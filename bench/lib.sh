@@ -44,6 +44,9 @@ measure() {
       for setup in $rotated; do
         port=$(free_port)
         redis-cli -p "$redis_port" flushall >/dev/null
+        # Emptied here: start's background redirection may truncate it only after
+        # wait_for_log has matched the previous server's line.
+        : > "$work/server.log"
         start "$setup" "$scenario" "$port"
         wrk -t2 -c"$connections" -d1s -s "$lua" "http://127.0.0.1:$port$path" >/dev/null
         out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$lua" "http://127.0.0.1:$port$path")
