@@ -306,7 +306,7 @@ async fn run(args: Serve) -> Result<(), String> {
     let grpc = tonic::transport::Server::builder()
         .add_service(EnvoyRateLimit::new(limiter.clone()).into_server())
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
         );
     tracing::info!("Envoy rate limit service (gRPC) on {grpc_address}");
