@@ -4,10 +4,12 @@
 # its own), exact and with 100 ms leases (tollgate-redis-lease), each with every request
 # allowed and with nearly every request refused, over
 # 1000 client IDs. Setups alternate within each round; the table gives, per setup, the median
-# over rounds of requests/s, p50 and p99 latency, and the median of its ratio to bare axum
-# measured in the same round. The order of the setups rotates from one round to the next.
+# over rounds (with the min–max) of requests/s and of its ratio to bare axum measured in the
+# same round, of the server's CPU time per request (from /proc/PID/stat over the measured
+# run) and its ratio to bare's, and the median p50 and p99 latency. The order of the setups
+# rotates from one round to the next.
 #
-#   bench/load.sh [rounds] [seconds per run] [connections]      (defaults 3, 5, 64)
+#   bench/load.sh [rounds] [seconds per run] [connections]      (defaults 5, 5, 64)
 #
 # SETUPS and SCENARIOS pick a subset, e.g. SETUPS="bare tollgate-redis" SCENARIOS=allowed
 # (bare is always run: every ratio is to it). tollgate-memory-usage and tollgate-redis-usage
@@ -16,7 +18,7 @@
 # Needs wrk (Debian: apt-get install wrk) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${1:-3}"
+rounds="${1:-5}"
 seconds="${2:-5}"
 connections="${3:-64}"
 

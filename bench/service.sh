@@ -8,14 +8,14 @@
 # order rotating from one round to the next; the table gives medians over rounds and the
 # median ratio to `json` measured in the same round.
 #
-#   bench/service.sh [rounds] [seconds per run] [connections]      (defaults 3, 5, 64)
+#   bench/service.sh [rounds] [seconds per run] [connections]      (defaults 5, 5, 64)
 #
 # SETUPS and SCENARIOS pick a subset (json always runs: every ratio is to it).
 #
 # Needs wrk (Debian: apt-get install wrk) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${1:-3}"
+rounds="${1:-5}"
 seconds="${2:-5}"
 connections="${3:-64}"
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The table bench/load.sh and bench/service.sh print: per scenario and setup, the median
-over rounds of requests/s, p50 and p99 latency and the share refused, and the median of the
-ratio to the baseline setup measured in the same round.
+over rounds, with the min–max in brackets, of requests/s, of the ratio to the baseline setup
+measured in the same round, and of the server's CPU time per request and its ratio to the
+baseline's; beside them the median p50 and p99 latency and the share refused. Rounds move
+with whatever else the machine runs: the spread says how much, and the CPU time per request
+moves less than requests/s.
 
     bench/summarize.py RESULTS BASELINE SETUP...
 
-Each line of RESULTS: round scenario setup req/s p50 p99 non-2xx total (wrk's figures).
+Each line of RESULTS: round scenario setup req/s p50 p99 non-2xx total cpu-µs/request.
 """
 import statistics
 import sys
@@ -19,25 +22,47 @@ def ms(text):
     return float(text)
 
 
+def spread(values, digits):
+    """The median and the min–max, e.g. `0.951 (0.902–0.987)`."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
 def main():
     path, baseline, setups = sys.argv[1], sys.argv[2], sys.argv[3:]
     rows = [line.split() for line in open(path)]
-    base = {(r[0], r[1]): float(r[3]) for r in rows if r[2] == baseline}
+    base = {(r[0], r[1]): r for r in rows if r[2] == baseline}
     scenarios = list(dict.fromkeys(r[1] for r in rows))
+    columns = ["scenario", "setup", "req/s", f"x {baseline} req/s", "p50 ms", "p99 ms", "refused",
+               "CPU µs/req", f"x {baseline} CPU"]
     print()
-    print(f"{'scenario':8} {'setup':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'refused':>8} {'x ' + baseline:>8}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
     for scenario in scenarios:
         for setup in setups:
             mine = [r for r in rows if r[1] == scenario and r[2] == setup]
             if not mine:
                 continue
-            rps = statistics.median(float(r[3]) for r in mine)
-            p50 = statistics.median(ms(r[4]) for r in mine)
-            p99 = statistics.median(ms(r[5]) for r in mine)
+            paired = [(r, base[(r[0], scenario)]) for r in mine if (r[0], scenario) in base]
+            rps = [float(r[3]) for r in mine]
+            rps_ratio = [float(r[3]) / float(b[3]) for r, b in paired]
+            cpu = [float(r[8]) for r in mine if len(r) > 8]
+            cpu_ratio = [float(r[8]) / float(b[8]) for r, b in paired
+                         if len(r) > 8 and len(b) > 8 and float(b[8]) > 0]
             refused = statistics.median(int(r[6]) / max(1, int(r[7])) for r in mine)
-            ratios = [float(r[3]) / base[(r[0], scenario)] for r in mine if (r[0], scenario) in base]
-            ratio = f"{statistics.median(ratios):8.3f}" if ratios else f"{'-':>8}"
-            print(f"{scenario:8} {setup:20} {rps:10.0f} {p50:8.3f} {p99:8.3f} {refused:8.1%} {ratio}")
+            cells = [
+                scenario,
+                setup,
+                spread(rps, 0),
+                spread(rps_ratio, 3),
+                f"{statistics.median(ms(r[4]) for r in mine):.3f}",
+                f"{statistics.median(ms(r[5]) for r in mine):.3f}",
+                f"{refused:.1%}",
+                spread(cpu, 2),
+                spread(cpu_ratio, 3),
+            ]
+            print("| " + " | ".join(cells) + " |")
             if scenario == "allowed" and refused > 0:
                 print(f"  warning: {setup} answered {refused:.1%} non-2xx in the allowed scenario (503: Redis missed its deadline)")
 
