@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The inner service answers at once with a small text response, as an axum handler would,
-//! so `layer/*` minus `layer/bare` is what the layer adds. `layer/allowed_recording_usage`
+//! so `layer/*` minus `layer/bare` is what the layer adds. `layer/governor_allowed` and
+//! `layer/governor_denied` are tower_governor keyed by the same `X-Client-ID`, with every
+//! request allowed and with every request refused: what tollgate's overhead is compared with. `layer/allowed_recording_usage`
 //! is `layer/allowed` with usage statistics recorded: the difference is their cost per
 //! request. `layer/allowed_one_subscriber` and `layer/allowed_stalled_subscriber` are
 //! `layer/allowed` with a subscriber to the live events that reads them all, and with one
@@ -25,6 +27,7 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::time::Duration;
 
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -32,6 +35,11 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tollgate::{ClientKey, Limiter, RateLimitLayer, Rules};
 use tower::{Layer, Service, service_fn};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+
+#[path = "support/governor.rs"]
+mod governor_key;
 
 const CLIENTS: usize = 1000;
 
@@ -206,6 +214,32 @@ fn per_request_overhead(c: &mut Criterion) {
         let first = call(&mut service, request("/api/data", by_id(0)));
         assert!(first.headers().contains_key("ratelimit-policy"));
         measure(name, &mut |r| call(&mut service, r), "/api/data", &by_id);
+    }
+    // tower_governor keyed the same way: the overhead the layer's is compared with.
+    for (name, capacity, per_second) in [
+        ("governor_allowed", 1_000_000, 1_000_000),
+        ("governor_denied", 1, 1),
+    ] {
+        let config = GovernorConfigBuilder::default()
+            .period(Duration::from_secs(1) / per_second)
+            .burst_size(capacity)
+            .key_extractor(governor_key::ClientId)
+            .finish()
+            .expect("a valid governor configuration");
+        let mut governed = GovernorLayer::new(config).layer(inner);
+        for n in 0..CLIENTS {
+            call(&mut governed, request("/api/data", by_id(n)));
+        }
+        let expected = if capacity == 1 {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(
+            call(&mut governed, request("/api/data", by_id(0))).status(),
+            expected
+        );
+        measure(name, &mut |r| call(&mut governed, r), "/api/data", &by_id);
     }
     // An unlimited route: the client key and the rule lookup, no decision.
     let mut unlimited = allowing.layer(inner);

@@ -17,28 +17,13 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::Request;
 use tollgate::{Limiter, RateLimitLayer, Rules};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor;
 
-/// tower_governor keyed by `X-Client-ID`, as tollgate is in this benchmark.
-#[derive(Clone, Copy)]
-struct ClientId;
-
-impl KeyExtractor for ClientId {
-    type Key = String;
-
-    fn extract<T>(&self, request: &Request<T>) -> Result<String, tower_governor::GovernorError> {
-        request
-            .headers()
-            .get("x-client-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
-    }
-}
+#[path = "../benches/support/governor.rs"]
+mod governor_key;
+use governor_key::ClientId;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
