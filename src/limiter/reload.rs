@@ -43,6 +43,8 @@ pub(crate) struct RulesFile {
 
 enum Base {
     File(PathBuf),
+    /// The rules the limiter was built with, followed only for the Envoy configuration.
+    #[cfg(feature = "envoy")]
     Given(crate::rules::Source),
 }
 
@@ -82,8 +84,10 @@ impl RulesFile {
     /// The files followed: the rules file's path, and the Envoy configuration's.
     pub(crate) fn paths(&self) -> Vec<&Path> {
         let mut paths = Vec::with_capacity(2);
-        if let Base::File(path) = &self.base {
-            paths.push(path.as_path());
+        match &self.base {
+            Base::File(path) => paths.push(path.as_path()),
+            #[cfg(feature = "envoy")]
+            Base::Given(_) => {}
         }
         #[cfg(feature = "envoy")]
         paths.extend(self.envoy.as_deref());
@@ -95,6 +99,7 @@ impl RulesFile {
     fn name(&self) -> String {
         match &self.base {
             Base::File(path) => path.display().to_string(),
+            #[cfg(feature = "envoy")]
             Base::Given(source) => source.name.to_string(),
         }
     }
@@ -105,6 +110,7 @@ impl RulesFile {
     fn read(&self) -> Result<(Vec<u8>, u64), RulesError> {
         let bytes = match &self.base {
             Base::File(path) => crate::rules::read_file(path, self.max_bytes)?,
+            #[cfg(feature = "envoy")]
             Base::Given(source) => source.json.as_bytes().to_vec(),
         };
         #[cfg(feature = "envoy")]
