@@ -95,8 +95,9 @@ pub fn limitador_memory(scenario: Scenario) -> Result<RateLimiter, Error> {
     Ok(limiter)
 }
 
-/// limitador's `AsyncRateLimiter` on `AsyncRedisStorage`: every call goes to Redis, as
-/// tollgate's Redis backend does without leases.
+/// limitador's `AsyncRateLimiter` on `AsyncRedisStorage`: every call asks Redis, as
+/// tollgate's Redis backend does without leases for every call it does not refuse from a
+/// refusal it remembers.
 pub async fn limitador_redis(
     scenario: Scenario,
     redis_url: &str,
