@@ -12,14 +12,16 @@
 #   bench/envoy.sh [rounds] [seconds per run] [calls in flight]      (defaults 3, 5, 64)
 #
 # CHANNELS sets the gRPC client's HTTP/2 connections (default: one per 16 calls in flight);
-# SETUPS and SCENARIOS pick a subset. Needs redis-server.
+# SETUPS and SCENARIOS pick a subset. Needs redis-server. Binaries are taken from
+# CARGO_TARGET_DIR when it is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
 seconds="${2:-5}"
 concurrency="${3:-64}"
 
-cargo build --release --all-features --bin tollgate --example rls_load
+cargo build --release --all-features --bin tollgate --example rls_load --example bare_rls
+release="${CARGO_TARGET_DIR:-target}/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
@@ -32,16 +34,25 @@ rules() {
 EOF
 }
 
-# start BACKEND: tollgate serve on free ports; sets pid, http and grpc (the addresses).
+# start BACKEND: tollgate serve on free ports (bare_rls for `bare`); sets pid, http and
+# grpc (the addresses).
 start() {
   local backend=()
-  [ "$1" = redis ] && backend=(REDIS_URL="redis://127.0.0.1:$redis_port" FAIL_MODE=closed)
   # Emptied here, not by the background job's redirection, which may run after
   # wait_for_log has read the previous server's log.
   : > "$work/server.log"
+  if [ "$1" = bare ]; then
+    env -i GRPC_PORT=0 "$release/examples/bare_rls" >"$work/server.log" 2>&1 &
+    pid=$!
+    wait_for_log "$1" "Envoy rate limit service \(gRPC\) on "
+    grpc=$(sed -n 's/.*Envoy rate limit service (gRPC) on \([^ ]*\).*/\1/p' "$work/server.log")
+    http=
+    return
+  fi
+  [ "$1" = redis ] && backend=(REDIS_URL="redis://127.0.0.1:$redis_port" FAIL_MODE=closed)
   env -i NO_COLOR=1 RUST_LOG=warn,tollgate=info PORT=0 GRPC_PORT=0 \
     RATE_LIMIT_RULES_PATH="$work/rules.json" TOLLGATE_STATE_FILE="$work/state.json" \
-    "${backend[@]}" target/release/tollgate serve >"$work/server.log" 2>&1 &
+    "${backend[@]}" "$release/tollgate" serve >"$work/server.log" 2>&1 &
   pid=$!
   wait_for_log "$1" "listening on http://"
   grpc=$(sed -n 's/.*Envoy rate limit service (gRPC) on \([^ ]*\).*/\1/p' "$work/server.log")
@@ -55,14 +66,14 @@ results="$work/results"
 for round in $(seq 1 "$rounds"); do
   for scenario in ${SCENARIOS:-allowed denied}; do
     rules "$scenario"
-    read -r -a order <<<"${SETUPS:-memory-grpc memory-http redis-grpc redis-http}"
+    read -r -a order <<<"${SETUPS:-bare-grpc memory-grpc memory-http redis-grpc redis-http}"
     shift_by=$(( (round - 1) % ${#order[@]} ))
     for setup in "${order[@]:$shift_by}" "${order[@]:0:$shift_by}"; do
       backend=${setup%-*} protocol=${setup#*-}
       redis-cli -p "$redis_port" flushall >/dev/null
       start "$backend"
       [ "$protocol" = grpc ] && address=$grpc || address=$http
-      line=$(target/release/examples/rls_load "$protocol" "$address" --concurrency "$concurrency" \
+      line=$("$release/examples/rls_load" "$protocol" "$address" --concurrency "$concurrency" \
         --seconds "$seconds" --warmup 1 --server-pid "$pid" "${channels[@]}" 2>"$work/load.log") || {
         echo "round $round $scenario $setup: rls_load failed:" >&2
         cat "$work/load.log" "$work/server.log" >&2

@@ -2,7 +2,8 @@
 """The table bench/envoy.sh prints: per scenario, backend and protocol, the median over
 rounds (min-max in brackets) of calls/s, p50 and p99 latency, the share over the limit and
 the server's CPU time per call; then per backend the ratio gRPC/HTTP of calls/s and of CPU
-per call, each taken within one round.
+per call, and the ratio of its gRPC setup to `bare-grpc` (tonic with a handler that
+decides nothing), each taken within one round.
 
     bench/envoy_summary.py RESULTS
 
@@ -11,6 +12,9 @@ errors calls server_cpu_us_per_call client_cpu_us_per_call (rls_load's last line
 """
 import statistics
 import sys
+
+# The backend of the baseline setup `bare-grpc`: tonic with a handler that decides nothing.
+BARE = "bare"
 
 
 def spread(values, digits=0):
@@ -50,23 +54,37 @@ def main():
                 f"| {over:.1%} | {errors} | {spread(cpu, 1)} |"
             )
 
+    def ratios(scenario, setup, baseline):
+        """calls/s and server CPU per call of setup over baseline, each within one round."""
+        rates, cpus = [], []
+        for (rnd, scen, name), mine in by.items():
+            if scen != scenario or name != setup:
+                continue
+            base = by.get((rnd, scen, baseline))
+            if base is None:
+                continue
+            rates.append(float(mine[3]) / float(base[3]))
+            if mine[10] != "-" and base[10] != "-":
+                cpus.append(float(mine[10]) / float(base[10]))
+        return rates, cpus
+
     print()
-    print("| scenario | backend | gRPC/HTTP calls/s | gRPC/HTTP server CPU per call |")
-    print("| --- | --- | --- | --- |")
+    print(
+        "| scenario | backend | gRPC/HTTP calls/s | gRPC/HTTP server CPU per call "
+        "| gRPC/bare-grpc calls/s | gRPC/bare-grpc server CPU per call |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for scenario in scenarios:
         for backend in backends:
-            rates, cpus = [], []
-            for (rnd, scen, setup), grpc in by.items():
-                if scen != scenario or setup != f"{backend}-grpc":
-                    continue
-                http = by.get((rnd, scen, f"{backend}-http"))
-                if http is None:
-                    continue
-                rates.append(float(grpc[3]) / float(http[3]))
-                if grpc[10] != "-" and http[10] != "-":
-                    cpus.append(float(grpc[10]) / float(http[10]))
-            if rates:
-                print(f"| {scenario} | {backend} | {spread(rates, 3)} | {spread(cpus, 3)} |")
+            if backend == BARE:
+                continue
+            rates, cpus = ratios(scenario, f"{backend}-grpc", f"{backend}-http")
+            bare_rates, bare_cpus = ratios(scenario, f"{backend}-grpc", f"{BARE}-grpc")
+            if rates or bare_rates:
+                print(
+                    f"| {scenario} | {backend} | {spread(rates, 3)} | {spread(cpus, 3)} "
+                    f"| {spread(bare_rates, 3)} | {spread(bare_cpus, 3)} |"
+                )
 
 
 if __name__ == "__main__":
