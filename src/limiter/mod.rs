@@ -548,9 +548,6 @@ impl Core {
     }
 }
 
-/// How a decision counts: in the counters at all (`false` for peeks), as a shadow rule's
-/// (refusals let through), and against which client in the logs and usage statistics
-/// (`None` when neither needs it).
 /// How the fronts will render a verdict, and the limit they need for that (`None` for the
 /// default rendering, which needs none).
 #[derive(Debug, Clone)]
@@ -559,6 +556,9 @@ pub(crate) struct Rendered {
     pub(crate) limit: Option<Limit>,
 }
 
+/// How a decision counts: in the counters at all (`false` for peeks), as a shadow rule's
+/// (refusals let through), and against which client in the logs and usage statistics
+/// (`None` when neither needs it).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Counting<'a> {
     pub(crate) counted: bool,
