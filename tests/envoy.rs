@@ -112,24 +112,9 @@ fn header_to_add<'r>(response: &'r RateLimitResponse, name: &str) -> Option<&'r 
 /// first two parameters (`q`, `w` of a policy; `r`, `t` of a limit).
 fn field(response: &RateLimitResponse, name: &str) -> Vec<(String, i64, i64)> {
     let value = header_to_add(response, name).unwrap_or_else(|| panic!("no {name}"));
-    let list: Vec<sfv::ListEntry> = sfv::Parser::new(value)
-        .parse_list()
-        .unwrap_or_else(|e| panic!("{name}: {value:?} is not a structured-field list: {e}"));
-    list.into_iter()
-        .map(|entry| {
-            let sfv::ListEntry::Item(item) = entry else {
-                panic!("{value:?} has an inner list")
-            };
-            let sfv::BareItem::String(policy) = item.bare_item else {
-                panic!("{value:?}: an item is not a String")
-            };
-            let params: Vec<_> = item.params.into_iter().collect();
-            let number = |i: usize| match &params[i].1 {
-                sfv::BareItem::Integer(n) => i64::from(*n),
-                other => panic!("{value:?}: {other:?} is not an Integer"),
-            };
-            (policy.as_str().to_owned(), number(0), number(1))
-        })
+    sf_list(value)
+        .into_iter()
+        .map(|member| (member.name, member.params[0].1, member.params[1].1))
         .collect()
 }
 

@@ -190,13 +190,23 @@ async fn sse_streams_carry_their_clients_decisions() {
     let base = &service.address;
     let mut alice = Sse::open(base, "/events/alice").await;
     let mut global = Sse::open(base, "/events").await;
+    alice_and_global_see_their_decisions(base, &mut alice, &mut global).await;
+}
+
+/// Alice's three checks and bob's one, then alice's refusal: alice's stream carries her four
+/// decisions only, the global one all five in order. Bob's decision comes before alice's
+/// last: alice's stream would show it before anything later.
+async fn alice_and_global_see_their_decisions(
+    base: &str,
+    alice: &mut impl Subscriber,
+    global: &mut impl Subscriber,
+) {
     alice_three_bob_one(base).await;
-    // Bob's decision comes last: alice's stream would show it before anything later.
     assert_eq!(check(base, "alice").await, StatusCode::TOO_MANY_REQUESTS);
-    let decisions = next_of(4, "decision", &mut alice).await;
+    let decisions = next_of(4, "decision", alice).await;
     assert_alice_decisions(&decisions[..3]);
     assert_eq!(decisions[3]["client"], "id:alice");
-    let all = next_of(5, "decision", &mut global).await;
+    let all = next_of(5, "decision", global).await;
     let clients: Vec<_> = all.iter().map(|d| d["client"].as_str().unwrap()).collect();
     assert_eq!(
         clients,
@@ -210,17 +220,7 @@ async fn websockets_carry_their_clients_decisions() {
     let base = &service.address;
     let mut alice = ws(base, "/ws/alice").await;
     let mut global = ws(base, "/ws/global").await;
-    alice_three_bob_one(base).await;
-    assert_eq!(check(base, "alice").await, StatusCode::TOO_MANY_REQUESTS);
-    let decisions = next_of(4, "decision", &mut alice).await;
-    assert_alice_decisions(&decisions[..3]);
-    assert_eq!(decisions[3]["client"], "id:alice");
-    let all = next_of(5, "decision", &mut global).await;
-    let clients: Vec<_> = all.iter().map(|d| d["client"].as_str().unwrap()).collect();
-    assert_eq!(
-        clients,
-        ["id:alice", "id:alice", "id:alice", "id:bob", "id:alice"]
-    );
+    alice_and_global_see_their_decisions(base, &mut alice, &mut global).await;
     alice.close(None).await.unwrap();
 }
 

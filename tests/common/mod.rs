@@ -1,7 +1,7 @@
 //! Test harness shared by the integration tests, split by what it starts: a private
 //! `redis-server` ([`redis`]), a local Redis Cluster ([`cluster`]), layers and requests
-//! ([`http`]), the demo binary ([`demo`]), nginx ([`nginx`]); and the deployment files read
-//! ([`deploy`]).
+//! ([`http`]), the demo binary ([`demo`]), nginx ([`nginx`]); the deployment files read ([`deploy`]); and structured-field
+//! lists ([`sf`]).
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
@@ -11,6 +11,7 @@ pub mod files;
 mod http;
 mod nginx;
 mod redis;
+mod sf;
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ pub use deploy::*;
 pub use http::*;
 pub use nginx::{Nginx, nginx_binary};
 pub use redis::*;
+pub use sf::{Member, sf_list};
 pub use tollgate::Limiter;
 use tollgate::Rules;
 
