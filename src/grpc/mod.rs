@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
 use crate::limiter::{CheckError, Limiter, Query};
-use crate::{ClientKey, DecidedBy, Limit};
+use crate::{DecidedBy, DescriptorMatch};
 use status::Decided;
 
 /// `envoy.service.ratelimit.v3.RateLimitService`, answered by a [`Limiter`]: Envoy's HTTP
@@ -109,8 +109,8 @@ impl EnvoyRateLimit {
             ));
         }
         let rules = self.limiter.rules();
-        // Each descriptor's rule, client and limit, if one applies.
-        let matched: Vec<Option<Matched>> = request
+        // Each descriptor's rule and client, if a rule applies.
+        let matched: Vec<Option<DescriptorMatch<'_>>> = request
             .descriptors
             .iter()
             .map(|descriptor| {
@@ -118,22 +118,14 @@ impl EnvoyRateLimit {
                     .entries
                     .iter()
                     .map(|e| (e.key.as_str(), e.value.as_str()));
-                rules
-                    .descriptor(&request.domain, entries)
-                    .map(|found| Matched {
-                        rule: found.rule.id().into(),
-                        name: found.rule.name().map(Into::into),
-                        replaces: found.rule.replaces().map(Into::into).collect(),
-                        limit: found.rule.limit().cloned(),
-                        client: found.client,
-                    })
+                rules.descriptor(&request.domain, entries)
             })
             .collect();
         // A limit that a matched rule replaces does not count.
         let replaced: Vec<&str> = matched
             .iter()
             .flatten()
-            .flat_map(|m| m.replaces.iter().map(|name| &**name))
+            .flat_map(|m| m.rule.replaces())
             .collect();
         let decisions = request
             .descriptors
@@ -151,7 +143,7 @@ impl EnvoyRateLimit {
                 };
                 let matched = m
                     .as_ref()
-                    .filter(|m| m.name.as_deref().is_none_or(|n| !replaced.contains(&n)));
+                    .filter(|m| m.rule.name().is_none_or(|n| !replaced.contains(&n)));
                 self.decide(matched, hits)
             });
         let decided = join_all(decisions).await;
@@ -182,23 +174,27 @@ impl EnvoyRateLimit {
     }
 
     /// One descriptor's decision: `hits` taken from its rule's limit (0: only looked at).
-    async fn decide(&self, matched: Option<&Matched>, hits: u64) -> Result<Decided, Status> {
+    async fn decide<'r>(
+        &self,
+        matched: Option<&DescriptorMatch<'r>>,
+        hits: u64,
+    ) -> Result<Decided<'r>, Status> {
         let Some(matched) = matched else {
             return Ok(Decided::NoLimit);
         };
-        let Some(limit) = &matched.limit else {
+        let rule = matched.rule;
+        let Some(limit) = rule.limit() else {
             return Ok(Decided::Unlimited);
         };
+        // The name Envoy sees for the limit: the rule's `name`, else its identity.
+        let name = rule.name().unwrap_or(rule.id());
         let fits = u32::try_from(hits)
             .ok()
             .filter(|hits| *hits <= limit.smallest_capacity());
         let Some(cost) = fits else {
-            return Ok(Decided::TooCostly {
-                limit: limit.clone(),
-                name: matched.name(),
-            });
+            return Ok(Decided::TooCostly { limit, name });
         };
-        let query = Query::new(&matched.client).rule(&matched.rule);
+        let query = Query::new(&matched.client).rule(rule.id());
         let verdict = if cost == 0 {
             self.limiter.peek(query).await
         } else {
@@ -214,29 +210,13 @@ impl EnvoyRateLimit {
             }
             Ok(verdict) => Ok(Decided::Checked {
                 verdict,
-                limit: limit.clone(),
-                name: matched.name(),
+                limit,
+                name,
             }),
             // The rules changed between the lookup and the decision.
             Err(CheckError::UnknownRule { .. }) => Ok(Decided::NoLimit),
             Err(error) => Err(Status::internal(error.to_string())),
         }
-    }
-}
-
-/// A descriptor's rule, as found.
-struct Matched {
-    rule: Box<str>,
-    name: Option<Box<str>>,
-    replaces: Vec<Box<str>>,
-    limit: Option<Limit>,
-    client: ClientKey,
-}
-
-impl Matched {
-    /// The name Envoy sees for the limit: the rule's `name`, else its identity.
-    fn name(&self) -> String {
-        self.name.as_deref().unwrap_or(&self.rule).to_owned()
     }
 }
 

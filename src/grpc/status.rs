@@ -16,22 +16,22 @@ use crate::limiter::Verdict;
 use crate::{Band, HeaderStyle, Limit};
 
 /// What the limiter said about one descriptor.
-pub(super) enum Decided {
+pub(super) enum Decided<'r> {
     /// No rule applies (or a matched rule replaces it).
     NoLimit,
     /// The rule is unlimited.
     Unlimited,
     /// More hits than the smallest band holds: it can never fit.
-    TooCostly { limit: Limit, name: String },
+    TooCostly { limit: &'r Limit, name: &'r str },
     /// The limiter decided.
     Checked {
         verdict: Verdict,
-        limit: Limit,
-        name: String,
+        limit: &'r Limit,
+        name: &'r str,
     },
 }
 
-impl Decided {
+impl Decided<'_> {
     /// The status Envoy reads, with times counted from `now`.
     pub(super) fn status(self, now: SystemTime) -> DescriptorStatus {
         match self {
@@ -46,7 +46,7 @@ impl Decided {
             },
             Decided::TooCostly { limit, name } => DescriptorStatus {
                 code: Code::OverLimit.into(),
-                current_limit: Some(rate_limit(&name, reported(&limit, None))),
+                current_limit: Some(rate_limit(name, reported(limit, None))),
                 ..DescriptorStatus::default()
             },
             Decided::Checked {
@@ -68,7 +68,7 @@ impl Decided {
                 };
                 DescriptorStatus {
                     code: code.into(),
-                    current_limit: Some(rate_limit(&name, reported(&limit, Some(decision.limit)))),
+                    current_limit: Some(rate_limit(name, reported(limit, Some(decision.limit)))),
                     limit_remaining: decision.remaining,
                     duration_until_reset: Some(proto_duration(
                         decision.reset.duration_since(now).unwrap_or_default(),
