@@ -37,8 +37,11 @@ pub(super) struct RuleSet {
     /// One router per method some rule names, holding the rules that apply to that method
     /// (see [`Rule::applies_to`]), method-less ones included.
     by_method: Vec<(Method, matchit::Router<usize>)>,
-    /// The method-less rules, for methods no rule names.
-    any_method: matchit::Router<usize>,
+    /// The method-less rules, for methods no rule names; `None` when there are none. An
+    /// empty router is not asked: its root compares the path with an empty prefix, which
+    /// some `memcmp`s (AVX-512, reading through a masked load at a dangling pointer) make
+    /// cost more than the rest of the decision.
+    any_method: Option<matchit::Router<usize>>,
     /// Whether HEAD is looked up as GET: when rules name GET and none names HEAD, GET's
     /// router is HEAD's, so it is not built twice.
     head_is_get: bool,
@@ -74,7 +77,11 @@ impl RuleSet {
         named_methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         named_methods.dedup();
 
-        let any_method = insert_all(&|r| r.methods.is_none())?;
+        let any_method = if routes.iter().any(|r| r.methods.is_none()) {
+            Some(insert_all(&|r| r.methods.is_none())?)
+        } else {
+            None
+        };
         let mut by_method = named_methods
             .iter()
             .map(|method| Ok((method.clone(), insert_all(&|r| names(r, method))?)))
@@ -121,11 +128,13 @@ impl RuleSet {
         } else {
             method
         };
-        let router = self
-            .by_method
-            .iter()
-            .find(|(m, _)| m.as_str() == method)
-            .map_or(&self.any_method, |(_, router)| router);
+        let router = match self.by_method.iter().find(|(m, _)| m.as_str() == method) {
+            Some((_, router)) => router,
+            None => match &self.any_method {
+                Some(router) => router,
+                None => return self.default,
+            },
+        };
         router
             .at(path)
             .map_or(self.default, |matched| *matched.value)
