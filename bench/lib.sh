@@ -34,12 +34,14 @@ cpu_ticks() {
   awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 clock_ticks_per_sec=$(getconf CLK_TCK)
+redis_pid=$(redis-cli -p "$redis_port" info server | awk -F: '/^process_id/ { print $2 + 0 }')
 
 # measure "SETUPS" "SCENARIOS" PATH LUA: every setup under every scenario, each round
 # starting one setup later so that no setup always runs right after another; one line per
-# run in $work/results (round scenario setup req/s p50 p99 non-2xx total cpu-µs/request).
-# The server's CPU time per request, taken over the measured run alone, is disturbed less
-# than requests/s when wrk, the server and Redis share the cores.
+# run in $work/results (round scenario setup req/s p50 p99 non-2xx total cpu-µs/request
+# redis-cpu-µs/request). The server's CPU time per request, taken over the measured run
+# alone, is disturbed less than requests/s when wrk, the server and Redis share the cores;
+# Redis's is what the decisions cost it (setups that do not use Redis show its idle ticks).
 measure() {
   command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
   local setups=$1 scenarios=$2 path=$3 lua=$4
@@ -59,19 +61,25 @@ measure() {
         start "$setup" "$scenario" "$port"
         wrk -t2 -c"$connections" -d1s -s "$lua" "http://127.0.0.1:$port$path" >/dev/null
         cpu_before=$(cpu_ticks "$pid")
+        redis_before=$(cpu_ticks "$redis_pid")
         out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$lua" "http://127.0.0.1:$port$path")
         cpu_after=$(cpu_ticks "$pid")
+        redis_after=$(cpu_ticks "$redis_pid")
         kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
         rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
         p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
         p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
         non2xx=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
         total=$(awk '/requests in/ {print $1}' <<<"$out")
-        cpu_us=$(awk -v t="$((cpu_after - cpu_before))" -v hz="$clock_ticks_per_sec" -v n="$total" \
-          'BEGIN { printf "%.2f", t / hz * 1e6 / (n > 0 ? n : 1) }')
-        echo "$round $scenario $setup $rps $p50 $p99 ${non2xx:-0} $total $cpu_us" >> "$results"
-        printf 'round %s %-8s %-20s %10s req/s  p50 %-9s p99 %-9s refused %s/%s  cpu %s us/req\n' \
-          "$round" "$scenario" "$setup" "$rps" "$p50" "$p99" "${non2xx:-0}" "$total" "$cpu_us"
+        per_request() {
+          awk -v t="$1" -v hz="$clock_ticks_per_sec" -v n="$total" \
+            'BEGIN { printf "%.2f", t / hz * 1e6 / (n > 0 ? n : 1) }'
+        }
+        cpu_us=$(per_request "$((cpu_after - cpu_before))")
+        redis_us=$(per_request "$((redis_after - redis_before))")
+        echo "$round $scenario $setup $rps $p50 $p99 ${non2xx:-0} $total $cpu_us $redis_us" >> "$results"
+        printf 'round %s %-8s %-20s %10s req/s  p50 %-9s p99 %-9s refused %s/%s  cpu %s us/req  redis %s us/req\n' \
+          "$round" "$scenario" "$setup" "$rps" "$p50" "$p99" "${non2xx:-0}" "$total" "$cpu_us" "$redis_us"
       done
     done
   done

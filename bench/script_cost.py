@@ -24,7 +24,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "src", "backend", "decide.lua")
+SCRIPT = os.path.join(ROOT, "src", "backend", "redis", "decide.lua")
 
 
 def resp(args):

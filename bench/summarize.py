@@ -8,7 +8,8 @@ moves less than requests/s.
 
     bench/summarize.py RESULTS BASELINE SETUP...
 
-Each line of RESULTS: round scenario setup req/s p50 p99 non-2xx total cpu-µs/request.
+Each line of RESULTS: round scenario setup req/s p50 p99 non-2xx total cpu-µs/request
+[redis-cpu-µs/request]. Redis's CPU time per request is printed for setups that use Redis.
 """
 import statistics
 import sys
@@ -35,7 +36,7 @@ def main():
     base = {(r[0], r[1]): r for r in rows if r[2] == baseline}
     scenarios = list(dict.fromkeys(r[1] for r in rows))
     columns = ["scenario", "setup", "req/s", f"x {baseline} req/s", "p50 ms", "p99 ms", "refused",
-               "CPU µs/req", f"x {baseline} CPU"]
+               "CPU µs/req", f"x {baseline} CPU", "Redis CPU µs/req"]
     print()
     print("| " + " | ".join(columns) + " |")
     print("|" + " --- |" * len(columns))
@@ -50,6 +51,7 @@ def main():
             cpu = [float(r[8]) for r in mine if len(r) > 8]
             cpu_ratio = [float(r[8]) / float(b[8]) for r, b in paired
                          if len(r) > 8 and len(b) > 8 and float(b[8]) > 0]
+            redis_cpu = [float(r[9]) for r in mine if len(r) > 9]
             refused = statistics.median(int(r[6]) / max(1, int(r[7])) for r in mine)
             cells = [
                 scenario,
@@ -61,6 +63,7 @@ def main():
                 f"{refused:.1%}",
                 spread(cpu, 2),
                 spread(cpu_ratio, 3),
+                spread(redis_cpu, 2) if "redis" in setup else "-",
             ]
             print("| " + " | ".join(cells) + " |")
             if scenario == "allowed" and refused > 0:

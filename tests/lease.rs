@@ -410,7 +410,7 @@ fn leases_granted_in_shared_calls_keep_their_invariants() {
             };
             invocation.arg(spec(a.algorithm, a.cost, units, us, &a.bands));
         }
-        invocation.invoke::<Vec<i64>>(c).unwrap()
+        values(&invocation.invoke::<Vec<u8>>(c).unwrap())
     };
     let stored = |c: &mut redis::Connection, prefix: &str| -> Vec<Option<Vec<u8>>> {
         (0..4)

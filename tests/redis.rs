@@ -489,13 +489,14 @@ fn the_script_takes_nothing_past_a_request_deadline() {
     let reply = decide(&mut c, "k", &spec(1, 1.0, 0.0, 0.0, &band));
     assert_eq!(reply[1..5], [0, 0, 1, 8]);
     // A call mixing both: each request on its own deadline.
-    let reply: Vec<i64> = redis::Script::new(DECIDE_LUA)
+    let reply: Vec<u8> = redis::Script::new(DECIDE_LUA)
         .key("k")
         .key("other")
         .arg(&late)
         .arg(&in_time)
         .invoke(&mut c)
         .unwrap();
+    let reply = values(&reply);
     assert_eq!(reply[1..7], [-1, 0, 0, 0, 0, 0]);
     assert_eq!(reply[7..11], [0, 0, 1, 9]);
     let left: Vec<u8> = redis::cmd("GET").arg("k").query(&mut c).unwrap();

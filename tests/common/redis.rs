@@ -240,13 +240,27 @@ impl Drop for WrongServer {
 /// The decision script, as the backend runs it.
 pub const DECIDE_LUA: &str = include_str!("../../src/backend/redis/decide.lua");
 
-/// `decide.lua` called directly, as the README documents it.
+/// `decide.lua` called directly, as the README documents it; its reply as numbers.
 pub fn decide(c: &mut redis::Connection, key: &str, spec: &[u8]) -> Vec<i64> {
-    redis::Script::new(DECIDE_LUA)
+    let reply: Vec<u8> = redis::Script::new(DECIDE_LUA)
         .key(key)
         .arg(spec)
         .invoke(c)
-        .unwrap()
+        .unwrap();
+    values(&reply)
+}
+
+/// A script reply's values: little-endian doubles, each an integer.
+pub fn values(reply: &[u8]) -> Vec<i64> {
+    assert_eq!(reply.len() % 8, 0, "a reply of whole doubles: {reply:?}");
+    reply
+        .chunks_exact(8)
+        .map(|bytes| {
+            let value = f64::from_le_bytes(bytes.try_into().unwrap());
+            assert_eq!(value.fract(), 0.0, "an integer: {value}");
+            value as i64
+        })
+        .collect()
 }
 
 /// One request's script argument: algorithm, cost, lease units, lease µs, then (capacity,

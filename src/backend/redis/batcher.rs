@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::connection::Connection;
 use super::error::CallError;
-use super::script::run;
+use super::script::{Reply, run};
 
 /// Decisions sent in one script call at most.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -22,7 +22,7 @@ pub(super) const MAX_QUEUED: usize = 8192;
 
 /// A script reply shared by every decision in it, and the index where one decision's
 /// answer starts.
-pub(super) type Answer = Result<(Arc<Vec<i64>>, usize), CallError>;
+pub(super) type Answer = Result<(Arc<Reply>, usize), CallError>;
 
 /// A decision waiting for the batcher, and where its answer goes.
 pub(super) struct Job {

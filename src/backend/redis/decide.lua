@@ -30,14 +30,23 @@
 -- the app has answered it without Redis) is not decided and writes nothing: its lease_units
 -- is -1 and its band fields are 0.
 --
--- Returns {now_ms, then for each request: lease_units, lease_ms, then for each of its
--- bands: admitted, remaining, retry_after_ms, reset_after_ms}. A request is admitted if all
--- of its bands are.
+-- Returns one string of little-endian doubles (each an integer): now_ms, then for each
+-- request lease_units, lease_ms, then for each of its bands admitted, remaining,
+-- retry_after_ms, reset_after_ms. A request is admitted if all of its bands are. One string
+-- rather than an array of integers: Redis writes it, and the app reads it, at once.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local byte, char, rep, format = string.byte, string.char, string.rep, string.format
 local pack, unpack_struct = struct.pack, struct.unpack
+
+-- A time for the reply, which holds integers only: a request no band can ever admit (its
+-- cost over a band's capacity, which the app does not send) waits forever, read as 2^53 ms.
+local BIG = 2 ^ 53
+local function whole(ms)
+  if ms ~= ms then return 0 end
+  return max(-BIG, min(BIG, ms))
+end
 
 -- The window holding `now`. A stored index one ahead means the clock went back a little,
 -- and that window is kept; any other is of another window, or of another window length (a
@@ -137,7 +146,29 @@ local reply = {floor(now / 1000)}
 local r = 1
 -- Scratch tables, reused by every request in the call.
 local STRIDE = 7
-local answers, with_lease, values = {}, {}, {}
+local answers, with_lease, values, stored = {}, {}, {}, {}
+-- struct formats of k doubles, and of a byte then k doubles, made once per call.
+local doubles, tagged = {}, {}
+local function format_of(k)
+  local f = doubles[k]
+  if f == nil then
+    f = '<' .. rep('d', k)
+    doubles[k] = f
+  end
+  return f
+end
+local function tagged_format_of(k)
+  local f = tagged[k]
+  if f == nil then
+    f = '<B' .. rep('d', k)
+    tagged[k] = f
+  end
+  return f
+end
+-- Every bucket in one MGET (a key of another type reads as nil); a key the call has written
+-- already is read from `written`, so that a request sees the one before it in the call.
+local got = redis.call('MGET', unpack(KEYS))
+local written = {}
 for d = 1, #KEYS do
   local key = KEYS[d]
   local spec = ARGV[d]
@@ -158,16 +189,20 @@ for d = 1, #KEYS do
 
     -- The stored bands, if the value is this algorithm's (a leftover of another type reads
     -- as missing and is overwritten).
-    local stored = {}
-    local raw = redis.pcall('GET', key)
+    local have = 0
+    local raw = written[key]
+    if raw == nil then raw = got[d] end
     if type(raw) == 'string' and byte(raw, 1) == algorithm then
-      local have = min(n, floor((#raw - 1) / (8 * width)))
-      if have > 0 then
-        stored = {unpack_struct('<' .. rep('d', have * width), raw, 2)}
-        -- struct.unpack also returns the position after the last value: not a band's.
-        stored[have * width + 1] = nil
+      have = min(n, floor((#raw - 1) / (8 * width)))
+      if have == 1 and width == 2 then
+        stored[1], stored[2] = unpack_struct('<dd', raw, 2)
+      elseif have > 0 then
+        local values_read = {unpack_struct(format_of(have * width), raw, 2)}
+        for i = 1, have * width do stored[i] = values_read[i] end
       end
     end
+    -- Past what was read, the scratch table holds nothing: those bands are full.
+    for i = have * width + 1, n * width do stored[i] = nil end
 
     -- The request's own answer, band by band, into `answers` (STRIDE values per band).
     local admitted = 1
@@ -224,15 +259,22 @@ for d = 1, #KEYS do
       if taken[b + 4] > ttl_us then ttl_us = taken[b + 4] end
       reply[r + 1] = answers[b + 1]
       reply[r + 2] = floor(answers[b + 2])
-      reply[r + 3] = ceil(answers[b + 3] / 1000)
-      reply[r + 4] = ceil(answers[b + 4] / 1000)
+      reply[r + 3] = whole(ceil(answers[b + 3] / 1000))
+      reply[r + 4] = whole(ceil(answers[b + 4] / 1000))
       r = r + 4
     end
     if admitted == 1 and not peek then
-      local value = char(algorithm) .. pack('<' .. rep('d', n * width), unpack(values, 1, n * width))
+      local value = pack(tagged_format_of(n * width), algorithm, unpack(values, 1, n * width))
       -- PX as an integer string: a Lua number would be formatted as a float.
       redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
+      written[key] = value
     end
   end
 end
-return reply
+-- Packed 64 values at a time, so that no call of struct.pack nears Lua's stack limit.
+local parts = {}
+for i = 1, #reply, 64 do
+  local last = min(#reply, i + 63)
+  parts[#parts + 1] = pack(format_of(last - i + 1), unpack(reply, i, last))
+end
+return table.concat(parts)

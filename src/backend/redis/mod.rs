@@ -425,7 +425,7 @@ impl RedisBackend {
                 (Arc::new(reply), 1)
             }
         };
-        if let Some(&now_ms) = reply.first() {
+        if let Some(now_ms) = reply.now_ms() {
             server.clock.observe(now_ms);
         }
         decode(&reply, at, limit)

@@ -85,52 +85,88 @@ pub(super) fn packed(limit: &Limit, call: &Call, deadline_us: i64) -> Vec<u8> {
     spec
 }
 
+/// A script reply: little-endian doubles, each an integer (see [`decode`]).
+pub(super) struct Reply(Vec<u8>);
+
+impl Reply {
+    /// Value `index` of the reply, if it has that many.
+    fn get(&self, index: usize) -> Option<i64> {
+        let at = index.checked_mul(8)?;
+        let bytes = self.0.get(at..at.checked_add(8)?)?;
+        let value = f64::from_le_bytes(bytes.try_into().ok()?);
+        // Integers all, within ±2^53, written by the script; anything else is not its reply.
+        (value.fract() == 0.0 && value.abs() <= 9_007_199_254_740_992.0).then_some(value as i64)
+    }
+
+    /// How many values it holds.
+    fn len(&self) -> usize {
+        self.0.len() / 8
+    }
+
+    /// Redis's time when it ran the script, in Unix ms.
+    pub(super) fn now_ms(&self) -> Option<i64> {
+        self.get(0)
+    }
+}
+
 /// Runs the script over some decisions (key and packed limit each): `EVALSHA` with every
 /// key, then every packed limit; [`Script`] loads it again after `NOSCRIPT`.
 pub(super) async fn run<'a>(
     script: &Script,
     connection: &mut Connection,
     decisions: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
-) -> Result<Vec<i64>, redis::RedisError> {
-    let mut invocation = script.prepare_invoke();
+) -> Result<Reply, redis::RedisError> {
+    // Built once, straight from the borrowed keys and limits (a `ScriptInvocation` would copy
+    // each into a vector of its own first, then again into the command).
+    let (count, size) = decisions.clone().fold((0, 0), |(n, size), (key, spec)| {
+        (n + 1, size + key.len() + spec.len())
+    });
+    let mut evalsha = redis::Cmd::with_capacity(2 + 2 * count, 48 + size);
+    evalsha.arg("EVALSHA").arg(script.get_hash()).arg(count);
     for (key, _) in decisions.clone() {
-        invocation.key(key);
+        evalsha.arg(key);
     }
     for (_, spec) in decisions {
-        invocation.arg(spec);
+        evalsha.arg(spec);
     }
-    invocation.invoke_async(connection).await
+    let bytes: Vec<u8> = match evalsha.query_async(connection).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.load_async(connection).await?;
+            evalsha.query_async(connection).await?
+        }
+        other => other?,
+    };
+    Ok(Reply(bytes))
 }
 
 /// What Redis answered for one decision: the decision, and the lease it granted with it
 /// (units, and how long it lives in ms), if any.
 pub(super) type Answered = (Decision, Option<(u32, i64)>);
 
-/// One decision's answer in a script reply `{now_ms, then per decision: lease_units,
-/// lease_ms, then per band: admitted, remaining, retry_after_ms, reset_after_ms}`; this
-/// decision's starts at `at`. `lease_units` is -1 for a decision Redis reached after its
-/// deadline: it decided and took nothing.
-pub(super) fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Answered, CallError> {
+/// One decision's answer in a script reply `now_ms, then per decision: lease_units,
+/// lease_ms, then per band: admitted, remaining, retry_after_ms, reset_after_ms`; this
+/// decision's starts at value `at`. `lease_units` is -1 for a decision Redis reached after
+/// its deadline: it decided and took nothing.
+pub(super) fn decode(reply: &Reply, at: usize, limit: &Limit) -> Result<Answered, CallError> {
     let bands = limit.bands();
-    let (Some(&now_ms), Some(&[units, lease_ms]), Some(fields)) = (
-        reply.first(),
-        reply.get(at..at + 2),
-        reply.get(at + 2..at + 2 + 4 * bands.len()),
-    ) else {
-        return Err(CallError::Reply(reply.len()));
-    };
+    let field = |i: usize| reply.get(at + i).ok_or(CallError::Reply(reply.len()));
+    let now_ms = reply.now_ms().ok_or(CallError::Reply(reply.len()))?;
+    let (units, lease_ms) = (field(0)?, field(1)?);
     if units < 0 {
         return Err(CallError::Late);
     }
     let mut combined = Combined::new();
-    for (band, fields) in bands.iter().zip(fields.chunks_exact(4)) {
+    for (k, band) in bands.iter().enumerate() {
+        let at = 2 + 4 * k;
         let ms = |v: i64| v as f64 * 1000.0;
         combined.add(
             f64::from(band.capacity()),
-            fields[0] == 1,
-            fields[1] as f64,
-            ms(fields[2]),
-            ms(fields[3]),
+            field(at)? == 1,
+            field(at + 1)? as f64,
+            ms(field(at + 2)?),
+            ms(field(at + 3)?),
         );
     }
     let lease = match (u32::try_from(units), lease_ms) {
@@ -144,6 +180,36 @@ pub(super) fn decode(reply: &[i64], at: usize, limit: &Limit) -> Result<Answered
 mod tests {
     use super::*;
     use crate::rules::default_limit;
+
+    fn reply(values: &[f64]) -> Reply {
+        Reply(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    #[test]
+    fn a_reply_is_read_as_integers_and_anything_else_is_refused() {
+        let limit = default_limit(r#"{"default": {"capacity": 10, "refill_rate": 1}}"#);
+        // now_ms, no lease, one band: admitted, 9 left, no wait, full again in 1 s.
+        let good = reply(&[1_700_000_000_000.0, 0.0, 0.0, 1.0, 9.0, 0.0, 1000.0]);
+        assert_eq!(good.now_ms(), Some(1_700_000_000_000));
+        let (decision, lease) = decode(&good, 1, &limit).unwrap();
+        assert!(decision.allowed);
+        assert_eq!((decision.limit, decision.remaining, lease), (10, 9, None));
+        // Short, not whole doubles, not integers, not finite: not the script's reply.
+        assert!(matches!(
+            decode(&reply(&[1.0, 0.0, 0.0, 1.0]), 1, &limit),
+            Err(CallError::Reply(4))
+        ));
+        let mut ragged = good.0.clone();
+        ragged.pop();
+        assert!(decode(&Reply(ragged), 1, &limit).is_err());
+        for bad in [0.5, f64::INFINITY, f64::NAN, 1e300] {
+            let odd = reply(&[1_700_000_000_000.0, 0.0, 0.0, 1.0, bad, 0.0, 1000.0]);
+            assert!(decode(&odd, 1, &limit).is_err(), "{bad}");
+        }
+        // A decision Redis reached after its deadline.
+        let late = reply(&[1_700_000_000_000.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert!(matches!(decode(&late, 1, &limit), Err(CallError::Late)));
+    }
 
     #[test]
     fn leases_and_deadlines_are_packed_after_the_cost() {
