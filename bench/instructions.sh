@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 low=${LOW:-2000}
 high=${HIGH:-12000}
-setups=${*:-bare allowed denied governor_allowed governor_denied}
+setups=${*:-bare allowed denied governor_allowed governor_allowed_headers governor_denied}
 
 cargo build --release --features redis,axum --example layer_calls
 work=$(mktemp -d)

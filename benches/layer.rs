@@ -9,7 +9,9 @@
 //! The inner service answers at once with a small text response, as an axum handler would,
 //! so `layer/*` minus `layer/bare` is what the layer adds. `layer/governor_allowed` and
 //! `layer/governor_denied` are tower_governor keyed by the same `X-Client-ID`, with every
-//! request allowed and with every request refused: what tollgate's overhead is compared with. `layer/allowed_recording_usage`
+//! request allowed and with every request refused: what tollgate's overhead is compared with;
+//! `layer/governor_allowed_headers` is tower_governor writing its rate limit headers on
+//! allowed responses too (`use_headers`), as tollgate does. `layer/allowed_recording_usage`
 //! is `layer/allowed` with usage statistics recorded: the difference is their cost per
 //! request. `layer/allowed_one_subscriber` and `layer/allowed_stalled_subscriber` are
 //! `layer/allowed` with a subscriber to the live events that reads them all, and with one
@@ -241,6 +243,26 @@ fn per_request_overhead(c: &mut Criterion) {
         );
         measure(name, &mut |r| call(&mut governed, r), "/api/data", &by_id);
     }
+    // tower_governor with its rate limit headers (`use_headers`: `x-ratelimit-limit` and
+    // `x-ratelimit-remaining` on allowed responses), as tollgate writes its own: the same
+    // work asked of both.
+    let config = GovernorConfigBuilder::default()
+        .period(Duration::from_micros(1))
+        .burst_size(1_000_000)
+        .key_extractor(governor_key::ClientId)
+        .use_headers()
+        .finish()
+        .expect("a valid governor configuration");
+    let mut governed = GovernorLayer::new(config).layer(inner);
+    let first = call(&mut governed, request("/api/data", by_id(0)));
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().contains_key("x-ratelimit-remaining"));
+    measure(
+        "governor_allowed_headers",
+        &mut |r| call(&mut governed, r),
+        "/api/data",
+        &by_id,
+    );
     // An unlimited route: the client key and the rule lookup, no decision.
     let mut unlimited = allowing.layer(inner);
     let passed = call(&mut unlimited, request("/health", by_id(0)));

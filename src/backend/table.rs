@@ -12,7 +12,7 @@
 //! Keys are hashed with SipHash under a random key (std's `RandomState`), so clients cannot
 //! choose IDs that collide on purpose.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -78,7 +78,17 @@ impl<V: Expiring> BucketTable<V> {
     }
 
     fn hash(&self, rule: u32, key: KeyRef<'_>) -> u64 {
-        self.hasher.hash_one((rule, key))
+        match key {
+            // The common key, in two writes: the rule with a tag, then the ID's bytes (the
+            // message's length, which SipHash folds in, keeps two IDs apart).
+            KeyRef::Id(id) => {
+                let mut hasher = self.hasher.build_hasher();
+                hasher.write_u64(u64::from(rule) << 8 | 1);
+                hasher.write(id.as_bytes());
+                hasher.finish()
+            }
+            _ => self.hasher.hash_one((rule, key)),
+        }
     }
 
     /// The shard for `hash`, chosen by bits the table inside uses for neither its bucket index

@@ -27,7 +27,7 @@ use crate::rules::{Limit, Rules, RulesError};
 use installed::{Installed, StateIds};
 use query::Choice;
 use reload::{ReloadState, RulesFile, Trigger, off_runtime};
-use stats::Counters;
+use stats::{Count, Counters};
 
 pub use builder::LimiterBuilder;
 pub use checking::Checking;
@@ -351,7 +351,7 @@ impl Core {
             Ok(rule) => rule,
             Err(unknown) => {
                 if counted {
-                    Counters::bump(&self.counters.unknown_tiers);
+                    self.counters.bump(Count::UnknownTiers);
                 }
                 return Checking::ready(Err(unknown.into()));
             }
@@ -455,13 +455,13 @@ impl Core {
         let shadow_refused = refused && shadow;
         let allowed = !refused || shadow_refused;
         if counted {
-            Counters::bump(if allowed {
-                &self.counters.allowed
+            self.counters.bump(if allowed {
+                Count::Allowed
             } else {
-                &self.counters.denied
+                Count::Denied
             });
             if shadow_refused {
-                Counters::bump(&self.counters.shadowed);
+                self.counters.bump(Count::Shadowed);
                 if let Some(client) = client {
                     tracing::info!(rule = &*rule, %client, "shadow rule would have refused this request");
                 }
@@ -495,7 +495,7 @@ impl Core {
 
     /// A front refused a request whose client it could not name.
     pub(crate) fn count_invalid_client_id(&self) {
-        Counters::bump(&self.counters.invalid_client_ids);
+        self.counters.bump(Count::InvalidClientIds);
     }
 
     /// IPv6 clients are keyed by their network of this many bits.
@@ -523,20 +523,20 @@ impl Core {
         let reload = self.reload_state();
         let usage = self.usage.as_ref().map(|u| u.counts()).unwrap_or_default();
         Stats {
-            shadowed: Counters::read(&counters.shadowed),
-            unknown_tiers: Counters::read(&counters.unknown_tiers),
+            shadowed: counters.read(Count::Shadowed),
+            unknown_tiers: counters.read(Count::UnknownTiers),
             reloads: reload.reloads,
             failed_reloads: reload.failures,
             last_reload_error: reload.last_error.clone(),
             backend: backend.name(),
             breaker: backend.breaker(),
-            allowed: Counters::read(&counters.allowed),
-            denied: Counters::read(&counters.denied),
+            allowed: counters.read(Count::Allowed),
+            denied: counters.read(Count::Denied),
             fallback: redis.fallback,
             errors: redis.errors,
             cached_refusals: redis.cached_refusals,
             leased: redis.leased,
-            invalid_client_ids: Counters::read(&counters.invalid_client_ids),
+            invalid_client_ids: counters.read(Count::InvalidClientIds),
             tracked_buckets: memory.map_or(0, |m| m.len()),
             evicted_buckets: memory.map_or(0, |m| m.evicted()),
             usage_clients: usage.clients,

@@ -98,22 +98,51 @@ pub struct Stats {
     pub event_subscribers: usize,
 }
 
-/// The limiter's own counters, bumped on the request path.
+/// What the limiter counts on the request path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Count {
+    Allowed,
+    Denied,
+    InvalidClientIds,
+    Shadowed,
+    UnknownTiers,
+}
+
+/// Cells of [`Counters`]: threads that decide at once each add to their own, so that no
+/// cache line goes back and forth between cores on every request.
+const CELLS: usize = 16;
+
+/// One cell: every count, on a cache line of its own (128 bytes: two lines on the CPUs
+/// that fetch lines in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cell([AtomicU64; 5]);
+
+/// The limiter's own counters, bumped on the request path. A count is the sum of its cells.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) allowed: AtomicU64,
-    pub(crate) denied: AtomicU64,
-    pub(crate) invalid_client_ids: AtomicU64,
-    pub(crate) shadowed: AtomicU64,
-    pub(crate) unknown_tiers: AtomicU64,
+    cells: [Cell; CELLS],
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn bump(&self, count: Count) {
+        self.cells[cell()].0[count as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn read(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub(crate) fn read(&self, count: Count) -> u64 {
+        self.cells
+            .iter()
+            .map(|cell| cell.0[count as usize].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
+}
+
+/// This thread's cell: threads take cells in turn as they first count.
+fn cell() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static CELL: usize = NEXT.fetch_add(1, Ordering::Relaxed) % CELLS;
+    }
+    CELL.with(|cell| *cell)
 }

@@ -17,8 +17,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::time::Instant;
-
 /// How long the largest reading is kept before any newer one replaces it.
 const KEEP_US: i64 = 1_000_000;
 
@@ -45,14 +43,13 @@ impl RedisClock {
         }
     }
 
-    /// `deadline` in Redis's time (µs of `TIME`), or 0 (no deadline) before any reading:
-    /// with an unknown offset, a deadline could refuse every call of a server whose clock
-    /// is ahead.
-    pub(crate) fn deadline_us(&self, deadline: Instant) -> i64 {
+    /// The deadline `left` from now in Redis's time (µs of `TIME`), or 0 (no deadline)
+    /// before any reading: with an unknown offset, a deadline could refuse every call of a
+    /// server whose clock is ahead.
+    pub(crate) fn deadline_us(&self, left: Duration) -> i64 {
         if self.read_at_us.load(Ordering::Acquire) == 0 {
             return 0;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
         let local = unix_us(SystemTime::now() + left);
         local.saturating_add(self.offset_us.load(Ordering::Acquire))
     }
@@ -82,10 +79,7 @@ mod tests {
     #[test]
     fn no_deadline_before_the_first_reading() {
         let clock = RedisClock::default();
-        assert_eq!(
-            clock.deadline_us(Instant::now() + Duration::from_millis(50)),
-            0
-        );
+        assert_eq!(clock.deadline_us(Duration::from_millis(50)), 0);
     }
 
     #[test]
@@ -93,7 +87,7 @@ mod tests {
         let clock = RedisClock::default();
         // Redis's clock is an hour ahead.
         clock.observe(now_ms() + 3_600_000);
-        let deadline = clock.deadline_us(Instant::now() + Duration::from_millis(50));
+        let deadline = clock.deadline_us(Duration::from_millis(50));
         let expected = (now_ms() + 3_600_000 + 50) * 1000;
         assert!(
             (deadline - expected).abs() < 20_000,
@@ -107,11 +101,11 @@ mod tests {
         clock.observe(now_ms() + 1000);
         // A slower reply reads an earlier Redis time: it is not taken.
         clock.observe(now_ms() + 900);
-        let deadline = clock.deadline_us(Instant::now());
+        let deadline = clock.deadline_us(Duration::ZERO);
         assert!(deadline >= (now_ms() + 995) * 1000, "{deadline}");
         // A closer one is.
         clock.observe(now_ms() + 1100);
-        let deadline = clock.deadline_us(Instant::now());
+        let deadline = clock.deadline_us(Duration::ZERO);
         assert!(deadline >= (now_ms() + 1095) * 1000, "{deadline}");
     }
 
@@ -122,7 +116,7 @@ mod tests {
         // Pretend the reading is more than a second old: Redis's clock was stepped back.
         clock.read_at_us.fetch_sub(KEEP_US + 1, Ordering::AcqRel);
         clock.observe(now_ms());
-        let deadline = clock.deadline_us(Instant::now());
+        let deadline = clock.deadline_us(Duration::ZERO);
         assert!((deadline - now_ms() * 1000).abs() < 20_000, "{deadline}");
     }
 }

@@ -331,6 +331,8 @@ impl RedisBackend {
         let guard = PermitGuard::new(Arc::clone(&server.breaker), permit);
         // Taken now, like the mark of an ask for a lease, which ends with it.
         let deadline = Instant::now() + self.timeout;
+        // The same deadline in Redis's time, taken at the same moment.
+        let redis_deadline_us = server.clock.deadline_us(self.timeout);
         let epoch = self.resets.load(Ordering::Acquire);
         let client = client.to_owned();
         let limit = limit.clone();
@@ -343,10 +345,12 @@ impl RedisBackend {
             },
             mode,
             deadline,
+            redis_deadline_us,
         };
         let this = Arc::clone(self);
         Answer::Later(Box::pin(async move {
-            let sent_us = monotonic_us();
+            // A lease's lifetime counts from when it was asked for.
+            let sent_us = ask.is_some().then(monotonic_us);
             #[cfg(feature = "metrics")]
             let started = std::time::Instant::now();
             let answer = this.call(&server, key, &limit, &call).await;
@@ -358,6 +362,7 @@ impl RedisBackend {
             if let Some(ask) = ask {
                 let granted = match &answer {
                     Ok((decision, Some((units, ms)))) if decision.allowed => {
+                        let sent_us = sent_us.unwrap_or_default();
                         let until_us = sent_us.saturating_add(ms.saturating_mul(1000));
                         Some((*units, until_us, *decision))
                     }
@@ -394,7 +399,7 @@ impl RedisBackend {
         call: &Call,
     ) -> Result<Answered, CallError> {
         let deadline = call.deadline;
-        let spec = packed(limit, call, server.clock.deadline_us(deadline));
+        let spec = packed(limit, call, call.redis_deadline_us);
         let (reply, at) = match &self.route {
             Route::Batched { queue, .. } => {
                 let (reply, answer) = oneshot::channel();
@@ -425,7 +430,10 @@ impl RedisBackend {
                 (Arc::new(reply), 1)
             }
         };
-        if let Some(now_ms) = reply.now_ms() {
+        // One reading per reply: the first decision of a shared call takes it.
+        if at == 1
+            && let Some(now_ms) = reply.now_ms()
+        {
             server.clock.observe(now_ms);
         }
         decode(&reply, at, limit)

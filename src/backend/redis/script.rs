@@ -42,6 +42,8 @@ pub(super) struct Call {
     pub(super) mode: Mode,
     /// When the request gives up on Redis.
     pub(super) deadline: Instant,
+    /// That deadline in µs of Redis `TIME` (0: none, before Redis's clock is known).
+    pub(super) redis_deadline_us: i64,
 }
 
 /// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
@@ -219,6 +221,7 @@ mod tests {
             lease,
             mode,
             deadline: Instant::now(),
+            redis_deadline_us: 0,
         };
         // Off: nothing asked for, whatever the capacity.
         let spec = packed(&limit, &call(1, Duration::ZERO, Mode::Take), 0);
