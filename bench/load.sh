@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load comparison on loopback, in one invocation: bare axum, axum + tower_governor (keyed by
-# X-Client-ID), tollgate's memory backend and tollgate's Redis backend (on a redis-server of
+# X-Client-ID; governor-headers with its rate limit headers on, as tollgate writes its own),
+# tollgate's memory backend and tollgate's Redis backend (on a redis-server of
 # its own), exact and with 100 ms leases (tollgate-redis-lease), each with every request
 # allowed and with nearly every request refused, over
 # 1000 client IDs. Setups alternate within each round; the table gives, per setup, the median
@@ -33,8 +34,9 @@ start() {
   wait_for_log "bench_server ($1)" ready
 }
 
-setups="bare ${SETUPS:-governor tollgate-memory tollgate-redis tollgate-redis-lease}"
+setups="bare ${SETUPS:-governor governor-headers tollgate-memory tollgate-redis tollgate-redis-lease}"
 setups="bare ${setups//bare/}"
 measure "$setups" "${SCENARIOS:-allowed denied}" / bench/clients.lua
-python3 bench/summarize.py "$results" bare bare governor tollgate-memory tollgate-memory-usage \
-  tollgate-redis tollgate-redis-usage tollgate-redis-lease
+python3 bench/summarize.py "$results" bare bare governor governor-headers tollgate-memory tollgate-memory-usage \
+  tollgate-redis tollgate-redis-usage tollgate-redis-lease \
+  --pair tollgate-memory:governor --pair tollgate-memory:governor-headers

@@ -6,7 +6,11 @@ baseline's; beside them the median p50 and p99 latency and the share refused. Ro
 with whatever else the machine runs: the spread says how much, and the CPU time per request
 moves less than requests/s.
 
-    bench/summarize.py RESULTS BASELINE SETUP...
+    bench/summarize.py RESULTS BASELINE SETUP... [--pair A:B]...
+
+Each `--pair A:B` adds, per scenario, A's CPU time per request and requests/s as ratios to
+B's in the same round (median and min–max): the comparison of two setups with the round's
+noise paired out.
 
 Each line of RESULTS: round scenario setup req/s p50 p99 non-2xx total cpu-µs/request
 [redis-cpu-µs/request]. Redis's CPU time per request is printed for setups that use Redis.
@@ -30,8 +34,28 @@ def spread(values, digits):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
+def pairs_table(rows, pairs):
+    """A's CPU per request and requests/s over B's, round by round, per scenario."""
+    at = {(r[0], r[1], r[2]): r for r in rows if len(r) > 8}
+    scenarios = list(dict.fromkeys(r[1] for r in rows))
+    print()
+    print("| scenario | setup | over | CPU µs/req ratio | req/s ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    for a, b in pairs:
+        for scenario in scenarios:
+            rounds = [k[0] for k in at if k[1] == scenario and k[2] == a and (k[0], scenario, b) in at]
+            if not rounds:
+                continue
+            cpu = [float(at[(r, scenario, a)][8]) / float(at[(r, scenario, b)][8]) for r in rounds]
+            rps = [float(at[(r, scenario, a)][3]) / float(at[(r, scenario, b)][3]) for r in rounds]
+            print(f"| {scenario} | {a} | {b} | {spread(cpu, 3)} | {spread(rps, 3)} |")
+
+
 def main():
-    path, baseline, setups = sys.argv[1], sys.argv[2], sys.argv[3:]
+    args = sys.argv[1:]
+    pairs = [tuple(args[i + 1].split(":", 1)) for i, a in enumerate(args) if a == "--pair"]
+    args = [a for i, a in enumerate(args) if a != "--pair" and (i == 0 or args[i - 1] != "--pair")]
+    path, baseline, setups = args[0], args[1], args[2:]
     rows = [line.split() for line in open(path)]
     base = {(r[0], r[1]): r for r in rows if r[2] == baseline}
     scenarios = list(dict.fromkeys(r[1] for r in rows))
@@ -68,6 +92,9 @@ def main():
             print("| " + " | ".join(cells) + " |")
             if scenario == "allowed" and refused > 0:
                 print(f"  warning: {setup} answered {refused:.1%} non-2xx in the allowed scenario (503: Redis missed its deadline)")
+
+    if pairs:
+        pairs_table(rows, pairs)
 
 
 if __name__ == "__main__":

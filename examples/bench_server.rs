@@ -5,7 +5,9 @@
 //! SETUP=tollgate-memory SCENARIO=denied PORT=8100 cargo run --release --example bench_server
 //! ```
 //!
-//! `SETUP`: `bare`, `governor`, `tollgate-memory`, `tollgate-redis` or `tollgate-redis-lease`
+//! `SETUP`: `bare`, `governor`, `governor-headers` (tower_governor writing its rate limit
+//! headers, `use_headers`, as tollgate writes its own), `tollgate-memory`, `tollgate-redis` or
+//! `tollgate-redis-lease`
 //! (Redis with 100 ms leases; both with `REDIS_URL`); `tollgate-memory-usage` and
 //! `tollgate-redis-usage` are the same with usage statistics recorded. `json` is the baseline of
 //! `bench/service.sh`: a bare axum `POST /check` that reads a JSON body shaped like the
@@ -47,6 +49,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .period(Duration::from_secs(1) / per_second)
                 .burst_size(capacity)
                 .key_extractor(ClientId)
+                .finish()
+                .ok_or("bad governor config")?;
+            app.layer(GovernorLayer::new(config))
+        }
+        "governor-headers" => {
+            let config = GovernorConfigBuilder::default()
+                .period(Duration::from_secs(1) / per_second)
+                .burst_size(capacity)
+                .key_extractor(ClientId)
+                .use_headers()
                 .finish()
                 .ok_or("bad governor config")?;
             app.layer(GovernorLayer::new(config))

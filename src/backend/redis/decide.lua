@@ -272,6 +272,9 @@ for d = 1, #KEYS do
   end
 end
 -- Packed 64 values at a time, so that no call of struct.pack nears Lua's stack limit.
+if #reply <= 64 then
+  return pack(format_of(#reply), unpack(reply))
+end
 local parts = {}
 for i = 1, #reply, 64 do
   local last = min(#reply, i + 63)
