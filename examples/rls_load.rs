@@ -10,7 +10,9 @@
 //! Both protocols ask the same thing: client `key-N` (N in turn over `--keys`) under the
 //! rule of descriptor `client_id` in domain `bench` (`{"key": "client_id", ...}` in the
 //! rules file's `descriptors`), as the gRPC descriptor `[("client_id", "key-N")]` or as
-//! `{"identifier": "key-N", "rule": "@bench/client_id"}`. Calls during `--warmup` are not
+//! `{"identifier": "key-N", "rule": "@bench/client_id"}`. `limitador-http` asks the same of
+//! limitador-server's `POST /check_and_report` (`{"namespace": "bench", "values":
+//! {"client_id": "key-N"}, "delta": 1}`), for `bench/limitador_server.sh`. Calls during `--warmup` are not
 //! counted. With `--server-pid`, the server's CPU time (user + system, from
 //! `/proc/PID/stat`) over the measured window is divided by the calls answered in it.
 //!
@@ -69,6 +71,9 @@ struct Args {
 enum Protocol {
     Grpc,
     Http,
+    /// limitador-server's `POST /check_and_report`, asking the same of a limit in namespace
+    /// `bench` keyed by `descriptors[0].client_id`: the HTTP side of the comparison with it.
+    LimitadorHttp,
 }
 
 /// What one call came back with.
@@ -193,10 +198,15 @@ async fn callers(args: &Args) -> Result<Vec<Caller>, Box<dyn std::error::Error>>
                 })
                 .collect())
         }
-        Protocol::Http => {
+        Protocol::Http | Protocol::LimitadorHttp => {
+            let limitador = args.protocol == Protocol::LimitadorHttp;
             let bodies: Arc<[Bytes]> = (0..args.keys)
                 .map(|n| {
-                    let body = serde_json::json!({"identifier": key(n), "rule": RULE});
+                    let body = if limitador {
+                        serde_json::json!({"namespace": DOMAIN, "values": {DESCRIPTOR_KEY: key(n)}, "delta": 1})
+                    } else {
+                        serde_json::json!({"identifier": key(n), "rule": RULE})
+                    };
                     Bytes::from(body.to_string())
                 })
                 .collect();
@@ -204,7 +214,12 @@ async fn callers(args: &Args) -> Result<Vec<Caller>, Box<dyn std::error::Error>>
             connector.set_nodelay(true);
             // One HTTP/1.1 connection per call in flight, as the pool opens them.
             let client = Client::builder(TokioExecutor::new()).build(connector);
-            let uri: http::Uri = format!("http://{}/check", args.address).parse()?;
+            let path = if limitador {
+                "check_and_report"
+            } else {
+                "check"
+            };
+            let uri: http::Uri = format!("http://{}/{path}", args.address).parse()?;
             Ok((0..args.concurrency)
                 .map(|_| Caller::Http {
                     client: Box::new(client.clone()),

@@ -147,21 +147,14 @@ local r = 1
 -- Scratch tables, reused by every request in the call.
 local STRIDE = 7
 local answers, with_lease, values, stored = {}, {}, {}, {}
--- struct formats of k doubles, and of a byte then k doubles, made once per call.
-local doubles, tagged = {}, {}
+-- struct formats of k doubles (under k), and of a byte then k doubles (under -k), made once
+-- per call.
+local formats = {}
 local function format_of(k)
-  local f = doubles[k]
+  local f = formats[k]
   if f == nil then
-    f = '<' .. rep('d', k)
-    doubles[k] = f
-  end
-  return f
-end
-local function tagged_format_of(k)
-  local f = tagged[k]
-  if f == nil then
-    f = '<B' .. rep('d', k)
-    tagged[k] = f
+    if k < 0 then f = '<B' .. rep('d', -k) else f = '<' .. rep('d', k) end
+    formats[k] = f
   end
   return f
 end
@@ -264,7 +257,7 @@ for d = 1, #KEYS do
       r = r + 4
     end
     if admitted == 1 and not peek then
-      local value = pack(tagged_format_of(n * width), algorithm, unpack(values, 1, n * width))
+      local value = pack(format_of(-n * width), algorithm, unpack(values, 1, n * width))
       -- PX as an integer string: a Lua number would be formatted as a float.
       redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
       written[key] = value
