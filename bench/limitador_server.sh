@@ -78,7 +78,7 @@ start() {
   fi
   local backend=()
   [ "$2" = redis ] && backend=(REDIS_URL="redis://127.0.0.1:$redis_port" FAIL_MODE=closed)
-  env -i NO_COLOR=1 RUST_LOG=warn PORT=0 GRPC_PORT=0 \
+  env -i NO_COLOR=1 RUST_LOG=warn,tollgate=info PORT=0 GRPC_PORT=0 \
     RATE_LIMIT_RULES_PATH="$work/rules.json" TOLLGATE_STATE_FILE="$work/state.json" \
     "${backend[@]}" "$release/tollgate" serve >"$work/server.log" 2>&1 &
   pid=$!
