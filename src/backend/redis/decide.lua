@@ -37,7 +37,7 @@
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
-local byte, char, rep, format = string.byte, string.char, string.rep, string.format
+local byte, rep, format = string.byte, string.rep, string.format
 local pack, unpack_struct = struct.pack, struct.unpack
 
 -- A time for the reply, which holds integers only: a request no band can ever admit (its

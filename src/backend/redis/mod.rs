@@ -350,7 +350,7 @@ impl RedisBackend {
         let this = Arc::clone(self);
         Answer::Later(Box::pin(async move {
             // A lease's lifetime counts from when it was asked for.
-            let sent_us = ask.is_some().then(monotonic_us);
+            let asked = ask.map(|ask| (ask, monotonic_us()));
             #[cfg(feature = "metrics")]
             let started = std::time::Instant::now();
             let answer = this.call(&server, key, &limit, &call).await;
@@ -359,10 +359,9 @@ impl RedisBackend {
                 started.elapsed(),
                 answer.as_ref().err().map(CallError::metrics_kind),
             );
-            if let Some(ask) = ask {
+            if let Some((ask, sent_us)) = asked {
                 let granted = match &answer {
                     Ok((decision, Some((units, ms)))) if decision.allowed => {
-                        let sent_us = sent_us.unwrap_or_default();
                         let until_us = sent_us.saturating_add(ms.saturating_mul(1000));
                         Some((*units, until_us, *decision))
                     }
@@ -399,7 +398,7 @@ impl RedisBackend {
         call: &Call,
     ) -> Result<Answered, CallError> {
         let deadline = call.deadline;
-        let spec = packed(limit, call, call.redis_deadline_us);
+        let spec = packed(limit, call);
         let (reply, at) = match &self.route {
             Route::Batched { queue, .. } => {
                 let (reply, answer) = oneshot::channel();

@@ -49,10 +49,10 @@ pub(super) struct Call {
 /// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
 /// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the flags (a byte:
 /// 1 for a peek), the cost, the lease asked for in units and its lifetime in µs, the
-/// deadline in µs of Redis `TIME` (0: none) (f64 each), the number of bands (a byte), then
-/// each band's capacity and second parameter (f64 each: refill rate per second, or window
-/// length in µs).
-pub(super) fn packed(limit: &Limit, call: &Call, deadline_us: i64) -> Vec<u8> {
+/// call's deadline in µs of Redis `TIME` (0: none) (f64 each), the number of bands (a byte),
+/// then each band's capacity and second parameter (f64 each: refill rate per second, or
+/// window length in µs).
+pub(super) fn packed(limit: &Limit, call: &Call) -> Vec<u8> {
     let algorithm = limit.algorithm();
     let bands = limit.bands();
     let (units, lease_us) = match call.lease.as_micros() {
@@ -73,7 +73,7 @@ pub(super) fn packed(limit: &Limit, call: &Call, deadline_us: i64) -> Vec<u8> {
     spec.extend(f64::from(units).to_le_bytes());
     spec.extend(lease_us.to_le_bytes());
     // Exact: µs of Unix time stay below 2^53 until the year 2255.
-    spec.extend((deadline_us as f64).to_le_bytes());
+    spec.extend((call.redis_deadline_us as f64).to_le_bytes());
     // Rules hold 1 to MAX_BANDS bands.
     spec.push(bands.len() as u8);
     for band in bands {
@@ -216,28 +216,32 @@ mod tests {
     #[test]
     fn leases_and_deadlines_are_packed_after_the_cost() {
         let limit = default_limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#);
-        let call = |cost, lease, mode| Call {
+        let call = |cost, lease, mode, redis_deadline_us| Call {
             cost,
             lease,
             mode,
             deadline: Instant::now(),
-            redis_deadline_us: 0,
+            redis_deadline_us,
         };
         // Off: nothing asked for, whatever the capacity.
-        let spec = packed(&limit, &call(1, Duration::ZERO, Mode::Take), 0);
+        let spec = packed(&limit, &call(1, Duration::ZERO, Mode::Take, 0));
         assert_eq!(spec[..2], [1, 0]);
         assert_eq!(spec[2..10], 1f64.to_le_bytes());
         assert_eq!(spec[10..26], [0; 16]);
         let spec = packed(
             &limit,
-            &call(1, Duration::from_millis(100), Mode::Take),
-            1_764_000_000_123_456,
+            &call(
+                1,
+                Duration::from_millis(100),
+                Mode::Take,
+                1_764_000_000_123_456,
+            ),
         );
         assert_eq!(spec[10..18], 62f64.to_le_bytes());
         assert_eq!(spec[18..26], 100_000f64.to_le_bytes());
         assert_eq!(spec[26..34], 1_764_000_000_123_456f64.to_le_bytes());
         // A peek, at a cost other than the rule's: the lease asked for is in whole costs.
-        let spec = packed(&limit, &call(5, Duration::from_millis(100), Mode::Peek), 0);
+        let spec = packed(&limit, &call(5, Duration::from_millis(100), Mode::Peek, 0));
         assert_eq!(spec[..2], [1, PEEK]);
         assert_eq!(spec[2..10], 5f64.to_le_bytes());
         assert_eq!(spec[10..18], 60f64.to_le_bytes());
