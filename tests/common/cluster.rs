@@ -22,18 +22,26 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory for the cluster");
         let count = masters * (1 + replicas);
         let mut ports = Vec::with_capacity(count);
+        let mut processes = Vec::with_capacity(count);
+        // A port found free can be taken before the node binds it (by another test's server,
+        // or as a connection's local port): a node that cannot start is tried on another.
+        let mut failures = Vec::new();
         while ports.len() < count {
             let port = free_port();
             let bus_free = port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
-            if bus_free && !ports.contains(&port) {
-                ports.push(port);
+            if !bus_free || ports.contains(&port) {
+                continue;
             }
-        }
-        let mut processes = Vec::with_capacity(count);
-        for port in &ports {
             let node_dir = dir.path().join(port.to_string());
-            std::fs::create_dir(&node_dir).expect("node directory");
-            processes.push(Some(launch_node(*port, &node_dir)));
+            std::fs::create_dir_all(&node_dir).expect("node directory");
+            match try_launch_node(port, &node_dir) {
+                Ok(child) => {
+                    ports.push(port);
+                    processes.push(Some(child));
+                }
+                Err(e) if failures.len() < 5 => failures.push(e),
+                Err(e) => panic!("cluster node did not start: {e} (earlier tries: {failures:?})"),
+            }
         }
         let created = Command::new("redis-cli")
             .arg("--cluster")
@@ -232,6 +240,11 @@ impl TestCluster {
 
 /// One cluster node in `dir`, answering PING.
 fn launch_node(port: u16, dir: &std::path::Path) -> Child {
+    try_launch_node(port, dir).unwrap_or_else(|e| panic!("cluster node did not start: {e}"))
+}
+
+/// [`launch_node`], or why the node did not come up.
+fn try_launch_node(port: u16, dir: &std::path::Path) -> Result<Child, String> {
     let mut child = launch_with(
         port,
         dir,
@@ -248,9 +261,14 @@ fn launch_node(port: u16, dir: &std::path::Path) -> Child {
             "no",
         ],
     );
-    wait_for_ping(port, &mut child, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("cluster node did not start: {e}"));
-    child
+    match wait_for_ping(port, &mut child, Duration::from_secs(10)) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
 }
 
 impl Drop for TestCluster {
