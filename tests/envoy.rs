@@ -314,6 +314,40 @@ async fn should_rate_limit_on_redis() {
     envoy_semantics(&service).await;
 }
 
+/// Connections are served by several gRPC threads (one per runtime worker): calls on
+/// connections held by different threads count against one limit exactly, and SIGTERM
+/// stops every thread and lets the service end cleanly.
+#[tokio::test]
+async fn connections_on_every_grpc_thread_share_one_count_and_stop_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = r#"{"descriptors": {"edge": [
+        {"key": "client", "limit": "20/minute", "algorithm": "fixed_window"}]}}"#;
+    let mut service = serve(dir.path(), rules, &[("TOKIO_WORKER_THREADS", "3")]);
+    let mut calls = tokio::task::JoinSet::new();
+    // Each client is a connection of its own; handed out in turn, they reach every thread.
+    for _ in 0..6 {
+        let mut client = client(&service).await;
+        calls.spawn(async move {
+            let mut allowed = 0;
+            for _ in 0..10 {
+                let answer = ask(&mut client, request(vec![descriptor(&[("client", "c")])])).await;
+                if overall(&answer) == Code::Ok {
+                    allowed += 1;
+                }
+            }
+            allowed
+        });
+    }
+    let allowed: u32 = calls.join_all().await.into_iter().sum();
+    assert_eq!(allowed, 20, "60 calls over 6 connections under 20/minute");
+    let log = service.stop_and_read_log();
+    assert!(log.contains("stopped"), "no clean stop in:\n{log}");
+    assert!(
+        !log.contains("gRPC server:"),
+        "the gRPC side failed:\n{log}"
+    );
+}
+
 async fn post_check(base: &str, body: Value) -> reqwest::StatusCode {
     http()
         .post(format!("http://{base}/check"))

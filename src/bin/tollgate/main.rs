@@ -30,6 +30,7 @@
 //! the file and the JSON location, goes to stderr), 2 for a usage error.
 
 mod check_rules;
+mod grpc_shards;
 mod healthcheck;
 mod serve;
 

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tollgate::grpc::EnvoyRateLimit;
 use tollgate::service::Service;
 use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
 use tracing_subscriber::EnvFilter;
+
+use crate::grpc_shards;
 
 #[derive(Args)]
 pub(crate) struct Serve {
@@ -303,12 +304,9 @@ async fn run(args: Serve) -> Result<(), String> {
     let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
     // Stops both servers at once, on Ctrl-C or SIGTERM.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let grpc = tonic::transport::Server::builder()
-        .add_service(EnvoyRateLimit::new(limiter.clone()).into_server())
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            until_stopped(stopped.clone()),
-        );
+    // As many gRPC threads as the runtime has workers (TOKIO_WORKER_THREADS, or one per core).
+    let shards = tokio::runtime::Handle::current().metrics().num_workers();
+    let grpc = grpc_shards::serve(grpc_listener, limiter.clone(), shards, stopped.clone());
     tracing::info!("Envoy rate limit service (gRPC) on {grpc_address}");
     tracing::info!("listening on http://{address}");
     let http = axum::serve(
@@ -335,7 +333,7 @@ async fn run(args: Serve) -> Result<(), String> {
 }
 
 /// Resolves once `stopped` turns true.
-async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
