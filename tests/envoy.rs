@@ -320,7 +320,7 @@ async fn should_rate_limit_on_redis() {
 #[tokio::test]
 async fn connections_on_every_grpc_thread_share_one_count_and_stop_together() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = r#"{"descriptors": {"edge": [
+    let rules = r#"{"default": {"unlimited": true}, "descriptors": {"edge": [
         {"key": "client", "limit": "20/minute", "algorithm": "fixed_window"}]}}"#;
     let mut service = serve(dir.path(), rules, &[("TOKIO_WORKER_THREADS", "3")]);
     let mut calls = tokio::task::JoinSet::new();
