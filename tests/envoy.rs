@@ -323,6 +323,29 @@ async fn connections_on_every_grpc_thread_share_one_count_and_stop_together() {
     let rules = r#"{"default": {"unlimited": true}, "descriptors": {"edge": [
         {"key": "client", "limit": "20/minute", "algorithm": "fixed_window"}]}}"#;
     let mut service = serve(dir.path(), rules, &[("TOKIO_WORKER_THREADS", "3")]);
+    // A thread names itself once it runs: read the names until all three are there.
+    let grpc_threads = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(format!("/proc/{}/task", service.child.id()))
+                .expect("the service's threads in /proc")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .filter(|name| name.starts_with("tollgate-grpc"))
+                .collect();
+        names.sort();
+        names
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut threads = grpc_threads();
+    while threads.len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        threads = grpc_threads();
+    }
+    assert_eq!(
+        threads,
+        ["tollgate-grpc-0", "tollgate-grpc-1", "tollgate-grpc-2"],
+        "one gRPC thread per runtime worker"
+    );
     let mut calls = tokio::task::JoinSet::new();
     // Each client is a connection of its own; handed out in turn, they reach every thread.
     for _ in 0..6 {

@@ -68,12 +68,26 @@ pub struct Demo {
 
 impl Demo {
     /// Stops the process (SIGTERM, so it shuts down as it would) and returns all it logged.
+    /// Fails if it is still running 15 s later.
     pub fn stop_and_read_log(&mut self) -> String {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let mut log = self.startup_log.clone();
+                log.extend(self.later.try_iter());
+                panic!(
+                    "still running 15 s after SIGTERM; its log:\n{}",
+                    log.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut log = self.startup_log.clone();
         log.extend(self.later.try_iter());
         log.join("\n")

@@ -22,18 +22,19 @@ use tollgate::grpc::EnvoyRateLimit;
 
 use crate::serve::until_stopped;
 
-/// Serves `ShouldRateLimit` for `limiter` on `listener` until `stopped` turns true, then
-/// lets the calls in progress finish. `shards` threads (at least one) serve the
-/// connections.
-pub(crate) async fn serve(
+/// Starts `shards` threads (at least one) to serve `ShouldRateLimit` for `limiter`, and
+/// returns the loop that hands them the connections accepted on `listener` until
+/// `stopped` turns true, then lets the calls in progress finish.
+pub(crate) fn start(
     listener: TcpListener,
-    limiter: Limiter,
+    limiter: &Limiter,
     shards: usize,
-    mut stopped: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let mut queues = Vec::with_capacity(shards.max(1));
-    let mut finished = Vec::with_capacity(shards.max(1));
-    for index in 0..shards.max(1) {
+    stopped: watch::Receiver<bool>,
+) -> Result<impl Future<Output = Result<(), String>>, String> {
+    let shards = shards.max(1);
+    let mut queues = Vec::with_capacity(shards);
+    let mut finished = Vec::with_capacity(shards);
+    for index in 0..shards {
         let (queue, connections) = mpsc::unbounded_channel();
         let (done, result) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -56,6 +57,17 @@ pub(crate) async fn serve(
         queues.push(queue);
         finished.push(result);
     }
+    Ok(hand_out(listener, queues, finished, stopped))
+}
+
+/// Accepts connections and gives them to the shards in turn.
+async fn hand_out(
+    listener: TcpListener,
+    queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    finished: Vec<oneshot::Receiver<Result<(), String>>>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let shards = queues.len();
     let mut next = 0;
     loop {
         let accepted = tokio::select! {
@@ -78,9 +90,9 @@ pub(crate) async fn serve(
         };
         // A shard whose server has ended has dropped its queue: the next one takes the
         // connection, and with every shard ended the loop ends too.
-        let mut tries = queues.len();
+        let mut tries = shards;
         loop {
-            let queue = &queues[next % queues.len()];
+            let queue = &queues[next % shards];
             next = next.wrapping_add(1);
             match queue.send(connection) {
                 Ok(()) => break,

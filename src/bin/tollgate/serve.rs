@@ -306,7 +306,7 @@ async fn run(args: Serve) -> Result<(), String> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // As many gRPC threads as the runtime has workers (TOKIO_WORKER_THREADS, or one per core).
     let shards = tokio::runtime::Handle::current().metrics().num_workers();
-    let grpc = grpc_shards::serve(grpc_listener, limiter.clone(), shards, stopped.clone());
+    let grpc = grpc_shards::start(grpc_listener, &limiter, shards, stopped.clone())?;
     tracing::info!("Envoy rate limit service (gRPC) on {grpc_address}");
     tracing::info!("listening on http://{address}");
     let http = axum::serve(
