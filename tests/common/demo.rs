@@ -79,15 +79,15 @@ impl Demo {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                let mut log = self.startup_log.clone();
-                log.extend(self.later.try_iter());
-                panic!(
-                    "still running 15 s after SIGTERM; its log:\n{}",
-                    log.join("\n")
-                );
+                panic!("still running 15 s after SIGTERM; its log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.log()
+    }
+
+    /// Everything logged so far.
+    fn log(&self) -> String {
         let mut log = self.startup_log.clone();
         log.extend(self.later.try_iter());
         log.join("\n")
