@@ -25,6 +25,7 @@ mod file;
 mod json;
 mod merge;
 mod parse;
+pub(crate) mod path;
 mod router;
 #[cfg(test)]
 mod tests;

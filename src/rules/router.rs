@@ -121,7 +121,8 @@ impl RuleSet {
     }
 
     /// The index of the rule for `method` (its name, as sent) and `path`: the most specific
-    /// pattern that matches among the rules for that method, else the default.
+    /// pattern that matches `path`'s normal form (see [`super::path`]) among the rules for
+    /// that method, else the default.
     pub(super) fn lookup(&self, method: &str, path: &str) -> usize {
         let method = if self.head_is_get && method == "HEAD" {
             "GET"
@@ -136,7 +137,7 @@ impl RuleSet {
             },
         };
         router
-            .at(path)
+            .at(&super::path::normalize(path))
             .map_or(self.default, |matched| *matched.value)
     }
 

@@ -188,7 +188,15 @@ pub(crate) async fn by_identifier(
     if let Some(tier) = &request.tier {
         query = query.tier(tier);
     }
-    if let Some(path) = &request.path {
+    let path = match request.path.as_deref().map(crate::rules::path::forwarded) {
+        Some(Err(ambiguous)) => {
+            let problem = json!([{"loc": ["body", "path"], "msg": ambiguous.to_string(), "type": "value_error"}]);
+            return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
+        }
+        Some(Ok(path)) => Some(path),
+        None => None,
+    };
+    if let Some(path) = &path {
         query = query.route(request.method.as_deref().unwrap_or("GET"), path);
     }
     if let Some(rule) = &request.rule {

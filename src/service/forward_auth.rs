@@ -27,6 +27,7 @@ use utoipa::ToSchema;
 use crate::http::response::{self, Step, write_verdict_headers};
 use crate::http::{Cost, Tier};
 use crate::limiter::Query;
+use crate::rules::path::{self, AmbiguousPath};
 
 /// The original method, as nginx is configured to send it.
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -36,8 +37,10 @@ static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 /// The original URI, as Traefik and Caddy send it.
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
-/// The status a refusal is answered with instead of 429.
+/// The status a refusal is answered with instead of 429, 400 or 503.
 static X_TOLLGATE_DENY_STATUS: HeaderName = HeaderName::from_static("x-tollgate-deny-status");
+/// The status a refusal answered with `X-Tollgate-Deny-Status` had.
+static X_TOLLGATE_STATUS: HeaderName = HeaderName::from_static("x-tollgate-status");
 
 /// A header of the gateway's request that cannot be used: answered 400, naming it.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +57,11 @@ enum BadHeader {
     NotAMethod { header: &'static str },
     #[error("{header} is not a request URI whose path starts with /")]
     NotAPath { header: &'static str },
+    #[error("{header} cannot be decided as the upstream would read it: {problem}")]
+    Ambiguous {
+        header: &'static str,
+        problem: AmbiguousPath,
+    },
     #[error(
         "X-Original-Method/X-Original-URI (nginx) and X-Forwarded-Method/X-Forwarded-Uri \
          (Traefik, Caddy) are both present: a gateway sends one pair, so one of them came from \
@@ -71,7 +79,8 @@ impl BadHeader {
             BadHeader::Missing { header }
             | BadHeader::Repeated { header }
             | BadHeader::NotAMethod { header }
-            | BadHeader::NotAPath { header } => header,
+            | BadHeader::NotAPath { header }
+            | BadHeader::Ambiguous { header, .. } => header,
             BadHeader::BothPairs => "X-Original-URI",
             BadHeader::DenyStatus => "X-Tollgate-Deny-Status",
         }
@@ -124,13 +133,13 @@ impl IntoResponse for BadHeader {
 )]
 pub(crate) async fn check(State(state): State<Arc<super::State>>, request: Request) -> Response {
     let headers = request.headers();
-    let (method, uri) = match original_request(headers) {
-        Ok(original) => original,
-        Err(bad) => return bad.into_response(),
-    };
     let deny_status = match deny_status(headers) {
         Ok(status) => status,
         Err(bad) => return bad.into_response(),
+    };
+    let (method, path) = match original_request(headers) {
+        Ok(original) => original,
+        Err(bad) => return refuse(bad.into_response(), deny_status),
     };
     let client = match state.identity.client_key(&request) {
         Ok(client) => client,
@@ -139,7 +148,7 @@ pub(crate) async fn check(State(state): State<Arc<super::State>>, request: Reque
             return response::bad_client_id(&problem);
         }
     };
-    let mut query = Query::of(client).route(method.as_str(), uri.path());
+    let mut query = Query::of(client).route(method.as_str(), &path);
     let extensions = request.extensions();
     if let Some(tier) = extensions.get::<Tier>() {
         query = query.tier(tier.as_str());
@@ -157,17 +166,27 @@ pub(crate) async fn check(State(state): State<Arc<super::State>>, request: Reque
             write_verdict_headers(allowed.headers_mut(), &verdict);
             allowed
         }
-        Step::Respond(mut refused) => {
-            if let Some(status) = deny_status.filter(|_| refused.status().as_u16() == 429) {
-                *refused.status_mut() = status;
-            }
-            refused
-        }
+        Step::Respond(refused) => refuse(refused, deny_status),
     }
 }
 
+/// `refused`, with the status `X-Tollgate-Deny-Status` asks for when it is a refusal the
+/// gateway passes on only in that status (400, 429, 503), and its own status in
+/// `X-Tollgate-Status` so the gateway can answer the client with it.
+fn refuse(mut refused: Response, deny_status: Option<StatusCode>) -> Response {
+    let original = refused.status();
+    let replaced = matches!(original.as_u16(), 400 | 429 | 503);
+    if let Some(status) = deny_status.filter(|_| replaced) {
+        *refused.status_mut() = status;
+        refused
+            .headers_mut()
+            .insert(&X_TOLLGATE_STATUS, HeaderValue::from(original.as_u16()));
+    }
+    refused
+}
+
 /// The original request's method and URI, from one gateway's pair of headers.
-fn original_request(headers: &HeaderMap) -> Result<(Method, Uri), BadHeader> {
+fn original_request(headers: &HeaderMap) -> Result<(Method, String), BadHeader> {
     let nginx = headers.contains_key(&X_ORIGINAL_METHOD) || headers.contains_key(&X_ORIGINAL_URI);
     let forwarded =
         headers.contains_key(&X_FORWARDED_METHOD) || headers.contains_key(&X_FORWARDED_URI);
@@ -182,16 +201,29 @@ fn original_request(headers: &HeaderMap) -> Result<(Method, Uri), BadHeader> {
             ("X-Original-URI", &X_ORIGINAL_URI),
         ),
     };
-    let uri = one(headers, uri_header, uri_name)?;
+    let uri = one(headers, uri_header, uri_name)?.as_bytes();
     let method = one(headers, method_header, method_name)?;
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| BadHeader::NotAMethod {
-        header: method_name,
+    // Methods are case-sensitive, but a gateway's header may be written in any case, and a
+    // `post` must not escape the `POST` rules.
+    let method = Method::from_bytes(&method.as_bytes().to_ascii_uppercase()).map_err(|_| {
+        BadHeader::NotAMethod {
+            header: method_name,
+        }
     })?;
-    let uri = Uri::try_from(uri.as_bytes())
+    let ambiguous = |problem| BadHeader::Ambiguous {
+        header: uri_name,
+        problem,
+    };
+    // The URI parser drops a fragment, which must not hide the rest of the path.
+    if uri.contains(&b'#') {
+        return Err(ambiguous(AmbiguousPath::Fragment));
+    }
+    let uri = Uri::try_from(uri)
         .ok()
         .filter(|uri| uri.path().starts_with('/'))
         .ok_or(BadHeader::NotAPath { header: uri_name })?;
-    Ok((method, uri))
+    let path = path::forwarded(uri.path()).map_err(ambiguous)?.into_owned();
+    Ok((method, path))
 }
 
 /// The one value of `header`.
@@ -328,6 +360,76 @@ mod tests {
             ask(&app, "GET", GATEWAY, &asking_403).await.0,
             StatusCode::OK
         );
+    }
+
+    /// Every spelling of `/api/data` that was tried counts against `/api/data`'s 2/minute;
+    /// what an upstream could read otherwise is refused.
+    #[tokio::test]
+    async fn dot_segments_and_encodings_cannot_pick_another_rule() {
+        let app = app().await;
+        let ask_for = |uri: &'static [u8], method: &'static [u8]| -> Headers<'static> {
+            vec![
+                ("x-original-method", method),
+                ("x-original-uri", uri),
+                ("x-client-id", b"mallory"),
+            ]
+        };
+        let mut remaining = Vec::new();
+        for uri in [
+            &b"/static/../api/data"[..],
+            b"/static/x/../../api/data",
+            b"/static/%2e%2e/api/data",
+            b"http://evil.example/static/../api/data",
+            b"/api/%64ata",
+            b"/api//data",
+            b"/api/./data",
+        ] {
+            let (status, headers, _) = ask(&app, "GET", GATEWAY, &ask_for(uri, b"GET")).await;
+            let limit = headers
+                .get("x-ratelimit-limit")
+                .map(|v| v.to_str().unwrap().to_owned());
+            remaining.push((String::from_utf8_lossy(uri).into_owned(), status, limit));
+        }
+        for (uri, status, limit) in &remaining[..2] {
+            assert_eq!(
+                (*status, limit.as_deref()),
+                (StatusCode::OK, Some("2")),
+                "{uri}"
+            );
+        }
+        for (uri, status, limit) in &remaining[2..] {
+            assert_eq!(
+                (*status, limit.as_deref()),
+                (StatusCode::TOO_MANY_REQUESTS, Some("2")),
+                "{uri}"
+            );
+        }
+
+        // A lower-case method is the method: `post` counts under the POST rule.
+        let (status, headers, _) =
+            ask(&app, "GET", GATEWAY, &ask_for(b"/api/submit", b"post")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-ratelimit-limit"], "3");
+
+        for (uri, problem) in [
+            (&b"/static/..%2Fapi/data"[..], "encoded"),
+            (b"/static/x#/api/data", "'#'"),
+            (b"/../api/data", "above the root"),
+            (b"/api/data%00", "NUL"),
+        ] {
+            let (status, _, body) = ask(&app, "GET", GATEWAY, &ask_for(uri, b"GET")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri:?}");
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["header"], "X-Original-URI");
+            let message = body["message"].as_str().unwrap();
+            assert!(message.contains(problem), "{message}");
+            // Asked for the gateway's refusal status, with the real one beside it.
+            let mut nginx = ask_for(uri, b"GET");
+            nginx.push(("x-tollgate-deny-status", b"403"));
+            let (status, headers, _) = ask(&app, "GET", GATEWAY, &nginx).await;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert_eq!(headers["x-tollgate-status"], "400");
+        }
     }
 
     /// The headers and the refusal follow the style the limiter is configured with.
