@@ -65,12 +65,17 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Self {
+        Self::start_script(UPSTREAM)
+    }
+
+    /// Python running `script`, which prints its port.
+    fn start_script(script: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("limited.txt"), "limited file\n").unwrap();
         std::fs::write(root.path().join("other.txt"), "other file\n").unwrap();
         let mut child = Command::new("python3")
             .arg("-c")
-            .arg(UPSTREAM)
+            .arg(script)
             .arg(root.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -112,7 +117,11 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Self {
-        let (rules, service) = service();
+        Self::start_with(RULES)
+    }
+
+    fn start_with(rules: &str) -> Self {
+        let (rules, service) = service_on(rules);
         let upstream = Upstream::start();
         let nginx = Nginx::start(
             NGINX_FORWARD_AUTH,
@@ -258,6 +267,107 @@ async fn nginx_asks_tollgate_and_turns_its_refusal_into_a_429() {
     assert_eq!(forbidden.retry_after, None);
 }
 
+/// A client behind the shipped nginx configuration cannot pick the unlimited `/static`
+/// rule, nor fall to the default one, by how it writes its path: each spelling counts
+/// against `/api/data`, and what the app could read otherwise is a 400 (not nginx's 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_clients_cannot_escape_their_rule_with_dot_segments() {
+    let gateway = Gateway::start_with(
+        r#"{
+            "default": {"limit": "1000/day"},
+            "routes": [
+                {"path": "/static/{*rest}", "unlimited": true},
+                {"path": "/api/data", "limit": "3/day"}
+            ]
+        }"#,
+    );
+    let address = format!("127.0.0.1:{}", gateway.nginx.port);
+    let get = |target: &str| {
+        raw_http(
+            &address,
+            &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nX-Client-ID: mallory\r\n"),
+            "",
+        )
+    };
+    let escapes = [
+        "/static/../api/data",
+        "/static/x/../../api/data",
+        "/static/%2e%2e/api/data",
+        "http://evil.example/static/../api/data",
+        "/api/%64ata",
+        "/api//data",
+        "/api/./data",
+    ];
+    let seen: Vec<_> = escapes.iter().map(|target| (target, get(target))).collect();
+    for (target, answer) in &seen {
+        assert_eq!(
+            answer.header("x-ratelimit-limit"),
+            Some("3"),
+            "{target}: {answer:?}"
+        );
+    }
+    let statuses: Vec<u16> = seen.iter().map(|(_, answer)| answer.status).collect();
+    // The Python app has no /api/data: the three allowed are its 404s.
+    assert_eq!(statuses, [404, 404, 404, 429, 429, 429, 429], "{seen:?}");
+    let refused: Value = serde_json::from_str(&seen[3].1.body).expect("a JSON 429 body");
+    assert_eq!(refused["error"], "rate_limited");
+
+    // nginx refuses an encoded NUL itself, before it asks.
+    assert_eq!(get("/api/data%00").status, 400);
+    for target in [
+        "/static/..%2Fapi/data",
+        "/static/..%2fapi/data",
+        "/static/..%5Capi/data",
+    ] {
+        let answer = get(target);
+        assert_eq!(
+            answer.status,
+            400,
+            "{target}: {answer:?}\n{}",
+            gateway.nginx.error_log()
+        );
+        let body: Value = serde_json::from_str(&answer.body)
+            .unwrap_or_else(|e| panic!("{target}: not JSON ({e}): {:?}", answer.body));
+        assert_eq!(body["error"], "bad_request");
+    }
+
+    // A refusal that carries no Retry-After (here from an auth service that answers a bare
+    // 403) still gets a JSON body.
+    let bare = Upstream::start_script(BARE_403);
+    let nginx = Nginx::start(
+        NGINX_FORWARD_AUTH,
+        &[
+            ("TOLLGATE_ADDR", bare.address.as_str()),
+            ("APP_ADDR", bare.address.as_str()),
+        ],
+    );
+    let answer = raw_http(
+        &format!("127.0.0.1:{}", nginx.port),
+        "GET /api/data HTTP/1.1\r\nHost: localhost\r\n",
+        "",
+    );
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert_eq!(answer.header("retry-after"), None);
+    let body: Value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", answer.body));
+    assert_eq!(body["retry_after"], Value::Null);
+}
+
+/// An auth service that refuses everything with a bare 403.
+const BARE_403: &str = r#"
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
 /// What Traefik's forwardAuth sends: a GET to the address, the client's headers, and
 /// X-Forwarded-Method, -Proto, -Host, -Uri and -For. A refusal reaches the client as
 /// tollgate answered it.
@@ -398,9 +508,14 @@ impl Drop for Caddy {
 
 /// `tollgate serve` on [`RULES`].
 fn service() -> (tempfile::TempDir, Demo) {
+    service_on(RULES)
+}
+
+/// `tollgate serve` on `json`.
+fn service_on(json: &str) -> (tempfile::TempDir, Demo) {
     let rules = tempfile::tempdir().unwrap();
     let rules_file = rules.path().join("rate_limits.json");
-    std::fs::write(&rules_file, RULES).unwrap();
+    std::fs::write(&rules_file, json).unwrap();
     let service = start_service(&[("RATE_LIMIT_RULES_PATH", rules_file.to_str().unwrap())]);
     (rules, service)
 }

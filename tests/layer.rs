@@ -475,6 +475,56 @@ async fn sliding_window_still_counts_the_previous_window(store: &Store<'_>) {
     assert_eq!(statuses(&app, 2, get).await, [OK, LIMITED]);
 }
 
+/// The rule is the normal form's: a path written with dot segments, encoded unreserved
+/// characters or doubled slashes counts under the rule of the path it names, while the
+/// request itself reaches the app unchanged and is never refused for its form.
+async fn paths_are_decided_by_their_normal_form(store: &Store<'_>) {
+    let app = app(layer(
+        store,
+        rules(
+            r#"{"default": {"limit": "100/day"},
+                "routes": [{"path": "/static/{*rest}", "unlimited": true},
+                           {"path": "/api/data", "limit": "3/day"}]}"#,
+        ),
+    )
+    .await);
+    let mut seen = Vec::new();
+    for path in [
+        "/static/../api/data",
+        "/api/%64ata",
+        "/api//data",
+        "/api/./data",
+    ] {
+        let response = send(&app, request("GET", path, Some("mallory"))).await;
+        seen.push((
+            path,
+            response.status(),
+            header(&response, "x-ratelimit-limit").map(str::to_owned),
+        ));
+    }
+    let three = Some("3".to_owned());
+    // axum routes the request as it was written: `/static/../api/data` is its static
+    // route; the others are not routes of the app at all.
+    assert_eq!(
+        seen,
+        [
+            ("/static/../api/data", OK, three.clone()),
+            ("/api/%64ata", StatusCode::NOT_FOUND, three.clone()),
+            ("/api//data", StatusCode::NOT_FOUND, three.clone()),
+            ("/api/./data", LIMITED, three),
+        ]
+    );
+    // An encoded slash is a character of its segment: the static route's, unlimited, and
+    // not refused.
+    let encoded = send(
+        &app,
+        request("GET", "/static/..%2Fapi/data", Some("mallory")),
+    )
+    .await;
+    assert_eq!(encoded.status(), OK);
+    assert_eq!(header(&encoded, "x-ratelimit-limit"), None);
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -515,6 +565,7 @@ on_both_backends!(
     clients_can_have_their_own_limits,
     fixed_window_starts_afresh_at_the_boundary,
     sliding_window_still_counts_the_previous_window,
+    paths_are_decided_by_their_normal_form,
 );
 
 /// `Router::layer` runs the layer for every request, so a 404 is charged to the rule its
