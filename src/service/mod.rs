@@ -23,6 +23,7 @@
 
 mod admin;
 mod auth;
+mod browsers;
 mod check;
 mod configs;
 mod dashboard;
@@ -35,6 +36,7 @@ mod metrics;
 mod openapi;
 mod rules;
 mod stats;
+mod tickets;
 
 use std::sync::Arc;
 
@@ -44,8 +46,11 @@ use axum::{Router, middleware};
 use crate::http::RateLimitLayer;
 use crate::http::identity::KeySource;
 use crate::limiter::Limiter;
-use auth::Admin;
+use auth::{Admin, Secret};
+use browsers::Browsers;
+pub use browsers::InvalidListing;
 pub use metrics::prometheus_builder;
+use tickets::Tickets;
 
 /// The service's routes on a limiter.
 ///
@@ -76,6 +81,8 @@ pub use metrics::prometheus_builder;
 pub struct Service {
     limiter: Limiter,
     admin: Admin,
+    check_token: Option<Secret>,
+    browsers: Browsers,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     identity: Arc<KeySource>,
 }
@@ -84,9 +91,50 @@ pub struct Service {
 pub(crate) struct State {
     pub(crate) limiter: Limiter,
     pub(crate) admin: Admin,
+    /// What the decision routes need, if anything.
+    pub(crate) check_token: Option<Secret>,
+    /// The pages and names admitted besides the service's own.
+    pub(crate) browsers: Browsers,
+    /// The event streams' one-time tickets.
+    pub(crate) tickets: Tickets,
     pub(crate) metrics: metrics::Exporter,
     /// Who the client of a request `/auth` decides is.
     pub(crate) identity: Arc<KeySource>,
+}
+
+/// The service's routes in two, to serve on two addresses: the decisions where clients or
+/// a gateway reach them, the admin API where only operators do. Made by
+/// [`Service::routers`].
+///
+/// # Example
+///
+/// ```
+/// use axum::{body::Body, http::{Request, StatusCode}};
+/// use tower::ServiceExt;
+/// use tollgate::{Limiter, Rules, service::Service};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Limiter::builder()
+///     .rules(Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?)
+///     .build()
+///     .await?;
+/// let routers = Service::new(limiter).routers();
+/// let stats = || Request::get("/admin/stats").body(Body::empty()).unwrap();
+/// // The admin API is not on the decisions' router.
+/// assert_eq!(routers.decisions.oneshot(stats()).await?.status(), StatusCode::NOT_FOUND);
+/// // On its own router, it still wants a token or this host (here: no peer address).
+/// assert_eq!(routers.admin.oneshot(stats()).await?.status(), StatusCode::UNAUTHORIZED);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Routers {
+    /// `/check`, `/check/{key}`, `/stats/{key}`, `/auth`, `/health`, `/openapi.json`.
+    pub decisions: Router,
+    /// `/configure`, `/admin/…`, the event streams, the dashboard and `/metrics`, with
+    /// `/health` and `/openapi.json`.
+    pub admin: Router,
 }
 
 impl Service {
@@ -97,6 +145,8 @@ impl Service {
         Self {
             limiter,
             admin: Admin::loopback_only(),
+            check_token: None,
+            browsers: Browsers::default(),
             metrics: None,
             identity: Arc::new(identity),
         }
@@ -152,10 +202,93 @@ impl Service {
         self
     }
 
-    /// Writes and admin reads need `Authorization: Bearer <token>`, from any peer.
+    /// Writes and admin reads need `Authorization: Bearer <token>`, from any peer (the event
+    /// streams take a one-time ticket from `POST /admin/tickets` instead, for browsers).
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
         self.admin = Admin::token(token.into());
         self
+    }
+
+    /// The decision routes (`/check`, `/check/{key}`, `/stats/{key}`, `/auth`) need
+    /// `Authorization: Bearer <token>`: for deployments where clients can reach them, so that
+    /// nobody spends another's quota. A gateway adds it to its `/auth` requests.
+    ///
+    /// ```
+    /// use axum::{body::Body, http::{Request, StatusCode}};
+    /// use tower::ServiceExt;
+    /// use tollgate::{Limiter, Rules, service::Service};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limiter = Limiter::builder()
+    ///     .rules(Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?)
+    ///     .build()
+    ///     .await?;
+    /// let app = Service::new(limiter).check_token("s3cret").router();
+    /// let check = |authorization: &str| Request::get("/check/alice")
+    ///     .header("authorization", authorization)
+    ///     .body(Body::empty())
+    ///     .unwrap();
+    /// assert_eq!(app.clone().oneshot(check("Bearer guess")).await?.status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!(app.oneshot(check("Bearer s3cret")).await?.status(), StatusCode::OK);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn check_token(mut self, token: impl Into<String>) -> Self {
+        self.check_token = Some(Secret::new(token.into()));
+        self
+    }
+
+    /// Pages of these origins (`https://admin.example.com`: scheme, host, optional port) may
+    /// call the admin, write and event routes, besides the service's own pages. Any other
+    /// page's request is refused, as is any `Sec-Fetch-Site: cross-site` request.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, service::Service};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let service = Service::new(Limiter::builder().build().await?);
+    /// let service = service.allowed_origins(["https://admin.example.com"])?;
+    /// assert!(service.allowed_origins(["admin.example.com"]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Result<Self, InvalidListing>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for origin in origins {
+            self.browsers.allow_origin(origin.as_ref())?;
+        }
+        Ok(self)
+    }
+
+    /// Without an admin token, admin requests must name this host in `Host`: a loopback
+    /// name or address, or one of these (`host` or `host:port`). Other names are refused,
+    /// against DNS rebinding.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, service::Service};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let service = Service::new(Limiter::builder().build().await?);
+    /// let service = service.allowed_hosts(["limits.internal:8000"])?;
+    /// assert!(service.allowed_hosts(["limits.internal/admin"]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Result<Self, InvalidListing>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for host in hosts {
+            self.browsers.allow_host(host.as_ref())?;
+        }
+        Ok(self)
     }
 
     /// The limiter the service decides with.
@@ -167,12 +300,55 @@ impl Service {
     /// `into_make_service_with_connect_info::<SocketAddr>()`: without the peer's address,
     /// writes without a token are refused.
     pub fn router(self) -> Router {
+        let (state, parts) = self.parts();
+        parts
+            .decisions
+            .merge(parts.admin)
+            .merge(parts.both)
+            .with_state(state)
+    }
+
+    /// The routes in two, to serve the admin API on an address of its own (`ADMIN_ADDR`).
+    pub fn routers(self) -> Routers {
+        let (state, parts) = self.parts();
+        Routers {
+            decisions: parts
+                .decisions
+                .merge(parts.both.clone())
+                .with_state(Arc::clone(&state)),
+            admin: parts.admin.merge(parts.both).with_state(state),
+        }
+    }
+
+    /// The handlers' state, and the routes by where they are served.
+    fn parts(self) -> (Arc<State>, Parts) {
         let state = Arc::new(State {
             limiter: self.limiter,
             admin: self.admin,
+            check_token: self.check_token,
+            browsers: self.browsers,
+            tickets: Tickets::default(),
             metrics: self.metrics.map_or_else(metrics::installed, Ok),
             identity: self.identity,
         });
+        let decisions = Router::new()
+            .route("/check/{key}", get(check::by_key))
+            .route("/check", post(check::by_identifier))
+            .route("/stats/{key}", get(stats::key))
+            .route("/auth", any(forward_auth::check))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(&state),
+                auth::require_check_token,
+            ));
+        let streams = Router::new()
+            .route("/events", get(events::global_sse))
+            .route("/events/{client_id}", get(events::client_sse))
+            .route("/ws/global", get(events::global_ws))
+            .route("/ws/{client_id}", get(events::client_ws))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(&state),
+                auth::require_admin_or_ticket,
+            ));
         let admin = Router::new()
             .route("/configure", post(keys::configure))
             .route("/admin/configs", get(configs::list).post(configs::create))
@@ -203,26 +379,35 @@ impl Service {
             )
             .route("/admin/reset/{key}", post(admin::reset))
             .route("/admin/reset/{key}/{rule}", post(admin::reset_rule))
-            .route("/events", get(events::global_sse))
-            .route("/events/{client_id}", get(events::client_sse))
-            .route("/ws/global", get(events::global_ws))
-            .route("/ws/{client_id}", get(events::client_ws))
+            .route("/admin/tickets", post(tickets::mint))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(&state),
                 auth::require_admin,
-            ));
-        Router::new()
-            .route("/check/{key}", get(check::by_key))
-            .route("/check", post(check::by_identifier))
-            .route("/stats/{key}", get(stats::key))
-            .route("/auth", any(forward_auth::check))
-            .route("/health", get(health::health))
-            .route("/openapi.json", get(openapi::document))
+            ))
+            .merge(streams);
+        let admin = admin
             .route("/dashboard", get(dashboard::page))
             .route("/dashboard/dashboard.js", get(dashboard::script))
             .route("/dashboard/dashboard.css", get(dashboard::style))
-            .route("/metrics", get(metrics::render))
-            .merge(admin)
-            .with_state(state)
+            .route("/metrics", get(metrics::render));
+        let both = Router::new()
+            .route("/health", get(health::health))
+            .route("/openapi.json", get(openapi::document));
+        (
+            state,
+            Parts {
+                decisions,
+                admin,
+                both,
+            },
+        )
     }
+}
+
+/// The service's routes, before their state: where each part is served.
+struct Parts {
+    decisions: Router<Arc<State>>,
+    admin: Router<Arc<State>>,
+    /// Served on both addresses.
+    both: Router<Arc<State>>,
 }

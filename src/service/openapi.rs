@@ -9,6 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::{
     admin, check, configs, dashboard, events, forward_auth, health, keys, metrics, rules, stats,
+    tickets,
 };
 
 /// The admin routes' bearer token.
@@ -56,7 +57,8 @@ impl Modify for AdminToken {
         events::global_sse,
         events::client_sse,
         events::global_ws,
-        events::client_ws
+        events::client_ws,
+        tickets::mint
     ),
     modifiers(&AdminToken),
     components(schemas(
@@ -83,7 +85,8 @@ impl Modify for AdminToken {
         rules::RuleInForce,
         rules::StoredEntry,
         rules::RulesView,
-        rules::EntryChanged
+        rules::EntryChanged,
+        tickets::Ticket
     ))
 )]
 pub(crate) struct ApiDoc;

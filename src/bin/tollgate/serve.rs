@@ -125,6 +125,29 @@ pub(crate) struct Serve {
         value_name = "TOKEN"
     )]
     admin_token: Option<String>,
+
+    /// The decision routes (`/check`, `/check/{key}`, `/stats/{key}`, `/auth`) and gRPC's
+    /// `ShouldRateLimit` need `Authorization: Bearer <this>` (gRPC: `authorization`
+    /// metadata). For deployments where clients can reach those ports. Unset: anyone who
+    /// reaches them may ask.
+    #[arg(
+        long,
+        env = "TOLLGATE_CHECK_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    check_token: Option<String>,
+
+    /// Origins (`scheme://host[:port]`, comma-separated) whose pages may call the admin,
+    /// write and event routes, besides the service's own: a page of yours that opens
+    /// `/ws/{client}` or an `EventSource`. Any other page's request is refused.
+    #[arg(long, env = "TOLLGATE_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    allowed_origins: Option<String>,
+
+    /// Without TOLLGATE_ADMIN_TOKEN, admin requests must name this host in `Host`: a
+    /// loopback name or address, or one of these (`host` or `host:port`, comma-separated).
+    #[arg(long, env = "TOLLGATE_ALLOWED_HOSTS", value_name = "HOSTS")]
+    allowed_hosts: Option<String>,
 }
 
 /// The failure policy, as the tiered check service named it (plus `local`).
@@ -176,6 +199,13 @@ fn fail(message: &str) -> ExitCode {
 /// An environment value that is empty counts as unset, as the services before did.
 fn set(value: Option<String>) -> Option<String> {
     value.filter(|value| !value.trim().is_empty())
+}
+
+/// The entries of a comma-separated list, trimmed, without empty ones.
+fn listed(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
 }
 
 /// A path given in the environment as an empty value counts as unset too.
@@ -280,12 +310,30 @@ async fn run(args: Serve) -> Result<(), String> {
         }
         None => "no TOLLGATE_ADMIN_TOKEN: writes and admin reads accepted from this host only",
     };
+    let checks = match set(args.check_token) {
+        Some(token) => {
+            service = service.check_token(token);
+            "token required (TOLLGATE_CHECK_TOKEN)"
+        }
+        None => "open to whoever reaches the port",
+    };
+    if let Some(origins) = set(args.allowed_origins) {
+        service = service
+            .allowed_origins(listed(&origins))
+            .map_err(|error| format!("TOLLGATE_ALLOWED_ORIGINS: {error}"))?;
+    }
+    if let Some(hosts) = set(args.allowed_hosts) {
+        service = service
+            .allowed_hosts(listed(&hosts))
+            .map_err(|error| format!("TOLLGATE_ALLOWED_HOSTS: {error}"))?;
+    }
     tracing::info!(
         backend = limiter.backend_name(),
         rules = %rules_source,
         runtime_changes_kept_in = %runtime_store,
         on_redis_error = limiter.on_redis_error().map(OnRedisError::as_str),
         admin,
+        checks,
         auth_trusts = %trusted,
         "tollgate serve"
     );
