@@ -244,13 +244,14 @@ impl Service {
     /// page's request is refused, as is any `Sec-Fetch-Site: cross-site` request.
     ///
     /// ```
-    /// use tollgate::{Limiter, service::Service};
+    /// use tollgate::{Limiter, Rules, service::Service};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let service = Service::new(Limiter::builder().build().await?);
-    /// let service = service.allowed_origins(["https://admin.example.com"])?;
-    /// assert!(service.allowed_origins(["admin.example.com"]).is_err());
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let service = Service::new(limiter.clone()).allowed_origins(["https://admin.example.com"])?;
+    /// assert!(Service::new(limiter).allowed_origins(["admin.example.com"]).is_err());
     /// # Ok(())
     /// # }
     /// ```
@@ -270,13 +271,14 @@ impl Service {
     /// against DNS rebinding.
     ///
     /// ```
-    /// use tollgate::{Limiter, service::Service};
+    /// use tollgate::{Limiter, Rules, service::Service};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let service = Service::new(Limiter::builder().build().await?);
-    /// let service = service.allowed_hosts(["limits.internal:8000"])?;
-    /// assert!(service.allowed_hosts(["limits.internal/admin"]).is_err());
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let service = Service::new(limiter.clone()).allowed_hosts(["limits.internal:8000"])?;
+    /// assert!(Service::new(limiter).allowed_hosts(["limits.internal/admin"]).is_err());
     /// # Ok(())
     /// # }
     /// ```
