@@ -433,6 +433,39 @@ async fn caddy_asks_tollgate_and_passes_its_refusal_on() {
     assert!(missing.body.contains("File not found"), "{}", missing.body);
 }
 
+/// With a check token on tollgate, Caddy asks with the same token, and a Caddy without it
+/// gets nothing decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_sends_the_check_token() {
+    let token = "gateway-check-token";
+    let rules = tempfile::tempdir().unwrap();
+    let rules_file = rules.path().join("rate_limits.json");
+    std::fs::write(&rules_file, RULES).unwrap();
+    let service = start_service(&[
+        ("RATE_LIMIT_RULES_PATH", rules_file.to_str().unwrap()),
+        ("TOLLGATE_CHECK_TOKEN", token),
+    ]);
+    let upstream = Upstream::start();
+    let with_token = Caddy::start_with(
+        &service.address,
+        &upstream.address,
+        &[("TOLLGATE_CHECK_TOKEN", token)],
+    );
+    let without = Caddy::start(&service.address, &upstream.address);
+    let get = |caddy: &Caddy| {
+        http()
+            .get(format!("{}/limited.txt", caddy.site))
+            .header("x-client-id", "alice")
+            // A client's own credentials do not stand for the gateway's.
+            .bearer_auth(token)
+    };
+    let allowed = get(&with_token).send().await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(allowed.text().await.unwrap(), "limited file\n");
+    let refused = get(&without).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}
+
 /// Caddy running `deploy/gateways/Caddyfile`, imported under global options that keep it
 /// to plain HTTP and off the admin port; killed when dropped.
 struct Caddy {
@@ -443,6 +476,11 @@ struct Caddy {
 
 impl Caddy {
     fn start(tollgate: &str, app: &str) -> Self {
+        Self::start_with(tollgate, app, &[])
+    }
+
+    /// With `envs` in Caddy's environment besides.
+    fn start_with(tollgate: &str, app: &str, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let site = format!("http://127.0.0.1:{port}");
@@ -467,6 +505,7 @@ impl Caddy {
             .env("CADDY_SITE", &site)
             .env("TOLLGATE_ADDR", tollgate)
             .env("APP_ADDR", app)
+            .envs(envs.iter().copied())
             .env("HOME", dir.path())
             .env("XDG_DATA_HOME", dir.path())
             .env("XDG_CONFIG_HOME", dir.path())
