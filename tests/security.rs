@@ -415,3 +415,42 @@ async fn the_check_token_guards_the_decision_routes() {
         assert_eq!(answer.status(), StatusCode::OK, "{open}");
     }
 }
+
+/// `POST /check` decides a path by its normal form, and refuses one another server could
+/// read otherwise.
+#[tokio::test]
+async fn check_paths_are_decided_by_their_normal_form() {
+    let rules = tempfile::tempdir().unwrap();
+    let file = rules.path().join("rate_limits.json");
+    std::fs::write(
+        &file,
+        r#"{"default": {"limit": "100/day"},
+            "routes": [{"path": "/static/{*rest}", "unlimited": true},
+                       {"path": "/api/data", "limit": "3/day"}]}"#,
+    )
+    .unwrap();
+    let service = start_service(&[("RATE_LIMIT_RULES_PATH", file.to_str().unwrap())]);
+    let base = format!("http://{}", service.address);
+    let check = |path: &str| {
+        http()
+            .post(format!("{base}/check"))
+            .json(&json!({"identifier": "mallory", "path": path}))
+            .send()
+    };
+    for path in ["/static/../api/data", "/api/%64ata", "/api//data"] {
+        let answer = check(path).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["rule"], "/api/data", "{path}");
+    }
+    assert_eq!(
+        check("/api/./data").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for path in ["/static/..%2Fapi/data", "/../api/data", "/api/data#x"] {
+        let answer = check(path).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["detail"][0]["loc"], json!(["body", "path"]), "{body}");
+    }
+}

@@ -116,7 +116,10 @@ pub(crate) struct CheckRequest {
     /// With `path`: the rule the rules file gives this method and path.
     #[serde(default)]
     method: Option<String>,
-    /// With `method` (GET without it): the rule the rules file gives this path.
+    /// With `method` (GET without it): the rule the rules file gives this path, by its
+    /// normal form (dot segments removed, unreserved characters decoded, slashes merged). A
+    /// path another server could read differently (a `#`, a `..` above the root, `%2F`,
+    /// `%5C`, a NUL) is a 422.
     #[serde(default)]
     path: Option<String>,
 }
