@@ -394,8 +394,9 @@ mod tests {
         let err = Entry::client(&ClientKey::id("k"), json!({"limit": "0/second"})).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with N an integer \
-             from 1 to 4294967295 and unit one of second, minute, hour, day; got \"0/second\""
+            "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with unit one of second, \
+             minute, hour, day and N an integer from 1 to 1000000000 for N/second or 4294967295 for \
+             N/minute, N/hour, N/day; got \"0/second\""
         );
         // A serde error: the JSON path, and no line or column of a document the user never saw.
         let err = Entry::route(json!({"path": "/a", "limt": "1/second"})).unwrap_err();

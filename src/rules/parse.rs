@@ -519,6 +519,10 @@ fn explicit_band(
     })
 }
 
+/// The largest `N` of `"N/second"`: a faster refill than [`MAX_REFILL_PER_SEC`] is refused.
+/// Every longer unit takes any capacity up to `u32::MAX`.
+pub(super) const MAX_PER_SECOND: u64 = MAX_REFILL_PER_SEC as u64;
+
 /// `"N/unit"`: capacity N, refilled over one unit.
 fn parse_shorthand(text: &str) -> Option<Band> {
     let (count, unit) = text.split_once('/')?;

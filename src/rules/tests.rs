@@ -733,6 +733,35 @@ fn bad_limit_shorthands() {
 }
 
 #[test]
+fn each_unit_takes_the_largest_count_its_message_names() {
+    // The largest N each unit accepts, and the message naming it for a count one above.
+    for (unit, largest) in [
+        ("second", 1_000_000_000_u64),
+        ("minute", 4_294_967_295),
+        ("hour", 4_294_967_295),
+        ("day", 4_294_967_295),
+    ] {
+        let rules = ok(&format!(
+            r#"{{"default": {{"limit": "{largest}/{unit}"}}}}"#
+        ));
+        let capacity = rules
+            .default_rule()
+            .limit()
+            .map(|l| l.bands()[0].capacity());
+        assert_eq!(capacity.map(u64::from), Some(largest), "{unit}");
+        let above = format!("{}/{unit}", largest + 1);
+        let msg = err(&format!(r#"{{"default": {{"limit": "{above}"}}}}"#));
+        assert_eq!(
+            msg,
+            format!(
+                "<inline>: at default.limit: limit must look like \"N/unit\" with unit one of second, minute, hour, day \
+                 and N an integer from 1 to 1000000000 for N/second or 4294967295 for N/minute, N/hour, N/day; got {above:?}"
+            )
+        );
+    }
+}
+
+#[test]
 fn exactly_one_limit_form() {
     for (rule, found) in [
         (r#"{"path": "/a"}"#, "it has none"),
