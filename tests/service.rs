@@ -1431,6 +1431,53 @@ async fn native_rules_api_sets_and_removes_entries() {
     );
 }
 
+/// A route path with a control character is refused with the rules file's message, naming
+/// the path and the character, by both route APIs; nothing is applied.
+#[tokio::test]
+async fn route_paths_with_control_characters_are_a_422() {
+    let service = start_service(&[("DEFAULT_RATE_LIMIT", "10/hour")]);
+    let base = format!("http://{}", service.address);
+    let named = "path \"/a\\0b\" is not a valid pattern: it contains the control character U+0000 at byte 2";
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/admin/rules/routes"),
+        Some(json!({"path": "/a\u{0}b", "limit": "1/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let msg = body["detail"][0]["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with(&format!("runtime entry: at routes[0].path: {named}")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/admin/configs"),
+        Some(json!({"endpoint": "/a\u{0}b", "requests_per_window": 5, "window_seconds": 60})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let msg = body["detail"][0]["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains(named), "{body}");
+    // Neither was kept, and the same route without the NUL is taken.
+    let (_, rules) = call("GET", &format!("{base}/admin/rules"), None, None).await;
+    assert_eq!(rules["runtime"], json!([]), "{rules}");
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/admin/rules/routes"),
+        Some(json!({"path": "/ab", "limit": "1/hour"})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["target"]),
+        (200, &json!("rule:/ab")),
+        "{body}"
+    );
+}
+
 /// The demo mounts the service on the limiter its layer uses: a limit configured through
 /// the demo's `/configure` is what its layer enforces on the demo's own routes.
 #[tokio::test]

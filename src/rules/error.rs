@@ -223,7 +223,24 @@ pub enum InvalidRule {
         /// What was wrong.
         found: String,
     },
-    /// A path that does not start with `/` or is not a valid pattern.
+    /// A path that does not start with `/`, holds a control character (NUL, a line break,
+    /// DEL...: in the rules file and in runtime routes alike), or is not a valid pattern.
+    ///
+    /// ```
+    /// use tollgate::{InvalidRule, Rules, RulesError};
+    ///
+    /// let json = r#"{"default": {"unlimited": true}, "routes": [{"path": "/a\u0000b", "unlimited": true}]}"#;
+    /// let RulesError::Invalid { problem, .. } = Rules::from_json(json).unwrap_err() else {
+    ///     panic!("expected Invalid")
+    /// };
+    /// assert_eq!(
+    ///     problem,
+    ///     InvalidRule::Pattern {
+    ///         path: "/a\0b".into(),
+    ///         reason: "it contains the control character U+0000 at byte 2".into(),
+    ///     }
+    /// );
+    /// ```
     #[error(
         "path {path:?} is not a valid pattern: {reason} (patterns start with '/' and use {{param}} for one segment and {{*rest}} for the remainder)"
     )]

@@ -407,6 +407,15 @@ mod tests {
         assert_eq!(location.line_column, None);
         let err = Entry::client(&ClientKey::id("has space"), json!({"limit": "1/second"}));
         assert!(err.unwrap_err().to_string().contains("is not a client key"));
+        // The file's check on paths, for runtime routes and for those read back from Redis
+        // or the state file.
+        let route = json!({"path": "/a\u{0}b", "unlimited": true});
+        let message = "runtime entry: at routes[0].path: path \"/a\\0b\" is not a valid pattern: \
+                       it contains the control character U+0000 at byte 2";
+        let err = Entry::route(route.clone()).unwrap_err().to_string();
+        assert!(err.starts_with(message), "{err}");
+        let err = Entry::stored("rule:/a\u{0}b", route).unwrap_err();
+        assert!(err.starts_with(message), "{err}");
     }
 
     #[test]

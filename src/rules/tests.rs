@@ -879,6 +879,41 @@ fn bad_patterns() {
 }
 
 #[test]
+fn paths_with_control_characters_are_refused_naming_the_character() {
+    for (escaped, shown, code, byte) in [
+        (r"/a\u0000b", r#""/a\0b""#, "U+0000", 2),
+        (r"/a\nb", r#""/a\nb""#, "U+000A", 2),
+        (r"/\tx", r#""/\tx""#, "U+0009", 1),
+        (r"/x/\u007f", r#""/x/\u{7f}""#, "U+007F", 3),
+        (r"/\u0085", r#""/\u{85}""#, "U+0085", 1),
+    ] {
+        let msg = err(&with_routes(&format!(
+            r#"{{"path": "{escaped}", "unlimited": true}}"#
+        )));
+        assert_eq!(
+            msg,
+            format!(
+                "<inline>: at routes[0].path: path {shown} is not a valid pattern: it contains the control \
+                 character {code} at byte {byte} (patterns start with '/' and use {{param}} for one segment \
+                 and {{*rest}} for the remainder)"
+            )
+        );
+    }
+    // Tiers' routes are read by the same code.
+    let msg = err(&format!(
+        r#"{{{DEFAULT}, "tiers": {{"pro": {{"default": {{"unlimited": true}}, "routes": [{{"path": "/p\r", "unlimited": true}}]}}}}}}"#
+    ));
+    assert!(
+        msg.starts_with("<inline>: at tiers.pro.routes[0].path: path \"/p\\r\""),
+        "{msg}"
+    );
+    // Characters that are not control characters stay allowed.
+    ok(&with_routes(
+        r#"{"path": "/caf\u00e9/a b/~!$", "unlimited": true}"#,
+    ));
+}
+
+#[test]
 fn unreadable_file_names_the_file() {
     let err = Rules::from_file("/definitely/not/here.json").unwrap_err();
     assert!(matches!(err, RulesError::Read { .. }));
