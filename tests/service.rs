@@ -943,13 +943,16 @@ async fn configure_on_one_instance_reaches_the_other_and_survives_a_restart() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // A check sent later than a second after must show it, however long a busy machine
+    // takes to answer it.
     let configured = std::time::Instant::now();
     loop {
+        let sent = configured.elapsed();
         if limit_of(&base_b, "vip").await == Some(500) {
             break;
         }
         assert!(
-            configured.elapsed() < Duration::from_secs(1),
+            sent < Duration::from_secs(1),
             "the other instance did not apply the limit within 1 s"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1101,23 +1104,12 @@ async fn admin_configs_are_route_rules() {
         assert_eq!(created[field], custom[field], "{field}: {created}");
     }
     assert_eq!(created["origin"], "runtime");
-    // Enforced: a burst of 10 for /api/custom, and one more per 36 s a busy machine takes.
-    let started = std::time::Instant::now();
-    let mut admitted = 0;
-    for _ in 0..12 {
-        let (status, _) = post(
-            &format!("{base}/check"),
-            json!({"identifier": "u", "path": "/api/custom"}),
-        )
-        .await;
-        admitted += u32::from(status == 200);
-    }
-    let refilled = (started.elapsed().as_secs_f64() * 0.028).ceil() as u32;
-    assert!(
-        (10..=10 + refilled).contains(&admitted),
-        "{admitted} admitted in {:?}",
-        started.elapsed()
-    );
+    // Enforced: a burst of 10 for /api/custom, refilled at 0.028 a second.
+    admitted_until_refused(10, 0.028, async |_| {
+        let body = json!({"identifier": "u", "path": "/api/custom"});
+        StatusCode::from_u16(post(&format!("{base}/check"), body).await.0).unwrap()
+    })
+    .await;
     let (status, replaced) = call("POST", &configs, Some(custom), None).await;
     assert_eq!(
         status, 200,
