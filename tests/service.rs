@@ -1527,14 +1527,6 @@ fn utc_hour_and_day() -> (String, String) {
     (now[..13].replace('T', "-"), now[..10].to_owned())
 }
 
-/// Waits for the next UTC hour when less than 30 s are left in this one.
-async fn clear_of_the_hours_end() {
-    let into_hour = unix_now() % 3600;
-    if into_hour > 3600 - 30 {
-        tokio::time::sleep(Duration::from_secs(3600 - into_hour + 1)).await;
-    }
-}
-
 /// Seed 000's statistics: every call to a key counts, allowed or not, by UTC hour and day;
 /// the limit shown is the key's current one.
 #[tokio::test]
@@ -1542,7 +1534,7 @@ async fn stats_count_every_call_by_hour_and_day() {
     let service = start_service(&[("DEFAULT_RATE_LIMIT", "3/hour")]);
     let base = format!("http://{}", service.address);
     // Counted by UTC hour: all in one hour, so that one hour holds them all.
-    clear_of_the_hours_end().await;
+    clear_of_a_window_end(3600).await;
     let (hour_before, _) = utc_hour_and_day();
     for _ in 0..5 {
         get(&format!("{base}/check/k")).await;

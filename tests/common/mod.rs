@@ -39,3 +39,13 @@ pub fn unix_now() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+/// Waits for the next multiple of `period_secs` of Unix time when less than 30 s are left
+/// before it: a test that counts in fixed windows of that period (or by UTC hour or day)
+/// then runs inside one.
+pub async fn clear_of_a_window_end(period_secs: u64) {
+    let into = unix_now() % period_secs;
+    if into + 30 > period_secs {
+        tokio::time::sleep(std::time::Duration::from_secs(period_secs - into + 1)).await;
+    }
+}
