@@ -261,7 +261,10 @@ async fn wait_admits_once_within_its_maximum(backend: &Backend<'_>) {
             break (asked, verdict);
         }
         checks += 1;
-        assert!(checks < 100, "100 checks admitted in a row by a bucket of one");
+        assert!(
+            checks < 100,
+            "100 checks admitted in a row by a bucket of one"
+        );
     };
     let token_in = refused.retry_after().unwrap();
     let allowed_before = limiter.stats().allowed;
