@@ -498,18 +498,6 @@ async fn statuses_within(
     (got, inside.then_some(second))
 }
 
-/// Runs a window scenario, which needs its requests to fall into chosen parts of chosen
-/// seconds, for one fresh client after another until one run's requests all did (a busy
-/// machine may stall a run past a boundary; such a run proves nothing and is not judged).
-async fn in_time(mut scenario: impl AsyncFnMut(&str) -> bool) {
-    for attempt in 0..5 {
-        if scenario(&format!("client-{attempt}")).await {
-            return;
-        }
-    }
-    panic!("5 runs each missed their part of a second: the machine is too busy to test windows");
-}
-
 async fn fixed_window_starts_afresh_at_the_boundary(store: &Store<'_>) {
     let app = app(layer(
         store,
@@ -517,7 +505,7 @@ async fn fixed_window_starts_afresh_at_the_boundary(store: &Store<'_>) {
     )
     .await);
     let end = Duration::from_millis(990);
-    in_time(async |client| {
+    until_one_run_fits(async |client| {
         let get = || request("GET", "/", Some(client));
         sleep_until_second_plus(Duration::from_millis(100)).await;
         let (got, first) = statuses_within(&app, 3, get, Duration::ZERO, end).await;
@@ -542,7 +530,7 @@ async fn sliding_window_still_counts_the_previous_window(store: &Store<'_>) {
     )
     .await);
     let ms = Duration::from_millis;
-    in_time(async |client| {
+    until_one_run_fits(async |client| {
         let get = || request("GET", "/", Some(client));
         sleep_until_second_plus(ms(100)).await;
         let (full, first) = statuses_within(&app, 3, get, ms(0), ms(990)).await;
