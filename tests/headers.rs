@@ -36,7 +36,8 @@ async fn app_with(json: &str, style: Option<HeaderStyle>, problem_details: bool)
     app(layer)
 }
 
-const ONE_BAND: &str = r#"{"default": {"limit": "3/minute"}}"#;
+/// One token back every 20 minutes: no count moves during a test, however busy the machine.
+const ONE_BAND: &str = r#"{"default": {"limit": "3/hour"}}"#;
 
 fn has_x_ratelimit(response: &Response<Body>) -> bool {
     [
@@ -61,7 +62,7 @@ async fn default_is_x_ratelimit_only_and_unchanged() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!((unix_now()..=unix_now() + 21).contains(&reset), "{reset}");
+        assert!((unix_now()..=unix_now() + 1201).contains(&reset), "{reset}");
         assert!(header(&response, "ratelimit").is_none());
         assert!(header(&response, "ratelimit-policy").is_none());
 
@@ -89,13 +90,13 @@ async fn ietf_only() {
         policy(&response),
         [Member {
             name: "default".into(),
-            params: vec![("q".into(), 3), ("w".into(), 60)],
+            params: vec![("q".into(), 3), ("w".into(), 3600)],
         }]
     );
     let limit = service_limit(&response);
     assert_eq!(limit.name, "default");
     assert_eq!(limit.param("r"), 2);
-    assert!((1..=20).contains(&limit.param("t")), "{limit:?}");
+    assert!((1..=1200).contains(&limit.param("t")), "{limit:?}");
 }
 
 #[tokio::test]
@@ -154,7 +155,7 @@ async fn refusal_has_retry_after_and_both_forms() {
     let refused = send(&app, request("GET", "/api/data", Some("a"))).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry_after: i64 = header(&refused, "retry-after").unwrap().parse().unwrap();
-    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    assert!((1..=1200).contains(&retry_after), "{retry_after}");
     assert!(has_x_ratelimit(&refused));
     assert_eq!(header(&refused, "x-ratelimit-remaining"), Some("0"));
     assert_eq!(policy(&refused)[0].param("q"), 3);
@@ -168,7 +169,7 @@ async fn refusal_has_retry_after_and_both_forms() {
 #[tokio::test]
 async fn problem_details_body() {
     let json = r#"{"default": {"limit": "100/minute"},
-        "routes": [{"path": "/api/data", "limits": ["1/minute", "100/hour"]}]}"#;
+        "routes": [{"path": "/api/data", "limits": ["1/hour", "100/day"]}]}"#;
     let app = app_with(json, None, true).await;
     let allowed = send(&app, request("GET", "/api/data", Some("a"))).await;
     assert_eq!(allowed.status(), StatusCode::OK);
@@ -205,7 +206,7 @@ async fn rules_file_switches_style_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rate_limits.json");
     let write = |path: &Path, extra: &str| {
-        let text = format!(r#"{{"default": {{"limit": "2/minute"}}{extra}}}"#);
+        let text = format!(r#"{{"default": {{"limit": "2/hour"}}{extra}}}"#);
         std::fs::write(path, text).unwrap();
     };
     write(&path, r#", "headers": "ietf""#);

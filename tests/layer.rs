@@ -12,13 +12,11 @@ const OK: StatusCode = StatusCode::OK;
 const LIMITED: StatusCode = StatusCode::TOO_MANY_REQUESTS;
 
 async fn allowed_responses_carry_the_bucket_state(store: &Store<'_>) {
-    let app = app(layer(
-        store,
-        rules(r#"{"default": {"capacity": 5, "refill_rate": 1}}"#),
-    )
-    .await);
+    // One token every 12 minutes: no count moves during the test.
+    let app = app(layer(store, rules(r#"{"default": {"limit": "5/hour"}}"#)).await);
     let before = unix_now();
     let first = send(&app, request("GET", "/api/data", Some("alice"))).await;
+    let after = unix_now();
     assert_eq!(first.status(), OK);
     assert_eq!(header(&first, "x-ratelimit-limit"), Some("5"));
     assert_eq!(remaining(&first), Some(4));
@@ -26,9 +24,9 @@ async fn allowed_responses_carry_the_bucket_state(store: &Store<'_>) {
         .unwrap()
         .parse()
         .unwrap();
-    // One token used at 1 token/s: full again about one second from now, rounded up.
+    // One token used at one per 720 s: full again 720 s after the request, rounded up.
     assert!(
-        (before + 1..=before + 3).contains(&reset),
+        (before + 720..=after + 721).contains(&reset),
         "reset {reset}, now {before}"
     );
     assert_eq!(header(&first, "retry-after"), None);
@@ -46,29 +44,31 @@ async fn allowed_responses_carry_the_bucket_state(store: &Store<'_>) {
 }
 
 async fn capacity_exhausted_gives_429_with_retry_after(store: &Store<'_>) {
-    let app = app(layer(
-        store,
-        rules(r#"{"default": {"capacity": 3, "refill_rate": 0.1}}"#),
-    )
-    .await);
+    // One token every 20 minutes: no count moves during the test.
+    let app = app(layer(store, rules(r#"{"default": {"limit": "3/hour"}}"#)).await);
+    let first_sent = unix_now();
     let got = statuses(&app, 3, || request("GET", "/", Some("bob"))).await;
     assert_eq!(got, [OK, OK, OK]);
-    let before = unix_now();
     let denied = send(&app, request("GET", "/", Some("bob"))).await;
+    let now = unix_now();
     assert_eq!(denied.status(), LIMITED);
     assert_eq!(header(&denied, "content-type"), Some("application/json"));
     assert_eq!(header(&denied, "x-ratelimit-limit"), Some("3"));
     assert_eq!(remaining(&denied), Some(0));
-    // The next token comes 10 s after the first request.
+    // The next token comes 1200 s after the first request, the whole bucket 3600 s after
+    // it (less the moments between the requests, which a busy machine stretches).
     let retry: u64 = header(&denied, "retry-after").unwrap().parse().unwrap();
-    assert!((9..=10).contains(&retry), "retry-after {retry}");
+    assert!(
+        (1200 - (now - first_sent) - 1..=1200).contains(&retry),
+        "retry-after {retry}"
+    );
     let reset: u64 = header(&denied, "x-ratelimit-reset")
         .unwrap()
         .parse()
         .unwrap();
     assert!(
-        (before + 28..=before + 31).contains(&reset),
-        "reset {reset}, now {before}"
+        (first_sent + 3599..=now + 3601).contains(&reset),
+        "reset {reset}, now {now}"
     );
     let body = body_json(denied).await;
     assert_eq!(body["error"], "rate_limited");
@@ -83,6 +83,21 @@ async fn capacity_exhausted_gives_429_with_retry_after(store: &Store<'_>) {
     assert!(again_retry <= retry, "{again_retry} after {retry}");
 }
 
+/// The first refusal of requests sent one after another; fails after 100 admitted.
+async fn until_refused(
+    app: &axum::Router,
+    make: impl Fn() -> axum::http::Request<axum::body::Body>,
+) -> axum::http::Response<axum::body::Body> {
+    for _ in 0..100 {
+        let response = send(app, make()).await;
+        if response.status() == LIMITED {
+            return response;
+        }
+        assert_eq!(response.status(), OK);
+    }
+    panic!("100 requests in a row admitted");
+}
+
 async fn tokens_refill_over_time(store: &Store<'_>) {
     // 20 tokens/s: one token every 50 ms.
     let app = app(layer(
@@ -90,10 +105,10 @@ async fn tokens_refill_over_time(store: &Store<'_>) {
         rules(r#"{"default": {"capacity": 2, "refill_rate": 20}}"#),
     )
     .await);
-    let got = statuses(&app, 3, || request("GET", "/", Some("carol"))).await;
-    assert_eq!(got[..2], [OK, OK]);
-    let denied = send(&app, request("GET", "/", Some("carol"))).await;
-    assert_eq!(denied.status(), LIMITED);
+    let got = statuses(&app, 2, || request("GET", "/", Some("carol"))).await;
+    assert_eq!(got, [OK, OK]);
+    // On a busy machine a token may be back before the next request: ask until refused.
+    let denied = until_refused(&app, || request("GET", "/", Some("carol"))).await;
     assert_eq!(header(&denied, "retry-after"), Some("1"));
     // Waiting is the behaviour under test: after 150 ms at least two tokens are back.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -191,7 +206,7 @@ async fn methods_pick_the_rule(store: &Store<'_>) {
         rules(
             r#"{
         "default": {"capacity": 3, "refill_rate": 0.001},
-        "routes": [{"path": "/api/submit", "methods": ["POST"], "limit": "1/minute"}]
+        "routes": [{"path": "/api/submit", "methods": ["POST"], "limit": "1/hour"}]
         }"#,
         ),
     )
@@ -242,10 +257,10 @@ async fn unidentified_clients_share_one_bucket(store: &Store<'_>) {
 }
 
 async fn every_band_must_admit_and_refusals_take_nothing(store: &Store<'_>) {
-    // A slow band of 5 per day and a fast band of 2 refilled every 50 ms.
+    // A slow band of 5 per day and a fast band of 2 refilled every 200 ms.
     let app = app(layer(
         store,
-        rules(r#"{"default": {"limits": ["5/day", {"capacity": 2, "refill_rate": 20}]}}"#),
+        rules(r#"{"default": {"limits": ["5/day", {"capacity": 2, "refill_rate": 5}]}}"#),
     )
     .await);
     let get = || request("GET", "/", Some("bands"));
@@ -255,36 +270,54 @@ async fn every_band_must_admit_and_refusals_take_nothing(store: &Store<'_>) {
         (header(&first, "x-ratelimit-limit"), remaining(&first)),
         (Some("2"), Some(1))
     );
-    assert_eq!(send(&app, get()).await.status(), OK);
-    let refused = send(&app, get()).await;
+    // Until the fast band refuses: the second request, unless a busy machine let a token
+    // back in between.
+    let mut admitted = 1;
+    let refused = loop {
+        let response = send(&app, get()).await;
+        if response.status() != OK {
+            break response;
+        }
+        admitted += 1;
+    };
     assert_eq!(
         (refused.status(), header(&refused, "x-ratelimit-limit")),
-        (LIMITED, Some("2"))
+        (LIMITED, Some("2")),
+        "the fast band refuses before the day band, after {admitted} admitted"
     );
     assert_eq!(header(&refused, "retry-after"), Some("1"));
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(statuses(&app, 2, get).await, [OK, OK]);
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    // Fifth admitted request: the day band is spent. Had the refused request taken from
-    // it, this one would be refused.
-    let fifth = send(&app, get()).await;
-    assert_eq!(
-        (
-            fifth.status(),
-            header(&fifth, "x-ratelimit-limit"),
-            remaining(&fifth)
-        ),
-        (OK, Some("5"), Some(0))
-    );
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    let day_refusal = send(&app, get()).await;
-    assert_eq!(
-        (
-            day_refusal.status(),
-            header(&day_refusal, "x-ratelimit-limit")
-        ),
-        (LIMITED, Some("5"))
-    );
+    // Then until the day band refuses, waiting for the fast band as often as it refuses.
+    // Exactly five are admitted in all: had a refused request taken from the day band, fewer
+    // would be.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let day_refusal = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no day refusal in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let response = send(&app, get()).await;
+        match (response.status(), header(&response, "x-ratelimit-limit")) {
+            (LIMITED, Some("2")) => continue,
+            (LIMITED, _) => break response,
+            (status, _) => assert_eq!(status, OK),
+        }
+        admitted += 1;
+        assert!(admitted <= 5, "a sixth admitted");
+        if admitted == 5 {
+            // The day band is spent; on a tie with the fast band, the later reset is named.
+            assert_eq!(
+                (
+                    response.status(),
+                    header(&response, "x-ratelimit-limit"),
+                    remaining(&response)
+                ),
+                (OK, Some("5"), Some(0))
+            );
+        }
+    };
+    assert_eq!(admitted, 5, "admitted before the day band refused");
+    assert_eq!(header(&day_refusal, "x-ratelimit-limit"), Some("5"));
     let retry: u64 = header(&day_refusal, "retry-after")
         .unwrap()
         .parse()
@@ -435,11 +468,34 @@ async fn clients_can_have_their_own_limits(store: &Store<'_>) {
 
 /// Sleeps until `offset` past the next whole second of Unix time.
 async fn sleep_until_second_plus(offset: Duration) {
+    tokio::time::sleep(Duration::from_secs(1) - now().1 + offset).await;
+}
+
+/// The whole second of Unix time, and how far into it we are.
+fn now() -> (u64, Duration) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    let into_second = Duration::from_nanos(u64::from(now.subsec_nanos()));
-    tokio::time::sleep(Duration::from_secs(1) - into_second + offset).await;
+    (
+        now.as_secs(),
+        Duration::from_nanos(u64::from(now.subsec_nanos())),
+    )
+}
+
+/// The statuses of `n` requests, and whether all were sent and answered within one second
+/// of Unix time, between `from` and `to` into it.
+async fn statuses_within(
+    app: &axum::Router,
+    n: usize,
+    make: impl Fn() -> axum::http::Request<axum::body::Body>,
+    from: Duration,
+    to: Duration,
+) -> (Vec<StatusCode>, Option<u64>) {
+    let (second, start) = now();
+    let got = statuses(app, n, make).await;
+    let (end_second, end) = now();
+    let inside = second == end_second && start >= from && end < to;
+    (got, inside.then_some(second))
 }
 
 async fn fixed_window_starts_afresh_at_the_boundary(store: &Store<'_>) {
@@ -448,13 +504,23 @@ async fn fixed_window_starts_afresh_at_the_boundary(store: &Store<'_>) {
         rules(r#"{"default": {"limit": "2/second", "algorithm": "fixed_window"}}"#),
     )
     .await);
-    let get = || request("GET", "/", Some("fixed"));
-    sleep_until_second_plus(Duration::from_millis(100)).await;
-    let got = statuses(&app, 3, get).await;
-    assert_eq!(got, [OK, OK, LIMITED]);
-    // Just after the boundary the window is new, whatever happened just before it.
-    sleep_until_second_plus(Duration::from_millis(50)).await;
-    assert_eq!(statuses(&app, 3, get).await, [OK, OK, LIMITED]);
+    let end = Duration::from_millis(990);
+    until_one_run_fits(async |client| {
+        let get = || request("GET", "/", Some(client));
+        sleep_until_second_plus(Duration::from_millis(100)).await;
+        let (got, first) = statuses_within(&app, 3, get, Duration::ZERO, end).await;
+        // Just after the boundary the window is new, whatever happened just before it.
+        sleep_until_second_plus(Duration::from_millis(50)).await;
+        let (again, next) = statuses_within(&app, 3, get, Duration::ZERO, end).await;
+        let (Some(first), Some(next)) = (first, next) else {
+            return false;
+        };
+        assert!(next > first);
+        assert_eq!(got, [OK, OK, LIMITED]);
+        assert_eq!(again, [OK, OK, LIMITED]);
+        true
+    })
+    .await;
 }
 
 async fn sliding_window_still_counts_the_previous_window(store: &Store<'_>) {
@@ -463,16 +529,30 @@ async fn sliding_window_still_counts_the_previous_window(store: &Store<'_>) {
         rules(r#"{"default": {"limit": "2/second", "algorithm": "sliding_window"}}"#),
     )
     .await);
-    let get = || request("GET", "/", Some("sliding"));
-    sleep_until_second_plus(Duration::from_millis(100)).await;
-    assert_eq!(statuses(&app, 3, get).await, [OK, OK, LIMITED]);
-    // 100 ms into the next window the previous one still weighs 2 × 0.9 = 1.8: full.
-    sleep_until_second_plus(Duration::from_millis(100)).await;
-    let early = send(&app, get()).await;
-    assert_eq!(early.status(), LIMITED);
-    // At 700 ms it weighs 0.6: one more fits.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(statuses(&app, 2, get).await, [OK, LIMITED]);
+    let ms = Duration::from_millis;
+    until_one_run_fits(async |client| {
+        let get = || request("GET", "/", Some(client));
+        sleep_until_second_plus(ms(100)).await;
+        let (full, first) = statuses_within(&app, 3, get, ms(0), ms(990)).await;
+        // Until 500 ms into the next window the previous one still weighs more than 2 × 0.5:
+        // full (at 100 ms, 2 × 0.9 = 1.8).
+        sleep_until_second_plus(ms(100)).await;
+        let (early, second) = statuses_within(&app, 1, get, ms(0), ms(450)).await;
+        // From then on one more fits (at 700 ms it weighs 0.6), and only one.
+        tokio::time::sleep(ms(600).saturating_sub(now().1)).await;
+        let (late, third) = statuses_within(&app, 2, get, ms(550), ms(990)).await;
+        let (Some(first), Some(second), Some(third)) = (first, second, third) else {
+            return false;
+        };
+        if second != first + 1 || third != second {
+            return false;
+        }
+        assert_eq!(full, [OK, OK, LIMITED]);
+        assert_eq!(early, [LIMITED]);
+        assert_eq!(late, [OK, LIMITED]);
+        true
+    })
+    .await;
 }
 
 /// The rule is the normal form's: a path written with dot segments, encoded unreserved

@@ -107,7 +107,7 @@ async fn a_client_override_is_enforced(kept: &Kept<'_>) {
     let limiter = kept.limiter(RULES).await;
     let k = ClientKey::id("k");
     limiter
-        .set_client_override(&k, json!({"limit": "3/minute"}))
+        .set_client_override(&k, json!({"limit": "3/hour"}))
         .await
         .unwrap();
     assert_eq!(admitted(&limiter, "k", "/").await, 3);
@@ -123,7 +123,7 @@ async fn a_client_override_is_enforced(kept: &Kept<'_>) {
     );
     assert_eq!(
         kept.stored(),
-        [("client:id:k".to_owned(), json!({"limit": "3/minute"}))]
+        [("client:id:k".to_owned(), json!({"limit": "3/hour"}))]
     );
     let entries = limiter.rule_entries();
     let origin = |target: &RuleTarget| {
@@ -303,8 +303,9 @@ async fn invalid_entries_are_refused_whole(kept: &Kept<'_>) {
     assert_eq!((location.json_path.clone(), problem.clone()), file);
     assert_eq!(
         err.to_string(),
-        "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with N an integer \
-         from 1 to 4294967295 and unit one of second, minute, hour, day; got \"0/second\""
+        "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with unit one of second, \
+         minute, hour, day and N an integer from 1 to 1000000000 for N/second or 4294967295 for \
+         N/minute, N/hour, N/day; got \"0/second\""
     );
 
     // A route with an unknown field, and one with a bad cost.
@@ -426,7 +427,7 @@ async fn a_change_on_one_limiter_is_enforced_by_the_other_within_a_second() {
     let (a, b) = (kept.limiter(RULES).await, kept.limiter(RULES).await);
     let k = ClientKey::id("k");
 
-    a.set_client_override(&k, json!({"limit": "2/minute"}))
+    a.set_client_override(&k, json!({"limit": "2/hour"}))
         .await
         .unwrap();
     let took = until_capacity(&b, "k", Some(2), Duration::from_secs(1)).await;
@@ -434,7 +435,7 @@ async fn a_change_on_one_limiter_is_enforced_by_the_other_within_a_second() {
     assert_eq!(admitted(&b, "k", "/").await, 2, "enforced there");
 
     let id = b
-        .set_route(json!({"path": "/api/new", "limit": "1/minute"}))
+        .set_route(json!({"path": "/api/new", "limit": "1/hour"}))
         .await
         .unwrap();
     let started = Instant::now();
@@ -811,7 +812,7 @@ async fn a_change_reaches_every_limiter_on_a_cluster() {
             .unwrap()
     };
     let (a, b) = (build().await, build().await);
-    a.set_client_override(&ClientKey::id("k"), json!({"limit": "3/minute"}))
+    a.set_client_override(&ClientKey::id("k"), json!({"limit": "3/hour"}))
         .await
         .unwrap();
     let took = until_capacity(&b, "k", Some(3), Duration::from_secs(1)).await;

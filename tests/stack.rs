@@ -207,10 +207,13 @@ async fn a_limit_configured_through_the_service_holds_on_both_replicas() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    // The replicas hear of it within a second (the first answer that shows it takes one).
+    // The replicas hear of it within a second (the first answer that shows it takes one):
+    // a request sent later than that must show it, however long a busy machine takes to
+    // answer it.
     let configured = std::time::Instant::now();
     let mut seen = Vec::new();
     loop {
+        let sent = configured.elapsed();
         let response = http
             .get(stack.url("/api/data"))
             .header("x-api-key", "demo-key-alice")
@@ -222,7 +225,7 @@ async fn a_limit_configured_through_the_service_holds_on_both_replicas() {
             break;
         }
         assert!(
-            configured.elapsed() < Duration::from_secs(1),
+            sent < Duration::from_secs(1),
             "the replicas did not apply the limit within 1 s"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -279,7 +282,7 @@ async fn the_service_counts_the_replicas_requests() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "the replicas' calls did not reach the statistics: {stats}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -303,6 +306,7 @@ async fn with_redis_gone_the_replicas_share_one_limit() {
     let mut stack = Stack::start_with(&shipped, &[("LOCAL_FALLBACK_INSTANCES", &instances)]);
     stack.redis.kill();
     let http = client();
+    let started = Instant::now();
     let mut admitted = 0;
     for _ in 0..30 {
         let request = http
@@ -318,15 +322,20 @@ async fn with_redis_gone_the_replicas_share_one_limit() {
             admitted += 1;
         }
     }
-    // The burst share per replica, and a token or so each refilled (1/s, divided) while
-    // the test ran.
+    // The burst share per replica, and what each refilled (1/s, divided) while the test
+    // ran: a token or so, more on a busy machine.
     let burst = 2 * per_replica;
+    let refilled = (started.elapsed().as_secs_f64() * 2.0 / f64::from(share)).ceil() as u32 + 1;
     assert!(
-        (burst..=burst + 3).contains(&admitted),
-        "{admitted} admitted across both replicas with Redis gone, expected {burst} and a \
-         few refilled"
+        (burst..=burst + refilled).contains(&admitted),
+        "{admitted} admitted across both replicas with Redis gone in {:?}, expected {burst} \
+         and {refilled} refilled at most",
+        started.elapsed()
     );
-    assert!(admitted <= 10, "never more than one limit's worth");
+    assert!(
+        admitted <= 10.max(burst + refilled),
+        "never more than one limit's worth (and what came back while the test ran)"
+    );
 }
 
 #[tokio::test]

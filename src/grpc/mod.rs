@@ -56,7 +56,7 @@ use status::Decided;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let rules = Rules::from_json(r#"{"default": {"unlimited": true},
-///     "descriptors": {"edge": [{"key": "remote_address", "limit": "1/minute"}]}}"#)?;
+///     "descriptors": {"edge": [{"key": "remote_address", "limit": "1/hour"}]}}"#)?;
 /// let service = EnvoyRateLimit::new(Limiter::builder().rules(rules).build().await?);
 /// let request = RateLimitRequest {
 ///     domain: "edge".into(),

@@ -330,7 +330,7 @@ impl LimiterBuilder {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/minute"}}"#)?;
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
     /// let limiter = Limiter::builder().rules(rules).problem_details(true).build().await?;
     /// let app = Router::new().route("/", get(|| async { "hi" })).layer(RateLimitLayer::new(limiter));
     /// app.clone().oneshot(Request::get("/").body(Body::empty())?).await?;

@@ -124,8 +124,9 @@ pub enum ResetError {
 /// assert!(matches!(err, RuntimeError::Invalid(_)));
 /// assert_eq!(
 ///     err.to_string(),
-///     "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with N an integer \
-///      from 1 to 4294967295 and unit one of second, minute, hour, day; got \"0/second\""
+///     "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with unit one of second, \
+///      minute, hour, day and N an integer from 1 to 1000000000 for N/second or 4294967295 for \
+///      N/minute, N/hour, N/day; got \"0/second\""
 /// );
 /// assert!(limiter.runtime_entries().is_empty());
 /// # Ok(())

@@ -67,7 +67,7 @@ pub use verdict::Verdict;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
+/// let rules = Rules::from_json(r#"{"default": {"limit": "2/hour"}}"#)?;
 /// let limiter = Limiter::builder().rules(rules).build().await?;
 ///
 /// let user = ClientKey::id("user:123");
@@ -145,15 +145,19 @@ impl Limiter {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 20}}"#)?;
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 20},
+    ///     "routes": [{"path": "/export", "limit": "1/hour"}]}"#)?;
     /// let limiter = Limiter::builder().rules(rules).build().await?;
     /// let erin = ClientKey::id("erin");
     /// assert!(limiter.check(Query::new(&erin)).await?.allowed());
     /// // The next token comes in 50 ms: worth waiting for, up to a second.
     /// let admitted = limiter.wait(Query::new(&erin), Duration::from_secs(1)).await?;
     /// assert!(admitted.allowed());
-    /// // Not worth waiting for, up to 1 ms: the refusal comes back at once.
-    /// let refused = limiter.wait(Query::new(&erin), Duration::from_millis(1)).await?;
+    /// // The next export comes in an hour: not worth waiting for, up to a second; the
+    /// // refusal comes back at once.
+    /// let export = || Query::new(&erin).route("GET", "/export");
+    /// assert!(limiter.check(export()).await?.allowed());
+    /// let refused = limiter.wait(export(), Duration::from_secs(1)).await?;
     /// assert!(!refused.allowed());
     /// # Ok(())
     /// # }
@@ -574,7 +578,7 @@ mod tests {
     /// does not move.
     #[tokio::test(start_paused = true)]
     async fn wait_returns_what_it_cannot_outwait_without_sleeping() {
-        let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.01}}"#);
+        let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.001}}"#);
         let limiter = Limiter::builder()
             .rules(rules.expect("valid rules"))
             .build()

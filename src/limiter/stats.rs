@@ -16,7 +16,7 @@ use crate::backend::breaker::BreakerState;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.01}}"#)?;
+/// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
 /// let limiter = Limiter::builder().rules(rules).build().await?;
 /// let app = Router::new()
 ///     .route("/", get(|| async { "hi" }))

@@ -19,7 +19,7 @@ use crate::rules::Limit;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"capacity": 1, "refill_rate": 0.5}}"#)?;
+/// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
 /// let limiter = Limiter::builder().rules(rules).build().await?;
 /// let bob = ClientKey::id("bob");
 /// let first = limiter.check(Query::new(&bob)).await?;
@@ -27,7 +27,7 @@ use crate::rules::Limit;
 /// assert_eq!((first.rule(), first.decided_by()), ("default", DecidedBy::Memory));
 /// let second = limiter.check(Query::new(&bob)).await?;
 /// assert!(!second.allowed());
-/// assert!(second.retry_after().unwrap() <= Duration::from_secs(2));
+/// assert!(second.retry_after().unwrap() <= Duration::from_secs(3600));
 /// # Ok(())
 /// # }
 /// ```

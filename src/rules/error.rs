@@ -185,9 +185,24 @@ pub enum InvalidRule {
         /// The period the rule asked for, in seconds.
         secs: f64,
     },
-    /// `limit` is not of the form `N/unit`.
+    /// `limit` is not of the form `N/unit`, or its `N` is out of range for its unit.
+    ///
+    /// `N/second` stops at [`MAX_REFILL_PER_SEC`](crate::MAX_REFILL_PER_SEC); the longer
+    /// units at the largest capacity, 4294967295.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let err = Rules::from_json(r#"{"default": {"limit": "1000000001/second"}}"#).unwrap_err();
+    /// assert!(err.to_string().contains(
+    ///     "N an integer from 1 to 1000000000 for N/second or 4294967295 for N/minute, N/hour, N/day"
+    /// ));
+    /// assert!(Rules::from_json(r#"{"default": {"limit": "1000000000/second"}}"#).is_ok());
+    /// assert!(Rules::from_json(r#"{"default": {"limit": "4294967295/minute"}}"#).is_ok());
+    /// ```
     #[error(
-        "limit must look like \"N/unit\" with N an integer from 1 to {max} and unit one of second, minute, hour, day; got {got:?}",
+        "limit must look like \"N/unit\" with unit one of second, minute, hour, day and N an integer from 1 to {per_second} for N/second or {max} for N/minute, N/hour, N/day; got {got:?}",
+        per_second = crate::rules::parse::MAX_PER_SECOND,
         max = u32::MAX
     )]
     LimitShorthand {
@@ -208,7 +223,24 @@ pub enum InvalidRule {
         /// What was wrong.
         found: String,
     },
-    /// A path that does not start with `/` or is not a valid pattern.
+    /// A path that does not start with `/`, holds a control character (NUL, a line break,
+    /// DEL...: in the rules file and in runtime routes alike), or is not a valid pattern.
+    ///
+    /// ```
+    /// use tollgate::{InvalidRule, Rules, RulesError};
+    ///
+    /// let json = r#"{"default": {"unlimited": true}, "routes": [{"path": "/a\u0000b", "unlimited": true}]}"#;
+    /// let RulesError::Invalid { problem, .. } = Rules::from_json(json).unwrap_err() else {
+    ///     panic!("expected Invalid")
+    /// };
+    /// assert_eq!(
+    ///     problem,
+    ///     InvalidRule::Pattern {
+    ///         path: "/a\0b".into(),
+    ///         reason: "it contains the control character U+0000 at byte 2".into(),
+    ///     }
+    /// );
+    /// ```
     #[error(
         "path {path:?} is not a valid pattern: {reason} (patterns start with '/' and use {{param}} for one segment and {{*rest}} for the remainder)"
     )]

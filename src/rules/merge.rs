@@ -394,8 +394,9 @@ mod tests {
         let err = Entry::client(&ClientKey::id("k"), json!({"limit": "0/second"})).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with N an integer \
-             from 1 to 4294967295 and unit one of second, minute, hour, day; got \"0/second\""
+            "runtime entry: at clients.id:k.limit: limit must look like \"N/unit\" with unit one of second, \
+             minute, hour, day and N an integer from 1 to 1000000000 for N/second or 4294967295 for \
+             N/minute, N/hour, N/day; got \"0/second\""
         );
         // A serde error: the JSON path, and no line or column of a document the user never saw.
         let err = Entry::route(json!({"path": "/a", "limt": "1/second"})).unwrap_err();
@@ -406,6 +407,15 @@ mod tests {
         assert_eq!(location.line_column, None);
         let err = Entry::client(&ClientKey::id("has space"), json!({"limit": "1/second"}));
         assert!(err.unwrap_err().to_string().contains("is not a client key"));
+        // The file's check on paths, for runtime routes and for those read back from Redis
+        // or the state file.
+        let route = json!({"path": "/a\u{0}b", "unlimited": true});
+        let message = "runtime entry: at routes[0].path: path \"/a\\0b\" is not a valid pattern: \
+                       it contains the control character U+0000 at byte 2";
+        let err = Entry::route(route.clone()).unwrap_err().to_string();
+        assert!(err.starts_with(message), "{err}");
+        let err = Entry::stored("rule:/a\u{0}b", route).unwrap_err();
+        assert!(err.starts_with(message), "{err}");
     }
 
     #[test]

@@ -244,12 +244,12 @@ fn rule_set(
             .path
             .clone()
             .ok_or_else(|| problem(&json_path, InvalidRule::Json("missing field `path`".into())))?;
-        if !pattern.starts_with('/') {
+        if let Some(reason) = malformed(&pattern) {
             return Err(problem(
                 format!("{json_path}.path"),
                 InvalidRule::Pattern {
                     path: pattern,
-                    reason: "it does not start with '/'".into(),
+                    reason,
                 },
             ));
         }
@@ -519,6 +519,10 @@ fn explicit_band(
     })
 }
 
+/// The largest `N` of `"N/second"`: a faster refill than [`MAX_REFILL_PER_SEC`] is refused.
+/// Every longer unit takes any capacity up to `u32::MAX`.
+pub(super) const MAX_PER_SECOND: u64 = MAX_REFILL_PER_SEC as u64;
+
 /// `"N/unit"`: capacity N, refilled over one unit.
 fn parse_shorthand(text: &str) -> Option<Band> {
     let (count, unit) = text.split_once('/')?;
@@ -568,6 +572,20 @@ fn rule_id(pattern: &str, methods: Option<&[Method]>) -> String {
         id.push_str(&names.join(","));
     }
     id
+}
+
+/// Why `pattern` cannot be a route's path before the router sees it, or `None`. A control
+/// character (NUL, a line break, DEL...) never reaches a matching request path intact, and
+/// would travel into rule identities, Redis keys, metric labels and logs.
+fn malformed(pattern: &str) -> Option<String> {
+    if !pattern.starts_with('/') {
+        return Some("it does not start with '/'".into());
+    }
+    let (at, control) = pattern.char_indices().find(|(_, c)| c.is_control())?;
+    Some(format!(
+        "it contains the control character U+{:04X} at byte {at}",
+        u32::from(control)
+    ))
 }
 
 /// `pattern` as rule identities write it: `{}` turned into `<>`, so that an identity never

@@ -733,6 +733,35 @@ fn bad_limit_shorthands() {
 }
 
 #[test]
+fn each_unit_takes_the_largest_count_its_message_names() {
+    // The largest N each unit accepts, and the message naming it for a count one above.
+    for (unit, largest) in [
+        ("second", 1_000_000_000_u64),
+        ("minute", 4_294_967_295),
+        ("hour", 4_294_967_295),
+        ("day", 4_294_967_295),
+    ] {
+        let rules = ok(&format!(
+            r#"{{"default": {{"limit": "{largest}/{unit}"}}}}"#
+        ));
+        let capacity = rules
+            .default_rule()
+            .limit()
+            .map(|l| l.bands()[0].capacity());
+        assert_eq!(capacity.map(u64::from), Some(largest), "{unit}");
+        let above = format!("{}/{unit}", largest + 1);
+        let msg = err(&format!(r#"{{"default": {{"limit": "{above}"}}}}"#));
+        assert_eq!(
+            msg,
+            format!(
+                "<inline>: at default.limit: limit must look like \"N/unit\" with unit one of second, minute, hour, day \
+                 and N an integer from 1 to 1000000000 for N/second or 4294967295 for N/minute, N/hour, N/day; got {above:?}"
+            )
+        );
+    }
+}
+
+#[test]
 fn exactly_one_limit_form() {
     for (rule, found) in [
         (r#"{"path": "/a"}"#, "it has none"),
@@ -847,6 +876,41 @@ fn bad_patterns() {
     ));
     assert!(msg.contains("at routes[1].path"), "{msg}");
     assert!(msg.contains("conflicts with routes[0]"), "{msg}");
+}
+
+#[test]
+fn paths_with_control_characters_are_refused_naming_the_character() {
+    for (escaped, shown, code, byte) in [
+        (r"/a\u0000b", r#""/a\0b""#, "U+0000", 2),
+        (r"/a\nb", r#""/a\nb""#, "U+000A", 2),
+        (r"/\tx", r#""/\tx""#, "U+0009", 1),
+        (r"/x/\u007f", r#""/x/\u{7f}""#, "U+007F", 3),
+        (r"/\u0085", r#""/\u{85}""#, "U+0085", 1),
+    ] {
+        let msg = err(&with_routes(&format!(
+            r#"{{"path": "{escaped}", "unlimited": true}}"#
+        )));
+        assert_eq!(
+            msg,
+            format!(
+                "<inline>: at routes[0].path: path {shown} is not a valid pattern: it contains the control \
+                 character {code} at byte {byte} (patterns start with '/' and use {{param}} for one segment \
+                 and {{*rest}} for the remainder)"
+            )
+        );
+    }
+    // Tiers' routes are read by the same code.
+    let msg = err(&format!(
+        r#"{{{DEFAULT}, "tiers": {{"pro": {{"default": {{"unlimited": true}}, "routes": [{{"path": "/p\r", "unlimited": true}}]}}}}}}"#
+    ));
+    assert!(
+        msg.starts_with("<inline>: at tiers.pro.routes[0].path: path \"/p\\r\""),
+        "{msg}"
+    );
+    // Characters that are not control characters stay allowed.
+    ok(&with_routes(
+        r#"{"path": "/caf\u00e9/a b/~!$", "unlimited": true}"#,
+    ));
 }
 
 #[test]

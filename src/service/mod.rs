@@ -63,7 +63,7 @@ use tickets::Tickets;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
+/// let rules = Rules::from_json(r#"{"default": {"limit": "2/hour"}}"#)?;
 /// let limiter = Limiter::builder().rules(rules).build().await?;
 /// let app = Service::new(limiter).router();
 ///

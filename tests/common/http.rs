@@ -140,6 +140,42 @@ pub async fn statuses(app: &Router, n: usize, make: impl Fn() -> Request<Body>) 
     out
 }
 
+/// Sends requests one after another (`send(n)` sends the n-th) to a bucket of `capacity`
+/// refilled at `refill_per_sec` until one is refused; returns how many were admitted. The
+/// first `capacity` must be admitted, and no more than the tokens that came back while the
+/// requests ran: exactly `capacity` when they take less than one refill, a few more when a
+/// busy machine slows them.
+pub async fn admitted_until_refused(
+    capacity: usize,
+    refill_per_sec: f64,
+    mut send: impl AsyncFnMut(usize) -> StatusCode,
+) -> usize {
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let status = send(statuses.len()).await;
+        statuses.push(status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{statuses:?}");
+        let refilled = (started.elapsed().as_secs_f64() * refill_per_sec).ceil() as usize;
+        assert!(
+            statuses.len() <= capacity + refilled,
+            "{} admitted in {:?}: more than a bucket of {capacity} refilled at {refill_per_sec}/s \
+             holds: {statuses:?}",
+            statuses.len(),
+            started.elapsed()
+        );
+    }
+    let admitted = statuses.len() - 1;
+    assert!(
+        admitted >= capacity,
+        "refused after {admitted}, before the bucket of {capacity} was spent: {statuses:?}"
+    );
+    admitted
+}
+
 /// Serves `layer` in front of [`app`] on a free loopback port, with the peer address
 /// available to the layer; returns the base URL.
 pub async fn serve(layer: RateLimitLayer) -> String {

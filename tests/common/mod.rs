@@ -39,3 +39,26 @@ pub fn unix_now() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+/// Waits for the next multiple of `period_secs` of Unix time when less than 30 s are left
+/// before it: a test that counts in fixed windows of that period (or by UTC hour or day)
+/// then runs inside one.
+pub async fn clear_of_a_window_end(period_secs: u64) {
+    let into = unix_now() % period_secs;
+    if into + 30 > period_secs {
+        tokio::time::sleep(std::time::Duration::from_secs(period_secs - into + 1)).await;
+    }
+}
+
+/// Runs a scenario that needs its requests to fall within chosen moments, for one fresh
+/// client after another, until one run's requests all did: the scenario returns whether
+/// they did, and judges its answers only then. (A busy machine may stall a run past a
+/// moment; such a run proves nothing either way.) Fails after 5 runs that missed.
+pub async fn until_one_run_fits(mut scenario: impl AsyncFnMut(&str) -> bool) {
+    for attempt in 0..5 {
+        if scenario(&format!("client-{attempt}")).await {
+            return;
+        }
+    }
+    panic!("5 runs each missed their moments: the machine is too busy to time this test");
+}

@@ -205,7 +205,7 @@ impl Limiter {
     ///     .build()
     ///     .await?;
     /// let k = ClientKey::id("k");
-    /// limiter.set_client_override(&k, json!({"limit": "1/minute"})).await?;
+    /// limiter.set_client_override(&k, json!({"limit": "1/hour"})).await?;
     /// assert!(limiter.check(Query::new(&k)).await?.allowed());
     /// assert!(!limiter.check(Query::new(&k)).await?.allowed());
     /// assert!(std::fs::read_to_string(&state)?.contains("client:id:k"));

@@ -365,7 +365,7 @@ impl Limiter {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "2/hour"}}"#)?;
     /// let limiter = Limiter::builder().rules(rules).record_usage(true).build().await?;
     /// let ann = ClientKey::id("ann");
     /// for _ in 0..3 {
@@ -395,7 +395,7 @@ impl Limiter {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/minute"}}"#)?;
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
     /// let limiter = Limiter::builder().rules(rules).record_usage(true).build().await?;
     /// let bo = ClientKey::id("bo");
     /// limiter.check(Query::new(&bo)).await?;
