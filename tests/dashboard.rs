@@ -148,7 +148,7 @@ async fn the_dashboard_shows_live_traffic_and_edits_rules() {
 async fn the_dashboard_works_behind_a_proxy_that_keeps_host() {
     let token = "dashboard-test-token";
     let service = start_service(&[
-        ("DEFAULT_RATE_LIMIT", "5/minute"),
+        ("DEFAULT_RATE_LIMIT", "5/hour"),
         ("TOLLGATE_ADMIN_TOKEN", token),
     ]);
     let proxy = Nginx::start(
