@@ -574,9 +574,10 @@ fn rule_id(pattern: &str, methods: Option<&[Method]>) -> String {
     id
 }
 
-/// Why `pattern` cannot be a route's path before the router sees it, or `None`. A control
-/// character (NUL, a line break, DEL...) never reaches a matching request path intact, and
-/// would travel into rule identities, Redis keys, metric labels and logs.
+/// Why `pattern` cannot be a route's path before the router sees it, or `None`. No request
+/// path holds a control character (NUL, a line break, DEL...) unencoded, so a route with one
+/// would match nothing, while carrying it into rule identities, Redis keys, metric labels and
+/// logs.
 fn malformed(pattern: &str) -> Option<String> {
     if !pattern.starts_with('/') {
         return Some("it does not start with '/'".into());
