@@ -353,6 +353,71 @@ async fn a_stalled_subscriber_slows_nothing() {
     );
 }
 
+/// `tollgate_event_subscribers`, as `/metrics` says it.
+async fn subscribers(base: &str) -> u64 {
+    let metrics = http()
+        .get(format!("http://{base}/metrics"))
+        .send()
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tollgate_event_subscribers "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no tollgate_event_subscribers in\n{metrics}")) as u64
+}
+
+/// An SSE subscriber that never reads is unsubscribed within a bound of the 5 s send
+/// timeout while checks flood, and its connection closed (HTTP_SEND_TIMEOUT_MS); the
+/// checks are answered all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_sse_subscriber_is_closed_while_checks_flood() {
+    let service = start_service(&[
+        ("DEFAULT_RATE_LIMIT", "1000000/second"),
+        ("HTTP_SEND_TIMEOUT_MS", "3000"),
+    ]);
+    let base = service.address.clone();
+    let mut stalled = stalled(&base, "/events", false).await;
+    assert_eq!(subscribers(&base).await, 1);
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = tokio::spawn({
+        let (base, flooding) = (base.clone(), flooding.clone());
+        async move {
+            let mut answered = 0;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                time_checks(&base, 400).await;
+                answered += 400;
+            }
+            answered
+        }
+    });
+    let started = Instant::now();
+    while subscribers(&base).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stalled subscriber is still subscribed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unsubscribed = started.elapsed();
+    // Whatever the kernel held for it, then the end of the connection.
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        match tokio::time::timeout(WAIT, stalled.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the stalled subscriber's connection is still open"),
+        }
+    }
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let answered = flood.await.expect("every check answered 200");
+    println!("unsubscribed after {unsubscribed:?}, {answered} checks answered meanwhile");
+    assert!(answered >= 400, "the flood made no checks");
+}
+
 #[tokio::test]
 async fn streams_need_the_admin_token_when_one_is_set() {
     let service = start_service(&[("TOLLGATE_ADMIN_TOKEN", "s3cret")]);

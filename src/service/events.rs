@@ -5,8 +5,8 @@
 //! A client's stream carries that client's decisions, the rule changes and the `lagged`
 //! notices, but not the summaries (they count every client). A subscriber never slows
 //! requests: the limiter drops what a slow one has not taken ([`Event::Lagged`] tells it how
-//! much), and a WebSocket that takes longer than [`SEND_TIMEOUT`] to accept a message is
-//! closed.
+//! much), and a subscriber that takes longer than [`SEND_TIMEOUT`] to accept a message, over
+//! a WebSocket or Server-Sent Events, is unsubscribed and its stream ended.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,8 +22,11 @@ use super::check::client_named;
 use super::json::Unprocessable;
 use crate::{Event, Events};
 
-/// How long a WebSocket client may take to accept one message before it is dropped.
+/// How long a subscriber may take to accept one message before it is dropped.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Events held ready for hyper to write to an SSE client.
+const SSE_QUEUE: usize = 8;
 
 /// Which events a stream carries.
 #[derive(Clone)]
@@ -97,16 +100,41 @@ pub(crate) async fn client_sse(
     }
 }
 
+/// The stream hyper polls only as fast as the client reads: a task takes the events for it
+/// and gives up on a client that has taken none for [`SEND_TIMEOUT`], which ends the stream.
 fn sse_of(events: Events, watch: Watch) -> Response {
-    let stream = futures_util::stream::unfold((events, watch), |(mut events, watch)| async {
-        let json = watch.next(&mut events).await?;
-        Some((Ok(sse::Event::default().data(json)), (events, watch)))
+    let (sender, receiver) = tokio::sync::mpsc::channel(SSE_QUEUE);
+    tokio::spawn(feed(events, watch, sender));
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async {
+        let json = receiver.recv().await?;
+        Some((Ok(sse::Event::default().data(json)), receiver))
     });
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<sse::Event, Infallible>> + Send>> =
         Box::pin(stream);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Feeds an SSE stream until its client leaves, or stops taking events for [`SEND_TIMEOUT`].
+async fn feed(mut events: Events, watch: Watch, sender: tokio::sync::mpsc::Sender<String>) {
+    loop {
+        let json = tokio::select! {
+            json = watch.next(&mut events) => match json {
+                Some(json) => json,
+                None => return,
+            },
+            () = sender.closed() => return,
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, sender.send(json)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!("an SSE event subscriber stopped reading; closed");
+                return;
+            }
+        }
+    }
 }
 
 /// Every event, over a WebSocket.
