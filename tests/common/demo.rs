@@ -139,6 +139,24 @@ pub fn start_service(envs: &[(&str, &str)]) -> Demo {
     start_listening(command, "tollgate serve")
 }
 
+/// [`start_service`], with the open files limit of the process set to `soft` and `hard`
+/// first (by `sh`'s `ulimit`; a hard limit above the test's own needs root).
+pub fn start_service_with_open_files(soft: u64, hard: u64, envs: &[(&str, &str)]) -> Demo {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"ulimit -n "$1" && ulimit -S -n "$2" && exec "$0" serve"#)
+        .arg(tollgate_binary())
+        .arg(hard.to_string())
+        .arg(soft.to_string())
+        .env_clear()
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("NO_COLOR", "1")
+        .envs(envs.iter().copied());
+    start_listening(command, "tollgate serve")
+}
+
 /// Runs `command` in a fresh working directory and waits for its "listening on
 /// http://ADDRESS" line on stdout.
 fn start_listening(mut command: Command, what: &str) -> Demo {

@@ -1,7 +1,5 @@
 //! `tollgate serve`: the rate limit service.
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +10,9 @@ use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
 use tracing_subscriber::EnvFilter;
 
 use crate::grpc_shards;
+use crate::limits::{ConnectionArgs, GrpcCallArgs};
+use crate::server::open_files::{self, OpenFiles};
+use crate::server::{self, Acceptor, Limits, Protocol, Slots};
 
 #[derive(Args)]
 pub(crate) struct Serve {
@@ -125,6 +126,12 @@ pub(crate) struct Serve {
         value_name = "TOKEN"
     )]
     admin_token: Option<String>,
+
+    #[command(flatten)]
+    connections: ConnectionArgs,
+
+    #[command(flatten)]
+    grpc_calls: GrpcCallArgs,
 }
 
 /// The failure policy, as the tiered check service named it (plus `local`).
@@ -200,7 +207,48 @@ fn default_rules(limit: &str) -> Result<Rules, String> {
     })
 }
 
+/// The connection cap: MAX_CONNECTIONS, below the open files limit, or else the default
+/// that limit leaves room for; and where it comes from, to log.
+fn connection_cap(
+    max_connections: Option<u64>,
+    open_files: Option<OpenFiles>,
+) -> Result<(usize, &'static str), String> {
+    let (cap, source) = match (max_connections, open_files) {
+        (Some(cap), Some(files)) if cap >= files.soft => {
+            return Err(format!(
+                "MAX_CONNECTIONS={cap} is not below the open files limit ({}): lower it, or \
+                 raise the limit (ulimit -n, LimitNOFILE=, docker --ulimit nofile=)",
+                files.soft
+            ));
+        }
+        (Some(cap), _) => (cap, "MAX_CONNECTIONS"),
+        (None, Some(files)) => (
+            files.default_cap(),
+            "the open files limit less a quarter, for Redis, files and the runtime",
+        ),
+        (None, None) => (768, "a guess, the open files limit being unknown"),
+    };
+    if cap == 0 {
+        return Err(format!(
+            "the open files limit ({}) leaves no room for connections: raise it (ulimit -n)",
+            open_files.map_or(0, |files| files.soft)
+        ));
+    }
+    Ok((usize::try_from(cap).unwrap_or(usize::MAX), source))
+}
+
 async fn run(args: Serve) -> Result<(), String> {
+    let open_files = open_files::raise()
+        .inspect_err(|why| tracing::warn!("{why}"))
+        .ok();
+    let (cap, cap_source) = connection_cap(args.connections.max_connections, open_files)?;
+    tracing::info!(
+        open_files = %open_files.map_or_else(|| "unknown".to_owned(), |files| files.to_string()),
+        max_connections = cap,
+        max_connections_from = cap_source,
+        "open files limit {}; at most {cap} connections, both ports together",
+        open_files.map_or(0, |files| files.soft),
+    );
     let mut builder = Limiter::builder().on_redis_error(args.fail_mode.into());
     let rules_source = match &args.rules {
         Some(path) => {
@@ -306,23 +354,26 @@ async fn run(args: Serve) -> Result<(), String> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // As many gRPC threads as the runtime has workers (TOKIO_WORKER_THREADS, or one per core).
     let shards = tokio::runtime::Handle::current().metrics().num_workers();
-    let grpc = grpc_shards::start(grpc_listener, &limiter, shards, stopped.clone())?;
+    let limits = Limits::from(&args.connections);
+    // One cap for every listener, so that idle connections on one port cannot take the
+    // other down.
+    let slots = Slots::new(cap);
+    let grpc = grpc_shards::start(
+        Acceptor::new(grpc_listener, slots.clone(), &limits),
+        Protocol::http2_only(&limits),
+        &limiter,
+        (&args.grpc_calls).into(),
+        shards,
+        stopped.clone(),
+    )?;
     tracing::info!("Envoy rate limit service (gRPC) on {grpc_address}");
     tracing::info!("listening on http://{address}");
-    let http = axum::serve(
-        listener,
-        service
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped))
-    .into_future();
+    let http = server::serve_router(listener, service.router(), &limits, &slots, stopped);
     let signal = async move {
         shutdown().await;
         let _ = stop.send(true);
     };
-    let (http, grpc, ()) = tokio::join!(http, grpc, signal);
-    http.map_err(|e| e.to_string())?;
+    let ((), grpc, ()) = tokio::join!(http, grpc, signal);
     grpc.map_err(|e| format!("gRPC server: {e}"))?;
     // The last second's statistics, which the background flush has not written yet.
     if let Err(error) = limiter.flush_usage().await {
@@ -330,11 +381,6 @@ async fn run(args: Serve) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Resolves once `stopped` turns true.
-pub(crate) async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Ctrl-C or SIGTERM.
