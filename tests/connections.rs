@@ -197,6 +197,37 @@ async fn a_slow_body_is_answered_408_and_its_connection_closed() {
     near(started.elapsed(), Duration::from_secs(2), "a slow body");
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let service = start_service(&[("HTTP_SEND_TIMEOUT_MS", "2000")]);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(service.address.parse().unwrap())
+        .await
+        .unwrap();
+    // Far more answer than loopback's buffers hold, asked for at once and never read.
+    let request = format!(
+        "GET /openapi.json HTTP/1.1\r\nHost: {}\r\n\r\n",
+        service.address
+    );
+    let asked = Instant::now();
+    stream
+        .write_all(request.repeat(200).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Reading now drains what was sent; a connection left open would then be sent the
+    // rest and stay open, kept alive.
+    let (at, sent) = closed(&mut stream, Duration::from_secs(15)).await;
+    let answers = sent.matches("HTTP/1.1 200").count();
+    assert!(answers < 200, "every answer was sent: nothing was cut off");
+    println!(
+        "closed {:?} after asking, {answers} answers sent",
+        at - asked
+    );
+}
+
 /// The open files limit of process `pid`: (soft, hard), from `/proc`.
 fn open_files_limit(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
@@ -259,11 +290,22 @@ async fn idle_connections_past_the_cap_on_both_ports_leave_room_for_a_probe() {
     );
     let pid = service.child.id();
     let grpc = grpc_address(&service);
-    // 200 idle connections on each port, each port's alone more than the cap.
+    // 200 idle connections on each port, each port's alone more than the cap, and more
+    // than the cap and the listen backlog (128) together: without room made, connecting
+    // times out, as every new request did in the issue.
     let mut idle = Vec::new();
     for address in [&service.address, &grpc] {
         for _ in 0..200 {
-            idle.push(TcpStream::connect(address).await.expect("connect"));
+            let connect = TcpStream::connect(address);
+            let connected = tokio::time::timeout(Duration::from_secs(10), connect)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} connections in, the next was not accepted within 10 s",
+                        idle.len()
+                    )
+                });
+            idle.push(connected.expect("connect"));
         }
     }
     let started = Instant::now();

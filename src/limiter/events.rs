@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -135,10 +135,36 @@ pub struct RuleCounts {
     pub denied: u64,
 }
 
+/// An event as published to every subscriber: shared, and serialized at most once however
+/// many subscribers send it as JSON.
+pub(crate) struct Published {
+    event: Event,
+    json: OnceLock<String>,
+}
+
+impl Published {
+    fn new(event: Event) -> Arc<Self> {
+        Arc::new(Self {
+            event,
+            json: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The event as JSON.
+    pub(crate) fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.event).expect("events serialize"))
+    }
+}
+
 /// A subscription to a limiter's [`Event`]s, from
 /// [`Limiter::subscribe`](crate::Limiter::subscribe). Dropping it unsubscribes.
 pub struct Events {
-    receiver: broadcast::Receiver<Event>,
+    receiver: broadcast::Receiver<Arc<Published>>,
     _counted: Subscribed,
 }
 
@@ -146,12 +172,31 @@ impl Events {
     /// The next event, waiting for it; an [`Event::Lagged`] when this subscriber fell
     /// behind (then the events after those missed). `None` once the limiter is gone.
     pub async fn next(&mut self) -> Option<Event> {
+        let published = self.next_published().await?;
+        Some(published.event.clone())
+    }
+
+    /// [`next`](Self::next), shared with the other subscribers.
+    pub(crate) async fn next_published(&mut self) -> Option<Arc<Published>> {
         // Subscribed outside a runtime: the publisher starts on the first wait.
         self._counted.0.publish_events();
         match self.receiver.recv().await {
-            Ok(event) => Some(event),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Event::Lagged { missed }),
+            Ok(published) => Some(published),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some(Published::new(Event::Lagged { missed }))
+            }
             Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// An event that is already waiting, without waiting for one.
+    pub(crate) fn try_next_published(&mut self) -> Option<Arc<Published>> {
+        match self.receiver.try_recv() {
+            Ok(published) => Some(published),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                Some(Published::new(Event::Lagged { missed }))
+            }
+            Err(_) => None,
         }
     }
 }
@@ -175,7 +220,7 @@ impl Drop for Subscribed {
 
 /// Where a limiter's events start: shared by its clones and its publisher task.
 pub(crate) struct Hub {
-    sender: broadcast::Sender<Event>,
+    sender: broadcast::Sender<Arc<Published>>,
     /// What the decision path hands the publisher.
     queue: mpsc::Sender<Event>,
     /// The queue's other end, kept here while no publisher runs.
@@ -272,10 +317,10 @@ impl Hub {
     fn broadcast(&self, events: impl Iterator<Item = Event>) {
         let missed = self.dropped.swap(0, Ordering::Relaxed);
         if missed > 0 {
-            let _ = self.sender.send(Event::Lagged { missed });
+            let _ = self.sender.send(Published::new(Event::Lagged { missed }));
         }
         for event in events {
-            let _ = self.sender.send(event);
+            let _ = self.sender.send(Published::new(event));
         }
     }
 
@@ -343,7 +388,7 @@ impl Hub {
         self.denied_sent.store(0, Ordering::Relaxed);
         let second =
             std::mem::take(&mut *self.second.lock().unwrap_or_else(PoisonError::into_inner));
-        let _ = self.sender.send(Event::Summary(EventSummary {
+        let summary = Event::Summary(EventSummary {
             rules: second
                 .rules
                 .into_iter()
@@ -351,7 +396,8 @@ impl Hub {
                 .collect(),
             suppressed_denied: second.suppressed_denied,
             at: now_ms(),
-        }));
+        });
+        let _ = self.sender.send(Published::new(summary));
     }
 }
 
