@@ -16,16 +16,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The gRPC address the service logged.
-fn grpc_address(service: &Demo) -> String {
-    service
-        .startup_log
-        .iter()
-        .find_map(|line| line.split("Envoy rate limit service (gRPC) on ").nth(1))
-        .map(|rest| rest.trim().to_owned())
-        .unwrap_or_else(|| panic!("no gRPC address in {:?}", service.startup_log))
-}
-
 /// Waits until the server closes `stream` (EOF or reset), reading whatever it sent before;
 /// panics if it is still open after `within`. Returns when it closed and what it sent.
 async fn closed(stream: &mut TcpStream, within: Duration) -> (Instant, String) {
@@ -86,7 +76,7 @@ fn near(elapsed: Duration, bound: Duration, what: &str) {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout() {
     let service = start_service(&[("HTTP_HANDSHAKE_TIMEOUT_MS", "1500")]);
-    let grpc = grpc_address(&service);
+    let grpc = service.grpc_address();
     let bound = Duration::from_millis(1500);
     let opened = Instant::now();
     let mut http = TcpStream::connect(&service.address).await.unwrap();
@@ -289,7 +279,7 @@ async fn idle_connections_past_the_cap_on_both_ports_leave_room_for_a_probe() {
         "{log}"
     );
     let pid = service.child.id();
-    let grpc = grpc_address(&service);
+    let grpc = service.grpc_address();
     // 200 idle connections on each port, each port's alone more than the cap, and more
     // than the cap and the listen backlog (128) together: without room made, connecting
     // times out, as every new request did in the issue.

@@ -48,18 +48,8 @@ fn serve(dir: &Path, rules: &str, more: &[(&str, &str)]) -> Demo {
     start_service(&envs)
 }
 
-/// The gRPC address the service logged.
-fn grpc_address(service: &Demo) -> String {
-    service
-        .startup_log
-        .iter()
-        .find_map(|line| line.split("Envoy rate limit service (gRPC) on ").nth(1))
-        .map(|rest| rest.trim().to_owned())
-        .unwrap_or_else(|| panic!("no gRPC address in {:?}", service.startup_log))
-}
-
 async fn client(service: &Demo) -> RateLimitServiceClient<Channel> {
-    RateLimitServiceClient::connect(format!("http://{}", grpc_address(service)))
+    RateLimitServiceClient::connect(format!("http://{}", service.grpc_address()))
         .await
         .expect("connect to the gRPC service")
 }

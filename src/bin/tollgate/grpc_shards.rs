@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tollgate::Limiter;
@@ -70,20 +71,11 @@ pub(crate) fn start(
 
 /// One shard: serves the connections it is given until the accepting loop stops, then lets
 /// them finish.
-async fn serve_shard<S>(
+async fn serve_shard(
     mut connections: mpsc::UnboundedReceiver<Handoff>,
-    service: S,
+    service: RateLimitServiceServer<EnvoyRateLimit>,
     protocol: Arc<Protocol>,
-) where
-    S: tower_service::Service<
-            http::Request<crate::server::RequestBody>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+) {
     let drain = Drain::default();
     while let Some(Handoff { stream, peer, slot }) = connections.recv().await {
         // Registered with this shard's own reactor.
@@ -108,7 +100,7 @@ async fn hand_out(
 ) -> Result<(), String> {
     let shards = queues.len();
     let mut next = 0;
-    while let Some((stream, peer, slot)) = acceptor.next(false, &mut stopped).await {
+    while let Some((stream, peer, slot)) = acceptor.next(&mut stopped).await {
         // A peer that is already gone is dropped.
         let Ok(stream) = handoff(stream) else {
             continue;

@@ -56,7 +56,7 @@ enum Command {
     /// Validate a rules file and print the rules it sets.
     CheckRules(check_rules::CheckRules),
     /// Run the rate limit service.
-    Serve(serve::Serve),
+    Serve(Box<serve::Serve>),
     /// Exit 0 when `GET /health` on this host's service answers 200.
     Healthcheck(healthcheck::Healthcheck),
 }
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     match command {
         Command::CheckRules(args) => check_rules::check_rules(&args),
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Healthcheck(args) => healthcheck::healthcheck(&args),
     }
 }

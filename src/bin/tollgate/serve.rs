@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::grpc_shards;
 use crate::limits::{ConnectionArgs, GrpcCallArgs};
-use crate::server::open_files::{self, OpenFiles};
+use crate::server::open_files;
 use crate::server::{self, Acceptor, Limits, Protocol, Slots};
 
 #[derive(Args)]
@@ -207,47 +207,16 @@ fn default_rules(limit: &str) -> Result<Rules, String> {
     })
 }
 
-/// The connection cap: MAX_CONNECTIONS, below the open files limit, or else the default
-/// that limit leaves room for; and where it comes from, to log.
-fn connection_cap(
-    max_connections: Option<u64>,
-    open_files: Option<OpenFiles>,
-) -> Result<(usize, &'static str), String> {
-    let (cap, source) = match (max_connections, open_files) {
-        (Some(cap), Some(files)) if cap >= files.soft => {
-            return Err(format!(
-                "MAX_CONNECTIONS={cap} is not below the open files limit ({}): lower it, or \
-                 raise the limit (ulimit -n, LimitNOFILE=, docker --ulimit nofile=)",
-                files.soft
-            ));
-        }
-        (Some(cap), _) => (cap, "MAX_CONNECTIONS"),
-        (None, Some(files)) => (
-            files.default_cap(),
-            "the open files limit less a quarter, for Redis, files and the runtime",
-        ),
-        (None, None) => (768, "a guess, the open files limit being unknown"),
-    };
-    if cap == 0 {
-        return Err(format!(
-            "the open files limit ({}) leaves no room for connections: raise it (ulimit -n)",
-            open_files.map_or(0, |files| files.soft)
-        ));
-    }
-    Ok((usize::try_from(cap).unwrap_or(usize::MAX), source))
-}
-
 async fn run(args: Serve) -> Result<(), String> {
     let open_files = open_files::raise()
         .inspect_err(|why| tracing::warn!("{why}"))
         .ok();
-    let (cap, cap_source) = connection_cap(args.connections.max_connections, open_files)?;
+    let cap = open_files::connection_cap(args.connections.max_connections, open_files)?;
     tracing::info!(
-        open_files = %open_files.map_or_else(|| "unknown".to_owned(), |files| files.to_string()),
-        max_connections = cap,
-        max_connections_from = cap_source,
-        "open files limit {}; at most {cap} connections, both ports together",
-        open_files.map_or(0, |files| files.soft),
+        max_connections_from = cap.source,
+        "open files limit {}; at most {} connections, both ports together",
+        open_files.map_or_else(|| "unknown".to_owned(), |files| files.to_string()),
+        cap.connections,
     );
     let mut builder = Limiter::builder().on_redis_error(args.fail_mode.into());
     let rules_source = match &args.rules {
@@ -357,10 +326,11 @@ async fn run(args: Serve) -> Result<(), String> {
     let limits = Limits::from(&args.connections);
     // One cap for every listener, so that idle connections on one port cannot take the
     // other down.
-    let slots = Slots::new(cap);
+    let slots = Slots::new(cap.connections);
+    let grpc_protocol = Protocol::http2_only(&limits);
     let grpc = grpc_shards::start(
-        Acceptor::new(grpc_listener, slots.clone(), &limits),
-        Protocol::http2_only(&limits),
+        Acceptor::new(grpc_listener, slots.clone(), &grpc_protocol),
+        grpc_protocol,
         &limiter,
         (&args.grpc_calls).into(),
         shards,

@@ -169,8 +169,12 @@ mod tests {
         Limits {
             handshake: Duration::from_secs(5),
             header: Duration::from_secs(2),
+            body: Duration::from_secs(30),
             idle: Duration::from_secs(60),
-            ..Limits::default()
+            send: Duration::from_secs(30),
+            http2_keepalive_interval: None,
+            http2_keepalive_timeout: Duration::from_secs(20),
+            tcp_keepalive: None,
         }
     }
 

@@ -74,6 +74,10 @@ impl Protocol {
         self.http1
     }
 
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Serves `stream`, accepted from `peer`, until it closes; `stop` turning true closes it
     /// gracefully.
     pub(crate) async fn serve<S, B>(

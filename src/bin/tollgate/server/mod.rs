@@ -33,11 +33,8 @@ use tokio::sync::watch;
 pub(crate) use connection::Protocol;
 pub(crate) use slots::{Slot, Slots};
 
-/// A request's body as the services are given it: due by the body timeout.
-pub(crate) type RequestBody = body::Timed<hyper::body::Incoming>;
-
-/// How long each step of a connection may take. The defaults follow nginx's and Envoy's
-/// orders of magnitude, shorter where tollgate's requests are small.
+/// How long each step of a connection may take (the defaults are the flags', in
+/// `limits.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     /// From accept to the first request (HTTP/1's head; HTTP/2's preface, settings and
@@ -59,21 +56,6 @@ pub(crate) struct Limits {
     pub(crate) tcp_keepalive: Option<Duration>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            handshake: Duration::from_secs(10),
-            header: Duration::from_secs(10),
-            body: Duration::from_secs(30),
-            idle: Duration::from_secs(60),
-            send: Duration::from_secs(30),
-            http2_keepalive_interval: Some(Duration::from_secs(30)),
-            http2_keepalive_timeout: Duration::from_secs(20),
-            tcp_keepalive: Some(Duration::from_secs(60)),
-        }
-    }
-}
-
 /// Serves `router` on `listener` under `limits`, counting its connections against `slots`,
 /// until `stopped` turns true; then stops accepting and lets the connections finish their
 /// requests for at most [`connection::GRACE`].
@@ -85,11 +67,9 @@ pub(crate) async fn serve_router(
     mut stopped: watch::Receiver<bool>,
 ) {
     let protocol = Arc::new(Protocol::http(limits));
-    let mut acceptor = Acceptor::new(listener, slots.clone(), limits);
+    let mut acceptor = Acceptor::new(listener, slots.clone(), &protocol);
     let drain = Drain::default();
-    while let Some((stream, peer, slot)) =
-        acceptor.next(protocol.speaks_http1(), &mut stopped).await
-    {
+    while let Some((stream, peer, slot)) = acceptor.next(&mut stopped).await {
         let serving =
             Arc::clone(&protocol).serve(stream, peer, slot, router.clone(), drain.watch());
         tokio::spawn(serving);
@@ -102,11 +82,14 @@ pub(crate) struct Acceptor {
     listener: TcpListener,
     slots: Slots,
     tcp_keepalive: Option<socket2::TcpKeepalive>,
+    /// Its connections may speak HTTP/1.
+    http1: bool,
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: TcpListener, slots: Slots, limits: &Limits) -> Self {
-        let tcp_keepalive = limits.tcp_keepalive.map(|idle| {
+    /// Accepts on `listener` the connections `protocol` serves, under `slots`' cap.
+    pub(crate) fn new(listener: TcpListener, slots: Slots, protocol: &Protocol) -> Self {
+        let tcp_keepalive = protocol.limits().tcp_keepalive.map(|idle| {
             socket2::TcpKeepalive::new()
                 .with_time(idle)
                 .with_interval(Duration::from_secs(10))
@@ -115,14 +98,13 @@ impl Acceptor {
             listener,
             slots,
             tcp_keepalive,
+            http1: protocol.speaks_http1(),
         }
     }
 
-    /// The next connection (`http1`: it may speak HTTP/1), once it has a slot; `None` once
-    /// `stopped` turns true.
+    /// The next connection, once it has a slot; `None` once `stopped` turns true.
     pub(crate) async fn next(
         &mut self,
-        http1: bool,
         stopped: &mut watch::Receiver<bool>,
     ) -> Option<(TcpStream, SocketAddr, Slot)> {
         loop {
@@ -146,7 +128,7 @@ impl Acceptor {
                 tracing::debug!(%peer, "cannot set TCP keepalive: {error}");
             }
             let slot = tokio::select! {
-                slot = self.slots.take(http1) => slot,
+                slot = self.slots.take(self.http1) => slot,
                 _ = stopped.wait_for(|stop| *stop) => return None,
             };
             return Some((stream, peer, slot));

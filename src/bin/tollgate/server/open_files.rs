@@ -39,6 +39,46 @@ impl OpenFiles {
     }
 }
 
+/// The connection cap, and where it comes from (to log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cap {
+    pub(crate) connections: usize,
+    pub(crate) source: &'static str,
+}
+
+/// The cap: `max_connections` (MAX_CONNECTIONS), which must be below the open files limit,
+/// or else the default that limit leaves room for.
+pub(crate) fn connection_cap(
+    max_connections: Option<u64>,
+    open_files: Option<OpenFiles>,
+) -> Result<Cap, String> {
+    let (cap, source) = match (max_connections, open_files) {
+        (Some(cap), Some(files)) if cap >= files.soft => {
+            return Err(format!(
+                "MAX_CONNECTIONS={cap} is not below the open files limit ({}): lower it, or \
+                 raise the limit (ulimit -n, LimitNOFILE=, docker --ulimit nofile=)",
+                files.soft
+            ));
+        }
+        (Some(cap), _) => (cap, "MAX_CONNECTIONS"),
+        (None, Some(files)) => (
+            files.default_cap(),
+            "the open files limit less a quarter, for Redis, files and the runtime",
+        ),
+        (None, None) => (768, "a guess, the open files limit being unknown"),
+    };
+    if cap == 0 {
+        return Err(format!(
+            "the open files limit ({}) leaves no room for connections: raise it (ulimit -n)",
+            open_files.map_or(0, |files| files.soft)
+        ));
+    }
+    Ok(Cap {
+        connections: usize::try_from(cap).unwrap_or(usize::MAX),
+        source,
+    })
+}
+
 impl fmt::Display for OpenFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.soft > self.started {
