@@ -1,8 +1,9 @@
 //! `tollgate serve`'s connections under hostile clients, on the real binary over loopback: a
-//! connection that sends nothing, a request head sent byte by byte, a body sent slowly, a
-//! kept-alive connection left idle, and more idle connections than the cap on both ports
-//! while a probe is still answered; the open files limit raised and logged. Each bound is
-//! set short through its environment variable, so the tests stay quick.
+//! connection that sends nothing (HTTP and gRPC), a request head sent byte by byte, a body
+//! sent slowly, a client that stops reading, kept-alive HTTP and gRPC connections left idle,
+//! and more idle connections than the cap on both ports while a probe is still answered; the
+//! open files limit raised and logged. Each bound is set short through its environment
+//! variable, so the tests stay quick.
 
 mod common;
 
@@ -15,6 +16,21 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A `ShouldRateLimit` call with one descriptor, `remote_address` = `address`.
+fn one_call(address: &str) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "remote_address".into(),
+                value: address.into(),
+            }],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 0,
+    }
+}
 
 /// Waits until the server closes `stream` (EOF or reset), reading whatever it sent before;
 /// panics if it is still open after `within`. Returns when it closed and what it sent.
@@ -218,6 +234,34 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     );
 }
 
+/// A gRPC connection that has made its calls and gone quiet is closed after the idle bound
+/// (a GOAWAY, then the socket): the service's open sockets go back to what they were.
+#[tokio::test]
+async fn an_idle_grpc_connection_is_closed_after_the_idle_timeout() {
+    let service = start_service(&[("HTTP_IDLE_TIMEOUT_MS", "2000")]);
+    let pid = service.child.id();
+    let before = open_files(pid);
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", service.grpc_address()))
+        .await
+        .expect("a gRPC connection");
+    let call = one_call("192.0.2.10");
+    client.should_rate_limit(call).await.expect("an answer");
+    let answered = Instant::now();
+    assert_eq!(open_files(pid), before + 1, "the connection's socket");
+    while open_files(pid) > before {
+        assert!(
+            answered.elapsed() < Duration::from_secs(10),
+            "the idle gRPC connection is still open after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    near(
+        answered.elapsed(),
+        Duration::from_secs(2),
+        "an idle gRPC connection",
+    );
+}
+
 /// The open files limit of process `pid`: (soft, hard), from `/proc`.
 fn open_files_limit(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
@@ -308,17 +352,7 @@ async fn idle_connections_past_the_cap_on_both_ports_leave_room_for_a_probe() {
     let mut client = RateLimitServiceClient::connect(format!("http://{grpc}"))
         .await
         .expect("a gRPC connection");
-    let call = RateLimitRequest {
-        domain: "edge".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "remote_address".into(),
-                value: "192.0.2.9".into(),
-            }],
-            ..RateLimitDescriptor::default()
-        }],
-        hits_addend: 0,
-    };
+    let call = one_call("192.0.2.9");
     let answered = tokio::time::timeout(Duration::from_secs(10), client.should_rate_limit(call))
         .await
         .expect("a gRPC answer within 10 s");
