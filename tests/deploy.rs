@@ -140,7 +140,12 @@ fn compose_service_shares_the_apps_redis_and_rules() {
     );
 
     let env = app_environment(&compose, SERVICE);
-    let serve = std::fs::read_to_string(repo_file("src/bin/tollgate/serve.rs")).unwrap();
+    // `tollgate serve`'s flags: serve.rs and the flag groups it flattens in (limits.rs).
+    let serve = ["serve.rs", "limits.rs"]
+        .map(|file| {
+            std::fs::read_to_string(repo_file(&format!("src/bin/tollgate/{file}"))).unwrap()
+        })
+        .concat();
     for name in env.keys() {
         assert!(
             serve.contains(&format!("env = \"{name}\"")) || name == "RUST_LOG",

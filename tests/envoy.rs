@@ -54,18 +54,8 @@ fn serve(dir: &Path, rules: &str, more: &[(&str, &str)]) -> Demo {
     start_service(&envs)
 }
 
-/// The gRPC address the service logged.
-fn grpc_address(service: &Demo) -> String {
-    service
-        .startup_log
-        .iter()
-        .find_map(|line| line.split("Envoy rate limit service (gRPC) on ").nth(1))
-        .map(|rest| rest.trim().to_owned())
-        .unwrap_or_else(|| panic!("no gRPC address in {:?}", service.startup_log))
-}
-
 async fn client(service: &Demo) -> RateLimitServiceClient<Channel> {
-    RateLimitServiceClient::connect(format!("http://{}", grpc_address(service)))
+    RateLimitServiceClient::connect(format!("http://{}", service.grpc_address()))
         .await
         .expect("connect to the gRPC service")
 }
@@ -377,6 +367,115 @@ async fn connections_on_every_grpc_thread_share_one_count_and_stop_together() {
         !log.contains("gRPC server:"),
         "the gRPC side failed:\n{log}"
     );
+}
+
+/// What a refused call failed with: its code and message.
+async fn refusal(
+    client: &mut RateLimitServiceClient<Channel>,
+    request: RateLimitRequest,
+) -> (tonic::Code, String) {
+    let status = client
+        .should_rate_limit(request)
+        .await
+        .expect_err("a refusal");
+    (status.code(), status.message().to_owned())
+}
+
+/// A call over a bound is refused whole, with `INVALID_ARGUMENT` naming the bound, and
+/// nothing of it counts; a call at every bound is answered.
+#[tokio::test]
+async fn calls_over_a_bound_are_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = serve(
+        dir.path(),
+        RULES,
+        &[
+            ("GRPC_MAX_DESCRIPTORS", "4"),
+            ("GRPC_MAX_ENTRIES", "3"),
+            ("GRPC_MAX_ENTRY_BYTES", "64"),
+            ("GRPC_MAX_MESSAGE_BYTES", "2048"),
+        ],
+    );
+    let mut client = client(&service).await;
+    // "tokens" (10/hour) with a value that makes the entry 64 bytes.
+    let value = "v".repeat(64 - "tokens".len());
+    let counted = descriptor(&[("tokens", &value)]);
+    let three = descriptor(&[("a", "1"), ("b", "2"), ("c", "3")]);
+    let at_the_bounds = request(vec![
+        counted.clone(),
+        three.clone(),
+        three.clone(),
+        three.clone(),
+    ]);
+    let answer = ask(&mut client, at_the_bounds).await;
+    assert_eq!(overall(&answer), Code::Ok);
+    assert_eq!(answer.statuses[0].limit_remaining, 9);
+
+    let five = request(vec![
+        counted.clone(),
+        three.clone(),
+        three.clone(),
+        three.clone(),
+        three.clone(),
+    ]);
+    let four_entries = descriptor(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
+    let long_entry = descriptor(&[("tokens", &format!("{value}v"))]);
+    let refused = [
+        (
+            five,
+            "the call has 5 descriptors, over the limit of 4 descriptors per call",
+        ),
+        (
+            request(vec![counted.clone(), four_entries]),
+            "descriptor 1 has 4 entries, over the limit of 3 entries per descriptor",
+        ),
+        (
+            request(vec![counted.clone(), long_entry]),
+            "has 65 bytes of key and value, over the limit of 64 bytes per entry",
+        ),
+    ];
+    for (call, message) in refused {
+        let (code, said) = refusal(&mut client, call).await;
+        assert_eq!(code, tonic::Code::InvalidArgument, "{said}");
+        assert!(said.contains(message), "{said:?} does not say {message:?}");
+    }
+    // Larger than the message bound: refused before it is decoded.
+    let huge = request(vec![descriptor(&[("tokens", &"v".repeat(3000))])]);
+    let (code, said) = refusal(&mut client, huge).await;
+    assert_eq!(code, tonic::Code::OutOfRange, "{said}");
+    assert!(said.contains("2048"), "{said}");
+    // None of the refused calls took from "tokens".
+    let answer = ask(&mut client, request(vec![counted])).await;
+    assert_eq!(answer.statuses[0].limit_remaining, 8);
+}
+
+/// The calls, under the default bounds: a value of a megabyte, and more
+/// descriptors than any Envoy route builds.
+#[tokio::test]
+async fn the_default_bounds_refuse_megabyte_values_and_thousands_of_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = serve(dir.path(), RULES, &[]);
+    let mut client = client(&service).await;
+    let megabyte = request(vec![descriptor(&[(
+        "remote_address",
+        &"1".repeat(1_000_000),
+    )])]);
+    let (code, said) = refusal(&mut client, megabyte).await;
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(
+        said.contains("over the limit of 2048 bytes per entry"),
+        "{said}"
+    );
+    let many = request(vec![descriptor(&[("remote_address", "192.0.2.7")]); 10_000]);
+    let (code, said) = refusal(&mut client, many).await;
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(
+        said.contains("over the limit of 64 descriptors per call"),
+        "{said}"
+    );
+    // At the default bounds, answered.
+    let most = request(vec![descriptor(&[("remote_address", "192.0.2.7")]); 64]);
+    assert_eq!(ask(&mut client, most).await.statuses.len(), 64);
 }
 
 async fn post_check(base: &str, body: Value) -> reqwest::StatusCode {

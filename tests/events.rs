@@ -354,6 +354,89 @@ async fn a_stalled_subscriber_slows_nothing() {
     );
 }
 
+/// `tollgate_event_subscribers`, as `/metrics` says it.
+async fn subscribers(base: &str) -> u64 {
+    let metrics = http()
+        .get(format!("http://{base}/metrics"))
+        .send()
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tollgate_event_subscribers "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no tollgate_event_subscribers in\n{metrics}")) as u64
+}
+
+/// An SSE subscriber that never reads is unsubscribed within a bound of the 5 s send
+/// timeout while checks flood, and its stream ended; the checks are answered all along.
+/// (The connection's own send timeout is set long, so that it is not what ends it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_sse_subscriber_is_closed_while_checks_flood() {
+    let service = start_service(&[
+        ("DEFAULT_RATE_LIMIT", "1000000/second"),
+        ("HTTP_SEND_TIMEOUT_MS", "600000"),
+    ]);
+    let base = service.address.clone();
+    let mut stalled = stalled(&base, "/events", false).await;
+    assert_eq!(subscribers(&base).await, 1);
+    // Eight clients checking keys of 128 characters, so that the events fill the socket's
+    // buffers sooner: the subscriber stalls once they are full.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood: Vec<_> = (0..8)
+        .map(|worker| {
+            let (client, base, flooding) = (http(), base.clone(), flooding.clone());
+            tokio::spawn(async move {
+                let key = format!("{worker}{}", "k".repeat(127));
+                let mut answered = 0;
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = client
+                        .get(format!("http://{base}/check/{key}"))
+                        .send()
+                        .await
+                        .expect("a check answered");
+                    assert_eq!(response.status(), StatusCode::OK);
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    // Before the fix it stayed subscribed for good; the bound leaves room for a busy
+    // machine filling the buffers slowly.
+    while subscribers(&base).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the stalled subscriber is still subscribed after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unsubscribed = started.elapsed();
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for worker in flood {
+        answered += worker.await.expect("every check answered 200");
+    }
+    // Whatever the stream held for it, then the end of the chunked body.
+    let mut tail = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    while !tail.ends_with(b"\r\n0\r\n\r\n") {
+        let read = tokio::time::timeout(WAIT, stalled.read(&mut buffer))
+            .await
+            .expect("the stream ended")
+            .expect("the connection open");
+        assert!(read > 0, "closed before the stream's end");
+        tail.extend_from_slice(&buffer[..read]);
+        tail.drain(..tail.len().saturating_sub(16));
+    }
+    println!("unsubscribed after {unsubscribed:?}, {answered} checks answered meanwhile");
+    assert!(answered >= 100, "the flood made no checks");
+}
+
 #[tokio::test]
 async fn streams_need_the_admin_token_when_one_is_set() {
     let service = start_service(&[("TOLLGATE_ADMIN_TOKEN", "s3cret")]);

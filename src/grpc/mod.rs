@@ -6,6 +6,7 @@
 //! client under the same rule counts the same whether it comes through Envoy, the HTTP API
 //! or the tower layer), and its answer translated into Envoy's `DescriptorStatus`.
 
+mod limits;
 mod status;
 
 use std::time::SystemTime;
@@ -20,7 +21,9 @@ use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
 use crate::limiter::{CheckError, Limiter, Query};
+use crate::service::auth::Secret;
 use crate::{DecidedBy, DescriptorMatch};
+pub use limits::{RequestLimits, TooLarge};
 use status::Decided;
 
 /// `envoy.service.ratelimit.v3.RateLimitService`, answered by a [`Limiter`]: Envoy's HTTP
@@ -44,6 +47,10 @@ use status::Decided;
 ///   `local` decides in this process, and `deny` fails the call with `UNAVAILABLE`, which
 ///   Envoy's own `failure_mode_deny` then turns into a refusal (true) or lets through
 ///   (false).
+/// - A call larger than its [`RequestLimits`] fails with `INVALID_ARGUMENT` naming the
+///   bound, and nothing of it is counted. Envoy's `failure_mode_deny` decides that call's
+///   fate too: with `false` (Envoy's default) it goes through unlimited, so a deployment
+///   whose descriptors carry client-chosen values (a path, a header) sets it to `true`.
 ///
 /// # Example
 ///
@@ -78,22 +85,44 @@ use status::Decided;
 #[derive(Debug, Clone)]
 pub struct EnvoyRateLimit {
     limiter: Limiter,
+    limits: RequestLimits,
+    check_token: Option<Secret>,
 }
 
 impl EnvoyRateLimit {
-    /// The service, deciding with `limiter`.
+    /// The service, deciding with `limiter`, under the default [`RequestLimits`].
     pub fn new(limiter: Limiter) -> Self {
-        Self { limiter }
+        Self {
+            limiter,
+            limits: RequestLimits::default(),
+            check_token: None,
+        }
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`.
+    /// Calls larger than `limits` are refused.
+    pub fn request_limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Calls need `authorization: Bearer <token>` metadata (Envoy's `grpc_service`
+    /// `initial_metadata`); others fail with `UNAUTHENTICATED`. For deployments where clients
+    /// can reach the gRPC port, so that nobody spends another's quota.
+    pub fn check_token(mut self, token: impl Into<String>) -> Self {
+        self.check_token = Some(Secret::new(token.into()));
+        self
+    }
+
+    /// The tonic service to add to a `tonic::transport::Server`, decoding requests of at
+    /// most [`RequestLimits::max_message_bytes`].
     pub fn into_server(self) -> RateLimitServiceServer<Self> {
-        RateLimitServiceServer::new(self)
+        let max_message_bytes = self.limits.max_message_bytes;
+        RateLimitServiceServer::new(self).max_decoding_message_size(max_message_bytes)
     }
 
     /// Answers one `ShouldRateLimit` call. Fails with `INVALID_ARGUMENT` for a request
-    /// without a domain or descriptors, and with `UNAVAILABLE` when Redis cannot decide
-    /// and the failure policy is `deny`.
+    /// without a domain or descriptors, or over its [`RequestLimits`], and with
+    /// `UNAVAILABLE` when Redis cannot decide and the failure policy is `deny`.
     pub async fn should_rate_limit(
         &self,
         request: RateLimitRequest,
@@ -107,6 +136,9 @@ impl EnvoyRateLimit {
             return Err(Status::invalid_argument(
                 "the rate limit request must carry at least one descriptor",
             ));
+        }
+        if let Err(too_large) = self.limits.check(&request) {
+            return Err(Status::invalid_argument(too_large.to_string()));
         }
         let rules = self.limiter.rules();
         // Each descriptor's rule and client, if a rule applies.
@@ -226,6 +258,15 @@ impl RateLimitService for EnvoyRateLimit {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        if let Some(token) = &self.check_token {
+            let given = request.metadata().get("authorization");
+            if !token.is_bearer(given.map(|value| value.as_bytes())) {
+                return Err(Status::unauthenticated(
+                    "this needs `authorization: Bearer <token>` metadata with the service's \
+                     check token (TOLLGATE_CHECK_TOKEN)",
+                ));
+            }
+        }
         EnvoyRateLimit::should_rate_limit(self, request.into_inner())
             .await
             .map(Response::new)

@@ -2,20 +2,22 @@
 //! each second, for whoever [subscribes](crate::Limiter::subscribe).
 //!
 //! Nothing here slows a request down when nobody listens: the decision path reads one
-//! atomic count of subscribers and builds no event while it is zero. With subscribers, events
-//! go through one bounded broadcast channel: a subscriber that falls behind loses the oldest
-//! events and is told how many ([`Event::Lagged`]), so memory never grows with a stuck
-//! subscriber and no request ever waits for one. Past [`MAX_DENIED_EVENTS_PER_SECOND`],
-//! refusals are only counted, in the next [`EventSummary`], so a flood of 429s does not become a
-//! flood of events.
+//! atomic count of subscribers and builds no event while it is zero. With subscribers, a
+//! decision puts its event on one bounded queue and goes on: it costs the same with one
+//! subscriber or five hundred. A publisher task takes the queue in batches and hands each
+//! event to one bounded broadcast channel, paying there for waking the subscribers. A
+//! subscriber that falls behind loses the oldest events and is told how many
+//! ([`Event::Lagged`]), so memory never grows with a stuck subscriber and no request ever
+//! waits for one. Past [`MAX_DENIED_EVENTS_PER_SECOND`], refusals are only counted, in the
+//! next [`EventSummary`], so a flood of 429s does not become a flood of events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::decision::{DecidedBy, Decision as BandDecision};
 use crate::key::KeyRef;
@@ -29,6 +31,10 @@ pub const MAX_DENIED_EVENTS_PER_SECOND: u32 = 100;
 
 /// How often an [`EventSummary`] is sent.
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// Events the decision path may queue for the publisher; past it they are dropped and
+/// counted, and subscribers told so as [`Event::Lagged`].
+const QUEUE: usize = 2 * EVENT_BUFFER;
 
 /// One live event, serialized as JSON with its kind in `"type"` (see the README for each).
 ///
@@ -129,10 +135,36 @@ pub struct RuleCounts {
     pub denied: u64,
 }
 
+/// An event as published to every subscriber: shared, and serialized at most once however
+/// many subscribers send it as JSON.
+pub(crate) struct Published {
+    event: Event,
+    json: OnceLock<String>,
+}
+
+impl Published {
+    fn new(event: Event) -> Arc<Self> {
+        Arc::new(Self {
+            event,
+            json: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The event as JSON.
+    pub(crate) fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.event).expect("events serialize"))
+    }
+}
+
 /// A subscription to a limiter's [`Event`]s, from
 /// [`Limiter::subscribe`](crate::Limiter::subscribe). Dropping it unsubscribes.
 pub struct Events {
-    receiver: broadcast::Receiver<Event>,
+    receiver: broadcast::Receiver<Arc<Published>>,
     _counted: Subscribed,
 }
 
@@ -140,10 +172,31 @@ impl Events {
     /// The next event, waiting for it; an [`Event::Lagged`] when this subscriber fell
     /// behind (then the events after those missed). `None` once the limiter is gone.
     pub async fn next(&mut self) -> Option<Event> {
+        let published = self.next_published().await?;
+        Some(published.event.clone())
+    }
+
+    /// [`next`](Self::next), shared with the other subscribers.
+    pub(crate) async fn next_published(&mut self) -> Option<Arc<Published>> {
+        // Subscribed outside a runtime: the publisher starts on the first wait.
+        self._counted.0.publish_events();
         match self.receiver.recv().await {
-            Ok(event) => Some(event),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Event::Lagged { missed }),
+            Ok(published) => Some(published),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some(Published::new(Event::Lagged { missed }))
+            }
             Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// An event that is already waiting, without waiting for one.
+    pub(crate) fn try_next_published(&mut self) -> Option<Arc<Published>> {
+        match self.receiver.try_recv() {
+            Ok(published) => Some(published),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                Some(Published::new(Event::Lagged { missed }))
+            }
+            Err(_) => None,
         }
     }
 }
@@ -165,12 +218,18 @@ impl Drop for Subscribed {
     }
 }
 
-/// Where a limiter's events start: shared by its clones and its summary task.
+/// Where a limiter's events start: shared by its clones and its publisher task.
 pub(crate) struct Hub {
-    sender: broadcast::Sender<Event>,
+    sender: broadcast::Sender<Arc<Published>>,
+    /// What the decision path hands the publisher.
+    queue: mpsc::Sender<Event>,
+    /// The queue's other end, kept here while no publisher runs.
+    parked: Mutex<Option<mpsc::Receiver<Event>>>,
+    /// Events the full queue dropped, not yet told to subscribers.
+    dropped: AtomicU64,
     /// Read on every decision: nothing else is touched while it is zero.
     subscribers: AtomicUsize,
-    summarizing: AtomicBool,
+    publishing: AtomicBool,
     denied_sent: AtomicU32,
     second: Mutex<Second>,
 }
@@ -184,10 +243,14 @@ struct Second {
 
 impl Default for Hub {
     fn default() -> Self {
+        let (queue, parked) = mpsc::channel(QUEUE);
         Self {
             sender: broadcast::Sender::new(EVENT_BUFFER),
+            queue,
+            parked: Mutex::new(Some(parked)),
+            dropped: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
-            summarizing: AtomicBool::new(false),
+            publishing: AtomicBool::new(false),
             denied_sent: AtomicU32::new(0),
             second: Mutex::new(Second::default()),
         }
@@ -206,20 +269,58 @@ impl Hub {
         self.subscribers.load(Ordering::Relaxed)
     }
 
-    /// A new subscription; starts the summaries if they are not running (and a Tokio
-    /// runtime is there to run them).
+    /// A new subscription; starts the publisher if it is not running (and a Tokio runtime
+    /// is there to run it).
     pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
         let receiver = self.sender.subscribe();
         self.subscribers.fetch_add(1, Ordering::Relaxed);
         let counted = Subscribed(Arc::clone(self));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && !self.summarizing.swap(true, Ordering::AcqRel)
-        {
-            runtime.spawn(summarize(Arc::downgrade(self)));
-        }
+        self.publish_events();
         Events {
             receiver,
             _counted: counted,
+        }
+    }
+
+    /// Starts the publisher unless it runs, in the current runtime if there is one.
+    fn publish_events(self: &Arc<Self>) {
+        if self.publishing.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.publishing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut queue) = parked {
+            // What was queued before these subscribers came is not theirs.
+            while queue.try_recv().is_ok() {}
+            self.dropped.store(0, Ordering::Relaxed);
+            runtime.spawn(publish(Arc::downgrade(self), queue));
+        }
+    }
+
+    /// Queues `event` for the publisher, or counts it dropped: never waits.
+    fn queue(&self, event: Event) {
+        if self.queue.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands queued events to the subscribers.
+    fn broadcast(&self, events: impl Iterator<Item = Event>) {
+        let missed = self.dropped.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            let _ = self.sender.send(Published::new(Event::Lagged { missed }));
+        }
+        for event in events {
+            let _ = self.sender.send(Published::new(event));
         }
     }
 
@@ -258,7 +359,7 @@ impl Hub {
             Some(decision) if !allowed => Some(decision.retry_after),
             _ => unavailable_for.filter(|_| !allowed),
         };
-        let _ = self.sender.send(Event::Decision(DecisionEvent {
+        self.queue(Event::Decision(DecisionEvent {
             client: client.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
             rule: rule.to_string(),
             allowed,
@@ -273,7 +374,7 @@ impl Hub {
     /// The rules in force changed.
     pub(crate) fn rules_changed(&self, target: String, origin: &'static str, change: &'static str) {
         if self.watched() {
-            let _ = self.sender.send(Event::RuleChange(RuleChange {
+            self.queue(Event::RuleChange(RuleChange {
                 target,
                 origin,
                 change,
@@ -287,7 +388,7 @@ impl Hub {
         self.denied_sent.store(0, Ordering::Relaxed);
         let second =
             std::mem::take(&mut *self.second.lock().unwrap_or_else(PoisonError::into_inner));
-        let _ = self.sender.send(Event::Summary(EventSummary {
+        let summary = Event::Summary(EventSummary {
             rules: second
                 .rules
                 .into_iter()
@@ -295,26 +396,44 @@ impl Hub {
                 .collect(),
             suppressed_denied: second.suppressed_denied,
             at: now_ms(),
-        }));
+        });
+        let _ = self.sender.send(Published::new(summary));
     }
 }
 
-/// Sends a summary each second while anyone listens and the limiter lives.
-async fn summarize(hub: std::sync::Weak<Hub>) {
+/// Publishes the queued events, and a summary each second, while anyone listens and the
+/// limiter lives; then parks the queue again.
+async fn publish(hub: Weak<Hub>, mut queue: mpsc::Receiver<Event>) {
     let mut ticks = tokio::time::interval(SUMMARY_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
+    let mut batch = Vec::with_capacity(QUEUE);
     loop {
-        ticks.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
-        if hub.watched() {
-            hub.summarize_second();
-            continue;
-        }
-        hub.summarizing.store(false, Ordering::Release);
-        // A subscriber that came as this task was leaving found it running: stay for it.
-        if !hub.watched() || hub.summarizing.swap(true, Ordering::AcqRel) {
-            return;
+        tokio::select! {
+            biased;
+            received = queue.recv_many(&mut batch, QUEUE) => {
+                let Some(hub) = hub.upgrade().filter(|_| received > 0) else { return };
+                hub.broadcast(batch.drain(..));
+            }
+            _ = ticks.tick() => {
+                let Some(hub) = hub.upgrade() else { return };
+                if hub.watched() {
+                    hub.summarize_second();
+                    continue;
+                }
+                *hub.parked.lock().unwrap_or_else(PoisonError::into_inner) = Some(queue);
+                hub.publishing.store(false, Ordering::Release);
+                // A subscriber that came as this task was leaving found it running: stay
+                // for it, taking the queue back.
+                if !hub.watched() || hub.publishing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let parked = hub.parked.lock().unwrap_or_else(PoisonError::into_inner).take();
+                match parked {
+                    Some(parked) => queue = parked,
+                    None => return,
+                }
+            }
         }
     }
 }

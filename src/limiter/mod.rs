@@ -4,7 +4,7 @@
 mod builder;
 mod checking;
 mod error;
-mod events;
+pub(crate) mod events;
 mod installed;
 mod query;
 mod reload;

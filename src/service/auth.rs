@@ -43,10 +43,12 @@ impl Secret {
 
     /// Whether `headers` carry `Authorization: Bearer <this>`.
     fn is_in(&self, headers: &HeaderMap) -> bool {
-        let given = headers
-            .get(AUTHORIZATION)
-            .and_then(|value| bearer(value.as_bytes()))
-            .unwrap_or_default();
+        self.is_bearer(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))
+    }
+
+    /// Whether `authorization` (a header's or gRPC metadata's value) is `Bearer <this>`.
+    pub(crate) fn is_bearer(&self, authorization: Option<&[u8]>) -> bool {
+        let given = authorization.and_then(bearer).unwrap_or_default();
         bool::from(given.ct_eq(&self.0))
     }
 }

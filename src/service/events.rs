@@ -5,8 +5,8 @@
 //! A client's stream carries that client's decisions, the rule changes and the `lagged`
 //! notices, but not the summaries (they count every client). A subscriber never slows
 //! requests: the limiter drops what a slow one has not taken ([`Event::Lagged`] tells it how
-//! much), and a WebSocket that takes longer than [`SEND_TIMEOUT`] to accept a message is
-//! closed.
+//! much), and a subscriber that takes longer than [`SEND_TIMEOUT`] to accept a message, over
+//! a WebSocket or Server-Sent Events, is unsubscribed and its stream ended.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,14 +16,22 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use super::check::client_named;
 use super::json::Unprocessable;
+use crate::limiter::events::Published;
 use crate::{Event, Events};
 
-/// How long a WebSocket client may take to accept one message before it is dropped.
+/// How long a subscriber may take to accept one message before it is dropped.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a stream gathers events after the first before sending them together: under a
+/// flood, each subscriber costs one wake and one write per batch rather than per event.
+const BATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Batches held ready for hyper to write to an SSE client.
+const SSE_QUEUE: usize = 4;
 
 /// Which events a stream carries.
 #[derive(Clone)]
@@ -48,14 +56,27 @@ impl Watch {
         }
     }
 
-    /// The next event this stream shows, as JSON; `None` once the limiter is gone.
-    async fn next(&self, events: &mut Events) -> Option<String> {
+    /// The next event this stream shows (its JSON made once for every stream); `None` once
+    /// the limiter is gone.
+    async fn next(&self, events: &mut Events) -> Option<Arc<Published>> {
         loop {
-            let event = events.next().await?;
-            if self.shows(&event) {
-                return Some(serde_json::to_string(&event).expect("events serialize"));
+            let published = events.next_published().await?;
+            if self.shows(published.event()) {
+                return Some(published);
             }
         }
+    }
+
+    /// `first`, and what else this stream shows that comes within [`BATCH_EVERY`].
+    async fn gather(&self, first: Arc<Published>, events: &mut Events) -> Vec<Arc<Published>> {
+        tokio::time::sleep(BATCH_EVERY).await;
+        let mut batch = vec![first];
+        while let Some(published) = events.try_next_published() {
+            if self.shows(published.event()) {
+                batch.push(published);
+            }
+        }
+        batch
     }
 }
 
@@ -97,16 +118,49 @@ pub(crate) async fn client_sse(
     }
 }
 
+/// The stream hyper polls only as fast as the client reads: a task takes the events for it
+/// and gives up on a client that has taken none for [`SEND_TIMEOUT`], which ends the stream.
 fn sse_of(events: Events, watch: Watch) -> Response {
-    let stream = futures_util::stream::unfold((events, watch), |(mut events, watch)| async {
-        let json = watch.next(&mut events).await?;
-        Some((Ok(sse::Event::default().data(json)), (events, watch)))
+    let (sender, receiver) = tokio::sync::mpsc::channel(SSE_QUEUE);
+    tokio::spawn(feed(events, watch, sender));
+    let batches = futures_util::stream::unfold(receiver, |mut receiver| async {
+        let batch: Vec<Arc<Published>> = receiver.recv().await?;
+        Some((futures_util::stream::iter(batch), receiver))
     });
+    let stream = batches
+        .flatten()
+        .map(|published| Ok(sse::Event::default().data(published.json())));
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<sse::Event, Infallible>> + Send>> =
         Box::pin(stream);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Feeds an SSE stream until its client leaves, or stops taking events for [`SEND_TIMEOUT`].
+async fn feed(
+    mut events: Events,
+    watch: Watch,
+    sender: tokio::sync::mpsc::Sender<Vec<Arc<Published>>>,
+) {
+    loop {
+        let first = tokio::select! {
+            published = watch.next(&mut events) => match published {
+                Some(published) => published,
+                None => return,
+            },
+            () = sender.closed() => return,
+        };
+        let batch = watch.gather(first, &mut events).await;
+        match tokio::time::timeout(SEND_TIMEOUT, sender.send(batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!("an SSE event subscriber stopped reading; closed");
+                return;
+            }
+        }
+    }
 }
 
 /// Every event, over a WebSocket.
@@ -158,9 +212,9 @@ fn ws_of(upgrade: WebSocketUpgrade, events: Events, watch: Watch) -> Response {
 /// Sends events until the client leaves, or stops taking them for [`SEND_TIMEOUT`].
 async fn forward(mut socket: WebSocket, mut events: Events, watch: Watch) {
     loop {
-        let json = tokio::select! {
-            json = watch.next(&mut events) => match json {
-                Some(json) => json,
+        let first = tokio::select! {
+            published = watch.next(&mut events) => match published {
+                Some(published) => published,
                 None => return,
             },
             received = socket.recv() => match received {
@@ -169,7 +223,14 @@ async fn forward(mut socket: WebSocket, mut events: Events, watch: Watch) {
                 Some(Ok(_)) => continue,
             },
         };
-        match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(json.into()))).await {
+        let batch = watch.gather(first, &mut events).await;
+        let send = async {
+            for published in batch {
+                socket.send(Message::Text(published.json().into())).await?;
+            }
+            Ok::<_, axum::Error>(())
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, send).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {

@@ -22,7 +22,7 @@
 //! mount it beside its own routes, on the limiter its layer uses.
 
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod browsers;
 mod check;
 mod configs;

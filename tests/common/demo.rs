@@ -67,6 +67,15 @@ pub struct Demo {
 }
 
 impl Demo {
+    /// The gRPC address `tollgate serve` logged.
+    pub fn grpc_address(&self) -> String {
+        self.startup_log
+            .iter()
+            .find_map(|line| line.split("Envoy rate limit service (gRPC) on ").nth(1))
+            .map(|rest| rest.trim().to_owned())
+            .unwrap_or_else(|| panic!("no gRPC address in {:?}", self.startup_log))
+    }
+
     /// Stops the process (SIGTERM, so it shuts down as it would) and returns all it logged.
     /// Fails if it is still running 15 s later.
     pub fn stop_and_read_log(&mut self) -> String {
@@ -129,8 +138,26 @@ pub fn tollgate_binary() -> PathBuf {
 /// waits for its "listening on" line.
 pub fn start_service(envs: &[(&str, &str)]) -> Demo {
     let mut command = Command::new(tollgate_binary());
+    command.arg("serve");
+    start_serving(command, envs)
+}
+
+/// [`start_service`], with the open files limit of the process set to `soft` and `hard`
+/// first (by `sh`'s `ulimit`; a hard limit above the test's own needs root).
+pub fn start_service_with_open_files(soft: u64, hard: u64, envs: &[(&str, &str)]) -> Demo {
+    let mut command = Command::new("/bin/sh");
     command
-        .arg("serve")
+        .arg("-c")
+        .arg(r#"ulimit -n "$1" && ulimit -S -n "$2" && exec "$0" serve"#)
+        .arg(tollgate_binary())
+        .arg(hard.to_string())
+        .arg(soft.to_string());
+    start_serving(command, envs)
+}
+
+/// Runs `command`, which execs `tollgate serve`, on free ports with only `envs`.
+fn start_serving(mut command: Command, envs: &[(&str, &str)]) -> Demo {
+    command
         .env_clear()
         .env("PORT", "0")
         .env("GRPC_PORT", "0")

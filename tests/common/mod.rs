@@ -16,7 +16,9 @@ mod sf;
 use std::path::PathBuf;
 
 pub use cluster::TestCluster;
-pub use demo::{Demo, demo_binary, start_demo, start_service, tollgate_binary};
+pub use demo::{
+    Demo, demo_binary, start_demo, start_service, start_service_with_open_files, tollgate_binary,
+};
 pub use deploy::*;
 pub use http::*;
 pub use nginx::{Nginx, nginx_binary};

@@ -11,27 +11,36 @@
 //! on every core, and a connection's answers go out together.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
-use futures_util::stream;
-use tokio::net::{TcpListener, TcpStream};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tollgate::Limiter;
 use tollgate::grpc::EnvoyRateLimit;
 
-use crate::serve::until_stopped;
+use crate::server::{Acceptor, Drain, Protocol, Slot};
 
-/// Starts `shards` threads (at least one) to serve `ShouldRateLimit` for `limiter`, and
-/// returns the loop that hands them the connections accepted on `listener` until
-/// `stopped` turns true, then lets the calls in progress finish.
+/// A connection on its way from the accepting loop to a shard.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+}
+
+/// Starts `shards` threads (at least one) to serve `ShouldRateLimit` as `service` does,
+/// and returns the loop that hands them the connections `acceptor` accepts until `stopped`
+/// turns true, then lets the calls in progress finish.
 pub(crate) fn start(
-    listener: TcpListener,
-    limiter: &Limiter,
+    acceptor: Acceptor,
+    protocol: Protocol,
+    service: &EnvoyRateLimit,
     shards: usize,
     stopped: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = Result<(), String>>, String> {
     let shards = shards.max(1);
+    let protocol = Arc::new(protocol);
     let mut queues = Vec::with_capacity(shards);
     let mut finished = Vec::with_capacity(shards);
     for index in 0..shards {
@@ -41,54 +50,59 @@ pub(crate) fn start(
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start gRPC runtime {index}: {e}"))?;
-        let service = EnvoyRateLimit::new(limiter.clone()).into_server();
-        let stop = stopped.clone();
+        let service = service.clone().into_server();
+        let protocol = Arc::clone(&protocol);
         thread::Builder::new()
             .name(format!("tollgate-grpc-{index}"))
             .spawn(move || {
-                let served = runtime.block_on(
-                    tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming_shutdown(incoming(connections), until_stopped(stop)),
-                );
-                let _ = done.send(served.map_err(|e| e.to_string()));
+                runtime.block_on(serve_shard(connections, service, protocol));
+                let _ = done.send(Ok(()));
             })
             .map_err(|e| format!("cannot start gRPC thread {index}: {e}"))?;
         queues.push(queue);
         finished.push(result);
     }
-    Ok(hand_out(listener, queues, finished, stopped))
+    Ok(hand_out(acceptor, queues, finished, stopped))
+}
+
+/// One shard: serves the connections it is given until the accepting loop stops, then lets
+/// them finish.
+async fn serve_shard(
+    mut connections: mpsc::UnboundedReceiver<Handoff>,
+    service: RateLimitServiceServer<EnvoyRateLimit>,
+    protocol: Arc<Protocol>,
+) {
+    let drain = Drain::default();
+    while let Some(Handoff { stream, peer, slot }) = connections.recv().await {
+        // Registered with this shard's own reactor.
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                let serving =
+                    Arc::clone(&protocol).serve(stream, peer, slot, service.clone(), drain.watch());
+                tokio::spawn(serving);
+            }
+            Err(error) => tracing::debug!(%peer, "gRPC: cannot register a connection: {error}"),
+        }
+    }
+    drain.finish().await;
 }
 
 /// Accepts connections and gives them to the shards in turn.
 async fn hand_out(
-    listener: TcpListener,
-    queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    mut acceptor: Acceptor,
+    queues: Vec<mpsc::UnboundedSender<Handoff>>,
     finished: Vec<oneshot::Receiver<Result<(), String>>>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let shards = queues.len();
     let mut next = 0;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.wait_for(|stop| *stop) => break,
-        };
-        let connection = match accepted {
-            Ok((connection, _)) => connection,
-            // Out of file descriptors, say: the listener stays, and a short pause keeps a
-            // full table from spinning.
-            Err(error) => {
-                tracing::warn!("gRPC: cannot accept a connection: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer, slot)) = acceptor.next(&mut stopped).await {
         // A peer that is already gone is dropped.
-        let Ok(mut connection) = handoff(connection) else {
+        let Ok(stream) = handoff(stream) else {
             continue;
         };
-        // A shard whose server has ended has dropped its queue: the next one takes the
+        let mut connection = Handoff { stream, peer, slot };
+        // A shard whose thread has ended has dropped its queue: the next one takes the
         // connection, and with every shard ended the loop ends too.
         let mut tries = shards;
         loop {
@@ -124,15 +138,4 @@ async fn collect(finished: Vec<oneshot::Receiver<Result<(), String>>>) -> Result
 fn handoff(connection: TcpStream) -> io::Result<std::net::TcpStream> {
     connection.set_nodelay(true)?;
     connection.into_std()
-}
-
-/// The connections a shard is given, each registered with the shard's own reactor.
-fn incoming(
-    mut connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
-) -> impl futures_util::Stream<Item = io::Result<TcpStream>> {
-    stream::poll_fn(move |context| {
-        connections
-            .poll_recv(context)
-            .map(|connection| connection.map(TcpStream::from_std))
-    })
 }

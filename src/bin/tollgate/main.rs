@@ -32,7 +32,9 @@
 mod check_rules;
 mod grpc_shards;
 mod healthcheck;
+mod limits;
 mod serve;
+mod server;
 
 use std::process::ExitCode;
 

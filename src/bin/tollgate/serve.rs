@@ -1,17 +1,19 @@
 //! `tollgate serve`: the rate limit service.
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use tollgate::grpc::EnvoyRateLimit;
 use tollgate::service::Service;
 use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
 use tracing_subscriber::EnvFilter;
 
 use crate::grpc_shards;
+use crate::limits::{ConnectionArgs, GrpcCallArgs};
+use crate::server::open_files;
+use crate::server::{self, Acceptor, Limits, Protocol, Slots};
 
 #[derive(Args)]
 pub(crate) struct Serve {
@@ -138,6 +140,13 @@ pub(crate) struct Serve {
     )]
     check_token: Option<String>,
 
+    /// Serve the admin API (`/configure`, `/admin/...`, the event streams, the dashboard,
+    /// `/metrics`) on this address (`host:port`) instead of PORT, which then serves only the
+    /// decisions (`/check`, `/stats/{key}`, `/auth`), `/health` and `/openapi.json`: the
+    /// decision port can face a gateway while admin stays internal.
+    #[arg(long, env = "ADMIN_ADDR", value_name = "HOST:PORT")]
+    admin_addr: Option<String>,
+
     /// Origins (`scheme://host[:port]`, comma-separated) whose pages may call the admin,
     /// write and event routes, besides the service's own: a page of yours that opens
     /// `/ws/{client}` or an `EventSource`. Any other page's request is refused.
@@ -148,6 +157,12 @@ pub(crate) struct Serve {
     /// loopback name or address, or one of these (`host` or `host:port`, comma-separated).
     #[arg(long, env = "TOLLGATE_ALLOWED_HOSTS", value_name = "HOSTS")]
     allowed_hosts: Option<String>,
+
+    #[command(flatten)]
+    connections: ConnectionArgs,
+
+    #[command(flatten)]
+    grpc_calls: GrpcCallArgs,
 }
 
 /// The failure policy, as the tiered check service named it (plus `local`).
@@ -231,6 +246,16 @@ fn default_rules(limit: &str) -> Result<Rules, String> {
 }
 
 async fn run(args: Serve) -> Result<(), String> {
+    let open_files = open_files::raise()
+        .inspect_err(|why| tracing::warn!("{why}"))
+        .ok();
+    let cap = open_files::connection_cap(args.connections.max_connections, open_files)?;
+    tracing::info!(
+        max_connections_from = cap.source,
+        "open files limit {}; at most {} connections, both ports together",
+        open_files.map_or_else(|| "unknown".to_owned(), |files| files.to_string()),
+        cap.connections,
+    );
     let mut builder = Limiter::builder().on_redis_error(args.fail_mode.into());
     let rules_source = match &args.rules {
         Some(path) => {
@@ -310,8 +335,11 @@ async fn run(args: Serve) -> Result<(), String> {
         }
         None => "no TOLLGATE_ADMIN_TOKEN: writes and admin reads accepted from this host only",
     };
+    let mut grpc_service =
+        EnvoyRateLimit::new(limiter.clone()).request_limits((&args.grpc_calls).into());
     let checks = match set(args.check_token) {
         Some(token) => {
+            grpc_service = grpc_service.check_token(token.clone());
             service = service.check_token(token);
             "token required (TOLLGATE_CHECK_TOKEN)"
         }
@@ -350,27 +378,61 @@ async fn run(args: Serve) -> Result<(), String> {
             )
         })?;
     let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_listener = match set(args.admin_addr) {
+        Some(admin) => Some(
+            tokio::net::TcpListener::bind(admin.as_str())
+                .await
+                .map_err(|e| {
+                    format!("cannot listen on {admin} for the admin API (ADMIN_ADDR): {e}")
+                })?,
+        ),
+        None => None,
+    };
     // Stops both servers at once, on Ctrl-C or SIGTERM.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // As many gRPC threads as the runtime has workers (TOKIO_WORKER_THREADS, or one per core).
     let shards = tokio::runtime::Handle::current().metrics().num_workers();
-    let grpc = grpc_shards::start(grpc_listener, &limiter, shards, stopped.clone())?;
+    let limits = Limits::from(&args.connections);
+    // One cap for every listener, so that idle connections on one port cannot take the
+    // other down.
+    let slots = Slots::new(cap.connections);
+    let grpc_protocol = Protocol::http2_only(&limits);
+    let grpc = grpc_shards::start(
+        Acceptor::new(grpc_listener, slots.clone(), &grpc_protocol),
+        grpc_protocol,
+        &grpc_service,
+        shards,
+        stopped.clone(),
+    )?;
     tracing::info!("Envoy rate limit service (gRPC) on {grpc_address}");
+    let (router, admin) = match admin_listener {
+        Some(admin_listener) => {
+            let routers = service.routers();
+            let admin_address = admin_listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!("admin API on http://{admin_address} (ADMIN_ADDR)");
+            let admin = server::serve_router(
+                admin_listener,
+                routers.admin,
+                &limits,
+                &slots,
+                stopped.clone(),
+            );
+            (routers.decisions, Some(admin))
+        }
+        None => (service.router(), None),
+    };
     tracing::info!("listening on http://{address}");
-    let http = axum::serve(
-        listener,
-        service
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped))
-    .into_future();
+    let http = server::serve_router(listener, router, &limits, &slots, stopped);
+    let admin = async move {
+        if let Some(admin) = admin {
+            admin.await;
+        }
+    };
     let signal = async move {
         shutdown().await;
         let _ = stop.send(true);
     };
-    let (http, grpc, ()) = tokio::join!(http, grpc, signal);
-    http.map_err(|e| e.to_string())?;
+    let ((), (), grpc, ()) = tokio::join!(http, admin, grpc, signal);
     grpc.map_err(|e| format!("gRPC server: {e}"))?;
     // The last second's statistics, which the background flush has not written yet.
     if let Err(error) = limiter.flush_usage().await {
@@ -378,11 +440,6 @@ async fn run(args: Serve) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Resolves once `stopped` turns true.
-pub(crate) async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Ctrl-C or SIGTERM.
