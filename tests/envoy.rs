@@ -840,3 +840,51 @@ fn the_readme_shows_the_shipped_envoy_files() {
         );
     }
 }
+
+/// With a check token, a call needs it as `authorization` metadata; without it (or with
+/// another), nothing is decided and nothing is spent.
+#[tokio::test]
+async fn the_check_token_guards_should_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "grpc-check-token";
+    let service = serve(dir.path(), RULES, &[("TOLLGATE_CHECK_TOKEN", token)]);
+    let mut client = client(&service).await;
+    let call = |authorization: Option<&str>| {
+        let mut call = tonic::Request::new(request(vec![descriptor(&[("path", "/login")])]));
+        if let Some(authorization) = authorization {
+            call.metadata_mut()
+                .insert("authorization", authorization.parse().unwrap());
+        }
+        call
+    };
+    for authorization in [None, Some("Bearer guess"), Some(token)] {
+        let refused = client
+            .should_rate_limit(call(authorization))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{authorization:?}"
+        );
+        assert!(
+            refused.message().contains("TOLLGATE_CHECK_TOKEN"),
+            "{refused}"
+        );
+    }
+    // 2/hour: both calls with the token are the first two, nothing was spent before.
+    for _ in 0..2 {
+        let answer = client
+            .should_rate_limit(call(Some(&format!("bearer {token}"))))
+            .await
+            .expect("decided with the token")
+            .into_inner();
+        assert_eq!(overall(&answer), Code::Ok);
+    }
+    let third = client
+        .should_rate_limit(call(Some(&format!("Bearer {token}"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overall(&third), Code::OverLimit);
+}

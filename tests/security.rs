@@ -454,3 +454,47 @@ async fn check_paths_are_decided_by_their_normal_form() {
         assert_eq!(body["detail"][0]["loc"], json!(["body", "path"]), "{body}");
     }
 }
+
+/// With `ADMIN_ADDR`, the admin API is served there only, and the decisions on `PORT` only.
+#[tokio::test]
+async fn admin_addr_serves_the_admin_api_apart() {
+    let service = service(&[("ADMIN_ADDR", "127.0.0.1:0")]);
+    let admin = service
+        .startup_log
+        .iter()
+        .find_map(|line| line.split("admin API on http://").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin address logged: {:?}", service.startup_log))
+        .to_owned();
+    let decisions = format!("http://{}", service.address);
+    let admin = format!("http://{admin}");
+    let status = |url: String| async move { http().get(url).send().await.unwrap().status() };
+    assert_eq!(status(format!("{decisions}/check/k")).await, StatusCode::OK);
+    assert_eq!(
+        status(format!("{admin}/check/k")).await,
+        StatusCode::NOT_FOUND
+    );
+    for path in ["/admin/rules", "/admin/stats", "/dashboard", "/metrics"] {
+        assert_eq!(
+            status(format!("{admin}{path}")).await,
+            StatusCode::OK,
+            "{path}"
+        );
+        assert_eq!(
+            status(format!("{decisions}{path}")).await,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    for both in ["/health", "/openapi.json"] {
+        assert_eq!(status(format!("{admin}{both}")).await, StatusCode::OK);
+        assert_eq!(status(format!("{decisions}{both}")).await, StatusCode::OK);
+    }
+    let configure = http()
+        .post(format!("{decisions}/configure"))
+        .json(&json!({"key": "k", "limit": "1/day"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(configure.status(), StatusCode::NOT_FOUND);
+}
