@@ -12,8 +12,10 @@
 //! next [`EventSummary`], so a flood of 429s does not become a flood of events.
 
 use std::collections::{BTreeMap, HashMap};
+#[cfg(feature = "service")]
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -139,6 +141,7 @@ pub struct RuleCounts {
 /// many subscribers send it as JSON.
 pub(crate) struct Published {
     event: Event,
+    #[cfg(feature = "service")]
     json: OnceLock<String>,
 }
 
@@ -146,15 +149,18 @@ impl Published {
     fn new(event: Event) -> Arc<Self> {
         Arc::new(Self {
             event,
+            #[cfg(feature = "service")]
             json: OnceLock::new(),
         })
     }
 
+    #[cfg(feature = "service")]
     pub(crate) fn event(&self) -> &Event {
         &self.event
     }
 
     /// The event as JSON.
+    #[cfg(feature = "service")]
     pub(crate) fn json(&self) -> &str {
         self.json
             .get_or_init(|| serde_json::to_string(&self.event).expect("events serialize"))
@@ -190,6 +196,7 @@ impl Events {
     }
 
     /// An event that is already waiting, without waiting for one.
+    #[cfg(feature = "service")]
     pub(crate) fn try_next_published(&mut self) -> Option<Arc<Published>> {
         match self.receiver.try_recv() {
             Ok(published) => Some(published),
