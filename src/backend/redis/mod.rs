@@ -8,8 +8,8 @@
 //! On a single Redis, concurrent decisions share script calls (see `batcher`). On a cluster,
 //! keys of one call would have to share a slot, so every decision is its own call.
 //!
-//! Every call has a deadline. Failures feed a [`Breaker`]; when Redis cannot decide, the
-//! [`OnRedisError`] policy does.
+//! Every call has a deadline. Failures feed a [`Breaker`], and so does a `PING` to each node
+//! every second (see `health`); when Redis cannot decide, the [`OnRedisError`] policy does.
 
 mod batcher;
 mod clock;
@@ -17,6 +17,7 @@ mod cluster;
 mod config;
 mod connection;
 mod error;
+mod health;
 mod leases;
 mod pubsub;
 mod refusals;
@@ -167,6 +168,7 @@ impl RedisBackend {
         // Like the script, the subscription is in place before the first request when
         // Redis answers; if it does not, it comes with Redis.
         let _ = tokio::time::timeout(config.connect_timeout, listening).await;
+        health::spawn(Arc::downgrade(&backend));
         Ok(backend)
     }
 
