@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::Script;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
@@ -54,6 +54,7 @@ use script::{Answered, Call, decode, packed, run};
 
 pub(crate) use cluster::slot;
 pub(crate) use config::{RedisConfig, redact};
+pub(crate) use runtime::{Changed, News, Newsroom};
 pub(crate) use script::DECIDE_LUA;
 
 pub(crate) struct RedisBackend {
@@ -89,8 +90,8 @@ pub(crate) struct RedisBackend {
     local: Option<Arc<MemoryBackend>>,
     fallback: AtomicU64,
     errors: AtomicU64,
-    /// Told when runtime rule entries may have changed (see `runtime`).
-    runtime_changes: Arc<Notify>,
+    /// What was heard about the runtime rule entries (see `runtime`).
+    runtime_news: Arc<runtime::Newsroom>,
 }
 
 impl RedisBackend {
@@ -151,7 +152,7 @@ impl RedisBackend {
             local,
             fallback: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            runtime_changes: Arc::new(Notify::new()),
+            runtime_news: Arc::default(),
         });
         let urls = config
             .cluster_nodes

@@ -85,6 +85,29 @@ pub(crate) struct Serve {
     )]
     state_file: PathBuf,
 
+    /// The most bytes the state file may hold: a larger one stops the start (with an error
+    /// that says so, having read no more than this), and a change that would make it larger
+    /// is refused with a 422.
+    #[arg(
+        long,
+        env = "TOLLGATE_STATE_FILE_MAX_BYTES",
+        default_value_t = tollgate::DEFAULT_MAX_STATE_FILE_BYTES,
+        value_name = "BYTES"
+    )]
+    state_file_max_bytes: u64,
+
+    /// The most runtime entries kept (client overrides and routes set by `POST /configure`
+    /// and the admin API; with Redis, counted in Redis for every instance): a new one past
+    /// it is refused with a 422 naming this limit; replacing or removing one always works.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_RUNTIME_ENTRIES",
+        default_value_t = tollgate::DEFAULT_MAX_RUNTIME_ENTRIES,
+        value_parser = at_least_one,
+        value_name = "N"
+    )]
+    max_runtime_entries: usize,
+
     /// The address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
@@ -173,6 +196,14 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number from 1 up")),
+    }
+}
+
 /// An environment value that is empty counts as unset, as the services before did.
 fn set(value: Option<String>) -> Option<String> {
     value.filter(|value| !value.trim().is_empty())
@@ -231,9 +262,12 @@ async fn run(args: Serve) -> Result<(), String> {
     let runtime_store = if uses_redis {
         "Redis".to_owned()
     } else {
-        builder = builder.runtime_state_file(&args.state_file);
+        builder = builder
+            .runtime_state_file(&args.state_file)
+            .max_state_file_bytes(args.state_file_max_bytes);
         args.state_file.display().to_string()
     };
+    builder = builder.max_runtime_entries(args.max_runtime_entries);
     if let Some(nodes) = set(args.redis_cluster_nodes) {
         let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).collect();
         if let Some(empty) = nodes.iter().position(String::is_empty) {
