@@ -273,7 +273,9 @@ fn compose_redis_keeps_an_append_only_file_on_a_volume() {
         .collect();
     let appendonly = command.iter().position(|arg| arg == "--appendonly");
     assert_eq!(
-        appendonly.and_then(|at| command.get(at + 1)).map(String::as_str),
+        appendonly
+            .and_then(|at| command.get(at + 1))
+            .map(String::as_str),
         Some("yes"),
         "redis: --appendonly yes in {command:?}"
     );

@@ -65,7 +65,7 @@ pub struct LimiterBuilder {
     #[cfg(feature = "envoy")]
     envoy_config: Option<PathBuf>,
     record_usage: bool,
-    usage_max_clients: usize,
+    usage: usage::Bounds,
     rendering: Rendering,
     #[cfg(feature = "redis")]
     runtime_resync_interval: Duration,
@@ -99,7 +99,11 @@ impl Default for LimiterBuilder {
             #[cfg(feature = "envoy")]
             envoy_config: None,
             record_usage: false,
-            usage_max_clients: usage::DEFAULT_MAX_CLIENTS,
+            usage: usage::Bounds {
+                max_clients: usage::DEFAULT_MAX_CLIENTS,
+                max_bytes: usage::DEFAULT_USAGE_MAX_BYTES,
+                clients_per_hour: usage::DEFAULT_USAGE_CLIENTS_PER_HOUR,
+            },
             rendering: Rendering::default(),
             #[cfg(feature = "redis")]
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
@@ -348,7 +352,56 @@ impl LimiterBuilder {
     /// history forgets the clients seen longest ago
     /// ([`Stats::usage_evicted`](crate::Stats::usage_evicted)). At least 1.
     pub fn usage_max_clients(mut self, clients: usize) -> Self {
-        self.usage_max_clients = clients.max(1);
+        self.usage.max_clients = clients.max(1);
+        self
+    }
+
+    /// The most bytes of usage this process holds (default
+    /// [`DEFAULT_USAGE_MAX_BYTES`](crate::DEFAULT_USAGE_MAX_BYTES), 64 MiB), as estimated
+    /// from each client's key and the hours, days and rules it has counts for: between two
+    /// flushes, and on the memory backend in the kept history, each. Clients choose their
+    /// own keys (an `X-Client-ID`, a gRPC descriptor value), so the number of clients alone
+    /// does not bound the memory. Past it, as past
+    /// [`usage_max_clients`](Self::usage_max_clients), a new client's calls count in the
+    /// totals and per rule only, and the history forgets the clients seen longest ago.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?;
+    /// let limiter = Limiter::builder()
+    ///     .rules(rules)
+    ///     .record_usage(true)
+    ///     .usage_max_bytes(64 * 1024)
+    ///     .build()
+    ///     .await?;
+    /// for n in 0..3 {
+    ///     let huge = ClientKey::id(format!("{n}{}", "x".repeat(30_000)));
+    ///     limiter.check(Query::new(&huge)).await?;
+    /// }
+    /// let stats = limiter.stats();
+    /// assert_eq!(stats.usage_dropped, 1, "the third key did not fit");
+    /// assert_eq!(limiter.usage_summary(0).await?.allowed, 3, "but it is in the totals");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn usage_max_bytes(mut self, bytes: usize) -> Self {
+        self.usage.max_bytes = bytes;
+        self
+    }
+
+    /// The most clients Redis counts per client in one UTC hour (default
+    /// [`DEFAULT_USAGE_CLIENTS_PER_HOUR`](crate::DEFAULT_USAGE_CLIENTS_PER_HOUR), 100,000),
+    /// shared by every instance with the same prefix: an hour's first clients get their own
+    /// counts; the calls of clients past it are in the totals only (counted in
+    /// [`Stats::usage_dropped`](crate::Stats::usage_dropped)), and their
+    /// [`ClientUsage::untracked_hours`](crate::ClientUsage::untracked_hours) name that hour.
+    /// Each client counted costs Redis some 500 bytes an hour (see the README), so this
+    /// bounds what distinct keys can make Redis hold. At least 1.
+    pub fn usage_clients_per_hour(mut self, clients: u64) -> Self {
+        self.usage.clients_per_hour = clients.max(1);
         self
     }
 
@@ -581,7 +634,7 @@ impl LimiterBuilder {
             watch: self.watch_rules_file,
             sighup: self.reload_on_sighup,
         };
-        let usage_max_clients = self.record_usage.then_some(self.usage_max_clients);
+        let usage = self.record_usage.then_some(self.usage);
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
             if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
@@ -630,7 +683,7 @@ impl LimiterBuilder {
                 (self.ipv6_prefix_len, self.rendering),
                 Backend::Redis(backend),
                 self.memory_cleanup_interval,
-                usage_max_clients,
+                usage,
             )?;
             runtime::spawn_resync(
                 Arc::downgrade(&limiter.core),
@@ -661,7 +714,7 @@ impl LimiterBuilder {
             (self.ipv6_prefix_len, self.rendering),
             Backend::Memory(Arc::new(memory)),
             self.memory_cleanup_interval,
-            usage_max_clients,
+            usage,
         )
     }
 }
@@ -678,7 +731,7 @@ impl Limiter {
     /// The limiter of `rules` with the runtime entries `stored` in `store` (and their
     /// version there) over them, keeping at most `max_entries`; keying IPv6 clients by
     /// `ipv6_prefix_len` bits, rendering verdicts as `rendering` says unless the rules say
-    /// otherwise, recording usage for up to `usage_max_clients` clients if given.
+    /// otherwise, recording usage within `usage` if given.
     fn new(
         rules: Rules,
         reloads: Reloads,
@@ -686,7 +739,7 @@ impl Limiter {
         (ipv6_prefix_len, rendering): (u8, Rendering),
         backend: Backend,
         cleanup_every: Duration,
-        usage_max_clients: Option<usize>,
+        usage: Option<usage::Bounds>,
     ) -> Result<Self, BuildError> {
         if let Some(memory) = backend.memory() {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
@@ -707,7 +760,7 @@ impl Limiter {
             runtime: Runtime::new(store, layers, max_entries),
             ipv6_prefix_len,
             rendering,
-            usage: usage_max_clients.map(|max| Usage::start(&backend, max)),
+            usage: usage.map(|bounds| Usage::start(&backend, bounds)),
             backend,
             counters: Counters::default(),
             events: Arc::default(),

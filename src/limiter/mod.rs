@@ -41,7 +41,10 @@ pub use runtime::{
     DEFAULT_MAX_RUNTIME_ENTRIES, DEFAULT_MAX_STATE_FILE_BYTES, Origin, RuleEntry, RuntimeEntry,
 };
 pub use stats::Stats;
-pub use usage::{Calls, ClientUsage, LimitedClient, UsageError, UsageSummary};
+pub use usage::{
+    Calls, ClientUsage, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES, LimitedClient,
+    UsageError, UsageSummary,
+};
 pub use verdict::Verdict;
 
 /// Decides whether a client's request may go on, under the rules, in memory or in Redis.

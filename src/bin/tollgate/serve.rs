@@ -108,6 +108,41 @@ pub(crate) struct Serve {
     )]
     max_runtime_entries: usize,
 
+    /// Usage statistics: the most distinct clients held in this process between two
+    /// flushes (a second; longer while Redis is away), and without Redis in the kept
+    /// history. Past it a new client's calls count in the totals only.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_MAX_CLIENTS",
+        default_value_t = 100_000,
+        value_parser = at_least_one,
+        value_name = "N"
+    )]
+    usage_max_clients: usize,
+
+    /// Usage statistics: the most bytes held in this process (estimated from each client's
+    /// key and what is counted for it), between two flushes and in the history, each: keys
+    /// are the clients' own choice, so the count of clients alone does not bound memory.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_MAX_BYTES",
+        default_value_t = tollgate::DEFAULT_USAGE_MAX_BYTES,
+        value_name = "BYTES"
+    )]
+    usage_max_bytes: usize,
+
+    /// Usage statistics in Redis: the most keys counted per key in one UTC hour, across
+    /// instances. Calls of keys past it are in the totals only, and `GET /stats/{key}`
+    /// lists that hour in `untracked_hours`.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_CLIENTS_PER_HOUR",
+        default_value_t = tollgate::DEFAULT_USAGE_CLIENTS_PER_HOUR,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "N"
+    )]
+    usage_clients_per_hour: u64,
+
     /// The address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
@@ -282,6 +317,9 @@ async fn run(args: Serve) -> Result<(), String> {
     }
     builder = builder
         .record_usage(true)
+        .usage_max_clients(args.usage_max_clients)
+        .usage_max_bytes(args.usage_max_bytes)
+        .usage_clients_per_hour(args.usage_clients_per_hour)
         .redis_prefix(args.redis_prefix)
         .redis_timeout(Duration::from_millis(args.redis_timeout_ms))
         .local_fallback_instances(args.local_fallback_instances);
