@@ -11,6 +11,7 @@
 //! | `tollgate_buckets`, `tollgate_buckets_evicted_total` | gauge, counter | |
 //! | `tollgate_rule_reloads_total`, `tollgate_rule_reloads_failed_total` | counter | |
 //! | `tollgate_usage_dropped_total`, `tollgate_usage_flush_errors_total` | counter | |
+//! | `tollgate_runtime_read_errors_total` | counter | |
 //! | `tollgate_event_subscribers` | gauge | |
 //!
 //! No label names a client: one series per client would grow without bound.
@@ -46,6 +47,9 @@ pub const RULE_RELOADS_FAILED: &str = "tollgate_rule_reloads_failed_total";
 pub const USAGE_DROPPED: &str = "tollgate_usage_dropped_total";
 /// Usage flushes Redis did not take.
 pub const USAGE_FLUSH_ERRORS: &str = "tollgate_usage_flush_errors_total";
+/// Reads of the runtime entries in Redis that failed (Redis unreachable, or its key holding
+/// something else than the entries).
+pub const RUNTIME_READ_ERRORS: &str = "tollgate_runtime_read_errors_total";
 /// Subscribers to the service's event streams.
 pub const EVENT_SUBSCRIBERS: &str = "tollgate_event_subscribers";
 
@@ -95,7 +99,8 @@ pub(crate) enum RedisErrorKind {
 
 impl Limiter {
     /// Records what is read rather than counted as it happens: buckets held and evicted,
-    /// rule reloads, usage drops and flush errors, event subscribers (from
+    /// rule reloads, usage drops and flush errors, failed reads of the runtime entries,
+    /// event subscribers (from
     /// [`stats`](Self::stats)), and each Redis node's circuit breaker. The service's `GET /metrics` calls it on every scrape;
     /// an app rendering its own exporter calls it before rendering.
     ///
@@ -118,6 +123,7 @@ impl Limiter {
         counter!(RULE_RELOADS_FAILED).absolute(stats.failed_reloads);
         counter!(USAGE_DROPPED).absolute(stats.usage_dropped);
         counter!(USAGE_FLUSH_ERRORS).absolute(stats.usage_flush_errors);
+        counter!(RUNTIME_READ_ERRORS).absolute(stats.runtime_read_errors);
         gauge!(EVENT_SUBSCRIBERS).set(stats.event_subscribers as f64);
         for (node, state) in self.core().breakers() {
             let open = state != crate::BreakerState::Closed;

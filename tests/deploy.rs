@@ -264,6 +264,37 @@ fn compose_apps_share_redis_trust_one_hop_and_follow_the_mounted_rules() {
     }
 }
 
+/// The runtime entries live in Redis: the compose Redis keeps an append-only file on a
+/// volume, so that a restart does not lose them (issue 24, finding 7).
+#[test]
+fn compose_redis_keeps_an_append_only_file_on_a_volume() {
+    let compose = compose();
+    let redis = service(&compose, "redis");
+    let command: Vec<String> = redis["command"]
+        .as_array()
+        .expect("redis: a command list")
+        .iter()
+        .map(scalar)
+        .collect();
+    let appendonly = command.iter().position(|arg| arg == "--appendonly");
+    assert_eq!(
+        appendonly
+            .and_then(|at| command.get(at + 1))
+            .map(String::as_str),
+        Some("yes"),
+        "redis: --appendonly yes in {command:?}"
+    );
+    let data = mounts(redis)
+        .into_iter()
+        .find(|mount| mount.target == "/data")
+        .expect("redis: a volume on /data, where the append-only file is written");
+    assert!(
+        compose["volumes"].get(&data.source).is_some(),
+        "redis: /data is the named volume {:?}, declared under volumes",
+        data.source
+    );
+}
+
 #[test]
 fn compose_every_service_has_a_health_check_and_starts_in_order() {
     let compose = compose();

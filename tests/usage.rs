@@ -219,6 +219,57 @@ async fn memory_bound_on_clients() {
     assert_eq!(summary.allowed, 101, "totals exact after eviction too");
 }
 
+/// Keys the clients choose, 60 KB each (gRPC descriptor values make such keys): the usage
+/// held stays within `usage_max_bytes`, between flushes and in the history; the rest is
+/// counted as dropped (or evicted) and is still in the totals.
+#[tokio::test(start_paused = true)]
+async fn memory_bound_on_bytes() {
+    const MAX_BYTES: usize = 1 << 20;
+    const KEY_BYTES: usize = 60_000;
+    let limiter = Limiter::builder()
+        .rules(rules(RULES))
+        .record_usage(true)
+        .usage_max_bytes(MAX_BYTES)
+        .build()
+        .await
+        .unwrap();
+    let big = |n: usize| format!("{n:04}{}", "v".repeat(KEY_BYTES));
+    for n in 0..200 {
+        calls(&limiter, &big(n), "/", 1).await;
+    }
+    let stats = limiter.stats();
+    assert!(
+        stats.usage_clients * KEY_BYTES <= MAX_BYTES,
+        "{} clients of 60 KB held",
+        stats.usage_clients
+    );
+    assert!(stats.usage_clients >= 10, "{stats:?}");
+    assert_eq!(stats.usage_dropped as usize, 200 - stats.usage_clients);
+    for round in 1..=5 {
+        limiter.flush_usage().await.unwrap();
+        for n in 0..20 {
+            calls(&limiter, &big(1000 * round + n), "/", 1).await;
+        }
+    }
+    limiter.flush_usage().await.unwrap();
+    let stats = limiter.stats();
+    assert!(
+        stats.usage_clients * KEY_BYTES <= MAX_BYTES,
+        "{} clients of 60 KB in the history",
+        stats.usage_clients
+    );
+    assert!(stats.usage_evicted > 0, "{stats:?}");
+    let summary = limiter.usage_summary(1).await.unwrap();
+    assert_eq!(summary.allowed, 300, "totals exact");
+    // Short keys are not crowded out by a bound meant for long ones.
+    for n in 0..100 {
+        calls(&limiter, &format!("short-{n}"), "/", 1).await;
+    }
+    limiter.flush_usage().await.unwrap();
+    let short = limiter.usage(&ClientKey::id("short-99")).await.unwrap();
+    assert_eq!(sum(&short.hours), (1, 0));
+}
+
 /// Repeats `read` until `done` holds of its answer, for at most `limit`; returns the last
 /// answer and how long it took.
 async fn poll<T: std::fmt::Debug, F: Future<Output = T>>(

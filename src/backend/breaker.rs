@@ -4,8 +4,10 @@
 //! missed deadlines) it opens: decisions skip Redis entirely, so an outage costs no
 //! per-request timeout. After `cooldown` one request probes Redis (half-open) while the rest
 //! still skip it; the probe's success closes the breaker, its failure (or cancellation)
-//! opens it for another cooldown. Opening (warn) and closing (info) are logged once each;
-//! probes only at debug level, so an outage of any length logs two lines.
+//! opens it for another cooldown. The health probe (a `PING` every second, see
+//! `redis::health`) moves it too, without traffic: a failed `PING` opens it (unless a
+//! decision got through meanwhile: traffic knows better), an answered one closes it. Opening (warn) and closing (info) are logged once each; probes only at debug
+//! level, so an outage of any length logs two lines.
 // Without Redis only `BreakerState` is used (in `Stats`).
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
@@ -62,6 +64,9 @@ impl std::fmt::Display for BreakerState {
     }
 }
 
+/// How stale [`Breaker::succeeded_at`] may be: 100 ms.
+const SUCCESS_GRAIN_NS: u64 = 100_000_000;
+
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
@@ -83,6 +88,9 @@ pub(crate) struct Breaker {
     failures_in_a_row: AtomicU32,
     /// When it last opened, in nanoseconds since `epoch`.
     opened_at: AtomicU64,
+    /// When a call last succeeded, in nanoseconds since `epoch`, to within
+    /// [`SUCCESS_GRAIN_NS`] (a store on every success would contend across cores); 0: never.
+    succeeded_at: AtomicU64,
     epoch: Instant,
     threshold: u32,
     cooldown: Duration,
@@ -94,6 +102,7 @@ impl Breaker {
             state: AtomicU8::new(CLOSED),
             failures_in_a_row: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
+            succeeded_at: AtomicU64::new(0),
             epoch: Instant::now(),
             threshold: threshold.max(1),
             cooldown,
@@ -109,7 +118,8 @@ impl Breaker {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        // Never 0, which `succeeded_at` keeps for "never".
+        u64::try_from(self.epoch.elapsed().as_nanos()).map_or(u64::MAX, |n| n.max(1))
     }
 
     pub(crate) fn permit(&self) -> Permit {
@@ -137,15 +147,16 @@ impl Breaker {
 
     pub(crate) fn succeeded(&self, permit: Permit) {
         match permit {
-            Permit::Probe => {
-                self.failures_in_a_row.store(0, Ordering::Relaxed);
-                self.state.store(CLOSED, Ordering::Release);
-                tracing::info!("Redis answers again: rate limit circuit closed");
-            }
+            // The health probe may have closed it meanwhile.
+            Permit::Probe => self.close(),
             Permit::Call => {
                 // Read first: a store on every success would contend across cores.
                 if self.failures_in_a_row.load(Ordering::Relaxed) != 0 {
                     self.failures_in_a_row.store(0, Ordering::Relaxed);
+                }
+                let (now, last) = (self.now(), self.succeeded_at.load(Ordering::Relaxed));
+                if last == 0 || now.saturating_sub(last) >= SUCCESS_GRAIN_NS {
+                    self.succeeded_at.store(now, Ordering::Relaxed);
                 }
             }
             Permit::Skip => {}
@@ -156,8 +167,16 @@ impl Breaker {
         match permit {
             Permit::Probe => {
                 self.opened_at.store(self.now(), Ordering::Release);
-                self.state.store(OPEN, Ordering::Release);
-                tracing::debug!(%error, "Redis probe failed: rate limit circuit stays open");
+                let reopened = self
+                    .state
+                    .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if reopened {
+                    tracing::debug!(%error, "Redis probe failed: rate limit circuit stays open");
+                } else {
+                    // The health probe closed it meanwhile: a failure like any other.
+                    self.failed(Permit::Call, error);
+                }
             }
             Permit::Call => {
                 let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
@@ -166,6 +185,36 @@ impl Breaker {
                 }
             }
             Permit::Skip => {}
+        }
+    }
+
+    /// What the health probe, whose `PING` was sent at `sent`, found: Redis answered in
+    /// time (`Ok`), or not. An answer closes the breaker, wherever it stood. No answer opens
+    /// a closed breaker, unless a call succeeded since `sent` (a `PING` lost on a
+    /// connection being made again says less than decisions that got through); a half-open
+    /// breaker waiting on a request's probe is left to that probe.
+    pub(crate) fn probed(&self, sent: Instant, answer: Result<(), String>) {
+        let Err(error) = answer else {
+            self.close();
+            return;
+        };
+        let sent = u64::try_from(sent.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX);
+        // 0: no call ever succeeded.
+        let succeeded_at = self.succeeded_at.load(Ordering::Relaxed);
+        let succeeded_since = succeeded_at != 0 && succeeded_at + SUCCESS_GRAIN_NS >= sent;
+        if self.state.load(Ordering::Acquire) == CLOSED && !succeeded_since {
+            self.open(&format!("Redis did not answer the health probe: {error}"));
+        } else {
+            tracing::debug!(%error, "Redis did not answer the health probe");
+        }
+    }
+
+    /// Closes an open or half-open breaker, logging it once.
+    fn close(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+            tracing::info!("Redis answers again: rate limit circuit closed");
         }
     }
 
@@ -256,6 +305,44 @@ mod tests {
         let breaker = Breaker::new(1, Duration::from_secs(3600));
         breaker.open("test");
         assert_eq!(breaker.permit(), Permit::Skip);
+    }
+
+    #[test]
+    fn the_health_probe_opens_and_closes_without_traffic() {
+        let breaker = Breaker::new(5, Duration::from_secs(3600));
+        breaker.probed(Instant::now(), Err("connection refused".into()));
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "one failed PING opens it"
+        );
+        assert_eq!(breaker.permit(), Permit::Skip);
+        breaker.probed(Instant::now(), Err("still refused".into()));
+        assert_eq!(breaker.state(), BreakerState::Open);
+        breaker.probed(Instant::now(), Ok(()));
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "no cooldown, no request"
+        );
+        assert_eq!(breaker.permit(), Permit::Call);
+        // A request's probe that fails after the health probe closed the breaker counts as
+        // a failed call: one of five, so the breaker stays closed.
+        let breaker = Breaker::new(5, Duration::ZERO);
+        breaker.open("test");
+        assert_eq!(breaker.permit(), Permit::Probe);
+        breaker.probed(Instant::now(), Ok(()));
+        breaker.failed(Permit::Probe, &"late");
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failed_ping_does_not_open_what_traffic_got_through() {
+        let breaker = Breaker::new(5, Duration::from_secs(3600));
+        let sent = Instant::now();
+        breaker.succeeded(Permit::Call);
+        breaker.probed(sent, Err("lost on a reconnect".into()));
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[test]

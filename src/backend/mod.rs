@@ -131,6 +131,18 @@ impl Backend {
         }
     }
 
+    /// One client's override changed, and nothing else: no rule's state is dropped (every
+    /// rule is still there), and Redis's remembered refusals and leases go as for any
+    /// change of the rules.
+    pub(crate) fn client_changed(&self, slots: &[RuleSlot]) {
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(redis) = self {
+            redis.rules_changed(slots);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = slots;
+    }
+
     /// New rules are in force, with these slots: state of rules that are gone is dropped,
     /// and what was remembered under the old rules no longer counts.
     pub(crate) fn rules_changed(&self, slots: &[RuleSlot]) {

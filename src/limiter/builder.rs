@@ -11,9 +11,7 @@ use serde_json::Value;
 
 use super::installed::StateIds;
 use super::reload::{self, ReloadState, RulesFile, off_runtime};
-#[cfg(feature = "redis")]
-use super::runtime;
-use super::runtime::{Layers, Runtime, Store};
+use super::runtime::{self, Layers, Runtime, Store};
 use super::stats::Counters;
 use super::usage::{self, Usage};
 use super::{Core, Limiter};
@@ -62,10 +60,12 @@ pub struct LimiterBuilder {
     reload_on_sighup: bool,
     max_rules_file_bytes: u64,
     runtime_state_file: Option<PathBuf>,
+    max_state_file_bytes: u64,
+    max_runtime_entries: usize,
     #[cfg(feature = "envoy")]
     envoy_config: Option<PathBuf>,
     record_usage: bool,
-    usage_max_clients: usize,
+    usage: usage::Bounds,
     rendering: Rendering,
     #[cfg(feature = "redis")]
     runtime_resync_interval: Duration,
@@ -94,10 +94,16 @@ impl Default for LimiterBuilder {
             reload_on_sighup: true,
             max_rules_file_bytes: crate::DEFAULT_MAX_RULES_FILE_BYTES,
             runtime_state_file: None,
+            max_state_file_bytes: runtime::DEFAULT_MAX_STATE_FILE_BYTES,
+            max_runtime_entries: runtime::DEFAULT_MAX_RUNTIME_ENTRIES,
             #[cfg(feature = "envoy")]
             envoy_config: None,
             record_usage: false,
-            usage_max_clients: usage::DEFAULT_MAX_CLIENTS,
+            usage: usage::Bounds {
+                max_clients: usage::DEFAULT_MAX_CLIENTS,
+                max_bytes: usage::DEFAULT_USAGE_MAX_BYTES,
+                clients_per_hour: usage::DEFAULT_USAGE_CLIENTS_PER_HOUR,
+            },
             rendering: Rendering::default(),
             #[cfg(feature = "redis")]
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
@@ -242,6 +248,72 @@ impl LimiterBuilder {
         self
     }
 
+    /// The largest runtime state file read at [`build`](Self::build), and written by a
+    /// change (default [`DEFAULT_MAX_STATE_FILE_BYTES`](crate::DEFAULT_MAX_STATE_FILE_BYTES),
+    /// 16 MiB). A larger file stops the build with an error that says so, having read no
+    /// more than this plus one byte; a change that would make the file larger is refused
+    /// ([`RuntimeError::StateFileTooLarge`](crate::RuntimeError::StateFileTooLarge)), so that
+    /// the next start can read what was written.
+    ///
+    /// ```
+    /// use tollgate::{BuildError, Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let state = dir.path().join("tollgate-runtime.json");
+    /// std::fs::write(&state, format!(r#"{{"entries": {{}}}}{}"#, " ".repeat(100)))?;
+    /// let err = Limiter::builder()
+    ///     .rules(Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?)
+    ///     .runtime_state_file(&state)
+    ///     .max_state_file_bytes(100)
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, BuildError::RuntimeState { .. }));
+    /// assert!(err.to_string().contains("larger than 100 bytes"), "{err}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_state_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_state_file_bytes = bytes;
+        self
+    }
+
+    /// The most runtime entries kept (default
+    /// [`DEFAULT_MAX_RUNTIME_ENTRIES`](crate::DEFAULT_MAX_RUNTIME_ENTRIES), 10,000): client
+    /// overrides and routes set with [`Limiter::set_client_override`],
+    /// [`Limiter::set_route`] and the service's writes. A new entry past it is refused
+    /// ([`RuntimeError::TooManyEntries`](crate::RuntimeError::TooManyEntries)); replacing or
+    /// removing one always works. With Redis, the count is Redis's, shared by every
+    /// instance. At least 1.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use tollgate::{ClientKey, Limiter, Rules, RuntimeError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let limiter = Limiter::builder()
+    ///     .rules(Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?)
+    ///     .runtime_state_file(dir.path().join("tollgate-runtime.json"))
+    ///     .max_runtime_entries(1)
+    ///     .build()
+    ///     .await?;
+    /// let limit = || json!({"limit": "100/minute"});
+    /// limiter.set_client_override(&ClientKey::id("a"), limit()).await?;
+    /// limiter.set_client_override(&ClientKey::id("a"), json!({"unlimited": true})).await?;
+    /// let err = limiter.set_client_override(&ClientKey::id("b"), limit()).await.unwrap_err();
+    /// assert!(matches!(err, RuntimeError::TooManyEntries { max: 1, .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_runtime_entries(mut self, entries: usize) -> Self {
+        self.max_runtime_entries = entries.max(1);
+        self
+    }
+
     /// Whether to record usage statistics (default false; `tollgate serve` turns it on):
     /// every counted decision's client, rule and answer, per UTC hour and day, read with
     /// [`Limiter::usage`] and [`Limiter::usage_summary`]. Checks, the layer's requests and
@@ -280,7 +352,56 @@ impl LimiterBuilder {
     /// history forgets the clients seen longest ago
     /// ([`Stats::usage_evicted`](crate::Stats::usage_evicted)). At least 1.
     pub fn usage_max_clients(mut self, clients: usize) -> Self {
-        self.usage_max_clients = clients.max(1);
+        self.usage.max_clients = clients.max(1);
+        self
+    }
+
+    /// The most bytes of usage this process holds (default
+    /// [`DEFAULT_USAGE_MAX_BYTES`](crate::DEFAULT_USAGE_MAX_BYTES), 64 MiB), as estimated
+    /// from each client's key and the hours, days and rules it has counts for: between two
+    /// flushes, and on the memory backend in the kept history, each. Clients choose their
+    /// own keys (an `X-Client-ID`, a gRPC descriptor value), so the number of clients alone
+    /// does not bound the memory. Past it, as past
+    /// [`usage_max_clients`](Self::usage_max_clients), a new client's calls count in the
+    /// totals and per rule only, and the history forgets the clients seen longest ago.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"}}"#)?;
+    /// let limiter = Limiter::builder()
+    ///     .rules(rules)
+    ///     .record_usage(true)
+    ///     .usage_max_bytes(64 * 1024)
+    ///     .build()
+    ///     .await?;
+    /// for n in 0..3 {
+    ///     let huge = ClientKey::id(format!("{n}{}", "x".repeat(30_000)));
+    ///     limiter.check(Query::new(&huge)).await?;
+    /// }
+    /// let stats = limiter.stats();
+    /// assert_eq!(stats.usage_dropped, 1, "the third key did not fit");
+    /// assert_eq!(limiter.usage_summary(0).await?.allowed, 3, "but it is in the totals");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn usage_max_bytes(mut self, bytes: usize) -> Self {
+        self.usage.max_bytes = bytes;
+        self
+    }
+
+    /// The most clients Redis counts per client in one UTC hour (default
+    /// [`DEFAULT_USAGE_CLIENTS_PER_HOUR`](crate::DEFAULT_USAGE_CLIENTS_PER_HOUR), 100,000),
+    /// shared by every instance with the same prefix: an hour's first clients get their own
+    /// counts; the calls of clients past it are in the totals only (counted in
+    /// [`Stats::usage_dropped`](crate::Stats::usage_dropped)), and their
+    /// [`ClientUsage::untracked_hours`](crate::ClientUsage::untracked_hours) name that hour.
+    /// Each client counted costs Redis some 500 bytes an hour (see the README), so this
+    /// bounds what distinct keys can make Redis hold. At least 1.
+    pub fn usage_clients_per_hour(mut self, clients: u64) -> Self {
+        self.usage.clients_per_hour = clients.max(1);
         self
     }
 
@@ -513,7 +634,7 @@ impl LimiterBuilder {
             watch: self.watch_rules_file,
             sighup: self.reload_on_sighup,
         };
-        let usage_max_clients = self.record_usage.then_some(self.usage_max_clients);
+        let usage = self.record_usage.then_some(self.usage);
         #[cfg(feature = "redis")]
         if let Some(mut config) = self.redis {
             if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
@@ -552,35 +673,38 @@ impl LimiterBuilder {
                     %error,
                     "runtime rule entries not loaded from Redis; they are applied as soon as it answers"
                 );
-                BTreeMap::new()
+                (BTreeMap::new(), 0)
             });
-            let changes = backend.runtime_changes();
+            let news = backend.runtime_news();
             let limiter = Limiter::new(
                 rules,
                 reloads,
-                (store, stored),
+                (store, stored, self.max_runtime_entries),
                 (self.ipv6_prefix_len, self.rendering),
                 Backend::Redis(backend),
                 self.memory_cleanup_interval,
-                usage_max_clients,
+                usage,
             )?;
             runtime::spawn_resync(
                 Arc::downgrade(&limiter.core),
-                changes,
+                news,
                 self.runtime_resync_interval,
             );
             return Ok(limiter);
         }
         let runtime = match self.runtime_state_file {
             Some(path) => {
-                let store = Store::File(path.clone());
+                let store = Store::File {
+                    path: path.clone(),
+                    max_bytes: self.max_state_file_bytes,
+                };
                 let stored = store
                     .load()
                     .await
                     .map_err(|reason| BuildError::RuntimeState { path, reason })?;
-                (store, stored)
+                (store, stored, self.max_runtime_entries)
             }
-            None => (Store::Unset, BTreeMap::new()),
+            None => (Store::Unset, (BTreeMap::new(), 0), self.max_runtime_entries),
         };
         let memory = MemoryBackend::new(self.max_tracked_buckets, 1);
         Limiter::new(
@@ -590,7 +714,7 @@ impl LimiterBuilder {
             (self.ipv6_prefix_len, self.rendering),
             Backend::Memory(Arc::new(memory)),
             self.memory_cleanup_interval,
-            usage_max_clients,
+            usage,
         )
     }
 }
@@ -604,23 +728,23 @@ struct Reloads {
 }
 
 impl Limiter {
-    /// The limiter of `rules` with the runtime entries `stored` in `store` over them,
-    /// keying IPv6 clients by `ipv6_prefix_len` bits, rendering verdicts as `rendering` says
-    /// unless the rules say otherwise, recording usage for up to `usage_max_clients`
-    /// clients if given.
+    /// The limiter of `rules` with the runtime entries `stored` in `store` (and their
+    /// version there) over them, keeping at most `max_entries`; keying IPv6 clients by
+    /// `ipv6_prefix_len` bits, rendering verdicts as `rendering` says unless the rules say
+    /// otherwise, recording usage within `usage` if given.
     fn new(
         rules: Rules,
         reloads: Reloads,
-        (store, stored): (Store, BTreeMap<String, Value>),
+        (store, (stored, version), max_entries): (Store, (BTreeMap<String, Value>, u64), usize),
         (ipv6_prefix_len, rendering): (u8, Rendering),
         backend: Backend,
         cleanup_every: Duration,
-        usage_max_clients: Option<usize>,
+        usage: Option<usage::Bounds>,
     ) -> Result<Self, BuildError> {
         if let Some(memory) = backend.memory() {
             spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
         }
-        let (layers, rules) = Layers::new(rules, stored);
+        let (layers, rules) = Layers::new(rules, stored, version);
         reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
         let state_ids = StateIds::default();
         let installed = state_ids.install(rules, |installed| {
@@ -633,10 +757,10 @@ impl Limiter {
             state_ids,
             rules_file,
             reload: Mutex::new(ReloadState::default()),
-            runtime: Runtime::new(store, layers),
+            runtime: Runtime::new(store, layers, max_entries),
             ipv6_prefix_len,
             rendering,
-            usage: usage_max_clients.map(|max| Usage::start(&backend, max)),
+            usage: usage.map(|bounds| Usage::start(&backend, bounds)),
             backend,
             counters: Counters::default(),
             events: Arc::default(),

@@ -168,6 +168,35 @@ pub enum RuntimeError {
         /// Why writing it failed.
         source: std::io::Error,
     },
+    /// A new entry would make more runtime entries than the limiter keeps
+    /// ([`max_runtime_entries`](crate::LimiterBuilder::max_runtime_entries)). Replacing or
+    /// removing an entry is always possible.
+    #[error(
+        "{target} was not added: at most {max} runtime entries are kept; remove some, or raise \
+         the limit (the builder's max_runtime_entries, or tollgate serve's \
+         TOLLGATE_MAX_RUNTIME_ENTRIES)"
+    )]
+    TooManyEntries {
+        /// The entry's target.
+        target: String,
+        /// The most entries kept.
+        max: usize,
+    },
+    /// The runtime state file with the change would be larger than the most that is read
+    /// back ([`max_state_file_bytes`](crate::LimiterBuilder::max_state_file_bytes)), which
+    /// would stop the next start.
+    #[error(
+        "runtime entries were not changed: the runtime state file {} would be larger than \
+         {max_bytes} bytes, the most that is read back (the builder's max_state_file_bytes, \
+         or tollgate serve's TOLLGATE_STATE_FILE_MAX_BYTES)",
+        path.display()
+    )]
+    StateFileTooLarge {
+        /// The state file.
+        path: PathBuf,
+        /// The most bytes it may hold.
+        max_bytes: u64,
+    },
     /// The limiter has nowhere to keep runtime entries: it uses no Redis, and was given no
     /// [`runtime_state_file`](crate::LimiterBuilder::runtime_state_file).
     #[error(

@@ -37,9 +37,14 @@ pub use events::{
     RuleChange, RuleCounts,
 };
 pub use query::Query;
-pub use runtime::{Origin, RuleEntry, RuntimeEntry};
+pub use runtime::{
+    DEFAULT_MAX_RUNTIME_ENTRIES, DEFAULT_MAX_STATE_FILE_BYTES, Origin, RuleEntry, RuntimeEntry,
+};
 pub use stats::Stats;
-pub use usage::{Calls, ClientUsage, LimitedClient, UsageError, UsageSummary};
+pub use usage::{
+    Calls, ClientUsage, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES, LimitedClient,
+    UsageError, UsageSummary,
+};
 pub use verdict::Verdict;
 
 /// Decides whether a client's request may go on, under the rules, in memory or in Redis.
@@ -547,6 +552,7 @@ impl Core {
             usage_dropped: usage.dropped,
             usage_evicted: usage.evicted,
             usage_flush_errors: usage.flush_errors,
+            runtime_read_errors: self.runtime.read_errors(),
             event_subscribers: self.events.subscribers(),
         }
     }

@@ -23,7 +23,8 @@ use notify::{RecursiveMode, Watcher};
 
 use super::Core;
 use super::installed::Installed;
-use crate::rules::{Rules, RulesError};
+use crate::key::ClientKey;
+use crate::rules::{Rules, RulesError, UnreachableOverride};
 
 /// The rules a limiter follows: its rules file, and envoy ratelimit's configuration when
 /// it was given one (merged into the rules as their `descriptors`).
@@ -222,6 +223,20 @@ pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
 }
 
 impl Core {
+    /// Swaps in rules that differ from those in force in `client`'s override alone: only
+    /// that override is checked, and every rule keeps its state. Returns the rules replaced,
+    /// for [`free_here`] once no lock is held.
+    pub(crate) fn install_client_change(&self, rules: Rules, client: &ClientKey) -> Arc<Installed> {
+        if let Some(never) = UnreachableOverride::of(client, self.ipv6_prefix_len) {
+            tracing::warn!(client = %client, "{never}");
+        }
+        self.state_ids.install(rules, |installed| {
+            let replaced = self.installed.swap(Arc::new(installed));
+            self.backend.client_changed(&self.installed.load().slots);
+            replaced
+        })
+    }
+
     /// Swaps in new rules; state of rules that no longer exist is dropped. Returns the rules
     /// replaced, for [`free_here`] once no lock is held.
     pub(crate) fn install(&self, rules: Rules) -> Arc<Installed> {

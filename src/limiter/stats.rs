@@ -93,6 +93,10 @@ pub struct Stats {
     /// Usage flushes Redis did not take (failed or past the deadline); their counts were
     /// kept and written by a later flush.
     pub usage_flush_errors: u64,
+    /// Reads of the runtime entries in Redis that failed (Redis unreachable, or its key
+    /// holding something else than the entries): the entries in force stay, and the read is
+    /// tried again; the first failure of a run of them is logged.
+    pub runtime_read_errors: u64,
     /// Live event subscribers now ([`Limiter::subscribe`](crate::Limiter::subscribe): the
     /// service's `/events` and `/ws` connections among them).
     pub event_subscribers: usize,

@@ -20,36 +20,60 @@ pub const DEFAULT_MAX_RULES_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// The bytes of the rules file at `path`: an error naming it when it cannot be opened, is not
 /// a regular file, or holds more than `max_bytes`.
 pub(crate) fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, RulesError> {
-    let read_error = |source| RulesError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    read_bounded(path, max_bytes).map_err(|failure| match failure {
+        Unread::Io(source) => RulesError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        Unread::NotAFile(file_type) => RulesError::NotAFile {
+            path: path.to_owned(),
+            file_type,
+        },
+        Unread::TooLarge => RulesError::TooLarge {
+            path: path.to_owned(),
+            max_bytes,
+        },
+    })
+}
+
+/// Why a file was not read.
+#[derive(Debug)]
+pub(crate) enum Unread {
+    /// It could not be opened or read.
+    Io(std::io::Error),
+    /// It is not a regular file, but this (`a FIFO (named pipe)`, `a directory`...).
+    NotAFile(&'static str),
+    /// It holds more than the most read.
+    TooLarge,
+}
+
+/// The bytes of the regular file (or symlink to one) at `path`, if it holds at most
+/// `max_bytes`: never more than that plus one byte is read.
+pub(crate) fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Unread> {
     let file = open(path).map_err(|source| {
         // Opening a socket fails (ENXIO) before there is a handle to ask; name its type.
         match std::fs::metadata(path) {
-            Ok(metadata) if !metadata.is_file() => not_a_file(path, &metadata.file_type()),
-            _ => read_error(source),
+            Ok(metadata) if !metadata.is_file() => {
+                Unread::NotAFile(type_name(&metadata.file_type()))
+            }
+            _ => Unread::Io(source),
         }
     })?;
-    let metadata = file.metadata().map_err(read_error)?;
+    let metadata = file.metadata().map_err(Unread::Io)?;
     if !metadata.is_file() {
-        return Err(not_a_file(path, &metadata.file_type()));
+        return Err(Unread::NotAFile(type_name(&metadata.file_type())));
     }
-    let too_large = || RulesError::TooLarge {
-        path: path.to_owned(),
-        max_bytes,
-    };
     if metadata.len() > max_bytes {
-        return Err(too_large());
+        return Err(Unread::TooLarge);
     }
     // The size can change after `fstat`; reading one byte past the cap tells without
     // holding more than that.
     let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
     file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(read_error)?;
+        .map_err(Unread::Io)?;
     if bytes.len() as u64 > max_bytes {
-        return Err(too_large());
+        return Err(Unread::TooLarge);
     }
     Ok(bytes)
 }
@@ -67,13 +91,6 @@ fn open(path: &Path) -> std::io::Result<File> {
 #[cfg(not(unix))]
 fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).open(path)
-}
-
-fn not_a_file(path: &Path, file_type: &FileType) -> RulesError {
-    RulesError::NotAFile {
-        path: path.to_owned(),
-        file_type: type_name(file_type),
-    }
 }
 
 /// What a file that is not a regular file is, as `ls -l` would say it.

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use super::parse::{parse, route_id};
-use super::{Location, Rules, RulesError};
+use super::{Limit, Location, Rules, RulesError};
 use crate::key::ClientKey;
 
 /// The source name of an entry validated alone, in its errors.
@@ -98,6 +98,9 @@ pub struct InvalidRuleTarget(Box<str>);
 pub(crate) struct Entry {
     pub(crate) target: RuleTarget,
     pub(crate) rule: Value,
+    /// A client override's limit as validated (`None`: unlimited), so that it goes in force
+    /// without the rules being parsed again; `None` for a route.
+    client_limit: Option<Option<Limit>>,
 }
 
 impl Entry {
@@ -106,16 +109,18 @@ impl Entry {
         let key = client.to_string();
         let mut clients = Map::new();
         clients.insert(key.clone(), rule.clone());
-        alone(Value::Object(Map::from_iter([
+        let rules = alone(Value::Object(Map::from_iter([
             ("default".to_owned(), unlimited()),
             ("clients".to_owned(), Value::Object(clients)),
         ])))?;
         // The parser took the key, so it parses; its canonical form names the entry (an
         // IPv6 network with its host bits cleared).
         let client = ClientKey::parse(&key).unwrap_or_else(|| client.clone());
+        let limit = rules.clients().next().and_then(|(_, limit)| limit.cloned());
         Ok(Entry {
             target: RuleTarget::Client(client),
             rule,
+            client_limit: Some(limit),
         })
     }
 
@@ -134,7 +139,16 @@ impl Entry {
         Ok(Entry {
             target: RuleTarget::Rule(id),
             rule: route,
+            client_limit: None,
         })
+    }
+
+    /// A client override's limit (`Some(None)`: unlimited) in rules whose top-level
+    /// `shadow` is `shadow_all`, as the rules file's `clients` would give it; `None` for a
+    /// route.
+    pub(crate) fn client_limit(&self, shadow_all: bool) -> Option<Option<Limit>> {
+        let limit = self.client_limit.clone()?;
+        Some(limit.map(|limit| if shadow_all { limit.shadowed() } else { limit }))
     }
 
     /// An entry as stored under `target` (`client:<key>` or `rule:<route identity>`):
@@ -266,6 +280,11 @@ impl Merged {
                 }
             }
         }
+    }
+
+    /// The merged document.
+    pub(crate) fn document(&self) -> &Value {
+        &self.document
     }
 
     /// Validates the merged document, as the rules named `name`.

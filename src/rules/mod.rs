@@ -17,6 +17,7 @@
 //! Everything is validated once, at load; a request does one router lookup in its rule set
 //! (and one map lookup when the file has client overrides).
 
+mod clients;
 mod descriptor;
 #[cfg(feature = "envoy")]
 pub(crate) mod envoy;
@@ -43,7 +44,6 @@ pub(crate) fn default_limit(json: &str) -> Limit {
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::RandomState;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,9 +57,10 @@ use crate::key::{ClientKey, KeyRef};
 use crate::policy::OnRedisError;
 use router::RuleSet;
 
+pub(crate) use clients::Clients;
 pub use error::{InvalidRule, Location, RulesError, UnknownTier};
 pub use file::DEFAULT_MAX_RULES_FILE_BYTES;
-pub(crate) use file::read as read_file;
+pub(crate) use file::{Unread, read as read_file, read_bounded};
 pub(crate) use merge::{Entry, Merged, rules_of};
 pub use merge::{InvalidRuleTarget, RuleTarget};
 pub(crate) use parse::pattern_id;
@@ -269,6 +270,13 @@ impl Limit {
     pub fn shadow(&self) -> bool {
         self.shadow
     }
+
+    /// This limit in shadow mode, as the rules file's top-level `shadow: true` makes every
+    /// limit.
+    pub(crate) fn shadowed(mut self) -> Self {
+        self.shadow = true;
+        self
+    }
 }
 
 impl fmt::Display for Limit {
@@ -473,20 +481,23 @@ pub struct Resolved<'a> {
 /// assert!(rules.lookup(&Method::GET, "/static/app.js").limit().is_none());
 /// assert_eq!(rules.lookup(&Method::GET, "/elsewhere").id(), "default");
 /// ```
+///
+/// Cloning is cheap: a clone shares the rules and their routers with the original.
+#[derive(Clone)]
 pub struct Rules {
     /// Every rule: the base default first, the base routes in file order, then each tier's
     /// default and routes.
-    rules: Vec<Rule>,
+    rules: Arc<[Rule]>,
     /// Each rule's position in `rules`, by identity.
-    by_id: HashMap<Arc<str>, usize>,
-    base: RuleSet,
-    tiers: Vec<(Box<str>, RuleSet)>,
+    by_id: Arc<HashMap<Arc<str>, usize>>,
+    base: Arc<RuleSet>,
+    tiers: Arc<[(Box<str>, RuleSet)]>,
     default_tier: Option<usize>,
-    /// `None`: the client is unlimited.
-    /// Searched with the request's borrowed key (see [`KeyRef`]).
-    clients: hashbrown::HashMap<ClientKey, Option<Limit>, RandomState>,
+    /// Searched with the request's borrowed key (see [`KeyRef`]); a runtime entry changes
+    /// one in a copy of the rules (see [`Rules::with_client`]).
+    clients: Clients,
     /// The rules of `descriptors`, by domain and entries.
-    descriptors: descriptor::Descriptors,
+    descriptors: Arc<descriptor::Descriptors>,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
     /// The file's `headers` and `problem_details`, if it has them.
@@ -618,12 +629,8 @@ impl Rules {
     ) -> impl Iterator<Item = UnreachableOverride<'_>> {
         let mut never: Vec<UnreachableOverride<'_>> = self
             .clients
-            .keys()
-            .filter(|client| !client.can_occur_with(ipv6_prefix_len))
-            .map(|client| UnreachableOverride {
-                client,
-                ipv6_prefix_len,
-            })
+            .iter()
+            .filter_map(|(client, _)| UnreachableOverride::of(client, ipv6_prefix_len))
             .collect();
         // `clients` is a hash map; an order that does not change keeps logs comparable.
         never.sort_by_cached_key(|o| o.client.to_string());
@@ -633,7 +640,7 @@ impl Rules {
     /// The rule for a request without a tier (so in `default_tier`, if the file names one)
     /// and without a client override.
     pub fn lookup(&self, method: &Method, path: &str) -> &Rule {
-        let set = self.default_tier.map_or(&self.base, |t| &self.tiers[t].1);
+        let set = self.default_tier.map_or(&*self.base, |t| &self.tiers[t].1);
         &self.rules[set.lookup(method.as_str(), path)]
     }
 
@@ -660,7 +667,7 @@ impl Rules {
                 .find(|(t, _)| &**t == name)
                 .map(|(_, set)| set)
                 .ok_or_else(|| UnknownTier::new(name)),
-            None => Ok(self.default_tier.map_or(&self.base, |t| &self.tiers[t].1)),
+            None => Ok(self.default_tier.map_or(&*self.base, |t| &self.tiers[t].1)),
         }
     }
 
@@ -692,8 +699,8 @@ impl Rules {
                 client_override: false,
             };
         };
-        // An empty map returns at once, without hashing the key.
-        match self.clients.get(&client) {
+        // No overrides: returns at once, without hashing the key.
+        match self.clients.get(client) {
             Some(own) => Resolved {
                 rule,
                 limit: own.as_ref(),
@@ -784,6 +791,28 @@ impl Rules {
             .map(|(key, limit)| (key, limit.as_ref()))
     }
 
+    /// These rules with `client`'s override set to `limit` (`Some(None)`: unlimited) or,
+    /// for `None`, taken away: a copy that shares everything else with these.
+    pub(crate) fn with_client(&self, client: ClientKey, limit: Option<Option<Limit>>) -> Rules {
+        let mut rules = self.clone();
+        match limit {
+            Some(limit) => rules.clients.insert(client, limit),
+            None => rules.clients.remove(client.as_ref()),
+        }
+        rules
+    }
+
+    /// These rules with `clients` as their client overrides.
+    pub(crate) fn with_clients(mut self, clients: Clients) -> Rules {
+        self.clients = clients;
+        self
+    }
+
+    /// The client overrides.
+    pub(crate) fn client_overrides(&self) -> &Clients {
+        &self.clients
+    }
+
     /// The file's `on_redis_error`, if it has one.
     pub fn on_redis_error(&self) -> Option<OnRedisError> {
         self.on_redis_error
@@ -851,7 +880,16 @@ pub struct UnreachableOverride<'a> {
     ipv6_prefix_len: u8,
 }
 
-impl UnreachableOverride<'_> {
+impl<'a> UnreachableOverride<'a> {
+    /// `client`'s override, if no request can match it when IPv6 clients are keyed by
+    /// `ipv6_prefix_len` bits.
+    pub(crate) fn of(client: &'a ClientKey, ipv6_prefix_len: u8) -> Option<Self> {
+        (!client.can_occur_with(ipv6_prefix_len)).then_some(Self {
+            client,
+            ipv6_prefix_len,
+        })
+    }
+
     /// The override's key, as in the file's `clients`.
     pub fn client(&self) -> &ClientKey {
         self.client

@@ -2,7 +2,6 @@
 //! with its JSON location and what was expected.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::RandomState;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -156,8 +155,7 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
                 })?,
         ),
     };
-    let mut clients =
-        hashbrown::HashMap::with_capacity_and_hasher(raw.clients.len(), RandomState::new());
+    let mut clients = super::Clients::default();
     for (key, raw_rule) in raw.clients {
         let at = format!("clients.{key}");
         for (field, present) in [
@@ -182,13 +180,13 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
         .map(|(index, rule)| (Arc::clone(&rule.id), index))
         .collect();
     Ok(Rules {
-        rules,
-        by_id,
-        base,
-        tiers,
+        rules: rules.into(),
+        by_id: Arc::new(by_id),
+        base: Arc::new(base),
+        tiers: tiers.into(),
         default_tier,
         clients,
-        descriptors,
+        descriptors: Arc::new(descriptors),
         on_redis_error: raw.on_redis_error,
         local_fallback_instances: raw.local_fallback_instances,
         header_style: raw.headers,

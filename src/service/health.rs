@@ -20,8 +20,10 @@ pub(crate) struct Health {
     /// `open` failure policy; `"unavailable"` when Redis is down and the policy is `closed`
     /// (every check is refused).
     status: String,
-    /// `"connected"`, `"disconnected"` (the circuit in front of Redis is open: it failed or
-    /// missed its deadlines), or `"not_configured"` (in-memory limits).
+    /// `"connected"`, `"disconnected"` (the circuit in front of Redis is open: decisions
+    /// failed or missed their deadlines, or Redis did not answer the `PING` each instance
+    /// sends it every second, with a 500 ms deadline), or `"not_configured"` (in-memory
+    /// limits). Follows Redis within 2 s either way, with or without traffic.
     redis: String,
     /// Now, RFC 3339 in UTC.
     timestamp: String,

@@ -44,7 +44,7 @@ pub(crate) struct Configured {
     responses(
         (status = 200, description = "Set, on every instance", body = Configured),
         (status = 401, description = "No admin token, or the wrong one"),
-        (status = 422, description = "A malformed body, a key that is not 1 to 128 visible ASCII characters, or a limit the rules file would refuse (its message)"),
+        (status = 422, description = "A malformed body, a key that is not 1 to 128 visible ASCII characters, or a limit the rules file would refuse (its message), or a new key past the most runtime entries kept (TOLLGATE_MAX_RUNTIME_ENTRIES)"),
         (status = 503, description = "The change could not be kept (Redis or the state file): nothing applied"),
     ),
     security(("admin_token" = [])),

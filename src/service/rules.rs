@@ -17,12 +17,16 @@ use crate::key::ClientKey;
 use crate::limiter::{Origin, RuntimeError};
 
 /// A runtime change refused: a 422 at `loc` for an entry that is not a valid rule or does
-/// not fit the rules in force (the rules file's message, with its JSON path), a 503 for
-/// one that could not be kept. Either way nothing was applied.
+/// not fit the rules in force (the rules file's message, with its JSON path), a 422 naming
+/// the cap for one past the most entries or state file bytes kept, a 503 for one that could
+/// not be kept. Either way nothing was applied.
 pub(crate) fn refused(loc: &[&str], error: &RuntimeError) -> Response {
     match error {
         RuntimeError::Invalid(_) | RuntimeError::Conflict { .. } => {
             Unprocessable::at(loc, error.to_string()).into_response()
+        }
+        RuntimeError::TooManyEntries { .. } | RuntimeError::StateFileTooLarge { .. } => {
+            Unprocessable::at(&["body"], error.to_string()).into_response()
         }
         _ => detail(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
     }
@@ -126,7 +130,7 @@ pub(crate) async fn list(State(state): State<Arc<super::State>>) -> Json<RulesVi
     responses(
         (status = 200, description = "Set, on every instance", body = EntryChanged),
         (status = 401, description = "No admin token, or the wrong one"),
-        (status = 422, description = "Not a client key, or not a valid rule: the rules file's message"),
+        (status = 422, description = "Not a client key, not a valid rule (the rules file's message), or a new entry past the most kept (TOLLGATE_MAX_RUNTIME_ENTRIES)"),
         (status = 503, description = "The change could not be kept (Redis or the state file): nothing applied"),
     ),
     security(("admin_token" = [])),
@@ -189,7 +193,7 @@ pub(crate) async fn remove_client(
     responses(
         (status = 200, description = "Set, on every instance; `target` has the route's identity", body = EntryChanged),
         (status = 401, description = "No admin token, or the wrong one"),
-        (status = 422, description = "Not a valid route, or one that conflicts with the routes in force: the rules file's message"),
+        (status = 422, description = "Not a valid route, one that conflicts with the routes in force (the rules file's message), or a new entry past the most kept (TOLLGATE_MAX_RUNTIME_ENTRIES)"),
         (status = 503, description = "The change could not be kept: nothing applied"),
     ),
     security(("admin_token" = [])),

@@ -32,6 +32,10 @@ pub(crate) struct KeyStats {
     hourly: BTreeMap<String, Calls>,
     /// `daily_calls`, allowed and denied.
     daily: BTreeMap<String, Calls>,
+    /// UTC hours (`YYYY-MM-DD-HH`) of the last 24 in which this key was not tracked: Redis
+    /// was counting `TOLLGATE_USAGE_CLIENTS_PER_HOUR` other keys per key already, so its
+    /// calls then (if any) are in the totals of `GET /admin/stats` only, not above.
+    untracked_hours: Vec<String>,
 }
 
 /// A key's calls by hour and day, allowed or not, on every instance sharing the Redis.
@@ -75,6 +79,7 @@ pub(crate) async fn key(
         current_rate_limit,
         hourly,
         daily,
+        untracked_hours: usage.untracked_hours.into_iter().collect(),
     })
     .into_response()
 }
@@ -92,6 +97,9 @@ pub(crate) struct ClientStats {
     daily: BTreeMap<String, Calls>,
     /// Calls per rule in the last 24 hours.
     rules: BTreeMap<String, Calls>,
+    /// UTC hours of the last 24 in which this client was not tracked (as in `GET
+    /// /stats/{key}`): its calls then are in the totals of `GET /admin/stats` only.
+    untracked_hours: Vec<String>,
 }
 
 /// A client's calls: by hour, day and rule.
@@ -147,6 +155,7 @@ fn client_stats(usage: ClientUsage) -> ClientStats {
         hourly: usage.hours,
         daily: usage.days,
         rules,
+        untracked_hours: usage.untracked_hours.into_iter().collect(),
     }
 }
 

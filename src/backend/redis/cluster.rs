@@ -172,20 +172,30 @@ impl SlotServers {
             .iter()
             .map(|(first, last, _)| u32::from(last.saturating_sub(*first)) + 1)
             .sum();
-        let by_master = self
-            .by_master
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut breakers: Vec<_> = by_master
-            .iter()
-            .filter(|(_, server)| table.iter().any(|(_, _, s)| Arc::ptr_eq(s, server)))
-            .map(|(address, server)| (address.clone(), server.breaker.state()))
+        let mut breakers: Vec<_> = self
+            .masters_in_use()
+            .into_iter()
+            .map(|(address, server)| (address, server.breaker.state()))
             .collect();
         if mapped < u32::from(SLOTS) {
             breakers.push(("unmapped".to_owned(), self.unmapped.breaker.state()));
         }
         breakers.sort_by(|a, b| a.0.cmp(&b.0));
         breakers
+    }
+
+    /// The masters of the current slot map, by address (`host:port`).
+    pub(crate) fn masters_in_use(&self) -> Vec<(String, Arc<Server>)> {
+        let table = self.table.load();
+        let by_master = self
+            .by_master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_master
+            .iter()
+            .filter(|(_, server)| table.iter().any(|(_, _, s)| Arc::ptr_eq(s, server)))
+            .map(|(address, server)| (address.clone(), Arc::clone(server)))
+            .collect()
     }
 
     fn masters(&self) -> Vec<Arc<Server>> {

@@ -8,8 +8,8 @@
 //! On a single Redis, concurrent decisions share script calls (see `batcher`). On a cluster,
 //! keys of one call would have to share a slot, so every decision is its own call.
 //!
-//! Every call has a deadline. Failures feed a [`Breaker`]; when Redis cannot decide, the
-//! [`OnRedisError`] policy does.
+//! Every call has a deadline. Failures feed a [`Breaker`], and so does a `PING` to each node
+//! every second (see `health`); when Redis cannot decide, the [`OnRedisError`] policy does.
 
 mod batcher;
 mod clock;
@@ -17,6 +17,7 @@ mod cluster;
 mod config;
 mod connection;
 mod error;
+mod health;
 mod leases;
 mod pubsub;
 mod refusals;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::Script;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
@@ -53,6 +54,7 @@ use script::{Answered, Call, decode, packed, run};
 
 pub(crate) use cluster::slot;
 pub(crate) use config::{RedisConfig, redact};
+pub(crate) use runtime::{Changed, News, Newsroom};
 pub(crate) use script::DECIDE_LUA;
 
 pub(crate) struct RedisBackend {
@@ -88,8 +90,8 @@ pub(crate) struct RedisBackend {
     local: Option<Arc<MemoryBackend>>,
     fallback: AtomicU64,
     errors: AtomicU64,
-    /// Told when runtime rule entries may have changed (see `runtime`).
-    runtime_changes: Arc<Notify>,
+    /// What was heard about the runtime rule entries (see `runtime`).
+    runtime_news: Arc<runtime::Newsroom>,
 }
 
 impl RedisBackend {
@@ -150,7 +152,7 @@ impl RedisBackend {
             local,
             fallback: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            runtime_changes: Arc::new(Notify::new()),
+            runtime_news: Arc::default(),
         });
         let urls = config
             .cluster_nodes
@@ -167,6 +169,7 @@ impl RedisBackend {
         // Like the script, the subscription is in place before the first request when
         // Redis answers; if it does not, it comes with Redis.
         let _ = tokio::time::timeout(config.connect_timeout, listening).await;
+        health::spawn(Arc::downgrade(&backend));
         Ok(backend)
     }
 

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::RedisBackend;
 use super::resets::{self, Reset};
+use super::runtime::News;
 
 /// How often the connection messages arrive on is asked whether it is still there: a
 /// connection that died without closing would otherwise never be noticed.
@@ -18,7 +19,7 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// a cluster hears what is published on any other), and hands each message to the backend
 /// for as long as it lives. Reconnects after a lost connection, or one that stops answering
 /// pings; each time the subscription is made, the backend is told that runtime entries may
-/// have changed meanwhile. `subscribed` is told when the first subscription is in place.
+/// have changed meanwhile, and each change announced is handed over as it is. `subscribed` is told when the first subscription is in place.
 pub(super) fn spawn_listener(
     backend: Weak<RedisBackend>,
     urls: Vec<String>,
@@ -50,7 +51,7 @@ pub(super) fn spawn_listener(
                 let _ = subscribed.send(());
             }
             match backend.upgrade() {
-                Some(backend) => backend.runtime_changes.notify_one(),
+                Some(backend) => backend.runtime_news.tell(News::Reread),
                 None => return,
             }
             let (mut sink, mut messages) = pubsub.split();
@@ -62,7 +63,7 @@ pub(super) fn spawn_listener(
                         let Some(message) = message else { break };
                         let Some(backend) = backend.upgrade() else { return };
                         if message.get_channel_name() == runtime {
-                            backend.runtime_changes.notify_one();
+                            backend.runtime_news.tell(News::of(message.get_payload_bytes()));
                             continue;
                         }
                         match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {

@@ -87,6 +87,64 @@ pub(crate) struct Serve {
     )]
     state_file: PathBuf,
 
+    /// The most bytes the state file may hold: a larger one stops the start (with an error
+    /// that says so, having read no more than this), and a change that would make it larger
+    /// is refused with a 422.
+    #[arg(
+        long,
+        env = "TOLLGATE_STATE_FILE_MAX_BYTES",
+        default_value_t = tollgate::DEFAULT_MAX_STATE_FILE_BYTES,
+        value_name = "BYTES"
+    )]
+    state_file_max_bytes: u64,
+
+    /// The most runtime entries kept (client overrides and routes set by `POST /configure`
+    /// and the admin API; with Redis, counted in Redis for every instance): a new one past
+    /// it is refused with a 422 naming this limit; replacing or removing one always works.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_RUNTIME_ENTRIES",
+        default_value_t = tollgate::DEFAULT_MAX_RUNTIME_ENTRIES,
+        value_parser = at_least_one,
+        value_name = "N"
+    )]
+    max_runtime_entries: usize,
+
+    /// Usage statistics: the most distinct clients held in this process between two
+    /// flushes (a second; longer while Redis is away), and without Redis in the kept
+    /// history. Past it a new client's calls count in the totals only.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_MAX_CLIENTS",
+        default_value_t = 100_000,
+        value_parser = at_least_one,
+        value_name = "N"
+    )]
+    usage_max_clients: usize,
+
+    /// Usage statistics: the most bytes held in this process (estimated from each client's
+    /// key and what is counted for it), between two flushes and in the history, each: keys
+    /// are the clients' own choice, so the count of clients alone does not bound memory.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_MAX_BYTES",
+        default_value_t = tollgate::DEFAULT_USAGE_MAX_BYTES,
+        value_name = "BYTES"
+    )]
+    usage_max_bytes: usize,
+
+    /// Usage statistics in Redis: the most keys counted per key in one UTC hour, across
+    /// instances. Calls of keys past it are in the totals only, and `GET /stats/{key}`
+    /// lists that hour in `untracked_hours`.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_CLIENTS_PER_HOUR",
+        default_value_t = tollgate::DEFAULT_USAGE_CLIENTS_PER_HOUR,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "N"
+    )]
+    usage_clients_per_hour: u64,
+
     /// The address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
@@ -211,6 +269,14 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number from 1 up")),
+    }
+}
+
 /// An environment value that is empty counts as unset, as the services before did.
 fn set(value: Option<String>) -> Option<String> {
     value.filter(|value| !value.trim().is_empty())
@@ -286,9 +352,12 @@ async fn run(args: Serve) -> Result<(), String> {
     let runtime_store = if uses_redis {
         "Redis".to_owned()
     } else {
-        builder = builder.runtime_state_file(&args.state_file);
+        builder = builder
+            .runtime_state_file(&args.state_file)
+            .max_state_file_bytes(args.state_file_max_bytes);
         args.state_file.display().to_string()
     };
+    builder = builder.max_runtime_entries(args.max_runtime_entries);
     if let Some(nodes) = set(args.redis_cluster_nodes) {
         let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).collect();
         if let Some(empty) = nodes.iter().position(String::is_empty) {
@@ -303,6 +372,9 @@ async fn run(args: Serve) -> Result<(), String> {
     }
     builder = builder
         .record_usage(true)
+        .usage_max_clients(args.usage_max_clients)
+        .usage_max_bytes(args.usage_max_bytes)
+        .usage_clients_per_hour(args.usage_clients_per_hour)
         .redis_prefix(args.redis_prefix)
         .redis_timeout(Duration::from_millis(args.redis_timeout_ms))
         .local_fallback_instances(args.local_fallback_instances);

@@ -2,14 +2,22 @@
 //! builder or `set_rules`) and the runtime entries over them. Every install goes through
 //! here, under one lock, so that a reload of the file, a runtime change and a re-read of the
 //! stored entries each see what the others installed.
+//!
+//! A change costs what it touches. A client override cannot conflict with anything, so it
+//! goes in force as a copy of the rules in force with that one override changed (see
+//! [`Rules::with_client`]), whatever the number of entries. A route can conflict with
+//! others, so the base rules are merged with the route entries and parsed again: that costs
+//! the routes, not the client overrides, which are carried over. Only a new base, or a
+//! re-read of every stored entry that differs from what is in force, composes everything.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Change, RuntimeEntry};
-use crate::rules::{Entry, Merged, RuleTarget, Rules, RulesError, Source, rules_of};
+use super::{Change, Origin, RuleEntry, RuntimeEntry};
+use crate::key::ClientKey;
+use crate::rules::{Clients, Entry, Merged, RuleTarget, Rules, RulesError, Source, rules_of};
 
 /// The base rules, the runtime entries, and what of them is in force.
 #[derive(Debug)]
@@ -17,42 +25,67 @@ pub(crate) struct Layers {
     base: Source,
     /// The base rules' JSON, parsed when entries are first merged into it.
     base_json: Option<Arc<Value>>,
+    /// The base rules' client overrides: what a runtime override's removal falls back to.
+    base_clients: Clients,
     /// Every entry stored, by target (`client:…`, `rule:…`): what the store holds.
     stored: BTreeMap<String, Value>,
+    /// The store's version of `stored` (Redis's `{<prefix>:runtime}:version`; 0 for a
+    /// state file): which announced changes are new.
+    stored_version: u64,
     /// The stored entries in force, by target.
     applied: BTreeMap<String, Entry>,
     /// The stored entries not in force, and why.
     left_out: BTreeMap<String, String>,
+    /// The rules last put in force, which a client override's change copies.
+    in_force: Rules,
     /// Counts installs: a change validated on one state is installed as validated only if
     /// nothing was installed since.
     version: u64,
 }
 
-/// A change validated against the layers as they were at `version`.
-pub(crate) struct Proposal {
-    rules: Rules,
-    stored: BTreeMap<String, Value>,
-    applied: BTreeMap<String, Entry>,
-    left_out: BTreeMap<String, String>,
-    version: u64,
+/// Rules to put in force, and how far they differ from those in force.
+pub(crate) struct NewRules {
+    pub(crate) rules: Rules,
+    /// The one client whose override changed, when nothing else did: its install checks
+    /// only that override, and drops no rule's state.
+    pub(crate) only_client: Option<ClientKey>,
 }
 
-impl Proposal {
-    /// Every entry stored once the change is made.
-    pub(crate) fn stored(&self) -> &BTreeMap<String, Value> {
-        &self.stored
+impl NewRules {
+    fn all(rules: Rules) -> Self {
+        Self {
+            rules,
+            only_client: None,
+        }
     }
 }
 
+/// A change validated against the layers as they were at `version`.
+pub(crate) struct Proposal {
+    rules: Rules,
+    /// For a route: every route entry in force, and those left out, once it is made. A
+    /// client override changes only its own target.
+    routes: Option<(BTreeMap<String, Entry>, BTreeMap<String, String>)>,
+    version: u64,
+}
+
 impl Layers {
-    /// The layers of `base` with the `stored` entries, and the rules they put in force.
-    pub(crate) fn new(base: Rules, stored: BTreeMap<String, Value>) -> (Self, Rules) {
+    /// The layers of `base` with the `stored` entries (of version `stored_version`), and
+    /// the rules they put in force.
+    pub(crate) fn new(
+        base: Rules,
+        stored: BTreeMap<String, Value>,
+        stored_version: u64,
+    ) -> (Self, Rules) {
         let mut layers = Self {
             base: base.source().clone(),
             base_json: None,
+            base_clients: base.client_overrides().clone(),
             stored,
+            stored_version,
             applied: BTreeMap::new(),
             left_out: BTreeMap::new(),
+            in_force: base.clone(),
             version: 0,
         };
         let rules = layers.compose_stored(Some(base));
@@ -63,19 +96,35 @@ impl Layers {
     pub(crate) fn rebase(&mut self, base: Rules) -> Rules {
         self.base = base.source().clone();
         self.base_json = None;
+        self.base_clients = base.client_overrides().clone();
         self.compose_stored(Some(base))
     }
 
     /// The change validated against the rules in force: the entries in force must all stay,
-    /// with the changed one; entries left out come back if they now fit. Nothing changes
-    /// here until [`accept`](Self::accept).
+    /// with the changed one; route entries left out come back if they now fit. Nothing
+    /// changes here until [`accept`](Self::accept).
     pub(crate) fn propose(&mut self, change: &Change) -> Result<Proposal, RulesError> {
-        let target = change.target();
+        let target = match change {
+            Change::Set(entry) => &entry.target,
+            Change::Remove(target) => target,
+        };
+        if let RuleTarget::Client(client) = target {
+            let limit = match change {
+                Change::Set(entry) => entry.client_limit(self.shadow_all()),
+                Change::Remove(_) => self.base_clients.get(client.as_ref()).cloned(),
+            };
+            return Ok(Proposal {
+                rules: self.in_force.with_client(client.clone(), limit),
+                routes: None,
+                version: self.version,
+            });
+        }
+        let target = target.to_string();
         let base_json = self.base_json();
         let mut must: Vec<&Entry> = self
             .applied
             .iter()
-            .filter(|(t, _)| **t != target)
+            .filter(|(t, entry)| **t != target && is_route(entry))
             .map(|(_, entry)| entry)
             .collect();
         if let Change::Set(entry) = change {
@@ -85,7 +134,7 @@ impl Layers {
         let may: Vec<Entry> = self
             .left_out
             .keys()
-            .filter(|t| **t != target)
+            .filter(|t| **t != target && t.starts_with("rule:"))
             .filter_map(|t| Entry::stored(t, self.stored.get(t)?.clone()).ok())
             .collect();
         let Composed {
@@ -93,43 +142,101 @@ impl Layers {
             applied,
             mut left_out,
         } = compose(&self.base, &base_json, &must, &may)?;
-        let mut stored = self.stored.clone();
-        change.apply_to(&mut stored);
-        // Entries left out before that still do not fit, and why now.
-        for (target, why) in &self.left_out {
-            if stored.contains_key(target) && !applied.contains_key(target) {
-                left_out
-                    .entry(target.clone())
-                    .or_insert_with(|| why.clone());
+        // Route entries left out before that still do not fit, and why now.
+        for (left, why) in &self.left_out {
+            let still_stored = *left != target || matches!(change, Change::Set(_));
+            if left.starts_with("rule:") && still_stored && !applied.contains_key(left) {
+                left_out.entry(left.clone()).or_insert_with(|| why.clone());
             }
         }
         Ok(Proposal {
-            rules,
-            stored,
-            applied,
-            left_out,
+            rules: rules.with_clients(self.in_force.client_overrides().clone()),
+            routes: Some((applied, left_out)),
             version: self.version,
         })
     }
 
     /// Puts a proposal in force: as validated if nothing was installed since, else the
     /// change is made over what was (and entries that no longer fit are left out).
-    pub(crate) fn accept(&mut self, proposal: Proposal, change: &Change) -> Rules {
-        if proposal.version == self.version {
-            self.version += 1;
-            self.stored = proposal.stored;
-            self.applied = proposal.applied;
-            self.set_left_out(proposal.left_out);
-            return proposal.rules;
-        }
+    pub(crate) fn accept(&mut self, proposal: Proposal, change: &Change) -> NewRules {
         change.apply_to(&mut self.stored);
-        self.compose_stored(None)
+        if proposal.version != self.version {
+            return NewRules::all(self.compose_stored(None));
+        }
+        self.version += 1;
+        let mut only_client = None;
+        match proposal.routes {
+            None => {
+                let target = change.target();
+                self.left_out.remove(&target);
+                match change {
+                    Change::Set(entry) => self.applied.insert(target, entry.clone()),
+                    Change::Remove(_) => self.applied.remove(&target),
+                };
+                if let Change::Set(Entry {
+                    target: RuleTarget::Client(client),
+                    ..
+                })
+                | Change::Remove(RuleTarget::Client(client)) = change
+                {
+                    only_client = Some(client.clone());
+                }
+            }
+            Some((applied, left_out)) => {
+                self.applied.retain(|_, entry| !is_route(entry));
+                self.applied.extend(applied);
+                let mut all = std::mem::take(&mut self.left_out);
+                all.retain(|target, _| !target.starts_with("rule:"));
+                all.extend(left_out);
+                self.set_left_out(all);
+            }
+        }
+        self.in_force = proposal.rules.clone();
+        NewRules {
+            rules: proposal.rules,
+            only_client,
+        }
     }
 
-    /// Takes `stored` as every entry stored (a re-read of the store): the rules to put in
-    /// force, or `None` when the entries are the ones in force already.
+    /// A change another instance announced, to `target` (`rule`: the JSON stored, `None`:
+    /// removed), which brings the stored entries to `stored_version`: the rules to put in
+    /// force. A valid entry goes in like a change made here; anything else is stored as it
+    /// is and settled with every other entry.
     #[cfg(feature = "redis")]
-    pub(crate) fn restore(&mut self, stored: BTreeMap<String, Value>) -> Option<Rules> {
+    pub(crate) fn apply_announced(
+        &mut self,
+        target: &str,
+        rule: Option<Value>,
+        stored_version: u64,
+    ) -> NewRules {
+        self.stored_version = stored_version;
+        let change = match (target.parse::<RuleTarget>(), &rule) {
+            (Ok(target), None) => Some(Change::Remove(target)),
+            (Ok(_), Some(rule)) => Entry::stored(target, rule.clone()).ok().map(Change::Set),
+            (Err(_), _) => None,
+        };
+        if let Some(change) = change
+            && let Ok(proposal) = self.propose(&change)
+        {
+            return self.accept(proposal, &change);
+        }
+        match rule {
+            Some(rule) => self.stored.insert(target.to_owned(), rule),
+            None => self.stored.remove(target),
+        };
+        NewRules::all(self.compose_stored(None))
+    }
+
+    /// Takes `stored`, of version `stored_version`, as every entry stored (a re-read of the
+    /// store): the rules to put in force, or `None` when the entries are the ones in force
+    /// already.
+    #[cfg(feature = "redis")]
+    pub(crate) fn restore(
+        &mut self,
+        stored: BTreeMap<String, Value>,
+        stored_version: u64,
+    ) -> Option<Rules> {
+        self.stored_version = stored_version;
         if stored == self.stored {
             return None;
         }
@@ -137,25 +244,27 @@ impl Layers {
         Some(self.compose_stored(None))
     }
 
-    /// The base rules with every stored entry that fits. `base` is the base rules parsed,
-    /// when the caller has them.
+    /// The base rules with every stored entry that fits: the routes merged and parsed, the
+    /// client overrides over the base's. `base` is the base rules parsed, when the caller
+    /// has them.
     fn compose_stored(&mut self, base: Option<Rules>) -> Rules {
         self.version += 1;
         let mut left_out = BTreeMap::new();
-        let mut may = Vec::with_capacity(self.stored.len());
+        let (mut routes, mut clients) = (Vec::new(), Vec::new());
         for (target, rule) in &self.stored {
             match Entry::stored(target, rule.clone()) {
-                Ok(entry) => may.push(entry),
+                Ok(entry) if is_route(&entry) => routes.push(entry),
+                Ok(entry) => clients.push(entry),
                 Err(why) => {
                     left_out.insert(target.clone(), why);
                 }
             }
         }
-        let composed = (!may.is_empty()).then(|| {
+        let composed = (!routes.is_empty()).then(|| {
             let base_json = self.base_json();
-            compose(&self.base, &base_json, &[], &may)
+            compose(&self.base, &base_json, &[], &routes)
         });
-        let (rules, applied) = match composed {
+        let (rules, mut applied) = match composed {
             Some(Ok(composed)) => {
                 left_out.extend(composed.left_out);
                 (composed.rules, composed.applied)
@@ -163,17 +272,30 @@ impl Layers {
             None => (base.unwrap_or_else(|| self.base_rules()), BTreeMap::new()),
             // Only the base rules themselves could fail; they were valid when installed.
             Some(Err(error)) => {
-                tracing::error!(%error, "the base rules no longer validate; runtime entries left out");
+                tracing::error!(%error, "the base rules no longer validate; runtime routes left out");
                 let why = error.to_string();
                 left_out.extend(
-                    may.iter()
+                    routes
+                        .iter()
                         .map(|entry| (entry.target.to_string(), why.clone())),
                 );
                 (base.unwrap_or_else(|| self.base_rules()), BTreeMap::new())
             }
         };
+        let shadow_all = self.shadow_all();
+        let mut overrides = self.base_clients.clone();
+        for entry in clients {
+            if let (RuleTarget::Client(client), Some(limit)) =
+                (&entry.target, entry.client_limit(shadow_all))
+            {
+                overrides.insert(client.clone(), limit);
+            }
+            applied.insert(entry.target.to_string(), entry);
+        }
+        let rules = rules.with_clients(overrides);
         self.applied = applied;
         self.set_left_out(left_out);
+        self.in_force = rules.clone();
         rules
     }
 
@@ -206,9 +328,33 @@ impl Layers {
         }))
     }
 
-    /// The targets of the entries in force.
-    pub(crate) fn applied(&self) -> impl Iterator<Item = &str> {
-        self.applied.keys().map(String::as_str)
+    /// Whether the base rules make every limit a shadow one (their top-level `shadow`).
+    fn shadow_all(&mut self) -> bool {
+        self.base_json().get("shadow") == Some(&Value::Bool(true))
+    }
+
+    /// Every rule in force, as the rules file writes it, and where it comes from: the base
+    /// rules' JSON with the entries in force merged.
+    pub(crate) fn rule_entries(&mut self) -> Vec<RuleEntry> {
+        let mut merged = Merged::new(Value::clone(&self.base_json()));
+        for entry in self.applied.values() {
+            merged.add(entry);
+        }
+        rules_of(merged.document())
+            .into_iter()
+            .map(|(target, rule)| {
+                let origin = if self.applied.contains_key(&target.to_string()) {
+                    Origin::Runtime
+                } else {
+                    Origin::Base
+                };
+                RuleEntry {
+                    target,
+                    origin,
+                    rule,
+                }
+            })
+            .collect()
     }
 
     /// Every stored entry (those stored under something that names no rule or client
@@ -236,6 +382,39 @@ impl Layers {
     pub(crate) fn has(&self, target: &RuleTarget) -> bool {
         self.stored.contains_key(&target.to_string())
     }
+
+    /// How many entries are stored.
+    pub(crate) fn stored_count(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// Every entry stored, once `change` is made: what a state file holds after it.
+    pub(crate) fn stored_after(&self, change: &Change) -> BTreeMap<String, Value> {
+        let mut stored = self.stored.clone();
+        change.apply_to(&mut stored);
+        stored
+    }
+
+    /// Every entry stored, and the store's version of them.
+    #[cfg(feature = "redis")]
+    pub(crate) fn stored(&self) -> (&BTreeMap<String, Value>, u64) {
+        (&self.stored, self.stored_version)
+    }
+
+    /// The store's version of the entries.
+    pub(crate) fn stored_version(&self) -> u64 {
+        self.stored_version
+    }
+
+    /// A change made here reached the store as `stored_version`.
+    pub(crate) fn stored_as(&mut self, stored_version: u64) {
+        self.stored_version = stored_version;
+    }
+}
+
+/// Whether `entry` is a route (the rest are client overrides).
+fn is_route(entry: &Entry) -> bool {
+    matches!(entry.target, RuleTarget::Rule(_))
 }
 
 /// Base rules with entries merged.
@@ -319,11 +498,12 @@ mod tests {
         Layers::new(
             Rules::from_json(BASE).unwrap(),
             stored.iter().cloned().collect(),
+            0,
         )
     }
 
     fn applied(layers: &Layers) -> Vec<&str> {
-        layers.applied().collect()
+        layers.applied.keys().map(String::as_str).collect()
     }
 
     #[test]
@@ -354,7 +534,7 @@ mod tests {
         let (mut layers, _) = layers(&[route("/api/{z}"), route("/api/{a}")]);
         let change = Change::Remove(RuleTarget::Rule("/api/<a>".into()));
         let proposal = layers.propose(&change).unwrap();
-        let rules = layers.accept(proposal, &change);
+        let rules = layers.accept(proposal, &change).rules;
         assert!(rules.find("/api/<z>").is_some());
         assert_eq!(applied(&layers), ["rule:/api/<z>"]);
         assert!(layers.left_out.is_empty());
@@ -375,7 +555,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let rules = layers.accept(proposal, &change);
+        let rules = layers.accept(proposal, &change).rules;
         assert!(
             rules.find("/api/<id>").is_some(),
             "the new base is in force"

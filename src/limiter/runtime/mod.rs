@@ -12,13 +12,11 @@
 
 mod layers;
 mod store;
+#[cfg(feature = "redis")]
+mod sync;
 
-use std::collections::{BTreeMap, HashSet};
-#[cfg(feature = "redis")]
-use std::sync::Weak;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-#[cfg(feature = "redis")]
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -27,14 +25,17 @@ use super::installed::Installed;
 use super::reload::{free_here, off_runtime};
 use super::{Core, Limiter};
 use crate::key::ClientKey;
-use crate::rules::{Entry, RuleTarget, Rules, pattern_id, rules_of};
-pub(crate) use layers::Layers;
+use crate::rules::{Entry, RuleTarget, Rules, pattern_id};
+pub(crate) use layers::{Layers, NewRules};
+pub use store::DEFAULT_MAX_STATE_FILE_BYTES;
 pub(crate) use store::Store;
-
-/// How often the entries stored in Redis are read again, in case an announcement was
-/// missed.
+use store::{Held, Kept};
 #[cfg(feature = "redis")]
-pub(crate) const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) use sync::{DEFAULT_RESYNC_INTERVAL, Reads, spawn_resync};
+
+/// The most runtime entries a limiter keeps by default: see
+/// [`max_runtime_entries`](crate::LimiterBuilder::max_runtime_entries).
+pub const DEFAULT_MAX_RUNTIME_ENTRIES: usize = 10_000;
 
 /// Where a rule in force comes from.
 ///
@@ -162,15 +163,31 @@ pub(crate) struct Runtime {
     /// (a re-read begun before a change never lands after it).
     in_turn: tokio::sync::Mutex<()>,
     layers: Mutex<Layers>,
+    /// The most entries kept: a new entry past it is refused.
+    max_entries: usize,
+    /// Reads of the entries in Redis, and those that failed.
+    #[cfg(feature = "redis")]
+    reads: Reads,
 }
 
 impl Runtime {
-    pub(crate) fn new(store: Store, layers: Layers) -> Self {
+    pub(crate) fn new(store: Store, layers: Layers, max_entries: usize) -> Self {
         Self {
             store,
             in_turn: tokio::sync::Mutex::new(()),
             layers: Mutex::new(layers),
+            max_entries,
+            #[cfg(feature = "redis")]
+            reads: Reads::default(),
         }
+    }
+
+    /// Reads of the entries in Redis that failed.
+    pub(crate) fn read_errors(&self) -> u64 {
+        #[cfg(feature = "redis")]
+        return self.reads.errors();
+        #[cfg(not(feature = "redis"))]
+        0
     }
 
     /// The layers; every install holds them (merging may take a while on a large rules
@@ -335,28 +352,7 @@ impl Limiter {
     /// default, the routes, each tier's default and routes (tiers in name order), then the
     /// client overrides (in key order).
     pub fn rule_entries(&self) -> Vec<RuleEntry> {
-        let layers = self.core.runtime.layers();
-        // Read under the layers' lock: every install holds it, so the rules in force and the
-        // entries agree.
-        let installed = self.core.installed.load();
-        let document: Value =
-            serde_json::from_str(&installed.rules.source().json).unwrap_or(Value::Null);
-        let applied: HashSet<&str> = layers.applied().collect();
-        rules_of(&document)
-            .into_iter()
-            .map(|(target, rule)| {
-                let origin = if applied.contains(target.to_string().as_str()) {
-                    Origin::Runtime
-                } else {
-                    Origin::Base
-                };
-                RuleEntry {
-                    target,
-                    origin,
-                    rule,
-                }
-            })
-            .collect()
+        self.core.runtime.layers().rule_entries()
     }
 
     /// Every runtime entry stored, in force or not, in target order.
@@ -374,107 +370,120 @@ impl Core {
         self.install(rules)
     }
 
+    /// Puts `new` in force; one client's override changed is installed as such. Returns the
+    /// rules replaced, for [`free_here`] once no lock is held.
+    pub(crate) fn put_in_force(&self, new: NewRules) -> Arc<Installed> {
+        match new.only_client {
+            Some(client) => self.install_client_change(new.rules, &client),
+            None => self.install(new.rules),
+        }
+    }
+
     /// Validates `change`, keeps it, and puts it in force. Returns whether an entry was
     /// stored under its target before.
     async fn change(self: &Arc<Self>, change: Change) -> Result<bool, RuntimeError> {
         let _in_turn = self.runtime.in_turn.lock().await;
         let target = change.target();
-        let (core, proposed) = (Arc::clone(self), change.clone());
-        let (proposal, was_stored) = off_runtime(move || {
-            let mut layers = core.runtime.layers();
-            let was_stored = layers.has(match &proposed {
-                Change::Set(entry) => &entry.target,
-                Change::Remove(target) => target,
-            });
-            (layers.propose(&proposed), was_stored)
-        })
-        .await;
-        let proposal = proposal.map_err(|source| RuntimeError::Conflict {
-            target: target.clone(),
-            source,
-        })?;
-        let existed = self
-            .runtime
-            .store
-            .persist(&change, proposal.stored(), was_stored)
-            .await?;
-        if matches!(change, Change::Remove(_)) && !existed && !was_stored {
-            return Ok(false);
-        }
-        let (core, accepted) = (Arc::clone(self), change.clone());
-        off_runtime(move || {
-            let mut layers = core.runtime.layers();
-            let rules = layers.accept(proposal, &accepted);
-            let replaced = core.install(rules);
-            drop(layers);
-            free_here(replaced);
-        })
-        .await;
-        self.runtime.store.announce(&change).await;
-        let changed = if matches!(change, Change::Set(_)) {
-            "set"
-        } else {
-            "removed"
-        };
-        tracing::info!(entry = %target, change = changed, "runtime entry changed");
-        self.events.rules_changed(target, "runtime", changed);
-        Ok(existed)
-    }
-
-    /// Reads the stored entries again and, if they changed, puts them in force. Returns
-    /// whether they could be read.
-    #[cfg(feature = "redis")]
-    async fn resync(self: &Arc<Self>) -> bool {
-        let _in_turn = self.runtime.in_turn.lock().await;
-        let stored = match self.runtime.store.load().await {
-            Ok(stored) => stored,
-            Err(error) => {
-                tracing::debug!(%error, "runtime entries not read again");
-                return false;
+        #[cfg(feature = "redis")]
+        let mut wrote_back = false;
+        loop {
+            let (core, proposed) = (Arc::clone(self), change.clone());
+            let (proposal, held) = off_runtime(move || core.prepare(&proposed)).await?;
+            let (was_stored, known) = (held.was_stored, held.version);
+            let kept = self
+                .runtime
+                .store
+                .persist(&change, held, self.runtime.max_entries)
+                .await?;
+            let (existed, version) = match kept {
+                Kept::Done { existed, version } => (existed, version),
+                // Redis restarted empty: this instance's entries go back first, once.
+                #[cfg(feature = "redis")]
+                Kept::Behind if !wrote_back => {
+                    wrote_back = true;
+                    self.write_back()
+                        .await
+                        .map_err(|reason| RuntimeError::Redis {
+                            target: target.clone(),
+                            reason,
+                        })?;
+                    continue;
+                }
+                #[cfg(feature = "redis")]
+                Kept::Behind => {
+                    return Err(RuntimeError::Redis {
+                        target,
+                        reason:
+                            "Redis lost the runtime entries, and they could not be written back"
+                                .into(),
+                    });
+                }
+            };
+            if matches!(change, Change::Remove(_)) && !existed && !was_stored {
+                return Ok(false);
             }
-        };
-        let core = Arc::clone(self);
-        off_runtime(move || {
-            let mut layers = core.runtime.layers();
-            if let Some(rules) = layers.restore(stored) {
-                let replaced = core.install(rules);
+            let (core, accepted) = (Arc::clone(self), change.clone());
+            off_runtime(move || {
+                let mut layers = core.runtime.layers();
+                let new = layers.accept(proposal, &accepted);
+                layers.stored_as(version);
+                let replaced = core.put_in_force(new);
                 drop(layers);
                 free_here(replaced);
-                tracing::info!("runtime entries changed in the store; now in force here");
-                core.events
-                    .rules_changed("rules".into(), "store", "replaced");
-            }
-        })
-        .await;
-        true
-    }
-}
-
-/// Reads the stored entries again whenever `changes` is notified, and `every` after the
-/// last read, until the limiter is dropped. A read that fails is tried again sooner (from
-/// 250 ms, doubling up to `every`): Redis may just be back, its connection not yet.
-#[cfg(feature = "redis")]
-pub(crate) fn spawn_resync(core: Weak<Core>, changes: Arc<tokio::sync::Notify>, every: Duration) {
-    const FIRST_RETRY: Duration = Duration::from_millis(250);
-    tokio::spawn(async move {
-        let mut retry = None;
-        loop {
-            tokio::select! {
-                () = changes.notified() => {}
-                () = tokio::time::sleep(retry.unwrap_or(every)) => {}
-            }
-            let Some(core) = core.upgrade() else {
-                break;
-            };
-            retry = if core.resync().await {
-                None
+            })
+            .await;
+            let changed = if matches!(change, Change::Set(_)) {
+                "set"
             } else {
-                Some(
-                    retry
-                        .map_or(FIRST_RETRY, |wait: Duration| wait * 2)
-                        .min(every),
-                )
+                "removed"
             };
+            tracing::info!(entry = %target, change = changed, "runtime entry changed");
+            self.events.rules_changed(target, "runtime", changed);
+            // Other instances changed entries between this one's last and this change: their
+            // announcements came before it, and are read again with everything.
+            #[cfg(feature = "redis")]
+            if version > known + 1 {
+                self.reread().await;
+            }
+            #[cfg(not(feature = "redis"))]
+            let _ = known;
+            return Ok(existed);
         }
-    });
+    }
+
+    /// `change` validated against the rules in force, and what this instance holds to keep
+    /// it with. Blocks on the layers: run it with [`off_runtime`].
+    fn prepare(&self, change: &Change) -> Result<(layers::Proposal, Held), RuntimeError> {
+        let mut layers = self.runtime.layers();
+        let target = match change {
+            Change::Set(entry) => &entry.target,
+            Change::Remove(target) => target,
+        };
+        let was_stored = layers.has(target);
+        let max = self.runtime.max_entries;
+        if matches!(change, Change::Set(_)) && !was_stored && layers.stored_count() >= max {
+            return Err(RuntimeError::TooManyEntries {
+                target: target.to_string(),
+                max,
+            });
+        }
+        let proposal = layers
+            .propose(change)
+            .map_err(|source| RuntimeError::Conflict {
+                target: target.to_string(),
+                source,
+            })?;
+        let held = Held {
+            was_stored,
+            version: layers.stored_version(),
+            #[cfg(feature = "redis")]
+            holding: layers.stored_count() > 0,
+            after: self
+                .runtime
+                .store
+                .is_file()
+                .then(|| layers.stored_after(change)),
+        };
+        Ok((proposal, held))
+    }
 }

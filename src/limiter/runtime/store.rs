@@ -1,6 +1,6 @@
 //! Where runtime entries are kept: in Redis, shared by every instance that uses it (see
 //! `backend::redis::runtime`), or, on the in-memory backend, in a state file of this
-//! process, replaced atomically on every change.
+//! process, replaced atomically on every change and never larger than its cap.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,14 +14,20 @@ use serde_json::Value;
 use super::Change;
 use crate::limiter::error::RuntimeError;
 use crate::limiter::reload::off_runtime;
+use crate::rules::{Unread, read_bounded};
+
+/// The largest runtime state file read or written by default: 16 MiB, like the rules file
+/// (some 100,000 client overrides). Change it with
+/// [`max_state_file_bytes`](crate::LimiterBuilder::max_state_file_bytes).
+pub const DEFAULT_MAX_STATE_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where a limiter keeps its runtime entries.
 pub(crate) enum Store {
     /// Nowhere: an in-memory limiter without a state file refuses changes.
     Unset,
-    /// A state file: `{"entries": {"<target>": <rule>, ...}}`.
-    File(PathBuf),
-    /// The hash `<prefix>:runtime`.
+    /// A state file of at most `max_bytes`: `{"entries": {"<target>": <rule>, ...}}`.
+    File { path: PathBuf, max_bytes: u64 },
+    /// The hash `<prefix>:runtime`, and its version.
     #[cfg(feature = "redis")]
     Redis(Arc<crate::backend::redis::RedisBackend>),
 }
@@ -39,93 +45,169 @@ struct StateFile {
     entries: BTreeMap<String, Value>,
 }
 
-impl Store {
-    /// Every entry stored, by target. Reads the state file off the runtime.
-    pub(crate) async fn load(&self) -> Result<BTreeMap<String, Value>, String> {
-        match self {
-            Store::Unset => Ok(BTreeMap::new()),
-            Store::File(path) => {
-                let path = path.clone();
-                off_runtime(move || read_state(&path)).await
-            }
-            #[cfg(feature = "redis")]
-            Store::Redis(redis) => Ok(redis
-                .runtime_entries()
-                .await?
-                .into_iter()
-                // A value that is not JSON is left out, with the parser's reason.
-                .map(|(target, json)| {
-                    let rule = serde_json::from_str(&json).unwrap_or(Value::String(json));
-                    (target, rule)
-                })
-                .collect()),
-        }
-    }
+/// What this instance holds when it makes a change: what Redis is checked against, and what
+/// a state file is written with.
+pub(crate) struct Held {
+    /// Whether an entry is stored under the change's target.
+    pub(crate) was_stored: bool,
+    /// The store's version of the entries held (0 for a state file).
+    pub(crate) version: u64,
+    /// Whether any entry is held.
+    #[cfg(feature = "redis")]
+    pub(crate) holding: bool,
+    /// Every entry once the change is made: for a state file only.
+    pub(crate) after: Option<BTreeMap<String, Value>>,
+}
 
-    /// Stores `change`, after which the entries stored are `entries`. Returns whether an
-    /// entry was stored under the change's target before (as the state file had it, or as
-    /// Redis says).
-    pub(crate) async fn persist(
-        &self,
-        change: &Change,
-        entries: &BTreeMap<String, Value>,
-        was_stored: bool,
-    ) -> Result<bool, RuntimeError> {
-        #[cfg(not(feature = "redis"))]
-        let _ = change;
+/// What became of a change sent to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// Kept: `existed` whether an entry was stored under its target before; `version` the
+    /// store's version of the entries with it (0 for a state file).
+    Done { existed: bool, version: u64 },
+    /// Not kept: Redis lost entries this instance holds (it restarted empty). They are to
+    /// be written back before the change is made again.
+    #[cfg(feature = "redis")]
+    Behind,
+}
+
+impl Store {
+    /// Every entry stored, by target, and their version. Reads the state file off the
+    /// runtime.
+    pub(crate) async fn load(&self) -> Result<(BTreeMap<String, Value>, u64), String> {
         match self {
-            Store::Unset => Err(RuntimeError::NoStore),
-            Store::File(path) => {
-                let (path, text) = (path.clone(), state_text(entries));
-                off_runtime(move || write_atomically(&path, &text).map_err(|e| (path, e)))
-                    .await
-                    .map_err(|(path, source)| RuntimeError::StateFile { path, source })?;
-                Ok(was_stored)
+            Store::Unset => Ok((BTreeMap::new(), 0)),
+            Store::File { path, max_bytes } => {
+                let (path, max_bytes) = (path.clone(), *max_bytes);
+                off_runtime(move || read_state(&path, max_bytes).map(|entries| (entries, 0))).await
             }
             #[cfg(feature = "redis")]
             Store::Redis(redis) => {
+                let stored = redis.runtime_entries().await?;
+                let entries = stored
+                    .entries
+                    .into_iter()
+                    // A value that is not JSON is left out, with the parser's reason.
+                    .map(|(target, json)| {
+                        let rule = serde_json::from_str(&json).unwrap_or(Value::String(json));
+                        (target, rule)
+                    })
+                    .collect();
+                Ok((entries, stored.version))
+            }
+        }
+    }
+
+    /// Whether changes are kept in a state file, which is written whole.
+    pub(crate) fn is_file(&self) -> bool {
+        matches!(self, Store::File { .. })
+    }
+
+    /// Keeps `change`, made by an instance that holds `held`, unless it would make more
+    /// than `max_entries` entries.
+    pub(crate) async fn persist(
+        &self,
+        change: &Change,
+        held: Held,
+        max_entries: usize,
+    ) -> Result<Kept, RuntimeError> {
+        #[cfg(not(feature = "redis"))]
+        let _ = (change, max_entries);
+        match self {
+            Store::Unset => Err(RuntimeError::NoStore),
+            Store::File { path, max_bytes } => {
+                let text = state_text(&held.after.unwrap_or_default());
+                if text.len() as u64 > *max_bytes {
+                    return Err(RuntimeError::StateFileTooLarge {
+                        path: path.clone(),
+                        max_bytes: *max_bytes,
+                    });
+                }
+                let path = path.clone();
+                off_runtime(move || write_atomically(&path, &text).map_err(|e| (path, e)))
+                    .await
+                    .map_err(|(path, source)| RuntimeError::StateFile { path, source })?;
+                Ok(Kept::Done {
+                    existed: held.was_stored,
+                    version: 0,
+                })
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(redis) => {
+                use crate::backend::redis::Changed;
                 let rule = match change {
                     Change::Set(entry) => Some(entry.rule.to_string()),
                     Change::Remove(_) => None,
                 };
                 let target = change.target();
-                redis
-                    .store_runtime_entry(&target, rule.as_deref())
+                let changed = redis
+                    .change_runtime_entry(
+                        &target,
+                        rule.as_deref(),
+                        (held.version, held.holding),
+                        max_entries,
+                    )
                     .await
-                    .map_err(|reason| RuntimeError::Redis { target, reason })
+                    .map_err(|reason| RuntimeError::Redis {
+                        target: target.clone(),
+                        reason,
+                    })?;
+                match changed {
+                    Changed::Made { existed, version } => Ok(Kept::Done { existed, version }),
+                    Changed::Unchanged => Ok(Kept::Done {
+                        existed: false,
+                        version: held.version,
+                    }),
+                    Changed::Behind => Ok(Kept::Behind),
+                    Changed::Full { .. } => Err(RuntimeError::TooManyEntries {
+                        target,
+                        max: max_entries,
+                    }),
+                }
             }
         }
     }
 
-    /// Tells every instance sharing the store that `change` was made. A failure is logged:
-    /// the change is stored, and every instance finds it at its next re-read.
-    pub(crate) async fn announce(&self, change: &Change) {
-        #[cfg(feature = "redis")]
-        if let Store::Redis(redis) = self
-            && let Err(error) = redis.announce_runtime_change(&change.target()).await
-        {
-            tracing::warn!(
-                entry = %change.target(),
-                %error,
-                "runtime entry stored but not announced; other instances apply it at their next re-read"
-            );
+    /// Writes `entries`, of version `version`, back into a Redis that lost them. Returns
+    /// how many were written back (0: Redis was not behind any more).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn restore(
+        &self,
+        entries: &BTreeMap<String, Value>,
+        version: u64,
+    ) -> Result<u64, String> {
+        match self {
+            Store::Redis(redis) => {
+                let entries = entries
+                    .iter()
+                    .map(|(target, rule)| (target.as_str(), rule.to_string()));
+                redis.restore_runtime_entries(entries, version).await
+            }
+            _ => Ok(0),
         }
-        #[cfg(not(feature = "redis"))]
-        let _ = change;
     }
 }
 
-/// The entries of the state file at `path`; none when there is no file yet.
-fn read_state(path: &Path) -> Result<BTreeMap<String, Value>, String> {
-    match std::fs::metadata(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(error) => return Err(error.to_string()),
+/// The entries of the state file at `path`, of at most `max_bytes`; none when there is no
+/// file yet.
+fn read_state(path: &Path, max_bytes: u64) -> Result<BTreeMap<String, Value>, String> {
+    let bytes = match read_bounded(path, max_bytes) {
+        Ok(bytes) => bytes,
+        Err(Unread::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(BTreeMap::new());
+        }
+        Err(Unread::Io(error)) => return Err(error.to_string()),
         // A FIFO or a device in its place is not read.
-        Ok(metadata) if !metadata.is_file() => return Err("it is not a regular file".into()),
-        Ok(_) => {}
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    serde_json::from_str::<StateFile>(&text)
+        Err(Unread::NotAFile(_)) => return Err("it is not a regular file".into()),
+        Err(Unread::TooLarge) => {
+            return Err(format!(
+                "it is larger than {max_bytes} bytes, the most that is read (raise the limit \
+                 with the builder's max_state_file_bytes, or tollgate serve's \
+                 TOLLGATE_STATE_FILE_MAX_BYTES)"
+            ));
+        }
+    };
+    serde_json::from_slice::<StateFile>(&bytes)
         .map(|state| state.entries)
         .map_err(|e| format!("it is not a runtime state file ({{\"entries\": {{...}}}}): {e}"))
 }
@@ -174,12 +256,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    const MAX: u64 = DEFAULT_MAX_STATE_FILE_BYTES;
+
     #[test]
     fn the_state_file_is_replaced_whole_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         assert_eq!(
-            read_state(&path),
+            read_state(&path, MAX),
             Ok(BTreeMap::new()),
             "no file yet: no entries"
         );
@@ -189,7 +273,7 @@ mod tests {
             serde_json::json!({"limit": "100/minute"}),
         );
         write_atomically(&path, &state_text(&entries)).unwrap();
-        assert_eq!(read_state(&path), Ok(entries.clone()));
+        assert_eq!(read_state(&path, MAX), Ok(entries.clone()));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.starts_with("{\n  \"entries\": {\n    \"client:id:k\""),
@@ -203,7 +287,7 @@ mod tests {
         assert_eq!(names, ["state.json"]);
         entries.clear();
         write_atomically(&path, &state_text(&entries)).unwrap();
-        assert_eq!(read_state(&path), Ok(BTreeMap::new()));
+        assert_eq!(read_state(&path, MAX), Ok(BTreeMap::new()));
     }
 
     #[test]
@@ -226,11 +310,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, "{\"default\": {}}").unwrap();
-        let err = read_state(&path).unwrap_err();
+        let err = read_state(&path, MAX).unwrap_err();
         assert!(err.starts_with("it is not a runtime state file"), "{err}");
         assert_eq!(
-            read_state(dir.path()).unwrap_err(),
+            read_state(dir.path(), MAX).unwrap_err(),
             "it is not a regular file"
         );
+    }
+
+    #[test]
+    fn a_state_file_over_the_cap_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // A sparse terabyte: refused on its size, so nothing is allocated for it.
+        File::create(&path).unwrap().set_len(1 << 40).unwrap();
+        let err = read_state(&path, MAX).unwrap_err();
+        assert!(err.starts_with("it is larger than 16777216 bytes"), "{err}");
+        std::fs::write(&path, "{\"entries\": {}}").unwrap();
+        assert_eq!(read_state(&path, 15), Ok(BTreeMap::new()));
+        assert!(read_state(&path, 14).is_err());
     }
 }

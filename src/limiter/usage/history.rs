@@ -1,12 +1,13 @@
 //! The memory backend's usage history: what every flush wrote, kept in this process for
-//! [`HOURS_KEPT`] hours and [`DAYS_KEPT`] days, for at most `max_clients` clients (those
-//! seen longest ago are forgotten first).
+//! [`HOURS_KEPT`] hours and [`DAYS_KEPT`] days, for at most `max_clients` clients and
+//! `max_bytes` of them, as estimated by [`ClientHistory::bytes`] (those seen longest ago are
+//! forgotten first).
 
 use std::collections::BTreeMap;
 use std::hash::RandomState;
 
 use super::calendar::{Day, Hour, day_name, day_of, hour_name};
-use super::pending::{Batch, RuleCalls, add_rule};
+use super::pending::{Batch, RuleCalls, add_rule, key_bytes};
 use super::{Calls, ClientUsage, LimitedClient, UsageSummary};
 use crate::key::{ClientKey, KeyRef};
 
@@ -20,6 +21,15 @@ pub(crate) const HOURS_READ: u64 = 24;
 /// Days read: today and the 29 before.
 pub(crate) const DAYS_READ: u64 = 30;
 
+/// What a client's entry costs besides its key, its hours and its days.
+const CLIENT_BYTES: usize = 128;
+/// What an hour costs, besides its rules.
+const HOUR_BYTES: usize = 96;
+/// What a rule's counts in an hour cost.
+const RULE_BYTES: usize = 40;
+/// What a day costs.
+const DAY_BYTES: usize = 48;
+
 #[derive(Default)]
 struct ClientHistory {
     hours: BTreeMap<Hour, (Calls, Vec<RuleCalls>)>,
@@ -28,32 +38,55 @@ struct ClientHistory {
     seen: u64,
 }
 
+impl ClientHistory {
+    /// The bytes this client's history is taken to hold, its key's `key_bytes` included.
+    fn bytes(&self, key_bytes: usize) -> usize {
+        let rules: usize = self.hours.values().map(|(_, rules)| rules.len()).sum();
+        CLIENT_BYTES
+            + key_bytes
+            + self.hours.len() * HOUR_BYTES
+            + rules * RULE_BYTES
+            + self.days.len() * DAY_BYTES
+    }
+}
+
 pub(crate) struct History {
     clients: hashbrown::HashMap<ClientKey, ClientHistory, RandomState>,
     global: BTreeMap<Hour, Vec<RuleCalls>>,
     max_clients: usize,
+    /// The clients' [`ClientHistory::bytes`], together; at most `max_bytes` after a merge.
+    bytes: usize,
+    max_bytes: usize,
     flushes: u64,
     /// The hour up to which old periods were dropped.
     pruned: Hour,
 }
 
 impl History {
-    pub(crate) fn new(max_clients: usize) -> Self {
+    pub(crate) fn new(max_clients: usize, max_bytes: usize) -> Self {
         Self {
             clients: hashbrown::HashMap::with_hasher(RandomState::new()),
             global: BTreeMap::new(),
             max_clients,
+            bytes: 0,
+            max_bytes,
             flushes: 0,
             pruned: 0,
         }
     }
 
     /// Adds what a flush took; returns how many clients were forgotten to stay within the
-    /// bound.
+    /// bounds.
     pub(crate) fn merge(&mut self, batch: Batch, now: Hour) -> u64 {
         self.flushes += 1;
         for client in batch.clients {
+            let key = key_bytes(client.client.as_ref());
             let history = self.clients.entry(client.client).or_default();
+            let before = if history.seen == 0 {
+                0
+            } else {
+                history.bytes(key)
+            };
             history.seen = self.flushes;
             for hour in client.hours {
                 let (calls, rules) = history.hours.entry(hour.hour).or_default();
@@ -67,6 +100,7 @@ impl History {
                     .or_default()
                     .add(hour.calls);
             }
+            self.bytes = self.bytes - before + history.bytes(key);
         }
         for (hour, rules) in batch.global {
             let counted = self.global.entry(hour).or_default();
@@ -150,20 +184,45 @@ impl History {
             history.days = history.days.split_off(&oldest_day);
             !history.days.is_empty()
         });
+        self.bytes = self.counted_bytes();
         self.pruned = now;
     }
 
-    /// Forgets the clients seen longest ago, down to the bound; returns how many.
+    /// Every client's [`ClientHistory::bytes`], counted again.
+    fn counted_bytes(&self) -> usize {
+        self.clients
+            .iter()
+            .map(|(key, history)| history.bytes(key_bytes(key.as_ref())))
+            .sum()
+    }
+
+    /// Forgets the clients seen longest ago, down to both bounds; returns how many.
     fn evict(&mut self) -> u64 {
         let over = self.clients.len().saturating_sub(self.max_clients);
-        if over == 0 {
+        if over == 0 && self.bytes <= self.max_bytes {
             return 0;
         }
-        let mut seen: Vec<u64> = self.clients.values().map(|h| h.seen).collect();
-        let (_, last_evicted, _) = seen.select_nth_unstable(over - 1);
-        let last_evicted = *last_evicted;
+        // Oldest first: forgotten until both bounds hold.
+        let mut by_age: Vec<(u64, usize)> = self
+            .clients
+            .iter()
+            .map(|(key, history)| (history.seen, history.bytes(key_bytes(key.as_ref()))))
+            .collect();
+        by_age.sort_unstable();
+        let (mut evicted, mut left) = (0, self.bytes);
+        for (_, bytes) in &by_age {
+            if evicted >= over && left <= self.max_bytes {
+                break;
+            }
+            evicted += 1;
+            left = left.saturating_sub(*bytes);
+        }
+        let last_evicted = by_age[evicted - 1].0;
         // Clients seen at that flush are forgotten only as many as needed.
-        let mut at_the_edge = over - seen[..over].iter().filter(|s| **s < last_evicted).count();
+        let mut at_the_edge = by_age[..evicted]
+            .iter()
+            .filter(|(seen, _)| *seen == last_evicted)
+            .count();
         self.clients.retain(|_, history| {
             if history.seen < last_evicted {
                 return false;
@@ -174,7 +233,8 @@ impl History {
             }
             true
         });
-        over as u64
+        self.bytes = self.counted_bytes();
+        evicted as u64
     }
 }
 
@@ -203,7 +263,7 @@ mod tests {
     use crate::limiter::usage::pending::Pending;
 
     fn flush(history: &mut History, now: Hour, calls: &[(&str, Hour, bool)]) -> u64 {
-        let pending = Pending::new(100);
+        let pending = Pending::new(100, usize::MAX);
         let rule: Arc<str> = "default".into();
         for (client, hour, allowed) in calls {
             pending.record(*hour, ClientKey::id(*client).as_ref(), &rule, *allowed);
@@ -213,7 +273,7 @@ mod tests {
 
     #[test]
     fn hours_and_days_are_read_over_their_windows() {
-        let mut history = History::new(10);
+        let mut history = History::new(10, usize::MAX);
         let now = 24 * 1000 + 5;
         flush(&mut history, now, &[("a", now, true), ("a", now, false)]);
         flush(
@@ -237,7 +297,7 @@ mod tests {
 
     #[test]
     fn old_periods_are_dropped_when_the_hour_changes() {
-        let mut history = History::new(10);
+        let mut history = History::new(10, usize::MAX);
         let then = 24 * 1000;
         flush(&mut history, then, &[("a", then, true)]);
         let later = then + HOURS_KEPT;
@@ -252,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_clients_seen_longest_ago_are_forgotten() {
-        let mut history = History::new(2);
+        let mut history = History::new(2, usize::MAX);
         let now = 1000;
         assert_eq!(flush(&mut history, now, &[("a", now, true)]), 0);
         assert_eq!(flush(&mut history, now, &[("b", now, true)]), 0);
@@ -269,6 +329,35 @@ mod tests {
         );
         assert!(history.clients.contains_key(&ClientKey::id("c")));
         assert!(history.clients.contains_key(&ClientKey::id("e")));
+    }
+
+    #[test]
+    fn the_clients_seen_longest_ago_are_forgotten_to_stay_within_the_bytes() {
+        let big = |n: usize| format!("{n}{}", "x".repeat(60_000));
+        let one_big = {
+            let mut history = History::new(100, usize::MAX);
+            flush(&mut history, 1000, &[(&big(0), 1000, true)]);
+            history.bytes
+        };
+        let mut history = History::new(100, 3 * one_big);
+        let now = 1000;
+        for n in 0..3 {
+            assert_eq!(flush(&mut history, now, &[(&big(n), now, true)]), 0);
+        }
+        assert_eq!(flush(&mut history, now, &[(&big(3), now, true)]), 1);
+        assert_eq!(history.len(), 3);
+        assert!(history.bytes <= 3 * one_big, "{}", history.bytes);
+        assert!(
+            !history.clients.contains_key(&ClientKey::id(big(0))),
+            "the oldest went"
+        );
+        // Short keys fit many times over.
+        let small: Vec<String> = (0..50).map(|n| format!("small-{n}")).collect();
+        let calls: Vec<(&str, Hour, bool)> =
+            small.iter().map(|c| (c.as_str(), now, true)).collect();
+        flush(&mut history, now, &calls);
+        assert!(history.bytes <= 3 * one_big, "{}", history.bytes);
+        assert!(history.len() >= 50, "{}", history.len());
     }
 
     #[test]

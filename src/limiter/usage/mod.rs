@@ -14,7 +14,7 @@ mod pending;
 #[cfg(feature = "redis")]
 mod redis;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -34,6 +34,26 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default bound on the clients held: see
 /// [`usage_max_clients`](crate::LimiterBuilder::usage_max_clients).
 pub(crate) const DEFAULT_MAX_CLIENTS: usize = 100_000;
+
+/// Default bound on the bytes held: see
+/// [`usage_max_bytes`](crate::LimiterBuilder::usage_max_bytes).
+pub const DEFAULT_USAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default bound on the clients Redis counts per client in one hour: see
+/// [`usage_clients_per_hour`](crate::LimiterBuilder::usage_clients_per_hour).
+pub const DEFAULT_USAGE_CLIENTS_PER_HOUR: u64 = 100_000;
+
+/// How much usage recording holds and keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// The most clients held in this process: between flushes, and in the memory backend's
+    /// history.
+    pub(crate) max_clients: usize,
+    /// The most bytes (as estimated) held in this process, by each of those.
+    pub(crate) max_bytes: usize,
+    /// The most clients Redis counts per client in one hour.
+    pub(crate) clients_per_hour: u64,
+}
 
 /// Calls in a period: how many were allowed and how many denied.
 ///
@@ -124,6 +144,12 @@ pub struct ClientUsage {
     pub days: BTreeMap<String, Calls>,
     /// Calls per hour (as in `hours`) and rule identity.
     pub rules_by_hour: BTreeMap<String, BTreeMap<String, Calls>>,
+    /// The hours (as in `hours`) in which this client was not counted per client: Redis
+    /// counted [`usage_clients_per_hour`](crate::LimiterBuilder::usage_clients_per_hour)
+    /// other clients already. Its calls in them, if any, are in the totals only
+    /// ([`Limiter::usage_summary`]). Always empty in memory, where the bound forgets whole
+    /// clients instead.
+    pub untracked_hours: BTreeSet<String>,
 }
 
 impl ClientUsage {
@@ -189,9 +215,9 @@ pub struct UsageSummary {
 enum Sink {
     /// Kept in this process.
     Memory(Mutex<History>),
-    /// Added to Redis.
+    /// Added to Redis, each hour counting at most this many clients per client.
     #[cfg(feature = "redis")]
-    Redis(Arc<crate::backend::redis::RedisBackend>),
+    Redis(Arc<crate::backend::redis::RedisBackend>, u64),
 }
 
 /// A limiter's usage recording: the counts since the last flush, and where they go.
@@ -217,17 +243,20 @@ pub(crate) struct UsageCounts {
 }
 
 impl Usage {
-    /// Starts recording, for at most `max_clients` clients, into `backend`'s store: this
-    /// process for the memory backend, else Redis. Flushed every second by a task that ends
-    /// when the returned recorder is dropped.
-    pub(crate) fn start(backend: &Backend, max_clients: usize) -> Arc<Self> {
+    /// Starts recording, within `bounds`, into `backend`'s store: this process for the
+    /// memory backend, else Redis. Flushed every second by a task that ends when the
+    /// returned recorder is dropped.
+    pub(crate) fn start(backend: &Backend, bounds: Bounds) -> Arc<Self> {
         let sink = match backend {
-            Backend::Memory(_) => Sink::Memory(Mutex::new(History::new(max_clients))),
+            Backend::Memory(_) => Sink::Memory(Mutex::new(History::new(
+                bounds.max_clients,
+                bounds.max_bytes,
+            ))),
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => Sink::Redis(Arc::clone(redis)),
+            Backend::Redis(redis) => Sink::Redis(Arc::clone(redis), bounds.clients_per_hour),
         };
         let usage = Arc::new(Self {
-            pending: Pending::new(max_clients),
+            pending: Pending::new(bounds.max_clients, bounds.max_bytes),
             hour: AtomicU64::new(calendar::current_hour()),
             sink,
             flushing: tokio::sync::Mutex::new(false),
@@ -262,7 +291,9 @@ impl Usage {
                 Ok(())
             }
             #[cfg(feature = "redis")]
-            Sink::Redis(redis) => redis::write(redis, batch).await,
+            Sink::Redis(redis, per_hour) => redis::write(redis, batch, *per_hour)
+                .await
+                .map(|dropped| self.pending.count_dropped(dropped)),
         };
         match written {
             Ok(()) => {
@@ -299,7 +330,7 @@ impl Usage {
         match &self.sink {
             Sink::Memory(history) => Ok(lock(history).client(client, now)),
             #[cfg(feature = "redis")]
-            Sink::Redis(redis) => redis::client(redis, client, now).await,
+            Sink::Redis(redis, per_hour) => redis::client(redis, client, now, *per_hour).await,
         }
     }
 
@@ -309,7 +340,7 @@ impl Usage {
         match &self.sink {
             Sink::Memory(history) => Ok(lock(history).summary(top, now)),
             #[cfg(feature = "redis")]
-            Sink::Redis(redis) => redis::summary(redis, top, now).await,
+            Sink::Redis(redis, _) => redis::summary(redis, top, now).await,
         }
     }
 
@@ -317,7 +348,7 @@ impl Usage {
         let kept = match &self.sink {
             Sink::Memory(history) => lock(history).len(),
             #[cfg(feature = "redis")]
-            Sink::Redis(_) => 0,
+            Sink::Redis(..) => 0,
         };
         UsageCounts {
             clients: self.pending.held() + kept,

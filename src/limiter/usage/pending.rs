@@ -4,9 +4,9 @@
 //! A request locks one shard, chosen by its client's hash, and adds one call to the
 //! client's entry and to the shard's per-rule counts; a known client costs no allocation.
 //! The flusher takes every shard's entries at once ([`Pending::take`]) and, if they could
-//! not be written, puts them back ([`Pending::put_back`]). At most `max_clients` clients are
-//! held; a new client's calls over that bound count in the per-rule counts only, and in
-//! `dropped`.
+//! not be written, puts them back ([`Pending::put_back`]). At most `max_clients` clients,
+//! and `max_bytes` of them (as estimated by [`held_bytes`]), are held; a new client's calls
+//! over either bound count in the per-rule counts only, and in `dropped`.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +20,24 @@ use crate::key::{ClientKey, KeyRef};
 
 /// How many shards a request's lock is one of.
 const SHARDS: usize = 16;
+
+/// What a client held here costs besides its key's own bytes: its entry in the table, its
+/// hour and a few rules' counts.
+const CLIENT_BYTES: usize = 256;
+
+/// The bytes a client's entry is taken to hold: what its key holds (an attacker chooses
+/// it, up to the front's bound), and a fixed cost.
+pub(crate) fn held_bytes(client: KeyRef<'_>) -> usize {
+    CLIENT_BYTES + key_bytes(client)
+}
+
+/// The bytes a client key holds on the heap.
+pub(crate) fn key_bytes(client: KeyRef<'_>) -> usize {
+    match client {
+        KeyRef::Id(id) => id.len(),
+        _ => 0,
+    }
+}
 
 /// Calls under one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,17 +164,22 @@ pub(crate) struct Pending {
     /// Clients held, across shards; at most `max_clients`.
     held: AtomicUsize,
     max_clients: usize,
+    /// Their [`held_bytes`], across shards; at most `max_bytes`.
+    bytes: AtomicUsize,
+    max_bytes: usize,
     /// Calls not counted per client, for the bound.
     dropped: AtomicU64,
 }
 
 impl Pending {
-    pub(crate) fn new(max_clients: usize) -> Self {
+    pub(crate) fn new(max_clients: usize, max_bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             held: AtomicUsize::new(0),
             max_clients,
+            bytes: AtomicUsize::new(0),
+            max_bytes,
             dropped: AtomicU64::new(0),
         }
     }
@@ -178,7 +201,7 @@ impl Pending {
             counted.unranked += calls.denied;
             return;
         }
-        if !self.reserve() {
+        if !self.reserve(client) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -205,9 +228,15 @@ impl Pending {
         for shard in &*self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let taken = shard.clients.len();
+            let bytes: usize = shard
+                .clients
+                .iter()
+                .map(|c| held_bytes(c.client.as_ref()))
+                .sum();
             // Drained, not replaced: the table keeps its room for the next second's clients.
             batch.clients.extend(shard.clients.drain());
             self.held.fetch_sub(taken, Ordering::Relaxed);
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
             for (hour, rules) in std::mem::take(&mut shard.global) {
                 for rule in rules {
                     add_global(&mut batch.global, hour, &rule.rule, rule.calls);
@@ -231,7 +260,7 @@ impl Pending {
             let key = client.client.as_ref();
             if let Some(counted) = shard.clients.find_mut(hash, |c| c.client.as_ref() == key) {
                 counted.add(&client);
-            } else if self.reserve() {
+            } else if self.reserve(key) {
                 let hasher = &self.hasher;
                 shard
                     .clients
@@ -255,18 +284,40 @@ impl Pending {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Calls not counted per client because `max_clients` clients were held.
+    /// Calls not counted per client: `max_clients` clients or `max_bytes` were held, or
+    /// Redis's count of clients for the hour was full (see [`Pending::count_dropped`]).
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// One more client, if the bound allows it.
-    fn reserve(&self) -> bool {
-        self.held
+    /// Counts `calls` that were not counted per client after all.
+    pub(crate) fn count_dropped(&self, calls: u64) {
+        self.dropped.fetch_add(calls, Ordering::Relaxed);
+    }
+
+    /// One more client, if both bounds allow it.
+    fn reserve(&self, client: KeyRef<'_>) -> bool {
+        let bytes = held_bytes(client);
+        let counted = self
+            .held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 (held < self.max_clients).then_some(held + 1)
             })
-            .is_ok()
+            .is_ok();
+        if !counted {
+            return false;
+        }
+        let fits = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes)
+                    .filter(|total| *total <= self.max_bytes)
+            })
+            .is_ok();
+        if !fits {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        fits
     }
 
     /// The shard for `hash`, chosen by bits the table inside uses for neither its bucket
@@ -288,7 +339,7 @@ mod tests {
 
     #[test]
     fn calls_are_kept_apart_by_hour_and_rule() {
-        let pending = Pending::new(10);
+        let pending = Pending::new(10, usize::MAX);
         let (data, other) = (rule("/data"), rule("default"));
         let client = ClientKey::id("a");
         pending.record(100, client.as_ref(), &data, true);
@@ -322,7 +373,7 @@ mod tests {
 
     #[test]
     fn clients_over_the_bound_count_only_per_rule() {
-        let pending = Pending::new(3);
+        let pending = Pending::new(3, usize::MAX);
         let data = rule("/data");
         for n in 0..5 {
             pending.record(7, ClientKey::id(format!("c{n}")).as_ref(), &data, true);
@@ -343,8 +394,33 @@ mod tests {
     }
 
     #[test]
+    fn clients_over_the_byte_bound_count_only_per_rule() {
+        let data = rule("/data");
+        // Room for two clients with 60 KB keys, and any number of short ones.
+        let big = |n: usize| ClientKey::id(format!("{n}{}", "x".repeat(60_000)));
+        let pending = Pending::new(1000, 2 * held_bytes(big(0).as_ref()) + 10 * CLIENT_BYTES);
+        for n in 0..5 {
+            pending.record(7, big(n).as_ref(), &data, true);
+        }
+        assert_eq!((pending.held(), pending.dropped()), (2, 3));
+        for n in 0..5 {
+            pending.record(7, ClientKey::id(format!("small-{n}")).as_ref(), &data, true);
+        }
+        assert_eq!((pending.held(), pending.dropped()), (7, 3));
+        let batch = pending.take();
+        assert_eq!(
+            batch.global[0].1[0].calls,
+            Calls::new(10, 0),
+            "every call in the totals"
+        );
+        // Taken: the room is there again.
+        pending.record(7, big(9).as_ref(), &data, true);
+        assert_eq!(pending.held(), 1);
+    }
+
+    #[test]
     fn what_is_put_back_is_merged_and_still_bounded() {
-        let pending = Pending::new(2);
+        let pending = Pending::new(2, usize::MAX);
         let data = rule("/data");
         let (a, b, c) = (ClientKey::id("a"), ClientKey::id("b"), ClientKey::id("c"));
         pending.record(7, a.as_ref(), &data, false);
@@ -366,7 +442,7 @@ mod tests {
 
     #[test]
     fn hours_too_old_are_not_put_back() {
-        let pending = Pending::new(2);
+        let pending = Pending::new(2, usize::MAX);
         let data = rule("/data");
         pending.record(5, ClientKey::id("a").as_ref(), &data, true);
         pending.put_back(pending.take(), 6);

@@ -6,6 +6,14 @@
 //! | `<prefix>:usage:{<client>}:<YYYY-MM-DD>` | hash | `allowed`, `denied` | 31 d after its last write |
 //! | `<prefix>:usage:global:<YYYY-MM-DD-HH>` | hash | `allowed`, `denied`, `allowed:<rule>`, `denied:<rule>` | 25 h after its last write |
 //! | `<prefix>:usage:limited:<YYYY-MM-DD-HH>` | sorted set | client, scored by its refusals | 25 h after its last write |
+//! | `<prefix>:usage-clients:<YYYY-MM-DD-HH>` | string | how many clients that hour counts per client, at most `clients_per_hour` | 25 h after its last write |
+//!
+//! Each hour counts at most `clients_per_hour` clients per client (their own hashes, and the
+//! ranking). Before a flush writes, the clients that have a hash for the hour already are
+//! counted; new ones get room from the hour's count while it lasts (`admit.lua`, one script
+//! per hour; two instances admitting one new client at once count it twice, so the bound
+//! errs low). The calls of the rest are in the hour's global hash only, and counted as
+//! dropped; a client's usage names the hours where it was not counted (`untracked_hours`).
 //!
 //! Every write adds (`HINCRBY`, `ZINCRBY`), so instances never overwrite each other's counts.
 //! The hash tag `{<client>}` puts a client's keys in one slot of a Redis Cluster; each hour's
@@ -18,9 +26,10 @@
 //! written twice; none is lost.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Cmd, Pipeline, Value};
+use redis::{Cmd, Pipeline, Script, Value};
 use tokio::task::JoinSet;
 
 use super::calendar::{Day, Hour, day_name, day_of, hour_name};
@@ -38,6 +47,7 @@ const DAY_TTL_SECS: u64 = 31 * 24 * 3600;
 const MAX_PIPELINE_COMMANDS: usize = 4096;
 /// The most pipelines in flight at once.
 const IN_FLIGHT: usize = 8;
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
 
 fn client_key(prefix: &str, client: &str, period: &str) -> String {
     format!("{prefix}:usage:{{{client}}}:{period}")
@@ -49,6 +59,74 @@ fn global_key(prefix: &str, hour: Hour) -> String {
 
 fn limited_key(prefix: &str, hour: Hour) -> String {
     format!("{prefix}:usage:limited:{}", hour_name(hour))
+}
+
+/// How many clients `hour` counts per client. Outside `usage:*`, which holds the counts
+/// themselves.
+fn counted_key(prefix: &str, hour: Hour) -> String {
+    format!("{prefix}:usage-clients:{}", hour_name(hour))
+}
+
+/// Keeps, of `batch`, the hours of the clients Redis counts per client: those that have a
+/// hash for the hour already, and new ones while the hour counts fewer than
+/// `clients_per_hour`. The others' calls stay in the totals only (`batch.global`); returns
+/// how many calls that is.
+async fn admit(
+    redis: &RedisBackend,
+    connection: &Connection,
+    batch: &mut Batch,
+    clients_per_hour: u64,
+) -> Result<u64, String> {
+    let prefix = redis.prefix();
+    let asked: Vec<(usize, Hour)> = batch
+        .clients
+        .iter()
+        .enumerate()
+        .flat_map(|(at, client)| client.hours.iter().map(move |hour| (at, hour.hour)))
+        .collect();
+    let exists = asked
+        .iter()
+        .map(|(at, hour)| {
+            let key = client_key(
+                prefix,
+                &batch.clients[*at].client.to_string(),
+                &hour_name(*hour),
+            );
+            let command = redis::cmd("EXISTS").arg(&key).clone();
+            (key, command)
+        })
+        .collect();
+    let known = read_with(connection, exists, redis.command_timeout()).await?;
+    let mut new: BTreeMap<Hour, Vec<usize>> = BTreeMap::new();
+    for ((at, hour), known) in asked.into_iter().zip(known) {
+        if !matches!(known, Value::Int(1)) {
+            new.entry(hour).or_default().push(at);
+        }
+    }
+    let deadline = redis.command_timeout();
+    let mut dropped = 0;
+    for (hour, clients) in new {
+        let mut call = ADMIT.key(counted_key(prefix, hour));
+        call.arg(clients.len())
+            .arg(clients_per_hour)
+            .arg(HOUR_TTL_SECS);
+        let mut connection = connection.clone();
+        let granted =
+            match tokio::time::timeout(deadline, call.invoke_async::<usize>(&mut connection)).await
+            {
+                Ok(Ok(granted)) => granted,
+                Ok(Err(error)) => return Err(error.to_string()),
+                Err(_) => return Err(format!("Redis did not answer within {deadline:?}")),
+            };
+        for at in clients.into_iter().skip(granted) {
+            let hours = &mut batch.clients[at].hours;
+            if let Some(position) = hours.iter().position(|h| h.hour == hour) {
+                dropped += hours.remove(position).calls.total();
+            }
+        }
+    }
+    batch.clients.retain(|client| !client.hours.is_empty());
+    Ok(dropped)
 }
 
 /// Commands on keys of one slot, and the counts they write, put back if they fail.
@@ -237,10 +315,20 @@ fn connection(redis: &RedisBackend) -> Result<Connection, String> {
         .ok_or_else(|| "not connected to Redis yet".to_owned())
 }
 
-/// Writes `batch`; on failure, returns what was not written and why.
-pub(super) async fn write(redis: &RedisBackend, batch: Batch) -> Result<(), (Batch, String)> {
+/// Writes `batch`, each hour counting at most `clients_per_hour` clients per client.
+/// Returns the calls counted in the totals only (past that bound); on failure, what was not
+/// written and why.
+pub(super) async fn write(
+    redis: &RedisBackend,
+    mut batch: Batch,
+    clients_per_hour: u64,
+) -> Result<u64, (Batch, String)> {
     let connection = match connection(redis) {
         Ok(connection) => connection,
+        Err(reason) => return Err((batch, reason)),
+    };
+    let dropped = match admit(redis, &connection, &mut batch, clients_per_hour).await {
+        Ok(dropped) => dropped,
         Err(reason) => return Err((batch, reason)),
     };
     let cluster = matches!(connection, Connection::Cluster(_));
@@ -275,7 +363,7 @@ pub(super) async fn write(redis: &RedisBackend, batch: Batch) -> Result<(), (Bat
         }
     }
     match reason {
-        None => Ok(()),
+        None => Ok(dropped),
         Some(reason) => Err((unwritten, reason)),
     }
 }
@@ -288,6 +376,17 @@ async fn read(
 ) -> Result<Vec<Value>, UsageError> {
     let fail = |reason| UsageError::Redis { reason };
     let connection = connection(redis).map_err(fail)?;
+    read_with(&connection, commands, redis.command_timeout())
+        .await
+        .map_err(fail)
+}
+
+/// [`read`] over `connection`, each pipeline within `deadline`.
+async fn read_with(
+    connection: &Connection,
+    commands: Vec<(String, Cmd)>,
+    deadline: Duration,
+) -> Result<Vec<Value>, String> {
     let cluster = matches!(connection, Connection::Cluster(_));
     let count = commands.len();
     let items = commands
@@ -306,10 +405,10 @@ async fn read(
             pipeline
         })
         .collect();
-    let results = run_all(&connection, pipelines, redis.command_timeout()).await;
+    let results = run_all(connection, pipelines, deadline).await;
     let mut replies = vec![Value::Nil; count];
     for (group, result) in groups.into_iter().zip(results) {
-        for ((index, _), value) in group.into_iter().zip(result.map_err(fail)?) {
+        for ((index, _), value) in group.into_iter().zip(result?) {
             replies[index] = value;
         }
     }
@@ -353,11 +452,13 @@ fn hours_read(now: Hour) -> impl Iterator<Item = Hour> {
     now.saturating_sub(HOURS_READ - 1)..=now
 }
 
-/// `client`'s calls over the last 24 hours and 30 days.
+/// `client`'s calls over the last 24 hours and 30 days, and the hours in which it was not
+/// counted per client (the hour counted `clients_per_hour` others).
 pub(super) async fn client(
     redis: &RedisBackend,
     client: KeyRef<'_>,
     now: Hour,
+    clients_per_hour: u64,
 ) -> Result<ClientUsage, UsageError> {
     let name = client.to_string();
     let prefix = redis.prefix();
@@ -371,11 +472,18 @@ pub(super) async fn client(
             days.iter()
                 .map(|d| hgetall(client_key(prefix, &name, &day_name(*d)))),
         )
+        .chain(hours.iter().map(|h| {
+            let key = counted_key(prefix, *h);
+            let count = redis::cmd("GET").arg(&key).clone();
+            (key, count)
+        }))
         .collect();
     let mut replies = read(redis, commands).await?.into_iter();
     let mut usage = ClientUsage::new(name);
+    let mut counted_hours = Vec::with_capacity(hours.len());
     for (hour, reply) in hours.iter().zip(replies.by_ref()) {
         let fields = counts(reply)?;
+        counted_hours.push(!fields.is_empty());
         if !fields.is_empty() {
             usage.hours.insert(hour_name(*hour), calls_of(&fields));
             usage
@@ -383,10 +491,18 @@ pub(super) async fn client(
                 .insert(hour_name(*hour), rules_of(&fields));
         }
     }
-    for (day, reply) in days.iter().zip(replies) {
+    for (day, reply) in days.iter().zip(replies.by_ref()) {
         let fields = counts(reply)?;
         if !fields.is_empty() {
             usage.days.insert(day_name(*day), calls_of(&fields));
+        }
+    }
+    for ((hour, counted), count) in hours.iter().zip(counted_hours).zip(replies) {
+        let count: Option<u64> = redis::from_redis_value(count).map_err(|e| UsageError::Redis {
+            reason: format!("a count of the clients counted holds something else: {e}"),
+        })?;
+        if !counted && count.unwrap_or(0) >= clients_per_hour {
+            usage.untracked_hours.insert(hour_name(*hour));
         }
     }
     Ok(usage)
@@ -477,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_client_part_holds_its_hours_and_days_in_one_slot() {
-        let pending = Pending::new(10);
+        let pending = Pending::new(10, usize::MAX);
         let rule: Arc<str> = "/data".into();
         let hour = 24 * 1000 + 23;
         let client = ClientKey::id("a");

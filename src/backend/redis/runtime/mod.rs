@@ -1,0 +1,308 @@
+//! Runtime rule entries in Redis, shared by every instance that uses the same prefix.
+//!
+//! | key or channel | type | holds |
+//! | --- | --- | --- |
+//! | `<prefix>:runtime` | hash | a field per entry, named by its target (`client:id:k`, `rule:/api/data@GET`), holding the entry's rule as JSON |
+//! | `{<prefix>:runtime}:version` | string | the entries' version: a number every change adds one to |
+//! | channel `<prefix>:runtime` | pub/sub | each change, as JSON: `{"version": 7, "target": "client:id:k", "rule": "{\"limit\":\"1/hour\"}"}` (no `rule` for a removal) |
+//!
+//! The version key's hash tag puts it in the hash's slot on a Redis Cluster (if the prefix
+//! has a hash tag of its own, the key is `<prefix>:runtime:version`, which shares it), so a
+//! change, its version and its announcement are one script (`change.lua`), atomic there
+//! too. An instance applies an announced change alone, without reading anything, when it
+//! is the version after its own; it reads every entry again when it missed one (a gap in
+//! the versions, a message it cannot read), when its subscription is made again, and every
+//! few seconds.
+//!
+//! The version tells a Redis that lost the entries from one where every entry was removed:
+//! removing the last entry leaves the version behind, while a Redis restarted without
+//! persistence has neither. An instance that finds Redis behind its own copy (an older
+//! version, or no entries at its own version) writes its entries back (`restore.lua`)
+//! rather than adopting the loss, and every instance reads them again.
+
+use std::collections::VecDeque;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use redis::Script;
+use tokio::sync::Notify;
+
+use super::RedisBackend;
+use super::cluster::slot;
+
+static CHANGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("change.lua")));
+static RESTORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("restore.lua")));
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("read.lua")));
+
+/// The hash's key, which is also the name of the channel changes are announced on.
+pub(super) fn name(prefix: &str) -> String {
+    format!("{prefix}:runtime")
+}
+
+/// The version's key: in the hash's slot of a Redis Cluster.
+fn version_name(prefix: &str) -> String {
+    let hash = name(prefix);
+    let tagged = format!("{hash}:version");
+    if slot(tagged.as_bytes()) == slot(hash.as_bytes()) {
+        tagged
+    } else {
+        format!("{{{hash}}}:version")
+    }
+}
+
+/// The entries stored, and their version (0 before the first change).
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    pub(crate) version: u64,
+    /// Target and rule (JSON text), by target order.
+    pub(crate) entries: Vec<(String, String)>,
+}
+
+/// What became of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changed {
+    /// Made, as `version`; `existed`: an entry was stored under its target before.
+    Made { existed: bool, version: u64 },
+    /// A removal of an entry not stored: nothing to do.
+    Unchanged,
+    /// Redis lost entries this instance holds: nothing was written.
+    Behind,
+    /// A new entry over the most kept: nothing was written.
+    Full { entries: u64 },
+}
+
+/// What an instance heard about the entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum News {
+    /// One entry changed, bringing the entries to `version`; `rule` is `None` for a
+    /// removal.
+    Changed {
+        version: u64,
+        target: String,
+        rule: Option<String>,
+    },
+    /// Anything may have changed: the subscription was made (again), messages were lost,
+    /// or entries were written back.
+    Reread,
+}
+
+impl News {
+    /// A message of the channel: a change, or anything else (read everything again).
+    pub(super) fn of(payload: &[u8]) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Announced {
+            version: u64,
+            target: String,
+            rule: Option<String>,
+        }
+        match serde_json::from_slice::<Announced>(payload) {
+            Ok(Announced {
+                version,
+                target,
+                rule,
+            }) => News::Changed {
+                version,
+                target,
+                rule,
+            },
+            Err(_) => News::Reread,
+        }
+    }
+}
+
+/// The news heard and not yet applied, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Newsroom {
+    queue: Mutex<VecDeque<News>>,
+    arrived: Notify,
+}
+
+/// The most news held: a listener that falls further behind reads everything again.
+const MAX_NEWS: usize = 4096;
+
+impl Newsroom {
+    pub(super) fn tell(&self, news: News) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.len() >= MAX_NEWS {
+            queue.clear();
+            queue.push_back(News::Reread);
+        }
+        queue.push_back(news);
+        drop(queue);
+        self.arrived.notify_one();
+    }
+
+    /// Waits until news arrives (at once if some arrived since the last [`take`](Self::take)).
+    pub(crate) async fn arrived(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// The news heard so far, oldest first.
+    pub(crate) fn take(&self) -> Vec<News> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.drain(..).collect()
+    }
+}
+
+impl RedisBackend {
+    /// Every entry stored, and their version, read at once.
+    pub(crate) async fn runtime_entries(&self) -> Result<Stored, String> {
+        let mut connection = self.connection().ok_or("not connected to Redis yet")?;
+        let mut read = READ.key(name(&self.prefix));
+        read.key(version_name(&self.prefix));
+        let read = read.invoke_async::<(Option<u64>, Vec<(String, String)>)>(&mut connection);
+        let (version, entries) = self.within_deadline(read).await?;
+        Ok(Stored {
+            version: version.unwrap_or(0),
+            entries,
+        })
+    }
+
+    /// Stores `rule` under `target`, or deletes it for `None`, unless Redis is behind
+    /// `known` (the version this instance holds; `holding`: it holds entries) or a new entry
+    /// would make more than `max_entries`; announces the change.
+    pub(crate) async fn change_runtime_entry(
+        &self,
+        target: &str,
+        rule: Option<&str>,
+        (known, holding): (u64, bool),
+        max_entries: usize,
+    ) -> Result<Changed, String> {
+        let mut connection = self.connection().ok_or("not connected to Redis yet")?;
+        let mut change = CHANGE.key(name(&self.prefix));
+        change
+            .key(version_name(&self.prefix))
+            .arg(target)
+            .arg(rule.unwrap_or(""))
+            .arg(known)
+            .arg(if holding { "1" } else { "0" })
+            .arg(max_entries)
+            .arg(name(&self.prefix));
+        let change = change.invoke_async::<(String, u64)>(&mut connection);
+        let (status, number) = self.within_deadline(change).await?;
+        Ok(match status.as_str() {
+            "added" | "replaced" | "removed" => Changed::Made {
+                existed: status != "added",
+                version: number,
+            },
+            "unchanged" => Changed::Unchanged,
+            "behind" => Changed::Behind,
+            "full" => Changed::Full { entries: number },
+            other => return Err(format!("unexpected answer from the change script: {other}")),
+        })
+    }
+
+    /// Writes `entries` (target and rule as JSON) back, if Redis is still behind `known`;
+    /// every instance is told to read them again. Returns how many were written back (0:
+    /// Redis was not behind any more).
+    pub(crate) async fn restore_runtime_entries<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, String)>,
+        known: u64,
+    ) -> Result<u64, String> {
+        let mut connection = self.connection().ok_or("not connected to Redis yet")?;
+        let mut restore = RESTORE.key(name(&self.prefix));
+        restore
+            .key(version_name(&self.prefix))
+            .arg(known)
+            .arg(name(&self.prefix));
+        for (target, rule) in entries {
+            restore.arg(target).arg(rule);
+        }
+        let restored = restore.invoke_async::<(u64, u64)>(&mut connection);
+        let (restored, _version) = self.within_deadline(restored).await?;
+        Ok(restored)
+    }
+
+    /// What this instance heard about the runtime entries.
+    pub(crate) fn runtime_news(&self) -> std::sync::Arc<Newsroom> {
+        std::sync::Arc::clone(&self.runtime_news)
+    }
+
+    /// `command`'s answer, or why there is none within the deadline of commands other than
+    /// decisions. A key of another type than expected says which key and what to do.
+    async fn within_deadline<T>(
+        &self,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        let deadline = self.command_timeout();
+        match tokio::time::timeout(deadline, command).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) if error.code() == Some("WRONGTYPE") => {
+                let (hash, version) = (name(&self.prefix), version_name(&self.prefix));
+                Err(format!(
+                    "{hash} is not a hash, or {version} not a number (WRONGTYPE): the runtime \
+                     entries cannot be read or changed until it is deleted; once it is, every \
+                     instance writes back the entries it holds ({error})"
+                ))
+            }
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("Redis did not answer within {deadline:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_kept_in_the_slot_of_the_entries() {
+        assert_eq!(version_name("tollgate"), "{tollgate:runtime}:version");
+        assert_eq!(
+            slot(version_name("tollgate").as_bytes()),
+            slot(name("tollgate").as_bytes())
+        );
+        // A prefix with a hash tag of its own: the tag decides both slots.
+        assert_eq!(version_name("{app}"), "{app}:runtime:version");
+        assert_eq!(
+            slot(version_name("{app}").as_bytes()),
+            slot(name("{app}").as_bytes())
+        );
+    }
+
+    #[test]
+    fn news_is_a_change_or_a_reread() {
+        assert_eq!(
+            News::of(
+                br#"{"version": 7, "target": "client:id:k", "rule": "{\"limit\":\"1/hour\"}"}"#
+            ),
+            News::Changed {
+                version: 7,
+                target: "client:id:k".into(),
+                rule: Some(r#"{"limit":"1/hour"}"#.into())
+            }
+        );
+        assert_eq!(
+            News::of(br#"{"version": 8, "target": "rule:/a"}"#),
+            News::Changed {
+                version: 8,
+                target: "rule:/a".into(),
+                rule: None
+            }
+        );
+        // Entries written back; an older instance's message (the field's name); junk.
+        for other in [
+            &br#"{"version": 9, "restored": 3}"#[..],
+            b"client:id:k",
+            b"\xff",
+        ] {
+            assert_eq!(News::of(other), News::Reread);
+        }
+    }
+
+    #[test]
+    fn a_listener_that_falls_behind_reads_everything_again() {
+        let newsroom = Newsroom::default();
+        for version in 0..MAX_NEWS as u64 + 5 {
+            newsroom.tell(News::Changed {
+                version,
+                target: "client:id:k".into(),
+                rule: None,
+            });
+        }
+        let news = newsroom.take();
+        assert_eq!(news[0], News::Reread);
+        assert_eq!(news.len(), 6);
+        assert!(newsroom.take().is_empty());
+    }
+}
