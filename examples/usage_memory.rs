@@ -71,7 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         let summary = limiter.usage_summary(0).await?;
-        assert_eq!(summary.allowed, 2 * HALF as u64, "the totals count every call");
+        assert_eq!(
+            summary.allowed,
+            2 * HALF as u64,
+            "the totals count every call"
+        );
     }
     Ok(())
 }

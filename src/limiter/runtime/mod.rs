@@ -381,6 +381,8 @@ impl Core {
 
     /// Validates `change`, keeps it, and puts it in force. Returns whether an entry was
     /// stored under its target before.
+    // Only Redis can lose entries, which makes it try again.
+    #[cfg_attr(not(feature = "redis"), allow(clippy::never_loop))]
     async fn change(self: &Arc<Self>, change: Change) -> Result<bool, RuntimeError> {
         let _in_turn = self.runtime.in_turn.lock().await;
         let target = change.target();
@@ -388,7 +390,9 @@ impl Core {
         let mut wrote_back = false;
         loop {
             let (core, proposed) = (Arc::clone(self), change.clone());
-            let (proposal, held) = off_runtime(move || core.prepare(&proposed)).await?;
+            let (proposal, held) = off_runtime(move || core.prepare(&proposed))
+                .await
+                .map_err(|refused| *refused)?;
             let (was_stored, known) = (held.was_stored, held.version);
             let kept = self
                 .runtime
@@ -452,8 +456,9 @@ impl Core {
     }
 
     /// `change` validated against the rules in force, and what this instance holds to keep
-    /// it with. Blocks on the layers: run it with [`off_runtime`].
-    fn prepare(&self, change: &Change) -> Result<(layers::Proposal, Held), RuntimeError> {
+    /// it with. Blocks on the layers: run it with [`off_runtime`]. (The error is boxed: it
+    /// is large, and the answer crosses threads.)
+    fn prepare(&self, change: &Change) -> Result<(layers::Proposal, Held), Box<RuntimeError>> {
         let mut layers = self.runtime.layers();
         let target = match change {
             Change::Set(entry) => &entry.target,
@@ -462,17 +467,17 @@ impl Core {
         let was_stored = layers.has(target);
         let max = self.runtime.max_entries;
         if matches!(change, Change::Set(_)) && !was_stored && layers.stored_count() >= max {
-            return Err(RuntimeError::TooManyEntries {
+            return Err(Box::new(RuntimeError::TooManyEntries {
                 target: target.to_string(),
                 max,
-            });
+            }));
         }
-        let proposal = layers
-            .propose(change)
-            .map_err(|source| RuntimeError::Conflict {
+        let proposal = layers.propose(change).map_err(|source| {
+            Box::new(RuntimeError::Conflict {
                 target: target.to_string(),
                 source,
-            })?;
+            })
+        })?;
         let held = Held {
             was_stored,
             version: layers.stored_version(),

@@ -291,6 +291,7 @@ impl Pending {
     }
 
     /// Counts `calls` that were not counted per client after all.
+    #[cfg(feature = "redis")]
     pub(crate) fn count_dropped(&self, calls: u64) {
         self.dropped.fetch_add(calls, Ordering::Relaxed);
     }
