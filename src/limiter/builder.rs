@@ -100,7 +100,7 @@ impl Default for LimiterBuilder {
             envoy_config: None,
             record_usage: false,
             usage: usage::Bounds {
-                max_clients: usage::DEFAULT_MAX_CLIENTS,
+                max_clients: usage::DEFAULT_USAGE_MAX_CLIENTS,
                 max_bytes: usage::DEFAULT_USAGE_MAX_BYTES,
                 clients_per_hour: usage::DEFAULT_USAGE_CLIENTS_PER_HOUR,
             },
