@@ -79,8 +79,8 @@ pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{
     Calls, CheckError, Checking, ClientUsage, DEFAULT_MAX_RUNTIME_ENTRIES,
     DEFAULT_MAX_STATE_FILE_BYTES, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES,
-    LimitedClient, Limiter, LimiterBuilder, Origin, Query, ResetError, RuleEntry, RuntimeEntry,
-    RuntimeError, Stats, UsageError, UsageSummary, Verdict,
+    DEFAULT_USAGE_MAX_CLIENTS, LimitedClient, Limiter, LimiterBuilder, Origin, Query, ResetError,
+    RuleEntry, RuntimeEntry, RuntimeError, Stats, UsageError, UsageSummary, Verdict,
 };
 pub use limiter::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,

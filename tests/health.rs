@@ -47,14 +47,7 @@ async fn until_redis_is(base: &str, wanted: &str) -> ((u16, Value), Duration) {
 
 /// No decision was made: the probes are not decisions (and no test request was sent).
 async fn no_decisions(base: &str) {
-    let metrics = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("a text body");
+    let metrics = metrics_text(base).await;
     assert!(
         !metrics.contains("tollgate_decisions_total"),
         "a decision was counted:\n{metrics}"

@@ -64,20 +64,6 @@ fn fields_in_redis(redis: &TestRedis, prefix: &str) -> Vec<String> {
     fields
 }
 
-async fn metric(base: &str, name: &str) -> u64 {
-    let text = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("a text body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// `POST /configure` of `key` at 5/hour on the instance at `address`.
 async fn configure_key(address: &str, key: &str) -> (u16, Value) {
     let url = format!("http://{address}/configure");

@@ -17,20 +17,6 @@ async fn get(url: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn metric(base: &str, name: &str) -> u64 {
-    let text = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("a text body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// This UTC hour, as usage names it.
 fn utc_hour() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();

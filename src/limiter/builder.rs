@@ -100,7 +100,7 @@ impl Default for LimiterBuilder {
             envoy_config: None,
             record_usage: false,
             usage: usage::Bounds {
-                max_clients: usage::DEFAULT_MAX_CLIENTS,
+                max_clients: usage::DEFAULT_USAGE_MAX_CLIENTS,
                 max_bytes: usage::DEFAULT_USAGE_MAX_BYTES,
                 clients_per_hour: usage::DEFAULT_USAGE_CLIENTS_PER_HOUR,
             },
@@ -398,8 +398,18 @@ impl LimiterBuilder {
     /// counts; the calls of clients past it are in the totals only (counted in
     /// [`Stats::usage_dropped`](crate::Stats::usage_dropped)), and their
     /// [`ClientUsage::untracked_hours`](crate::ClientUsage::untracked_hours) name that hour.
-    /// Each client counted costs Redis some 500 bytes an hour (see the README), so this
-    /// bounds what distinct keys can make Redis hold. At least 1.
+    /// Each client counted costs Redis some 400 bytes (its hour and day hashes), so this
+    /// bounds what distinct keys can make Redis hold in an hour. At least 1.
+    ///
+    /// ```
+    /// use tollgate::Limiter;
+    ///
+    /// let builder = Limiter::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .record_usage(true)
+    ///     .usage_clients_per_hour(10_000);
+    /// # drop(builder);
+    /// ```
     pub fn usage_clients_per_hour(mut self, clients: u64) -> Self {
         self.usage.clients_per_hour = clients.max(1);
         self

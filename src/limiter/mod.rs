@@ -42,8 +42,8 @@ pub use runtime::{
 };
 pub use stats::Stats;
 pub use usage::{
-    Calls, ClientUsage, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES, LimitedClient,
-    UsageError, UsageSummary,
+    Calls, ClientUsage, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES,
+    DEFAULT_USAGE_MAX_CLIENTS, LimitedClient, UsageError, UsageSummary,
 };
 pub use verdict::Verdict;
 

@@ -22,6 +22,27 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET {base}/metrics`: the Prometheus text of a service at `base` (`http://host:port`).
+pub async fn metrics_text(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a text body")
+}
+
+/// The value of the unlabelled metric `name` in [`metrics_text`], 0 if it is not there.
+pub async fn metric(base: &str, name: &str) -> u64 {
+    metrics_text(base)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Which backend a test runs against.
 pub enum Store<'a> {
     Memory,

@@ -19,7 +19,8 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// a cluster hears what is published on any other), and hands each message to the backend
 /// for as long as it lives. Reconnects after a lost connection, or one that stops answering
 /// pings; each time the subscription is made, the backend is told that runtime entries may
-/// have changed meanwhile, and each change announced is handed over as it is. `subscribed` is told when the first subscription is in place.
+/// have changed meanwhile, and each change announced is handed over as it is. `subscribed`
+/// is told when the first subscription is in place.
 pub(super) fn spawn_listener(
     backend: Weak<RedisBackend>,
     urls: Vec<String>,

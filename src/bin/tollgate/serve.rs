@@ -37,7 +37,10 @@ pub(crate) struct Serve {
     )]
     default_rate_limit: String,
 
-    /// Keep the limits in this Redis, shared by every instance using it.
+    /// Keep the limits in this Redis, shared by every instance using it. Each instance
+    /// pings it once a second (500 ms deadline, or REDIS_TIMEOUT_MS if longer): `GET /health`
+    /// follows it within 2 s, with or without traffic, and decisions go back to it as soon
+    /// as it answers.
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
 
@@ -116,7 +119,7 @@ pub(crate) struct Serve {
     #[arg(
         long,
         env = "TOLLGATE_USAGE_MAX_CLIENTS",
-        default_value_t = 100_000,
+        default_value_t = tollgate::DEFAULT_USAGE_MAX_CLIENTS,
         value_parser = at_least_one,
         value_name = "N"
     )]

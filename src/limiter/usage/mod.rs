@@ -33,7 +33,7 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default bound on the clients held: see
 /// [`usage_max_clients`](crate::LimiterBuilder::usage_max_clients).
-pub(crate) const DEFAULT_MAX_CLIENTS: usize = 100_000;
+pub const DEFAULT_USAGE_MAX_CLIENTS: usize = 100_000;
 
 /// Default bound on the bytes held: see
 /// [`usage_max_bytes`](crate::LimiterBuilder::usage_max_bytes).

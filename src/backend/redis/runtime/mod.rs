@@ -31,7 +31,6 @@ use super::cluster::slot;
 
 static CHANGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("change.lua")));
 static RESTORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("restore.lua")));
-static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("read.lua")));
 
 /// The hash's key, which is also the name of the channel changes are announced on.
 pub(super) fn name(prefix: &str) -> String {
@@ -144,12 +143,17 @@ impl Newsroom {
 }
 
 impl RedisBackend {
-    /// Every entry stored, and their version, read at once.
+    /// Every entry stored, and their version. The version is read first: entries changed
+    /// in between are newer than it, and the announcements of those changes, applied again,
+    /// set them to what they are.
     pub(crate) async fn runtime_entries(&self) -> Result<Stored, String> {
         let mut connection = self.connection().ok_or("not connected to Redis yet")?;
-        let mut read = READ.key(name(&self.prefix));
-        read.key(version_name(&self.prefix));
-        let read = read.invoke_async::<(Option<u64>, Vec<(String, String)>)>(&mut connection);
+        let mut read = redis::pipe();
+        read.cmd("GET")
+            .arg(version_name(&self.prefix))
+            .cmd("HGETALL")
+            .arg(name(&self.prefix));
+        let read = read.query_async::<(Option<u64>, Vec<(String, String)>)>(&mut connection);
         let (version, entries) = self.within_deadline(read).await?;
         Ok(Stored {
             version: version.unwrap_or(0),
@@ -227,7 +231,7 @@ impl RedisBackend {
         let deadline = self.command_timeout();
         match tokio::time::timeout(deadline, command).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) if error.code() == Some("WRONGTYPE") => {
+            Ok(Err(error)) if wrong_type(&error) => {
                 let (hash, version) = (name(&self.prefix), version_name(&self.prefix));
                 Err(format!(
                     "{hash} is not a hash, or {version} not a number (WRONGTYPE): the runtime \
@@ -239,6 +243,15 @@ impl RedisBackend {
             Err(_) => Err(format!("Redis did not answer within {deadline:?}")),
         }
     }
+}
+
+/// Whether Redis refused a command (alone, or in a pipeline) for a key of another type.
+fn wrong_type(error: &redis::RedisError) -> bool {
+    error.code() == Some("WRONGTYPE")
+        || error
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == "WRONGTYPE"))
 }
 
 #[cfg(test)]
