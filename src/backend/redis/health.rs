@@ -79,35 +79,33 @@ impl RedisBackend {
     }
 }
 
+/// How long a `PING` sent again over a connection being made again may wait: a Redis back
+/// from a restart answers at once; one still away keeps the connection's own retries
+/// waiting longer, which this cuts short.
+const RECONNECT_WAIT: Duration = Duration::from_millis(250);
+
 /// `PING` over `connection` (to the cluster node at `address`, `host:port`), within
 /// `deadline`. A connection that was lost is made again by the first `PING`, which then
-/// fails: one more is sent over the new connection, within the same deadline, so that a
+/// fails: one more is sent over the new connection (within [`RECONNECT_WAIT`]), so that a
 /// Redis back from a restart is seen at this round, not the next.
 async fn ping(
     mut connection: Connection,
     address: Option<&str>,
     deadline: Duration,
 ) -> Result<(), String> {
-    let attempts = async {
-        let mut last = String::new();
-        for attempt in 0..2 {
-            if attempt > 0 {
+    for wait in [deadline, RECONNECT_WAIT] {
+        match tokio::time::timeout(wait, ping_once(&mut connection, address)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error))
+                if wait == deadline && (error.is_io_error() || error.is_connection_dropped()) =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            match ping_once(&mut connection, address).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_io_error() || error.is_connection_dropped() => {
-                    last = error.to_string();
-                }
-                Err(error) => return Err(error.to_string()),
-            }
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err(format!("no answer to PING within {wait:?}")),
         }
-        Err(last)
-    };
-    match tokio::time::timeout(deadline, attempts).await {
-        Ok(answer) => answer,
-        Err(_) => Err(format!("no answer to PING within {deadline:?}")),
     }
+    Err("the connection could not be made again".into())
 }
 
 async fn ping_once(connection: &mut Connection, address: Option<&str>) -> redis::RedisResult<()> {
