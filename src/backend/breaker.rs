@@ -147,8 +147,12 @@ impl Breaker {
 
     pub(crate) fn succeeded(&self, permit: Permit) {
         match permit {
-            // The health probe may have closed it meanwhile.
-            Permit::Probe => self.close(),
+            // The health probe may have closed it meanwhile. Its success is a success since
+            // any `PING` still on its way: one that then fails must not open the breaker again.
+            Permit::Probe => {
+                self.succeeded_at.store(self.now(), Ordering::Relaxed);
+                self.close();
+            }
             Permit::Call => {
                 // Read first: a store on every success would contend across cores.
                 if self.failures_in_a_row.load(Ordering::Relaxed) != 0 {
@@ -333,6 +337,19 @@ mod tests {
         assert_eq!(breaker.permit(), Permit::Probe);
         breaker.probed(Instant::now(), Ok(()));
         breaker.failed(Permit::Probe, &"late");
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    /// A `PING` sent while Redis was away and failing after a request's probe brought the
+    /// breaker back says nothing new: it stays closed.
+    #[test]
+    fn a_ping_older_than_a_successful_probe_does_not_reopen() {
+        let breaker = Breaker::new(5, Duration::ZERO);
+        breaker.open("test");
+        let ping_sent = Instant::now();
+        assert_eq!(breaker.permit(), Permit::Probe);
+        breaker.succeeded(Permit::Probe);
+        breaker.probed(ping_sent, Err("timed out".into()));
         assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
