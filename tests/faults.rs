@@ -176,23 +176,28 @@ async fn outage(policy: OnRedisError, fault: Fault) {
     let load = Load::start(&base, 4, began);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fault_at = began.elapsed();
+    // Healthy until the signal is sent, faulty once it has been: on a busy machine,
+    // starting `kill` takes a while.
+    let healthy_until = began.elapsed();
     match fault {
         Fault::Kill => redis.signal("KILL"),
         Fault::Stop => redis.signal("STOP"),
     }
+    let fault_at = began.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let repair_at = began.elapsed();
     match fault {
         Fault::Kill => redis.restart(),
         Fault::Stop => redis.signal("CONT"),
     }
-    // Recovery: the first request sent after the repair that Redis decided.
+    // Recovery: when the first request sent after the repair that Redis decided was
+    // answered. (Requests sent while that one was on its way may still have been answered
+    // by the policy, the breaker letting one request through at a time.)
     let http = reqwest::Client::new();
     let recovered_at = loop {
         let sample = probe(&http, &base, "recovery-probe", began).await;
         if from_redis(policy, &sample) {
-            break sample.sent;
+            break sample.sent + sample.latency;
         }
         assert!(
             began.elapsed() < repair_at + Duration::from_secs(5),
@@ -211,7 +216,7 @@ async fn outage(policy: OnRedisError, fault: Fault) {
     // Answered before the fault.
     let before: Vec<_> = samples
         .iter()
-        .filter(|s| s.sent + s.latency < fault_at)
+        .filter(|s| s.sent + s.latency < healthy_until)
         .collect();
     // Sent after the fault took hold and answered before the repair.
     let during: Vec<_> = samples
