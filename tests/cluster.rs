@@ -14,9 +14,10 @@ use tollgate::{BreakerState, OnRedisError, RateLimitLayer};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const DEADLINE: Duration = Duration::from_millis(50);
-/// What a request may take beyond the deadline on a shared, noisy two-core machine (as in
-/// `tests/faults.rs`).
-const MARGIN: Duration = Duration::from_millis(350);
+/// What a request may take beyond the deadline on a shared, noisy two-core machine: 430 ms
+/// was seen with two CPU hogs beside the whole suite. A request stalled on a dead master
+/// (a connect or a reply that never comes) would take seconds.
+const MARGIN: Duration = Duration::from_millis(950);
 
 async fn cluster_layer(
     cluster: &TestCluster,
