@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 
 /// Why a forwarded path is refused.
+#[cfg(feature = "service")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum AmbiguousPath {
     /// `#` is never sent to a server: one in a forwarded URI hides the rest of it.
@@ -42,6 +43,7 @@ pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
 }
 
 /// The normal form of a path a gateway or a caller forwards, or why it is ambiguous.
+#[cfg(feature = "service")]
 pub(crate) fn forwarded(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
     if path.contains('#') {
         return Err(AmbiguousPath::Fragment);
@@ -70,6 +72,7 @@ pub(crate) fn forwarded(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
 /// A normal form, and whether a `..` had to stop at the root.
 struct Normal<'a> {
     path: Cow<'a, str>,
+    #[cfg_attr(not(feature = "service"), allow(dead_code))]
     climbed_above_root: bool,
 }
 
@@ -257,6 +260,7 @@ mod tests {
             "/api/./data",
         ] {
             assert_eq!(normalize(path), "/api/data", "{path}");
+            #[cfg(feature = "service")]
             assert_eq!(forwarded(path).as_deref(), Ok("/api/data"), "{path}");
         }
         // The encoded slash is not a separator in the normal form, and is refused when
@@ -264,6 +268,7 @@ mod tests {
         assert_eq!(normalize("/static/..%2Fapi/data"), "/static/..%2Fapi/data");
     }
 
+    #[cfg(feature = "service")]
     #[test]
     fn forwarded_paths_refuse_what_an_upstream_may_read_otherwise() {
         for (path, why) in [

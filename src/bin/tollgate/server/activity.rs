@@ -2,11 +2,13 @@
 //! in flight, since when it has been idle, whether a request head is arriving. From that
 //! comes its next deadline, which its task enforces.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use super::Limits;
@@ -34,8 +36,10 @@ pub(crate) struct Activity {
     reclaimed: AtomicBool,
     /// Its task has ended (an upgraded socket may live on, but is no longer served).
     done: AtomicBool,
-    /// Wakes the task when a deadline may have come nearer, or a close is asked.
-    pub(crate) changed: Notify,
+    /// Set, and the task woken, when a deadline may have come nearer or a close is asked.
+    /// (Lock-free: it happens about once a request.)
+    changed: AtomicBool,
+    task: AtomicWaker,
 }
 
 /// What to do when a connection's deadline passes.
@@ -60,8 +64,27 @@ impl Activity {
             heads: AtomicBool::new(heads),
             reclaimed: AtomicBool::new(false),
             done: AtomicBool::new(false),
-            changed: Notify::new(),
+            changed: AtomicBool::new(false),
+            task: AtomicWaker::new(),
         }
+    }
+
+    /// Ready once something changed since the last time it was.
+    pub(crate) fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.changed.swap(false, AcqRel) {
+            return Poll::Ready(());
+        }
+        self.task.register(cx.waker());
+        if self.changed.swap(false, AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.store(true, Release);
+        self.task.wake();
     }
 
     /// Bytes arrived. Read on every read of the socket, so only atomics.
@@ -72,7 +95,7 @@ impl Activity {
             && self.head_since_ms.load(Relaxed) == 0
         {
             self.head_since_ms.store(now_ms() + 1, Relaxed);
-            self.changed.notify_one();
+            self.notify();
         }
     }
 
@@ -130,7 +153,7 @@ impl Activity {
     /// Asks the task to close the connection if it is idle.
     pub(crate) fn reclaim(&self) {
         self.reclaimed.store(true, Relaxed);
-        self.changed.notify_one();
+        self.notify();
     }
 
     /// Whether a close was asked, clearing the ask.
@@ -156,7 +179,7 @@ impl Drop for Busy {
         let activity = &self.0;
         activity.idle_since_ms.store(now_ms(), Relaxed);
         if activity.in_flight.fetch_sub(1, Relaxed) == 1 {
-            activity.changed.notify_one();
+            activity.notify();
         }
     }
 }

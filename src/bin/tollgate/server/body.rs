@@ -27,6 +27,8 @@ pin_project! {
         #[pin]
         body: B,
         deadline: Option<(Instant, Arc<AtomicBool>)>,
+        // Whether the body has been waited for once.
+        waited: bool,
         sleep: Option<Pin<Box<Sleep>>>,
     }
 }
@@ -39,6 +41,7 @@ impl<B: Body> Timed<B> {
         let timed = Self {
             body,
             deadline: late.clone().map(|late| (deadline, late)),
+            waited: false,
             sleep: None,
         };
         (timed, late)
@@ -64,7 +67,14 @@ where
         let Some((deadline, late)) = this.deadline else {
             return Poll::Pending;
         };
-        // The timer is only set once the body has to be waited for.
+        // A body that has just not been handed over yet (hyper's HTTP/1 reads it after
+        // calling the service) is looked at again first: setting a timer costs a trip to the
+        // timer wheel per request, only worth it for a body that is really late.
+        if !*this.waited {
+            *this.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));

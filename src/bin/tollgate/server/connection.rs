@@ -109,32 +109,36 @@ impl Protocol {
         tokio::pin!(wake);
         // Set once the connection is asked to close: when it is dropped if still open.
         let mut closing: Option<Instant> = None;
+        // When `wake` fires. Moving a timer costs a trip to the timer wheel, so it is moved
+        // only nearer: set too early, it just wakes the loop to look again.
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = closing.or_else(|| activity.deadline(limits).map(|(at, _)| at));
-            if let Some(at) = deadline {
+            if let Some(at) = deadline
+                && armed.is_none_or(|armed| at < armed)
+            {
                 wake.as_mut().reset(at);
+                armed = Some(at);
             }
             tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(error) = served {
-                        tracing::debug!(%peer, "connection ended: {error}");
-                    }
-                    break;
-                }
-                () = activity.changed.notified() => {}
-                () = &mut wake, if deadline.is_some() => {
-                    if closing.is_some() {
-                        tracing::debug!(%peer, "connection dropped: it did not close within the grace");
-                        break;
-                    }
-                    match activity.deadline(limits) {
-                        Some((at, Expiry::Close)) if at <= Instant::now() => {
+                // A change alone does not poll the connection again.
+                biased;
+                () = std::future::poll_fn(|cx| activity.poll_changed(cx)) => {}
+                () = &mut wake, if armed.is_some() => {
+                    armed = None;
+                    let now = Instant::now();
+                    match (closing, activity.deadline(limits)) {
+                        (Some(at), _) if at <= now => {
+                            tracing::debug!(%peer, "connection dropped: it did not close within the grace");
+                            break;
+                        }
+                        (None, Some((at, Expiry::Close))) if at <= now => {
                             tracing::debug!(%peer, "connection closed: no request head in time");
                             break;
                         }
-                        Some((at, Expiry::Idle)) if at <= Instant::now() => {
+                        (None, Some((at, Expiry::Idle))) if at <= now => {
                             connection.as_mut().graceful_shutdown();
-                            closing = Some(Instant::now() + GRACE);
+                            closing = Some(now + GRACE);
                         }
                         _ => {}
                     }
@@ -142,6 +146,12 @@ impl Protocol {
                 _ = stop.wait_for(|stop| *stop), if closing.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     closing = Some(Instant::now() + GRACE);
+                }
+                served = connection.as_mut() => {
+                    if let Err(error) = served {
+                        tracing::debug!(%peer, "connection ended: {error}");
+                    }
+                    break;
                 }
             }
             if closing.is_none() && activity.take_reclaim() {
