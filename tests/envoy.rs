@@ -722,15 +722,7 @@ fn a_bad_envoy_configuration_stops_the_service_and_says_where() {
         "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
     )
     .unwrap();
-    let output = std::process::Command::new(tollgate_binary())
-        .arg("serve")
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("ENVOY_RATELIMIT_CONFIG", &file)
-        .output()
-        .unwrap();
+    let output = serve_until_it_exits(&[("ENVOY_RATELIMIT_CONFIG", file.as_os_str())]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = format!(

@@ -237,15 +237,7 @@ async fn a_state_file_past_its_cap_stops_the_start_and_is_never_written() {
         .set_len(1 << 30)
         .unwrap();
     let started = Instant::now();
-    let output = std::process::Command::new(tollgate_binary())
-        .arg("serve")
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("TOLLGATE_STATE_FILE", &state)
-        .output()
-        .unwrap();
+    let output = serve_until_it_exits(&[("TOLLGATE_STATE_FILE", state.as_os_str())]);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",

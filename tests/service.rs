@@ -282,14 +282,7 @@ async fn bad_bodies_get_a_clear_4xx() {
 
 #[test]
 fn a_bad_default_rate_limit_stops_the_service() {
-    let output = std::process::Command::new(tollgate_binary())
-        .arg("serve")
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .env("PORT", "0")
-        .env("DEFAULT_RATE_LIMIT", "0/second")
-        .output()
-        .unwrap();
+    let output = serve_until_it_exits(&[("DEFAULT_RATE_LIMIT", "0/second".as_ref())]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -133,6 +133,20 @@ pub fn tollgate_binary() -> PathBuf {
     }
 }
 
+/// Runs `tollgate serve` on free ports with only `envs` in its environment (and
+/// `NO_COLOR`) until it exits by itself: for a start that must fail.
+pub fn serve_until_it_exits(envs: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    Command::new(tollgate_binary())
+        .arg("serve")
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("run tollgate serve: {e}"))
+}
+
 /// Starts `tollgate serve` on a free port with only `envs` in its environment (and
 /// `NO_COLOR`), in a fresh working directory (so its default state file is its own), and
 /// waits for its "listening on" line.
