@@ -28,12 +28,13 @@ seconds="${2:-5}"
 connections="${3:-64}"
 
 (cd bench/compare && cargo build --release --bin compare_server)
+compare_release="$(scripts/target-dir bench/compare/Cargo.toml)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
 start() {
   SETUP=$1 SCENARIO=$2 PORT=$3 REDIS_URL="redis://127.0.0.1:$redis_port" \
-    bench/compare/target/release/compare_server >"$work/server.log" 2>&1 &
+    "$compare_release/compare_server" >"$work/server.log" 2>&1 &
   pid=$!
   wait_for_log "compare_server ($1)" ready
 }

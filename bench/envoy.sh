@@ -12,8 +12,8 @@
 #   bench/envoy.sh [rounds] [seconds per run] [calls in flight]      (defaults 3, 5, 64)
 #
 # CHANNELS sets the gRPC client's HTTP/2 connections (default: one per 16 calls in flight);
-# SETUPS and SCENARIOS pick a subset. Needs redis-server. Binaries are taken from
-# CARGO_TARGET_DIR when it is set.
+# SETUPS and SCENARIOS pick a subset. Needs redis-server. Binaries are taken from where
+# cargo builds them (CARGO_TARGET_DIR when it is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -21,7 +21,7 @@ seconds="${2:-5}"
 concurrency="${3:-64}"
 
 cargo build --release --all-features --bin tollgate --example rls_load --example bare_rls
-release="${CARGO_TARGET_DIR:-target}/release"
+release="$(scripts/target-dir)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 

@@ -17,13 +17,14 @@ high=${HIGH:-12000}
 setups=${*:-bare allowed denied governor_allowed governor_allowed_headers governor_denied}
 
 cargo build --release --features redis,axum --example layer_calls
+release="$(scripts/target-dir)/release"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # The total instructions (Ir) of one run.
 count() {
   valgrind --tool=callgrind --callgrind-out-file="$work/out" \
-    target/release/examples/layer_calls "$1" "$2" >"$work/stdout" 2>"$work/stderr" ||
+    "$release/examples/layer_calls" "$1" "$2" >"$work/stdout" 2>"$work/stderr" ||
     { cat "$work/stderr" >&2; exit 1; }
   sed -n 's/^summary: //p' "$work/out"
 }

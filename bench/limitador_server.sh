@@ -27,7 +27,7 @@ limitador=${LIMITADOR_SERVER:?set LIMITADOR_SERVER to a limitador-server binary 
 [ -x "$limitador" ] || { echo "$limitador is not an executable" >&2; exit 1; }
 
 cargo build --release --all-features --bin tollgate --example rls_load
-release="${CARGO_TARGET_DIR:-target}/release"
+release="$(scripts/target-dir)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 

@@ -24,12 +24,13 @@ seconds="${2:-5}"
 connections="${3:-64}"
 
 cargo build --release --all-features --example bench_server
+release="$(scripts/target-dir)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
 start() {
   SETUP=$1 SCENARIO=$2 PORT=$3 REDIS_URL="redis://127.0.0.1:$redis_port" \
-    target/release/examples/bench_server >"$work/server.log" 2>&1 &
+    "$release/examples/bench_server" >"$work/server.log" 2>&1 &
   pid=$!
   wait_for_log "bench_server ($1)" ready
 }

@@ -2,7 +2,7 @@
 """Writes a valid rules file with N routes to stdout, for timing validation and reloads.
 
     python3 bench/many_routes.py 20000 > /tmp/routes-20k.json
-    time target/release/tollgate check-rules /tmp/routes-20k.json > /dev/null
+    time "$(scripts/target-dir)/release/tollgate" check-rules /tmp/routes-20k.json > /dev/null
 
 The routes mix the forms a large file has: static paths, parameters, catch-alls, named
 methods, several bands, the window algorithms and unlimited rules (about 130 bytes each).

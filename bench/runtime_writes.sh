@@ -15,7 +15,7 @@ changes="${1:-200}"
 binary="${2:-}"
 if [ -z "$binary" ]; then
   cargo build --release --all-features --bin tollgate
-  binary=target/release/tollgate
+  binary="$(scripts/target-dir)/release/tollgate"
 fi
 # shellcheck source=bench/lib.sh
 . bench/lib.sh

@@ -20,6 +20,7 @@ seconds="${2:-5}"
 connections="${3:-64}"
 
 cargo build --release --all-features --example bench_server --bin tollgate
+release="$(scripts/target-dir)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
@@ -28,15 +29,15 @@ start() {
   [ "$2" = denied ] && limit=1/second
   case "$1" in
     json)
-      SETUP=json PORT=$3 target/release/examples/bench_server >"$work/server.log" 2>&1 & ;;
+      SETUP=json PORT=$3 "$release/examples/bench_server" >"$work/server.log" 2>&1 & ;;
     serve-memory)
       env -i NO_COLOR=1 RUST_LOG=warn,tollgate=info PORT="$3" DEFAULT_RATE_LIMIT="$limit" \
         TOLLGATE_STATE_FILE="$work/state.json" \
-        target/release/tollgate serve >"$work/server.log" 2>&1 & ;;
+        "$release/tollgate" serve >"$work/server.log" 2>&1 & ;;
     serve-redis)
       env -i NO_COLOR=1 RUST_LOG=warn,tollgate=info PORT="$3" DEFAULT_RATE_LIMIT="$limit" \
         REDIS_URL="redis://127.0.0.1:$redis_port" FAIL_MODE=closed \
-        target/release/tollgate serve >"$work/server.log" 2>&1 & ;;
+        "$release/tollgate" serve >"$work/server.log" 2>&1 & ;;
     *) echo "unknown setup $1" >&2; exit 2 ;;
   esac
   pid=$!

@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --all-features --example usage_flush
+release="$(scripts/target-dir)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-REDIS_URL="redis://127.0.0.1:$redis_port" target/release/examples/usage_flush "${1:-11}"
+REDIS_URL="redis://127.0.0.1:$redis_port" "$release/examples/usage_flush" "${1:-11}"
 echo
 echo "Redis memory after the run: $(redis-cli -p "$redis_port" info memory | grep '^used_memory_human')"

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --features redis --example usage_memory
+release="$(scripts/target-dir)/release"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-REDIS_URL="redis://127.0.0.1:$redis_port" target/release/examples/usage_memory
+REDIS_URL="redis://127.0.0.1:$redis_port" "$release/examples/usage_memory"

@@ -78,6 +78,8 @@ wait_for() {
 
 echo "building the demo and the service (cargo build --release --features cli --bin tollgate --example demo)"
 cargo build --quiet --release --features cli --bin tollgate --example demo
+# Where cargo put them: CARGO_TARGET_DIR, if set, moves them out of target/.
+release="$(scripts/target-dir)/release"
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" >"$work/redis.log" 2>&1 &
@@ -91,14 +93,14 @@ for port in "$APP1_PORT" "$APP2_PORT"; do
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT" TRUSTED_PROXY_HOPS=1 LOCAL_FALLBACK_INSTANCES=3 \
     HOST=127.0.0.1 PORT=$port \
     RATE_LIMIT_RULES_PATH="$PWD/rate_limits.json" NO_COLOR=1 \
-    target/release/examples/demo >"$work/app-$port.log" 2>&1 &
+    "$release/examples/demo" >"$work/app-$port.log" 2>&1 &
   pids+=($!)
   wait_for "$port" "$!" "$work/app-$port.log"
 done
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" LOCAL_FALLBACK_INSTANCES=3 \
   HOST=127.0.0.1 PORT=$SERVICE_PORT \
   RATE_LIMIT_RULES_PATH="$PWD/rate_limits.json" NO_COLOR=1 \
-  target/release/tollgate serve >"$work/service.log" 2>&1 &
+  "$release/tollgate" serve >"$work/service.log" 2>&1 &
 pids+=($!)
 wait_for "$SERVICE_PORT" "$!" "$work/service.log"
 
