@@ -2,12 +2,14 @@
 //! against the real `tollgate serve` binary with an admin token. The page asks for the
 //! token, shows traffic sent while it watches (totals from the admin API, the chart from
 //! the event stream), edits a rule through the admin API, shows the API's validation error
-//! for a bad one, and tries a key. A screenshot is saved as `target/dashboard.png` (and as
-//! `docs/dashboard.png` with `UPDATE_DASHBOARD_SCREENSHOT=1`, the README's picture).
+//! for a bad one, and tries a key. A screenshot is saved as `dashboard.png` in the target
+//! directory's `tmp/` (wherever `CARGO_TARGET_DIR` puts it), and as `docs/dashboard.png`
+//! with `UPDATE_DASHBOARD_SCREENSHOT=1`, the README's picture. A test that fails with its
+//! browser open still ends Chromium.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,9 @@ fn program(names: &[&str], also: &[&str]) -> PathBuf {
         })
 }
 
-/// chromedriver on a free port; killed when dropped.
+/// chromedriver on a free port, and the Chromium it starts: both ended when dropped, also
+/// when a test panics with its browser open (ending chromedriver alone would leave Chromium
+/// running, adopted by init).
 struct Driver {
     child: Child,
     port: u16,
@@ -88,9 +92,72 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Found while chromedriver is their ancestor: once it is gone they are init's.
+        let browser = descendants(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        end(&browser);
     }
+}
+
+/// The processes descending from `root`, from each process's parent in `/proc`.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, status_of(pid)?.1)))
+        .collect();
+    let mut found = vec![root];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        next += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// A process's state letter and parent, from `/proc/PID/stat`; `None` once it is gone.
+fn status_of(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, field 2, may hold spaces and parentheses: count from its last ")".
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// Whether `pid` still runs (a zombie has ended, only not yet been reaped).
+fn running(pid: u32) -> bool {
+    status_of(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// Ends `pids`: SIGTERM, for Chromium to close its own helpers, then SIGKILL for any left
+/// after 5 s.
+fn end(pids: &[u32]) {
+    let signal = |name: &str, pids: &[u32]| {
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .arg(name)
+                .args(pids.iter().map(u32::to_string))
+                .stderr(Stdio::null())
+                .status();
+        }
+    };
+    signal("-TERM", pids);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&pid| running(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = pids.iter().copied().filter(|&pid| running(pid)).collect();
+    signal("-KILL", &left);
 }
 
 /// Runs `script` in the page until it returns something `done` accepts, for at most 15 s.
@@ -139,7 +206,7 @@ async fn the_dashboard_shows_live_traffic_and_edits_rules() {
         ("TOLLGATE_ADMIN_TOKEN", token),
     ]);
     let base = format!("http://{}", service.address);
-    watch_and_edit(&base, &base, token, "target/dashboard.png").await;
+    watch_and_edit(&base, &base, token, "dashboard.png").await;
 }
 
 /// The same page through nginx (`deploy/gateways/nginx-service-proxy.conf.template`, which keeps
@@ -157,11 +224,45 @@ async fn the_dashboard_works_behind_a_proxy_that_keeps_host() {
     );
     let page = format!("http://127.0.0.1:{}", proxy.port);
     let base = format!("http://{}", service.address);
-    watch_and_edit(&page, &base, token, "target/dashboard-proxied.png").await;
+    watch_and_edit(&page, &base, token, "dashboard-proxied.png").await;
+}
+
+/// A dashboard test that panics with its browser open leaves no Chromium behind: its
+/// processes are gone once the failed test's driver is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_test_leaves_no_browser_running() {
+    let (sender, browser) = std::sync::mpsc::channel();
+    let failed = tokio::spawn(async move {
+        let driver = Driver::start();
+        let _client = driver.session().await;
+        sender.send(descendants(driver.child.id())).unwrap();
+        panic!("a dashboard test failing with its browser open (on purpose)");
+    })
+    .await;
+    assert!(failed.is_err_and(|error| error.is_panic()));
+    let browser = browser.recv().unwrap();
+    assert!(!browser.is_empty(), "chromedriver started no browser");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = browser
+            .iter()
+            .copied()
+            .filter(|&pid| running(pid))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium processes {left:?} still run after the failed test"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Opens the dashboard at `page`, gives it `token`, sends traffic to the service at `base`,
-/// and checks what the page shows and edits; saves a screenshot at `screenshot`.
+/// and checks what the page shows and edits; saves a screenshot named `screenshot` in the
+/// target directory's `tmp/`.
 async fn watch_and_edit(page: &str, base: &str, token: &str, screenshot: &str) {
     let driver = Driver::start();
     let client = driver.session().await;
@@ -275,9 +376,20 @@ async fn watch_and_edit(page: &str, base: &str, token: &str, screenshot: &str) {
             "{shown}"
         );
 
+        // The default rule is the service's base rule: it comes from DEFAULT_RATE_LIMIT
+        // here, with no rules file, so the page must not say "file".
+        wait_for(
+            &client,
+            "the default rule's source",
+            "return document.querySelector('#rules tr[data-target=\"rule:default\"] td:nth-child(2)').textContent",
+            |v| *v == json!("base"),
+        )
+        .await;
+
         let png = client.screenshot().await.unwrap();
-        let target = repo_file(screenshot);
-        std::fs::write(&target, &png).unwrap();
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join(screenshot);
+        std::fs::write(&target, &png)
+            .unwrap_or_else(|e| panic!("cannot save {}: {e}", target.display()));
         if page == base && std::env::var_os("UPDATE_DASHBOARD_SCREENSHOT").is_some() {
             std::fs::write(repo_file("docs/dashboard.png"), &png).unwrap();
         }

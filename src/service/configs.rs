@@ -57,7 +57,9 @@ pub(crate) struct Config {
     rule: String,
     /// The tier the rule belongs to, if any (tiers' routes are read-only here).
     tier: Option<String>,
-    /// `base` (the rules file) or `runtime` (set through this API).
+    /// `base` (the rules the service started with: its rules file, or without one
+    /// `tollgate serve`'s default rule from `DEFAULT_RATE_LIMIT`) or `runtime` (set through
+    /// this API).
     origin: String,
     /// The rule as the rules file writes it.
     native: Value,

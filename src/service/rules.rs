@@ -46,7 +46,9 @@ pub(crate) struct RuleInForce {
     /// `rule:<identity>` (`rule:default`, `rule:/api/data@GET`, `rule:pro:default`) or
     /// `client:<client key>` (`client:id:k`).
     target: String,
-    /// `base` (the rules file) or `runtime` (set through this API or the library).
+    /// `base` (the rules the service started with: its rules file, or without one
+    /// `tollgate serve`'s default rule from `DEFAULT_RATE_LIMIT`) or `runtime` (set through
+    /// this API or the library).
     origin: String,
     /// The rule as the rules file writes it.
     rule: Value,

@@ -106,7 +106,9 @@ async function refreshRules() {
       remove.textContent = "remove";
       remove.onclick = () => removeEntry(entry.target);
     }
-    const tr = row([entry.target, entry.origin === "base" ? "file" : "runtime", code, remove]);
+    // The API's own word: a base rule comes from the rules file, or without one from
+    // DEFAULT_RATE_LIMIT, so "file" would not always be true.
+    const tr = row([entry.target, entry.origin, code, remove]);
     tr.dataset.target = entry.target;
     return tr;
   }));
