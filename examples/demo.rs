@@ -38,6 +38,7 @@
 //! The container image probes it with `tollgate healthcheck` (`GET /health` on
 //! `127.0.0.1:$PORT`).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,15 +52,19 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Colours for a terminal only: not in a piped or collected log, nor with NO_COLOR.
+    let colours = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colours)
         .init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, on stderr, not also as a log line.
         Err(message) => {
-            tracing::error!("{message}");
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

@@ -50,7 +50,7 @@ pub enum BuildError {
     NoClusterNodes,
     /// The Redis URL cannot be used.
     #[cfg(feature = "redis")]
-    #[error("cannot connect to Redis at {url}: {reason}")]
+    #[error("cannot use the Redis URL {url}: {reason}")]
     Redis {
         /// The URL with any password hidden.
         url: String,

@@ -1,4 +1,5 @@
-//! The `tollgate check-rules` binary, run as an operator would: exit codes and output.
+//! The `tollgate` binary, run as an operator would: `check-rules`' exit codes and output,
+//! and what `tollgate serve` says when a setting stops its start, and how it logs.
 
 #[path = "common/files.rs"]
 mod files;
@@ -788,5 +789,190 @@ fn rules_file_path_is_shown_as_given() {
     assert!(
         stdout.ends_with("OK: 1 rule, 0 tiers, 0 client overrides\n"),
         "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// `tollgate serve`: the errors that stop a start name what the operator set, once; logs
+// are plain text when piped, or JSON lines.
+// ---------------------------------------------------------------------------------------
+
+/// `tollgate serve` with only `envs` in its environment (no `NO_COLOR`: its output is
+/// piped, which alone must keep colours out), on free ports in a fresh directory, until it
+/// exits by itself: a start that must fail.
+fn serve_failing(envs: &[(&str, &str)], args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .args(args)
+        .env_clear()
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .envs(envs.iter().copied())
+        .current_dir(dir.path())
+        .output()
+        .expect("the tollgate binary runs");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+impl Run {
+    /// Exit status 1 with `message` said once, as the `error:` line on stderr (and not
+    /// again as a log line), and no panic.
+    fn fails_saying_once(&self, message: &str) -> &Self {
+        self.expect_code(1).stderr_has(&format!("error: {message}"));
+        let said = self.stdout.matches(message).count() + self.stderr.matches(message).count();
+        assert_eq!(
+            said, 1,
+            "said {said} times:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        self
+    }
+
+    fn lacks(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stdout.contains(needle) && !self.stderr.contains(needle),
+            "{needle:?} in:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    serve_failing(&[("PORT", "notaport")], &[])
+        .expect_code(2)
+        .stderr_has("invalid value 'notaport' for 'PORT'")
+        .stderr_has("invalid digit")
+        .lacks("--port");
+    serve_failing(&[("FAIL_MODE", "sometimes")], &[])
+        .expect_code(2)
+        .stderr_has("invalid value 'sometimes' for 'FAIL_MODE'")
+        .stderr_has("closed, open, local")
+        .lacks("--fail-mode");
+    serve_failing(&[("TOLLGATE_MAX_RUNTIME_ENTRIES", "0")], &[])
+        .expect_code(2)
+        .stderr_has("for 'TOLLGATE_MAX_RUNTIME_ENTRIES'")
+        .lacks("--max-runtime-entries");
+    // The same value given as the flag is the flag's.
+    for args in [&["--port", "notaport"][..], &["--port=notaport"]] {
+        serve_failing(&[("PORT", "notaport")], args)
+            .expect_code(2)
+            .stderr_has("for '--port <PORT>'");
+    }
+}
+
+#[test]
+fn a_redis_url_that_is_not_one_says_what_one_looks_like() {
+    serve_failing(&[("REDIS_URL", "http://127.0.0.1:6379")], &[])
+        .fails_saying_once(
+            "REDIS_URL: cannot use the Redis URL http://127.0.0.1:6379: it must start with \
+             redis:// (or redis+unix:// or unix:// for a Unix socket)",
+        )
+        .lacks("cannot connect");
+    serve_failing(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000")], &[])
+        .fails_saying_once("REDIS_CLUSTER_NODES: cannot use the Redis URL 127.0.0.1:7000:")
+        .stderr_has("it must start with redis://");
+}
+
+#[test]
+fn trusting_every_address_advises_the_setting_not_the_rust_call() {
+    for everything in ["0.0.0.0/0", "::/0"] {
+        serve_failing(&[("TRUSTED_PROXIES", everything)], &[])
+            .fails_saying_once(&format!(
+                "TRUSTED_PROXIES: \"{everything}\" covers every address"
+            ))
+            .stderr_has("set TRUSTED_PROXIES=* (alone) to trust every peer")
+            .lacks("trust_any_peer");
+    }
+}
+
+#[test]
+fn worker_threads_that_are_not_a_count_are_an_error_not_a_panic() {
+    for threads in ["zero", "0", "-1"] {
+        serve_failing(&[("TOKIO_WORKER_THREADS", threads)], &[])
+            .fails_saying_once(&format!(
+                "TOKIO_WORKER_THREADS={threads:?}: the runtime's worker threads must be a whole \
+                 number from 1 up"
+            ))
+            .lacks("backtrace");
+    }
+}
+
+#[test]
+fn piped_logs_carry_no_colours() {
+    // A start that fails after its first log lines.
+    let run = serve_failing(&[("DEFAULT_RATE_LIMIT", "0/second")], &[]);
+    run.fails_saying_once("DEFAULT_RATE_LIMIT=\"0/second\"")
+        .stdout_has(" INFO ")
+        .stdout_has("open files limit");
+    assert!(!run.stdout.contains('\x1b'), "{:?}", run.stdout);
+}
+
+/// `tollgate serve` running until dropped.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut serving = Serving(
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("serve")
+            .env_clear()
+            .envs([("PORT", "0"), ("GRPC_PORT", "0")])
+            .env("TOLLGATE_LOG_FORMAT", "json")
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the tollgate binary runs"),
+    );
+    let stdout = serving.0.stdout.take().unwrap();
+    let (lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let listening = loop {
+        let line = logged
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("no \"listening on\" line; logged:\n{}", seen.join("\n")));
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        seen.push(line);
+        let message = event["fields"]["message"].as_str().unwrap_or_default();
+        if message.starts_with("listening on http://") {
+            break event;
+        }
+    };
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert_eq!(listening["target"], "tollgate::serve", "{listening}");
+    assert!(listening["timestamp"].is_string(), "{listening}");
+    // Fields stay fields: the start's summary names its backend as one.
+    assert!(
+        seen.iter()
+            .any(|line| line.contains(r#""backend":"memory""#)),
+        "{seen:#?}"
     );
 }

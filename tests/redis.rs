@@ -255,10 +255,19 @@ async fn unusable_redis_urls_fail_the_build_with_the_reason() {
         assert!(matches!(err, BuildError::Redis { .. }), "{url}: {err:?}");
         let message = err.to_string();
         assert!(
-            message.starts_with("cannot connect to Redis at "),
+            message.starts_with("cannot use the Redis URL "),
             "{message}"
         );
         assert!(!message.contains("hunter2"), "{message}");
+        // What is not a Redis URL at all is told what one looks like.
+        if url != "redis://:hunter2@127.0.0.1:notaport" {
+            assert!(
+                message.ends_with(&format!(
+                    "{url}: it must start with redis:// (or redis+unix:// or unix:// for a Unix socket)"
+                )),
+                "{message}"
+            );
+        }
     }
 }
 

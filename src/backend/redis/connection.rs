@@ -41,7 +41,8 @@ pub(super) async fn connect_single(
     config: &RedisConfig,
     script: &Arc<Script>,
 ) -> Result<(Route, Result<(), String>), String> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+    let client =
+        redis::Client::open(config.url.as_str()).map_err(|e| unusable_url(&config.url, &e))?;
     // Short, capped reconnect backoff: a restarted Redis is found again quickly.
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
@@ -60,6 +61,20 @@ pub(super) async fn connect_single(
     Ok((route, ready))
 }
 
+/// Why `url` cannot be used: what a Redis URL looks like when it is not one at all (an
+/// `http://` URL, a bare host), rather than the client's "did not parse".
+fn unusable_url(url: &str, error: &redis::RedisError) -> String {
+    match redis::parse_redis_url(url) {
+        None => {
+            "it must start with redis:// (or redis+unix:// or unix:// for a Unix socket)".into()
+        }
+        Some(parsed) if matches!(parsed.scheme(), "rediss" | "valkeys") => {
+            "rediss:// needs TLS, which this build does not include: use redis://".into()
+        }
+        Some(_) => error.to_string(),
+    }
+}
+
 /// A cluster connection, made now or, if no node answers in time, by a background task;
 /// and a task that keeps the slot map of the per-master breakers current.
 pub(super) async fn connect_cluster(
@@ -70,7 +85,7 @@ pub(super) async fn connect_cluster(
 ) -> Result<(Route, Result<(), String>), String> {
     for node in nodes {
         redis::IntoConnectionInfo::into_connection_info(node.as_str())
-            .map_err(|e| format!("seed node {} is not a Redis URL: {e}", redact(node)))?;
+            .map_err(|e| format!("seed node {}: {}", redact(node), unusable_url(node, &e)))?;
     }
     let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .connection_timeout(config.connect_timeout)

@@ -30,9 +30,11 @@
 //! the file and the JSON location, goes to stderr), 2 for a usage error.
 
 mod check_rules;
+mod environment;
 mod grpc_shards;
 mod healthcheck;
 mod limits;
+mod logs;
 mod serve;
 mod server;
 
@@ -62,7 +64,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let Cli { command } = Cli::parse();
+    let Cli { command } =
+        Cli::try_parse().unwrap_or_else(|error| environment::naming_the_variable(error).exit());
     match command {
         Command::CheckRules(args) => check_rules::check_rules(&args),
         Command::Serve(args) => serve::serve(*args),

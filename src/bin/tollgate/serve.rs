@@ -7,11 +7,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tollgate::grpc::EnvoyRateLimit;
 use tollgate::service::Service;
-use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
-use tracing_subscriber::EnvFilter;
+use tollgate::{BuildError, InvalidTrustedProxy, Limiter, OnRedisError, RateLimitLayer, Rules};
 
 use crate::grpc_shards;
 use crate::limits::{ConnectionArgs, GrpcCallArgs};
+use crate::logs::{self, LogFormat};
 use crate::server::open_files;
 use crate::server::{self, Acceptor, Limits, Protocol, Slots};
 
@@ -219,6 +219,17 @@ pub(crate) struct Serve {
     #[arg(long, env = "TOLLGATE_ALLOWED_HOSTS", value_name = "HOSTS")]
     allowed_hosts: Option<String>,
 
+    /// How logs are written on stdout: `text` (in colour on a terminal, unless NO_COLOR is
+    /// set), or `json`, one object a line for a log collector.
+    #[arg(
+        long,
+        env = "TOLLGATE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+
     #[command(flatten)]
     connections: ConnectionArgs,
 
@@ -248,28 +259,43 @@ impl From<FailMode> for OnRedisError {
 }
 
 pub(crate) fn serve(args: Serve) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&format!("cannot start the runtime: {error}")),
-    };
-    match runtime.block_on(run(args)) {
+    logs::init(args.log_format);
+    let runtime = worker_threads().and_then(|threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot start the runtime: {error}"))
+    });
+    match runtime.and_then(|runtime| runtime.block_on(run(args))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
 }
 
+/// The one report of what stopped the service: on stderr, not also as a log line, so that
+/// it is read once.
 fn fail(message: &str) -> ExitCode {
-    tracing::error!("{message}");
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+/// The runtime's worker threads: `TOKIO_WORKER_THREADS`, tokio's own variable, read here so
+/// that a value that is not a count stops the start with an error naming it (tokio would
+/// panic); unset or empty, one per core, as tokio counts them.
+fn worker_threads() -> Result<usize, String> {
+    const VARIABLE: &str = "TOKIO_WORKER_THREADS";
+    let value = std::env::var_os(VARIABLE).unwrap_or_default();
+    if value.is_empty() {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    }
+    match value.to_str().map(|text| text.trim().parse::<usize>()) {
+        Some(Ok(threads)) if threads >= 1 => Ok(threads),
+        _ => Err(format!(
+            "{VARIABLE}={value:?}: the runtime's worker threads must be a whole number from 1 up \
+             (unset: one per core)"
+        )),
+    }
 }
 
 /// A count of at least one.
@@ -277,6 +303,20 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("{text:?} is not a whole number from 1 up")),
+    }
+}
+
+/// The layer's refusal of a `TRUSTED_PROXIES` entry, in the service's own terms: the way to
+/// trust every peer here is `TRUSTED_PROXIES=*`, not the Rust call the library names.
+fn trusted_proxies_error(error: InvalidTrustedProxy) -> String {
+    match error {
+        InvalidTrustedProxy::EveryAddress { value } => format!(
+            "TRUSTED_PROXIES: {value:?} covers every address, so X-Forwarded-For would be read \
+             up to what the client wrote in it; list only your proxies' addresses, or set \
+             TRUSTED_PROXIES=* (alone) to trust every peer and read X-Forwarded-For by hop \
+             count (TRUSTED_PROXY_HOPS)"
+        ),
+        other => format!("TRUSTED_PROXIES: {other}"),
     }
 }
 
@@ -361,6 +401,8 @@ async fn run(args: Serve) -> Result<(), String> {
         args.state_file.display().to_string()
     };
     builder = builder.max_runtime_entries(args.max_runtime_entries);
+    // Which variable an unusable Redis URL came from, for the error to name it.
+    let mut redis_setting = None;
     if let Some(nodes) = set(args.redis_cluster_nodes) {
         let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).collect();
         if let Some(empty) = nodes.iter().position(String::is_empty) {
@@ -370,8 +412,10 @@ async fn run(args: Serve) -> Result<(), String> {
             ));
         }
         builder = builder.redis_cluster(nodes);
+        redis_setting = Some("REDIS_CLUSTER_NODES");
     } else if let Some(url) = set(args.redis_url) {
         builder = builder.redis_url(url);
+        redis_setting = Some("REDIS_URL");
     }
     builder = builder
         .record_usage(true)
@@ -381,7 +425,13 @@ async fn run(args: Serve) -> Result<(), String> {
         .redis_prefix(args.redis_prefix)
         .redis_timeout(Duration::from_millis(args.redis_timeout_ms))
         .local_fallback_instances(args.local_fallback_instances);
-    let limiter = builder.build().await.map_err(|e| e.to_string())?;
+    let limiter = builder
+        .build()
+        .await
+        .map_err(|error| match (&error, redis_setting) {
+            (BuildError::Redis { .. }, Some(setting)) => format!("{setting}: {error}"),
+            _ => error.to_string(),
+        })?;
 
     let mut trust =
         RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(args.trusted_proxy_hops);
@@ -399,9 +449,7 @@ async fn run(args: Serve) -> Result<(), String> {
             args.trusted_proxy_hops
         ),
     };
-    let identity = trust
-        .build()
-        .map_err(|error| format!("TRUSTED_PROXIES: {error}"))?;
+    let identity = trust.build().map_err(trusted_proxies_error)?;
     let mut service = Service::new(limiter.clone()).client_identity(&identity);
     let admin = match set(args.admin_token) {
         Some(token) => {
