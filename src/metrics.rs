@@ -18,11 +18,12 @@
 //!
 //! Decisions and Redis calls are recorded as they happen. The rest is read from
 //! [`Limiter::stats`] and the breakers by [`Limiter::record_metrics`], which the service
-//! calls on every scrape; an app with its own exporter calls it before rendering.
+//! calls on every scrape; an app with its own exporter calls it before rendering. What each
+//! metric means reaches the exporter through [`describe`] (Prometheus's `# HELP` lines).
 
 use std::sync::Arc;
 
-use ::metrics::{counter, gauge};
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
 use crate::Limiter;
 use crate::decision::DecidedBy;
@@ -57,6 +58,68 @@ pub const EVENT_SUBSCRIBERS: &str = "tollgate_event_subscribers";
 pub const REDIS_CALL_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Tells the recorder installed now what each metric means, for the exporter to show
+/// (Prometheus: a `# HELP` line over each metric's series). The service calls it when it
+/// installs its recorder; an app with its own recorder calls it once, after installing it.
+///
+/// # Example
+///
+/// ```
+/// use metrics_util::debugging::DebuggingRecorder;
+/// use tollgate::metrics::{BUCKETS, describe};
+///
+/// let recorder = DebuggingRecorder::new();
+/// let snapshotter = recorder.snapshotter();
+/// metrics::with_local_recorder(&recorder, || {
+///     describe();
+///     metrics::gauge!(BUCKETS).set(3.0);
+/// });
+/// let (key, _unit, help, _value) = snapshotter.snapshot().into_vec().remove(0);
+/// assert_eq!(key.key().name(), BUCKETS);
+/// assert_eq!(help.as_deref(), Some("Buckets held in this process."));
+/// ```
+pub fn describe() {
+    describe_counter!(
+        DECISIONS,
+        "Decisions, by rule and outcome; peeks are not counted."
+    );
+    describe_histogram!(
+        REDIS_CALL_DURATION,
+        "How long Redis took to answer a call, in seconds."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis calls that failed, by kind: timeout or error."
+    );
+    describe_gauge!(
+        REDIS_BREAKER_OPEN,
+        "1 while the circuit breaker of a Redis node is open or half-open, 0 while closed."
+    );
+    describe_gauge!(BUCKETS, "Buckets held in this process.");
+    describe_counter!(
+        BUCKETS_EVICTED,
+        "Live buckets forgotten to stay within max_tracked_buckets."
+    );
+    describe_counter!(RULE_RELOADS, "Rules put in force after startup.");
+    describe_counter!(
+        RULE_RELOADS_FAILED,
+        "Reloads of the rules rejected (the rules in force stayed)."
+    );
+    describe_counter!(
+        USAGE_DROPPED,
+        "Calls counted in the usage totals but not per client."
+    );
+    describe_counter!(USAGE_FLUSH_ERRORS, "Usage flushes Redis did not take.");
+    describe_counter!(
+        RUNTIME_READ_ERRORS,
+        "Reads of the runtime entries in Redis that failed."
+    );
+    describe_gauge!(
+        EVENT_SUBSCRIBERS,
+        "Subscribers to the service's event streams."
+    );
+}
 
 /// Counts one decision (peeks are not counted) under `rule`.
 #[inline]

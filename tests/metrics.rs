@@ -1,9 +1,10 @@
 //! `GET /metrics` of `tollgate serve`, the real binary: counters move by exactly the
-//! requests sent, the text parses with Prometheus's own Python parser, Redis calls, errors
-//! and the breaker show, and so do failed reloads.
+//! requests sent, the text parses with Prometheus's own Python parser, every metric has its
+//! `# HELP`, Redis calls, errors and the breaker show, and so do failed reloads.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,8 +13,12 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// Every sample of a scrape, parsed by `prometheus_client`: `(name, labels, value)`.
-struct Scrape(Vec<(String, serde_json::Map<String, Value>, f64)>);
+/// Every sample of a scrape, parsed by `prometheus_client`: `(name, labels, value)`; and
+/// each metric family's `# HELP` text (empty without one).
+struct Scrape(
+    Vec<(String, serde_json::Map<String, Value>, f64)>,
+    BTreeMap<String, String>,
+);
 
 impl Scrape {
     /// The sample named `name` whose labels include `labels`; 0 when absent (a counter
@@ -33,6 +38,18 @@ impl Scrape {
     fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(n, _, _)| n == name)
     }
+
+    /// Fails unless every metric family scraped has a `# HELP` description.
+    fn assert_described(&self) {
+        assert!(!self.1.is_empty(), "no metrics scraped");
+        let undescribed: Vec<&String> = self
+            .1
+            .iter()
+            .filter(|(_, help)| help.trim().is_empty())
+            .map(|(family, _)| family)
+            .collect();
+        assert!(undescribed.is_empty(), "no # HELP for {undescribed:?}");
+    }
 }
 
 /// Parses the Prometheus text format with Python's `prometheus_client` parser.
@@ -45,10 +62,12 @@ except ImportError:
     print("MISSING", end="")
     sys.exit(3)
 samples = []
+help = {}
 for family in text_string_to_metric_families(sys.stdin.read()):
+    help[family.name] = family.documentation
     for s in family.samples:
         samples.append([s.name, s.labels, s.value])
-print(json.dumps(samples))
+print(json.dumps([samples, help]))
 "#;
     // The first Python that has the module: `python3` on the PATH may be a pyenv one,
     // without Debian's packages.
@@ -84,9 +103,8 @@ print(json.dumps(samples))
             "prometheus_client could not parse /metrics: {}\n{text}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let samples: Vec<(String, serde_json::Map<String, Value>, f64)> =
-            serde_json::from_str(&stdout).expect("the parser's JSON");
-        return Scrape(samples);
+        let (samples, help) = serde_json::from_str(&stdout).expect("the parser's JSON");
+        return Scrape(samples, help);
     }
     panic!(
         "Python's prometheus_client parser reads /metrics in this test: \
@@ -164,6 +182,7 @@ async fn decisions_move_by_exactly_the_checks_sent() {
     }
     // No Redis, no breaker.
     assert!(!after.has("tollgate_redis_breaker_open"));
+    after.assert_described();
 }
 
 #[tokio::test]
@@ -200,6 +219,8 @@ async fn redis_calls_errors_and_the_breaker_show() {
             + s.value("tollgate_redis_errors_total", &[("kind", "timeout")])
     };
     assert_eq!(errors(&scraped), 0.0);
+    // Redis's own metrics too.
+    scraped.assert_described();
 
     redis.kill();
     // The breaker opens after 5 failures in a row; the local policy answers meanwhile.

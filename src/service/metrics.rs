@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::json::detail;
-use crate::metrics::{EVENT_SUBSCRIBERS, REDIS_CALL_BUCKETS, REDIS_CALL_DURATION};
+use crate::metrics::{EVENT_SUBSCRIBERS, REDIS_CALL_BUCKETS, REDIS_CALL_DURATION, describe};
 
 /// Where `/metrics` renders from: a recorder's handle, or why there is none.
 pub(crate) type Exporter = Result<PrometheusHandle, String>;
@@ -23,7 +23,8 @@ pub(crate) type Exporter = Result<PrometheusHandle, String>;
 static INSTALLED: OnceLock<Exporter> = OnceLock::new();
 
 /// A Prometheus recorder builder set up for tollgate's metrics: the Redis call durations as
-/// a histogram with buckets from 100 µs to 1 s (rather than a summary).
+/// a histogram with buckets from 100 µs to 1 s (rather than a summary). Once its recorder
+/// is installed, [`describe`](crate::metrics::describe) gives each metric its `# HELP`.
 ///
 /// ```
 /// let handle = tollgate::service::prometheus_builder()
@@ -50,6 +51,7 @@ pub(crate) fn installed() -> Exporter {
                      give its Prometheus handle to Service::metrics_handle, or scrape it"
                 )
             })?;
+            describe();
             // Shown at 0 until the event streams count their subscribers.
             ::metrics::gauge!(EVENT_SUBSCRIBERS).set(0.0);
             Ok(handle)
