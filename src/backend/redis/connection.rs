@@ -84,8 +84,10 @@ pub(super) async fn connect_cluster(
     servers: &Arc<Servers>,
 ) -> Result<(Route, Result<(), String>), String> {
     for node in nodes {
-        redis::IntoConnectionInfo::into_connection_info(node.as_str())
-            .map_err(|e| format!("seed node {}: {}", redact(node), unusable_url(node, &e)))?;
+        redis::IntoConnectionInfo::into_connection_info(node.as_str()).map_err(|e| {
+            let why = unusable_url(node, &e);
+            format!("seed node {} is not a Redis URL: {why}", redact(node))
+        })?;
     }
     let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .connection_timeout(config.connect_timeout)
