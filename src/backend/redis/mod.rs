@@ -24,6 +24,7 @@ mod refusals;
 mod resets;
 mod runtime;
 mod script;
+mod setup;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,11 +47,11 @@ use batcher::Job;
 use clock::monotonic_us;
 use cluster::{Server, Servers};
 pub(crate) use connection::Connection;
-use connection::Route;
 use error::CallError;
 use leases::{Leases, Leasing};
 use refusals::Refusals;
 use script::{Answered, Call, decode, packed, run};
+use setup::Route;
 
 pub(crate) use cluster::slot;
 pub(crate) use config::{RedisConfig, redact};
@@ -112,8 +113,8 @@ impl RedisBackend {
             None => Servers::single(failures, cooldown),
         });
         let (route, ready) = match &config.cluster_nodes {
-            None => connection::connect_single(config, &script).await?,
-            Some(nodes) => connection::connect_cluster(nodes, config, &script, &servers).await?,
+            None => setup::connect_single(config, &script).await?,
+            Some(nodes) => setup::connect_cluster(nodes, config, &script, &servers).await?,
         };
         if let Err(error) = ready {
             let url = match &config.cluster_nodes {
