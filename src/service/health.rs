@@ -44,7 +44,7 @@ pub(crate) struct Health {
 )]
 pub(crate) async fn health(State(state): State<Arc<super::State>>) -> Response {
     let limiter = &state.limiter;
-    let (redis, status, code) = match limiter.stats().breaker {
+    let (redis, status, code) = match limiter.stats().store.breaker {
         None => ("not_configured", "ok", StatusCode::OK),
         Some(BreakerState::Closed) => ("connected", "ok", StatusCode::OK),
         Some(_) if limiter.on_redis_error() == Some(OnRedisError::Deny) => (
