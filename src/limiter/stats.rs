@@ -172,3 +172,75 @@ fn cell() -> usize {
     }
     CELL.with(|cell| *cell)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON keeps every field's name and place, the store's counts among the others.
+    #[test]
+    fn the_json_is_as_it_always_was() {
+        let stats = Stats {
+            backend: "memory",
+            store: StoreStats {
+                fallback: 3,
+                tracked_buckets: 7,
+                ..StoreStats::default()
+            },
+            allowed: 1,
+            denied: 2,
+            invalid_client_ids: 0,
+            shadowed: 0,
+            unknown_tiers: 0,
+            reloads: 0,
+            failed_reloads: 0,
+            last_reload_error: None,
+            usage_clients: 0,
+            usage_dropped: 0,
+            usage_evicted: 0,
+            usage_flush_errors: 0,
+            runtime_read_errors: 0,
+            event_subscribers: 0,
+        };
+        let json = serde_json::to_string(&stats).expect("JSON");
+        let keys: Vec<&str> = json
+            .trim_matches(['{', '}'])
+            .split(',')
+            .map(|field| field.split(':').next().unwrap_or("").trim_matches('"'))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "backend",
+                "breaker",
+                "allowed",
+                "denied",
+                "fallback",
+                "errors",
+                "cached_refusals",
+                "leased",
+                "invalid_client_ids",
+                "shadowed",
+                "unknown_tiers",
+                "reloads",
+                "failed_reloads",
+                "last_reload_error",
+                "tracked_buckets",
+                "evicted_buckets",
+                "usage_clients",
+                "usage_dropped",
+                "usage_evicted",
+                "usage_flush_errors",
+                "runtime_read_errors",
+                "event_subscribers"
+            ]
+        );
+        assert!(
+            json.starts_with(
+                r#"{"backend":"memory","breaker":null,"allowed":1,"denied":2,"fallback":3,"#
+            ),
+            "{json}"
+        );
+        assert!(json.contains(r#""tracked_buckets":7,"#), "{json}");
+    }
+}

@@ -18,8 +18,7 @@ use serde_json::Value;
 
 use super::super::Core;
 use super::super::reload::{free_here, off_runtime};
-use crate::backend::StoreError;
-use crate::backend::{EntryNews, News};
+use crate::backend::{EntryNews, News, StoreError};
 
 /// How often the entries in the store are read again, in case an announcement was missed.
 pub(crate) const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(5);
