@@ -8,7 +8,7 @@
 //! [`LimiterBuilder::redis_url`](crate::LimiterBuilder::redis_url) or
 //! [`redis_cluster`](crate::LimiterBuilder::redis_cluster)). Any other is given to
 //! [`LimiterBuilder::store`](crate::LimiterBuilder::store). Every store gives the same
-//! [`Decision`] for the same sequence of requests; `tests/stores.rs` holds the behaviour
+//! [`Decision`] for the same sequence of requests; `tests/stores/` holds the behaviour
 //! every store passes, and `docs/stores.md` says how to write one.
 
 use std::fmt;
