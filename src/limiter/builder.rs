@@ -577,9 +577,10 @@ impl LimiterBuilder {
                     _ => keeper.load().await,
                 };
                 let stored = loaded.unwrap_or_else(|error| {
+                    let store = keeper.name();
                     tracing::warn!(
                         %error,
-                        "runtime rule entries not loaded from the store; they are applied as soon as it answers"
+                        "runtime rule entries not loaded from {store}; they are applied as soon as it answers"
                     );
                     (BTreeMap::new(), 0)
                 });

@@ -61,7 +61,7 @@ use setup::Route;
 
 pub(crate) use builder::Options;
 use config::{RedisConfig, redact};
-pub(crate) use script::DECIDE_LUA;
+use script::DECIDE_LUA;
 
 /// How messages name this store.
 const REDIS: &str = "Redis";

@@ -31,22 +31,22 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
-    /// A read failed: counted; logged if the one before did not fail.
-    fn failed(&self, error: &str) {
+    /// A read of `store`'s entries failed: counted; logged if the one before did not fail.
+    fn failed(&self, store: &str, error: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if !self.failing.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 %error,
-                "the runtime entries in the store cannot be read; the entries in force here \
+                "the runtime entries in {store} cannot be read; the entries in force here \
                  stay, and are read again until they can be"
             );
         }
     }
 
-    /// A read succeeded: logged if the one before failed.
-    fn succeeded(&self) {
+    /// A read of `store`'s entries succeeded: logged if the one before failed.
+    fn succeeded(&self, store: &str) {
         if self.failing.swap(false, Ordering::AcqRel) {
-            tracing::info!("the runtime entries in the store are read again");
+            tracing::info!("the runtime entries in {store} are read again");
         }
     }
 
@@ -67,15 +67,16 @@ impl Core {
     /// [`resync`](Self::resync), for a caller that holds the runtime's turn.
     pub(super) async fn reread(self: &Arc<Self>) -> bool {
         let mut wrote_back = false;
+        let store = self.runtime.store.name();
         loop {
             let (stored, version) = match self.runtime.store.load().await {
                 Ok(loaded) => loaded,
                 Err(error) => {
-                    self.runtime.reads.failed(&error);
+                    self.runtime.reads.failed(store, &error);
                     return false;
                 }
             };
-            self.runtime.reads.succeeded();
+            self.runtime.reads.succeeded(store);
             let behind = {
                 let layers = self.runtime.layers();
                 let (held, held_version) = layers.stored();
@@ -85,7 +86,7 @@ impl Core {
             if behind && !wrote_back {
                 wrote_back = true;
                 if let Err(error) = self.write_back().await {
-                    self.runtime.reads.failed(&error.to_string());
+                    self.runtime.reads.failed(store, error.reason());
                     return false;
                 }
                 continue;
@@ -117,12 +118,12 @@ impl Core {
         };
         let restored = self.runtime.store.restore(&held, version).await?;
         if restored > 0 {
+            let store = self.runtime.store.name();
             tracing::warn!(
                 restored,
                 held = held.len(),
-                store = self.runtime.store.name(),
-                "the store had lost the runtime entries (restarted without persistence?): \
-                 wrote back the ones this instance holds"
+                "{store} had lost the runtime entries (restarted without persistence?): wrote \
+                 back the ones this instance holds"
             );
         }
         Ok(())

@@ -137,8 +137,11 @@ impl Usage {
         };
         match written {
             Ok(()) => {
-                if std::mem::take(&mut *failing) {
-                    tracing::info!("usage statistics are written to the store again");
+                if std::mem::take(&mut *failing)
+                    && let Sink::Store(store, _) = &self.sink
+                {
+                    let store = store.name();
+                    tracing::info!("usage statistics are written to {store} again");
                 }
                 Ok(())
             }
@@ -147,10 +150,10 @@ impl Usage {
                     .put_back(unwritten, now.saturating_sub(HOURS_KEPT - 1));
                 self.flush_errors.fetch_add(1, Ordering::Relaxed);
                 if !std::mem::replace(&mut *failing, true) {
+                    let store = error.store();
                     tracing::warn!(
                         %error,
-                        store = error.store(),
-                        "usage statistics not written to the store; kept and tried again every second"
+                        "usage statistics not written to {store}; kept and tried again every second"
                     );
                 }
                 Err(UsageError::Store(error))
