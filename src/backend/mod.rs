@@ -4,9 +4,8 @@
 //! limiter's core talks to its store through these traits only.
 //!
 //! This crate brings two stores: in this process (the default), and Redis (a single Redis
-//! or a Redis Cluster, with
-//! [`LimiterBuilder::redis_url`](crate::LimiterBuilder::redis_url) or
-//! [`redis_cluster`](crate::LimiterBuilder::redis_cluster)). Any other is given to
+//! or a Redis Cluster, with the builder's `redis_url` or `redis_cluster`, feature `redis`).
+//! Any other is given to
 //! [`LimiterBuilder::store`](crate::LimiterBuilder::store). Every store gives the same
 //! [`Decision`] for the same sequence of requests; `tests/stores/` holds the behaviour
 //! every store passes, and `docs/stores.md` says how to write one.

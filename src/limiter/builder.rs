@@ -501,8 +501,7 @@ impl LimiterBuilder {
 
     /// Keeps the state in `store` rather than in this process: a store of your own, written
     /// with the [`Store`](crate::backend::Store) trait (see its example, and
-    /// `docs/stores.md`). It wins over [`redis_url`](Self::redis_url) and
-    /// [`redis_cluster`](Self::redis_cluster). The store keeps the runtime entries if it
+    /// `docs/stores.md`). It wins over `redis_url` and `redis_cluster`. The store keeps the runtime entries if it
     /// has a [`RuntimeStore`](crate::backend::RuntimeStore); otherwise the
     /// [`runtime_state_file`](Self::runtime_state_file) does, if one is given.
     pub fn store(mut self, store: impl Store) -> Self {

@@ -168,7 +168,7 @@ impl Calls {
     }
 }
 
-/// One client's calls: see [`Limiter::usage`]. Periods are UTC, named `YYYY-MM-DD-HH`
+/// One client's calls: see [`Limiter::usage`](crate::Limiter::usage). Periods are UTC, named `YYYY-MM-DD-HH`
 /// (hours) and `YYYY-MM-DD` (days); only periods with calls are listed.
 ///
 /// # Example
@@ -209,7 +209,7 @@ pub struct ClientUsage {
     /// The hours (as in `hours`) in which this client was not counted per client: Redis
     /// counted [`usage_clients_per_hour`](crate::LimiterBuilder::usage_clients_per_hour)
     /// other clients already. Its calls in them, if any, are in the totals only
-    /// ([`Limiter::usage_summary`]). Always empty in memory, where the bound forgets whole
+    /// ([`Limiter::usage_summary`](crate::Limiter::usage_summary)). Always empty in memory, where the bound forgets whole
     /// clients instead.
     pub untracked_hours: BTreeSet<String>,
 }
@@ -233,7 +233,7 @@ pub struct LimitedClient {
     pub denied: u64,
 }
 
-/// Every client's calls over the last 24 hours: see [`Limiter::usage_summary`].
+/// Every client's calls over the last 24 hours: see [`Limiter::usage_summary`](crate::Limiter::usage_summary).
 ///
 /// # Example
 ///
