@@ -126,7 +126,7 @@ async fn run() -> Result<(), String> {
         trusted_peers,
         trusted_proxy_hops = hops,
         on_redis_error = limiter.rules().on_redis_error().unwrap_or_default().as_str(),
-        redis_circuit = ?stats.breaker,
+        redis_circuit = ?stats.store.breaker,
         "rate limits loaded"
     );
     for rule in limiter.rules().iter() {

@@ -1,5 +1,6 @@
 //! A limiter that could not be built.
 
+use crate::backend::StoreError;
 use crate::rules::RulesError;
 
 /// A [`Limiter`](crate::Limiter) that could not be built.
@@ -44,17 +45,8 @@ pub enum BuildError {
     /// `ipv6_prefix_len` is outside 1 to 128.
     #[error("ipv6_prefix_len must be from 1 to 128, got {0}")]
     Ipv6PrefixLen(u8),
-    /// `redis_cluster` was given no seed nodes.
-    #[cfg(feature = "redis")]
-    #[error("no Redis Cluster seed nodes: give at least one redis:// URL")]
-    NoClusterNodes,
-    /// The Redis URL cannot be used.
-    #[cfg(feature = "redis")]
-    #[error("cannot use the Redis URL {url}: {reason}")]
-    Redis {
-        /// The URL with any password hidden.
-        url: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// The store cannot be used, in its words: for Redis, a URL that is not one (with any
+    /// password hidden), or `redis_cluster` given no seed nodes.
+    #[error(transparent)]
+    Store(StoreError),
 }

@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Add `.redis_url("redis://127.0.0.1:6379")` to the limiter's builder to share the state
-//! between instances. Keep a clone of the limiter to [`check`](Limiter::check),
+//! between instances, or give it a store of your own ([`backend::Store`]). Keep a clone of the limiter to [`check`](Limiter::check),
 //! [`peek`](Limiter::peek), [`wait`](Limiter::wait) or [`reset`](Limiter::reset) from your
 //! own code, on the same limits.
 //!
@@ -49,7 +49,7 @@
 struct ReadmeDoctests;
 
 mod algorithm;
-mod backend;
+pub mod backend;
 mod decision;
 mod error;
 #[cfg(feature = "envoy")]

@@ -180,8 +180,8 @@ impl Limiter {
     /// ```
     pub fn record_metrics(&self) {
         let stats = self.stats();
-        gauge!(BUCKETS).set(stats.tracked_buckets as f64);
-        counter!(BUCKETS_EVICTED).absolute(stats.evicted_buckets);
+        gauge!(BUCKETS).set(stats.store.tracked_buckets as f64);
+        counter!(BUCKETS_EVICTED).absolute(stats.store.evicted_buckets);
         counter!(RULE_RELOADS).absolute(stats.reloads);
         counter!(RULE_RELOADS_FAILED).absolute(stats.failed_reloads);
         counter!(USAGE_DROPPED).absolute(stats.usage_dropped);

@@ -90,7 +90,7 @@ async fn decisions_are_right_and_keys_land_on_every_master() {
     assert_eq!(answers.iter().filter(|s| **s == ok).count(), 160);
     assert_eq!(answers.iter().filter(|s| **s == no).count(), 40);
     assert!(
-        leasing.limiter().stats().leased >= 140,
+        leasing.limiter().stats().store.leased >= 140,
         "{:?}",
         leasing.limiter().stats()
     );
@@ -216,7 +216,7 @@ async fn a_dead_master_only_affects_its_own_slots() {
     assert!(on_victim > 0 && on_victim < clients.len());
     assert!(worst < DEADLINE + MARGIN, "worst latency {worst:?}");
     assert_eq!(
-        stats.breaker,
+        stats.store.breaker,
         Some(BreakerState::Open),
         "the dead master's breaker is open"
     );

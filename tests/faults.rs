@@ -282,10 +282,10 @@ async fn outage(policy: OnRedisError, fault: Fault) {
         "recovery took {recovery:?}"
     );
     assert!(
-        stats.errors >= 1 && stats.fallback as usize >= during.len(),
+        stats.store.errors >= 1 && stats.store.fallback as usize >= during.len(),
         "{stats:?}"
     );
-    assert_eq!(stats.breaker, Some(BreakerState::Closed));
+    assert_eq!(stats.store.breaker, Some(BreakerState::Closed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +350,11 @@ async fn script_flush_while_serving_fails_nothing() {
     );
     let late = not_redis.len() as u64;
     let stats = layer.limiter().stats();
-    assert_eq!((stats.errors, stats.fallback), (late, late), "{stats:?}");
+    assert_eq!(
+        (stats.store.errors, stats.store.fallback),
+        (late, late),
+        "{stats:?}"
+    );
     let worst = samples.iter().map(|s| s.latency).max().unwrap_or_default();
     eprintln!(
         "script flush x20: {} requests, all decided by Redis; worst latency {:.1} ms",
@@ -370,7 +374,10 @@ async fn starting_without_redis_then_redis_appears() {
         build_time < Duration::from_secs(3),
         "build waited {build_time:?}"
     );
-    assert_eq!(layer.limiter().stats().breaker, Some(BreakerState::Open));
+    assert_eq!(
+        layer.limiter().stats().store.breaker,
+        Some(BreakerState::Open)
+    );
     let base = serve(layer.clone()).await;
     let http = reqwest::Client::new();
     let began = Instant::now();
@@ -408,7 +415,10 @@ async fn a_probe_dropped_before_it_runs_does_not_wedge_the_breaker() {
     let _serial = SERIAL.lock().await;
     let port = free_port();
     let layer = fault_layer(&format!("redis://127.0.0.1:{port}"), OnRedisError::Local).await;
-    assert_eq!(layer.limiter().stats().breaker, Some(BreakerState::Open));
+    assert_eq!(
+        layer.limiter().stats().store.breaker,
+        Some(BreakerState::Open)
+    );
     let mut service = tower::Layer::layer(
         &layer,
         tower::service_fn(|_: axum::http::Request<axum::body::Body>| async {
@@ -441,7 +451,7 @@ async fn a_probe_dropped_before_it_runs_does_not_wedge_the_breaker() {
         assert!(
             began.elapsed() < Duration::from_secs(3),
             "Redis never decided again: {:?}",
-            layer.limiter().stats().breaker
+            layer.limiter().stats().store.breaker
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -592,7 +602,11 @@ async fn stalled_calls_take_nothing(policy: OnRedisError) {
         }
     }
     let stats = layer.limiter().stats();
-    assert_eq!((stats.errors, stats.fallback), (3, 3), "{stats:?}");
+    assert_eq!(
+        (stats.store.errors, stats.store.fallback),
+        (3, 3),
+        "{stats:?}"
+    );
     redis.signal("CONT");
     // The stalled calls run now, on the same connection, before the next one.
     let after = send(&app, request("GET", "/", Some("s"))).await;

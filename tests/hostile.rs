@@ -95,7 +95,7 @@ async fn flood() {
         assert_eq!(send(&id).await, StatusCode::OK);
         if n % 200_000 == 199_999 {
             let stats = layer.limiter().stats();
-            assert!(stats.tracked_buckets <= BOUND, "{stats:?}");
+            assert!(stats.store.tracked_buckets <= BOUND, "{stats:?}");
             rss_at.push(rss_kib());
         }
     }
@@ -110,8 +110,8 @@ async fn flood() {
     }
     let stats = layer.limiter().stats();
     eprintln!("flood of 1,000,000 IDs in {took:?}: {stats:?}; RSS KiB every 200k: {rss_at:?}");
-    assert!(stats.tracked_buckets <= BOUND);
-    assert!(stats.evicted_buckets >= 1_000_000 - BOUND as u64);
+    assert!(stats.store.tracked_buckets <= BOUND);
+    assert!(stats.store.evicted_buckets >= 1_000_000 - BOUND as u64);
     // Bounded: after the table fills, the last 800,000 IDs add no memory to speak of.
     let growth = rss_at.last().unwrap() - rss_at.first().unwrap();
     assert!(

@@ -65,7 +65,7 @@ async fn one_instance_spends_its_leases_and_admits_exactly_the_capacity() {
     assert!(calls <= 20, "{calls} script calls");
     let stats = limits.limiter().stats();
     assert_eq!(stats.allowed, 160);
-    assert!(stats.leased >= 140, "{stats:?}");
+    assert!(stats.store.leased >= 140, "{stats:?}");
 }
 
 /// Two instances sharing one Redis, each with its own leases: the day's 320 are never
@@ -86,7 +86,7 @@ async fn instances_spending_leases_admit_exactly_the_limit() {
     assert_eq!(admitted, 320);
     for layer in &layers {
         assert!(
-            layer.limiter().stats().leased >= 100,
+            layer.limiter().stats().store.leased >= 100,
             "{:?}",
             layer.limiter().stats()
         );
@@ -125,7 +125,7 @@ async fn concurrent_instances_with_leases_never_exceed_the_limit() {
     assert!(admitted >= 320 - 2 * 20, "{admitted} admitted");
     for layer in &layers {
         assert!(
-            layer.limiter().stats().leased > 0,
+            layer.limiter().stats().store.leased > 0,
             "{:?}",
             layer.limiter().stats()
         );
@@ -158,7 +158,7 @@ async fn concurrent_requests_of_one_client_waste_no_lease() {
         .count();
     assert_eq!(admitted, 160, "{:?}", limits.limiter().stats());
     assert!(
-        limits.limiter().stats().leased >= 100,
+        limits.limiter().stats().store.leased >= 100,
         "{:?}",
         limits.limiter().stats()
     );
@@ -172,21 +172,21 @@ async fn a_lease_ends_after_its_ttl() {
     // past 400 ms is run again, for another client.
     until_one_run_fits(async |client| {
         let get = || request("GET", "/", Some(client));
-        let leased = limits.limiter().stats().leased;
+        let leased = limits.limiter().stats().store.leased;
         let started = std::time::Instant::now();
         let first_two = statuses(&app, 2, get).await;
         if started.elapsed() >= Duration::from_millis(400) {
             return false;
         }
         assert_eq!(first_two, [StatusCode::OK; 2]);
-        assert_eq!(limits.limiter().stats().leased, leased + 1);
+        assert_eq!(limits.limiter().stats().store.leased, leased + 1);
         let calls = redis.evalsha_calls();
         tokio::time::sleep(Duration::from_millis(700)).await;
         // The 9 units left have ended: Redis decides (and leases again).
         let response = send(&app, get()).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(redis.evalsha_calls(), calls + 1);
-        assert_eq!(limits.limiter().stats().leased, leased + 1);
+        assert_eq!(limits.limiter().stats().store.leased, leased + 1);
         // Redis counted the whole first lease as taken (160 - 1 - 10), unspent units
         // included.
         assert_eq!(common::remaining(&response), Some(148));
@@ -204,7 +204,7 @@ async fn a_ttl_under_a_millisecond_turns_leases_off() {
         answers.iter().filter(|s| **s == StatusCode::OK).count(),
         160
     );
-    assert_eq!(limits.limiter().stats().leased, 0);
+    assert_eq!(limits.limiter().stats().store.leased, 0);
 }
 
 /// A token bucket's burst exceeds its capacity by at most the leases held when it starts
@@ -247,7 +247,10 @@ async fn a_token_bucket_burst_stays_within_the_documented_bound() {
         "{admitted} admitted in {elapsed:.3} s; at most {bound:.0}"
     );
     assert!(admitted >= 160, "{admitted} admitted");
-    let leased: u64 = layers.iter().map(|l| l.limiter().stats().leased).sum();
+    let leased: u64 = layers
+        .iter()
+        .map(|l| l.limiter().stats().store.leased)
+        .sum();
     assert!(leased > 0, "the burst spent no lease");
 }
 
@@ -267,14 +270,14 @@ async fn a_rules_change_drops_the_leases() {
     assert_eq!(statuses(&app, 2, get).await, [StatusCode::OK; 2]);
     let calls = redis.evalsha_calls();
     assert_eq!(
-        limits.limiter().stats().leased,
+        limits.limiter().stats().store.leased,
         1,
         "the second request spent the lease"
     );
     limits.limiter().set_rules(rules(json));
     assert_eq!(send(&app, get()).await.status(), StatusCode::OK);
     assert_eq!(redis.evalsha_calls(), calls + 1, "Redis decided again");
-    assert_eq!(limits.limiter().stats().leased, 1);
+    assert_eq!(limits.limiter().stats().store.leased, 1);
 }
 
 #[tokio::test]
@@ -290,7 +293,7 @@ async fn without_redis_lease_nothing_is_leased() {
     let app = app(limits.clone());
     statuses(&app, 5, || request("GET", "/", Some("o"))).await;
     assert_eq!(redis.evalsha_calls(), 5);
-    assert_eq!(limits.limiter().stats().leased, 0);
+    assert_eq!(limits.limiter().stats().store.leased, 0);
 }
 
 fn doubles(c: &mut redis::Connection, key: &str) -> Vec<f64> {

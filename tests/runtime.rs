@@ -653,12 +653,13 @@ async fn with_redis_down_a_change_is_refused_and_applied_nowhere() {
         "refused in {:?}",
         started.elapsed()
     );
-    let RuntimeError::Redis { target, reason } = &err else {
+    let RuntimeError::Store { target, source } = &err else {
         panic!("{err}")
     };
     assert_eq!(target, "client:id:k");
     eprintln!("refused after {:?}: {err}", started.elapsed());
-    assert!(!reason.is_empty());
+    assert_eq!(source.store(), "Redis");
+    assert!(!source.reason().is_empty());
     assert!(
         err.to_string()
             .starts_with("client:id:k was not changed: Redis could not store the change: "),
@@ -670,7 +671,7 @@ async fn with_redis_down_a_change_is_refused_and_applied_nowhere() {
         .set_route(json!({"path": "/api/new", "limit": "1/minute"}))
         .await
         .unwrap_err();
-    assert!(matches!(err, RuntimeError::Redis { .. }), "{err}");
+    assert!(matches!(err, RuntimeError::Store { .. }), "{err}");
     assert!(a.rules().find("/api/new").is_none());
 
     // Redis back (empty, as it persists nothing here): nothing was stored, and the other

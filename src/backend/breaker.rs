@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 ///     .build()
 ///     .await?;
 /// // Redis could not be reached at startup: requests use the failure policy until it can.
-/// assert_eq!(limiter.stats().breaker, Some(BreakerState::Open));
+/// assert_eq!(limiter.stats().store.breaker, Some(BreakerState::Open));
 /// // As it is written in logs and in `Stats` serialized to JSON.
 /// assert_eq!(BreakerState::HalfOpen.to_string(), "half_open");
 /// # Ok(())

@@ -1,7 +1,8 @@
-//! A bounded table of band states: the memory backend's store.
+//! A bounded table of what a store keeps per (rule, client): the in-process store's band
+//! states, and the Redis store's remembered refusals and leases.
 //!
-//! One entry per (rule, client) holds the state of each band of the rule and the time at
-//! which every band is full again. A full entry carries no information (a fresh one is
+//! For band states, one entry per (rule, client) holds the state of each band of the rule
+//! and the time at which every band is full again. A full entry carries no information (a fresh one is
 //! identical), so it can be dropped at no cost. The table holds at most `max_keys` entries
 //! across all rules; when a shard is full it first drops full entries, then the entries
 //! closest to full (earliest full-again time). Forgetting an entry hands its client fresh,
@@ -18,16 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 
-use crate::algorithm::BandState;
 use crate::key::{ClientKey, KeyRef};
-
-/// The stored state of one client under one rule.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub(crate) states: Box<[BandState]>,
-    /// Unix time in µs when every band is full again.
-    pub(crate) full_at_us: i64,
-}
 
 /// A value that stops mattering at some time: then it is dropped first.
 pub(crate) trait Expiring {
@@ -35,12 +27,6 @@ pub(crate) trait Expiring {
     /// user passes as `now_us` (Unix time for band states, a monotonic clock for Redis's
     /// refusals and leases).
     fn expires_at_us(&self) -> i64;
-}
-
-impl Expiring for Entry {
-    fn expires_at_us(&self) -> i64 {
-        self.full_at_us
-    }
 }
 
 /// One stored (rule, client).
@@ -54,7 +40,7 @@ type Shard<V> = HashTable<Slot<V>>;
 
 /// A bounded, sharded table keyed by (rule state id, client key): the memory backend's
 /// band states, and the Redis backend's remembered refusals and leases.
-pub(crate) struct BucketTable<V = Entry> {
+pub(crate) struct BucketTable<V> {
     shards: Box<[Mutex<Shard<V>>]>,
     /// One hash per request picks the shard and the slot in it.
     hasher: RandomState,
@@ -213,15 +199,23 @@ mod tests {
         ClientKey::Id(format!("c{n}").into())
     }
 
-    fn entry(full_at_us: i64) -> Entry {
-        Entry {
-            states: Box::new([BandState::Fresh]),
-            full_at_us,
+    /// An entry that is full again at `full_at_us`.
+    struct Entry {
+        full_at_us: i64,
+    }
+
+    impl Expiring for Entry {
+        fn expires_at_us(&self) -> i64 {
+            self.full_at_us
         }
     }
 
+    fn entry(full_at_us: i64) -> Entry {
+        Entry { full_at_us }
+    }
+
     /// Stores an entry full again at `full_at` (µs), as a decision would.
-    fn touch(table: &BucketTable, rule: u32, key: &ClientKey, full_at: i64, now: i64) {
+    fn touch(table: &BucketTable<Entry>, rule: u32, key: &ClientKey, full_at: i64, now: i64) {
         table.update(rule, key.as_ref(), now, |existing| match existing {
             Some(e) => {
                 e.full_at_us = full_at;
@@ -231,7 +225,7 @@ mod tests {
         });
     }
 
-    fn full_at(table: &BucketTable, rule: u32, key: &ClientKey) -> Option<i64> {
+    fn full_at(table: &BucketTable<Entry>, rule: u32, key: &ClientKey) -> Option<i64> {
         table.update(rule, key.as_ref(), 0, |e| (e.map(|e| e.full_at_us), None))
     }
 

@@ -11,12 +11,11 @@ use serde_json::Value;
 
 use super::installed::StateIds;
 use super::reload::{self, ReloadState, RulesFile, off_runtime};
-use super::runtime::{self, Layers, Runtime, Store};
+use super::runtime::{self, Keeper, Layers, Runtime};
 use super::stats::Counters;
 use super::usage::{self, Usage};
 use super::{Core, Limiter};
-use crate::backend::Backend;
-use crate::backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
+use crate::backend::{self, Opening, Store};
 use crate::error::BuildError;
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::policy::OnRedisError;
@@ -27,8 +26,8 @@ enum RulesSource {
     Given(Box<Rules>),
 }
 
-/// Configures a [`Limiter`]. Only the rules are required; without a Redis URL the state
-/// lives in this process.
+/// Configures a [`Limiter`]. Only the rules are required; without a store (a Redis URL, or
+/// one given to [`store`](Self::store)) the state lives in this process.
 ///
 /// # Example
 ///
@@ -67,18 +66,12 @@ pub struct LimiterBuilder {
     record_usage: bool,
     usage: usage::Bounds,
     rendering: Rendering,
-    #[cfg(feature = "redis")]
     runtime_resync_interval: Duration,
-    #[cfg(feature = "redis")]
-    redis: Option<crate::backend::redis::RedisConfig>,
-    #[cfg(feature = "redis")]
-    redis_prefix: Option<String>,
-    #[cfg(feature = "redis")]
-    redis_timeout: Option<Duration>,
-    #[cfg(feature = "redis")]
-    circuit_breaker: Option<(u32, Duration)>,
-    #[cfg(feature = "redis")]
-    redis_lease: Duration,
+    /// A store given to [`store`](Self::store).
+    store: Option<Arc<dyn Store>>,
+    /// The settings of this crate's own stores, set by the methods each adds (`redis_url`,
+    /// ...).
+    pub(crate) stores: backend::Options,
 }
 
 impl Default for LimiterBuilder {
@@ -87,7 +80,7 @@ impl Default for LimiterBuilder {
             rules: None,
             ipv6_prefix_len: 64,
             memory_cleanup_interval: Duration::from_secs(10),
-            max_tracked_buckets: DEFAULT_MAX_KEYS,
+            max_tracked_buckets: backend::DEFAULT_MAX_TRACKED_BUCKETS,
             on_redis_error: OnRedisError::default(),
             local_fallback_instances: 1,
             watch_rules_file: true,
@@ -105,18 +98,9 @@ impl Default for LimiterBuilder {
                 clients_per_hour: usage::DEFAULT_USAGE_CLIENTS_PER_HOUR,
             },
             rendering: Rendering::default(),
-            #[cfg(feature = "redis")]
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
-            #[cfg(feature = "redis")]
-            redis: None,
-            #[cfg(feature = "redis")]
-            redis_prefix: None,
-            #[cfg(feature = "redis")]
-            redis_timeout: None,
-            #[cfg(feature = "redis")]
-            circuit_breaker: None,
-            #[cfg(feature = "redis")]
-            redis_lease: Duration::ZERO,
+            store: None,
+            stores: backend::Options::default(),
         }
     }
 }
@@ -415,9 +399,9 @@ impl LimiterBuilder {
         self
     }
 
-    /// How often the runtime entries stored in Redis are read again (default 5 s), in case
-    /// the announcement of a change was missed. Changes announced are applied at once.
-    #[cfg(feature = "redis")]
+    /// How often the runtime entries kept in the store (Redis) are read again (default
+    /// 5 s), in case the announcement of a change was missed. Changes announced are applied
+    /// at once.
     pub fn runtime_resync_interval(mut self, every: Duration) -> Self {
         self.runtime_resync_interval = every.max(Duration::from_millis(10));
         self
@@ -515,96 +499,17 @@ impl LimiterBuilder {
         self
     }
 
-    /// Keeps buckets in Redis at this URL (`redis://[[user]:password@]host[:port][/db]`, or
-    /// `rediss://` for TLS), shared by every instance using the same Redis and prefix.
-    #[cfg(feature = "redis")]
-    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.redis = Some(crate::backend::redis::RedisConfig::new(url.into()));
+    /// Keeps the state in `store` rather than in this process: a store of your own, written
+    /// with the [`Store`](crate::backend::Store) trait (see its example, and
+    /// `docs/stores.md`). It wins over `redis_url` and `redis_cluster`. The store keeps the runtime entries if it
+    /// has a [`RuntimeStore`](crate::backend::RuntimeStore); otherwise the
+    /// [`runtime_state_file`](Self::runtime_state_file) does, if one is given.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
         self
     }
 
-    /// Keeps buckets in a Redis Cluster reached through these seed nodes (each a `redis://`
-    /// URL; one reachable node is enough, the rest of the cluster is discovered). Each master
-    /// gets its own circuit breaker, so losing one master affects only its slots. No nodes,
-    /// or a node that is not a Redis URL, fails [`build`](Self::build).
-    #[cfg(feature = "redis")]
-    pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
-        let mut config = crate::backend::redis::RedisConfig::new(nodes.join(","));
-        config.cluster_nodes = Some(nodes);
-        self.redis = Some(config);
-        self
-    }
-
-    /// Prefix of every Redis key (default `tollgate`).
-    #[cfg(feature = "redis")]
-    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.redis_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Deadline for each Redis decision (default 50 ms). A decision that misses it is made
-    /// by the failure policy instead.
-    #[cfg(feature = "redis")]
-    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
-        self.redis_timeout = Some(timeout);
-        self
-    }
-
-    /// The circuit breaker in front of Redis: it opens after `failures` failed or late
-    /// decisions in a row (default 5) and probes Redis again after `cooldown` (default
-    /// 500 ms).
-    #[cfg(feature = "redis")]
-    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.circuit_breaker = Some((failures.max(1), cooldown));
-        self
-    }
-
-    /// Lets this instance take requests' worth of tokens from Redis ahead of time, and spend
-    /// them without a round trip for up to `ttl` (default: zero, off).
-    ///
-    /// When Redis admits a request, it can also hand out a lease: up to 1/16 of the smallest
-    /// band's capacity (whole multiples of the request's cost), if every band still has
-    /// that much. The lease is taken from the bucket in Redis at once, so all instances
-    /// together never admit more than Redis handed out. Later requests of that client under
-    /// that rule are admitted from the lease, here, until it runs out or ends after `ttl`
-    /// (for a fixed or sliding window, at the end of the window at the latest); then Redis
-    /// decides again. One request at a time asks for a lease per client and rule; requests
-    /// meanwhile ask Redis for themselves only. Refusals always come from Redis (or its
-    /// remembered refusals).
-    ///
-    /// What it costs: a lease an instance does not spend is lost until the bucket refills,
-    /// so with several instances a client may be refused while up to 1/16 of its limit sits
-    /// unspent in another instance. For a token bucket, tokens taken early can be spent
-    /// after the bucket in Redis has refilled, so a burst can exceed the capacity by up to
-    /// the smaller of refill rate × `ttl` and 1/16 of the capacity per instance. Windows
-    /// are never exceeded. A rules change drops every lease. Bands of a capacity under
-    /// 16 × cost never lease. A `ttl` under 1 ms turns leases off; one over a day is a day.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tollgate::Limiter;
-    ///
-    /// let builder = Limiter::builder()
-    ///     .redis_url("redis://127.0.0.1:6379")
-    ///     .redis_lease(Duration::from_millis(100));
-    /// # drop(builder);
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn redis_lease(mut self, ttl: Duration) -> Self {
-        self.redis_lease = if ttl < Duration::from_millis(1) {
-            Duration::ZERO
-        } else {
-            ttl.min(Duration::from_secs(24 * 3600))
-        };
-        self
-    }
-
-    /// Loads the rules, sets up Redis if asked, and returns the limiter.
+    /// Loads the rules, opens the store (Redis, if asked), and returns the limiter.
     ///
     /// Must run inside a Tokio runtime (for the cleanup task, reading the rules file on the
     /// blocking pool, and Redis). An unreachable Redis does not fail the build: the limiter
@@ -645,87 +550,75 @@ impl LimiterBuilder {
             sighup: self.reload_on_sighup,
         };
         let usage = self.record_usage.then_some(self.usage);
-        #[cfg(feature = "redis")]
-        if let Some(mut config) = self.redis {
-            if config.cluster_nodes.as_ref().is_some_and(Vec::is_empty) {
-                return Err(BuildError::NoClusterNodes);
-            }
-            if let Some(prefix) = self.redis_prefix {
-                config.prefix = prefix;
-            }
-            if let Some(timeout) = self.redis_timeout {
-                config.timeout = timeout;
-            }
-            if let Some((failures, cooldown)) = self.circuit_breaker {
-                config.breaker_failures = failures;
-                config.breaker_cooldown = cooldown;
-            }
-            config.lease = self.redis_lease;
-            config.on_error = rules.on_redis_error().unwrap_or(self.on_redis_error);
-            config.local_fallback_instances = rules
+        let opening = Opening {
+            max_tracked_buckets: self.max_tracked_buckets,
+            on_error: rules.on_redis_error().unwrap_or(self.on_redis_error),
+            local_fallback_instances: rules
                 .local_fallback_instances()
-                .unwrap_or(self.local_fallback_instances);
-            config.max_tracked_buckets = self.max_tracked_buckets;
-            let backend = crate::backend::redis::RedisBackend::connect(&config)
-                .await
-                .map_err(|reason| BuildError::Redis {
-                    url: crate::backend::redis::redact(&config.url),
-                    reason,
-                })?;
-            let store = Store::Redis(Arc::clone(&backend));
-            // Unreachable at startup: not waited for again; the entries come with Redis.
-            let loaded = match backend.breaker_state() {
-                crate::BreakerState::Open => Err("Redis is unreachable".to_owned()),
-                _ => store.load().await,
-            };
-            let stored = loaded.unwrap_or_else(|error| {
-                tracing::warn!(
-                    %error,
-                    "runtime rule entries not loaded from Redis; they are applied as soon as it answers"
-                );
-                (BTreeMap::new(), 0)
-            });
-            let news = backend.runtime_news();
-            let limiter = Limiter::new(
-                rules,
-                reloads,
-                (store, stored, self.max_runtime_entries),
-                (self.ipv6_prefix_len, self.rendering),
-                Backend::Redis(backend),
-                self.memory_cleanup_interval,
-                usage,
-            )?;
+                .unwrap_or(self.local_fallback_instances),
+        };
+        let store = match self.store {
+            Some(store) => store,
+            None => match self.stores.open(&opening).await {
+                Some(opened) => opened.map_err(BuildError::Store)?,
+                None => backend::in_process(self.max_tracked_buckets),
+            },
+        };
+        let (keeper, stored) = match (store.runtime(), self.runtime_state_file) {
+            (Some(shared), _) => {
+                let keeper = Keeper::Store(shared);
+                // Unreachable at startup: not waited for again; the entries come with the
+                // store.
+                let loaded = match store.stats().breaker {
+                    Some(crate::BreakerState::Open) => {
+                        Err(format!("{} is unreachable", keeper.name()))
+                    }
+                    _ => keeper.load().await,
+                };
+                let stored = loaded.unwrap_or_else(|error| {
+                    let store = keeper.name();
+                    tracing::warn!(
+                        %error,
+                        "runtime rule entries not loaded from {store}; they are applied as soon as it answers"
+                    );
+                    (BTreeMap::new(), 0)
+                });
+                (keeper, stored)
+            }
+            (None, Some(path)) => {
+                let keeper = Keeper::File {
+                    path: path.clone(),
+                    max_bytes: self.max_state_file_bytes,
+                };
+                let stored = keeper
+                    .load()
+                    .await
+                    .map_err(|reason| BuildError::RuntimeState { path, reason })?;
+                (keeper, stored)
+            }
+            (None, None) => (Keeper::Unset, (BTreeMap::new(), 0)),
+        };
+        let news = match &keeper {
+            Keeper::Store(shared) => Some(shared.news().unwrap_or_default()),
+            _ => None,
+        };
+        let limiter = Limiter::new(
+            rules,
+            reloads,
+            (keeper, stored, self.max_runtime_entries),
+            (self.ipv6_prefix_len, self.rendering),
+            store,
+            self.memory_cleanup_interval,
+            usage,
+        )?;
+        if let Some(news) = news {
             runtime::spawn_resync(
                 Arc::downgrade(&limiter.core),
                 news,
                 self.runtime_resync_interval,
             );
-            return Ok(limiter);
         }
-        let runtime = match self.runtime_state_file {
-            Some(path) => {
-                let store = Store::File {
-                    path: path.clone(),
-                    max_bytes: self.max_state_file_bytes,
-                };
-                let stored = store
-                    .load()
-                    .await
-                    .map_err(|reason| BuildError::RuntimeState { path, reason })?;
-                (store, stored, self.max_runtime_entries)
-            }
-            None => (Store::Unset, (BTreeMap::new(), 0), self.max_runtime_entries),
-        };
-        let memory = MemoryBackend::new(self.max_tracked_buckets, 1);
-        Limiter::new(
-            rules,
-            reloads,
-            runtime,
-            (self.ipv6_prefix_len, self.rendering),
-            Backend::Memory(Arc::new(memory)),
-            self.memory_cleanup_interval,
-            usage,
-        )
+        Ok(limiter)
     }
 }
 
@@ -745,20 +638,18 @@ impl Limiter {
     fn new(
         rules: Rules,
         reloads: Reloads,
-        (store, (stored, version), max_entries): (Store, (BTreeMap<String, Value>, u64), usize),
+        (keeper, (stored, version), max_entries): (Keeper, (BTreeMap<String, Value>, u64), usize),
         (ipv6_prefix_len, rendering): (u8, Rendering),
-        backend: Backend,
+        store: Arc<dyn Store>,
         cleanup_every: Duration,
         usage: Option<usage::Bounds>,
     ) -> Result<Self, BuildError> {
-        if let Some(memory) = backend.memory() {
-            spawn_memory_cleanup(Arc::downgrade(memory), cleanup_every);
-        }
+        spawn_sweeper(Arc::downgrade(&store), cleanup_every);
         let (layers, rules) = Layers::new(rules, stored, version);
         reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
         let state_ids = StateIds::default();
         let installed = state_ids.install(rules, |installed| {
-            backend.rules_changed(&installed.slots);
+            store.rules_changed(&installed.slots);
             installed
         });
         let (rules_file, loaded) = reloads.file.unzip();
@@ -767,11 +658,11 @@ impl Limiter {
             state_ids,
             rules_file,
             reload: Mutex::new(ReloadState::default()),
-            runtime: Runtime::new(store, layers, max_entries),
+            runtime: Runtime::new(keeper, layers, max_entries),
             ipv6_prefix_len,
             rendering,
-            usage: usage.map(|bounds| Usage::start(&backend, bounds)),
-            backend,
+            usage: usage.map(|bounds| Usage::start(&*store, bounds)),
+            store,
             counters: Counters::default(),
             events: Arc::default(),
         });
@@ -796,19 +687,19 @@ impl Limiter {
     }
 }
 
-/// Drops full buckets every `interval` until the limiter is dropped.
-fn spawn_memory_cleanup(memory: Weak<MemoryBackend>, interval: Duration) {
+/// Has the store drop what no longer matters every `interval` until the limiter is
+/// dropped.
+fn spawn_sweeper(store: Weak<dyn Store>, interval: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            let Some(memory) = memory.upgrade() else {
+            let Some(store) = store.upgrade() else {
                 break;
             };
-            let kept = memory.drop_full();
-            tracing::trace!(kept, "in-memory rate limit cleanup");
+            store.sweep();
         }
     });
 }

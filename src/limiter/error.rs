@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::backend::StoreError;
 use crate::rules::{RulesError, UnknownTier};
 
 /// A [`Query`](crate::Query) the rules cannot answer.
@@ -86,13 +87,10 @@ pub enum ResetError {
         /// The identity asked for.
         rule: String,
     },
-    /// Redis could not delete the keys or publish the reset (this instance has forgotten
-    /// the client already).
-    #[error("Redis could not reset the client: {reason}")]
-    Redis {
-        /// What went wrong.
-        reason: String,
-    },
+    /// The store could not forget the client (Redis: delete the keys or publish the reset;
+    /// this instance has forgotten the client already).
+    #[error("{} could not reset the client: {}", .0.store(), .0.reason())]
+    Store(StoreError),
 }
 
 /// A runtime rule change that was not made: nothing was applied, here or anywhere, and
@@ -100,7 +98,7 @@ pub enum ResetError {
 ///
 /// An entry that is not a valid rule ([`Invalid`](Self::Invalid)), or that does not fit
 /// the rules in force ([`Conflict`](Self::Conflict)), is the caller's to fix; one that
-/// could not be stored ([`Redis`](Self::Redis), [`StateFile`](Self::StateFile)) may be
+/// could not be stored ([`Store`](Self::Store), [`StateFile`](Self::StateFile)) may be
 /// made again once the store is back.
 ///
 /// # Example
@@ -149,16 +147,16 @@ pub enum RuntimeError {
         /// The rules error of the rules in force with the entry merged.
         source: RulesError,
     },
-    /// Redis could not store the change (it is down, or did not answer in time). A change
-    /// that timed out may have reached Redis after all: then every instance applies it at
-    /// its next re-read, and [`Limiter::runtime_entries`](crate::Limiter::runtime_entries)
-    /// lists it.
-    #[error("{target} was not changed: Redis could not store the change: {reason}")]
-    Redis {
+    /// The store could not keep the change (it is down, or did not answer in time). A
+    /// change that timed out may have reached the store after all: then every instance
+    /// applies it at its next re-read, and
+    /// [`Limiter::runtime_entries`](crate::Limiter::runtime_entries) lists it.
+    #[error("{target} was not changed: {} could not store the change: {}", source.store(), source.reason())]
+    Store {
         /// The entry's target.
         target: String,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong, in the store's words.
+        source: StoreError,
     },
     /// The runtime state file could not be written.
     #[error("runtime entries were not changed: cannot write the runtime state file {}: {source}", path.display())]
@@ -197,7 +195,8 @@ pub enum RuntimeError {
         /// The most bytes it may hold.
         max_bytes: u64,
     },
-    /// The limiter has nowhere to keep runtime entries: it uses no Redis, and was given no
+    /// The limiter has nowhere to keep runtime entries: its store keeps none (in process),
+    /// and it was given no
     /// [`runtime_state_file`](crate::LimiterBuilder::runtime_state_file).
     #[error(
         "runtime entries need somewhere to be kept: give the builder a runtime_state_file(path), or use Redis"

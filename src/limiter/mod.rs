@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{Answer, Backend, Mode, Outcome};
+use crate::backend::{Answer, Client, Mode, Outcome, RuleSlot, Store};
 use crate::decision::DecidedBy;
 use crate::header_style::Rendering;
 use crate::key::{ClientKey, KeyRef};
@@ -101,7 +101,8 @@ pub(crate) struct Core {
     reload: Mutex<ReloadState>,
     /// Runtime rule entries, and the layers every install goes through.
     runtime: runtime::Runtime,
-    backend: Backend,
+    /// Where the state is kept: the one store, behind its trait.
+    store: Arc<dyn Store>,
     counters: Counters,
     /// Usage statistics, when recorded.
     usage: Option<Arc<usage::Usage>>,
@@ -277,15 +278,16 @@ impl Limiter {
         self.core.set_rules(rules);
     }
 
-    /// `"memory"` or `"redis"`: where the state lives.
+    /// `"memory"`, `"redis"`, or another store's [name](crate::backend::Store::name): where
+    /// the state lives.
     pub fn backend_name(&self) -> &'static str {
-        self.core.backend.name()
+        self.core.store.name()
     }
 
-    /// What decides when Redis cannot (the rules file's `on_redis_error`, else the
-    /// builder's); `None` on the memory backend.
+    /// What decides when the store cannot (for Redis: the rules file's `on_redis_error`,
+    /// else the builder's); `None` for a store that always can (in process).
     pub fn on_redis_error(&self) -> Option<crate::OnRedisError> {
-        self.core.backend.on_redis_error()
+        self.core.store.failure_policy()
     }
 
     /// Counters and the circuit breaker's state, for metrics and health checks.
@@ -316,16 +318,12 @@ impl fmt::Debug for Limiter {
 
 impl Core {
     /// Forgets `client`'s state under `slots`, keyed as every front keys it.
-    async fn reset(
-        &self,
-        slots: &[crate::backend::RuleSlot],
-        client: &ClientKey,
-    ) -> Result<(), ResetError> {
+    async fn reset(&self, slots: &[RuleSlot], client: &ClientKey) -> Result<(), ResetError> {
         let client = client.as_ref().normalized(self.ipv6_prefix_len);
-        self.backend
-            .reset(slots, client)
+        self.store
+            .reset(slots, Client(client))
             .await
-            .map_err(|reason| ResetError::Redis { reason })
+            .map_err(ResetError::Store)
     }
 
     /// One decision for `query`: at once when the backend can, else a future.
@@ -416,7 +414,11 @@ impl Core {
             rendering,
             limit: (!rendering.is_default()).then(|| limit.clone()),
         };
-        match self.backend.decide(slot, limit, cost, query.client, mode) {
+        // The one call through the store's trait on the way.
+        match self
+            .store
+            .decide(slot, limit, cost, Client(query.client), mode)
+        {
             Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
                 outcome,
                 Arc::clone(&slot.id),
@@ -512,10 +514,10 @@ impl Core {
         self.ipv6_prefix_len
     }
 
-    /// Each Redis node's circuit breaker, for metrics.
+    /// Each of the store's nodes' circuit breakers, for metrics.
     #[cfg(feature = "metrics")]
     pub(crate) fn breakers(&self) -> Vec<(String, crate::BreakerState)> {
-        self.backend.breakers()
+        self.store.breakers()
     }
 
     /// Usage recording, when on.
@@ -525,10 +527,8 @@ impl Core {
 
     fn stats(&self) -> Stats {
         let Core {
-            backend, counters, ..
+            store, counters, ..
         } = self;
-        let redis = backend.redis_counts();
-        let memory = backend.memory();
         let reload = self.reload_state();
         let usage = self.usage.as_ref().map(|u| u.counts()).unwrap_or_default();
         Stats {
@@ -537,17 +537,11 @@ impl Core {
             reloads: reload.reloads,
             failed_reloads: reload.failures,
             last_reload_error: reload.last_error.clone(),
-            backend: backend.name(),
-            breaker: backend.breaker(),
+            backend: store.name(),
+            store: store.stats(),
             allowed: counters.read(Count::Allowed),
             denied: counters.read(Count::Denied),
-            fallback: redis.fallback,
-            errors: redis.errors,
-            cached_refusals: redis.cached_refusals,
-            leased: redis.leased,
             invalid_client_ids: counters.read(Count::InvalidClientIds),
-            tracked_buckets: memory.map_or(0, |m| m.len()),
-            evicted_buckets: memory.map_or(0, |m| m.evicted()),
             usage_clients: usage.clients,
             usage_dropped: usage.dropped,
             usage_evicted: usage.evicted,

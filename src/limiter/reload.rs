@@ -232,7 +232,7 @@ impl Core {
         }
         self.state_ids.install(rules, |installed| {
             let replaced = self.installed.swap(Arc::new(installed));
-            self.backend.client_changed(&self.installed.load().slots);
+            self.store.client_changed(&self.installed.load().slots);
             replaced
         })
     }
@@ -257,7 +257,7 @@ impl Core {
         warn_unreachable_overrides(&rules, self.ipv6_prefix_len);
         self.state_ids.install(rules, |installed| {
             let replaced = self.installed.swap(Arc::new(installed));
-            self.backend.rules_changed(&self.installed.load().slots);
+            self.store.rules_changed(&self.installed.load().slots);
             replaced
         })
     }

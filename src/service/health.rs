@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::check::now_rfc3339;
+use crate::BreakerState;
 use crate::OnRedisError;
-use crate::backend::breaker::BreakerState;
 
 /// The service's state.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -44,7 +44,7 @@ pub(crate) struct Health {
 )]
 pub(crate) async fn health(State(state): State<Arc<super::State>>) -> Response {
     let limiter = &state.limiter;
-    let (redis, status, code) = match limiter.stats().breaker {
+    let (redis, status, code) = match limiter.stats().store.breaker {
         None => ("not_configured", "ok", StatusCode::OK),
         Some(BreakerState::Closed) => ("connected", "ok", StatusCode::OK),
         Some(_) if limiter.on_redis_error() == Some(OnRedisError::Deny) => (

@@ -123,8 +123,15 @@ fn launch(port: u16, dir: &std::path::Path) -> Child {
     launch_with(port, dir, &[])
 }
 
+/// The server the tests start: `redis-server`, or the Redis-protocol server that
+/// `TOLLGATE_TEST_REDIS_SERVER` names (a path to `valkey-server`, say), to run the Redis
+/// suites against it (see docs/stores.md).
+fn server_binary() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
 pub(super) fn launch_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
-    let spawned = Command::new("redis-server")
+    let spawned = Command::new(server_binary())
         .args(extra)
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])

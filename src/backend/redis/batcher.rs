@@ -17,8 +17,6 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// Script calls outstanding at once on a single Redis; while they are, decisions queue and
 /// go out together in the next call.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
-/// Decisions queued at most; past that a request is decided by the failure policy.
-pub(super) const MAX_QUEUED: usize = 8192;
 
 /// A script reply shared by every decision in it, and the index where one decision's
 /// answer starts.

@@ -101,7 +101,6 @@ impl Servers {
 
     /// Each breaker in use, by node: `single` names the one Redis; a cluster's masters are
     /// named by address, and slots no master is known for yet by `unmapped`.
-    #[cfg(feature = "metrics")]
     pub(crate) fn breakers(&self, single: &str) -> Vec<(String, BreakerState)> {
         match self {
             Servers::Single(server) => vec![(single.to_owned(), server.breaker.state())],
@@ -165,7 +164,6 @@ impl SlotServers {
 
     /// The breakers [`state`](Self::state) weighs, by node: each master of the current slot
     /// map by address, and `unmapped` while some slot has no known master.
-    #[cfg(feature = "metrics")]
     fn breakers(&self) -> Vec<(String, BreakerState)> {
         let table = self.table.load();
         let mapped: u32 = table

@@ -1,6 +1,8 @@
 //! Why Redis could not decide a request.
 
-use super::batcher::MAX_QUEUED;
+/// Decisions queued at most for the batcher on a single Redis; past that a request is
+/// decided by the failure policy ([`CallError::Overloaded`]).
+pub(super) const MAX_QUEUED: usize = 8192;
 
 /// Why Redis could not decide.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 
 use super::RedisBackend;
 use super::cluster::{Server, Servers};
-use super::connection::{Connection, Route};
+use super::connection::Connection;
+use super::setup::Route;
 
 /// How often each node is probed.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);

@@ -1,4 +1,5 @@
-//! Token buckets shared by every app instance, in Redis.
+//! The Redis store: token buckets shared by every app instance, in Redis (registered by
+//! the builder's `redis_url` and `redis_cluster`, in `builder`).
 //!
 //! One Lua script (`decide.lua`) makes decisions atomically, each over all of a rule's
 //! bands, kept in one string key, using Redis `TIME` as the clock so instances with skewed
@@ -12,6 +13,7 @@
 //! every second (see `health`); when Redis cannot decide, the [`OnRedisError`] policy does.
 
 mod batcher;
+mod builder;
 mod clock;
 mod cluster;
 mod config;
@@ -24,6 +26,8 @@ mod refusals;
 mod resets;
 mod runtime;
 mod script;
+mod setup;
+mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +40,10 @@ use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
 use super::memory::MemoryBackend;
-use super::{Answer, Mode, Outcome, RedisCounts, RuleSlot};
+use super::{
+    Answer, Client, EntryNews, Mode, Outcome, RuleSlot, RuntimeStore, Store, StoreError,
+    StoreFuture, StoreStats, UsageStore,
+};
 use crate::Decision;
 use crate::decision::DecidedBy;
 use crate::key::KeyRef;
@@ -45,17 +52,91 @@ use crate::rules::Limit;
 use batcher::Job;
 use clock::monotonic_us;
 use cluster::{Server, Servers};
-pub(crate) use connection::Connection;
-use connection::Route;
+use connection::Connection;
 use error::CallError;
 use leases::{Leases, Leasing};
 use refusals::Refusals;
 use script::{Answered, Call, decode, packed, run};
+use setup::Route;
 
-pub(crate) use cluster::slot;
-pub(crate) use config::{RedisConfig, redact};
-pub(crate) use runtime::{Changed, News, Newsroom};
-pub(crate) use script::DECIDE_LUA;
+pub(crate) use builder::Options;
+use config::{RedisConfig, redact};
+use script::DECIDE_LUA;
+
+/// How messages name this store.
+const REDIS: &str = "Redis";
+
+/// The Redis store, as the limiter holds it.
+pub(crate) struct RedisStore(Arc<RedisBackend>);
+
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    #[inline]
+    fn decide(
+        &self,
+        rule: &RuleSlot,
+        limit: &Limit,
+        cost: u32,
+        client: Client<'_>,
+        mode: Mode,
+    ) -> Answer {
+        self.0.decide(rule, limit, cost, client.0, mode)
+    }
+
+    fn reset<'a>(
+        &'a self,
+        rules: &'a [RuleSlot],
+        client: Client<'a>,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.0
+                .reset(rules, client.0)
+                .await
+                .map_err(|reason| StoreError::new(REDIS, reason))
+        })
+    }
+
+    fn rules_changed(&self, rules: &[RuleSlot]) {
+        if let Some(local) = &self.0.local {
+            local.keep_only(rules);
+        }
+        self.0.rules_changed(rules);
+    }
+
+    fn client_changed(&self, rules: &[RuleSlot]) {
+        self.0.rules_changed(rules);
+    }
+
+    fn sweep(&self) {
+        if let Some(local) = &self.0.local {
+            let kept = local.drop_full();
+            tracing::trace!(kept, "local fallback cleanup");
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.0.stats()
+    }
+
+    fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.0.servers.breakers(&self.0.node)
+    }
+
+    fn failure_policy(&self) -> Option<OnRedisError> {
+        Some(self.0.on_error)
+    }
+
+    fn usage(&self) -> Option<Arc<dyn UsageStore>> {
+        Some(Arc::clone(&self.0) as Arc<dyn UsageStore>)
+    }
+
+    fn runtime(&self) -> Option<Arc<dyn RuntimeStore>> {
+        Some(Arc::clone(&self.0) as Arc<dyn RuntimeStore>)
+    }
+}
 
 pub(crate) struct RedisBackend {
     /// Clients Redis refused, with when the refusal ends: until then they are refused here,
@@ -82,7 +163,6 @@ pub(crate) struct RedisBackend {
     lease: Duration,
     servers: Arc<Servers>,
     /// The single Redis's `host:port`, as metrics name it.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     node: Box<str>,
     cooldown: Duration,
     on_error: OnRedisError,
@@ -91,14 +171,14 @@ pub(crate) struct RedisBackend {
     fallback: AtomicU64,
     errors: AtomicU64,
     /// What was heard about the runtime rule entries (see `runtime`).
-    runtime_news: Arc<runtime::Newsroom>,
+    runtime_news: Arc<EntryNews>,
 }
 
 impl RedisBackend {
     /// Sets up the connection and loads the script. Only an unusable URL is an error: if
     /// Redis does not answer within `connect_timeout`, the backend starts with its breakers
     /// open and keeps trying in the background.
-    pub(crate) async fn connect(config: &RedisConfig) -> Result<Arc<Self>, String> {
+    async fn connect(config: &RedisConfig) -> Result<Arc<Self>, String> {
         let local = (config.on_error == OnRedisError::Local).then(|| {
             Arc::new(MemoryBackend::new(
                 config.max_tracked_buckets,
@@ -112,8 +192,8 @@ impl RedisBackend {
             None => Servers::single(failures, cooldown),
         });
         let (route, ready) = match &config.cluster_nodes {
-            None => connection::connect_single(config, &script).await?,
-            Some(nodes) => connection::connect_cluster(nodes, config, &script, &servers).await?,
+            None => setup::connect_single(config, &script).await?,
+            Some(nodes) => setup::connect_cluster(nodes, config, &script, &servers).await?,
         };
         if let Err(error) = ready {
             let url = match &config.cluster_nodes {
@@ -197,37 +277,23 @@ impl RedisBackend {
         format!("{}:{{{rule_id}:{client}}}", self.prefix)
     }
 
-    pub(crate) fn local(&self) -> Option<&Arc<MemoryBackend>> {
-        self.local.as_ref()
-    }
-
-    /// What decides when Redis cannot.
-    pub(crate) fn on_error(&self) -> OnRedisError {
-        self.on_error
-    }
-
-    pub(crate) fn breaker_state(&self) -> BreakerState {
-        self.servers.state()
-    }
-
-    /// Each node's breaker, by `host:port`.
-    #[cfg(feature = "metrics")]
-    pub(crate) fn breakers(&self) -> Vec<(String, BreakerState)> {
-        self.servers.breakers(&self.node)
-    }
-
-    pub(crate) fn counts(&self) -> RedisCounts {
-        RedisCounts {
+    /// What this instance counted, its breakers and its local fallback's buckets.
+    fn stats(&self) -> StoreStats {
+        let local = self.local.as_deref();
+        StoreStats {
+            breaker: Some(self.servers.state()),
             fallback: self.fallback.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             cached_refusals: self.refusal_hits.load(Ordering::Relaxed),
             leased: self.lease_hits.load(Ordering::Relaxed),
+            tracked_buckets: local.map_or(0, MemoryBackend::len),
+            evicted_buckets: local.map_or(0, MemoryBackend::evicted),
         }
     }
 
     /// New rules, of generation `generation`, are in force: they may admit what the old
     /// ones refused, and refuse what leases under the old ones would admit.
-    pub(crate) fn rules_changed(&self, slots: &[RuleSlot]) {
+    fn rules_changed(&self, slots: &[RuleSlot]) {
         let generation = slots.first().map_or(0, |slot| slot.generation);
         // Installs are published in order; `fetch_max` keeps the newest regardless.
         if self.rules.fetch_max(generation, Ordering::AcqRel) < generation {
@@ -281,7 +347,7 @@ impl RedisBackend {
     /// Decides a request of `client` under `rule` with `limit`, at `cost`: from this
     /// instance's lease or remembered refusals when it can, else by Redis, else by the
     /// failure policy.
-    pub(crate) fn decide(
+    fn decide(
         self: &Arc<Self>,
         rule: &RuleSlot,
         limit: &Limit,

@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 
 use super::RedisBackend;
 use super::resets::{self, Reset};
-use super::runtime::News;
+use super::runtime::news_of;
+use crate::backend::News;
 
 /// How often the connection messages arrive on is asked whether it is still there: a
 /// connection that died without closing would otherwise never be noticed.
@@ -64,7 +65,7 @@ pub(super) fn spawn_listener(
                         let Some(message) = message else { break };
                         let Some(backend) = backend.upgrade() else { return };
                         if message.get_channel_name() == runtime {
-                            backend.runtime_news.tell(News::of(message.get_payload_bytes()));
+                            backend.runtime_news.tell(news_of(message.get_payload_bytes()));
                             continue;
                         }
                         match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {

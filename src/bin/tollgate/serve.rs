@@ -429,7 +429,7 @@ async fn run(args: Serve) -> Result<(), String> {
         .build()
         .await
         .map_err(|error| match (&error, redis_setting) {
-            (BuildError::Redis { .. }, Some(setting)) => format!("{setting}: {error}"),
+            (BuildError::Store(_), Some(setting)) => format!("{setting}: {error}"),
             _ => error.to_string(),
         })?;
 

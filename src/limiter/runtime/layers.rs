@@ -202,7 +202,6 @@ impl Layers {
     /// removed), which brings the stored entries to `stored_version`: the rules to put in
     /// force. A valid entry goes in like a change made here; anything else is stored as it
     /// is and settled with every other entry.
-    #[cfg(feature = "redis")]
     pub(crate) fn apply_announced(
         &mut self,
         target: &str,
@@ -230,7 +229,6 @@ impl Layers {
     /// Takes `stored`, of version `stored_version`, as every entry stored (a re-read of the
     /// store): the rules to put in force, or `None` when the entries are the ones in force
     /// already.
-    #[cfg(feature = "redis")]
     pub(crate) fn restore(
         &mut self,
         stored: BTreeMap<String, Value>,
@@ -396,7 +394,6 @@ impl Layers {
     }
 
     /// Every entry stored, and the store's version of them.
-    #[cfg(feature = "redis")]
     pub(crate) fn stored(&self) -> (&BTreeMap<String, Value>, u64) {
         (&self.stored, self.stored_version)
     }

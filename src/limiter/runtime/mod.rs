@@ -6,13 +6,12 @@
 //! the base rules' JSON with the entries merged (an entry takes the place of the base
 //! rules' entry with the same target), parsed by the same parser and installed as a reload
 //! installs, so state survives for every rule whose identity is unchanged. A new base (the
-//! file reloaded) gets the entries merged again. Entries are kept in Redis, where every
+//! file reloaded) gets the entries merged again. Entries are kept in the store (Redis), where every
 //! limiter using it applies them, or in a state file; a change that cannot be kept is not
 //! made.
 
 mod layers;
 mod store;
-#[cfg(feature = "redis")]
 mod sync;
 
 use std::collections::BTreeMap;
@@ -24,13 +23,13 @@ use super::error::RuntimeError;
 use super::installed::Installed;
 use super::reload::{free_here, off_runtime};
 use super::{Core, Limiter};
+use crate::backend::StoreError;
 use crate::key::ClientKey;
 use crate::rules::{Entry, RuleTarget, Rules, pattern_id};
 pub(crate) use layers::{Layers, NewRules};
 pub use store::DEFAULT_MAX_STATE_FILE_BYTES;
-pub(crate) use store::Store;
+pub(crate) use store::Keeper;
 use store::{Held, Kept};
-#[cfg(feature = "redis")]
 pub(crate) use sync::{DEFAULT_RESYNC_INTERVAL, Reads, spawn_resync};
 
 /// The most runtime entries a limiter keeps by default: see
@@ -158,36 +157,31 @@ impl Change {
 
 /// A limiter's runtime entries: where they are kept, and the layers of the rules in force.
 pub(crate) struct Runtime {
-    store: Store,
+    store: Keeper,
     /// Held through each change and each re-read of the store, so that they happen in turn
     /// (a re-read begun before a change never lands after it).
     in_turn: tokio::sync::Mutex<()>,
     layers: Mutex<Layers>,
     /// The most entries kept: a new entry past it is refused.
     max_entries: usize,
-    /// Reads of the entries in Redis, and those that failed.
-    #[cfg(feature = "redis")]
+    /// Reads of the entries in the store, and those that failed.
     reads: Reads,
 }
 
 impl Runtime {
-    pub(crate) fn new(store: Store, layers: Layers, max_entries: usize) -> Self {
+    pub(crate) fn new(store: Keeper, layers: Layers, max_entries: usize) -> Self {
         Self {
             store,
             in_turn: tokio::sync::Mutex::new(()),
             layers: Mutex::new(layers),
             max_entries,
-            #[cfg(feature = "redis")]
             reads: Reads::default(),
         }
     }
 
-    /// Reads of the entries in Redis that failed.
+    /// Reads of the entries in the store that failed.
     pub(crate) fn read_errors(&self) -> u64 {
-        #[cfg(feature = "redis")]
-        return self.reads.errors();
-        #[cfg(not(feature = "redis"))]
-        0
+        self.reads.errors()
     }
 
     /// The layers; every install holds them (merging may take a while on a large rules
@@ -381,12 +375,9 @@ impl Core {
 
     /// Validates `change`, keeps it, and puts it in force. Returns whether an entry was
     /// stored under its target before.
-    // Only Redis can lose entries, which makes it try again.
-    #[cfg_attr(not(feature = "redis"), allow(clippy::never_loop))]
     async fn change(self: &Arc<Self>, change: Change) -> Result<bool, RuntimeError> {
         let _in_turn = self.runtime.in_turn.lock().await;
         let target = change.target();
-        #[cfg(feature = "redis")]
         let mut wrote_back = false;
         loop {
             let (core, proposed) = (Arc::clone(self), change.clone());
@@ -401,25 +392,28 @@ impl Core {
                 .await?;
             let (existed, version) = match kept {
                 Kept::Done { existed, version } => (existed, version),
-                // Redis restarted empty: this instance's entries go back first, once.
-                #[cfg(feature = "redis")]
+                // The store restarted empty: this instance's entries go back first, once.
                 Kept::Behind if !wrote_back => {
                     wrote_back = true;
                     self.write_back()
                         .await
-                        .map_err(|reason| RuntimeError::Redis {
+                        .map_err(|source| RuntimeError::Store {
                             target: target.clone(),
-                            reason,
+                            source,
                         })?;
                     continue;
                 }
-                #[cfg(feature = "redis")]
                 Kept::Behind => {
-                    return Err(RuntimeError::Redis {
+                    let store = self.runtime.store.name();
+                    return Err(RuntimeError::Store {
                         target,
-                        reason:
-                            "Redis lost the runtime entries, and they could not be written back"
-                                .into(),
+                        source: StoreError::new(
+                            store,
+                            format!(
+                                "{store} lost the runtime entries, and they could not be \
+                                 written back"
+                            ),
+                        ),
                     });
                 }
             };
@@ -445,12 +439,9 @@ impl Core {
             self.events.rules_changed(target, "runtime", changed);
             // Other instances changed entries between this one's last and this change: their
             // announcements came before it, and are read again with everything.
-            #[cfg(feature = "redis")]
             if version > known + 1 {
                 self.reread().await;
             }
-            #[cfg(not(feature = "redis"))]
-            let _ = known;
             return Ok(existed);
         }
     }
@@ -481,7 +472,6 @@ impl Core {
         let held = Held {
             was_stored,
             version: layers.stored_version(),
-            #[cfg(feature = "redis")]
             holding: layers.stored_count() > 0,
             after: self
                 .runtime

@@ -1,17 +1,17 @@
-//! Where runtime entries are kept: in Redis, shared by every instance that uses it (see
-//! `backend::redis::runtime`), or, on the in-memory backend, in a state file of this
-//! process, replaced atomically on every change and never larger than its cap.
+//! Where runtime entries are kept: in the store, shared by every instance that uses it (a
+//! [`RuntimeStore`]: Redis's), or, for a store that keeps none (in process), in a state file
+//! of this process, replaced atomically on every change and never larger than its cap.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-#[cfg(feature = "redis")]
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::Change;
+use crate::backend::{EntryChange, Kept as StoreKept, RuntimeStore, StoreError};
 use crate::limiter::error::RuntimeError;
 use crate::limiter::reload::off_runtime;
 use crate::rules::{Unread, read_bounded};
@@ -22,14 +22,13 @@ use crate::rules::{Unread, read_bounded};
 pub const DEFAULT_MAX_STATE_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where a limiter keeps its runtime entries.
-pub(crate) enum Store {
-    /// Nowhere: an in-memory limiter without a state file refuses changes.
+pub(crate) enum Keeper {
+    /// Nowhere: a limiter whose store keeps none, without a state file, refuses changes.
     Unset,
     /// A state file of at most `max_bytes`: `{"entries": {"<target>": <rule>, ...}}`.
     File { path: PathBuf, max_bytes: u64 },
-    /// The hash `<prefix>:runtime`, and its version.
-    #[cfg(feature = "redis")]
-    Redis(Arc<crate::backend::redis::RedisBackend>),
+    /// The store, with the entries' version.
+    Store(Arc<dyn RuntimeStore>),
 }
 
 /// The state file, as written.
@@ -45,15 +44,14 @@ struct StateFile {
     entries: BTreeMap<String, Value>,
 }
 
-/// What this instance holds when it makes a change: what Redis is checked against, and what
-/// a state file is written with.
+/// What this instance holds when it makes a change: what the store is checked against, and
+/// what a state file is written with.
 pub(crate) struct Held {
     /// Whether an entry is stored under the change's target.
     pub(crate) was_stored: bool,
     /// The store's version of the entries held (0 for a state file).
     pub(crate) version: u64,
     /// Whether any entry is held.
-    #[cfg(feature = "redis")]
     pub(crate) holding: bool,
     /// Every entry once the change is made: for a state file only.
     pub(crate) after: Option<BTreeMap<String, Value>>,
@@ -65,42 +63,39 @@ pub(crate) enum Kept {
     /// Kept: `existed` whether an entry was stored under its target before; `version` the
     /// store's version of the entries with it (0 for a state file).
     Done { existed: bool, version: u64 },
-    /// Not kept: Redis lost entries this instance holds (it restarted empty). They are to
-    /// be written back before the change is made again.
-    #[cfg(feature = "redis")]
+    /// Not kept: the store lost entries this instance holds (it restarted empty). They are
+    /// to be written back before the change is made again.
     Behind,
 }
 
-impl Store {
+impl Keeper {
     /// Every entry stored, by target, and their version. Reads the state file off the
     /// runtime.
     pub(crate) async fn load(&self) -> Result<(BTreeMap<String, Value>, u64), String> {
         match self {
-            Store::Unset => Ok((BTreeMap::new(), 0)),
-            Store::File { path, max_bytes } => {
+            Keeper::Unset => Ok((BTreeMap::new(), 0)),
+            Keeper::File { path, max_bytes } => {
                 let (path, max_bytes) = (path.clone(), *max_bytes);
                 off_runtime(move || read_state(&path, max_bytes).map(|entries| (entries, 0))).await
             }
-            #[cfg(feature = "redis")]
-            Store::Redis(redis) => {
-                let stored = redis.runtime_entries().await?;
-                let entries = stored
-                    .entries
-                    .into_iter()
-                    // A value that is not JSON is left out, with the parser's reason.
-                    .map(|(target, json)| {
-                        let rule = serde_json::from_str(&json).unwrap_or(Value::String(json));
-                        (target, rule)
-                    })
-                    .collect();
-                Ok((entries, stored.version))
+            Keeper::Store(store) => {
+                let stored = store.load().await.map_err(|e| e.to_string())?;
+                Ok((stored.entries, stored.version))
             }
         }
     }
 
     /// Whether changes are kept in a state file, which is written whole.
     pub(crate) fn is_file(&self) -> bool {
-        matches!(self, Store::File { .. })
+        matches!(self, Keeper::File { .. })
+    }
+
+    /// The store, as messages name it: to say it lost entries.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Keeper::Store(store) => store.name(),
+            _ => "the runtime state file",
+        }
     }
 
     /// Keeps `change`, made by an instance that holds `held`, unless it would make more
@@ -111,11 +106,9 @@ impl Store {
         held: Held,
         max_entries: usize,
     ) -> Result<Kept, RuntimeError> {
-        #[cfg(not(feature = "redis"))]
-        let _ = (change, max_entries);
         match self {
-            Store::Unset => Err(RuntimeError::NoStore),
-            Store::File { path, max_bytes } => {
+            Keeper::Unset => Err(RuntimeError::NoStore),
+            Keeper::File { path, max_bytes } => {
                 let text = state_text(&held.after.unwrap_or_default());
                 if text.len() as u64 > *max_bytes {
                     return Err(RuntimeError::StateFileTooLarge {
@@ -132,34 +125,34 @@ impl Store {
                     version: 0,
                 })
             }
-            #[cfg(feature = "redis")]
-            Store::Redis(redis) => {
-                use crate::backend::redis::Changed;
+            Keeper::Store(store) => {
+                let target = change.target();
                 let rule = match change {
-                    Change::Set(entry) => Some(entry.rule.to_string()),
+                    Change::Set(entry) => Some(&entry.rule),
                     Change::Remove(_) => None,
                 };
-                let target = change.target();
-                let changed = redis
-                    .change_runtime_entry(
-                        &target,
-                        rule.as_deref(),
-                        (held.version, held.holding),
-                        max_entries,
-                    )
+                let asked = EntryChange {
+                    target: &target,
+                    rule,
+                    known_version: held.version,
+                    holding: held.holding,
+                    max_entries,
+                };
+                let kept = store
+                    .change(asked)
                     .await
-                    .map_err(|reason| RuntimeError::Redis {
+                    .map_err(|source| RuntimeError::Store {
                         target: target.clone(),
-                        reason,
+                        source,
                     })?;
-                match changed {
-                    Changed::Made { existed, version } => Ok(Kept::Done { existed, version }),
-                    Changed::Unchanged => Ok(Kept::Done {
+                match kept {
+                    StoreKept::Made { existed, version } => Ok(Kept::Done { existed, version }),
+                    StoreKept::Unchanged => Ok(Kept::Done {
                         existed: false,
                         version: held.version,
                     }),
-                    Changed::Behind => Ok(Kept::Behind),
-                    Changed::Full { .. } => Err(RuntimeError::TooManyEntries {
+                    StoreKept::Behind => Ok(Kept::Behind),
+                    StoreKept::Full => Err(RuntimeError::TooManyEntries {
                         target,
                         max: max_entries,
                     }),
@@ -168,21 +161,15 @@ impl Store {
         }
     }
 
-    /// Writes `entries`, of version `version`, back into a Redis that lost them. Returns
-    /// how many were written back (0: Redis was not behind any more).
-    #[cfg(feature = "redis")]
+    /// Writes `entries`, of version `version`, back into a store that lost them. Returns
+    /// how many were written back (0: the store was not behind any more).
     pub(crate) async fn restore(
         &self,
         entries: &BTreeMap<String, Value>,
         version: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, StoreError> {
         match self {
-            Store::Redis(redis) => {
-                let entries = entries
-                    .iter()
-                    .map(|(target, rule)| (target.as_str(), rule.to_string()));
-                redis.restore_runtime_entries(entries, version).await
-            }
+            Keeper::Store(store) => store.restore(entries, version).await,
             _ => Ok(0),
         }
     }

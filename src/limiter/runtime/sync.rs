@@ -1,12 +1,13 @@
-//! Keeping in step with the runtime entries in Redis, which every instance with the same
-//! prefix shares (see `backend::redis::runtime`).
+//! Keeping in step with the runtime entries in the store, which every instance using it
+//! shares.
 //!
 //! Each change another instance makes is announced with the entry and the entries' new
 //! version: the one after this instance's is applied as it is, reading nothing. Anything
 //! else (a gap in the versions, a message not understood, the subscription made again, and
 //! every few seconds in case an announcement was lost) reads every entry again. A read that
-//! finds Redis behind this instance (restarted empty) writes this instance's entries back
-//! rather than adopting the loss. Reads that fail are counted, and logged once per episode.
+//! finds the store behind this instance (restarted empty) writes this instance's entries back
+//! rather than adopting the loss. Reads that fail are counted, and logged once per episode. A
+//! store that hears no news is read again every few seconds only.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -17,13 +18,12 @@ use serde_json::Value;
 
 use super::super::Core;
 use super::super::reload::{free_here, off_runtime};
-use crate::backend::redis::{News, Newsroom};
+use crate::backend::{EntryNews, News, StoreError};
 
-/// How often the entries stored in Redis are read again, in case an announcement was
-/// missed.
+/// How often the entries in the store are read again, in case an announcement was missed.
 pub(crate) const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Reads of the entries in Redis that failed, and whether the last one did.
+/// Reads of the entries in the store that failed, and whether the last one did.
 #[derive(Debug, Default)]
 pub(crate) struct Reads {
     errors: AtomicU64,
@@ -31,22 +31,22 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
-    /// A read failed: counted; logged if the one before did not fail.
-    fn failed(&self, error: &str) {
+    /// A read of `store`'s entries failed: counted; logged if the one before did not fail.
+    fn failed(&self, store: &str, error: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if !self.failing.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 %error,
-                "the runtime entries in Redis cannot be read; the entries in force here stay, \
-                 and are read again until they can be"
+                "the runtime entries in {store} cannot be read; the entries in force here \
+                 stay, and are read again until they can be"
             );
         }
     }
 
-    /// A read succeeded: logged if the one before failed.
-    fn succeeded(&self) {
+    /// A read of `store`'s entries succeeded: logged if the one before failed.
+    fn succeeded(&self, store: &str) {
         if self.failing.swap(false, Ordering::AcqRel) {
-            tracing::info!("the runtime entries in Redis are read again");
+            tracing::info!("the runtime entries in {store} are read again");
         }
     }
 
@@ -56,7 +56,7 @@ impl Reads {
 }
 
 impl Core {
-    /// Reads every stored entry again and puts them in force, unless Redis lost entries
+    /// Reads every stored entry again and puts them in force, unless the store lost entries
     /// this instance holds: those are written back first. Returns whether the entries
     /// could be read.
     async fn resync(self: &Arc<Self>) -> bool {
@@ -67,15 +67,16 @@ impl Core {
     /// [`resync`](Self::resync), for a caller that holds the runtime's turn.
     pub(super) async fn reread(self: &Arc<Self>) -> bool {
         let mut wrote_back = false;
+        let store = self.runtime.store.name();
         loop {
             let (stored, version) = match self.runtime.store.load().await {
                 Ok(loaded) => loaded,
                 Err(error) => {
-                    self.runtime.reads.failed(&error);
+                    self.runtime.reads.failed(store, &error);
                     return false;
                 }
             };
-            self.runtime.reads.succeeded();
+            self.runtime.reads.succeeded(store);
             let behind = {
                 let layers = self.runtime.layers();
                 let (held, held_version) = layers.stored();
@@ -85,7 +86,7 @@ impl Core {
             if behind && !wrote_back {
                 wrote_back = true;
                 if let Err(error) = self.write_back().await {
-                    self.runtime.reads.failed(&error);
+                    self.runtime.reads.failed(store, error.reason());
                     return false;
                 }
                 continue;
@@ -107,9 +108,9 @@ impl Core {
         }
     }
 
-    /// Writes the entries this instance holds back into Redis, which lost them (they are
-    /// then read again with whatever Redis has). The caller holds the runtime's turn.
-    pub(super) async fn write_back(&self) -> Result<(), String> {
+    /// Writes the entries this instance holds back into the store, which lost them (they are
+    /// then read again with whatever the store has). The caller holds the runtime's turn.
+    pub(super) async fn write_back(&self) -> Result<(), StoreError> {
         let (held, version) = {
             let layers = self.runtime.layers();
             let (held, version) = layers.stored();
@@ -117,10 +118,11 @@ impl Core {
         };
         let restored = self.runtime.store.restore(&held, version).await?;
         if restored > 0 {
+            let store = self.runtime.store.name();
             tracing::warn!(
                 restored,
                 held = held.len(),
-                "Redis had lost the runtime entries (restarted without persistence?): wrote \
+                "{store} had lost the runtime entries (restarted without persistence?): wrote \
                  back the ones this instance holds"
             );
         }
@@ -164,9 +166,9 @@ impl Core {
 
 /// Applies what `news` brings, as it arrives, and reads every entry again when it says to
 /// and `every` after the last news, until the limiter is dropped. A read that fails is tried
-/// again sooner (from 250 ms, doubling up to `every`): Redis may just be back, its
+/// again sooner (from 250 ms, doubling up to `every`): the store may just be back, its
 /// connection not yet.
-pub(crate) fn spawn_resync(core: Weak<Core>, news: Arc<Newsroom>, every: Duration) {
+pub(crate) fn spawn_resync(core: Weak<Core>, news: Arc<EntryNews>, every: Duration) {
     const FIRST_RETRY: Duration = Duration::from_millis(250);
     tokio::spawn(async move {
         let mut retry = None;

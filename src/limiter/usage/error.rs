@@ -1,5 +1,7 @@
 //! [`UsageError`]: why usage statistics could not be read.
 
+use crate::backend::StoreError;
+
 /// Why [`Limiter::usage`](crate::Limiter::usage) or
 /// [`Limiter::usage_summary`](crate::Limiter::usage_summary) has no answer.
 ///
@@ -27,12 +29,9 @@ pub enum UsageError {
     /// The limiter was built without [`record_usage`](crate::LimiterBuilder::record_usage).
     #[error("usage is not recorded: build the limiter with `record_usage(true)`")]
     NotRecorded,
-    /// Redis did not take this instance's latest counts, or did not answer the read, within
-    /// the deadline of commands other than decisions. The counts not written are kept and
-    /// written at a later flush.
-    #[error("usage statistics in Redis: {reason}")]
-    Redis {
-        /// What went wrong.
-        reason: String,
-    },
+    /// The store did not take this instance's latest counts, or did not answer the read
+    /// (Redis: within the deadline of commands other than decisions). The counts not written
+    /// are kept and written at a later flush.
+    #[error("usage statistics in {}: {}", .0.store(), .0.reason())]
+    Store(StoreError),
 }

@@ -6,9 +6,12 @@
 use std::collections::BTreeMap;
 use std::hash::RandomState;
 
-use super::calendar::{Day, Hour, day_name, day_of, hour_name};
-use super::pending::{Batch, RuleCalls, add_rule, key_bytes};
-use super::{Calls, ClientUsage, LimitedClient, UsageSummary};
+use super::pending::key_bytes;
+use crate::backend::usage::calendar::{Day, Hour, day_name, day_of, hour_name};
+use crate::backend::usage::{
+    Calls, ClientUsage, DAYS_READ, HOURS_READ, RuleCalls, UsageBatch, UsageSummary, add_rule,
+    most_limited,
+};
 use crate::key::{ClientKey, KeyRef};
 
 /// Hours kept: the last 24 and the one before, which a day's window still reaches into
@@ -16,11 +19,6 @@ use crate::key::{ClientKey, KeyRef};
 pub(crate) const HOURS_KEPT: u64 = 25;
 /// Days kept: the last 30 and the one before.
 pub(crate) const DAYS_KEPT: u64 = 31;
-/// Hours read: the current one and the 23 before.
-pub(crate) const HOURS_READ: u64 = 24;
-/// Days read: today and the 29 before.
-pub(crate) const DAYS_READ: u64 = 30;
-
 /// What a client's entry costs besides its key, its hours and its days.
 const CLIENT_BYTES: usize = 128;
 /// What an hour costs, besides its rules.
@@ -77,7 +75,7 @@ impl History {
 
     /// Adds what a flush took; returns how many clients were forgotten to stay within the
     /// bounds.
-    pub(crate) fn merge(&mut self, batch: Batch, now: Hour) -> u64 {
+    pub(crate) fn merge(&mut self, batch: UsageBatch, now: Hour) -> u64 {
         self.flushes += 1;
         for client in batch.clients {
             let key = key_bytes(client.client.as_ref());
@@ -236,23 +234,6 @@ impl History {
         self.bytes = self.counted_bytes();
         evicted as u64
     }
-}
-
-/// The `top` of `(client, denied)`, most refused first, then by client.
-pub(crate) fn most_limited(
-    limited: impl Iterator<Item = (String, u64)>,
-    top: usize,
-) -> Vec<LimitedClient> {
-    let mut limited: Vec<LimitedClient> = limited
-        .map(|(client, denied)| LimitedClient { client, denied })
-        .collect();
-    limited.sort_unstable_by(|a, b| {
-        b.denied
-            .cmp(&a.denied)
-            .then_with(|| a.client.cmp(&b.client))
-    });
-    limited.truncate(top);
-    limited
 }
 
 #[cfg(test)]

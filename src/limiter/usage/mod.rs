@@ -1,31 +1,29 @@
 //! Usage statistics: every counted decision's client, rule and answer, per UTC hour and
-//! day, kept in this process (the memory backend) or in Redis, shared by every instance.
+//! day, kept in this process or in the store (a [`UsageStore`]: Redis's), shared by every
+//! instance.
 //!
 //! The request path only counts, in process ([`pending`]): one lock of one of 16 shards, no
 //! I/O. A background task flushes what was counted every second: into the in-process
-//! [`history`], or into Redis ([`redis`]), where a flush that fails is put back and tried
-//! again at the next. A crash loses at most the last second. Reads flush first, so an
-//! instance reads its own counts at once.
+//! [`history`], or into the store, where a flush that fails is put back and tried again at
+//! the next. A crash loses at most the last second. Reads flush first, so an instance reads
+//! its own counts at once.
 
-mod calendar;
 mod error;
 mod history;
 mod pending;
-#[cfg(feature = "redis")]
-mod redis;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use super::Limiter;
-use crate::backend::Backend;
+use crate::backend::usage::calendar::{self, Hour};
+use crate::backend::{Client, Store, UsageStore};
 use crate::key::{ClientKey, KeyRef};
-use calendar::Hour;
 use history::{HOURS_KEPT, History};
 use pending::Pending;
 
+pub use crate::backend::usage::{Calls, ClientUsage, LimitedClient, UsageSummary};
 pub use error::UsageError;
 
 /// How often counts are flushed.
@@ -55,169 +53,12 @@ pub(crate) struct Bounds {
     pub(crate) clients_per_hour: u64,
 }
 
-/// Calls in a period: how many were allowed and how many denied.
-///
-/// # Example
-///
-/// ```
-/// use tollgate::{ClientKey, Limiter, Query, Rules};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
-/// let limiter = Limiter::builder().rules(rules).record_usage(true).build().await?;
-/// let k = ClientKey::id("k");
-/// limiter.check(Query::new(&k)).await?;
-/// limiter.check(Query::new(&k)).await?;
-/// let usage = limiter.usage(&k).await?;
-/// let today = usage.days.values().next().unwrap();
-/// assert_eq!((today.allowed, today.denied, today.total()), (1, 1, 2));
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[cfg_attr(feature = "service", derive(serde::Deserialize, utoipa::ToSchema))]
-#[non_exhaustive]
-pub struct Calls {
-    /// Calls allowed (a shadow rule's would-be refusals included).
-    pub allowed: u64,
-    /// Calls refused.
-    pub denied: u64,
-}
-
-impl Calls {
-    /// Every call: allowed and denied.
-    pub fn total(&self) -> u64 {
-        self.allowed + self.denied
-    }
-
-    pub(crate) fn new(allowed: u64, denied: u64) -> Self {
-        Self { allowed, denied }
-    }
-
-    /// One call.
-    pub(crate) fn one(allowed: bool) -> Self {
-        Self::new(u64::from(allowed), u64::from(!allowed))
-    }
-
-    pub(crate) fn add(&mut self, other: Calls) {
-        self.allowed += other.allowed;
-        self.denied += other.denied;
-    }
-}
-
-/// One client's calls: see [`Limiter::usage`]. Periods are UTC, named `YYYY-MM-DD-HH`
-/// (hours) and `YYYY-MM-DD` (days); only periods with calls are listed.
-///
-/// # Example
-///
-/// ```
-/// use tollgate::{ClientKey, Limiter, Query, Rules};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"limit": "5/minute"},
-///     "routes": [{"path": "/health", "unlimited": true}]}"#)?;
-/// let limiter = Limiter::builder().rules(rules).record_usage(true).build().await?;
-/// let user = ClientKey::id("user:123");
-/// limiter.check(Query::new(&user)).await?;
-/// limiter.check(Query::new(&user).route("GET", "/health")).await?;
-///
-/// let usage = limiter.usage(&user).await?;
-/// assert_eq!(usage.client, "id:user:123");
-/// let (hour, calls) = usage.hours.iter().next().unwrap();
-/// assert_eq!(hour.len(), "2025-01-31-23".len());
-/// assert_eq!((calls.allowed, calls.denied), (2, 0));
-/// assert_eq!(usage.rules_by_hour[hour]["/health"].allowed, 1);
-/// assert_eq!(serde_json::to_value(&usage)?["client"], "id:user:123");
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct ClientUsage {
-    /// The client, as its key is written (`id:user:123`, `ip:10.0.0.1`).
-    pub client: String,
-    /// Calls per hour over the last 24 hours (the current hour and the 23 before).
-    pub hours: BTreeMap<String, Calls>,
-    /// Calls per day over the last 30 days (today and the 29 before).
-    pub days: BTreeMap<String, Calls>,
-    /// Calls per hour (as in `hours`) and rule identity.
-    pub rules_by_hour: BTreeMap<String, BTreeMap<String, Calls>>,
-    /// The hours (as in `hours`) in which this client was not counted per client: Redis
-    /// counted [`usage_clients_per_hour`](crate::LimiterBuilder::usage_clients_per_hour)
-    /// other clients already. Its calls in them, if any, are in the totals only
-    /// ([`Limiter::usage_summary`]). Always empty in memory, where the bound forgets whole
-    /// clients instead.
-    pub untracked_hours: BTreeSet<String>,
-}
-
-impl ClientUsage {
-    fn new(client: String) -> Self {
-        Self {
-            client,
-            ..Self::default()
-        }
-    }
-}
-
-/// A client among the most refused: see [`UsageSummary::most_limited`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct LimitedClient {
-    /// The client, as its key is written.
-    pub client: String,
-    /// Its calls refused over the last 24 hours.
-    pub denied: u64,
-}
-
-/// Every client's calls over the last 24 hours: see [`Limiter::usage_summary`].
-///
-/// # Example
-///
-/// ```
-/// use tollgate::{ClientKey, Limiter, Query, Rules};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"limit": "1/hour"}}"#)?;
-/// let limiter = Limiter::builder().rules(rules).record_usage(true).build().await?;
-/// for (client, calls) in [("a", 2), ("b", 4), ("c", 1)] {
-///     for _ in 0..calls {
-///         limiter.check(Query::new(&ClientKey::id(client))).await?;
-///     }
-/// }
-/// let summary = limiter.usage_summary(2).await?;
-/// assert_eq!((summary.allowed, summary.denied), (3, 4));
-/// assert_eq!(summary.rules["default"].denied, 4);
-/// let top: Vec<_> = summary.most_limited.iter().map(|c| (c.client.as_str(), c.denied)).collect();
-/// assert_eq!(top, [("id:b", 3), ("id:a", 1)]);
-/// assert_eq!(summary.hours.values().map(|c| c.total()).sum::<u64>(), 7);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct UsageSummary {
-    /// Calls allowed over the last 24 hours, every client's.
-    pub allowed: u64,
-    /// Calls refused over the last 24 hours, every client's.
-    pub denied: u64,
-    /// Calls per rule identity.
-    pub rules: BTreeMap<String, Calls>,
-    /// The clients most refused, most first (ties by client), as many as asked for.
-    pub most_limited: Vec<LimitedClient>,
-    /// Calls per hour (`YYYY-MM-DD-HH`, UTC), hours with calls only.
-    pub hours: BTreeMap<String, Calls>,
-}
-
 /// Where flushed counts go.
 enum Sink {
     /// Kept in this process.
     Memory(Mutex<History>),
-    /// Added to Redis, each hour counting at most this many clients per client.
-    #[cfg(feature = "redis")]
-    Redis(Arc<crate::backend::redis::RedisBackend>, u64),
+    /// Added to the store, each hour counting at most this many clients per client.
+    Store(Arc<dyn UsageStore>, u64),
 }
 
 /// A limiter's usage recording: the counts since the last flush, and where they go.
@@ -243,17 +84,16 @@ pub(crate) struct UsageCounts {
 }
 
 impl Usage {
-    /// Starts recording, within `bounds`, into `backend`'s store: this process for the
-    /// memory backend, else Redis. Flushed every second by a task that ends when the
+    /// Starts recording, within `bounds`, into `store`'s usage store, or in this process
+    /// for a store that keeps none. Flushed every second by a task that ends when the
     /// returned recorder is dropped.
-    pub(crate) fn start(backend: &Backend, bounds: Bounds) -> Arc<Self> {
-        let sink = match backend {
-            Backend::Memory(_) => Sink::Memory(Mutex::new(History::new(
+    pub(crate) fn start(store: &dyn Store, bounds: Bounds) -> Arc<Self> {
+        let sink = match store.usage() {
+            Some(usage) => Sink::Store(usage, bounds.clients_per_hour),
+            None => Sink::Memory(Mutex::new(History::new(
                 bounds.max_clients,
                 bounds.max_bytes,
             ))),
-            #[cfg(feature = "redis")]
-            Backend::Redis(redis) => Sink::Redis(Arc::clone(redis), bounds.clients_per_hour),
         };
         let usage = Arc::new(Self {
             pending: Pending::new(bounds.max_clients, bounds.max_bytes),
@@ -290,29 +130,33 @@ impl Usage {
                 self.evicted.fetch_add(evicted, Ordering::Relaxed);
                 Ok(())
             }
-            #[cfg(feature = "redis")]
-            Sink::Redis(redis, per_hour) => redis::write(redis, batch, *per_hour)
+            Sink::Store(store, per_hour) => store
+                .write(batch, *per_hour)
                 .await
                 .map(|dropped| self.pending.count_dropped(dropped)),
         };
         match written {
             Ok(()) => {
-                if std::mem::take(&mut *failing) {
-                    tracing::info!("usage statistics are written to Redis again");
+                if std::mem::take(&mut *failing)
+                    && let Sink::Store(store, _) = &self.sink
+                {
+                    let store = store.name();
+                    tracing::info!("usage statistics are written to {store} again");
                 }
                 Ok(())
             }
-            Err((unwritten, reason)) => {
+            Err((unwritten, error)) => {
                 self.pending
                     .put_back(unwritten, now.saturating_sub(HOURS_KEPT - 1));
                 self.flush_errors.fetch_add(1, Ordering::Relaxed);
                 if !std::mem::replace(&mut *failing, true) {
+                    let store = error.store();
                     tracing::warn!(
-                        error = %reason,
-                        "usage statistics not written to Redis; kept and tried again every second"
+                        %error,
+                        "usage statistics not written to {store}; kept and tried again every second"
                     );
                 }
-                Err(UsageError::Redis { reason })
+                Err(UsageError::Store(error))
             }
         }
     }
@@ -329,8 +173,10 @@ impl Usage {
         let now = self.tick();
         match &self.sink {
             Sink::Memory(history) => Ok(lock(history).client(client, now)),
-            #[cfg(feature = "redis")]
-            Sink::Redis(redis, per_hour) => redis::client(redis, client, now, *per_hour).await,
+            Sink::Store(store, per_hour) => store
+                .client(Client(client), now, *per_hour)
+                .await
+                .map_err(UsageError::Store),
         }
     }
 
@@ -339,16 +185,14 @@ impl Usage {
         let now = self.tick();
         match &self.sink {
             Sink::Memory(history) => Ok(lock(history).summary(top, now)),
-            #[cfg(feature = "redis")]
-            Sink::Redis(redis, _) => redis::summary(redis, top, now).await,
+            Sink::Store(store, _) => store.summary(top, now).await.map_err(UsageError::Store),
         }
     }
 
     pub(crate) fn counts(&self) -> UsageCounts {
         let kept = match &self.sink {
             Sink::Memory(history) => lock(history).len(),
-            #[cfg(feature = "redis")]
-            Sink::Redis(..) => 0,
+            Sink::Store(..) => 0,
         };
         UsageCounts {
             clients: self.pending.held() + kept,

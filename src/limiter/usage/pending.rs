@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 
-use super::Calls;
-use super::calendar::Hour;
-use crate::key::{ClientKey, KeyRef};
+use crate::backend::usage::calendar::Hour;
+use crate::backend::usage::{Calls, ClientCalls, HourCalls, RuleCalls, UsageBatch, add_rule};
+use crate::key::KeyRef;
 
 /// How many shards a request's lock is one of.
 const SHARDS: usize = 16;
@@ -39,92 +39,8 @@ pub(crate) fn key_bytes(client: KeyRef<'_>) -> usize {
     }
 }
 
-/// Calls under one rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RuleCalls {
-    pub(crate) rule: Arc<str>,
-    pub(crate) calls: Calls,
-}
-
-/// Adds `calls` under `rule` to `rules`. Rules are few and compared by pointer first: the
-/// rules in force share one `Arc` per identity.
-pub(crate) fn add_rule(rules: &mut Vec<RuleCalls>, rule: &Arc<str>, calls: Calls) {
-    match rules
-        .iter_mut()
-        .find(|r| Arc::ptr_eq(&r.rule, rule) || r.rule == *rule)
-    {
-        Some(counted) => counted.calls.add(calls),
-        None => rules.push(RuleCalls {
-            rule: Arc::clone(rule),
-            calls,
-        }),
-    }
-}
-
-/// One client's calls in one hour.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HourCalls {
-    pub(crate) hour: Hour,
-    pub(crate) calls: Calls,
-    pub(crate) rules: Vec<RuleCalls>,
-    /// Refusals not yet added to the ranking of the most-limited clients. Equal to
-    /// `calls.denied` when counted; a write to Redis that stored the calls but not the
-    /// ranking (or the other way round) puts back only what was not stored.
-    pub(crate) unranked: u64,
-}
-
-impl HourCalls {
-    fn new(hour: Hour) -> Self {
-        Self {
-            hour,
-            calls: Calls::default(),
-            rules: Vec::new(),
-            unranked: 0,
-        }
-    }
-
-    fn add(&mut self, other: &HourCalls) {
-        self.calls.add(other.calls);
-        for rule in &other.rules {
-            add_rule(&mut self.rules, &rule.rule, rule.calls);
-        }
-        self.unranked += other.unranked;
-    }
-}
-
-/// One client's calls, per hour (one hour, unless the hour changed since the last flush).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClientCalls {
-    pub(crate) client: ClientKey,
-    pub(crate) hours: Vec<HourCalls>,
-}
-
-impl ClientCalls {
-    /// The entry of `hour`, made if there is none; the current hour is the last one.
-    fn hour(&mut self, hour: Hour) -> &mut HourCalls {
-        let at = match self.hours.iter().rposition(|h| h.hour == hour) {
-            Some(at) => at,
-            None => {
-                self.hours.push(HourCalls::new(hour));
-                self.hours.len() - 1
-            }
-        };
-        &mut self.hours[at]
-    }
-
-    fn add(&mut self, other: &ClientCalls) {
-        for hour in &other.hours {
-            self.hour(hour.hour).add(hour);
-        }
-    }
-
-    pub(crate) fn total(&self) -> u64 {
-        self.hours.iter().map(|h| h.calls.total()).sum()
-    }
-}
-
 /// Every client's calls per hour and rule.
-pub(crate) type GlobalCalls = Vec<(Hour, Vec<RuleCalls>)>;
+type GlobalCalls = Vec<(Hour, Vec<RuleCalls>)>;
 
 fn add_global(global: &mut GlobalCalls, hour: Hour, rule: &Arc<str>, calls: Calls) {
     let at = match global.iter().rposition(|(h, _)| *h == hour) {
@@ -135,20 +51,6 @@ fn add_global(global: &mut GlobalCalls, hour: Hour, rule: &Arc<str>, calls: Call
         }
     };
     add_rule(&mut global[at].1, rule, calls);
-}
-
-/// What one flush writes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Batch {
-    pub(crate) clients: Vec<ClientCalls>,
-    /// Every client's calls, those of clients over the bound included.
-    pub(crate) global: GlobalCalls,
-}
-
-impl Batch {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.global.is_empty()
-    }
 }
 
 #[derive(Default)]
@@ -223,8 +125,8 @@ impl Pending {
     }
 
     /// Takes every count made so far, leaving none.
-    pub(crate) fn take(&self) -> Batch {
-        let mut batch = Batch::default();
+    pub(crate) fn take(&self) -> UsageBatch {
+        let mut batch = UsageBatch::default();
         for shard in &*self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let taken = shard.clients.len();
@@ -249,7 +151,7 @@ impl Pending {
     /// Puts back counts that could not be written, to be written with the next flush; those
     /// of hours before `oldest` are dropped. A client that no longer fits within the bound
     /// is dropped (its calls counted in `dropped`); the per-rule counts always fit.
-    pub(crate) fn put_back(&self, batch: Batch, oldest: Hour) {
+    pub(crate) fn put_back(&self, batch: UsageBatch, oldest: Hour) {
         for mut client in batch.clients {
             client.hours.retain(|h| h.hour >= oldest);
             if client.hours.is_empty() {
@@ -291,7 +193,6 @@ impl Pending {
     }
 
     /// Counts `calls` that were not counted per client after all.
-    #[cfg(feature = "redis")]
     pub(crate) fn count_dropped(&self, calls: u64) {
         self.dropped.fetch_add(calls, Ordering::Relaxed);
     }
@@ -333,6 +234,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::ClientKey;
 
     fn rule(id: &str) -> Arc<str> {
         id.into()

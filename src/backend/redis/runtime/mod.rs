@@ -20,14 +20,17 @@
 //! version, or no entries at its own version) writes its entries back (`restore.lua`)
 //! rather than adopting the loss, and every instance reads them again.
 
-use std::collections::VecDeque;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 use redis::Script;
-use tokio::sync::Notify;
+use serde_json::Value;
 
-use super::RedisBackend;
 use super::cluster::slot;
+use super::{REDIS, RedisBackend};
+use crate::backend::{
+    EntryChange, EntryNews, Kept, News, RuntimeStore, StoreError, StoreFuture, StoredEntries,
+};
 
 static CHANGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("change.lua")));
 static RESTORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("restore.lua")));
@@ -50,15 +53,15 @@ fn version_name(prefix: &str) -> String {
 
 /// The entries stored, and their version (0 before the first change).
 #[derive(Debug, Default)]
-pub(crate) struct Stored {
-    pub(crate) version: u64,
+struct Stored {
+    version: u64,
     /// Target and rule (JSON text), by target order.
-    pub(crate) entries: Vec<(String, String)>,
+    entries: Vec<(String, String)>,
 }
 
 /// What became of a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Changed {
+enum Changed {
     /// Made, as `version`; `existed`: an entry was stored under its target before.
     Made { existed: bool, version: u64 },
     /// A removal of an entry not stored: nothing to do.
@@ -69,76 +72,25 @@ pub(crate) enum Changed {
     Full { entries: u64 },
 }
 
-/// What an instance heard about the entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum News {
-    /// One entry changed, bringing the entries to `version`; `rule` is `None` for a
-    /// removal.
-    Changed {
+/// A message of the channel: a change, or anything else (read everything again).
+pub(super) fn news_of(payload: &[u8]) -> News {
+    #[derive(serde::Deserialize)]
+    struct Announced {
         version: u64,
         target: String,
         rule: Option<String>,
-    },
-    /// Anything may have changed: the subscription was made (again), messages were lost,
-    /// or entries were written back.
-    Reread,
-}
-
-impl News {
-    /// A message of the channel: a change, or anything else (read everything again).
-    pub(super) fn of(payload: &[u8]) -> Self {
-        #[derive(serde::Deserialize)]
-        struct Announced {
-            version: u64,
-            target: String,
-            rule: Option<String>,
-        }
-        match serde_json::from_slice::<Announced>(payload) {
-            Ok(Announced {
-                version,
-                target,
-                rule,
-            }) => News::Changed {
-                version,
-                target,
-                rule,
-            },
-            Err(_) => News::Reread,
-        }
     }
-}
-
-/// The news heard and not yet applied, in order.
-#[derive(Debug, Default)]
-pub(crate) struct Newsroom {
-    queue: Mutex<VecDeque<News>>,
-    arrived: Notify,
-}
-
-/// The most news held: a listener that falls further behind reads everything again.
-const MAX_NEWS: usize = 4096;
-
-impl Newsroom {
-    pub(super) fn tell(&self, news: News) {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if queue.len() >= MAX_NEWS {
-            queue.clear();
-            queue.push_back(News::Reread);
-        }
-        queue.push_back(news);
-        drop(queue);
-        self.arrived.notify_one();
-    }
-
-    /// Waits until news arrives (at once if some arrived since the last [`take`](Self::take)).
-    pub(crate) async fn arrived(&self) {
-        self.arrived.notified().await;
-    }
-
-    /// The news heard so far, oldest first.
-    pub(crate) fn take(&self) -> Vec<News> {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.drain(..).collect()
+    match serde_json::from_slice::<Announced>(payload) {
+        Ok(Announced {
+            version,
+            target,
+            rule,
+        }) => News::Changed {
+            version,
+            target,
+            rule,
+        },
+        Err(_) => News::Reread,
     }
 }
 
@@ -146,7 +98,7 @@ impl RedisBackend {
     /// Every entry stored, and their version. The version is read first: entries changed
     /// in between are newer than it, and the announcements of those changes, applied again,
     /// set them to what they are.
-    pub(crate) async fn runtime_entries(&self) -> Result<Stored, String> {
+    async fn runtime_entries(&self) -> Result<Stored, String> {
         let mut connection = self.connection().ok_or("not connected to Redis yet")?;
         let mut read = redis::pipe();
         read.cmd("GET")
@@ -164,7 +116,7 @@ impl RedisBackend {
     /// Stores `rule` under `target`, or deletes it for `None`, unless Redis is behind
     /// `known` (the version this instance holds; `holding`: it holds entries) or a new entry
     /// would make more than `max_entries`; announces the change.
-    pub(crate) async fn change_runtime_entry(
+    async fn change_runtime_entry(
         &self,
         target: &str,
         rule: Option<&str>,
@@ -198,7 +150,7 @@ impl RedisBackend {
     /// Writes `entries` (target and rule as JSON) back, if Redis is still behind `known`;
     /// every instance is told to read them again. Returns how many were written back (0:
     /// Redis was not behind any more).
-    pub(crate) async fn restore_runtime_entries<'a>(
+    async fn restore_runtime_entries<'a>(
         &self,
         entries: impl Iterator<Item = (&'a str, String)>,
         known: u64,
@@ -215,11 +167,6 @@ impl RedisBackend {
         let restored = restore.invoke_async::<(u64, u64)>(&mut connection);
         let (restored, _version) = self.within_deadline(restored).await?;
         Ok(restored)
-    }
-
-    /// What this instance heard about the runtime entries.
-    pub(crate) fn runtime_news(&self) -> std::sync::Arc<Newsroom> {
-        std::sync::Arc::clone(&self.runtime_news)
     }
 
     /// `command`'s answer, or why there is none within the deadline of commands other than
@@ -242,6 +189,67 @@ impl RedisBackend {
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("Redis did not answer within {deadline:?}")),
         }
+    }
+}
+
+impl RuntimeStore for RedisBackend {
+    fn name(&self) -> &'static str {
+        REDIS
+    }
+
+    fn load(&self) -> StoreFuture<'_, Result<StoredEntries, StoreError>> {
+        Box::pin(async move {
+            let stored = self
+                .runtime_entries()
+                .await
+                .map_err(|reason| StoreError::new(REDIS, reason))?;
+            let entries = stored
+                .entries
+                .into_iter()
+                // A value that is not JSON is left out, with the parser's reason.
+                .map(|(target, json)| {
+                    let rule = serde_json::from_str(&json).unwrap_or(Value::String(json));
+                    (target, rule)
+                })
+                .collect();
+            Ok(StoredEntries::new(entries, stored.version))
+        })
+    }
+
+    fn change<'a>(&'a self, change: EntryChange<'a>) -> StoreFuture<'a, Result<Kept, StoreError>> {
+        Box::pin(async move {
+            let rule = change.rule.map(Value::to_string);
+            let known = (change.known_version, change.holding);
+            let changed = self
+                .change_runtime_entry(change.target, rule.as_deref(), known, change.max_entries)
+                .await
+                .map_err(|reason| StoreError::new(REDIS, reason))?;
+            Ok(match changed {
+                Changed::Made { existed, version } => Kept::Made { existed, version },
+                Changed::Unchanged => Kept::Unchanged,
+                Changed::Behind => Kept::Behind,
+                Changed::Full { .. } => Kept::Full,
+            })
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        entries: &'a BTreeMap<String, Value>,
+        version: u64,
+    ) -> StoreFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let entries = entries
+                .iter()
+                .map(|(target, rule)| (target.as_str(), rule.to_string()));
+            self.restore_runtime_entries(entries, version)
+                .await
+                .map_err(|reason| StoreError::new(REDIS, reason))
+        })
+    }
+
+    fn news(&self) -> Option<Arc<EntryNews>> {
+        Some(Arc::clone(&self.runtime_news))
     }
 }
 
@@ -276,7 +284,7 @@ mod tests {
     #[test]
     fn news_is_a_change_or_a_reread() {
         assert_eq!(
-            News::of(
+            news_of(
                 br#"{"version": 7, "target": "client:id:k", "rule": "{\"limit\":\"1/hour\"}"}"#
             ),
             News::Changed {
@@ -286,7 +294,7 @@ mod tests {
             }
         );
         assert_eq!(
-            News::of(br#"{"version": 8, "target": "rule:/a"}"#),
+            news_of(br#"{"version": 8, "target": "rule:/a"}"#),
             News::Changed {
                 version: 8,
                 target: "rule:/a".into(),
@@ -299,23 +307,7 @@ mod tests {
             b"client:id:k",
             b"\xff",
         ] {
-            assert_eq!(News::of(other), News::Reread);
+            assert_eq!(news_of(other), News::Reread);
         }
-    }
-
-    #[test]
-    fn a_listener_that_falls_behind_reads_everything_again() {
-        let newsroom = Newsroom::default();
-        for version in 0..MAX_NEWS as u64 + 5 {
-            newsroom.tell(News::Changed {
-                version,
-                target: "client:id:k".into(),
-                rule: None,
-            });
-        }
-        let news = newsroom.take();
-        assert_eq!(news[0], News::Reread);
-        assert_eq!(news.len(), 6);
-        assert!(newsroom.take().is_empty());
     }
 }

@@ -1,16 +1,19 @@
-//! Limits decided in this process: the algorithms of [`crate::algorithm`] over a bounded
-//! [`BucketTable`], one entry per (rule, client) holding every band's state. A decision
-//! reads and writes the entry under one lock, so a request is admitted by all of its bands
-//! or by none.
+//! The in-process store: every client's bands under every rule in a bounded
+//! [`BucketTable`] of [`BandStates`], decided in [`bands`]. A decision reads and writes the
+//! entry under one lock, so a request is admitted by all of its bands or by none.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod bands;
 
-use super::Mode;
-use super::table::{BucketTable, Entry};
+use std::time::SystemTime;
+
+use super::table::BucketTable;
+use super::{Answer, Client, Mode, Outcome, RuleSlot, Store, StoreError, StoreFuture, StoreStats};
 use crate::Decision;
-use crate::algorithm::{BandState, Combined, decide_band};
+use crate::decision::DecidedBy;
 use crate::key::KeyRef;
-use crate::rules::{Limit, MAX_BANDS};
+use crate::rules::Limit;
+pub use bands::BandStates;
+use bands::{decide_bands, unix_us};
 
 /// Default bound on the entries kept in memory, across all rules.
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -26,14 +29,12 @@ pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_us(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        unix_us(SystemTime::now())
     }
 }
 
 pub(crate) struct MemoryBackend<C: Clock = SystemClock> {
-    table: BucketTable,
+    table: BucketTable<BandStates>,
     clock: C,
     /// Every band is divided by this (1 for the real limits; N for a fallback that N
     /// instances run side by side).
@@ -57,6 +58,7 @@ impl<C: Clock> MemoryBackend<C> {
 
     /// Decides one request of `client` with `limit` at `cost`, under the rule whose state id
     /// is `state`. A peek takes nothing, and reports the bands as they are now.
+    #[inline]
     pub(crate) fn decide(
         &self,
         state: u32,
@@ -66,67 +68,16 @@ impl<C: Clock> MemoryBackend<C> {
         mode: Mode,
     ) -> Decision {
         let now = self.clock.now_us();
-        let algorithm = limit.algorithm();
-        let cost = f64::from(cost);
-        let bands = limit.bands();
         self.table.update(state, client, now, |entry| {
-            // One pass: every band's answer and next state (rules have at most MAX_BANDS).
-            let mut next = [BandState::Fresh; MAX_BANDS];
-            let mut combined = Combined::new();
-            let mut full_after = 0.0f64;
-            for (i, band) in bands.iter().enumerate() {
-                let mut spec = band.divided_by(self.share).spec();
-                if self.share > 1 {
-                    // A share too small for one request would refuse every request.
-                    spec.capacity = spec.capacity.max(cost);
-                }
-                let before = entry
-                    .as_ref()
-                    .and_then(|e| e.states.get(i).copied())
-                    .unwrap_or(BandState::Fresh);
-                let out = decide_band(algorithm, &spec, before, now, cost);
-                let (remaining, reset_after_us) = match mode {
-                    Mode::Take => (out.remaining, out.reset_after_us),
-                    Mode::Peek => {
-                        let now_state = decide_band(algorithm, &spec, before, now, 0.0);
-                        (now_state.remaining, now_state.reset_after_us)
-                    }
-                };
-                combined.add(
-                    spec.capacity,
-                    out.admitted,
-                    remaining,
-                    out.retry_after_us,
-                    reset_after_us,
-                );
-                full_after = full_after.max(out.reset_after_us);
-                next[i] = out.next;
-            }
-            let decision = combined.decision(now);
-            if !combined.admitted() || mode == Mode::Peek {
-                return (decision, None);
-            }
-            // Admitted by every band: take the cost from all of them.
-            let next = &next[..bands.len()];
-            let full_at_us = now.saturating_add(full_after.ceil() as i64);
-            match entry {
-                Some(existing) => {
-                    // In place: no allocation per request once a client is known.
-                    if existing.states.len() == next.len() {
-                        existing.states.copy_from_slice(next);
-                    } else {
-                        existing.states = next.into();
-                    }
-                    existing.full_at_us = full_at_us;
+            let before = entry.as_ref().map_or(&[][..], |e| &e.states[..]);
+            let (decision, taken) = decide_bands(limit, self.share, before, now, cost, mode);
+            match (taken, entry) {
+                (None, _) => (decision, None),
+                (Some(taken), Some(existing)) => {
+                    existing.take(&taken);
                     (decision, None)
                 }
-                None => (
-                    decision,
-                    Some(Entry {
-                        states: next.into(),
-                        full_at_us,
-                    }),
-                ),
+                (Some(taken), None) => (decision, Some(BandStates::taken(&taken))),
             }
         })
     }
@@ -142,9 +93,10 @@ impl<C: Clock> MemoryBackend<C> {
         self.table.drop_full(self.clock.now_us())
     }
 
-    /// Forgets the state of rules a reload removed.
-    pub(crate) fn retain_rules(&self, keep: impl Fn(u32) -> bool) {
-        self.table.retain_rules(keep);
+    /// Forgets the state of rules no longer in force.
+    pub(crate) fn keep_only(&self, rules: &[RuleSlot]) {
+        let live: std::collections::HashSet<u32> = rules.iter().map(|r| r.state).collect();
+        self.table.retain_rules(|id| live.contains(&id));
     }
 
     /// Entries held now.
@@ -158,13 +110,60 @@ impl<C: Clock> MemoryBackend<C> {
     }
 }
 
+impl<C: Clock> Store for MemoryBackend<C> {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    #[inline]
+    fn decide(
+        &self,
+        rule: &RuleSlot,
+        limit: &Limit,
+        cost: u32,
+        client: Client<'_>,
+        mode: Mode,
+    ) -> Answer {
+        let decision = MemoryBackend::decide(self, rule.state, limit, cost, client.0, mode);
+        Answer::Now(Outcome::Decided(decision, DecidedBy::Memory))
+    }
+
+    fn reset<'a>(
+        &'a self,
+        rules: &'a [RuleSlot],
+        client: Client<'a>,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        for rule in rules {
+            self.forget(rule.state, client.0);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn rules_changed(&self, rules: &[RuleSlot]) {
+        self.keep_only(rules);
+    }
+
+    fn sweep(&self) {
+        let kept = self.drop_full();
+        tracing::trace!(kept, "in-memory rate limit cleanup");
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            tracked_buckets: self.len(),
+            evicted_buckets: self.evicted(),
+            ..StoreStats::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Rules;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     const SEC: i64 = 1_000_000;
 

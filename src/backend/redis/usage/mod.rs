@@ -32,11 +32,15 @@ use std::time::Duration;
 use redis::{Cmd, Pipeline, Script, Value};
 use tokio::task::JoinSet;
 
-use super::calendar::{Day, Hour, day_name, day_of, hour_name};
-use super::history::{DAYS_READ, HOURS_READ, most_limited};
-use super::pending::{Batch, ClientCalls, HourCalls, RuleCalls};
-use super::{Calls, ClientUsage, UsageError, UsageSummary};
-use crate::backend::redis::{Connection, RedisBackend, slot};
+use super::cluster::slot;
+use super::connection::Connection;
+use super::{REDIS, RedisBackend};
+use crate::backend::usage::calendar::{Day, Hour, day_name, day_of, hour_name};
+use crate::backend::usage::{
+    Calls, ClientCalls, ClientUsage, DAYS_READ, HOURS_READ, HourCalls, RuleCalls, UsageBatch,
+    UsageStore, UsageSummary, most_limited,
+};
+use crate::backend::{Client, StoreError, StoreFuture};
 use crate::key::KeyRef;
 
 /// An hour's keys live this long after their last write.
@@ -74,7 +78,7 @@ fn counted_key(prefix: &str, hour: Hour) -> String {
 async fn admit(
     redis: &RedisBackend,
     connection: &Connection,
-    batch: &mut Batch,
+    batch: &mut UsageBatch,
     clients_per_hour: u64,
 ) -> Result<u64, String> {
     let prefix = redis.prefix();
@@ -133,7 +137,7 @@ async fn admit(
 struct Part {
     slot: u16,
     commands: Vec<Cmd>,
-    counts: Batch,
+    counts: UsageBatch,
 }
 
 /// `HINCRBY`s of `calls` (and of each rule's, as `allowed:<rule>`, `denied:<rule>`) into
@@ -163,7 +167,7 @@ fn add_to_hash(
 
 /// What writes `batch`: a part per client (its hours and days), per hour of every client's
 /// calls, and per hour of the ranking of refusals.
-fn parts(prefix: &str, batch: Batch) -> Vec<Part> {
+fn parts(prefix: &str, batch: UsageBatch) -> Vec<Part> {
     let mut parts = Vec::with_capacity(batch.clients.len() + 2 * batch.global.len());
     let mut ranked: BTreeMap<Hour, Vec<ClientCalls>> = BTreeMap::new();
     for mut client in batch.clients {
@@ -198,7 +202,7 @@ fn parts(prefix: &str, batch: Batch) -> Vec<Part> {
         parts.push(Part {
             slot: slot(client_key(prefix, &name, "").as_bytes()),
             commands,
-            counts: Batch {
+            counts: UsageBatch {
                 clients: vec![client],
                 global: Vec::new(),
             },
@@ -221,7 +225,7 @@ fn parts(prefix: &str, batch: Batch) -> Vec<Part> {
         parts.push(Part {
             slot: slot(key.as_bytes()),
             commands,
-            counts: Batch {
+            counts: UsageBatch {
                 clients,
                 global: Vec::new(),
             },
@@ -236,7 +240,7 @@ fn parts(prefix: &str, batch: Batch) -> Vec<Part> {
         parts.push(Part {
             slot: slot(key.as_bytes()),
             commands,
-            counts: Batch {
+            counts: UsageBatch {
                 clients: Vec::new(),
                 global: vec![(hour, rules)],
             },
@@ -318,11 +322,11 @@ fn connection(redis: &RedisBackend) -> Result<Connection, String> {
 /// Writes `batch`, each hour counting at most `clients_per_hour` clients per client.
 /// Returns the calls counted in the totals only (past that bound); on failure, what was not
 /// written and why.
-pub(super) async fn write(
+async fn write(
     redis: &RedisBackend,
-    mut batch: Batch,
+    mut batch: UsageBatch,
     clients_per_hour: u64,
-) -> Result<u64, (Batch, String)> {
+) -> Result<u64, (UsageBatch, String)> {
     let connection = match connection(redis) {
         Ok(connection) => connection,
         Err(reason) => return Err((batch, reason)),
@@ -351,7 +355,7 @@ pub(super) async fn write(
         })
         .collect();
     let results = run_all(&connection, commands, redis.command_timeout()).await;
-    let mut unwritten = Batch::default();
+    let mut unwritten = UsageBatch::default();
     let mut reason = None;
     for (parts, result) in groups.into_iter().zip(results) {
         if let Err(error) = result {
@@ -373,8 +377,8 @@ pub(super) async fn write(
 async fn read(
     redis: &RedisBackend,
     commands: Vec<(String, Cmd)>,
-) -> Result<Vec<Value>, UsageError> {
-    let fail = |reason| UsageError::Redis { reason };
+) -> Result<Vec<Value>, StoreError> {
+    let fail = |reason| StoreError::new(REDIS, reason);
     let connection = connection(redis).map_err(fail)?;
     read_with(&connection, commands, redis.command_timeout())
         .await
@@ -416,9 +420,12 @@ async fn read_with(
 }
 
 /// A hash of counts, as `HGETALL` gives it.
-fn counts(reply: Value) -> Result<HashMap<String, u64>, UsageError> {
-    redis::from_redis_value(reply).map_err(|e| UsageError::Redis {
-        reason: format!("a usage hash holds something else than counts: {e}"),
+fn counts(reply: Value) -> Result<HashMap<String, u64>, StoreError> {
+    redis::from_redis_value(reply).map_err(|e| {
+        StoreError::new(
+            REDIS,
+            format!("a usage hash holds something else than counts: {e}"),
+        )
     })
 }
 
@@ -454,12 +461,12 @@ fn hours_read(now: Hour) -> impl Iterator<Item = Hour> {
 
 /// `client`'s calls over the last 24 hours and 30 days, and the hours in which it was not
 /// counted per client (the hour counted `clients_per_hour` others).
-pub(super) async fn client(
+async fn client(
     redis: &RedisBackend,
     client: KeyRef<'_>,
     now: Hour,
     clients_per_hour: u64,
-) -> Result<ClientUsage, UsageError> {
+) -> Result<ClientUsage, StoreError> {
     let name = client.to_string();
     let prefix = redis.prefix();
     let today = day_of(now);
@@ -498,8 +505,11 @@ pub(super) async fn client(
         }
     }
     for ((hour, counted), count) in hours.iter().zip(counted_hours).zip(replies) {
-        let count: Option<u64> = redis::from_redis_value(count).map_err(|e| UsageError::Redis {
-            reason: format!("a count of the clients counted holds something else: {e}"),
+        let count: Option<u64> = redis::from_redis_value(count).map_err(|e| {
+            StoreError::new(
+                REDIS,
+                format!("a count of the clients counted holds something else: {e}"),
+            )
         })?;
         if !counted && count.unwrap_or(0) >= clients_per_hour {
             usage.untracked_hours.insert(hour_name(*hour));
@@ -511,11 +521,7 @@ pub(super) async fn client(
 /// Every client's calls over the last 24 hours, and the `top` clients most refused over
 /// them (each hour's ranking read whole and added up here: a cluster keeps the hours in
 /// different slots).
-pub(super) async fn summary(
-    redis: &RedisBackend,
-    top: usize,
-    now: Hour,
-) -> Result<UsageSummary, UsageError> {
+async fn summary(redis: &RedisBackend, top: usize, now: Hour) -> Result<UsageSummary, StoreError> {
     let prefix = redis.prefix();
     let hours: Vec<Hour> = hours_read(now).collect();
     let commands = hours
@@ -549,10 +555,12 @@ pub(super) async fn summary(
     }
     let mut limited: HashMap<String, u64> = HashMap::new();
     for reply in replies {
-        let ranked: Vec<(String, f64)> =
-            redis::from_redis_value(reply).map_err(|e| UsageError::Redis {
-                reason: format!("a ranking of refusals holds something else: {e}"),
-            })?;
+        let ranked: Vec<(String, f64)> = redis::from_redis_value(reply).map_err(|e| {
+            StoreError::new(
+                REDIS,
+                format!("a ranking of refusals holds something else: {e}"),
+            )
+        })?;
         for (client, denied) in ranked {
             // Scores are sums of whole refusals, exact in a double up to 2^53.
             *limited.entry(client).or_default() += denied as u64;
@@ -562,9 +570,40 @@ pub(super) async fn summary(
     Ok(summary)
 }
 
+impl UsageStore for RedisBackend {
+    fn name(&self) -> &'static str {
+        REDIS
+    }
+
+    fn write(
+        &self,
+        batch: UsageBatch,
+        clients_per_hour: u64,
+    ) -> StoreFuture<'_, Result<u64, (UsageBatch, StoreError)>> {
+        Box::pin(async move {
+            write(self, batch, clients_per_hour)
+                .await
+                .map_err(|(unwritten, reason)| (unwritten, StoreError::new(REDIS, reason)))
+        })
+    }
+
+    fn client<'a>(
+        &'a self,
+        who: Client<'a>,
+        hour: u64,
+        clients_per_hour: u64,
+    ) -> StoreFuture<'a, Result<ClientUsage, StoreError>> {
+        Box::pin(client(self, who.0, hour, clients_per_hour))
+    }
+
+    fn summary(&self, top: usize, hour: u64) -> StoreFuture<'_, Result<UsageSummary, StoreError>> {
+        Box::pin(summary(self, top, hour))
+    }
+}
+
 /// The key of `client`'s calls in `hour`, for tests.
 #[cfg(test)]
-pub(super) fn hour_key(prefix: &str, client: &str, hour: Hour) -> String {
+fn hour_key(prefix: &str, client: &str, hour: Hour) -> String {
     client_key(prefix, client, &hour_name(hour))
 }
 
@@ -574,7 +613,6 @@ mod tests {
 
     use super::*;
     use crate::key::ClientKey;
-    use crate::limiter::usage::pending::Pending;
 
     #[test]
     fn keys_are_named_as_documented() {
@@ -593,14 +631,32 @@ mod tests {
 
     #[test]
     fn a_client_part_holds_its_hours_and_days_in_one_slot() {
-        let pending = Pending::new(10, usize::MAX);
         let rule: Arc<str> = "/data".into();
         let hour = 24 * 1000 + 23;
-        let client = ClientKey::id("a");
-        pending.record(hour, client.as_ref(), &rule, true);
-        pending.record(hour, client.as_ref(), &rule, false);
-        pending.record(hour + 1, client.as_ref(), &rule, true);
-        let parts = parts("p", pending.take());
+        // One allowed and one denied call in one hour, one allowed in the next, which is on
+        // the next day.
+        let calls = |hour, allowed, denied| {
+            let mut calls = HourCalls::new(hour);
+            calls.calls = Calls::new(allowed, denied);
+            calls.rules = vec![RuleCalls {
+                rule: Arc::clone(&rule),
+                calls: calls.calls,
+            }];
+            calls.unranked = denied;
+            calls
+        };
+        let (first, second) = (calls(hour, 1, 1), calls(hour + 1, 1, 0));
+        let batch = UsageBatch {
+            global: vec![
+                (hour, first.rules.clone()),
+                (hour + 1, second.rules.clone()),
+            ],
+            clients: vec![ClientCalls {
+                client: ClientKey::id("a"),
+                hours: vec![first, second],
+            }],
+        };
+        let parts = parts("p", batch);
         // The client; the ranking of its hour with a refusal; the global hash of each hour.
         assert_eq!(parts.len(), 4);
         let mine = &parts[0];

@@ -1,0 +1,156 @@
+//! One client's bands under one rule, decided in this process: the algorithms of
+//! [`crate::algorithm`] over every band at once, admitted by all of them or by none.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::Decision;
+use crate::algorithm::{BandState, Combined, decide_band};
+use crate::backend::Mode;
+use crate::backend::table::Expiring;
+use crate::rules::{Limit, MAX_BANDS};
+
+/// The state of one client's bands under one rule, as a store that decides in this process
+/// keeps it (the in-process store keeps one per client and rule in its table). A new one
+/// is full; [`decide`](Self::decide) admits and takes, or refuses and takes nothing, over
+/// every band at once, with the same arithmetic as every other store.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tollgate::Rules;
+/// use tollgate::backend::{BandStates, Mode};
+///
+/// let rules = Rules::from_json(r#"{"default": {"limits": ["2/second", "3/minute"]}}"#).unwrap();
+/// let limit = rules.default_rule().limit().unwrap();
+/// let mut bands = BandStates::default();
+/// let now = SystemTime::now();
+/// assert!(bands.decide(limit, 1, Mode::Take, now).allowed);
+/// assert!(bands.decide(limit, 1, Mode::Take, now).allowed);
+/// assert!(!bands.decide(limit, 1, Mode::Take, now).allowed, "2 per second");
+/// let later = now + Duration::from_secs(1);
+/// assert_eq!(bands.decide(limit, 1, Mode::Peek, later).remaining, 1, "the minute's last");
+/// assert!(!bands.is_full(later));
+/// assert!(bands.is_full(now + Duration::from_secs(60)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BandStates {
+    /// Each band's state; empty before the first admission.
+    pub(crate) states: Box<[BandState]>,
+    /// Unix time in µs when every band is full again.
+    pub(crate) full_at_us: i64,
+}
+
+impl BandStates {
+    /// Decides a request of `cost` at `now` over every band of `limit`: takes `cost` from
+    /// each and admits it, or refuses it and takes nothing; a peek takes nothing and reports
+    /// the bands as they are.
+    pub fn decide(&mut self, limit: &Limit, cost: u32, mode: Mode, now: SystemTime) -> Decision {
+        let now_us = unix_us(now);
+        let (decision, taken) = decide_bands(limit, 1, &self.states, now_us, cost, mode);
+        if let Some(taken) = taken {
+            self.take(&taken);
+        }
+        decision
+    }
+
+    /// Whether every band is full at `now`: the state says no more than a new one would.
+    pub fn is_full(&self, now: SystemTime) -> bool {
+        unix_us(now) >= self.full_at_us
+    }
+
+    /// Stores what an admission took.
+    pub(crate) fn take(&mut self, taken: &Taken) {
+        let next = &taken.states[..taken.bands];
+        // In place: no allocation per request once a client is known.
+        if self.states.len() == next.len() {
+            self.states.copy_from_slice(next);
+        } else {
+            self.states = next.into();
+        }
+        self.full_at_us = taken.full_at_us;
+    }
+
+    /// The states after an admission, for a client not known before.
+    pub(crate) fn taken(taken: &Taken) -> Self {
+        Self {
+            states: taken.states[..taken.bands].into(),
+            full_at_us: taken.full_at_us,
+        }
+    }
+}
+
+impl Expiring for BandStates {
+    fn expires_at_us(&self) -> i64 {
+        self.full_at_us
+    }
+}
+
+/// What an admission takes: every band's next state, and when all are full again.
+pub(crate) struct Taken {
+    states: [BandState; MAX_BANDS],
+    bands: usize,
+    full_at_us: i64,
+}
+
+/// Decides a request of `cost` at `now_us` (Unix µs) over every band of `limit`, each divided
+/// by `share`, from the bands' states `before` (missing ones are full). Returns the decision,
+/// and what to store when it admitted and takes.
+pub(crate) fn decide_bands(
+    limit: &Limit,
+    share: u32,
+    before: &[BandState],
+    now_us: i64,
+    cost: u32,
+    mode: Mode,
+) -> (Decision, Option<Taken>) {
+    let algorithm = limit.algorithm();
+    let cost = f64::from(cost);
+    let bands = limit.bands();
+    // One pass: every band's answer and next state (rules have at most MAX_BANDS).
+    let mut next = [BandState::Fresh; MAX_BANDS];
+    let mut combined = Combined::new();
+    let mut full_after = 0.0f64;
+    for (i, band) in bands.iter().enumerate() {
+        let mut spec = band.divided_by(share).spec();
+        if share > 1 {
+            // A share too small for one request would refuse every request.
+            spec.capacity = spec.capacity.max(cost);
+        }
+        let state = before.get(i).copied().unwrap_or(BandState::Fresh);
+        let out = decide_band(algorithm, &spec, state, now_us, cost);
+        let (remaining, reset_after_us) = match mode {
+            Mode::Take => (out.remaining, out.reset_after_us),
+            Mode::Peek => {
+                let now_state = decide_band(algorithm, &spec, state, now_us, 0.0);
+                (now_state.remaining, now_state.reset_after_us)
+            }
+        };
+        combined.add(
+            spec.capacity,
+            out.admitted,
+            remaining,
+            out.retry_after_us,
+            reset_after_us,
+        );
+        full_after = full_after.max(out.reset_after_us);
+        next[i] = out.next;
+    }
+    let decision = combined.decision(now_us);
+    if !combined.admitted() || mode == Mode::Peek {
+        return (decision, None);
+    }
+    // Admitted by every band: the cost is taken from all of them.
+    let taken = Taken {
+        states: next,
+        bands: bands.len(),
+        full_at_us: now_us.saturating_add(full_after.ceil() as i64),
+    };
+    (decision, Some(taken))
+}
+
+/// `time` in Unix µs; windows align to Unix time, as they do in Redis.
+pub(crate) fn unix_us(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

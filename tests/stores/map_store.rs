@@ -1,0 +1,173 @@
+//! A store written outside the crate, through the public traits only: band states in a
+//! `Mutex<HashMap>`, and the runtime entries beside them with their version, shared by every
+//! limiter given a handle to the same map (as instances share a Redis), each told of the
+//! others' changes. Usage statistics are left to the limiter (kept in its process).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::SystemTime;
+
+use serde_json::Value;
+use tollgate::backend::{
+    Answer, BandStates, Client, EntryChange, EntryNews, Kept, Mode, News, Outcome, RuleSlot,
+    RuntimeStore, Store, StoreError, StoreFuture, StoreStats, StoredEntries,
+};
+use tollgate::{DecidedBy, Limit};
+
+/// What every handle shares.
+#[derive(Default)]
+pub struct Shared {
+    /// Each client's bands, by rule identity and client key.
+    bands: Mutex<HashMap<(Arc<str>, String), BandStates>>,
+    entries: Mutex<StoredEntries>,
+    /// Each handle's news, to tell of every change.
+    listeners: Mutex<Vec<Weak<EntryNews>>>,
+}
+
+/// One limiter's handle on the shared map.
+pub struct MapStore {
+    shared: Arc<Shared>,
+    entries: Arc<MapEntries>,
+}
+
+impl MapStore {
+    /// A handle on `shared`.
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        let news = Arc::new(EntryNews::default());
+        lock(&shared.listeners).push(Arc::downgrade(&news));
+        Self {
+            shared: Arc::clone(shared),
+            entries: Arc::new(MapEntries {
+                shared: Arc::clone(shared),
+                news,
+            }),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store for MapStore {
+    fn name(&self) -> &'static str {
+        "map"
+    }
+
+    fn decide(
+        &self,
+        rule: &RuleSlot,
+        limit: &Limit,
+        cost: u32,
+        client: Client<'_>,
+        mode: Mode,
+    ) -> Answer {
+        let mut bands = lock(&self.shared.bands);
+        let key = (Arc::clone(rule.id()), client.to_string());
+        let decision = match mode {
+            Mode::Take => {
+                bands
+                    .entry(key)
+                    .or_default()
+                    .decide(limit, cost, mode, SystemTime::now())
+            }
+            // A peek stores nothing, not even a fresh entry.
+            Mode::Peek => bands.get(&key).cloned().unwrap_or_default().decide(
+                limit,
+                cost,
+                mode,
+                SystemTime::now(),
+            ),
+        };
+        Answer::Now(Outcome::Decided(decision, DecidedBy::Memory))
+    }
+
+    fn reset<'a>(
+        &'a self,
+        rules: &'a [RuleSlot],
+        client: Client<'a>,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        let mut bands = lock(&self.shared.bands);
+        for rule in rules {
+            bands.remove(&(Arc::clone(rule.id()), client.to_string()));
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn sweep(&self) {
+        let now = SystemTime::now();
+        lock(&self.shared.bands).retain(|_, bands| !bands.is_full(now));
+    }
+
+    fn stats(&self) -> StoreStats {
+        let mut stats = StoreStats::default();
+        stats.tracked_buckets = lock(&self.shared.bands).len();
+        stats
+    }
+
+    fn runtime(&self) -> Option<Arc<dyn RuntimeStore>> {
+        Some(Arc::clone(&self.entries) as Arc<dyn RuntimeStore>)
+    }
+}
+
+/// The runtime entries of the shared map, as one handle sees them.
+struct MapEntries {
+    shared: Arc<Shared>,
+    news: Arc<EntryNews>,
+}
+
+impl RuntimeStore for MapEntries {
+    fn name(&self) -> &'static str {
+        "the map"
+    }
+
+    fn load(&self) -> StoreFuture<'_, Result<StoredEntries, StoreError>> {
+        let stored = lock(&self.shared.entries).clone();
+        Box::pin(async move { Ok(stored) })
+    }
+
+    fn change<'a>(&'a self, change: EntryChange<'a>) -> StoreFuture<'a, Result<Kept, StoreError>> {
+        let mut stored = lock(&self.shared.entries);
+        let existed = stored.entries.contains_key(change.target);
+        let kept = match change.rule {
+            None if !existed => Kept::Unchanged,
+            Some(_) if !existed && stored.entries.len() >= change.max_entries => Kept::Full,
+            rule => {
+                match rule {
+                    Some(rule) => stored.entries.insert(change.target.into(), rule.clone()),
+                    None => stored.entries.remove(change.target),
+                };
+                stored.version += 1;
+                let news = News::Changed {
+                    version: stored.version,
+                    target: change.target.into(),
+                    rule: rule.map(Value::to_string),
+                };
+                for listener in lock(&self.shared.listeners).iter() {
+                    if let Some(listener) = listener.upgrade() {
+                        listener.tell(news.clone());
+                    }
+                }
+                Kept::Made {
+                    existed,
+                    version: stored.version,
+                }
+            }
+        };
+        Box::pin(async move { Ok(kept) })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        entries: &'a BTreeMap<String, Value>,
+        version: u64,
+    ) -> StoreFuture<'a, Result<u64, StoreError>> {
+        // A map in this process loses nothing: it is never behind.
+        let _ = (entries, version);
+        Box::pin(async { Ok(0) })
+    }
+
+    fn news(&self) -> Option<Arc<EntryNews>> {
+        Some(Arc::clone(&self.news))
+    }
+}
