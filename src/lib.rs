@@ -43,10 +43,41 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// Every Rust snippet of the README compiles, as a doc test.
+// Every Rust snippet of the README and of the guide (docs/guide/) compiles, as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/README.md")]
+struct GuideContentsDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/layer.md")]
+struct GuideLayerDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/limiter.md")]
+struct GuideLimiterDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/rules.md")]
+struct GuideRulesDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/clients.md")]
+struct GuideClientsDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/stores-and-failures.md")]
+struct GuideStoresDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/gateways.md")]
+struct GuideGatewaysDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/operations.md")]
+struct GuideOperationsDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/performance.md")]
+struct GuidePerformanceDoctests;
+// The service's chapter uses `tollgate::service`: its snippets compile with that front.
+#[cfg(all(doctest, feature = "service"))]
+#[doc = include_str!("../docs/guide/service.md")]
+struct GuideServiceDoctests;
 
 mod algorithm;
 pub mod backend;

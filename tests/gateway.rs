@@ -591,20 +591,3 @@ async fn allowed_three_times_then_refused(
     let body: Value = bad.json().await.unwrap();
     assert_eq!(body["header"], "X-Forwarded-Uri", "{body}");
 }
-
-/// The README shows the shipped configurations as they are.
-#[test]
-fn the_readme_shows_the_shipped_gateway_configurations() {
-    let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
-    for file in [
-        NGINX_FORWARD_AUTH,
-        "deploy/gateways/traefik.yml",
-        "deploy/gateways/Caddyfile",
-    ] {
-        let text = std::fs::read_to_string(repo_file(file)).unwrap();
-        assert!(
-            readme.contains(&format!("\n{text}```\n")),
-            "README.md's code block differs from {file}: copy the file into it"
-        );
-    }
-}
