@@ -58,7 +58,8 @@ impl Options {
 /// The Redis store: the state shared by every instance using the same Redis and prefix.
 impl LimiterBuilder {
     /// Keeps buckets in Redis at this URL (`redis://[[user]:password@]host[:port][/db]`, or
-    /// `rediss://` for TLS), shared by every instance using the same Redis and prefix.
+    /// `redis+unix:///path/to/redis.sock`), shared by every instance using the same Redis and
+    /// prefix. TLS (`rediss://`) is not built in: the build fails with an error saying so.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.stores.redis.config = Some(RedisConfig::new(url.into()));
         self
