@@ -46,10 +46,10 @@ impl BandStates {
     /// each and admits it, or refuses it and takes nothing; a peek takes nothing and reports
     /// the bands as they are.
     pub fn decide(&mut self, limit: &Limit, cost: u32, mode: Mode, now: SystemTime) -> Decision {
-        let now_us = unix_us(now);
-        let (decision, taken) = decide_bands(limit, 1, &self.states, now_us, cost, mode);
-        if let Some(taken) = taken {
-            self.take(&taken);
+        let mut next = Next::default();
+        let decision = decide_bands(limit, 1, &self.states, unix_us(now), cost, mode, &mut next);
+        if next.taken() {
+            self.take(&next);
         }
         decision
     }
@@ -60,22 +60,23 @@ impl BandStates {
     }
 
     /// Stores what an admission took.
-    pub(crate) fn take(&mut self, taken: &Taken) {
-        let next = &taken.states[..taken.bands];
+    #[inline]
+    pub(crate) fn take(&mut self, next: &Next) {
+        let states = &next.states[..next.bands];
         // In place: no allocation per request once a client is known.
-        if self.states.len() == next.len() {
-            self.states.copy_from_slice(next);
+        if self.states.len() == states.len() {
+            self.states.copy_from_slice(states);
         } else {
-            self.states = next.into();
+            self.states = states.into();
         }
-        self.full_at_us = taken.full_at_us;
+        self.full_at_us = next.full_at_us;
     }
 
     /// The states after an admission, for a client not known before.
-    pub(crate) fn taken(taken: &Taken) -> Self {
+    pub(crate) fn taken(next: &Next) -> Self {
         Self {
-            states: taken.states[..taken.bands].into(),
-            full_at_us: taken.full_at_us,
+            states: next.states[..next.bands].into(),
+            full_at_us: next.full_at_us,
         }
     }
 }
@@ -86,16 +87,37 @@ impl Expiring for BandStates {
     }
 }
 
-/// What an admission takes: every band's next state, and when all are full again.
-pub(crate) struct Taken {
+/// What an admission takes, on the caller's stack: every band's next state, and when all
+/// are full again.
+pub(crate) struct Next {
     states: [BandState; MAX_BANDS],
+    /// How many bands took; 0 when nothing is to be stored.
     bands: usize,
     full_at_us: i64,
 }
 
+impl Default for Next {
+    fn default() -> Self {
+        Self {
+            states: [BandState::Fresh; MAX_BANDS],
+            bands: 0,
+            full_at_us: 0,
+        }
+    }
+}
+
+impl Next {
+    /// Whether the decision admitted and took: the states are to be stored.
+    #[inline]
+    pub(crate) fn taken(&self) -> bool {
+        self.bands > 0
+    }
+}
+
 /// Decides a request of `cost` at `now_us` (Unix µs) over every band of `limit`, each divided
-/// by `share`, from the bands' states `before` (missing ones are full). Returns the decision,
-/// and what to store when it admitted and takes.
+/// by `share`, from the bands' states `before` (missing ones are full). Returns the decision;
+/// when it admitted and takes, `next` holds what to store.
+#[inline]
 pub(crate) fn decide_bands(
     limit: &Limit,
     share: u32,
@@ -103,12 +125,12 @@ pub(crate) fn decide_bands(
     now_us: i64,
     cost: u32,
     mode: Mode,
-) -> (Decision, Option<Taken>) {
+    next: &mut Next,
+) -> Decision {
     let algorithm = limit.algorithm();
     let cost = f64::from(cost);
     let bands = limit.bands();
     // One pass: every band's answer and next state (rules have at most MAX_BANDS).
-    let mut next = [BandState::Fresh; MAX_BANDS];
     let mut combined = Combined::new();
     let mut full_after = 0.0f64;
     for (i, band) in bands.iter().enumerate() {
@@ -134,19 +156,14 @@ pub(crate) fn decide_bands(
             reset_after_us,
         );
         full_after = full_after.max(out.reset_after_us);
-        next[i] = out.next;
+        next.states[i] = out.next;
     }
-    let decision = combined.decision(now_us);
-    if !combined.admitted() || mode == Mode::Peek {
-        return (decision, None);
+    if combined.admitted() && mode == Mode::Take {
+        // Admitted by every band: the cost is taken from all of them.
+        next.bands = bands.len();
+        next.full_at_us = now_us.saturating_add(full_after.ceil() as i64);
     }
-    // Admitted by every band: the cost is taken from all of them.
-    let taken = Taken {
-        states: next,
-        bands: bands.len(),
-        full_at_us: now_us.saturating_add(full_after.ceil() as i64),
-    };
-    (decision, Some(taken))
+    combined.decision(now_us)
 }
 
 /// `time` in Unix µs; windows align to Unix time, as they do in Redis.

@@ -13,7 +13,7 @@ use crate::decision::DecidedBy;
 use crate::key::KeyRef;
 use crate::rules::Limit;
 pub use bands::BandStates;
-use bands::{decide_bands, unix_us};
+use bands::{Next, decide_bands, unix_us};
 
 /// Default bound on the entries kept in memory, across all rules.
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -70,14 +70,15 @@ impl<C: Clock> MemoryBackend<C> {
         let now = self.clock.now_us();
         self.table.update(state, client, now, |entry| {
             let before = entry.as_ref().map_or(&[][..], |e| &e.states[..]);
-            let (decision, taken) = decide_bands(limit, self.share, before, now, cost, mode);
-            match (taken, entry) {
-                (None, _) => (decision, None),
-                (Some(taken), Some(existing)) => {
-                    existing.take(&taken);
+            let mut next = Next::default();
+            let decision = decide_bands(limit, self.share, before, now, cost, mode, &mut next);
+            match entry {
+                _ if !next.taken() => (decision, None),
+                Some(existing) => {
+                    existing.take(&next);
                     (decision, None)
                 }
-                (Some(taken), None) => (decision, Some(BandStates::taken(&taken))),
+                None => (decision, Some(BandStates::taken(&next))),
             }
         })
     }
