@@ -69,6 +69,8 @@ pub(crate) fn decision(rule: &Arc<str>, decided_by: DecidedBy, allowed: bool, sh
         DecidedBy::LocalFallback => "local_fallback",
         DecidedBy::FailOpen => "fail_open",
         DecidedBy::FailClosed => "fail_closed",
+        // Never counted: such a request is refused before it is decided.
+        DecidedBy::OverCapacity => "over_capacity",
         DecidedBy::Memory | DecidedBy::Redis if allowed => "allowed",
         DecidedBy::Memory | DecidedBy::Redis => "denied",
     };
@@ -125,7 +127,7 @@ impl Limiter {
         counter!(USAGE_FLUSH_ERRORS).absolute(stats.usage_flush_errors);
         counter!(RUNTIME_READ_ERRORS).absolute(stats.runtime_read_errors);
         gauge!(EVENT_SUBSCRIBERS).set(stats.event_subscribers as f64);
-        for (node, state) in self.core().breakers() {
+        for (node, state) in self.breakers() {
             let open = state != crate::BreakerState::Closed;
             gauge!(REDIS_BREAKER_OPEN, "node" => node).set(if open { 1.0 } else { 0.0 });
         }

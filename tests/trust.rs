@@ -269,3 +269,68 @@ async fn demo_trusted_proxies_environment() {
         );
     }
 }
+
+/// The app's own authentication: a known bearer token names its user with a
+/// `ClientIdentity`; any other request goes on without one.
+async fn authenticate(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let user = match request.headers().get("authorization").map(|v| v.as_bytes()) {
+        Some(b"Bearer token-of-alice") => Some("alice"),
+        Some(b"Bearer token-of-bob") => Some("bob"),
+        _ => None,
+    };
+    if let Some(user) = user {
+        request
+            .extensions_mut()
+            .insert(tollgate::ClientIdentity(tollgate::ClientKey::id(user)));
+    }
+    next.run(request).await
+}
+
+/// Over real HTTP: the identity the app's middleware vouches for is the client, over the
+/// identity headers and the peer address; requests without one are keyed as before.
+#[tokio::test]
+async fn the_apps_own_client_identity_wins() {
+    let rules = rules(
+        r#"{"default": {"capacity": 2, "refill_rate": 0.001},
+            "clients": {"id:bob": {"limit": "50/hour"}}}"#,
+    );
+    let limiter = Limiter::builder()
+        .rules(rules)
+        .build()
+        .await
+        .expect("limiter");
+    // Loopback is not a trusted proxy here: without an identity, this client is its address.
+    let layer = RateLimitLayer::builder(limiter)
+        .trusted_proxies(["10.0.0.0/8"])
+        .build()
+        .expect("layer");
+    let app = app(layer).layer(axum::middleware::from_fn(authenticate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let served = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, served).await.unwrap() });
+    let (ok, limited) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
+    let alice = ("authorization", "Bearer token-of-alice");
+    let claims_bob = ("x-client-id", "bob");
+
+    // alice, whatever X-Client-ID she sends: her own bucket of 2, not bob's override.
+    assert_eq!(
+        seen(&base, &[alice, claims_bob]).await,
+        (ok, "2".into(), "1".into())
+    );
+    assert_eq!(seen(&base, &[alice]).await, (ok, "2".into(), "0".into()));
+    assert_eq!(seen(&base, &[alice, claims_bob]).await.0, limited);
+    // Without a token: the peer's address, a bucket of its own; the header is not read.
+    assert_eq!(
+        seen(&base, &[claims_bob]).await,
+        (ok, "2".into(), "1".into())
+    );
+    assert_eq!(seen(&base, &[]).await, (ok, "2".into(), "0".into()));
+    assert_eq!(seen(&base, &[claims_bob]).await.0, limited);
+    // bob's token: his override from the rules' `clients`.
+    let bob = ("authorization", "Bearer token-of-bob");
+    assert_eq!(seen(&base, &[bob]).await, (ok, "50".into(), "49".into()));
+}

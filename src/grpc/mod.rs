@@ -1,10 +1,11 @@
 //! Envoy's rate limit service over gRPC: `envoy.service.ratelimit.v3.RateLimitService`,
 //! deciding with the [`Limiter`] under the rules file's `descriptors`.
 //!
-//! A thin front: each descriptor of a `ShouldRateLimit` call is looked up with
-//! [`Rules::descriptor`](crate::Rules::descriptor), decided by the limiter (so the same
-//! client under the same rule counts the same whether it comes through Envoy, the HTTP API
-//! or the tower layer), and its answer translated into Envoy's `DescriptorStatus`.
+//! A thin front: the descriptors of a `ShouldRateLimit` call go to
+//! [`Limiter::check_descriptors`](crate::Limiter::check_descriptors), which finds each one's
+//! rule and decides it (so the same client under the same rule counts the same whether it
+//! comes through Envoy, the HTTP API or the tower layer), and each verdict is translated into
+//! Envoy's `DescriptorStatus`.
 
 mod limits;
 mod status;
@@ -20,9 +21,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
-use crate::limiter::{CheckError, Limiter, Query};
 use crate::service::auth::Secret;
-use crate::{DecidedBy, DescriptorMatch};
+use crate::{DecidedBy, DescriptorCheck, Limiter};
 pub use limits::{RequestLimits, TooLarge};
 use status::Decided;
 
@@ -140,45 +140,24 @@ impl EnvoyRateLimit {
         if let Err(too_large) = self.limits.check(&request) {
             return Err(Status::invalid_argument(too_large.to_string()));
         }
-        let rules = self.limiter.rules();
-        // Each descriptor's rule and client, if a rule applies.
-        let matched: Vec<Option<DescriptorMatch<'_>>> = request
-            .descriptors
-            .iter()
-            .map(|descriptor| {
-                let entries = descriptor
-                    .entries
-                    .iter()
-                    .map(|e| (e.key.as_str(), e.value.as_str()));
-                rules.descriptor(&request.domain, entries)
-            })
-            .collect();
-        // A limit that a matched rule replaces does not count.
-        let replaced: Vec<&str> = matched
-            .iter()
-            .flatten()
-            .flat_map(|m| m.rule.replaces())
-            .collect();
-        let decisions = request
-            .descriptors
-            .iter()
-            .zip(&matched)
-            .map(|(descriptor, m)| {
-                // Refunds (negative hits) are not supported: such a descriptor is only looked at.
-                let hits = if descriptor.is_negative_hits {
-                    0
-                } else {
-                    descriptor
-                        .hits_addend
-                        .as_ref()
-                        .map_or(u64::from(request.hits_addend.max(1)), |h| h.value)
-                };
-                let matched = m
+        let descriptors = request.descriptors.iter().map(|descriptor| {
+            // Refunds (negative hits) are not supported: such a descriptor is only looked at.
+            let hits = if descriptor.is_negative_hits {
+                0
+            } else {
+                descriptor
+                    .hits_addend
                     .as_ref()
-                    .filter(|m| m.rule.name().is_none_or(|n| !replaced.contains(&n)));
-                self.decide(matched, hits)
-            });
-        let decided = join_all(decisions).await;
+                    .map_or(u64::from(request.hits_addend.max(1)), |h| h.value)
+            };
+            let entries = descriptor
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()));
+            (entries, hits)
+        });
+        let checks = self.limiter.check_descriptors(&request.domain, descriptors);
+        let decided = join_all(checks.into_iter().map(decide)).await;
         let now = SystemTime::now();
         let mut response = RateLimitResponse {
             overall_code: Code::Ok.into(),
@@ -204,51 +183,25 @@ impl EnvoyRateLimit {
             .collect();
         Ok(response)
     }
+}
 
-    /// One descriptor's decision: `hits` taken from its rule's limit (0: only looked at).
-    async fn decide<'r>(
-        &self,
-        matched: Option<&DescriptorMatch<'r>>,
-        hits: u64,
-    ) -> Result<Decided<'r>, Status> {
-        let Some(matched) = matched else {
-            return Ok(Decided::NoLimit);
-        };
-        let rule = matched.rule;
-        let Some(limit) = rule.limit() else {
-            return Ok(Decided::Unlimited);
-        };
-        // The name Envoy sees for the limit: the rule's `name`, else its identity.
-        let name = rule.name().unwrap_or(rule.id());
-        let fits = u32::try_from(hits)
-            .ok()
-            .filter(|hits| *hits <= limit.smallest_capacity());
-        let Some(cost) = fits else {
-            return Ok(Decided::TooCostly { limit, name });
-        };
-        let query = Query::new(&matched.client).rule(rule.id());
-        let verdict = if cost == 0 {
-            self.limiter.peek(query).await
-        } else {
-            self.limiter.check(query.cost(cost)).await
-        };
-        match verdict {
-            Ok(verdict) if verdict.decided_by() == DecidedBy::FailClosed => {
-                let wait = verdict.retry_after().unwrap_or_default();
-                Err(Status::unavailable(format!(
-                    "Redis cannot decide and the failure policy refuses; retry in {} s",
-                    wait.as_secs_f64().ceil()
-                )))
-            }
-            Ok(verdict) => Ok(Decided::Checked {
-                verdict,
-                limit,
-                name,
-            }),
-            // The rules changed between the lookup and the decision.
-            Err(CheckError::UnknownRule { .. }) => Ok(Decided::NoLimit),
-            Err(error) => Err(Status::internal(error.to_string())),
+/// One descriptor's answer: `None` when no rule applies. When Redis cannot decide and the
+/// failure policy refuses, the whole call fails with `UNAVAILABLE`.
+async fn decide(check: Option<DescriptorCheck>) -> Result<Decided, Status> {
+    let Some(check) = check else {
+        return Ok(Decided::NoLimit);
+    };
+    let name = check.name().map(str::to_owned);
+    match check.await {
+        Ok(verdict) if verdict.decided_by() == DecidedBy::FailClosed => {
+            let wait = verdict.retry_after().unwrap_or_default();
+            Err(Status::unavailable(format!(
+                "Redis cannot decide and the failure policy refuses; retry in {} s",
+                wait.as_secs_f64().ceil()
+            )))
         }
+        Ok(verdict) => Ok(Decided::Checked { verdict, name }),
+        Err(error) => Err(Status::internal(error.to_string())),
     }
 }
 

@@ -10,28 +10,20 @@ use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 
 use http::HeaderMap;
 
-use crate::decision::ceil_secs;
-use crate::http::response::write_rate_limit_headers;
-use crate::limiter::Verdict;
-use crate::{Band, HeaderStyle, Limit};
+use crate::{Band, DecidedBy, HeaderStyle, Limit, Verdict, render};
 
 /// What the limiter said about one descriptor.
-pub(super) enum Decided<'r> {
+pub(super) enum Decided {
     /// No rule applies (or a matched rule replaces it).
     NoLimit,
-    /// The rule is unlimited.
-    Unlimited,
-    /// More hits than the smallest band holds: it can never fit.
-    TooCostly { limit: &'r Limit, name: &'r str },
-    /// The limiter decided.
+    /// The limiter's verdict, under the rule's `name` if it has one.
     Checked {
         verdict: Verdict,
-        limit: &'r Limit,
-        name: &'r str,
+        name: Option<String>,
     },
 }
 
-impl Decided<'_> {
+impl Decided {
     /// The status Envoy reads, with times counted from `now`.
     pub(super) fn status(self, now: SystemTime) -> DescriptorStatus {
         match self {
@@ -39,21 +31,25 @@ impl Decided<'_> {
                 code: Code::Ok.into(),
                 ..DescriptorStatus::default()
             },
-            Decided::Unlimited => DescriptorStatus {
-                code: Code::Ok.into(),
-                limit_remaining: u32::MAX,
-                ..DescriptorStatus::default()
-            },
-            Decided::TooCostly { limit, name } => DescriptorStatus {
-                code: Code::OverLimit.into(),
-                current_limit: Some(rate_limit(name, reported(limit, None))),
-                ..DescriptorStatus::default()
-            },
-            Decided::Checked {
-                verdict,
-                limit,
-                name,
-            } => {
+            Decided::Checked { verdict, name } => {
+                let Some(limit) = verdict.limit() else {
+                    // The rule is unlimited.
+                    return DescriptorStatus {
+                        code: Code::Ok.into(),
+                        limit_remaining: u32::MAX,
+                        ..DescriptorStatus::default()
+                    };
+                };
+                // The name Envoy sees for the limit: the rule's `name`, else its identity.
+                let name = name.as_deref().unwrap_or(verdict.rule());
+                if verdict.decided_by() == DecidedBy::OverCapacity {
+                    // More hits than the smallest band holds: it can never fit.
+                    return DescriptorStatus {
+                        code: Code::OverLimit.into(),
+                        current_limit: Some(rate_limit(name, reported(limit, None))),
+                        ..DescriptorStatus::default()
+                    };
+                }
                 let code = if verdict.allowed() {
                     Code::Ok
                 } else {
@@ -91,19 +87,21 @@ pub(super) struct Fields {
 
 impl Fields {
     pub(super) fn add(&mut self, decided: &Decided) {
-        let Decided::Checked {
-            verdict,
-            limit,
-            name,
-        } = decided
-        else {
+        let Decided::Checked { verdict, name } = decided else {
             return;
         };
         let Some(decision) = verdict.decision() else {
             return;
         };
+        let name = name.as_deref().unwrap_or(verdict.rule());
         let mut own = HeaderMap::new();
-        write_rate_limit_headers(&mut own, HeaderStyle::Ietf, name, Some(limit), &decision);
+        render::write_rate_limit_headers(
+            &mut own,
+            HeaderStyle::Ietf,
+            name,
+            verdict.limit(),
+            &decision,
+        );
         for (field, value) in &own {
             let Ok(value) = value.to_str() else { continue };
             match self.lists.iter_mut().find(|(f, _)| f == field.as_str()) {
@@ -116,8 +114,8 @@ impl Fields {
                     .push((field.as_str().to_owned(), value.to_owned())),
             }
         }
-        if let Some(wait) = verdict.retry_after() {
-            let secs = ceil_secs(wait);
+        if !verdict.allowed() {
+            let secs = decision.retry_after_secs();
             self.retry_after_secs = Some(self.retry_after_secs.map_or(secs, |s| s.max(secs)));
         }
     }

@@ -657,6 +657,29 @@ impl Rules {
         Ok(self.for_client(rule, client.as_ref()))
     }
 
+    /// The default rule of `tier` (without one, of `default_tier`, else the base rules) and
+    /// the limit for `client` under it, as [`resolve`](Self::resolve) gives a route's.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Rules};
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "10/minute"},
+    ///     "clients": {"id:partner": {"limit": "1000/minute"}}
+    /// }"#).unwrap();
+    /// let partner = rules.resolve_default(None, &ClientKey::id("partner")).unwrap();
+    /// assert_eq!((partner.rule.id(), partner.limit.unwrap().rate()), ("default", "1000/minute".into()));
+    /// assert!(rules.resolve_default(Some("gold"), &ClientKey::id("partner")).is_err());
+    /// ```
+    pub fn resolve_default(
+        &self,
+        tier: Option<&str>,
+        client: &ClientKey,
+    ) -> Result<Resolved<'_>, UnknownTier> {
+        let rule = self.tier_default(tier)?;
+        Ok(self.for_client(rule, client.as_ref()))
+    }
+
     /// The rule set of `tier`: that tier's, or without one, `default_tier`'s or the base
     /// rules.
     fn rule_set(&self, tier: Option<&str>) -> Result<&RuleSet, UnknownTier> {

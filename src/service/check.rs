@@ -14,10 +14,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::json::{Body, Unprocessable, detail};
-use crate::decision::DecidedBy;
-use crate::http::response::write_verdict_headers;
-use crate::key::{ClientKey, InvalidClientId, MAX_CLIENT_ID_LEN, check_client_id};
-use crate::limiter::{CheckError, Limiter, Query, Verdict};
+use crate::http::forwarded_path;
+use crate::{
+    CheckError, ClientKey, DecidedBy, InvalidClientId, Limit, MAX_CLIENT_ID_LEN, Query, Verdict,
+    render,
+};
 
 /// The answer to an allowed `GET /check/{key}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -70,7 +71,7 @@ pub(crate) async fn by_key(
         Ok(verdict) => verdict,
         Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
     };
-    let rate_limit = rate_of(&state.limiter, &client);
+    let rate_limit = rate_of(verdict.limit());
     if let Some(unavailable) = unavailable(&verdict) {
         return unavailable;
     }
@@ -191,7 +192,7 @@ pub(crate) async fn by_identifier(
     if let Some(tier) = &request.tier {
         query = query.tier(tier);
     }
-    let path = match request.path.as_deref().map(crate::rules::path::forwarded) {
+    let path = match request.path.as_deref().map(forwarded_path) {
         Some(Err(ambiguous)) => {
             let problem = json!([{"loc": ["body", "path"], "msg": ambiguous.to_string(), "type": "value_error"}]);
             return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
@@ -272,7 +273,7 @@ fn unavailable(verdict: &Verdict) -> Option<Response> {
 /// `X-RateLimit-*`, and `Retry-After` on a refusal.
 fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     if let Some(decision) = verdict.decision() {
-        write_verdict_headers(headers, verdict);
+        render::write_headers(headers, verdict);
         if !verdict.allowed() {
             headers.insert(RETRY_AFTER, HeaderValue::from(decision.retry_after_secs()));
         }
@@ -284,8 +285,8 @@ fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
 /// same client alike, and so that every key checked can be configured. Otherwise a 422 at
 /// `loc` (the value is not echoed).
 pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Unprocessable> {
-    let why = match check_client_id(key.as_bytes()) {
-        Ok(()) => return Ok(ClientKey::id(key)),
+    let why = match ClientKey::try_id(key) {
+        Ok(client) => return Ok(client),
         Err(InvalidClientId::Empty) => "it is empty".to_owned(),
         Err(InvalidClientId::TooLong { len }) => format!("it is {len} bytes long"),
         Err(InvalidClientId::NotVisibleAscii { position }) => {
@@ -299,16 +300,9 @@ pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Unpro
     Err(Unprocessable::at(&loc, message))
 }
 
-/// The limit that applies to `client` under the default rule, in the rules file's words.
-pub(crate) fn rate_of(limiter: &Limiter, client: &ClientKey) -> String {
-    let rules = limiter.rules();
-    let Ok(rule) = rules.tier_default(None) else {
-        return "unknown".into();
-    };
-    match rules.for_client(rule, client.as_ref()).limit {
-        Some(limit) => limit.rate(),
-        None => "unlimited".into(),
-    }
+/// A limit in the rules file's words: `"10/second"`, or `"unlimited"`.
+pub(crate) fn rate_of(limit: Option<&Limit>) -> String {
+    limit.map_or_else(|| "unlimited".into(), Limit::rate)
 }
 
 fn unix_secs(time: SystemTime) -> f64 {

@@ -20,8 +20,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::check::client_named;
 use super::json::Unprocessable;
-use crate::limiter::events::Published;
-use crate::{Event, Events};
+use crate::{Event, Events, PublishedEvent};
 
 /// How long a subscriber may take to accept one message before it is dropped.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,7 +57,7 @@ impl Watch {
 
     /// The next event this stream shows (its JSON made once for every stream); `None` once
     /// the limiter is gone.
-    async fn next(&self, events: &mut Events) -> Option<Arc<Published>> {
+    async fn next(&self, events: &mut Events) -> Option<Arc<PublishedEvent>> {
         loop {
             let published = events.next_published().await?;
             if self.shows(published.event()) {
@@ -68,7 +67,11 @@ impl Watch {
     }
 
     /// `first`, and what else this stream shows that comes within [`BATCH_EVERY`].
-    async fn gather(&self, first: Arc<Published>, events: &mut Events) -> Vec<Arc<Published>> {
+    async fn gather(
+        &self,
+        first: Arc<PublishedEvent>,
+        events: &mut Events,
+    ) -> Vec<Arc<PublishedEvent>> {
         tokio::time::sleep(BATCH_EVERY).await;
         let mut batch = vec![first];
         while let Some(published) = events.try_next_published() {
@@ -124,7 +127,7 @@ fn sse_of(events: Events, watch: Watch) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel(SSE_QUEUE);
     tokio::spawn(feed(events, watch, sender));
     let batches = futures_util::stream::unfold(receiver, |mut receiver| async {
-        let batch: Vec<Arc<Published>> = receiver.recv().await?;
+        let batch: Vec<Arc<PublishedEvent>> = receiver.recv().await?;
         Some((futures_util::stream::iter(batch), receiver))
     });
     let stream = batches
@@ -141,7 +144,7 @@ fn sse_of(events: Events, watch: Watch) -> Response {
 async fn feed(
     mut events: Events,
     watch: Watch,
-    sender: tokio::sync::mpsc::Sender<Vec<Arc<Published>>>,
+    sender: tokio::sync::mpsc::Sender<Vec<Arc<PublishedEvent>>>,
 ) {
     loop {
         let first = tokio::select! {

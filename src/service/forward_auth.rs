@@ -24,10 +24,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::http::response::{self, Step, write_verdict_headers};
-use crate::http::{Cost, Tier};
-use crate::limiter::Query;
-use crate::rules::path::{self, AmbiguousPath};
+use crate::http::{AmbiguousPath, forwarded_path};
+use crate::render;
 
 /// The original method, as nginx is configured to send it.
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -141,32 +139,21 @@ pub(crate) async fn check(State(state): State<Arc<super::State>>, request: Reque
         Ok(original) => original,
         Err(bad) => return refuse(bad.into_response(), deny_status),
     };
-    let client = match state.identity.client_key(&request) {
-        Ok(client) => client,
-        Err(problem) => {
-            state.limiter.core().count_invalid_client_id();
-            return response::bad_client_id(&problem);
-        }
+    let query = match state.queries.query_for(&request, method.as_str(), &path) {
+        Ok(query) => query,
+        Err(problem) => return render::invalid_client_id(&problem),
     };
-    let mut query = Query::of(client).route(method.as_str(), &path);
-    let extensions = request.extensions();
-    if let Some(tier) = extensions.get::<Tier>() {
-        query = query.tier(tier.as_str());
-    }
-    if let Some(cost) = extensions.get::<Cost>() {
-        query = query.cost(cost.get());
-    }
     let verdict = match state.limiter.check(query).await {
         Ok(verdict) => verdict,
-        Err(error) => return response::check_error(&error),
+        Err(error) => return render::check_error(&error),
     };
-    match response::step::<Body>(verdict) {
-        Step::Forward(verdict) => {
+    match render::refusal::<Body>(&verdict) {
+        Some(refused) => refuse(refused, deny_status),
+        None => {
             let mut allowed = StatusCode::OK.into_response();
-            write_verdict_headers(allowed.headers_mut(), &verdict);
+            render::write_headers(allowed.headers_mut(), &verdict);
             allowed
         }
-        Step::Respond(refused) => refuse(refused, deny_status),
     }
 }
 
@@ -222,7 +209,7 @@ fn original_request(headers: &HeaderMap) -> Result<(Method, String), BadHeader> 
         .ok()
         .filter(|uri| uri.path().starts_with('/'))
         .ok_or(BadHeader::NotAPath { header: uri_name })?;
-    let path = path::forwarded(uri.path()).map_err(ambiguous)?.into_owned();
+    let path = forwarded_path(uri.path()).map_err(ambiguous)?.into_owned();
     Ok((method, path))
 }
 

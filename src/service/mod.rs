@@ -43,9 +43,8 @@ use std::sync::Arc;
 use axum::routing::{any, get, post, put};
 use axum::{Router, middleware};
 
-use crate::http::RateLimitLayer;
-use crate::http::identity::KeySource;
-use crate::limiter::Limiter;
+use crate::http::RequestQueries;
+use crate::{Limiter, RateLimitLayer};
 use auth::{Admin, Secret};
 use browsers::Browsers;
 pub use browsers::InvalidListing;
@@ -84,7 +83,7 @@ pub struct Service {
     check_token: Option<Secret>,
     browsers: Browsers,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    identity: Arc<KeySource>,
+    queries: RequestQueries,
 }
 
 /// What every handler shares.
@@ -98,8 +97,8 @@ pub(crate) struct State {
     /// The event streams' one-time tickets.
     pub(crate) tickets: Tickets,
     pub(crate) metrics: metrics::Exporter,
-    /// Who the client of a request `/auth` decides is.
-    pub(crate) identity: Arc<KeySource>,
+    /// How `/auth` makes the query of the request a gateway describes.
+    pub(crate) queries: RequestQueries,
 }
 
 /// The service's routes in two, to serve on two addresses: the decisions where clients or
@@ -141,22 +140,22 @@ impl Service {
     /// The service on `limiter`. Writes and admin reads are accepted from loopback peers
     /// only, until [`admin_token`](Self::admin_token) sets a token.
     pub fn new(limiter: Limiter) -> Self {
-        let identity = KeySource::private_networks(limiter.core().ipv6_prefix_len());
         Self {
+            queries: RequestQueries::new(&limiter),
             limiter,
             admin: Admin::loopback_only(),
             check_token: None,
             browsers: Browsers::default(),
             metrics: None,
-            identity: Arc::new(identity),
         }
     }
 
     /// `/auth` finds the client of the request a gateway describes as `layer` finds the
     /// client of a request: `X-Client-ID`, else `X-Forwarded-For`, from the peers `layer`
     /// trusts, read as deep as it reads them; else the peer's address. The gateway is the
-    /// peer, so it must be one of them. Without this, the layer's default: loopback and the
-    /// private networks, one `X-Forwarded-For` hop.
+    /// peer, so it must be one of them. A [`ClientIdentity`](crate::ClientIdentity) an app's
+    /// middleware set on the request wins, as with the layer. Without this, the layer's
+    /// default: loopback and the private networks, one `X-Forwarded-For` hop.
     ///
     /// ```
     /// use std::net::SocketAddr;
@@ -190,7 +189,7 @@ impl Service {
     /// # }
     /// ```
     pub fn client_identity(mut self, layer: &RateLimitLayer) -> Self {
-        self.identity = layer.identity();
+        self.queries = layer.queries().clone();
         self
     }
 
@@ -331,7 +330,7 @@ impl Service {
             browsers: self.browsers,
             tickets: Tickets::default(),
             metrics: self.metrics.map_or_else(metrics::installed, Ok),
-            identity: self.identity,
+            queries: self.queries,
         });
         let decisions = Router::new()
             .route("/check/{key}", get(check::by_key))

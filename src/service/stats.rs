@@ -14,8 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::check::{client_named, rate_of};
 use super::json::{Unprocessable, detail};
-use crate::key::ClientKey;
-use crate::limiter::{Calls, ClientUsage, UsageError};
+use crate::{Calls, ClientKey, ClientUsage, UsageError};
 
 /// A key's calls, as the key service reported them, with the allowed and denied beside.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -63,7 +62,10 @@ pub(crate) async fn key(
         Ok(usage) => usage,
         Err(error) => return unavailable(&error),
     };
-    let current_rate_limit = rate_of(&state.limiter, &client);
+    let current_rate_limit = match state.limiter.rules().resolve_default(None, &client) {
+        Ok(resolved) => rate_of(resolved.limit),
+        Err(_) => "unknown".into(),
+    };
     let totals = |periods: &BTreeMap<String, Calls>| {
         periods
             .iter()

@@ -1,21 +1,21 @@
 //! [`RateLimitLayer`] and its builder.
 
 use std::fmt;
-use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::identity::{InvalidTrustedProxy, KeySource, Trust};
 use super::service::RateLimit;
+use crate::http::{InvalidTrustedProxy, RequestQueries, RequestQueriesBuilder};
 use crate::limiter::Limiter;
 
 /// A tower [`Layer`](https://docs.rs/tower/latest/tower/trait.Layer.html) that rate limits
 /// requests by client and route, with a [`Limiter`].
 ///
-/// For each request it finds the client key (`X-Client-ID` or `X-Forwarded-For` from a
-/// trusted proxy, else the peer address), asks the limiter about the request's method and
-/// path (with the request's [`Tier`](crate::Tier) and [`Cost`](crate::Cost), if your
-/// middleware set them), and either passes the request on with rate limit headers
+/// For each request it makes its [`Query`](crate::Query) with [`RequestQueries`]: the client
+/// (the [`ClientIdentity`](crate::ClientIdentity) your authentication set; else
+/// `X-Client-ID` or `X-Forwarded-For` from a trusted proxy; else the peer address), the
+/// request's method and path, and the [`Tier`](crate::Tier) and [`Cost`](crate::Cost) your
+/// middleware set. It asks the limiter, and either passes the request on with rate limit headers
 /// (`X-RateLimit-*` unless the limiter's [`HeaderStyle`](crate::HeaderStyle) says otherwise)
 /// or answers `429 Too Many Requests` with `Retry-After`. It decides nothing itself. Cloning is
 /// cheap: clones share the limiter.
@@ -47,47 +47,63 @@ use crate::limiter::Limiter;
 /// ```
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    limiter: Limiter,
-    identity: Arc<KeySource>,
+    queries: RequestQueries,
 }
 
 impl RateLimitLayer {
     /// The layer in front of `limiter`, trusting identity headers from loopback and private
     /// networks, one proxy hop deep (see [`builder`](Self::builder) to change that).
     pub fn new(limiter: Limiter) -> Self {
-        let identity = KeySource::private_networks(limiter.core().ipv6_prefix_len());
-        Self {
-            limiter,
-            identity: Arc::new(identity),
-        }
+        Self::from_queries(RequestQueries::new(&limiter))
+    }
+
+    /// The layer making its queries with `queries`, for their limiter: as a front of your
+    /// own that uses the same [`RequestQueries`] makes them.
+    ///
+    /// ```
+    /// use tollgate::http::RequestQueries;
+    /// use tollgate::{Limiter, RateLimitLayer, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limiter = Limiter::builder()
+    ///     .rules(Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?)
+    ///     .build()
+    ///     .await?;
+    /// let queries = RequestQueries::builder(&limiter).trusted_proxy_hops(2).build()?;
+    /// let layer = RateLimitLayer::from_queries(queries.clone());
+    /// assert_eq!(layer.limiter().backend_name(), "memory");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_queries(queries: RequestQueries) -> Self {
+        Self { queries }
     }
 
     /// Starts configuring a layer in front of `limiter`: which peers may say who the client
     /// is.
     pub fn builder(limiter: Limiter) -> RateLimitLayerBuilder {
         RateLimitLayerBuilder {
-            limiter,
-            trusted_proxy_hops: 1,
-            trust: Trust::default(),
+            queries: RequestQueries::builder(&limiter),
         }
     }
 
     /// The limiter that decides.
     pub fn limiter(&self) -> &Limiter {
-        &self.limiter
+        self.queries.limiter()
     }
 
-    /// How it finds the client of a request, for a front that must find it alike.
-    #[cfg(feature = "service")]
-    pub(crate) fn identity(&self) -> Arc<KeySource> {
-        Arc::clone(&self.identity)
+    /// How it makes a request's query, for a front that must find the client alike (the
+    /// service's `/auth`, a front of your own).
+    pub fn queries(&self) -> &RequestQueries {
+        &self.queries
     }
 }
 
 impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("limiter", &self.limiter)
+            .field("limiter", self.limiter())
             .finish_non_exhaustive()
     }
 }
@@ -96,7 +112,7 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, self.limiter.clone(), Arc::clone(&self.identity))
+        RateLimit::new(inner, self.queries.clone())
     }
 }
 
@@ -123,17 +139,14 @@ impl<S> Layer<S> for RateLimitLayer {
 /// # }
 /// ```
 pub struct RateLimitLayerBuilder {
-    limiter: Limiter,
-    trusted_proxy_hops: usize,
-    trust: Trust,
+    queries: RequestQueriesBuilder,
 }
 
 impl fmt::Debug for RateLimitLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayerBuilder")
-            .field("trusted_proxy_hops", &self.trusted_proxy_hops)
-            .field("trust", &self.trust)
-            .finish_non_exhaustive()
+            .field("queries", &self.queries)
+            .finish()
     }
 }
 
@@ -181,7 +194,7 @@ impl RateLimitLayerBuilder {
     /// # }
     /// ```
     pub fn trusted_proxy_hops(mut self, hops: usize) -> Self {
-        self.trusted_proxy_hops = hops;
+        self.queries = self.queries.trusted_proxy_hops(hops);
         self
     }
 
@@ -235,7 +248,7 @@ impl RateLimitLayerBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.trust = Trust::Proxies(proxies.into_iter().map(Into::into).collect());
+        self.queries = self.queries.trusted_proxies(proxies);
         self
     }
 
@@ -276,21 +289,13 @@ impl RateLimitLayerBuilder {
     /// # }
     /// ```
     pub fn trust_any_peer(mut self) -> Self {
-        self.trust = Trust::AnyPeer;
+        self.queries = self.queries.trust_any_peer();
         self
     }
 
     /// The layer; an entry of [`trusted_proxies`](Self::trusted_proxies) that does not parse,
     /// or covers every address, is an error.
     pub fn build(self) -> Result<RateLimitLayer, InvalidTrustedProxy> {
-        let identity = KeySource::new(
-            &self.trust,
-            self.trusted_proxy_hops,
-            self.limiter.core().ipv6_prefix_len(),
-        )?;
-        Ok(RateLimitLayer {
-            limiter: self.limiter,
-            identity: Arc::new(identity),
-        })
+        self.queries.build().map(RateLimitLayer::from_queries)
     }
 }

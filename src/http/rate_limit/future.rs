@@ -10,8 +10,8 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::response::{self, Step};
 use crate::limiter::{Checking, Verdict};
+use crate::render;
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
@@ -148,17 +148,17 @@ where
                         panic!("ResponseFuture polled after completion");
                     };
                     let next = match checked {
-                        Ok(verdict) => match response::step(verdict) {
-                            Step::Respond(response) => State::Respond {
-                                response: Some(response),
+                        Ok(verdict) => match render::refusal(&verdict) {
+                            Some(refusal) => State::Respond {
+                                response: Some(refusal),
                             },
-                            Step::Forward(verdict) => State::Forward {
+                            None => State::Forward {
                                 future: inner.call(request),
                                 verdict: Some(verdict),
                             },
                         },
                         Err(error) => State::Respond {
-                            response: Some(response::check_error(&error)),
+                            response: Some(render::check_error(&error)),
                         },
                     };
                     state.set(next);
@@ -166,7 +166,7 @@ where
                 StateProj::Forward { future, verdict } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(verdict) = verdict.take() {
-                        response::write_verdict_headers(response.headers_mut(), &verdict);
+                        render::write_headers(response.headers_mut(), &verdict);
                     }
                     return Poll::Ready(Ok(response));
                 }

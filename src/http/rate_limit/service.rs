@@ -1,18 +1,15 @@
 //! [`RateLimit`]: the service the layer wraps around yours.
 
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::extensions::{Cost, Tier};
 use super::future::ResponseFuture;
-use super::identity::KeySource;
-use super::response::{self, Step};
-use crate::limiter::{Limiter, Query};
+use crate::http::RequestQueries;
+use crate::render;
 
 /// Rate limits requests to `S`. Made by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
@@ -48,17 +45,12 @@ use crate::limiter::{Limiter, Query};
 #[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    limiter: Limiter,
-    identity: Arc<KeySource>,
+    queries: RequestQueries,
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn new(inner: S, limiter: Limiter, identity: Arc<KeySource>) -> Self {
-        Self {
-            inner,
-            limiter,
-            identity,
-        }
+    pub(crate) fn new(inner: S, queries: RequestQueries) -> Self {
+        Self { inner, queries }
     }
 }
 
@@ -66,7 +58,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("backend", &self.limiter.backend_name())
+            .field("backend", &self.queries.limiter().backend_name())
             .finish()
     }
 }
@@ -85,30 +77,17 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let client = match self.identity.client_key(&request) {
-            Ok(client) => client,
-            Err(problem) => {
-                self.limiter.core().count_invalid_client_id();
-                return ResponseFuture::respond(response::bad_client_id(&problem));
-            }
+        let query = match self.queries.query(&request) {
+            Ok(query) => query,
+            Err(problem) => return ResponseFuture::respond(render::invalid_client_id(&problem)),
         };
-        let mut query = Query::of(client).route(request.method().as_str(), request.uri().path());
-        let extensions = request.extensions();
-        if let Some(tier) = extensions.get::<Tier>() {
-            query = query.tier(tier.as_str());
-        }
-        if let Some(cost) = extensions.get::<Cost>() {
-            query = query.cost(cost.get());
-        }
-        let mut checking = self.limiter.check(query);
+        let mut checking = self.queries.limiter().check(query);
         match checking.now() {
-            Some(Ok(verdict)) => match response::step(verdict) {
-                Step::Respond(response) => ResponseFuture::respond(response),
-                Step::Forward(verdict) => {
-                    ResponseFuture::forward(self.inner.call(request), verdict)
-                }
+            Some(Ok(verdict)) => match render::refusal(&verdict) {
+                Some(refusal) => ResponseFuture::respond(refusal),
+                None => ResponseFuture::forward(self.inner.call(request), verdict),
             },
-            Some(Err(error)) => ResponseFuture::respond(response::check_error(&error)),
+            Some(Err(error)) => ResponseFuture::respond(render::check_error(&error)),
             None => {
                 // The instance that was polled ready goes into the future; a fresh clone
                 // stays here for the next call.
