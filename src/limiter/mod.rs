@@ -7,6 +7,8 @@ mod descriptors;
 mod error;
 mod events;
 mod installed;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod query;
 mod reload;
 mod runtime;

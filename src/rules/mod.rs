@@ -27,6 +27,7 @@ mod json;
 mod merge;
 mod parse;
 pub(crate) mod path;
+mod raw;
 mod router;
 #[cfg(test)]
 mod tests;
@@ -69,6 +70,9 @@ pub(crate) use parse::pattern_id;
 pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
 /// Fastest refill accepted: one token per nanosecond.
 pub const MAX_REFILL_PER_SEC: f64 = 1e9;
+/// The largest `N` of `"N/second"`: a faster refill than [`MAX_REFILL_PER_SEC`] is refused.
+/// Every longer unit takes any capacity up to `u32::MAX`.
+const MAX_PER_SECOND: u64 = MAX_REFILL_PER_SEC as u64;
 /// Most bands one rule may have.
 pub const MAX_BANDS: usize = 8;
 /// Longest period accepted (`capacity / refill_rate`, the time a whole bucket takes to

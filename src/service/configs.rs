@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::json::{Body, Unprocessable, detail};
-use super::rules::{origin_name, refused};
+use super::rules::{endpoint_of, origin_name, refused};
 use crate::algorithm::Algorithm;
 use crate::limiter::{Limiter, RuleEntry};
 use crate::rules::{
@@ -339,12 +339,6 @@ pub(crate) async fn remove(
         ),
         Err(error) => refused(&["path", "endpoint"], &error),
     }
-}
-
-/// The endpoint a path names: `/admin/configs/api/data` is `/api/data`, and
-/// `/admin/configs/` is `/`.
-pub(crate) fn endpoint_of(path: Option<Path<String>>) -> String {
-    format!("/{}", path.map(|Path(path)| path).unwrap_or_default())
 }
 
 /// Why an endpoint does not have one route rule.

@@ -32,6 +32,13 @@ pub(crate) fn refused(loc: &[&str], error: &RuntimeError) -> Response {
     }
 }
 
+/// The route a path's tail names, with its leading `/` back: `/admin/configs/api/data`
+/// names `/api/data`, `/admin/rules/routes/api/data@GET` names `/api/data@GET`, and a path
+/// that ends at `/` names `/`.
+pub(crate) fn endpoint_of(path: Option<Path<String>>) -> String {
+    format!("/{}", path.map(|Path(path)| path).unwrap_or_default())
+}
+
 /// `"base"` or `"runtime"`.
 pub(crate) fn origin_name(origin: Origin) -> &'static str {
     match origin {
@@ -228,7 +235,7 @@ pub(crate) async fn remove_route(
     State(state): State<Arc<super::State>>,
     identity: Option<Path<String>>,
 ) -> Response {
-    let identity = super::configs::endpoint_of(identity);
+    let identity = endpoint_of(identity);
     match state.limiter.remove_route(&identity).await {
         Ok(true) => changed("deleted", format!("rule:{identity}")),
         Ok(false) => detail(

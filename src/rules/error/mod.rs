@@ -1,7 +1,15 @@
-//! A rules file that cannot be used: where, and why.
+//! A rules file that cannot be used: where, and why. An envoy ratelimit configuration
+//! read with it has errors of its own ([`envoy`]), each wrapping the other where one file
+//! joins the other.
+
+#[cfg(feature = "envoy")]
+mod envoy;
 
 use std::fmt;
 use std::path::PathBuf;
+
+#[cfg(feature = "envoy")]
+pub use envoy::{EnvoyConfigError, InvalidEnvoyConfig};
 
 /// A rules file (or rules text) that cannot be used.
 ///
@@ -27,7 +35,7 @@ pub enum RulesError {
     /// envoy ratelimit's configuration, followed with the rules, cannot be read or used.
     #[cfg(feature = "envoy")]
     #[error(transparent)]
-    Envoy(Box<crate::EnvoyConfigError>),
+    Envoy(Box<EnvoyConfigError>),
     /// The file could not be read.
     #[error("cannot read rules file {}: {source}", path.display())]
     Read {
@@ -202,7 +210,7 @@ pub enum InvalidRule {
     /// ```
     #[error(
         "limit must look like \"N/unit\" with unit one of second, minute, hour, day and N an integer from 1 to {per_second} for N/second or {max} for N/minute, N/hour, N/day; got {got:?}",
-        per_second = crate::rules::parse::MAX_PER_SECOND,
+        per_second = super::MAX_PER_SECOND,
         max = u32::MAX
     )]
     LimitShorthand {
@@ -308,8 +316,8 @@ pub enum InvalidRule {
 }
 
 #[cfg(feature = "envoy")]
-impl From<crate::EnvoyConfigError> for RulesError {
-    fn from(error: crate::EnvoyConfigError) -> Self {
+impl From<EnvoyConfigError> for RulesError {
+    fn from(error: EnvoyConfigError) -> Self {
         RulesError::Envoy(Box::new(error))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::rules::{Location, RulesError};
+use super::{Location, RulesError};
 
 /// envoy ratelimit's YAML configuration (or the rules file it joins) that cannot be used.
 ///
