@@ -76,8 +76,8 @@ wait_for() {
   return 1
 }
 
-echo "building the demo and the service (cargo build --release --features cli --bin tollgate --example demo)"
-cargo build --quiet --release --features cli --bin tollgate --example demo
+echo "building the demo and the service (cargo build --release -p tollgate-server --bin tollgate --example demo)"
+cargo build --quiet --release -p tollgate-server --bin tollgate --example demo
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" >"$work/redis.log" 2>&1 &

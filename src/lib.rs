@@ -45,17 +45,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// Every Rust snippet of the README compiles, as a doc test.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
-
 mod algorithm;
 mod backend;
 mod decision;
 mod error;
-#[cfg(feature = "envoy")]
-pub mod grpc;
 mod header_style;
 pub mod http;
 mod key;
@@ -65,8 +58,6 @@ pub mod metrics;
 mod policy;
 pub mod render;
 mod rules;
-#[cfg(feature = "service")]
-pub mod service;
 
 pub use algorithm::Algorithm;
 pub use backend::breaker::BreakerState;

@@ -1,4 +1,5 @@
-//! The tollgate demo: a small axum API with the rate limit layer on every route.
+//! The tollgate demo: a small axum API with the rate limit layer on every route, and the
+//! rate limit service's routes beside them.
 //!
 //! ```text
 //! cargo run --release --example demo
@@ -28,12 +29,12 @@
 //!   reloads it
 //! - `HOST` (default `127.0.0.1`), `PORT` (default `8000`; 0 picks a free port)
 //! - `RUST_LOG`: log filter (default `info`)
-//! - `TOLLGATE_ADMIN_TOKEN`: with the `service` feature, the bearer token of the mounted
-//!   admin API (unset: writes from loopback peers only)
+//! - `TOLLGATE_ADMIN_TOKEN`: the bearer token of the mounted admin API (unset: writes from
+//!   loopback peers only)
 //!
-//! Built with `--features service`, the demo also serves the rate limit service's routes
-//! (`/check`, `/configure`, `/stats`, `/admin/...`, `/openapi.json`) on the limiter its
-//! layer uses, as an app embedding tollgate would.
+//! The demo also serves the rate limit service's routes (`/check`, `/configure`, `/stats`,
+//! `/admin/...`, `/openapi.json`) on the limiter its layer uses, as an app embedding
+//! tollgate-server would.
 //!
 //! The container image probes it with `tollgate healthcheck` (`GET /health` on
 //! `127.0.0.1:$PORT`).
@@ -47,6 +48,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tollgate::{Limiter, RateLimitLayer};
+use tollgate_server::service::Service;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -99,7 +101,7 @@ async fn run() -> Result<(), String> {
     let lease_ms: u64 = parse_env("REDIS_LEASE_MS", 0)?;
     builder = builder.redis_lease(Duration::from_millis(lease_ms));
     // The mounted service's statistics count the layer's requests too.
-    builder = builder.record_usage(cfg!(feature = "service"));
+    builder = builder.record_usage(true);
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
     let mut layer = RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(hops);
     let trusted_peers = match proxies.as_slice() {
@@ -173,14 +175,12 @@ async fn user(Path(id): Path<String>) -> Json<Value> {
     Json(json!({"id": id}))
 }
 
-/// With the `service` feature, the rate limit service's routes (`/check`, `/configure`,
-/// `/stats`, `/admin`, `/health`, `/openapi.json`) sit beside the app's, on the limiter its
-/// layer uses: a limit configured through them is the one the layer enforces. They are
-/// merged after the layer, so they are not themselves limited by it. `GET /auth` finds
-/// clients as the layer does.
-#[cfg(feature = "service")]
+/// The rate limit service's routes (`/check`, `/configure`, `/stats`, `/admin`, `/health`,
+/// `/openapi.json`) sit beside the app's, on the limiter its layer uses: a limit configured
+/// through them is the one the layer enforces. They are merged after the layer, so they are
+/// not themselves limited by it. `GET /auth` finds clients as the layer does.
 fn mount_service(app: Router, limiter: Limiter, layer: &RateLimitLayer) -> Router {
-    let mut service = tollgate::service::Service::new(limiter).client_identity(layer);
+    let mut service = Service::new(limiter).client_identity(layer);
     match std::env::var("TOLLGATE_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => {
             tracing::info!("admin API: bearer token required");
@@ -189,17 +189,6 @@ fn mount_service(app: Router, limiter: Limiter, layer: &RateLimitLayer) -> Route
         _ => tracing::info!("admin API: loopback peers only (TOLLGATE_ADMIN_TOKEN is not set)"),
     }
     app.merge(service.router())
-}
-
-/// Without the `service` feature, a plain `GET /health`.
-#[cfg(not(feature = "service"))]
-fn mount_service(app: Router, _limiter: Limiter, _layer: &RateLimitLayer) -> Router {
-    app.route("/health", get(health))
-}
-
-#[cfg(not(feature = "service"))]
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
 }
 
 /// A comma-separated list; empty when unset.

@@ -1,6 +1,6 @@
 //! The `tollgate check-rules` binary, run as an operator would: exit codes and output.
 
-#[path = "common/files.rs"]
+#[path = "../../tests/common/files.rs"]
 mod files;
 
 use std::io::Write;

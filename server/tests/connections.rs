@@ -5,6 +5,7 @@
 //! open files limit raised and logged. Each bound is set short through its environment
 //! variable, so the tests stay quick.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

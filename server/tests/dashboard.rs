@@ -5,6 +5,7 @@
 //! for a bad one, and tries a key. A screenshot is saved as `target/dashboard.png` (and as
 //! `docs/dashboard.png` with `UPDATE_DASHBOARD_SCREENSHOT=1`, the README's picture).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Envoy's rate limit service: `tollgate serve`'s gRPC `ShouldRateLimit`, asked by a real
 //! gRPC client over TCP, as Envoy asks it, on memory and on Redis.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,7 @@
 //! request; the admin token guards every stream; a subscriber that lags is told what it
 //! missed.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

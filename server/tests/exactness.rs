@@ -10,6 +10,7 @@
 //! other work misses the service's 50 ms). The rules fail closed, so a decision Redis could not make shows as
 //! a 503 and fails the test instead of being made locally per instance.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //!
 //! Needs `nginx`, `caddy` and `python3`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -5,6 +5,7 @@
 //! `connected` within 2 s of it coming back, in every failure mode, and under
 //! `FAIL_MODE=closed` the instance is back to 200 without a single `/check`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! End to end over TCP: a real axum server with the layer, real HTTP clients, and the demo
 //! binary itself.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,7 @@
 //! requests sent, the text parses with Prometheus's own Python parser, Redis calls, errors
 //! and the breaker show, and so do failed reloads.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;
@@ -243,7 +244,7 @@ async fn a_failed_reload_is_counted() {
 async fn an_app_with_its_own_recorder() {
     use axum::body::Body;
     use axum::http::Request;
-    use tollgate::service::{Service, prometheus_builder};
+    use tollgate_server::service::{Service, prometheus_builder};
     use tower::ServiceExt;
 
     metrics::set_global_recorder(metrics_util::debugging::DebuggingRecorder::new())

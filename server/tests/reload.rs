@@ -4,8 +4,9 @@
 //! put in place of the rules file, a large file swapped in under load, and rules from
 //! `set_rules` replaced by the file.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[path = "common/logs.rs"]
+#[path = "../../tests/common/logs.rs"]
 mod logs;
 
 use std::path::{Path, PathBuf};

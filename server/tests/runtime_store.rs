@@ -5,6 +5,7 @@
 //! them all; the number of entries and the state file's size are capped; a runtime key that
 //! Redis holds as something else than a hash is logged once per episode and counted.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

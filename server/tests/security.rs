@@ -3,6 +3,7 @@
 //! requests and rebound names, WebSocket hijacking, the event streams' one-time tickets,
 //! and the check token on the decision routes.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;

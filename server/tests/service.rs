@@ -2,6 +2,7 @@
 //! tiered check service's own test list first, then the key service's flow, bad input, two
 //! instances on one Redis, and the OpenAPI document against the real answers.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
@@ -776,7 +777,7 @@ async fn without_a_token_other_peers_may_not_write() {
         .build()
         .await
         .unwrap();
-    let app = tollgate::service::Service::new(limiter).router();
+    let app = tollgate_server::service::Service::new(limiter).router();
     let request = |peer: Option<&str>| {
         let mut request = axum::http::Request::post("/admin/reset/k")
             .body(axum::body::Body::empty())

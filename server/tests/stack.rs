@@ -4,6 +4,7 @@
 //!
 //! Needs `python3` with PyYAML (to read the compose file), `redis-server` and `nginx`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,7 @@
 //! peers. Over real TCP (the layer sees the connection's peer address), through `oneshot`
 //! with the peer in the request's extensions, and through the demo binary's environment.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! are in the totals only, it leaves nothing of its own in Redis, and `GET /stats/{key}`
 //! says it was not tracked that hour.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 /// ```
 /// use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
 /// use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-/// use tollgate::grpc::{RequestLimits, TooLarge};
+/// use tollgate_server::grpc::{RequestLimits, TooLarge};
 ///
 /// let limits = RequestLimits { max_entry_bytes: 32, ..RequestLimits::default() };
 /// let call = |value: &str| RateLimitRequest {

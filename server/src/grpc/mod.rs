@@ -2,7 +2,7 @@
 //! deciding with the [`Limiter`] under the rules file's `descriptors`.
 //!
 //! A thin front: the descriptors of a `ShouldRateLimit` call go to
-//! [`Limiter::check_descriptors`](crate::Limiter::check_descriptors), which finds each one's
+//! [`Limiter::check_descriptors`](tollgate::Limiter::check_descriptors), which finds each one's
 //! rule and decides it (so the same client under the same rule counts the same whether it
 //! comes through Envoy, the HTTP API or the tower layer), and each verdict is translated into
 //! Envoy's `DescriptorStatus`.
@@ -22,9 +22,9 @@ use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
 use crate::service::auth::Secret;
-use crate::{DecidedBy, DescriptorCheck, Limiter};
 pub use limits::{RequestLimits, TooLarge};
 use status::Decided;
+use tollgate::{DecidedBy, DescriptorCheck, Limiter};
 
 /// `envoy.service.ratelimit.v3.RateLimitService`, answered by a [`Limiter`]: Envoy's HTTP
 /// rate limit filter (and Istio, Contour, Gloo, Emissary on top of it) asks it with
@@ -57,7 +57,7 @@ use status::Decided;
 /// ```
 /// use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
 /// use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-/// use tollgate::grpc::EnvoyRateLimit;
+/// use tollgate_server::grpc::EnvoyRateLimit;
 /// use tollgate::{Limiter, Rules};
 ///
 /// # #[tokio::main(flavor = "current_thread")]

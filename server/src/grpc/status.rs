@@ -10,7 +10,7 @@ use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 
 use http::HeaderMap;
 
-use crate::{Band, DecidedBy, HeaderStyle, Limit, Verdict, render};
+use tollgate::{Band, DecidedBy, HeaderStyle, Limit, Verdict, render};
 
 /// What the limiter said about one descriptor.
 pub(super) enum Decided {

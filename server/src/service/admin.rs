@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::check::client_named;
 use super::json::detail;
-use crate::limiter::ResetError;
+use tollgate::ResetError;
 
 /// A reset done.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -1,5 +1,5 @@
 //! Checks: `GET /check/{key}` (the key service's shape) and `POST /check` (the tiered check
-//! service's shape), both one [`Limiter::check`](crate::Limiter::check).
+//! service's shape), both one [`Limiter::check`](tollgate::Limiter::check).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,8 +14,8 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::json::{Body, Unprocessable, detail};
-use crate::http::forwarded_path;
-use crate::{
+use tollgate::http::forwarded_path;
+use tollgate::{
     CheckError, ClientKey, DecidedBy, InvalidClientId, Limit, MAX_CLIENT_ID_LEN, Query, Verdict,
     render,
 };

@@ -27,11 +27,11 @@ use utoipa::ToSchema;
 
 use super::json::{Body, Unprocessable, detail};
 use super::rules::{endpoint_of, origin_name, refused};
-use crate::algorithm::Algorithm;
-use crate::limiter::{Limiter, RuleEntry};
-use crate::rules::{
+use tollgate::Algorithm;
+use tollgate::{
     Band, Limit, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, RuleTarget, Rules,
 };
+use tollgate::{Limiter, RuleEntry};
 
 /// A rate limit configuration for an endpoint, as the admin API lists it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

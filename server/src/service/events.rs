@@ -1,6 +1,6 @@
 //! Live events over Server-Sent Events (`GET /events`, `GET /events/{client_id}`) and
 //! WebSocket (`GET /ws/global`, `GET /ws/{client_id}`): the limiter's
-//! [`Event`](crate::Event)s as JSON, one per message.
+//! [`Event`](tollgate::Event)s as JSON, one per message.
 //!
 //! A client's stream carries that client's decisions, the rule changes and the `lagged`
 //! notices, but not the summaries (they count every client). A subscriber never slows
@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::check::client_named;
 use super::json::Unprocessable;
-use crate::{Event, Events, PublishedEvent};
+use tollgate::{Event, Events, PublishedEvent};
 
 /// How long a subscriber may take to accept one message before it is dropped.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);

@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::http::{AmbiguousPath, forwarded_path};
-use crate::render;
+use tollgate::http::{AmbiguousPath, forwarded_path};
+use tollgate::render;
 
 /// The original method, as nginx is configured to send it.
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -251,7 +251,7 @@ mod tests {
 
     use super::super::Service;
     use super::*;
-    use crate::{Limiter, Rules};
+    use tollgate::{Limiter, Rules};
 
     const RULES: &str = r#"{
         "default": {"limit": "100/minute"},

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::check::now_rfc3339;
-use crate::OnRedisError;
-use crate::backend::breaker::BreakerState;
+use tollgate::BreakerState;
+use tollgate::OnRedisError;
 
 /// The service's state.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -1,4 +1,4 @@
-//! `GET /metrics`: tollgate's [metrics](crate::metrics) in the Prometheus text format.
+//! `GET /metrics`: tollgate's [metrics](tollgate::metrics) in the Prometheus text format.
 //!
 //! Rendered by a `metrics-exporter-prometheus` recorder: the app's, given to
 //! [`Service::metrics_handle`](super::Service::metrics_handle), or else one the service
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::json::detail;
-use crate::metrics::{EVENT_SUBSCRIBERS, REDIS_CALL_BUCKETS, REDIS_CALL_DURATION};
+use tollgate::metrics::{EVENT_SUBSCRIBERS, REDIS_CALL_BUCKETS, REDIS_CALL_DURATION};
 
 /// Where `/metrics` renders from: a recorder's handle, or why there is none.
 pub(crate) type Exporter = Result<PrometheusHandle, String>;
@@ -26,7 +26,7 @@ static INSTALLED: OnceLock<Exporter> = OnceLock::new();
 /// a histogram with buckets from 100 µs to 1 s (rather than a summary).
 ///
 /// ```
-/// let handle = tollgate::service::prometheus_builder()
+/// let handle = tollgate_server::service::prometheus_builder()
 ///     .build_recorder()
 ///     .handle();
 /// assert!(handle.render().is_empty());

@@ -43,13 +43,13 @@ use std::sync::Arc;
 use axum::routing::{any, get, post, put};
 use axum::{Router, middleware};
 
-use crate::http::RequestQueries;
-use crate::{Limiter, RateLimitLayer};
 use auth::{Admin, Secret};
 use browsers::Browsers;
 pub use browsers::InvalidListing;
 pub use metrics::prometheus_builder;
 use tickets::Tickets;
+use tollgate::http::RequestQueries;
+use tollgate::{Limiter, RateLimitLayer};
 
 /// The service's routes on a limiter.
 ///
@@ -58,7 +58,8 @@ use tickets::Tickets;
 /// ```
 /// use axum::{body::Body, http::{Request, StatusCode}};
 /// use tower::ServiceExt;
-/// use tollgate::{Limiter, Rules, service::Service};
+/// use tollgate::{Limiter, Rules};
+/// use tollgate_server::service::Service;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -110,7 +111,8 @@ pub(crate) struct State {
 /// ```
 /// use axum::{body::Body, http::{Request, StatusCode}};
 /// use tower::ServiceExt;
-/// use tollgate::{Limiter, Rules, service::Service};
+/// use tollgate::{Limiter, Rules};
+/// use tollgate_server::service::Service;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -153,7 +155,7 @@ impl Service {
     /// `/auth` finds the client of the request a gateway describes as `layer` finds the
     /// client of a request: `X-Client-ID`, else `X-Forwarded-For`, from the peers `layer`
     /// trusts, read as deep as it reads them; else the peer's address. The gateway is the
-    /// peer, so it must be one of them. A [`ClientIdentity`](crate::ClientIdentity) an app's
+    /// peer, so it must be one of them. A [`ClientIdentity`](tollgate::ClientIdentity) an app's
     /// middleware set on the request wins, as with the layer. Without this, the layer's
     /// default: loopback and the private networks, one `X-Forwarded-For` hop.
     ///
@@ -161,7 +163,8 @@ impl Service {
     /// use std::net::SocketAddr;
     /// use axum::{body::Body, extract::ConnectInfo, http::{Request, StatusCode}};
     /// use tower::ServiceExt;
-    /// use tollgate::{Limiter, RateLimitLayer, Rules, service::Service};
+    /// use tollgate::{Limiter, RateLimitLayer, Rules};
+    /// use tollgate_server::service::Service;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -215,7 +218,8 @@ impl Service {
     /// ```
     /// use axum::{body::Body, http::{Request, StatusCode}};
     /// use tower::ServiceExt;
-    /// use tollgate::{Limiter, Rules, service::Service};
+    /// use tollgate::{Limiter, Rules};
+    /// use tollgate_server::service::Service;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -243,7 +247,8 @@ impl Service {
     /// page's request is refused, as is any `Sec-Fetch-Site: cross-site` request.
     ///
     /// ```
-    /// use tollgate::{Limiter, Rules, service::Service};
+    /// use tollgate::{Limiter, Rules};
+    /// use tollgate_server::service::Service;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -270,7 +275,8 @@ impl Service {
     /// against DNS rebinding.
     ///
     /// ```
-    /// use tollgate::{Limiter, Rules, service::Service};
+    /// use tollgate::{Limiter, Rules};
+    /// use tollgate_server::service::Service;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

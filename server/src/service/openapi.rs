@@ -72,7 +72,7 @@ impl Modify for AdminToken {
         health::Health,
         keys::Configure,
         keys::Configured,
-        crate::limiter::Calls,
+        tollgate::Calls,
         stats::KeyStats,
         stats::ClientStats,
         stats::GlobalStats,

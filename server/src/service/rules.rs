@@ -13,8 +13,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::json::{Body, Unprocessable, detail};
-use crate::key::ClientKey;
-use crate::limiter::{Origin, RuntimeError};
+use tollgate::ClientKey;
+use tollgate::{Origin, RuntimeError};
 
 /// A runtime change refused: a 422 at `loc` for an entry that is not a valid rule or does
 /// not fit the rules in force (the rules file's message, with its JSON path), a 422 naming

@@ -1,6 +1,6 @@
 //! Usage statistics: the key service's `GET /stats/{key}`, and the FastAPI limiter's
 //! `GET /admin/stats` and `GET /admin/stats/{client_id}`. Every check counts, allowed or
-//! not, per client, hour and rule (see [`Limiter::usage`](crate::Limiter::usage)).
+//! not, per client, hour and rule (see [`Limiter::usage`](tollgate::Limiter::usage)).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::check::{client_named, rate_of};
 use super::json::{Unprocessable, detail};
-use crate::{Calls, ClientKey, ClientUsage, UsageError};
+use tollgate::{Calls, ClientKey, ClientUsage, UsageError};
 
 /// A key's calls, as the key service reported them, with the allowed and denied beside.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -145,11 +145,11 @@ pub(crate) async fn client(
 fn client_stats(usage: ClientUsage) -> ClientStats {
     let mut total = Calls::default();
     for calls in usage.hours.values() {
-        total.add(*calls);
+        total += *calls;
     }
     let mut rules: BTreeMap<String, Calls> = BTreeMap::new();
     for (rule, calls) in usage.rules_by_hour.into_values().flatten() {
-        rules.entry(rule).or_default().add(calls);
+        *rules.entry(rule).or_default() += calls;
     }
     ClientStats {
         client: usage.client,

@@ -18,7 +18,7 @@ use std::thread;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tollgate::grpc::EnvoyRateLimit;
+use tollgate_server::grpc::EnvoyRateLimit;
 
 use crate::server::{Acceptor, Drain, Protocol, Slot};
 

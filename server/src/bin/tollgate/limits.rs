@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use tollgate::grpc::RequestLimits;
+use tollgate_server::grpc::RequestLimits;
 
 use crate::server::Limits;
 

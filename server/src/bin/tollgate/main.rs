@@ -2,7 +2,7 @@
 //! it, and `tollgate serve`, the rate limit service.
 //!
 //! ```text
-//! $ cargo install --path . --features cli
+//! $ cargo install --path server
 //! $ tollgate check-rules rate_limits.json
 //! $ tollgate check-rules rate_limits.json --explain POST /api/submit --client alice --tier pro
 //! $ tollgate serve

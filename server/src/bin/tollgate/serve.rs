@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tollgate::grpc::EnvoyRateLimit;
-use tollgate::service::Service;
 use tollgate::{Limiter, OnRedisError, RateLimitLayer, Rules};
+use tollgate_server::grpc::EnvoyRateLimit;
+use tollgate_server::service::Service;
 use tracing_subscriber::EnvFilter;
 
 use crate::grpc_shards;
