@@ -5,7 +5,7 @@
 //! against the cost of tonic, h2 and the messages alone.
 //!
 //! ```text
-//! GRPC_PORT=0 cargo run --release --features cli --example bare_rls
+//! GRPC_PORT=0 cargo run --release -p tollgate-server --example bare_rls
 //! ```
 //!
 //! Logs `Envoy rate limit service (gRPC) on HOST:PORT`, as `tollgate serve` does.

@@ -3,8 +3,8 @@
 //! fast as the answers come back.
 //!
 //! ```text
-//! cargo run --release --features cli --example rls_load -- grpc 127.0.0.1:8081 --concurrency 64
-//! cargo run --release --features cli --example rls_load -- http 127.0.0.1:8000 --concurrency 64
+//! cargo run --release -p tollgate-server --example rls_load -- grpc 127.0.0.1:8081 --concurrency 64
+//! cargo run --release -p tollgate-server --example rls_load -- http 127.0.0.1:8000 --concurrency 64
 //! ```
 //!
 //! Both protocols ask the same thing: client `key-N` (N in turn over `--keys`) under the

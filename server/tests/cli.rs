@@ -10,7 +10,8 @@ use std::process::Command;
 use tempfile::NamedTempFile;
 use tollgate::Rules;
 
-const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rate_limits.json");
+// The repository's rules file, one directory above this package.
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../rate_limits.json");
 
 /// Every feature of the format: bands, cost, shadow, algorithms, tiers with a default tier,
 /// client overrides and the failure policy.

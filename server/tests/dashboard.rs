@@ -2,8 +2,9 @@
 //! against the real `tollgate serve` binary with an admin token. The page asks for the
 //! token, shows traffic sent while it watches (totals from the admin API, the chart from
 //! the event stream), edits a rule through the admin API, shows the API's validation error
-//! for a bad one, and tries a key. A screenshot is saved as `target/dashboard.png` (and as
-//! `docs/dashboard.png` with `UPDATE_DASHBOARD_SCREENSHOT=1`, the README's picture).
+//! for a bad one, and tries a key. A screenshot is saved as `dashboard.png` in cargo's target
+//! directory (`target/`, or `CARGO_TARGET_DIR`), and as `docs/dashboard.png` with
+//! `UPDATE_DASHBOARD_SCREENSHOT=1` (the README's picture).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -140,7 +141,7 @@ async fn the_dashboard_shows_live_traffic_and_edits_rules() {
         ("TOLLGATE_ADMIN_TOKEN", token),
     ]);
     let base = format!("http://{}", service.address);
-    watch_and_edit(&base, &base, token, "target/dashboard.png").await;
+    watch_and_edit(&base, &base, token, "dashboard.png").await;
 }
 
 /// The same page through nginx (`deploy/gateways/nginx-service-proxy.conf.template`, which keeps
@@ -158,11 +159,12 @@ async fn the_dashboard_works_behind_a_proxy_that_keeps_host() {
     );
     let page = format!("http://127.0.0.1:{}", proxy.port);
     let base = format!("http://{}", service.address);
-    watch_and_edit(&page, &base, token, "target/dashboard-proxied.png").await;
+    watch_and_edit(&page, &base, token, "dashboard-proxied.png").await;
 }
 
 /// Opens the dashboard at `page`, gives it `token`, sends traffic to the service at `base`,
-/// and checks what the page shows and edits; saves a screenshot at `screenshot`.
+/// and checks what the page shows and edits; saves a screenshot as `screenshot` in cargo's
+/// target directory.
 async fn watch_and_edit(page: &str, base: &str, token: &str, screenshot: &str) {
     let driver = Driver::start();
     let client = driver.session().await;
@@ -277,8 +279,10 @@ async fn watch_and_edit(page: &str, base: &str, token: &str, screenshot: &str) {
         );
 
         let png = client.screenshot().await.unwrap();
-        let target = repo_file(screenshot);
-        std::fs::write(&target, &png).unwrap();
+        // This test is <target>/<profile>/deps/dashboard-<hash>.
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().join(screenshot);
+        std::fs::write(&target, &png).unwrap_or_else(|e| panic!("{}: {e}", target.display()));
         if page == base && std::env::var_os("UPDATE_DASHBOARD_SCREENSHOT").is_some() {
             std::fs::write(repo_file("docs/dashboard.png"), &png).unwrap();
         }
