@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The tollgate image, as docker-compose.yml runs it: `tollgate` (the rate limit service,
-# `tollgate serve`, and its operator tools) and the demo app (examples/demo.rs, with the
-# service's routes mounted beside its own).
+# `tollgate serve`, and its operator tools) and the demo app (server/examples/demo.rs, with
+# the service's routes mounted beside its own), both of the tollgate-server package.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
@@ -10,7 +10,7 @@ COPY . .
 # binary is copied out of the cached target directory, which is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --features cli --bin tollgate --example demo \
+    cargo build --release --locked -p tollgate-server --bin tollgate --example demo \
     && cp target/release/tollgate target/release/examples/demo /usr/local/bin/
 
 FROM debian:bookworm-slim

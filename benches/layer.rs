@@ -18,8 +18,8 @@
 //! that never reads.
 //!
 //! With the `metrics` feature every decision is counted through the `metrics` facade; with
-//! `TOLLGATE_BENCH_PROMETHEUS=1` (and the `service` feature) the service's Prometheus
-//! recorder is installed first, so `layer/*` include recording into it:
+//! `TOLLGATE_BENCH_PROMETHEUS=1` a Prometheus recorder set up as tollgate-server's is
+//! installed first, so `layer/*` include recording into it:
 //!
 //! ```sh
 //! cargo bench --features redis,axum --bench layer -- "layer/allowed$"      # no metrics
@@ -101,9 +101,17 @@ fn per_request_overhead(c: &mut Criterion) {
         response.headers_mut().insert(CONTENT_TYPE, text);
         Ok::<_, Infallible>(response)
     });
-    #[cfg(feature = "service")]
+    #[cfg(feature = "metrics")]
     if std::env::var_os("TOLLGATE_BENCH_PROMETHEUS").is_some() {
-        tollgate::service::prometheus_builder()
+        // As tollgate-server's `prometheus_builder` makes it.
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        use tollgate::metrics::{REDIS_CALL_BUCKETS, REDIS_CALL_DURATION};
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(REDIS_CALL_DURATION.into()),
+                REDIS_CALL_BUCKETS,
+            )
+            .expect("the buckets are not empty")
             .install_recorder()
             .expect("the Prometheus recorder, installed once");
     }

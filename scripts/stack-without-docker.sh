@@ -76,8 +76,8 @@ wait_for() {
   return 1
 }
 
-echo "building the demo and the service (cargo build --release --features cli --bin tollgate --example demo)"
-cargo build --quiet --release --features cli --bin tollgate --example demo
+echo "building the demo and the service (cargo build --release -p tollgate-server --bin tollgate --example demo)"
+cargo build --quiet --release -p tollgate-server --bin tollgate --example demo
 # Where cargo put them: CARGO_TARGET_DIR, if set, moves them out of target/.
 release="$(scripts/target-dir)/release"
 

@@ -130,11 +130,18 @@ pub enum DecidedBy {
     FailOpen,
     /// Redis could not decide; the `deny` failure policy refused the request.
     FailClosed,
+    /// The request costs more than the smallest band of its limit holds, so it can never
+    /// be admitted: refused without asking the backend, and not counted. Only
+    /// [`Limiter::check_descriptors`](crate::Limiter::check_descriptors) answers so, as
+    /// Envoy's protocol wants; a [`Query`](crate::Query) with such a cost is a
+    /// [`CheckError::Cost`](crate::CheckError::Cost).
+    OverCapacity,
 }
 
 impl DecidedBy {
     /// The name used in logs and JSON: `"unlimited"`, `"memory"`, `"redis"`, `"lease"`,
-    /// `"remembered_refusal"`, `"local_fallback"`, `"fail_open"` or `"fail_closed"`.
+    /// `"remembered_refusal"`, `"local_fallback"`, `"fail_open"`, `"fail_closed"` or
+    /// `"over_capacity"`.
     pub fn as_str(self) -> &'static str {
         match self {
             DecidedBy::Unlimited => "unlimited",
@@ -145,6 +152,7 @@ impl DecidedBy {
             DecidedBy::LocalFallback => "local_fallback",
             DecidedBy::FailOpen => "fail_open",
             DecidedBy::FailClosed => "fail_closed",
+            DecidedBy::OverCapacity => "over_capacity",
         }
     }
 }

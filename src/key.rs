@@ -60,6 +60,22 @@ impl ClientKey {
         ClientKey::Id(id.into())
     }
 
+    /// The key of `id` as an `X-Client-ID` would name it (`id:<id>`), checked as the layer
+    /// checks the header: 1 to [`MAX_CLIENT_ID_LEN`] visible ASCII characters. For a front
+    /// that takes client IDs from its callers, so that they count as the layer counts them.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, InvalidClientId};
+    ///
+    /// assert_eq!(ClientKey::try_id("user:123"), Ok(ClientKey::id("user:123")));
+    /// assert_eq!(ClientKey::try_id(""), Err(InvalidClientId::Empty));
+    /// assert!(matches!(ClientKey::try_id("a b"), Err(InvalidClientId::NotVisibleAscii { position: 1 })));
+    /// ```
+    pub fn try_id(id: &str) -> Result<Self, InvalidClientId> {
+        check_client_id(id.as_bytes())?;
+        Ok(ClientKey::id(id))
+    }
+
     /// The form [`Display`](fmt::Display) writes, as in the rules file's `clients`:
     /// `id:<X-Client-ID>`, `ip:<address>`, `ip:<IPv6 network>/<prefix>` or `unknown`.
     pub(crate) fn parse(text: &str) -> Option<Self> {

@@ -6,7 +6,8 @@
 //! process, or by a Redis Lua script shared by every instance (a single Redis or a Redis
 //! Cluster). Fronts translate their requests into a [`Query`] and the [`Verdict`] into
 //! their answer; the tower/axum [`RateLimitLayer`] is the one here, added with one
-//! `.layer(...)`.
+//! `.layer(...)`. Other HTTP fronts make their queries with the same kit ([`http`]) and
+//! answer through the same [`render`]ing.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -29,9 +30,10 @@
 //! [`peek`](Limiter::peek), [`wait`](Limiter::wait) or [`reset`](Limiter::reset) from your
 //! own code, on the same limits.
 //!
-//! Per request, data flows one way: **client key** ([`ClientKey`]: the peer address, or, when
-//! the peer is a trusted proxy (loopback and private networks by default), the `X-Client-ID`
-//! or `X-Forwarded-For` entry it set; `unknown` when nothing identifies the client)
+//! Per request, data flows one way: **client key** ([`ClientKey`]: the [`ClientIdentity`]
+//! your authentication set; else the peer address, or, when the peer is a trusted proxy
+//! (loopback and private networks by default), the `X-Client-ID` or `X-Forwarded-For` entry
+//! it set; `unknown` when nothing identifies the client)
 //! → **query** ([`Query`]: the client, the method and path, the request's [`Tier`] and
 //! [`Cost`]) → **rule and limit** (the most specific route, and the client's override)
 //! → **decision** ([`Decision`], from the backend, over every band of the limit; a
@@ -43,10 +45,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// Every Rust snippet of the README and of the guide (docs/guide/) compiles, as a doc test.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
+// Every Rust snippet of the guide (docs/guide/) compiles, as a doc test; the README's and the
+// service chapter's are tollgate-server's doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/guide/README.md")]
 struct GuideContentsDoctests;
@@ -74,27 +74,20 @@ struct GuideOperationsDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/guide/performance.md")]
 struct GuidePerformanceDoctests;
-// The service's chapter uses `tollgate::service`: its snippets compile with that front.
-#[cfg(all(doctest, feature = "service"))]
-#[doc = include_str!("../docs/guide/service.md")]
-struct GuideServiceDoctests;
 
 mod algorithm;
 pub mod backend;
 mod decision;
 mod error;
-#[cfg(feature = "envoy")]
-pub mod grpc;
 mod header_style;
-mod http;
+pub mod http;
 mod key;
 mod limiter;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod policy;
+pub mod render;
 mod rules;
-#[cfg(feature = "service")]
-pub mod service;
 
 pub use algorithm::Algorithm;
 pub use backend::breaker::BreakerState;
@@ -102,22 +95,25 @@ pub use decision::{DecidedBy, Decision};
 pub use error::BuildError;
 pub use header_style::HeaderStyle;
 pub use http::{
-    Cost, InvalidTrustedProxy, RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer,
-    RateLimitLayerBuilder, ResponseFuture, Tier, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
+    ClientIdentity, Cost, InvalidTrustedProxy, RateLimit, RateLimitLayer, RateLimitLayerBuilder,
+    ResponseFuture, Tier,
 };
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{
     Calls, CheckError, Checking, ClientUsage, DEFAULT_MAX_RUNTIME_ENTRIES,
     DEFAULT_MAX_STATE_FILE_BYTES, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES,
-    DEFAULT_USAGE_MAX_CLIENTS, LimitedClient, Limiter, LimiterBuilder, Origin, Query, ResetError,
-    RuleEntry, RuntimeEntry, RuntimeError, Stats, UsageError, UsageSummary, Verdict,
+    DEFAULT_USAGE_MAX_CLIENTS, DescriptorCheck, LimitedClient, Limiter, LimiterBuilder, Origin,
+    Query, ResetError, RuleEntry, RuntimeEntry, RuntimeError, Stats, UsageError, UsageSummary,
+    Verdict,
 };
 pub use limiter::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
-    RuleChange, RuleCounts,
+    PublishedEvent, RuleChange, RuleCounts,
 };
 pub use policy::OnRedisError;
+pub use render::{
+    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+};
 #[cfg(feature = "envoy")]
 pub use rules::envoy::{EnvoyConfigError, EnvoyDomain, InvalidEnvoyConfig};
 pub use rules::{

@@ -17,15 +17,15 @@
 //! No label names a client: one series per client would grow without bound.
 //!
 //! Decisions and Redis calls are recorded as they happen. The rest is read from
-//! [`Limiter::stats`] and the breakers by [`Limiter::record_metrics`], which the service
-//! calls on every scrape; an app with its own exporter calls it before rendering. What each
-//! metric means reaches the exporter through [`describe`] (Prometheus's `# HELP` lines).
+//! [`Limiter::stats`](crate::Limiter::stats) and the breakers by
+//! [`Limiter::record_metrics`](crate::Limiter::record_metrics), which the service calls on
+//! every scrape; an app with its own exporter calls it before rendering. What each metric
+//! means reaches the exporter through [`describe`] (Prometheus's `# HELP` lines).
 
 use std::sync::Arc;
 
-use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram};
 
-use crate::Limiter;
 use crate::decision::DecidedBy;
 
 /// Decisions, by rule and outcome.
@@ -132,6 +132,8 @@ pub(crate) fn decision(rule: &Arc<str>, decided_by: DecidedBy, allowed: bool, sh
         DecidedBy::LocalFallback => "local_fallback",
         DecidedBy::FailOpen => "fail_open",
         DecidedBy::FailClosed => "fail_closed",
+        // Never counted: such a request is refused before it is decided.
+        DecidedBy::OverCapacity => "over_capacity",
         DecidedBy::Memory | DecidedBy::Redis if allowed => "allowed",
         DecidedBy::Memory | DecidedBy::Redis => "denied",
     };
@@ -158,105 +160,4 @@ pub(crate) fn redis_call(took: std::time::Duration, failed: Option<RedisErrorKin
 pub(crate) enum RedisErrorKind {
     Timeout,
     Error,
-}
-
-impl Limiter {
-    /// Records what is read rather than counted as it happens: buckets held and evicted,
-    /// rule reloads, usage drops and flush errors, failed reads of the runtime entries,
-    /// event subscribers (from
-    /// [`stats`](Self::stats)), and each Redis node's circuit breaker. The service's `GET /metrics` calls it on every scrape;
-    /// an app rendering its own exporter calls it before rendering.
-    ///
-    /// ```
-    /// use tollgate::{Limiter, Rules};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rules = Rules::from_json(r#"{"default": {"limit": "2/minute"}}"#)?;
-    /// let limiter = Limiter::builder().rules(rules).build().await?;
-    /// limiter.record_metrics(); // through whichever recorder the app installed
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn record_metrics(&self) {
-        let stats = self.stats();
-        gauge!(BUCKETS).set(stats.store.tracked_buckets as f64);
-        counter!(BUCKETS_EVICTED).absolute(stats.store.evicted_buckets);
-        counter!(RULE_RELOADS).absolute(stats.reloads);
-        counter!(RULE_RELOADS_FAILED).absolute(stats.failed_reloads);
-        counter!(USAGE_DROPPED).absolute(stats.usage_dropped);
-        counter!(USAGE_FLUSH_ERRORS).absolute(stats.usage_flush_errors);
-        counter!(RUNTIME_READ_ERRORS).absolute(stats.runtime_read_errors);
-        gauge!(EVENT_SUBSCRIBERS).set(stats.event_subscribers as f64);
-        for (node, state) in self.core().breakers() {
-            let open = state != crate::BreakerState::Closed;
-            gauge!(REDIS_BREAKER_OPEN, "node" => node).set(if open { 1.0 } else { 0.0 });
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
-    use super::*;
-    use crate::{ClientKey, Query, Rules};
-
-    /// Each outcome lands under its rule and name; peeks are not counted.
-    #[tokio::test]
-    async fn decisions_are_counted_by_rule_and_outcome() {
-        let rules = Rules::from_json(
-            r#"{"default": {"limit": "1/hour"},
-                "routes": [{"path": "/free", "unlimited": true},
-                           {"path": "/trial", "limit": "1/hour", "shadow": true}]}"#,
-        )
-        .expect("valid rules");
-        let limiter = Limiter::builder()
-            .rules(rules)
-            .build()
-            .await
-            .expect("a limiter");
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        let ann = ClientKey::id("ann");
-        ::metrics::with_local_recorder(&recorder, || {
-            let check = |query| futures::executor::block_on(limiter.check(query)).unwrap();
-            check(Query::new(&ann));
-            check(Query::new(&ann));
-            futures::executor::block_on(limiter.peek(Query::new(&ann))).unwrap();
-            check(Query::new(&ann).route("GET", "/free"));
-            check(Query::new(&ann).route("GET", "/trial"));
-            check(Query::new(&ann).route("GET", "/trial"));
-        });
-        let mut counted = BTreeMap::new();
-        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            if key.name() != DECISIONS {
-                continue;
-            }
-            let label = |name| {
-                key.labels()
-                    .find(|l| l.key() == name)
-                    .map(|l| l.value().to_owned())
-                    .unwrap()
-            };
-            let DebugValue::Counter(n) = value else {
-                panic!("{DECISIONS} is a counter")
-            };
-            counted.insert((label("rule"), label("outcome")), n);
-        }
-        let expected: BTreeMap<_, _> = [
-            (("default", "allowed"), 1),
-            (("default", "denied"), 1),
-            (("/free", "unlimited"), 1),
-            (("/trial", "allowed"), 1),
-            (("/trial", "shadow_denied"), 1),
-        ]
-        .into_iter()
-        .map(|((rule, outcome), n)| ((rule.to_owned(), outcome.to_owned()), n))
-        .collect();
-        assert_eq!(counted, expected);
-    }
 }

@@ -143,7 +143,7 @@ fn compose_service_shares_the_apps_redis_and_rules() {
     // `tollgate serve`'s flags: serve.rs and the flag groups it flattens in (limits.rs).
     let serve = ["serve.rs", "limits.rs"]
         .map(|file| {
-            std::fs::read_to_string(repo_file(&format!("src/bin/tollgate/{file}"))).unwrap()
+            std::fs::read_to_string(repo_file(&format!("server/src/bin/tollgate/{file}"))).unwrap()
         })
         .concat();
     for name in env.keys() {
@@ -334,6 +334,69 @@ fn compose_every_service_has_a_health_check_and_starts_in_order() {
     }
 }
 
+/// The Dockerfile's build command, run outside Docker: it still names a package, targets
+/// and flags cargo accepts in this workspace, and builds the two files the image copies
+/// out. It runs in this test's own target directory and profile (`--release` is kept only
+/// when the tests are release builds), so it reuses what the test run built; the profile
+/// changes no package, target or feature.
+#[test]
+fn the_dockerfiles_build_command_builds_what_the_image_copies() {
+    let stages = dockerfile_stages();
+    let (_, builders) = stages.split_last().unwrap();
+    let run = builders
+        .iter()
+        .flat_map(|stage| args_of(stage, "RUN"))
+        .find(|run| run.contains("cargo build"))
+        .expect("a builder stage runs cargo build");
+    let steps: Vec<&str> = run.split("&&").map(str::trim).collect();
+    let build = steps
+        .iter()
+        .find_map(|step| step.find("cargo build").map(|at| &step[at..]))
+        .unwrap();
+    let copy = steps
+        .iter()
+        .find(|step| step.starts_with("cp "))
+        .expect("the build copies the binaries out of the target directory");
+
+    // The test binary is <target>/<profile>/deps/deploy-<hash>.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
+    let args: Vec<&str> = build
+        .split_whitespace()
+        .skip(2)
+        .filter(|arg| release || *arg != "--release")
+        .collect();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .arg("build")
+        .args(&args)
+        .current_dir(repo_file(""))
+        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success(),
+        "`{build}` failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let copied: Vec<&str> = copy
+        .split_whitespace()
+        .filter(|arg| arg.starts_with("target/release/"))
+        .collect();
+    assert_eq!(copied.len(), 2, "the service and the demo: {copy}");
+    for file in copied {
+        let built = profile_dir.join(file.trim_start_matches("target/release/"));
+        assert!(
+            built.is_file(),
+            "`{build}` did not build {}",
+            built.display()
+        );
+    }
+}
+
 #[test]
 fn dockerfile_builds_the_demo_and_the_service_and_runs_them_unprivileged() {
     let stages = dockerfile_stages();
@@ -351,12 +414,12 @@ fn dockerfile_builds_the_demo_and_the_service_and_runs_them_unprivileged() {
                 && run.contains("--release")
                 && run.contains("--example demo")
                 && run.contains("--bin tollgate")
-                && run.contains("--features cli")
+                && run.contains("-p tollgate-server")
                 && run.contains("--locked")
         });
     assert!(
         builds_both,
-        "a builder stage runs cargo build --release --locked --features cli --bin tollgate \
+        "a builder stage runs cargo build --release --locked -p tollgate-server --bin tollgate \
          --example demo"
     );
 
@@ -408,7 +471,7 @@ fn dockerfile_builds_the_demo_and_the_service_and_runs_them_unprivileged() {
 #[test]
 fn app_environment_is_what_the_demo_reads() {
     let compose = compose();
-    let demo = std::fs::read_to_string(repo_file("examples/demo.rs")).unwrap();
+    let demo = std::fs::read_to_string(repo_file("server/examples/demo.rs")).unwrap();
     let code: String = demo
         .lines()
         .filter(|line| !line.trim_start().starts_with("//"))
@@ -424,17 +487,20 @@ fn app_environment_is_what_the_demo_reads() {
         for name in env.keys() {
             assert!(
                 reads(name),
-                "{app} sets {name}, which examples/demo.rs never reads"
+                "{app} sets {name}, which server/examples/demo.rs never reads"
             );
         }
         for name in ["REDIS_URL", "RATE_LIMIT_RULES_PATH", "HOST", "PORT"] {
-            assert!(reads(name), "examples/demo.rs no longer reads {name}");
+            assert!(
+                reads(name),
+                "server/examples/demo.rs no longer reads {name}"
+            );
             assert!(env.contains_key(name), "{app} does not set {name}");
         }
         let trust = ["TRUSTED_PROXY_HOPS", "TRUSTED_PROXIES"];
         assert!(
             trust.iter().all(|name| reads(name)),
-            "examples/demo.rs no longer reads {trust:?}"
+            "server/examples/demo.rs no longer reads {trust:?}"
         );
         assert!(
             trust.iter().any(|name| env.contains_key(*name)),

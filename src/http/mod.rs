@@ -1,22 +1,23 @@
-//! The HTTP front: a tower layer that turns each request into a [`Query`](crate::Query)
-//! for a [`Limiter`](crate::Limiter) and its [`Verdict`](crate::Verdict) into a response.
+//! The HTTP kit and the tower layer.
 //!
-//! The client key comes from [`identity`]; the rule from the request's method and path (and
-//! the [`Tier`] and [`Cost`] your middleware sets); the response headers and the layer's
-//! own answers (400, 429, 500, 503) from [`response`].
+//! Every HTTP front turns a request into a [`Query`](crate::Query) with [`RequestQueries`]
+//! (the client: a [`ClientIdentity`] your middleware set, or the headers of a trusted
+//! proxy, or the peer address; the rule from
+//! the method and path; the [`Tier`] and [`Cost`] your middleware set), and writes the
+//! [`Verdict`](crate::Verdict) with [`render`](crate::render). The tower/axum
+//! [`RateLimitLayer`] is one such front; the service's `/auth` and a front of your own are
+//! others, and count a client the same way.
+//!
+//! A path a gateway or a caller forwards is decided by its normal form, and refused when an
+//! upstream could read it otherwise: [`forwarded_path`].
 
 mod extensions;
-mod future;
-pub(crate) mod identity;
-mod layer;
-pub(crate) mod response;
-mod service;
+mod identity;
+mod queries;
+mod rate_limit;
 
-pub use extensions::{Cost, Tier};
-pub use future::ResponseFuture;
+pub use crate::rules::path::{AmbiguousPath, forwarded as forwarded_path};
+pub use extensions::{ClientIdentity, Cost, Tier};
 pub use identity::InvalidTrustedProxy;
-pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
-pub use response::{
-    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-};
-pub use service::RateLimit;
+pub use queries::{RequestQueries, RequestQueriesBuilder};
+pub use rate_limit::{RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture};

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use super::error::CheckError;
 use super::verdict::Verdict;
-use super::{Core, Counting, Rendered};
+use super::{Applied, Core, Counting};
 use crate::backend::PendingOutcome;
 use crate::key::ClientKey;
 
@@ -51,7 +51,7 @@ pub(super) struct Waiting {
     pub(super) pending: PendingOutcome,
     pub(super) core: Arc<Core>,
     pub(super) rule: Arc<str>,
-    pub(super) rendered: Rendered,
+    pub(super) applied: Applied,
     pub(super) counted: bool,
     pub(super) shadow: bool,
     /// The client, kept to log a shadow rule's would-be refusal or to count usage.
@@ -110,7 +110,7 @@ impl Future for Checking {
                 Poll::Ready(Ok(waiting.core.verdict(
                     outcome,
                     Arc::clone(&waiting.rule),
-                    waiting.rendered.clone(),
+                    waiting.applied.clone(),
                     counting,
                 )))
             }

@@ -12,7 +12,6 @@
 //! next [`EventSummary`], so a flood of 429s does not become a flood of events.
 
 use std::collections::{BTreeMap, HashMap};
-#[cfg(feature = "service")]
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -137,31 +136,51 @@ pub struct RuleCounts {
     pub denied: u64,
 }
 
-/// An event as published to every subscriber: shared, and serialized at most once however
-/// many subscribers send it as JSON.
-pub(crate) struct Published {
+/// An event as published to every subscriber, from [`Events::next_published`]: shared, and
+/// serialized at most once however many subscribers send it as JSON (the service's event
+/// streams do, to hundreds of subscribers).
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{ClientKey, Event, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limit": "5/minute"}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let mut events = limiter.subscribe();
+/// limiter.check(Query::new(&ClientKey::id("alice"))).await?;
+/// let published = loop {
+///     let published = events.next_published().await.expect("the limiter is alive");
+///     if matches!(published.event(), Event::Decision(_)) {
+///         break published;
+///     }
+/// };
+/// assert!(published.json().contains(r#""client":"id:alice""#));
+/// # Ok(())
+/// # }
+/// ```
+pub struct PublishedEvent {
     event: Event,
-    #[cfg(feature = "service")]
     json: OnceLock<String>,
 }
 
-impl Published {
+impl PublishedEvent {
     fn new(event: Event) -> Arc<Self> {
         Arc::new(Self {
             event,
-            #[cfg(feature = "service")]
             json: OnceLock::new(),
         })
     }
 
-    #[cfg(feature = "service")]
-    pub(crate) fn event(&self) -> &Event {
+    /// The event.
+    pub fn event(&self) -> &Event {
         &self.event
     }
 
-    /// The event as JSON.
-    #[cfg(feature = "service")]
-    pub(crate) fn json(&self) -> &str {
+    /// The event as JSON, made on the first call.
+    pub fn json(&self) -> &str {
         self.json
             .get_or_init(|| serde_json::to_string(&self.event).expect("events serialize"))
     }
@@ -170,7 +189,7 @@ impl Published {
 /// A subscription to a limiter's [`Event`]s, from
 /// [`Limiter::subscribe`](crate::Limiter::subscribe). Dropping it unsubscribes.
 pub struct Events {
-    receiver: broadcast::Receiver<Arc<Published>>,
+    receiver: broadcast::Receiver<Arc<PublishedEvent>>,
     _counted: Subscribed,
 }
 
@@ -182,26 +201,27 @@ impl Events {
         Some(published.event.clone())
     }
 
-    /// [`next`](Self::next), shared with the other subscribers.
-    pub(crate) async fn next_published(&mut self) -> Option<Arc<Published>> {
+    /// [`next`](Self::next), shared with the other subscribers: what a front that sends
+    /// events to many subscribers serializes once.
+    pub async fn next_published(&mut self) -> Option<Arc<PublishedEvent>> {
         // Subscribed outside a runtime: the publisher starts on the first wait.
         self._counted.0.publish_events();
         match self.receiver.recv().await {
             Ok(published) => Some(published),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                Some(Published::new(Event::Lagged { missed }))
+                Some(PublishedEvent::new(Event::Lagged { missed }))
             }
             Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 
-    /// An event that is already waiting, without waiting for one.
-    #[cfg(feature = "service")]
-    pub(crate) fn try_next_published(&mut self) -> Option<Arc<Published>> {
+    /// An event that is already waiting, shared, without waiting for one: what a front
+    /// that sends events in batches gathers after [`next_published`](Self::next_published).
+    pub fn try_next_published(&mut self) -> Option<Arc<PublishedEvent>> {
         match self.receiver.try_recv() {
             Ok(published) => Some(published),
             Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                Some(Published::new(Event::Lagged { missed }))
+                Some(PublishedEvent::new(Event::Lagged { missed }))
             }
             Err(_) => None,
         }
@@ -227,7 +247,7 @@ impl Drop for Subscribed {
 
 /// Where a limiter's events start: shared by its clones and its publisher task.
 pub(crate) struct Hub {
-    sender: broadcast::Sender<Arc<Published>>,
+    sender: broadcast::Sender<Arc<PublishedEvent>>,
     /// What the decision path hands the publisher.
     queue: mpsc::Sender<Event>,
     /// The queue's other end, kept here while no publisher runs.
@@ -324,10 +344,12 @@ impl Hub {
     fn broadcast(&self, events: impl Iterator<Item = Event>) {
         let missed = self.dropped.swap(0, Ordering::Relaxed);
         if missed > 0 {
-            let _ = self.sender.send(Published::new(Event::Lagged { missed }));
+            let _ = self
+                .sender
+                .send(PublishedEvent::new(Event::Lagged { missed }));
         }
         for event in events {
-            let _ = self.sender.send(Published::new(event));
+            let _ = self.sender.send(PublishedEvent::new(event));
         }
     }
 
@@ -404,7 +426,7 @@ impl Hub {
             suppressed_denied: second.suppressed_denied,
             at: now_ms(),
         });
-        let _ = self.sender.send(Published::new(summary));
+        let _ = self.sender.send(PublishedEvent::new(summary));
     }
 }
 

@@ -3,9 +3,12 @@
 
 mod builder;
 mod checking;
+mod descriptors;
 mod error;
-pub(crate) mod events;
+mod events;
 mod installed;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod query;
 mod reload;
 mod runtime;
@@ -23,7 +26,7 @@ use crate::backend::{Answer, Client, Mode, Outcome, RuleSlot, Store};
 use crate::decision::DecidedBy;
 use crate::header_style::Rendering;
 use crate::key::{ClientKey, KeyRef};
-use crate::rules::{Limit, Rules, RulesError};
+use crate::rules::{Limit, Rule, Rules, RulesError};
 use installed::{Installed, StateIds};
 use query::Choice;
 use reload::{ReloadState, RulesFile, Trigger, off_runtime};
@@ -31,10 +34,11 @@ use stats::{Count, Counters};
 
 pub use builder::LimiterBuilder;
 pub use checking::Checking;
+pub use descriptors::DescriptorCheck;
 pub use error::{CheckError, ResetError, RuntimeError};
 pub use events::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
-    RuleChange, RuleCounts,
+    PublishedEvent, RuleChange, RuleCounts,
 };
 pub use query::Query;
 pub use runtime::{
@@ -302,7 +306,66 @@ impl Limiter {
         self.core.events.subscribe()
     }
 
-    pub(crate) fn core(&self) -> &Core {
+    /// IPv6 clients are keyed by their network of this many bits (see
+    /// [`ipv6_prefix_len`](LimiterBuilder::ipv6_prefix_len)): what an HTTP front needs to
+    /// key a peer address as the limiter will.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).ipv6_prefix_len(48).build().await?;
+    /// assert_eq!(limiter.ipv6_prefix_len(), 48);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ipv6_prefix_len(&self) -> u8 {
+        self.core.ipv6_prefix_len
+    }
+
+    /// Counts a request a front refused because its client ID could not be used (an
+    /// `X-Client-ID` that is empty, too long, sent twice...), in
+    /// [`Stats::invalid_client_ids`]. The HTTP kit ([`RequestQueries`](crate::http::RequestQueries))
+    /// counts those it refuses itself.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// limiter.count_invalid_client_id();
+    /// assert_eq!(limiter.stats().invalid_client_ids, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn count_invalid_client_id(&self) {
+        self.core.counters.bump(Count::InvalidClientIds);
+    }
+
+    /// Each Redis node's circuit breaker, by `host:port`; empty on the memory backend.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "5/second"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// assert!(limiter.breakers().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn breakers(&self) -> Vec<(String, crate::BreakerState)> {
+        self.core.store.breakers()
+    }
+
+    /// What every clone shares, for the limiter's own modules.
+    fn core(&self) -> &Core {
         &self.core
     }
 }
@@ -328,11 +391,8 @@ impl Core {
 
     /// One decision for `query`: at once when the backend can, else a future.
     #[inline]
-    pub(crate) fn check(self: &Arc<Self>, mut query: Query<'_>, mode: Mode) -> Checking {
-        // As the HTTP front keys them: one IPv6 client is one network, whichever front asks.
-        query.client = query.client.normalized(self.ipv6_prefix_len);
+    pub(crate) fn check(self: &Arc<Self>, query: Query<'_>, mode: Mode) -> Checking {
         let installed = self.installed.load();
-        let counted = mode == Mode::Take;
         let rules = &installed.rules;
         let rule = match query.rule {
             Choice::Default => rules.tier_default(query.tier),
@@ -357,18 +417,41 @@ impl Core {
         let rule = match rule {
             Ok(rule) => rule,
             Err(unknown) => {
-                if counted {
+                if mode == Mode::Take {
                     self.counters.bump(Count::UnknownTiers);
                 }
                 return Checking::ready(Err(unknown.into()));
             }
         };
+        let weight = match query.cost {
+            None => Weight::RuleCost,
+            Some(cost) => Weight::Exactly(cost),
+        };
+        self.decide(&installed, rule, query.client, weight, mode)
+    }
+
+    /// Decides `client`'s request under `rule`, one of `installed`'s rules: the limit for
+    /// the client (its override, if it has one), what the request takes from it, and the
+    /// backend's answer, at once or as a future.
+    #[inline]
+    fn decide(
+        self: &Arc<Self>,
+        installed: &Installed,
+        rule: &Rule,
+        client: KeyRef<'_>,
+        weight: Weight,
+        mode: Mode,
+    ) -> Checking {
+        // As the HTTP front keys them: one IPv6 client is one network, whichever front asks.
+        let client = client.normalized(self.ipv6_prefix_len);
+        let counted = mode == Mode::Take;
+        let rules = &installed.rules;
         let slot = installed.slot(rule);
-        let resolved = rules.for_client(rule, query.client);
+        let resolved = rules.for_client(rule, client);
         let rendering = rules.rendering(self.rendering);
         let Some(limit) = resolved.limit else {
             if let (true, Some(usage)) = (counted, &self.usage) {
-                usage.record(query.client, &slot.id, true);
+                usage.record(client, &slot.id, true);
             }
             #[cfg(feature = "metrics")]
             if counted {
@@ -377,7 +460,7 @@ impl Core {
             if counted && self.events.watched() {
                 let by = DecidedBy::Unlimited;
                 self.events
-                    .decided(Some(query.client), &slot.id, true, by, None, None);
+                    .decided(Some(client), &slot.id, true, by, None, None);
             }
             return Checking::ready(Ok(Verdict {
                 allowed: true,
@@ -390,9 +473,9 @@ impl Core {
                 limit: None,
             }));
         };
-        let cost = match query.cost {
-            None => limit.cost(),
-            Some(cost) => {
+        let cost = match weight {
+            Weight::RuleCost => limit.cost(),
+            Weight::Exactly(cost) => {
                 let max = limit.smallest_capacity();
                 if !(1..=max).contains(&cost) {
                     return Checking::ready(Err(CheckError::Cost {
@@ -403,40 +486,54 @@ impl Core {
                 }
                 cost
             }
+            Weight::Hits(hits) => {
+                let fits = u32::try_from(hits)
+                    .ok()
+                    .filter(|&hits| (1..=limit.smallest_capacity()).contains(&hits));
+                let Some(cost) = fits else {
+                    return Checking::ready(Ok(Verdict {
+                        allowed: false,
+                        decision: None,
+                        rule: Arc::clone(&slot.id),
+                        decided_by: DecidedBy::OverCapacity,
+                        shadow_refused: false,
+                        unavailable_for: None,
+                        rendering,
+                        limit: Some(limit.clone()),
+                    }));
+                };
+                cost
+            }
         };
         let shadow = limit.shadow();
         // The client is needed after the decision only to log a shadow refusal, to count
         // usage or to tell subscribers.
-        let client =
-            (shadow || self.usage.is_some() || self.events.watched()).then_some(query.client);
-        // The default rendering needs nothing of the limit: not cloned for it.
-        let rendered = Rendered {
+        let logged = (shadow || self.usage.is_some() || self.events.watched()).then_some(client);
+        // The limit's bands are shared with the rules: cloning it copies a pointer.
+        let applied = Applied {
             rendering,
-            limit: (!rendering.is_default()).then(|| limit.clone()),
+            limit: limit.clone(),
         };
         // The one call through the store's trait on the way.
-        match self
-            .store
-            .decide(slot, limit, cost, Client(query.client), mode)
-        {
+        match self.store.decide(slot, limit, cost, Client(client), mode) {
             Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
                 outcome,
                 Arc::clone(&slot.id),
-                rendered,
+                applied,
                 Counting {
                     counted,
                     shadow,
-                    client,
+                    client: logged,
                 },
             ))),
             Answer::Later(pending) => Checking::waiting(checking::Waiting {
                 pending,
                 core: Arc::clone(self),
                 rule: Arc::clone(&slot.id),
-                rendered,
+                applied,
                 counted,
                 shadow,
-                client: client.map(KeyRef::to_owned),
+                client: logged.map(KeyRef::to_owned),
             }),
         }
     }
@@ -448,7 +545,7 @@ impl Core {
         &self,
         outcome: Outcome,
         rule: Arc<str>,
-        rendered: Rendered,
+        applied: Applied,
         counting: Counting<'_>,
     ) -> Verdict {
         let Counting {
@@ -499,29 +596,18 @@ impl Core {
             } else {
                 unavailable_for
             },
-            rendering: rendered.rendering,
-            limit: rendered.limit,
+            rendering: applied.rendering,
+            limit: Some(applied.limit),
         }
     }
 
-    /// A front refused a request whose client it could not name.
-    pub(crate) fn count_invalid_client_id(&self) {
-        self.counters.bump(Count::InvalidClientIds);
-    }
-
     /// IPv6 clients are keyed by their network of this many bits.
-    pub(crate) fn ipv6_prefix_len(&self) -> u8 {
+    fn ipv6_prefix_len(&self) -> u8 {
         self.ipv6_prefix_len
     }
 
-    /// Each of the store's nodes' circuit breakers, for metrics.
-    #[cfg(feature = "metrics")]
-    pub(crate) fn breakers(&self) -> Vec<(String, crate::BreakerState)> {
-        self.store.breakers()
-    }
-
     /// Usage recording, when on.
-    pub(crate) fn usage(&self) -> Option<&usage::Usage> {
+    fn usage(&self) -> Option<&usage::Usage> {
         self.usage.as_deref()
     }
 
@@ -552,12 +638,24 @@ impl Core {
     }
 }
 
-/// How the fronts will render a verdict, and the limit they need for that (`None` for the
-/// default rendering, which needs none).
+/// What a verdict carries of the rule that applied: how the fronts render it, and the
+/// client's limit under it.
 #[derive(Debug, Clone)]
-pub(crate) struct Rendered {
+pub(crate) struct Applied {
     pub(crate) rendering: Rendering,
-    pub(crate) limit: Option<Limit>,
+    pub(crate) limit: Limit,
+}
+
+/// What a request takes from every band of its limit.
+#[derive(Debug, Clone, Copy)]
+enum Weight {
+    /// The rule's `cost`.
+    RuleCost,
+    /// This cost, which must be from 1 to the smallest capacity ([`CheckError::Cost`]).
+    Exactly(u32),
+    /// These hits, at least 1; more than the smallest capacity is refused
+    /// ([`DecidedBy::OverCapacity`]).
+    Hits(u64),
 }
 
 /// How a decision counts: in the counters at all (`false` for peeks), as a shadow rule's

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{DecidedBy, Decision};
-use crate::header_style::Rendering;
+use crate::header_style::{HeaderStyle, Rendering};
 use crate::rules::Limit;
 
 /// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the
-/// bands' [`Decision`] behind it, the rule, who decided, and whether a shadow rule let
-/// through what it would have refused.
+/// bands' [`Decision`] behind it, the rule and the limit that applied, who decided, whether
+/// a shadow rule let through what it would have refused, and how fronts render it. A front
+/// prints what it holds and never goes back to the rules.
 ///
 /// # Example
 ///
@@ -28,6 +29,8 @@ use crate::rules::Limit;
 /// let second = limiter.check(Query::new(&bob)).await?;
 /// assert!(!second.allowed());
 /// assert!(second.retry_after().unwrap() <= Duration::from_secs(3600));
+/// // The limit that applied, in the rules file's words.
+/// assert_eq!(second.limit().unwrap().rate(), "1/hour");
 /// # Ok(())
 /// # }
 /// ```
@@ -42,7 +45,8 @@ pub struct Verdict {
     pub(crate) unavailable_for: Option<Duration>,
     /// How the fronts render it: the rules' choices over the builder's.
     pub(crate) rendering: Rendering,
-    /// The limit that decided, kept only when `rendering` needs it (not the default).
+    /// The limit that applied (the client's override, if it has one); `None` when the rule
+    /// is unlimited. Its bands are shared with the rules, not copied.
     pub(crate) limit: Option<Limit>,
 }
 
@@ -67,6 +71,25 @@ impl Verdict {
     /// Who decided.
     pub fn decided_by(&self) -> DecidedBy {
         self.decided_by
+    }
+
+    /// The limit that applied: the rule's, or the client's override from the rules'
+    /// `clients`; `None` when the rule is unlimited. Its bands are what `RateLimit-Policy`
+    /// lists, and [`Limit::rate`] what the service prints.
+    pub fn limit(&self) -> Option<&Limit> {
+        self.limit.as_ref()
+    }
+
+    /// Which rate limit header fields fronts send for it: the rules file's `headers`, else
+    /// the builder's [`header_style`](crate::LimiterBuilder::header_style).
+    pub fn header_style(&self) -> HeaderStyle {
+        self.rendering.headers
+    }
+
+    /// Whether fronts answer its refusal with an RFC 9457 `application/problem+json` body:
+    /// the rules file's `problem_details`, else the builder's.
+    pub fn problem_details(&self) -> bool {
+        self.rendering.problem_details
     }
 
     /// Whether the rule is in shadow mode and would have refused this request, which is

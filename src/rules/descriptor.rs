@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use super::parse::{Problem, RawRule, limit_of, problem};
+use super::raw::{Problem, RawRule, limit_of, problem};
 use super::{InvalidRule, Rule};
 use crate::algorithm::Algorithm;
 use crate::key::ClientKey;

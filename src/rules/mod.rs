@@ -27,6 +27,7 @@ mod json;
 mod merge;
 mod parse;
 pub(crate) mod path;
+mod raw;
 mod router;
 #[cfg(test)]
 mod tests;
@@ -69,6 +70,9 @@ pub(crate) use parse::pattern_id;
 pub const MIN_REFILL_PER_SEC: f64 = 1e-6;
 /// Fastest refill accepted: one token per nanosecond.
 pub const MAX_REFILL_PER_SEC: f64 = 1e9;
+/// The largest `N` of `"N/second"`: a faster refill than [`MAX_REFILL_PER_SEC`] is refused.
+/// Every longer unit takes any capacity up to `u32::MAX`.
+const MAX_PER_SECOND: u64 = MAX_REFILL_PER_SEC as u64;
 /// Most bands one rule may have.
 pub const MAX_BANDS: usize = 8;
 /// Longest period accepted (`capacity / refill_rate`, the time a whole bucket takes to
@@ -654,6 +658,29 @@ impl Rules {
         client: &ClientKey,
     ) -> Result<Resolved<'_>, UnknownTier> {
         let rule = self.route(tier, method.as_str(), path)?;
+        Ok(self.for_client(rule, client.as_ref()))
+    }
+
+    /// The default rule of `tier` (without one, of `default_tier`, else the base rules) and
+    /// the limit for `client` under it, as [`resolve`](Self::resolve) gives a route's.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Rules};
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "10/minute"},
+    ///     "clients": {"id:partner": {"limit": "1000/minute"}}
+    /// }"#).unwrap();
+    /// let partner = rules.resolve_default(None, &ClientKey::id("partner")).unwrap();
+    /// assert_eq!((partner.rule.id(), partner.limit.unwrap().rate()), ("default", "1000/minute".into()));
+    /// assert!(rules.resolve_default(Some("gold"), &ClientKey::id("partner")).is_err());
+    /// ```
+    pub fn resolve_default(
+        &self,
+        tier: Option<&str>,
+        client: &ClientKey,
+    ) -> Result<Resolved<'_>, UnknownTier> {
+        let rule = self.tier_default(tier)?;
         Ok(self.for_client(rule, client.as_ref()))
     }
 

@@ -18,10 +18,22 @@
 
 use std::borrow::Cow;
 
-/// Why a forwarded path is refused.
-#[cfg(feature = "service")]
+/// Why a forwarded path is refused by [`forwarded_path`](crate::http::forwarded_path).
+///
+/// # Example
+///
+/// ```
+/// use tollgate::http::{AmbiguousPath, forwarded_path};
+///
+/// assert_eq!(forwarded_path("/../admin"), Err(AmbiguousPath::AboveRoot));
+/// assert_eq!(
+///     AmbiguousPath::Fragment.to_string(),
+///     "the path holds a '#', which no client sends to a server"
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum AmbiguousPath {
+#[non_exhaustive]
+pub enum AmbiguousPath {
     /// `#` is never sent to a server: one in a forwarded URI hides the rest of it.
     #[error("the path holds a '#', which no client sends to a server")]
     Fragment,
@@ -42,9 +54,19 @@ pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
     normal_form(path).path
 }
 
-/// The normal form of a path a gateway or a caller forwards, or why it is ambiguous.
-#[cfg(feature = "service")]
-pub(crate) fn forwarded(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
+/// The normal form of a path a gateway or a caller forwards (a query after it is dropped),
+/// by which its rule is chosen, or why it is ambiguous: a `#`, a `..` above the root, an
+/// encoded `/` or `\`, a NUL. Dot segments are removed, unreserved characters decoded and
+/// slashes merged, so that every spelling of a path falls under the path's rule.
+///
+/// ```
+/// use tollgate::http::{AmbiguousPath, forwarded_path};
+///
+/// assert_eq!(forwarded_path("/static/../api/%64ata?page=2").as_deref(), Ok("/api/data"));
+/// assert_eq!(forwarded_path("/api/data").as_deref(), Ok("/api/data"));
+/// assert_eq!(forwarded_path("/static/..%2Fapi/data"), Err(AmbiguousPath::EncodedSeparator));
+/// ```
+pub fn forwarded(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
     if path.contains('#') {
         return Err(AmbiguousPath::Fragment);
     }
@@ -72,7 +94,6 @@ pub(crate) fn forwarded(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
 /// A normal form, and whether a `..` had to stop at the root.
 struct Normal<'a> {
     path: Cow<'a, str>,
-    #[cfg_attr(not(feature = "service"), allow(dead_code))]
     climbed_above_root: bool,
 }
 
@@ -260,7 +281,6 @@ mod tests {
             "/api/./data",
         ] {
             assert_eq!(normalize(path), "/api/data", "{path}");
-            #[cfg(feature = "service")]
             assert_eq!(forwarded(path).as_deref(), Ok("/api/data"), "{path}");
         }
         // The encoded slash is not a separator in the normal form, and is refused when
@@ -268,7 +288,6 @@ mod tests {
         assert_eq!(normalize("/static/..%2Fapi/data"), "/static/..%2Fapi/data");
     }
 
-    #[cfg(feature = "service")]
     #[test]
     fn forwarded_paths_refuse_what_an_upstream_may_read_otherwise() {
         for (path, why) in [

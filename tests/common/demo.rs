@@ -14,18 +14,24 @@ pub fn demo_binary() -> PathBuf {
     let demo = profile_dir
         .join("examples")
         .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    let hint = "run the whole suite with `cargo test --all-features`, which builds the examples \
-                (or `cargo build --all-features --examples` first, with --release for release tests)";
+    let hint = "run the whole suite with `cargo test --workspace --all-features`, which builds the \
+                examples (or `cargo build --workspace --all-features --examples` first, with \
+                --release for release tests)";
     let built = std::fs::metadata(&demo)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} not found: {hint}", demo.display()));
-    // A demo built before the sources it comes from changed would test old code. (The
-    // `tollgate` binary's sources and the other examples are not the demo's.)
+    // A demo built before the sources it comes from changed would test old code: the
+    // library's, the server library's (the `tollgate` binary's sources and the other
+    // examples are not the demo's) and its own.
     let newest_source = newest_files(&repo_file("src"))
         .into_iter()
-        .filter(|(_, path)| !path.starts_with(repo_file("src/bin")))
         .chain(
-            newest_files(&repo_file("examples"))
+            newest_files(&repo_file("server/src"))
+                .into_iter()
+                .filter(|(_, path)| !path.starts_with(repo_file("server/src/bin"))),
+        )
+        .chain(
+            newest_files(&repo_file("server/examples"))
                 .into_iter()
                 .filter(|(_, path)| path.ends_with("demo.rs")),
         )
@@ -127,8 +133,8 @@ pub fn tollgate_binary() -> PathBuf {
     match option_env!("CARGO_BIN_EXE_tollgate") {
         Some(path) => PathBuf::from(path),
         None => panic!(
-            "the tollgate binary is not built for this test: run `cargo test --all-features` \
-             (it needs the `cli` feature)"
+            "the tollgate binary is not built for this test: run `cargo test --workspace \
+             --all-features` (it is tollgate-server's, with its `cli` feature)"
         ),
     }
 }

@@ -32,8 +32,15 @@ pub fn rules(json: &str) -> Rules {
     Rules::from_json(json).unwrap_or_else(|e| panic!("test rules: {e}"))
 }
 
+/// `name`, a path from the repository's top (the workspace's), whichever of its packages
+/// the test belongs to.
 pub fn repo_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
+    let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let top = package
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or(package);
+    top.join(name)
 }
 
 pub fn unix_now() -> u64 {

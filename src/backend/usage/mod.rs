@@ -137,8 +137,8 @@ pub(crate) fn most_limited(
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[cfg_attr(feature = "service", derive(serde::Deserialize, utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct Calls {
     /// Calls allowed (a shadow rule's would-be refusals included).
@@ -165,6 +165,21 @@ impl Calls {
     pub(crate) fn add(&mut self, other: Calls) {
         self.allowed += other.allowed;
         self.denied += other.denied;
+    }
+}
+
+/// Calls of several periods (or rules) together.
+///
+/// ```
+/// use tollgate::Calls;
+///
+/// let mut total = Calls::default();
+/// total += Calls::default();
+/// assert_eq!(total.total(), 0);
+/// ```
+impl std::ops::AddAssign for Calls {
+    fn add_assign(&mut self, other: Calls) {
+        self.add(other);
     }
 }
 

@@ -1,7 +1,6 @@
 //! envoy ratelimit's own YAML configuration, read unchanged as the rules file's
 //! `descriptors` section: [`EnvoyDomain`].
 
-mod error;
 #[cfg(test)]
 mod tests;
 mod yaml;
@@ -10,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-pub use error::{EnvoyConfigError, InvalidEnvoyConfig};
+pub use super::error::{EnvoyConfigError, InvalidEnvoyConfig};
 use yaml::RawConfig;
 
 use super::json::{line_column_at, push_key};

@@ -1,0 +1,316 @@
+//! Checks: `GET /check/{key}` (the key service's shape) and `POST /check` (the tiered check
+//! service's shape), both one [`Limiter::check`](tollgate::Limiter::check).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::json::{Body, Unprocessable, detail};
+use tollgate::http::forwarded_path;
+use tollgate::{
+    CheckError, ClientKey, DecidedBy, InvalidClientId, Limit, MAX_CLIENT_ID_LEN, Query, Verdict,
+    render,
+};
+
+/// The answer to an allowed `GET /check/{key}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct KeyAllowed {
+    /// Always `"ok"`.
+    status: String,
+    /// The key checked.
+    key: String,
+    /// The key's limit: its own (`POST /configure`) or the default, e.g. `"10/second"`.
+    rate_limit: String,
+    /// When it was checked, RFC 3339 in UTC.
+    timestamp: String,
+}
+
+/// The answer to a refused `GET /check/{key}` (429).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct KeyRefused {
+    /// `"Rate limit exceeded: <limit>"`.
+    error: String,
+    /// The key checked.
+    key: String,
+    /// The key's limit.
+    rate_limit: String,
+    /// Whole seconds until a call could be allowed.
+    retry_after: u64,
+}
+
+/// Checks `key` against its own limit or the default rule. Every call counts, allowed or not.
+#[utoipa::path(
+    get,
+    path = "/check/{key}",
+    params(("key" = String, Path, description = "The key to check: 1 to 128 visible ASCII characters, as an `X-Client-ID`")),
+    responses(
+        (status = 200, description = "Within its limit", body = KeyAllowed),
+        (status = 429, description = "Over its limit; `Retry-After` says for how long", body = KeyRefused),
+        (status = 422, description = "A key that is not 1 to 128 visible ASCII characters"),
+        (status = 503, description = "Redis cannot decide and the failure policy is closed"),
+    ),
+    tag = "check"
+)]
+pub(crate) async fn by_key(
+    State(state): State<Arc<super::State>>,
+    Path(key): Path<String>,
+) -> Response {
+    let client = match client_named(["path", "key"], &key) {
+        Ok(client) => client,
+        Err(invalid) => return invalid.into_response(),
+    };
+    let verdict = match state.limiter.check(Query::new(&client)).await {
+        Ok(verdict) => verdict,
+        Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    let rate_limit = rate_of(verdict.limit());
+    if let Some(unavailable) = unavailable(&verdict) {
+        return unavailable;
+    }
+    let mut response = if verdict.allowed() {
+        Json(KeyAllowed {
+            status: "ok".into(),
+            key,
+            rate_limit,
+            timestamp: now_rfc3339(),
+        })
+        .into_response()
+    } else {
+        let retry_after = verdict.decision().map_or(1, |d| d.retry_after_secs());
+        let body = KeyRefused {
+            error: format!("Rate limit exceeded: {rate_limit}"),
+            key,
+            rate_limit,
+            retry_after,
+        };
+        (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
+    };
+    add_headers(response.headers_mut(), &verdict);
+    response
+}
+
+/// A check of an identifier, in a tier.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckRequest {
+    /// Who is checked, e.g. `"user:123"`: 1 to 128 visible ASCII characters, as an
+    /// `X-Client-ID`.
+    identifier: String,
+    /// The tier; without it, the rules file's `default_tier`.
+    #[serde(default)]
+    tier: Option<String>,
+    /// What the call takes from every band, instead of the rule's cost.
+    #[serde(default)]
+    cost: Option<u32>,
+    /// The rule, by its identity (`tollgate check-rules` lists them), instead of the tier's
+    /// default.
+    #[serde(default)]
+    rule: Option<String>,
+    /// With `path`: the rule the rules file gives this method and path.
+    #[serde(default)]
+    method: Option<String>,
+    /// With `method` (GET without it): the rule the rules file gives this path, by its
+    /// normal form (dot segments removed, unreserved characters decoded, slashes merged). A
+    /// path another server could read differently (a `#`, a `..` above the root, `%2F`,
+    /// `%5C`, a NUL) is a 422.
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// The answer to an allowed `POST /check`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CheckAllowed {
+    /// Always `true`.
+    allowed: bool,
+    /// Tokens (or requests) left in the band closest to running out; `null` when the rule
+    /// is unlimited or Redis could not decide and the policy let it through.
+    tokens_remaining: Option<u32>,
+    /// Unix time, in seconds, when that band is full again.
+    reset_at: Option<f64>,
+    /// That band's capacity.
+    limit: Option<u32>,
+    /// Always `null`.
+    retry_after: Option<u64>,
+    /// The rule's identity.
+    rule: String,
+    /// Who decided: `memory`, `redis`, `lease`, `local_fallback`, `fail_open`, `unlimited`.
+    decided_by: String,
+}
+
+/// Why a `POST /check` was refused (the `detail` of a 429).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CheckRefusal {
+    /// Always `false`.
+    allowed: bool,
+    /// Whole seconds until a call could be allowed.
+    retry_after: u64,
+    /// Unix time, in seconds, when the band is full again.
+    reset_at: f64,
+    /// The band's capacity.
+    limit: u32,
+    /// The rule's identity.
+    rule: String,
+}
+
+/// A refused `POST /check` (429).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CheckRefused {
+    detail: CheckRefusal,
+}
+
+/// Checks an identifier, in a tier, under the tier's default rule (or the rule named).
+#[utoipa::path(
+    post,
+    path = "/check",
+    request_body = CheckRequest,
+    responses(
+        (status = 200, description = "Allowed", body = CheckAllowed),
+        (status = 429, description = "Refused; `Retry-After` says for how long", body = CheckRefused),
+        (status = 400, description = "An unknown tier (`{\"detail\": \"Invalid tier: gold\"}`) or rule"),
+        (status = 422, description = "A body that does not fit: `detail` lists where and why"),
+        (status = 503, description = "Redis cannot decide and the failure policy is closed"),
+    ),
+    tag = "check"
+)]
+pub(crate) async fn by_identifier(
+    State(state): State<Arc<super::State>>,
+    Body(request): Body<CheckRequest>,
+) -> Response {
+    let client = match client_named(["body", "identifier"], &request.identifier) {
+        Ok(client) => client,
+        Err(invalid) => return invalid.into_response(),
+    };
+    let mut query = Query::new(&client);
+    if let Some(tier) = &request.tier {
+        query = query.tier(tier);
+    }
+    let path = match request.path.as_deref().map(forwarded_path) {
+        Some(Err(ambiguous)) => {
+            let problem = json!([{"loc": ["body", "path"], "msg": ambiguous.to_string(), "type": "value_error"}]);
+            return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
+        }
+        Some(Ok(path)) => Some(path),
+        None => None,
+    };
+    if let Some(path) = &path {
+        query = query.route(request.method.as_deref().unwrap_or("GET"), path);
+    }
+    if let Some(rule) = &request.rule {
+        query = query.rule(rule);
+    }
+    if let Some(cost) = request.cost {
+        query = query.cost(cost);
+    }
+    let verdict = match state.limiter.check(query).await {
+        Ok(verdict) => verdict,
+        Err(CheckError::UnknownTier(unknown)) => {
+            return detail(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid tier: {}", unknown.name()),
+            );
+        }
+        Err(error @ CheckError::Cost { .. }) => {
+            let problem =
+                json!([{"loc": ["body", "cost"], "msg": error.to_string(), "type": "value_error"}]);
+            return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
+        }
+        Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    if let Some(unavailable) = unavailable(&verdict) {
+        return unavailable;
+    }
+    let decision = verdict.decision();
+    let mut response = match decision {
+        Some(decision) if !verdict.allowed() => {
+            let detail = CheckRefusal {
+                allowed: false,
+                retry_after: decision.retry_after_secs(),
+                reset_at: unix_secs(decision.reset),
+                limit: decision.limit,
+                rule: verdict.rule().to_owned(),
+            };
+            (StatusCode::TOO_MANY_REQUESTS, Json(CheckRefused { detail })).into_response()
+        }
+        _ => Json(CheckAllowed {
+            allowed: true,
+            tokens_remaining: decision.map(|d| d.remaining),
+            reset_at: decision.map(|d| unix_secs(d.reset)),
+            limit: decision.map(|d| d.limit),
+            retry_after: None,
+            rule: verdict.rule().to_owned(),
+            decided_by: verdict.decided_by().as_str().to_owned(),
+        })
+        .into_response(),
+    };
+    add_headers(response.headers_mut(), &verdict);
+    response
+}
+
+/// The 503 of a refusal by the closed failure policy.
+fn unavailable(verdict: &Verdict) -> Option<Response> {
+    if verdict.decided_by() != DecidedBy::FailClosed || verdict.allowed() {
+        return None;
+    }
+    let retry_after = verdict.retry_after().unwrap_or_default().as_secs().max(1);
+    let mut response = detail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the rate limiter cannot decide: Redis does not answer and the failure policy is closed",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    Some(response)
+}
+
+/// `X-RateLimit-*`, and `Retry-After` on a refusal.
+fn add_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+    if let Some(decision) = verdict.decision() {
+        render::write_headers(headers, verdict);
+        if !verdict.allowed() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(decision.retry_after_secs()));
+        }
+    }
+}
+
+/// The client a key or identifier names: `id:<key>`, the client the layer sees in a
+/// request with `X-Client-ID: <key>`, so that the service and an app's layer count the
+/// same client alike, and so that every key checked can be configured. Otherwise a 422 at
+/// `loc` (the value is not echoed).
+pub(crate) fn client_named(loc: [&str; 2], key: &str) -> Result<ClientKey, Unprocessable> {
+    let why = match ClientKey::try_id(key) {
+        Ok(client) => return Ok(client),
+        Err(InvalidClientId::Empty) => "it is empty".to_owned(),
+        Err(InvalidClientId::TooLong { len }) => format!("it is {len} bytes long"),
+        Err(InvalidClientId::NotVisibleAscii { position }) => {
+            format!("the byte at position {position} is a space, a control character or not ASCII")
+        }
+        Err(other) => other.to_string(),
+    };
+    let message = format!(
+        "must be 1 to {MAX_CLIENT_ID_LEN} visible ASCII characters, as an X-Client-ID: {why}"
+    );
+    Err(Unprocessable::at(&loc, message))
+}
+
+/// A limit in the rules file's words: `"10/second"`, or `"unlimited"`.
+pub(crate) fn rate_of(limit: Option<&Limit>) -> String {
+    limit.map_or_else(|| "unlimited".into(), Limit::rate)
+}
+
+fn unix_secs(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// Now, RFC 3339 in UTC, to the microsecond.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
