@@ -6,7 +6,7 @@ use serde::Deserialize;
 /// `RateLimit-Policy` and `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-10, or
 /// both. Set with [`LimiterBuilder::header_style`](crate::LimiterBuilder::header_style), or
 /// by the rules file's `"headers": "x-ratelimit" | "ietf" | "both"`, which wins and follows
-/// reloads. See "Headers" in the README for example responses.
+/// reloads. See "Headers" in the guide (docs/guide/layer.md) for example responses.
 ///
 /// # Example
 ///

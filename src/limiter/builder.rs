@@ -305,8 +305,8 @@ impl LimiterBuilder {
     ///
     /// Requests only count in process; a background task writes the counts every second:
     /// into a history kept in this process (the memory backend: 25 hours, 31 days), or into
-    /// Redis, shared by every instance with the same prefix (see the README's "Usage
-    /// statistics" for the keys). A crash loses at most the last second's counts; a flush
+    /// Redis, shared by every instance with the same prefix (see "Usage statistics" in the
+    /// guide, docs/guide/limiter.md, for the keys). A crash loses at most the last second's counts; a flush
     /// Redis does not take is kept and tried again the next second, and no request ever
     /// waits for one. Off, it costs a request one branch; on, a lock of one of 16 shards
     /// (`benches/layer.rs` measures both).
@@ -410,7 +410,7 @@ impl LimiterBuilder {
     /// Which rate limit header fields responses carry (default
     /// [`HeaderStyle::XRateLimit`]): the `X-RateLimit-*` fields, the IETF `RateLimit-Policy`
     /// and `RateLimit` fields, or both. The rules file's `headers`, when present, wins, and
-    /// follows its reloads. See "Headers" in the README.
+    /// follows its reloads. See "Headers" in the guide (docs/guide/layer.md).
     ///
     /// ```
     /// use axum::{body::Body, http::Request, routing::get, Router};

@@ -37,7 +37,8 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// counted, and subscribers told so as [`Event::Lagged`].
 const QUEUE: usize = 2 * EVENT_BUFFER;
 
-/// One live event, serialized as JSON with its kind in `"type"` (see the README for each).
+/// One live event, serialized as JSON with its kind in `"type"` (see "Live events" in the
+/// guide, docs/guide/service.md, for each).
 ///
 /// ```
 /// use tollgate::{ClientKey, Event, Limiter, Query, Rules};

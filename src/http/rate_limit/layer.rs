@@ -118,7 +118,7 @@ impl<S> Layer<S> for RateLimitLayer {
 
 /// Configures a [`RateLimitLayer`]: which TCP peers may name the client with `X-Client-ID`
 /// and `X-Forwarded-For` (by default loopback and the private ranges), and how far to read
-/// `X-Forwarded-For`. See "How the client is identified" in the README.
+/// `X-Forwarded-For`. See the guide's "Identifying clients" (docs/guide/clients.md).
 ///
 /// # Example
 ///
