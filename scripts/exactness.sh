@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Bigger run of tests/exactness.rs: N demo processes sharing one Redis (and a 3-master Redis
-# Cluster), concurrent requests for one client spread across them, admitted count checked
-# against capacity + refill_rate x elapsed.
+# Bigger run of server/tests/service/exactness.rs: N demo processes sharing one Redis (and a
+# 3-master Redis Cluster), concurrent requests for one client spread across them, admitted
+# count checked against capacity + refill_rate x elapsed.
 #
 #   scripts/exactness.sh [instances] [requests in flight] [seconds]
 #   scripts/exactness.sh 4 16 30
@@ -15,4 +15,4 @@ cargo build --release --all-features --examples
 EXACTNESS_INSTANCES="${1:-4}" \
 EXACTNESS_CONCURRENCY="${2:-16}" \
 EXACTNESS_SECS="${3:-30}" \
-  cargo test --release --all-features --test exactness -- --nocapture --test-threads 1
+  cargo test --release --all-features --test service exactness:: -- --nocapture --test-threads 1

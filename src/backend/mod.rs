@@ -7,7 +7,7 @@
 //! or a Redis Cluster, with the builder's `redis_url` or `redis_cluster`, feature `redis`).
 //! Any other is given to
 //! [`LimiterBuilder::store`](crate::LimiterBuilder::store). Every store gives the same
-//! [`Decision`] for the same sequence of requests; `tests/stores/` holds the behaviour
+//! [`Decision`] for the same sequence of requests; `tests/limiter/stores/` holds the behaviour
 //! every store passes, and `docs/stores.md` says how to write one.
 
 use std::fmt;
