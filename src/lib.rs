@@ -119,5 +119,5 @@ pub use rules::envoy::{EnvoyConfigError, EnvoyDomain, InvalidEnvoyConfig};
 pub use rules::{
     Band, DEFAULT_MAX_RULES_FILE_BYTES, DescriptorMatch, InvalidRule, InvalidRuleTarget, Limit,
     Location, MAX_BANDS, MAX_PERIOD_SECS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Resolved, Rule,
-    RuleTarget, Rules, RulesError, UnknownTier, UnreachableOverride,
+    RuleTarget, Rules, RulesError, UnknownTier, UnreachableOverride, UnusedRule,
 };

@@ -405,7 +405,13 @@ impl Core {
                 rules.tier_default(query.tier)
             }
             Choice::Named(id) => match rules.find(id) {
-                Some(rule) if query.tier.is_none_or(|tier| rule.tier() == Some(tier)) => Ok(rule),
+                // A named rule is no tier's: every tier may ask for it.
+                Some(rule)
+                    if rule.is_named()
+                        || query.tier.is_none_or(|tier| rule.tier() == Some(tier)) =>
+                {
+                    Ok(rule)
+                }
                 _ => {
                     return Checking::ready(Err(CheckError::UnknownRule {
                         rule: id.into(),

@@ -80,14 +80,15 @@ impl<'a> Query<'a> {
     }
 
     /// Under the rule with this identity, e.g. `"/api/data"`, `"/api/submit@POST"`,
-    /// `"pro:default"` (see [`Rule::id`](crate::Rule::id)).
+    /// `"pro:default"` (see [`Rule::id`](crate::Rule::id)), or a named rule's name
+    /// (`"special_path"`, see [`Rule::is_named`](crate::Rule::is_named)).
     pub fn rule(mut self, identity: &'a str) -> Self {
         self.rule = Choice::Named(identity);
         self
     }
 
     /// In this tier of the rules file. With [`rule`](Self::rule), the rule must be of this
-    /// tier.
+    /// tier, or a named rule.
     pub fn tier(mut self, tier: &'a str) -> Self {
         self.tier = Some(tier);
         self

@@ -215,10 +215,14 @@ pub(crate) fn free_here<T>(mut replaced: Arc<T>) {
     }
 }
 
-/// Logs each client override of `rules` that no request can match.
+/// Logs each client override of `rules` that no request can match, and each named rule no
+/// route names.
 pub(crate) fn warn_unreachable_overrides(rules: &Rules, ipv6_prefix_len: u8) {
     for never in rules.unreachable_overrides(ipv6_prefix_len) {
         tracing::warn!(client = %never.client(), "{never}");
+    }
+    for unused in rules.unused_rules() {
+        tracing::warn!(rule = unused.rule().id(), "{unused}");
     }
 }
 

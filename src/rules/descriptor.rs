@@ -54,6 +54,7 @@ impl RawDescriptor {
         any.then(|| RawRule {
             path: None,
             methods: None,
+            rule: None,
             capacity: self.capacity.clone(),
             refill_rate: self.refill_rate.clone(),
             limit: self.limit.clone(),
@@ -359,6 +360,7 @@ impl Building<'_> {
             pattern: None,
             methods: None,
             head_as_get: false,
+            named: false,
             limit,
             descriptor: Some(Box::new(DescriptorInfo {
                 domain: self.domain.into(),

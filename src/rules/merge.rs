@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
+use super::document::KNOWN_KEYS;
 use super::parse::{parse, route_id};
 use super::{Limit, Location, Rules, RulesError};
 use crate::key::ClientKey;
@@ -309,17 +310,34 @@ fn field<'a>(
 }
 
 /// Every rule of a rules document (one the parser accepted), with its target: the
-/// default, the routes, each tier's default and routes (tiers in name order), then the
-/// client overrides (in key order).
+/// default, the named rules, the routes, each tier's default and routes (tiers in name
+/// order), then the client overrides (in key order). A tier written `{limit, window}` is its
+/// default rule as written.
 pub(crate) fn rules_of(document: &Value) -> Vec<(RuleTarget, Value)> {
     let mut found = Vec::new();
     let mut rule_set = |set: &Value, tier: Option<&str>| {
         let prefix = tier.map(|t| format!("{t}:")).unwrap_or_default();
-        if let Some(default) = set.get("default") {
-            found.push((
-                RuleTarget::Rule(format!("{prefix}default")),
-                default.clone(),
-            ));
+        let per_window = || {
+            let limit = set.get("limit")?;
+            let window = set.get("window")?;
+            Some(Value::Object(Map::from_iter([
+                ("limit".to_owned(), limit.clone()),
+                ("window".to_owned(), window.clone()),
+            ])))
+        };
+        if let Some(default) = set.get("default").cloned().or_else(per_window) {
+            found.push((RuleTarget::Rule(format!("{prefix}default")), default));
+        }
+        if tier.is_none() {
+            let section = document.get("rules").and_then(Value::as_object);
+            let top_level = document
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(key, value)| !KNOWN_KEYS.contains(&key.as_str()) && value.is_object());
+            for (name, rule) in section.into_iter().flatten().chain(top_level) {
+                found.push((RuleTarget::Rule(name.clone()), rule.clone()));
+            }
         }
         for route in set
             .get("routes")

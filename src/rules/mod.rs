@@ -19,6 +19,7 @@
 
 mod clients;
 mod descriptor;
+mod document;
 #[cfg(feature = "envoy")]
 pub(crate) mod envoy;
 mod error;
@@ -31,6 +32,8 @@ mod raw;
 mod router;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "yaml")]
+pub(crate) mod yaml;
 
 /// The default rule's limit of these rules, for unit tests elsewhere in the crate.
 #[cfg(test)]
@@ -324,6 +327,8 @@ pub struct Rule {
     methods: Option<Box<[Method]>>,
     /// Whether HEAD requests fall under this rule as GET ones do (see [`Rule::applies_to`]).
     head_as_get: bool,
+    /// Whether it is a named rule (see [`Rule::is_named`]).
+    named: bool,
     limit: Option<Limit>,
     /// For a rule of `descriptors`: its domain and names.
     descriptor: Option<Box<descriptor::DescriptorInfo>>,
@@ -333,9 +338,37 @@ impl Rule {
     /// The rule's stable identity, used in Redis keys: `default`, or the path with `{}` turned
     /// into `<>` (so it never forms a Redis Cluster hash tag), followed by `@METHODS` when the
     /// rule names methods, e.g. `/api/users/<id>@GET,PUT`. Rules of a tier start with
-    /// `<tier>:`, e.g. `pro:default`.
+    /// `<tier>:`, e.g. `pro:default`. A named rule's identity is its name.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether this is a named rule: one of the file's `rules` section, or an object at the
+    /// top level under a name the format does not use. Routes that name it (`"rule":
+    /// "<name>"`) all count against it: one budget per client for all of them, which is
+    /// what naming a limit means. A request can also ask for it by name
+    /// ([`Query::rule`](crate::Query::rule), `POST /check`'s `rule`), with or without a tier.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"capacity": 20, "refill_rate": 5},
+    ///     "special_path": {"capacity": 50, "refill_rate": 10},
+    ///     "rules": {"uploads": {"limit": "10/minute"}},
+    ///     "routes": [
+    ///         {"path": "/upload", "rule": "uploads"},
+    ///         {"path": "/import", "methods": ["POST"], "rule": "uploads"}
+    ///     ]
+    /// }"#).unwrap();
+    /// let upload = rules.lookup(&Method::PUT, "/upload");
+    /// assert!(upload.is_named() && upload.id() == "uploads");
+    /// assert_eq!(rules.lookup(&Method::POST, "/import").id(), "uploads");
+    /// assert_eq!(rules.find("special_path").unwrap().limit().unwrap().rate(), "50 per 5s");
+    /// ```
+    pub fn is_named(&self) -> bool {
+        self.named
     }
 
     /// The tier the rule belongs to; `None` for the base rules.
@@ -502,6 +535,9 @@ pub struct Rules {
     clients: Clients,
     /// The rules of `descriptors`, by domain and entries.
     descriptors: Arc<descriptor::Descriptors>,
+    /// The named rules no route names (by index), each with the section its name looks like
+    /// a misspelling of.
+    unused: Arc<[(usize, Option<&'static str>)]>,
     on_redis_error: Option<OnRedisError>,
     local_fallback_instances: Option<NonZeroU32>,
     /// The file's `headers` and `problem_details`, if it has them.
@@ -584,27 +620,92 @@ impl Rules {
         parse::parse(json, "<inline>")
     }
 
-    /// Validates `bytes`, read from the file at `path`.
+    /// Validates rules given as YAML text (errors name the source `<inline>`): the grammar
+    /// of the JSON form, in YAML's syntax. A rules file whose name ends in `.yaml` or `.yml`
+    /// is read this way.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// // A rules file of the tiered check service: each tier `limit` requests per `window`
+    /// // seconds, a token bucket.
+    /// let rules = Rules::from_yaml("
+    /// tiers:
+    ///   free: {limit: 100, window: 60}
+    ///   pro:
+    ///     limit: 1000
+    ///     window: 60
+    /// default_tier: free
+    /// ").unwrap();
+    /// assert_eq!(rules.default_rule().id(), "free:default");
+    /// assert_eq!(rules.find("pro:default").unwrap().limit().unwrap().rate(), "1000/minute");
+    /// let err = Rules::from_yaml("default: {capacity: 0, refill_rate: 1}").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "<inline>: at default.capacity: capacity must be an integer from 1 to 4294967295, got 0"
+    /// );
+    /// ```
+    #[cfg(feature = "yaml")]
+    pub fn from_yaml(yaml: &str) -> Result<Self, RulesError> {
+        parse::parse_yaml(yaml, "<inline>")
+    }
+
+    /// Validates `bytes`, read from the file at `path`: YAML when its name ends in `.yaml`
+    /// or `.yml`, JSON otherwise.
     pub(crate) fn parse_file(bytes: &[u8], path: &Path) -> Result<Self, RulesError> {
         let source_name = path.display().to_string();
+        let yaml = is_yaml(path);
         match std::str::from_utf8(bytes) {
+            Ok(text) if yaml => parse_yaml_file(text, &source_name),
             Ok(text) => parse::parse(text, &source_name),
             Err(error) => {
                 let (valid, rest) = bytes.split_at(error.valid_up_to());
                 let (line, column) = json::line_column_at(valid);
+                let problem = format!("the byte 0x{:02X}", rest[0]);
+                let context = "(a rules file is UTF-8 text)".to_owned();
                 Err(RulesError::Invalid {
                     source_name,
                     location: Location {
                         json_path: ".".into(),
                         line_column: Some((line, column)),
                     },
-                    problem: InvalidRule::NotJson {
-                        found: format!("the byte 0x{:02X}", rest[0]),
-                        context: "(a rules file is UTF-8 text)".into(),
+                    problem: if yaml {
+                        InvalidRule::NotYaml(format!("found {problem} {context}"))
+                    } else {
+                        InvalidRule::NotJson {
+                            found: problem,
+                            context,
+                        }
                     },
                 })
             }
         }
+    }
+
+    /// The named rules no route names: a request gets one only by asking for it by name.
+    /// `tollgate check-rules` prints each as a warning, and when its name looks like a
+    /// misspelt section of the file (`client` for `clients`), says which.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"capacity": 20, "refill_rate": 5},
+    ///     "special_path": {"capacity": 50, "refill_rate": 10},
+    ///     "client": {"limit": "5/second"}
+    /// }"#).unwrap();
+    /// let unused: Vec<String> = rules.unused_rules().map(|u| u.to_string()).collect();
+    /// assert_eq!(unused, [
+    ///     "rule \"special_path\" is named by no route: it applies only to requests that ask for it by name",
+    ///     "rule \"client\" is named by no route: it applies only to requests that ask for it by name \
+    ///      (a top-level object the format does not know is a named rule: did you mean `clients`?)",
+    /// ]);
+    /// ```
+    pub fn unused_rules(&self) -> impl ExactSizeIterator<Item = UnusedRule<'_>> {
+        self.unused.iter().map(|&(index, near)| UnusedRule {
+            rule: &self.rules[index],
+            near,
+        })
     }
 
     /// The client overrides no request can match when IPv6 clients are keyed by their
@@ -791,7 +892,8 @@ impl Rules {
         &self.rules[self.base.default()]
     }
 
-    /// Every rule: the base default first, then its routes in file order, then each tier's.
+    /// Every rule: the base default first, then the named rules, the base routes in file
+    /// order, then each tier's default and routes.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Rule> {
         self.rules.iter()
     }
@@ -874,6 +976,86 @@ impl Rules {
     /// The JSON these rules were read from, and its name.
     pub(crate) fn source(&self) -> &Source {
         &self.source
+    }
+}
+
+/// Whether the rules file at `path` is YAML: its name ends in `.yaml` or `.yml`.
+pub(crate) fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .and_then(|extension| extension.to_str())
+        .is_some_and(|extension| matches!(extension, "yaml" | "yml"))
+}
+
+#[cfg(feature = "yaml")]
+fn parse_yaml_file(text: &str, source_name: &str) -> Result<Rules, RulesError> {
+    parse::parse_yaml(text, source_name)
+}
+
+/// Without the `yaml` feature, a YAML rules file is refused with the reason.
+#[cfg(not(feature = "yaml"))]
+fn parse_yaml_file(_: &str, source_name: &str) -> Result<Rules, RulesError> {
+    Err(RulesError::Invalid {
+        source_name: source_name.to_owned(),
+        location: Location {
+            json_path: ".".into(),
+            line_column: None,
+        },
+        problem: InvalidRule::NotYaml(
+            "YAML rules files are read with tollgate's `yaml` feature, which this build does \
+             not have"
+                .into(),
+        ),
+    })
+}
+
+/// A named rule no route names: found by [`Rules::unused_rules`]. It prints as a warning
+/// that names the rule, and the section of the file its name looks like a misspelling of.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::Rules;
+///
+/// let rules = Rules::from_json(r#"{"default": {"limit": "10/second"},
+///     "rules": {"search": {"limit": "5/second"}}}"#).unwrap();
+/// let unused = rules.unused_rules().next().unwrap();
+/// assert_eq!(unused.rule().id(), "search");
+/// assert_eq!(unused.near_section(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnusedRule<'a> {
+    rule: &'a Rule,
+    near: Option<&'static str>,
+}
+
+impl<'a> UnusedRule<'a> {
+    /// The rule.
+    pub fn rule(&self) -> &'a Rule {
+        self.rule
+    }
+
+    /// For a rule written at the top level, the section of the file its name looks like a
+    /// misspelling of (`clients` for `client`).
+    pub fn near_section(&self) -> Option<&'static str> {
+        self.near
+    }
+}
+
+impl fmt::Display for UnusedRule<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule {:?} is named by no route: it applies only to requests that ask for it by name",
+            self.rule.id()
+        )?;
+        match self.near {
+            Some(section) => write!(
+                f,
+                " (a top-level object the format does not know is a named rule: did you mean \
+                 `{section}`?)"
+            ),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,57 +1,32 @@
-//! Reading and validating the rules file's JSON into [`Rules`]: every problem is reported
-//! with its JSON location and what was expected.
+//! Reading and validating the rules file (JSON, or YAML: one grammar, two syntaxes) into
+//! [`Rules`]: every problem is reported with its location and what was expected.
 
-use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::descriptor::{self, RawDescriptor};
+use super::descriptor;
+use super::document::{RawNamed, RawRuleSet, RawRules, near_known_key, with_section_hint};
 use super::json::{json_path_of, json_problem};
 use super::raw::{Problem, RawRule, limit_of, problem};
 use super::router::{ConflictKind, Route, RuleSet};
-use super::{InvalidRule, Location, Rule, Rules, RulesError};
-use crate::header_style::HeaderStyle;
+use super::{
+    Band, InvalidRule, Limit, Location, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Rule, Rules,
+    RulesError, period_secs,
+};
+use crate::algorithm::Algorithm;
 use crate::key::{ClientKey, InvalidClientKey};
-use crate::policy::OnRedisError;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRuleSet {
-    default: RawRule,
-    #[serde(default)]
-    routes: Vec<RawRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRules {
-    default: RawRule,
-    #[serde(default)]
-    routes: Vec<RawRule>,
-    #[serde(default)]
-    tiers: BTreeMap<String, RawRuleSet>,
-    default_tier: Option<String>,
-    #[serde(default)]
-    clients: BTreeMap<String, RawRule>,
-    #[serde(default)]
-    descriptors: BTreeMap<String, Vec<RawDescriptor>>,
-    #[serde(default)]
-    shadow: bool,
-    on_redis_error: Option<OnRedisError>,
-    local_fallback_instances: Option<NonZeroU32>,
-    headers: Option<HeaderStyle>,
-    problem_details: Option<bool>,
-}
 
 pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
-    let invalid = |location: Location, problem: InvalidRule| RulesError::Invalid {
-        source_name: source_name.to_owned(),
-        location,
-        problem,
+    let invalid = |location: Location, mut problem: InvalidRule| {
+        with_section_hint(&location.json_path, &mut problem);
+        RulesError::Invalid {
+            source_name: source_name.to_owned(),
+            location,
+            problem,
+        }
     };
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawRules = serde_path_to_error::deserialize(&mut *de)
@@ -81,27 +56,83 @@ pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> 
     })
 }
 
-fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
+/// Validates a YAML rules document: the same grammar as JSON's, read with serde-saphyr. Its
+/// JSON form is kept as the rules' source, which runtime entries are merged into.
+#[cfg(feature = "yaml")]
+pub(super) fn parse_yaml(text: &str, source_name: &str) -> Result<Rules, RulesError> {
+    let invalid = |location: Location, mut problem: InvalidRule| {
+        with_section_hint(&location.json_path, &mut problem);
+        RulesError::Invalid {
+            source_name: source_name.to_owned(),
+            location,
+            problem,
+        }
+    };
+    const ONE_DOCUMENT: &str = "a rules file holds one document";
+    let not_read = |not_read: super::yaml::NotRead| {
+        let (location, problem) = not_read.into_rules_problem();
+        invalid(location, problem)
+    };
+    let raw: RawRules =
+        super::yaml::deserialize(text, json_path_of, ONE_DOCUMENT).map_err(not_read)?;
+    // The document was read as rules, so it reads as a value too.
+    let json: Value =
+        super::yaml::deserialize(text, json_path_of, ONE_DOCUMENT).map_err(not_read)?;
+    let source = super::Source {
+        json: json.to_string().into(),
+        name: source_name.into(),
+    };
+    build(raw, source).map_err(|p| {
+        invalid(
+            Location {
+                json_path: p.json_path,
+                line_column: None,
+            },
+            p.problem,
+        )
+    })
+}
+
+fn build(mut raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
+    let shadow = raw.shadow;
     let mut rules = Vec::new();
-    let base = rule_set(&mut rules, None, "", raw.default, raw.routes, raw.shadow)?;
+    // The base default first, then the named rules, which routes anywhere may name.
+    let base_default = match raw.default.take() {
+        Some(default) => Some(default_rule(&mut rules, None, "", &default, shadow)?),
+        None => None,
+    };
+    let mut named = Named::build(&mut rules, raw.take_named(), shadow)?;
+    let base_routes = std::mem::take(&mut raw.routes);
+    let (base, base_routes) = match base_default {
+        Some(default) => {
+            let set = rule_set(
+                &mut rules,
+                None,
+                "",
+                default,
+                base_routes,
+                shadow,
+                &mut named,
+            )?;
+            (Some(set), Vec::new())
+        }
+        None => (None, base_routes),
+    };
     let mut tiers = Vec::with_capacity(raw.tiers.len());
-    for (name, set) in raw.tiers {
+    for (name, set) in std::mem::take(&mut raw.tiers) {
         let at = format!("tiers.{name}");
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid_name {
+        if !valid_name(&name) {
             return Err(problem(at, InvalidRule::TierName { name }));
         }
+        let default = tier_default(&mut rules, &name, &at, &set, shadow)?;
         let set = rule_set(
             &mut rules,
             Some(&name),
             &format!("{at}."),
-            set.default,
+            default,
             set.routes,
-            raw.shadow,
+            shadow,
+            &mut named,
         )?;
         tiers.push((name.into_boxed_str(), set));
     }
@@ -122,25 +153,30 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
                 })?,
         ),
     };
+    // Without a top-level `default`, the default tier's default is the base rules' default
+    // too, for the routes written at the top level.
+    let base = match (base, default_tier) {
+        (Some(base), _) => base,
+        (None, Some(tier)) => rule_set(
+            &mut rules,
+            None,
+            "",
+            tiers[tier].1.default(),
+            base_routes,
+            shadow,
+            &mut named,
+        )?,
+        (None, None) => return Err(named.missing_default()),
+    };
     let mut clients = super::Clients::default();
     for (key, raw_rule) in raw.clients {
         let at = format!("clients.{key}");
-        for (field, present) in [
-            ("path", raw_rule.path.is_some()),
-            ("methods", raw_rule.methods.is_some()),
-        ] {
-            if present {
-                return Err(problem(
-                    format!("{at}.{field}"),
-                    InvalidRule::Json(format!("`{field}` is only allowed in routes")),
-                ));
-            }
-        }
+        raw_rule.only_in_routes(&at)?;
         let client = ClientKey::parse(&key)
             .ok_or_else(|| problem(&at, InvalidClientKey::of(&key).into()))?;
-        clients.insert(client, limit_of(&raw_rule, &at, raw.shadow)?);
+        clients.insert(client, limit_of(&raw_rule, &at, shadow)?);
     }
-    let descriptors = descriptor::build(raw.descriptors, &mut rules, raw.shadow)?;
+    let descriptors = descriptor::build(raw.descriptors, &mut rules, shadow)?;
     let by_id = rules
         .iter()
         .enumerate()
@@ -154,6 +190,7 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
         default_tier,
         clients,
         descriptors: Arc::new(descriptors),
+        unused: named.unused().into(),
         on_redis_error: raw.on_redis_error,
         local_fallback_instances: raw.local_fallback_instances,
         header_style: raw.headers,
@@ -162,39 +199,271 @@ fn build(raw: RawRules, source: super::Source) -> Result<Rules, Problem> {
     })
 }
 
-/// Builds one rule set's rules into `rules` and returns its routers. `at` prefixes JSON
-/// paths (`""` or `"tiers.pro."`).
-fn rule_set(
+/// Pushes a default rule (the base rules' or a tier's) into `rules`; its index. `at`
+/// prefixes JSON paths (`""` or `"tiers.pro."`).
+fn default_rule(
     rules: &mut Vec<Rule>,
     tier: Option<&str>,
     at: &str,
-    default: RawRule,
-    raw_routes: Vec<RawRule>,
+    default: &RawRule,
     shadow_all: bool,
-) -> Result<RuleSet, Problem> {
+) -> Result<usize, Problem> {
+    let json_path = format!("{at}default");
+    default.only_in_routes(&json_path)?;
+    let limit = limit_of(default, &json_path, shadow_all)?;
+    Ok(push_default(rules, tier, limit))
+}
+
+fn push_default(rules: &mut Vec<Rule>, tier: Option<&str>, limit: Option<Limit>) -> usize {
+    let index = rules.len();
     let id_prefix = tier.map(|t| format!("{t}:")).unwrap_or_default();
-    for (field, present) in [
-        ("path", default.path.is_some()),
-        ("methods", default.methods.is_some()),
-    ] {
-        if present {
-            return Err(problem(
-                format!("{at}default.{field}"),
-                InvalidRule::Json(format!("`{field}` is only allowed in routes")),
-            ));
-        }
-    }
-    let default_index = rules.len();
     rules.push(Rule {
         id: format!("{id_prefix}default").into(),
-        index: default_index,
+        index,
         tier: tier.map(Into::into),
         pattern: None,
         methods: None,
         head_as_get: false,
-        limit: limit_of(&default, &format!("{at}default"), shadow_all)?,
+        named: false,
+        limit,
         descriptor: None,
     });
+    index
+}
+
+/// Pushes the default rule of the tier `name` (written at `at`, `tiers.<name>`) into
+/// `rules`: its `default`, or `limit` requests per `window` seconds; its index.
+fn tier_default(
+    rules: &mut Vec<Rule>,
+    name: &str,
+    at: &str,
+    set: &RawRuleSet,
+    shadow_all: bool,
+) -> Result<usize, Problem> {
+    let form = |found: &str| {
+        problem(
+            at,
+            InvalidRule::TierForm {
+                found: found.to_owned(),
+            },
+        )
+    };
+    match (&set.default, &set.limit, &set.window) {
+        (Some(default), None, None) => {
+            default_rule(rules, Some(name), &format!("{at}."), default, shadow_all)
+        }
+        (None, Some(limit), Some(window)) => {
+            let limit = per_window(limit, window, at, shadow_all)?;
+            Ok(push_default(rules, Some(name), Some(limit)))
+        }
+        (None, None, None) => Err(problem(
+            at,
+            InvalidRule::Json(
+                "missing field `default` (a tier has `default` and `routes`, or `limit` and \
+                 `window`)"
+                    .into(),
+            ),
+        )),
+        (Some(_), _, _) => Err(form("it has `default` and `limit`/`window` too")),
+        (None, Some(_), None) => Err(form("`window` is missing")),
+        (None, None, Some(_)) => Err(form("`limit` is missing")),
+    }
+}
+
+/// A tier written `{limit: N, window: S}`: a token bucket of capacity N that refills N/S
+/// tokens a second.
+fn per_window(limit: &Value, window: &Value, at: &str, shadow_all: bool) -> Result<Limit, Problem> {
+    let form = |field: &str, found: String| {
+        problem(format!("{at}.{field}"), InvalidRule::TierForm { found })
+    };
+    let count = limit
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            let hint = if limit.is_string() {
+                " (a rule's \"N/unit\" goes in the tier's `default`)"
+            } else {
+                ""
+            };
+            form("limit", format!("`limit` is {limit}{hint}"))
+        })?;
+    let seconds = window
+        .as_f64()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| form("window", format!("`window` is {window}")))?;
+    let refill = f64::from(count) / seconds;
+    if !(MIN_REFILL_PER_SEC..=MAX_REFILL_PER_SEC).contains(&refill) {
+        return Err(problem(
+            format!("{at}.window"),
+            InvalidRule::RefillRate {
+                got: refill.to_string(),
+            },
+        ));
+    }
+    let band = Band::new(count, refill).ok_or_else(|| {
+        problem(
+            format!("{at}.window"),
+            InvalidRule::Period {
+                secs: period_secs(count, refill),
+            },
+        )
+    })?;
+    Ok(Limit {
+        algorithm: Algorithm::default(),
+        bands: vec![band].into(),
+        cost: 1,
+        shadow: shadow_all,
+    })
+}
+
+/// The named rules: by name, and whether routes name them.
+struct Named {
+    by_name: HashMap<String, usize>,
+    rules: Vec<NamedRule>,
+}
+
+struct NamedRule {
+    /// Its index in the rules.
+    index: usize,
+    name: String,
+    /// Where the file writes it.
+    json_path: String,
+    /// Whether a route names it.
+    used: bool,
+    /// For a rule written at the top level, the section its name looks like a misspelling
+    /// of.
+    near: Option<&'static str>,
+}
+
+impl Named {
+    /// Pushes each named rule into `rules`.
+    fn build(rules: &mut Vec<Rule>, raw: Vec<RawNamed>, shadow_all: bool) -> Result<Self, Problem> {
+        let mut named = Named {
+            by_name: HashMap::with_capacity(raw.len()),
+            rules: Vec::with_capacity(raw.len()),
+        };
+        for RawNamed {
+            name,
+            json_path,
+            rule,
+        } in raw
+        {
+            let near = if json_path.starts_with("rules") {
+                None
+            } else {
+                near_known_key(&name)
+            };
+            let reason = if !valid_name(&name) {
+                Some("must be 1 to 64 letters, digits, '_' or '-'".to_owned())
+            } else if name == "default" {
+                Some("is the default rule's identity".to_owned())
+            } else {
+                named
+                    .by_name
+                    .get(&name)
+                    .map(|&at| format!("is given twice: at {} too", named.rules[at].json_path))
+            };
+            if let Some(reason) = reason {
+                return Err(problem(&json_path, InvalidRule::RuleName { name, reason }));
+            }
+            let limit = rule
+                .only_in_routes(&json_path)
+                .and_then(|()| limit_of(&rule, &json_path, shadow_all))?;
+            let index = rules.len();
+            rules.push(Rule {
+                id: name.as_str().into(),
+                index,
+                tier: None,
+                pattern: None,
+                methods: None,
+                head_as_get: false,
+                named: true,
+                limit,
+                descriptor: None,
+            });
+            named.by_name.insert(name.clone(), named.rules.len());
+            named.rules.push(NamedRule {
+                index,
+                name,
+                json_path,
+                used: false,
+                near,
+            });
+        }
+        Ok(named)
+    }
+
+    /// The index of the rule `name`, which the route at `json_path` names.
+    fn named_by(&mut self, name: &str, json_path: &str) -> Result<usize, Problem> {
+        match self.by_name.get(name) {
+            Some(&at) => {
+                self.rules[at].used = true;
+                Ok(self.rules[at].index)
+            }
+            None => Err(problem(
+                format!("{json_path}.rule"),
+                InvalidRule::UnknownRuleName {
+                    name: name.to_owned(),
+                    known: self.rules.iter().map(|r| r.name.clone()).collect(),
+                },
+            )),
+        }
+    }
+
+    /// The named rules no route names, each with the section its name looks like a
+    /// misspelling of.
+    fn unused(&self) -> Vec<(usize, Option<&'static str>)> {
+        self.rules
+            .iter()
+            .filter(|r| !r.used)
+            .map(|r| (r.index, r.near))
+            .collect()
+    }
+
+    /// The error of a document with neither `default` nor `default_tier`.
+    fn missing_default(&self) -> Problem {
+        let hint = self
+            .rules
+            .iter()
+            .find(|r| r.near == Some("default"))
+            .map_or_else(String::new, |r| {
+                format!(
+                    " (`{}` is read as a named rule; did you mean `default`?)",
+                    r.name
+                )
+            });
+        problem(
+            ".",
+            InvalidRule::Json(format!(
+                "missing field `default`{hint}: requests no route covers need a default rule, \
+                 unless `default_tier` names the tier whose rules they get"
+            )),
+        )
+    }
+}
+
+/// A tier's or a named rule's name: 1 to 64 letters, digits, `_` or `-`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Builds one rule set's routes into `rules` and returns its routers. `at` prefixes JSON
+/// paths (`""` or `"tiers.pro."`); `default_index` is the set's default rule's.
+fn rule_set(
+    rules: &mut Vec<Rule>,
+    tier: Option<&str>,
+    at: &str,
+    default_index: usize,
+    raw_routes: Vec<RawRule>,
+    shadow_all: bool,
+    named: &mut Named,
+) -> Result<RuleSet, Problem> {
+    let id_prefix = tier.map(|t| format!("{t}:")).unwrap_or_default();
 
     let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
     // Where each route is in the file, for errors.
@@ -204,7 +473,22 @@ fn rule_set(
     let mut by_id: HashMap<Arc<str>, usize> = HashMap::with_capacity(raw_routes.len());
     for (i, raw_route) in raw_routes.iter().enumerate() {
         let json_path = format!("{at}routes[{i}]");
-        let limit = limit_of(raw_route, &json_path, shadow_all)?;
+        // A route that names a rule takes its limit, and its budget, from it.
+        let target = match &raw_route.rule {
+            Some(name) => {
+                if let Some(field) = raw_route.limit_fields().next() {
+                    return Err(problem(
+                        format!("{json_path}.{field}"),
+                        InvalidRule::Json(format!(
+                            "a route that names a rule takes its limit from it: `{field}` \
+                             belongs in the rule {name:?}"
+                        )),
+                    ));
+                }
+                Target::Named(named.named_by(name, &json_path)?)
+            }
+            None => Target::Own(limit_of(raw_route, &json_path, shadow_all)?),
+        };
         let pattern = raw_route
             .path
             .clone()
@@ -247,17 +531,24 @@ fn rule_set(
                 },
             ));
         }
-        let index = rules.len();
-        rules.push(Rule {
-            id: id.clone(),
-            index,
-            tier: tier.map(Into::into),
-            pattern: Some(pattern.as_str().into()),
-            methods: methods.as_deref().map(Into::into),
-            head_as_get: false,
-            limit,
-            descriptor: None,
-        });
+        let index = match target {
+            Target::Named(index) => index,
+            Target::Own(limit) => {
+                let index = rules.len();
+                rules.push(Rule {
+                    id: id.clone(),
+                    index,
+                    tier: tier.map(Into::into),
+                    pattern: Some(pattern.as_str().into()),
+                    methods: methods.as_deref().map(Into::into),
+                    head_as_get: false,
+                    named: false,
+                    limit,
+                    descriptor: None,
+                });
+                index
+            }
+        };
         by_id.insert(id, routes.len());
         by_pattern
             .entry(pattern.clone())
@@ -290,6 +581,14 @@ fn rule_set(
         )
     })?;
     Ok(set)
+}
+
+/// What a route's requests count against.
+enum Target {
+    /// A limit of the route's own.
+    Own(Option<Limit>),
+    /// The named rule at this index.
+    Named(usize),
 }
 
 /// The identity of `route`, a route as the rules file writes it, in `tier` (`None`: the

@@ -10,13 +10,15 @@ use super::{
 };
 use crate::algorithm::Algorithm;
 
-/// One rule as written. `default`, `routes[i]` and `clients.<key>` share the shape; `path`
-/// and `methods` are only allowed in routes.
+/// One rule as written. `default`, `routes[i]`, named rules and `clients.<key>` share the
+/// shape; `path`, `methods` and `rule` are only allowed in routes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
     pub(super) path: Option<String>,
     pub(super) methods: Option<Vec<String>>,
+    /// A route's named rule, whose limit (and budget) it takes.
+    pub(super) rule: Option<String>,
     pub(super) capacity: Option<Number>,
     pub(super) refill_rate: Option<Number>,
     pub(super) limit: Option<String>,
@@ -25,6 +27,42 @@ pub(super) struct RawRule {
     pub(super) algorithm: Option<Algorithm>,
     pub(super) cost: Option<Number>,
     pub(super) shadow: Option<bool>,
+}
+
+impl RawRule {
+    /// The fields that say how much the rule allows, present on this one.
+    pub(super) fn limit_fields(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("capacity", self.capacity.is_some()),
+            ("refill_rate", self.refill_rate.is_some()),
+            ("limit", self.limit.is_some()),
+            ("limits", self.limits.is_some()),
+            ("unlimited", self.unlimited.is_some()),
+            ("algorithm", self.algorithm.is_some()),
+            ("cost", self.cost.is_some()),
+            ("shadow", self.shadow.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+    }
+
+    /// An error at `json_path` for the first of `fields` this rule has: they are only
+    /// allowed in routes.
+    pub(super) fn only_in_routes(&self, json_path: &str) -> Result<(), Problem> {
+        for (field, present) in [
+            ("path", self.path.is_some()),
+            ("methods", self.methods.is_some()),
+            ("rule", self.rule.is_some()),
+        ] {
+            if present {
+                return Err(problem(
+                    format!("{json_path}.{field}"),
+                    InvalidRule::Json(format!("`{field}` is only allowed in routes")),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A problem found after deserializing, with its JSON path.

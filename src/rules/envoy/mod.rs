@@ -273,39 +273,16 @@ fn config_files(dir: &Path) -> Result<Vec<PathBuf>, EnvoyConfigError> {
 
 /// The document, or where and why it is not one envoy ratelimit's configuration can be.
 fn parse(text: &str) -> Result<RawConfig, (Location, InvalidEnvoyConfig)> {
-    let mut json_path = None;
-    let parsed = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            json_path = Some(yaml_path_of(err.path()));
-            err.into_inner()
-        })
-    });
-    parsed.map_err(|err| {
-        let err = err.without_snippet();
-        let location = err.location();
-        let message = err.to_string();
-        // The message ends with the location (and where aliases led), reported on its own.
-        let message = message
-            .find(" at line ")
-            .map_or(message.as_str(), |at| &message[..at]);
-        let message = match message {
-            "invalid u32" => "expected an integer from 0 to 4294967295",
-            other if other.starts_with("multiple YAML documents") => {
-                "a second YAML document: each file holds one domain, in one document"
-            }
-            other => other
-                .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
-                .unwrap_or(other),
-        };
-        let json_path = json_path.unwrap_or_else(|| ".".into());
-        let location = match location {
-            Some(location) => yaml::located(json_path, &location),
-            None => Location {
-                json_path,
-                line_column: None,
-            },
-        };
-        (location, InvalidEnvoyConfig::Yaml(message.to_owned()))
+    crate::rules::yaml::deserialize(
+        text,
+        yaml_path_of,
+        "each file holds one domain, in one document",
+    )
+    .map_err(|not_read| {
+        (
+            not_read.location,
+            InvalidEnvoyConfig::Yaml(not_read.message),
+        )
     })
 }
 

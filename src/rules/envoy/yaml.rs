@@ -10,6 +10,7 @@ use serde_saphyr::Spanned;
 
 use super::InvalidEnvoyConfig;
 use crate::algorithm::Algorithm;
+use crate::rules::yaml::located;
 use crate::rules::{Band, Location, MAX_BANDS};
 
 /// One configuration file: a domain and its descriptors.
@@ -71,16 +72,6 @@ pub(super) type Problem = (Location, InvalidEnvoyConfig);
 
 fn at<T>(spanned: &Spanned<T>, path: String, problem: InvalidEnvoyConfig) -> Problem {
     (located(path, &spanned.referenced), problem)
-}
-
-pub(super) fn located(json_path: String, location: &serde_saphyr::Location) -> Location {
-    let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-    let line_column =
-        (location.line() > 0).then(|| (narrow(location.line()), narrow(location.column())));
-    Location {
-        json_path,
-        line_column,
-    }
 }
 
 /// The seconds of each of envoy ratelimit's units, as it counts them (a month is 30 days, a

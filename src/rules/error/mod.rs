@@ -165,6 +165,19 @@ pub enum InvalidRule {
         /// expected`.
         context: String,
     },
+    /// A YAML rules file that is not YAML, or holds more than one document.
+    ///
+    /// ```
+    /// use tollgate::{InvalidRule, Rules, RulesError};
+    ///
+    /// let RulesError::Invalid { location, problem, .. } = Rules::from_yaml("default: {limit: 1/second").unwrap_err() else {
+    ///     panic!("expected Invalid")
+    /// };
+    /// assert_eq!(problem, InvalidRule::NotYaml("unclosed bracket '{'".into()));
+    /// assert_eq!(location.to_string(), "default (line 1, column 10)");
+    /// ```
+    #[error("not valid YAML: {0}")]
+    NotYaml(String),
     /// A missing or unknown field, or a value of the wrong type.
     #[error("{0}")]
     Json(String),
@@ -285,6 +298,43 @@ pub enum InvalidRule {
     TierName {
         /// The name as written.
         name: String,
+    },
+    /// A tier written as a rule of its own, `{limit: N, window: S}` (N requests per S
+    /// seconds, a token bucket), that is not quite one.
+    ///
+    /// ```
+    /// use tollgate::{InvalidRule, Rules, RulesError};
+    ///
+    /// let json = r#"{"tiers": {"free": {"limit": 100}}, "default_tier": "free"}"#;
+    /// let RulesError::Invalid { problem, .. } = Rules::from_json(json).unwrap_err() else {
+    ///     panic!("expected Invalid")
+    /// };
+    /// assert_eq!(problem, InvalidRule::TierForm { found: "`window` is missing".into() });
+    /// ```
+    #[error(
+        "a tier has `default` (a rule) with its `routes`, or `limit` (a whole number of requests, 1 to {max}) per `window` (seconds, above 0); {found}",
+        max = u32::MAX
+    )]
+    TierForm {
+        /// What the tier had instead.
+        found: String,
+    },
+    /// A named rule's name that cannot be one: not 1 to 64 letters, digits, `_` or `-`,
+    /// `default`, or a name given twice.
+    #[error("rule name {name:?} {reason}")]
+    RuleName {
+        /// The name as written.
+        name: String,
+        /// Why it cannot be one.
+        reason: String,
+    },
+    /// A route names a rule (`"rule": "<name>"`) the file does not define.
+    #[error("the rules file defines no rule {name:?} (named rules: {known:?})")]
+    UnknownRuleName {
+        /// The name as written.
+        name: String,
+        /// The named rules the file defines.
+        known: Vec<String>,
     },
     /// `default_tier` names a tier that `tiers` does not define.
     #[error("tier {name:?} is not defined in `tiers` (defined: {known:?})")]

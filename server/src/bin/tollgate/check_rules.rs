@@ -78,6 +78,9 @@ pub(crate) fn check_rules(args: &CheckRules) -> ExitCode {
     for never in rules.unreachable_overrides(args.ipv6_prefix_len) {
         eprintln!("warning: {never}");
     }
+    for unused in rules.unused_rules() {
+        eprintln!("warning: {unused}");
+    }
     let text = match request {
         None => Summary {
             file: &args.file,
@@ -178,9 +181,19 @@ impl fmt::Display for Summary<'_> {
         }
         for rule in rules
             .iter()
-            .filter(|r| r.tier().is_none() && r.domain().is_none())
+            .filter(|r| r.tier().is_none() && r.domain().is_none() && !r.is_named())
         {
             write_rule(f, rule)?;
+        }
+        if rules.iter().any(Rule::is_named) {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "Named rules (one budget per client for every route that names one):"
+            )?;
+            for rule in rules.iter().filter(|r| r.is_named()) {
+                write_rule(f, rule)?;
+            }
         }
         for tier in rules.tier_names() {
             writeln!(f)?;
@@ -329,6 +342,13 @@ fn write_scope(f: &mut fmt::Formatter<'_>, rule: &Rule) -> fmt::Result {
             field(f, "replaces", &replaces.join(", "))?;
         }
         return Ok(());
+    }
+    if rule.is_named() {
+        return field(
+            f,
+            "used by",
+            &"the routes that name it, and requests that ask for it by name",
+        );
     }
     field(
         f,

@@ -37,7 +37,9 @@ mod limits;
 mod logs;
 mod serve;
 mod server;
+mod settings;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -64,11 +66,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The service and its health check read `.env` (or `--env-file`) first, as the services
+    // before them did: its variables are settings like the environment's.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let reads_env_file = args
+        .first()
+        .is_some_and(|command| command == "serve" || command == "healthcheck");
+    let env_file = if reads_env_file {
+        match settings::EnvFile::load(&args) {
+            Ok(env_file) => env_file,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        settings::EnvFile::default()
+    };
     let Cli { command } =
         Cli::try_parse().unwrap_or_else(|error| environment::naming_the_variable(error).exit());
     match command {
         Command::CheckRules(args) => check_rules::check_rules(&args),
-        Command::Serve(args) => serve::serve(*args),
+        Command::Serve(args) => serve::serve(*args, &env_file),
         Command::Healthcheck(args) => healthcheck::healthcheck(&args),
     }
 }

@@ -14,12 +14,20 @@ use crate::limits::{ConnectionArgs, GrpcCallArgs};
 use crate::logs::{self, LogFormat};
 use crate::server::open_files;
 use crate::server::{self, Acceptor, Limits, Protocol, Slots};
+use crate::settings::{self, EnvFile};
 
 #[derive(Args)]
 pub(crate) struct Serve {
-    /// The rules file. Without one, a single default rule from --default-rate-limit.
+    /// The rules file: JSON, or YAML when its name ends in `.yaml` or `.yml`. Unset:
+    /// `rate_limits.json` in the working directory, else `config.yaml` there, else a single
+    /// default rule from --default-rate-limit.
     #[arg(long, env = "RATE_LIMIT_RULES_PATH", value_name = "FILE")]
     rules: Option<PathBuf>,
+
+    /// Read settings from this file of `NAME=value` lines instead of `.env` in the working
+    /// directory (read when it exists). Variables already in the environment win.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
 
     /// envoy ratelimit's own YAML configuration, unchanged: a file, or a directory of
     /// `*.yaml`/`*.yml` files, one domain each. Its domains are served over gRPC next to
@@ -40,7 +48,8 @@ pub(crate) struct Serve {
     /// Keep the limits in this Redis, shared by every instance using it. Each instance
     /// pings it once a second (500 ms deadline, or REDIS_TIMEOUT_MS if longer): `GET /health`
     /// follows it within 2 s, with or without traffic, and decisions go back to it as soon
-    /// as it answers.
+    /// as it answers. Unset, REDIS_HOST with REDIS_PORT, REDIS_DB, REDIS_USERNAME and
+    /// REDIS_PASSWORD build it.
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
 
@@ -258,8 +267,11 @@ impl From<FailMode> for OnRedisError {
     }
 }
 
-pub(crate) fn serve(args: Serve) -> ExitCode {
-    logs::init(args.log_format);
+pub(crate) fn serve(args: Serve, env_file: &EnvFile) -> ExitCode {
+    if let Err(message) = logs::init(args.log_format) {
+        return fail(&message);
+    }
+    env_file.log();
     let runtime = worker_threads().and_then(|threads| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -267,7 +279,7 @@ pub(crate) fn serve(args: Serve) -> ExitCode {
             .build()
             .map_err(|error| format!("cannot start the runtime: {error}"))
     });
-    match runtime.and_then(|runtime| runtime.block_on(run(args))) {
+    match runtime.and_then(|runtime| runtime.block_on(run(args, env_file))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
@@ -354,7 +366,7 @@ fn default_rules(limit: &str) -> Result<Rules, String> {
     })
 }
 
-async fn run(args: Serve) -> Result<(), String> {
+async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
     let open_files = open_files::raise()
         .inspect_err(|why| tracing::warn!("{why}"))
         .ok();
@@ -366,13 +378,29 @@ async fn run(args: Serve) -> Result<(), String> {
         cap.connections,
     );
     let mut builder = Limiter::builder().on_redis_error(args.fail_mode.into());
-    let rules_source = match &args.rules {
-        Some(path) => {
+    let named = set_path(args.rules.clone());
+    let found = match &named {
+        Some(_) => None,
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|dir| settings::rules_file_found_in(&dir)),
+    };
+    let rules_source = match (&named, &found) {
+        (Some(path), _) | (None, Some(path)) => {
             // Reloaded when it changes, and on SIGHUP.
             builder = builder.rules_file(path).reload_on_sighup(true);
-            path.display().to_string()
+            match (&named, env_file.origin("RATE_LIMIT_RULES_PATH")) {
+                (None, _) => format!(
+                    "{} (found in the working directory: RATE_LIMIT_RULES_PATH is not set)",
+                    path.display()
+                ),
+                (Some(_), Some(origin)) => {
+                    format!("{} (RATE_LIMIT_RULES_PATH, from {origin})", path.display())
+                }
+                (Some(_), None) => path.display().to_string(),
+            }
         }
-        None => {
+        (None, None) => {
             builder = builder.rules(default_rules(&args.default_rate_limit)?);
             format!(
                 "one default rule from DEFAULT_RATE_LIMIT ({})",
@@ -390,8 +418,17 @@ async fn run(args: Serve) -> Result<(), String> {
         }
         None => rules_source,
     };
-    let uses_redis =
-        set(args.redis_cluster_nodes.clone()).is_some() || set(args.redis_url.clone()).is_some();
+    // Without REDIS_URL, the variables the services before used build it.
+    let redis_parts = if set(args.redis_cluster_nodes.clone()).is_none()
+        && set(args.redis_url.clone()).is_none()
+    {
+        settings::redis_url_from_parts(|name| std::env::var(name).ok())?
+    } else {
+        None
+    };
+    let uses_redis = set(args.redis_cluster_nodes.clone()).is_some()
+        || set(args.redis_url.clone()).is_some()
+        || redis_parts.is_some();
     let runtime_store = if uses_redis {
         "Redis".to_owned()
     } else {
@@ -412,11 +449,25 @@ async fn run(args: Serve) -> Result<(), String> {
             ));
         }
         builder = builder.redis_cluster(nodes);
-        redis_setting = Some("REDIS_CLUSTER_NODES");
+        redis_setting = Some("REDIS_CLUSTER_NODES".to_owned());
     } else if let Some(url) = set(args.redis_url) {
         builder = builder.redis_url(url);
-        redis_setting = Some("REDIS_URL");
+        redis_setting = Some("REDIS_URL".to_owned());
+    } else if let Some(parts) = redis_parts {
+        builder = builder.redis_url(parts.url);
+        redis_setting = Some(parts.from);
     }
+    // Where the Redis setting came from, for the startup log.
+    let redis_from = redis_setting.as_deref().map(|setting| {
+        let origins: Vec<String> = setting
+            .split(", ")
+            .map(|name| match env_file.origin(name) {
+                Some(origin) => format!("{name} from {origin}"),
+                None => format!("{name} from the command line"),
+            })
+            .collect();
+        origins.join(", ")
+    });
     builder = builder
         .record_usage(true)
         .usage_max_clients(args.usage_max_clients)
@@ -428,7 +479,7 @@ async fn run(args: Serve) -> Result<(), String> {
     let limiter = builder
         .build()
         .await
-        .map_err(|error| match (&error, redis_setting) {
+        .map_err(|error| match (&error, &redis_setting) {
             (BuildError::Store(_), Some(setting)) => format!("{setting}: {error}"),
             _ => error.to_string(),
         })?;
@@ -480,6 +531,7 @@ async fn run(args: Serve) -> Result<(), String> {
     }
     tracing::info!(
         backend = limiter.backend_name(),
+        redis = redis_from.as_deref(),
         rules = %rules_source,
         runtime_changes_kept_in = %runtime_store,
         on_redis_error = limiter.on_redis_error().map(OnRedisError::as_str),
