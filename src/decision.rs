@@ -88,6 +88,62 @@ impl Decision {
     }
 }
 
+/// One band of a limit as it is now, as a [peek](crate::Limiter::peek) reports every band:
+/// its capacity and period, what is left and when it is full again. A status page that shows
+/// each window of a rule (per minute, per hour, per day) is made of these.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{ClientKey, Limiter, Query, Rules};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rules = Rules::from_json(r#"{"default": {"limits": ["10/minute", "100/hour", "1000/day"]}}"#)?;
+/// let limiter = Limiter::builder().rules(rules).build().await?;
+/// let ada = ClientKey::id("ada");
+/// limiter.check(Query::new(&ada).cost(3)).await?;
+/// let status = limiter.peek(Query::new(&ada)).await?;
+/// let bands: Vec<(u32, u64, u32, u32)> = status
+///     .bands()
+///     .iter()
+///     .map(|band| (band.limit, band.period.as_secs(), band.remaining, band.used()))
+///     .collect();
+/// assert_eq!(bands, [(10, 60, 7, 3), (100, 3600, 97, 3), (1000, 86400, 997, 3)]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BandStatus {
+    /// The band's capacity.
+    pub limit: u32,
+    /// The band's period: the window of a window algorithm, the time a token bucket takes to
+    /// fill from empty (`limit / refill rate`).
+    pub period: Duration,
+    /// Whole units left now.
+    pub remaining: u32,
+    /// When the band is full again if nothing more is taken.
+    pub reset: SystemTime,
+}
+
+impl BandStatus {
+    /// A band of `limit` units over `period` with `remaining` left, full again at `reset`.
+    pub fn new(limit: u32, period: Duration, remaining: u32, reset: SystemTime) -> Self {
+        Self {
+            limit,
+            period,
+            remaining,
+            reset,
+        }
+    }
+
+    /// What is used of the band now: `limit - remaining`.
+    pub fn used(&self) -> u32 {
+        self.limit.saturating_sub(self.remaining)
+    }
+}
+
 /// Who made a decision: the backend, a shortcut it took, or the failure policy.
 ///
 /// # Example

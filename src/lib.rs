@@ -91,7 +91,7 @@ mod rules;
 
 pub use algorithm::Algorithm;
 pub use backend::breaker::BreakerState;
-pub use decision::{DecidedBy, Decision};
+pub use decision::{BandStatus, DecidedBy, Decision};
 pub use error::BuildError;
 pub use header_style::HeaderStyle;
 pub use http::{

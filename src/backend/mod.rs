@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Decision;
-use crate::decision::DecidedBy;
+use crate::decision::{BandStatus, DecidedBy};
 use crate::key::{ClientKey, KeyRef};
 use crate::policy::OnRedisError;
 use crate::rules::Limit;
@@ -165,10 +165,22 @@ pub enum Mode {
 /// let down = Outcome::Unavailable { retry_after: Duration::from_millis(500) };
 /// assert_ne!(down, Outcome::PassThrough);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The bands decided: in the store, or from what the store remembers of it.
     Decided(Decision, DecidedBy),
+    /// A [peek](Mode::Peek)'s answer, with every band of the limit as it is now (in the
+    /// limit's order), which [`Verdict::bands`](crate::Verdict::bands) lists. A store that
+    /// cannot tell each band answers a peek [`Decided`](Outcome::Decided): the verdict then
+    /// lists the band reported.
+    Peeked {
+        /// What a take would have answered.
+        decision: Decision,
+        /// Who answered.
+        decided_by: DecidedBy,
+        /// Every band, as it is now.
+        bands: Box<[BandStatus]>,
+    },
     /// The store could not decide and its failure policy lets the request pass, with no
     /// rate limit headers.
     PassThrough,

@@ -132,10 +132,13 @@ impl Limiter {
     }
 
     /// What [`check`](Self::check) would answer now, taking nothing: whether a request of
-    /// this cost would be admitted, and each band as it is (`remaining` before any cost).
-    /// Neither the state (in memory or in Redis) nor the request counters change. On Redis a
-    /// peek is a call like any other: it counts toward the circuit breaker (and `errors` if
-    /// it fails), and may be the breaker's probe.
+    /// this cost would be admitted, and every band of the rule as it is
+    /// ([`Verdict::bands`]: limit, period, remaining before any cost, reset), which a status
+    /// page shows. Neither the state (in memory or in Redis) nor the request counters
+    /// change. On Redis a peek always asks Redis, which holds every band (what this instance
+    /// remembers, a refusal or a lease, is one band's; units leased to instances count as
+    /// taken there), and is a call like any other: it counts toward the circuit breaker
+    /// (and `errors` if it fails), and may be the breaker's probe.
     pub fn peek(&self, query: Query<'_>) -> Checking {
         self.core.check(query, Mode::Peek)
     }
@@ -477,6 +480,7 @@ impl Core {
                 unavailable_for: None,
                 rendering,
                 limit: None,
+                bands: None,
             }));
         };
         let cost = match weight {
@@ -506,6 +510,7 @@ impl Core {
                         unavailable_for: None,
                         rendering,
                         limit: Some(limit.clone()),
+                        bands: None,
                     }));
                 };
                 cost
@@ -559,11 +564,22 @@ impl Core {
             shadow,
             client,
         } = counting;
-        let (decision, decided_by, unavailable_for, refused) = match outcome {
-            Outcome::Decided(decision, by) => (Some(decision), by, None, !decision.allowed),
-            Outcome::PassThrough => (None, DecidedBy::FailOpen, None, false),
+        let (decision, decided_by, unavailable_for, refused, bands) = match outcome {
+            Outcome::Decided(decision, by) => (Some(decision), by, None, !decision.allowed, None),
+            Outcome::Peeked {
+                decision,
+                decided_by,
+                bands,
+            } => (
+                Some(decision),
+                decided_by,
+                None,
+                !decision.allowed,
+                Some(bands),
+            ),
+            Outcome::PassThrough => (None, DecidedBy::FailOpen, None, false, None),
             Outcome::Unavailable { retry_after } => {
-                (None, DecidedBy::FailClosed, Some(retry_after), true)
+                (None, DecidedBy::FailClosed, Some(retry_after), true, None)
             }
         };
         let shadow_refused = refused && shadow;
@@ -604,6 +620,7 @@ impl Core {
             },
             rendering: applied.rendering,
             limit: Some(applied.limit),
+            bands,
         }
     }
 

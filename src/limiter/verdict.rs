@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::decision::{DecidedBy, Decision};
+use crate::decision::{BandStatus, DecidedBy, Decision};
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::rules::Limit;
 
@@ -48,6 +48,8 @@ pub struct Verdict {
     /// The limit that applied (the client's override, if it has one); `None` when the rule
     /// is unlimited. Its bands are shared with the rules, not copied.
     pub(crate) limit: Option<Limit>,
+    /// For a peek, every band as the store reported it.
+    pub(crate) bands: Option<Box<[BandStatus]>>,
 }
 
 impl Verdict {
@@ -71,6 +73,14 @@ impl Verdict {
     /// Who decided.
     pub fn decided_by(&self) -> DecidedBy {
         self.decided_by
+    }
+
+    /// For a [peek](crate::Limiter::peek): every band of the limit as it is now, in the
+    /// limit's order (see [`BandStatus`]). Empty for a check, when nothing was counted (see
+    /// [`decision`](Self::decision)), and from a store that does not tell each band (see
+    /// [`Outcome::Peeked`](crate::backend::Outcome::Peeked)).
+    pub fn bands(&self) -> &[BandStatus] {
+        self.bands.as_deref().unwrap_or_default()
     }
 
     /// The limit that applied: the rule's, or the client's override from the rules'

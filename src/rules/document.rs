@@ -120,12 +120,12 @@ pub(super) fn with_section_hint(json_path: &str, problem: &mut super::InvalidRul
         .split(['.', '['])
         .next()
         .filter(|name| !name.is_empty() && !KNOWN_KEYS.contains(name));
-    if let (Some(name), super::InvalidRule::Json(message)) = (first, problem) {
-        if let Some(near) = near_known_key(name) {
-            message.push_str(&format!(
-                " (`{name}` is read as a named rule; did you mean `{near}`?)"
-            ));
-        }
+    if let (Some(name), super::InvalidRule::Json(message)) = (first, problem)
+        && let Some(near) = near_known_key(name)
+    {
+        message.push_str(&format!(
+            " (`{name}` is read as a named rule; did you mean `{near}`?)"
+        ));
     }
 }
 

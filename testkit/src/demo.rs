@@ -158,9 +158,41 @@ pub fn serve_until_it_exits(envs: &[(&str, &std::ffi::OsStr)]) -> std::process::
 /// `NO_COLOR`), in a fresh working directory (so its default state file is its own), and
 /// waits for its "listening on" line.
 pub fn start_service(envs: &[(&str, &str)]) -> Demo {
+    start_service_in(tempfile::tempdir().unwrap(), envs)
+}
+
+/// [`start_service`], in `workdir`: a directory the test put files in (a `.env`, a rules
+/// file the service finds by itself).
+pub fn start_service_in(workdir: tempfile::TempDir, envs: &[(&str, &str)]) -> Demo {
     let mut command = Command::new(tollgate_binary());
     command.arg("serve");
-    start_serving(command, envs)
+    command
+        .env_clear()
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("NO_COLOR", "1")
+        .envs(envs.iter().copied());
+    start_listening_in(command, "tollgate serve", workdir)
+}
+
+/// Runs `tollgate serve` with `args`, in `workdir`, on free ports with only `envs` in its
+/// environment (and `NO_COLOR`), until it exits by itself: for a start that must fail.
+pub fn serve_in_until_it_exits(
+    workdir: &std::path::Path,
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(tollgate_binary())
+        .arg("serve")
+        .args(args)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .envs(envs.iter().copied())
+        .current_dir(workdir)
+        .output()
+        .unwrap_or_else(|e| panic!("run tollgate serve: {e}"))
 }
 
 /// [`start_service`], with the open files limit of the process set to `soft` and `hard`
@@ -189,8 +221,12 @@ fn start_serving(mut command: Command, envs: &[(&str, &str)]) -> Demo {
 
 /// Runs `command` in a fresh working directory and waits for its "listening on
 /// http://ADDRESS" line on stdout.
-fn start_listening(mut command: Command, what: &str) -> Demo {
-    let workdir = tempfile::tempdir().unwrap();
+fn start_listening(command: Command, what: &str) -> Demo {
+    start_listening_in(command, what, tempfile::tempdir().unwrap())
+}
+
+/// [`start_listening`], in `workdir`.
+fn start_listening_in(mut command: Command, what: &str, workdir: tempfile::TempDir) -> Demo {
     let mut child = command
         .current_dir(workdir.path())
         .stdout(Stdio::piped())

@@ -25,8 +25,8 @@ use std::path::PathBuf;
 
 pub use cluster::TestCluster;
 pub use demo::{
-    Demo, demo_binary, serve_until_it_exits, start_demo, start_service,
-    start_service_with_open_files, tollgate_binary,
+    Demo, demo_binary, serve_in_until_it_exits, serve_until_it_exits, start_demo, start_service,
+    start_service_in, start_service_with_open_files, tollgate_binary,
 };
 pub use deploy::*;
 pub use http::*;

@@ -603,6 +603,63 @@ async fn paths_are_decided_by_their_normal_form(store: &Store<'_>) {
     assert_eq!(header(&encoded, "x-ratelimit-limit"), None);
 }
 
+/// The token-bucket middleware's own `rate_limits.json`, byte for byte: 20 at once, then 5
+/// a second.
+async fn the_token_bucket_middlewares_rules_file_loads_unchanged(store: &Store<'_>) {
+    let file = repo_file("tests/data/seed003/rate_limits.json");
+    let rules = tollgate::Rules::from_file(&file).unwrap_or_else(|e| panic!("{e}"));
+    let app = app(layer(store, rules).await);
+    let started = std::time::Instant::now();
+    let mut allowed = 0;
+    let mut refused = None;
+    for _ in 0..40 {
+        let response = send(&app, request("GET", "/api/data", Some("seed-client"))).await;
+        assert_eq!(header(&response, "x-ratelimit-limit"), Some("20"));
+        match response.status() {
+            OK => allowed += 1,
+            LIMITED => refused = Some(response),
+            other => panic!("{other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let most = 20 + (5.0 * elapsed).ceil() as u32;
+    assert!(
+        (20..=most).contains(&allowed),
+        "{allowed} of 40 in {elapsed:.2} s"
+    );
+    // The next token is a fifth of a second away.
+    let refused = refused.expect("a refusal past 20");
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+}
+
+/// Routes that name one rule count against one budget per client.
+async fn routes_naming_a_rule_share_its_budget(store: &Store<'_>) {
+    // One token an hour: no count moves during the test.
+    let app = app(layer(
+        store,
+        rules(
+            r#"{"default": {"limit": "100/hour"},
+                "rules": {"writes": {"limit": "3/hour"}},
+                "routes": [{"path": "/api/submit", "methods": ["POST"], "rule": "writes"},
+                           {"path": "/api/users/{id}", "methods": ["PUT"], "rule": "writes"}]}"#,
+        ),
+    )
+    .await);
+    let first = send(&app, request("POST", "/api/submit", Some("alice"))).await;
+    assert_eq!(remaining(&first), Some(2));
+    let second = send(&app, request("PUT", "/api/users/7", Some("alice"))).await;
+    assert_eq!(remaining(&second), Some(1));
+    let third = send(&app, request("PUT", "/api/users/8", Some("alice"))).await;
+    assert_eq!(remaining(&third), Some(0));
+    let fourth = send(&app, request("POST", "/api/submit", Some("alice"))).await;
+    assert_eq!(fourth.status(), LIMITED);
+    // Another client, and another rule, have their own.
+    let bob = send(&app, request("POST", "/api/submit", Some("bob"))).await;
+    assert_eq!(remaining(&bob), Some(2));
+    let read = send(&app, request("GET", "/api/submit", Some("alice"))).await;
+    assert_eq!(remaining(&read), Some(99));
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -644,6 +701,8 @@ on_both_backends!(
     fixed_window_starts_afresh_at_the_boundary,
     sliding_window_still_counts_the_previous_window,
     paths_are_decided_by_their_normal_form,
+    the_token_bucket_middlewares_rules_file_loads_unchanged,
+    routes_naming_a_rule_share_its_budget,
 );
 
 /// `Router::layer` runs the layer for every request, so a 404 is charged to the rule its

@@ -224,3 +224,55 @@ async fn overrides_that_can_never_apply_are_warned_about_at_build() {
         warned[0]
     );
 }
+
+/// The block of `seed`'s document (in `../shared/seeds/`, beside the repository) that
+/// follows `heading` and is fenced as `fence`.
+fn seed_block(seed: &str, heading: &str, fence: &str) -> String {
+    let seeds = repo_file("../shared/seeds");
+    let file = std::fs::read_dir(&seeds)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the seeds sit beside the repository)",
+                seeds.display()
+            )
+        })
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(seed))
+        })
+        .unwrap_or_else(|| panic!("no seed {seed} in {}", seeds.display()));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let after = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} in {seed}"))..];
+    let start = after.find(&format!("```{fence}\n")).unwrap() + fence.len() + 4;
+    let end = start + after[start..].find("```").unwrap();
+    after[start..end].to_owned()
+}
+
+/// The test files are the seeds' own, byte for byte.
+#[test]
+fn the_seed_files_under_test_are_the_seeds_own() {
+    for (seed, heading, fence, file) in [
+        (
+            "003",
+            "#### 2. `rate_limits.json` file",
+            "json",
+            "seed003/rate_limits.json",
+        ),
+        ("003", "#### 1. `.env` file", "", "seed003/.env"),
+        (
+            "004",
+            "### Rate Limit Tiers (`config.yaml`)",
+            "yaml",
+            "seed004/config.yaml",
+        ),
+    ] {
+        let ours = std::fs::read_to_string(repo_file(&format!("tests/data/{file}"))).unwrap();
+        assert_eq!(ours, seed_block(seed, heading, fence), "{file}");
+    }
+    let shipped = std::fs::read_to_string(repo_file("examples/seed004-config.yaml")).unwrap();
+    assert_eq!(shipped, seed_block("004", "### Rate Limit Tiers", "yaml"));
+}

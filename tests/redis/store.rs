@@ -574,3 +574,53 @@ async fn a_cluster_without_usable_seed_nodes_fails_the_build() {
     );
     assert!(!message.contains("secret"), "{message}");
 }
+
+#[tokio::test]
+async fn channels_carry_the_database_so_deployments_in_other_databases_do_not_hear() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("channels");
+    let mut limiters = Vec::new();
+    for db in [0, 1, 2] {
+        let limiter = tollgate::Limiter::builder()
+            .rules(rules(r#"{"default": {"limit": "5/second"}}"#))
+            .redis_url(format!("{}/{db}", redis.url()))
+            .redis_prefix(&prefix)
+            .build()
+            .await
+            .unwrap();
+        limiters.push(limiter);
+    }
+    let mut channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(format!("{prefix}*"))
+        .query(&mut redis.client())
+        .unwrap();
+    channels.sort();
+    assert_eq!(
+        channels,
+        [
+            format!("{prefix}:db1:resets"),
+            format!("{prefix}:db1:runtime"),
+            format!("{prefix}:db2:resets"),
+            format!("{prefix}:db2:runtime"),
+            format!("{prefix}:resets"),
+            format!("{prefix}:runtime"),
+        ]
+    );
+    // Each instance keeps its state in its own database.
+    let client = tollgate::ClientKey::id("alice");
+    limiters[2]
+        .check(tollgate::Query::new(&client))
+        .await
+        .unwrap();
+    let in_db = |db: u32| -> Vec<String> {
+        let mut connection = redis.client();
+        redis::cmd("SELECT").arg(db).exec(&mut connection).unwrap();
+        redis::cmd("KEYS")
+            .arg(format!("{prefix}:*alice*"))
+            .query(&mut connection)
+            .unwrap()
+    };
+    assert_eq!(in_db(2).len(), 1, "{:?}", in_db(2));
+    assert!(in_db(0).is_empty() && in_db(1).is_empty());
+}

@@ -1,5 +1,7 @@
 //! Checks: `GET /check/{key}` (the key service's shape) and `POST /check` (the tiered check
-//! service's shape), both one [`Limiter::check`](tollgate::Limiter::check).
+//! service's shape), both one [`Limiter::check`](tollgate::Limiter::check); and peeks, which
+//! take nothing and tell every band: `GET /status/{key}` and `POST /check` with `"peek":
+//! true`, both one [`Limiter::peek`](tollgate::Limiter::peek).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -123,6 +125,109 @@ pub(crate) struct CheckRequest {
     /// `%5C`, a NUL) is a 422.
     #[serde(default)]
     path: Option<String>,
+    /// Take nothing and count nothing: answer what a check would (200 or 429), with every
+    /// band of the rule as it is now in `bands`.
+    #[serde(default)]
+    peek: bool,
+}
+
+/// What a check would answer now, taking nothing, with every band of the rule: the answer
+/// of `GET /status/{key}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Status {
+    /// The key or identifier.
+    key: String,
+    /// Whether a check now would be allowed.
+    allowed: bool,
+    /// The rule's identity.
+    rule: String,
+    /// The limit, in the rules file's words (`"10/minute + 100/hour"`), or `"unlimited"`.
+    rate_limit: String,
+    /// Whole seconds until a check would be allowed; `null` when it would be now.
+    retry_after: Option<u64>,
+    /// Every band of the limit as it is now, in the rule's order; empty when the rule is
+    /// unlimited or the store could not tell.
+    bands: Vec<BandView>,
+    /// Who answered: `memory`, `redis`, `local_fallback`, `fail_open`, `unlimited`...
+    decided_by: String,
+}
+
+/// One band of a rule as it is now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct BandView {
+    /// The band's capacity.
+    limit: u32,
+    /// Its period in seconds: a window's length, or the time a token bucket takes to fill.
+    period: f64,
+    /// Units used now: `limit - remaining`.
+    used: u32,
+    /// Units left now.
+    remaining: u32,
+    /// Unix time, in seconds, when the band is full again.
+    reset_at: f64,
+}
+
+/// `verdict`, a peek's, as a [`Status`] of `key`.
+fn status_of(key: String, verdict: &Verdict) -> Status {
+    Status {
+        key,
+        allowed: verdict.allowed(),
+        rule: verdict.rule().to_owned(),
+        rate_limit: rate_of(verdict.limit()),
+        retry_after: verdict
+            .decision()
+            .filter(|_| !verdict.allowed())
+            .map(|decision| decision.retry_after_secs()),
+        bands: bands_of(verdict).unwrap_or_default(),
+        decided_by: verdict.decided_by().as_str().to_owned(),
+    }
+}
+
+/// A peek's bands, as the answers write them; `None` for a check's verdict.
+fn bands_of(verdict: &Verdict) -> Option<Vec<BandView>> {
+    let bands = verdict.bands();
+    (!bands.is_empty()).then(|| {
+        bands
+            .iter()
+            .map(|band| BandView {
+                limit: band.limit,
+                period: band.period.as_secs_f64(),
+                used: band.used(),
+                remaining: band.remaining,
+                reset_at: unix_secs(band.reset),
+            })
+            .collect()
+    })
+}
+
+/// What checking `key` now would answer, with every band, taking nothing.
+#[utoipa::path(
+    get,
+    path = "/status/{key}",
+    params(("key" = String, Path, description = "The key: 1 to 128 visible ASCII characters, as an `X-Client-ID`")),
+    responses(
+        (status = 200, description = "The key's bands; `allowed` says whether a check now would be", body = Status),
+        (status = 422, description = "A key that is not 1 to 128 visible ASCII characters"),
+        (status = 503, description = "Redis cannot answer and the failure policy is closed"),
+    ),
+    tag = "check"
+)]
+pub(crate) async fn status(
+    State(state): State<Arc<super::State>>,
+    Path(key): Path<String>,
+) -> Response {
+    let client = match client_named(["path", "key"], &key) {
+        Ok(client) => client,
+        Err(invalid) => return invalid.into_response(),
+    };
+    let verdict = match state.limiter.peek(Query::new(&client)).await {
+        Ok(verdict) => verdict,
+        Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    if let Some(unavailable) = unavailable(&verdict) {
+        return unavailable;
+    }
+    Json(status_of(key, &verdict)).into_response()
 }
 
 /// The answer to an allowed `POST /check`.
@@ -143,6 +248,9 @@ pub(crate) struct CheckAllowed {
     rule: String,
     /// Who decided: `memory`, `redis`, `lease`, `local_fallback`, `fail_open`, `unlimited`.
     decided_by: String,
+    /// For a peek (`"peek": true`): every band of the rule as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bands: Option<Vec<BandView>>,
 }
 
 /// Why a `POST /check` was refused (the `detail` of a 429).
@@ -158,6 +266,9 @@ pub(crate) struct CheckRefusal {
     limit: u32,
     /// The rule's identity.
     rule: String,
+    /// For a peek (`"peek": true`): every band of the rule as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bands: Option<Vec<BandView>>,
 }
 
 /// A refused `POST /check` (429).
@@ -172,7 +283,7 @@ pub(crate) struct CheckRefused {
     path = "/check",
     request_body = CheckRequest,
     responses(
-        (status = 200, description = "Allowed", body = CheckAllowed),
+        (status = 200, description = "Allowed (a peek: would be allowed, with `bands`)", body = CheckAllowed),
         (status = 429, description = "Refused; `Retry-After` says for how long", body = CheckRefused),
         (status = 400, description = "An unknown tier (`{\"detail\": \"Invalid tier: gold\"}`) or rule"),
         (status = 422, description = "A body that does not fit: `detail` lists where and why"),
@@ -209,7 +320,12 @@ pub(crate) async fn by_identifier(
     if let Some(cost) = request.cost {
         query = query.cost(cost);
     }
-    let verdict = match state.limiter.check(query).await {
+    let asked = if request.peek {
+        state.limiter.peek(query).await
+    } else {
+        state.limiter.check(query).await
+    };
+    let verdict = match asked {
         Ok(verdict) => verdict,
         Err(CheckError::UnknownTier(unknown)) => {
             return detail(
@@ -227,6 +343,7 @@ pub(crate) async fn by_identifier(
     if let Some(unavailable) = unavailable(&verdict) {
         return unavailable;
     }
+    let bands = bands_of(&verdict);
     let decision = verdict.decision();
     let mut response = match decision {
         Some(decision) if !verdict.allowed() => {
@@ -236,6 +353,7 @@ pub(crate) async fn by_identifier(
                 reset_at: unix_secs(decision.reset),
                 limit: decision.limit,
                 rule: verdict.rule().to_owned(),
+                bands,
             };
             (StatusCode::TOO_MANY_REQUESTS, Json(CheckRefused { detail })).into_response()
         }
@@ -247,6 +365,7 @@ pub(crate) async fn by_identifier(
             retry_after: None,
             rule: verdict.rule().to_owned(),
             decided_by: verdict.decided_by().as_str().to_owned(),
+            bands,
         })
         .into_response(),
     };

@@ -4,7 +4,8 @@
 //! | route | from | what it does |
 //! | --- | --- | --- |
 //! | `GET /check/{key}` | the key service | checks a key against its limit |
-//! | `POST /check` | the tiered check service | checks an identifier in a tier |
+//! | `POST /check` | the tiered check service | checks an identifier in a tier (`"peek": true`: takes nothing, tells every band) |
+//! | `GET /status/{key}` | the LLM client's status call | what checking a key would answer, with every band, taking nothing |
 //! | `GET /auth` (any method) | nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth` | decides the request the gateway describes, as the layer would |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
@@ -131,7 +132,7 @@ pub(crate) struct State {
 /// ```
 #[derive(Debug)]
 pub struct Routers {
-    /// `/check`, `/check/{key}`, `/stats/{key}`, `/auth`, `/health`, `/openapi.json`.
+    /// `/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`, `/health`, `/openapi.json`.
     pub decisions: Router,
     /// `/configure`, `/admin/…`, the event streams, the dashboard and `/metrics`, with
     /// `/health` and `/openapi.json`.
@@ -211,7 +212,7 @@ impl Service {
         self
     }
 
-    /// The decision routes (`/check`, `/check/{key}`, `/stats/{key}`, `/auth`) need
+    /// The decision routes (`/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`) need
     /// `Authorization: Bearer <token>`: for deployments where clients can reach them, so that
     /// nobody spends another's quota. A gateway adds it to its `/auth` requests.
     ///
@@ -341,6 +342,7 @@ impl Service {
         let decisions = Router::new()
             .route("/check/{key}", get(check::by_key))
             .route("/check", post(check::by_identifier))
+            .route("/status/{key}", get(check::status))
             .route("/stats/{key}", get(stats::key))
             .route("/auth", any(forward_auth::check))
             .route_layer(middleware::from_fn_with_state(

@@ -35,6 +35,7 @@ impl Modify for AdminToken {
     paths(
         check::by_key,
         check::by_identifier,
+        check::status,
         forward_auth::check,
         health::health,
         dashboard::page,
@@ -68,6 +69,8 @@ impl Modify for AdminToken {
         check::CheckAllowed,
         check::CheckRefused,
         check::CheckRefusal,
+        check::Status,
+        check::BandView,
         forward_auth::BadForwardAuth,
         health::Health,
         keys::Configure,

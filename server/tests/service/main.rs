@@ -14,6 +14,7 @@ mod metrics;
 mod reload;
 mod runtime_store;
 mod security;
+mod seeds;
 mod service;
 mod trust;
 mod usage_bounds;

@@ -128,6 +128,42 @@ async fn edits_take_effect_within_a_second_and_broken_files_change_nothing() {
     assert_eq!(layer.limiter().stats().last_reload_error, None);
 }
 
+/// A YAML rules file reloads as a JSON one does: edits are taken, a broken save is reported
+/// at its line and column and changes nothing.
+#[tokio::test]
+async fn yaml_rules_files_reload_as_json_ones_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let yaml = |capacity: u32| {
+        format!(
+            "default:\n  capacity: {capacity}\n  refill_rate: 0.001\nroutes:\n  - {{path: /health, unlimited: true}}\n"
+        )
+    };
+    write_file(&path, &yaml(3));
+    let (layer, base) = serve_file(&path).await;
+    let http = reqwest::Client::new();
+    assert_eq!(limit_seen(&http, &base, "a").await.1, Some(3));
+    write_file(&path, &yaml(7));
+    wait_for_limit(&base, 7).await;
+    write_file(&path, "default:\n  capacity: 8\n  refil_rate: 1\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while layer.limiter().stats().failed_reloads == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let error = layer.limiter().stats().last_reload_error.clone().unwrap();
+    assert!(
+        error.contains(
+            "config.yaml: at default.refil_rate (line 3, column 3): unknown field `refil_rate`"
+        ),
+        "{error}"
+    );
+    assert_eq!(limit_seen(&http, &base, "b").await.1, Some(7));
+}
+
 #[tokio::test]
 async fn saves_by_rename_are_seen() {
     let dir = tempfile::tempdir().unwrap();

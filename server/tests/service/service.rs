@@ -404,6 +404,47 @@ async fn the_openapi_document_describes_the_real_answers() {
         [200, 200, 429, 200, 400, 422, 429, 200, 429, 400],
         "the answers this test meant to see"
     );
+    // Peeks: every band, taking nothing.
+    let status = get(&format!("{base}/status/p")).await;
+    assert_eq!(status.0, 200, "{}", status.1);
+    assert_eq!(
+        status.1["bands"],
+        json!([{"limit": 100, "period": 86400.0, "used": 0, "remaining": 100,
+                "reset_at": status.1["bands"][0]["reset_at"]}]),
+        "{}",
+        status.1
+    );
+    seen.push(("get", "/status/{key}", status));
+    seen.push((
+        "get",
+        "/status/{key}",
+        get(&format!("{base}/status/a%20b")).await,
+    ));
+    let peeked = post(
+        &format!("{base}/check"),
+        json!({"identifier": "p", "tier": "pro", "peek": true}),
+    )
+    .await;
+    assert_eq!(peeked.0, 200, "{}", peeked.1);
+    assert_eq!(peeked.1["bands"][0]["remaining"], 1000, "{}", peeked.1);
+    assert_eq!(
+        peeked.1["tokens_remaining"], 1000,
+        "nothing taken: {}",
+        peeked.1
+    );
+    seen.push(("post", "/check", peeked));
+    let refused = post(
+        &format!("{base}/check"),
+        json!({"identifier": "o", "peek": true}),
+    )
+    .await;
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    assert_eq!(
+        refused.1["detail"]["bands"][0]["remaining"], 0,
+        "{}",
+        refused.1
+    );
+    seen.push(("post", "/check", refused));
     // The writes and the admin API (from loopback, with no token set).
     let writes: Vec<(&str, &str, String, Option<Value>, u16)> = vec![
         (

@@ -1,12 +1,12 @@
 //! One client's bands under one rule, decided in this process: the algorithms of
 //! [`crate::algorithm`] over every band at once, admitted by all of them or by none.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::Decision;
 use crate::algorithm::{BandState, Combined, decide_band};
 use crate::backend::Mode;
 use crate::backend::table::Expiring;
+use crate::decision::{BandStatus, Decision};
 use crate::rules::{Limit, MAX_BANDS};
 
 /// The state of one client's bands under one rule, as a store that decides in this process
@@ -52,6 +52,26 @@ impl BandStates {
             self.take(&next);
         }
         decision
+    }
+
+    /// Every band of `limit` as it is at `now`, in the limit's order: what a peek reports of
+    /// each (see [`Outcome::Peeked`](crate::backend::Outcome::Peeked)).
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use tollgate::Rules;
+    /// use tollgate::backend::{BandStates, Mode};
+    ///
+    /// let rules = Rules::from_json(r#"{"default": {"limits": ["2/second", "3/minute"]}}"#).unwrap();
+    /// let limit = rules.default_rule().limit().unwrap();
+    /// let mut bands = BandStates::default();
+    /// let now = SystemTime::now();
+    /// bands.decide(limit, 1, Mode::Take, now);
+    /// let left: Vec<u32> = bands.bands(limit, now).iter().map(|b| b.remaining).collect();
+    /// assert_eq!(left, [1, 2]);
+    /// ```
+    pub fn bands(&self, limit: &Limit, now: SystemTime) -> Box<[BandStatus]> {
+        band_statuses(limit, 1, &self.states, unix_us(now))
     }
 
     /// Whether every band is full at `now`: the state says no more than a new one would.
@@ -164,6 +184,35 @@ pub(crate) fn decide_bands(
         next.full_at_us = now_us.saturating_add(full_after.ceil() as i64);
     }
     combined.decision(now_us)
+}
+
+/// Every band of `limit`, each divided by `share`, as it is at `now_us` (Unix µs), from the
+/// bands' states `before` (missing ones are full).
+pub(crate) fn band_statuses(
+    limit: &Limit,
+    share: u32,
+    before: &[BandState],
+    now_us: i64,
+) -> Box<[BandStatus]> {
+    let now = UNIX_EPOCH + Duration::from_micros(u64::try_from(now_us).unwrap_or(0));
+    limit
+        .bands()
+        .iter()
+        .enumerate()
+        .map(|(i, band)| {
+            let band = band.divided_by(share);
+            let state = before.get(i).copied().unwrap_or(BandState::Fresh);
+            let now_state = decide_band(limit.algorithm(), &band.spec(), state, now_us, 0.0);
+            let reset_after =
+                Duration::from_micros(now_state.reset_after_us.max(0.0).ceil() as u64);
+            BandStatus::new(
+                band.capacity(),
+                band.period(),
+                now_state.remaining.max(0.0) as u32,
+                now + reset_after,
+            )
+        })
+        .collect()
 }
 
 /// `time` in Unix µs; windows align to Unix time, as they do in Redis.

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use super::table::BucketTable;
 use super::{Answer, Client, Mode, Outcome, RuleSlot, Store, StoreError, StoreFuture, StoreStats};
 use crate::Decision;
-use crate::decision::DecidedBy;
+use crate::decision::{BandStatus, DecidedBy};
 use crate::key::KeyRef;
 use crate::rules::Limit;
 pub use bands::BandStates;
-use bands::{Next, decide_bands, unix_us};
+use bands::{Next, band_statuses, decide_bands, unix_us};
 
 /// Default bound on the entries kept in memory, across all rules.
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -83,6 +83,28 @@ impl<C: Clock> MemoryBackend<C> {
         })
     }
 
+    /// What a request of `client` at `cost` would get, taking nothing, with every band as
+    /// it is now.
+    pub(crate) fn peek(
+        &self,
+        state: u32,
+        limit: &Limit,
+        cost: u32,
+        client: KeyRef<'_>,
+    ) -> (Decision, Box<[BandStatus]>) {
+        let now = self.clock.now_us();
+        self.table.update(state, client, now, |entry| {
+            let before = entry.as_ref().map_or(&[][..], |e| &e.states[..]);
+            let mut next = Next::default();
+            let decision =
+                decide_bands(limit, self.share, before, now, cost, Mode::Peek, &mut next);
+            (
+                (decision, band_statuses(limit, self.share, before, now)),
+                None,
+            )
+        })
+    }
+
     /// Forgets `client`'s state under the rule whose state id is `state`: its next request
     /// finds full bands.
     pub(crate) fn forget(&self, state: u32, client: KeyRef<'_>) {
@@ -125,6 +147,14 @@ impl<C: Clock> Store for MemoryBackend<C> {
         client: Client<'_>,
         mode: Mode,
     ) -> Answer {
+        if mode == Mode::Peek {
+            let (decision, bands) = self.peek(rule.state, limit, cost, client.0);
+            return Answer::Now(Outcome::Peeked {
+                decision,
+                decided_by: DecidedBy::Memory,
+                bands,
+            });
+        }
         let decision = MemoryBackend::decide(self, rule.state, limit, cost, client.0, mode);
         Answer::Now(Outcome::Decided(decision, DecidedBy::Memory))
     }

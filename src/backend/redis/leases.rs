@@ -166,24 +166,6 @@ impl Leases {
         });
     }
 
-    /// What spending `cost` units of this client's lease would report, without spending
-    /// them: `None` when it has fewer left, has ended, or is of other rules.
-    pub(super) fn peek(
-        &self,
-        state: u32,
-        client: KeyRef<'_>,
-        cost: u32,
-        rules: u64,
-    ) -> Option<Decision> {
-        let now = monotonic_us();
-        self.table.update(state, client, now, |lease| match lease {
-            Some(lease) if lease.rules == rules && lease.until_us > now && lease.units >= cost => {
-                (Some(lease.decision), None)
-            }
-            _ => (None, None),
-        })
-    }
-
     /// Forgets `client`'s lease under the rule whose state id is `state`.
     pub(super) fn forget(&self, state: u32, client: KeyRef<'_>) {
         self.table.remove(state, client);

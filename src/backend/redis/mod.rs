@@ -45,7 +45,7 @@ use super::{
     StoreFuture, StoreStats, UsageStore,
 };
 use crate::Decision;
-use crate::decision::DecidedBy;
+use crate::decision::{BandStatus, DecidedBy};
 use crate::key::KeyRef;
 use crate::policy::OnRedisError;
 use crate::rules::Limit;
@@ -56,7 +56,7 @@ use connection::Connection;
 use error::CallError;
 use leases::{Leases, Leasing};
 use refusals::Refusals;
-use script::{Answered, Call, decode, packed, run};
+use script::{Answered, Call, band_statuses, decode, packed, run};
 use setup::Route;
 
 pub(crate) use builder::Options;
@@ -158,6 +158,10 @@ pub(crate) struct RedisBackend {
     route: Route,
     script: Arc<Script>,
     prefix: Box<str>,
+    /// The prefix of its channels: `prefix` in database 0, `<prefix>:db<N>` in database N.
+    /// Keys are the database's own, channels are the server's: deployments kept apart only
+    /// by their database must not hear each other.
+    channels: Box<str>,
     timeout: Duration,
     /// How long a lease lives; zero: none are asked for.
     lease: Duration,
@@ -223,6 +227,7 @@ impl RedisBackend {
             route,
             script,
             prefix: config.prefix.as_str().into(),
+            channels: channels_of(&config.prefix, &config.url).into(),
             timeout: config.timeout,
             lease: config.lease,
             servers,
@@ -242,7 +247,7 @@ impl RedisBackend {
         pubsub::spawn_listener(
             Arc::downgrade(&backend),
             urls,
-            &config.prefix,
+            &backend.channels,
             config.connect_timeout,
             subscribed,
         );
@@ -367,18 +372,15 @@ impl RedisBackend {
                 Leasing::Ask => None,
                 Leasing::AskLease(ask) => Some(ask),
             },
-            Mode::Peek => {
-                let leased = self
-                    .leases
-                    .as_ref()
-                    .and_then(|leases| leases.peek(state, client, cost, rules));
-                if let Some(leased) = leased {
-                    return Answer::Now(Outcome::Decided(leased, DecidedBy::Lease));
-                }
-                None
-            }
+            // A peek asks Redis, which holds every band: what this instance remembers
+            // (a lease, a refusal) is one band's.
+            Mode::Peek => None,
         };
-        if let Some(refused) = self.refusals.cached(state, client, cost, rules) {
+        if let Some(refused) = self
+            .refusals
+            .cached(state, client, cost, rules)
+            .filter(|_| taking)
+        {
             if taking {
                 self.refusal_hits.fetch_add(1, Ordering::Relaxed);
             }
@@ -430,7 +432,7 @@ impl RedisBackend {
             );
             if let Some((ask, sent_us)) = asked {
                 let granted = match &answer {
-                    Ok((decision, Some((units, ms)))) if decision.allowed => {
+                    Ok(((decision, Some((units, ms))), _)) if decision.allowed => {
                         let until_us = sent_us.saturating_add(ms.saturating_mul(1000));
                         Some((*units, until_us, *decision))
                     }
@@ -439,13 +441,20 @@ impl RedisBackend {
                 this.lease_answered(state, client.as_ref(), rules, ask, granted);
             }
             match answer {
-                Ok((decision, _)) => {
+                Ok(((decision, _), bands)) => {
                     guard.succeeded();
                     if !decision.allowed && taking {
                         let refused = (&decision, cost);
                         this.remember_refusal(state, client.as_ref(), refused, rules, epoch);
                     }
-                    Outcome::Decided(decision, DecidedBy::Redis)
+                    match bands {
+                        Some(bands) => Outcome::Peeked {
+                            decision,
+                            decided_by: DecidedBy::Redis,
+                            bands,
+                        },
+                        None => Outcome::Decided(decision, DecidedBy::Redis),
+                    }
                 }
                 Err(error) => {
                     this.errors.fetch_add(1, Ordering::Relaxed);
@@ -465,7 +474,7 @@ impl RedisBackend {
         key: String,
         limit: &Limit,
         call: &Call,
-    ) -> Result<Answered, CallError> {
+    ) -> Result<(Answered, Option<Box<[BandStatus]>>), CallError> {
         let deadline = call.deadline;
         let spec = packed(limit, call);
         let (reply, at) = match &self.route {
@@ -504,7 +513,11 @@ impl RedisBackend {
         {
             server.clock.observe(now_ms);
         }
-        decode(&reply, at, limit)
+        let bands = match call.mode {
+            Mode::Peek => Some(band_statuses(&reply, at, limit)?),
+            Mode::Take => None,
+        };
+        Ok((decode(&reply, at, limit)?, bands))
     }
 
     /// The failure policy's answer.
@@ -529,6 +542,19 @@ impl RedisBackend {
             },
             (None, _) => Outcome::PassThrough,
         }
+    }
+}
+
+/// The prefix of the channels of `prefix` in the database `url` names: `prefix` in database
+/// 0 (and on a cluster, which has no other), `<prefix>:db<N>` in database N.
+fn channels_of(prefix: &str, url: &str) -> String {
+    use redis::IntoConnectionInfo;
+    match url
+        .into_connection_info()
+        .map(|info| info.redis_settings().db())
+    {
+        Ok(db) if db != 0 => format!("{prefix}:db{db}"),
+        _ => prefix.to_owned(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one subscription every instance holds, to hear what other instances publish: resets
-//! (`<prefix>:resets`, see `resets`) and runtime rule changes (`<prefix>:runtime`, see
-//! `runtime`).
+//! (`<channels>:resets`, see `resets`) and runtime rule changes (`<channels>:runtime`, see
+//! `runtime`), where `<channels>` is the prefix, with the database number in databases
+//! other than 0 (see [`RedisBackend::channels`]).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use crate::backend::News;
 /// connection that died without closing would otherwise never be noticed.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
-/// Subscribes to the channels of `prefix` at the first of `urls` that answers (any node of
+/// Subscribes to the channels of `channels` at the first of `urls` that answers (any node of
 /// a cluster hears what is published on any other), and hands each message to the backend
 /// for as long as it lives. Reconnects after a lost connection, or one that stops answering
 /// pings; each time the subscription is made, the backend is told that runtime entries may
@@ -25,11 +26,11 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 pub(super) fn spawn_listener(
     backend: Weak<RedisBackend>,
     urls: Vec<String>,
-    prefix: &str,
+    channels: &str,
     connect_timeout: Duration,
     subscribed: oneshot::Sender<()>,
 ) {
-    let (resets, runtime) = (resets::channel(prefix), super::runtime::name(prefix));
+    let (resets, runtime) = (resets::channel(channels), super::runtime::channel(channels));
     tokio::spawn(async move {
         use futures_util::StreamExt;
         let mut subscribed = Some(subscribed);

@@ -85,9 +85,10 @@ impl Client {
     }
 }
 
-/// The channel resets are published on.
-pub(super) fn channel(prefix: &str) -> String {
-    format!("{prefix}:resets")
+/// The channel resets are published on, of the channels' prefix (see
+/// [`RedisBackend::channels`]).
+pub(super) fn channel(channels: &str) -> String {
+    format!("{channels}:resets")
 }
 
 impl RedisBackend {
@@ -111,7 +112,7 @@ impl RedisBackend {
                     .await?;
             }
             redis::cmd("PUBLISH")
-                .arg(channel(&self.prefix))
+                .arg(channel(&self.channels))
                 .arg(message)
                 .exec_async(&mut connection)
                 .await

@@ -1,6 +1,6 @@
 //! The decision script (`decide.lua`) and how its arguments and replies are laid out.
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use redis::Script;
 use tokio::time::Instant;
@@ -8,10 +8,10 @@ use tokio::time::Instant;
 use super::connection::Connection;
 use super::error::CallError;
 use super::leases::lease_units;
-use crate::Decision;
 use crate::algorithm::{Algorithm, Combined};
 use crate::backend::Mode;
 use crate::rules::Limit;
+use crate::{BandStatus, Decision};
 
 /// The decision script; `EVALSHA`, loaded at startup and again on `NOSCRIPT`.
 pub(crate) const DECIDE_LUA: &str = include_str!("decide.lua");
@@ -176,6 +176,34 @@ pub(super) fn decode(reply: &Reply, at: usize, limit: &Limit) -> Result<Answered
         _ => None,
     };
     Ok((combined.decision(now_ms.saturating_mul(1000)), lease))
+}
+
+/// Every band of one decision's answer in a script reply (see [`decode`]) as it is now: for
+/// a peek, whose bands' remaining and reset are read before any cost.
+pub(super) fn band_statuses(
+    reply: &Reply,
+    at: usize,
+    limit: &Limit,
+) -> Result<Box<[BandStatus]>, CallError> {
+    let field = |i: usize| reply.get(at + i).ok_or(CallError::Reply(reply.len()));
+    let now_ms = reply.now_ms().ok_or(CallError::Reply(reply.len()))?;
+    let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
+    limit
+        .bands()
+        .iter()
+        .enumerate()
+        .map(|(k, band)| {
+            let at = 2 + 4 * k;
+            let remaining = u32::try_from(field(at + 1)?.max(0)).unwrap_or(u32::MAX);
+            let reset_after = Duration::from_millis(u64::try_from(field(at + 3)?).unwrap_or(0));
+            Ok(BandStatus::new(
+                band.capacity(),
+                band.period(),
+                remaining,
+                now + reset_after,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

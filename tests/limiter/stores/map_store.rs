@@ -64,22 +64,22 @@ impl Store for MapStore {
     ) -> Answer {
         let mut bands = lock(&self.shared.bands);
         let key = (Arc::clone(rule.id()), client.to_string());
-        let decision = match mode {
+        let now = SystemTime::now();
+        match mode {
             Mode::Take => {
-                bands
-                    .entry(key)
-                    .or_default()
-                    .decide(limit, cost, mode, SystemTime::now())
+                let decision = bands.entry(key).or_default().decide(limit, cost, mode, now);
+                Answer::Now(Outcome::Decided(decision, DecidedBy::Memory))
             }
-            // A peek stores nothing, not even a fresh entry.
-            Mode::Peek => bands.get(&key).cloned().unwrap_or_default().decide(
-                limit,
-                cost,
-                mode,
-                SystemTime::now(),
-            ),
-        };
-        Answer::Now(Outcome::Decided(decision, DecidedBy::Memory))
+            // A peek stores nothing, not even a fresh entry, and tells every band.
+            Mode::Peek => {
+                let mut held = bands.get(&key).cloned().unwrap_or_default();
+                Answer::Now(Outcome::Peeked {
+                    decision: held.decide(limit, cost, mode, now),
+                    decided_by: DecidedBy::Memory,
+                    bands: held.bands(limit, now),
+                })
+            }
+        }
     }
 
     fn reset<'a>(

@@ -120,8 +120,29 @@ async fn take_and_peek_over_bands(backend: &Backend<'_>) {
     }
     let again = limiter.peek(Query::new(&ann)).await.expect("a verdict");
     assert!(!again.allowed(), "a peek sees the refusal to come");
-    let refused = limiter.check(Query::new(&ann)).await.expect("a verdict");
-    assert!(!refused.allowed());
+    // A peek tells every band, in the rule's order: what is left, and when it is full.
+    let bands: Vec<(u32, u32, u32)> = again
+        .bands()
+        .iter()
+        .map(|band| (band.limit, band.remaining, band.used()))
+        .collect();
+    assert_eq!(bands, [(5, 2, 3), (3, 0, 3)]);
+    assert_eq!(again.bands()[0].period, Duration::from_secs(5_000));
+    assert_eq!(again.bands()[1].period, Duration::from_secs(30_000));
+    let now = std::time::SystemTime::now();
+    for (band, full_in) in again.bands().iter().zip([3_000, 30_000]) {
+        // Three units used: back in 3 / rate seconds (give or take the test's time).
+        let reset = band.reset.duration_since(now).unwrap_or_default().as_secs();
+        assert!(
+            (full_in - 60..=full_in + 1).contains(&reset),
+            "{band:?}: full again in {reset} s, not about {full_in} s"
+        );
+    }
+    assert!(
+        refused_free(&limiter, &ann).await.bands().is_empty(),
+        "a check lists no bands"
+    );
+    let refused = refused_free(&limiter, &ann).await;
     let decision = refused.decision().expect("a decision");
     assert_eq!((decision.limit, decision.remaining), (3, 0));
     // One unit of the binding band comes back in 10,000 s.
@@ -142,9 +163,16 @@ async fn take_and_peek_over_bands(backend: &Backend<'_>) {
     let stats = limiter.stats();
     assert_eq!(
         (stats.allowed, stats.denied),
-        (4, 1),
+        (4, 2),
         "peeks are not counted"
     );
+}
+
+/// A check that is refused (and takes nothing).
+async fn refused_free(limiter: &Limiter, client: &ClientKey) -> tollgate::Verdict {
+    let refused = limiter.check(Query::new(client)).await.expect("a verdict");
+    assert!(!refused.allowed());
+    refused
 }
 
 /// A request's cost is taken from every band, refused whole when it does not fit, and

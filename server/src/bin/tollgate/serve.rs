@@ -198,7 +198,7 @@ pub(crate) struct Serve {
     )]
     admin_token: Option<String>,
 
-    /// The decision routes (`/check`, `/check/{key}`, `/stats/{key}`, `/auth`) and gRPC's
+    /// The decision routes (`/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`) and gRPC's
     /// `ShouldRateLimit` need `Authorization: Bearer <this>` (gRPC: `authorization`
     /// metadata). For deployments where clients can reach those ports. Unset: anyone who
     /// reaches them may ask.

@@ -35,9 +35,15 @@ use crate::backend::{
 static CHANGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("change.lua")));
 static RESTORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("restore.lua")));
 
-/// The hash's key, which is also the name of the channel changes are announced on.
+/// The hash's key.
 pub(super) fn name(prefix: &str) -> String {
     format!("{prefix}:runtime")
+}
+
+/// The channel changes are announced on, of the channels' prefix (see
+/// [`RedisBackend::channels`]): `<prefix>:runtime`, as the hash is named, in database 0.
+pub(super) fn channel(channels: &str) -> String {
+    format!("{channels}:runtime")
 }
 
 /// The version's key: in the hash's slot of a Redis Cluster.
@@ -132,7 +138,7 @@ impl RedisBackend {
             .arg(known)
             .arg(if holding { "1" } else { "0" })
             .arg(max_entries)
-            .arg(name(&self.prefix));
+            .arg(channel(&self.channels));
         let change = change.invoke_async::<(String, u64)>(&mut connection);
         let (status, number) = self.within_deadline(change).await?;
         Ok(match status.as_str() {
@@ -160,7 +166,7 @@ impl RedisBackend {
         restore
             .key(version_name(&self.prefix))
             .arg(known)
-            .arg(name(&self.prefix));
+            .arg(channel(&self.channels));
         for (target, rule) in entries {
             restore.arg(target).arg(rule);
         }
