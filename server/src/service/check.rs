@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::RETRY_AFTER;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -63,20 +64,13 @@ pub(crate) struct KeyRefused {
 )]
 pub(crate) async fn by_key(
     State(state): State<Arc<super::State>>,
-    Path(key): Path<String>,
+    KeyInPath { key, client }: KeyInPath,
 ) -> Response {
-    let client = match client_named(["path", "key"], &key) {
-        Ok(client) => client,
-        Err(invalid) => return invalid.into_response(),
-    };
-    let verdict = match state.limiter.check(Query::new(&client)).await {
+    let verdict = match asked(&state, Query::new(&client), Ask::Check).await {
         Ok(verdict) => verdict,
-        Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
+        Err(answer) => return answer,
     };
     let rate_limit = rate_of(verdict.limit());
-    if let Some(unavailable) = unavailable(&verdict) {
-        return unavailable;
-    }
     let mut response = if verdict.allowed() {
         Json(KeyAllowed {
             status: "ok".into(),
@@ -214,20 +208,52 @@ fn bands_of(verdict: &Verdict) -> Option<Vec<BandView>> {
 )]
 pub(crate) async fn status(
     State(state): State<Arc<super::State>>,
-    Path(key): Path<String>,
+    KeyInPath { key, client }: KeyInPath,
 ) -> Response {
-    let client = match client_named(["path", "key"], &key) {
-        Ok(client) => client,
-        Err(invalid) => return invalid.into_response(),
-    };
-    let verdict = match state.limiter.peek(Query::new(&client)).await {
-        Ok(verdict) => verdict,
-        Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
-    };
-    if let Some(unavailable) = unavailable(&verdict) {
-        return unavailable;
+    match asked(&state, Query::new(&client), Ask::Peek).await {
+        Ok(verdict) => Json(status_of(key, &verdict)).into_response(),
+        Err(answer) => answer,
     }
-    Json(status_of(key, &verdict)).into_response()
+}
+
+/// Whether to take (a check) or only look (a peek).
+#[derive(Clone, Copy)]
+enum Ask {
+    Check,
+    Peek,
+}
+
+/// The limiter's verdict on `query`; otherwise the answer to give instead: a 400 for a
+/// question the rules cannot answer, the 503 of a closed failure policy.
+async fn asked(state: &super::State, query: Query<'_>, ask: Ask) -> Result<Verdict, Response> {
+    let verdict = match ask {
+        Ask::Check => state.limiter.check(query).await,
+        Ask::Peek => state.limiter.peek(query).await,
+    }
+    .map_err(|error| detail(StatusCode::BAD_REQUEST, error.to_string()))?;
+    match unavailable(&verdict) {
+        Some(unavailable) => Err(unavailable),
+        None => Ok(verdict),
+    }
+}
+
+/// The `{key}` of a route's path and the client it names, as an `X-Client-ID` would: a key
+/// that is not one is a 422 naming it.
+pub(crate) struct KeyInPath {
+    pub(crate) key: String,
+    pub(crate) client: ClientKey,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyInPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let client = client_named(["path", "key"], &key).map_err(IntoResponse::into_response)?;
+        Ok(Self { key, client })
+    }
 }
 
 /// The answer to an allowed `POST /check`.

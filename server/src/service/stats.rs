@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::check::{client_named, rate_of};
+use super::check::{KeyInPath, client_named, rate_of};
 use super::json::{Unprocessable, detail};
 use tollgate::{Calls, ClientKey, ClientUsage, UsageError};
 
@@ -52,12 +52,8 @@ pub(crate) struct KeyStats {
 )]
 pub(crate) async fn key(
     State(state): State<Arc<super::State>>,
-    Path(key): Path<String>,
+    KeyInPath { key, client }: KeyInPath,
 ) -> Response {
-    let client = match client_named(["path", "key"], &key) {
-        Ok(client) => client,
-        Err(invalid) => return invalid.into_response(),
-    };
     let usage = match state.limiter.usage(&client).await {
         Ok(usage) => usage,
         Err(error) => return unavailable(&error),
