@@ -422,13 +422,18 @@ async fn a_reset_reaches_every_instance_sharing_the_redis() {
     a.reset(&frank).await.unwrap();
     let reset_at = Instant::now();
     // B learns of it: its next decisions come from Redis, on full buckets. (Judged by when
-    // each question was asked, however long a busy machine takes to answer it.)
+    // each question was asked, however long a busy machine takes to answer it. A check, not
+    // a peek: a peek always asks Redis, whatever B remembers.)
     let learned = loop {
         let asked = reset_at.elapsed();
-        let verdict = b.peek(Query::new(&frank)).await.unwrap();
+        let verdict = b.check(Query::new(&frank)).await.unwrap();
         if verdict.decided_by() == DecidedBy::Redis {
             assert!(verdict.allowed());
-            assert_eq!(verdict.decision().unwrap().remaining, 32);
+            assert_eq!(
+                verdict.decision().unwrap().remaining,
+                31,
+                "a full bucket, less this one"
+            );
             break asked;
         }
         assert!(
@@ -547,11 +552,16 @@ async fn any_client_key_resets_across_instances() {
         assert_eq!(refused.decided_by(), DecidedBy::RememberedRefusal, "{key}");
         a.reset(key).await.unwrap();
         let started = Instant::now();
+        // Checks, not peeks: a peek always asks Redis, whatever B remembers.
         loop {
             let asked = started.elapsed();
-            let verdict = b.peek(Query::new(key)).await.unwrap();
+            let verdict = b.check(Query::new(key)).await.unwrap();
             if verdict.allowed() {
-                assert_eq!(verdict.decision().unwrap().remaining, 2, "{key}");
+                assert_eq!(
+                    verdict.decision().unwrap().remaining,
+                    1,
+                    "{key}: full, less this one"
+                );
                 break;
             }
             assert!(
