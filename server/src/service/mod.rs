@@ -9,6 +9,7 @@
 //! | `GET /auth` (any method) | nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth` | decides the request the gateway describes, as the layer would |
 //! | `GET /health` | both | the service's and Redis's state |
 //! | `GET /openapi.json` | | this API, described |
+//! | `GET /docs` | the tiered check service | Swagger UI on `/openapi.json` (`src/service/docs.rs`) |
 //! | `GET /dashboard` | the FastAPI limiter | a page watching it live (`src/service/dashboard/`) |
 //! | `GET /metrics` | | tollgate's metrics, in the Prometheus text format |
 //! | `POST /configure` | the key service | gives a key its own limit, on every instance |
@@ -28,6 +29,7 @@ mod browsers;
 mod check;
 mod configs;
 mod dashboard;
+mod docs;
 mod events;
 mod forward_auth;
 mod health;
@@ -132,10 +134,11 @@ pub(crate) struct State {
 /// ```
 #[derive(Debug)]
 pub struct Routers {
-    /// `/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`, `/health`, `/openapi.json`.
+    /// `/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`, `/health`,
+    /// `/openapi.json`, `/docs`.
     pub decisions: Router,
     /// `/configure`, `/admin/…`, the event streams, the dashboard and `/metrics`, with
-    /// `/health` and `/openapi.json`.
+    /// `/health`, `/openapi.json` and `/docs`.
     pub admin: Router,
 }
 
@@ -401,7 +404,8 @@ impl Service {
             .route("/metrics", get(metrics::render));
         let both = Router::new()
             .route("/health", get(health::health))
-            .route("/openapi.json", get(openapi::document));
+            .route("/openapi.json", get(openapi::document))
+            .merge(docs::routes());
         (
             state,
             Parts {

@@ -5,7 +5,8 @@
 //! for a bad one, and tries a key. A screenshot is saved as `dashboard.png` in the target
 //! directory's `tmp/` (wherever `CARGO_TARGET_DIR` puts it), and as `docs/dashboard.png`
 //! with `UPDATE_DASHBOARD_SCREENSHOT=1`, the README's picture. A test that fails with its
-//! browser open still ends Chromium.
+//! browser open still ends Chromium. `/docs`, Swagger UI, renders every operation of
+//! `/openapi.json` with no content security policy violation in the browser's console.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,6 +69,8 @@ impl Driver {
                          "--disable-dev-shm-usage", "--window-size=1400,1100"]
             }),
         );
+        // The console, for `BrowserLog`.
+        capabilities.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         let url = format!("http://127.0.0.1:{}", self.port);
         let started = Instant::now();
         loop {
@@ -223,6 +226,123 @@ async fn the_dashboard_works_behind_a_proxy_that_keeps_host() {
     let page = format!("http://127.0.0.1:{}", proxy.port);
     let base = format!("http://{}", service.address);
     watch_and_edit(&page, &base, token, "dashboard-proxied.png").await;
+}
+
+/// chromedriver's command that reads (and empties) the browser's console log.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type": "browser"}"#.into()))
+    }
+}
+
+/// The console lines since the last read that report a content security policy violation.
+async fn csp_violations(client: &Client) -> Vec<String> {
+    let log = client
+        .issue_cmd(BrowserLog)
+        .await
+        .expect("the browser's log");
+    log.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["message"].as_str())
+        .filter(|message| message.contains("Content Security Policy"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `/docs` lists every operation of `/openapi.json`, styled, and breaks no rule of its
+/// content security policy, which allows the inline styles Swagger UI sets (the dashboard's
+/// does not: a style injected there is reported, which shows the console is read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reference_renders_within_its_content_security_policy() {
+    let service = start_service(&[]);
+    let base = format!("http://{}", service.address);
+    let document: Value = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operations: usize = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|path| path.as_object().unwrap().len())
+        .sum();
+    let driver = Driver::start();
+    let client = driver.session().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        client.goto(&format!("{base}/dashboard")).await.unwrap();
+        client
+            .execute(
+                "const s = document.createElement('style'); s.textContent = 'body {}'; \
+                 document.head.appendChild(s);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let seen = wait_for_violation(&client).await;
+        assert!(seen.contains("style-src"), "{seen}");
+
+        client.goto(&format!("{base}/docs")).await.unwrap();
+        wait_for(
+            &client,
+            "every operation",
+            "return document.querySelectorAll('.opblock').length",
+            |v| *v == json!(operations),
+        )
+        .await;
+        // Open one: its parameters and answers render, with more inline styles.
+        click(&client, "#operations-check-by_key .opblock-summary").await;
+        wait_for(
+            &client,
+            "an operation's answers",
+            "return document.querySelectorAll('#operations-check-by_key .responses-table').length",
+            |v| v.as_u64().is_some_and(|n| n > 0),
+        )
+        .await;
+        // Swagger UI's style sheet applies: its operations are laid out as flex boxes.
+        let display = client
+            .execute(
+                "return getComputedStyle(document.querySelector('.opblock-summary')).display",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(display, json!("flex"));
+        assert_eq!(csp_violations(&client).await, Vec::<String>::new());
+    })
+    .await;
+    assert!(outcome.is_ok(), "/docs did not render within 60 s");
+}
+
+/// Reads the console until a content security policy violation is reported (15 s at most).
+async fn wait_for_violation(client: &Client) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = csp_violations(client).await.into_iter().next() {
+            return found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no content security policy violation reported: the console is not read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A dashboard test that panics with its browser open leaves no Chromium behind: its
