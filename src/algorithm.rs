@@ -108,6 +108,9 @@ pub(crate) struct BandOutcome {
     pub(crate) retry_after_us: f64,
     /// Microseconds until the band is back to full capacity.
     pub(crate) reset_after_us: f64,
+    /// Microseconds until the band has one whole unit more than `remaining` (0 when it is
+    /// full): the IETF `RateLimit` field's `t`.
+    pub(crate) next_unit_after_us: f64,
     /// The state to store if every band admits.
     pub(crate) next: BandState,
 }
@@ -142,11 +145,18 @@ fn token_bucket(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
     } else {
         (tokens, (cost - tokens) * 1_000_000.0 / rate)
     };
+    // The next whole token (the last one may be a fraction of one, up to the capacity).
+    let next_unit_after_us = if left >= capacity {
+        0.0
+    } else {
+        ((left.floor() + 1.0).min(capacity) - left) * 1_000_000.0 / rate
+    };
     BandOutcome {
         admitted,
         remaining: left.floor(),
         retry_after_us,
         reset_after_us: (capacity - left) * 1_000_000.0 / rate,
+        next_unit_after_us,
         next: BandState::Bucket {
             tokens: left,
             ts_us: now,
@@ -184,6 +194,8 @@ fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
         remaining: (capacity - counted).max(0.0).floor(),
         retry_after_us: if admitted { 0.0 } else { until_end },
         reset_after_us: if counted > 0.0 { until_end } else { 0.0 },
+        // Everything counted comes back at once, at the window's end.
+        next_unit_after_us: if counted > 0.0 { until_end } else { 0.0 },
         next: BandState::Fixed {
             index,
             count: counted,
@@ -231,17 +243,50 @@ fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> Ban
     } else {
         0.0
     };
+    let estimate = previous * weight + counted;
     BandOutcome {
         admitted,
-        remaining: (capacity - (previous * weight + counted)).max(0.0).floor(),
+        remaining: (capacity - estimate).max(0.0).floor(),
         retry_after_us,
         reset_after_us,
+        next_unit_after_us: sliding_next_unit_us(
+            capacity, estimate, previous, counted, weight, window_f,
+        ),
         next: BandState::Sliding {
             index,
             count: counted,
             previous,
         },
     }
+}
+
+/// Microseconds until a sliding window's estimate (`previous × weight + counted`, with
+/// `weight` of the current window still ahead) drops enough for one more whole unit below
+/// `capacity`: the previous window's share shrinks until the window ends, then this window's
+/// count, become the previous one, shrinks in turn.
+fn sliding_next_unit_us(
+    capacity: f64,
+    estimate: f64,
+    previous: f64,
+    counted: f64,
+    weight: f64,
+    window: f64,
+) -> f64 {
+    if estimate <= 0.0 {
+        return 0.0;
+    }
+    let free = capacity - estimate;
+    // How much the estimate must drop (never more than all of it).
+    let drop = ((free.max(0.0).floor() + 1.0) - free).min(estimate);
+    let before_end = previous * weight;
+    if previous > 0.0 && before_end >= drop {
+        return drop * window / previous;
+    }
+    let until_end = weight * window;
+    if counted <= 0.0 {
+        return until_end;
+    }
+    until_end + ((drop - before_end).max(0.0) * window / counted).min(window)
 }
 
 /// Folds the bands' answers into one [`Decision`]: admitted only if every band admitted.
@@ -251,8 +296,8 @@ fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> Ban
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Combined {
     admitted: bool,
-    /// (capacity, remaining, reset_after_us, retry_after_us) of the band to report.
-    report: Option<(f64, f64, f64, f64)>,
+    /// The band to report.
+    report: Option<Reported>,
 }
 
 impl Combined {
@@ -267,48 +312,56 @@ impl Combined {
         self.admitted
     }
 
-    pub(crate) fn add(
-        &mut self,
-        capacity: f64,
-        admitted: bool,
-        remaining: f64,
-        retry_after_us: f64,
-        reset_after_us: f64,
-    ) {
-        let candidate = (capacity, remaining, reset_after_us, retry_after_us);
-        let replace = match (self.report, admitted, self.admitted) {
+    /// Adds one band's answer: its capacity and what it answered.
+    pub(crate) fn add(&mut self, band: Reported) {
+        let replace = match (self.report, band.admitted, self.admitted) {
             (None, _, _) => true,
             // The first refusal replaces any admitted band.
             (Some(_), false, true) => true,
             (Some(_), true, false) => false,
-            (Some((_, _, _, retry)), false, false) => retry_after_us > retry,
-            (Some((_, left, reset, _)), true, true) => {
-                remaining < left || (remaining == left && reset_after_us > reset)
+            (Some(held), false, false) => band.retry_after_us > held.retry_after_us,
+            (Some(held), true, true) => {
+                band.remaining < held.remaining
+                    || (band.remaining == held.remaining
+                        && band.reset_after_us > held.reset_after_us)
             }
         };
-        self.admitted &= admitted;
+        self.admitted &= band.admitted;
         if replace {
-            self.report = Some(candidate);
+            self.report = Some(band);
         }
     }
 
     pub(crate) fn decision(&self, now_us: i64) -> Decision {
-        let (capacity, remaining, reset_after_us, retry_after_us) =
-            self.report.unwrap_or((0.0, 0.0, 0.0, 0.0));
+        let band = self.report.unwrap_or_default();
         let micros = |us: f64| Duration::from_micros(us.max(0.0).ceil() as u64);
         let now = SystemTime::UNIX_EPOCH + Duration::from_micros(now_us.max(0) as u64);
-        Decision::new(
+        let mut decision = Decision::new(
             self.admitted,
-            capacity as u32,
-            remaining.max(0.0) as u32,
-            now + micros(reset_after_us),
+            band.capacity as u32,
+            band.remaining.max(0.0) as u32,
+            now + micros(band.reset_after_us),
             if self.admitted {
                 Duration::ZERO
             } else {
-                micros(retry_after_us)
+                micros(band.retry_after_us)
             },
-        )
+        );
+        decision.next_unit = Some(now + micros(band.next_unit_after_us));
+        decision
     }
+}
+
+/// One band's answer as [`Combined`] weighs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reported {
+    pub(crate) capacity: f64,
+    pub(crate) admitted: bool,
+    /// Whole units left.
+    pub(crate) remaining: f64,
+    pub(crate) retry_after_us: f64,
+    pub(crate) reset_after_us: f64,
+    pub(crate) next_unit_after_us: f64,
 }
 
 #[cfg(test)]
@@ -487,21 +540,86 @@ mod tests {
 
     #[test]
     fn combined_reports_the_band_closest_to_running_out() {
+        let band =
+            |capacity: f64, admitted: bool, remaining: f64, retry: f64, reset: f64| Reported {
+                capacity,
+                admitted,
+                remaining,
+                retry_after_us: retry,
+                reset_after_us: reset,
+                next_unit_after_us: reset / capacity,
+            };
         let mut c = Combined::new();
-        c.add(10.0, true, 7.0, 0.0, 3e6);
-        c.add(1000.0, true, 2.0, 0.0, 9e6);
-        c.add(50.0, true, 2.0, 0.0, 1e6);
+        c.add(band(10.0, true, 7.0, 0.0, 3e6));
+        c.add(band(1000.0, true, 2.0, 0.0, 9e6));
+        c.add(band(50.0, true, 2.0, 0.0, 1e6));
         let d = c.decision(0);
         assert!(d.allowed);
         assert_eq!((d.limit, d.remaining), (1000, 2));
         assert_eq!(d.reset_unix_secs(), 9);
+        assert_eq!(
+            d.next_unit,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_micros(9_000))
+        );
 
         let mut c = Combined::new();
-        c.add(10.0, true, 7.0, 0.0, 3e6);
-        c.add(1000.0, false, 0.0, 4e6, 9e6);
-        c.add(5000.0, false, 0.0, 6e6, 7e6);
+        c.add(band(10.0, true, 7.0, 0.0, 3e6));
+        c.add(band(1000.0, false, 0.0, 4e6, 9e6));
+        c.add(band(5000.0, false, 0.0, 6e6, 7e6));
         let d = c.decision(0);
         assert!(!d.allowed);
         assert_eq!((d.limit, d.retry_after_secs()), (5000, 6));
+    }
+
+    /// `t` of the IETF fields: until one more unit, per algorithm.
+    #[test]
+    fn the_next_unit_comes_per_algorithm() {
+        // 10 a second: a token every 100 ms. Three taken at once: the next in 100 ms.
+        let s = spec(10.0, 1.0);
+        let mut state = BandState::Fresh;
+        for _ in 0..3 {
+            state = decide_band(Algorithm::TokenBucket, &s, state, 0, 1.0).next;
+        }
+        let out = decide_band(Algorithm::TokenBucket, &s, state, 50_000, 0.0);
+        // Half a token back after 50 ms: the 8th whole one in another 50.
+        assert_eq!(out.remaining, 7.0);
+        assert!((out.next_unit_after_us - 50_000.0).abs() < 1e-6, "{out:?}");
+        let full = decide_band(Algorithm::TokenBucket, &s, BandState::Fresh, 0, 0.0);
+        assert_eq!(full.next_unit_after_us, 0.0);
+
+        // A minute's fixed window: everything at its end.
+        let s = spec(10.0, 60.0);
+        let taken = decide_band(Algorithm::FixedWindow, &s, BandState::Fresh, 15 * SEC, 3.0);
+        assert_eq!(taken.next_unit_after_us, 45.0 * SEC as f64);
+        let untouched = decide_band(Algorithm::FixedWindow, &s, BandState::Fresh, 15 * SEC, 0.0);
+        assert_eq!(untouched.next_unit_after_us, 0.0);
+
+        // Sliding: 10 a minute, 6 counted in the previous minute, 4 in this one, a quarter
+        // in: the estimate is 6 × 0.75 + 4 = 8.5, 1.5 free; the 2nd whole unit needs a drop
+        // of 0.5, at 6 per minute: 5 s.
+        let s = spec(10.0, 60.0);
+        let state = BandState::Sliding {
+            index: 1,
+            count: 4.0,
+            previous: 6.0,
+        };
+        let out = decide_band(Algorithm::SlidingWindow, &s, state, 75 * SEC, 0.0);
+        assert_eq!(out.remaining, 1.0);
+        assert!(
+            (out.next_unit_after_us - 5.0 * SEC as f64).abs() < 1.0,
+            "{out:?}"
+        );
+        // Nothing in the previous window: only this one's count, after the window ends.
+        let state = BandState::Sliding {
+            index: 1,
+            count: 10.0,
+            previous: 0.0,
+        };
+        let out = decide_band(Algorithm::SlidingWindow, &s, state, 75 * SEC, 0.0);
+        // 45 s to the end, then 1 of 10 at 10 per minute: 6 s more.
+        assert!(
+            (out.next_unit_after_us - 51.0 * SEC as f64).abs() < 1.0,
+            "{out:?}"
+        );
     }
 }

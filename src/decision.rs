@@ -32,6 +32,12 @@ pub struct Decision {
     pub reset: SystemTime,
     /// How long until a request would be allowed; zero when this one was.
     pub retry_after: Duration,
+    /// When the band reported has one whole unit more than `remaining` (now, for a full
+    /// band): the next token of a token bucket, the end of a fixed window, the moment a
+    /// sliding window's estimate has dropped by enough. The IETF `RateLimit` field's `t`
+    /// counts down to it. `None` from a store that does not say; `t` then counts down to
+    /// `reset`.
+    pub next_unit: Option<SystemTime>,
 }
 
 impl Decision {
@@ -48,6 +54,7 @@ impl Decision {
             remaining,
             reset,
             retry_after,
+            next_unit: None,
         }
     }
 
@@ -59,6 +66,7 @@ impl Decision {
             remaining,
             reset,
             retry_after: Duration::ZERO,
+            next_unit: None,
         }
     }
 
@@ -70,6 +78,7 @@ impl Decision {
             remaining: 0,
             reset,
             retry_after,
+            next_unit: None,
         }
     }
 

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// Which rate limit header fields a response carries: the `X-RateLimit-*` fields, the IETF
-/// `RateLimit-Policy` and `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-10, or
+/// `RateLimit-Policy` and `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-11, or
 /// both. Set with [`LimiterBuilder::header_style`](crate::LimiterBuilder::header_style), or
 /// by the rules file's `"headers": "x-ratelimit" | "ietf" | "both"`, which wins and follows
 /// reloads. See "Headers" in the guide (docs/guide/layer.md) for example responses.

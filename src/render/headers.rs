@@ -17,11 +17,13 @@ pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset`: Unix time in seconds when that band is full again.
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10): one quota policy item per
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-11): one quota policy item per
 /// band of the rule, `"<name>";q=<capacity>;w=<period in seconds>`.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10): the reported band's service limit
-/// item, `"<name>";r=<remaining>;t=<seconds until reset>`.
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11): the reported band's service limit
+/// item, `"<name>";r=<remaining>;t=<seconds until more quota>`: until the band has one unit
+/// more than `r` (the next token of a bucket, a fixed window's end, a sliding window's next
+/// expiry), and for a refusal the `Retry-After` wait.
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// A header value for a count: below 4096 from a table of static values made once (cloning
@@ -205,17 +207,19 @@ fn policy_header(rule: &str, limit: &Limit) -> Option<HeaderValue> {
     })
 }
 
-/// `RateLimit: "<name>";r=<remaining>;t=<seconds until reset>` for the band reported. For a
-/// refusal, `t` is the `Retry-After` wait, as the draft asks when a response has both.
+/// `RateLimit: "<name>";r=<remaining>;t=<seconds until more quota>` for the band reported:
+/// until it has one unit more (draft-11; a store that does not say counts to its reset, as
+/// draft-10 did). For a refusal, `t` is the `Retry-After` wait, as the draft asks when a
+/// response has both.
 fn service_limit_value(rule: &str, limit: Option<&Limit>, decision: &Decision) -> String {
     use std::fmt::Write;
     let name = reported_policy(rule, limit, decision);
     let seconds = if decision.allowed {
-        let until_reset = decision
-            .reset
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        ceil_secs(until_reset)
+        let more = decision.next_unit.unwrap_or(decision.reset);
+        ceil_secs(
+            more.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
     } else {
         decision.retry_after_secs()
     };
@@ -319,6 +323,17 @@ mod tests {
         );
         assert_eq!(headers[&RATELIMIT], r#""pro:default#1";r=998;t=5"#);
         assert!(headers.get(&X_RATELIMIT_LIMIT).is_none());
+        // A store that says when the next unit comes: `t` counts down to it (draft-11).
+        let mut sooner = decision;
+        sooner.next_unit = Some(SystemTime::now() + Duration::from_millis(1200));
+        write_rate_limit_headers(
+            &mut headers,
+            HeaderStyle::Ietf,
+            "pro:default",
+            Some(&limit),
+            &sooner,
+        );
+        assert_eq!(headers[&RATELIMIT], r#""pro:default#1";r=998;t=2"#);
         write_rate_limit_headers(
             &mut headers,
             HeaderStyle::Both,

@@ -20,7 +20,8 @@ use crate::rules::Limit;
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 static APPLICATION_PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
-/// The problem type of draft-ietf-httpapi-ratelimit-headers-10 for a request over quota.
+/// The problem type of draft-ietf-httpapi-ratelimit-headers (-10 and -11) for a request over
+/// quota.
 pub(crate) const QUOTA_EXCEEDED_TYPE: &str =
     "https://iana.org/assignments/http-problem-types#quota-exceeded";
 /// That problem type's title.

@@ -1,6 +1,6 @@
 //! The rate limit header styles and the refusal bodies, as a client sees them: the
 //! `X-RateLimit-*` fields (the default, unchanged), the IETF `RateLimit-Policy` and
-//! `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers-10), both, and RFC 9457 problem
+//! `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers-11), both, and RFC 9457 problem
 //! details, chosen by the builder or by the rules file (and its reloads). The IETF fields
 //! are read with a structured-field parser, as a client would.
 
@@ -108,13 +108,45 @@ async fn both_agree_with_each_other() {
         assert_eq!(limit.param("r"), expected_remaining);
         assert_eq!(limit.param("r"), x("x-ratelimit-remaining"));
         assert_eq!(policy(&response)[0].param("q"), x("x-ratelimit-limit"));
-        // `t` counts seconds from now to the reset `X-RateLimit-Reset` gives as Unix time.
+        // `t` counts to the next token (one every 20 minutes); `X-RateLimit-Reset` keeps
+        // its meaning, the Unix time when the bucket is full again: a token's time for each
+        // one used.
+        let used = 3 - expected_remaining;
+        assert!((1199..=1200).contains(&limit.param("t")), "{limit:?}");
         let from_x = x("x-ratelimit-reset") - unix_now() as i64;
         assert!(
-            (limit.param("t") - from_x).abs() <= 1,
-            "{limit:?} vs {from_x}"
+            (from_x - 1200 * used).abs() <= 1,
+            "reset in {from_x} s after {used} used"
         );
     }
+}
+
+/// draft-11's `t`, "until more quota": with 10 a minute and three requests at once, 7 are
+/// left and the next token is 6 s away (draft-10 counted the 18 s until full again).
+#[tokio::test]
+async fn t_counts_to_the_next_unit_per_algorithm() {
+    let json = r#"{"default": {"limit": "10/minute"},
+        "routes": [{"path": "/window", "limit": "10/minute", "algorithm": "fixed_window"}]}"#;
+    let app = app_with(json, Some(HeaderStyle::Ietf), false).await;
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(send(&app, request("GET", "/api/data", Some("a"))).await);
+    }
+    let limit = service_limit(&last.expect("three answers"));
+    assert_eq!(limit.param("r"), 7);
+    assert!((5..=6).contains(&limit.param("t")), "{limit:?}");
+    // A fixed window gives everything back at its end: `t` is the time left in the minute.
+    let before = unix_now();
+    let windowed = service_limit(&send(&app, request("GET", "/window", Some("a"))).await);
+    let after = unix_now();
+    // `t` reaches a minute's end from the moment of the request (whole seconds, rounded up).
+    let t = u64::try_from(windowed.param("t")).expect("t is not negative");
+    assert!((1..=60).contains(&t), "{windowed:?}");
+    let ends_a_minute = (before + t - 1..=after + t + 1).any(|moment| moment % 60 == 0);
+    assert!(
+        ends_a_minute,
+        "{windowed:?} from {before}..{after} ends no minute"
+    );
 }
 
 #[tokio::test]

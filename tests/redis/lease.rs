@@ -316,7 +316,7 @@ fn the_script_grants_what_every_band_can_spare_and_stores_it_taken() {
     assert_eq!(reply[1..3], [4, 10_000]);
     // The bands report only the request's cost taken...
     assert_eq!(reply[3..5], [1, 98]);
-    assert_eq!(reply[7..9], [1, 6]);
+    assert_eq!(reply[8..10], [1, 6]);
     // ...and store the cost and the lease taken.
     let stored = doubles(&mut c, "t");
     assert!((stored[0] - 94.0).abs() < 1e-3, "{stored:?}");
@@ -339,7 +339,7 @@ fn the_script_grants_what_every_band_can_spare_and_stores_it_taken() {
         &spec(1, 2.0, 5.0, 10_000_000.0, &[(100.0, 1e-9), (8.0, 1e-9)]),
     );
     assert_eq!(reply[1..3], [0, 0]);
-    assert_eq!((reply[3], reply[7]), (1, 0));
+    assert_eq!((reply[3], reply[8]), (1, 0));
 
     // No lease asked: none granted, only the cost taken.
     let reply = decide(&mut c, "u", &spec(1, 1.0, 0.0, 0.0, &[(100.0, 1.0)]));
@@ -478,8 +478,9 @@ fn leases_granted_in_shared_calls_keep_their_invariants() {
             let (units, ms) = (reply[at], reply[at + 1]);
             taken.push(units as f64);
             at += 2;
-            let admitted = (0..a.bands.len()).all(|k| reply[at + 4 * k] == 1);
-            at += 4 * a.bands.len();
+            // Five values per band: admitted, remaining, retry, reset, next unit.
+            let admitted = (0..a.bands.len()).all(|k| reply[at + 5 * k] == 1);
+            at += 5 * a.bands.len();
             let context = format!(
                 "round {round}, {} at {now}: {units} units for {ms} ms",
                 a.key

@@ -521,7 +521,7 @@ fn the_script_takes_nothing_past_a_request_deadline() {
     let band = [(10.0, 1e-6)];
     let late = spec_with_deadline(1, 1.0, 0.0, 0.0, now_us - 1.0, &band);
     let reply = decide(&mut c, "k", &late);
-    assert_eq!(reply[1..], [-1, 0, 0, 0, 0, 0]);
+    assert_eq!(reply[1..], [-1, 0, 0, 0, 0, 0, 0]);
     let exists: bool = redis::cmd("EXISTS").arg("k").query(&mut c).unwrap();
     assert!(!exists, "a late request writes nothing");
 
@@ -540,8 +540,8 @@ fn the_script_takes_nothing_past_a_request_deadline() {
         .invoke(&mut c)
         .unwrap();
     let reply = values(&reply);
-    assert_eq!(reply[1..7], [-1, 0, 0, 0, 0, 0]);
-    assert_eq!(reply[7..11], [0, 0, 1, 9]);
+    assert_eq!(reply[1..8], [-1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(reply[8..12], [0, 0, 1, 9]);
     let left: Vec<u8> = redis::cmd("GET").arg("k").query(&mut c).unwrap();
     let tokens = f64::from_le_bytes(left[1..9].try_into().unwrap());
     assert!(
@@ -623,4 +623,57 @@ async fn channels_carry_the_database_so_deployments_in_other_databases_do_not_he
     };
     assert_eq!(in_db(2).len(), 1, "{:?}", in_db(2));
     assert!(in_db(0).is_empty() && in_db(1).is_empty());
+}
+
+/// When each band has one more unit (the IETF `t`) is computed alike by the script and in
+/// memory, per algorithm: over a few takes of rules that move slowly, both say the same
+/// moment, within the script's millisecond resolution and the time between the two asks.
+#[tokio::test]
+async fn memory_and_redis_agree_on_the_next_unit() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("next-unit");
+    for algorithm in ["token_bucket", "fixed_window", "sliding_window"] {
+        let json = format!(
+            r#"{{"default": {{"limits": ["7/day", {{"capacity": 3, "refill_rate": 0.001}}],
+                "algorithm": "{algorithm}"}}}}"#
+        );
+        let memory = Limiter::builder()
+            .rules(rules(&json))
+            .build()
+            .await
+            .unwrap();
+        let shared = on_test_redis(Limiter::builder().rules(rules(&json)), &redis, &prefix)
+            .build()
+            .await
+            .unwrap();
+        let client = tollgate::ClientKey::id(algorithm);
+        for take in 0..3 {
+            let query = || tollgate::Query::new(&client);
+            let (here, there) = (
+                memory.check(query()).await.unwrap(),
+                shared.check(query()).await.unwrap(),
+            );
+            let next = |verdict: &tollgate::Verdict| {
+                verdict
+                    .decision()
+                    .and_then(|d| d.next_unit)
+                    .unwrap_or_else(|| panic!("{algorithm}: no next unit in {verdict:?}"))
+            };
+            let (a, b) = (next(&here), next(&there));
+            let apart = a
+                .duration_since(b)
+                .or_else(|_| b.duration_since(a))
+                .unwrap();
+            assert!(
+                apart < Duration::from_millis(250),
+                "{algorithm}, take {take}: memory {a:?}, Redis {b:?}"
+            );
+            let peeked = shared.peek(query()).await.unwrap();
+            let later = next(&peeked);
+            assert!(
+                later.duration_since(std::time::SystemTime::now()).is_ok(),
+                "{algorithm}: the next unit is ahead"
+            );
+        }
+    }
 }

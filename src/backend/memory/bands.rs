@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::algorithm::{BandState, Combined, decide_band};
+use crate::algorithm::{BandState, Combined, Reported, decide_band};
 use crate::backend::Mode;
 use crate::backend::table::Expiring;
 use crate::decision::{BandStatus, Decision};
@@ -161,20 +161,19 @@ pub(crate) fn decide_bands(
         }
         let state = before.get(i).copied().unwrap_or(BandState::Fresh);
         let out = decide_band(algorithm, &spec, state, now_us, cost);
-        let (remaining, reset_after_us) = match mode {
-            Mode::Take => (out.remaining, out.reset_after_us),
-            Mode::Peek => {
-                let now_state = decide_band(algorithm, &spec, state, now_us, 0.0);
-                (now_state.remaining, now_state.reset_after_us)
-            }
+        // A peek reports the band as it is now, before any cost.
+        let shown = match mode {
+            Mode::Take => out,
+            Mode::Peek => decide_band(algorithm, &spec, state, now_us, 0.0),
         };
-        combined.add(
-            spec.capacity,
-            out.admitted,
-            remaining,
-            out.retry_after_us,
-            reset_after_us,
-        );
+        combined.add(Reported {
+            capacity: spec.capacity,
+            admitted: out.admitted,
+            remaining: shown.remaining,
+            retry_after_us: out.retry_after_us,
+            reset_after_us: shown.reset_after_us,
+            next_unit_after_us: shown.next_unit_after_us,
+        });
         full_after = full_after.max(out.reset_after_us);
         next.states[i] = out.next;
     }

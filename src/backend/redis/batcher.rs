@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::connection::Connection;
 use super::error::CallError;
-use super::script::{Reply, run};
+use super::script::{BAND_VALUES, Reply, run};
 
 /// Decisions sent in one script call at most.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -71,7 +71,7 @@ pub(super) async fn batch(
             let mut at = 1;
             for job in taken {
                 let _ = job.reply.send(reply.clone().map(|reply| (reply, at)));
-                at += 2 + 4 * job.bands;
+                at += 2 + BAND_VALUES * job.bands;
             }
         });
     }

@@ -32,7 +32,8 @@
 --
 -- Returns one string of little-endian doubles (each an integer): now_ms, then for each
 -- request lease_units, lease_ms, then for each of its bands admitted, remaining,
--- retry_after_ms, reset_after_ms. A request is admitted if all of its bands are. One string
+-- retry_after_ms, reset_after_ms, next_unit_ms (until the band has one whole unit more than
+-- remaining; 0 when it is full). A request is admitted if all of its bands are. One string
 -- rather than an array of integers: Redis writes it, and the app reads it, at once.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -60,8 +61,9 @@ local function window_index(window, stored)
 end
 
 -- One band's answer to taking `take` units: ok (1 or 0), remaining, retry_us, reset_us,
--- spare (units left beyond `take`), until_end (µs to the end of the window; nil for the
--- token bucket), then the band's values after taking them.
+-- next_us (until one whole unit more than remaining), spare (units left beyond `take`),
+-- until_end (µs to the end of the window; nil for the token bucket), then the band's values
+-- after taking them.
 local function band(algorithm, capacity, param, stored, s, cost, take)
   if algorithm == 1 then
     local rate = param
@@ -82,7 +84,12 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
       retry_us = (cost - tokens) * 1000000 / rate
     end
     local reset_us = (capacity - left) * 1000000 / rate
-    return ok, floor(left), retry_us, reset_us, tokens - take, nil, left, now
+    -- The next whole token (the last one may be a fraction of one, up to the capacity).
+    local next_us = 0
+    if left < capacity then
+      next_us = (min(capacity, floor(left) + 1) - left) * 1000000 / rate
+    end
+    return ok, floor(left), retry_us, reset_us, next_us, tokens - take, nil, left, now
   elseif algorithm == 2 then
     local window = param
     local win = stored[s + 1]
@@ -99,8 +106,9 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
     end
     local reset_us = 0
     if counted > 0 then reset_us = until_end end
-    return ok, max(0, capacity - counted), retry_us, reset_us, capacity - count - take,
-      until_end, index, counted
+    -- Everything counted comes back at once, at the window's end.
+    return ok, max(0, capacity - counted), retry_us, reset_us, reset_us,
+      capacity - count - take, until_end, index, counted
   else
     -- Two-counter estimate: prev × (share of the current window still ahead) + count.
     local window = param
@@ -136,16 +144,33 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
     elseif prev > 0 then
       reset_us = (start + window) - now
     end
-    local remaining = max(0, capacity - (prev * weight + counted))
-    return ok, remaining, retry_us, reset_us, capacity - (prev * weight + current) - take,
-      (start + window) - now, index, counted, prev
+    local estimate = prev * weight + counted
+    local remaining = max(0, capacity - estimate)
+    -- Until the estimate has dropped enough for one more whole unit: the previous window's
+    -- share shrinks until this window ends, then this window's count, become the previous,
+    -- shrinks in turn (as src/algorithm.rs's sliding_next_unit_us).
+    local next_us = 0
+    if estimate > 0 then
+      local free = capacity - estimate
+      local drop = min(estimate, (floor(max(0, free)) + 1) - free)
+      local before_end = prev * weight
+      if prev > 0 and before_end >= drop then
+        next_us = drop * window / prev
+      elseif counted <= 0 then
+        next_us = weight * window
+      else
+        next_us = weight * window + min(window, max(0, drop - before_end) * window / counted)
+      end
+    end
+    return ok, remaining, retry_us, reset_us, next_us,
+      capacity - (prev * weight + current) - take, (start + window) - now, index, counted, prev
   end
 end
 
 local reply = {floor(now / 1000)}
 local r = 1
 -- Scratch tables, reused by every request in the call.
-local STRIDE = 7
+local STRIDE = 8
 local answers, with_lease, values, stored = {}, {}, {}, {}
 -- struct formats of k doubles (under k), and of a byte then k doubles (under -k), made once
 -- per call.
@@ -172,7 +197,7 @@ for d = 1, #KEYS do
     reply[r + 1] = -1
     reply[r + 2] = 0
     r = r + 2
-    for _ = 1, 4 * n do
+    for _ = 1, 5 * n do
       r = r + 1
       reply[r] = 0
     end
@@ -205,13 +230,14 @@ for d = 1, #KEYS do
       local b = (k - 1) * STRIDE
       local capacity, param
       capacity, param, at = unpack_struct('<dd', spec, at)
-      local ok, remaining, retry_us, reset_us, left, until_end, v1, v2, v3 =
+      local ok, remaining, retry_us, reset_us, next_us, left, until_end, v1, v2, v3 =
         band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost)
       answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
+      answers[b + 8] = next_us
       if peek then
-        local _, now_remaining, _, now_reset =
+        local _, now_remaining, _, now_reset, now_next =
           band(algorithm, capacity, param, stored, (k - 1) * width, cost, 0)
-        answers[b + 2], answers[b + 4] = now_remaining, now_reset
+        answers[b + 2], answers[b + 4], answers[b + 8] = now_remaining, now_reset, now_next
       end
       answers[b + 5], answers[b + 6], answers[b + 7] = v1, v2, v3
       if ok == 0 then admitted = 0 end
@@ -233,7 +259,7 @@ for d = 1, #KEYS do
           local b = (k - 1) * STRIDE
           local capacity, param
           capacity, param, at = unpack_struct('<dd', spec, at)
-          local ok, _, _, reset_us, _, _, v1, v2, v3 =
+          local ok, _, _, reset_us, _, _, _, v1, v2, v3 =
             band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost + extra)
           if ok == 0 then extra = 0; taken = answers; break end
           taken[b + 4], taken[b + 5], taken[b + 6], taken[b + 7] = reset_us, v1, v2, v3
@@ -254,7 +280,8 @@ for d = 1, #KEYS do
       reply[r + 2] = floor(answers[b + 2])
       reply[r + 3] = whole(ceil(answers[b + 3] / 1000))
       reply[r + 4] = whole(ceil(answers[b + 4] / 1000))
-      r = r + 4
+      reply[r + 5] = whole(ceil(answers[b + 8] / 1000))
+      r = r + 5
     end
     if admitted == 1 and not peek then
       local value = pack(format_of(-n * width), algorithm, unpack(values, 1, n * width))

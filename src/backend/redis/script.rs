@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::connection::Connection;
 use super::error::CallError;
 use super::leases::lease_units;
-use crate::algorithm::{Algorithm, Combined};
+use crate::algorithm::{Algorithm, Combined, Reported};
 use crate::backend::Mode;
 use crate::rules::Limit;
 use crate::{BandStatus, Decision};
@@ -147,6 +147,10 @@ pub(super) async fn run<'a>(
 /// (units, and how long it lives in ms), if any.
 pub(super) type Answered = (Decision, Option<(u32, i64)>);
 
+/// The values of one band in a script reply: admitted, remaining, retry_after_ms,
+/// reset_after_ms, next_unit_ms.
+pub(super) const BAND_VALUES: usize = 5;
+
 /// One decision's answer in a script reply `now_ms, then per decision: lease_units,
 /// lease_ms, then per band: admitted, remaining, retry_after_ms, reset_after_ms`; this
 /// decision's starts at value `at`. `lease_units` is -1 for a decision Redis reached after
@@ -161,15 +165,16 @@ pub(super) fn decode(reply: &Reply, at: usize, limit: &Limit) -> Result<Answered
     }
     let mut combined = Combined::new();
     for (k, band) in bands.iter().enumerate() {
-        let at = 2 + 4 * k;
+        let at = 2 + BAND_VALUES * k;
         let ms = |v: i64| v as f64 * 1000.0;
-        combined.add(
-            f64::from(band.capacity()),
-            field(at)? == 1,
-            field(at + 1)? as f64,
-            ms(field(at + 2)?),
-            ms(field(at + 3)?),
-        );
+        combined.add(Reported {
+            capacity: f64::from(band.capacity()),
+            admitted: field(at)? == 1,
+            remaining: field(at + 1)? as f64,
+            retry_after_us: ms(field(at + 2)?),
+            reset_after_us: ms(field(at + 3)?),
+            next_unit_after_us: ms(field(at + 4)?),
+        });
     }
     let lease = match (u32::try_from(units), lease_ms) {
         (Ok(units), ms) if units > 0 && ms > 0 => Some((units, ms)),
@@ -193,7 +198,7 @@ pub(super) fn band_statuses(
         .iter()
         .enumerate()
         .map(|(k, band)| {
-            let at = 2 + 4 * k;
+            let at = 2 + BAND_VALUES * k;
             let remaining = u32::try_from(field(at + 1)?.max(0)).unwrap_or(u32::MAX);
             let reset_after = Duration::from_millis(u64::try_from(field(at + 3)?).unwrap_or(0));
             Ok(BandStatus::new(
@@ -219,7 +224,7 @@ mod tests {
     fn a_reply_is_read_as_integers_and_anything_else_is_refused() {
         let limit = default_limit(r#"{"default": {"capacity": 10, "refill_rate": 1}}"#);
         // now_ms, no lease, one band: admitted, 9 left, no wait, full again in 1 s.
-        let good = reply(&[1_700_000_000_000.0, 0.0, 0.0, 1.0, 9.0, 0.0, 1000.0]);
+        let good = reply(&[1_700_000_000_000.0, 0.0, 0.0, 1.0, 9.0, 0.0, 1000.0, 100.0]);
         assert_eq!(good.now_ms(), Some(1_700_000_000_000));
         let (decision, lease) = decode(&good, 1, &limit).unwrap();
         assert!(decision.allowed);
@@ -233,11 +238,11 @@ mod tests {
         ragged.pop();
         assert!(decode(&Reply(ragged), 1, &limit).is_err());
         for bad in [0.5, f64::INFINITY, f64::NAN, 1e300] {
-            let odd = reply(&[1_700_000_000_000.0, 0.0, 0.0, 1.0, bad, 0.0, 1000.0]);
+            let odd = reply(&[1_700_000_000_000.0, 0.0, 0.0, 1.0, bad, 0.0, 1000.0, 100.0]);
             assert!(decode(&odd, 1, &limit).is_err(), "{bad}");
         }
         // A decision Redis reached after its deadline.
-        let late = reply(&[1_700_000_000_000.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let late = reply(&[1_700_000_000_000.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert!(matches!(decode(&late, 1, &limit), Err(CallError::Late)));
     }
 
