@@ -74,6 +74,9 @@ struct GuideOperationsDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/guide/performance.md")]
 struct GuidePerformanceDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/coming-from.md")]
+struct GuideComingFromDoctests;
 
 mod algorithm;
 pub mod backend;
