@@ -20,14 +20,6 @@ use crate::algorithm::Algorithm;
 use crate::key::{ClientKey, InvalidClientKey};
 
 pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> {
-    let invalid = |location: Location, mut problem: InvalidRule| {
-        with_section_hint(&location.json_path, &mut problem);
-        RulesError::Invalid {
-            source_name: source_name.to_owned(),
-            location,
-            problem,
-        }
-    };
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawRules = serde_path_to_error::deserialize(&mut *de)
         .map_err(|err| {
@@ -40,57 +32,51 @@ pub(super) fn parse(text: &str, source_name: &str) -> Result<Rules, RulesError> 
                 .map(|()| raw)
                 .map_err(|err| json_problem(text, ".".into(), &err))
         })
-        .map_err(|(location, problem)| invalid(location, problem))?;
-    let source = super::Source {
-        json: text.into(),
-        name: source_name.into(),
-    };
-    build(raw, source).map_err(|p| {
-        invalid(
-            Location {
-                json_path: p.json_path,
-                line_column: None,
-            },
-            p.problem,
-        )
-    })
+        .map_err(|(location, problem)| invalid(source_name, location, problem))?;
+    built(raw, text.into(), source_name)
 }
 
 /// Validates a YAML rules document: the same grammar as JSON's, read with serde-saphyr. Its
 /// JSON form is kept as the rules' source, which runtime entries are merged into.
 #[cfg(feature = "yaml")]
 pub(super) fn parse_yaml(text: &str, source_name: &str) -> Result<Rules, RulesError> {
-    let invalid = |location: Location, mut problem: InvalidRule| {
-        with_section_hint(&location.json_path, &mut problem);
-        RulesError::Invalid {
-            source_name: source_name.to_owned(),
-            location,
-            problem,
-        }
-    };
     const ONE_DOCUMENT: &str = "a rules file holds one document";
     let not_read = |not_read: super::yaml::NotRead| {
         let (location, problem) = not_read.into_rules_problem();
-        invalid(location, problem)
+        invalid(source_name, location, problem)
     };
     let raw: RawRules =
         super::yaml::deserialize(text, json_path_of, ONE_DOCUMENT).map_err(not_read)?;
     // The document was read as rules, so it reads as a value too.
     let json: Value =
         super::yaml::deserialize(text, json_path_of, ONE_DOCUMENT).map_err(not_read)?;
+    built(raw, json.to_string().into(), source_name)
+}
+
+/// The rules `raw` describes, read from `json` (the document's JSON form) named
+/// `source_name`.
+fn built(raw: RawRules, json: Arc<str>, source_name: &str) -> Result<Rules, RulesError> {
     let source = super::Source {
-        json: json.to_string().into(),
+        json,
         name: source_name.into(),
     };
     build(raw, source).map_err(|p| {
-        invalid(
-            Location {
-                json_path: p.json_path,
-                line_column: None,
-            },
-            p.problem,
-        )
+        let location = Location {
+            json_path: p.json_path,
+            line_column: None,
+        };
+        invalid(source_name, location, p.problem)
     })
+}
+
+/// The error of `problem` at `location` of the document named `source_name`.
+fn invalid(source_name: &str, location: Location, mut problem: InvalidRule) -> RulesError {
+    with_section_hint(&location.json_path, &mut problem);
+    RulesError::Invalid {
+        source_name: source_name.to_owned(),
+        location,
+        problem,
+    }
 }
 
 fn build(mut raw: RawRules, source: super::Source) -> Result<Rules, Problem> {

@@ -140,18 +140,33 @@ pub fn tollgate_binary() -> PathBuf {
     }
 }
 
-/// Runs `tollgate serve` on free ports with only `envs` in its environment (and
-/// `NO_COLOR`) until it exits by itself: for a start that must fail.
-pub fn serve_until_it_exits(envs: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
-    Command::new(tollgate_binary())
-        .arg("serve")
+/// `command` on free ports (`PORT`, `GRPC_PORT`), with only `envs` in its environment (and
+/// `NO_COLOR`).
+fn on_free_ports<K, V>(
+    command: &mut Command,
+    envs: impl IntoIterator<Item = (K, V)>,
+) -> &mut Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    command
         .env_clear()
         .env("NO_COLOR", "1")
         .env("PORT", "0")
         .env("GRPC_PORT", "0")
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("run tollgate serve: {e}"))
+        .envs(envs)
+}
+
+/// Runs `tollgate serve` on free ports with only `envs` in its environment (and
+/// `NO_COLOR`) until it exits by itself: for a start that must fail.
+pub fn serve_until_it_exits(envs: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    on_free_ports(
+        Command::new(tollgate_binary()).arg("serve"),
+        envs.iter().copied(),
+    )
+    .output()
+    .unwrap_or_else(|e| panic!("run tollgate serve: {e}"))
 }
 
 /// Starts `tollgate serve` on a free port with only `envs` in its environment (and
@@ -165,13 +180,7 @@ pub fn start_service(envs: &[(&str, &str)]) -> Demo {
 /// file the service finds by itself).
 pub fn start_service_in(workdir: tempfile::TempDir, envs: &[(&str, &str)]) -> Demo {
     let mut command = Command::new(tollgate_binary());
-    command.arg("serve");
-    command
-        .env_clear()
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("NO_COLOR", "1")
-        .envs(envs.iter().copied());
+    on_free_ports(command.arg("serve"), envs.iter().copied());
     start_listening_in(command, "tollgate serve", workdir)
 }
 
@@ -182,17 +191,13 @@ pub fn serve_in_until_it_exits(
     envs: &[(&str, &str)],
     args: &[&str],
 ) -> std::process::Output {
-    Command::new(tollgate_binary())
-        .arg("serve")
-        .args(args)
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .envs(envs.iter().copied())
-        .current_dir(workdir)
-        .output()
-        .unwrap_or_else(|e| panic!("run tollgate serve: {e}"))
+    on_free_ports(
+        Command::new(tollgate_binary()).arg("serve").args(args),
+        envs.iter().copied(),
+    )
+    .current_dir(workdir)
+    .output()
+    .unwrap_or_else(|e| panic!("run tollgate serve: {e}"))
 }
 
 /// [`start_service`], with the open files limit of the process set to `soft` and `hard`
@@ -210,12 +215,7 @@ pub fn start_service_with_open_files(soft: u64, hard: u64, envs: &[(&str, &str)]
 
 /// Runs `command`, which execs `tollgate serve`, on free ports with only `envs`.
 fn start_serving(mut command: Command, envs: &[(&str, &str)]) -> Demo {
-    command
-        .env_clear()
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("NO_COLOR", "1")
-        .envs(envs.iter().copied());
+    on_free_ports(&mut command, envs.iter().copied());
     start_listening(command, "tollgate serve")
 }
 

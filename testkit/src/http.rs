@@ -22,6 +22,21 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// `POST /check` with `body` to the service at `base` (`host:port`): its status and JSON body.
+pub async fn post_check(
+    base: &str,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let response = http()
+        .post(format!("http://{base}/check"))
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
 /// `GET {base}/metrics`: the Prometheus text of a service at `base` (`http://host:port`).
 pub async fn metrics_text(base: &str) -> String {
     http()

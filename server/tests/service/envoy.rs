@@ -476,16 +476,6 @@ async fn the_default_bounds_refuse_megabyte_values_and_thousands_of_descriptors(
     assert_eq!(ask(&mut client, most).await.statuses.len(), 64);
 }
 
-async fn post_check(base: &str, body: Value) -> reqwest::StatusCode {
-    http()
-        .post(format!("http://{base}/check"))
-        .json(&body)
-        .send()
-        .await
-        .expect("an answer")
-        .status()
-}
-
 /// A key counts the same whether it arrives over gRPC or over the HTTP API, on one
 /// instance or on two sharing a Redis.
 #[tokio::test]
@@ -508,11 +498,11 @@ async fn grpc_and_http_share_the_limits() {
     );
     // The same rule and client over HTTP, on the other instance.
     let body = json!({"identifier": "192.0.2.1", "rule": "@edge/remote_address"});
-    assert_eq!(post_check(&http_side.address, body.clone()).await, 200);
-    assert_eq!(post_check(&grpc_side.address, body.clone()).await, 200);
+    assert_eq!(post_check(&http_side.address, body.clone()).await.0, 200);
+    assert_eq!(post_check(&grpc_side.address, body.clone()).await.0, 200);
     let answer = ask(&mut client, ip).await;
     assert_eq!(overall(&answer), Code::OverLimit);
-    assert_eq!(post_check(&http_side.address, body).await, 429);
+    assert_eq!(post_check(&http_side.address, body).await.0, 429);
 }
 
 /// When Redis cannot decide, the failure policy answers: `closed` fails the call

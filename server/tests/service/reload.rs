@@ -68,6 +68,18 @@ async fn wait_for_limit_within(base: &str, limit: u32, patience: Duration) -> Du
     }
 }
 
+/// Waits (5 s at most) until `layer`'s limiter has failed to reload a broken save.
+async fn broken_save_noticed(layer: &RateLimitLayer) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while layer.limiter().stats().failed_reloads == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn serve_file(path: &Path) -> (RateLimitLayer, String) {
     let layer = Limiter::builder()
         .rules_file(path)
@@ -95,14 +107,7 @@ async fn edits_take_effect_within_a_second_and_broken_files_change_nothing() {
 
     // A broken save: the old limits stay in force and the failure is visible.
     write_file(&path, r#"{"default": {"capacity": 0, "refill_rate": 1}}"#);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while layer.limiter().stats().failed_reloads == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the broken file was never noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    broken_save_noticed(&layer).await;
     let stats = layer.limiter().stats();
     let error = stats.last_reload_error.clone().unwrap();
     assert!(
@@ -146,14 +151,7 @@ async fn yaml_rules_files_reload_as_json_ones_do() {
     write_file(&path, &yaml(7));
     wait_for_limit(&base, 7).await;
     write_file(&path, "default:\n  capacity: 8\n  refil_rate: 1\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while layer.limiter().stats().failed_reloads == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the broken file was never noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    broken_save_noticed(&layer).await;
     let error = layer.limiter().stats().last_reload_error.clone().unwrap();
     assert!(
         error.contains(

@@ -23,17 +23,6 @@ fn workdir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-async fn post_check(base: &str, body: Value) -> (StatusCode, Value) {
-    let response = http()
-        .post(format!("http://{base}/check"))
-        .json(&body)
-        .send()
-        .await
-        .expect("an answer");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
-}
-
 /// Sends `count` checks for `identifier` one after the other; how many were allowed, and
 /// how long they took.
 async fn burst(base: &str, body: Value, count: usize) -> (u32, f64) {

@@ -32,17 +32,6 @@ fn tiered(redis: &TestRedis) -> (tempfile::TempDir, Demo) {
     (dir, service)
 }
 
-async fn post_check(base: &str, body: Value) -> (StatusCode, Value) {
-    let response = http()
-        .post(format!("http://{base}/check"))
-        .json(&body)
-        .send()
-        .await
-        .expect("an answer");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
-}
-
 // The tiered check service's tests, against tollgate.
 
 #[tokio::test]
