@@ -5,7 +5,7 @@
 //! The same reader serves JSON and YAML: it is written against serde's map access, so each
 //! syntax's deserializer reports a problem inside a named rule at its own line and column.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::num::NonZeroU32;
 
@@ -157,7 +157,8 @@ impl<'de> Visitor<'de> for TopLevel {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRules, A::Error> {
         let mut raw = RawRules::default();
-        let mut seen: Vec<String> = Vec::new();
+        // A set: a file may hold many thousands of named rules.
+        let mut seen: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             if seen.contains(&key) {
                 return Err(match KNOWN_KEYS.iter().find(|known| **known == key) {
@@ -183,7 +184,7 @@ impl<'de> Visitor<'de> for TopLevel {
                     raw.top_level.push((key.clone(), rule));
                 }
             }
-            seen.push(key);
+            seen.insert(key);
         }
         Ok(raw)
     }
@@ -308,6 +309,29 @@ mod tests {
         let unused: Vec<&str> = rules.unused_rules().map(|u| u.rule().id()).collect();
         assert_eq!(unused, ["special_path"]);
         assert_eq!(rules.lookup(&Method::GET, "/special_path").id(), "default");
+    }
+
+    /// Many named rules load, with a route naming each (the duplicate check is a set, so
+    /// this takes no quadratic step).
+    #[test]
+    fn many_named_rules_load() {
+        let count = 20_000;
+        let mut json = String::from(r#"{"default": {"limit": "1/second"}"#);
+        for n in 0..count {
+            json.push_str(&format!(r#", "rule{n}": {{"limit": "{}/minute"}}"#, n + 1));
+        }
+        json.push_str(r#", "routes": ["#);
+        for n in 0..count {
+            if n > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!(r#"{{"path": "/r/{n}", "rule": "rule{n}"}}"#));
+        }
+        json.push_str("]}");
+        let rules = Rules::from_json(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rules.iter().len(), count + 1);
+        assert_eq!(rules.lookup(&Method::GET, "/r/19999").id(), "rule19999");
+        assert_eq!(rules.unused_rules().count(), 0);
     }
 
     #[test]
