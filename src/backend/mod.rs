@@ -166,6 +166,7 @@ pub enum Mode {
 /// assert_ne!(down, Outcome::PassThrough);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The bands decided: in the store, or from what the store remembers of it.
     Decided(Decision, DecidedBy),

@@ -613,6 +613,21 @@ headers: ietf
                 assert!(location.to_string().starts_with(at), "{yaml:?}: {err}");
                 assert!(problem.to_string().starts_with(message), "{yaml:?}: {err}");
             }
+            // What JSON would not take is refused too: runtime entries are merged into the
+            // document's JSON form.
+            for (yaml, at) in [
+                ("default: {limit: 1/second}\nroutes:\n", "routes"),
+                (
+                    "default: {limit: 1/second}\nrules: {w: {limit: 1/second}}\nroutes:\n  - {path: /a, rule: 12}\n",
+                    "routes[0].rule",
+                ),
+            ] {
+                let err = Rules::from_yaml(yaml).unwrap_err();
+                let RulesError::Invalid { location, .. } = &err else {
+                    panic!("{err}")
+                };
+                assert_eq!(location.to_string(), at, "{yaml:?}: {err}");
+            }
             // Found after reading, as JSON's: at the path.
             let err = Rules::from_yaml("default: {limit: 10/week}").unwrap_err();
             assert!(

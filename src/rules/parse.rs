@@ -50,7 +50,27 @@ pub(super) fn parse_yaml(text: &str, source_name: &str) -> Result<Rules, RulesEr
     // The document was read as rules, so it reads as a value too.
     let json: Value =
         super::yaml::deserialize(text, json_path_of, ONE_DOCUMENT).map_err(not_read)?;
-    built(raw, json.to_string().into(), source_name)
+    let json = json.to_string();
+    let rules = built(raw, json.as_str().into(), source_name)?;
+    // Runtime entries are merged into this JSON form and read back as JSON, so it must be
+    // one JSON accepts: YAML's looser forms (an empty `routes:`, a bare number where a name
+    // goes) are refused here, at their path, rather than when an entry arrives.
+    parse(&json, source_name).map_err(|error| match error {
+        RulesError::Invalid {
+            source_name,
+            location,
+            problem,
+        } => RulesError::Invalid {
+            source_name,
+            location: Location {
+                line_column: None,
+                ..location
+            },
+            problem,
+        },
+        other => other,
+    })?;
+    Ok(rules)
 }
 
 /// The rules `raw` describes, read from `json` (the document's JSON form) named

@@ -320,12 +320,23 @@ fn settings_that_cannot_be_used_stop_the_start_naming_them() {
         &["--env-file", "missing.env"],
         "error: --env-file missing.env:",
     );
-    std::fs::write(dir.path().join(".env"), "REDIS_HOST 127.0.0.1\n").unwrap();
+    // A line that cannot be read stops the start, and is not shown: it may hold a secret.
+    std::fs::write(
+        dir.path().join(".env"),
+        "REDIS_HOST 127.0.0.1\nTOLLGATE_ADMIN_TOKEN=\"s3cret\n",
+    )
+    .unwrap();
     fails_saying(
         dir.path(),
         &[],
         &[],
-        "error: --env-file .env: cannot read the line",
+        "error: .env: cannot read one of its lines",
+    );
+    let output = serve_in_until_it_exits(dir.path(), &[], &[]);
+    let shown = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("127.0.0.1"),
+        "{shown}"
     );
     // The same file, named: the variables it sets count.
     let named = dir.path().join("other.env");

@@ -26,23 +26,27 @@ impl EnvFile {
     /// environment: only the variables the environment does not have. Runs before any
     /// other thread starts, as setting the environment needs.
     pub(crate) fn load(args: &[OsString]) -> Result<Self, String> {
-        let (path, required) = match env_file_argument(args) {
+        let (path, named) = match env_file_argument(args) {
             Some(path) => (path, true),
             None => (PathBuf::from(DEFAULT_ENV_FILE), false),
         };
-        if !required && !path.is_file() {
+        if !named && !path.is_file() {
             return Ok(Self::default());
         }
+        let which = if named {
+            format!("--env-file {}", path.display())
+        } else {
+            path.display().to_string()
+        };
         let entries = dotenvy::from_path_iter(&path)
             .and_then(|entries| entries.collect::<Result<Vec<(String, String)>, _>>())
-            .map_err(|error| format!("--env-file {}: {}", path.display(), reason(&error)))?;
+            .map_err(|error| format!("{which}: {}", reason(&error)))?;
         let (overridden, set): (Vec<String>, Vec<String>) = entries
             .into_iter()
             .map(|(name, _)| name)
             .partition(|name| std::env::var_os(name).is_some());
         // Sets only what the environment lacks: the environment wins.
-        dotenvy::from_path(&path)
-            .map_err(|error| format!("--env-file {}: {}", path.display(), reason(&error)))?;
+        dotenvy::from_path(&path).map_err(|error| format!("{which}: {}", reason(&error)))?;
         Ok(Self {
             path: Some(path),
             set,
@@ -79,8 +83,12 @@ impl EnvFile {
     }
 }
 
-/// The value of `--env-file` on the command line (`--env-file PATH` or `--env-file=PATH`).
+/// The value of `tollgate serve`'s `--env-file` on the command line (`--env-file PATH` or
+/// `--env-file=PATH`).
 fn env_file_argument(args: &[OsString]) -> Option<PathBuf> {
+    if args.first().is_none_or(|command| command != "serve") {
+        return None;
+    }
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -96,12 +104,14 @@ fn env_file_argument(args: &[OsString]) -> Option<PathBuf> {
     None
 }
 
-/// A `.env` problem, said for the operator.
+/// A `.env` problem, said for the operator, without the file's text: a line it cannot
+/// read may hold a secret (or, after a quote left open, every line after it).
 fn reason(error: &dotenvy::Error) -> String {
     match error {
-        dotenvy::Error::LineParse(line, at) => {
-            format!("cannot read the line {line:?} (at character {at}): write NAME=value")
-        }
+        dotenvy::Error::LineParse(_, _) => "cannot read one of its lines (not NAME=value, or a \
+                                            quote left open); the line is not shown, since it \
+                                            may hold a secret"
+            .to_owned(),
         dotenvy::Error::Io(error) => error.to_string(),
         other => other.to_string(),
     }
@@ -137,6 +147,15 @@ pub(crate) fn redis_url_from_parts(
         };
     };
     let host = host.trim();
+    if let Some((name, port)) = host.split_once(':')
+        && !port.contains(':')
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!(
+            "REDIS_HOST={host:?} holds a port: set REDIS_HOST={name} and REDIS_PORT={port}"
+        ));
+    }
     if host.contains(['/', '@', '?', '#', ' ']) {
         return Err(format!(
             "REDIS_HOST={host:?} is not a host name or address (for a URL, set REDIS_URL)"
@@ -248,6 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn a_host_with_a_port_says_which_variable_takes_the_port() {
+        let error = parts(&[("REDIS_HOST", "redis:6380")]).unwrap_err();
+        assert_eq!(
+            error,
+            "REDIS_HOST=\"redis:6380\" holds a port: set REDIS_HOST=redis and REDIS_PORT=6380"
+        );
+        // An IPv6 address is a host.
+        assert!(parts(&[("REDIS_HOST", "::1")]).is_ok());
+    }
+
+    #[test]
     fn a_part_that_cannot_be_in_a_url_is_named() {
         for (vars, named) in [
             (
@@ -289,6 +319,10 @@ mod tests {
         );
         assert_eq!(
             env_file_argument(&args(&["serve", "--", "--env-file=c"])),
+            None
+        );
+        assert_eq!(
+            env_file_argument(&args(&["healthcheck", "--env-file", "d"])),
             None
         );
     }
