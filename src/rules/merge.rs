@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::document::KNOWN_KEYS;
 use super::parse::{parse, route_id};
-use super::{Limit, Location, Rules, RulesError};
+use super::{Limit, Rules, RulesError};
 use crate::key::ClientKey;
 
 /// The source name of an entry validated alone, in its errors.
@@ -189,21 +189,7 @@ fn unlimited() -> Value {
 /// Parses a document made to validate one entry. Its text is made here, so a line and
 /// column in it would tell the user nothing: the JSON path says where.
 fn alone(document: Value) -> Result<Rules, RulesError> {
-    parse(&document.to_string(), ENTRY_SOURCE).map_err(|error| match error {
-        RulesError::Invalid {
-            source_name,
-            location,
-            problem,
-        } => RulesError::Invalid {
-            source_name,
-            location: Location {
-                json_path: location.json_path,
-                line_column: None,
-            },
-            problem,
-        },
-        other => other,
-    })
+    parse(&document.to_string(), ENTRY_SOURCE).map_err(RulesError::without_line_column)
 }
 
 /// A rules document with entries merged into it.

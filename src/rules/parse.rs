@@ -55,21 +55,7 @@ pub(super) fn parse_yaml(text: &str, source_name: &str) -> Result<Rules, RulesEr
     // Runtime entries are merged into this JSON form and read back as JSON, so it must be
     // one JSON accepts: YAML's looser forms (an empty `routes:`, a bare number where a name
     // goes) are refused here, at their path, rather than when an entry arrives.
-    parse(&json, source_name).map_err(|error| match error {
-        RulesError::Invalid {
-            source_name,
-            location,
-            problem,
-        } => RulesError::Invalid {
-            source_name,
-            location: Location {
-                line_column: None,
-                ..location
-            },
-            problem,
-        },
-        other => other,
-    })?;
+    parse(&json, source_name).map_err(RulesError::without_line_column)?;
     Ok(rules)
 }
 

@@ -37,6 +37,18 @@ pub async fn post_check(
     (status, response.json().await.expect("a JSON body"))
 }
 
+/// `GET url`'s JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// `GET {base}/metrics`: the Prometheus text of a service at `base` (`http://host:port`).
 pub async fn metrics_text(base: &str) -> String {
     http()

@@ -73,14 +73,7 @@ async fn the_token_bucket_middlewares_files_work_unchanged() {
     ] {
         assert!(log.contains(said), "{said:?} in:\n{log}");
     }
-    let health: Value = http()
-        .get(format!("http://{}/health", service.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&format!("http://{}/health", service.address)).await;
     assert_eq!(health["redis"], "connected");
 
     // 20 at once, then 5 a second.
@@ -170,12 +163,7 @@ async fn the_seed_env_file_with_its_comments_starts_degraded_not_in_memory() {
         "{log}"
     );
     assert!(log.contains("REDIS_HOST from .env"), "{log}");
-    let response = http()
-        .get(format!("http://{}/health", service.address))
-        .send()
-        .await
-        .unwrap();
-    let health: Value = response.json().await.unwrap();
+    let health = get_json(&format!("http://{}/health", service.address)).await;
     assert_ne!(health["redis"], "not_configured", "{health}");
     assert_ne!(health["redis"], "connected", "{health}");
 }

@@ -322,14 +322,7 @@ async fn the_openapi_document_describes_the_real_answers() {
     let (_tiers, path) = tiers_per_day();
     let service = start_service(&[("RATE_LIMIT_RULES_PATH", &path)]);
     let base = format!("http://{}", service.address);
-    let document: Value = http()
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = get_json(&format!("{base}/openapi.json")).await;
     assert_eq!(document["openapi"].as_str().map(|v| &v[..2]), Some("3."));
     let mut seen = Vec::new();
     seen.push(("get", "/health", get(&format!("{base}/health")).await));

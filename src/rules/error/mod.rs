@@ -365,6 +365,29 @@ pub enum InvalidRule {
     },
 }
 
+impl RulesError {
+    /// This error without a line and column: for a document made by tollgate (a runtime
+    /// entry's, a YAML file's JSON form), whose positions would tell the reader nothing;
+    /// the JSON path still says where.
+    pub(crate) fn without_line_column(self) -> Self {
+        match self {
+            RulesError::Invalid {
+                source_name,
+                location,
+                problem,
+            } => RulesError::Invalid {
+                source_name,
+                location: Location {
+                    line_column: None,
+                    ..location
+                },
+                problem,
+            },
+            other => other,
+        }
+    }
+}
+
 #[cfg(feature = "envoy")]
 impl From<EnvoyConfigError> for RulesError {
     fn from(error: EnvoyConfigError) -> Self {
