@@ -107,11 +107,11 @@ pub use limiter::{
     DEFAULT_MAX_STATE_FILE_BYTES, DEFAULT_USAGE_CLIENTS_PER_HOUR, DEFAULT_USAGE_MAX_BYTES,
     DEFAULT_USAGE_MAX_CLIENTS, DescriptorCheck, LimitedClient, Limiter, LimiterBuilder, Origin,
     Query, ResetError, RuleEntry, RuntimeEntry, RuntimeError, Stats, UsageError, UsageSummary,
-    Verdict,
+    Verdict, host_name,
 };
 pub use limiter::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
-    PublishedEvent, RuleChange, RuleCounts,
+    MAX_RELAYED_EVENTS_PER_SECOND, PublishedEvent, RuleChange, RuleCounts,
 };
 pub use policy::OnRedisError;
 pub use render::{

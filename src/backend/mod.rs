@@ -1,6 +1,7 @@
 //! The store seam: where a limiter keeps what it decides with. A [`Store`] decides requests
 //! over a rule's bands, forgets clients, and says what it has counted; it may also keep the
-//! usage statistics ([`UsageStore`]) and the runtime rule entries ([`RuntimeStore`]). The
+//! usage statistics ([`UsageStore`]), the runtime rule entries ([`RuntimeStore`]) and carry
+//! live events between the instances sharing it ([`EventRelay`]). The
 //! limiter's core talks to its store through these traits only.
 //!
 //! This crate brings two stores: in this process (the default), and Redis (a single Redis
@@ -27,11 +28,13 @@ pub(crate) mod breaker;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+mod relay;
 mod runtime;
 pub(crate) mod table;
 pub(crate) mod usage;
 
 pub use memory::BandStates;
+pub use relay::{EventRelay, Heard, MAX_HEARD};
 pub use runtime::{EntryChange, EntryNews, Kept, News, RuntimeStore, StoredEntries};
 pub use usage::{ClientCalls, DAYS_READ, HOURS_READ, HourCalls, RuleCalls, UsageBatch, UsageStore};
 
@@ -306,8 +309,8 @@ impl StoreError {
 /// Only [`name`](Self::name), [`decide`](Self::decide) and [`reset`](Self::reset) must be
 /// written; the rest has defaults for a store that keeps nothing else: no usage (the
 /// limiter keeps it in this process), no runtime entries (the limiter keeps them in its
-/// [state file](crate::LimiterBuilder::runtime_state_file), if it has one), nothing
-/// counted.
+/// [state file](crate::LimiterBuilder::runtime_state_file), if it has one), no events
+/// carried to other instances, nothing counted.
 ///
 /// # Example
 ///
@@ -425,6 +428,12 @@ pub trait Store: Send + Sync + 'static {
     /// Where runtime rule entries are kept when the store keeps them (shared by every
     /// instance); `None`: the limiter keeps them in its state file, if it has one.
     fn runtime(&self) -> Option<Arc<dyn RuntimeStore>> {
+        None
+    }
+
+    /// Where live events travel between the instances sharing the store, when it carries
+    /// them; `None`: each instance's subscribers see its own decisions only.
+    fn events(&self) -> Option<Arc<dyn EventRelay>> {
         None
     }
 }

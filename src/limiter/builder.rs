@@ -9,12 +9,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::Value;
 
+use super::events::Hub;
 use super::installed::StateIds;
 use super::reload::{self, ReloadState, RulesFile, off_runtime};
 use super::runtime::{self, Keeper, Layers, Runtime};
 use super::stats::Counters;
 use super::usage::{self, Usage};
-use super::{Core, Limiter};
+use super::{Core, Limiter, fleet};
 use crate::backend::{self, Opening, Store};
 use crate::error::BuildError;
 use crate::header_style::{HeaderStyle, Rendering};
@@ -67,6 +68,8 @@ pub struct LimiterBuilder {
     usage: usage::Bounds,
     rendering: Rendering,
     runtime_resync_interval: Duration,
+    /// The name this instance's events carry; `None`: [`default_instance`].
+    instance: Option<String>,
     /// A store given to [`store`](Self::store).
     store: Option<Arc<dyn Store>>,
     /// The settings of this crate's own stores, set by the methods each adds (`redis_url`,
@@ -99,6 +102,7 @@ impl Default for LimiterBuilder {
             },
             rendering: Rendering::default(),
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
+            instance: None,
             store: None,
             stores: backend::Options::default(),
         }
@@ -407,6 +411,29 @@ impl LimiterBuilder {
         self
     }
 
+    /// The name of this instance in its live events (`instance` in each, see
+    /// [`Limiter::subscribe`]), telling the instances that share a store apart where a
+    /// subscriber sees them all. Default: the host's name and the process's id,
+    /// `<host>:<pid>`; `tollgate serve` names itself `<host>:<port>`. A blank name keeps the
+    /// default.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "5/minute"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).instance("app-1").build().await?;
+    /// assert_eq!(limiter.instance(), "app-1");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.instance = Some(name).filter(|name| !name.trim().is_empty());
+        self
+    }
+
     /// Which rate limit header fields responses carry (default
     /// [`HeaderStyle::XRateLimit`]): the `X-RateLimit-*` fields, the IETF `RateLimit-Policy`
     /// and `RateLimit` fields, or both. The rules file's `headers`, when present, wins, and
@@ -602,12 +629,13 @@ impl LimiterBuilder {
             Keeper::Store(shared) => Some(shared.news().unwrap_or_default()),
             _ => None,
         };
+        let instance = self.instance.unwrap_or_else(default_instance);
         let limiter = Limiter::new(
             rules,
             reloads,
             (keeper, stored, self.max_runtime_entries),
             (self.ipv6_prefix_len, self.rendering),
-            store,
+            (store, Arc::new(Hub::new(instance.into()))),
             self.memory_cleanup_interval,
             usage,
         )?;
@@ -634,17 +662,20 @@ impl Limiter {
     /// The limiter of `rules` with the runtime entries `stored` in `store` (and their
     /// version there) over them, keeping at most `max_entries`; keying IPv6 clients by
     /// `ipv6_prefix_len` bits, rendering verdicts as `rendering` says unless the rules say
-    /// otherwise, recording usage within `usage` if given.
+    /// otherwise, recording usage within `usage` if given, its events starting at `events`.
     fn new(
         rules: Rules,
         reloads: Reloads,
         (keeper, (stored, version), max_entries): (Keeper, (BTreeMap<String, Value>, u64), usize),
         (ipv6_prefix_len, rendering): (u8, Rendering),
-        store: Arc<dyn Store>,
+        (store, events): (Arc<dyn Store>, Arc<Hub>),
         cleanup_every: Duration,
         usage: Option<usage::Bounds>,
     ) -> Result<Self, BuildError> {
         spawn_sweeper(Arc::downgrade(&store), cleanup_every);
+        if let Some(relay) = store.events() {
+            fleet::spawn(&events, relay);
+        }
         let (layers, rules) = Layers::new(rules, stored, version);
         reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
         let state_ids = StateIds::default();
@@ -664,7 +695,7 @@ impl Limiter {
             usage: usage.map(|bounds| Usage::start(&*store, bounds)),
             store,
             counters: Counters::default(),
-            events: Arc::default(),
+            events,
         });
         if let (Some(file), Some(hash)) = (&core.rules_file, loaded) {
             core.loaded_from(hash);
@@ -685,6 +716,33 @@ impl Limiter {
         }
         Ok(Self { core })
     }
+}
+
+/// The name of this instance by default: `<host>:<pid>`.
+fn default_instance() -> String {
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This host's name: the kernel's on Linux, else as `HOSTNAME` or `COMPUTERNAME` says,
+/// else `localhost`. What an instance's default name starts with (see
+/// [`LimiterBuilder::instance`]).
+///
+/// ```
+/// let host = tollgate::host_name();
+/// assert!(!host.is_empty());
+/// ```
+pub fn host_name() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let named = kernel
+        .into_iter()
+        .chain(
+            ["HOSTNAME", "COMPUTERNAME"]
+                .iter()
+                .filter_map(|v| std::env::var(v).ok()),
+        )
+        .map(|name| name.trim().to_owned())
+        .find(|name| !name.is_empty());
+    named.unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Has the store drop what no longer matters every `interval` until the limiter is

@@ -10,6 +10,10 @@
 //! ([`Event::Lagged`]), so memory never grows with a stuck subscriber and no request ever
 //! waits for one. Past [`MAX_DENIED_EVENTS_PER_SECOND`], refusals are only counted, in the
 //! next [`EventSummary`], so a flood of 429s does not become a flood of events.
+//!
+//! On a store that carries events between instances ([`Store::events`](crate::backend::Store::events),
+//! Redis does), the subscribers see every instance's decisions and summaries, each event
+//! naming the instance that made it (see `fleet`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -17,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::decision::{DecidedBy, Decision as BandDecision};
@@ -29,6 +33,10 @@ pub const EVENT_BUFFER: usize = 1024;
 /// Refusals sent one by one each second, across all subscribers; those past it are counted
 /// in the next summary's `suppressed_denied`.
 pub const MAX_DENIED_EVENTS_PER_SECOND: u32 = 100;
+
+/// Decisions each instance sends to other instances' subscribers each second; those past it
+/// are counted in its summaries only.
+pub const MAX_RELAYED_EVENTS_PER_SECOND: u32 = 1000;
 
 /// How often an [`EventSummary`] is sent.
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
@@ -76,9 +84,11 @@ pub enum Event {
 }
 
 /// A counted decision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DecisionEvent {
+    /// The instance that decided (see [`LimiterBuilder::instance`](crate::LimiterBuilder::instance)).
+    pub instance: Arc<str>,
     /// The client key: `id:<X-Client-ID>`, `ip:<address>`, `ip:<network>/<prefix>` or
     /// `unknown`.
     pub client: String,
@@ -87,8 +97,12 @@ pub struct DecisionEvent {
     /// Whether the request went on (a shadow rule's would-be refusal did).
     pub allowed: bool,
     /// What decided: `unlimited`, `memory`, `redis`, `lease`, `remembered_refusal`,
-    /// `local_fallback`, `fail_open` or `fail_closed`.
-    pub outcome: &'static str,
+    /// `local_fallback`, `fail_open` or `fail_closed` (`other` from an instance that
+    /// names an outcome this one does not know).
+    // Spelt with its path so that serde does not borrow it from the input: it is one of
+    // the static names, whatever the input.
+    #[serde(deserialize_with = "outcome_named")]
+    pub outcome: &'static std::primitive::str,
     /// Requests left in the band closest to running out; `None` when no band decided.
     pub remaining: Option<u32>,
     /// That band's capacity.
@@ -103,6 +117,8 @@ pub struct DecisionEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct RuleChange {
+    /// The instance whose rules changed.
+    pub instance: Arc<str>,
     /// What changed: a runtime entry's target (`client:<key>`, `rule:<identity>`), or
     /// `rules` when the base rules were replaced.
     pub target: String,
@@ -116,10 +132,12 @@ pub struct RuleChange {
     pub at: u64,
 }
 
-/// What was decided in the last second.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What was decided in the last second, by one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct EventSummary {
+    /// The instance that decided.
+    pub instance: Arc<str>,
     /// Counted decisions by rule identity (rules with none are left out).
     pub rules: BTreeMap<String, RuleCounts>,
     /// Refusals not sent one by one (past [`MAX_DENIED_EVENTS_PER_SECOND`]).
@@ -129,7 +147,7 @@ pub struct EventSummary {
 }
 
 /// Decisions under one rule.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleCounts {
     /// Requests let through.
     pub allowed: u64,
@@ -242,12 +260,17 @@ struct Subscribed(Arc<Hub>);
 
 impl Drop for Subscribed {
     fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// The bit of [`Hub::watchers`] set while another instance listens.
+const FLEET: usize = 1 << (usize::BITS - 1);
+
 /// Where a limiter's events start: shared by its clones and its publisher task.
 pub(crate) struct Hub {
+    /// The name its events carry.
+    instance: Arc<str>,
     sender: broadcast::Sender<Arc<PublishedEvent>>,
     /// What the decision path hands the publisher.
     queue: mpsc::Sender<Event>,
@@ -255,11 +278,25 @@ pub(crate) struct Hub {
     parked: Mutex<Option<mpsc::Receiver<Event>>>,
     /// Events the full queue dropped, not yet told to subscribers.
     dropped: AtomicU64,
-    /// Read on every decision: nothing else is touched while it is zero.
-    subscribers: AtomicUsize,
+    /// The subscribers here, and [`FLEET`] while another instance listens. Read on every
+    /// decision: nothing else is touched while it is zero.
+    watchers: AtomicUsize,
     publishing: AtomicBool,
     denied_sent: AtomicU32,
     second: Mutex<Second>,
+    /// Where events for other instances go, when the store carries them (see `fleet`).
+    outbox: OnceLock<Outbox>,
+}
+
+/// The events of one batch for other instances, and the fleet task's wake-up.
+pub(crate) struct Outbox {
+    sender: mpsc::Sender<Vec<Arc<PublishedEvent>>>,
+    /// Told when the first subscriber comes: the task says so at once.
+    pub(crate) subscribed: Arc<tokio::sync::Notify>,
+    /// Decisions sent to other instances this second.
+    relayed: AtomicU32,
+    /// Events lost on the way to other instances, not yet told to them.
+    dropped: AtomicU64,
 }
 
 /// What the current second's summary will say.
@@ -269,41 +306,84 @@ struct Second {
     suppressed_denied: u64,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
+impl Hub {
+    /// The hub of the instance named `instance`.
+    pub(crate) fn new(instance: Arc<str>) -> Self {
         let (queue, parked) = mpsc::channel(QUEUE);
         Self {
+            instance,
             sender: broadcast::Sender::new(EVENT_BUFFER),
             queue,
             parked: Mutex::new(Some(parked)),
             dropped: AtomicU64::new(0),
-            subscribers: AtomicUsize::new(0),
+            watchers: AtomicUsize::new(0),
             publishing: AtomicBool::new(false),
             denied_sent: AtomicU32::new(0),
             second: Mutex::new(Second::default()),
+            outbox: OnceLock::new(),
         }
     }
-}
 
-impl Hub {
-    /// Whether anyone listens: the one check the decision path makes.
-    #[inline]
-    pub(crate) fn watched(&self) -> bool {
-        self.subscribers.load(Ordering::Relaxed) != 0
+    /// The name its events carry.
+    pub(crate) fn instance(&self) -> &Arc<str> {
+        &self.instance
     }
 
-    /// Current subscribers.
+    /// Whether anyone listens, here or on another instance: the one check the decision
+    /// path makes.
+    #[inline]
+    pub(crate) fn watched(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) != 0
+    }
+
+    /// Current subscribers here.
     pub(crate) fn subscribers(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
+        self.watchers.load(Ordering::Relaxed) & !FLEET
+    }
+
+    /// Whether another instance listens.
+    fn relaying(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) & FLEET != 0
+    }
+
+    /// Sends events for other instances to `outbox` from now on (once: the fleet task's).
+    pub(crate) fn relay_through(
+        &self,
+        sender: mpsc::Sender<Vec<Arc<PublishedEvent>>>,
+    ) -> Option<&Outbox> {
+        let outbox = Outbox {
+            sender,
+            subscribed: Arc::default(),
+            relayed: AtomicU32::new(0),
+            dropped: AtomicU64::new(0),
+        };
+        self.outbox.set(outbox).ok()?;
+        self.outbox.get()
+    }
+
+    /// Whether another instance listens, as the roll call found: events are made and sent
+    /// to it while one does.
+    pub(crate) fn fleet_listens(self: &Arc<Self>, listens: bool) {
+        if listens {
+            self.watchers.fetch_or(FLEET, Ordering::Relaxed);
+            self.publish_events();
+        } else {
+            self.watchers.fetch_and(!FLEET, Ordering::Relaxed);
+        }
     }
 
     /// A new subscription; starts the publisher if it is not running (and a Tokio runtime
     /// is there to run it).
     pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
         let receiver = self.sender.subscribe();
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        let before = self.watchers.fetch_add(1, Ordering::Relaxed);
         let counted = Subscribed(Arc::clone(self));
         self.publish_events();
+        if before & !FLEET == 0
+            && let Some(outbox) = self.outbox.get()
+        {
+            outbox.subscribed.notify_one();
+        }
         Events {
             receiver,
             _counted: counted,
@@ -341,9 +421,70 @@ impl Hub {
         }
     }
 
-    /// Hands queued events to the subscribers.
+    /// Hands queued events to the subscribers, and those for other instances to the
+    /// outbox while one listens.
     fn broadcast(&self, events: impl Iterator<Item = Event>) {
         let missed = self.dropped.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            let _ = self
+                .sender
+                .send(PublishedEvent::new(Event::Lagged { missed }));
+        }
+        let mut relayed = Vec::new();
+        for event in events {
+            let published = PublishedEvent::new(event);
+            if self.relays(published.event()) {
+                relayed.push(Arc::clone(&published));
+            }
+            let _ = self.sender.send(published);
+        }
+        self.relay(relayed);
+    }
+
+    /// Whether `event` goes to other instances: while one listens, each summary and, up to
+    /// [`MAX_RELAYED_EVENTS_PER_SECOND`], each decision; not the rule changes (another
+    /// instance hears of runtime entries from the store, and reports its own).
+    fn relays(&self, event: &Event) -> bool {
+        let Some(outbox) = self.outbox.get().filter(|_| self.relaying()) else {
+            return false;
+        };
+        match event {
+            Event::Decision(_) => {
+                outbox.relayed.fetch_add(1, Ordering::Relaxed) < MAX_RELAYED_EVENTS_PER_SECOND
+            }
+            Event::Summary(_) => true,
+            Event::RuleChange(_) | Event::Lagged { .. } => false,
+        }
+    }
+
+    /// Hands `events` to the outbox, or counts them dropped: never waits.
+    fn relay(&self, events: Vec<Arc<PublishedEvent>>) {
+        let Some(outbox) = self.outbox.get().filter(|_| !events.is_empty()) else {
+            return;
+        };
+        let count = events.len() as u64;
+        if outbox.sender.try_send(events).is_err() {
+            self.count_unrelayed(count);
+        }
+    }
+
+    /// Counts `events` lost on the way to other instances.
+    pub(crate) fn count_unrelayed(&self, events: u64) {
+        if let Some(outbox) = self.outbox.get() {
+            outbox.dropped.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+
+    /// The events lost on the way to other instances since the last call.
+    pub(crate) fn take_unrelayed(&self) -> u64 {
+        self.outbox
+            .get()
+            .map_or(0, |outbox| outbox.dropped.swap(0, Ordering::Relaxed))
+    }
+
+    /// Events other instances sent, for the subscribers here; `missed`: how many were lost
+    /// on the way.
+    pub(crate) fn heard(&self, events: impl Iterator<Item = Event>, missed: u64) {
         if missed > 0 {
             let _ = self
                 .sender
@@ -390,6 +531,7 @@ impl Hub {
             _ => unavailable_for.filter(|_| !allowed),
         };
         self.queue(Event::Decision(DecisionEvent {
+            instance: Arc::clone(&self.instance),
             client: client.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
             rule: rule.to_string(),
             allowed,
@@ -405,6 +547,7 @@ impl Hub {
     pub(crate) fn rules_changed(&self, target: String, origin: &'static str, change: &'static str) {
         if self.watched() {
             self.queue(Event::RuleChange(RuleChange {
+                instance: Arc::clone(&self.instance),
                 target,
                 origin,
                 change,
@@ -416,9 +559,13 @@ impl Hub {
     /// Sends the second's summary and starts the next second.
     fn summarize_second(&self) {
         self.denied_sent.store(0, Ordering::Relaxed);
+        if let Some(outbox) = self.outbox.get() {
+            outbox.relayed.store(0, Ordering::Relaxed);
+        }
         let second =
             std::mem::take(&mut *self.second.lock().unwrap_or_else(PoisonError::into_inner));
         let summary = Event::Summary(EventSummary {
+            instance: Arc::clone(&self.instance),
             rules: second
                 .rules
                 .into_iter()
@@ -427,7 +574,7 @@ impl Hub {
             suppressed_denied: second.suppressed_denied,
             at: now_ms(),
         });
-        let _ = self.sender.send(PublishedEvent::new(summary));
+        self.broadcast(std::iter::once(summary));
     }
 }
 
@@ -468,6 +615,15 @@ async fn publish(hub: Weak<Hub>, mut queue: mpsc::Receiver<Event>) {
     }
 }
 
+/// An outcome's name as another instance sent it: one of [`DecidedBy`]'s, or `other`.
+fn outcome_named<'de, D: Deserializer<'de>>(deserializer: D) -> Result<&'static str, D::Error> {
+    use serde::de::{IntoDeserializer, value};
+    let named = String::deserialize(deserializer)?;
+    let name: value::StrDeserializer<'_, value::Error> = named.as_str().into_deserializer();
+    let known = DecidedBy::deserialize(name);
+    Ok(known.map_or("other", |by: DecidedBy| by.as_str()))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -484,7 +640,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refusals_past_the_rate_are_counted_in_the_summary() {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new("here".into()));
         let mut events = hub.subscribe();
         let rule: Arc<str> = "default".into();
         let denied = MAX_DENIED_EVENTS_PER_SECOND as usize + 5;
@@ -507,7 +663,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_is_told_what_it_missed() {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new("here".into()));
         let mut events = hub.subscribe();
         let rule: Arc<str> = "default".into();
         for _ in 0..EVENT_BUFFER + 10 {

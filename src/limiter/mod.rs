@@ -6,6 +6,7 @@ mod checking;
 mod descriptors;
 mod error;
 mod events;
+mod fleet;
 mod installed;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -32,13 +33,13 @@ use query::Choice;
 use reload::{ReloadState, RulesFile, Trigger, off_runtime};
 use stats::{Count, Counters};
 
-pub use builder::LimiterBuilder;
+pub use builder::{LimiterBuilder, host_name};
 pub use checking::Checking;
 pub use descriptors::DescriptorCheck;
 pub use error::{CheckError, ResetError, RuntimeError};
 pub use events::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
-    PublishedEvent, RuleChange, RuleCounts,
+    MAX_RELAYED_EVENTS_PER_SECOND, PublishedEvent, RuleChange, RuleCounts,
 };
 pub use query::Query;
 pub use runtime::{
@@ -305,8 +306,18 @@ impl Limiter {
     /// Live events from now on: each counted decision, each change of the rules in force,
     /// and a summary each second (see [`Event`]). Bounded: a subscriber that falls behind
     /// misses events and is told how many; with no subscriber, deciding costs nothing more.
+    ///
+    /// On a store that carries events between instances (Redis does), the decisions and
+    /// summaries of every instance sharing it come too, each naming its
+    /// [`instance`](LimiterBuilder::instance), from about a second after subscribing: each
+    /// instance sends them while another listens, and only then.
     pub fn subscribe(&self) -> Events {
         self.core.events.subscribe()
+    }
+
+    /// The name of this instance in its events (see [`LimiterBuilder::instance`]).
+    pub fn instance(&self) -> &str {
+        self.core.events.instance()
     }
 
     /// IPv6 clients are keyed by their network of this many bits (see

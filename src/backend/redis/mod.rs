@@ -19,6 +19,7 @@ mod cluster;
 mod config;
 mod connection;
 mod error;
+mod events;
 mod health;
 mod leases;
 mod pubsub;
@@ -35,14 +36,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::Script;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit, PermitGuard};
 use super::memory::MemoryBackend;
 use super::{
-    Answer, Client, EntryNews, Mode, Outcome, RuleSlot, RuntimeStore, Store, StoreError,
-    StoreFuture, StoreStats, UsageStore,
+    Answer, Client, EntryNews, EventRelay, Heard, Mode, Outcome, RuleSlot, RuntimeStore, Store,
+    StoreError, StoreFuture, StoreStats, UsageStore,
 };
 use crate::Decision;
 use crate::decision::{BandStatus, DecidedBy};
@@ -136,6 +137,10 @@ impl Store for RedisStore {
     fn runtime(&self) -> Option<Arc<dyn RuntimeStore>> {
         Some(Arc::clone(&self.0) as Arc<dyn RuntimeStore>)
     }
+
+    fn events(&self) -> Option<Arc<dyn EventRelay>> {
+        Some(Arc::clone(&self.0) as Arc<dyn EventRelay>)
+    }
 }
 
 pub(crate) struct RedisBackend {
@@ -176,6 +181,11 @@ pub(crate) struct RedisBackend {
     errors: AtomicU64,
     /// What was heard about the runtime rule entries (see `runtime`).
     runtime_news: Arc<EntryNews>,
+    /// The other instances' live events, heard while this one listens (see `events`).
+    events_heard: Arc<Heard>,
+    /// Whether this instance listens to the others' live events: subscribed to their
+    /// channel while it does.
+    listening: watch::Sender<bool>,
 }
 
 impl RedisBackend {
@@ -238,6 +248,8 @@ impl RedisBackend {
             fallback: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             runtime_news: Arc::default(),
+            events_heard: Arc::default(),
+            listening: watch::Sender::new(false),
         });
         let urls = config
             .cluster_nodes
@@ -246,6 +258,7 @@ impl RedisBackend {
         let (subscribed, listening) = oneshot::channel();
         pubsub::spawn_listener(
             Arc::downgrade(&backend),
+            backend.listening.subscribe(),
             urls,
             &backend.channels,
             config.connect_timeout,

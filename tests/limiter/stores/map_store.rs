@@ -1,16 +1,18 @@
 //! A store written outside the crate, through the public traits only: band states in a
 //! `Mutex<HashMap>`, and the runtime entries beside them with their version, shared by every
 //! limiter given a handle to the same map (as instances share a Redis), each told of the
-//! others' changes. Usage statistics are left to the limiter (kept in its process).
+//! others' changes, and live events carried between them (a roll call of listeners with
+//! their deadlines, messages handed to those listening). Usage statistics are left to the
+//! limiter (kept in its process).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use tollgate::backend::{
-    Answer, BandStates, Client, EntryChange, EntryNews, Kept, Mode, News, Outcome, RuleSlot,
-    RuntimeStore, Store, StoreError, StoreFuture, StoreStats, StoredEntries,
+    Answer, BandStates, Client, EntryChange, EntryNews, EventRelay, Heard, Kept, Mode, News,
+    Outcome, RuleSlot, RuntimeStore, Store, StoreError, StoreFuture, StoreStats, StoredEntries,
 };
 use tollgate::{DecidedBy, Limit};
 
@@ -22,12 +24,16 @@ pub struct Shared {
     entries: Mutex<StoredEntries>,
     /// Each handle's news, to tell of every change.
     listeners: Mutex<Vec<Weak<EntryNews>>>,
+    /// The handles listening to live events, by identifier: until when, and where their
+    /// messages go.
+    events: Mutex<HashMap<String, (Instant, Weak<Heard>)>>,
 }
 
 /// One limiter's handle on the shared map.
 pub struct MapStore {
     shared: Arc<Shared>,
     entries: Arc<MapEntries>,
+    events: Arc<MapEvents>,
 }
 
 impl MapStore {
@@ -40,6 +46,10 @@ impl MapStore {
             entries: Arc::new(MapEntries {
                 shared: Arc::clone(shared),
                 news,
+            }),
+            events: Arc::new(MapEvents {
+                shared: Arc::clone(shared),
+                heard: Arc::default(),
             }),
         }
     }
@@ -107,6 +117,54 @@ impl Store for MapStore {
 
     fn runtime(&self) -> Option<Arc<dyn RuntimeStore>> {
         Some(Arc::clone(&self.entries) as Arc<dyn RuntimeStore>)
+    }
+
+    fn events(&self) -> Option<Arc<dyn EventRelay>> {
+        Some(Arc::clone(&self.events) as Arc<dyn EventRelay>)
+    }
+}
+
+/// The live events of the shared map, as one handle carries them.
+struct MapEvents {
+    shared: Arc<Shared>,
+    heard: Arc<Heard>,
+}
+
+impl EventRelay for MapEvents {
+    fn name(&self) -> &'static str {
+        "the map"
+    }
+
+    fn roll_call<'a>(
+        &'a self,
+        listener: &'a str,
+        listening: bool,
+        lasting: Duration,
+    ) -> StoreFuture<'a, Result<u64, StoreError>> {
+        let mut listeners = lock(&self.shared.events);
+        let now = Instant::now();
+        listeners.retain(|_, (until, heard)| *until > now && heard.strong_count() > 0);
+        if listening {
+            let heard = Arc::downgrade(&self.heard);
+            listeners.insert(listener.to_owned(), (now + lasting, heard));
+        } else {
+            listeners.remove(listener);
+        }
+        let others = listeners.keys().filter(|id| *id != listener).count() as u64;
+        Box::pin(async move { Ok(others) })
+    }
+
+    fn publish(&self, message: String) -> StoreFuture<'_, Result<(), StoreError>> {
+        for (_, heard) in lock(&self.shared.events).values() {
+            if let Some(heard) = heard.upgrade() {
+                heard.tell(message.clone());
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn heard(&self) -> Arc<Heard> {
+        Arc::clone(&self.heard)
     }
 }
 

@@ -15,7 +15,8 @@ use axum::http::{Request, StatusCode};
 use axum::{Router, routing::get};
 use serde_json::json;
 use tollgate::{
-    BreakerState, CheckError, ClientKey, Limiter, OnRedisError, Query, RateLimitLayer, RuleTarget,
+    BreakerState, CheckError, ClientKey, Event, Limiter, OnRedisError, Query, RateLimitLayer,
+    RuleTarget,
 };
 use tower::ServiceExt;
 
@@ -57,7 +58,13 @@ impl Backend<'_> {
 
     /// A limiter of `json` on this store, its state under `prefix`, recording usage.
     async fn limiter(&self, json: &str, prefix: &str) -> Limiter {
+        self.instance(json, prefix, "").await
+    }
+
+    /// [`limiter`](Self::limiter), named `instance` in its events (blank: by default).
+    async fn instance(&self, json: &str, prefix: &str, instance: &str) -> Limiter {
         let builder = Limiter::builder()
+            .instance(instance)
             .rules(rules(json))
             .record_usage(true)
             .runtime_resync_interval(Duration::from_millis(200));
@@ -90,6 +97,7 @@ pub async fn run(backend: &Backend<'_>) {
     refusal_and_retry_after(backend).await;
     resets(backend).await;
     instances_share_the_store(backend).await;
+    the_fleet_live(backend).await;
     runtime_entries(backend).await;
     usage(backend).await;
     health(backend).await;
@@ -332,6 +340,100 @@ async fn instances_share_the_store(backend: &Backend<'_>) {
             "the other instance never saw the reset"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscriber sees its instance's events, named; on a shared store, every instance's
+/// decisions and summaries too, each once.
+async fn the_fleet_live(backend: &Backend<'_>) {
+    let prefix = unique_prefix("fleet");
+    let json = r#"{"default": {"limit": "100/hour"}}"#;
+    let a = backend.instance(json, &prefix, "instance-a").await;
+    let mut heard_by_a = a.subscribe();
+    let ada = ClientKey::id("ada");
+    a.check(Query::new(&ada)).await.expect("a verdict");
+    let decision = next_decision(&mut heard_by_a).await;
+    assert_eq!(
+        (&*decision.instance, decision.client.as_str()),
+        ("instance-a", "id:ada")
+    );
+    if !backend.shared() {
+        return;
+    }
+    let b = backend.instance(json, &prefix, "instance-b").await;
+    let mut heard_by_b = b.subscribe();
+    // Each sends the other its summaries once it finds it listening.
+    for (events, other) in [
+        (&mut heard_by_a, "instance-b"),
+        (&mut heard_by_b, "instance-a"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, events.next()).await {
+                Ok(Some(Event::Summary(summary))) if &*summary.instance == other => break,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the limiter is gone"),
+                Err(_) => panic!("no summary of {other} within 5 s"),
+            }
+        }
+    }
+    let bo = ClientKey::id("bo");
+    a.check(Query::new(&ada)).await.expect("a verdict");
+    b.check(Query::new(&bo)).await.expect("a verdict");
+    // Both decisions reach a, each once: its own is not heard again from the store.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut quiet_from = None;
+    loop {
+        let now = Instant::now();
+        if quiet_from.is_some_and(|since: Instant| now > since + Duration::from_millis(500)) {
+            break;
+        }
+        assert!(now < deadline, "decisions seen by a within 5 s: {seen:?}");
+        let wait = Duration::from_millis(100);
+        if let Ok(Some(Event::Decision(decision))) =
+            tokio::time::timeout(wait, heard_by_a.next()).await
+        {
+            seen.push((
+                decision.instance.to_string(),
+                decision.client,
+                decision.rule,
+            ));
+        }
+        if quiet_from.is_none() && seen.len() >= 2 {
+            quiet_from = Some(Instant::now());
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                "instance-a".to_owned(),
+                "id:ada".to_owned(),
+                "default".to_owned()
+            ),
+            (
+                "instance-b".to_owned(),
+                "id:bo".to_owned(),
+                "default".to_owned()
+            ),
+        ]
+    );
+}
+
+/// The next decision event, within 5 s.
+async fn next_decision(events: &mut tollgate::Events) -> tollgate::DecisionEvent {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.next()).await {
+            Ok(Some(Event::Decision(decision))) => return decision,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the limiter is gone"),
+            Err(_) => panic!("no decision within 5 s"),
+        }
     }
 }
 

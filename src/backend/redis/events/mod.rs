@@ -1,0 +1,105 @@
+//! Live events between the instances sharing a Redis.
+//!
+//! | key or channel | type | holds |
+//! | --- | --- | --- |
+//! | `<prefix>:events:listeners` | sorted set | the identifier of each instance that listens, scored with when it stops (milliseconds of Redis' clock); expires with the last |
+//! | channel `<prefix>:events` | pub/sub | the messages of the instances, while one listens (see "The fleet, live" in `docs/stores.md`) |
+//!
+//! Every instance answers the roll call (`roll_call.lua`) every half second; one that
+//! listens subscribes to the channel, on the subscription every instance holds (see
+//! `pubsub`), and leaves it when it stops listening. The channel carries the database
+//! number as the others do (see [`RedisBackend::channels`]).
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{REDIS, RedisBackend};
+use crate::backend::{EventRelay, Heard, StoreError, StoreFuture};
+
+static ROLL_CALL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("roll_call.lua")));
+
+/// The channel events are published on, of the channels' prefix.
+pub(super) fn channel(channels: &str) -> String {
+    format!("{channels}:events")
+}
+
+/// The sorted set of listeners.
+fn listeners(prefix: &str) -> String {
+    format!("{prefix}:events:listeners")
+}
+
+impl RedisBackend {
+    async fn answer_roll_call(
+        &self,
+        listener: &str,
+        listening: bool,
+        lasting: Duration,
+    ) -> Result<u64, String> {
+        // Subscribed or not as it says, on the subscription every instance holds.
+        self.listening
+            .send_if_modified(|was| std::mem::replace(was, listening) != listening);
+        let mut connection = self.connection().ok_or("not connected to Redis yet")?;
+        let mut call = ROLL_CALL.key(listeners(&self.prefix));
+        call.arg(listener)
+            .arg(if listening { "1" } else { "0" })
+            .arg(
+                u64::try_from(lasting.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
+        let answer = call.invoke_async::<u64>(&mut connection);
+        within(self.command_timeout(), answer).await
+    }
+
+    async fn publish_events(&self, message: String) -> Result<(), String> {
+        let mut connection = self.connection().ok_or("not connected to Redis yet")?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(channel(&self.channels)).arg(message);
+        let published = publish.query_async::<u64>(&mut connection);
+        within(self.command_timeout(), published).await.map(|_| ())
+    }
+}
+
+/// `command`'s answer, or why there is none within `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    command: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, command).await {
+        Ok(answer) => answer.map_err(|error| error.to_string()),
+        Err(_) => Err(format!("Redis did not answer within {deadline:?}")),
+    }
+}
+
+impl EventRelay for RedisBackend {
+    fn name(&self) -> &'static str {
+        REDIS
+    }
+
+    fn roll_call<'a>(
+        &'a self,
+        listener: &'a str,
+        listening: bool,
+        lasting: Duration,
+    ) -> StoreFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.answer_roll_call(listener, listening, lasting)
+                .await
+                .map_err(|reason| StoreError::new(REDIS, reason))
+        })
+    }
+
+    fn publish(&self, message: String) -> StoreFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.publish_events(message)
+                .await
+                .map_err(|reason| StoreError::new(REDIS, reason))
+        })
+    }
+
+    fn heard(&self) -> Arc<Heard> {
+        Arc::clone(&self.events_heard)
+    }
+}
