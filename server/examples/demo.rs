@@ -107,6 +107,16 @@ async fn run() -> Result<(), String> {
     builder = builder.redis_lease(Duration::from_millis(lease_ms));
     // The mounted service's statistics count the layer's requests too.
     builder = builder.record_usage(true);
+    // Bound first, for the instance's name to carry the port.
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let instance = std::env::var("TOLLGATE_INSTANCE")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| format!("{}:{}", tollgate::host_name(), address.port()));
+    builder = builder.instance(instance);
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
     let mut layer = RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(hops);
     let trusted_peers = match proxies.as_slice() {
@@ -124,6 +134,7 @@ async fn run() -> Result<(), String> {
     let stats = limiter.stats();
     tracing::info!(
         backend = stats.backend,
+        instance = limiter.instance(),
         rules = %rules_path,
         trusted_peers,
         trusted_proxy_hops = hops,
@@ -146,10 +157,6 @@ async fn run() -> Result<(), String> {
         .layer(layer.clone());
     let app = mount_service(app, limiter, &layer);
 
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("listening on http://{address}");
     axum::serve(
         listener,

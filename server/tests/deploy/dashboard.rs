@@ -228,6 +228,105 @@ async fn the_dashboard_works_behind_a_proxy_that_keeps_host() {
     watch_and_edit(&page, &base, token, "dashboard-proxied.png").await;
 }
 
+/// The compose stack's shape: two app instances and the service on one Redis. The
+/// dashboard, served by the service, charts the instances' traffic and names them within
+/// 2 s of its event stream going live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_whole_fleet() {
+    let token = "dashboard-test-token";
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("dashboard-fleet");
+    let on_redis = |name| {
+        [
+            ("REDIS_URL", redis.url()),
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("TOLLGATE_INSTANCE", name),
+            ("TOLLGATE_ADMIN_TOKEN", token),
+        ]
+    };
+    let apps = [
+        start_demo(&on_redis("app-1")),
+        start_demo(&on_redis("app-2")),
+    ];
+    let service = start_service(&on_redis("limiter"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (app, client) in apps.iter().zip(["carol", "dave"]) {
+        let (base, stop) = (app.address.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http
+                    .get(format!("http://{base}/api/data"))
+                    .header("X-Client-ID", client)
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    let driver = Driver::start();
+    let client = driver.session().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
+        client
+            .goto(&format!("http://{}/dashboard", service.address))
+            .await
+            .unwrap();
+        wait_for(
+            &client,
+            "the token dialog",
+            "return document.getElementById('token-dialog').open",
+            |v| *v == json!(true),
+        )
+        .await;
+        fill(&client, "token-input", token).await;
+        click(&client, "#token-form button[value=ok]").await;
+        wait_for(
+            &client,
+            "the live event stream",
+            "return document.getElementById('connection').dataset.state",
+            |v| *v == json!("live"),
+        )
+        .await;
+        let live = Instant::now();
+        let names = wait_for(
+            &client,
+            "both app instances",
+            "return document.getElementById('instances').dataset.names",
+            |v| {
+                v.as_str()
+                    .is_some_and(|names| names.contains("app-1") && names.contains("app-2"))
+            },
+        )
+        .await;
+        let allowed = wait_for(
+            &client,
+            "the instances' requests in the chart",
+            "return Number(document.getElementById('chart').dataset.totalAllowed)",
+            |v| v.as_u64().is_some_and(|n| n > 0),
+        )
+        .await;
+        let took = live.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "the instances ({names}, {allowed} allowed) showed {took:?} after the stream went live"
+        );
+        let shown = client
+            .find(Locator::Id("live-instances"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(shown.parse::<u32>().is_ok_and(|n| n >= 2), "{shown}");
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        outcome.is_ok(),
+        "the dashboard did not show the fleet within 90 s"
+    );
+}
+
 /// chromedriver's command that reads (and empties) the browser's console log.
 #[derive(Debug)]
 struct BrowserLog;

@@ -485,3 +485,102 @@ async fn a_lagging_subscriber_is_told_what_it_missed() {
     drop(events);
     assert_eq!(limiter.stats().event_subscribers, 0);
 }
+
+/// Requests to `base` (an app instance) as `client`, every 100 ms until `stop` is set.
+fn traffic(
+    base: String,
+    client: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::spawn(async move {
+        let http = http();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = http
+                .get(format!("http://{base}/api/data"))
+                .header("X-Client-ID", client)
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+/// The compose stack's shape: two app instances (the demo, each with the layer on one
+/// Redis) and `tollgate serve` on the same Redis. With nobody listening, nothing is
+/// published; once the service's `/events` is open, both instances' decisions and summaries
+/// reach it within 2 s, each naming its instance, and a client's own stream carries that
+/// client's decisions from whichever instance made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_fleet_is_live_on_the_service() {
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("fleet");
+    let on_redis = |name| {
+        [
+            ("REDIS_URL", redis.url()),
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("TOLLGATE_INSTANCE", name),
+        ]
+    };
+    let apps = [
+        start_demo(&on_redis("app-1")),
+        start_demo(&on_redis("app-2")),
+    ];
+    let service = start_service(&on_redis("limiter"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    traffic(apps[0].address.clone(), "carol", stop.clone());
+    traffic(apps[1].address.clone(), "dave", stop.clone());
+
+    // Nobody listens: the instances decide, and publish nothing.
+    let channel = format!("{prefix}:events");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut published = client.get_async_pubsub().await.unwrap();
+    published.subscribe(&channel).await.unwrap();
+    let mut messages = published.on_message();
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), messages.next()).await;
+    drop(messages);
+    assert!(quiet.is_err(), "published with no listener: {quiet:?}");
+
+    let opened = Instant::now();
+    let mut global = Sse::open(&service.address, "/events").await;
+    let mut carol = ws(&service.address, "/ws/carol").await;
+    let mut unseen = vec![
+        ("decision", "app-1", "id:carol"),
+        ("decision", "app-2", "id:dave"),
+        ("summary", "app-1", ""),
+        ("summary", "app-2", ""),
+    ];
+    while !unseen.is_empty() {
+        let event = global.next().await;
+        let kind = event["type"].as_str().unwrap_or_default();
+        let instance = event["instance"].as_str().unwrap_or_default();
+        let client = event["client"].as_str().unwrap_or_default();
+        let first = unseen
+            .iter()
+            .position(|&(k, i, c)| (k, i, c) == (kind, instance, client));
+        if let Some(first) = first {
+            let (kind, instance, _) = unseen.remove(first);
+            assert!(
+                opened.elapsed() < Duration::from_secs(2),
+                "the first {kind} of {instance} came {:?} after /events opened",
+                opened.elapsed()
+            );
+            if kind == "summary" {
+                assert!(
+                    event["rules"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{event}"
+                );
+            }
+        }
+    }
+    // Carol's own stream: her decisions, made at app-1, and no one else's.
+    for _ in 0..3 {
+        let event = ws_next(&mut carol).await;
+        if event["type"] == "decision" {
+            assert_eq!(
+                (&event["client"], &event["instance"]),
+                (&json!("id:carol"), &json!("app-1"))
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}

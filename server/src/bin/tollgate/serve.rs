@@ -165,6 +165,12 @@ pub(crate) struct Serve {
     #[arg(long, env = "PORT", default_value_t = 8000)]
     port: u16,
 
+    /// This instance's name in live events (`instance` in each): what tells apart, in
+    /// `/events` and on the dashboard, the instances sharing a Redis. Default:
+    /// `<host name>:<port>`.
+    #[arg(long, env = "TOLLGATE_INSTANCE", value_name = "NAME")]
+    instance: Option<String>,
+
     /// The port of Envoy's rate limit service (gRPC `ShouldRateLimit`), on the same address
     /// (0: any free port).
     #[arg(long, env = "GRPC_PORT", default_value_t = 8081)]
@@ -468,7 +474,16 @@ async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
             .collect();
         origins.join(", ")
     });
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let instance = match set(args.instance) {
+        Some(name) => name,
+        None => format!("{}:{}", tollgate::host_name(), address.port()),
+    };
     builder = builder
+        .instance(instance)
         .record_usage(true)
         .usage_max_clients(args.usage_max_clients)
         .usage_max_bytes(args.usage_max_bytes)
@@ -531,6 +546,7 @@ async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
     }
     tracing::info!(
         backend = limiter.backend_name(),
+        instance = limiter.instance(),
         redis = redis_from.as_deref(),
         rules = %rules_source,
         runtime_changes_kept_in = %runtime_store,
@@ -540,10 +556,6 @@ async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
         auth_trusts = %trusted,
         "tollgate serve"
     );
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let grpc_listener = tokio::net::TcpListener::bind((args.host.as_str(), args.grpc_port))
         .await
         .map_err(|e| {

@@ -166,7 +166,12 @@ $("try-form").onsubmit = async (event) => {
 
 // --- The event stream ----------------------------------------------------------------
 
-const series = []; // {at, rules: {rule: {allowed, denied}}}, one a second
+// One entry a second, summed over the instances: {second, rules: {rule: {allowed, denied}},
+// instances: Set}. Each instance sends a summary a second, each on its own clock's tick.
+const series = [];
+// Each instance's last summary: name -> {at (local time it came), allowed, denied}.
+const instances = new Map();
+const INSTANCE_GONE_MS = 5000;
 const knownRules = new Set();
 
 function connection(state, text) {
@@ -234,7 +239,8 @@ function handle(text) {
 function describeDecision(e) {
   const outcome = e.allowed ? "allowed" : "denied";
   const remaining = e.remaining === null || e.remaining === undefined ? "" : " remaining " + e.remaining;
-  return `${e.client} ${outcome} on ${e.rule}${remaining}` + (e.outcome ? ` (${e.outcome})` : "");
+  const where = instances.size > 1 && e.instance ? ` at ${e.instance}` : "";
+  return `${e.client} ${outcome} on ${e.rule}${remaining}` + (e.outcome ? ` (${e.outcome})` : "") + where;
 }
 
 function listEvent(text, kind) {
@@ -249,11 +255,14 @@ function listEvent(text, kind) {
 
 function summary(event) {
   const rules = event.rules || {};
-  series.push({ at: Date.now(), rules });
-  while (series.length > SECONDS_KEPT) series.shift();
+  const name = event.instance || "";
+  const entry = secondFor(Math.floor((event.at || Date.now()) / 1000), name);
   let allowed = 0;
   let denied = 0;
   for (const [rule, calls] of Object.entries(rules)) {
+    const sum = entry.rules[rule] || (entry.rules[rule] = { allowed: 0, denied: 0 });
+    sum.allowed += calls.allowed;
+    sum.denied += calls.denied;
     allowed += calls.allowed;
     denied += calls.denied;
     if (!knownRules.has(rule)) {
@@ -264,8 +273,46 @@ function summary(event) {
     }
   }
   denied += event.suppressed_denied || 0;
-  $("live-rate").textContent = allowed + " / " + denied;
+  instances.set(name, { at: Date.now(), allowed, denied });
+  showInstances();
   draw();
+}
+
+// The entry of `second` for an instance's summary: the next second's when the instance
+// already has one there (its tick came early, then late).
+function secondFor(second, name) {
+  let entry = series.find((e) => e.second === second);
+  if (entry && entry.instances.has(name)) return secondFor(second + 1, name);
+  if (!entry) {
+    entry = { second, rules: {}, instances: new Set() };
+    series.push(entry);
+    series.sort((a, b) => a.second - b.second);
+    const newest = series[series.length - 1].second;
+    while (series.length && series[0].second <= newest - SECONDS_KEPT) series.shift();
+  }
+  entry.instances.add(name);
+  return entry;
+}
+
+// The instances heard from lately, with their last second; the live rate sums them.
+function showInstances() {
+  const now = Date.now();
+  for (const [name, last] of instances) if (now - last.at > INSTANCE_GONE_MS) instances.delete(name);
+  let allowed = 0;
+  let denied = 0;
+  const line = $("instances");
+  line.replaceChildren();
+  for (const [name, last] of [...instances].sort()) {
+    allowed += last.allowed;
+    denied += last.denied;
+    const item = document.createElement("span");
+    item.className = "instance";
+    item.textContent = `${name}: ${last.allowed} / ${last.denied}`;
+    line.append(item);
+  }
+  $("live-rate").textContent = allowed + " / " + denied;
+  $("live-instances").textContent = String(instances.size);
+  line.dataset.names = JSON.stringify([...instances.keys()].sort());
 }
 
 // --- The chart: allowed and denied per second, one rule or all ----------------------------
@@ -292,7 +339,16 @@ function draw() {
   g.scale(ratio, ratio);
   g.clearRect(0, 0, width, height);
   const rule = $("chart-rule").value;
-  const points = series.map((entry) => point(entry, rule));
+  // Every second from the oldest kept to the newest, none missing.
+  const points = [];
+  if (series.length) {
+    const first = series[0].second;
+    const bySecond = new Map(series.map((e) => [e.second, e]));
+    for (let second = first; second <= series[series.length - 1].second; second++) {
+      const entry = bySecond.get(second);
+      points.push(entry ? point(entry, rule) : { allowed: 0, denied: 0 });
+    }
+  }
   const max = Math.max(4, ...points.map((p) => Math.max(p.allowed, p.denied)));
   const left = 40;
   const bottom = height - 18;
@@ -321,6 +377,7 @@ function draw() {
   canvas.dataset.lastAllowed = String(last.allowed);
   canvas.dataset.lastDenied = String(last.denied);
   canvas.dataset.totalDenied = String(points.reduce((sum, p) => sum + p.denied, 0));
+  canvas.dataset.totalAllowed = String(points.reduce((sum, p) => sum + p.allowed, 0));
 }
 
 $("chart-rule").onchange = draw;
