@@ -159,6 +159,15 @@ pub(crate) enum KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
+    /// The key, when it is no secret and owning it allocates nothing: an address or a
+    /// network (an ID may be an API key; `unknown` names nobody).
+    pub(crate) fn public_key(self) -> Option<ClientKey> {
+        match self {
+            KeyRef::Ip(_) | KeyRef::Ipv6Network { .. } => Some(self.to_owned()),
+            KeyRef::Id(_) | KeyRef::Unknown => None,
+        }
+    }
+
     /// The key as every front keys it, IPv6 clients by their network of `ipv6_prefix_len`
     /// bits (below 128): an IPv4-mapped IPv6 address is its IPv4 address, an IPv6 address
     /// its network, and a network has the bits past its prefix cleared. IDs and `unknown`

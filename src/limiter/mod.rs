@@ -492,6 +492,7 @@ impl Core {
                 rendering,
                 limit: None,
                 bands: None,
+                partition: client.public_key(),
             }));
         };
         let cost = match weight {
@@ -522,6 +523,7 @@ impl Core {
                         rendering,
                         limit: Some(limit.clone()),
                         bands: None,
+                        partition: client.public_key(),
                     }));
                 };
                 cost
@@ -535,6 +537,7 @@ impl Core {
         let applied = Applied {
             rendering,
             limit: limit.clone(),
+            partition: client.public_key(),
         };
         // The one call through the store's trait on the way.
         match self.store.decide(slot, limit, cost, Client(client), mode) {
@@ -631,6 +634,7 @@ impl Core {
             },
             rendering: applied.rendering,
             limit: Some(applied.limit),
+            partition: applied.partition,
             bands,
         }
     }
@@ -678,6 +682,9 @@ impl Core {
 pub(crate) struct Applied {
     pub(crate) rendering: Rendering,
     pub(crate) limit: Limit,
+    /// The client, when its key is no secret (an address or a network, never an ID): the
+    /// IETF fields' partition key.
+    pub(crate) partition: Option<ClientKey>,
 }
 
 /// What a request takes from every band of its limit.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::decision::{BandStatus, DecidedBy, Decision};
 use crate::header_style::{HeaderStyle, Rendering};
+use crate::key::ClientKey;
 use crate::rules::Limit;
 
 /// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the
@@ -50,6 +51,8 @@ pub struct Verdict {
     pub(crate) limit: Option<Limit>,
     /// For a peek, every band as the store reported it.
     pub(crate) bands: Option<Box<[BandStatus]>>,
+    /// The client, when its key is no secret (see [`partition_key`](Self::partition_key)).
+    pub(crate) partition: Option<ClientKey>,
 }
 
 impl Verdict {
@@ -94,6 +97,30 @@ impl Verdict {
     /// the builder's [`header_style`](crate::LimiterBuilder::header_style).
     pub fn header_style(&self) -> HeaderStyle {
         self.rendering.headers
+    }
+
+    /// The client's key when it is no secret, an address or a network (`ip:203.0.113.7`,
+    /// `ip:2001:db8::/64`), which the IETF fields send as their partition key (`pk`); `None`
+    /// for an `X-Client-ID` (it may be an API key) and for `unknown`.
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "10/minute"}}"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let address: IpAddr = "203.0.113.7".parse()?;
+    /// let by_address = limiter.check(Query::new(&ClientKey::Ip(address))).await?;
+    /// assert_eq!(by_address.partition_key().map(ToString::to_string).as_deref(), Some("ip:203.0.113.7"));
+    /// let by_id = limiter.check(Query::new(&ClientKey::id("sk_live_123"))).await?;
+    /// assert_eq!(by_id.partition_key(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn partition_key(&self) -> Option<&ClientKey> {
+        self.partition.as_ref()
     }
 
     /// Whether fronts answer its refusal with an RFC 9457 `application/problem+json` body:

@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::Decision;
 use crate::decision::ceil_secs;
 use crate::header_style::HeaderStyle;
+use crate::key::ClientKey;
 use crate::limiter::Verdict;
 use crate::rules::{Band, Limit};
 
@@ -23,7 +24,8 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11): the reported band's service limit
 /// item, `"<name>";r=<remaining>;t=<seconds until more quota>`: until the band has one unit
 /// more than `r` (the next token of a bucket, a fixed window's end, a sliding window's next
-/// expiry), and for a refusal the `Retry-After` wait.
+/// expiry), and for a refusal the `Retry-After` wait; with `;pk=:<base64>:`, the client key,
+/// when the client is keyed by its address or network ([`Verdict::partition_key`]).
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// A header value for a count: below 4096 from a table of static values made once (cloning
@@ -74,11 +76,22 @@ pub fn write_rate_limit_headers(
     limit: Option<&Limit>,
     decision: &Decision,
 ) {
+    write_fields(headers, style, (rule, limit, None), decision);
+}
+
+/// The fields of `decision` in `style`, under `rule` and `limit`, with the partition key
+/// if there is one.
+fn write_fields(
+    headers: &mut HeaderMap,
+    style: HeaderStyle,
+    (rule, limit, partition): (&str, Option<&Limit>, Option<&ClientKey>),
+    decision: &Decision,
+) {
     if style.x_ratelimit() {
         set_rate_limit_headers(headers, decision);
     }
     if style.ietf() {
-        set_ietf_headers(headers, rule, limit, decision);
+        set_ietf_headers(headers, rule, limit, decision, partition);
     }
 }
 
@@ -104,15 +117,11 @@ pub fn write_rate_limit_headers(
 /// # }
 /// ```
 pub fn write_headers(headers: &mut HeaderMap, verdict: &Verdict) {
-    if let Some(decision) = &verdict.decision() {
-        write_rate_limit_headers(
-            headers,
-            verdict.header_style(),
-            verdict.rule(),
-            verdict.limit(),
-            decision,
-        );
-    }
+    let Some(decision) = &verdict.decision() else {
+        return;
+    };
+    let applied = (verdict.rule(), verdict.limit(), verdict.partition_key());
+    write_fields(headers, verdict.header_style(), applied, decision);
 }
 
 /// The name of band `index` of a limit of `bands` bands under `rule`, in `RateLimit-Policy`,
@@ -210,8 +219,14 @@ fn policy_header(rule: &str, limit: &Limit) -> Option<HeaderValue> {
 /// `RateLimit: "<name>";r=<remaining>;t=<seconds until more quota>` for the band reported:
 /// until it has one unit more (draft-11; a store that does not say counts to its reset, as
 /// draft-10 did). For a refusal, `t` is the `Retry-After` wait, as the draft asks when a
-/// response has both.
-fn service_limit_value(rule: &str, limit: Option<&Limit>, decision: &Decision) -> String {
+/// response has both. With `partition` (a client key that is no secret), `;pk=:<base64 of
+/// the key>:`.
+fn service_limit_value(
+    rule: &str,
+    limit: Option<&Limit>,
+    decision: &Decision,
+    partition: Option<&ClientKey>,
+) -> String {
     use std::fmt::Write;
     let name = reported_policy(rule, limit, decision);
     let seconds = if decision.allowed {
@@ -226,7 +241,18 @@ fn service_limit_value(rule: &str, limit: Option<&Limit>, decision: &Decision) -
     let mut value = String::with_capacity(name.len() + 24);
     push_sf_string(&mut value, &name);
     let _ = write!(value, ";r={};t={seconds}", decision.remaining);
+    if let Some(key) = partition {
+        push_partition_key(&mut value, key);
+    }
     value
+}
+
+/// `;pk=:<base64 of key>:`: the partition key parameter, a structured-field Byte Sequence.
+fn push_partition_key(out: &mut String, key: &ClientKey) {
+    use base64::Engine;
+    out.push_str(";pk=:");
+    base64::engine::general_purpose::STANDARD.encode_string(key.to_string(), out);
+    out.push(':');
 }
 
 /// Adds `RateLimit-Policy` (when the limit is known) and `RateLimit`.
@@ -235,12 +261,14 @@ fn set_ietf_headers(
     rule: &str,
     limit: Option<&Limit>,
     decision: &Decision,
+    partition: Option<&ClientKey>,
 ) {
     // Both values are visible ASCII by construction; a value that were not is left out.
     if let Some(value) = limit.and_then(|limit| policy_header(rule, limit)) {
         headers.insert(RATELIMIT_POLICY.clone(), value);
     }
-    if let Ok(value) = HeaderValue::try_from(service_limit_value(rule, limit, decision)) {
+    let value = service_limit_value(rule, limit, decision, partition);
+    if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(RATELIMIT.clone(), value);
     }
 }

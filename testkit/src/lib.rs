@@ -33,7 +33,7 @@ pub use http::*;
 pub use nginx::{Nginx, nginx_binary};
 pub use prometheus::{Scrape, parse};
 pub use redis::*;
-pub use sf::{Member, sf_list};
+pub use sf::{Member, sf_bytes, sf_list};
 pub use tollgate::Limiter;
 use tollgate::Rules;
 

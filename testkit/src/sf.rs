@@ -36,6 +36,8 @@ pub fn sf_list(value: &str) -> Vec<Member> {
             let params = item
                 .params
                 .into_iter()
+                // Byte Sequences (the partition key) are read with `sf_bytes`.
+                .filter(|(_, value)| !matches!(value, BareItem::ByteSequence(_)))
                 .map(|(key, value)| {
                     let BareItem::Integer(n) = value else {
                         panic!("{value:?}: parameter {key:?} is not an Integer");
@@ -47,6 +49,29 @@ pub fn sf_list(value: &str) -> Vec<Member> {
                 name: name.as_str().to_owned(),
                 params,
             }
+        })
+        .collect()
+}
+
+/// The Byte Sequence parameter `key` of each item of the structured-field list `value`.
+pub fn sf_bytes(value: &str, key: &str) -> Vec<Option<Vec<u8>>> {
+    let list: Vec<ListEntry> = Parser::new(value)
+        .parse_list()
+        .unwrap_or_else(|e| panic!("{value:?} is not a structured-field list: {e}"));
+    list.into_iter()
+        .map(|entry| {
+            let ListEntry::Item(item) = entry else {
+                panic!("{value:?} has an inner list");
+            };
+            item.params
+                .into_iter()
+                .find_map(|(name, param)| match param {
+                    BareItem::ByteSequence(bytes) if name.as_str() == key => Some(bytes),
+                    _ if name.as_str() == key => {
+                        panic!("{value:?}: `{key}` is not a Byte Sequence")
+                    }
+                    _ => None,
+                })
         })
         .collect()
 }

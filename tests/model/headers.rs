@@ -97,6 +97,26 @@ async fn ietf_only() {
     assert!((1..=1200).contains(&limit.param("t")), "{limit:?}");
 }
 
+/// The partition key names the client when its key is no secret: an address, never an
+/// `X-Client-ID` (it may be an API key).
+#[tokio::test]
+async fn the_partition_key_is_an_address_never_an_id() {
+    use axum::extract::ConnectInfo;
+    let app = app_with(ONE_BAND, Some(HeaderStyle::Ietf), false).await;
+    let mut by_address = request("GET", "/api/data", None);
+    let peer: std::net::SocketAddr = "203.0.113.7:40000".parse().unwrap();
+    by_address.extensions_mut().insert(ConnectInfo(peer));
+    let response = send(&app, by_address).await;
+    let field = header(&response, "ratelimit").expect("RateLimit");
+    assert_eq!(sf_bytes(field, "pk"), [Some(b"ip:203.0.113.7".to_vec())]);
+    assert_eq!(service_limit(&response).param("r"), 2);
+
+    let response = send(&app, request("GET", "/api/data", Some("sk_live_secret"))).await;
+    let field = header(&response, "ratelimit").expect("RateLimit");
+    assert_eq!(sf_bytes(field, "pk"), [None], "{field}");
+    assert!(!field.contains("pk"), "{field}");
+}
+
 #[tokio::test]
 async fn both_agree_with_each_other() {
     let app = app_with(ONE_BAND, Some(HeaderStyle::Both), false).await;
