@@ -107,15 +107,20 @@ async fn run() -> Result<(), String> {
     builder = builder.redis_lease(Duration::from_millis(lease_ms));
     // The mounted service's statistics count the layer's requests too.
     builder = builder.record_usage(true);
-    // Bound first, for the instance's name to carry the port.
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    // A port the system chooses (0) is bound now, for the instance's name to carry it; a
+    // port given once the app can answer.
+    let early = match port {
+        0 => Some(listen(&host, 0).await?),
+        _ => None,
+    };
+    let bound = match &early {
+        Some(listener) => listener.local_addr().map_err(|e| e.to_string())?.port(),
+        None => port,
+    };
     let instance = std::env::var("TOLLGATE_INSTANCE")
         .ok()
         .filter(|name| !name.trim().is_empty())
-        .unwrap_or_else(|| format!("{}:{}", tollgate::host_name(), address.port()));
+        .unwrap_or_else(|| format!("{}:{bound}", tollgate::host_name()));
     builder = builder.instance(instance);
     let limiter = builder.build().await.map_err(|e| e.to_string())?;
     let mut layer = RateLimitLayer::builder(limiter.clone()).trusted_proxy_hops(hops);
@@ -156,6 +161,12 @@ async fn run() -> Result<(), String> {
         .route("/api/users/{id}", get(user))
         .layer(layer.clone());
     let app = mount_service(app, limiter, &layer);
+
+    let listener = match early {
+        Some(listener) => listener,
+        None => listen(&host, port).await?,
+    };
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
 
     tracing::info!("listening on http://{address}");
     axum::serve(
@@ -201,6 +212,13 @@ fn mount_service(app: Router, limiter: Limiter, layer: &RateLimitLayer) -> Route
         _ => tracing::info!("admin API: loopback peers only (TOLLGATE_ADMIN_TOKEN is not set)"),
     }
     app.merge(service.router())
+}
+
+/// A listener on `host:port`, or why there is none.
+async fn listen(host: &str, port: u16) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))
 }
 
 /// A comma-separated list; empty when unset.

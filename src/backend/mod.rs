@@ -34,7 +34,7 @@ pub(crate) mod table;
 pub(crate) mod usage;
 
 pub use memory::BandStates;
-pub use relay::{EventRelay, Heard, MAX_HEARD};
+pub use relay::{EventRelay, Heard, MAX_HEARD, MAX_MESSAGE_BYTES};
 pub use runtime::{EntryChange, EntryNews, Kept, News, RuntimeStore, StoredEntries};
 pub use usage::{ClientCalls, DAYS_READ, HOURS_READ, HourCalls, RuleCalls, UsageBatch, UsageStore};
 

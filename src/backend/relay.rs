@@ -13,7 +13,7 @@ use super::{StoreError, StoreFuture};
 /// Where a store carries live events between the instances that share it: returned by
 /// [`Store::events`](super::Store::events).
 ///
-/// Every half second each instance answers a roll call ([`roll_call`](Self::roll_call)):
+/// Every quarter of a second each instance answers a roll call ([`roll_call`](Self::roll_call)):
 /// whether it listens (someone subscribed to its events), which the store remembers for
 /// the time given, and how many other instances listen. While any other does, the instance
 /// [publishes](Self::publish) its events in messages; while it listens itself, the store
@@ -82,7 +82,8 @@ pub trait EventRelay: Send + Sync + 'static {
     /// Sends `message` to every instance that listens.
     fn publish(&self, message: String) -> StoreFuture<'_, Result<(), StoreError>>;
 
-    /// Where the messages heard arrive.
+    /// Where the messages heard arrive: one [`Heard`] per limiter (a relay shared by two
+    /// limiters would split their messages).
     fn heard(&self) -> std::sync::Arc<Heard>;
 }
 
@@ -108,12 +109,21 @@ pub struct Heard {
     arrived: Notify,
 }
 
-/// The most messages a [`Heard`] holds.
+/// The most messages a [`Heard`] holds (each at most [`MAX_MESSAGE_BYTES`]).
 pub const MAX_HEARD: usize = 256;
 
+/// The longest message a [`Heard`] takes: a longer one is dropped and counted
+/// [missed](Heard::missed). A store may drop it sooner, before reading it whole. The
+/// limiter's own are far shorter: at most 256 events each.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 impl Heard {
-    /// Hands `message` to the limiter.
+    /// Hands `message` to the limiter, unless it is longer than [`MAX_MESSAGE_BYTES`].
     pub fn tell(&self, message: String) {
+        if message.len() > MAX_MESSAGE_BYTES {
+            self.lost();
+            return;
+        }
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if queue.len() >= MAX_HEARD {
             queue.pop_front();
@@ -124,8 +134,13 @@ impl Heard {
         self.arrived.notify_one();
     }
 
-    /// Waits until a message arrives (at once if one arrived since the last
-    /// [`take`](Self::take)).
+    /// Counts a message the store dropped before handing it over (too long to read whole).
+    pub fn lost(&self) {
+        self.missed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until a message arrives (at once if one arrived since this was last woken; the
+    /// queue may then be empty).
     pub async fn arrived(&self) {
         self.arrived.notified().await;
     }
@@ -136,7 +151,7 @@ impl Heard {
         queue.drain(..).collect()
     }
 
-    /// The messages dropped unread since the last call.
+    /// The messages dropped unread since the last call: each held one or more events.
     pub fn missed(&self) -> u64 {
         self.missed.swap(0, Ordering::Relaxed)
     }
@@ -157,5 +172,8 @@ mod tests {
         assert_eq!(messages[0], "3");
         assert_eq!(heard.missed(), 3);
         assert_eq!(heard.missed(), 0, "told once");
+        heard.tell("x".repeat(MAX_MESSAGE_BYTES + 1));
+        assert!(heard.take().is_empty());
+        assert_eq!(heard.missed(), 1, "too long: dropped");
     }
 }

@@ -673,9 +673,7 @@ impl Limiter {
         usage: Option<usage::Bounds>,
     ) -> Result<Self, BuildError> {
         spawn_sweeper(Arc::downgrade(&store), cleanup_every);
-        if let Some(relay) = store.events() {
-            fleet::spawn(&events, relay);
-        }
+        let relay = store.events();
         let (layers, rules) = Layers::new(rules, stored, version);
         reload::warn_unreachable_overrides(&rules, ipv6_prefix_len);
         let state_ids = StateIds::default();
@@ -697,6 +695,9 @@ impl Limiter {
             counters: Counters::default(),
             events,
         });
+        if let Some(relay) = relay {
+            fleet::spawn(&core, relay);
+        }
         if let (Some(file), Some(hash)) = (&core.rules_file, loaded) {
             core.loaded_from(hash);
             let paths = file.paths();

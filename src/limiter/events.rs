@@ -407,9 +407,14 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(mut queue) = parked {
-            // What was queued before these subscribers came is not theirs.
+            // What was queued before these subscribers came is not theirs, nor what was
+            // sent then counted against this second's caps.
             while queue.try_recv().is_ok() {}
             self.dropped.store(0, Ordering::Relaxed);
+            self.denied_sent.store(0, Ordering::Relaxed);
+            if let Some(outbox) = self.outbox.get() {
+                outbox.relayed.store(0, Ordering::Relaxed);
+            }
             runtime.spawn(publish(Arc::downgrade(self), queue));
         }
     }

@@ -305,7 +305,8 @@ impl Limiter {
 
     /// Live events from now on: each counted decision, each change of the rules in force,
     /// and a summary each second (see [`Event`]). Bounded: a subscriber that falls behind
-    /// misses events and is told how many; with no subscriber, deciding costs nothing more.
+    /// misses events and is told how many; with no subscriber (here, or on another instance
+    /// sharing the store), deciding costs nothing more.
     ///
     /// On a store that carries events between instances (Redis does), the decisions and
     /// summaries of every instance sharing it come too, each naming its

@@ -216,10 +216,11 @@ fn policy_header(rule: &str, limit: &Limit) -> Option<HeaderValue> {
     })
 }
 
-/// `RateLimit: "<name>";r=<remaining>;t=<seconds until more quota>` for the band reported:
-/// until it has one unit more (draft-11; a store that does not say counts to its reset, as
-/// draft-10 did). For a refusal, `t` is the `Retry-After` wait, as the draft asks when a
-/// response has both. With `partition` (a client key that is no secret), `;pk=:<base64 of
+/// `RateLimit: "<name>";r=<remaining>;t=<seconds>` for the band reported: `t` is draft-11's
+/// effective window, the seconds within which no more than `r` can be used, that is until
+/// the band has one unit more (a store that does not say when counts to its reset). For a
+/// refusal, `t` is the `Retry-After` wait, which the draft asks not to fall before the
+/// window's end. With `partition` (a client key that is no secret), `;pk=:<base64 of
 /// the key>:`.
 fn service_limit_value(
     rule: &str,

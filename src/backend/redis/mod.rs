@@ -280,6 +280,15 @@ impl RedisBackend {
         }
     }
 
+    /// The connection live events go over: their own on a single Redis (made on first
+    /// use), the cluster's on a cluster (where each node has its own).
+    pub(crate) fn events_connection(&self) -> Option<Connection> {
+        match &self.route {
+            Route::Batched { events, .. } => Some(events.clone()),
+            Route::Cluster(connected) => connected.get().cloned(),
+        }
+    }
+
     /// The prefix of every key and channel.
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix

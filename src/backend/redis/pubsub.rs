@@ -79,9 +79,7 @@ pub(super) fn spawn_listener(
                             continue;
                         }
                         if channel == events {
-                            if let Ok(text) = String::from_utf8(message.get_payload_bytes().to_vec()) {
-                                backend.events_heard.tell(text);
-                            }
+                            backend.hear_events(message.get_payload_bytes());
                             continue;
                         }
                         match serde_json::from_slice::<Reset>(message.get_payload_bytes()) {

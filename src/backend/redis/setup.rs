@@ -19,10 +19,12 @@ use super::script::load;
 /// How decisions reach Redis.
 pub(super) enum Route {
     /// A single Redis: decisions through the batcher's queue; other commands over the
-    /// connection.
+    /// connection; live events over their own, so that a large message never waits in front
+    /// of a decision.
     Batched {
         queue: mpsc::Sender<Job>,
         connection: Connection,
+        events: Connection,
     },
     /// A cluster: each decision its own call, once connected (at startup, or later by the
     /// background connector).
@@ -44,6 +46,8 @@ pub(super) async fn connect_single(
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(250))
         .set_number_of_retries(6);
+    let events =
+        Connection::single(client.clone(), manager_config.clone()).map_err(|e| e.to_string())?;
     let mut connection = Connection::single(client, manager_config).map_err(|e| e.to_string())?;
     let (queue, queued) = mpsc::channel(MAX_QUEUED);
     tokio::spawn(batch(queued, connection.clone(), Arc::clone(script)));
@@ -51,6 +55,7 @@ pub(super) async fn connect_single(
     let route = Route::Batched {
         queue,
         connection: connection.clone(),
+        events,
     };
     Ok((route, ready))
 }

@@ -291,6 +291,13 @@ pub(crate) fn serve(args: Serve, env_file: &EnvFile) -> ExitCode {
     }
 }
 
+/// A listener on `host:port`, or why there is none.
+async fn listen(host: &str, port: u16) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))
+}
+
 /// The one report of what stopped the service: on stderr, not also as a log line, so that
 /// it is read once.
 fn fail(message: &str) -> ExitCode {
@@ -474,13 +481,20 @@ async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
             .collect();
         origins.join(", ")
     });
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    // A port the system chooses (0) is bound now, for the instance's name to carry it; a
+    // port given is bound once the service can answer, so that it takes no connection
+    // before.
+    let early = match args.port {
+        0 => Some(listen(&args.host, 0).await?),
+        _ => None,
+    };
+    let port = match &early {
+        Some(listener) => listener.local_addr().map_err(|e| e.to_string())?.port(),
+        None => args.port,
+    };
     let instance = match set(args.instance) {
         Some(name) => name,
-        None => format!("{}:{}", tollgate::host_name(), address.port()),
+        None => format!("{}:{port}", tollgate::host_name()),
     };
     builder = builder
         .instance(instance)
@@ -556,6 +570,11 @@ async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
         auth_trusts = %trusted,
         "tollgate serve"
     );
+    let listener = match early {
+        Some(listener) => listener,
+        None => listen(&args.host, args.port).await?,
+    };
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let grpc_listener = tokio::net::TcpListener::bind((args.host.as_str(), args.grpc_port))
         .await
         .map_err(|e| {

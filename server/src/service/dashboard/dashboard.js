@@ -166,12 +166,16 @@ $("try-form").onsubmit = async (event) => {
 
 // --- The event stream ----------------------------------------------------------------
 
-// One entry a second, summed over the instances: {second, rules: {rule: {allowed, denied}},
-// instances: Set}. Each instance sends a summary a second, each on its own clock's tick.
+// One entry a second, summed over the instances: {second, rules: {rule: {allowed, denied}}}.
+// Each instance sends a summary a second, each on its own clock's tick: a summary counts in
+// the second it arrives (the browser's clock), however its instance's clock is set.
 const series = [];
 // Each instance's last summary: name -> {at (local time it came), allowed, denied}.
 const instances = new Map();
 const INSTANCE_GONE_MS = 5000;
+// Bounds on what the page lists, whatever the stream says.
+const RULES_LISTED = 500;
+const INSTANCES_LISTED = 100;
 const knownRules = new Set();
 
 function connection(state, text) {
@@ -255,42 +259,39 @@ function listEvent(text, kind) {
 
 function summary(event) {
   const rules = event.rules || {};
-  const name = event.instance || "";
-  const entry = secondFor(Math.floor((event.at || Date.now()) / 1000), name);
+  const name = String(event.instance || "");
+  const entry = secondNow();
   let allowed = 0;
   let denied = 0;
   for (const [rule, calls] of Object.entries(rules)) {
     const sum = entry.rules[rule] || (entry.rules[rule] = { allowed: 0, denied: 0 });
-    sum.allowed += calls.allowed;
-    sum.denied += calls.denied;
-    allowed += calls.allowed;
-    denied += calls.denied;
-    if (!knownRules.has(rule)) {
+    sum.allowed += Number(calls.allowed) || 0;
+    sum.denied += Number(calls.denied) || 0;
+    allowed += Number(calls.allowed) || 0;
+    denied += Number(calls.denied) || 0;
+    if (!knownRules.has(rule) && knownRules.size < RULES_LISTED) {
       knownRules.add(rule);
       const option = document.createElement("option");
       option.value = option.textContent = rule;
       $("chart-rule").append(option);
     }
   }
-  denied += event.suppressed_denied || 0;
+  // `denied` already counts the refusals not sent one by one (suppressed_denied).
   instances.set(name, { at: Date.now(), allowed, denied });
+  while (instances.size > INSTANCES_LISTED) instances.delete(instances.keys().next().value);
   showInstances();
   draw();
 }
 
-// The entry of `second` for an instance's summary: the next second's when the instance
-// already has one there (its tick came early, then late).
-function secondFor(second, name) {
-  let entry = series.find((e) => e.second === second);
-  if (entry && entry.instances.has(name)) return secondFor(second + 1, name);
-  if (!entry) {
-    entry = { second, rules: {}, instances: new Set() };
+// The entry of the current second, made if need be; entries older than the chart are dropped.
+function secondNow() {
+  const second = Math.floor(Date.now() / 1000);
+  let entry = series[series.length - 1];
+  if (!entry || entry.second !== second) {
+    entry = { second, rules: {} };
     series.push(entry);
-    series.sort((a, b) => a.second - b.second);
-    const newest = series[series.length - 1].second;
-    while (series.length && series[0].second <= newest - SECONDS_KEPT) series.shift();
+    while (series.length && series[0].second <= second - SECONDS_KEPT) series.shift();
   }
-  entry.instances.add(name);
   return entry;
 }
 
