@@ -559,6 +559,10 @@ async fn the_whole_fleet_is_live_on_the_service() {
             .position(|&(k, i, c)| (k, i, c) == (kind, instance, client));
         if let Some(first) = first {
             let (kind, instance, _) = unseen.remove(first);
+            eprintln!(
+                "the first {kind} of {instance}: {:?} after /events opened",
+                opened.elapsed()
+            );
             assert!(
                 opened.elapsed() < Duration::from_secs(2),
                 "the first {kind} of {instance} came {:?} after /events opened",
