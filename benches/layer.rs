@@ -176,12 +176,15 @@ fn per_request_overhead(c: &mut Criterion) {
     let watched = layer(allowing_rules);
     let mut reader = watched.limiter().subscribe();
     std::thread::spawn(move || {
+        // With timers: the first read starts the limiter's publisher on this runtime.
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime");
         runtime.block_on(async { while reader.next().await.is_some() {} });
     });
     let mut allowed_watched = watched.layer(inner);
+    assert_eq!(watched.limiter().stats().event_subscribers, 1);
     measure(
         "allowed_one_subscriber",
         &mut |r| call(&mut allowed_watched, r),

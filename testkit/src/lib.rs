@@ -14,6 +14,7 @@ mod cluster;
 mod demo;
 mod deploy;
 pub mod files;
+mod fleet;
 mod http;
 pub mod logs;
 mod nginx;
@@ -29,6 +30,7 @@ pub use demo::{
     start_service_in, start_service_with_open_files, tollgate_binary,
 };
 pub use deploy::*;
+pub use fleet::Fleet;
 pub use http::*;
 pub use nginx::{Nginx, nginx_binary};
 pub use prometheus::{Scrape, parse};

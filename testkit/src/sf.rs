@@ -20,16 +20,24 @@ impl Member {
     }
 }
 
-/// `value` parsed as a structured-field List of String items with Integer parameters.
-pub fn sf_list(value: &str) -> Vec<Member> {
+/// The items of the structured-field List `value`.
+fn items(value: &str) -> Vec<sfv::Item> {
     let list: Vec<ListEntry> = Parser::new(value)
         .parse_list()
         .unwrap_or_else(|e| panic!("{value:?} is not a structured-field list: {e}"));
     list.into_iter()
-        .map(|entry| {
-            let ListEntry::Item(item) = entry else {
-                panic!("{value:?} has an inner list");
-            };
+        .map(|entry| match entry {
+            ListEntry::Item(item) => item,
+            ListEntry::InnerList(_) => panic!("{value:?} has an inner list"),
+        })
+        .collect()
+}
+
+/// `value` parsed as a structured-field List of String items with Integer parameters.
+pub fn sf_list(value: &str) -> Vec<Member> {
+    items(value)
+        .into_iter()
+        .map(|item| {
             let BareItem::String(name) = item.bare_item else {
                 panic!("{value:?}: an item is not a String");
             };
@@ -55,14 +63,9 @@ pub fn sf_list(value: &str) -> Vec<Member> {
 
 /// The Byte Sequence parameter `key` of each item of the structured-field list `value`.
 pub fn sf_bytes(value: &str, key: &str) -> Vec<Option<Vec<u8>>> {
-    let list: Vec<ListEntry> = Parser::new(value)
-        .parse_list()
-        .unwrap_or_else(|e| panic!("{value:?} is not a structured-field list: {e}"));
-    list.into_iter()
-        .map(|entry| {
-            let ListEntry::Item(item) = entry else {
-                panic!("{value:?} has an inner list");
-            };
+    items(value)
+        .into_iter()
+        .map(|item| {
             item.params
                 .into_iter()
                 .find_map(|(name, param)| match param {

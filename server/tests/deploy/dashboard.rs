@@ -234,59 +234,13 @@ async fn the_dashboard_works_behind_a_proxy_that_keeps_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_whole_fleet() {
     let token = "dashboard-test-token";
-    let redis = TestRedis::start();
-    let prefix = unique_prefix("dashboard-fleet");
-    let on_redis = |name| {
-        [
-            ("REDIS_URL", redis.url()),
-            ("REDIS_PREFIX", prefix.as_str()),
-            ("TOLLGATE_INSTANCE", name),
-            ("TOLLGATE_ADMIN_TOKEN", token),
-        ]
-    };
-    let apps = [
-        start_demo(&on_redis("app-1")),
-        start_demo(&on_redis("app-2")),
-    ];
-    let service = start_service(&on_redis("limiter"));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for (app, client) in apps.iter().zip(["carol", "dave"]) {
-        let (base, stop) = (app.address.clone(), stop.clone());
-        tokio::spawn(async move {
-            let http = reqwest::Client::builder().no_proxy().build().unwrap();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = http
-                    .get(format!("http://{base}/api/data"))
-                    .header("X-Client-ID", client)
-                    .send()
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-    }
+    let fleet = Fleet::start("dashboard-fleet", &[("TOLLGATE_ADMIN_TOKEN", token)]);
+    fleet.send_traffic();
     let driver = Driver::start();
     let client = driver.session().await;
     let outcome = tokio::time::timeout(Duration::from_secs(90), async {
-        client
-            .goto(&format!("http://{}/dashboard", service.address))
-            .await
-            .unwrap();
-        wait_for(
-            &client,
-            "the token dialog",
-            "return document.getElementById('token-dialog').open",
-            |v| *v == json!(true),
-        )
-        .await;
-        fill(&client, "token-input", token).await;
-        click(&client, "#token-form button[value=ok]").await;
-        wait_for(
-            &client,
-            "the live event stream",
-            "return document.getElementById('connection').dataset.state",
-            |v| *v == json!("live"),
-        )
-        .await;
+        let page = format!("http://{}", fleet.service.address);
+        open_with_token(&client, &page, token).await;
         let live = Instant::now();
         let names = wait_for(
             &client,
@@ -320,7 +274,6 @@ async fn the_dashboard_shows_the_whole_fleet() {
         assert!(shown.parse::<u32>().is_ok_and(|n| n >= 2), "{shown}");
     })
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(
         outcome.is_ok(),
         "the dashboard did not show the fleet within 90 s"
@@ -477,6 +430,28 @@ async fn a_failed_test_leaves_no_browser_running() {
     }
 }
 
+/// Opens the dashboard at `page` and, when it asks for the admin token (as it does at its
+/// first 401), gives it `token`; returns once its event stream is live.
+async fn open_with_token(client: &Client, page: &str, token: &str) {
+    client.goto(&format!("{page}/dashboard")).await.unwrap();
+    wait_for(
+        client,
+        "the token dialog",
+        "return document.getElementById('token-dialog').open",
+        |v| *v == json!(true),
+    )
+    .await;
+    fill(client, "token-input", token).await;
+    click(client, "#token-form button[value=ok]").await;
+    wait_for(
+        client,
+        "the live event stream",
+        "return document.getElementById('connection').dataset.state",
+        |v| *v == json!("live"),
+    )
+    .await;
+}
+
 /// Opens the dashboard at `page`, gives it `token`, sends traffic to the service at `base`,
 /// and checks what the page shows and edits; saves a screenshot named `screenshot` in the
 /// target directory's `tmp/`.
@@ -484,25 +459,7 @@ async fn watch_and_edit(page: &str, base: &str, token: &str, screenshot: &str) {
     let driver = Driver::start();
     let client = driver.session().await;
     let outcome = tokio::time::timeout(Duration::from_secs(90), async {
-        client.goto(&format!("{page}/dashboard")).await.unwrap();
-
-        // The admin API needs the token: the page asks for it.
-        wait_for(
-            &client,
-            "the token dialog",
-            "return document.getElementById('token-dialog').open",
-            |v| *v == json!(true),
-        )
-        .await;
-        fill(&client, "token-input", token).await;
-        click(&client, "#token-form button[value=ok]").await;
-        wait_for(
-            &client,
-            "the live event stream",
-            "return document.getElementById('connection').dataset.state",
-            |v| *v == json!("live"),
-        )
-        .await;
+        open_with_token(&client, page, token).await;
 
         // Traffic while it watches, over a few seconds: 5 allowed, 15 denied.
         let http = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -486,25 +486,6 @@ async fn a_lagging_subscriber_is_told_what_it_missed() {
     assert_eq!(limiter.stats().event_subscribers, 0);
 }
 
-/// Requests to `base` (an app instance) as `client`, every 100 ms until `stop` is set.
-fn traffic(
-    base: String,
-    client: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    tokio::spawn(async move {
-        let http = http();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = http
-                .get(format!("http://{base}/api/data"))
-                .header("X-Client-ID", client)
-                .send()
-                .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-}
-
 /// The compose stack's shape: two app instances (the demo, each with the layer on one
 /// Redis) and `tollgate serve` on the same Redis. With nobody listening, nothing is
 /// published; once the service's `/events` is open, both instances' decisions and summaries
@@ -512,23 +493,9 @@ fn traffic(
 /// client's decisions from whichever instance made them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_fleet_is_live_on_the_service() {
-    let redis = TestRedis::start();
-    let prefix = unique_prefix("fleet");
-    let on_redis = |name| {
-        [
-            ("REDIS_URL", redis.url()),
-            ("REDIS_PREFIX", prefix.as_str()),
-            ("TOLLGATE_INSTANCE", name),
-        ]
-    };
-    let apps = [
-        start_demo(&on_redis("app-1")),
-        start_demo(&on_redis("app-2")),
-    ];
-    let service = start_service(&on_redis("limiter"));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    traffic(apps[0].address.clone(), "carol", stop.clone());
-    traffic(apps[1].address.clone(), "dave", stop.clone());
+    let fleet = Fleet::start("fleet", &[]);
+    let (redis, prefix, service) = (&fleet.redis, &fleet.prefix, &fleet.service);
+    fleet.send_traffic();
 
     // Nobody listens: the instances decide, and publish nothing.
     let channel = format!("{prefix}:events");
@@ -586,5 +553,19 @@ async fn the_whole_fleet_is_live_on_the_service() {
             );
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    // The listener leaves: the instances stop publishing at their next roll call.
+    drop((global, carol));
+    let left = Instant::now();
+    let mut messages = published.on_message();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(1500), messages.next()).await;
+        if next.is_err() {
+            break;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "still published 10 s after the last listener left"
+        );
+    }
 }
