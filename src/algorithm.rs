@@ -123,14 +123,51 @@ pub(crate) fn decide_band(
     now_us: i64,
     cost: f64,
 ) -> BandOutcome {
+    band(algorithm, spec, state, now_us, cost, false)
+}
+
+/// Takes `delta` units from one band whether or not they fit, or gives `-delta` back: what
+/// settling a reservation does with the difference between what was used and what was
+/// reserved. Always "admitted"; the caller stores `next`.
+///
+/// What is taken past empty is owed, not forgiven: a token bucket goes below zero and its
+/// refill pays the debt back before it admits again; a window counts past its capacity, and
+/// the excess is carried into the windows after it, a capacity's worth paid back by each. A
+/// refund gives back at most what the band can hold: a bucket fills to its capacity, a
+/// window's count drops to zero.
+pub(crate) fn settle_band(
+    algorithm: Algorithm,
+    spec: &BandSpec,
+    state: BandState,
+    now_us: i64,
+    delta: f64,
+) -> BandOutcome {
+    band(algorithm, spec, state, now_us, delta, true)
+}
+
+/// One band taking `cost`: if it fits, or, `forced`, whatever it is (negative: a refund).
+fn band(
+    algorithm: Algorithm,
+    spec: &BandSpec,
+    state: BandState,
+    now_us: i64,
+    cost: f64,
+    forced: bool,
+) -> BandOutcome {
     match algorithm {
-        Algorithm::TokenBucket => token_bucket(spec, state, now_us, cost),
-        Algorithm::FixedWindow => fixed_window(spec, state, now_us, cost),
-        Algorithm::SlidingWindow => sliding_window(spec, state, now_us, cost),
+        Algorithm::TokenBucket => token_bucket(spec, state, now_us, cost, forced),
+        Algorithm::FixedWindow => fixed_window(spec, state, now_us, cost, forced),
+        Algorithm::SlidingWindow => sliding_window(spec, state, now_us, cost, forced),
     }
 }
 
-fn token_bucket(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
+fn token_bucket(
+    spec: &BandSpec,
+    state: BandState,
+    now: i64,
+    cost: f64,
+    forced: bool,
+) -> BandOutcome {
     let (capacity, rate) = (spec.capacity, spec.refill_per_sec);
     let (mut tokens, ts) = match state {
         BandState::Bucket { tokens, ts_us } => (tokens, ts_us),
@@ -139,17 +176,19 @@ fn token_bucket(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
     // A clock that went backwards refills nothing; min() also clamps a lowered capacity.
     let elapsed = (now - ts).max(0) as f64;
     tokens = capacity.min(tokens + elapsed * rate / 1_000_000.0);
-    let admitted = tokens >= cost;
+    let admitted = forced || tokens >= cost;
     let (left, retry_after_us) = if admitted {
-        (tokens - cost, 0.0)
+        // Below zero is a debt the refill pays back; a refund fills up to the capacity.
+        ((tokens - cost).min(capacity), 0.0)
     } else {
         (tokens, (cost - tokens) * 1_000_000.0 / rate)
     };
-    // The next whole token (the last one may be a fraction of one, up to the capacity).
+    // The next whole token (the last one may be a fraction of one, up to the capacity);
+    // under a debt, the first whole one.
     let next_unit_after_us = if left >= capacity {
         0.0
     } else {
-        ((left.floor() + 1.0).min(capacity) - left) * 1_000_000.0 / rate
+        ((left.max(0.0).floor() + 1.0).min(capacity) - left) * 1_000_000.0 / rate
     };
     BandOutcome {
         admitted,
@@ -175,7 +214,19 @@ fn window_index(stored: Option<i64>, now: i64, window: i64) -> i64 {
     }
 }
 
-fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
+/// What a window's `count` leaves owed `windows` windows later: what went past the
+/// capacity, less a capacity for each window since (nothing, for a count within it).
+fn carried(count: f64, capacity: f64, windows: i64) -> f64 {
+    (count - capacity * windows as f64).max(0.0)
+}
+
+fn fixed_window(
+    spec: &BandSpec,
+    state: BandState,
+    now: i64,
+    cost: f64,
+    forced: bool,
+) -> BandOutcome {
     let (capacity, window) = (spec.capacity, spec.window_us);
     let stored = match state {
         BandState::Fixed { index, count } => Some((index, count)),
@@ -184,18 +235,35 @@ fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
     let index = window_index(stored.map(|(i, _)| i), now, window);
     let count = match stored {
         Some((i, count)) if i == index => count,
+        // An earlier window: only a debt comes over.
+        Some((i, count)) if i < index => carried(count, capacity, index - i),
         _ => 0.0,
     };
-    let admitted = count + cost <= capacity;
-    let counted = if admitted { count + cost } else { count };
+    let admitted = forced || count + cost <= capacity;
+    let counted = if admitted {
+        (count + cost).max(0.0)
+    } else {
+        count
+    };
     let until_end = ((index + 1) * window - now) as f64;
+    // Until the start of the first window whose carried count is at most `room` short of
+    // the capacity: the next window's, unless a debt runs past it.
+    let until_room = |room: f64| {
+        let windows = ((counted + room - capacity) / capacity).ceil().max(1.0);
+        until_end + (windows - 1.0) * window as f64
+    };
     BandOutcome {
         admitted,
         remaining: (capacity - counted).max(0.0).floor(),
-        retry_after_us: if admitted { 0.0 } else { until_end },
-        reset_after_us: if counted > 0.0 { until_end } else { 0.0 },
-        // Everything counted comes back at once, at the window's end.
-        next_unit_after_us: if counted > 0.0 { until_end } else { 0.0 },
+        retry_after_us: if admitted { 0.0 } else { until_room(cost) },
+        reset_after_us: if counted > 0.0 {
+            until_room(capacity)
+        } else {
+            0.0
+        },
+        // Everything counted comes back at once, at the window's end (a debt, a capacity
+        // at each window's end).
+        next_unit_after_us: if counted > 0.0 { until_room(1.0) } else { 0.0 },
         next: BandState::Fixed {
             index,
             count: counted,
@@ -203,7 +271,13 @@ fn fixed_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandO
     }
 }
 
-fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> BandOutcome {
+fn sliding_window(
+    spec: &BandSpec,
+    state: BandState,
+    now: i64,
+    cost: f64,
+    forced: bool,
+) -> BandOutcome {
     let (capacity, window) = (spec.capacity, spec.window_us);
     let stored = match state {
         BandState::Sliding {
@@ -216,15 +290,25 @@ fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> Ban
     let index = window_index(stored.map(|(i, _, _)| i), now, window);
     let (current, previous) = match stored {
         Some((i, count, previous)) if i == index => (count, previous),
-        Some((i, count, _)) if i == index - 1 => (0.0, count),
+        // Earlier windows: the last one counted becomes the previous, as much of it as a
+        // window holds, and only a debt comes into this one.
+        Some((i, count, _)) if i < index => {
+            let behind = index - i;
+            let previous = carried(count, capacity, behind - 1).min(capacity);
+            (carried(count, capacity, behind), previous)
+        }
         _ => (0.0, 0.0),
     };
     let start = index * window;
     let window_f = window as f64;
     let weight = ((start + window) - now) as f64 / window_f;
     let estimate = previous * weight + current;
-    let admitted = estimate + cost <= capacity;
-    let counted = if admitted { current + cost } else { current };
+    let admitted = forced || estimate + cost <= capacity;
+    let counted = if admitted {
+        (current + cost).max(0.0)
+    } else {
+        current
+    };
     let retry_after_us = if admitted {
         0.0
     } else if current + cost <= capacity {
@@ -232,12 +316,19 @@ fn sliding_window(spec: &BandSpec, state: BandState, now: i64, cost: f64) -> Ban
         let weight_needed = (capacity - current - cost) / previous;
         (start as f64 + (1.0 - weight_needed) * window_f) - now as f64
     } else {
-        // Only the next window, where this one becomes the previous, can admit it.
-        let weight_needed = (capacity - cost) / current;
-        ((start + window) as f64 + (1.0 - weight_needed) * window_f) - now as f64
+        // Only a later window can admit it: the next, where this one becomes the previous,
+        // unless a debt runs past it. In the first window where what comes over leaves room
+        // for the cost, the previous window's share must shrink.
+        let windows = ((current + cost - capacity) / capacity).ceil().max(1.0) as i64;
+        let carried_in = carried(current, capacity, windows);
+        let before = carried(current, capacity, windows - 1).min(capacity);
+        let weight_needed = (capacity - carried_in - cost) / before;
+        ((start + windows * window) as f64 + (1.0 - weight_needed) * window_f) - now as f64
     };
     let reset_after_us = if counted > 0.0 {
-        ((start + 2 * window) - now) as f64
+        // Every count gone: this window's becomes the previous, a debt runs on.
+        let windows = (counted / capacity).ceil().max(1.0) as i64 + 1;
+        ((start + windows * window) - now) as f64
     } else if previous > 0.0 {
         ((start + window) - now) as f64
     } else {
@@ -621,5 +712,158 @@ mod tests {
             (out.next_unit_after_us - 51.0 * SEC as f64).abs() < 1.0,
             "{out:?}"
         );
+    }
+
+    /// Takes `cost` at `now` if it fits, storing the state; returns whether it did.
+    fn take(
+        algorithm: Algorithm,
+        spec: &BandSpec,
+        state: &mut BandState,
+        now: i64,
+        cost: f64,
+    ) -> BandOutcome {
+        let out = decide_band(algorithm, spec, *state, now, cost);
+        if out.admitted {
+            *state = out.next;
+        }
+        out
+    }
+
+    fn settle(algorithm: Algorithm, spec: &BandSpec, state: &mut BandState, now: i64, delta: f64) {
+        let out = settle_band(algorithm, spec, *state, now, delta);
+        assert!(out.admitted, "a settlement always goes through");
+        *state = out.next;
+    }
+
+    #[test]
+    fn a_bucket_refunds_up_to_its_capacity_and_carries_an_overrun_as_debt() {
+        let s = spec(10.0, 10.0); // 1 token/s
+        let t0 = 1_000 * SEC;
+        let mut state = BandState::Fresh;
+        take(Algorithm::TokenBucket, &s, &mut state, t0, 5.0);
+        settle(Algorithm::TokenBucket, &s, &mut state, t0, -3.0);
+        assert_eq!(
+            take(Algorithm::TokenBucket, &s, &mut state, t0, 0.0).remaining,
+            8.0
+        );
+        settle(Algorithm::TokenBucket, &s, &mut state, t0, -100.0);
+        assert_eq!(
+            take(Algorithm::TokenBucket, &s, &mut state, t0, 0.0).remaining,
+            10.0,
+            "no more than full"
+        );
+        // Reserved 1, used 21: 20 more, 11 below empty.
+        take(Algorithm::TokenBucket, &s, &mut state, t0, 1.0);
+        settle(Algorithm::TokenBucket, &s, &mut state, t0, 20.0);
+        let refused = take(Algorithm::TokenBucket, &s, &mut state, t0, 1.0);
+        assert!(!refused.admitted);
+        assert_eq!(refused.remaining, -11.0_f64.floor().max(-11.0));
+        assert_eq!(
+            refused.retry_after_us,
+            12.0 * SEC as f64,
+            "the debt and one token"
+        );
+        assert!(
+            !take(
+                Algorithm::TokenBucket,
+                &s,
+                &mut state,
+                t0 + 12 * SEC - 1,
+                1.0
+            )
+            .admitted
+        );
+        assert!(take(Algorithm::TokenBucket, &s, &mut state, t0 + 12 * SEC, 1.0).admitted);
+    }
+
+    #[test]
+    fn a_fixed_window_carries_an_overrun_into_the_windows_after() {
+        let s = spec(10.0, 10.0);
+        let start = 1_000 * SEC;
+        let mut state = BandState::Fresh;
+        take(Algorithm::FixedWindow, &s, &mut state, start + SEC, 1.0);
+        settle(Algorithm::FixedWindow, &s, &mut state, start + SEC, 25.0);
+        let refused = take(Algorithm::FixedWindow, &s, &mut state, start + 2 * SEC, 1.0);
+        assert!(!refused.admitted);
+        assert_eq!(refused.remaining, 0.0);
+        // 26 counted: 16 owed in the next window, 6 in the one after, which has room.
+        assert_eq!(refused.retry_after_us, 18.0 * SEC as f64);
+        assert_eq!(refused.reset_after_us, 28.0 * SEC as f64);
+        assert!(
+            !take(
+                Algorithm::FixedWindow,
+                &s,
+                &mut state,
+                start + 10 * SEC,
+                1.0
+            )
+            .admitted
+        );
+        let admitted = take(
+            Algorithm::FixedWindow,
+            &s,
+            &mut state,
+            start + 20 * SEC,
+            1.0,
+        );
+        assert!(admitted.admitted);
+        assert_eq!(admitted.remaining, 3.0, "10 - 6 - 1");
+        // A refund gives back what is counted, never below nothing.
+        settle(
+            Algorithm::FixedWindow,
+            &s,
+            &mut state,
+            start + 20 * SEC,
+            -50.0,
+        );
+        assert_eq!(
+            take(
+                Algorithm::FixedWindow,
+                &s,
+                &mut state,
+                start + 20 * SEC,
+                0.0
+            )
+            .remaining,
+            10.0
+        );
+    }
+
+    #[test]
+    fn a_sliding_window_carries_an_overrun_and_says_when_it_admits_again() {
+        let s = spec(10.0, 10.0);
+        let start = 1_000 * SEC;
+        let mut state = BandState::Fresh;
+        take(Algorithm::SlidingWindow, &s, &mut state, start + SEC, 1.0);
+        settle(Algorithm::SlidingWindow, &s, &mut state, start + SEC, 25.0);
+        let refused = take(
+            Algorithm::SlidingWindow,
+            &s,
+            &mut state,
+            start + 2 * SEC,
+            1.0,
+        );
+        assert!(!refused.admitted);
+        let retry = refused.retry_after_us as i64;
+        let at = start + 2 * SEC + retry;
+        assert!(
+            at > start + 20 * SEC,
+            "not before the debt is paid: {retry}"
+        );
+        assert!(!take(Algorithm::SlidingWindow, &s, &mut state, at - 1_000, 1.0).admitted);
+        assert!(take(Algorithm::SlidingWindow, &s, &mut state, at + 1, 1.0).admitted);
+        // Every count gone by the reset, not a second before.
+        let mut owing = BandState::Fresh;
+        take(Algorithm::SlidingWindow, &s, &mut owing, start, 1.0);
+        settle(Algorithm::SlidingWindow, &s, &mut owing, start, 25.0);
+        let probe = |at: i64| decide_band(Algorithm::SlidingWindow, &s, owing, at, 0.0);
+        let reset = probe(start).reset_after_us as i64;
+        assert_eq!(
+            reset,
+            40 * SEC,
+            "26 counted: the last of it leaves in the fourth window"
+        );
+        assert_eq!(probe(start + reset).remaining, 10.0);
+        assert!(probe(start + reset - SEC).remaining < 10.0);
     }
 }

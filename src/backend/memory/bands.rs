@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::algorithm::{BandState, Combined, Reported, decide_band};
+use crate::algorithm::{BandState, Combined, Reported, decide_band, settle_band};
 use crate::backend::Mode;
 use crate::backend::table::Expiring;
 use crate::decision::{BandStatus, Decision};
@@ -52,6 +52,61 @@ impl BandStates {
             self.take(&next);
         }
         decision
+    }
+
+    /// Takes `delta` more units from every band of `limit` at `now` whether or not they fit,
+    /// or, for a negative `delta`, gives `-delta` back: what settling a reservation does with
+    /// the difference between what was used and what was reserved. Returns the bands'
+    /// decision after it (always allowed: it reports what is left).
+    ///
+    /// What is taken past empty is owed, not forgiven: a token bucket goes below zero, and
+    /// its refill pays the debt back before it admits again; a window counts past its
+    /// capacity, and carries the excess into the windows after it, each paying back a
+    /// capacity. A refund gives back no more than a band holds: a bucket fills to its
+    /// capacity, a window's count drops to zero.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tollgate::Rules;
+    /// use tollgate::backend::{BandStates, Mode};
+    ///
+    /// let rules = Rules::from_json(r#"{"default": {"capacity": 10, "refill_rate": 1}}"#).unwrap();
+    /// let limit = rules.default_rule().limit().unwrap();
+    /// let mut bands = BandStates::default();
+    /// let now = SystemTime::now();
+    /// assert!(bands.decide(limit, 1, Mode::Take, now).allowed, "reserved 1");
+    /// assert_eq!(bands.settle(limit, 20, now).remaining, 0, "used 21: 11 owed");
+    /// assert!(!bands.decide(limit, 1, Mode::Take, now + Duration::from_secs(11)).allowed);
+    /// assert!(bands.decide(limit, 1, Mode::Take, now + Duration::from_secs(12)).allowed);
+    /// ```
+    pub fn settle(&mut self, limit: &Limit, delta: i64, now: SystemTime) -> Decision {
+        let now_us = unix_us(now);
+        let algorithm = limit.algorithm();
+        let mut combined = Combined::new();
+        let mut full_after = 0.0f64;
+        let states: Box<[BandState]> = limit
+            .bands()
+            .iter()
+            .enumerate()
+            .map(|(i, band)| {
+                let spec = band.spec();
+                let state = self.states.get(i).copied().unwrap_or(BandState::Fresh);
+                let out = settle_band(algorithm, &spec, state, now_us, delta as f64);
+                combined.add(Reported {
+                    capacity: spec.capacity,
+                    admitted: out.admitted,
+                    remaining: out.remaining,
+                    retry_after_us: out.retry_after_us,
+                    reset_after_us: out.reset_after_us,
+                    next_unit_after_us: out.next_unit_after_us,
+                });
+                full_after = full_after.max(out.reset_after_us);
+                out.next
+            })
+            .collect();
+        self.states = states;
+        self.full_at_us = now_us.saturating_add(full_after.ceil() as i64);
+        combined.decision(now_us)
     }
 
     /// Every band of `limit` as it is at `now`, in the limit's order: what a peek reports of
@@ -218,4 +273,50 @@ pub(crate) fn band_statuses(
 pub(crate) fn unix_us(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rules;
+
+    #[test]
+    fn a_settlement_moves_every_band() {
+        let rules =
+            Rules::from_json(r#"{"default": {"limits": ["10/minute", "100/hour"]}}"#).unwrap();
+        let limit = rules.default_rule().limit().unwrap();
+        let mut bands = BandStates::default();
+        let now = SystemTime::now();
+        bands.decide(limit, 5, Mode::Take, now);
+        let refunded = bands.settle(limit, -3, now);
+        assert!(refunded.allowed);
+        let left: Vec<u32> = bands
+            .bands(limit, now)
+            .iter()
+            .map(|b| b.remaining)
+            .collect();
+        assert_eq!(left, [8, 98], "5 reserved, 2 used, in both bands");
+        bands.settle(limit, 50, now);
+        let left: Vec<u32> = bands
+            .bands(limit, now)
+            .iter()
+            .map(|b| b.remaining)
+            .collect();
+        assert_eq!(left, [0, 48], "the minute owes 42; the hour had room");
+        assert!(!bands.decide(limit, 1, Mode::Take, now).allowed);
+        // The minute band (a token each 6 s) has paid 42 back and has one at 258 s; the
+        // hour band (one each 36 s), 52 taken, is full at 1,872 s.
+        assert!(
+            !bands
+                .decide(limit, 1, Mode::Peek, now + Duration::from_secs(255))
+                .allowed
+        );
+        assert!(
+            bands
+                .decide(limit, 1, Mode::Peek, now + Duration::from_secs(259))
+                .allowed
+        );
+        assert!(!bands.is_full(now + Duration::from_secs(1870)));
+        assert!(bands.is_full(now + Duration::from_secs(1873)));
+    }
 }
