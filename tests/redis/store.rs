@@ -677,3 +677,99 @@ async fn memory_and_redis_agree_on_the_next_unit() {
         }
     }
 }
+
+/// A debt (a bucket below zero, a window counted past its capacity: what settling a
+/// reservation that used more than it reserved leaves) is read alike by the script and in
+/// memory: the same refusal, the same wait and the same reset, within the moments between
+/// the two asks. The debt is written into Redis as the script stores it, and made in memory
+/// by a settlement.
+#[tokio::test]
+async fn memory_and_redis_agree_on_a_debt() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tollgate::backend::{BandStates, Mode};
+    clear_of_a_window_end(3600).await;
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("debt");
+    let mut connection = redis.client();
+    let scenarios = [
+        (1u8, "token_bucket"),
+        (2, "fixed_window"),
+        (3, "sliding_window"),
+    ]
+    .into_iter()
+    .flat_map(|(byte, algorithm)| [(byte, algorithm, 0u64), (byte, algorithm, 1)]);
+    for (byte, algorithm, hours_ago) in scenarios {
+        let json = format!(r#"{{"default": {{"limit": "10/hour", "algorithm": "{algorithm}"}}}}"#);
+        let rules = rules(&json);
+        let limit = rules.default_rule().limit().unwrap().clone();
+        // In memory: one reserved `hours_ago`, 26 used.
+        let now = SystemTime::now();
+        let then = now - Duration::from_secs(3600 * hours_ago);
+        let mut bands = BandStates::default();
+        assert!(bands.decide(&limit, 1, Mode::Take, then).allowed);
+        bands.settle(&limit, 25, then);
+        let here = bands.decide(&limit, 1, Mode::Take, now);
+        assert!(!here.allowed, "{algorithm}, {hours_ago} h later: owed");
+        // In Redis: the same state, as the script stores it.
+        let now_us = then.duration_since(UNIX_EPOCH).unwrap().as_micros() as f64;
+        let window_us = 3600e6;
+        let values: Vec<f64> = match byte {
+            1 => vec![10.0 - 26.0, now_us],
+            2 => vec![(now_us / window_us).floor(), 26.0],
+            _ => vec![(now_us / window_us).floor(), 26.0, 0.0],
+        };
+        let mut value = vec![byte];
+        for v in values {
+            value.extend_from_slice(&v.to_le_bytes());
+        }
+        let name = format!("debt-{algorithm}-{hours_ago}");
+        let key = format!("{prefix}:{{default:id:{name}}}");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .query(&mut connection)
+            .unwrap();
+        let shared = on_test_redis(Limiter::builder().rules(rules), &redis, &prefix)
+            .build()
+            .await
+            .unwrap();
+        let client = tollgate::ClientKey::id(name);
+        let there = shared
+            .check(tollgate::Query::new(&client))
+            .await
+            .unwrap()
+            .decision()
+            .unwrap();
+        assert!(
+            !there.allowed,
+            "{algorithm}, {hours_ago} h later: owed in Redis too"
+        );
+        let close = |a: SystemTime, b: SystemTime| {
+            let apart = a
+                .duration_since(b)
+                .or_else(|_| b.duration_since(a))
+                .unwrap();
+            apart < Duration::from_secs(2)
+        };
+        assert!(
+            close(
+                now + here.retry_after,
+                SystemTime::now() + there.retry_after
+            ),
+            "{algorithm}: memory waits {:?}, Redis {:?}",
+            here.retry_after,
+            there.retry_after
+        );
+        assert!(
+            close(here.reset, there.reset),
+            "{algorithm}: memory is full at {:?}, Redis at {:?}",
+            here.reset,
+            there.reset
+        );
+        assert!(
+            here.retry_after > Duration::from_secs(3600) || byte == 1 || hours_ago > 0,
+            "{algorithm}: a window owes past its end: {:?}",
+            here.retry_after
+        );
+    }
+}

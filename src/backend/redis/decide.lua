@@ -15,7 +15,9 @@
 --   fixed_window    window index (floor(TIME in µs / window)), units counted in it
 --   sliding_window  window index, units counted in it, units counted in the one before
 -- A missing band (or a value of another algorithm or type) is a full bucket. The key is
--- written only if every band admits, and expires when every band is full again.
+-- written only if every band admits, and expires when every band is full again. A bucket's
+-- tokens may be below zero and a window's count above its capacity: a debt, which a window
+-- carries into the ones after it, a capacity paid back by each (as src/algorithm.rs).
 --
 -- An admitted request may also take a lease: up to the units asked for beyond its cost, in
 -- whole multiples of the cost, as long as every band still admits cost + lease. The lease
@@ -60,6 +62,12 @@ local function window_index(window, stored)
   return index
 end
 
+-- What a window's `count` leaves owed `windows` windows later: what went past the
+-- capacity (from a settlement), less a capacity for each window since.
+local function carried(count, capacity, windows)
+  return max(0, count - capacity * windows)
+end
+
 -- One band's answer to taking `take` units: ok (1 or 0), remaining, retry_us, reset_us,
 -- next_us (until one whole unit more than remaining), spare (units left beyond `take`),
 -- until_end (µs to the end of the window; nil for the token bucket), then the band's values
@@ -84,10 +92,11 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
       retry_us = (cost - tokens) * 1000000 / rate
     end
     local reset_us = (capacity - left) * 1000000 / rate
-    -- The next whole token (the last one may be a fraction of one, up to the capacity).
+    -- The next whole token (the last one may be a fraction of one, up to the capacity);
+    -- under a debt (tokens below zero, from a settlement), the first whole one.
     local next_us = 0
     if left < capacity then
-      next_us = (min(capacity, floor(left) + 1) - left) * 1000000 / rate
+      next_us = (min(capacity, floor(max(0, left)) + 1) - left) * 1000000 / rate
     end
     return ok, floor(left), retry_us, reset_us, next_us, tokens - take, nil, left, now
   elseif algorithm == 2 then
@@ -95,19 +104,34 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
     local win = stored[s + 1]
     local index = window_index(window, win)
     local count = 0
-    if win == index then count = stored[s + 2] or 0 end
+    if win == index then
+      count = stored[s + 2] or 0
+    elseif win ~= nil and win < index then
+      -- An earlier window: only a debt comes over.
+      count = carried(stored[s + 2] or 0, capacity, index - win)
+    end
     local counted = count
     local until_end = (index + 1) * window - now
-    local ok, retry_us = 0, until_end
+    -- Until the first window whose carried count is at most `room` short of the capacity.
+    local function until_room(room)
+      local windows = max(1, ceil((counted + room - capacity) / capacity))
+      return until_end + (windows - 1) * window
+    end
+    local ok, retry_us = 0, 0
     if count + take <= capacity then
       ok = 1
-      retry_us = 0
       counted = count + take
+    else
+      retry_us = until_room(cost)
     end
-    local reset_us = 0
-    if counted > 0 then reset_us = until_end end
-    -- Everything counted comes back at once, at the window's end.
-    return ok, max(0, capacity - counted), retry_us, reset_us, reset_us,
+    local reset_us, next_us = 0, 0
+    if counted > 0 then
+      reset_us = until_room(capacity)
+      next_us = until_room(1)
+    end
+    -- Everything counted comes back at once, at the window's end (a debt, a capacity at
+    -- each window's end).
+    return ok, max(0, capacity - counted), retry_us, reset_us, next_us,
       capacity - count - take, until_end, index, counted
   else
     -- Two-counter estimate: prev × (share of the current window still ahead) + count.
@@ -119,8 +143,12 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
     if win == index then
       current = stored[s + 2] or 0
       prev = stored[s + 3] or 0
-    elseif win == index - 1 then
-      prev = stored[s + 2] or 0
+    elseif win ~= nil and win < index then
+      -- Earlier windows: the last one counted becomes the previous, as much of it as a
+      -- window holds, and only a debt comes into this one.
+      local count = stored[s + 2] or 0
+      prev = min(capacity, carried(count, capacity, index - win - 1))
+      current = carried(count, capacity, index - win)
     end
     local start = index * window
     local weight = ((start + window) - now) / window
@@ -134,13 +162,20 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
       local weight_needed = (capacity - current - cost) / prev
       retry_us = (start + (1 - weight_needed) * window) - now
     else
-      -- Only the next window, where this one becomes the previous, can admit it.
-      local weight_needed = (capacity - cost) / current
-      retry_us = ((start + window) + (1 - weight_needed) * window) - now
+      -- Only a later window can admit it: the next, where this one becomes the previous,
+      -- unless a debt runs past it. In the first window where what comes over leaves room
+      -- for the cost, the previous window's share must shrink.
+      local windows = max(1, ceil((current + cost - capacity) / capacity))
+      local carried_in = carried(current, capacity, windows)
+      local before = min(capacity, carried(current, capacity, windows - 1))
+      local weight_needed = (capacity - carried_in - cost) / before
+      retry_us = ((start + windows * window) + (1 - weight_needed) * window) - now
     end
     local reset_us = 0
     if counted > 0 then
-      reset_us = (start + 2 * window) - now
+      -- Every count gone: this window's becomes the previous, a debt runs on.
+      local windows = max(1, ceil(counted / capacity)) + 1
+      reset_us = (start + windows * window) - now
     elseif prev > 0 then
       reset_us = (start + window) - now
     end
