@@ -110,6 +110,9 @@ pub use limiter::{
     Verdict, host_name,
 };
 pub use limiter::{
+    DEFAULT_RESERVATION_TIMEOUT, Reservation, Reserved, Reserving, SettleError, Settled,
+};
+pub use limiter::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,
     MAX_RELAYED_EVENTS_PER_SECOND, PublishedEvent, RuleChange, RuleCounts,
 };

@@ -29,12 +29,14 @@ pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod relay;
+mod reservation;
 mod runtime;
 pub(crate) mod table;
 pub(crate) mod usage;
 
 pub use memory::BandStates;
 pub use relay::{EventRelay, Heard, MAX_HEARD, MAX_MESSAGE_BYTES};
+pub use reservation::{ReservationKey, Settlement};
 pub use runtime::{EntryChange, EntryNews, Kept, News, RuntimeStore, StoredEntries};
 pub use usage::{ClientCalls, DAYS_READ, HOURS_READ, HourCalls, RuleCalls, UsageBatch, UsageStore};
 
@@ -185,6 +187,9 @@ pub enum Outcome {
         /// Every band, as it is now.
         bands: Box<[BandStatus]>,
     },
+    /// A [reservation](Store::reserve) admitted, and held open by the store until it is
+    /// settled, released or expires.
+    Reserved(Decision, DecidedBy),
     /// The store could not decide and its failure policy lets the request pass, with no
     /// rate limit headers.
     PassThrough,
@@ -435,6 +440,45 @@ pub trait Store: Send + Sync + 'static {
     /// them; `None`: each instance's subscribers see its own decisions only.
     fn events(&self) -> Option<Arc<dyn EventRelay>> {
         None
+    }
+
+    /// Decides a request as [`decide`](Self::decide) takes one, at `cost` (an estimate),
+    /// and when it is admitted holds `reservation` open at that cost for `lasting`, to be
+    /// [settled](Self::settle) with what was used: answers
+    /// [`Outcome::Reserved`] then, and any other outcome when nothing is held (a refusal, a
+    /// failure policy's answer). An open reservation that expires, or is
+    /// [released](Self::release), stays at its estimate. `None`: the store keeps no
+    /// reservations (the default).
+    fn reserve(
+        &self,
+        limit: &Limit,
+        cost: u32,
+        reservation: ReservationKey<'_>,
+        lasting: Duration,
+    ) -> Option<Answer> {
+        let _ = (limit, cost, reservation, lasting);
+        None
+    }
+
+    /// Settles an open reservation with `used` units, once, atomically: takes what was used
+    /// beyond the estimate from every band of `limit` whether or not it fits (a debt the
+    /// bands pay back before they admit again, see
+    /// [`BandStates::settle`]), or gives back what was not. The default settles nothing:
+    /// such a store keeps no reservations.
+    fn settle<'a>(
+        &'a self,
+        limit: &'a Limit,
+        reservation: ReservationKey<'a>,
+        used: u64,
+    ) -> StoreFuture<'a, Result<Settlement, StoreError>> {
+        let _ = (limit, reservation, used);
+        Box::pin(async { Ok(Settlement::Unknown) })
+    }
+
+    /// Lets an open reservation go unsettled: it stays at its estimate, and settling it later
+    /// finds it [unknown](Settlement::Unknown).
+    fn release(&self, reservation: ReservationKey<'_>) {
+        let _ = reservation;
     }
 }
 

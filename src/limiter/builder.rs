@@ -70,6 +70,7 @@ pub struct LimiterBuilder {
     runtime_resync_interval: Duration,
     /// The name this instance's events carry; `None`: [`default_instance`].
     instance: Option<String>,
+    reservation_timeout: Duration,
     /// A store given to [`store`](Self::store).
     store: Option<Arc<dyn Store>>,
     /// The settings of this crate's own stores, set by the methods each adds (`redis_url`,
@@ -103,6 +104,7 @@ impl Default for LimiterBuilder {
             rendering: Rendering::default(),
             runtime_resync_interval: runtime::DEFAULT_RESYNC_INTERVAL,
             instance: None,
+            reservation_timeout: super::reservation::DEFAULT_RESERVATION_TIMEOUT,
             store: None,
             stores: backend::Options::default(),
         }
@@ -411,6 +413,18 @@ impl LimiterBuilder {
         self
     }
 
+    /// How long a [reservation](Limiter::reserve) stays open before it settles at its
+    /// estimate (default 10 minutes, [`DEFAULT_RESERVATION_TIMEOUT`]): long enough for the
+    /// slowest response a reservation waits for (a long streamed answer), short enough that
+    /// a reservation whose settlement never comes is not remembered for long. At least a
+    /// second.
+    ///
+    /// [`DEFAULT_RESERVATION_TIMEOUT`]: crate::DEFAULT_RESERVATION_TIMEOUT
+    pub fn reservation_timeout(mut self, timeout: Duration) -> Self {
+        self.reservation_timeout = timeout.max(Duration::from_secs(1));
+        self
+    }
+
     /// The name of this instance in its live events (`instance` in each, see
     /// [`Limiter::subscribe`]), telling the instances that share a store apart where a
     /// subscriber sees them all. Default: the host's name and the process's id,
@@ -634,7 +648,11 @@ impl LimiterBuilder {
             rules,
             reloads,
             (keeper, stored, self.max_runtime_entries),
-            (self.ipv6_prefix_len, self.rendering),
+            (
+                self.ipv6_prefix_len,
+                self.rendering,
+                self.reservation_timeout,
+            ),
             (store, Arc::new(Hub::new(instance.into()))),
             self.memory_cleanup_interval,
             usage,
@@ -667,7 +685,7 @@ impl Limiter {
         rules: Rules,
         reloads: Reloads,
         (keeper, (stored, version), max_entries): (Keeper, (BTreeMap<String, Value>, u64), usize),
-        (ipv6_prefix_len, rendering): (u8, Rendering),
+        (ipv6_prefix_len, rendering, reservation_timeout): (u8, Rendering, Duration),
         (store, events): (Arc<dyn Store>, Arc<Hub>),
         cleanup_every: Duration,
         usage: Option<usage::Bounds>,
@@ -694,6 +712,7 @@ impl Limiter {
             store,
             counters: Counters::default(),
             events,
+            reservation_timeout,
         });
         if let Some(relay) = relay {
             fleet::spawn(&core, relay);

@@ -143,7 +143,7 @@ impl Limiter {
                 let client = found.client.as_ref();
                 Some(DescriptorCheck {
                     name: name.map(Into::into),
-                    checking: core.decide(&installed, found.rule, client, weight, mode),
+                    checking: core.decide(&installed, found.rule, client, weight, (mode, None)),
                 })
             })
             .collect()

@@ -58,6 +58,13 @@ pub enum CheckError {
         /// The smallest capacity of the limit that applies.
         max: u32,
     },
+    /// A [reservation](crate::Limiter::reserve) cannot be made: the store keeps none, or no
+    /// random number could be drawn for its id.
+    #[error("no reservation can be made: {reason}")]
+    Reservation {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A [`Limiter::reset`](crate::Limiter::reset) or [`Limiter::reset_rule`](crate::Limiter::reset_rule) that could not be done.

@@ -12,6 +12,7 @@ mod installed;
 mod metrics;
 mod query;
 mod reload;
+mod reservation;
 mod runtime;
 mod stats;
 mod usage;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{Answer, Client, Mode, Outcome, RuleSlot, Store};
+use crate::backend::{Answer, Client, Mode, Outcome, ReservationKey, RuleSlot, Settlement, Store};
 use crate::decision::DecidedBy;
 use crate::header_style::Rendering;
 use crate::key::{ClientKey, KeyRef};
@@ -42,6 +43,9 @@ pub use events::{
     MAX_RELAYED_EVENTS_PER_SECOND, PublishedEvent, RuleChange, RuleCounts,
 };
 pub use query::Query;
+pub use reservation::{
+    DEFAULT_RESERVATION_TIMEOUT, Reservation, Reserved, Reserving, SettleError, Settled,
+};
 pub use runtime::{
     DEFAULT_MAX_RUNTIME_ENTRIES, DEFAULT_MAX_STATE_FILE_BYTES, Origin, RuleEntry, RuntimeEntry,
 };
@@ -117,6 +121,8 @@ pub(crate) struct Core {
     rendering: Rendering,
     /// Live events, for subscribers.
     events: Arc<events::Hub>,
+    /// How long a reservation stays open before it settles at its estimate.
+    reservation_timeout: Duration,
 }
 
 impl Limiter {
@@ -303,6 +309,84 @@ impl Limiter {
         self.core.stats()
     }
 
+    /// Checks `query` at its cost, an estimate of what the request will use, and when it is
+    /// admitted holds that cost as a reservation to settle with what was used
+    /// ([`Reservation::settle`], or [`Limiter::settle`] with its id from any instance
+    /// sharing the store): the difference is then taken from every band, or given back.
+    /// What is used past the estimate is owed, not forgiven: the bands go below empty and
+    /// the client is refused until their refill pays it back. A reservation left unsettled
+    /// (dropped, or open past [`reservation_timeout`](LimiterBuilder::reservation_timeout))
+    /// stays at its estimate. Counted as a check.
+    ///
+    /// See [`Reserved`] and [`Reservation`] for examples.
+    pub fn reserve(&self, query: Query<'_>) -> Reserving {
+        let nonce = match reservation::nonce() {
+            Ok(nonce) => nonce,
+            Err(error) => return Reserving::new(Checking::ready(Err(error)), None),
+        };
+        let client = query
+            .client
+            .normalized(self.core.ipv6_prefix_len)
+            .to_owned();
+        let lasting = self.core.reservation_timeout;
+        let checking = self.core.check_reserving(
+            query,
+            Some(Reserve {
+                nonce: &nonce,
+                lasting,
+            }),
+        );
+        Reserving::new(checking, Some((self.clone(), nonce, client)))
+    }
+
+    /// Settles the reservation `id` (from [`Reservation::id`] or
+    /// [`Reservation::detach`]) with `used` units, on whichever instance sharing the store
+    /// made it; once.
+    pub async fn settle(&self, id: &str, used: u64) -> Result<Settled, SettleError> {
+        match reservation::Ticket::parse(id) {
+            Some(ticket) => self.settle_ticket(&ticket, used).await,
+            None => Err(SettleError::Unknown),
+        }
+    }
+
+    /// Settles the reservation `ticket` names.
+    pub(crate) async fn settle_ticket(
+        &self,
+        ticket: &reservation::Ticket,
+        used: u64,
+    ) -> Result<Settled, SettleError> {
+        let installed = self.core.installed.load_full();
+        let rules = &installed.rules;
+        let Some(rule) = rules.find(&ticket.rule) else {
+            return Err(SettleError::Unknown);
+        };
+        let client = ticket.client.as_ref();
+        let Some(limit) = rules.for_client(rule, client).limit else {
+            return Err(SettleError::Unknown);
+        };
+        let slot = installed.slot(rule);
+        let key = ReservationKey::new(slot, Client(client), &ticket.nonce);
+        match self.core.store.settle(limit, key, used).await? {
+            Settlement::Settled { estimate, decision } => {
+                Ok(Settled::new(estimate, used, decision))
+            }
+            Settlement::AlreadySettled => Err(SettleError::AlreadySettled),
+            _ => Err(SettleError::Unknown),
+        }
+    }
+
+    /// Lets the reservation `ticket` names go at its estimate.
+    pub(crate) fn release_ticket(&self, ticket: &reservation::Ticket) {
+        let installed = self.core.installed.load();
+        if let Some(rule) = installed.rules.find(&ticket.rule) {
+            let slot = installed.slot(rule);
+            let client = Client(ticket.client.as_ref());
+            self.core
+                .store
+                .release(ReservationKey::new(slot, client, &ticket.nonce));
+        }
+    }
+
     /// Live events from now on: each counted decision, each change of the rules in force,
     /// and a summary each second (see [`Event`]). Bounded: a subscriber that falls behind
     /// misses events and is told how many; with no subscriber (here, or on another instance
@@ -407,6 +491,27 @@ impl Core {
     /// One decision for `query`: at once when the backend can, else a future.
     #[inline]
     pub(crate) fn check(self: &Arc<Self>, query: Query<'_>, mode: Mode) -> Checking {
+        self.check_as(query, mode, None)
+    }
+
+    /// A check of `query` that holds a reservation when it admits.
+    fn check_reserving(
+        self: &Arc<Self>,
+        query: Query<'_>,
+        reserve: Option<Reserve<'_>>,
+    ) -> Checking {
+        self.check_as(query, Mode::Take, reserve)
+    }
+
+    /// One decision for `query`, taking or peeking as `mode` says, and holding a
+    /// reservation if `reserve` asks for one.
+    #[inline]
+    fn check_as(
+        self: &Arc<Self>,
+        query: Query<'_>,
+        mode: Mode,
+        reserve: Option<Reserve<'_>>,
+    ) -> Checking {
         let installed = self.installed.load();
         let rules = &installed.rules;
         let rule = match query.rule {
@@ -448,7 +553,7 @@ impl Core {
             None => Weight::RuleCost,
             Some(cost) => Weight::Exactly(cost),
         };
-        self.decide(&installed, rule, query.client, weight, mode)
+        self.decide(&installed, rule, query.client, weight, (mode, reserve))
     }
 
     /// Decides `client`'s request under `rule`, one of `installed`'s rules: the limit for
@@ -461,7 +566,7 @@ impl Core {
         rule: &Rule,
         client: KeyRef<'_>,
         weight: Weight,
-        mode: Mode,
+        (mode, reserve): (Mode, Option<Reserve<'_>>),
     ) -> Checking {
         // As the HTTP front keys them: one IPv6 client is one network, whichever front asks.
         let client = client.normalized(self.ipv6_prefix_len);
@@ -494,6 +599,7 @@ impl Core {
                 limit: None,
                 bands: None,
                 partition: client.public_key(),
+                reserved: None,
             }));
         };
         let cost = match weight {
@@ -525,6 +631,7 @@ impl Core {
                         limit: Some(limit.clone()),
                         bands: None,
                         partition: client.public_key(),
+                        reserved: None,
                     }));
                 };
                 cost
@@ -539,9 +646,25 @@ impl Core {
             rendering,
             limit: limit.clone(),
             partition: client.public_key(),
+            cost,
         };
         // The one call through the store's trait on the way.
-        match self.store.decide(slot, limit, cost, Client(client), mode) {
+        let answer = match reserve {
+            None => self.store.decide(slot, limit, cost, Client(client), mode),
+            Some(Reserve { nonce, lasting }) => {
+                let key = ReservationKey::new(slot, Client(client), nonce);
+                match self.store.reserve(limit, cost, key, lasting) {
+                    Some(answer) => answer,
+                    None => {
+                        let store = self.store.name();
+                        return Checking::ready(Err(CheckError::Reservation {
+                            reason: format!("the {store} store keeps no reservations"),
+                        }));
+                    }
+                }
+            }
+        };
+        match answer {
             Answer::Now(outcome) => Checking::ready(Ok(self.verdict(
                 outcome,
                 Arc::clone(&slot.id),
@@ -579,8 +702,11 @@ impl Core {
             shadow,
             client,
         } = counting;
+        let reserved = matches!(outcome, Outcome::Reserved(..)).then_some(applied.cost);
         let (decision, decided_by, unavailable_for, refused, bands) = match outcome {
-            Outcome::Decided(decision, by) => (Some(decision), by, None, !decision.allowed, None),
+            Outcome::Decided(decision, by) | Outcome::Reserved(decision, by) => {
+                (Some(decision), by, None, !decision.allowed, None)
+            }
             Outcome::Peeked {
                 decision,
                 decided_by,
@@ -637,6 +763,7 @@ impl Core {
             limit: Some(applied.limit),
             partition: applied.partition,
             bands,
+            reserved,
         }
     }
 
@@ -686,6 +813,16 @@ pub(crate) struct Applied {
     /// The client, when its key is no secret (an address or a network, never an ID): the
     /// IETF fields' partition key.
     pub(crate) partition: Option<ClientKey>,
+    /// What the request takes: a reservation's estimate.
+    pub(crate) cost: u32,
+}
+
+/// A reservation a check is to hold when it admits: its random part, and how long it stays
+/// open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reserve<'a> {
+    pub(crate) nonce: &'a str,
+    pub(crate) lasting: Duration,
 }
 
 /// What a request takes from every band of its limit.

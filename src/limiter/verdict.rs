@@ -53,6 +53,8 @@ pub struct Verdict {
     pub(crate) bands: Option<Box<[BandStatus]>>,
     /// The client, when its key is no secret (see [`partition_key`](Self::partition_key)).
     pub(crate) partition: Option<ClientKey>,
+    /// For a reservation the store holds: its estimate.
+    pub(crate) reserved: Option<u32>,
 }
 
 impl Verdict {

@@ -5,6 +5,7 @@
 
 mod layer;
 mod limiter;
+mod reservations;
 mod runtime;
 mod stores;
 mod usage;

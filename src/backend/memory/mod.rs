@@ -3,17 +3,22 @@
 //! entry under one lock, so a request is admitted by all of its bands or by none.
 
 mod bands;
+mod reservations;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::table::BucketTable;
-use super::{Answer, Client, Mode, Outcome, RuleSlot, Store, StoreError, StoreFuture, StoreStats};
+use super::{
+    Answer, Client, Mode, Outcome, ReservationKey, RuleSlot, Settlement, Store, StoreError,
+    StoreFuture, StoreStats,
+};
 use crate::Decision;
 use crate::decision::{BandStatus, DecidedBy};
 use crate::key::KeyRef;
 use crate::rules::Limit;
 pub use bands::BandStates;
 use bands::{Next, band_statuses, decide_bands, unix_us};
+use reservations::{Found, Reservations};
 
 /// Default bound on the entries kept in memory, across all rules.
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -39,6 +44,8 @@ pub(crate) struct MemoryBackend<C: Clock = SystemClock> {
     /// Every band is divided by this (1 for the real limits; N for a fallback that N
     /// instances run side by side).
     share: u32,
+    /// Reservations open (and settled, until they would have ended).
+    reservations: Reservations,
 }
 
 impl MemoryBackend<SystemClock> {
@@ -53,7 +60,35 @@ impl<C: Clock> MemoryBackend<C> {
             table: BucketTable::new(max_keys),
             clock,
             share: share.max(1),
+            reservations: Reservations::new(max_keys),
         }
+    }
+
+    /// Settles reservation `nonce` of `client` under the rule whose state id is `state`
+    /// with `used` units: the difference with its estimate taken or given back.
+    fn settle_reservation(
+        &self,
+        limit: &Limit,
+        (state, client): (u32, KeyRef<'_>),
+        nonce: &str,
+        used: u64,
+    ) -> Settlement {
+        let now = self.clock.now_us();
+        let estimate = match self.reservations.settle(nonce, (state, client), now) {
+            Found::Open { estimate } => estimate,
+            Found::Unknown => return Settlement::Unknown,
+            Found::Settled => return Settlement::AlreadySettled,
+        };
+        let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(estimate);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(now).unwrap_or(0));
+        let decision = self.table.update(state, client, now, |entry| match entry {
+            Some(existing) => (existing.settle(limit, delta, at), None),
+            None => {
+                let mut fresh = BandStates::default();
+                (fresh.settle(limit, delta, at), Some(fresh))
+            }
+        });
+        Settlement::Settled { estimate, decision }
     }
 
     /// Decides one request of `client` with `limit` at `cost`, under the rule whose state id
@@ -176,7 +211,46 @@ impl<C: Clock> Store for MemoryBackend<C> {
 
     fn sweep(&self) {
         let kept = self.drop_full();
-        tracing::trace!(kept, "in-memory rate limit cleanup");
+        self.reservations.sweep(self.clock.now_us());
+        tracing::trace!(
+            kept,
+            reservations = self.reservations.len(),
+            "in-memory rate limit cleanup"
+        );
+    }
+
+    fn reserve(
+        &self,
+        limit: &Limit,
+        cost: u32,
+        reservation: ReservationKey<'_>,
+        lasting: Duration,
+    ) -> Option<Answer> {
+        let (state, client) = (reservation.rule.state, reservation.client.0);
+        let decision = MemoryBackend::decide(self, state, limit, cost, client, Mode::Take);
+        if !decision.allowed {
+            return Some(Answer::Now(Outcome::Decided(decision, DecidedBy::Memory)));
+        }
+        let now = self.clock.now_us();
+        let until = now.saturating_add(i64::try_from(lasting.as_micros()).unwrap_or(i64::MAX));
+        self.reservations
+            .hold(reservation.nonce, (state, client), cost, (now, until));
+        Some(Answer::Now(Outcome::Reserved(decision, DecidedBy::Memory)))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        limit: &'a Limit,
+        reservation: ReservationKey<'a>,
+        used: u64,
+    ) -> StoreFuture<'a, Result<Settlement, StoreError>> {
+        let key = (reservation.rule.state, reservation.client.0);
+        let settled = self.settle_reservation(limit, key, reservation.nonce, used);
+        Box::pin(async move { Ok(settled) })
+    }
+
+    fn release(&self, reservation: ReservationKey<'_>) {
+        self.reservations.release(reservation.nonce);
     }
 
     fn stats(&self) -> StoreStats {
