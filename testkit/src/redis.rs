@@ -285,9 +285,10 @@ pub fn spec_with_deadline(
     deadline_us: f64,
     bands: &[(f64, f64)],
 ) -> Vec<u8> {
-    // The algorithm, then the flags: none (a peek would be 1).
+    // The algorithm, then the flags: none (a peek would be 1). No reservation: its key's
+    // index and lifetime are 0.
     let mut spec = vec![algorithm, 0];
-    for value in [cost, lease, lease_us, deadline_us] {
+    for value in [cost, lease, lease_us, deadline_us, 0.0, 0.0] {
         spec.extend(value.to_le_bytes());
     }
     spec.push(u8::try_from(bands.len()).expect("at most 8 bands"));

@@ -5,7 +5,6 @@
 
 mod layer;
 mod limiter;
-mod reservations;
 mod runtime;
 mod stores;
 mod usage;

@@ -62,7 +62,7 @@ pub(super) async fn batch(
             let decisions = taken
                 .iter()
                 .map(|job| (job.key.as_str(), job.spec.as_slice()));
-            let call = run(&script, &mut connection, decisions);
+            let call = run(&script, &mut connection, decisions, &[]);
             let reply = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(reply)) => Ok(Arc::new(reply)),
                 Ok(Err(error)) => Err(CallError::Redis(error)),

@@ -2,13 +2,22 @@
 -- decided atomically over every band of its rule, and so is the whole call. It mirrors
 -- src/algorithm.rs operation for operation, so both backends give the same answers.
 --
--- KEYS[d]  request d's bucket: one string per (rule, client) holding every band's state
+-- KEYS[d]  request d's bucket: one string per (rule, client) holding every band's state;
+--          after the buckets, the reservations' keys the requests name
 -- ARGV[d]  request d's limit, packed little-endian: the algorithm (a byte: 1 token_bucket,
---          2 fixed_window, 3 sliding_window), the flags (a byte: 1 peek), the cost, the lease
---          asked for (units) and its lifetime (µs), the request's deadline (µs of TIME; 0:
---          none) (doubles), n, the number of bands (a byte), then per band its capacity and
---          its second parameter (doubles; token_bucket: refill rate per second, windows:
---          window length in µs)
+--          2 fixed_window, 3 sliding_window), the flags (a byte: 1 peek, 2 settle, 4
+--          reserve), the cost, the lease asked for (units) and its lifetime (µs), the
+--          request's deadline (µs of TIME; 0: none), the index in KEYS of its reservation's
+--          key (0: none) and the reservation's lifetime (µs) (doubles), n, the number of
+--          bands (a byte), then per band its capacity and its second parameter (doubles;
+--          token_bucket: refill rate per second, windows: window length in µs)
+--
+-- A reservation (flag 4) decides as a request does, asks no lease, and when admitted
+-- stores its cost under its key (a string) for its lifetime. A settlement (flag 2) reads
+-- that key: none there, its lease_units reply is -2 (unknown, or expired at its estimate);
+-- `s`, -3 (settled already); an estimate, the request's cost (the units used) less the
+-- estimate is taken from every band whether or not it fits (negative: given back), the key
+-- becomes `s` for the rest of its lifetime, and lease_units is the estimate.
 --
 -- A bucket's value is one byte, the algorithm, then little-endian doubles, per band:
 --   token_bucket    tokens left after the last admitted request, when that was (µs of TIME)
@@ -72,7 +81,7 @@ end
 -- next_us (until one whole unit more than remaining), spare (units left beyond `take`),
 -- until_end (µs to the end of the window; nil for the token bucket), then the band's values
 -- after taking them.
-local function band(algorithm, capacity, param, stored, s, cost, take)
+local function band(algorithm, capacity, param, stored, s, cost, take, forced)
   if algorithm == 1 then
     local rate = param
     local tokens = stored[s + 1]
@@ -85,9 +94,10 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
     tokens = min(capacity, tokens + max(0, now - ts) * rate / 1000000)
     local left = tokens
     local ok, retry_us = 0, 0
-    if tokens >= take then
+    if forced or tokens >= take then
       ok = 1
-      left = tokens - take
+      -- Below zero is a debt the refill pays back; a refund fills up to the capacity.
+      left = min(capacity, tokens - take)
     else
       retry_us = (cost - tokens) * 1000000 / rate
     end
@@ -118,9 +128,9 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
       return until_end + (windows - 1) * window
     end
     local ok, retry_us = 0, 0
-    if count + take <= capacity then
+    if forced or count + take <= capacity then
       ok = 1
-      counted = count + take
+      counted = max(0, count + take)
     else
       retry_us = until_room(cost)
     end
@@ -154,9 +164,9 @@ local function band(algorithm, capacity, param, stored, s, cost, take)
     local weight = ((start + window) - now) / window
     local counted = current
     local ok, retry_us = 0, 0
-    if prev * weight + current + take <= capacity then
+    if forced or prev * weight + current + take <= capacity then
       ok = 1
-      counted = current + take
+      counted = max(0, current + take)
     elseif current + cost <= capacity then
       -- The previous window's share must shrink to capacity - current - cost.
       local weight_needed = (capacity - current - cost) / prev
@@ -220,15 +230,28 @@ local function format_of(k)
 end
 -- Every bucket in one MGET (a key of another type reads as nil); a key the call has written
 -- already is read from `written`, so that a request sees the one before it in the call.
-local got = redis.call('MGET', unpack(KEYS))
+local got = redis.call('MGET', unpack(KEYS, 1, #ARGV))
 local written = {}
-for d = 1, #KEYS do
+for d = 1, #ARGV do
   local key = KEYS[d]
   local spec = ARGV[d]
-  local algorithm, flags, cost, lease, lease_us, deadline, n, at =
-    unpack_struct('<BBddddB', spec)
+  local algorithm, flags, cost, lease, lease_us, deadline, record, record_us, n, at =
+    unpack_struct('<BBddddddB', spec)
   local peek = flags % 2 == 1
-  if deadline > 0 and now > deadline then
+  local settle = flags % 4 >= 2
+  local reserve = flags % 8 >= 4
+  local held = nil
+  if settle then held = redis.call('GET', KEYS[record]) end
+  if settle and (not held or held == 's') then
+    -- Nothing to settle: unknown (or expired), or settled already.
+    reply[r + 1] = (held == 's') and -3 or -2
+    reply[r + 2] = 0
+    r = r + 2
+    for _ = 1, 5 * n do
+      r = r + 1
+      reply[r] = 0
+    end
+  elseif deadline > 0 and now > deadline then
     reply[r + 1] = -1
     reply[r + 2] = 0
     r = r + 2
@@ -257,6 +280,14 @@ for d = 1, #KEYS do
     -- Past what was read, the scratch table holds nothing: those bands are full.
     for i = have * width + 1, n * width do stored[i] = nil end
 
+    -- What a settlement takes: the units used less the estimate (negative: given back).
+    local estimate = 0
+    local take = cost
+    if settle then
+      estimate = tonumber(held) or 0
+      take = cost - estimate
+    end
+
     -- The request's own answer, band by band, into `answers` (STRIDE values per band).
     local admitted = 1
     local spare = nil
@@ -266,12 +297,12 @@ for d = 1, #KEYS do
       local capacity, param
       capacity, param, at = unpack_struct('<dd', spec, at)
       local ok, remaining, retry_us, reset_us, next_us, left, until_end, v1, v2, v3 =
-        band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost)
+        band(algorithm, capacity, param, stored, (k - 1) * width, take, take, settle)
       answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
       answers[b + 8] = next_us
       if peek then
         local _, now_remaining, _, now_reset, now_next =
-          band(algorithm, capacity, param, stored, (k - 1) * width, cost, 0)
+          band(algorithm, capacity, param, stored, (k - 1) * width, cost, 0, false)
         answers[b + 2], answers[b + 4], answers[b + 8] = now_remaining, now_reset, now_next
       end
       answers[b + 5], answers[b + 6], answers[b + 7] = v1, v2, v3
@@ -285,7 +316,8 @@ for d = 1, #KEYS do
     local extra = 0
     local taken = answers
     -- A lease of under 1 ms (the window ends sooner) is not granted: its reply would read 0.
-    if admitted == 1 and not peek and lease > 0 and lease_us >= 1000 and cost > 0 then
+    if admitted == 1 and not peek and not settle and not reserve and lease > 0
+        and lease_us >= 1000 and cost > 0 then
       extra = max(0, floor(min(lease, spare) / cost) * cost)
       if extra > 0 then
         taken = with_lease
@@ -295,13 +327,14 @@ for d = 1, #KEYS do
           local capacity, param
           capacity, param, at = unpack_struct('<dd', spec, at)
           local ok, _, _, reset_us, _, _, _, v1, v2, v3 =
-            band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost + extra)
+            band(algorithm, capacity, param, stored, (k - 1) * width, cost, cost + extra, false)
           if ok == 0 then extra = 0; taken = answers; break end
           taken[b + 4], taken[b + 5], taken[b + 6], taken[b + 7] = reset_us, v1, v2, v3
         end
       end
     end
     if extra == 0 then lease_us = 0 end
+    if settle then extra = estimate end
     reply[r + 1] = extra
     reply[r + 2] = floor(lease_us / 1000)
     r = r + 2
@@ -323,6 +356,12 @@ for d = 1, #KEYS do
       -- PX as an integer string: a Lua number would be formatted as a float.
       redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
       written[key] = value
+      if reserve and record > 0 then
+        redis.call('SET', KEYS[record], format('%d', cost), 'PX',
+          format('%d', max(1, ceil(record_us / 1000))))
+      elseif settle then
+        redis.call('SET', KEYS[record], 's', 'KEEPTTL')
+      end
     end
   end
 end

@@ -24,6 +24,7 @@ mod health;
 mod leases;
 mod pubsub;
 mod refusals;
+mod reservations;
 mod resets;
 mod runtime;
 mod script;
@@ -42,8 +43,8 @@ use tokio::time::Instant;
 use super::breaker::{BreakerState, Permit, PermitGuard};
 use super::memory::MemoryBackend;
 use super::{
-    Answer, Client, EntryNews, EventRelay, Heard, Mode, Outcome, RuleSlot, RuntimeStore, Store,
-    StoreError, StoreFuture, StoreStats, UsageStore,
+    Answer, Client, EntryNews, EventRelay, Heard, Mode, Outcome, ReservationKey, RuleSlot,
+    RuntimeStore, Settlement, Store, StoreError, StoreFuture, StoreStats, UsageStore,
 };
 use crate::Decision;
 use crate::decision::{BandStatus, DecidedBy};
@@ -57,7 +58,7 @@ use connection::Connection;
 use error::CallError;
 use leases::{Leases, Leasing};
 use refusals::Refusals;
-use script::{Answered, Call, band_statuses, decode, packed, run};
+use script::{Answered, Call, Held, band_statuses, decode, packed, run};
 use setup::Route;
 
 pub(crate) use builder::Options;
@@ -140,6 +141,29 @@ impl Store for RedisStore {
 
     fn events(&self) -> Option<Arc<dyn EventRelay>> {
         Some(Arc::clone(&self.0) as Arc<dyn EventRelay>)
+    }
+
+    fn reserve(
+        &self,
+        limit: &Limit,
+        cost: u32,
+        reservation: ReservationKey<'_>,
+        lasting: Duration,
+    ) -> Option<Answer> {
+        Some(self.0.reserve_in_redis(limit, cost, reservation, lasting))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        limit: &'a Limit,
+        reservation: ReservationKey<'a>,
+        used: u64,
+    ) -> StoreFuture<'a, Result<Settlement, StoreError>> {
+        Box::pin(self.0.settle_in_redis(limit, reservation, used))
+    }
+
+    fn release(&self, reservation: ReservationKey<'_>) {
+        self.0.release_in_redis(reservation);
     }
 }
 
@@ -439,6 +463,7 @@ impl RedisBackend {
             mode,
             deadline,
             redis_deadline_us,
+            held: Held::No,
         };
         let this = Arc::clone(self);
         Answer::Later(Box::pin(async move {
@@ -522,6 +547,7 @@ impl RedisBackend {
                     &self.script,
                     &mut connection,
                     std::iter::once((key.as_str(), spec.as_slice())),
+                    &[],
                 );
                 let reply = tokio::time::timeout_at(deadline, call)
                     .await

@@ -33,6 +33,26 @@ pub(super) async fn load(
 /// report the bands as they are now.
 const PEEK: u8 = 1;
 
+/// The flag of a settlement: take the units used less the reservation's estimate, whether or
+/// not they fit.
+const SETTLE: u8 = 2;
+
+/// The flag of a reservation: decide, and when admitted keep the cost under the
+/// reservation's key.
+const RESERVE: u8 = 4;
+
+/// What a call does with a reservation, whose key follows the bucket's in `KEYS` (a call
+/// of one decision).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Held {
+    /// Nothing: a decision.
+    No,
+    /// Holds the cost as a reservation for this long, when admitted.
+    Reserve(Duration),
+    /// Settles the reservation with this many units used.
+    Settle(u64),
+}
+
 /// What one decision asks of the script besides its limit.
 pub(super) struct Call {
     /// What the request takes from every band.
@@ -44,14 +64,18 @@ pub(super) struct Call {
     pub(super) deadline: Instant,
     /// That deadline in µs of Redis `TIME` (0: none, before Redis's clock is known).
     pub(super) redis_deadline_us: i64,
+    /// What it does with a reservation.
+    pub(super) held: Held,
 }
 
 /// One decision's script argument, packed as `decide.lua` reads it (little-endian): the
 /// algorithm (a byte: 1 token bucket, 2 fixed window, 3 sliding window), the flags (a byte:
-/// 1 for a peek), the cost, the lease asked for in units and its lifetime in µs, the
-/// call's deadline in µs of Redis `TIME` (0: none) (f64 each), the number of bands (a byte),
-/// then each band's capacity and second parameter (f64 each: refill rate per second, or
-/// window length in µs).
+/// 1 for a peek, 2 a settlement, 4 a reservation), the cost, the lease asked for in units
+/// and its lifetime in µs, the call's deadline in µs of Redis `TIME` (0: none), the index in
+/// `KEYS` of the reservation's key (0: none; 2, after the one bucket, otherwise) and the
+/// reservation's lifetime in µs (f64 each), the number of bands (a byte), then each band's
+/// capacity and second parameter (f64 each: refill rate per second, or window length in
+/// µs).
 pub(super) fn packed(limit: &Limit, call: &Call) -> Vec<u8> {
     let algorithm = limit.algorithm();
     let bands = limit.bands();
@@ -59,21 +83,35 @@ pub(super) fn packed(limit: &Limit, call: &Call) -> Vec<u8> {
         0 => (0, 0.0),
         us => (lease_units(limit, call.cost), us as f64),
     };
-    let mut spec = Vec::with_capacity(35 + 16 * bands.len());
+    let mut spec = Vec::with_capacity(51 + 16 * bands.len());
     spec.push(match algorithm {
         Algorithm::TokenBucket => 1,
         Algorithm::FixedWindow => 2,
         Algorithm::SlidingWindow => 3,
     });
-    spec.push(match call.mode {
-        Mode::Take => 0,
-        Mode::Peek => PEEK,
+    spec.push(match (call.mode, call.held) {
+        (Mode::Peek, _) => PEEK,
+        (Mode::Take, Held::No) => 0,
+        (Mode::Take, Held::Reserve(_)) => RESERVE,
+        (Mode::Take, Held::Settle(_)) => SETTLE,
     });
-    spec.extend(f64::from(call.cost).to_le_bytes());
+    // A settlement's cost is the units used (exact below 2^53).
+    let cost = match call.held {
+        Held::Settle(used) => used as f64,
+        _ => f64::from(call.cost),
+    };
+    spec.extend(cost.to_le_bytes());
     spec.extend(f64::from(units).to_le_bytes());
     spec.extend(lease_us.to_le_bytes());
     // Exact: µs of Unix time stay below 2^53 until the year 2255.
     spec.extend((call.redis_deadline_us as f64).to_le_bytes());
+    let (record, lasting_us) = match call.held {
+        Held::No => (0.0, 0.0),
+        Held::Reserve(lasting) => (2.0, lasting.as_micros() as f64),
+        Held::Settle(_) => (2.0, 0.0),
+    };
+    spec.extend(f64::to_le_bytes(record));
+    spec.extend(f64::to_le_bytes(lasting_us));
     // Rules hold 1 to MAX_BANDS bands.
     spec.push(bands.len() as u8);
     for band in bands {
@@ -100,8 +138,13 @@ impl Reply {
         (value.fract() == 0.0 && value.abs() <= 9_007_199_254_740_992.0).then_some(value as i64)
     }
 
+    /// Value `index`, if it has that many (see [`decode`]).
+    pub(super) fn value(&self, index: usize) -> Option<i64> {
+        self.get(index)
+    }
+
     /// How many values it holds.
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.len() / 8
     }
 
@@ -112,21 +155,27 @@ impl Reply {
 }
 
 /// Runs the script over some decisions (key and packed limit each): `EVALSHA` with every
-/// key, then every packed limit; [`Script`] loads it again after `NOSCRIPT`.
+/// key, then `also` (the keys of reservations the decisions name), then every packed
+/// limit; [`Script`] loads it again after `NOSCRIPT`.
 pub(super) async fn run<'a>(
     script: &Script,
     connection: &mut Connection,
     decisions: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    also: &[&str],
 ) -> Result<Reply, redis::RedisError> {
     // Built once, straight from the borrowed keys and limits (a `ScriptInvocation` would copy
     // each into a vector of its own first, then again into the command).
     let (count, size) = decisions.clone().fold((0, 0), |(n, size), (key, spec)| {
         (n + 1, size + key.len() + spec.len())
     });
-    let mut evalsha = redis::Cmd::with_capacity(2 + 2 * count, 48 + size);
-    evalsha.arg("EVALSHA").arg(script.get_hash()).arg(count);
+    let keys = count + also.len();
+    let mut evalsha = redis::Cmd::with_capacity(2 + keys + count, 48 + size);
+    evalsha.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     for (key, _) in decisions.clone() {
         evalsha.arg(key);
+    }
+    for key in also {
+        evalsha.arg(*key);
     }
     for (_, spec) in decisions {
         evalsha.arg(spec);
@@ -250,6 +299,7 @@ mod tests {
     fn leases_and_deadlines_are_packed_after_the_cost() {
         let limit = default_limit(r#"{"default": {"capacity": 1000, "refill_rate": 1}}"#);
         let call = |cost, lease, mode, redis_deadline_us| Call {
+            held: Held::No,
             cost,
             lease,
             mode,

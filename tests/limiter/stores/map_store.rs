@@ -1,8 +1,9 @@
 //! A store written outside the crate, through the public traits only: band states in a
 //! `Mutex<HashMap>`, and the runtime entries beside them with their version, shared by every
 //! limiter given a handle to the same map (as instances share a Redis), each told of the
-//! others' changes, and live events carried between them (a roll call of listeners with
-//! their deadlines, messages handed to those listening). Usage statistics are left to the
+//! others' changes, live events carried between them (a roll call of listeners with
+//! their deadlines, messages handed to those listening), and reservations settled from any
+//! of them. Usage statistics are left to the
 //! limiter (kept in its process).
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tollgate::backend::{
     Answer, BandStates, Client, EntryChange, EntryNews, EventRelay, Heard, Kept, Mode, News,
-    Outcome, RuleSlot, RuntimeStore, Store, StoreError, StoreFuture, StoreStats, StoredEntries,
+    Outcome, ReservationKey, RuleSlot, RuntimeStore, Settlement, Store, StoreError, StoreFuture,
+    StoreStats, StoredEntries,
 };
 use tollgate::{DecidedBy, Limit};
 
@@ -27,6 +29,17 @@ pub struct Shared {
     /// The handles listening to live events, by identifier: until when, and where their
     /// messages go.
     events: Mutex<HashMap<String, (Instant, Weak<Heard>)>>,
+    /// Reservations by their random part: rule, client, estimate, until when, settled.
+    reservations: Mutex<HashMap<String, Held>>,
+}
+
+/// One reservation.
+struct Held {
+    rule: Arc<str>,
+    client: String,
+    estimate: u32,
+    until: Instant,
+    settled: bool,
 }
 
 /// One limiter's handle on the shared map.
@@ -121,6 +134,75 @@ impl Store for MapStore {
 
     fn events(&self) -> Option<Arc<dyn EventRelay>> {
         Some(Arc::clone(&self.events) as Arc<dyn EventRelay>)
+    }
+
+    fn reserve(
+        &self,
+        limit: &Limit,
+        cost: u32,
+        reservation: ReservationKey<'_>,
+        lasting: Duration,
+    ) -> Option<Answer> {
+        let mut bands = lock(&self.shared.bands);
+        let key = (
+            Arc::clone(reservation.rule.id()),
+            reservation.client.to_string(),
+        );
+        let entry = bands.entry(key.clone()).or_default();
+        let decision = entry.decide(limit, cost, Mode::Take, SystemTime::now());
+        if !decision.allowed {
+            return Some(Answer::Now(Outcome::Decided(decision, DecidedBy::Memory)));
+        }
+        let held = Held {
+            rule: key.0,
+            client: key.1,
+            estimate: cost,
+            until: Instant::now() + lasting,
+            settled: false,
+        };
+        lock(&self.shared.reservations).insert(reservation.nonce.to_owned(), held);
+        Some(Answer::Now(Outcome::Reserved(decision, DecidedBy::Memory)))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        limit: &'a Limit,
+        reservation: ReservationKey<'a>,
+        used: u64,
+    ) -> StoreFuture<'a, Result<Settlement, StoreError>> {
+        let settled = (|| {
+            let mut reservations = lock(&self.shared.reservations);
+            let held = match reservations.get_mut(reservation.nonce) {
+                Some(held) if held.until > Instant::now() => held,
+                _ => return Settlement::Unknown,
+            };
+            let key = (
+                Arc::clone(reservation.rule.id()),
+                reservation.client.to_string(),
+            );
+            if held.rule != key.0 || held.client != key.1 {
+                return Settlement::Unknown;
+            }
+            if held.settled {
+                return Settlement::AlreadySettled;
+            }
+            held.settled = true;
+            let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(held.estimate);
+            let mut bands = lock(&self.shared.bands);
+            let decision = bands
+                .entry(key)
+                .or_default()
+                .settle(limit, delta, SystemTime::now());
+            Settlement::Settled {
+                estimate: held.estimate,
+                decision,
+            }
+        })();
+        Box::pin(async move { Ok(settled) })
+    }
+
+    fn release(&self, reservation: ReservationKey<'_>) {
+        lock(&self.shared.reservations).remove(reservation.nonce);
     }
 }
 

@@ -15,8 +15,8 @@ use axum::http::{Request, StatusCode};
 use axum::{Router, routing::get};
 use serde_json::json;
 use tollgate::{
-    BreakerState, CheckError, ClientKey, Event, Limiter, OnRedisError, Query, RateLimitLayer,
-    RuleTarget,
+    BreakerState, CheckError, ClientKey, Event, Limiter, LimiterBuilder, OnRedisError, Query,
+    RateLimitLayer, RuleTarget, SettleError,
 };
 use tower::ServiceExt;
 
@@ -63,8 +63,13 @@ impl Backend<'_> {
 
     /// [`limiter`](Self::limiter), named `instance` in its events (blank: by default).
     async fn instance(&self, json: &str, prefix: &str, instance: &str) -> Limiter {
-        let builder = Limiter::builder()
-            .instance(instance)
+        self.built(Limiter::builder().instance(instance), json, prefix)
+            .await
+    }
+
+    /// [`limiter`](Self::limiter), from `builder`.
+    async fn built(&self, builder: LimiterBuilder, json: &str, prefix: &str) -> Limiter {
+        let builder = builder
             .rules(rules(json))
             .record_usage(true)
             .runtime_resync_interval(Duration::from_millis(200));
@@ -98,6 +103,7 @@ pub async fn run(backend: &Backend<'_>) {
     resets(backend).await;
     instances_share_the_store(backend).await;
     the_fleet_live(backend).await;
+    reservations(backend).await;
     runtime_entries(backend).await;
     usage(backend).await;
     health(backend).await;
@@ -421,6 +427,144 @@ async fn the_fleet_live(backend: &Backend<'_>) {
             ),
         ]
     );
+}
+
+/// What a peek says is left for `client`.
+async fn left(limiter: &Limiter, client: &ClientKey) -> u32 {
+    let peeked = limiter.peek(Query::new(client)).await.expect("a peek");
+    peeked.decision().expect("a limited rule").remaining
+}
+
+/// Reservations: an estimate taken at the check, the difference settled afterwards (given
+/// back, or owed past empty), once; by id on another instance of a shared store; let go
+/// when dropped; expired at the estimate; concurrent settlements on two instances adding up
+/// exactly. The rules refill so slowly that nothing moves during the test.
+async fn reservations(backend: &Backend<'_>) {
+    let prefix = unique_prefix("reservations");
+    // 1,000 units, one back every 1,000 s.
+    let slow = r#"{"default": {"capacity": 1000, "refill_rate": 0.001}}"#;
+    let a = backend.limiter(slow, &prefix).await;
+    let ann = ClientKey::id("ann");
+    let reserved = a
+        .reserve(Query::new(&ann).cost(500))
+        .await
+        .expect("a verdict");
+    assert_eq!(reserved.verdict().decision().unwrap().remaining, 500);
+    let reservation = reserved.into_reservation().expect("held");
+    let settled = reservation.settle(120).await.expect("settled");
+    assert_eq!((settled.estimate(), settled.used()), (500, 120));
+    assert_eq!(left(&a, &ann).await, 880, "380 given back");
+    // Reserved 10, used 2,000: 1,000 more than there was, owed.
+    let reservation = a
+        .reserve(Query::new(&ann).cost(10))
+        .await
+        .unwrap()
+        .into_reservation()
+        .unwrap();
+    reservation.settle(2_000).await.expect("settled");
+    assert_eq!(left(&a, &ann).await, 0);
+    let refused = a.check(Query::new(&ann)).await.unwrap();
+    assert!(!refused.allowed(), "owed, not forgiven");
+    // 880 - 10 - 1,990 = -1,120: 1,121 units at one per 1,000 s.
+    let wait = refused.decision().unwrap().retry_after.as_secs();
+    assert!((1_120_000..=1_121_001).contains(&wait), "{wait}");
+    let refused = a.reserve(Query::new(&ann).cost(1)).await.unwrap();
+    assert!(
+        refused.reservation().is_none(),
+        "nothing held for a refusal"
+    );
+
+    // Settled once; by id, on another instance when the store is shared; ids that are not.
+    let other = match backend.shared() {
+        true => backend.limiter(slow, &prefix).await,
+        false => a.clone(),
+    };
+    let bo = ClientKey::Ip("203.0.113.9".parse().unwrap());
+    let id = a
+        .reserve(Query::new(&bo).cost(100))
+        .await
+        .unwrap()
+        .into_reservation()
+        .unwrap()
+        .detach();
+    assert_eq!(left(&other, &bo).await, 900, "held while detached");
+    other.settle(&id, 40).await.expect("settled by id");
+    assert_eq!(left(&a, &bo).await, 960);
+    assert_eq!(a.settle(&id, 40).await, Err(SettleError::AlreadySettled));
+    let mut forged = id.clone();
+    forged.replace_range(0..1, if id.starts_with('0') { "1" } else { "0" });
+    assert_eq!(a.settle(&forged, 1).await, Err(SettleError::Unknown));
+    for junk in ["", "nope", "0.0.0"] {
+        assert_eq!(a.settle(junk, 1).await, Err(SettleError::Unknown));
+    }
+
+    // Dropped, or expired: at the estimate, and no longer settled.
+    let cy = ClientKey::id("cy");
+    let dropped = a
+        .reserve(Query::new(&cy).cost(100))
+        .await
+        .unwrap()
+        .into_reservation()
+        .unwrap();
+    let id = dropped.id().to_owned();
+    drop(dropped);
+    // Let go in the background on a remote store: a moment, then never settled again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.settle(&id, 1).await, Err(SettleError::Unknown));
+    assert_eq!(left(&a, &cy).await, 900);
+    let brief = backend
+        .built(
+            Limiter::builder().reservation_timeout(Duration::from_secs(1)),
+            slow,
+            &prefix,
+        )
+        .await;
+    let id = brief
+        .reserve(Query::new(&cy).cost(100))
+        .await
+        .unwrap()
+        .into_reservation()
+        .unwrap()
+        .detach();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(brief.settle(&id, 1).await, Err(SettleError::Unknown));
+    // Its 100 stay taken: with the 100 dropped, on a shared store.
+    match backend.shared() {
+        true => assert_eq!(left(&a, &cy).await, 800),
+        false => assert_eq!(left(&brief, &cy).await, 900),
+    }
+
+    // Concurrent settlements on two instances: 100 used nothing, 100 used 100 each.
+    let big = r#"{"default": {"capacity": 100000, "refill_rate": 0.001}}"#;
+    let prefix = unique_prefix("reservations-concurrent");
+    let (a, b) = (
+        backend.limiter(big, &prefix).await,
+        backend.limiter(big, &prefix).await,
+    );
+    let dee = ClientKey::id("dee");
+    let tasks: Vec<_> = (0..200u64)
+        .map(|n| {
+            let (limiter, dee) = (if n % 3 == 0 { a.clone() } else { b.clone() }, dee.clone());
+            tokio::spawn(async move {
+                let reserved = limiter
+                    .reserve(Query::new(&dee).cost(50))
+                    .await
+                    .expect("a verdict");
+                let reservation = reserved.into_reservation().expect("held");
+                reservation.settle(n % 2 * 100).await.expect("settled");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a settlement");
+    }
+    if backend.shared() {
+        assert_eq!(left(&a, &dee).await, 90_000);
+        assert_eq!(left(&b, &dee).await, 90_000);
+    } else {
+        // Two instances in memory hold their own bands: 10,000 used across both.
+        assert_eq!(left(&a, &dee).await + left(&b, &dee).await, 190_000);
+    }
 }
 
 /// The next decision event, within 5 s.
