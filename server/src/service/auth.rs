@@ -8,7 +8,7 @@
 //! [`Browsers::check`](super::browsers::Browsers::check) refuses is refused first.
 //!
 //! With a check token (`TOLLGATE_CHECK_TOKEN`), the decision routes (`/check`,
-//! `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`) need `Authorization: Bearer <check token>`.
+//! `/check/{key}`, `/settle`, `/status/{key}`, `/stats/{key}`, `/auth`) need `Authorization: Bearer <check token>`.
 //!
 //! Tokens are compared in constant time and never logged.
 

@@ -123,6 +123,11 @@ pub(crate) struct CheckRequest {
     /// band of the rule as it is now in `bands`.
     #[serde(default)]
     peek: bool,
+    /// Take `cost` (or the rule's) as an estimate, held as a reservation to settle with what
+    /// was used (`POST /settle`): an allowed answer's `reservation` is its id. Unsettled, it
+    /// stays at the estimate when it expires (`TOLLGATE_RESERVATION_TIMEOUT_SECS`).
+    #[serde(default)]
+    settle: bool,
 }
 
 /// What a check would answer now, taking nothing, with every band of the rule: the answer
@@ -277,6 +282,10 @@ pub(crate) struct CheckAllowed {
     /// For a peek (`"peek": true`): every band of the rule as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bands: Option<Vec<BandView>>,
+    /// With `"settle": true`: the reservation's id, for `POST /settle` (absent when the rule
+    /// is unlimited or Redis could not decide: nothing is held then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reservation: Option<String>,
 }
 
 /// Why a `POST /check` was refused (the `detail` of a 429).
@@ -309,7 +318,7 @@ pub(crate) struct CheckRefused {
     path = "/check",
     request_body = CheckRequest,
     responses(
-        (status = 200, description = "Allowed (a peek: would be allowed, with `bands`)", body = CheckAllowed),
+        (status = 200, description = "Allowed (a peek: would be allowed, with `bands`; `\"settle\": true`: held, with its `reservation`)", body = CheckAllowed),
         (status = 429, description = "Refused; `Retry-After` says for how long", body = CheckRefused),
         (status = 400, description = "An unknown tier (`{\"detail\": \"Invalid tier: gold\"}`) or rule"),
         (status = 422, description = "A body that does not fit: `detail` lists where and why"),
@@ -346,10 +355,22 @@ pub(crate) async fn by_identifier(
     if let Some(cost) = request.cost {
         query = query.cost(cost);
     }
-    let asked = if request.peek {
-        state.limiter.peek(query).await
+    if request.peek && request.settle {
+        let problem = json!([{"loc": ["body", "settle"], "msg": "a peek holds nothing to settle: ask for one of `peek` and `settle`", "type": "value_error"}]);
+        return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
+    }
+    let (asked, reservation) = if request.peek {
+        (state.limiter.peek(query).await, None)
+    } else if request.settle {
+        match state.limiter.reserve(query).await {
+            Ok(reserved) => {
+                let (verdict, reservation) = reserved.into_parts();
+                (Ok(verdict), reservation.map(tollgate::Reservation::detach))
+            }
+            Err(error) => (Err(error), None),
+        }
     } else {
-        state.limiter.check(query).await
+        (state.limiter.check(query).await, None)
     };
     let verdict = match asked {
         Ok(verdict) => verdict,
@@ -392,11 +413,88 @@ pub(crate) async fn by_identifier(
             rule: verdict.rule().to_owned(),
             decided_by: verdict.decided_by().as_str().to_owned(),
             bands,
+            reservation,
         })
         .into_response(),
     };
     add_headers(response.headers_mut(), &verdict);
     response
+}
+
+/// A settlement: a reservation's id and the units used.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SettleRequest {
+    /// The id `POST /check` with `"settle": true` answered.
+    reservation: String,
+    /// The units used: what is taken from every band instead of the estimate (more is owed:
+    /// the bands go below empty, and the identifier is refused until their refill pays it
+    /// back; less is given back).
+    cost: u64,
+}
+
+/// The answer to `POST /settle`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct SettleAnswer {
+    /// Always `true`.
+    settled: bool,
+    /// The units reserved.
+    estimate: u32,
+    /// The units used.
+    cost: u64,
+    /// Units left in the band closest to running out (0 while a debt is owed).
+    tokens_remaining: u32,
+    /// Unix time, in seconds, when that band is full again.
+    reset_at: f64,
+    /// That band's capacity.
+    limit: u32,
+}
+
+/// Settles a reservation with the units used, once, on whichever instance sharing the
+/// store made it.
+#[utoipa::path(
+    post,
+    path = "/settle",
+    request_body = SettleRequest,
+    responses(
+        (status = 200, description = "Settled", body = SettleAnswer),
+        (status = 404, description = "No open reservation has this id: not one, or expired (it then stayed at its estimate)"),
+        (status = 409, description = "Settled already"),
+        (status = 422, description = "A body that does not fit: `detail` lists where and why"),
+        (status = 503, description = "The store could not settle it"),
+    ),
+    tag = "check"
+)]
+pub(crate) async fn settle(
+    State(state): State<Arc<super::State>>,
+    Body(request): Body<SettleRequest>,
+) -> Response {
+    match state
+        .limiter
+        .settle(&request.reservation, request.cost)
+        .await
+    {
+        Ok(settled) => {
+            let decision = settled.decision();
+            Json(SettleAnswer {
+                settled: true,
+                estimate: settled.estimate(),
+                cost: settled.used(),
+                tokens_remaining: decision.remaining,
+                reset_at: unix_secs(decision.reset),
+                limit: decision.limit,
+            })
+            .into_response()
+        }
+        Err(tollgate::SettleError::AlreadySettled) => {
+            detail(StatusCode::CONFLICT, "this reservation was settled already")
+        }
+        Err(tollgate::SettleError::Unknown) => detail(
+            StatusCode::NOT_FOUND,
+            "no open reservation has this id: it is not one, or it expired at its estimate",
+        ),
+        Err(error) => detail(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+    }
 }
 
 /// The 503 of a refusal by the closed failure policy.

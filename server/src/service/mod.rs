@@ -4,7 +4,8 @@
 //! | route | from | what it does |
 //! | --- | --- | --- |
 //! | `GET /check/{key}` | the key service | checks a key against its limit |
-//! | `POST /check` | the tiered check service | checks an identifier in a tier (`"peek": true`: takes nothing, tells every band) |
+//! | `POST /check` | the tiered check service | checks an identifier in a tier (`"peek": true`: takes nothing, tells every band; `"settle": true`: holds the cost as a reservation) |
+//! | `POST /settle` | tollgate | settles a reservation with the units used |
 //! | `GET /status/{key}` | the LLM client's status call | what checking a key would answer, with every band, taking nothing |
 //! | `GET /auth` (any method) | nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth` | decides the request the gateway describes, as the layer would |
 //! | `GET /health` | both | the service's and Redis's state |
@@ -134,7 +135,7 @@ pub(crate) struct State {
 /// ```
 #[derive(Debug)]
 pub struct Routers {
-    /// `/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`, `/health`,
+    /// `/check`, `/check/{key}`, `/settle`, `/status/{key}`, `/stats/{key}`, `/auth`, `/health`,
     /// `/openapi.json`, `/docs`.
     pub decisions: Router,
     /// `/configure`, `/admin/…`, the event streams, the dashboard and `/metrics`, with
@@ -215,7 +216,7 @@ impl Service {
         self
     }
 
-    /// The decision routes (`/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`) need
+    /// The decision routes (`/check`, `/check/{key}`, `/settle`, `/status/{key}`, `/stats/{key}`, `/auth`) need
     /// `Authorization: Bearer <token>`: for deployments where clients can reach them, so that
     /// nobody spends another's quota. A gateway adds it to its `/auth` requests.
     ///
@@ -345,6 +346,7 @@ impl Service {
         let decisions = Router::new()
             .route("/check/{key}", get(check::by_key))
             .route("/check", post(check::by_identifier))
+            .route("/settle", post(check::settle))
             .route("/status/{key}", get(check::status))
             .route("/stats/{key}", get(stats::key))
             .route("/auth", any(forward_auth::check))

@@ -35,6 +35,7 @@ impl Modify for AdminToken {
     paths(
         check::by_key,
         check::by_identifier,
+        check::settle,
         check::status,
         forward_auth::check,
         health::health,
@@ -66,6 +67,8 @@ impl Modify for AdminToken {
         check::KeyAllowed,
         check::KeyRefused,
         check::CheckRequest,
+        check::SettleRequest,
+        check::SettleAnswer,
         check::CheckAllowed,
         check::CheckRefused,
         check::CheckRefusal,

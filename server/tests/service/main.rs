@@ -12,6 +12,7 @@ mod health;
 mod http;
 mod metrics;
 mod reload;
+mod reservations;
 mod runtime_store;
 mod security;
 mod seeds;

@@ -427,6 +427,46 @@ async fn the_openapi_document_describes_the_real_answers() {
         refused.1
     );
     seen.push(("post", "/check", refused));
+    // A reservation, settled once; an id that is none.
+    let reserved = post(
+        &format!("{base}/check"),
+        json!({"identifier": "s", "tier": "pro", "cost": 100, "settle": true}),
+    )
+    .await;
+    assert_eq!(reserved.0, 200, "{}", reserved.1);
+    let id = reserved.1["reservation"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    seen.push(("post", "/check", reserved));
+    let settle_url = format!("{base}/settle");
+    let settle = || post(&settle_url, json!({"reservation": id, "cost": 40}));
+    let settled = settle().await;
+    assert_eq!(settled.0, 200, "{}", settled.1);
+    assert_eq!(
+        (&settled.1["estimate"], &settled.1["cost"]),
+        (&json!(100), &json!(40))
+    );
+    let left = settled.1["tokens_remaining"].as_u64().expect("a count");
+    assert!((960..=1000).contains(&left), "60 given back: {}", settled.1);
+    seen.push(("post", "/settle", settled));
+    let again = settle().await;
+    assert_eq!(again.0, 409, "{}", again.1);
+    seen.push(("post", "/settle", again));
+    let unknown = post(
+        &format!("{base}/settle"),
+        json!({"reservation": "not-one", "cost": 1}),
+    )
+    .await;
+    assert_eq!(unknown.0, 404, "{}", unknown.1);
+    seen.push(("post", "/settle", unknown));
+    let both = post(
+        &format!("{base}/check"),
+        json!({"identifier": "s", "peek": true, "settle": true}),
+    )
+    .await;
+    assert_eq!(both.0, 422, "{}", both.1);
+    seen.push(("post", "/check", both));
     // The writes and the admin API (from loopback, with no token set).
     let writes: Vec<(&str, &str, String, Option<Value>, u16)> = vec![
         (

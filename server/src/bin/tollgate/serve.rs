@@ -165,6 +165,18 @@ pub(crate) struct Serve {
     #[arg(long, env = "PORT", default_value_t = 8000)]
     port: u16,
 
+    /// How long a reservation (`POST /check` with `"settle": true`) stays open before it
+    /// settles at its estimate, in seconds: the longest a response whose usage is settled
+    /// may take.
+    #[arg(
+        long,
+        env = "TOLLGATE_RESERVATION_TIMEOUT_SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "SECONDS"
+    )]
+    reservation_timeout_secs: u64,
+
     /// This instance's name in live events (`instance` in each): what tells apart, in
     /// `/events` and on the dashboard, the instances sharing a Redis. Default:
     /// `<host name>:<port>`.
@@ -204,7 +216,7 @@ pub(crate) struct Serve {
     )]
     admin_token: Option<String>,
 
-    /// The decision routes (`/check`, `/check/{key}`, `/status/{key}`, `/stats/{key}`, `/auth`) and gRPC's
+    /// The decision routes (`/check`, `/check/{key}`, `/settle`, `/status/{key}`, `/stats/{key}`, `/auth`) and gRPC's
     /// `ShouldRateLimit` need `Authorization: Bearer <this>` (gRPC: `authorization`
     /// metadata). For deployments where clients can reach those ports. Unset: anyone who
     /// reaches them may ask.
@@ -498,6 +510,7 @@ async fn run(args: Serve, env_file: &EnvFile) -> Result<(), String> {
     };
     builder = builder
         .instance(instance)
+        .reservation_timeout(Duration::from_secs(args.reservation_timeout_secs))
         .record_usage(true)
         .usage_max_clients(args.usage_max_clients)
         .usage_max_bytes(args.usage_max_bytes)
