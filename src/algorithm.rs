@@ -220,6 +220,22 @@ fn carried(count: f64, capacity: f64, windows: i64) -> f64 {
     (count - capacity * windows as f64).max(0.0)
 }
 
+/// A window's count as stored: negative when it holds a debt (a settlement took past the
+/// capacity), whose excess the windows after it carry. A count past the capacity for another
+/// reason (the capacity was lowered) carries nothing, as before settlements.
+fn stored_count(count: f64) -> (f64, bool) {
+    (count.abs(), count < 0.0)
+}
+
+/// A window's count to store: marked as a debt while it holds one past the capacity.
+fn count_to_store(counted: f64, owing: bool, capacity: f64) -> f64 {
+    if owing && counted > capacity {
+        -counted
+    } else {
+        counted
+    }
+}
+
 fn fixed_window(
     spec: &BandSpec,
     state: BandState,
@@ -233,11 +249,13 @@ fn fixed_window(
         _ => None,
     };
     let index = window_index(stored.map(|(i, _)| i), now, window);
-    let count = match stored {
-        Some((i, count)) if i == index => count,
+    let (count, owing) = match stored {
+        Some((i, count)) if i == index => stored_count(count),
         // An earlier window: only a debt comes over.
-        Some((i, count)) if i < index => carried(count, capacity, index - i),
-        _ => 0.0,
+        Some((i, count)) if i < index && count < 0.0 => {
+            (carried(-count, capacity, index - i), true)
+        }
+        _ => (0.0, false),
     };
     let admitted = forced || count + cost <= capacity;
     let counted = if admitted {
@@ -245,11 +263,15 @@ fn fixed_window(
     } else {
         count
     };
+    let owing = (owing || forced) && counted > capacity;
     let until_end = ((index + 1) * window - now) as f64;
     // Until the start of the first window whose carried count is at most `room` short of
     // the capacity: the next window's, unless a debt runs past it.
     let until_room = |room: f64| {
-        let windows = ((counted + room - capacity) / capacity).ceil().max(1.0);
+        let windows = match owing {
+            true => ((counted + room - capacity) / capacity).ceil().max(1.0),
+            false => 1.0,
+        };
         until_end + (windows - 1.0) * window as f64
     };
     BandOutcome {
@@ -266,7 +288,7 @@ fn fixed_window(
         next_unit_after_us: if counted > 0.0 { until_room(1.0) } else { 0.0 },
         next: BandState::Fixed {
             index,
-            count: counted,
+            count: count_to_store(counted, owing, capacity),
         },
     }
 }
@@ -288,16 +310,20 @@ fn sliding_window(
         _ => None,
     };
     let index = window_index(stored.map(|(i, _, _)| i), now, window);
-    let (current, previous) = match stored {
-        Some((i, count, previous)) if i == index => (count, previous),
-        // Earlier windows: the last one counted becomes the previous, as much of it as a
-        // window holds, and only a debt comes into this one.
-        Some((i, count, _)) if i < index => {
-            let behind = index - i;
-            let previous = carried(count, capacity, behind - 1).min(capacity);
-            (carried(count, capacity, behind), previous)
+    let (current, previous, owing) = match stored {
+        Some((i, count, previous)) if i == index => {
+            let (count, owing) = stored_count(count);
+            (count, previous, owing)
         }
-        _ => (0.0, 0.0),
+        // Earlier windows, after a debt: the last one counted becomes the previous, as much
+        // of it as a window holds, and only the debt comes into this one.
+        Some((i, count, _)) if i < index && count < 0.0 => {
+            let (behind, count) = (index - i, -count);
+            let previous = carried(count, capacity, behind - 1).min(capacity);
+            (carried(count, capacity, behind), previous, true)
+        }
+        Some((i, count, _)) if i == index - 1 => (0.0, count, false),
+        _ => (0.0, 0.0, false),
     };
     let start = index * window;
     let window_f = window as f64;
@@ -309,6 +335,7 @@ fn sliding_window(
     } else {
         current
     };
+    let owing = (owing || forced) && counted > capacity;
     let retry_after_us = if admitted {
         0.0
     } else if current + cost <= capacity {
@@ -319,16 +346,22 @@ fn sliding_window(
         // Only a later window can admit it: the next, where this one becomes the previous,
         // unless a debt runs past it. In the first window where what comes over leaves room
         // for the cost, the previous window's share must shrink.
-        let windows = ((current + cost - capacity) / capacity).ceil().max(1.0) as i64;
-        let carried_in = carried(current, capacity, windows);
-        let before = carried(current, capacity, windows - 1).min(capacity);
+        let windows = match owing {
+            true => ((current + cost - capacity) / capacity).ceil().max(1.0),
+            false => 1.0,
+        };
+        let carried_in = carried(current, capacity, windows as i64);
+        let before = carried(current, capacity, windows as i64 - 1).min(capacity);
         let weight_needed = (capacity - carried_in - cost) / before;
-        ((start + windows * window) as f64 + (1.0 - weight_needed) * window_f) - now as f64
+        (start as f64 + (windows + 1.0 - weight_needed) * window_f) - now as f64
     };
     let reset_after_us = if counted > 0.0 {
         // Every count gone: this window's becomes the previous, a debt runs on.
-        let windows = (counted / capacity).ceil().max(1.0) as i64 + 1;
-        ((start + windows * window) - now) as f64
+        let windows = match owing {
+            true => (counted / capacity).ceil().max(1.0) + 1.0,
+            false => 2.0,
+        };
+        start as f64 + windows * window_f - now as f64
     } else if previous > 0.0 {
         ((start + window) - now) as f64
     } else {
@@ -345,7 +378,7 @@ fn sliding_window(
         ),
         next: BandState::Sliding {
             index,
-            count: counted,
+            count: count_to_store(counted, owing, capacity),
             previous,
         },
     }
@@ -865,5 +898,31 @@ mod tests {
         );
         assert_eq!(probe(start + reset).remaining, 10.0);
         assert!(probe(start + reset - SEC).remaining < 10.0);
+    }
+
+    #[test]
+    fn a_lowered_capacity_carries_nothing_into_the_next_window() {
+        // 900 counted under a capacity of 1000, which a reload lowered to 10: the next
+        // window starts afresh, as before settlements (only a settlement's debt carries).
+        let s = spec(10.0, 10.0);
+        let start = 1_000 * SEC;
+        let fixed = BandState::Fixed {
+            index: start / (10 * SEC),
+            count: 900.0,
+        };
+        let out = decide_band(Algorithm::FixedWindow, &s, fixed, start + SEC, 1.0);
+        assert!(!out.admitted);
+        assert_eq!(out.retry_after_us, 9.0 * SEC as f64, "the window's end");
+        assert!(decide_band(Algorithm::FixedWindow, &s, fixed, start + 10 * SEC, 1.0).admitted);
+        let sliding = BandState::Sliding {
+            index: start / (10 * SEC),
+            count: 900.0,
+            previous: 0.0,
+        };
+        assert!(
+            !decide_band(Algorithm::SlidingWindow, &s, sliding, start + 19 * SEC, 1.0).admitted,
+            "900 × 0.1 still counts"
+        );
+        assert!(decide_band(Algorithm::SlidingWindow, &s, sliding, start + 20 * SEC, 1.0).admitted);
     }
 }

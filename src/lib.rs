@@ -110,7 +110,8 @@ pub use limiter::{
     Verdict, host_name,
 };
 pub use limiter::{
-    DEFAULT_RESERVATION_TIMEOUT, Reservation, Reserved, Reserving, SettleError, Settled,
+    DEFAULT_RESERVATION_TIMEOUT, MAX_OWED_CAPACITIES, Reservation, Reserved, Reserving,
+    SettleError, Settled,
 };
 pub use limiter::{
     DecisionEvent, EVENT_BUFFER, Event, EventSummary, Events, MAX_DENIED_EVENTS_PER_SECOND,

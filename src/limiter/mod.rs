@@ -44,7 +44,8 @@ pub use events::{
 };
 pub use query::Query;
 pub use reservation::{
-    DEFAULT_RESERVATION_TIMEOUT, Reservation, Reserved, Reserving, SettleError, Settled,
+    DEFAULT_RESERVATION_TIMEOUT, MAX_OWED_CAPACITIES, Reservation, Reserved, Reserving,
+    SettleError, Settled,
 };
 pub use runtime::{
     DEFAULT_MAX_RUNTIME_ENTRIES, DEFAULT_MAX_STATE_FILE_BYTES, Origin, RuleEntry, RuntimeEntry,
@@ -366,7 +367,11 @@ impl Limiter {
         };
         let slot = installed.slot(rule);
         let key = ReservationKey::new(slot, Client(client), &ticket.nonce);
-        match self.core.store.settle(limit, key, used).await? {
+        // A debt paid back within a bounded time, in numbers every store holds exactly.
+        let largest = limit.bands().iter().map(|band| u64::from(band.capacity()));
+        let most =
+            reservation::MAX_OWED_CAPACITIES * largest.max().unwrap_or(1) + u64::from(u32::MAX);
+        match self.core.store.settle(limit, key, used.min(most)).await? {
             Settlement::Settled { estimate, decision } => {
                 Ok(Settled::new(estimate, used, decision))
             }

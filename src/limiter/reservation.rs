@@ -22,6 +22,10 @@ use crate::Decision;
 use crate::backend::StoreError;
 use crate::key::ClientKey;
 
+/// The most a settlement charges past its estimate, in capacities of the rule's largest
+/// band: a debt is paid back within this many of its periods at most.
+pub const MAX_OWED_CAPACITIES: u64 = 1_000;
+
 /// How long a reservation stays open by default before it settles at its estimate.
 pub const DEFAULT_RESERVATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -106,7 +110,8 @@ impl fmt::Display for Ticket {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let rules = Rules::from_json(r#"{"default": {"capacity": 1000, "refill_rate": 10}}"#)?;
+/// // 1,000 tokens, one back every 1,000 s.
+/// let rules = Rules::from_json(r#"{"default": {"capacity": 1000, "refill_rate": 0.001}}"#)?;
 /// let limiter = Limiter::builder().rules(rules).build().await?;
 /// let ann = ClientKey::id("ann");
 /// let reserved = limiter.reserve(Query::new(&ann).cost(500)).await?;
@@ -190,7 +195,8 @@ impl Reservation {
 
     /// Settles it with `used` units: what was used beyond the estimate is taken from every
     /// band whether or not it fits (owed, and paid back before the client is admitted
-    /// again), what was not is given back.
+    /// again), what was not is given back. At most [`MAX_OWED_CAPACITIES`] times the largest
+    /// band's capacity is charged past the estimate.
     pub async fn settle(mut self, used: u64) -> Result<Settled, SettleError> {
         self.done = true;
         self.limiter.settle_ticket(&self.ticket, used).await
@@ -215,9 +221,9 @@ impl Drop for Reservation {
 
 impl fmt::Debug for Reservation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the client: an X-Client-ID may be an API key.
         f.debug_struct("Reservation")
             .field("rule", &self.ticket.rule)
-            .field("client", &self.ticket.client)
             .field("estimate", &self.estimate)
             .finish_non_exhaustive()
     }
@@ -311,7 +317,7 @@ impl Future for Reserving {
             Poll::Pending => return Poll::Pending,
         };
         let reservation = match (self.pending.take(), verdict.reserved) {
-            (Some((limiter, nonce, client)), Some(estimate)) => {
+            (Some((limiter, nonce, client)), Some(estimate)) if verdict.allowed() => {
                 let ticket = Ticket {
                     nonce,
                     rule: verdict.rule().to_owned(),

@@ -683,6 +683,15 @@ async fn with_redis_down_a_change_is_refused_and_applied_nowhere() {
 async fn entries_stored_while_a_limiter_could_not_reach_redis_apply_once_it_answers() {
     let mut redis = TestRedis::start();
     let prefix = unique_prefix("late");
+    // Stored by another instance, and kept on disk (SAVE): there as soon as Redis answers
+    // again, whenever this limiter's subscription is made.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:runtime"))
+        .arg("client:id:k")
+        .arg(r#"{"limit": "3/minute"}"#)
+        .query(&mut redis.client())
+        .unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut redis.client()).unwrap();
     redis.kill();
     let limiter = Limiter::builder()
         .rules(rules(RULES))
@@ -695,12 +704,6 @@ async fn entries_stored_while_a_limiter_could_not_reach_redis_apply_once_it_answ
         .unwrap();
     assert!(limiter.runtime_entries().is_empty());
     redis.restart();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{prefix}:runtime"))
-        .arg("client:id:k")
-        .arg(r#"{"limit": "3/minute"}"#)
-        .query(&mut redis.client())
-        .unwrap();
     let took = until_capacity(&limiter, "k", Some(3), Duration::from_secs(5)).await;
     eprintln!("applied {took:?} after Redis came back");
 }

@@ -715,8 +715,9 @@ async fn memory_and_redis_agree_on_a_debt() {
         let window_us = 3600e6;
         let values: Vec<f64> = match byte {
             1 => vec![10.0 - 26.0, now_us],
-            2 => vec![(now_us / window_us).floor(), 26.0],
-            _ => vec![(now_us / window_us).floor(), 26.0, 0.0],
+            // A window's debt is its count stored negative.
+            2 => vec![(now_us / window_us).floor(), -26.0],
+            _ => vec![(now_us / window_us).floor(), -26.0, 0.0],
         };
         let mut value = vec![byte];
         for v in values {
@@ -772,4 +773,36 @@ async fn memory_and_redis_agree_on_a_debt() {
             here.retry_after
         );
     }
+
+    // A count past the capacity that is no debt (a lowered capacity, stored positive)
+    // carries nothing into the next window, in the script as in memory.
+    let json = r#"{"default": {"limit": "10/hour", "algorithm": "fixed_window"}}"#;
+    let window = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as f64
+        / 3600e6)
+        .floor();
+    let mut value = vec![2u8];
+    for v in [window - 1.0, 900.0] {
+        value.extend_from_slice(&v.to_le_bytes());
+    }
+    let key = format!("{prefix}:{{default:id:lowered}}");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(value)
+        .query(&mut connection)
+        .unwrap();
+    let shared = on_test_redis(Limiter::builder().rules(rules(json)), &redis, &prefix)
+        .build()
+        .await
+        .unwrap();
+    let verdict = shared
+        .check(tollgate::Query::new(&tollgate::ClientKey::id("lowered")))
+        .await
+        .unwrap();
+    assert!(
+        verdict.allowed(),
+        "900 counted last hour, no debt: {verdict:?}"
+    );
 }

@@ -25,8 +25,9 @@
 --   sliding_window  window index, units counted in it, units counted in the one before
 -- A missing band (or a value of another algorithm or type) is a full bucket. The key is
 -- written only if every band admits, and expires when every band is full again. A bucket's
--- tokens may be below zero and a window's count above its capacity: a debt, which a window
--- carries into the ones after it, a capacity paid back by each (as src/algorithm.rs).
+-- tokens may be below zero, and a window's count stored negative: a debt (from a
+-- settlement), of which what passes the capacity is carried into the windows after it, a
+-- capacity paid back by each (as src/algorithm.rs).
 --
 -- An admitted request may also take a lease: up to the units asked for beyond its cost, in
 -- whole multiples of the cost, as long as every band still admits cost + lease. The lease
@@ -77,6 +78,22 @@ local function carried(count, capacity, windows)
   return max(0, count - capacity * windows)
 end
 
+-- A window's count as stored: negative while it holds a debt past the capacity (from a
+-- settlement), which the windows after it carry; a count past the capacity for another
+-- reason (the capacity was lowered) carries nothing.
+local function count_to_store(counted, owing, capacity)
+  if owing and counted > capacity then return -counted end
+  return counted
+end
+
+-- Until the start of the first window whose carried count is at most `room` short of the
+-- capacity: the next window's, unless a debt runs past it.
+local function until_room(until_end, window, counted, room, capacity, owing)
+  local windows = 1
+  if owing then windows = max(1, ceil((counted + room - capacity) / capacity)) end
+  return until_end + (windows - 1) * window
+end
+
 -- One band's answer to taking `take` units: ok (1 or 0), remaining, retry_us, reset_us,
 -- next_us (until one whole unit more than remaining), spare (units left beyond `take`),
 -- until_end (µs to the end of the window; nil for the token bucket), then the band's values
@@ -113,52 +130,50 @@ local function band(algorithm, capacity, param, stored, s, cost, take, forced)
     local window = param
     local win = stored[s + 1]
     local index = window_index(window, win)
-    local count = 0
+    local count, owing = 0, false
+    local held = stored[s + 2] or 0
     if win == index then
-      count = stored[s + 2] or 0
-    elseif win ~= nil and win < index then
+      count, owing = math.abs(held), held < 0
+    elseif win ~= nil and win < index and held < 0 then
       -- An earlier window: only a debt comes over.
-      count = carried(stored[s + 2] or 0, capacity, index - win)
+      count, owing = carried(-held, capacity, index - win), true
     end
     local counted = count
     local until_end = (index + 1) * window - now
-    -- Until the first window whose carried count is at most `room` short of the capacity.
-    local function until_room(room)
-      local windows = max(1, ceil((counted + room - capacity) / capacity))
-      return until_end + (windows - 1) * window
-    end
     local ok, retry_us = 0, 0
     if forced or count + take <= capacity then
       ok = 1
       counted = max(0, count + take)
-    else
-      retry_us = until_room(cost)
     end
+    owing = (owing or forced) and counted > capacity
+    if ok == 0 then retry_us = until_room(until_end, window, counted, cost, capacity, owing) end
     local reset_us, next_us = 0, 0
     if counted > 0 then
-      reset_us = until_room(capacity)
-      next_us = until_room(1)
+      reset_us = until_room(until_end, window, counted, capacity, capacity, owing)
+      next_us = until_room(until_end, window, counted, 1, capacity, owing)
     end
     -- Everything counted comes back at once, at the window's end (a debt, a capacity at
     -- each window's end).
     return ok, max(0, capacity - counted), retry_us, reset_us, next_us,
-      capacity - count - take, until_end, index, counted
+      capacity - count - take, until_end, index, count_to_store(counted, owing, capacity)
   else
     -- Two-counter estimate: prev × (share of the current window still ahead) + count.
     local window = param
     local win = stored[s + 1]
     local index = window_index(window, win)
-    local current = 0
-    local prev = 0
+    local current, prev, owing = 0, 0, false
+    local held = stored[s + 2] or 0
     if win == index then
-      current = stored[s + 2] or 0
+      current, owing = math.abs(held), held < 0
       prev = stored[s + 3] or 0
-    elseif win ~= nil and win < index then
-      -- Earlier windows: the last one counted becomes the previous, as much of it as a
-      -- window holds, and only a debt comes into this one.
-      local count = stored[s + 2] or 0
-      prev = min(capacity, carried(count, capacity, index - win - 1))
-      current = carried(count, capacity, index - win)
+    elseif win ~= nil and win < index and held < 0 then
+      -- Earlier windows, after a debt: the last one counted becomes the previous, as much
+      -- of it as a window holds, and only the debt comes into this one.
+      prev = min(capacity, carried(-held, capacity, index - win - 1))
+      current = carried(-held, capacity, index - win)
+      owing = true
+    elseif win == index - 1 then
+      prev = held
     end
     local start = index * window
     local weight = ((start + window) - now) / window
@@ -167,6 +182,10 @@ local function band(algorithm, capacity, param, stored, s, cost, take, forced)
     if forced or prev * weight + current + take <= capacity then
       ok = 1
       counted = max(0, current + take)
+    end
+    owing = (owing or forced) and counted > capacity
+    if ok == 1 then
+      retry_us = 0
     elseif current + cost <= capacity then
       -- The previous window's share must shrink to capacity - current - cost.
       local weight_needed = (capacity - current - cost) / prev
@@ -175,16 +194,18 @@ local function band(algorithm, capacity, param, stored, s, cost, take, forced)
       -- Only a later window can admit it: the next, where this one becomes the previous,
       -- unless a debt runs past it. In the first window where what comes over leaves room
       -- for the cost, the previous window's share must shrink.
-      local windows = max(1, ceil((current + cost - capacity) / capacity))
+      local windows = 1
+      if owing then windows = max(1, ceil((current + cost - capacity) / capacity)) end
       local carried_in = carried(current, capacity, windows)
       local before = min(capacity, carried(current, capacity, windows - 1))
       local weight_needed = (capacity - carried_in - cost) / before
-      retry_us = ((start + windows * window) + (1 - weight_needed) * window) - now
+      retry_us = (start + (windows + 1 - weight_needed) * window) - now
     end
     local reset_us = 0
     if counted > 0 then
       -- Every count gone: this window's becomes the previous, a debt runs on.
-      local windows = max(1, ceil(counted / capacity)) + 1
+      local windows = 2
+      if owing then windows = max(1, ceil(counted / capacity)) + 1 end
       reset_us = (start + windows * window) - now
     elseif prev > 0 then
       reset_us = (start + window) - now
@@ -208,7 +229,8 @@ local function band(algorithm, capacity, param, stored, s, cost, take, forced)
       end
     end
     return ok, remaining, retry_us, reset_us, next_us,
-      capacity - (prev * weight + current) - take, (start + window) - now, index, counted, prev
+      capacity - (prev * weight + current) - take, (start + window) - now, index,
+      count_to_store(counted, owing, capacity), prev
   end
 end
 
@@ -345,7 +367,7 @@ for d = 1, #ARGV do
       for i = 1, width do values[(k - 1) * width + i] = taken[b + 4 + i] end
       if taken[b + 4] > ttl_us then ttl_us = taken[b + 4] end
       reply[r + 1] = answers[b + 1]
-      reply[r + 2] = floor(answers[b + 2])
+      reply[r + 2] = whole(floor(answers[b + 2]))
       reply[r + 3] = whole(ceil(answers[b + 3] / 1000))
       reply[r + 4] = whole(ceil(answers[b + 4] / 1000))
       reply[r + 5] = whole(ceil(answers[b + 8] / 1000))

@@ -111,7 +111,9 @@ pub(super) fn spawn_listener(
                         if backend.strong_count() == 0 {
                             return;
                         }
-                        let ping = tokio::time::timeout(connect_timeout, sink.ping::<String>());
+                        // Subscribed, Redis answers a PING with an array (`pong` and an
+                        // empty message), not a status: any answer will do.
+                        let ping = tokio::time::timeout(connect_timeout, sink.ping::<redis::Value>());
                         if !matches!(ping.await, Ok(Ok(_))) {
                             break;
                         }

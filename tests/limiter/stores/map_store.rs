@@ -143,13 +143,16 @@ impl Store for MapStore {
         reservation: ReservationKey<'_>,
         lasting: Duration,
     ) -> Option<Answer> {
-        let mut bands = lock(&self.shared.bands);
         let key = (
             Arc::clone(reservation.rule.id()),
             reservation.client.to_string(),
         );
-        let entry = bands.entry(key.clone()).or_default();
-        let decision = entry.decide(limit, cost, Mode::Take, SystemTime::now());
+        // The bands' lock is let go before the reservations' is taken: settle takes them the
+        // other way round.
+        let decision = lock(&self.shared.bands)
+            .entry(key.clone())
+            .or_default()
+            .decide(limit, cost, Mode::Take, SystemTime::now());
         if !decision.allowed {
             return Some(Answer::Now(Outcome::Decided(decision, DecidedBy::Memory)));
         }

@@ -42,7 +42,10 @@ impl RedisBackend {
         lasting: Duration,
     ) -> Result<u64, String> {
         // Subscribed or not as it says, on the subscription every instance holds.
-        let was_listening = self.listening.send_replace(listening);
+        let was_listening = *self.listening.borrow();
+        // Told only of a change: the listener's loop wakes for nothing else.
+        self.listening
+            .send_if_modified(|was| std::mem::replace(was, listening) != listening);
         let mut connection = self
             .events_connection()
             .ok_or("not connected to Redis yet")?;
