@@ -385,6 +385,10 @@ pub(crate) async fn by_identifier(
                 json!([{"loc": ["body", "cost"], "msg": error.to_string(), "type": "value_error"}]);
             return detail(StatusCode::UNPROCESSABLE_ENTITY, problem);
         }
+        // The store keeps no reservations: the service's doing, not the caller's.
+        Err(error @ CheckError::Reservation { .. }) => {
+            return detail(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
+        }
         Err(error) => return detail(StatusCode::BAD_REQUEST, error.to_string()),
     };
     if let Some(unavailable) = unavailable(&verdict) {

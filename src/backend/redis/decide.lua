@@ -262,6 +262,10 @@ for d = 1, #ARGV do
   local peek = flags % 2 == 1
   local settle = flags % 4 >= 2
   local reserve = flags % 8 >= 4
+  -- A reservation's key follows every bucket's: one in their place would be overwritten.
+  if (settle or reserve) and not (record > #ARGV and record <= #KEYS) then
+    return redis.error_reply('tollgate: a reservation key must follow the buckets')
+  end
   local held = nil
   if settle then held = redis.call('GET', KEYS[record]) end
   if settle and (not held or held == 's') then

@@ -123,12 +123,9 @@ impl RedisBackend {
             None => return Err(failed(CallError::Reply(reply.len()))),
         };
         let (decision, _): (Decision, _) = decode(&reply, 1, limit).map_err(failed)?;
-        // What this instance remembers of the client may be out of date now: a refund
-        // makes room a remembered refusal would deny.
+        // A refusal this instance remembers may be out of date now: a refund makes room it
+        // would deny. (Its leases stay: their units are taken in Redis already.)
         self.refusals.forget(rule.state, client);
-        if let Some(leases) = &self.leases {
-            leases.forget(rule.state, client);
-        }
         Ok(Settlement::Settled {
             estimate: settled,
             decision,
