@@ -227,6 +227,17 @@ fn stored_count(count: f64) -> (f64, bool) {
     (count.abs(), count < 0.0)
 }
 
+/// A window's count after a request of `cost` (taken if `admitted`; never below zero), and
+/// whether it holds a debt: a settlement's (`debt`), past the capacity.
+fn window_counted(count: f64, cost: f64, admitted: bool, debt: bool, capacity: f64) -> (f64, bool) {
+    let counted = if admitted {
+        (count + cost).max(0.0)
+    } else {
+        count
+    };
+    (counted, debt && counted > capacity)
+}
+
 /// A window's count to store: marked as a debt while it holds one past the capacity.
 fn count_to_store(counted: f64, owing: bool, capacity: f64) -> f64 {
     if owing && counted > capacity {
@@ -258,12 +269,7 @@ fn fixed_window(
         _ => (0.0, false),
     };
     let admitted = forced || count + cost <= capacity;
-    let counted = if admitted {
-        (count + cost).max(0.0)
-    } else {
-        count
-    };
-    let owing = (owing || forced) && counted > capacity;
+    let (counted, owing) = window_counted(count, cost, admitted, owing || forced, capacity);
     let until_end = ((index + 1) * window - now) as f64;
     // Until the start of the first window whose carried count is at most `room` short of
     // the capacity: the next window's, unless a debt runs past it.
@@ -330,12 +336,7 @@ fn sliding_window(
     let weight = ((start + window) - now) as f64 / window_f;
     let estimate = previous * weight + current;
     let admitted = forced || estimate + cost <= capacity;
-    let counted = if admitted {
-        (current + cost).max(0.0)
-    } else {
-        current
-    };
-    let owing = (owing || forced) && counted > capacity;
+    let (counted, owing) = window_counted(current, cost, admitted, owing || forced, capacity);
     let retry_after_us = if admitted {
         0.0
     } else if current + cost <= capacity {
