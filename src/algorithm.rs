@@ -489,6 +489,21 @@ pub(crate) struct Reported {
     pub(crate) next_unit_after_us: f64,
 }
 
+impl Reported {
+    /// A band of `capacity` as `out` decided it, its bands shown as `shown` has them (the
+    /// same outcome, or for a peek the band before any cost).
+    pub(crate) fn of(capacity: f64, out: &BandOutcome, shown: &BandOutcome) -> Self {
+        Self {
+            capacity,
+            admitted: out.admitted,
+            remaining: shown.remaining,
+            retry_after_us: out.retry_after_us,
+            reset_after_us: shown.reset_after_us,
+            next_unit_after_us: shown.next_unit_after_us,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,14 +92,7 @@ impl BandStates {
                 let spec = band.spec();
                 let state = self.states.get(i).copied().unwrap_or(BandState::Fresh);
                 let out = settle_band(algorithm, &spec, state, now_us, delta as f64);
-                combined.add(Reported {
-                    capacity: spec.capacity,
-                    admitted: out.admitted,
-                    remaining: out.remaining,
-                    retry_after_us: out.retry_after_us,
-                    reset_after_us: out.reset_after_us,
-                    next_unit_after_us: out.next_unit_after_us,
-                });
+                combined.add(Reported::of(spec.capacity, &out, &out));
                 full_after = full_after.max(out.reset_after_us);
                 out.next
             })
@@ -221,14 +214,7 @@ pub(crate) fn decide_bands(
             Mode::Take => out,
             Mode::Peek => decide_band(algorithm, &spec, state, now_us, 0.0),
         };
-        combined.add(Reported {
-            capacity: spec.capacity,
-            admitted: out.admitted,
-            remaining: shown.remaining,
-            retry_after_us: out.retry_after_us,
-            reset_after_us: shown.reset_after_us,
-            next_unit_after_us: shown.next_unit_after_us,
-        });
+        combined.add(Reported::of(spec.capacity, &out, &shown));
         full_after = full_after.max(out.reset_after_us);
         next.states[i] = out.next;
     }
