@@ -86,9 +86,9 @@ fn request(path: &str, (name, value): (&'static str, HeaderValue)) -> Request<Bo
 }
 
 /// One request through `service`, which answers at once.
-fn call<S>(service: &mut S, request: Request<Body>) -> Response<Body>
+fn call<S, B>(service: &mut S, request: Request<Body>) -> Response<B>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
 {
     futures::executor::block_on(service.call(request)).expect("infallible")
 }
@@ -137,7 +137,7 @@ fn per_request_overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer");
     let mut measure =
         |name: &str,
-         service: &mut dyn FnMut(Request<Body>) -> Response<Body>,
+         service: &mut dyn FnMut(Request<Body>) -> StatusCode,
          path: &str,
          header: &dyn Fn(usize) -> (&'static str, HeaderValue)| {
             let mut n = 0;
@@ -149,7 +149,7 @@ fn per_request_overhead(c: &mut Criterion) {
             });
         };
     let mut bare = inner;
-    measure("bare", &mut |r| call(&mut bare, r), "/api/data", &by_id);
+    measure("bare", &mut |r| call(&mut bare, r).status(), "/api/data", &by_id);
     let mut allowed = allowing.layer(inner);
     // Each setup is checked once, so that a wrong one cannot measure the wrong path.
     let first = call(&mut allowed, request("/api/data", by_id(0)));
@@ -157,7 +157,7 @@ fn per_request_overhead(c: &mut Criterion) {
     assert!(first.headers().contains_key("x-ratelimit-limit"));
     measure(
         "allowed",
-        &mut |r| call(&mut allowed, r),
+        &mut |r| call(&mut allowed, r).status(),
         "/api/data",
         &by_id,
     );
@@ -167,7 +167,7 @@ fn per_request_overhead(c: &mut Criterion) {
     assert_eq!(recording.limiter().stats().usage_clients, 1);
     measure(
         "allowed_recording_usage",
-        &mut |r| call(&mut allowed_recording, r),
+        &mut |r| call(&mut allowed_recording, r).status(),
         "/api/data",
         &by_id,
     );
@@ -187,7 +187,7 @@ fn per_request_overhead(c: &mut Criterion) {
     assert_eq!(watched.limiter().stats().event_subscribers, 1);
     measure(
         "allowed_one_subscriber",
-        &mut |r| call(&mut allowed_watched, r),
+        &mut |r| call(&mut allowed_watched, r).status(),
         "/api/data",
         &by_id,
     );
@@ -197,7 +197,7 @@ fn per_request_overhead(c: &mut Criterion) {
     assert_eq!(stalled.limiter().stats().event_subscribers, 1);
     measure(
         "allowed_stalled_subscriber",
-        &mut |r| call(&mut allowed_stalled, r),
+        &mut |r| call(&mut allowed_stalled, r).status(),
         "/api/data",
         &by_id,
     );
@@ -210,11 +210,11 @@ fn per_request_overhead(c: &mut Criterion) {
     }
     let refused = call(&mut denied, request("/api/data", by_id(0)));
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    measure("denied", &mut |r| call(&mut denied, r), "/api/data", &by_id);
+    measure("denied", &mut |r| call(&mut denied, r).status(), "/api/data", &by_id);
     let mut two_bands = banded.layer(inner);
     measure(
         "allowed_two_bands",
-        &mut |r| call(&mut two_bands, r),
+        &mut |r| call(&mut two_bands, r).status(),
         "/api/data",
         &by_id,
     );
@@ -226,7 +226,7 @@ fn per_request_overhead(c: &mut Criterion) {
         let mut service = styled.layer(inner);
         let first = call(&mut service, request("/api/data", by_id(0)));
         assert!(first.headers().contains_key("ratelimit-policy"));
-        measure(name, &mut |r| call(&mut service, r), "/api/data", &by_id);
+        measure(name, &mut |r| call(&mut service, r).status(), "/api/data", &by_id);
     }
     // tower_governor keyed the same way: the overhead the layer's is compared with.
     for (name, capacity, per_second) in [
@@ -252,7 +252,7 @@ fn per_request_overhead(c: &mut Criterion) {
             call(&mut governed, request("/api/data", by_id(0))).status(),
             expected
         );
-        measure(name, &mut |r| call(&mut governed, r), "/api/data", &by_id);
+        measure(name, &mut |r| call(&mut governed, r).status(), "/api/data", &by_id);
     }
     // tower_governor with its rate limit headers (`use_headers`: `x-ratelimit-limit` and
     // `x-ratelimit-remaining` on allowed responses), as tollgate writes its own: the same
@@ -270,7 +270,7 @@ fn per_request_overhead(c: &mut Criterion) {
     assert!(first.headers().contains_key("x-ratelimit-remaining"));
     measure(
         "governor_allowed_headers",
-        &mut |r| call(&mut governed, r),
+        &mut |r| call(&mut governed, r).status(),
         "/api/data",
         &by_id,
     );
@@ -280,14 +280,14 @@ fn per_request_overhead(c: &mut Criterion) {
     assert!(!passed.headers().contains_key("x-ratelimit-limit"));
     measure(
         "unlimited_route",
-        &mut |r| call(&mut unlimited, r),
+        &mut |r| call(&mut unlimited, r).status(),
         "/health",
         &by_id,
     );
     let mut forwarded = allowing.layer(inner);
     measure(
         "allowed_by_forwarded_for",
-        &mut |r| call(&mut forwarded, r),
+        &mut |r| call(&mut forwarded, r).status(),
         "/api/data",
         &by_address,
     );

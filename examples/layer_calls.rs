@@ -82,14 +82,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// [`run`] on `threads` threads at once, each with its own clone of `service` (sharing the
 /// limiter, as a server's connections do) and its own stretch of clients; their tallies
 /// added up.
-fn on_threads<S>(
+fn on_threads<S, B>(
     service: S,
     ids: &[HeaderValue],
     calls: usize,
     threads: usize,
 ) -> Vec<(StatusCode, usize)>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send,
 {
     std::thread::scope(|scope| {
         let runs: Vec<_> = (0..threads.max(1))
@@ -166,14 +166,14 @@ where
 
 /// Every client once, then `calls` requests round the clients from client `first`; the
 /// statuses of the counted ones, tallied.
-fn run<S>(
+fn run<S, B>(
     mut service: S,
     ids: &[HeaderValue],
     calls: usize,
     first: usize,
 ) -> Vec<(StatusCode, usize)>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
 {
     let mut call = |n: usize| {
         let mut request = Request::get("/api/data")

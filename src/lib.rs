@@ -99,7 +99,7 @@ pub use error::BuildError;
 pub use header_style::HeaderStyle;
 pub use http::{
     ClientIdentity, Cost, InvalidTrustedProxy, RateLimit, RateLimitLayer, RateLimitLayerBuilder,
-    ResponseFuture, Tier,
+    ReservedCost, ResponseBody, ResponseFuture, Tier,
 };
 pub use key::{ClientKey, InvalidClientId, InvalidClientKey, MAX_CLIENT_ID_LEN};
 pub use limiter::{

@@ -20,4 +20,6 @@ pub use crate::rules::path::{AmbiguousPath, forwarded as forwarded_path};
 pub use extensions::{ClientIdentity, Cost, Tier};
 pub use identity::InvalidTrustedProxy;
 pub use queries::{RequestQueries, RequestQueriesBuilder};
-pub use rate_limit::{RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture};
+pub use rate_limit::{
+    RateLimit, RateLimitLayer, RateLimitLayerBuilder, ReservedCost, ResponseBody, ResponseFuture,
+};

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::{CheckError, Checking, Limiter, Verdict, Weight};
+use super::{CheckError, Checking, Hold, Limiter, Verdict, Weight};
 use crate::backend::Mode;
 
 /// One descriptor's decision on its way, from [`Limiter::check_descriptors`]: a future of
@@ -143,7 +143,7 @@ impl Limiter {
                 let client = found.client.as_ref();
                 Some(DescriptorCheck {
                     name: name.map(Into::into),
-                    checking: core.decide(&installed, found.rule, client, weight, (mode, None)),
+                    checking: core.decide(&installed, found.rule, client, weight, (mode, Hold::No)),
                 })
             })
             .collect()

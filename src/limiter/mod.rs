@@ -321,23 +321,33 @@ impl Limiter {
     ///
     /// See [`Reserved`] and [`Reservation`] for examples.
     pub fn reserve(&self, query: Query<'_>) -> Reserving {
-        let nonce = match reservation::nonce() {
-            Ok(nonce) => nonce,
-            Err(error) => return Reserving::new(Checking::ready(Err(error)), None),
-        };
-        let client = query
-            .client
-            .normalized(self.core.ipv6_prefix_len)
-            .to_owned();
-        let lasting = self.core.reservation_timeout;
-        let checking = self.core.check_reserving(
-            query,
-            Some(Reserve {
-                nonce: &nonce,
-                lasting,
-            }),
-        );
-        Reserving::new(checking, Some((self.clone(), nonce, client)))
+        Reserving::new(self.core.check_as(query, Mode::Take, Hold::Always))
+    }
+
+    /// [`reserve`](Self::reserve) when the request's rule settles its cost from the response
+    /// ([`Limit::settle_header`]), [`check`](Self::check) otherwise: what a front that sees
+    /// the response asks. A plain rule's check costs nothing more than through `check`.
+    ///
+    /// ```
+    /// use tollgate::{ClientKey, Limiter, Query, Rules};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rules = Rules::from_json(r#"{
+    ///     "default": {"limit": "10/second"},
+    ///     "rules": {"chat": {"limit": "30000/minute", "settle_header": "x-tokens-used"}}
+    /// }"#)?;
+    /// let limiter = Limiter::builder().rules(rules).build().await?;
+    /// let eve = ClientKey::id("eve");
+    /// let plain = limiter.check_or_reserve(Query::new(&eve)).await?;
+    /// assert!(plain.reservation().is_none());
+    /// let chat = limiter.check_or_reserve(Query::new(&eve).rule("chat").cost(1000)).await?;
+    /// assert_eq!(chat.reservation().unwrap().estimate(), 1000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn check_or_reserve(&self, query: Query<'_>) -> Reserving {
+        Reserving::new(self.core.check_as(query, Mode::Take, Hold::WhenSettled))
     }
 
     /// Settles the reservation `id` (from [`Reservation::id`] or
@@ -496,27 +506,13 @@ impl Core {
     /// One decision for `query`: at once when the backend can, else a future.
     #[inline]
     pub(crate) fn check(self: &Arc<Self>, query: Query<'_>, mode: Mode) -> Checking {
-        self.check_as(query, mode, None)
-    }
-
-    /// A check of `query` that holds a reservation when it admits.
-    fn check_reserving(
-        self: &Arc<Self>,
-        query: Query<'_>,
-        reserve: Option<Reserve<'_>>,
-    ) -> Checking {
-        self.check_as(query, Mode::Take, reserve)
+        self.check_as(query, mode, Hold::No)
     }
 
     /// One decision for `query`, taking or peeking as `mode` says, and holding a
-    /// reservation if `reserve` asks for one.
+    /// reservation when it admits if `hold` asks for one.
     #[inline]
-    fn check_as(
-        self: &Arc<Self>,
-        query: Query<'_>,
-        mode: Mode,
-        reserve: Option<Reserve<'_>>,
-    ) -> Checking {
+    fn check_as(self: &Arc<Self>, query: Query<'_>, mode: Mode, hold: Hold) -> Checking {
         let installed = self.installed.load();
         let rules = &installed.rules;
         let rule = match query.rule {
@@ -558,7 +554,7 @@ impl Core {
             None => Weight::RuleCost,
             Some(cost) => Weight::Exactly(cost),
         };
-        self.decide(&installed, rule, query.client, weight, (mode, reserve))
+        self.decide(&installed, rule, query.client, weight, (mode, hold))
     }
 
     /// Decides `client`'s request under `rule`, one of `installed`'s rules: the limit for
@@ -571,7 +567,7 @@ impl Core {
         rule: &Rule,
         client: KeyRef<'_>,
         weight: Weight,
-        (mode, reserve): (Mode, Option<Reserve<'_>>),
+        (mode, hold): (Mode, Hold),
     ) -> Checking {
         // As the HTTP front keys them: one IPv6 client is one network, whichever front asks.
         let client = client.normalized(self.ipv6_prefix_len);
@@ -604,7 +600,7 @@ impl Core {
                 limit: None,
                 bands: None,
                 partition: client.public_key(),
-                reserved: None,
+                held: None,
             }));
         };
         let cost = match weight {
@@ -636,11 +632,26 @@ impl Core {
                         limit: Some(limit.clone()),
                         bands: None,
                         partition: client.public_key(),
-                        reserved: None,
+                        held: None,
                     }));
                 };
                 cost
             }
+        };
+        let ticket = match hold {
+            Hold::Always => true,
+            Hold::WhenSettled => limit.settle_header().is_some(),
+            Hold::No => false,
+        };
+        let ticket = match ticket.then(reservation::nonce).transpose() {
+            Ok(nonce) => nonce.map(|nonce| {
+                Box::new(reservation::Ticket {
+                    nonce,
+                    rule: slot.id.to_string(),
+                    client: client.to_owned(),
+                })
+            }),
+            Err(error) => return Checking::ready(Err(error)),
         };
         let shadow = limit.shadow();
         // The client is needed after the decision only to log a shadow refusal, to count
@@ -652,12 +663,14 @@ impl Core {
             limit: limit.clone(),
             partition: client.public_key(),
             cost,
+            ticket,
         };
         // The one call through the store's trait on the way.
-        let answer = match reserve {
+        let answer = match applied.ticket.as_deref() {
             None => self.store.decide(slot, limit, cost, Client(client), mode),
-            Some(Reserve { nonce, lasting }) => {
-                let key = ReservationKey::new(slot, Client(client), nonce);
+            Some(ticket) => {
+                let key = ReservationKey::new(slot, Client(client), &ticket.nonce);
+                let lasting = self.reservation_timeout;
                 match self.store.reserve(limit, cost, key, lasting) {
                     Some(answer) => answer,
                     None => {
@@ -696,7 +709,7 @@ impl Core {
     /// is refused: what would have been is counted, logged, and let through.
     #[inline]
     pub(crate) fn verdict(
-        &self,
+        self: &Arc<Self>,
         outcome: Outcome,
         rule: Arc<str>,
         applied: Applied,
@@ -707,7 +720,19 @@ impl Core {
             shadow,
             client,
         } = counting;
-        let reserved = matches!(outcome, Outcome::Reserved(..)).then_some(applied.cost);
+        // Held when the store took the estimate: not for a refusal a shadow rule lets by.
+        let held = match (&outcome, applied.ticket) {
+            (Outcome::Reserved(decision, _), Some(ticket)) if decision.allowed => {
+                Some(Box::new(reservation::Held {
+                    limiter: Limiter {
+                        core: Arc::clone(self),
+                    },
+                    ticket: *ticket,
+                    estimate: applied.cost,
+                }))
+            }
+            _ => None,
+        };
         let (decision, decided_by, unavailable_for, refused, bands) = match outcome {
             Outcome::Decided(decision, by) | Outcome::Reserved(decision, by) => {
                 (Some(decision), by, None, !decision.allowed, None)
@@ -768,7 +793,7 @@ impl Core {
             limit: Some(applied.limit),
             partition: applied.partition,
             bands,
-            reserved,
+            held,
         }
     }
 
@@ -820,14 +845,17 @@ pub(crate) struct Applied {
     pub(crate) partition: Option<ClientKey>,
     /// What the request takes: a reservation's estimate.
     pub(crate) cost: u32,
+    /// The reservation the check holds if the store admits it.
+    pub(crate) ticket: Option<Box<reservation::Ticket>>,
 }
 
-/// A reservation a check is to hold when it admits: its random part, and how long it stays
-/// open.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reserve<'a> {
-    pub(crate) nonce: &'a str,
-    pub(crate) lasting: Duration,
+/// Whether a check holds a reservation when it admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    No,
+    Always,
+    /// When the rule settles its cost from the response.
+    WhenSettled,
 }
 
 /// What a request takes from every band of its limit.

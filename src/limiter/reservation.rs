@@ -130,6 +130,16 @@ pub struct Reserved {
 }
 
 impl Reserved {
+    /// The verdict, with the reservation it holds taken out.
+    #[inline]
+    fn of(mut verdict: Verdict) -> Self {
+        let reservation = verdict.held.take().map(|held| held.into_reservation());
+        Self {
+            verdict,
+            reservation,
+        }
+    }
+
     /// The check's verdict, at the estimate.
     pub fn verdict(&self) -> &Verdict {
         &self.verdict
@@ -292,18 +302,66 @@ pub enum SettleError {
     Store(#[from] StoreError),
 }
 
-/// The future of [`Limiter::reserve`].
+/// A reservation the store holds for an admitted request, carried in its verdict until a
+/// front takes it as a [`Reservation`].
+#[derive(Clone)]
+pub(crate) struct Held {
+    pub(crate) limiter: Limiter,
+    pub(crate) ticket: Ticket,
+    pub(crate) estimate: u32,
+}
+
+impl Held {
+    fn into_reservation(self) -> Reservation {
+        Reservation {
+            limiter: self.limiter,
+            id: self.ticket.to_string(),
+            ticket: self.ticket,
+            estimate: self.estimate,
+            done: false,
+        }
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.ticket, self.estimate) == (&other.ticket, other.estimate)
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the client: an X-Client-ID may be an API key.
+        f.debug_struct("Held")
+            .field("rule", &self.ticket.rule)
+            .field("estimate", &self.estimate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Limiter::reserve`] and [`Limiter::check_or_reserve`].
 #[must_use = "a reservation is made only when awaited"]
 pub struct Reserving {
     checking: Checking,
-    /// The limiter, and the reservation's random part and client (as keyed): its id once
-    /// the rule is known.
-    pending: Option<(Limiter, String, ClientKey)>,
 }
 
 impl Reserving {
-    pub(super) fn new(checking: Checking, pending: Option<(Limiter, String, ClientKey)>) -> Self {
-        Self { checking, pending }
+    pub(super) fn new(checking: Checking) -> Self {
+        Self { checking }
+    }
+
+    /// The answer, if it is there already: the HTTP front answers at once then.
+    #[inline]
+    pub(crate) fn now(&mut self) -> Option<Result<Reserved, CheckError>> {
+        Some(self.checking.now()?.map(Reserved::of))
+    }
+}
+
+impl fmt::Debug for Reserving {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reserving")
+            .field("checking", &self.checking)
+            .finish()
     }
 }
 
@@ -311,32 +369,7 @@ impl Future for Reserving {
     type Output = Result<Reserved, CheckError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let verdict = match Pin::new(&mut self.checking).poll(cx) {
-            Poll::Ready(Ok(verdict)) => verdict,
-            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-            Poll::Pending => return Poll::Pending,
-        };
-        let reservation = match (self.pending.take(), verdict.reserved) {
-            (Some((limiter, nonce, client)), Some(estimate)) if verdict.allowed() => {
-                let ticket = Ticket {
-                    nonce,
-                    rule: verdict.rule().to_owned(),
-                    client,
-                };
-                Some(Reservation {
-                    limiter,
-                    id: ticket.to_string(),
-                    ticket,
-                    estimate,
-                    done: false,
-                })
-            }
-            _ => None,
-        };
-        Poll::Ready(Ok(Reserved {
-            verdict,
-            reservation,
-        }))
+        Pin::new(&mut self.checking).poll(cx).map_ok(Reserved::of)
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::decision::{BandStatus, DecidedBy, Decision};
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::key::ClientKey;
+use super::reservation::Held;
 use crate::rules::Limit;
 
 /// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the
@@ -53,8 +54,8 @@ pub struct Verdict {
     pub(crate) bands: Option<Box<[BandStatus]>>,
     /// The client, when its key is no secret (see [`partition_key`](Self::partition_key)).
     pub(crate) partition: Option<ClientKey>,
-    /// For a reservation the store holds: its estimate.
-    pub(crate) reserved: Option<u32>,
+    /// The reservation the store holds for this request, until a front takes it.
+    pub(crate) held: Option<Box<Held>>,
 }
 
 impl Verdict {

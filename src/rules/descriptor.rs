@@ -63,6 +63,8 @@ impl RawDescriptor {
             algorithm: self.algorithm,
             cost: self.cost.clone(),
             shadow: self.shadow,
+            unit: None,
+            settle_header: None,
         })
     }
 }

@@ -26,6 +26,7 @@ mod error;
 mod file;
 mod json;
 mod merge;
+mod metering;
 mod parse;
 pub(crate) mod path;
 mod raw;
@@ -59,6 +60,7 @@ use crate::algorithm::{Algorithm, BandSpec};
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::key::{ClientKey, KeyRef};
 use crate::policy::OnRedisError;
+use metering::Metering;
 use router::RuleSet;
 
 pub(crate) use clients::Clients;
@@ -232,6 +234,9 @@ pub struct Limit {
     bands: Arc<[Band]>,
     cost: u32,
     shadow: bool,
+    /// Its unit and settle header, when the rules name them. One pointer, so that a limit
+    /// stays cheap to clone with each verdict.
+    metering: Option<Arc<Metering>>,
 }
 
 impl Limit {
@@ -278,6 +283,34 @@ impl Limit {
         self.shadow
     }
 
+    /// What one unit of the limit is (`"unit"`: `tokens`, `bytes`, …), when the rules say;
+    /// requests otherwise. Fronts show it in their headers and statistics.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "30000/minute", "unit": "tokens"}}"#).unwrap();
+    /// assert_eq!(rules.default_rule().limit().unwrap().unit(), Some("tokens"));
+    /// ```
+    pub fn unit(&self) -> Option<&str> {
+        self.metering.as_ref()?.unit.as_deref()
+    }
+
+    /// The response header (or trailer) the app tells a request's use in, lowercase
+    /// (`"settle_header"`): a request under this limit reserves its cost (the rule's, or the
+    /// [`Cost`](crate::Cost) the app set) when admitted, and the layer settles it with the
+    /// number the response carries there, then removes the field.
+    ///
+    /// ```
+    /// use tollgate::Rules;
+    ///
+    /// let rules = Rules::from_json(r#"{"default": {"limit": "30000/minute", "settle_header": "X-Tokens-Used"}}"#).unwrap();
+    /// assert_eq!(rules.default_rule().limit().unwrap().settle_header(), Some("x-tokens-used"));
+    /// ```
+    pub fn settle_header(&self) -> Option<&str> {
+        self.metering.as_ref()?.settle_header.as_deref()
+    }
+
     /// This limit in shadow mode, as the rules file's top-level `shadow: true` makes every
     /// limit.
     pub(crate) fn shadowed(mut self) -> Self {
@@ -295,6 +328,12 @@ impl fmt::Display for Limit {
         }
         if self.shadow {
             f.write_str(", shadow")?;
+        }
+        if let Some(unit) = self.unit() {
+            write!(f, ", in {unit}")?;
+        }
+        if let Some(header) = self.settle_header() {
+            write!(f, ", settled from {header}")?;
         }
         Ok(())
     }

@@ -306,6 +306,7 @@ fn per_window(limit: &Value, window: &Value, at: &str, shadow_all: bool) -> Resu
         bands: vec![band].into(),
         cost: 1,
         shadow: shadow_all,
+        metering: None,
     })
 }
 

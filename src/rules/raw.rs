@@ -2,11 +2,13 @@
 //! `clients` and `descriptors` share) and the [`Limit`] its fields describe, with every
 //! problem found at its JSON path.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use super::{
-    Band, InvalidRule, Limit, MAX_BANDS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, period_secs,
+    Band, InvalidRule, Limit, MAX_BANDS, Metering, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, period_secs,
 };
 use crate::algorithm::Algorithm;
 
@@ -27,6 +29,10 @@ pub(super) struct RawRule {
     pub(super) algorithm: Option<Algorithm>,
     pub(super) cost: Option<Number>,
     pub(super) shadow: Option<bool>,
+    /// What a unit of the limit is: `tokens`, `bytes`, …
+    pub(super) unit: Option<String>,
+    /// The response header (or trailer) that tells what a request used.
+    pub(super) settle_header: Option<String>,
 }
 
 impl RawRule {
@@ -41,6 +47,8 @@ impl RawRule {
             ("algorithm", self.algorithm.is_some()),
             ("cost", self.cost.is_some()),
             ("shadow", self.shadow.is_some()),
+            ("unit", self.unit.is_some()),
+            ("settle_header", self.settle_header.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -118,6 +126,8 @@ pub(super) fn limit_of(
             ("algorithm", raw.algorithm.is_some()),
             ("cost", raw.cost.is_some()),
             ("shadow", raw.shadow.is_some()),
+            ("unit", raw.unit.is_some()),
+            ("settle_header", raw.settle_header.is_some()),
         ] {
             if present {
                 return Err(problem(at(field), InvalidRule::NotWithUnlimited { field }));
@@ -176,6 +186,38 @@ pub(super) fn limit_of(
         bands: bands.into(),
         cost,
         shadow: shadow_all || raw.shadow == Some(true),
+        metering: metering_of(raw, json_path)?,
+    }))
+}
+
+/// What the rule's units are and where a response tells how many it used, if it says.
+fn metering_of(raw: &RawRule, json_path: &str) -> Result<Option<Arc<Metering>>, Problem> {
+    let unit = match &raw.unit {
+        None => None,
+        Some(unit) => Some(Metering::unit(unit).ok_or_else(|| {
+            problem(
+                format!("{json_path}.unit"),
+                InvalidRule::Unit { got: unit.clone() },
+            )
+        })?),
+    };
+    let settle_header = match &raw.settle_header {
+        None => None,
+        Some(name) => Some(Metering::settle_header(name).map_err(|reason| {
+            problem(
+                format!("{json_path}.settle_header"),
+                InvalidRule::SettleHeader {
+                    got: name.clone(),
+                    reason,
+                },
+            )
+        })?),
+    };
+    Ok((unit.is_some() || settle_header.is_some()).then(|| {
+        Arc::new(Metering {
+            unit,
+            settle_header,
+        })
     }))
 }
 

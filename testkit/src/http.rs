@@ -149,7 +149,7 @@ pub async fn send(app: &Router, request: Request<Body>) -> Response<Body> {
     app.clone().oneshot(request).await.expect("infallible")
 }
 
-pub fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
+pub fn header<'a, B>(response: &'a Response<B>, name: &str) -> Option<&'a str> {
     response
         .headers()
         .get(name)
@@ -169,7 +169,7 @@ pub fn reqwest_number<T: std::str::FromStr>(response: &reqwest::Response, name: 
     reqwest_header(response, name).and_then(|v| v.parse().ok())
 }
 
-pub fn remaining(response: &Response<Body>) -> Option<u32> {
+pub fn remaining<B>(response: &Response<B>) -> Option<u32> {
     header(response, "x-ratelimit-remaining").map(|v| v.parse().expect("integer"))
 }
 

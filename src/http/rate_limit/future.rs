@@ -6,18 +6,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::limiter::{Checking, Verdict};
+use super::body::ResponseBody;
+use super::settle::{ReservedCost, Settling, log_failure, settle_from};
+use crate::limiter::{Reserved, Reserving, Verdict};
 use crate::render;
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
     ///
     /// Resolves to the layer's own response (429, 400, 500 or 503) or to the inner service's response
-    /// with `X-RateLimit-*` headers added.
+    /// with `X-RateLimit-*` headers added; a response whose header settles the request's
+    /// reservation waits for the settlement, and its headers tell what is left after it.
     ///
     /// # Example
     ///
@@ -54,27 +57,44 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         // The layer answers by itself.
-        Respond { response: Option<S::Response> },
+        Respond { response: Option<Response<Bytes>> },
         // Redis is deciding; the ready inner service and the request wait. Boxed: a request
         // is large, and the futures that never wait should not carry its room.
         Wait { waiting: Box<Waiting<S, ReqBody>> },
         // The inner service is answering; headers are added to its response.
-        Forward { #[pin] future: S::Future, verdict: Option<Verdict> },
+        Forward {
+            #[pin]
+            future: S::Future,
+            verdict: Option<Verdict>,
+            // The reservation, when the request's rule settles from the response.
+            cost: Option<ReservedCost>,
+        },
+        // The response's header is settling the reservation. Boxed, as `Wait`.
+        Settle { settle: Box<Settle<S::Response>> },
     }
 }
 
 /// What waits with a request while Redis decides it.
 struct Waiting<S, ReqBody> {
-    checking: Checking,
+    checking: Reserving,
     inner: Option<S>,
     request: Option<Request<ReqBody>>,
+}
+
+/// A response waiting for the settlement its header asked for.
+struct Settle<R> {
+    settling: Settling,
+    response: Option<R>,
+    verdict: Verdict,
+    name: HeaderName,
+    cost: Option<ReservedCost>,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn respond(response: S::Response) -> Self {
+    pub(crate) fn respond(response: Response<Bytes>) -> Self {
         Self {
             state: State::Respond {
                 response: Some(response),
@@ -82,16 +102,15 @@ where
         }
     }
 
-    pub(crate) fn forward(future: S::Future, verdict: Verdict) -> Self {
+    /// The layer's answer, or the request forwarded to `inner`, with the reservation
+    /// (if one is held) in its extensions.
+    pub(crate) fn decided(reserved: Reserved, inner: &mut S, request: Request<ReqBody>) -> Self {
         Self {
-            state: State::Forward {
-                future,
-                verdict: Some(verdict),
-            },
+            state: State::decided(reserved, inner, request),
         }
     }
 
-    pub(crate) fn wait(checking: Checking, inner: S, request: Request<ReqBody>) -> Self {
+    pub(crate) fn wait(checking: Reserving, inner: S, request: Request<ReqBody>) -> Self {
         Self {
             state: State::Wait {
                 waiting: Box::new(Waiting {
@@ -100,6 +119,29 @@ where
                     request: Some(request),
                 }),
             },
+        }
+    }
+}
+
+impl<S, ReqBody> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn decided(reserved: Reserved, inner: &mut S, mut request: Request<ReqBody>) -> Self {
+        let (verdict, reservation) = reserved.into_parts();
+        if let Some(refusal) = render::refusal(&verdict) {
+            return State::Respond {
+                response: Some(refusal),
+            };
+        }
+        let cost = reservation.map(ReservedCost::new);
+        if let Some(cost) = &cost {
+            request.extensions_mut().insert(cost.clone());
+        }
+        State::Forward {
+            future: inner.call(request),
+            verdict: Some(verdict),
+            cost,
         }
     }
 }
@@ -113,6 +155,7 @@ where
             State::Respond { .. } => "respond",
             State::Wait { .. } => "wait",
             State::Forward { .. } => "forward",
+            State::Settle { .. } => "settle",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -123,19 +166,17 @@ where
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ResBody>, S::Error>;
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        const DONE: &str = "ResponseFuture polled after completion";
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
                 StateProj::Respond { response } => {
-                    let response = response
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response));
+                    let response = response.take().expect(DONE);
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
                 StateProj::Wait { waiting } => {
                     let Waiting {
@@ -145,32 +186,79 @@ where
                     } = &mut **waiting;
                     let checked = ready!(Pin::new(checking).poll(cx));
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
-                        panic!("ResponseFuture polled after completion");
+                        panic!("{DONE}");
                     };
                     let next = match checked {
-                        Ok(verdict) => match render::refusal(&verdict) {
-                            Some(refusal) => State::Respond {
-                                response: Some(refusal),
-                            },
-                            None => State::Forward {
-                                future: inner.call(request),
-                                verdict: Some(verdict),
-                            },
-                        },
+                        Ok(reserved) => State::decided(reserved, &mut inner, request),
                         Err(error) => State::Respond {
                             response: Some(render::check_error(&error)),
                         },
                     };
                     state.set(next);
                 }
-                StateProj::Forward { future, verdict } => {
+                StateProj::Forward {
+                    future,
+                    verdict,
+                    cost,
+                } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(verdict) = verdict.take() {
-                        render::write_headers(response.headers_mut(), &verdict);
+                    let verdict = verdict.take().expect(DONE);
+                    let cost = cost.take();
+                    let Some(name) = settle_header(&verdict) else {
+                        return Poll::Ready(Ok(finish(response, &verdict, None, None)));
+                    };
+                    match settle_from(response.headers_mut(), &name, cost.as_ref()) {
+                        None => {
+                            return Poll::Ready(Ok(finish(response, &verdict, Some(name), cost)));
+                        }
+                        Some(settling) => state.set(State::Settle {
+                            settle: Box::new(Settle {
+                                settling,
+                                response: Some(response),
+                                verdict,
+                                name,
+                                cost,
+                            }),
+                        }),
                     }
-                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Settle { settle } => {
+                    let settled = ready!(settle.settling.as_mut().poll(cx));
+                    log_failure(&settled);
+                    let Settle {
+                        response,
+                        verdict,
+                        name,
+                        cost,
+                        ..
+                    } = &mut **settle;
+                    if let Ok(settled) = settled {
+                        // The headers tell what is left once the real cost is counted.
+                        verdict.decision = Some(settled.decision());
+                    }
+                    let response = response.take().expect(DONE);
+                    let name = Some(name.clone());
+                    return Poll::Ready(Ok(finish(response, verdict, name, cost.take())));
                 }
             }
         }
     }
+}
+
+/// The field the verdict's rule settles from, if it names one.
+fn settle_header(verdict: &Verdict) -> Option<HeaderName> {
+    let name = verdict.limit()?.settle_header()?;
+    HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
+/// The inner service's response with the verdict's rate limit headers, its body watched for
+/// the trailer `name` that settles `cost`.
+fn finish<B>(
+    mut response: Response<B>,
+    verdict: &Verdict,
+    name: Option<HeaderName>,
+    cost: Option<ReservedCost>,
+) -> Response<ResponseBody<B>> {
+    render::write_headers(response.headers_mut(), verdict);
+    response.map(|body| ResponseBody::inner(body, name, cost))
 }

@@ -3,20 +3,19 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
+use super::body::ResponseBody;
 use super::future::ResponseFuture;
 use crate::http::RequestQueries;
 use crate::render;
 
 /// Rate limits requests to `S`. Made by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
-/// Works with any `http` service whose response body can be built from
-/// [`Bytes`](https://docs.rs/bytes/latest/bytes/struct.Bytes.html) (axum's `Body`,
-/// `http_body_util::Full<Bytes>`, …). Its own failures become responses, never errors: the
-/// error type is the inner service's.
+/// Works with any `http` service; its responses carry a [`ResponseBody`] around the inner
+/// service's body, which axum's `Router::layer` takes as it is. Its own failures become
+/// responses, never errors: the error type is the inner service's.
 ///
 /// # Example
 ///
@@ -66,9 +65,8 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: From<Bytes>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
@@ -81,12 +79,9 @@ where
             Ok(query) => query,
             Err(problem) => return ResponseFuture::respond(render::invalid_client_id(&problem)),
         };
-        let mut checking = self.queries.limiter().check(query);
+        let mut checking = self.queries.limiter().check_or_reserve(query);
         match checking.now() {
-            Some(Ok(verdict)) => match render::refusal(&verdict) {
-                Some(refusal) => ResponseFuture::respond(refusal),
-                None => ResponseFuture::forward(self.inner.call(request), verdict),
-            },
+            Some(Ok(reserved)) => ResponseFuture::decided(reserved, &mut self.inner, request),
             Some(Err(error)) => ResponseFuture::respond(render::check_error(&error)),
             None => {
                 // The instance that was polled ready goes into the future; a fresh clone

@@ -293,6 +293,20 @@ pub enum InvalidRule {
         /// The field.
         field: &'static str,
     },
+    /// A `unit` that is not 1 to 32 letters, digits, `_` or `-`.
+    #[error("unit {got:?} must be 1 to 32 letters, digits, '_' or '-' (\"tokens\", say)")]
+    Unit {
+        /// The unit as written.
+        got: String,
+    },
+    /// A `settle_header` that cannot name the response field a request's use is read from.
+    #[error("settle_header {got:?} {reason}")]
+    SettleHeader {
+        /// The name as written.
+        got: String,
+        /// Why it cannot be one.
+        reason: &'static str,
+    },
     /// A tier name with characters other than letters, digits, `_` and `-`.
     #[error("tier name {name:?} must be 1 to 64 letters, digits, '_' or '-'")]
     TierName {
