@@ -149,7 +149,12 @@ fn per_request_overhead(c: &mut Criterion) {
             });
         };
     let mut bare = inner;
-    measure("bare", &mut |r| call(&mut bare, r).status(), "/api/data", &by_id);
+    measure(
+        "bare",
+        &mut |r| call(&mut bare, r).status(),
+        "/api/data",
+        &by_id,
+    );
     let mut allowed = allowing.layer(inner);
     // Each setup is checked once, so that a wrong one cannot measure the wrong path.
     let first = call(&mut allowed, request("/api/data", by_id(0)));
@@ -210,7 +215,12 @@ fn per_request_overhead(c: &mut Criterion) {
     }
     let refused = call(&mut denied, request("/api/data", by_id(0)));
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    measure("denied", &mut |r| call(&mut denied, r).status(), "/api/data", &by_id);
+    measure(
+        "denied",
+        &mut |r| call(&mut denied, r).status(),
+        "/api/data",
+        &by_id,
+    );
     let mut two_bands = banded.layer(inner);
     measure(
         "allowed_two_bands",
@@ -226,7 +236,12 @@ fn per_request_overhead(c: &mut Criterion) {
         let mut service = styled.layer(inner);
         let first = call(&mut service, request("/api/data", by_id(0)));
         assert!(first.headers().contains_key("ratelimit-policy"));
-        measure(name, &mut |r| call(&mut service, r).status(), "/api/data", &by_id);
+        measure(
+            name,
+            &mut |r| call(&mut service, r).status(),
+            "/api/data",
+            &by_id,
+        );
     }
     // tower_governor keyed the same way: the overhead the layer's is compared with.
     for (name, capacity, per_second) in [
@@ -252,7 +267,12 @@ fn per_request_overhead(c: &mut Criterion) {
             call(&mut governed, request("/api/data", by_id(0))).status(),
             expected
         );
-        measure(name, &mut |r| call(&mut governed, r).status(), "/api/data", &by_id);
+        measure(
+            name,
+            &mut |r| call(&mut governed, r).status(),
+            "/api/data",
+            &by_id,
+        );
     }
     // tower_governor with its rate limit headers (`use_headers`: `x-ratelimit-limit` and
     // `x-ratelimit-remaining` on allowed responses), as tollgate writes its own: the same

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::reservation::Held;
 use crate::decision::{BandStatus, DecidedBy, Decision};
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::key::ClientKey;
-use super::reservation::Held;
 use crate::rules::Limit;
 
 /// The limiter's answer to a [`Query`](crate::Query): whether the request may go on, the

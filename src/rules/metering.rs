@@ -54,7 +54,9 @@ impl Metering {
         ) || name.starts_with("ratelimit")
             || name.starts_with("x-ratelimit");
         if owned {
-            return Err("is a field HTTP or the rate limit headers need; name one of the app's own");
+            return Err(
+                "is a field HTTP or the rate limit headers need; name one of the app's own",
+            );
         }
         Ok(name.into())
     }

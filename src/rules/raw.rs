@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use super::{
-    Band, InvalidRule, Limit, MAX_BANDS, Metering, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, period_secs,
+    Band, InvalidRule, Limit, MAX_BANDS, MAX_REFILL_PER_SEC, MIN_REFILL_PER_SEC, Metering,
+    period_secs,
 };
 use crate::algorithm::Algorithm;
 

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderName, Request, Response};
+use http::header::TRAILER;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -260,5 +261,29 @@ fn finish<B>(
     cost: Option<ReservedCost>,
 ) -> Response<ResponseBody<B>> {
     render::write_headers(response.headers_mut(), verdict);
+    if let Some(name) = &name {
+        undeclare(response.headers_mut(), name);
+    }
     response.map(|body| ResponseBody::inner(body, name, cost))
+}
+
+/// Takes `name` out of the `Trailer` field, which declares the trailers to come: the settle
+/// trailer does not leave.
+fn undeclare(headers: &mut HeaderMap, name: &HeaderName) {
+    let Some(declared) = headers.get(TRAILER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let others: Vec<&str> = declared
+        .split(',')
+        .map(str::trim)
+        .filter(|field| !field.is_empty() && !field.eq_ignore_ascii_case(name.as_str()))
+        .collect();
+    match HeaderValue::from_str(&others.join(", ")) {
+        Ok(value) if !others.is_empty() => {
+            headers.insert(TRAILER, value);
+        }
+        _ => {
+            headers.remove(TRAILER);
+        }
+    }
 }

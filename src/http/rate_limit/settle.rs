@@ -114,7 +114,11 @@ pub(super) fn settle_from(
 ) -> Option<Settling> {
     let value = fields.remove(name)?;
     let cost = cost?;
-    let Some(used) = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+    let Some(used) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
         tracing::warn!(
             field = %name,
             value = ?value,

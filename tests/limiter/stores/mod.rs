@@ -4,6 +4,7 @@
 //! layer.
 
 mod map_store;
+mod settling;
 mod suite;
 
 use suite::Backend;

@@ -1,7 +1,8 @@
 //! The behaviour every store passes, through the public `Limiter` API: take and peek over
 //! multi-band rules, refusal and retry-after, costs, resets (here and, for a shared store,
 //! on every instance), runtime entries (kept, listed, removed, and seen by every instance
-//! of a shared store), usage statistics, health, and the tower layer on top.
+//! of a shared store), usage statistics, health, and the tower layer on top, settling
+//! reservations from responses (`settling.rs`).
 //!
 //! A later store operation adds its behaviour here, so that every store passes it.
 
@@ -57,7 +58,7 @@ impl Backend<'_> {
     }
 
     /// A limiter of `json` on this store, its state under `prefix`, recording usage.
-    async fn limiter(&self, json: &str, prefix: &str) -> Limiter {
+    pub(super) async fn limiter(&self, json: &str, prefix: &str) -> Limiter {
         self.instance(json, prefix, "").await
     }
 
@@ -108,6 +109,7 @@ pub async fn run(backend: &Backend<'_>) {
     usage(backend).await;
     health(backend).await;
     the_layer_on_top(backend).await;
+    super::settling::the_layer_settles_from_the_response(backend).await;
 }
 
 /// Two slow bands (nothing refills during the test): the smaller decides and is reported;
@@ -430,7 +432,7 @@ async fn the_fleet_live(backend: &Backend<'_>) {
 }
 
 /// What a peek says is left for `client`.
-async fn left(limiter: &Limiter, client: &ClientKey) -> u32 {
+pub(super) async fn left(limiter: &Limiter, client: &ClientKey) -> u32 {
     let peeked = limiter.peek(Query::new(client)).await.expect("a peek");
     peeked.decision().expect("a limited rule").remaining
 }
