@@ -120,6 +120,7 @@ pub use limiter::{
 pub use policy::OnRedisError;
 pub use render::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    X_RATELIMIT_UNIT,
 };
 #[cfg(feature = "envoy")]
 pub use rules::envoy::{EnvoyConfigError, EnvoyDomain, InvalidEnvoyConfig};

@@ -53,6 +53,12 @@ pub const USAGE_FLUSH_ERRORS: &str = "tollgate_usage_flush_errors_total";
 pub const RUNTIME_READ_ERRORS: &str = "tollgate_runtime_read_errors_total";
 /// Subscribers to the service's event streams.
 pub const EVENT_SUBSCRIBERS: &str = "tollgate_event_subscribers";
+/// Settlements of reservations, by rule and outcome (`settled`, `unknown`,
+/// `already_settled`, `failed`).
+pub const SETTLEMENTS: &str = "tollgate_settlements_total";
+/// Units settled reservations used, by rule and the rule's `unit` (`units` when it names
+/// none).
+pub const SETTLED_UNITS: &str = "tollgate_settled_units_total";
 
 /// Upper bounds of the Redis call duration histogram's buckets, in seconds: 100 µs to 1 s.
 pub const REDIS_CALL_BUCKETS: &[f64] = &[
@@ -119,6 +125,21 @@ pub fn describe() {
         EVENT_SUBSCRIBERS,
         "Subscribers to the service's event streams."
     );
+    describe_counter!(SETTLEMENTS, "Settlements of reservations, by outcome.");
+    describe_counter!(
+        SETTLED_UNITS,
+        "Units settled reservations used, in the rule's unit."
+    );
+}
+
+/// Counts a settlement under `rule`: its outcome, and what it used, in `unit`.
+pub(crate) fn settlement(rule: &str, unit: Option<&str>, used: Option<u64>, outcome: &'static str) {
+    let rule = rule.to_owned();
+    counter!(SETTLEMENTS, "rule" => rule.clone(), "outcome" => outcome).increment(1);
+    if let Some(used) = used {
+        let unit = unit.unwrap_or("units").to_owned();
+        counter!(SETTLED_UNITS, "rule" => rule, "unit" => unit).increment(used);
+    }
 }
 
 /// Counts one decision (peeks are not counted) under `rule`.

@@ -381,13 +381,25 @@ impl Limiter {
         let largest = limit.bands().iter().map(|band| u64::from(band.capacity()));
         let most =
             reservation::MAX_OWED_CAPACITIES * largest.max().unwrap_or(1) + u64::from(u32::MAX);
-        match self.core.store.settle(limit, key, used.min(most)).await? {
-            Settlement::Settled { estimate, decision } => {
+        let settled = match self.core.store.settle(limit, key, used.min(most)).await {
+            Ok(Settlement::Settled { estimate, decision }) => {
                 Ok(Settled::new(estimate, used, decision))
             }
-            Settlement::AlreadySettled => Err(SettleError::AlreadySettled),
-            _ => Err(SettleError::Unknown),
+            Ok(Settlement::AlreadySettled) => Err(SettleError::AlreadySettled),
+            Ok(_) => Err(SettleError::Unknown),
+            Err(error) => Err(SettleError::Store(error)),
+        };
+        #[cfg(feature = "metrics")]
+        {
+            let (outcome, charged) = match &settled {
+                Ok(_) => ("settled", Some(used.min(most))),
+                Err(SettleError::AlreadySettled) => ("already_settled", None),
+                Err(SettleError::Unknown) => ("unknown", None),
+                Err(_) => ("failed", None),
+            };
+            crate::metrics::settlement(&ticket.rule, limit.unit(), charged, outcome);
         }
+        settled
     }
 
     /// Lets the reservation `ticket` names go at its estimate.

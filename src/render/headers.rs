@@ -18,8 +18,12 @@ pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset`: Unix time in seconds when that band is full again.
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `X-RateLimit-Unit`: what the limit counts, when its rule names a unit (`"unit":
+/// "tokens"`); absent for requests.
+pub static X_RATELIMIT_UNIT: HeaderName = HeaderName::from_static("x-ratelimit-unit");
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-11): one quota policy item per
-/// band of the rule, `"<name>";q=<capacity>;w=<period in seconds>`.
+/// band of the rule, `"<name>";q=<capacity>;w=<period in seconds>`, and `;qu="<unit>"` when
+/// the rule names a unit.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11): the reported band's service limit
 /// item, `"<name>";r=<remaining>;t=<seconds until more quota>`: until the band has one unit
@@ -89,6 +93,12 @@ fn write_fields(
 ) {
     if style.x_ratelimit() {
         set_rate_limit_headers(headers, decision);
+        if let Some(unit) = limit.and_then(Limit::unit) {
+            // A unit is letters, digits, `_` and `-` (the rules check it).
+            if let Ok(value) = HeaderValue::from_str(unit) {
+                headers.insert(X_RATELIMIT_UNIT.clone(), value);
+            }
+        }
     }
     if style.ietf() {
         set_ietf_headers(headers, rule, limit, decision, partition);
@@ -190,6 +200,9 @@ fn policy_value(rule: &str, limit: &Limit) -> String {
         push_sf_string(&mut value, &policy_name(rule, index, bands.len()));
         let window = ceil_secs(band.period()).max(1);
         let _ = write!(value, ";q={};w={window}", band.capacity());
+        if let Some(unit) = limit.unit() {
+            let _ = write!(value, ";qu=\"{unit}\"");
+        }
     }
     value
 }
@@ -197,20 +210,23 @@ fn policy_value(rule: &str, limit: &Limit) -> String {
 /// `RateLimit-Policy` for `rule` and `limit`. A policy changes only with the rules, so each
 /// thread keeps the last one made, and the requests under the same rule share it.
 fn policy_header(rule: &str, limit: &Limit) -> Option<HeaderValue> {
-    /// (rule, bands) → value.
-    type Made = (Box<str>, Box<[Band]>, HeaderValue);
+    /// (rule, bands, unit) → value.
+    type Made = (Box<str>, Box<[Band]>, Option<Box<str>>, HeaderValue);
     thread_local! {
         static LAST: RefCell<Option<Made>> = const { RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| match last {
-        Some((seen_rule, seen_bands, value))
-            if **seen_rule == *rule && **seen_bands == *limit.bands() =>
+        Some((seen_rule, seen_bands, seen_unit, value))
+            if **seen_rule == *rule
+                && **seen_bands == *limit.bands()
+                && seen_unit.as_deref() == limit.unit() =>
         {
             Some(value.clone())
         }
         _ => {
             let value = HeaderValue::try_from(policy_value(rule, limit)).ok()?;
-            *last = Some((rule.into(), limit.bands().into(), value.clone()));
+            let unit = limit.unit().map(Into::into);
+            *last = Some((rule.into(), limit.bands().into(), unit, value.clone()));
             Some(value)
         }
     })
@@ -382,5 +398,32 @@ mod tests {
             &decision,
         );
         assert_eq!(headers[&RATELIMIT_POLICY], r#""pro:default";q=1000;w=60"#);
+    }
+
+    #[test]
+    fn a_rules_unit_is_shown_in_both_styles() {
+        let tokens = crate::rules::default_limit(
+            r#"{"default": {"limits": ["30000/minute", "1000000/day"], "unit": "tokens"}}"#,
+        );
+        let decision = Decision::allowed(30000, 29000, SystemTime::now());
+        let mut headers = HeaderMap::new();
+        let style = HeaderStyle::Both;
+        write_rate_limit_headers(&mut headers, style, "chat", Some(&tokens), &decision);
+        assert_eq!(headers[&X_RATELIMIT_UNIT], "tokens");
+        assert_eq!(
+            headers[&RATELIMIT_POLICY],
+            r#""chat#0";q=30000;w=60;qu="tokens", "chat#1";q=1000000;w=86400;qu="tokens""#
+        );
+        // The same rule and bands counting requests (after a reload): no unit, no cached one.
+        let requests = crate::rules::default_limit(
+            r#"{"default": {"limits": ["30000/minute", "1000000/day"]}}"#,
+        );
+        let mut headers = HeaderMap::new();
+        write_rate_limit_headers(&mut headers, style, "chat", Some(&requests), &decision);
+        assert!(headers.get(&X_RATELIMIT_UNIT).is_none());
+        assert_eq!(
+            headers[&RATELIMIT_POLICY],
+            r#""chat#0";q=30000;w=60, "chat#1";q=1000000;w=86400"#
+        );
     }
 }

@@ -464,6 +464,31 @@ fn bad_costs_algorithms_and_unlimited_extras() {
             "routes[0]",
             "it has limit, limits",
         ),
+        (
+            r#""unlimited": true, "unit": "tokens""#,
+            "routes[0].unit",
+            "no meaning",
+        ),
+        (
+            r#""unlimited": true, "settle_header": "x-used""#,
+            "routes[0].settle_header",
+            "no meaning",
+        ),
+        (
+            r#""limit": "5/second", "unit": "big tokens""#,
+            "routes[0].unit",
+            "must be 1 to 32 letters",
+        ),
+        (
+            r#""limit": "5/second", "settle_header": "content-length""#,
+            "routes[0].settle_header",
+            "one of the app's own",
+        ),
+        (
+            r#""limit": "5/second", "settle_header": "x used""#,
+            "routes[0].settle_header",
+            "must be a header name",
+        ),
     ] {
         let msg = err(&with_routes(&format!(r#"{{"path": "/a", {rule}}}"#)));
         assert!(
