@@ -34,7 +34,6 @@ mod refusals;
 
 pub use headers::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-    X_RATELIMIT_UNIT,
-    write_headers, write_rate_limit_headers,
+    X_RATELIMIT_UNIT, write_headers, write_rate_limit_headers,
 };
 pub use refusals::{check_error, invalid_client_id, refusal};

@@ -5,6 +5,7 @@
 
 mod layer;
 mod limiter;
+mod llm_gateway;
 mod runtime;
 mod stores;
 mod usage;
