@@ -137,10 +137,10 @@ async fn chat(
             }
             // The end: the usage is known.
             _ => {
-                if let Some(used) = relay.used {
-                    if let Err(error) = relay.cost.settle(used).await {
-                        eprintln!("the reservation was not settled: {error}");
-                    }
+                if let Some(used) = relay.used
+                    && let Err(error) = relay.cost.settle(used).await
+                {
+                    eprintln!("the reservation was not settled: {error}");
                 }
                 None
             }

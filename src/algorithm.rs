@@ -123,41 +123,44 @@ pub(crate) fn decide_band(
     now_us: i64,
     cost: f64,
 ) -> BandOutcome {
-    band(algorithm, spec, state, now_us, cost, false)
+    band(algorithm, spec, state, now_us, cost, None)
 }
 
 /// Takes `delta` units from one band whether or not they fit, or gives `-delta` back: what
-/// settling a reservation does with the difference between what was used and what was
-/// reserved. Always "admitted"; the caller stores `next`.
+/// settling a reservation made at `reserved_us` does with the difference between what was
+/// used and what was reserved. Always "admitted"; the caller stores `next`.
 ///
 /// What is taken past empty is owed, not forgiven: a token bucket goes below zero and its
 /// refill pays the debt back before it admits again; a window counts past its capacity, and
 /// the excess is carried into the windows after it, a capacity's worth paid back by each. A
 /// refund gives back at most what the band can hold: a bucket fills to its capacity, a
-/// window's count drops to zero.
+/// window's count drops to zero. A window gives back only to the window the estimate was
+/// counted in: a fixed window while it lasts, a sliding window while it is the current or the
+/// previous one; after that, what it counted is gone already.
 pub(crate) fn settle_band(
     algorithm: Algorithm,
     spec: &BandSpec,
     state: BandState,
     now_us: i64,
-    delta: f64,
+    (delta, reserved_us): (f64, i64),
 ) -> BandOutcome {
-    band(algorithm, spec, state, now_us, delta, true)
+    band(algorithm, spec, state, now_us, delta, Some(reserved_us))
 }
 
-/// One band taking `cost`: if it fits, or, `forced`, whatever it is (negative: a refund).
+/// One band taking `cost`: if it fits, or, when `settling` a reservation made then,
+/// whatever it is (negative: a refund).
 fn band(
     algorithm: Algorithm,
     spec: &BandSpec,
     state: BandState,
     now_us: i64,
     cost: f64,
-    forced: bool,
+    settling: Option<i64>,
 ) -> BandOutcome {
     match algorithm {
-        Algorithm::TokenBucket => token_bucket(spec, state, now_us, cost, forced),
-        Algorithm::FixedWindow => fixed_window(spec, state, now_us, cost, forced),
-        Algorithm::SlidingWindow => sliding_window(spec, state, now_us, cost, forced),
+        Algorithm::TokenBucket => token_bucket(spec, state, now_us, cost, settling.is_some()),
+        Algorithm::FixedWindow => fixed_window(spec, state, now_us, cost, settling),
+        Algorithm::SlidingWindow => sliding_window(spec, state, now_us, cost, settling),
     }
 }
 
@@ -252,8 +255,9 @@ fn fixed_window(
     state: BandState,
     now: i64,
     cost: f64,
-    forced: bool,
+    settling: Option<i64>,
 ) -> BandOutcome {
+    let forced = settling.is_some();
     let (capacity, window) = (spec.capacity, spec.window_us);
     let stored = match state {
         BandState::Fixed { index, count } => Some((index, count)),
@@ -267,6 +271,11 @@ fn fixed_window(
             (carried(-count, capacity, index - i), true)
         }
         _ => (0.0, false),
+    };
+    // A refund after the estimate's window ended: that window's count is gone already.
+    let cost = match settling {
+        Some(reserved) if cost < 0.0 && reserved.div_euclid(window) != index => 0.0,
+        _ => cost,
     };
     let admitted = forced || count + cost <= capacity;
     let (counted, owing) = window_counted(count, cost, admitted, owing || forced, capacity);
@@ -304,8 +313,9 @@ fn sliding_window(
     state: BandState,
     now: i64,
     cost: f64,
-    forced: bool,
+    settling: Option<i64>,
 ) -> BandOutcome {
+    let forced = settling.is_some();
     let (capacity, window) = (spec.capacity, spec.window_us);
     let stored = match state {
         BandState::Sliding {
@@ -330,6 +340,16 @@ fn sliding_window(
         }
         Some((i, count, _)) if i == index - 1 => (0.0, count, false),
         _ => (0.0, 0.0, false),
+    };
+    // A refund goes to the window the estimate was counted in: this one, or the previous
+    // one (whose share of the estimate shrinks); an older one is gone already.
+    let (cost, previous) = match settling {
+        Some(reserved) if cost < 0.0 => match index - reserved.div_euclid(window) {
+            0 => (cost, previous),
+            1 => (0.0, (previous + cost).max(0.0)),
+            _ => (0.0, previous),
+        },
+        _ => (cost, previous),
     };
     let start = index * window;
     let window_f = window as f64;
@@ -778,8 +798,9 @@ mod tests {
         out
     }
 
+    /// Settles a reservation made at `now`.
     fn settle(algorithm: Algorithm, spec: &BandSpec, state: &mut BandState, now: i64, delta: f64) {
-        let out = settle_band(algorithm, spec, *state, now, delta);
+        let out = settle_band(algorithm, spec, *state, now, (delta, now));
         assert!(out.admitted, "a settlement always goes through");
         *state = out.next;
     }
@@ -940,5 +961,50 @@ mod tests {
             "900 × 0.1 still counts"
         );
         assert!(decide_band(Algorithm::SlidingWindow, &s, sliding, start + 20 * SEC, 1.0).admitted);
+    }
+
+    #[test]
+    fn a_window_gives_a_refund_back_only_to_the_window_it_counted_in() {
+        let s = spec(10.0, 10.0);
+        let start = 1_000 * SEC;
+        let refund = |algorithm, state, at| {
+            // Reserved 8 at `start`, used none, settled at `at`.
+            let out = settle_band(algorithm, &s, state, at, (-8.0, start));
+            decide_band(algorithm, &s, out.next, at, 0.0).remaining
+        };
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+            let mut state = BandState::Fresh;
+            take(algorithm, &s, &mut state, start, 8.0);
+            assert_eq!(
+                refund(algorithm, state, start + SEC),
+                10.0,
+                "{algorithm:?}, same window"
+            );
+            // The next window: a fixed window's 8 are gone already, and a refund there would
+            // give the client 8 the window never took.
+            let mut next = state;
+            assert!(take(algorithm, &s, &mut next, start + 11 * SEC, 2.0).admitted);
+            // Fixed: nothing given back. Sliding: the previous window's share (8 × 0.9) is
+            // what shrinks, to nothing.
+            assert_eq!(
+                refund(algorithm, next, start + 11 * SEC),
+                8.0,
+                "{algorithm:?}"
+            );
+            let unrefunded = decide_band(algorithm, &s, next, start + 11 * SEC, 0.0).remaining;
+            let expected = match algorithm {
+                Algorithm::FixedWindow => 8.0,
+                _ => 0.0, // 10 - 2 - 8 × 0.9, floored
+            };
+            assert_eq!(unrefunded, expected, "{algorithm:?}");
+            // Two windows on: nothing counted is left to give back.
+            let mut later = state;
+            take(algorithm, &s, &mut later, start + 21 * SEC, 3.0);
+            assert_eq!(
+                refund(algorithm, later, start + 21 * SEC),
+                7.0,
+                "{algorithm:?}"
+            );
+        }
     }
 }

@@ -707,7 +707,7 @@ async fn memory_and_redis_agree_on_a_debt() {
         let then = now - Duration::from_secs(3600 * hours_ago);
         let mut bands = BandStates::default();
         assert!(bands.decide(&limit, 1, Mode::Take, then).allowed);
-        bands.settle(&limit, 25, then);
+        bands.settle(&limit, 25, then, then);
         let here = bands.decide(&limit, 1, Mode::Take, now);
         assert!(!here.allowed, "{algorithm}, {hours_ago} h later: owed");
         // In Redis: the same state, as the script stores it.
@@ -805,4 +805,124 @@ async fn memory_and_redis_agree_on_a_debt() {
         verdict.allowed(),
         "900 counted last hour, no debt: {verdict:?}"
     );
+}
+
+/// Random sequences of checks, reservations, settlements (under, at and past the estimate)
+/// and dropped reservations give the same answers in memory and from the script, for every
+/// algorithm over two bands, within one hour window (nothing refills or ends meanwhile).
+#[tokio::test]
+async fn memory_and_redis_agree_on_reservations_replayed() {
+    use tollgate::{ClientKey, Query, Reservation};
+    clear_of_a_window_end(3600).await;
+    let redis = TestRedis::start();
+    let bands = [
+        r#""limits": [{"capacity": 300, "refill_rate": 0.000001}, {"capacity": 1000, "refill_rate": 0.000001}]"#,
+        r#""limits": ["300/hour", "1000/day"], "algorithm": "fixed_window""#,
+        r#""limits": ["300/hour", "1000/day"], "algorithm": "sliding_window""#,
+    ];
+    for (n, bands) in bands.into_iter().enumerate() {
+        let json = format!(r#"{{"default": {{{bands}}}}}"#);
+        let memory = Limiter::builder()
+            .rules(rules(&json))
+            .build()
+            .await
+            .unwrap();
+        let prefix = unique_prefix("replay");
+        let shared = on_test_redis(Limiter::builder().rules(rules(&json)), &redis, &prefix)
+            .build()
+            .await
+            .unwrap();
+        let ann = ClientKey::id("ann");
+        let mut open: Vec<(Reservation, Reservation)> = Vec::new();
+        // A fixed sequence of pseudo-random numbers (a linear congruential generator).
+        let mut seed: u64 = 0x5eed + n as u64;
+        let mut next = |below: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % below
+        };
+        for step in 0..80 {
+            let what = next(4);
+            let cost = 1 + next(60) as u32;
+            let label = format!("bands {n}, step {step}: op {what}, cost {cost}");
+            match what {
+                0 => {
+                    let here = memory.check(Query::new(&ann).cost(cost)).await.unwrap();
+                    let there = shared.check(Query::new(&ann).cost(cost)).await.unwrap();
+                    assert_eq!(here.allowed(), there.allowed(), "{label}");
+                }
+                1 => {
+                    let here = memory.reserve(Query::new(&ann).cost(cost)).await.unwrap();
+                    let there = shared.reserve(Query::new(&ann).cost(cost)).await.unwrap();
+                    assert_eq!(
+                        here.verdict().allowed(),
+                        there.verdict().allowed(),
+                        "{label}"
+                    );
+                    if let (Some(a), Some(b)) = (here.into_reservation(), there.into_reservation())
+                    {
+                        open.push((a, b));
+                    }
+                }
+                2 if !open.is_empty() => {
+                    let (a, b) = open.swap_remove(next(open.len() as u64) as usize);
+                    // Under, at or past the estimate.
+                    let used = match next(3) {
+                        0 => next(u64::from(a.estimate())),
+                        1 => u64::from(a.estimate()),
+                        _ => u64::from(a.estimate()) + next(400),
+                    };
+                    let here = a.settle(used).await.unwrap().decision();
+                    let there = b.settle(used).await.unwrap().decision();
+                    assert_eq!(here.remaining, there.remaining, "{label}: used {used}");
+                }
+                _ if !open.is_empty() => drop(open.swap_remove(next(open.len() as u64) as usize)),
+                _ => {}
+            }
+            let left = |verdict: tollgate::Verdict| verdict.decision().unwrap().remaining;
+            let here = left(memory.peek(Query::new(&ann)).await.unwrap());
+            let there = left(shared.peek(Query::new(&ann)).await.unwrap());
+            assert_eq!(here, there, "{label}: what is left");
+        }
+    }
+}
+
+/// A window gives a refund back only to the window the estimate was counted in: a
+/// reservation made an hour ago (its key rewritten so) that used nothing gives nothing back to
+/// this hour's window, while one of this hour does.
+#[tokio::test]
+async fn a_window_refunds_only_the_window_the_estimate_was_counted_in() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tollgate::{ClientKey, Query};
+    clear_of_a_window_end(3600).await;
+    let redis = TestRedis::start();
+    let prefix = unique_prefix("refund-window");
+    let json = r#"{"default": {"limit": "100/hour", "algorithm": "fixed_window"}}"#;
+    let limiter = on_test_redis(Limiter::builder().rules(rules(json)), &redis, &prefix)
+        .build()
+        .await
+        .unwrap();
+    let mut connection = redis.client();
+    for (name, hours_ago, left) in [("now", 0u64, 100), ("earlier", 1, 20)] {
+        let client = ClientKey::id(name);
+        let reservation = limiter
+            .reserve(Query::new(&client).cost(80))
+            .await
+            .unwrap()
+            .into_reservation()
+            .unwrap();
+        let nonce = &reservation.id()[..32];
+        let key = format!("{prefix}:{{default:id:{name}}}:r:{nonce}");
+        let made = SystemTime::now() - Duration::from_secs(3600 * hours_ago);
+        let made_us = made.duration_since(UNIX_EPOCH).unwrap().as_micros();
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(format!("80:{made_us}"))
+            .arg("KEEPTTL")
+            .query(&mut connection)
+            .unwrap();
+        let settled = reservation.settle(0).await.unwrap();
+        assert_eq!(settled.decision().remaining, left, "made {hours_ago} h ago");
+    }
 }

@@ -13,6 +13,8 @@ use http::HeaderMap;
 use tollgate::{Band, DecidedBy, HeaderStyle, Limit, Verdict, render};
 
 /// What the limiter said about one descriptor.
+// One per descriptor of a request, for a moment: boxing the verdict would allocate for each.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Decided {
     /// No rule applies (or a matched rule replaces it).
     NoLimit,

@@ -55,15 +55,17 @@ impl BandStates {
     }
 
     /// Takes `delta` more units from every band of `limit` at `now` whether or not they fit,
-    /// or, for a negative `delta`, gives `-delta` back: what settling a reservation does with
-    /// the difference between what was used and what was reserved. Returns the bands'
-    /// decision after it (always allowed: it reports what is left).
+    /// or, for a negative `delta`, gives `-delta` back: what settling a reservation made at
+    /// `reserved` does with the difference between what was used and what was reserved.
+    /// Returns the bands' decision after it (always allowed: it reports what is left).
     ///
     /// What is taken past empty is owed, not forgiven: a token bucket goes below zero, and
     /// its refill pays the debt back before it admits again; a window counts past its
     /// capacity, and carries the excess into the windows after it, each paying back a
     /// capacity. A refund gives back no more than a band holds: a bucket fills to its
-    /// capacity, a window's count drops to zero.
+    /// capacity, a window's count drops to zero; and a window gives back only to the window
+    /// the estimate was counted in (a fixed window while it lasts, a sliding window while it
+    /// is the current or the previous one).
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -75,12 +77,19 @@ impl BandStates {
     /// let mut bands = BandStates::default();
     /// let now = SystemTime::now();
     /// assert!(bands.decide(limit, 1, Mode::Take, now).allowed, "reserved 1");
-    /// assert_eq!(bands.settle(limit, 20, now).remaining, 0, "used 21: 11 owed");
+    /// assert_eq!(bands.settle(limit, 20, now, now).remaining, 0, "used 21: 11 owed");
     /// assert!(!bands.decide(limit, 1, Mode::Take, now + Duration::from_secs(11)).allowed);
     /// assert!(bands.decide(limit, 1, Mode::Take, now + Duration::from_secs(12)).allowed);
     /// ```
-    pub fn settle(&mut self, limit: &Limit, delta: i64, now: SystemTime) -> Decision {
+    pub fn settle(
+        &mut self,
+        limit: &Limit,
+        delta: i64,
+        reserved: SystemTime,
+        now: SystemTime,
+    ) -> Decision {
         let now_us = unix_us(now);
+        let settling = (delta as f64, unix_us(reserved));
         let algorithm = limit.algorithm();
         let mut combined = Combined::new();
         let mut full_after = 0.0f64;
@@ -91,7 +100,7 @@ impl BandStates {
             .map(|(i, band)| {
                 let spec = band.spec();
                 let state = self.states.get(i).copied().unwrap_or(BandState::Fresh);
-                let out = settle_band(algorithm, &spec, state, now_us, delta as f64);
+                let out = settle_band(algorithm, &spec, state, now_us, settling);
                 combined.add(Reported::of(spec.capacity, &out, &out));
                 full_after = full_after.max(out.reset_after_us);
                 out.next
@@ -274,7 +283,7 @@ mod tests {
         let mut bands = BandStates::default();
         let now = SystemTime::now();
         bands.decide(limit, 5, Mode::Take, now);
-        let refunded = bands.settle(limit, -3, now);
+        let refunded = bands.settle(limit, -3, now, now);
         assert!(refunded.allowed);
         let left: Vec<u32> = bands
             .bands(limit, now)
@@ -282,7 +291,7 @@ mod tests {
             .map(|b| b.remaining)
             .collect();
         assert_eq!(left, [8, 98], "5 reserved, 2 used, in both bands");
-        bands.settle(limit, 50, now);
+        bands.settle(limit, 50, now, now);
         let left: Vec<u32> = bands
             .bands(limit, now)
             .iter()

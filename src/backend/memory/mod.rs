@@ -74,18 +74,21 @@ impl<C: Clock> MemoryBackend<C> {
         used: u64,
     ) -> Settlement {
         let now = self.clock.now_us();
-        let estimate = match self.reservations.settle(nonce, (state, client), now) {
-            Found::Open { estimate } => estimate,
+        let (estimate, reserved) = match self.reservations.settle(nonce, (state, client), now) {
+            Found::Open { estimate, at_us } => (estimate, at_us),
             Found::Unknown => return Settlement::Unknown,
             Found::Settled => return Settlement::AlreadySettled,
         };
         let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(estimate);
-        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(now).unwrap_or(0));
+        let time = |us: i64| {
+            SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
+        };
+        let (reserved, at) = (time(reserved), time(now));
         let decision = self.table.update(state, client, now, |entry| match entry {
-            Some(existing) => (existing.settle(limit, delta, at), None),
+            Some(existing) => (existing.settle(limit, delta, reserved, at), None),
             None => {
                 let mut fresh = BandStates::default();
-                (fresh.settle(limit, delta, at), Some(fresh))
+                (fresh.settle(limit, delta, reserved, at), Some(fresh))
             }
         });
         Settlement::Settled { estimate, decision }

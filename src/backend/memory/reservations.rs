@@ -1,7 +1,8 @@
 //! The in-process store's open reservations: which rule and client each took from, its
 //! estimate, until when it is open, and whether it was settled (kept until then, so that a
 //! second settlement is told from one of a reservation never made). Bounded: past the most
-//! kept, the reservation closest to its end is let go at its estimate.
+//! kept, a settled one is forgotten first, else the open one closest to its end is let go at
+//! its estimate.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -14,6 +15,8 @@ struct Open {
     state: u32,
     client: ClientKey,
     estimate: u32,
+    /// When it was made.
+    at_us: i64,
     until_us: i64,
     settled: bool,
 }
@@ -21,9 +24,10 @@ struct Open {
 /// What a reservation asked to settle was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Found {
-    /// Open, with this estimate: now marked settled.
+    /// Open, with this estimate, made at `at_us`: now marked settled.
     Open {
         estimate: u32,
+        at_us: i64,
     },
     Unknown,
     Settled,
@@ -55,10 +59,11 @@ impl Reservations {
         if open.len() >= self.max {
             open.retain(|_, held| held.until_us > now_us);
         }
+        // Settled ones go first: they are kept only to tell a second settlement apart.
         if open.len() >= self.max
             && let Some(soonest) = open
                 .iter()
-                .min_by_key(|(_, held)| held.until_us)
+                .min_by_key(|(_, held)| (!held.settled, held.until_us))
                 .map(|(nonce, _)| nonce.clone())
         {
             open.remove(&soonest);
@@ -69,6 +74,7 @@ impl Reservations {
                 state,
                 client: client.to_owned(),
                 estimate,
+                at_us: now_us,
                 until_us,
                 settled: false,
             },
@@ -99,6 +105,7 @@ impl Reservations {
         held.settled = true;
         Found::Open {
             estimate: held.estimate,
+            at_us: held.at_us,
         }
     }
 

@@ -13,11 +13,12 @@
 --          token_bucket: refill rate per second, windows: window length in µs)
 --
 -- A reservation (flag 4) decides as a request does, asks no lease, and when admitted
--- stores its cost under its key (a string) for its lifetime. A settlement (flag 2) reads
--- that key: none there, its lease_units reply is -2 (unknown, or expired at its estimate);
--- `s`, -3 (settled already); an estimate, the request's cost (the units used) less the
--- estimate is taken from every band whether or not it fits (negative: given back), the key
--- becomes `s` for the rest of its lifetime, and lease_units is the estimate.
+-- stores `<cost>:<µs of TIME>` under its key (a string) for its lifetime. A settlement
+-- (flag 2) reads that key: none there, its lease_units reply is -2 (unknown, or expired at
+-- its estimate); `s`, -3 (settled already); an estimate, the request's cost (the units
+-- used) less the estimate is taken from every band whether or not it fits (negative: given
+-- back, by a window only to the window the estimate was counted in), the key becomes `s`
+-- for the rest of its lifetime, and lease_units is the estimate.
 --
 -- A bucket's value is one byte, the algorithm, then little-endian doubles, per band:
 --   token_bucket    tokens left after the last admitted request, when that was (µs of TIME)
@@ -97,8 +98,10 @@ end
 -- One band's answer to taking `take` units: ok (1 or 0), remaining, retry_us, reset_us,
 -- next_us (until one whole unit more than remaining), spare (units left beyond `take`),
 -- until_end (µs to the end of the window; nil for the token bucket), then the band's values
--- after taking them.
-local function band(algorithm, capacity, param, stored, s, cost, take, forced)
+-- after taking them. `forced`: a settlement of a reservation made at `since` (µs of TIME),
+-- which takes whatever `take` is; a window gives a refund back only to the window the
+-- estimate was counted in.
+local function band(algorithm, capacity, param, stored, s, cost, take, forced, since)
   if algorithm == 1 then
     local rate = param
     local tokens = stored[s + 1]
@@ -138,6 +141,8 @@ local function band(algorithm, capacity, param, stored, s, cost, take, forced)
       -- An earlier window: only a debt comes over.
       count, owing = carried(-held, capacity, index - win), true
     end
+    -- A refund after the estimate's window ended: that window's count is gone already.
+    if forced and take < 0 and floor(since / window) ~= index then take = 0 end
     local counted = count
     local until_end = (index + 1) * window - now
     local ok, retry_us = 0, 0
@@ -174,6 +179,13 @@ local function band(algorithm, capacity, param, stored, s, cost, take, forced)
       owing = true
     elseif win == index - 1 then
       prev = held
+    end
+    -- A refund goes to the window the estimate was counted in: this one, or the previous
+    -- one (whose share of the estimate shrinks); an older one is gone already.
+    if forced and take < 0 then
+      local behind = index - floor(since / window)
+      if behind == 1 then prev = max(0, prev + take) end
+      if behind ~= 0 then take = 0 end
     end
     local start = index * window
     local weight = ((start + window) - now) / window
@@ -309,8 +321,12 @@ for d = 1, #ARGV do
     -- What a settlement takes: the units used less the estimate (negative: given back).
     local estimate = 0
     local take = cost
+    local since = now
     if settle then
-      estimate = tonumber(held) or 0
+      -- `<estimate>:<µs of TIME when it was made>`.
+      local units, made = string.match(held, '^(%d+):(%d+)$')
+      estimate = tonumber(units) or 0
+      since = tonumber(made) or now
       take = cost - estimate
     end
 
@@ -323,7 +339,7 @@ for d = 1, #ARGV do
       local capacity, param
       capacity, param, at = unpack_struct('<dd', spec, at)
       local ok, remaining, retry_us, reset_us, next_us, left, until_end, v1, v2, v3 =
-        band(algorithm, capacity, param, stored, (k - 1) * width, take, take, settle)
+        band(algorithm, capacity, param, stored, (k - 1) * width, take, take, settle, since)
       answers[b + 1], answers[b + 2], answers[b + 3], answers[b + 4] = ok, remaining, retry_us, reset_us
       answers[b + 8] = next_us
       if peek then
@@ -383,7 +399,7 @@ for d = 1, #ARGV do
       redis.call('SET', key, value, 'PX', format('%d', max(1, ceil(ttl_us / 1000))))
       written[key] = value
       if reserve and record > 0 then
-        redis.call('SET', KEYS[record], format('%d', cost), 'PX',
+        redis.call('SET', KEYS[record], format('%d:%d', cost, now), 'PX',
           format('%d', max(1, ceil(record_us / 1000))))
       elseif settle then
         redis.call('SET', KEYS[record], 's', 'KEEPTTL')

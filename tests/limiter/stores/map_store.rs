@@ -29,7 +29,8 @@ pub struct Shared {
     /// The handles listening to live events, by identifier: until when, and where their
     /// messages go.
     events: Mutex<HashMap<String, (Instant, Weak<Heard>)>>,
-    /// Reservations by their random part: rule, client, estimate, until when, settled.
+    /// Reservations by their random part: rule, client, estimate, when made, until when,
+    /// settled.
     reservations: Mutex<HashMap<String, Held>>,
 }
 
@@ -38,6 +39,7 @@ struct Held {
     rule: Arc<str>,
     client: String,
     estimate: u32,
+    made: SystemTime,
     until: Instant,
     settled: bool,
 }
@@ -149,10 +151,11 @@ impl Store for MapStore {
         );
         // The bands' lock is let go before the reservations' is taken: settle takes them the
         // other way round.
+        let made = SystemTime::now();
         let decision = lock(&self.shared.bands)
             .entry(key.clone())
             .or_default()
-            .decide(limit, cost, Mode::Take, SystemTime::now());
+            .decide(limit, cost, Mode::Take, made);
         if !decision.allowed {
             return Some(Answer::Now(Outcome::Decided(decision, DecidedBy::Memory)));
         }
@@ -160,6 +163,7 @@ impl Store for MapStore {
             rule: key.0,
             client: key.1,
             estimate: cost,
+            made,
             until: Instant::now() + lasting,
             settled: false,
         };
@@ -192,10 +196,11 @@ impl Store for MapStore {
             held.settled = true;
             let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(held.estimate);
             let mut bands = lock(&self.shared.bands);
-            let decision = bands
-                .entry(key)
-                .or_default()
-                .settle(limit, delta, SystemTime::now());
+            let decision =
+                bands
+                    .entry(key)
+                    .or_default()
+                    .settle(limit, delta, held.made, SystemTime::now());
             Settlement::Settled {
                 estimate: held.estimate,
                 decision,
