@@ -57,6 +57,9 @@ struct GuideLayerDoctests;
 #[doc = include_str!("../docs/guide/limiter.md")]
 struct GuideLimiterDoctests;
 #[cfg(doctest)]
+#[doc = include_str!("../docs/guide/costs.md")]
+struct GuideCostsDoctests;
+#[cfg(doctest)]
 #[doc = include_str!("../docs/guide/rules.md")]
 struct GuideRulesDoctests;
 #[cfg(doctest)]

@@ -13,10 +13,12 @@
 //! | `tollgate_usage_dropped_total`, `tollgate_usage_flush_errors_total` | counter | |
 //! | `tollgate_runtime_read_errors_total` | counter | |
 //! | `tollgate_event_subscribers` | gauge | |
+//! | `tollgate_settlements_total` | counter | `rule`, `outcome` |
+//! | `tollgate_settled_units_total` | counter | `rule`, `unit` |
 //!
 //! No label names a client: one series per client would grow without bound.
 //!
-//! Decisions and Redis calls are recorded as they happen. The rest is read from
+//! Decisions, settlements and Redis calls are recorded as they happen. The rest is read from
 //! [`Limiter::stats`](crate::Limiter::stats) and the breakers by
 //! [`Limiter::record_metrics`](crate::Limiter::record_metrics), which the service calls on
 //! every scrape; an app with its own exporter calls it before rendering. What each metric

@@ -109,4 +109,52 @@ mod tests {
         .collect();
         assert_eq!(counted, expected);
     }
+
+    /// Each settlement lands under its rule and outcome; what it used, under the rule's unit.
+    #[tokio::test]
+    async fn settlements_are_counted_with_their_units() {
+        use crate::metrics::{SETTLED_UNITS, SETTLEMENTS};
+        let rules = Rules::from_json(
+            r#"{"default": {"capacity": 1000, "refill_rate": 0.001, "unit": "tokens"}}"#,
+        )
+        .expect("valid rules");
+        let limiter = Limiter::builder()
+            .rules(rules)
+            .build()
+            .await
+            .expect("a limiter");
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let ann = ClientKey::id("ann");
+        ::metrics::with_local_recorder(&recorder, || {
+            use futures::executor::block_on as block;
+            let reserve = || {
+                let reserved = block(limiter.reserve(Query::new(&ann).cost(100))).unwrap();
+                reserved.into_reservation().expect("held").detach()
+            };
+            let (one, two) = (reserve(), reserve());
+            block(limiter.settle(&one, 30)).unwrap();
+            block(limiter.settle(&two, 250)).unwrap();
+            assert!(block(limiter.settle(&two, 1)).is_err());
+        });
+        let mut counted = BTreeMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let labels: Vec<String> = key.labels().map(|l| l.value().to_owned()).collect();
+            let DebugValue::Counter(n) = value else {
+                panic!("{} is a counter", key.name())
+            };
+            counted.insert((key.name().to_owned(), labels.join(" ")), n);
+        }
+        let expected: BTreeMap<_, _> = [
+            ((SETTLEMENTS, "default settled"), 2),
+            ((SETTLEMENTS, "default already_settled"), 1),
+            ((SETTLED_UNITS, "default tokens"), 280),
+        ]
+        .into_iter()
+        .map(|((name, labels), n)| ((name.to_owned(), labels.to_owned()), n))
+        .collect();
+        counted.retain(|(name, _), _| name == SETTLEMENTS || name == SETTLED_UNITS);
+        assert_eq!(counted, expected);
+    }
 }
