@@ -15,7 +15,8 @@
 //! is `layer/allowed` with usage statistics recorded: the difference is their cost per
 //! request. `layer/allowed_one_subscriber` and `layer/allowed_stalled_subscriber` are
 //! `layer/allowed` with a subscriber to the live events that reads them all, and with one
-//! that never reads.
+//! that never reads. `layer/allowed_settled_by_header` is a rule settled from the response
+//! (`settle_header`): a reservation when admitted, settled from the inner service's header.
 //!
 //! With the `metrics` feature every decision is counted through the `metrics` facade; with
 //! `TOLLGATE_BENCH_PROMETHEUS=1` a Prometheus recorder set up as tollgate-server's is
@@ -291,6 +292,34 @@ fn per_request_overhead(c: &mut Criterion) {
     measure(
         "governor_allowed_headers",
         &mut |r| call(&mut governed, r).status(),
+        "/api/data",
+        &by_id,
+    );
+    // A rule settled from the response: the request reserves its cost, the inner service
+    // says it used 1 in a header, and the layer settles before the response leaves.
+    let settling = layer(
+        r#"{"default": {"capacity": 1000000000, "refill_rate": 1000000000, "cost": 5,
+                        "settle_header": "x-units-used"}}"#,
+    );
+    let reporting = service_fn(|_: Request<Body>| async {
+        let mut response = Response::new(Body::from("ok"));
+        let text = HeaderValue::from_static("text/plain; charset=utf-8");
+        response.headers_mut().insert(CONTENT_TYPE, text);
+        let used = HeaderValue::from_static("1");
+        response.headers_mut().insert("x-units-used", used);
+        Ok::<_, Infallible>(response)
+    });
+    let mut settled = settling.layer(reporting);
+    let first = call(&mut settled, request("/api/data", by_id(0)));
+    assert_eq!(
+        first.headers()["x-ratelimit-remaining"],
+        "999999999",
+        "5 reserved, 1 used"
+    );
+    assert!(!first.headers().contains_key("x-units-used"));
+    measure(
+        "allowed_settled_by_header",
+        &mut |r| call(&mut settled, r).status(),
         "/api/data",
         &by_id,
     );
