@@ -15,6 +15,7 @@ mod reload;
 mod reservation;
 mod runtime;
 mod stats;
+mod ticket;
 mod usage;
 mod verdict;
 
@@ -354,7 +355,7 @@ impl Limiter {
     /// [`Reservation::detach`]) with `used` units, on whichever instance sharing the store
     /// made it; once.
     pub async fn settle(&self, id: &str, used: u64) -> Result<Settled, SettleError> {
-        match reservation::Ticket::parse(id) {
+        match ticket::Ticket::parse(id) {
             Some(ticket) => self.settle_ticket(&ticket, used).await,
             None => Err(SettleError::Unknown),
         }
@@ -363,7 +364,7 @@ impl Limiter {
     /// Settles the reservation `ticket` names.
     pub(crate) async fn settle_ticket(
         &self,
-        ticket: &reservation::Ticket,
+        ticket: &ticket::Ticket,
         used: u64,
     ) -> Result<Settled, SettleError> {
         let installed = self.core.installed.load_full();
@@ -403,7 +404,7 @@ impl Limiter {
     }
 
     /// Lets the reservation `ticket` names go at its estimate.
-    pub(crate) fn release_ticket(&self, ticket: &reservation::Ticket) {
+    pub(crate) fn release_ticket(&self, ticket: &ticket::Ticket) {
         let installed = self.core.installed.load();
         if let Some(rule) = installed.rules.find(&ticket.rule) {
             let slot = installed.slot(rule);
@@ -655,9 +656,9 @@ impl Core {
             Hold::WhenSettled => limit.settle_header().is_some(),
             Hold::No => false,
         };
-        let ticket = match ticket.then(reservation::nonce).transpose() {
+        let ticket = match ticket.then(ticket::nonce).transpose() {
             Ok(nonce) => nonce.map(|nonce| {
-                Box::new(reservation::Ticket {
+                Box::new(ticket::Ticket {
                     nonce,
                     rule: slot.id.to_string(),
                     client: client.to_owned(),
@@ -735,7 +736,7 @@ impl Core {
         // Held when the store took the estimate: not for a refusal a shadow rule lets by.
         let held = match (&outcome, applied.ticket) {
             (Outcome::Reserved(decision, _), Some(ticket)) if decision.allowed => {
-                Some(Box::new(reservation::Held {
+                Some(Box::new(ticket::Held {
                     limiter: Limiter {
                         core: Arc::clone(self),
                     },
@@ -858,7 +859,7 @@ pub(crate) struct Applied {
     /// What the request takes: a reservation's estimate.
     pub(crate) cost: u32,
     /// The reservation the check holds if the store admits it.
-    pub(crate) ticket: Option<Box<reservation::Ticket>>,
+    pub(crate) ticket: Option<Box<ticket::Ticket>>,
 }
 
 /// Whether a check holds a reservation when it admits.

@@ -1,26 +1,17 @@
 //! Reservations: a check that takes an estimate now and is settled with what was used
-//! later (an LLM call's tokens, known only when its response ends).
-//!
-//! A reservation's id names the rule and the client it took from, so that any instance
-//! sharing the store can settle it, and carries 128 random bits, so that it cannot be
-//! guessed: `<32 hex digits>.<rule>.<client>`, the rule's identity and the client's key in
-//! unpadded URL-safe base64 (the client as `i` and the `X-Client-ID`, `a` and an address,
-//! `n` and a network with its prefix, or `u`).
+//! later (an LLM call's tokens, known only when its response ends). Their ids are
+//! [`ticket`](super::ticket)'s.
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use super::error::CheckError;
+use super::ticket::{Held, Ticket};
 use super::{Checking, Limiter, Verdict};
 use crate::Decision;
 use crate::backend::StoreError;
-use crate::key::ClientKey;
 
 /// The most a settlement charges past its estimate, in capacities of the rule's largest
 /// band: a debt is paid back within this many of its periods at most.
@@ -28,79 +19,6 @@ pub const MAX_OWED_CAPACITIES: u64 = 1_000;
 
 /// How long a reservation stays open by default before it settles at its estimate.
 pub const DEFAULT_RESERVATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// A reservation's id, taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Ticket {
-    pub(crate) nonce: String,
-    pub(crate) rule: String,
-    pub(crate) client: ClientKey,
-}
-
-/// A reservation's random part: 128 bits, as 32 lowercase hexadecimal digits.
-pub(crate) fn nonce() -> Result<String, CheckError> {
-    let mut random = [0u8; 16];
-    getrandom::fill(&mut random).map_err(|error| CheckError::Reservation {
-        reason: format!("no random number for its id: {error}"),
-    })?;
-    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-impl Ticket {
-    /// The ticket `id` names, if it is one.
-    pub(crate) fn parse(id: &str) -> Option<Self> {
-        let mut parts = id.splitn(3, '.');
-        let (nonce, rule, client) = (parts.next()?, parts.next()?, parts.next()?);
-        if nonce.len() != 32
-            || !nonce
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return None;
-        }
-        let text = |part: &str| {
-            let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-            String::from_utf8(bytes).ok()
-        };
-        let rule = text(rule)?;
-        let (kind, key) = client.split_at_checked(1)?;
-        let client = match kind {
-            "i" => ClientKey::Id(text(key)?.into()),
-            "a" => ClientKey::Ip(text(key)?.parse::<IpAddr>().ok()?),
-            "n" => {
-                let network = text(key)?;
-                let (address, bits) = network.split_once('/')?;
-                ClientKey::Ipv6Network {
-                    network: address.parse::<Ipv6Addr>().ok()?,
-                    prefix_len: bits.parse().ok()?,
-                }
-            }
-            "u" if key.is_empty() => ClientKey::Unknown,
-            _ => return None,
-        };
-        Some(Self {
-            nonce: nonce.to_owned(),
-            rule,
-            client,
-        })
-    }
-}
-
-impl fmt::Display for Ticket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let encode = |text: &str| URL_SAFE_NO_PAD.encode(text);
-        write!(f, "{}.{}.", self.nonce, encode(&self.rule))?;
-        match &self.client {
-            ClientKey::Id(id) => write!(f, "i{}", encode(id)),
-            ClientKey::Ip(ip) => write!(f, "a{}", encode(&ip.to_string())),
-            ClientKey::Ipv6Network {
-                network,
-                prefix_len,
-            } => write!(f, "n{}", encode(&format!("{network}/{prefix_len}"))),
-            ClientKey::Unknown => f.write_str("u"),
-        }
-    }
-}
 
 /// A reservation's answer: the verdict of its check, and the reservation when it was
 /// admitted and the store holds it ([`Limiter::reserve`]).
@@ -133,7 +51,7 @@ impl Reserved {
     /// The verdict, with the reservation it holds taken out.
     #[inline]
     fn of(mut verdict: Verdict) -> Self {
-        let reservation = verdict.held.take().map(|held| held.into_reservation());
+        let reservation = verdict.held.take().map(|held| Reservation::of(*held));
         Self {
             verdict,
             reservation,
@@ -193,6 +111,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The reservation `held` stands for.
+    fn of(held: Held) -> Self {
+        Self {
+            limiter: held.limiter,
+            id: held.ticket.to_string(),
+            ticket: held.ticket,
+            estimate: held.estimate,
+            done: false,
+        }
+    }
+
     /// Its id, for [`Limiter::settle`].
     pub fn id(&self) -> &str {
         &self.id
@@ -302,43 +231,6 @@ pub enum SettleError {
     Store(#[from] StoreError),
 }
 
-/// A reservation the store holds for an admitted request, carried in its verdict until a
-/// front takes it as a [`Reservation`].
-#[derive(Clone)]
-pub(crate) struct Held {
-    pub(crate) limiter: Limiter,
-    pub(crate) ticket: Ticket,
-    pub(crate) estimate: u32,
-}
-
-impl Held {
-    fn into_reservation(self) -> Reservation {
-        Reservation {
-            limiter: self.limiter,
-            id: self.ticket.to_string(),
-            ticket: self.ticket,
-            estimate: self.estimate,
-            done: false,
-        }
-    }
-}
-
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        (&self.ticket, self.estimate) == (&other.ticket, other.estimate)
-    }
-}
-
-impl fmt::Debug for Held {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Not the client: an X-Client-ID may be an API key.
-        f.debug_struct("Held")
-            .field("rule", &self.ticket.rule)
-            .field("estimate", &self.estimate)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The future of [`Limiter::reserve`] and [`Limiter::check_or_reserve`].
 #[must_use = "a reservation is made only when awaited"]
 pub struct Reserving {
@@ -370,40 +262,5 @@ impl Future for Reserving {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.checking).poll(cx).map_ok(Reserved::of)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_name_the_rule_and_client_and_come_back_whole() {
-        for client in [
-            ClientKey::id("user:1/é.x"),
-            ClientKey::Ip("203.0.113.7".parse().unwrap()),
-            ClientKey::Ipv6Network {
-                network: "2001:db8::".parse().unwrap(),
-                prefix_len: 64,
-            },
-            ClientKey::Unknown,
-        ] {
-            let ticket = Ticket {
-                nonce: nonce().unwrap(),
-                rule: "/v1/chat@POST".into(),
-                client,
-            };
-            let id = ticket.to_string();
-            assert_eq!(Ticket::parse(&id), Some(ticket), "{id}");
-        }
-        assert_ne!(nonce().unwrap(), nonce().unwrap());
-        for junk in [
-            "",
-            "x",
-            "00.ZGVmYXVsdA.u",
-            &format!("{}.!!.u", "0".repeat(32)),
-        ] {
-            assert_eq!(Ticket::parse(junk), None, "{junk}");
-        }
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::reservation::Held;
+use super::ticket::Held;
 use crate::decision::{BandStatus, DecidedBy, Decision};
 use crate::header_style::{HeaderStyle, Rendering};
 use crate::key::ClientKey;
