@@ -298,7 +298,7 @@ fn per_request_overhead(c: &mut Criterion) {
     // A rule settled from the response: the request reserves its cost, the inner service
     // says it used 1 in a header, and the layer settles before the response leaves.
     let settling = layer(
-        r#"{"default": {"capacity": 1000000000, "refill_rate": 1000000000, "cost": 5,
+        r#"{"default": {"capacity": 1000000000, "refill_rate": 1, "cost": 5,
                         "settle_header": "x-units-used"}}"#,
     );
     let reporting = service_fn(|_: Request<Body>| async {

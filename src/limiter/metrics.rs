@@ -54,20 +54,21 @@ mod tests {
     use crate::metrics::DECISIONS;
     use crate::{ClientKey, Query, Rules};
 
+    async fn limiter(json: &str) -> Limiter {
+        let rules = Rules::from_json(json).expect("valid rules");
+        let limiter = Limiter::builder().rules(rules).build().await;
+        limiter.expect("a limiter")
+    }
+
     /// Each outcome lands under its rule and name; peeks are not counted.
     #[tokio::test]
     async fn decisions_are_counted_by_rule_and_outcome() {
-        let rules = Rules::from_json(
+        let limiter = limiter(
             r#"{"default": {"limit": "1/hour"},
                 "routes": [{"path": "/free", "unlimited": true},
                            {"path": "/trial", "limit": "1/hour", "shadow": true}]}"#,
         )
-        .expect("valid rules");
-        let limiter = Limiter::builder()
-            .rules(rules)
-            .build()
-            .await
-            .expect("a limiter");
+        .await;
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let ann = ClientKey::id("ann");
@@ -114,15 +115,9 @@ mod tests {
     #[tokio::test]
     async fn settlements_are_counted_with_their_units() {
         use crate::metrics::{SETTLED_UNITS, SETTLEMENTS};
-        let rules = Rules::from_json(
-            r#"{"default": {"capacity": 1000, "refill_rate": 0.001, "unit": "tokens"}}"#,
-        )
-        .expect("valid rules");
-        let limiter = Limiter::builder()
-            .rules(rules)
-            .build()
-            .await
-            .expect("a limiter");
+        let limiter =
+            limiter(r#"{"default": {"capacity": 1000, "refill_rate": 0.001, "unit": "tokens"}}"#)
+                .await;
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let ann = ClientKey::id("ann");

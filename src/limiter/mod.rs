@@ -348,7 +348,14 @@ impl Limiter {
     /// # }
     /// ```
     pub fn check_or_reserve(&self, query: Query<'_>) -> Reserving {
-        Reserving::new(self.core.check_as(query, Mode::Take, Hold::WhenSettled))
+        Reserving::new(self.check_settling(query))
+    }
+
+    /// [`check_or_reserve`](Self::check_or_reserve) for the layer, whose verdict carries
+    /// the reservation ([`Verdict::take_reservation`]): a plain check moves nothing more.
+    #[inline]
+    pub(crate) fn check_settling(&self, query: Query<'_>) -> Checking {
+        self.core.check_as(query, Mode::Take, Hold::WhenSettled)
     }
 
     /// Settles the reservation `id` (from [`Reservation::id`] or
@@ -651,20 +658,17 @@ impl Core {
                 cost
             }
         };
-        let ticket = match hold {
+        let reserving = match hold {
             Hold::Always => true,
             Hold::WhenSettled => limit.settle_header().is_some(),
             Hold::No => false,
         };
-        let ticket = match ticket.then(ticket::nonce).transpose() {
-            Ok(nonce) => nonce.map(|nonce| {
-                Box::new(ticket::Ticket {
-                    nonce,
-                    rule: slot.id.to_string(),
-                    client: client.to_owned(),
-                })
-            }),
-            Err(error) => return Checking::ready(Err(error)),
+        let ticket = match reserving {
+            false => None,
+            true => match ticket::Ticket::new(&slot.id, client) {
+                Ok(ticket) => Some(ticket),
+                Err(error) => return Checking::ready(Err(error)),
+            },
         };
         let shadow = limit.shadow();
         // The client is needed after the decision only to log a shadow refusal, to count
@@ -736,13 +740,7 @@ impl Core {
         // Held when the store took the estimate: not for a refusal a shadow rule lets by.
         let held = match (&outcome, applied.ticket) {
             (Outcome::Reserved(decision, _), Some(ticket)) if decision.allowed => {
-                Some(Box::new(ticket::Held {
-                    limiter: Limiter {
-                        core: Arc::clone(self),
-                    },
-                    ticket: *ticket,
-                    estimate: applied.cost,
-                }))
+                Some(ticket::Held::new(self, *ticket, applied.cost))
             }
             _ => None,
         };

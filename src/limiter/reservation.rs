@@ -51,7 +51,7 @@ impl Reserved {
     /// The verdict, with the reservation it holds taken out.
     #[inline]
     fn of(mut verdict: Verdict) -> Self {
-        let reservation = verdict.held.take().map(|held| Reservation::of(*held));
+        let reservation = verdict.take_reservation();
         Self {
             verdict,
             reservation,
@@ -104,7 +104,8 @@ impl Reserved {
 pub struct Reservation {
     limiter: Limiter,
     ticket: Ticket,
-    id: String,
+    /// Made when first asked for: the layer's reservations are mostly settled without it.
+    id: std::sync::OnceLock<String>,
     estimate: u32,
     /// Settled or detached: nothing to do when dropped.
     done: bool,
@@ -112,10 +113,10 @@ pub struct Reservation {
 
 impl Reservation {
     /// The reservation `held` stands for.
-    fn of(held: Held) -> Self {
+    pub(super) fn of(held: Held) -> Self {
         Self {
             limiter: held.limiter,
-            id: held.ticket.to_string(),
+            id: std::sync::OnceLock::new(),
             ticket: held.ticket,
             estimate: held.estimate,
             done: false,
@@ -124,7 +125,7 @@ impl Reservation {
 
     /// Its id, for [`Limiter::settle`].
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.get_or_init(|| self.ticket.to_string())
     }
 
     /// The units reserved.
@@ -146,7 +147,10 @@ impl Reservation {
     /// expires.
     pub fn detach(mut self) -> String {
         self.done = true;
-        std::mem::take(&mut self.id)
+        match self.id.take() {
+            Some(id) => id,
+            None => self.ticket.to_string(),
+        }
     }
 }
 
@@ -240,12 +244,6 @@ pub struct Reserving {
 impl Reserving {
     pub(super) fn new(checking: Checking) -> Self {
         Self { checking }
-    }
-
-    /// The answer, if it is there already: the HTTP front answers at once then.
-    #[inline]
-    pub(crate) fn now(&mut self) -> Option<Result<Reserved, CheckError>> {
-        Some(self.checking.now()?.map(Reserved::of))
     }
 }
 

@@ -8,13 +8,14 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::Limiter;
 use super::error::CheckError;
-use crate::key::ClientKey;
+use super::{Core, Limiter};
+use crate::key::{ClientKey, KeyRef};
 
 /// A reservation's id, taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +31,28 @@ pub(crate) fn nonce() -> Result<String, CheckError> {
     getrandom::fill(&mut random).map_err(|error| CheckError::Reservation {
         reason: format!("no random number for its id: {error}"),
     })?;
-    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut nonce = String::with_capacity(32);
+    for byte in random {
+        nonce.push(char::from(HEX[usize::from(byte >> 4)]));
+        nonce.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    Ok(nonce)
 }
 
 impl Ticket {
+    /// A new reservation's ticket under the rule `rule` for `client`, as keyed. Out of line:
+    /// the checks that reserve nothing do not carry its code.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn new(rule: &str, client: KeyRef<'_>) -> Result<Box<Self>, CheckError> {
+        Ok(Box::new(Self {
+            nonce: nonce()?,
+            rule: rule.to_owned(),
+            client: client.to_owned(),
+        }))
+    }
+
     /// The ticket `id` names, if it is one.
     pub(crate) fn parse(id: &str) -> Option<Self> {
         let mut parts = id.splitn(3, '.');
@@ -90,12 +109,28 @@ impl fmt::Display for Ticket {
 }
 
 /// A reservation the store holds for an admitted request, carried in its verdict until a
-/// front takes it as a [`Reservation`].
+/// front takes it as a [`Reservation`](super::Reservation).
 #[derive(Clone)]
 pub(crate) struct Held {
     pub(crate) limiter: Limiter,
     pub(crate) ticket: Ticket,
     pub(crate) estimate: u32,
+}
+
+impl Held {
+    /// What a verdict holds of the reservation `ticket` of `estimate` units. Out of line, as
+    /// [`Ticket::new`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn new(core: &Arc<Core>, ticket: Ticket, estimate: u32) -> Box<Self> {
+        Box::new(Self {
+            limiter: Limiter {
+                core: Arc::clone(core),
+            },
+            ticket,
+            estimate,
+        })
+    }
 }
 
 impl PartialEq for Held {

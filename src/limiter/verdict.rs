@@ -59,6 +59,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The reservation the store holds for this request, taken out.
+    #[inline]
+    pub(crate) fn take_reservation(&mut self) -> Option<super::Reservation> {
+        let held = self.held.take()?;
+        Some(super::Reservation::of(*held))
+    }
+
     /// Whether the request may go on. A shadow rule's would-be refusal is allowed.
     pub fn allowed(&self) -> bool {
         self.allowed

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::settle::{ReservedCost, Settling, log_failure, settle_from};
-use crate::limiter::{Reserved, Reserving, Verdict};
+use crate::limiter::{Checking, Verdict};
 use crate::render;
 
 pin_project! {
@@ -77,7 +77,7 @@ pin_project! {
 
 /// What waits with a request while Redis decides it.
 struct Waiting<S, ReqBody> {
-    checking: Reserving,
+    checking: Checking,
     inner: Option<S>,
     request: Option<Request<ReqBody>>,
 }
@@ -105,13 +105,13 @@ where
 
     /// The layer's answer, or the request forwarded to `inner`, with the reservation
     /// (if one is held) in its extensions.
-    pub(crate) fn decided(reserved: Reserved, inner: &mut S, request: Request<ReqBody>) -> Self {
+    pub(crate) fn decided(verdict: Verdict, inner: &mut S, request: Request<ReqBody>) -> Self {
         Self {
-            state: State::decided(reserved, inner, request),
+            state: State::decided(verdict, inner, request),
         }
     }
 
-    pub(crate) fn wait(checking: Reserving, inner: S, request: Request<ReqBody>) -> Self {
+    pub(crate) fn wait(checking: Checking, inner: S, request: Request<ReqBody>) -> Self {
         Self {
             state: State::Wait {
                 waiting: Box::new(Waiting {
@@ -128,14 +128,13 @@ impl<S, ReqBody> State<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    fn decided(reserved: Reserved, inner: &mut S, mut request: Request<ReqBody>) -> Self {
-        let (verdict, reservation) = reserved.into_parts();
+    fn decided(mut verdict: Verdict, inner: &mut S, mut request: Request<ReqBody>) -> Self {
         if let Some(refusal) = render::refusal(&verdict) {
             return State::Respond {
                 response: Some(refusal),
             };
         }
-        let cost = reservation.map(ReservedCost::new);
+        let cost = verdict.take_reservation().map(ReservedCost::new);
         if let Some(cost) = &cost {
             request.extensions_mut().insert(cost.clone());
         }
@@ -190,7 +189,7 @@ where
                         panic!("{DONE}");
                     };
                     let next = match checked {
-                        Ok(reserved) => State::decided(reserved, &mut inner, request),
+                        Ok(verdict) => State::decided(verdict, &mut inner, request),
                         Err(error) => State::Respond {
                             response: Some(render::check_error(&error)),
                         },

@@ -79,9 +79,9 @@ where
             Ok(query) => query,
             Err(problem) => return ResponseFuture::respond(render::invalid_client_id(&problem)),
         };
-        let mut checking = self.queries.limiter().check_or_reserve(query);
+        let mut checking = self.queries.limiter().check_settling(query);
         match checking.now() {
-            Some(Ok(reserved)) => ResponseFuture::decided(reserved, &mut self.inner, request),
+            Some(Ok(verdict)) => ResponseFuture::decided(verdict, &mut self.inner, request),
             Some(Err(error)) => ResponseFuture::respond(render::check_error(&error)),
             None => {
                 // The instance that was polled ready goes into the future; a fresh clone
