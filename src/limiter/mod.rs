@@ -623,6 +623,15 @@ impl Core {
                 held: None,
             }));
         };
+        // A client's override counts in the rule's unit, and settles as the rule does.
+        let inherited;
+        let limit = match (resolved.client_override, rule.limit()) {
+            (true, Some(own)) if limit.lacks_metering_of(own) => {
+                inherited = limit.with_metering_of(own);
+                &inherited
+            }
+            _ => limit,
+        };
         let cost = match weight {
             Weight::RuleCost => limit.cost(),
             Weight::Exactly(cost) => {
@@ -688,9 +697,14 @@ impl Core {
             Some(ticket) => {
                 let key = ReservationKey::new(slot, Client(client), &ticket.nonce);
                 let lasting = self.reservation_timeout;
-                match self.store.reserve(limit, cost, key, lasting) {
-                    Some(answer) => answer,
-                    None => {
+                match (self.store.reserve(limit, cost, key, lasting), hold) {
+                    (Some(answer), _) => answer,
+                    // A rule that settles from the response, on a store that keeps no
+                    // reservations: a plain check, at the estimate.
+                    (None, Hold::WhenSettled) => {
+                        self.store.decide(slot, limit, cost, Client(client), mode)
+                    }
+                    (None, _) => {
                         let store = self.store.name();
                         return Checking::ready(Err(CheckError::Reservation {
                             reason: format!("the {store} store keeps no reservations"),

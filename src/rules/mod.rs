@@ -311,6 +311,22 @@ impl Limit {
         self.metering.as_ref()?.settle_header.as_deref()
     }
 
+    /// Whether `rule`'s limit names a unit or a settle header this one does not: a client's
+    /// override, which counts as its rule does.
+    #[inline]
+    pub(crate) fn lacks_metering_of(&self, rule: &Limit) -> bool {
+        rule.metering.is_some() && self.metering.is_none()
+    }
+
+    /// This limit with `rule`'s unit and settle header.
+    #[cold]
+    pub(crate) fn with_metering_of(&self, rule: &Limit) -> Limit {
+        Limit {
+            metering: rule.metering.clone(),
+            ..self.clone()
+        }
+    }
+
     /// This limit in shadow mode, as the rules file's top-level `shadow: true` makes every
     /// limit.
     pub(crate) fn shadowed(mut self) -> Self {

@@ -890,7 +890,8 @@ async fn memory_and_redis_agree_on_reservations_replayed() {
 
 /// A window gives a refund back only to the window the estimate was counted in: a
 /// reservation made an hour ago (its key rewritten so) that used nothing gives nothing back to
-/// this hour's window, while one of this hour does.
+/// this hour's window, while one of this hour does, and so does one written as the version
+/// before wrote them (a bare estimate).
 #[tokio::test]
 async fn a_window_refunds_only_the_window_the_estimate_was_counted_in() {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -904,7 +905,8 @@ async fn a_window_refunds_only_the_window_the_estimate_was_counted_in() {
         .await
         .unwrap();
     let mut connection = redis.client();
-    for (name, hours_ago, left) in [("now", 0u64, 100), ("earlier", 1, 20)] {
+    // A bare estimate, as the version before wrote it: settled as one made now.
+    for (name, hours_ago, left) in [("now", 0u64, 100), ("earlier", 1, 20), ("bare", 0, 100)] {
         let client = ClientKey::id(name);
         let reservation = limiter
             .reserve(Query::new(&client).cost(80))
@@ -916,13 +918,22 @@ async fn a_window_refunds_only_the_window_the_estimate_was_counted_in() {
         let key = format!("{prefix}:{{default:id:{name}}}:r:{nonce}");
         let made = SystemTime::now() - Duration::from_secs(3600 * hours_ago);
         let made_us = made.duration_since(UNIX_EPOCH).unwrap().as_micros();
+        let value = match name {
+            "bare" => "80".to_owned(),
+            _ => format!("80:{made_us}"),
+        };
         let _: () = redis::cmd("SET")
             .arg(&key)
-            .arg(format!("80:{made_us}"))
+            .arg(value)
             .arg("KEEPTTL")
             .query(&mut connection)
             .unwrap();
         let settled = reservation.settle(0).await.unwrap();
-        assert_eq!(settled.decision().remaining, left, "made {hours_ago} h ago");
+        assert_eq!(settled.estimate(), 80, "{name}");
+        assert_eq!(
+            settled.decision().remaining,
+            left,
+            "{name}: made {hours_ago} h ago"
+        );
     }
 }

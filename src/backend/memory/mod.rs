@@ -105,7 +105,18 @@ impl<C: Clock> MemoryBackend<C> {
         client: KeyRef<'_>,
         mode: Mode,
     ) -> Decision {
-        let now = self.clock.now_us();
+        self.decide_at(state, limit, cost, client, (mode, self.clock.now_us()))
+    }
+
+    /// [`decide`](Self::decide) at `now` (µs of the store's clock).
+    fn decide_at(
+        &self,
+        state: u32,
+        limit: &Limit,
+        cost: u32,
+        client: KeyRef<'_>,
+        (mode, now): (Mode, i64),
+    ) -> Decision {
         self.table.update(state, client, now, |entry| {
             let before = entry.as_ref().map_or(&[][..], |e| &e.states[..]);
             let mut next = Next::default();
@@ -230,11 +241,13 @@ impl<C: Clock> Store for MemoryBackend<C> {
         lasting: Duration,
     ) -> Option<Answer> {
         let (state, client) = (reservation.rule.state, reservation.client.0);
-        let decision = MemoryBackend::decide(self, state, limit, cost, client, Mode::Take);
+        // One moment for the decision and the reservation: a refund goes to the window the
+        // estimate was counted in.
+        let now = self.clock.now_us();
+        let decision = self.decide_at(state, limit, cost, client, (Mode::Take, now));
         if !decision.allowed {
             return Some(Answer::Now(Outcome::Decided(decision, DecidedBy::Memory)));
         }
-        let now = self.clock.now_us();
         let until = now.saturating_add(i64::try_from(lasting.as_micros()).unwrap_or(i64::MAX));
         self.reservations
             .hold(reservation.nonce, (state, client), cost, (now, until));

@@ -323,9 +323,10 @@ for d = 1, #ARGV do
     local take = cost
     local since = now
     if settle then
-      -- `<estimate>:<µs of TIME when it was made>`.
+      -- `<estimate>:<µs of TIME when it was made>`; a bare estimate from an instance of
+      -- the version before (made now, as far as its window is concerned).
       local units, made = string.match(held, '^(%d+):(%d+)$')
-      estimate = tonumber(units) or 0
+      estimate = tonumber(units or held) or 0
       since = tonumber(made) or now
       take = cost - estimate
     end

@@ -4,10 +4,10 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `<prefix>:{<rule id>:<client key>}:r:<32 hex digits>` | string | the reservation's estimate while it is open, `s` once settled; it expires with the reservation |
+//! | `<prefix>:{<rule id>:<client key>}:r:<32 hex digits>` | string | `<estimate>:<µs of Redis TIME when it was made>` while it is open, `s` once settled; it expires with the reservation |
 //!
 //! Any instance sharing the Redis settles a reservation from its id, which names the rule
-//! and the client (see the limiter's `reservation`). A reservation is decided by Redis
+//! and the client (see the limiter's `ticket`). A reservation is decided by Redis
 //! itself, never from a lease; a refusal this instance remembers refuses it at once. When
 //! Redis cannot decide, the failure policy answers and nothing is held.
 

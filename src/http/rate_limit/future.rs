@@ -134,7 +134,13 @@ where
                 response: Some(refusal),
             };
         }
-        let cost = verdict.take_reservation().map(ReservedCost::new);
+        // A rule that settles always hands the app its handle: with nothing held (a failure
+        // policy's answer, a shadow rule's would-be refusal), settling it says so.
+        let cost = match verdict.take_reservation() {
+            Some(reservation) => Some(ReservedCost::new(reservation)),
+            None if settle_header_of(&verdict).is_some() => Some(ReservedCost::unheld()),
+            None => None,
+        };
         if let Some(cost) = &cost {
             request.extensions_mut().insert(cost.clone());
         }
@@ -246,9 +252,13 @@ where
 }
 
 /// The field the verdict's rule settles from, if it names one.
+fn settle_header_of(verdict: &Verdict) -> Option<&str> {
+    verdict.limit()?.settle_header()
+}
+
+/// [`settle_header_of`], as a header name.
 fn settle_header(verdict: &Verdict) -> Option<HeaderName> {
-    let name = verdict.limit()?.settle_header()?;
-    HeaderName::from_bytes(name.as_bytes()).ok()
+    HeaderName::from_bytes(settle_header_of(verdict)?.as_bytes()).ok()
 }
 
 /// The inner service's response with the verdict's rate limit headers, its body watched for
@@ -269,20 +279,25 @@ fn finish<B>(
 /// Takes `name` out of the `Trailer` field, which declares the trailers to come: the settle
 /// trailer does not leave.
 fn undeclare(headers: &mut HeaderMap, name: &HeaderName) {
-    let Some(declared) = headers.get(TRAILER).and_then(|v| v.to_str().ok()) else {
+    let declared = headers.get_all(TRAILER);
+    let names = declared.iter().filter_map(|v| v.to_str().ok());
+    let fields: Vec<&str> = names.flat_map(|v| v.split(',')).map(str::trim).collect();
+    if !fields
+        .iter()
+        .any(|field| field.eq_ignore_ascii_case(name.as_str()))
+    {
         return;
-    };
-    let others: Vec<&str> = declared
-        .split(',')
-        .map(str::trim)
+    }
+    let others: Vec<&str> = fields
+        .into_iter()
         .filter(|field| !field.is_empty() && !field.eq_ignore_ascii_case(name.as_str()))
         .collect();
-    match HeaderValue::from_str(&others.join(", ")) {
-        Ok(value) if !others.is_empty() => {
-            headers.insert(TRAILER, value);
-        }
-        _ => {
-            headers.remove(TRAILER);
-        }
+    let value = match others.is_empty() {
+        true => None,
+        false => HeaderValue::from_str(&others.join(", ")).ok(),
+    };
+    headers.remove(TRAILER);
+    if let Some(value) = value {
+        headers.insert(TRAILER, value);
     }
 }

@@ -60,6 +60,8 @@ pub struct ReservedCost {
 
 struct Shared {
     estimate: u32,
+    /// Whether the store held a reservation at all.
+    held: bool,
     reservation: Mutex<Option<Reservation>>,
 }
 
@@ -68,20 +70,40 @@ impl ReservedCost {
         Self {
             shared: Arc::new(Shared {
                 estimate: reservation.estimate(),
+                held: true,
                 reservation: Mutex::new(Some(reservation)),
             }),
         }
     }
 
-    /// The units reserved: the request's [`Cost`](crate::Cost), or its rule's `cost`.
+    /// The handle of a request admitted with nothing held: by a failure policy while the
+    /// store could not decide, or past a shadow rule's would-be refusal.
+    pub(super) fn unheld() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                estimate: 0,
+                held: false,
+                reservation: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The units reserved: the request's [`Cost`](crate::Cost), or its rule's `cost`; 0
+    /// when nothing is held.
     pub fn estimate(&self) -> u32 {
         self.shared.estimate
     }
 
     /// Settles the reservation with `used` units (see [`Reservation::settle`]): what the
-    /// estimate left over is given back, what went past it is owed.
+    /// estimate left over is given back, what went past it is owed. Once:
+    /// [`SettleError::AlreadySettled`] after that; [`SettleError::Unknown`] when nothing was
+    /// held (the request was admitted by a failure policy, or past a shadow rule).
     pub async fn settle(&self, used: u64) -> Result<Settled, SettleError> {
-        let reservation = self.take().ok_or(SettleError::AlreadySettled)?;
+        let reservation = match (self.take(), self.shared.held) {
+            (Some(reservation), _) => reservation,
+            (None, true) => return Err(SettleError::AlreadySettled),
+            (None, false) => return Err(SettleError::Unknown),
+        };
         reservation.settle(used).await
     }
 

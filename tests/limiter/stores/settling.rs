@@ -197,6 +197,80 @@ pub(super) async fn the_layer_settles_from_the_response(backend: &Backend<'_>) {
         );
     }
     served.abort();
+    overrides_and_unheld_reservations(backend).await;
+}
+
+/// A client's override counts in its rule's unit and settles as its rule does; a request
+/// admitted with nothing held (past a shadow rule's would-be refusal) still hands the app
+/// its handle, which says nothing was held.
+async fn overrides_and_unheld_reservations(backend: &Backend<'_>) {
+    let rules = r#"{
+        "default": {"capacity": 1000, "refill_rate": 0.001, "unit": "tokens",
+                    "settle_header": "x-tokens-used"},
+        "routes": [{"path": "/shadow", "capacity": 1, "refill_rate": 0.001, "shadow": true,
+                    "settle_header": "x-tokens-used"}],
+        "clients": {"id:vip": {"capacity": 5000, "refill_rate": 0.001}}
+    }"#;
+    let limiter = backend
+        .limiter(rules, &unique_prefix("settling-overrides"))
+        .await;
+    let app = Router::new()
+        .route(
+            "/",
+            post(|| async { ([("x-tokens-used", "40")], "answered") }),
+        )
+        .route(
+            "/shadow",
+            post(|Extension(cost): Extension<ReservedCost>| async move {
+                match cost.settle(1).await {
+                    Ok(_) => "settled".to_owned(),
+                    Err(error) => format!("{error:?} with {} held", cost.estimate()),
+                }
+            }),
+        )
+        .layer(RateLimitLayer::new(limiter.clone()));
+    let post = |path: &str| {
+        axum::http::Request::post(path)
+            .header("x-client-id", "vip")
+            .body(Body::empty())
+            .expect("a request")
+    };
+    use tower::ServiceExt;
+    let response = app.clone().oneshot(post("/")).await.expect("a response");
+    assert!(
+        response.headers().get("x-tokens-used").is_none(),
+        "removed for an override too"
+    );
+    assert_eq!(response.headers()["x-ratelimit-unit"], "tokens");
+    assert_eq!(
+        response.headers()["x-ratelimit-remaining"],
+        "4960",
+        "settled at 40"
+    );
+    // The shadow route: its one unit goes to the first request, the second is let past.
+    let body = |response: Response| async {
+        let bytes = axum::body::to_bytes(Body::new(response.into_body()), 1024).await;
+        String::from_utf8(bytes.expect("a body").to_vec()).expect("text")
+    };
+    let ann = |path: &str| {
+        axum::http::Request::post(path)
+            .header("x-client-id", "ann")
+            .body(Body::empty())
+            .expect("a request")
+    };
+    let first = app
+        .clone()
+        .oneshot(ann("/shadow"))
+        .await
+        .expect("a response");
+    assert_eq!(body(first.map(Body::new)).await, "settled");
+    let second = app.oneshot(ann("/shadow")).await.expect("a response");
+    assert_eq!(
+        second.status(),
+        StatusCode::OK,
+        "a shadow rule refuses nothing"
+    );
+    assert_eq!(body(second.map(Body::new)).await, "Unknown with 0 held");
 }
 
 /// A POST over a plain connection that accepts trailers (`TE: trailers`), read to its end.
