@@ -301,3 +301,29 @@ fn undeclare(headers: &mut HeaderMap, name: &HeaderName) {
         headers.insert(TRAILER, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settle_field_leaves_every_trailer_declaration() {
+        let name = HeaderName::from_static("x-tokens-used");
+        let mut headers = HeaderMap::new();
+        headers.append(TRAILER, HeaderValue::from_static("x-a, X-Tokens-Used"));
+        headers.append(TRAILER, HeaderValue::from_static("x-b"));
+        undeclare(&mut headers, &name);
+        let declared: Vec<_> = headers.get_all(TRAILER).iter().collect();
+        assert_eq!(declared, ["x-a, x-b"]);
+        // Nothing else declared: no `Trailer` left; not declared at all: untouched.
+        let mut alone = HeaderMap::new();
+        alone.insert(TRAILER, HeaderValue::from_static("x-tokens-used"));
+        undeclare(&mut alone, &name);
+        assert!(alone.get(TRAILER).is_none());
+        let mut other = HeaderMap::new();
+        other.append(TRAILER, HeaderValue::from_static("x-a"));
+        other.append(TRAILER, HeaderValue::from_static("x-b"));
+        undeclare(&mut other, &name);
+        assert_eq!(other.get_all(TRAILER).iter().count(), 2);
+    }
+}
